@@ -1,0 +1,12 @@
+"""Attribute systems: the format, validation, builders, analysis and the shipped system files."""
+
+from .analysis import analyze
+from .builders import baseline_system
+from .format import AttributeSystem, Group
+from .io import list_systems, load_system, save_system
+from .validate import SystemValidationError, parse_system, validate_system
+
+__all__ = [
+    "AttributeSystem", "Group", "SystemValidationError", "analyze", "baseline_system",
+    "list_systems", "load_system", "parse_system", "save_system", "validate_system",
+]

@@ -1,0 +1,252 @@
+"""Validation: raw JSON-shaped data -> :class:`AttributeSystem`, or one error listing every problem.
+
+Accepted shapes
+---------------
+Canonical::
+
+    {"name": "...", "description": "...", "baseline_template": "{}",
+     "groups": [{"name": "color", "template": "It is {}.", "options": ["red", "blue"]}, ...],
+     "rules": {"ClassA": {"color": 0, ...}, ...}}
+
+``groups`` may also be a mapping ``name -> {"template"|"prompt", "options"}``.
+
+The write-up's (and an LLM draft's) shape::
+
+    {"classification_cot" | "classification_groups": {"color": {"prompt": "...", "options": [...]}},
+     "pokemon_rules": {...}}
+
+A rule value is an option index, an option text, a list of those (several
+acceptable options) or ``null`` (not applicable). Every class must give a value
+for every group; identical rule signatures are *not* an error (see
+:mod:`systems.analysis`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .format import PLACEHOLDER, AttributeSystem, Group
+
+GROUP_KEYS = ("groups", "classification_cot", "classification_groups")
+RULE_KEYS = ("rules", "pokemon_rules")
+MAX_PROBLEMS_SHOWN = 50
+
+
+class SystemValidationError(ValueError):
+    """Every problem found in a system, each with its path.
+
+    ``problems`` holds the individual messages; ``str(err)`` starts with a one-line summary.
+    """
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"invalid system {source}: {n} problem{'s' if n != 1 else ''}"
+        shown = self.problems[:MAX_PROBLEMS_SHOWN]
+        lines = [head + " (fix them in the system file)"] + [f"  - {p}" for p in shown]
+        if n > len(shown):
+            lines.append(f"  ... and {n - len(shown)} more")
+        super().__init__("\n".join(lines))
+
+
+def check_template(template: Any, path: str, problems: list[str]) -> bool:
+    """A template is a string with exactly one ``{}`` and no other braces."""
+    if not isinstance(template, str):
+        problems.append(f"{path}: template must be a string, got {type(template).__name__}")
+        return False
+    n = template.count(PLACEHOLDER)
+    rest = template.replace(PLACEHOLDER, "")
+    if n != 1:
+        problems.append(f"{path}: template {template!r} must contain exactly one '{{}}', found {n}")
+        return False
+    if "{" in rest or "}" in rest:
+        problems.append(f"{path}: template {template!r} has braces other than its one '{{}}'")
+        return False
+    return True
+
+
+def _key(name: Any) -> str:
+    return repr(name) if isinstance(name, str) else str(name)
+
+
+def _parse_groups(raw: Any, path: str, problems: list[str]) -> tuple[list[Group], set[Any]]:
+    """Valid groups, and every declared group name (valid or not)."""
+    items: list[tuple[Any, Any, str]] = []  # (name, spec, path)
+    if isinstance(raw, Mapping):
+        items = [(name, spec, f"{path}[{_key(name)}]") for name, spec in raw.items()]
+    elif isinstance(raw, list):
+        for i, spec in enumerate(raw):
+            name = spec.get("name") if isinstance(spec, Mapping) else None
+            items.append((name, spec, f"{path}[{i}]"))
+    else:
+        problems.append(f"{path}: must be a list of groups or a mapping of name to group, "
+                        f"got {type(raw).__name__}")
+        return [], set()
+    if not items:
+        problems.append(f"{path}: the system has no groups")
+    groups: list[Group] = []
+    seen: set[str] = set()
+    for name, spec, gpath in items:
+        name_ok = isinstance(name, str) and bool(name.strip()) and name not in seen
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{gpath}.name: group name must be a non-empty string, got {name!r}")
+        elif name in seen:
+            problems.append(f"{gpath}.name: duplicate group {name!r}")
+        if not isinstance(spec, Mapping):
+            problems.append(f"{gpath}: group must be an object with a template and options, "
+                            f"got {type(spec).__name__}")
+            continue
+        tkey = "template" if "template" in spec else "prompt"
+        if tkey not in spec:
+            problems.append(f"{gpath}: missing 'template' (or 'prompt')")
+        else:
+            check_template(spec[tkey], f"{gpath}.{tkey}", problems)
+        opts = spec.get("options")
+        opts_ok = isinstance(opts, list)
+        if not opts_ok:
+            problems.append(f"{gpath}.options: must be a list of strings, got {type(opts).__name__}")
+        else:
+            if len(opts) == 0:
+                problems.append(f"{gpath}.options: empty group (a group needs at least 2 options)")
+            elif len(opts) == 1:
+                problems.append(f"{gpath}.options: only one option {opts[0]!r} "
+                                "(a one-option group cannot tell classes apart; add options or drop it)")
+            seen_opts: set[str] = set()
+            for k, o in enumerate(opts):
+                if not isinstance(o, str) or not o.strip():
+                    problems.append(f"{gpath}.options[{k}]: option must be a non-empty string, got {o!r}")
+                    opts_ok = False
+                elif o in seen_opts:
+                    problems.append(f"{gpath}.options[{k}]: duplicate option {o!r}")
+                else:
+                    seen_opts.add(o)
+        if name_ok:
+            seen.add(name)
+        # A group with usable options is kept even if something else is wrong with it, so that
+        # the rules that use it are still checked; any problem raises in the end anyway.
+        if name_ok and opts_ok:
+            groups.append(Group(name=name, template=str(spec.get(tkey, "")), options=tuple(opts)))
+    return groups, seen
+
+
+def _parse_rule_value(value: Any, group: Group, path: str, problems: list[str]) -> frozenset[int] | None:
+    """One rule value -> set of option indices (empty for not applicable); None on error."""
+    if value is None:
+        return frozenset()
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not value:
+        problems.append(f"{path}: empty list; use null for not applicable")
+        return None
+    out: set[int] = set()
+    ok = True
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            problems.append(f"{path}: rule must be an option index, an option text, a list of those "
+                            f"or null, got {item!r}")
+            ok = False
+        elif isinstance(item, int):
+            if not 0 <= item < group.n_options:
+                problems.append(f"{path}: option index {item} out of range 0..{group.n_options - 1}")
+                ok = False
+            else:
+                out.add(item)
+        else:
+            try:
+                out.add(group.options.index(item))
+            except ValueError:
+                problems.append(f"{path}: unknown option {item!r}, not in {list(group.options)}")
+                ok = False
+    if ok and isinstance(value, list) and len(out) != len(value):
+        problems.append(f"{path}: the same option is listed twice in {value!r}")
+        ok = False
+    return frozenset(out) if ok else None
+
+
+def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
+    """Validate raw JSON-shaped data and build the system.
+
+    Raises
+    ------
+    SystemValidationError
+        listing every problem found, each with its path.
+    """
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise SystemValidationError(source, [f"top level: must be a JSON object, got {type(data).__name__}"])
+
+    gkeys = [k for k in GROUP_KEYS if k in data]
+    rkeys = [k for k in RULE_KEYS if k in data]
+    if len(gkeys) != 1:
+        problems.append(f"top level: need exactly one of {list(GROUP_KEYS)}, found {gkeys or 'none'}")
+    if len(rkeys) != 1:
+        problems.append(f"top level: need exactly one of {list(RULE_KEYS)}, found {rkeys or 'none'}")
+    name = data.get("name", "system")
+    if not isinstance(name, str) or not name:
+        problems.append(f"name: must be a non-empty string, got {name!r}")
+        name = "system"
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f"description: must be a string, got {type(description).__name__}")
+        description = ""
+    baseline = data.get("baseline_template", PLACEHOLDER)
+    check_template(baseline, "baseline_template", problems)
+
+    groups, declared = _parse_groups(data[gkeys[0]], gkeys[0], problems) if len(gkeys) == 1 else ([], set())
+    by_name = {g.name: g for g in groups}
+
+    classes: list[str] = []
+    rules: list[tuple[frozenset[int], ...]] = []
+    raw_rules = data[rkeys[0]] if len(rkeys) == 1 else {}
+    rpath = rkeys[0] if len(rkeys) == 1 else "rules"
+    if not isinstance(raw_rules, Mapping):
+        problems.append(f"{rpath}: must be a mapping of class name to its rules, got {type(raw_rules).__name__}")
+        raw_rules = {}
+    elif len(rkeys) == 1 and not raw_rules:
+        problems.append(f"{rpath}: the system has no classes")
+    for cname, crules in raw_rules.items():
+        cpath = f"{rpath}[{_key(cname)}]"
+        if not isinstance(cname, str) or not cname.strip():
+            problems.append(f"{cpath}: class name must be a non-empty string")
+            continue
+        if not isinstance(crules, Mapping) or not crules:
+            problems.append(f"{cpath}: class has no rules (give an option, a list of options or null "
+                            "for every group)")
+            continue
+        for gname in crules:
+            if gname not in declared:
+                problems.append(f"{cpath}[{_key(gname)}]: unknown group, groups are {list(by_name)}")
+        row: list[frozenset[int]] = []
+        complete = True
+        for g in groups:
+            gpath = f"{cpath}[{g.name!r}]"
+            if g.name not in crules:
+                problems.append(f"{gpath}: missing rule (use null if the group does not apply)")
+                complete = False
+                continue
+            opts = _parse_rule_value(crules[g.name], g, gpath, problems)
+            if opts is None:
+                complete = False
+            else:
+                row.append(opts)
+        if complete:
+            classes.append(cname)
+            rules.append(tuple(row))
+    if problems:
+        raise SystemValidationError(source, problems)
+    return AttributeSystem(
+        name=name,
+        classes=tuple(classes),
+        groups=tuple(groups),
+        rules=tuple(rules),
+        baseline_template=baseline,
+        description=description,
+    )
+
+
+def validate_system(system: Any, source: str = "<data>") -> AttributeSystem:
+    """Validate a raw mapping or an :class:`AttributeSystem` built in code; return the system."""
+    if isinstance(system, AttributeSystem):
+        return parse_system(system.to_dict(), source=f"{system.name!r}")
+    return parse_system(system, source=source)
