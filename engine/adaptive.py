@@ -1,0 +1,183 @@
+"""The adaptive loop: ask groups one at a time, per image, until a stop rule fires.
+
+"Full system" and "baseline" are this same loop with the ``fixed`` policy and
+no stopping (τ=1, δ=0, no budget); the baseline runs it on the one-group
+system of class names (:func:`systems.baseline_system`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies import Policy, PolicyState, get_policy
+from systems.format import AttributeSystem
+
+from .results import Result, Step
+from .scoring import (
+    Channel, bayes_loglik, bayes_update, build_channel, check_logit_scale, expected_information_gain,
+    group_log_probs, log_prior,
+)
+from .sources import SimilaritySource
+
+SCORERS = ("bayes", "sum")
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When to stop asking.
+
+    tau : stop once max π ≥ τ; τ = 1 never stops on confidence. In (0, 1].
+    delta : stop once every available group has EIG < δ (nats); δ = 0 never.
+    budget : at most this many prompts per image (None: no limit). A budget
+        below the cheapest group asks nothing and answers from the prior
+        (stop reason ``budget``, ``q_spent`` 0).
+    """
+
+    tau: float = 1.0
+    delta: float = 0.0
+    budget: int | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.tau, (int, float)) and 0.0 < self.tau <= 1.0):
+            raise ValueError(f"tau == {self.tau!r}, must be in (0, 1]")
+        if not (isinstance(self.delta, (int, float)) and self.delta >= 0 and math.isfinite(self.delta)):
+            raise ValueError(f"delta == {self.delta!r}, must be a finite number >= 0")
+        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, (int, np.integer))
+                                        or self.budget < 0):
+            raise ValueError(f"budget == {self.budget!r}, must be a whole number >= 0 or None")
+
+
+NO_STOP = StopRule()
+
+
+def classify_batch(
+    source: SimilaritySource,
+    system: AttributeSystem,
+    policy: str | Policy = "eig",
+    *,
+    stop: StopRule = NO_STOP,
+    logit_scale: float = 100.0,
+    eps: float = 0.0,
+    scorer: str = "bayes",
+    prior: np.ndarray | None = None,
+    top_k: int = 5,
+    channel: Channel | None = None,
+) -> list[Result]:
+    """Classify the source's B images, each along its own path of questions.
+
+    Parameters
+    ----------
+    source : SimilaritySource over B images, for ``system``'s groups.
+    system : AttributeSystem with C classes and G groups.
+    policy : a policy object or a registered name.
+    stop : StopRule (τ, δ, budget). The default asks every group.
+    logit_scale : λ in p_g = softmax(λ·s_g).
+    eps : rule noise ε of the Bayes channel.
+    scorer : "bayes" (posterior) or "sum" (the write-up's sum of option
+        probabilities). The Bayes posterior drives questions and stopping
+        either way; the scorer decides the label and ``top``.
+    prior : (C,) or (B, C) prior probabilities; uniform when None.
+    top_k : how many (label, prob) pairs each result keeps.
+    channel : a prebuilt :func:`build_channel` for (system, eps), to reuse.
+
+    Returns
+    -------
+    list of B Results. An image whose similarities came back non-finite gets a
+    Result with ``error`` set; the others are unaffected.
+    """
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer == {scorer!r}, must be one of {list(SCORERS)}")
+    lam = check_logit_scale(logit_scale)
+    policy = get_policy(policy)
+    ch = channel if channel is not None else build_channel(system.rule_matrix, system.option_counts, eps)
+    if ch.P.shape != (system.n_classes, system.q_total):
+        raise ValueError(f"channel shape {ch.P.shape} does not match system {system.name!r}")
+    B, C, G = int(source.n_images), system.n_classes, system.n_groups
+    sizes = ch.sizes
+    budget = math.inf if stop.budget is None else float(stop.budget)
+
+    log_post = log_prior(C, prior, B).copy()
+    sum_sc = np.zeros((B, C)) if scorer == "sum" else None
+    asked = np.zeros((B, G), dtype=bool)
+    q = np.zeros(B, dtype=np.int64)
+    reason = np.full(B, None, dtype=object)
+    errors = np.full(B, None, dtype=object)
+    active = np.ones(B, dtype=bool)
+    trail: list[list[tuple]] = [[] for _ in range(B)]  # (g, eig, answer k, answer p, conf after)
+
+    while active.any():
+        idx = np.nonzero(active)[0]
+        post = np.exp(log_post[idx])
+        eig = expected_information_gain(post, ch)
+        unasked = ~asked[idx]
+        avail = unasked & (sizes[None, :] <= (budget - q[idx])[:, None])
+        for why, fired in (
+            ("confident", (post.max(axis=1) >= stop.tau) if stop.tau < 1.0 else np.zeros(len(idx), bool)),
+            ("exhausted", ~unasked.any(axis=1)),
+            ("budget", ~avail.any(axis=1)),
+            ("no_gain", ~(avail & (eig >= stop.delta)).any(axis=1)),
+        ):
+            hit = idx[fired & (reason[idx] == None)]  # noqa: E711  (object array)
+            reason[hit] = why
+        go = reason[idx] == None  # noqa: E711
+        active[idx[~go]] = False
+        if not go.any():
+            break
+        gi = idx[go]
+        state = PolicyState(post=post[go], eig=eig[go], available=avail[go],
+                            budget_left=budget - q[gi], images=gi, channel=ch)
+        choice = np.asarray(policy.select(state), dtype=np.int64)
+        if choice.shape != gi.shape or not state.available[np.arange(len(gi)), choice].all():
+            raise RuntimeError(f"policy {policy!r} chose an unavailable group")
+        for g in np.unique(choice):
+            g = int(g)
+            pick = choice == g
+            imgs = gi[pick]
+            sims = np.asarray(source.similarities(imgs, g), dtype=np.float64)
+            if sims.shape != (len(imgs), sizes[g]):
+                raise ValueError(f"similarity source returned shape {sims.shape} for group "
+                                 f"{system.groups[g].name!r}, expected {(len(imgs), int(sizes[g]))}")
+            ok = np.isfinite(sims).all(axis=1)
+            for i in imgs[~ok]:
+                errors[i] = (f"non-finite similarity for group {system.groups[g].name!r} "
+                             "(the encoder returned NaN/inf or a zero vector)")
+                reason[i] = "error"
+                active[i] = False
+            imgs, sims, eig_g = imgs[ok], sims[ok], eig[go][pick][ok, g]
+            if not len(imgs):
+                continue
+            lp = group_log_probs(sims, lam)
+            cols = ch.cols(g)
+            log_post[imgs] = bayes_update(log_post[imgs], bayes_loglik(lp, ch.P[:, cols]))
+            if sum_sc is not None:
+                sum_sc[imgs] += np.exp(lp) @ ch.A[:, cols].T
+            asked[imgs, g] = True
+            q[imgs] += sizes[g]
+            ans = lp.argmax(axis=1)
+            ans_p = np.exp(lp[np.arange(len(imgs)), ans])
+            conf = np.exp(log_post[imgs].max(axis=1))
+            for j, i in enumerate(imgs):
+                trail[i].append((g, float(eig_g[j]), int(ans[j]), float(ans_p[j]), float(conf[j])))
+
+    final = np.exp(log_post)
+    if sum_sc is not None:
+        tot = sum_sc.sum(axis=1, keepdims=True)
+        final = np.where(tot > 0, sum_sc / np.where(tot > 0, tot, 1.0), final)
+    results = []
+    for i in range(B):
+        if errors[i] is not None:
+            results.append(Result.failed(errors[i]))
+            continue
+        order = np.argsort(-final[i], kind="stable")[:top_k]
+        steps = [Step(group=system.groups[g].name, eig=e, answer=system.groups[g].options[k],
+                      answer_prob=p, confidence_after=c) for g, e, k, p, c in trail[i]]
+        results.append(Result(
+            label=system.classes[order[0]],
+            confidence=float(final[i, order[0]]),
+            top=[(system.classes[c], float(final[i, c])) for c in order],
+            steps=steps, q_spent=int(q[i]), stop=reason[i],
+        ))
+    return results

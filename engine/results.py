@@ -1,0 +1,52 @@
+"""Result records: plain dataclasses that serialise to JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STOP_REASONS = ("confident", "no_gain", "budget", "exhausted")
+
+
+@dataclass
+class Step:
+    """One question asked of one image."""
+
+    group: str
+    eig: float  # expected information gain when chosen (nats)
+    answer: str  # the answer distribution's top option
+    answer_prob: float
+    confidence_after: float  # max posterior after the update
+
+
+@dataclass
+class Result:
+    """The outcome for one image.
+
+    ``top`` holds (label, probability) pairs, best first. Under the Bayes
+    scorer these are posterior probabilities; under the sum scorer they are the
+    sum scores normalised to sum to 1. ``error`` is None for a good image, and
+    a message (with ``label`` None) for an image that could not be scored.
+    """
+
+    label: str | None
+    confidence: float
+    top: list[tuple[str, float]]
+    steps: list[Step]
+    q_spent: int
+    stop: str | None
+    image: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top"] = [[lab, p] for lab, p in self.top]
+        d["asked"] = d.pop("steps")
+        extra = d.pop("extra")
+        d.update(extra)
+        return d
+
+    @classmethod
+    def failed(cls, error: str, image: str | None = None) -> "Result":
+        return cls(label=None, confidence=0.0, top=[], steps=[], q_spent=0, stop=None, image=image, error=error)

@@ -1,0 +1,235 @@
+"""Scoring: pure functions over arrays (numpy/scipy), batched over images.
+
+Notation (see ``../shared/docs/method.md``):
+
+- B images, C classes, G groups, K_g options in group g, Q = sum_g K_g prompts.
+- The option axis of all groups is concatenated: column ``offsets[g] + k`` is
+  option k of group g.
+- ``s`` are cosine similarities, ``lam`` (λ) the logit scale, ``eps`` (ε) the
+  rule noise.
+
+Every function is vectorised over images, classes and options; loops run over
+groups at most. Log space is used wherever a product of many small numbers
+appears, so λ up to 1e4 gives no NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import entr, log_softmax, logsumexp, softmax
+
+# A likelihood this small is recomputed exactly in log space (see bayes_loglik).
+_UNDERFLOW = 1e-250
+
+
+def check_logit_scale(lam: float) -> float:
+    lam = float(lam)
+    if not np.isfinite(lam) or lam <= 0:
+        raise ValueError(f"logit_scale == {lam}, must be a finite number > 0")
+    return lam
+
+
+def check_eps(eps: float) -> float:
+    eps = float(eps)
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"eps == {eps}, must be in [0, 1)")
+    return eps
+
+
+# --------------------------------------------------------------------------- answers
+def group_log_probs(sims: np.ndarray, lam: float) -> np.ndarray:
+    """log p_g = log_softmax(λ·s_g) within one group.
+
+    sims : (B, K) similarities of B images to the K prompts of one group.
+    Returns (B, K) float64 log-probabilities; every row logsumexps to 0.
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    if sims.ndim != 2:
+        raise ValueError(f"sims should be 2-d (B, K), got shape {sims.shape}")
+    return log_softmax(check_logit_scale(lam) * sims, axis=1)
+
+
+def group_probs(sims: np.ndarray, lam: float) -> np.ndarray:
+    """p_g = softmax(λ·s_g). sims (B, K) -> (B, K), rows sum to 1."""
+    sims = np.asarray(sims, dtype=np.float64)
+    if sims.ndim != 2:
+        raise ValueError(f"sims should be 2-d (B, K), got shape {sims.shape}")
+    return softmax(check_logit_scale(lam) * sims, axis=1)
+
+
+def baseline_probs(sims: np.ndarray, lam: float) -> np.ndarray:
+    """The class-name baseline: softmax over the N class-name similarities.
+
+    sims (B, N) -> (B, N). Its argmax is the cosine argmax. It is the same as
+    :func:`group_probs` of a one-group system of class names.
+    """
+    return group_probs(sims, lam)
+
+
+# --------------------------------------------------------------------------- channel
+@dataclass(frozen=True)
+class Channel:
+    """The answer channel P(k | c) of every group, precomputed once per (system, ε).
+
+    Attributes
+    ----------
+    P : (C, Q) float64
+        ``P[c, offsets[g] + k]`` = P(answer k to group g | class c); each group's
+        segment of a row sums to 1.
+    H : (C, G) float64
+        Entropy (nats) of each class's answer distribution in each group.
+    A : (C, Q) float64
+        Sum-scorer weights: 1 for an acceptable option, 1/K_g across a
+        not-applicable group, else 0.
+    offsets, sizes : (G,) int64
+        Start column and K_g of each group.
+    eps : float
+    """
+
+    P: np.ndarray
+    H: np.ndarray
+    A: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    eps: float
+
+    @property
+    def n_classes(self) -> int:
+        return self.P.shape[0]
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.sizes)
+
+    def cols(self, g: int) -> slice:
+        """The columns of group g in the concatenated option axis."""
+        o = int(self.offsets[g])
+        return slice(o, o + int(self.sizes[g]))
+
+
+def build_channel(rule_matrix: np.ndarray, sizes: np.ndarray, eps: float = 0.0) -> Channel:
+    """Channel from the rules.
+
+    rule_matrix : (C, Q) bool, acceptable options (an all-False group segment
+        means not applicable).
+    sizes : (G,) int, K_g per group, summing to Q.
+    eps : rule noise ε in [0, 1).
+
+    P(k | c) = (1-ε)·1[k ∈ R_g(c)]/|R_g(c)| + ε/K_g, or 1/K_g if not applicable.
+    """
+    eps = check_eps(eps)
+    r = np.asarray(rule_matrix, dtype=bool)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if r.ndim != 2 or r.shape[1] != sizes.sum():
+        raise ValueError(f"rule_matrix should be (C, {sizes.sum()}), got shape {r.shape}")
+    if (sizes < 1).any():
+        raise ValueError(f"every group needs at least one option, got sizes {sizes.tolist()}")
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    col_k = np.repeat(sizes, sizes).astype(np.float64)  # (Q,) K_g of each column
+    n_acc = np.add.reduceat(r.astype(np.float64), offsets, axis=1)  # (C, G)
+    n_acc_col = np.repeat(n_acc, sizes, axis=1)  # (C, Q)
+    applicable = n_acc_col > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ruled = np.where(r, 1.0 / np.where(applicable, n_acc_col, 1.0), 0.0)
+    P = np.where(applicable, (1.0 - eps) * ruled + eps / col_k, 1.0 / col_k)
+    H = np.add.reduceat(entr(P), offsets, axis=1)
+    A = np.where(applicable, r.astype(np.float64), 1.0 / col_k)
+    for arr in (P, H, A):
+        arr.setflags(write=False)
+    return Channel(P=P, H=H, A=A, offsets=offsets, sizes=sizes, eps=eps)
+
+
+# --------------------------------------------------------------------------- scorers
+def sum_scores(probs: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """The write-up's sum scorer over the groups given.
+
+    probs : (B, Q') concatenated p_g of the groups asked.
+    A : (C, Q') the matching columns of :attr:`Channel.A`.
+    Returns (B, C): score(c) = Σ_g Σ_{k∈R_g(c)} p_g[k], with 1/K_g per
+    not-applicable group.
+    """
+    return np.asarray(probs, dtype=np.float64) @ np.asarray(A, dtype=np.float64).T
+
+
+def bayes_loglik(log_p: np.ndarray, P_g: np.ndarray) -> np.ndarray:
+    """Soft-evidence log-likelihood of one group's answers for every class.
+
+    log_p : (B, K) log p_g of B images.
+    P_g : (C, K) P(k | c) of that group.
+    Returns (B, C): log Σ_k p_g[k]·P(k | c).
+
+    Computed as a max-shifted matmul; rows where that underflows are recomputed
+    exactly with logsumexp, so the result is finite for any finite input.
+    """
+    log_p = np.asarray(log_p, dtype=np.float64)
+    m = log_p.max(axis=1, keepdims=True)  # (B, 1)
+    lik = np.exp(log_p - m) @ P_g.T  # (B, C)
+    bad = (lik < _UNDERFLOW).any(axis=1)
+    with np.errstate(divide="ignore"):
+        out = m + np.log(lik)
+        if bad.any():
+            logP = np.log(P_g)  # -inf where P is 0
+            out[bad] = logsumexp(log_p[bad][:, None, :] + logP[None, :, :], axis=2)
+    return out
+
+
+def bayes_update(log_post: np.ndarray, loglik: np.ndarray) -> np.ndarray:
+    """π(c) ← π(c)·L(c), normalised, in log space.
+
+    log_post : (B, C) log posterior (may hold -inf for classes ruled out a priori).
+    loglik : (B, C) from :func:`bayes_loglik`.
+    Returns (B, C) normalised log posterior.
+    """
+    x = log_post + loglik
+    return x - logsumexp(x, axis=1, keepdims=True)
+
+
+def log_prior(n_classes: int, prior: np.ndarray | None = None, n_images: int = 1) -> np.ndarray:
+    """Log prior (B, C): uniform, or the given (C,) or (B, C) probabilities, normalised."""
+    if prior is None:
+        return np.full((n_images, n_classes), -np.log(n_classes))
+    p = np.asarray(prior, dtype=np.float64)
+    if p.shape[-1] != n_classes or (p < 0).any() or not np.isfinite(p).all() or (p.sum(axis=-1) <= 0).any():
+        raise ValueError(f"prior should be non-negative with {n_classes} entries per row and a positive sum, "
+                         f"got shape {p.shape}")
+    p = np.broadcast_to(p / p.sum(axis=-1, keepdims=True), (n_images, n_classes))
+    with np.errstate(divide="ignore"):
+        return np.log(p)
+
+
+def full_bayes_log_posterior(log_probs: list[np.ndarray], channel: Channel,
+                             prior: np.ndarray | None = None) -> np.ndarray:
+    """Bayes posterior after every group, in group order.
+
+    log_probs : list of G arrays (B, K_g), log p_g.
+    Returns (B, C) normalised log posterior.
+    """
+    B = log_probs[0].shape[0]
+    lp = log_prior(channel.n_classes, prior, B)
+    for g, lpg in enumerate(log_probs):
+        lp = bayes_update(lp, bayes_loglik(lpg, channel.P[:, channel.cols(g)]))
+    return lp
+
+
+# --------------------------------------------------------------------------- information gain
+def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Shannon entropy in nats along ``axis``."""
+    return entr(np.asarray(p, dtype=np.float64)).sum(axis=axis)
+
+
+def expected_information_gain(post: np.ndarray, channel: Channel) -> np.ndarray:
+    """EIG of every group for every image, under the posterior.
+
+    post : (B, C) posterior probabilities.
+    Returns (B, G): EIG_g = H(Σ_c π(c) P(·|c)) − Σ_c π(c) H(P(·|c)), in nats,
+    clipped at 0 against rounding. It needs no text embeddings.
+
+    Cost: one (B, C) @ (C, Q) and one (B, C) @ (C, G) matmul.
+    """
+    post = np.asarray(post, dtype=np.float64)
+    marg = post @ channel.P  # (B, Q)
+    h_marg = np.add.reduceat(entr(marg), channel.offsets, axis=1)  # (B, G)
+    h_cond = post @ channel.H  # (B, G)
+    return np.maximum(h_marg - h_cond, 0.0)

@@ -1,0 +1,80 @@
+"""The policy protocol and the registry by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:  # no runtime import: engine imports policies
+    from engine.scoring import Channel
+
+# EIG values closer than this count as ties, broken by the lowest group index,
+# so rounding noise in a batched matmul never changes an image's path.
+TIE_DECIMALS = 10
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What a policy sees for the n images that still need a question.
+
+    post : (n, C) posterior over classes.
+    eig : (n, G) expected information gain of every group (nats).
+    available : (n, G) bool, unasked groups that fit the remaining budget;
+        every row has at least one True.
+    budget_left : (n,) float, prompts left (inf without a budget).
+    images : (n,) int, the images' indices in the batch.
+    channel : the answer channel (sizes, P(k|c)).
+    """
+
+    post: np.ndarray
+    eig: np.ndarray
+    available: np.ndarray
+    budget_left: np.ndarray
+    images: np.ndarray
+    channel: "Channel"
+
+
+class Policy(ABC):
+    """Picks the next group for every image. Parameters are set in ``__init__``; no state between calls."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def select(self, state: PolicyState) -> np.ndarray:
+        """(n,) int: one available group per image."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    POLICIES[cls.name] = cls
+    return cls
+
+
+def list_policies() -> list[str]:
+    return sorted(POLICIES)
+
+
+def get_policy(name: str | Policy, **params) -> Policy:
+    """A policy by name (``get_policy("eig")``), or the policy object itself."""
+    if isinstance(name, Policy):
+        return name
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose one of {list_policies()}") from None
+    return cls(**params)
+
+
+def masked_argmax(score: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """Row-wise argmax over available groups; ties -> lowest index. (n, G) -> (n,)."""
+    s = np.where(available, np.round(score, TIE_DECIMALS), -np.inf)
+    return np.argmax(s, axis=1)
