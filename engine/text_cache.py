@@ -1,0 +1,178 @@
+"""Lazy text embeddings: a group's prompts are embedded the first time the group is asked.
+
+:class:`TextCache` sits between the engine's similarity source and an encoder.
+``embed(prompts)`` returns the (K, D) embeddings of a list of prompts on the
+encoder's device. Prompts it has not seen are encoded together, as one call
+to ``encoder.encode_texts`` (batched by the encoder's batch size); prompts it
+has seen come from memory.
+
+Counters, per prompt: ``text_encodes`` (prompts the model actually encoded,
+the compute) and ``hits`` (prompts served from memory or disk).
+``disk_hits`` counts the part of ``hits`` read from disk, and ``rebuilt`` the
+disk files that failed to load and were re-encoded.
+
+Disk cache (optional, ``cache_dir``)
+-------------------------------------
+One safetensors file per (model id + dtype, prompt list), named by the
+sha256 of that key: ``<cache_dir>/text/<sha256>.safetensors``, holding the
+(K, D) float32 tensor and, as metadata, the model id and the prompts. A file is
+used only if it parses and its metadata, shape and values check out; otherwise
+it is ignored, re-encoded, rewritten, and a :class:`CacheWarning` names it.
+Writes go to a temp file in the same folder and are renamed into place
+(``os.replace``, atomic), so two processes writing the same key leave one
+complete file, never a mix. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from engine.encoders.base import Encoder, cache_identity
+
+FORMAT = "twentyq-text-v1"
+
+
+class CacheWarning(UserWarning):
+    """A cache file that failed to load and was rebuilt."""
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically: temp file in the same folder, fsync, rename."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file (raises on any damage)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        return {k: f.get_tensor(k) for k in f.keys()}, meta
+
+
+class TextCache:
+    """Per-prompt text embeddings for one encoder, computed lazily (see the module docstring).
+
+    Parameters
+    ----------
+    encoder : an :class:`engine.encoders.Encoder`.
+    cache_dir : folder for the optional disk cache (None: memory only).
+    """
+
+    def __init__(self, encoder: Encoder, cache_dir: str | os.PathLike | None = None):
+        self.encoder = encoder
+        self.identity = cache_identity(encoder)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._rows: dict[str, torch.Tensor] = {}  # prompt -> (D,) on the device
+        self._groups: dict[tuple[str, ...], torch.Tensor] = {}  # prompt list -> (K, D)
+        self.text_encodes = 0
+        self.hits = 0
+        self.disk_hits = 0
+        self.rebuilt = 0
+        self.encode_calls = 0
+
+    # -- public -------------------------------------------------------------------
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(K, D) float32 unit embeddings of ``prompts`` on the encoder's device, in order."""
+        key = tuple(prompts)
+        if not key:
+            raise ValueError("prompts is empty; a group needs at least one option")
+        got = self._groups.get(key)
+        if got is not None:
+            self.hits += len(key)
+            return got
+        missing = list(dict.fromkeys(p for p in key if p not in self._rows))
+        if missing:
+            emb = self._from_disk(missing)
+            if emb is None:
+                emb = self.encoder.encode_texts(missing)
+                self.encode_calls += 1
+                self.text_encodes += len(missing)
+                self._to_disk(missing, emb)
+            else:
+                self.disk_hits += len(missing)
+                self.hits += len(missing)
+            for p, row in zip(missing, emb):
+                self._rows[p] = row
+        self.hits += len(key) - len(missing)
+        out = torch.stack([self._rows[p] for p in key])
+        self._groups[key] = out
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"text_encodes": self.text_encodes, "hits": self.hits, "disk_hits": self.disk_hits,
+                "rebuilt": self.rebuilt, "encode_calls": self.encode_calls}
+
+    def reset_counters(self) -> None:
+        self.text_encodes = self.hits = self.disk_hits = self.rebuilt = self.encode_calls = 0
+
+    def clear(self) -> None:
+        """Forget the in-memory embeddings (the disk cache stays)."""
+        self._rows.clear()
+        self._groups.clear()
+
+    def path_for(self, prompts: Sequence[str]) -> Path:
+        if self.cache_dir is None:
+            raise ValueError("this TextCache has no cache_dir")
+        h = hashlib.sha256(json.dumps([FORMAT, self.identity, list(prompts)], ensure_ascii=False).encode())
+        return self.cache_dir / "text" / f"{h.hexdigest()}.safetensors"
+
+    # -- disk -----------------------------------------------------------------------
+    def _from_disk(self, prompts: list[str]) -> torch.Tensor | None:
+        if self.cache_dir is None:
+            return None
+        path = self.path_for(prompts)
+        if not path.exists():
+            return None
+        try:
+            tensors, meta = read_safetensors(path)
+            emb = tensors["embeddings"]
+            if meta.get("format") != FORMAT or meta.get("identity") != self.identity:
+                raise ValueError("metadata names another model or format")
+            if json.loads(meta.get("prompts", "null")) != prompts:
+                raise ValueError("metadata names other prompts")
+            if emb.dtype != torch.float32 or tuple(emb.shape) != (len(prompts), self.encoder.embed_dim):
+                raise ValueError(f"tensor shape {tuple(emb.shape)} != {(len(prompts), self.encoder.embed_dim)}")
+            if not torch.isfinite(emb).all() or not torch.allclose(emb.norm(dim=1), torch.ones(len(prompts)),
+                                                                      atol=1e-3):
+                raise ValueError("embeddings are not finite unit vectors")
+        except Exception as e:  # noqa: BLE001  (any damage: rebuild, never trust)
+            self.rebuilt += 1
+            cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+            warnings.warn(f"text cache file {path} failed to load ({type(e).__name__}: {cause[:160]}); "
+                          "ignoring it and re-encoding", CacheWarning, stacklevel=3)
+            return None
+        return emb.to(self.encoder.device)
+
+    def _to_disk(self, prompts: list[str], emb: torch.Tensor) -> None:
+        if self.cache_dir is None:
+            return
+        meta = {"format": FORMAT, "identity": self.identity, "prompts": json.dumps(prompts, ensure_ascii=False)}
+        try:
+            atomic_save_safetensors({"embeddings": emb}, self.path_for(prompts), meta)
+        except OSError as e:
+            warnings.warn(f"could not write the text cache in {self.cache_dir} ({e}); continuing without it",
+                          CacheWarning, stacklevel=3)
+
+# The name engine.api uses.
+TextEmbeddingCache = TextCache
