@@ -1,0 +1,145 @@
+"""Image loading: RGB conversion rules and one-line errors that name the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.encoders import ImageLoadError, encode_images_tolerant, load_image
+
+from .encoder_fixtures import HashEncoder, noise_image
+
+
+def px(img, xy=(0, 0)):
+    return img.getpixel(xy)
+
+
+def test_rgb_passes_through(tmp_path):
+    im = noise_image(0)
+    p = tmp_path / "a.png"
+    im.save(p)
+    out = load_image(p)
+    assert out.mode == "RGB" and out.size == im.size
+    assert np.array_equal(np.asarray(out), np.asarray(im))
+    assert load_image(str(p)).mode == "RGB"
+
+
+@pytest.mark.parametrize("mode,fill", [("RGBA", (10, 20, 30, 0)), ("LA", (10, 0))])
+def test_transparent_pixels_become_white(tmp_path, mode, fill):
+    im = Image.new(mode, (4, 4), fill)
+    p = tmp_path / "t.png"
+    im.save(p)
+    assert px(load_image(p)) == (255, 255, 255)
+
+
+def test_half_transparent_is_composited_on_white():
+    out = load_image(Image.new("RGBA", (2, 2), (0, 0, 0, 128)))
+    assert all(abs(v - 127) <= 1 for v in px(out))
+
+
+def test_palette_with_transparency(tmp_path):
+    im = Image.new("P", (4, 4), 0)
+    im.putpalette([255, 0, 0] + [0, 255, 0] * 255)
+    im.info["transparency"] = 0
+    p = tmp_path / "p.png"
+    im.save(p, transparency=0)
+    assert px(load_image(p)) == (255, 255, 255)
+    im2 = Image.new("P", (4, 4), 0)
+    im2.putpalette([255, 0, 0] * 256)
+    assert px(load_image(im2)) == (255, 0, 0)
+
+
+def test_cmyk_and_greyscale(tmp_path):
+    p = tmp_path / "c.jpg"
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(p)
+    r, g, b = px(load_image(p))
+    assert r > 200 and g < 60 and b < 60
+    assert px(load_image(Image.new("L", (2, 2), 77))) == (77, 77, 77)
+    assert px(load_image(Image.new("1", (2, 2), 1))) == (255, 255, 255)
+
+
+def test_16_bit_greyscale_is_rescaled(tmp_path):
+    a = np.full((4, 4), 65535, dtype=np.uint16)
+    a[0, 0] = 0
+    p = tmp_path / "g16.png"
+    Image.fromarray(a).save(p)
+    im = Image.open(p)
+    assert im.mode.startswith("I")
+    out = load_image(p)
+    assert out.mode == "RGB" and px(out, (1, 1)) == (255, 255, 255) and px(out) == (0, 0, 0)
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((250, 0, 0), (0, 0, 250))]
+    p = tmp_path / "anim.gif"
+    frames[0].save(p, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    with Image.open(p) as im:
+        assert im.n_frames == 2
+        im.seek(1)  # a caller left it on frame 2
+        r, g, b = px(load_image(im))
+    assert r > 200 and b < 50
+    r, g, b = px(load_image(p))
+    assert r > 200 and b < 50
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.new("RGB", (40, 20), (0, 200, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    p = tmp_path / "rot.jpg"
+    im.save(p, exif=exif)
+    assert Image.open(p).size == (40, 20)
+    assert load_image(p).size == (20, 40)
+
+
+@pytest.mark.parametrize("make,cause", [
+    (lambda d: d / "missing.png", "no such file"),
+    (lambda d: d, "directory"),
+    (lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt", "not an image"),
+    (lambda d: (d / "trunc.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20) and d / "trunc.png", "image"),
+])
+def test_errors_are_one_line_and_name_the_file(tmp_path, make, cause):
+    path = make(tmp_path)
+    with pytest.raises(ImageLoadError) as e:
+        load_image(path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and cause in msg
+    assert e.value.path == str(path)
+
+
+def test_truncated_jpeg(tmp_path):
+    p = tmp_path / "ok.jpg"
+    noise_image(1, (64, 64)).save(p, quality=90)
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(p.read_bytes()[:300])
+    with pytest.raises(ImageLoadError, match="cut.jpg"):
+        load_image(bad)
+
+
+def test_wrong_type():
+    with pytest.raises(TypeError, match="path or a PIL.Image"):
+        load_image(3)
+
+
+def test_base_encoder_batches_normalises_and_flags_zero_vectors(tmp_path):
+    enc = HashEncoder(batch_size=2)
+    imgs = [noise_image(i) for i in range(5)]
+    emb = enc.encode_images(imgs)
+    assert emb.shape == (5, 8) and emb.dtype == torch.float32
+    assert torch.allclose(emb.norm(dim=1), torch.ones(5))
+    assert enc.image_batches == [2, 2, 1]
+    black = enc.encode_images([Image.new("RGB", (4, 4))])
+    assert torch.isnan(black).all()  # a zero vector cannot be normalised: the engine reports an error
+    assert enc.encode_images([]).shape == (0, 8)
+
+
+def test_encode_images_tolerant(tmp_path):
+    enc = HashEncoder()
+    good = tmp_path / "g.png"
+    noise_image(3).save(good)
+    emb, errors = encode_images_tolerant(enc, [good, tmp_path / "nope.png", noise_image(4)])
+    assert emb.shape == (3, 8)
+    assert errors[0] is None and errors[2] is None and "nope.png" in errors[1]
+    assert torch.isnan(emb[1]).all() and torch.isfinite(emb[[0, 2]]).all()
