@@ -53,17 +53,294 @@ def _system_cmd(args) -> int:
     return EXIT_OK
 
 
+def _progress(total: int | None, desc: str, quiet: bool):
+    """A tqdm bar on stderr (or nothing); returns (update callable, close callable)."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+    return bar.update, bar.close
+
+
+def _classifier(args, system):
+    from transformers.utils import logging as hf_logging
+
+    from .api import Classifier
+
+    hf_logging.disable_progress_bar()  # ours is enough
+    if args.trust_remote_code and not args.quiet:
+        print(f"twentyq: --trust-remote-code: running the model repository's own code for {args.model!r}",
+              file=sys.stderr)
+    return Classifier(model=args.model, system=system, device=args.device, dtype=args.dtype,
+                      batch_size=args.batch_size, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code)
+
+
+def _config(args):
+    from .api import RunConfig
+
+    return RunConfig(mode=args.mode, policy=args.policy, tau=args.tau, delta=args.delta, budget=args.budget,
+                     scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale, top_k=args.top_k)
+
+
+def _classify_cmd(args) -> int:
+    config = _config(args)
+    clf = _classifier(args, args.system)
+    update, close = _progress(len(args.images), "images", args.quiet)
+    n_bad = 0
+    if not args.json:
+        print(f"{'image':<40} {'label':<24} {'conf':>6} {'Q':>4}  {'stop':<10} questions")
+    try:
+        for r in clf.iter_classify(args.images, config, names=args.images, progress=update):
+            n_bad += r.error is not None
+            if args.json:
+                print(json.dumps(r.to_dict(), ensure_ascii=False), flush=True)
+            elif r.error:
+                print(f"{_short(r.image, 40):<40} ERROR {r.error}", flush=True)
+            else:
+                qs = ", ".join(f"{s.group}={s.answer}" for s in r.steps)
+                print(f"{_short(r.image, 40):<40} {r.label:<24} {r.confidence:>6.3f} {r.q_spent:>4}  "
+                      f"{r.stop:<10} {qs}", flush=True)
+    finally:
+        close()
+    if n_bad:
+        print(f"twentyq: {n_bad} of {len(args.images)} image(s) could not be classified (see 'error')",
+              file=sys.stderr)
+    return EXIT_PARTIAL if n_bad else EXIT_OK
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else "…" + text[-(n - 1):]
+
+
+def _atomic_write_json(path, data) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _eval_cmd(args) -> int:
+    from pathlib import Path
+
+    from .api import summarise
+
+    config = _config(args)
+    clf = _classifier(args, args.system)
+    ds = clf.dataset(args.data, split=args.split, limit=args.limit, seed=args.seed, allow_missing=args.allow_missing)
+    out = Path(args.out) if args.out else None
+    stream = out.with_suffix(".jsonl").open("w", encoding="utf-8") if out else None
+    rows = []
+
+    def on_result(k, r, item):
+        rows.append((r, item))
+        if stream:
+            stream.write(json.dumps({**r.to_dict(), "true_label": item.label}, ensure_ascii=False) + "\n")
+            stream.flush()
+
+    update, close = _progress(len(ds), f"eval {config.mode}", args.quiet)
+    try:
+        report = clf.evaluate_many(ds, [config], by=args.by, seed=args.seed, on_result=on_result,
+                                   progress=update)[0]
+    except KeyboardInterrupt:
+        close()
+        if out:
+            partial = summarise(rows, config, model=clf.encoder.name, system=clf.system.name, data=ds.name,
+                                text_encodes=clf.text_cache.text_encodes, text_hits=clf.text_cache.hits,
+                                seconds_embed=float("nan"), seconds_classify=float("nan"), by=args.by,
+                                seed=args.seed, complete=False)
+            _atomic_write_json(out, partial.to_dict())
+            print(f"twentyq: interrupted after {len(rows)} image(s); partial results in {out} (complete: false)",
+                  file=sys.stderr)
+        raise
+    finally:
+        close()
+        if stream:
+            stream.close()
+    if out:
+        _atomic_write_json(out, report.to_dict())
+    print(_report_line(report))
+    print(f"  model: {_model_note(clf.encoder)}")
+    if not args.quiet:
+        for c in report.confusion[:5]:
+            print(f"  confused: {c['label']} -> {c['predicted']} ({c['count']})")
+        for k, v in report.by.get(args.by, {}).items() if args.by else []:
+            print(f"  {args.by}={k}: accuracy {v['accuracy']:.3f} (n={v['n']})")
+    if out:
+        print(f"wrote {out} and {out.with_suffix('.jsonl')}")
+    if report.skipped:
+        print(f"twentyq: {len(report.skipped)} image(s) skipped (listed under 'skipped')", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _model_note(encoder) -> str:
+    """The model's name with what it is (the offline stand-in says it is not CLIP)."""
+    from .encoders.registry import MODELS
+
+    spec = MODELS.get(encoder.name)
+    return f"{encoder.name} — {spec.note}" if spec and spec.note else f"{encoder.name} ({encoder.model_id})"
+
+
+def _report_line(rep) -> str:
+    lo, hi = rep.ci95
+    what = f"{rep.mode}" + (f" {rep.policy} τ={rep.tau}" if rep.mode == "adaptive" else "")
+    return (f"{what}: accuracy {rep.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={rep.n}  mean Q {rep.mean_q:.1f}  "
+            f"median Q {rep.median_q:.0f}  text encodes {rep.text_encodes}  model {rep.model}")
+
+
+def default_data():
+    """The shared jina15 set, looked for beside the working directory and beside this checkout."""
+    from pathlib import Path
+
+    rel = Path("shared/data/pokemon/jina15.csv")
+    for base in (Path.cwd().parent, Path(__file__).resolve().parents[2], Path.cwd()):
+        if (base / rel).is_file():
+            return base / rel
+    return None
+
+
+def _compare_cmd(args) -> int:
+    from .api import RunConfig
+
+    data = args.data or default_data()
+    if data is None:
+        raise UsageError("no data found: pass --data CSV_OR_DIR (a CSV with path,label columns or an "
+                         "ImageFolder directory), e.g. --data ../shared/data/pokemon/jina15.csv")
+    clf = _classifier(args, args.system)
+    ds = clf.dataset(data, split=args.split, limit=args.limit, seed=args.seed, allow_missing=args.allow_missing)
+    configs = [RunConfig(mode="baseline", eps=args.eps), RunConfig(mode="full", eps=args.eps),
+               RunConfig(mode="adaptive", policy=args.policy, tau=args.tau, budget=args.budget, eps=args.eps)]
+    update, close = _progress(len(ds), "compare", args.quiet)
+    try:
+        reports = clf.evaluate_many(ds, configs, by=args.by, seed=args.seed, progress=update)
+    finally:
+        close()
+    print(f"model: {_model_note(clf.encoder)}")
+    print(f"data: {data} ({reports[0].n} images)  system: {clf.system.name} (N={clf.system.n_classes}, "
+          f"Q={clf.system.q_total})")
+    print(f"\n| mode | accuracy | 95% CI | mean Q | text encodes |\n|---|---|---|---|---|")
+    for rep in reports:
+        what = rep.mode + (f" ({rep.policy}, τ={rep.tau})" if rep.mode == "adaptive" else "")
+        print(f"| {what} | {rep.accuracy:.3f} | [{rep.ci95[0]:.3f}, {rep.ci95[1]:.3f}] | {rep.mean_q:.1f} | "
+              f"{rep.text_encodes} |")
+    if args.by:
+        print(f"\nby {args.by}:")
+        for rep in reports:
+            cells = ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in rep.by.get(args.by, {}).items())
+            print(f"  {rep.mode}: {cells}")
+    if args.out:
+        _atomic_write_json(args.out, [r.to_dict() for r in reports])
+        print(f"wrote {args.out}")
+    skipped = reports[0].skipped
+    if skipped:
+        print(f"twentyq: {len(skipped)} image(s) skipped", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _models_cmd(args) -> int:
+    from .encoders import list_models
+
+    rows = list_models()
+    print(f"{'model':<36} {'backend':<14} {'offline':<8} {'remote code':<12} note")
+    for m in rows:
+        print(f"{m['model']:<36} {m['backend']:<14} {'yes' if m['offline'] else 'no':<8} "
+              f"{'needs flag' if m['trust_remote_code'] else '-':<12} {m.get('note', '')}")
+    return EXIT_OK
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="offline",
+                   help="model string: 'offline' (the packaged stand-in, not CLIP), a hub id or a local folder")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPU, fp32 on CPU")
+    g.add_argument("--batch-size", type=int, default=None, help="encoder batch size (default: the model's own)")
+    g.add_argument("--cache-dir", default=None, help="folder for the on-disk text-embedding cache")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model repository's own code to run (jina-clip needs it)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
+    from policies import list_policies
+
+    from .adaptive import SCORERS
+    from .api import DEFAULT_EPS, MODES
+
+    g = p.add_argument_group("questions")
+    g.add_argument("--system", default="pokemon15", help="system JSON file or shipped name (default pokemon15)")
+    if modes:
+        g.add_argument("--mode", default="adaptive", choices=list(MODES))
+    g.add_argument("--policy", default="eig", choices=list_policies())
+    g.add_argument("--tau", type=float, default=0.9, help="stop once the top class has this probability")
+    g.add_argument("--delta", type=float, default=0.0, help="stop once no question gains this many nats")
+    g.add_argument("--budget", type=int, default=None, help="at most this many prompts per image")
+    g.add_argument("--scorer", default="bayes", choices=list(SCORERS))
+    g.add_argument("--eps", type=float, default=DEFAULT_EPS, help="rule noise of the Bayes scorer")
+    g.add_argument("--logit-scale", type=float, default=None, help="default: the model's own")
+    g.add_argument("--top-k", type=int, default=5)
+
+
+def _add_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, help="CSV (path,label[,split]) or ImageFolder directory")
+    g.add_argument("--split", default=None)
+    g.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--allow-missing", action="store_true", help="skip rows whose label is not a class of the system")
+    g.add_argument("--by", default=None, help="break accuracy down by this data column (e.g. source)")
+    g.add_argument("--out", default=None, help="write the JSON summary here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="twentyq", description="Adaptive twenty-questions zero-shot classification.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
+
+    cp = sub.add_parser("classify", help="classify images")
+    cp.add_argument("images", nargs="+", help="image files")
+    cp.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    _add_run_flags(cp)
+    _add_model_flags(cp)
+    cp.set_defaults(func=_classify_cmd)
+
+    ep = sub.add_parser("eval", help="evaluate on a labelled dataset")
+    _add_data_flags(ep, required=True)
+    _add_run_flags(ep)
+    _add_model_flags(ep)
+    ep.set_defaults(func=_eval_cmd)
+
+    mp = sub.add_parser("compare", help="baseline vs full system vs adaptive on one dataset (images embedded once)")
+    _add_data_flags(mp, required=False)
+    _add_run_flags(mp, modes=False)
+    _add_model_flags(mp)
+    mp.set_defaults(func=_compare_cmd)
 
     sp = sub.add_parser("system", help="validate, show or analyze an attribute system")
     sp.add_argument("action", choices=["validate", "show", "analyze"])
     sp.add_argument("system", help="a system JSON file or a shipped name (e.g. pokemon15)")
     sp.add_argument("--json", action="store_true", help="analyze: print JSON")
     sp.set_defaults(func=_system_cmd)
+
+    lp = sub.add_parser("models", help="list model strings and backends")
+    lp.set_defaults(func=_models_cmd)
     return ap
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: reported in one line, exit 2."""
+    errors: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError, KeyError)
+    if "engine.encoders.base" in sys.modules:  # only loaded (with torch) when a model was asked for
+        errors += (sys.modules["engine.encoders.base"].EncoderLoadError,)
+    return errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("twentyq: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, KeyError) as e:
-        if args.debug:
+    except Exception as e:
+        if args.debug or not isinstance(e, _expected_errors()):
             raise
-        msg = str(e).strip("'\"")
+        # one line: the cause and the fix (a system's validation adds its problems, one per line)
+        msg = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
         print(f"twentyq: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
 
