@@ -13,6 +13,14 @@ that fails to load is ignored, reported with a warning and rebuilt. When two
 processes add to the same file, the last rename wins: the file is always
 complete and valid, and entries the other process added are re-encoded the
 next time they are needed.
+
+Memory bound: the cache keeps every embedding it has seen in memory, N × D
+float32 (10,000 images of a 384-d model: 15 MB; 768-d: 31 MB), and rewrites
+the whole file after each ``encode`` call that adds images. It is meant for
+the fixed datasets of benchmarks, not for unbounded streams: classifying a
+stream (``Classifier.iter_classify``, ``bench.soak``) uses no image cache and
+holds one chunk at a time. A failed write (disk full) turns the disk copy off
+for the rest of the run with one :class:`CacheWarning`.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ class ImageCache:
         self.encoded = 0
         self.hits = 0
         self._loaded = False
+        self.disk_writes_ok = True
 
     @property
     def path(self) -> Path | None:
@@ -118,12 +127,13 @@ class ImageCache:
             self._mem.setdefault(k, row)
 
     def _save_disk(self) -> None:
-        if self.path is None:
+        if self.path is None or not self.disk_writes_ok:
             return
         keys = list(self._mem)
         meta = {"format": FORMAT, "identity": self.identity, "keys": json.dumps(keys)}
         try:
             atomic_save_safetensors({"embeddings": torch.stack([self._mem[k] for k in keys])}, self.path, meta)
         except OSError as e:
-            warnings.warn(f"could not write the image cache in {self.cache_dir} ({e}); continuing without it",
-                          CacheWarning, stacklevel=3)
+            self.disk_writes_ok = False
+            warnings.warn(f"could not write the image cache in {self.cache_dir} ({e}); continuing without "
+                          "writing it for the rest of this run", CacheWarning, stacklevel=3)

@@ -21,10 +21,22 @@ it is ignored, re-encoded, rewritten, and a :class:`CacheWarning` names it.
 Writes go to a temp file in the same folder and are renamed into place
 (``os.replace``, atomic), so two processes writing the same key leave one
 complete file, never a mix. No pickle anywhere.
+
+A write that fails (disk full, read-only folder, permissions) turns the disk
+cache off for this TextCache: one :class:`CacheWarning` says so, the run goes
+on from memory, and reads of files already there still work. A leftover temp
+file from a killed process is never read (only the final name is), and the
+key is rewritten next time.
+
+Non-finite embeddings: prompts the encoder returns NaN/inf (or zero) for are
+kept in memory as NaN rows, never written to disk, and reported once with a
+:class:`NonFiniteWarning`; the engine then fails each image that asks that
+group (``engine.adaptive``), naming the group, and the others go on.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -35,24 +47,37 @@ from pathlib import Path
 
 import torch
 
-from engine.encoders.base import Encoder, cache_identity
+from engine.encoders.base import Encoder, cache_identity, nonfinite_rows
 
 FORMAT = "twentyq-text-v1"
 
 
 class CacheWarning(UserWarning):
-    """A cache file that failed to load and was rebuilt."""
+    """A cache file that failed to load and was rebuilt, or a disk cache turned off after a failed write."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """The encoder returned NaN/inf or a zero vector for some prompts."""
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically: temp file in the same folder, fsync, rename."""
+    """Write a safetensors file atomically: temp file in the same folder, fsync, rename.
+
+    Any failure to write (a full disk included) raises OSError and leaves no file behind.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        try:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                      metadata=metadata)
+        except SafetensorError as e:  # a full disk surfaces as this, not as OSError
+            code = errno.ENOSPC if "os error 28" in str(e) else errno.EIO
+            raise OSError(code, f"cannot write {path.name}: {e}") from e
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -90,6 +115,7 @@ class TextCache:
         self.disk_hits = 0
         self.rebuilt = 0
         self.encode_calls = 0
+        self.disk_writes_ok = True  # turned off by the first failed write (see the module docstring)
 
     # -- public -------------------------------------------------------------------
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -108,7 +134,13 @@ class TextCache:
                 emb = self.encoder.encode_texts(missing)
                 self.encode_calls += 1
                 self.text_encodes += len(missing)
-                self._to_disk(missing, emb)
+                bad = nonfinite_rows(emb)
+                if bad:
+                    warnings.warn(f"{self.encoder.name}: the encoder returned NaN/inf or a zero vector for "
+                                  f"{len(bad)} prompt(s), e.g. {missing[bad[0]]!r}; images asking their group "
+                                  "will be reported as errors", NonFiniteWarning, stacklevel=2)
+                else:
+                    self._to_disk(missing, emb)
             else:
                 self.disk_hits += len(missing)
                 self.hits += len(missing)
@@ -165,14 +197,15 @@ class TextCache:
         return emb.to(self.encoder.device)
 
     def _to_disk(self, prompts: list[str], emb: torch.Tensor) -> None:
-        if self.cache_dir is None:
+        if self.cache_dir is None or not self.disk_writes_ok:
             return
         meta = {"format": FORMAT, "identity": self.identity, "prompts": json.dumps(prompts, ensure_ascii=False)}
         try:
             atomic_save_safetensors({"embeddings": emb}, self.path_for(prompts), meta)
         except OSError as e:
-            warnings.warn(f"could not write the text cache in {self.cache_dir} ({e}); continuing without it",
-                          CacheWarning, stacklevel=3)
+            self.disk_writes_ok = False
+            warnings.warn(f"could not write the text cache in {self.cache_dir} ({e}); continuing without "
+                          "writing it for the rest of this run", CacheWarning, stacklevel=3)
 
 # The name engine.api uses.
 TextEmbeddingCache = TextCache

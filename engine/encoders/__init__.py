@@ -9,14 +9,16 @@
 """
 
 from .base import (
-    BaseEncoder, Encoder, EncoderLoadError, RemoteCodeRefused, cache_identity, encode_images_tolerant, to_numpy,
+    BaseEncoder, Encoder, EncoderLoadError, EncoderOutOfMemory, RemoteCodeRefused, cache_identity,
+    encode_images_tolerant, nonfinite_rows, to_numpy,
 )
 from .device import available_devices, resolve_device, resolve_dtype
 from .images import ImageLoadError, load_image, load_images
 from .registry import DEFAULT_MODEL, MODELS, list_models, load_encoder
 
 __all__ = [
-    "DEFAULT_MODEL", "MODELS", "BaseEncoder", "Encoder", "EncoderLoadError", "ImageLoadError", "RemoteCodeRefused",
+    "DEFAULT_MODEL", "MODELS", "BaseEncoder", "Encoder", "EncoderLoadError", "EncoderOutOfMemory",
+    "ImageLoadError", "RemoteCodeRefused",
     "available_devices", "cache_identity", "encode_images_tolerant", "list_models", "load_encoder", "load_image",
-    "load_images", "resolve_device", "resolve_dtype", "to_numpy",
+    "load_images", "nonfinite_rows", "resolve_device", "resolve_dtype", "to_numpy",
 ]

@@ -16,8 +16,16 @@ of a group is one matmul there (:mod:`engine.encoder_source`); call
 ``encoder.dtype`` (fp16/bf16 on a GPU); the normalisation and the returned
 embeddings are float32 always.
 
-A row whose model output is all zeros cannot be normalised and comes back as
-NaN, so the engine reports that image as an error instead of scoring it.
+A row whose model output is all zeros, or holds NaN or inf, cannot be
+normalised and comes back as NaN (:func:`nonfinite_rows` finds them), so the
+engine reports that image as an error instead of scoring it.
+
+Out of memory: when a batch raises ``torch.cuda.OutOfMemoryError`` (or a
+RuntimeError saying "out of memory", as MPS and older torch do), the batch is
+split in half and retried, down to one item; the smaller size is kept for the
+rest of the encoder's life (``batch_size`` / ``text_batch_size`` are lowered
+and an :class:`OutOfMemoryWarning` says so once per halving). If one item
+still does not fit, :class:`EncoderOutOfMemory` names the device and the fix.
 
 Attributes
 ----------
@@ -34,7 +42,8 @@ device : torch.device; dtype : torch.dtype; batch_size : int; embed_dim : int (D
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -45,6 +54,8 @@ from .device import dtype_name
 from .images import ImageLike, ImageLoadError, batches, load_image, load_images
 
 ACTIVATIONS = ("softmax", "sigmoid")
+NONFINITE_IMAGE = ("the encoder returned NaN/inf or a zero vector for this image (blank or degenerate input, "
+                   "or a numerical fault in the model)")
 
 
 class EncoderLoadError(RuntimeError):
@@ -53,6 +64,27 @@ class EncoderLoadError(RuntimeError):
 
 class RemoteCodeRefused(EncoderLoadError):
     """A model that needs ``trust_remote_code=True`` was asked for without it."""
+
+
+class EncoderOutOfMemory(RuntimeError):
+    """The device ran out of memory even at batch size 1."""
+
+
+class OutOfMemoryWarning(RuntimeWarning):
+    """A batch ran out of device memory and was retried at half the size."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is a device out-of-memory error (CUDA's own type, or any RuntimeError saying so)."""
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(e, oom_type):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+def _free_device_memory(device: Any) -> None:
+    if getattr(device, "type", None) == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @runtime_checkable
@@ -87,6 +119,19 @@ def l2_normalise(x: torch.Tensor) -> torch.Tensor:
     """Rows of ``x`` (n, D) as float32 unit vectors; an all-zero row becomes NaN."""
     x = x.float()
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+def nonfinite_rows(x: torch.Tensor | np.ndarray) -> list[int]:
+    """Indices of the rows of an (n, D) embedding that hold NaN or inf, or are all zero.
+
+    A BaseEncoder's zero rows are already NaN (they cannot be normalised); an
+    encoder outside this package may return them raw.
+    """
+    t = torch.as_tensor(x)
+    if t.numel() == 0:
+        return []
+    bad = ~torch.isfinite(t).all(dim=-1) | (t == 0).all(dim=-1)
+    return torch.nonzero(bad).flatten().tolist()
 
 
 def to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -136,21 +181,53 @@ class BaseEncoder:
         """(B, D) float32 unit rows on ``self.device``; images loaded one batch at a time."""
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
-        out = []
+        out: list[torch.Tensor] = []
         with torch.inference_mode():
             for chunk in batches(list(images), self.batch_size):
-                emb = self._embed_images(load_images(chunk))
-                out.append(l2_normalise(emb))
+                out += self._embed_batched(load_images(chunk), self._embed_images, "batch_size", "image")
         return self._cat(out)
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(T, D) float32 unit rows on ``self.device``."""
         texts = _check_texts(texts)
-        out = []
+        out: list[torch.Tensor] = []
+        size_attr = "text_batch_size" if self.text_batch_size else "batch_size"
         with torch.inference_mode():
-            for chunk in batches(texts, self.text_batch_size or self.batch_size):
-                out.append(l2_normalise(self._embed_texts(chunk)))
+            for chunk in batches(texts, getattr(self, size_attr)):
+                out += self._embed_batched(chunk, self._embed_texts, size_attr, "text")
         return self._cat(out)
+
+    def _embed_batched(self, items: list, hook: Callable[[list], torch.Tensor], size_attr: str,
+                       what: str) -> list[torch.Tensor]:
+        """Normalised embeddings of ``items`` through ``hook``, halving the batch on out-of-memory.
+
+        ``size_attr`` names the batch-size attribute lowered when a batch does not fit.
+        """
+        out, i = [], 0
+        size = min(len(items), getattr(self, size_attr) or len(items))  # lowered by an earlier OOM
+        while i < len(items):
+            part = items[i:i + size]
+            try:
+                emb = hook(part)
+            except Exception as e:  # noqa: BLE001  (only out-of-memory is handled; the rest re-raised)
+                if not is_out_of_memory(e):
+                    raise
+                _free_device_memory(self.device)
+                cause = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                if len(part) == 1:
+                    raise EncoderOutOfMemory(
+                        f"{self.name}: out of memory on {self.device} with one {what} per batch ({cause}); "
+                        "free the device, use a smaller model or --dtype fp16/bf16, or run on --device cpu"
+                    ) from None
+                size = max(1, len(part) // 2)
+                setattr(self, size_attr, min(size, getattr(self, size_attr) or size))
+                warnings.warn(f"{self.name}: out of memory on {self.device} with {len(part)} {what}s per batch; "
+                              f"retrying with {size} (and using {size_attr}={size} from now on)",
+                              OutOfMemoryWarning, stacklevel=4)
+                continue
+            out.append(l2_normalise(emb))
+            i += len(part)
+        return out
 
     def _cat(self, parts: list[torch.Tensor]) -> torch.Tensor:
         if not parts:
@@ -175,7 +252,8 @@ def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike]) -> tup
     """Encode what loads; a bad image gets a NaN row and its one-line error.
 
     Returns (embeddings (B, D) on the device, errors: list of B messages or None).
-    The engine turns a NaN row into a failed Result for that image only.
+    A row the encoder returned NaN/inf or zero for gets an error too. The engine
+    turns a NaN row into a failed Result for that image only.
     """
     loaded, errors = [], []
     for im in images:
@@ -189,6 +267,8 @@ def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike]) -> tup
     emb = encoder.encode_images(good) if good else None
     out = torch.full((len(loaded), encoder.embed_dim), float("nan"), dtype=torch.float32, device=encoder.device)
     if emb is not None:
-        idx = torch.as_tensor([i for i, im in enumerate(loaded) if im is not None], device=encoder.device)
-        out[idx] = emb
+        pos = [i for i, im in enumerate(loaded) if im is not None]
+        out[torch.as_tensor(pos, device=encoder.device)] = emb
+        for j in nonfinite_rows(emb):
+            errors[pos[j]] = NONFINITE_IMAGE
     return out, errors

@@ -273,6 +273,32 @@ def check_remote_code(name: str, trust_remote_code: bool) -> None:
             "that code")
 
 
+def remote_code_origin(name: str) -> str:
+    """Where the code that ``trust_remote_code`` runs for model ``name`` comes from, in words.
+
+    A hub id names its repository (and URL); a local folder names its path and
+    the code repositories its ``config.json`` ``auto_map`` points at
+    (``"owner/repo--module.Class"``), read without running anything.
+    """
+    if is_local(name):
+        folder = Path(name).expanduser().resolve()
+        repos: list[str] = []
+        try:
+            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            for ref in (cfg.get("auto_map") or {}).values():
+                for r in ref if isinstance(ref, list) else [ref]:
+                    if isinstance(r, str) and "--" in r and r.split("--")[0] not in repos:
+                        repos.append(r.split("--")[0])
+        except (OSError, ValueError, AttributeError):
+            pass
+        where = f"the Python files in the local folder {str(folder)!r}"
+        if repos:
+            where += f" and the hub repository {', '.join(repr(r) for r in repos)} its config.json names"
+        return where
+    return f"the Hugging Face hub repository {name!r} (https://huggingface.co/{name}) and any code repository " \
+           "its config.json names"
+
+
 def load_jina_clip(name: str, *, device: str | torch.device = "auto", dtype=None, batch_size: int = 32,
                    text_batch_size: int | None = None, revision: str | None = None,
                    trust_remote_code: bool = False, truncate_dim: int | None = None) -> JinaClipEncoder:

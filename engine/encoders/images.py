@@ -8,15 +8,25 @@ Rules (applied to files and to PIL images passed in directly):
   composited onto white;
 - CMYK, YCbCr, LAB, HSV convert to RGB; 16/32-bit greyscale (I;16, I) and
   float (F) images are rescaled to 8 bits, then RGB;
-- 1-bit and L become RGB.
+- 1-bit and L become RGB;
+- an image larger than :data:`MAX_SIDE` on its long side is downscaled to
+  fit it before it reaches a model (JPEGs are decoded at a reduced scale with
+  ``Image.draft``, then ``thumbnail``): no model looks at more than a few
+  hundred pixels, and a 10,000-px photo would otherwise cost ~300 MB;
+- a file declaring more than :data:`MAX_IMAGE_PIXELS` pixels is refused
+  before it is decoded (a decompression bomb). Pillow's own limit is set to
+  the same value, and its ``DecompressionBombWarning`` is turned into the
+  same error, never a warning.
 
 A file that cannot be read raises :class:`ImageLoadError` (a ValueError) whose
-message names the file and the cause on one line.
+message names the file and the cause on one line: missing, a directory,
+permission denied, not an image, corrupt or truncated, or too large.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Union
@@ -27,6 +37,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 ImageLike = Union[str, os.PathLike, Image.Image]
 
 WHITE = (255, 255, 255)
+
+# 100 megapixels: larger than any camera photo in common use (~50 MP), far below what a crafted
+# file can declare. Decoding that much RGB costs ~300 MB, the most one image may take.
+MAX_IMAGE_PIXELS = 100_000_000
+# Long side an image is downscaled to before it reaches a model (models look at 224-512 px).
+MAX_SIDE = 2048
+
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own guard, set explicitly to ours
 
 
 class ImageLoadError(ValueError):
@@ -67,11 +85,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # P, L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def _too_large(size: tuple[int, int]) -> str | None:
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        return (f"{w}x{h} = {w * h:,} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
+                "(a possible decompression bomb); refusing to decode it")
+    return None
+
+
+def _downscale(img: Image.Image) -> Image.Image:
+    """``img`` shrunk to fit MAX_SIDE × MAX_SIDE (aspect kept); unchanged if it already fits."""
+    if max(img.size) > MAX_SIDE:
+        img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+    return img
+
+
 def load_image(image: ImageLike) -> Image.Image:
     """One image as RGB (see the module docstring). Raises ImageLoadError naming the file."""
     if isinstance(image, Image.Image):
+        too_large = _too_large(image.size)
+        if too_large:
+            raise ImageLoadError(image_label(image), too_large)
         try:
-            return to_rgb(image)
+            return _downscale(to_rgb(image))
         except Exception as e:  # noqa: BLE001  (Pillow raises many types)
             raise ImageLoadError("<PIL image>", f"{type(e).__name__}: {e}") from None
     if not isinstance(image, (str, os.PathLike)):
@@ -84,15 +120,27 @@ def load_image(image: ImageLike) -> Image.Image:
     if p.is_dir():
         raise ImageLoadError(path, "is a directory, not an image file")
     try:
-        with Image.open(p) as im:
-            return to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                too_large = _too_large(im.size)  # the header only: nothing is decoded yet
+                if too_large:
+                    raise ImageLoadError(path, too_large)
+                if max(im.size) > MAX_SIDE:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= the bound
+                    r = MAX_SIDE / max(im.size)
+                    im.draft(None, (max(1, int(im.size[0] * r)), max(1, int(im.size[1] * r))))
+                return _downscale(to_rgb(im))
+    except ImageLoadError:
+        raise
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied; the file is not readable by this user") from None
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not an image Pillow can read (unknown format or not an image file)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(path, f"too large to decode safely, a possible decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageLoadError(path, f"corrupt or truncated image data ({msg})") from None
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(path, f"too large to decode safely ({e})") from None
 
 
 def load_images(images: Iterable[ImageLike]) -> list[Image.Image]:
