@@ -86,7 +86,9 @@ def classify_batch(
     Returns
     -------
     list of B Results. An image whose similarities came back non-finite gets a
-    Result with ``error`` set; the others are unaffected.
+    Result with ``error`` set; the others are unaffected. That covers a
+    non-finite *prompt* embedding too: every image that asks that group fails
+    (with the group named), the images that never ask it are classified.
     """
     if scorer not in SCORERS:
         raise ValueError(f"scorer == {scorer!r}, must be one of {list(SCORERS)}")
@@ -142,8 +144,8 @@ def classify_batch(
                                  f"{system.groups[g].name!r}, expected {(len(imgs), int(sizes[g]))}")
             ok = np.isfinite(sims).all(axis=1)
             for i in imgs[~ok]:
-                errors[i] = (f"non-finite similarity for group {system.groups[g].name!r} "
-                             "(the encoder returned NaN/inf or a zero vector)")
+                errors[i] = (f"non-finite similarity for group {system.groups[g].name!r}: the encoder "
+                             "returned NaN/inf or a zero vector for this image or for one of the group's prompts")
                 reason[i] = "error"
                 active[i] = False
             imgs, sims, eig_g = imgs[ok], sims[ok], eig[go][pick][ok, g]

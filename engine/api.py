@@ -26,6 +26,7 @@ from .adaptive import NO_STOP, StopRule, classify_batch
 from .datasets import Dataset, check_labels, load_dataset
 from .metrics import bootstrap_ci, per_class, top_confusions
 from .results import STOP_REASONS, Result
+from .scoring import check_eps, check_logit_scale
 
 MODES = ("adaptive", "full", "baseline")
 DEFAULT_EPS = 0.05
@@ -53,9 +54,12 @@ class RunConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode == {self.mode!r}, must be one of {list(MODES)}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k == {self.top_k}, must be >= 1")
-        StopRule(self.tau, self.delta, self.budget)  # validates
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 1:
+            raise ValueError(f"top_k == {self.top_k!r}, must be a whole number >= 1")
+        StopRule(self.tau, self.delta, self.budget)  # validates τ, δ and the budget
+        check_eps(self.eps)
+        if self.logit_scale is not None:
+            check_logit_scale(self.logit_scale)
 
 
 @dataclass
@@ -120,9 +124,13 @@ class Classifier:
     def embed_images(self, images: Sequence[Any]) -> tuple[Any, np.ndarray, dict[int, str]]:
         """Load and embed images, skipping bad ones.
 
+        An image that fails to load, or whose embedding comes back NaN/inf or
+        zero, is a bad one.
+
         Returns (embeddings (n_good, D) on the encoder's device, indices (n_good,) of
         the good images, {index: error message} of the bad ones).
         """
+        from .encoders.base import NONFINITE_IMAGE, nonfinite_rows
         from .encoders.images import ImageLoadError, load_image
 
         loaded, good, bad = [], [], {}
@@ -133,6 +141,13 @@ class Classifier:
             except ImageLoadError as e:
                 bad[i] = str(e)
         emb = self.encoder.encode_images(loaded)
+        broken = nonfinite_rows(emb)
+        if broken:  # caught at the boundary: the loop never sees a non-finite image embedding
+            for j in broken:
+                bad[good[j]] = f"{_image_name(images[good[j]])}: {NONFINITE_IMAGE}"
+            keep = sorted(set(range(len(good))) - set(broken))
+            emb = emb[keep]
+            good = [good[j] for j in keep]
         return emb, np.asarray(good, dtype=np.int64), bad
 
     def classify_embedded(self, embeddings: Any, config: RunConfig, text_cache: Any = None) -> list[Result]:

@@ -1,7 +1,8 @@
 """The ``twentyq`` command line: a thin layer over the Python API.
 
 Exit codes: 0 success; 1 some inputs were bad but the rest were processed;
-2 usage or configuration errors. Errors are one line unless ``--debug``.
+2 usage or configuration errors; 130 interrupted (Ctrl-C or SIGTERM, which
+is handled the same way). Errors are one line unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def _classifier(args, system):
     from .api import Classifier
 
     hf_logging.disable_progress_bar()  # ours is enough
-    if args.trust_remote_code and not args.quiet:
-        print(f"twentyq: --trust-remote-code: running the model repository's own code for {args.model!r}",
-              file=sys.stderr)
+    if args.trust_remote_code:  # a security notice: printed even with --quiet
+        from .encoders.hf import remote_code_origin
+
+        print(f"twentyq: --trust-remote-code: model {args.model!r} may run code from "
+              f"{remote_code_origin(args.model)}", file=sys.stderr)
     return Classifier(model=args.model, system=system, device=args.device, dtype=args.dtype,
                       batch_size=args.batch_size, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code)
 
@@ -113,6 +116,19 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1):]
 
 
+def _json_safe(x):
+    """``x`` with NaN/inf floats as null, so the file is strict JSON (no NaN tokens)."""
+    import math
+
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
 def _atomic_write_json(path, data) -> None:
     import os
     import tempfile
@@ -121,9 +137,71 @@ def _atomic_write_json(path, data) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=2)
+        json.dump(_json_safe(data), f, ensure_ascii=False, indent=2, allow_nan=False)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def read_streamed(path) -> list[dict]:
+    """The records of an OUT.jsonl stream, for ``--resume``.
+
+    Every complete line that parses as a JSON object with an ``image`` is kept. A
+    torn line (a process killed mid-write) or any other bad line is dropped, and
+    the file is rewritten without it, so appending after it stays valid JSON lines.
+    """
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records, lines, dropped = [], [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True):
+        try:
+            if not line.endswith("\n"):
+                raise ValueError("torn line")
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
+                raise ValueError("not a record")
+        except ValueError:
+            dropped += 1
+            continue
+        records.append(rec)
+        lines.append(line)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.resume.tmp")
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.replace(tmp, path)
+        print(f"twentyq: --resume: dropped {dropped} incomplete line(s) from {path}", file=sys.stderr)
+    return records
+
+
+def _resume(ds, records):
+    """Split a dataset into the (result, item) rows already streamed and the dataset still to do.
+
+    Each record takes one item with the same path (so duplicates in the data are
+    done as often as they are listed); records of images not in the data are ignored.
+    """
+    from collections import Counter
+
+    from .datasets import Dataset
+    from .results import Result
+
+    done = Counter(rec["image"] for rec in records)
+    todo, matched = [], {}
+    for it in ds.items:
+        if done[it.path] > 0:
+            done[it.path] -= 1
+            matched.setdefault(it.path, []).append(it)
+        else:
+            todo.append(it)
+    rows = []
+    for rec in records:
+        items = matched.get(rec["image"])
+        if items:
+            rec = {k: v for k, v in rec.items() if k != "true_label"}
+            rows.append((Result.from_dict(rec), items.pop(0)))
+    return rows, Dataset(ds.name, tuple(todo))
 
 
 def _eval_cmd(args) -> int:
@@ -132,11 +210,17 @@ def _eval_cmd(args) -> int:
     from .api import summarise
 
     config = _config(args)
+    out = Path(args.out) if args.out else None
+    if args.resume and out is None:
+        raise UsageError("--resume needs --out OUT.json (it skips the images already in OUT.jsonl)")
     clf = _classifier(args, args.system)
     ds = clf.dataset(args.data, split=args.split, limit=args.limit, seed=args.seed, allow_missing=args.allow_missing)
-    out = Path(args.out) if args.out else None
-    stream = out.with_suffix(".jsonl").open("w", encoding="utf-8") if out else None
     rows = []
+    if args.resume:
+        rows, ds = _resume(ds, read_streamed(out.with_suffix(".jsonl")))
+        print(f"twentyq: --resume: {len(rows)} image(s) already done, {len(ds)} to go", file=sys.stderr)
+    stream = out.with_suffix(".jsonl").open("a" if args.resume else "w", encoding="utf-8") if out else None
+    n_before = len(rows)
 
     def on_result(k, r, item):
         rows.append((r, item))
@@ -144,20 +228,29 @@ def _eval_cmd(args) -> int:
             stream.write(json.dumps({**r.to_dict(), "true_label": item.label}, ensure_ascii=False) + "\n")
             stream.flush()
 
+    def summary(report=None, complete=True):
+        """The summary of every row, this run's and the resumed ones."""
+        if report is not None and n_before == 0:
+            return report
+        return summarise(rows, config, model=clf.encoder.name, system=clf.system.name, data=ds.name,
+                         text_encodes=clf.text_cache.text_encodes, text_hits=clf.text_cache.hits,
+                         seconds_embed=report.seconds_embed if report else float("nan"),
+                         seconds_classify=report.seconds_classify if report else float("nan"),
+                         by=args.by, seed=args.seed, complete=complete)
+
     update, close = _progress(len(ds), f"eval {config.mode}", args.quiet)
     try:
-        report = clf.evaluate_many(ds, [config], by=args.by, seed=args.seed, on_result=on_result,
-                                   progress=update)[0]
+        report = summary(clf.evaluate_many(ds, [config], by=args.by, seed=args.seed, on_result=on_result,
+                                           progress=update)[0])
     except KeyboardInterrupt:
         close()
+        _ignore_signals()  # a second Ctrl-C / SIGTERM must not tear the partial summary
+        if stream:
+            stream.close()
         if out:
-            partial = summarise(rows, config, model=clf.encoder.name, system=clf.system.name, data=ds.name,
-                                text_encodes=clf.text_cache.text_encodes, text_hits=clf.text_cache.hits,
-                                seconds_embed=float("nan"), seconds_classify=float("nan"), by=args.by,
-                                seed=args.seed, complete=False)
-            _atomic_write_json(out, partial.to_dict())
-            print(f"twentyq: interrupted after {len(rows)} image(s); partial results in {out} (complete: false)",
-                  file=sys.stderr)
+            _atomic_write_json(out, summary(complete=False).to_dict())
+            print(f"twentyq: interrupted after {len(rows) - n_before} image(s) this run ({len(rows)} in all); "
+                  f"partial results in {out} (complete: false); rerun with --resume to finish", file=sys.stderr)
         raise
     finally:
         close()
@@ -289,7 +382,7 @@ def _add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     g.add_argument("--top-k", type=int, default=5)
 
 
-def _add_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
+def _add_data_flags(p: argparse.ArgumentParser, required: bool, resume: bool = False) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=required, help="CSV (path,label[,split]) or ImageFolder directory")
     g.add_argument("--split", default=None)
@@ -298,6 +391,9 @@ def _add_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--allow-missing", action="store_true", help="skip rows whose label is not a class of the system")
     g.add_argument("--by", default=None, help="break accuracy down by this data column (e.g. source)")
     g.add_argument("--out", default=None, help="write the JSON summary here")
+    if resume:
+        g.add_argument("--resume", action="store_true",
+                       help="skip the images already streamed to OUT.jsonl and append the rest")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=_classify_cmd)
 
     ep = sub.add_parser("eval", help="evaluate on a labelled dataset")
-    _add_data_flags(ep, required=True)
+    _add_data_flags(ep, required=True, resume=True)
     _add_run_flags(ep)
     _add_model_flags(ep)
     ep.set_defaults(func=_eval_cmd)
@@ -339,13 +435,35 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: reported in one line, exit 2."""
     errors: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError, KeyError)
     if "engine.encoders.base" in sys.modules:  # only loaded (with torch) when a model was asked for
-        errors += (sys.modules["engine.encoders.base"].EncoderLoadError,)
+        base = sys.modules["engine.encoders.base"]
+        errors += (base.EncoderLoadError, base.EncoderOutOfMemory)
     return errors
 
 
+def _raise_interrupt(signum, frame):
+    """SIGTERM handler: behave exactly like Ctrl-C (partial results are written, exit 130)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _ignore_signals() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    handlers = None
+    if threading.current_thread() is threading.main_thread():  # signals can only be set there
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -358,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
         print(f"twentyq: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        for sig, h in (handlers or {}).items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -48,5 +48,15 @@ class Result:
         return d
 
     @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Result":
+        """The inverse of :meth:`to_dict` (keys it does not know go to ``extra``)."""
+        known = {"label", "confidence", "top", "asked", "q_spent", "stop", "image", "error"}
+        return cls(label=d.get("label"), confidence=float(d.get("confidence", 0.0)),
+                   top=[(lab, float(p)) for lab, p in d.get("top", [])],
+                   steps=[Step(**s) for s in d.get("asked", [])], q_spent=int(d.get("q_spent", 0)),
+                   stop=d.get("stop"), image=d.get("image"), error=d.get("error"),
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
     def failed(cls, error: str, image: str | None = None) -> "Result":
         return cls(label=None, confidence=0.0, top=[], steps=[], q_spent=0, stop=None, image=image, error=error)

@@ -23,14 +23,26 @@ for every group; identical rule signatures are *not* an error (see
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
 from .format import PLACEHOLDER, AttributeSystem, Group
 
+_MISSING = object()
+_EMPTY: frozenset[int] = frozenset()
+
 GROUP_KEYS = ("groups", "classification_cot", "classification_groups")
 RULE_KEYS = ("rules", "pokemon_rules")
 MAX_PROBLEMS_SHOWN = 50
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 80, 80, 6, 4
+
+
+def show(value: Any) -> str:
+    """A short repr of user data for messages: bounded in length and depth, whatever the junk."""
+    return _REPR.repr(value)
 
 
 class SystemValidationError(ValueError):
@@ -59,16 +71,16 @@ def check_template(template: Any, path: str, problems: list[str]) -> bool:
     n = template.count(PLACEHOLDER)
     rest = template.replace(PLACEHOLDER, "")
     if n != 1:
-        problems.append(f"{path}: template {template!r} must contain exactly one '{{}}', found {n}")
+        problems.append(f"{path}: template {show(template)} must contain exactly one '{{}}', found {n}")
         return False
     if "{" in rest or "}" in rest:
-        problems.append(f"{path}: template {template!r} has braces other than its one '{{}}'")
+        problems.append(f"{path}: template {show(template)} has braces other than its one '{{}}'")
         return False
     return True
 
 
 def _key(name: Any) -> str:
-    return repr(name) if isinstance(name, str) else str(name)
+    return show(name) if isinstance(name, str) else str(name)
 
 
 def _parse_groups(raw: Any, path: str, problems: list[str]) -> tuple[list[Group], set[Any]]:
@@ -91,9 +103,9 @@ def _parse_groups(raw: Any, path: str, problems: list[str]) -> tuple[list[Group]
     for name, spec, gpath in items:
         name_ok = isinstance(name, str) and bool(name.strip()) and name not in seen
         if not isinstance(name, str) or not name.strip():
-            problems.append(f"{gpath}.name: group name must be a non-empty string, got {name!r}")
+            problems.append(f"{gpath}.name: group name must be a non-empty string, got {show(name)}")
         elif name in seen:
-            problems.append(f"{gpath}.name: duplicate group {name!r}")
+            problems.append(f"{gpath}.name: duplicate group {show(name)}")
         if not isinstance(spec, Mapping):
             problems.append(f"{gpath}: group must be an object with a template and options, "
                             f"got {type(spec).__name__}")
@@ -111,15 +123,15 @@ def _parse_groups(raw: Any, path: str, problems: list[str]) -> tuple[list[Group]
             if len(opts) == 0:
                 problems.append(f"{gpath}.options: empty group (a group needs at least 2 options)")
             elif len(opts) == 1:
-                problems.append(f"{gpath}.options: only one option {opts[0]!r} "
+                problems.append(f"{gpath}.options: only one option {show(opts[0])} "
                                 "(a one-option group cannot tell classes apart; add options or drop it)")
             seen_opts: set[str] = set()
             for k, o in enumerate(opts):
                 if not isinstance(o, str) or not o.strip():
-                    problems.append(f"{gpath}.options[{k}]: option must be a non-empty string, got {o!r}")
+                    problems.append(f"{gpath}.options[{k}]: option must be a non-empty string, got {show(o)}")
                     opts_ok = False
                 elif o in seen_opts:
-                    problems.append(f"{gpath}.options[{k}]: duplicate option {o!r}")
+                    problems.append(f"{gpath}.options[{k}]: duplicate option {show(o)}")
                 else:
                     seen_opts.add(o)
         if name_ok:
@@ -144,7 +156,7 @@ def _parse_rule_value(value: Any, group: Group, path: str, problems: list[str]) 
     for item in items:
         if isinstance(item, bool) or not isinstance(item, (int, str)):
             problems.append(f"{path}: rule must be an option index, an option text, a list of those "
-                            f"or null, got {item!r}")
+                            f"or null, got {show(item)}")
             ok = False
         elif isinstance(item, int):
             if not 0 <= item < group.n_options:
@@ -156,10 +168,10 @@ def _parse_rule_value(value: Any, group: Group, path: str, problems: list[str]) 
             try:
                 out.add(group.options.index(item))
             except ValueError:
-                problems.append(f"{path}: unknown option {item!r}, not in {list(group.options)}")
+                problems.append(f"{path}: unknown option {show(item)}, not in {show(list(group.options))}")
                 ok = False
     if ok and isinstance(value, list) and len(out) != len(value):
-        problems.append(f"{path}: the same option is listed twice in {value!r}")
+        problems.append(f"{path}: the same option is listed twice in {show(value)}")
         ok = False
     return frozenset(out) if ok else None
 
@@ -184,7 +196,7 @@ def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
         problems.append(f"top level: need exactly one of {list(RULE_KEYS)}, found {rkeys or 'none'}")
     name = data.get("name", "system")
     if not isinstance(name, str) or not name:
-        problems.append(f"name: must be a non-empty string, got {name!r}")
+        problems.append(f"name: must be a non-empty string, got {show(name)}")
         name = "system"
     description = data.get("description", "")
     if not isinstance(description, str):
@@ -205,6 +217,9 @@ def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
         raw_rules = {}
     elif len(rkeys) == 1 and not raw_rules:
         problems.append(f"{rpath}: the system has no classes")
+    # per group: the singleton option sets (shared by every class) and text -> index
+    fast = [(tuple(frozenset((k,)) for k in range(g.n_options)), {o: k for k, o in enumerate(g.options)})
+            for g in groups]
     for cname, crules in raw_rules.items():
         cpath = f"{rpath}[{_key(cname)}]"
         if not isinstance(cname, str) or not cname.strip():
@@ -216,16 +231,27 @@ def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
             continue
         for gname in crules:
             if gname not in declared:
-                problems.append(f"{cpath}[{_key(gname)}]: unknown group, groups are {list(by_name)}")
+                problems.append(f"{cpath}[{_key(gname)}]: unknown group, groups are {show(list(by_name))}")
         row: list[frozenset[int]] = []
         complete = True
-        for g in groups:
-            gpath = f"{cpath}[{g.name!r}]"
-            if g.name not in crules:
+        for g, (single, by_text) in zip(groups, fast):
+            value = crules.get(g.name, _MISSING)
+            # fast path (almost every rule of a valid system): one in-range index, one known text, or null
+            if type(value) is int and 0 <= value < len(single):
+                row.append(single[value])
+                continue
+            if type(value) is str and value in by_text:
+                row.append(single[by_text[value]])
+                continue
+            if value is None:
+                row.append(_EMPTY)
+                continue
+            gpath = f"{cpath}[{show(g.name)}]"
+            if value is _MISSING:
                 problems.append(f"{gpath}: missing rule (use null if the group does not apply)")
                 complete = False
                 continue
-            opts = _parse_rule_value(crules[g.name], g, gpath, problems)
+            opts = _parse_rule_value(value, g, gpath, problems)
             if opts is None:
                 complete = False
             else:
