@@ -54,14 +54,23 @@ def _system_cmd(args) -> int:
     return EXIT_OK
 
 
-def _progress(total: int | None, desc: str, quiet: bool):
-    """A tqdm bar on stderr (or nothing); returns (update callable, close callable)."""
+def _progress(total: int | None, desc: str, quiet: bool, text_cache=None):
+    """A tqdm bar on stderr (or nothing) counting images and, given a text cache, prompts embedded.
+
+    Returns (update callable, close callable).
+    """
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
-    return bar.update, bar.close
+
+    def update(n: int) -> None:
+        if text_cache is not None:
+            bar.set_postfix_str(f"prompts embedded {text_cache.text_encodes}", refresh=False)
+        bar.update(n)
+
+    return update, bar.close
 
 
 def _classifier(args, system):
@@ -89,7 +98,7 @@ def _config(args):
 def _classify_cmd(args) -> int:
     config = _config(args)
     clf = _classifier(args, args.system)
-    update, close = _progress(len(args.images), "images", args.quiet)
+    update, close = _progress(len(args.images), "images", args.quiet, clf.text_cache)
     n_bad = 0
     if not args.json:
         print(f"{'image':<40} {'label':<24} {'conf':>6} {'Q':>4}  {'stop':<10} questions")
@@ -116,98 +125,15 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1):]
 
 
-def _json_safe(x):
-    """``x`` with NaN/inf floats as null, so the file is strict JSON (no NaN tokens)."""
-    import math
-
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
-def _atomic_write_json(path, data) -> None:
-    import os
-    import tempfile
-    from pathlib import Path
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(data), f, ensure_ascii=False, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_streamed(path) -> list[dict]:
-    """The records of an OUT.jsonl stream, for ``--resume``.
-
-    Every complete line that parses as a JSON object with an ``image`` is kept. A
-    torn line (a process killed mid-write) or any other bad line is dropped, and
-    the file is rewritten without it, so appending after it stays valid JSON lines.
-    """
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records, lines, dropped = [], [], 0
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True):
-        try:
-            if not line.endswith("\n"):
-                raise ValueError("torn line")
-            rec = json.loads(line)
-            if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-                raise ValueError("not a record")
-        except ValueError:
-            dropped += 1
-            continue
-        records.append(rec)
-        lines.append(line)
-    if dropped:
-        tmp = path.with_name(f".{path.name}.resume.tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
-        os.replace(tmp, path)
-        print(f"twentyq: --resume: dropped {dropped} incomplete line(s) from {path}", file=sys.stderr)
-    return records
-
-
-def _resume(ds, records):
-    """Split a dataset into the (result, item) rows already streamed and the dataset still to do.
-
-    Each record takes one item with the same path (so duplicates in the data are
-    done as often as they are listed); records of images not in the data are ignored.
-    """
-    from collections import Counter
-
-    from .datasets import Dataset
-    from .results import Result
-
-    done = Counter(rec["image"] for rec in records)
-    todo, matched = [], {}
-    for it in ds.items:
-        if done[it.path] > 0:
-            done[it.path] -= 1
-            matched.setdefault(it.path, []).append(it)
-        else:
-            todo.append(it)
-    rows = []
-    for rec in records:
-        items = matched.get(rec["image"])
-        if items:
-            rec = {k: v for k, v in rec.items() if k != "true_label"}
-            rows.append((Result.from_dict(rec), items.pop(0)))
-    return rows, Dataset(ds.name, tuple(todo))
+def _warn(msg: str) -> None:
+    print(f"twentyq: {msg}", file=sys.stderr)
 
 
 def _eval_cmd(args) -> int:
     from pathlib import Path
 
     from .api import summarise
+    from .records import atomic_write_json, read_streamed, split_done
 
     config = _config(args)
     out = Path(args.out) if args.out else None
@@ -217,7 +143,7 @@ def _eval_cmd(args) -> int:
     ds = clf.dataset(args.data, split=args.split, limit=args.limit, seed=args.seed, allow_missing=args.allow_missing)
     rows = []
     if args.resume:
-        rows, ds = _resume(ds, read_streamed(out.with_suffix(".jsonl")))
+        rows, ds = split_done(ds, read_streamed(out.with_suffix(".jsonl"), warn=_warn))
         print(f"twentyq: --resume: {len(rows)} image(s) already done, {len(ds)} to go", file=sys.stderr)
     stream = out.with_suffix(".jsonl").open("a" if args.resume else "w", encoding="utf-8") if out else None
     n_before = len(rows)
@@ -238,7 +164,7 @@ def _eval_cmd(args) -> int:
                          seconds_classify=report.seconds_classify if report else float("nan"),
                          by=args.by, seed=args.seed, complete=complete)
 
-    update, close = _progress(len(ds), f"eval {config.mode}", args.quiet)
+    update, close = _progress(len(ds), f"eval {config.mode}", args.quiet, clf.text_cache)
     try:
         report = summary(clf.evaluate_many(ds, [config], by=args.by, seed=args.seed, on_result=on_result,
                                            progress=update)[0])
@@ -248,7 +174,7 @@ def _eval_cmd(args) -> int:
         if stream:
             stream.close()
         if out:
-            _atomic_write_json(out, summary(complete=False).to_dict())
+            atomic_write_json(out, summary(complete=False).to_dict())
             print(f"twentyq: interrupted after {len(rows) - n_before} image(s) this run ({len(rows)} in all); "
                   f"partial results in {out} (complete: false); rerun with --resume to finish", file=sys.stderr)
         raise
@@ -257,7 +183,7 @@ def _eval_cmd(args) -> int:
         if stream:
             stream.close()
     if out:
-        _atomic_write_json(out, report.to_dict())
+        atomic_write_json(out, report.to_dict())
     print(_report_line(report))
     print(f"  model: {_model_note(clf.encoder)}")
     if not args.quiet:
@@ -301,6 +227,7 @@ def default_data():
 
 def _compare_cmd(args) -> int:
     from .api import RunConfig
+    from .records import atomic_write_json
 
     data = args.data or default_data()
     if data is None:
@@ -329,7 +256,7 @@ def _compare_cmd(args) -> int:
             cells = ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in rep.by.get(args.by, {}).items())
             print(f"  {rep.mode}: {cells}")
     if args.out:
-        _atomic_write_json(args.out, [r.to_dict() for r in reports])
+        atomic_write_json(args.out, [r.to_dict() for r in reports])
         print(f"wrote {args.out}")
     skipped = reports[0].skipped
     if skipped:

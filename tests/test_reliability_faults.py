@@ -94,7 +94,8 @@ def test_sigterm_during_eval_keeps_valid_lines_and_marks_the_summary_incomplete_
 
 
 def test_resume_drops_a_torn_last_line_and_needs_out(colour_data, capsys):
-    from engine.cli import main, read_streamed
+    from engine.cli import main
+    from engine.records import read_streamed
 
     d = colour_data
     good = json.dumps({"image": str(d / "img" / "000.png"), "label": "cherry"})
