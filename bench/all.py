@@ -152,7 +152,7 @@ def _findings(res: dict[str, Any], preps: dict[str, C.Prepared]) -> list[str]:
         who = C.short_model_label(preps[name].model)
         modes = list(m)
         base, fsum, fbay, ada = (m[k] for k in modes[:4])
-        shs, shb = m[modes[4]], m[modes[5]]
+        shs = m[modes[4]]
         p_sum = r["mcnemar"][0]["p"]
         f.append(f"{_who(name, who)}: full system (sum) {fsum['accuracy']:.3f} vs baseline {base['accuracy']:.3f} "
                  f"({100 * (fsum['accuracy'] - base['accuracy']):+.1f} pts, McNemar p={C.fmt_p(p_sum)}); "

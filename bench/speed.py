@@ -29,11 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from engine import StopRule, build_channel, expected_information_gain
-from policies import PolicyState, get_policy
+from engine import StopRule
 
 from . import common as C
-from .simulate import random_system
+from .simulate import eig_selection_step
 
 BATCHES = (1, 16, 256)
 EIG_N = (15, 150, 1000)
@@ -55,19 +54,7 @@ def _best_time(fn, repeats: int) -> float:
 def eig_cost(n_classes: int, n_groups: int, k: int = EIG_K, n_images: int = 256, repeats: int = 5,
              seed: int = 0) -> float:
     """Best-of-repeats ms per image to pick the next group by EIG (all groups' EIG + the pick), batch of n_images."""
-    system = random_system(n_classes, n_groups, k, seed)
-    ch = build_channel(system.rule_matrix, system.option_counts, 0.05)
-    rng = np.random.default_rng(seed)
-    post = rng.dirichlet(np.ones(n_classes), size=n_images)
-    avail = rng.random((n_images, n_groups)) < 0.7
-    avail[:, 0] = True
-    pol = get_policy("eig")
-
-    def once():
-        eig = expected_information_gain(post, ch)
-        pol.select(PolicyState(post=post, eig=eig, available=avail, budget_left=np.full(n_images, np.inf),
-                               images=np.arange(n_images), channel=ch))
-
+    once = eig_selection_step(n_images, n_classes, n_groups, k, seed)
     return 1000 * _best_time(once, repeats) / n_images
 
 

@@ -245,7 +245,7 @@ def _compare_cmd(args) -> int:
     print(f"model: {_model_note(clf.encoder)}")
     print(f"data: {data} ({reports[0].n} images)  system: {clf.system.name} (N={clf.system.n_classes}, "
           f"Q={clf.system.q_total})")
-    print(f"\n| mode | accuracy | 95% CI | mean Q | text encodes |\n|---|---|---|---|---|")
+    print("\n| mode | accuracy | 95% CI | mean Q | text encodes |\n|---|---|---|---|---|")
     for rep in reports:
         what = rep.mode + (f" ({rep.policy}, τ={rep.tau})" if rep.mode == "adaptive" else "")
         print(f"| {what} | {rep.accuracy:.3f} | [{rep.ci95[0]:.3f}, {rep.ci95[1]:.3f}] | {rep.mean_q:.1f} | "
