@@ -21,7 +21,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, logit
 
-from .scoring import bayes_loglik, bayes_update, build_channel, check_eps, check_logit_scale, group_log_probs, log_prior
+from .scoring import build_channel, check_eps, check_logit_scale, full_bayes_log_posterior, group_log_probs
 
 LAM_BOUNDS = (1e-2, 1e4)
 EPS_BOUNDS = (1e-6, 0.99)
@@ -48,11 +48,7 @@ def full_log_posterior(sims: np.ndarray, rule_matrix: np.ndarray, sizes: np.ndar
     sims, sizes = _check_sims(sims, sizes)
     lam = check_logit_scale(lam)
     ch = build_channel(rule_matrix, sizes, check_eps(eps))
-    lp = log_prior(ch.n_classes, None, sims.shape[0])
-    for g in range(ch.n_groups):
-        cols = ch.cols(g)
-        lp = bayes_update(lp, bayes_loglik(group_log_probs(sims[:, cols], lam), ch.P[:, cols]))
-    return lp
+    return full_bayes_log_posterior([group_log_probs(sims[:, ch.cols(g)], lam) for g in range(ch.n_groups)], ch)
 
 
 def true_class_nll(log_post: np.ndarray, truth: np.ndarray) -> float:
