@@ -30,6 +30,7 @@ import numpy as np
 
 from engine import ArraySource, SimulatedSource, StopRule, classify_batch
 from engine.adaptive import NO_STOP
+from engine.records import json_safe
 from engine.scoring import Channel, build_channel
 from engine.simulate import sample_classes
 from systems import AttributeSystem, baseline_system, load_system
@@ -287,27 +288,10 @@ def command_line(module: str, argv: list[str] | None) -> str:
     return "python -m " + module + (" " + shlex.join(args) if args else "")
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def write_outputs(out: Path, results: dict[str, Any], report: str) -> None:
     """results.json and report.md in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1, ensure_ascii=False) + "\n",
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=1, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
     (out / "report.md").write_text(report, encoding="utf-8")
 

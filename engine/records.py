@@ -14,18 +14,30 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from .datasets import Dataset
 from .results import Result
 
 
 def json_safe(x):
-    """``x`` with NaN/inf floats as null, so the file is strict JSON (no NaN tokens)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
+    """``x`` as plain JSON values: NaN/inf floats become null, numpy values and paths plain ones.
+
+    The result dumps as strict JSON (no NaN tokens).
+    """
     if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, Path):
+        return str(x)
     return x
 
 
