@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from systems.io import atomic_write_text
 
 from .datasets import Dataset
 from .results import Result
@@ -43,12 +43,7 @@ def json_safe(x):
 
 def atomic_write_json(path, data) -> None:
     """Write ``data`` as strict JSON atomically (temp file + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(json_safe(data), f, ensure_ascii=False, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(json_safe(data), ensure_ascii=False, indent=2, allow_nan=False) + "\n")
 
 
 def read_streamed(path, warn=None) -> list[dict]:
@@ -75,9 +70,7 @@ def read_streamed(path, warn=None) -> list[dict]:
         records.append(rec)
         lines.append(line)
     if dropped:
-        tmp = path.with_name(f".{path.name}.resume.tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(lines))
         if warn:
             warn(f"--resume: dropped {dropped} incomplete line(s) from {path}")
     return records

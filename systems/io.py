@@ -83,11 +83,14 @@ def load_system(spec: SystemLike) -> AttributeSystem:
     return parse_system(data, source=str(path))
 
 
-def save_system(system: AttributeSystem, path: str | os.PathLike) -> Path:
-    """Write the canonical JSON atomically (temp file + rename)."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text atomically: a temp file in the same folder, then rename.
+
+    Readers see the old file or the new one, never half of it; on failure the
+    temp file is removed.
+    """
     path = Path(path)
-    text = json.dumps(system.to_dict(), ensure_ascii=False, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -96,3 +99,8 @@ def save_system(system: AttributeSystem, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_system(system: AttributeSystem, path: str | os.PathLike) -> Path:
+    """Write the canonical JSON atomically (temp file + rename)."""
+    return atomic_write_text(path, json.dumps(system.to_dict(), ensure_ascii=False, indent=2) + "\n")
