@@ -34,6 +34,7 @@ from engine.records import json_safe
 from engine.scoring import Channel, build_channel
 from engine.simulate import sample_classes
 from systems import AttributeSystem, baseline_system, load_system
+from systems.build import derangement, shuffled_system  # noqa: F401  (the shuffled-rules control, used by the benches)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -351,18 +352,3 @@ def save_fig(fig: Any, path: Path) -> str:
     return path.name
 
 
-def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A random permutation of range(n) with no fixed point (n >= 2)."""
-    if n < 2:
-        return np.arange(n)
-    while True:
-        p = rng.permutation(n)
-        if (p != np.arange(n)).all():
-            return p
-
-
-def shuffled_system(system: AttributeSystem, perm: np.ndarray) -> AttributeSystem:
-    """The same groups with class c given the rules of class perm[c]."""
-    return AttributeSystem(name=f"{system.name}[shuffled]", classes=system.classes, groups=system.groups,
-                           rules=tuple(system.rules[int(p)] for p in perm),
-                           baseline_template=system.baseline_template, description=system.description)

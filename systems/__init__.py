@@ -1,7 +1,7 @@
 """Attribute systems: the format, validation, builders, analysis and the shipped system files."""
 
 from .analysis import analyze
-from .builders import baseline_system
+from .build import baseline_system
 from .format import AttributeSystem, Group
 from .io import list_systems, load_system, save_system
 from .validate import SystemValidationError, parse_system, validate_system
