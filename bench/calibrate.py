@@ -26,22 +26,12 @@ from engine.calibration import (
     expected_calibration_error, fit_logit_scale_and_eps, full_log_posterior, reliability_bins, true_class_nll,
 )
 
+from systems.refine import split_by_image
+
 from . import common as C
 
 TAUS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 N_BINS = 10
-
-
-def split_dev_test(truth: np.ndarray, dev_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified random split: (dev indices, test indices), each sorted."""
-    rng = np.random.default_rng(seed)
-    dev = []
-    for c in np.unique(truth):
-        idx = rng.permutation(np.nonzero(truth == c)[0])
-        dev.extend(idx[:int(round(dev_frac * len(idx)))].tolist())
-    dev = np.sort(np.array(dev, dtype=np.int64))
-    test = np.setdiff1d(np.arange(len(truth)), dev)
-    return dev, test
 
 
 def _evaluate(prep: C.Prepared, lam: float, eps: float, taus) -> dict[str, Any]:
@@ -68,7 +58,7 @@ def run(prep: C.Prepared, out: Path, *, seed: int = 0, dev_frac: float = 0.5, ta
         command: str = "") -> dict[str, Any]:
     """Fit on dev, evaluate before/after on dev and test; write results.json, report.md and plots."""
     s = prep.system
-    dev_idx, test_idx = split_dev_test(prep.truth, dev_frac, seed)
+    dev_idx, test_idx = split_by_image(prep.truth, dev_frac, seed)
     dev, test = prep.subset(dev_idx), prep.subset(test_idx)
     lam0, eps0 = prep.logit_scale, prep.eps
     fit = fit_logit_scale_and_eps(dev.sims, dev.truth, s.rule_matrix, s.option_counts, lam0=lam0, eps0=eps0,

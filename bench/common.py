@@ -34,7 +34,7 @@ from engine.records import json_safe
 from engine.scoring import Channel, build_channel
 from engine.simulate import sample_classes
 from systems import AttributeSystem, baseline_system, load_system
-from systems.build import derangement, shuffled_system  # noqa: F401  (the shuffled-rules control, used by the benches)
+from systems import build as _build
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -48,6 +48,9 @@ SIMULATOR = "simulator"
 DEFAULT_EPS = 0.05
 # simulator defaults (the same as bench.simulate)
 SIM = {"margin": 0.05, "name_margin": 0.02, "noise": 0.02, "wrong_rate": 0.0, "logit_scale": 100.0, "images": 2000}
+
+# the shuffled-rules control, re-exported for the benches
+derangement, shuffled_system = _build.derangement, _build.shuffled_system
 
 
 # --------------------------------------------------------------------------- flags

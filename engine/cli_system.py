@@ -61,6 +61,226 @@ def _analyze_cmd(args) -> int:
     return EXIT_OK
 
 
+def _parse_pairs(items, flag: str) -> dict[str, str]:
+    """``["a=x", "b=y"]`` -> {"a": "x", "b": "y"}, with a one-line error for a malformed item."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {item!r}: expected NAME=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _labels_of(path: str) -> list[str]:
+    from .datasets import load_dataset
+
+    return load_dataset(path).labels
+
+
+def _build_cmd(args) -> int:
+    from pathlib import Path
+
+    from systems import save_system
+    from systems.build import BuildReport, align_classes, from_table, pokeapi_system, with_name_group
+    from systems.io import read_json
+
+    report = BuildReport()
+    if args.pokeapi:
+        gens = [int(g) for g in args.pokeapi.split(",")]
+        system = pokeapi_system(args.table, generations=gens, bins=args.bins, report=report)
+    else:
+        if not args.table:
+            raise ValueError("system build needs --table T.csv (or --pokeapi GENERATIONS for the PokeAPI table)")
+        value_text = read_json(Path(args.value_text)) if args.value_text else None
+        if value_text is not None and not isinstance(value_text, dict):
+            raise ValueError(f"--value-text {args.value_text}: expected a JSON object of value -> text")
+        where = {k: v.split(",") for k, v in _parse_pairs(args.where, "--where").items()}
+        system = from_table(
+            args.table, args.class_column, args.group or None, templates=_parse_pairs(args.template, "--template"),
+            value_text=value_text, numeric=args.numeric, bins=args.bins, where=where or None,
+            name=args.name or "table", report=report,
+        )
+    if args.labels:
+        system, renamed = align_classes(system, _labels_of(args.labels))
+        for old, new in renamed.items():
+            print(f"renamed {old!r} -> {new!r} to match {args.labels}")
+    if args.name_group:
+        system = with_name_group(system)
+    if args.name:
+        system = type(system)(name=args.name, classes=system.classes, groups=system.groups, rules=system.rules,
+                              baseline_template=system.baseline_template, description=system.description)
+    for line in report.lines():
+        print(line)
+    save_system(system, args.out)
+    print(f"wrote {args.out}: {_header(system)}")
+    return EXIT_OK
+
+
+def _classes_of(args, required: bool) -> list[str] | None:
+    """The class list from --classes and/or --classes-file (None when neither is given and not required)."""
+    from systems.draft import check_classes, parse_class_list, read_classes_file
+
+    classes: list[str] = []
+    if args.classes:
+        classes += parse_class_list(args.classes)
+    if args.classes_file:
+        classes += read_classes_file(args.classes_file)
+    if not classes:
+        if required:
+            raise ValueError("system prompt needs the classes: --classes 'A,B,C' or --classes-file FILE")
+        return None
+    return check_classes(classes, "--classes/--classes-file")
+
+
+def _print_import(result, out: str | None) -> None:
+    """Print every repair and note of an imported draft, then save it (when --out is given)."""
+    from systems import save_system
+
+    for r in result.repairs:
+        print(r)
+    for note in result.notes:
+        print(note)
+    s, n = result.system, len(result.repairs)
+    repairs = f"{n} repair{'s' if n != 1 else ''}"
+    if out:
+        save_system(s, out)
+        print(f"wrote {out}: {_header(s)} ({repairs})")
+    else:
+        print(f"ok: {_header(s)} ({repairs}; pass --out FILE to write the system)")
+
+
+def _import_text(text: str, source: str, classes, name: str | None, out: str | None) -> int:
+    """Import a draft's text; on refusal print the repairs made so far, then raise (exit 2)."""
+    from systems.draft import DraftRejected, import_draft
+
+    try:
+        result = import_draft(text, source=source, classes=classes, name=name)
+    except DraftRejected as e:
+        for r in e.repairs:
+            print(r)
+        raise
+    _print_import(result, out)
+    return EXIT_OK
+
+
+def _import_cmd(args) -> int:
+    import sys
+    from pathlib import Path
+
+    if args.draft == "-":
+        text, source, stem = sys.stdin.read(), "<stdin>", None
+    else:
+        try:
+            text = Path(args.draft).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            why = "not UTF-8; re-save it as UTF-8" if isinstance(e, UnicodeDecodeError) else (e.strerror or str(e))
+            raise ValueError(f"cannot read the draft {args.draft!r}: {why}") from None
+        source, stem = args.draft, Path(args.draft).stem
+    return _import_text(text, source, _classes_of(args, required=False), args.name or stem, args.out)
+
+
+def _prompt_cmd(args) -> int:
+    from systems.draft import build_prompt
+
+    classes = _classes_of(args, required=True)
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+    prompt = build_prompt(classes, groups)
+    if not args.llm:
+        if args.out or args.system_out:
+            raise ValueError("--out and --system-out need --llm (without it, redirect the prompt: > prompt.txt)")
+        print(prompt, end="")
+        return EXIT_OK
+    return _llm_draft(args, prompt, classes)
+
+
+def _llm_draft(args, prompt: str, classes: list[str]) -> int:
+    """Send the prompt to the LLM, keep its reply (--out), and import it (--system-out to write it)."""
+    from systems.draft import DraftRejected
+    from systems.io import atomic_write_text
+    from systems.llm import api_key_from_env, complete, endpoint
+
+    if not args.llm_url or not args.llm_model:
+        raise ValueError("--llm needs --llm-url URL and --llm-model MODEL "
+                         "(an OpenAI-compatible server, e.g. --llm-url http://localhost:8000/v1)")
+    url = endpoint(args.llm_url)
+    reply = complete(prompt, url, args.llm_model, api_key=api_key_from_env(args.llm_key_env),
+                     timeout=args.llm_timeout)
+    if args.out:
+        atomic_write_text(args.out, reply.text if reply.text.endswith("\n") else reply.text + "\n")
+        print(f"wrote the LLM's draft to {args.out}")
+    if reply.finish_reason == "length":
+        print("warning: the LLM's reply was cut off (finish_reason 'length'); it may be incomplete")
+    try:
+        return _import_text(reply.text, args.out or f"LLM reply from {url}", classes, "llm_draft", args.system_out)
+    except DraftRejected:
+        if not args.out:
+            print("the LLM's reply, which was not saved (pass --out draft.json to keep it):\n" + reply.text)
+        raise
+
+
+def _add_class_flags(p, extra: str = "") -> None:
+    p.add_argument("--classes", metavar="A,B,C", help="comma-separated class names" + (f"; {extra}" if extra else ""))
+    p.add_argument("--classes-file", metavar="FILE", help="class names, one per line (# starts a comment line)")
+
+
+def _refine_cmd(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from systems import save_system
+    from systems.refine import RefineConfig
+
+    from .api import DEFAULT_EPS, Classifier
+    from .records import atomic_write_json, json_safe
+    from .refining import embed_dataset, refine_embedded
+
+    if Path(args.out).resolve() == Path(args.system).resolve():
+        raise ValueError(f"--out {args.out} would overwrite the system being refined; choose another file")
+    clf = Classifier(args.model, args.system, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                     cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code)
+    system = clf.system
+    ds = clf.dataset(args.data, split=args.split, limit=args.limit, seed=args.seed, allow_missing=args.allow_missing)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(ds), desc="images", unit="img", disable=args.quiet, file=sys.stderr)
+    emb, good, bad = embed_dataset(clf, ds.items, progress=bar.update)
+    bar.close()
+    for j, msg in sorted(bad.items()):
+        print(f"twentyq: skipped bad image {ds.items[j].path}: {msg}", file=sys.stderr)
+    truth = [system.class_index(ds.items[j].label) for j in good]
+    extra = {}
+    if args.llm_url:
+        from systems.llm import propose_templates
+
+        for g in system.groups:
+            extra[g.name] = propose_templates(g, list(system.classes), args.llm_url, args.llm_model)
+    lam = clf.encoder.logit_scale if args.logit_scale is None else args.logit_scale
+    config = RefineConfig(calibrate=not args.no_calibrate, rules=not args.no_rules, templates=not args.no_templates,
+                          prune=not args.no_prune, rule_prior=args.rule_prior, min_images=args.min_images,
+                          min_gain=args.min_gain, lam=lam, eps=args.eps if args.eps is not None else DEFAULT_EPS,
+                          extra_templates=extra)
+    run = refine_embedded(system, clf.text_cache, emb, truth, config=config, dev_frac=args.dev_frac,
+                          seed=args.seed, tau=args.tau, policy=args.policy)
+    print(f"model: {clf.encoder.name}; data: {ds.name}; system: {system.name}")
+    for line in run.lines():
+        print(line)
+    save_system(run.refined, args.out)
+    print(f"wrote {args.out}: {_header(run.refined)}")
+    if config.calibrate:
+        print(f"use it with: --system {args.out} --logit-scale {run.report.lam:.4g} --eps {run.report.eps:.4g}")
+    if args.report:
+        atomic_write_json(args.report, json_safe({**run.to_dict(), "model": clf.encoder.name, "data": ds.name,
+                                                  "bad_images": {ds.items[j].path: m for j, m in bad.items()}}))
+    return 1 if bad else EXIT_OK
+
+
+def _add_model_args(p) -> None:
+    from .cli import _add_model_flags
+
+    _add_model_flags(p)
+
+
 def add_system_parser(sub) -> argparse.ArgumentParser:
     """Add ``system`` and its subcommands to the main parser's subparsers ``sub``."""
     sp = sub.add_parser("system", help="validate, show, analyze, build, import or refine an attribute system")
@@ -81,4 +301,66 @@ def add_system_parser(sub) -> argparse.ArgumentParser:
     system_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_analyze_cmd)
+    p = ssub.add_parser("build", help="build a system from an attribute table (one row per class)")
+    p.add_argument("--table", help="CSV with a header row and one row per class")
+    p.add_argument("--class-column", default="name", help="the column with class names (default: name)")
+    p.add_argument("--group", action="append", metavar="[NAME=]COLUMN",
+                   help="a column that becomes a group (repeat; default: every other column)")
+    p.add_argument("--template", action="append", metavar="GROUP=TEMPLATE", help="prompt template with one {}")
+    p.add_argument("--value-text", metavar="JSON", help="a JSON object: value (or column.value) -> option text")
+    p.add_argument("--numeric", action="append", metavar="COLUMN",
+                   help="bin this column by quantiles (default: every column whose values are all numbers)")
+    p.add_argument("--bins", type=int, default=3, help="quantile bins per numeric column (default 3)")
+    p.add_argument("--where", action="append", metavar="COLUMN=V1,V2", help="keep only rows with these values")
+    p.add_argument("--pokeapi", metavar="GENERATIONS",
+                   help="preset: the PokeAPI species table for these generations (e.g. 1 or 1,2,3)")
+    p.add_argument("--labels", metavar="DATA", help="rename classes to this dataset's spelling (CSV or folder)")
+    p.add_argument("--name-group", action="store_true", help="add the class names as one more optional question")
+    p.add_argument("--name", help="the system's name")
+    p.add_argument("--out", required=True, help="where to write the system JSON")
+    p.set_defaults(func=_build_cmd)
+
+    p = ssub.add_parser("prompt", help="print a prompt asking an LLM to draft a system (or send it: --llm)")
+    _add_class_flags(p)
+    p.add_argument("--groups", metavar="G1,G2", help="the attribute groups wanted (e.g. colour,shape,key_trait)")
+    p.add_argument("--llm", action="store_true",
+                   help="send the prompt to an OpenAI-compatible /v1/chat/completions endpoint and import the reply")
+    p.add_argument("--llm-url", metavar="URL", help="the server (e.g. http://localhost:8000/v1)")
+    p.add_argument("--llm-model", metavar="MODEL", help="the model name the server expects")
+    p.add_argument("--llm-key-env", metavar="NAME", help="environment variable holding the API key (sent as Bearer)")
+    p.add_argument("--llm-timeout", type=float, default=120.0, metavar="S", help="seconds to wait (default 120)")
+    p.add_argument("--out", metavar="DRAFT", help="with --llm: where to keep the LLM's raw reply")
+    p.add_argument("--system-out", metavar="FILE", help="with --llm: where to write the imported system")
+    p.set_defaults(func=_prompt_cmd)
+
+    p = ssub.add_parser("import", help="validate an LLM's draft system, repairing only unambiguous slips")
+    p.add_argument("draft", help="the draft (JSON, possibly fenced or commented); - reads stdin")
+    _add_class_flags(p, "the asked-for classes: near-miss class names are renamed, missing or extra ones refused")
+    p.add_argument("--name", help="the system's name when the draft gives none (default: the file's stem)")
+    p.add_argument("--out", metavar="FILE", help="where to write the repaired system (canonical JSON)")
+    p.set_defaults(func=_import_cmd)
+    p = ssub.add_parser("refine", help="improve a system on labelled dev images with the model frozen")
+    p.add_argument("--data", required=True, help="labelled images (CSV path,label or ImageFolder); split by image")
+    p.add_argument("--system", required=True, help="the system to refine (file or shipped name)")
+    p.add_argument("--out", required=True, help="where to write the refined system JSON")
+    p.add_argument("--report", help="also write everything measured as JSON here")
+    p.add_argument("--dev-frac", type=float, default=0.5, help="share of each class's images used to refine")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dev/test split (and --limit sample)")
+    p.add_argument("--split", default=None, help="only the data rows with this split value")
+    p.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
+    p.add_argument("--allow-missing", action="store_true", help="skip rows whose label is not a class")
+    for step in ("calibrate", "rules", "templates", "prune"):
+        p.add_argument(f"--no-{step}", action="store_true", help=f"skip the {step} step")
+    p.add_argument("--rule-prior", type=float, default=0.5, help="nats a new option must gain over the given rule")
+    p.add_argument("--min-images", type=int, default=3, help="classes with fewer dev images keep their rules")
+    p.add_argument("--min-gain", type=float, default=0.0,
+                   help="drop groups whose dev information gain (nats) is not above this")
+    p.add_argument("--eps", type=float, default=None, help="starting rule noise ε")
+    p.add_argument("--logit-scale", type=float, default=None, help="starting λ (default: the model's own)")
+    p.add_argument("--tau", type=float, default=0.9, help="τ of the adaptive rows measured on test")
+    p.add_argument("--policy", default="eig", help="policy of the adaptive rows measured on test")
+    p.add_argument("--llm-url", help="OpenAI-compatible endpoint proposing extra candidate templates (optional)")
+    p.add_argument("--llm-model", help="model name for --llm-url")
+    _add_model_args(p)
+    p.set_defaults(func=_refine_cmd)
     return sp
