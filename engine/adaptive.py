@@ -17,12 +17,13 @@ from systems.format import AttributeSystem
 
 from .results import Result, Step
 from .scoring import (
-    Channel, bayes_loglik, bayes_update, build_channel, check_logit_scale, expected_information_gain,
-    group_log_probs, log_prior,
+    Channel, bayes_loglik, bayes_update, build_channel, check_logit_scale, entropy, expected_information_gain,
+    group_log_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
 )
 from .sources import SimilaritySource
 
 SCORERS = ("bayes", "sum")
+NAME_GROUP = "class_name"  # the optional class-name group (systems.build.with_name_group)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def classify_batch(
     prior: np.ndarray | None = None,
     top_k: int = 5,
     channel: Channel | None = None,
+    shortlist_size: int | None = None,
 ) -> list[Result]:
     """Classify the source's B images, each along its own path of questions.
 
@@ -82,6 +84,11 @@ def classify_batch(
     prior : (C,) or (B, C) prior probabilities; uniform when None.
     top_k : how many (label, prob) pairs each result keeps.
     channel : a prebuilt :func:`build_channel` for (system, eps), to reuse.
+    shortlist_size : m. With a ``class_name`` group in the system (``system build
+        --name-group``), that group is never asked whole; instead, once an image's
+        candidates are few (posterior perplexity ≤ m) or its attribute questions
+        are spent, it is asked "which of these m names is it?" for its m most
+        probable classes: m prompts, once. None asks the group like any other.
 
     Returns
     -------
@@ -101,6 +108,20 @@ def classify_batch(
     sizes = ch.sizes
     budget = math.inf if stop.budget is None else float(stop.budget)
 
+    name_g = None
+    if shortlist_size is not None:
+        if isinstance(shortlist_size, bool) or not isinstance(shortlist_size, (int, np.integer)) or shortlist_size < 2:
+            raise ValueError(f"shortlist_size == {shortlist_size!r}, must be a whole number >= 2")
+        if NAME_GROUP not in {g.name for g in system.groups}:
+            raise ValueError(f"the shortlist asks class names, but system {system.name!r} has no {NAME_GROUP!r} "
+                             "group; build the system with 'twentyq system build --name-group'")
+        if scorer != "bayes":
+            raise ValueError("the shortlist question needs the bayes scorer")
+        name_g = system.group_index(NAME_GROUP)
+        if system.groups[name_g].options != system.classes:
+            raise ValueError(f"the {NAME_GROUP!r} group of system {system.name!r} must list the class names in "
+                             "class order; rebuild it with 'twentyq system build --name-group'")
+        m_names = min(int(shortlist_size), C)
     log_post = log_prior(C, prior, B).copy()
     sum_sc = np.zeros((B, C)) if scorer == "sum" else None
     asked = np.zeros((B, G), dtype=bool)
@@ -109,6 +130,10 @@ def classify_batch(
     errors = np.full(B, None, dtype=object)
     active = np.ones(B, dtype=bool)
     trail: list[list[tuple]] = [[] for _ in range(B)]  # (g, eig, answer k, answer p, conf after)
+    names_due = np.zeros(B, dtype=bool)
+    if name_g is not None:
+        asked[:, name_g] = True  # hidden from the policy; asked as the shortlist instead
+        names_due[:] = True
 
     while active.any():
         idx = np.nonzero(active)[0]
@@ -124,6 +149,16 @@ def classify_batch(
         ):
             hit = idx[fired & (reason[idx] == None)]  # noqa: E711  (object array)
             reason[hit] = why
+        if name_g is not None:
+            # candidates few, or nothing else left to ask: the shortlist instead of stopping
+            due = names_due[idx] & (budget - q[idx] >= m_names) & (reason[idx] != "confident")
+            due &= (np.exp(entropy(post, axis=1)) <= m_names) | (reason[idx] != None)  # noqa: E711
+            if due.any():
+                ask = idx[due]
+                reason[ask] = None
+                _ask_shortlist(source, ask, post[due], name_g, m_names, lam, ch.eps, log_post, q, trail)
+                names_due[ask] = False
+                continue
         go = reason[idx] == None  # noqa: E711
         active[idx[~go]] = False
         if not go.any():
@@ -165,6 +200,8 @@ def classify_batch(
                 trail[i].append((g, float(eig_g[j]), int(ans[j]), float(ans_p[j]), float(conf[j])))
 
     final = np.exp(log_post)
+    for i in range(B):  # a shortlist answer is recorded as class k of the name group
+        trail[i] = [(name_g if g == -1 else g, *rest) for g, *rest in trail[i]]
     if sum_sc is not None:
         tot = sum_sc.sum(axis=1, keepdims=True)
         final = np.where(tot > 0, sum_sc / np.where(tot > 0, tot, 1.0), final)
@@ -183,3 +220,34 @@ def classify_batch(
             steps=steps, q_spent=int(q[i]), stop=reason[i],
         ))
     return results
+
+
+def _ask_shortlist(source: SimilaritySource, imgs: np.ndarray, post: np.ndarray, name_g: int, m: int, lam: float,
+                   eps: float, log_post: np.ndarray, q: np.ndarray, trail: list[list[tuple]]) -> None:
+    """Ask images ``imgs`` (n,) which of their m most probable classes' names fits; update in place.
+
+    post : (n, C) their posteriors. Only the union of their candidates' name prompts is asked of
+    the source; each image is charged m prompts. Images whose similarities come back non-finite
+    are left as they were (the names question is simply not answered for them).
+    """
+    cand = shortlist(post, m)  # (n, m)
+    union = np.unique(cand)
+    col = np.searchsorted(union, cand)  # (n, m) columns of each image's candidates in the union
+    sims = np.asarray(source.similarities(imgs, name_g, options=union), dtype=np.float64)
+    if sims.shape != (len(imgs), len(union)):
+        raise ValueError(f"similarity source returned shape {sims.shape} for the class-name shortlist, "
+                         f"expected {(len(imgs), len(union))}")
+    sub = np.take_along_axis(sims, col, axis=1)  # (n, m)
+    ok = np.isfinite(sub).all(axis=1)
+    if not ok.any():
+        return
+    imgs, sub, cand, post = imgs[ok], sub[ok], cand[ok], post[ok]
+    eig = shortlist_eig(post, cand, eps)
+    lp = group_log_probs(sub, lam)
+    log_post[imgs] = bayes_update(log_post[imgs], shortlist_loglik(lp, cand, post.shape[1], eps))
+    q[imgs] += m
+    ans = lp.argmax(axis=1)
+    conf = np.exp(log_post[imgs].max(axis=1))
+    for j, i in enumerate(imgs):
+        # the name group's options are the classes in order, so option index = class index
+        trail[i].append((-1, float(eig[j]), int(cand[j, ans[j]]), float(np.exp(lp[j, ans[j]])), float(conf[j])))

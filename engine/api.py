@@ -50,6 +50,7 @@ class RunConfig:
     eps: float = DEFAULT_EPS
     logit_scale: float | None = None  # None: the model's own
     top_k: int = 5
+    shortlist: int | None = None  # ask the names of the top m classes once few remain (needs a class_name group)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -60,6 +61,9 @@ class RunConfig:
         check_eps(self.eps)
         if self.logit_scale is not None:
             check_logit_scale(self.logit_scale)
+        if self.shortlist is not None and (isinstance(self.shortlist, bool) or
+                                           not isinstance(self.shortlist, (int, np.integer)) or self.shortlist < 2):
+            raise ValueError(f"shortlist == {self.shortlist!r}, must be a whole number >= 2 (or None)")
 
 
 @dataclass
@@ -167,7 +171,8 @@ class Classifier:
         source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings)
         lam = self.encoder.logit_scale if config.logit_scale is None else config.logit_scale
         return classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
-                              scorer=config.scorer, top_k=config.top_k)
+                              scorer=config.scorer, top_k=config.top_k,
+                              shortlist_size=config.shortlist if config.mode == "adaptive" else None)
 
     def _merge(self, n: int, emb: Any, good: np.ndarray, bad: dict[int, str], config: RunConfig,
                text_cache: Any = None) -> list[Result]:

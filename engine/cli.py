@@ -58,7 +58,8 @@ def _config(args):
     from .api import RunConfig
 
     return RunConfig(mode=args.mode, policy=args.policy, tau=args.tau, delta=args.delta, budget=args.budget,
-                     scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale, top_k=args.top_k)
+                     scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale, top_k=args.top_k,
+                     shortlist=args.shortlist)
 
 
 def _classify_cmd(args) -> int:
@@ -202,7 +203,8 @@ def _compare_cmd(args) -> int:
     clf = _classifier(args, args.system)
     ds = clf.dataset(data, split=args.split, limit=args.limit, seed=args.seed, allow_missing=args.allow_missing)
     configs = [RunConfig(mode="baseline", eps=args.eps), RunConfig(mode="full", eps=args.eps),
-               RunConfig(mode="adaptive", policy=args.policy, tau=args.tau, budget=args.budget, eps=args.eps)]
+               RunConfig(mode="adaptive", policy=args.policy, tau=args.tau, budget=args.budget, eps=args.eps,
+                         shortlist=args.shortlist)]
     update, close = _progress(len(ds), "compare", args.quiet)
     try:
         reports = clf.evaluate_many(ds, configs, by=args.by, seed=args.seed, progress=update)
@@ -273,6 +275,9 @@ def _add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     g.add_argument("--eps", type=float, default=DEFAULT_EPS, help="rule noise of the Bayes scorer")
     g.add_argument("--logit-scale", type=float, default=None, help="default: the model's own")
     g.add_argument("--top-k", type=int, default=5)
+    g.add_argument("--shortlist", type=int, default=None, metavar="M",
+                   help="adaptive: once few classes remain, ask which of the top M class names fits (M prompts); "
+                        "needs a system with a class_name group (system build --name-group)")
 
 
 def _add_data_flags(p: argparse.ArgumentParser, required: bool, resume: bool = False) -> None:

@@ -50,11 +50,15 @@ class EncoderSource:
         self.n_images = int(emb.shape[0])
         self.calls: list[tuple[int, int]] = []
 
-    def similarities(self, images: np.ndarray, group: int) -> np.ndarray:
-        """(n, K_g) float64 cosine similarities of images (n,) to group ``group``'s prompts."""
+    def similarities(self, images: np.ndarray, group: int, options: np.ndarray | None = None) -> np.ndarray:
+        """(n, K_g) float64 cosine similarities of images (n,) to group ``group``'s prompts;
+        (n, m) to only the prompts of ``options`` (m,) when given (only those are embedded)."""
         g = self.system.groups[int(group)]
         images = np.asarray(images, dtype=np.int64)
-        text = self.text_cache.embed(g.prompts())  # (K_g, D) on the device
+        prompts = g.prompts()
+        if options is not None:
+            prompts = [prompts[int(k)] for k in options]
+        text = self.text_cache.embed(prompts)  # (K_g or m, D) on the device
         idx = torch.from_numpy(images).to(self.image_embeddings.device)
         with torch.inference_mode():
             sims = self.image_embeddings.index_select(0, idx) @ text.T

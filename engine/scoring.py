@@ -233,3 +233,52 @@ def expected_information_gain(post: np.ndarray, channel: Channel) -> np.ndarray:
     h_marg = np.add.reduceat(entr(marg), channel.offsets, axis=1)  # (B, G)
     h_cond = post @ channel.H  # (B, G)
     return np.maximum(h_marg - h_cond, 0.0)
+
+
+# --------------------------------------------------------------------------- shortlist of names
+def shortlist(post: np.ndarray, m: int) -> np.ndarray:
+    """The m most probable classes of each row, best first. post (B, C) -> (B, min(m, C)) int."""
+    post = np.asarray(post, dtype=np.float64)
+    m = min(int(m), post.shape[1])
+    return np.argsort(-post, axis=1, kind="stable")[:, :m]
+
+
+def shortlist_loglik(log_p: np.ndarray, cand: np.ndarray, n_classes: int, eps: float) -> np.ndarray:
+    """Log-likelihood of every class for the answer to "which of these m names is it?".
+
+    log_p : (B, m) log-softmax over the m candidate-name prompts of each image.
+    cand : (B, m) the candidates' class indices (distinct within a row).
+    Returns (B, C): for the candidate in position j, log((1-ε)·p_j + ε/m); for every
+    other class log(1/m): the question says nothing about classes it did not name,
+    exactly like a not-applicable group.
+    """
+    eps = check_eps(eps)
+    log_p = np.asarray(log_p, dtype=np.float64)
+    cand = np.asarray(cand, dtype=np.int64)
+    B, m = log_p.shape
+    if cand.shape != (B, m):
+        raise ValueError(f"cand should be {(B, m)}, got shape {cand.shape}")
+    out = np.full((B, n_classes), -np.log(m))
+    rows = np.arange(B)[:, None]
+    out[rows, cand] = np.logaddexp(np.log1p(-eps) + log_p, np.log(eps / m)) if eps > 0 else np.log1p(-eps) + log_p
+    return out
+
+
+def shortlist_eig(post: np.ndarray, cand: np.ndarray, eps: float) -> np.ndarray:
+    """EIG (nats) of the shortlist question for each row, under the posterior.
+
+    post : (B, C); cand : (B, m). The answer k has P(k | c) = (1-ε)·1[c = cand_k] + ε/m
+    for a candidate and 1/m for any other class, so EIG = H(Σ_c π(c) P(·|c)) − Σ_c π(c) H(P(·|c)).
+    """
+    eps = check_eps(eps)
+    post = np.asarray(post, dtype=np.float64)
+    cand = np.asarray(cand, dtype=np.int64)
+    m = cand.shape[1]
+    pc = np.take_along_axis(post, cand, axis=1)  # (B, m)
+    s = pc.sum(axis=1, keepdims=True)
+    marg = (1.0 - eps) * pc + eps / m * s + (1.0 - s) / m  # (B, m)
+    row = np.full(m, eps / m)
+    row[0] += 1.0 - eps
+    h_cand = entropy(row)
+    h_cond = s[:, 0] * h_cand + (1.0 - s[:, 0]) * np.log(m)
+    return np.maximum(entropy(marg) - h_cond, 0.0)

@@ -79,12 +79,13 @@ class SimulatedSource:
         sims[np.arange(B)[applicable], chosen[applicable]] += self.margin[g]
         return sims
 
-    def similarities(self, images: np.ndarray, group: int) -> np.ndarray:
+    def similarities(self, images: np.ndarray, group: int, options: np.ndarray | None = None) -> np.ndarray:
         images = np.asarray(images, dtype=np.int64)
         self.asked.append((int(group), images.copy()))
         if group not in self._drawn:
             self._drawn[group] = self._draw(group)
-        return self._drawn[group][images]
+        block = self._drawn[group][images]
+        return block if options is None else block[:, np.asarray(options, dtype=np.int64)]
 
 
 def sample_classes(n_images: int, n_classes: int, seed: int = 0) -> np.ndarray:

@@ -22,12 +22,13 @@ class SimilaritySource(Protocol):
     ``n_images`` is the batch size B. ``similarities(images, group)`` takes
     image indices (n,) into the batch and a group index g, and returns an
     (n, K_g) float array of cosine similarities to that group's prompts, in
-    option order.
+    option order. With ``options`` (m,) it returns only those columns, (n, m):
+    the shortlist question asks a few class names, not all of them.
     """
 
     n_images: int
 
-    def similarities(self, images: np.ndarray, group: int) -> np.ndarray: ...
+    def similarities(self, images: np.ndarray, group: int, options: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class ArraySource:
@@ -48,8 +49,9 @@ class ArraySource:
         self.n_images = sims.shape[0]
         self.asked: list[tuple[int, np.ndarray]] = []
 
-    def similarities(self, images: np.ndarray, group: int) -> np.ndarray:
+    def similarities(self, images: np.ndarray, group: int, options: np.ndarray | None = None) -> np.ndarray:
         images = np.asarray(images, dtype=np.int64)
         self.asked.append((int(group), images.copy()))
         o = int(self._offsets[group])
-        return self._sims[images, o:o + int(self._sizes[group])]
+        block = self._sims[images, o:o + int(self._sizes[group])]
+        return block if options is None else block[:, np.asarray(options, dtype=np.int64)]
