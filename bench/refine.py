@@ -68,7 +68,8 @@ def run_case(name: str, encoder: Any, args: argparse.Namespace, *, name_group: b
     lam = float(encoder.logit_scale if args.logit_scale is None else args.logit_scale)
     config = RefineConfig(lam=lam, eps=args.eps)
     run = refine_embedded(system, TextCache(encoder, args.cache_dir), emb, truth, config=config,
-                          dev_frac=args.dev_frac, seed=args.seed, tau=args.tau)
+                          dev_frac=args.dev_frac, seed=args.seed, tau=args.tau,
+                          shortlist=args.shortlist if name_group else None)
     a = analyze(system)
     return {"case": name + (" +names" if name_group else ""), "data": str(path), "n_images": len(ds),
             "labels_not_in_system": missing, "seconds_images": t_img,
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", type=float, default=C.DEFAULT_EPS)
     ap.add_argument("--logit-scale", type=float, default=None)
     ap.add_argument("--no-name-group", action="store_true", help="web150: skip the +class-name-group run")
+    ap.add_argument("--shortlist", type=int, default=3, help="web150 +names: adaptive rows ask a shortlist of M names")
     ap.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE))
     ap.add_argument("--out", default=str(C.DEFAULT_OUT / "refine"))
     args = ap.parse_args(argv)

@@ -66,9 +66,10 @@ class Score:
 
 
 def score(system: AttributeSystem, sims: np.ndarray, truth: np.ndarray, *, lam: float, eps: float,
-          policy: str = "fixed", stop: StopRule = NO_STOP) -> Score:
+          policy: str = "fixed", stop: StopRule = NO_STOP, shortlist: int | None = None) -> Score:
     """Classify n images from their (n, Q) similarities; the full system by default."""
-    res = classify_batch(ArraySource(sims, system), system, policy, stop=stop, logit_scale=lam, eps=eps, top_k=1)
+    res = classify_batch(ArraySource(sims, system), system, policy, stop=stop, logit_scale=lam, eps=eps, top_k=1,
+                         shortlist_size=shortlist)
     pred = np.array([system.class_index(r.label) if r.label is not None else -1 for r in res])
     return Score(correct=pred == np.asarray(truth), q=np.array([r.q_spent for r in res], dtype=np.float64))
 
@@ -104,12 +105,13 @@ class RefineRun:
 
 def refine_embedded(system: AttributeSystem, text_cache: Any, embeddings: Any, truth: np.ndarray, *,
                     config: RefineConfig, dev_frac: float = 0.5, seed: int = 0, tau: float = 0.9,
-                    policy: str = "eig") -> RefineRun:
+                    policy: str = "eig", shortlist: int | None = None) -> RefineRun:
     """Split by image, refine on dev, measure before/after on test.
 
     embeddings : (B, D) image embeddings; truth : (B,) class indices into ``system``.
     Rows measured on test: baseline (class names), full and adaptive before and after,
-    and the shuffled-rules control of both systems (full).
+    and the shuffled-rules control of both systems (full). ``shortlist`` is passed to the
+    adaptive rows (the system needs a ``class_name`` group).
     """
     t0 = time.perf_counter()
     truth = np.asarray(truth, dtype=np.int64)
@@ -126,7 +128,8 @@ def refine_embedded(system: AttributeSystem, text_cache: Any, embeddings: Any, t
     for tag, s, lam, eps in (("before", system, lam0, eps0), ("after", refined, lam1, eps1)):
         sims = system_sims(on_test, s)
         rows[f"full, {tag}"] = score(s, sims, y, lam=lam, eps=eps)
-        rows[f"adaptive {policy} τ={tau:g}, {tag}"] = score(s, sims, y, lam=lam, eps=eps, policy=policy, stop=stop)
+        label = f"adaptive {policy} τ={tau:g}" + (f" shortlist {shortlist}" if shortlist else "")
+        rows[f"{label}, {tag}"] = score(s, sims, y, lam=lam, eps=eps, policy=policy, stop=stop, shortlist=shortlist)
         rows[f"shuffled rules, {tag}"] = score(shuffled_rules(s, seed), sims, y, lam=lam, eps=eps)
     run = RefineRun(system=system, refined=refined, report=report, n_dev=len(dev), n_test=len(test),
                     test={k: v.to_dict() for k, v in rows.items()},

@@ -179,8 +179,16 @@ def template_log_lik(log_p: np.ndarray, truth: np.ndarray, rules: Sequence[froze
     rules : per class, the acceptable options (empty = not applicable; those images are skipped).
     Returns the mean over images with an applicable rule (0.0 when there are none).
     """
-    vals = [set_log_prob(log_p[i:i + 1], sorted(rules[t]))[0] for i, t in enumerate(truth) if rules[t]]
-    return float(np.mean(vals)) if vals else 0.0
+    log_p = np.asarray(log_p, dtype=np.float64)
+    ok = np.zeros((len(rules), log_p.shape[1]), dtype=bool)  # (C, K) acceptable options per class
+    for c, opts in enumerate(rules):
+        ok[c, sorted(opts)] = True
+    mask = ok[np.asarray(truth, dtype=np.int64)]  # (n, K)
+    has = mask.any(axis=1)
+    if not has.any():
+        return 0.0
+    vals = logsumexp(np.where(mask[has], log_p[has], -np.inf), axis=1)
+    return float(vals.mean())
 
 
 def group_information_gain(log_p: np.ndarray, truth: np.ndarray, P_g: np.ndarray) -> float:

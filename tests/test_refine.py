@@ -210,3 +210,22 @@ def test_bad_inputs_have_clear_errors():
         refine(s, lambda p: np.zeros((1, 1)), np.array([0]), RULES_ONLY)
     with pytest.raises(ValueError, match="dev_frac"):
         split_by_image(np.zeros(4, dtype=int), 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_template_log_lik_matches_a_naive_loop(data):
+    from scipy.special import logsumexp
+
+    from systems.refine import template_log_lik
+
+    k = data.draw(st.integers(1, 5))
+    n_classes = data.draw(st.integers(1, 4))
+    rules = [frozenset(data.draw(st.sets(st.integers(0, k - 1), max_size=k))) for _ in range(n_classes)]
+    truth = np.array(data.draw(st.lists(st.integers(0, n_classes - 1), min_size=1, max_size=8)))
+    raw = np.array(data.draw(st.lists(st.floats(-5, 5), min_size=len(truth) * k, max_size=len(truth) * k)))
+    log_p = raw.reshape(len(truth), k)
+    log_p = log_p - logsumexp(log_p, axis=1, keepdims=True)
+    vals = [logsumexp(log_p[i, sorted(rules[t])]) for i, t in enumerate(truth) if rules[t]]
+    expected = float(np.mean(vals)) if vals else 0.0
+    assert abs(template_log_lik(log_p, truth, rules) - expected) < 1e-9
