@@ -10,8 +10,9 @@ Steps, each switchable (:class:`RefineConfig`) and reported (:class:`RefineRepor
 
 1. calibration: λ and ε by maximum likelihood of the full-system posterior;
 2. rule correction: per (class, group) the option the class's dev images
-   favour, if it beats the given rule by ``rule_prior`` nats of mean
-   log-probability; classes with fewer than ``min_images`` dev images are left alone;
+   favour more than images of other classes do (its lift), if it beats the given
+   rule's lift by ``rule_prior`` nats; classes with fewer than ``min_images`` dev
+   images are left alone;
 3. template selection: per group, the candidate template with the highest
    dev log-likelihood of the true classes' options;
 4. pruning: options no class uses, then groups whose dev information gain is
@@ -49,7 +50,7 @@ GENERIC_TEMPLATES: tuple[str, ...] = (
 class RefineConfig:
     """Which steps run, and their thresholds.
 
-    rule_prior : nats of mean log-probability a new option must gain over the given rule.
+    rule_prior : nats of lift a new option must gain over the given rule (see :func:`correct_rules`).
     min_images : classes with fewer dev images keep their rules.
     min_gain : groups whose dev information gain (nats) is not above this are dropped.
     template_margin : nats of mean dev log-likelihood a new template must gain.
@@ -80,7 +81,8 @@ class RefineConfig:
 
 @dataclass(frozen=True)
 class RuleChange:
-    """One rule changed, with its evidence: mean log-probabilities over the class's dev images."""
+    """One rule changed, with its evidence: the lift (nats) of the old rule and the new option
+    over the class's dev images (see :func:`correct_rules`)."""
 
     cls: str
     group: str
@@ -92,7 +94,7 @@ class RuleChange:
 
     def line(self) -> str:
         return (f"rule {self.cls} / {self.group}: {list(self.old)} -> {list(self.new)} "
-                f"(mean log p {self.old_score:.3f} -> {self.new_score:.3f} over {self.n_images} dev images)")
+                f"(lift {self.old_score:+.3f} -> {self.new_score:+.3f} nats over {self.n_images} dev images)")
 
 
 @dataclass
@@ -246,26 +248,39 @@ def _group_sims(prompt_sims: PromptSims, group: Group) -> np.ndarray:
 
 def correct_rules(system: AttributeSystem, sims: list[np.ndarray], truth: np.ndarray, lam: float,
                   config: RefineConfig, report: RefineReport) -> AttributeSystem:
-    """Step 2. ``sims[g]`` is (n, K_g) for the dev images; returns the system with changed rules."""
+    """Step 2. ``sims[g]`` is (n, K_g) for the dev images; returns the system with changed rules.
+
+    An option's evidence for class c is its *lift*: the mean log-probability over c's dev images
+    minus its class-balanced mean over all dev images. A model that favours one option for every
+    image (a bias, not knowledge of c) gives that option no lift, so it wins no rule. A rule
+    changes to the option of highest lift when that beats the given rule's lift by ``rule_prior``.
+    """
     rules = [list(row) for row in system.rules]
     counts = np.bincount(truth, minlength=system.n_classes)
     report.rules_left_alone = [c for c, n in zip(system.classes, counts) if 0 < n < config.min_images]
+    present = np.nonzero(counts)[0]
     for g, group in enumerate(system.groups):
         log_p = group_log_probs(sims[g], lam)
+        class_mean = np.stack([log_p[truth == c].mean(axis=0) for c in present])  # (C_present, K)
+        base = class_mean.mean(axis=0)  # (K,) class-balanced
+        set_base: dict[frozenset[int], float] = {}
         for c, cls in enumerate(system.classes):
             old = system.rules[c][g]
             if counts[c] < config.min_images or not old:  # no evidence, or not applicable: keep
                 continue
             lp = log_p[truth == c]
-            mean_k = lp.mean(axis=0)  # (K,)
-            best = int(np.argmax(mean_k))
-            old_score = float(set_log_prob(lp, sorted(old)).mean())
-            if best in old or mean_k[best] <= old_score + config.rule_prior:
+            lift = lp.mean(axis=0) - base  # (K,)
+            best = int(np.argmax(lift))
+            if old not in set_base:
+                set_base[old] = float(np.mean([set_log_prob(log_p[truth == c2], sorted(old)).mean()
+                                               for c2 in present]))
+            old_lift = float(set_log_prob(lp, sorted(old)).mean()) - set_base[old]
+            if best in old or lift[best] <= old_lift + config.rule_prior:
                 continue
             rules[c][g] = frozenset([best])
             report.rule_changes.append(RuleChange(
                 cls=cls, group=group.name, old=tuple(group.options[k] for k in sorted(old)),
-                new=(group.options[best],), old_score=old_score, new_score=float(mean_k[best]),
+                new=(group.options[best],), old_score=old_lift, new_score=float(lift[best]),
                 n_images=int(counts[c])))
     return _with(system, rules=tuple(tuple(r) for r in rules))
 

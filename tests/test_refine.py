@@ -229,3 +229,18 @@ def test_template_log_lik_matches_a_naive_loop(data):
     vals = [logsumexp(log_p[i, sorted(rules[t])]) for i, t in enumerate(truth) if rules[t]]
     expected = float(np.mean(vals)) if vals else 0.0
     assert abs(template_log_lik(log_p, truth, rules) - expected) < 1e-9
+
+
+def test_a_model_bias_toward_one_option_changes_no_rule():
+    """An option the model favours for every image (the stand-in's 'purple') is a bias, not evidence."""
+    true = random_system(21)
+    truth = np.repeat(np.arange(true.n_classes), 15)
+    sims = SimPrompts(true, truth, np.arange(len(truth)))
+    biased_opt = true.groups[0].options[0]
+
+    def biased(prompts):
+        out = sims(prompts)
+        return out + np.array([0.08 if biased_opt in p else 0.0 for p in prompts])[None, :]
+
+    refined, report = refine(true, biased, truth, RULES_ONLY)
+    assert report.rule_changes == [] and refined.rules == true.rules
