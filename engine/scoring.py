@@ -207,10 +207,10 @@ def full_bayes_log_posterior(log_probs: list[np.ndarray], channel: Channel,
     Returns (B, C) normalised log posterior.
     """
     B = log_probs[0].shape[0]
-    lp = log_prior(channel.n_classes, prior, B)
+    x = log_prior(channel.n_classes, prior, B).copy()
     for g, lpg in enumerate(log_probs):
-        lp = bayes_update(lp, bayes_loglik(lpg, channel.P[:, channel.cols(g)]))
-    return lp
+        x += bayes_loglik(lpg, channel.P[:, channel.cols(g)])
+    return x - logsumexp(x, axis=1, keepdims=True)  # normalising once equals normalising after each update
 
 
 # --------------------------------------------------------------------------- information gain

@@ -259,22 +259,29 @@ def correct_rules(system: AttributeSystem, sims: list[np.ndarray], truth: np.nda
     counts = np.bincount(truth, minlength=system.n_classes)
     report.rules_left_alone = [c for c, n in zip(system.classes, counts) if 0 < n < config.min_images]
     present = np.nonzero(counts)[0]
+    n_per = np.maximum(counts, 1)[:, None]
+
+    def class_means(values: np.ndarray) -> np.ndarray:
+        """(n, K) per-image values -> (C, K) per-class means (rows of absent classes are 0)."""
+        out = np.zeros((system.n_classes, values.shape[1]))
+        np.add.at(out, truth, values)
+        return out / n_per
+
     for g, group in enumerate(system.groups):
         log_p = group_log_probs(sims[g], lam)
-        class_mean = np.stack([log_p[truth == c].mean(axis=0) for c in present])  # (C_present, K)
-        base = class_mean.mean(axis=0)  # (K,) class-balanced
-        set_base: dict[frozenset[int], float] = {}
+        mean_k = class_means(log_p)  # (C, K)
+        base = mean_k[present].mean(axis=0)  # (K,) class-balanced
+        set_means: dict[frozenset[int], np.ndarray] = {}
         for c, cls in enumerate(system.classes):
             old = system.rules[c][g]
             if counts[c] < config.min_images or not old:  # no evidence, or not applicable: keep
                 continue
-            lp = log_p[truth == c]
-            lift = lp.mean(axis=0) - base  # (K,)
+            lift = mean_k[c] - base  # (K,)
             best = int(np.argmax(lift))
-            if old not in set_base:
-                set_base[old] = float(np.mean([set_log_prob(log_p[truth == c2], sorted(old)).mean()
-                                               for c2 in present]))
-            old_lift = float(set_log_prob(lp, sorted(old)).mean()) - set_base[old]
+            if old not in set_means:  # (C,) mean log-prob of the set per class
+                set_means[old] = class_means(set_log_prob(log_p, sorted(old))[:, None])[:, 0]
+            sm = set_means[old]
+            old_lift = float(sm[c] - sm[present].mean())
             if best in old or lift[best] <= old_lift + config.rule_prior:
                 continue
             rules[c][g] = frozenset([best])
