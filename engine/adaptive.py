@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies import Policy, PolicyState, get_policy
+from systems.build import BASELINE_GROUP
 from systems.format import AttributeSystem
 
 from .results import Result, Step
@@ -23,7 +24,7 @@ from .scoring import (
 from .sources import SimilaritySource
 
 SCORERS = ("bayes", "sum")
-NAME_GROUP = "class_name"  # the optional class-name group (systems.build.with_name_group)
+NAME_GROUP = BASELINE_GROUP  # the optional class-name group (systems.build.with_name_group)
 
 
 @dataclass(frozen=True)

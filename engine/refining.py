@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from systems.build import baseline_system, shuffled_rules
+from systems.build import BASELINE_GROUP, baseline_system, shuffled_rules
 from systems.format import AttributeSystem
 from systems.refine import RefineConfig, RefineReport, refine, split_by_image
 
@@ -128,8 +128,9 @@ def refine_embedded(system: AttributeSystem, text_cache: Any, embeddings: Any, t
     for tag, s, lam, eps in (("before", system, lam0, eps0), ("after", refined, lam1, eps1)):
         sims = system_sims(on_test, s)
         rows[f"full, {tag}"] = score(s, sims, y, lam=lam, eps=eps)
-        label = f"adaptive {policy} τ={tau:g}" + (f" shortlist {shortlist}" if shortlist else "")
-        rows[f"{label}, {tag}"] = score(s, sims, y, lam=lam, eps=eps, policy=policy, stop=stop, shortlist=shortlist)
+        sl = shortlist if shortlist and BASELINE_GROUP in {g.name for g in s.groups} else None
+        label = f"adaptive {policy} τ={tau:g}" + (f" shortlist {sl}" if sl else "")
+        rows[f"{label}, {tag}"] = score(s, sims, y, lam=lam, eps=eps, policy=policy, stop=stop, shortlist=sl)
         rows[f"shuffled rules, {tag}"] = score(shuffled_rules(s, seed), sims, y, lam=lam, eps=eps)
     run = RefineRun(system=system, refined=refined, report=report, n_dev=len(dev), n_test=len(test),
                     test={k: v.to_dict() for k, v in rows.items()},

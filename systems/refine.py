@@ -32,6 +32,7 @@ from scipy.special import logsumexp
 from engine.calibration import fit_logit_scale_and_eps
 from engine.scoring import bayes_loglik, build_channel, check_eps, check_logit_scale, group_log_probs
 
+from .build import BASELINE_GROUP
 from .format import PLACEHOLDER, AttributeSystem, Group
 
 PromptSims = Callable[[Sequence[str]], np.ndarray]
@@ -268,6 +269,8 @@ def correct_rules(system: AttributeSystem, sims: list[np.ndarray], truth: np.nda
         return out / n_per
 
     for g, group in enumerate(system.groups):
+        if group.name == BASELINE_GROUP:  # a class's name is its name: nothing to correct
+            continue
         log_p = group_log_probs(sims[g], lam)
         mean_k = class_means(log_p)  # (C, K)
         base = mean_k[present].mean(axis=0)  # (K,) class-balanced

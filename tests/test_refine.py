@@ -244,3 +244,18 @@ def test_a_model_bias_toward_one_option_changes_no_rule():
 
     refined, report = refine(true, biased, truth, RULES_ONLY)
     assert report.rule_changes == [] and refined.rules == true.rules
+
+
+def test_the_class_name_group_keeps_its_identity_rules():
+    from systems.build import with_name_group
+
+    true = with_name_group(random_system(23))
+    truth = np.repeat(np.arange(true.n_classes), 12)
+    # names the model confuses: every name prompt gets the same similarity, so some name "wins" by noise
+    sims = SimPrompts(true, truth, np.arange(len(truth)), margins={"{}": 0.0}, default=0.05)
+    refined, report = refine(true, sims, truth, RefineConfig(rule_prior=0.0, templates=False))
+    assert not any(ch.group == "class_name" for ch in report.rule_changes)
+    if "class_name" in {g.name for g in refined.groups}:
+        g = refined.group_index("class_name")
+        assert refined.groups[g].options == refined.classes
+        assert all(row[g] == frozenset([c]) for c, row in enumerate(refined.rules))
