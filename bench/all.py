@@ -8,6 +8,11 @@ jina15 (pokemon15, by source) and flowers17 (flowers17, by split), and
 bench.speed on jina15, loading the model once and encoding each image once
 (image cache under ``--cache-dir``). ``--data``/``--system`` replace the two
 real datasets by one pair.
+
+Unless ``--model simulator`` or ``--no-probe``, it also runs ``bench.probe all``:
+the attribute probe (trained here on Gen 2–3 sprites; not CLIP) is trained into
+OUT/probe if absent and evaluated on Gen 1 (section "attribute probe (trained
+here)"; ``--quick`` uses 300 images per dataset).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 from systems import load_system
 
-from . import calibrate, common as C, policies, reproduce, speed
+from . import calibrate, common as C, policies, probe, reproduce, speed
 
 PAIRS = (("jina15", "pokemon15", "source"), ("flowers17", "flowers17", "split"))
 
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--quick", action="store_true", help="reduced sizes and grids (< 15 min on 2 CPU cores)")
     ap.add_argument("--limit", type=int, default=None, help="images per dataset (default: 300 with --quick, all)")
     ap.add_argument("--sim-images", type=int, default=None, help="simulator images (default: 1000 with --quick, 4000)")
+    ap.add_argument("--no-probe", action="store_true", help="skip the attribute probe (trained here; not CLIP)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -133,11 +139,38 @@ def main(argv: list[str] | None = None) -> Path:
     cmds.append(c)
     timings[f"speed {speed_name}"] = time.perf_counter() - t0
 
+    res["probe"] = _probe(args, out, cache, limit, cmds, timings)
+
     wall = time.perf_counter() - t_start
     path = out / "summary.md"
     path.write_text(_summary(out, res, preps, cmd, cmds, timings, wall, args), encoding="utf-8")
     print(f"[bench.all] wrote {path} in {wall:.0f} s", flush=True)
     return path
+
+
+def _probe(args, out: Path, cache: str, limit: int | None, cmds: list[str], timings: dict[str, float]):
+    """bench.probe all (train into OUT/probe if absent, evaluate on Gen 1), or why it was skipped."""
+    from .probe_data import data_available
+
+    if args.no_probe or args.model == C.SIMULATOR:
+        return {"skipped": "--no-probe" if args.no_probe else "--model simulator"}
+    if not data_available():
+        return {"skipped": "../shared/data/pokemon is absent"}
+    t0 = time.perf_counter()
+    print("[bench.all] attribute probe (trained here; not CLIP)", flush=True)
+    folder = out / "probe"
+    ev = folder / _probe_eval_dir(args)
+    c = (f"python -m bench.probe all --probe {_show(folder)} --eval-out {_show(ev)} --cache-dir {_show(Path(cache))}"
+         + (f" --limit {limit}" if limit else "") + (" --quick" if args.quick else ""))
+    r = probe.run_all(folder, ev, cache_dir=cache, limit=limit, quick=args.quick, command=c)
+    cmds.append(c)
+    timings["attribute probe" + (" (trained now)" if r["trained_now"] else "")] = time.perf_counter() - t0
+    return r
+
+
+def _probe_eval_dir(args) -> str:
+    """A --quick run writes beside, never over, the full evaluation of `bench.probe eval`."""
+    return "eval-quick" if args.quick else "eval"
 
 
 # --------------------------------------------------------------------------- summary
@@ -229,6 +262,11 @@ def _summary(out: Path, res, preps, cmd, cmds, timings, wall, args) -> str:
     L.append("")
     L.append("## Findings")
     L += [f"- {x}" for x in _findings(res, preps)]
+    pr = res.get("probe") or {"skipped": "not run"}
+    if "skipped" in pr:
+        L.append(f"\n## attribute probe (trained here)\n\nSkipped: {pr['skipped']}.")
+    else:
+        L += probe.summary_section(pr, _rel(out, out / "probe" / _probe_eval_dir(args)))
     L.append("\n## bench.reproduce")
     for name, r in res["reproduce"].items():
         L.append(f"\n### {name} — {preps[name].model_label}, {r['meta']['n_images']} images, system "

