@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from .cli_ray import add_ray_flags
 from .cli_system import add_system_parser
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -62,8 +63,30 @@ def _config(args):
                      shortlist=args.shortlist)
 
 
+def _print_result(args, r) -> None:
+    """One classify result on stdout: a JSON line (--json) or a table row."""
+    if args.json:
+        print(json.dumps(r.to_dict(), ensure_ascii=False), flush=True)
+    elif r.error:
+        print(f"{_short(r.image, 40):<40} ERROR {r.error}", flush=True)
+    else:
+        qs = ", ".join(f"{s.group}={s.answer}" for s in r.steps)
+        print(f"{_short(r.image, 40):<40} {r.label:<24} {r.confidence:>6.3f} {r.q_spent:>4}  "
+              f"{r.stop:<10} {qs}", flush=True)
+
+
 def _classify_cmd(args) -> int:
+    from .cli_ray import check_flags
+
+    check_flags(args, UsageError)
     config = _config(args)
+    if args.ray is not None:
+        from .cli_ray import classify_cmd
+
+        return classify_cmd(args, config, UsageError, lambda r: _print_result(args, r), EXIT_OK, EXIT_PARTIAL)
+    if args.out or args.resume:
+        raise UsageError("classify --out/--resume need --ray (without it results print to stdout: use --json "
+                         "and redirect)")
     clf = _classifier(args, args.system)
     update, close = _progress(len(args.images), "images", args.quiet, clf.text_cache)
     n_bad = 0
@@ -72,14 +95,7 @@ def _classify_cmd(args) -> int:
     try:
         for r in clf.iter_classify(args.images, config, names=args.images, progress=update):
             n_bad += r.error is not None
-            if args.json:
-                print(json.dumps(r.to_dict(), ensure_ascii=False), flush=True)
-            elif r.error:
-                print(f"{_short(r.image, 40):<40} ERROR {r.error}", flush=True)
-            else:
-                qs = ", ".join(f"{s.group}={s.answer}" for s in r.steps)
-                print(f"{_short(r.image, 40):<40} {r.label:<24} {r.confidence:>6.3f} {r.q_spent:>4}  "
-                      f"{r.stop:<10} {qs}", flush=True)
+            _print_result(args, r)
     finally:
         close()
     if n_bad:
@@ -100,10 +116,19 @@ def _eval_cmd(args) -> int:
     from pathlib import Path
 
     from .api import summarise
+    from .cli_ray import check_flags
     from .records import atomic_write_json, read_streamed, split_done
 
+    check_flags(args, UsageError)
     config = _config(args)
+    if args.ray is not None:
+        from .cli_ray import eval_cmd
+
+        return eval_cmd(args, config, UsageError, _report_line, EXIT_OK, EXIT_PARTIAL)
     out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() in (".jsonl", ".parquet"):
+        raise UsageError(f"--out {str(out)!r}: without --ray, --out names the JSON summary (e.g. r.json; the "
+                         "records stream to r.jsonl beside it); a .jsonl or .parquet folder of shards needs --ray")
     if args.resume and out is None:
         raise UsageError("--resume needs --out OUT.json (it skips the images already in OUT.jsonl)")
     clf = _classifier(args, args.system)
@@ -288,10 +313,12 @@ def _add_data_flags(p: argparse.ArgumentParser, required: bool, resume: bool = F
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--allow-missing", action="store_true", help="skip rows whose label is not a class of the system")
     g.add_argument("--by", default=None, help="break accuracy down by this data column (e.g. source)")
-    g.add_argument("--out", default=None, help="write the JSON summary here")
+    g.add_argument("--out", default=None, help="write the JSON summary here" + (
+        " (with --ray: a folder of result shards, OUT.jsonl or OUT.parquet, and its _summary.json)" if resume else ""))
     if resume:
         g.add_argument("--resume", action="store_true",
-                       help="skip the images already streamed to OUT.jsonl and append the rest")
+                       help="skip the images already streamed to OUT.jsonl and append the rest (with --ray: skip "
+                            "the shards already finished)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,14 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("classify", help="classify images")
     cp.add_argument("images", nargs="+", help="image files")
     cp.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    cp.add_argument("--out", default=None,
+                    help="with --ray: a folder of result shards, OUT.jsonl or OUT.parquet (the extension picks the "
+                         "format)")
+    cp.add_argument("--resume", action="store_true", help="with --ray --out: skip the shards already finished")
     _add_run_flags(cp)
     _add_model_flags(cp)
+    add_ray_flags(cp)
     cp.set_defaults(func=_classify_cmd)
 
     ep = sub.add_parser("eval", help="evaluate on a labelled dataset")
     _add_data_flags(ep, required=True, resume=True)
     _add_run_flags(ep)
     _add_model_flags(ep)
+    add_ray_flags(ep)
     ep.set_defaults(func=_eval_cmd)
 
     mp = sub.add_parser("compare", help="baseline vs full system vs adaptive on one dataset (images embedded once)")

@@ -1,0 +1,302 @@
+"""Ray Data runs (issue 8): ``engine.ray_batch`` and ``twentyq classify|eval --ray`` against a single process.
+
+One local Ray (2 CPUs) per module. Real images: 200 of ``../shared/data/pokemon/jina15.csv``.
+What is checked:
+
+- the tiny random CLIP through Ray (with ``--precompute-text``) and through a single
+  process give identical labels, ``q_spent`` and questions, and the same error rows
+  for a corrupt and a missing image in the batch (exit code 1, every other row done);
+- the offline stand-in through Ray (lazy text per actor) after a run killed with
+  SIGKILL halfway and finished with ``--resume``: every image exactly once, labels
+  and ``q_spent`` identical to a single process, finished shards not redone;
+- the shard store's resume rules, bytes input, the precomputed text cache, and the
+  one-line errors (Ray missing, flags without ``--ray``, a bad ``--out``).
+
+Ray workers run at nice 0 here (Ray's default is 15), so the 2 shared cores are not
+taken from them by every other process on the machine. The tests that start Ray actor pools
+are marked ``slow`` (each pool spawns processes that import torch and load a model: 20-60 s
+on 2 cores); CI runs them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'twentyq[ray]'")
+pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'twentyq[ray]'")
+pa = pytest.importorskip("pyarrow")
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from engine.api import Classifier, RunConfig  # noqa: E402
+from engine.cli import main  # noqa: E402
+from engine.datasets import load_dataset  # noqa: E402
+from engine.shards import ShardStore, fingerprint, records_from_arrow, results_to_arrow  # noqa: E402
+
+from .encoder_fixtures import offline_encoder, tiny_model_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+JINA = REPO.parent / "shared" / "data" / "pokemon" / "jina15.csv"
+N, SHARD = 200, 25
+pytestmark = pytest.mark.skipif(not JINA.is_file(), reason=f"the shared images are absent ({JINA} not found)")
+CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray with 2 CPUs for the whole module; yields its address (for a second driver to join)."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def jina200():
+    return load_dataset(JINA, limit=N, seed=0)
+
+
+def _key(rec):
+    return rec["image"], rec["label"], rec["q_spent"], rec["stop"], rec["error"], [a["group"] for a in rec["asked"]]
+
+
+def _same(ray_recs, single_recs):
+    """Identical labels, q_spent, stops, questions and errors; confidences equal to float32 noise.
+
+    (Image embeddings are computed in batches of other compositions under Ray, which moves
+    fp32 results in the last bits.)
+    """
+    assert [_key(r) for r in ray_recs] == [_key(r) for r in single_recs]
+    for a, b in zip(ray_recs, single_recs):
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+
+
+# --------------------------------------------------------------------------- tiny CLIP, corrupt image, precompute
+@pytest.fixture(scope="module")
+def tiny_run(cluster, jina200, tmp_path_factory):
+    """200 images + a corrupt and a missing one, through `twentyq classify --ray --precompute-text`."""
+    d = tmp_path_factory.mktemp("tiny")
+    (d / "corrupt.jpg").write_bytes(CORRUPT)
+    paths = [it.path for it in jina200.items]
+    paths.insert(37, str(d / "corrupt.jpg"))
+    paths.insert(150, str(d / "missing.png"))
+    model = str(tiny_model_dir("clip"))
+    out = d / "run.jsonl"
+    args = ["--model", model, "--tau", "0.5", "--device", "cpu", "--quiet"]
+    rc = main(["classify", *paths, *args, "--json", "--ray", "--out", str(out), "--shard-size", str(SHARD),
+               "--workers", "2", "--precompute-text"])
+    single = [r.to_dict() for r in Classifier(model=model, device="cpu").iter_classify(
+        paths, RunConfig(tau=0.5), names=paths)]
+    return {"rc": rc, "out": out, "paths": paths, "single": single}
+
+
+@pytest.mark.slow
+def test_tiny_clip_through_ray_matches_a_single_process(tiny_run):
+    store_files = sorted(tiny_run["out"].glob("shard-*.jsonl"))
+    assert len(store_files) == -(-len(tiny_run["paths"]) // SHARD)
+    recs = [json.loads(line) for f in store_files for line in f.read_text(encoding="utf-8").splitlines()]
+    assert [r["image"] for r in recs] == tiny_run["paths"]  # input order, each once
+    _same(recs, tiny_run["single"])
+    assert len({r["q_spent"] for r in recs if r["error"] is None}) > 2  # the stop rule really varied Q
+    assert [list(r) for r in recs] == [list(r) for r in tiny_run["single"]]  # the classify --json keys, in order
+
+
+@pytest.mark.slow
+def test_corrupt_and_missing_images_are_error_rows_and_the_rest_finish(tiny_run):
+    assert tiny_run["rc"] == 1
+    recs = [json.loads(line) for f in sorted(tiny_run["out"].glob("shard-*.jsonl"))
+            for line in f.read_text(encoding="utf-8").splitlines()]
+    bad = {i for i, r in enumerate(recs) if r["error"] is not None}
+    assert bad == {37, 150}
+    for i in bad:  # the very message a single process gives
+        assert recs[i]["error"] == tiny_run["single"][i]["error"]
+        assert recs[i]["label"] is None and recs[i]["q_spent"] == 0
+    assert "corrupt or truncated" in recs[37]["error"] and "no such file" in recs[150]["error"]
+    assert all(r["label"] is not None for i, r in enumerate(recs) if i not in bad)
+    store = ShardStore(tiny_run["out"], "jsonl", len(recs), SHARD)
+    assert store.errors() == 2 and not store.pending()
+
+
+# --------------------------------------------------------------------------- offline model, killed and resumed
+def _offline_single(jina200):
+    """The single-process reference, one torch thread (as each actor, num_cpus=1)."""
+    clf = Classifier(encoder=offline_encoder(), system="pokemon15")
+    paths = [it.path for it in jina200.items]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads also crawl when other jobs share the cores
+    try:
+        return [r.to_dict() for r in clf.iter_classify(paths, RunConfig(), names=paths)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_offline_killed_halfway_then_resumed_matches_a_single_process(cluster, jina200, tmp_path, capsys):
+    out = tmp_path / "run.parquet"
+    cmd = [sys.executable, "-m", "engine.cli", "eval", "--data", str(JINA), "--limit", str(N), "--seed", "0",
+           "--device", "cpu", "--quiet", "--out", str(out), "--shard-size", str(SHARD), "--workers", "2",
+           "--ray", cluster]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    try:
+        while len(list(out.glob("_shard-*.done"))) < 2:
+            assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "no shard finished within 240 s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: what a crash or OOM kill leaves
+        proc.communicate()
+    # finished = marked; a shard file without its marker (the kill fell between the two renames) is redone
+    done_before = {f"{m.name[1:-len('.done')]}.parquet": (out / f"{m.name[1:-len('.done')]}.parquet").stat().st_mtime_ns
+                   for m in out.glob("_shard-*.done")}
+    n_shards = N // SHARD
+    assert 2 <= len(done_before) < n_shards, f"killed after {len(done_before)} of {n_shards} shards"
+
+    rc = main(["eval", "--data", str(JINA), "--limit", str(N), "--seed", "0", "--device", "cpu", "--quiet",
+               "--out", str(out), "--shard-size", str(SHARD), "--workers", "2", "--resume", "--ray"])
+    assert rc == 0
+    assert f"--resume: {len(done_before)} of {n_shards} shard(s) already done" in capsys.readouterr().err
+    for name, mtime in done_before.items():  # finished shards were skipped, not redone
+        assert (out / name).stat().st_mtime_ns == mtime
+    table = pq.read_table(out)  # the folder reads as one Parquet dataset (markers start with '_')
+    recs = records_from_arrow(table.sort_by([("image", "ascending")]))
+    assert table.num_rows == N and len({r["image"] for r in recs}) == N  # no duplicates, none lost
+    by_image = {r["image"]: r for r in recs}
+    single = _offline_single(jina200)
+    _same([by_image[r["image"]] for r in single], single)
+    assert all(by_image[it.path]["true_label"] == it.label for it in jina200.items)
+    summary = json.loads((out / "_summary.json").read_text(encoding="utf-8"))
+    assert summary["n"] == N and summary["model"] == "offline" and summary["skipped"] == []
+
+
+# --------------------------------------------------------------------------- the actor without a pool
+def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, jina200, tmp_path):
+    """ClassifyBatch called directly: bytes rows (one corrupt) and a precomputed text table."""
+    from engine.ray_batch import ClassifyBatch, _embed_prompts
+
+    model = str(tiny_model_dir("clip"))
+    paths = [it.path for it in jina200.items[:12]]
+    (tmp_path / "bad.jpg").write_bytes(CORRUPT)
+    paths.insert(5, str(tmp_path / "bad.jpg"))
+    kw = dict(model_kwargs={"model": model, "device": "cpu"}, system="pokemon15", config={"tau": 0.5})
+    lazy = ClassifyBatch(**kw, stats=True)
+    by_path = records_from_arrow(lazy(pa.table({"path": paths})))
+    as_bytes = pa.table({"path": paths, "bytes": [Path(p).read_bytes() for p in paths]})
+    table_ref = ray.put(_embed_prompts({"model": model, "device": "cpu"}, "pokemon15", "adaptive"))
+    pre = ClassifyBatch(**kw, text_ref=table_ref, stats=True)
+    out = pre(as_bytes)
+    assert sum(out.column("_text_encodes").to_pylist()) == 0  # every prompt came from the broadcast table
+    assert sum(out.column("_text_hits").to_pylist()) > 0
+    by_bytes = records_from_arrow(out)
+    assert by_bytes == by_path  # same batch: identical to the last bit, errors included
+    assert by_bytes[5]["error"].startswith(f"cannot load image {paths[5]!r}: corrupt or truncated image data")
+    empty = lazy(pa.table({"path": pa.array([], pa.string())}))  # Ray may hand an actor an empty block
+    assert empty.num_rows == 0 and "_text_encodes" in empty.column_names
+
+
+# --------------------------------------------------------------------------- shard store rules (no Ray run)
+def _table(n, err_at=()):
+    from engine.results import Result
+
+    rs = [Result.failed("bad", image=f"i{i}") if i in err_at else
+          Result("A", 0.5, [("A", 0.5), ("B", 0.5)], [], 1, "budget", image=f"i{i}") for i in range(n)]
+    return results_to_arrow(rs, ["A"] * n)
+
+
+def test_shard_store_resumes_only_finished_shards(tmp_path):
+    out = tmp_path / "s.jsonl"
+    fp = fingerprint([f"i{i}" for i in range(10)], None, {"m": 1})
+    store = ShardStore.open(out, n_rows=10, shard_size=4, fingerprint=fp, resume=False)
+    assert store.n_shards == 3 and store.pending() == [0, 1, 2]
+    store.write(0, _table(4, err_at={2}))
+    store.write(2, _table(2))
+    (out / ".shard-00001.jsonl.abc.tmp").write_text("torn")  # a killed writer's temp file: never read
+    (out / "shard-00001.jsonl").write_text('{"image": "i4"}\n')  # a data file with no marker: not done
+    with pytest.raises(ValueError, match="pass --resume"):
+        ShardStore.open(out, n_rows=10, shard_size=4, fingerprint=fp, resume=False)
+    with pytest.raises(ValueError, match="different input or settings"):
+        ShardStore.open(out, n_rows=10, shard_size=4, fingerprint="other", resume=True)
+    with pytest.raises(ValueError, match="different input or settings"):
+        ShardStore.open(out, n_rows=10, shard_size=5, fingerprint=fp, resume=True)
+    again = ShardStore.open(out, n_rows=10, shard_size=4, fingerprint=fp, resume=True)
+    assert again.pending() == [1] and again.errors() == 1
+    (out / "shard-00002.jsonl").write_text("")  # a shard file that no longer matches its marker
+    assert again.pending() == [1, 2]
+    with pytest.raises(ValueError, match="2 result rows for 4 input rows"):
+        again.write(1, _table(2))
+    again.write(1, _table(4))
+    again.write(2, _table(2))
+    recs = again.read_all()
+    assert len(recs) == 10 and recs[0]["top"] == [["A", 0.5], ["B", 0.5]] and recs[0]["true_label"] == "A"
+
+
+def test_parquet_store_round_trips_the_json_records(tmp_path):
+    store = ShardStore.open(tmp_path / "p.parquet", n_rows=3, shard_size=3, fingerprint="f", resume=False)
+    t = _table(3, err_at={1})
+    store.write(0, t)
+    assert store.read(0) == records_from_arrow(t)
+    assert store.read(0)[1]["error"] == "bad" and store.read(0)[1]["label"] is None
+    assert pq.read_table(tmp_path / "p.parquet").num_rows == 3  # _manifest.json / _shard-*.done are skipped
+
+
+# --------------------------------------------------------------------------- one-line errors
+@pytest.mark.parametrize("argv, needle", [
+    (["classify", "a.png", "--precompute-text"], "--precompute-text: only with --ray"),
+    (["classify", "a.png", "--out", "r.jsonl"], "classify --out/--resume need --ray"),
+    (["classify", "a.png", "--ray", "b.png"], "is not a Ray address"),
+    (["eval", "--data", str(JINA), "--ray", "--out", "r.json"], "ends in .jsonl or .parquet"),
+    (["eval", "--data", str(JINA), "--out", "r.parquet"], "needs --ray"),
+])
+def test_bad_ray_flags_are_one_line_usage_errors(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_a_cluster_address_where_nothing_answers_is_a_one_line_error(monkeypatch):
+    import engine.ray_batch as rb
+
+    monkeypatch.setattr(rb.require_ray(), "is_initialized", lambda: False)  # as in a fresh driver
+    with pytest.raises(rb.RayStartError, match=r"could not join the Ray cluster at '127.0.0.1:1': nothing answers"):
+        with rb.ray_session("127.0.0.1:1"):
+            pass
+
+
+def test_ray_missing_names_the_extra(monkeypatch, capsys):
+    import engine.ray_batch as rb
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(rb.RayMissing, match=r"pip install 'twentyq\[ray\]'"):
+        rb.require_ray()
+    assert main(["classify", "a.png", "--ray"]) == 2
+    assert "pip install 'twentyq[ray]'" in capsys.readouterr().err
+
+
+def test_worker_sizing_follows_the_cluster():
+    from types import SimpleNamespace as NS
+
+    from engine.cli_ray import _sizing
+
+    gpus8 = NS(cluster_resources=lambda: {"CPU": 64.0, "GPU": 8.0})
+    args = dict(cpus_per_worker=None, gpus_per_worker=None, workers=None, device="auto")
+    assert _sizing(gpus8, NS(**args)) == (8, 1.0, 1.0)  # one actor per GPU
+    assert _sizing(gpus8, NS(**{**args, "gpus_per_worker": 0.125})) == (64, 0.125, 1.0)  # 8 per GPU, 64 cores
+    assert _sizing(gpus8, NS(**{**args, "gpus_per_worker": 0.125, "cpus_per_worker": 2.0})) == (32, 0.125, 2.0)
+    assert _sizing(gpus8, NS(**{**args, "device": "cpu"})) == (64, 0.0, 1.0)  # --device cpu: no GPU asked
+    assert _sizing(NS(cluster_resources=lambda: {"CPU": 2.0}), NS(**args)) == (2, 0.0, 1.0)
+    assert _sizing(gpus8, NS(**{**args, "workers": 3})) == (3, 1.0, 1.0)
