@@ -196,7 +196,10 @@ def _model_note(encoder) -> str:
     from .encoders.registry import MODELS
 
     spec = MODELS.get(encoder.name)
-    return f"{encoder.name} — {spec.note}" if spec and spec.note else f"{encoder.name} ({encoder.model_id})"
+    if spec and spec.note:
+        return f"{encoder.name} — {spec.note}"
+    label = encoder.describe().get("label") if hasattr(encoder, "describe") else None
+    return f"{encoder.name} — {label}" if label else f"{encoder.name} ({encoder.model_id})"
 
 
 def _report_line(rep) -> str:
