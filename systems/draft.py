@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .format import AttributeSystem
+from .io import reject_duplicate_keys
 from .validate import GROUP_KEYS, RULE_KEYS, SystemValidationError, parse_system, show
 
 GROUP_CUTOFF = 0.85
@@ -299,15 +300,6 @@ def _ident(chars: list[str], i: int) -> bool:
     return 0 <= i < len(chars) and (chars[i].isalnum() or chars[i] == "_")
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}; every group, class and key must be unique")
-        out[k] = v
-    return out
-
-
 def parse_draft_text(text: str, repairs: list[Repair]) -> tuple[Any, list[str]]:
     """Repair the text of a draft and parse it: (data or None, problems). Repairs are appended."""
     problems: list[str] = []
@@ -320,7 +312,7 @@ def parse_draft_text(text: str, repairs: list[Repair]) -> tuple[Any, list[str]]:
     repairs += sorted(found, key=lambda r: [int(x) for x in re.findall(r"\d+", r.path)])
     cleaned = "".join(chars)
     try:
-        return json.loads(cleaned, object_pairs_hook=_reject_duplicates), []
+        return json.loads(cleaned, object_pairs_hook=reject_duplicate_keys), []
     except json.JSONDecodeError as e:
         hint = "JSON strings and keys need double quotes" if cleaned[e.pos:e.pos + 1] == "'" else \
             "fix the draft by hand, or ask the LLM again"

@@ -21,11 +21,12 @@ def list_systems() -> list[str]:
     return sorted(p.stem for p in SHIPPED_DIR.glob("*.json"))
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook: a JSON object that repeats a key is an error, not a silent overwrite."""
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise ValueError(f"duplicate key {k!r}")
+            raise ValueError(f"duplicate key {k!r}; every group, class and key must be unique")
         out[k] = v
     return out
 
@@ -42,7 +43,7 @@ def read_json(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise SystemValidationError(source, [f"byte {e.start}: not UTF-8; re-save the file as UTF-8"]) from None
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicates)
+        return json.loads(text, object_pairs_hook=reject_duplicate_keys)
     except json.JSONDecodeError as e:
         hint = " (comments are not JSON; remove them)" if text[e.pos:e.pos + 2] in ("//", "/*") or \
             text[e.pos:e.pos + 1] == "#" else ""
