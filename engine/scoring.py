@@ -275,8 +275,8 @@ def shortlist_eig(post: np.ndarray, cand: np.ndarray, eps: float) -> np.ndarray:
     cand = np.asarray(cand, dtype=np.int64)
     m = cand.shape[1]
     pc = np.take_along_axis(post, cand, axis=1)  # (B, m)
-    s = pc.sum(axis=1, keepdims=True)
-    marg = (1.0 - eps) * pc + eps / m * s + (1.0 - s) / m  # (B, m)
+    s = np.minimum(pc.sum(axis=1, keepdims=True), 1.0)  # rounding can push a sum of 1 just above 1
+    marg = np.maximum((1.0 - eps) * pc + eps / m * s + (1.0 - s) / m, 0.0)  # (B, m); entr(-1e-17) is -inf
     row = np.full(m, eps / m)
     row[0] += 1.0 - eps
     h_cand = entropy(row)
