@@ -259,3 +259,35 @@ def test_the_class_name_group_keeps_its_identity_rules():
         g = refined.group_index("class_name")
         assert refined.groups[g].options == refined.classes
         assert all(row[g] == frozenset([c]) for c, row in enumerate(refined.rules))
+
+
+def test_cli_refine_end_to_end_with_a_tiny_clip(tmp_path, capsys):
+    import json
+
+    from engine.cli import main
+    from systems import load_system, save_system
+
+    from .encoder_fixtures import five_group_system, noise_image, tiny_model_dir
+
+    system = five_group_system(k=3, n_classes=3)
+    save_system(system, tmp_path / "s.json")
+    for c, cls in enumerate(system.classes):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(4):
+            noise_image(10 * c + i).save(tmp_path / "data" / cls / f"{i}.png")
+    (tmp_path / "data" / system.classes[0] / "bad.png").write_bytes(b"not an image")
+    out, rep = tmp_path / "s2.json", tmp_path / "r.json"
+    rc = main(["system", "refine", "--data", str(tmp_path / "data"), "--system", str(tmp_path / "s.json"),
+               "--out", str(out), "--report", str(rep), "--model", str(tiny_model_dir("clip")), "--quiet",
+               "--min-images", "1"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "skipped bad image" in captured.err  # the bad image is reported, the rest refined
+    refined = load_system(out)
+    assert refined.classes == system.classes
+    report = json.loads(rep.read_text())
+    assert report["n_dev"] + report["n_test"] == 12 and report["n_dev"] == 6
+    assert {"full, before", "full, after", "shuffled rules, after"} <= set(report["test"])
+    assert "test split (never seen by refinement)" in captured.out
+    assert main(["system", "refine", "--data", str(tmp_path / "data"), "--system", str(out),
+                 "--out", str(out), "--model", str(tiny_model_dir("clip"))]) == 2
+    assert "would overwrite" in capsys.readouterr().err
