@@ -201,8 +201,6 @@ def classify_batch(
                 trail[i].append((g, float(eig_g[j]), int(ans[j]), float(ans_p[j]), float(conf[j])))
 
     final = np.exp(log_post)
-    for i in range(B):  # a shortlist answer is recorded as class k of the name group
-        trail[i] = [(name_g if g == -1 else g, *rest) for g, *rest in trail[i]]
     if sum_sc is not None:
         tot = sum_sc.sum(axis=1, keepdims=True)
         final = np.where(tot > 0, sum_sc / np.where(tot > 0, tot, 1.0), final)
@@ -251,4 +249,4 @@ def _ask_shortlist(source: SimilaritySource, imgs: np.ndarray, post: np.ndarray,
     conf = np.exp(log_post[imgs].max(axis=1))
     for j, i in enumerate(imgs):
         # the name group's options are the classes in order, so option index = class index
-        trail[i].append((-1, float(eig[j]), int(cand[j, ans[j]]), float(np.exp(lp[j, ans[j]])), float(conf[j])))
+        trail[i].append((name_g, float(eig[j]), int(cand[j, ans[j]]), float(np.exp(lp[j, ans[j]])), float(conf[j])))

@@ -124,7 +124,7 @@ def _eval_cmd(args) -> int:
     if args.ray is not None:
         from .cli_ray import eval_cmd
 
-        return eval_cmd(args, config, UsageError, _report_line, EXIT_OK, EXIT_PARTIAL)
+        return eval_cmd(args, config, UsageError, _print_report, EXIT_OK, EXIT_PARTIAL)
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() in (".jsonl", ".parquet"):
         raise UsageError(f"--out {str(out)!r}: without --ray, --out names the JSON summary (e.g. r.json; the "
@@ -176,13 +176,7 @@ def _eval_cmd(args) -> int:
             stream.close()
     if out:
         atomic_write_json(out, report.to_dict())
-    print(_report_line(report))
-    print(f"  model: {_model_note(clf.encoder)}")
-    if not args.quiet:
-        for c in report.confusion[:5]:
-            print(f"  confused: {c['label']} -> {c['predicted']} ({c['count']})")
-        for k, v in report.by.get(args.by, {}).items() if args.by else []:
-            print(f"  {args.by}={k}: accuracy {v['accuracy']:.3f} (n={v['n']})")
+    _print_report(report, _model_note(clf.encoder), args)
     if out:
         print(f"wrote {out} and {out.with_suffix('.jsonl')}")
     if report.skipped:
@@ -202,6 +196,20 @@ def _model_note(encoder) -> str:
     return f"{encoder.name} — {label}" if label else f"{encoder.name} ({encoder.model_id})"
 
 
+def _print_report(rep, model_note: str, args, extra: tuple[str, ...] = ()) -> None:
+    """An eval summary on stdout: the headline, the model, ``extra`` lines, then (unless --quiet)
+    the top confusions and the --by breakdown."""
+    print(_report_line(rep))
+    print(f"  model: {model_note}")
+    for line in extra:
+        print(line)
+    if not args.quiet:
+        for c in rep.confusion[:5]:
+            print(f"  confused: {c['label']} -> {c['predicted']} ({c['count']})")
+        for k, v in rep.by.get(args.by, {}).items() if args.by else []:
+            print(f"  {args.by}={k}: accuracy {v['accuracy']:.3f} (n={v['n']})")
+
+
 def _report_line(rep) -> str:
     lo, hi = rep.ci95
     what = f"{rep.mode}" + (f" {rep.policy} τ={rep.tau}" if rep.mode == "adaptive" else "")
@@ -211,13 +219,9 @@ def _report_line(rep) -> str:
 
 def default_data():
     """The shared jina15 set, looked for beside the working directory and beside this checkout."""
-    from pathlib import Path
+    from systems.build import shared_data_path
 
-    rel = Path("shared/data/pokemon/jina15.csv")
-    for base in (Path.cwd().parent, Path(__file__).resolve().parents[2], Path.cwd()):
-        if (base / rel).is_file():
-            return base / rel
-    return None
+    return shared_data_path("pokemon/jina15.csv")
 
 
 def _compare_cmd(args) -> int:

@@ -231,7 +231,7 @@ def classify_cmd(args, config, usage_error, print_result, exit_ok, exit_partial)
     return exit_partial if n_bad else exit_ok
 
 
-def eval_cmd(args, config, usage_error, report_line, exit_ok, exit_partial) -> int:
+def eval_cmd(args, config, usage_error, print_report, exit_ok, exit_partial) -> int:
     """``twentyq eval --ray``: classify on Ray, then summarise every row (this run's and resumed ones)."""
     from .api import summarise
     from .datasets import check_labels, load_dataset
@@ -256,15 +256,9 @@ def eval_cmd(args, config, usage_error, report_line, exit_ok, exit_partial) -> i
     report = summarise(rows, config, model=args.model, system=system.name, data=ds.name,
                        text_encodes=stats["text_encodes"], text_hits=stats["text_hits"],
                        seconds_embed=float("nan"), seconds_classify=float("nan"), by=args.by, seed=args.seed)
-    print(report_line(report))
-    print(f"  model: {model_note(args.model)}")
-    print(f"  text encodes: {stats['text_encodes']} this run, summed over the Ray workers"
-          + (" and the precompute task" if args.precompute_text else ""))
-    if not args.quiet:
-        for c in report.confusion[:5]:
-            print(f"  confused: {c['label']} -> {c['predicted']} ({c['count']})")
-        for k, v in report.by.get(args.by, {}).items() if args.by else []:
-            print(f"  {args.by}={k}: accuracy {v['accuracy']:.3f} (n={v['n']})")
+    print_report(report, model_note(args.model), args,
+                 extra=(f"  text encodes: {stats['text_encodes']} this run, summed over the Ray workers"
+                        + (" and the precompute task" if args.precompute_text else ""),))
     if store:
         atomic_write_json(Path(store.root) / "_summary.json", report.to_dict())
         print(f"wrote {store.n_shards} shard(s) and _summary.json to {store.root}")

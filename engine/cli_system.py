@@ -231,21 +231,21 @@ def _refine_cmd(args) -> int:
     from systems import save_system
     from systems.refine import RefineConfig
 
-    from .api import DEFAULT_EPS, Classifier
+    from .api import DEFAULT_EPS
+    from .cli import _classifier, _progress
     from .records import atomic_write_json, json_safe
     from .refining import embed_dataset, refine_embedded
 
     if Path(args.out).resolve() == Path(args.system).resolve():
         raise ValueError(f"--out {args.out} would overwrite the system being refined; choose another file")
-    clf = Classifier(args.model, args.system, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                     cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code)
+    clf = _classifier(args, args.system)  # prints the --trust-remote-code notice, like classify and eval
     system = clf.system
     ds = clf.dataset(args.data, split=args.split, limit=args.limit, seed=args.seed, allow_missing=args.allow_missing)
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(ds), desc="images", unit="img", disable=args.quiet, file=sys.stderr)
-    emb, good, bad = embed_dataset(clf, ds.items, progress=bar.update)
-    bar.close()
+    update, close = _progress(len(ds), "images", args.quiet)
+    try:
+        emb, good, bad = embed_dataset(clf, ds.items, progress=update)
+    finally:
+        close()
     for j, msg in sorted(bad.items()):
         print(f"twentyq: skipped bad image {ds.items[j].path}: {msg}", file=sys.stderr)
     truth = [system.class_index(ds.items[j].label) for j in good]

@@ -260,7 +260,8 @@ def shortlist_loglik(log_p: np.ndarray, cand: np.ndarray, n_classes: int, eps: f
         raise ValueError(f"cand should be {(B, m)}, got shape {cand.shape}")
     out = np.full((B, n_classes), -np.log(m))
     rows = np.arange(B)[:, None]
-    out[rows, cand] = np.logaddexp(np.log1p(-eps) + log_p, np.log(eps / m)) if eps > 0 else np.log1p(-eps) + log_p
+    with np.errstate(divide="ignore"):  # eps/m can underflow to 0 for a tiny eps; log(0) = -inf is right
+        out[rows, cand] = np.logaddexp(np.log1p(-eps) + log_p, np.log(eps / m)) if eps > 0 else np.log1p(-eps) + log_p
     return out
 
 

@@ -144,8 +144,8 @@ def align_classes(system: AttributeSystem, labels: Iterable[str]) -> tuple[Attri
 
 
 def shared_data_path(rel: str | os.PathLike) -> Path | None:
-    """``shared/data/<rel>`` looked for beside the working directory and beside this checkout,
-    or under ``$TWENTYQ_DATA``; None when absent."""
+    """``shared/data/<rel>`` looked for under ``$TWENTYQ_DATA``, then beside the working directory and
+    beside this checkout; None when absent. The one place that finds the shared data (cli.default_data too)."""
     rel = Path(rel)
     bases = [Path(os.environ["TWENTYQ_DATA"])] if os.environ.get("TWENTYQ_DATA") else []
     here = Path(__file__).resolve().parents[1]

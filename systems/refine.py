@@ -243,10 +243,6 @@ class _Memo:
         return np.stack([self.cols[p] for p in prompts], axis=1)
 
 
-def _group_sims(prompt_sims: PromptSims, group: Group) -> np.ndarray:
-    return prompt_sims(group.prompts())
-
-
 def correct_rules(system: AttributeSystem, sims: list[np.ndarray], truth: np.ndarray, lam: float,
                   config: RefineConfig, report: RefineReport) -> AttributeSystem:
     """Step 2. ``sims[g]`` is (n, K_g) for the dev images; returns the system with changed rules.
@@ -305,7 +301,7 @@ def select_templates(system: AttributeSystem, prompt_sims: PromptSims, truth: np
         scores = []
         for t in tried:
             cand = Group(group.name, t, group.options)
-            scores.append(template_log_lik(group_log_probs(_group_sims(prompt_sims, cand), lam),
+            scores.append(template_log_lik(group_log_probs(prompt_sims(cand.prompts()), lam),
                                            truth, rules))
         best = int(np.argmax(scores))
         if best != 0 and scores[best] < scores[0] + config.template_margin:
@@ -379,7 +375,7 @@ def refine(system: AttributeSystem, prompt_sims: PromptSims, truth: np.ndarray,
     prompt_sims = _Memo(prompt_sims)
 
     def sims_of(s: AttributeSystem) -> list[np.ndarray]:
-        return [_group_sims(prompt_sims, g) for g in s.groups]
+        return [prompt_sims(g.prompts()) for g in s.groups]
 
     sims = sims_of(system)
     if config.calibrate:
