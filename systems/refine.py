@@ -248,15 +248,19 @@ def correct_rules(system: AttributeSystem, sims: list[np.ndarray], truth: np.nda
     """Step 2. ``sims[g]`` is (n, K_g) for the dev images; returns the system with changed rules.
 
     An option's evidence for class c is its *lift*: the mean log-probability over c's dev images
-    minus its class-balanced mean over all dev images. A model that favours one option for every
-    image (a bias, not knowledge of c) gives that option no lift, so it wins no rule. A rule
-    changes to the option of highest lift when that beats the given rule's lift by ``rule_prior``.
+    minus its class-balanced mean over the images of the *other* classes whose given rule does not
+    hold the option. A model that favours one option for every image (a bias, not knowledge of c)
+    gives that option no lift, so it wins no rule; an option many classes share keeps its full lift,
+    because the classes that share it are not its baseline. A rule changes to the option of highest
+    lift when that beats the given rule's lift by ``rule_prior``. With no such other class, an
+    option's lift is 0.
     """
     rules = [list(row) for row in system.rules]
     counts = np.bincount(truth, minlength=system.n_classes)
     report.rules_left_alone = [c for c, n in zip(system.classes, counts) if 0 < n < config.min_images]
-    present = np.nonzero(counts)[0]
     n_per = np.maximum(counts, 1)[:, None]
+
+    is_present = counts > 0
 
     def class_means(values: np.ndarray) -> np.ndarray:
         """(n, K) per-image values -> (C, K) per-class means (rows of absent classes are 0)."""
@@ -264,23 +268,35 @@ def correct_rules(system: AttributeSystem, sims: list[np.ndarray], truth: np.nda
         np.add.at(out, truth, values)
         return out / n_per
 
+    def lifts(means: np.ndarray, outside: np.ndarray) -> np.ndarray:
+        """(C, K) lifts: means[c, k] minus the mean of means[c', k] over present c' != c with outside[c', k]."""
+        use = outside & is_present[:, None]  # (C, K) classes that form each option's baseline
+        tot = (means * use).sum(axis=0)  # (K,)
+        num = use.sum(axis=0)  # (K,)
+        tot_c, num_c = tot[None, :] - means * use, num[None, :] - use  # leave class c itself out
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(num_c > 0, means - tot_c / np.maximum(num_c, 1), 0.0)
+
     for g, group in enumerate(system.groups):
         if group.name == BASELINE_GROUP:  # a class's name is its name: nothing to correct
             continue
         log_p = group_log_probs(sims[g], lam)
         mean_k = class_means(log_p)  # (C, K)
-        base = mean_k[present].mean(axis=0)  # (K,) class-balanced
-        set_means: dict[frozenset[int], np.ndarray] = {}
+        given = np.zeros(mean_k.shape, dtype=bool)  # (C, K) options of the given rules
+        for c2, row in enumerate(system.rules):
+            given[c2, sorted(row[g])] = True
+        lift_k = lifts(mean_k, ~given)  # (C, K)
+        set_lifts: dict[frozenset[int], np.ndarray] = {}
         for c, cls in enumerate(system.classes):
             old = system.rules[c][g]
             if counts[c] < config.min_images or not old:  # no evidence, or not applicable: keep
                 continue
-            lift = mean_k[c] - base  # (K,)
+            lift = lift_k[c]  # (K,)
             best = int(np.argmax(lift))
-            if old not in set_means:  # (C,) mean log-prob of the set per class
-                set_means[old] = class_means(set_log_prob(log_p, sorted(old))[:, None])[:, 0]
-            sm = set_means[old]
-            old_lift = float(sm[c] - sm[present].mean())
+            if old not in set_lifts:  # (C,) lift of the whole set, against classes whose rule misses it
+                sm = class_means(set_log_prob(log_p, sorted(old))[:, None])
+                set_lifts[old] = lifts(sm, ~given[:, sorted(old)].any(axis=1, keepdims=True))[:, 0]
+            old_lift = float(set_lifts[old][c])
             if best in old or lift[best] <= old_lift + config.rule_prior:
                 continue
             rules[c][g] = frozenset([best])
