@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"[bench.all] speed {speed_name}", flush=True)
     images = None
     if encoder is not None:
-        from engine.datasets import load_dataset
+        from engine.run.datasets import load_dataset
 
         images = [it.path for it in load_dataset(C.resolve_data(speed_name), limit=256, seed=args.seed).items]
     c = std_cmd("speed", speed_name) + f" --out {_show(out / 'speed')}"

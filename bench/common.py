@@ -1,10 +1,10 @@
 """Shared benchmark plumbing: flags, one-time encoding, sweep points, outputs and plots.
 
 Every benchmark takes ``--model --data --system --out DIR --seed``. The images
-are encoded once (through :class:`engine.image_cache.ImageCache`, on disk under
+are encoded once (through :class:`engine.encoders.image_cache.ImageCache`, on disk under
 ``--cache-dir``), the (B, Q) similarities to every prompt of the system and the
 (B, N) similarities to the class names are computed once (text embeddings
-through :class:`engine.text_cache.TextCache`), and every sweep point is then
+through :class:`engine.encoders.text_cache.TextCache`), and every sweep point is then
 ``classify_batch(ArraySource(...))`` on those arrays, with no model in the loop.
 
 ``text_encodes`` of a point is what a lazy run would have embedded: Σ K_g over
@@ -29,15 +29,16 @@ from typing import Any
 import numpy as np
 
 from engine import ArraySource, SimulatedSource, StopRule, classify_batch
-from engine.adaptive import NO_STOP
-from engine.records import json_safe
-from engine.scoring import Channel, build_channel
-from engine.simulate import sample_classes
+from engine.core.adaptive import NO_STOP
+from engine.run.records import json_safe
+from engine.core.scoring import Channel, build_channel
+from engine.core.simulate import sample_classes
 from systems import AttributeSystem, baseline_system, load_system
 from systems import build as _build
+from systems.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = shared_data_root()
 DATASETS = {
     "jina15": SHARED_DATA / "pokemon" / "jina15.csv",
     "flowers17": SHARED_DATA / "flowers17" / "labels.csv",
@@ -157,10 +158,10 @@ def prepare_encoded(encoder: Any, system: AttributeSystem, data: str | Path, *, 
                     split: str | None, cache_dir: str | Path | None, logit_scale: float | None = None,
                     eps: float = DEFAULT_EPS, model: str | None = None) -> Prepared:
     """Encode a dataset's images once (image cache) and every prompt once (text cache)."""
-    from engine.datasets import check_labels, load_dataset
-    from engine.encoder_source import EncoderSource
-    from engine.image_cache import ImageCache
-    from engine.text_cache import TextCache
+    from engine.run.datasets import check_labels, load_dataset
+    from engine.run.encoder_source import EncoderSource
+    from engine.encoders.image_cache import ImageCache
+    from engine.encoders.text_cache import TextCache
 
     path = resolve_data(str(data))
     ds = load_dataset(path, split=split, limit=limit, seed=seed)

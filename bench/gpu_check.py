@@ -62,10 +62,10 @@ def main(argv=None) -> int:
     from PIL import Image
     from transformers import CLIPImageProcessorPil
 
-    from engine.encoder_source import EncoderSource
+    from engine.run.encoder_source import EncoderSource
     from engine.encoders.device import resolve_device, resolve_dtype
     from engine.encoders.hf import CLIPFamilyEncoder, random_model
-    from engine.text_cache import TextCache
+    from engine.encoders.text_cache import TextCache
     from systems import load_system
 
     dev = resolve_device("cuda")

@@ -4,8 +4,8 @@
     python -m bench.lazy --n 200 --tau 0.8 --model /path/to/clip
 
 The image embeddings are computed once (shared by every run, optionally from
-an on-disk :class:`engine.image_cache.ImageCache`); each run then gets a fresh
-:class:`engine.text_cache.TextCache`, so its ``text_encodes`` are the prompts
+an on-disk :class:`engine.encoders.image_cache.ImageCache`); each run then gets a fresh
+:class:`engine.encoders.text_cache.TextCache`, so its ``text_encodes`` are the prompts
 it really embedded. Two settings:
 
 - batch: all images in one ``classify_batch`` call (a group is embedded once,
@@ -27,15 +27,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from systems.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-CSV = REPO.parent / "shared" / "data" / "pokemon" / "jina15.csv"
+CSV = shared_data_root() / "pokemon" / "jina15.csv"
 
 
 def run(enc, system, emb, truth, policy, stop, lam):
     from engine import classify_batch
-    from engine.encoder_source import EncoderSource
-    from engine.text_cache import TextCache
+    from engine.run.encoder_source import EncoderSource
+    from engine.encoders.text_cache import TextCache
 
     cache = TextCache(enc)
     t0 = time.perf_counter()
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
 
     from engine import NO_STOP, StopRule
     from engine.encoders import load_encoder
-    from engine.image_cache import ImageCache
+    from engine.encoders.image_cache import ImageCache
     from systems import load_system
 
     if not args.csv.is_file():

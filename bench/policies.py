@@ -149,7 +149,7 @@ def run(prep: C.Prepared, out: Path, *, seed: int = 0, taus=TAUS, n_budgets: int
     orders = oracle_orders(s, prep.truth)
     curves["oracle"] = sweep(prep, lambda: OraclePolicy(orders), taus, budgets)
     target = full.accuracy - 0.01
-    from engine.metrics import bootstrap_ci
+    from engine.core.metrics import bootstrap_ci
 
     full_ci = bootstrap_ci(full.correct, seed=seed)
     majority = float(np.bincount(prep.truth, minlength=s.n_classes).max() / prep.n)

@@ -179,7 +179,7 @@ def build_training_data(*, seed: int = 0, val_fraction: float = VAL_FRACTION, sp
     species : keep only the first this many training species (tests); styles :
     at most this many images per species (tests). Both None: everything.
     """
-    from systems.build import pokeapi_system
+    from systems.authoring.pokeapi import pokeapi_system
 
     require_data()
     rows = read_species()
@@ -241,7 +241,7 @@ def gen1_names(rows: list[dict[str, str]] | None = None) -> list[str]:
 
 def gen1_image_hashes() -> set[str]:
     """Content hashes of every Gen-1 evaluation image: sprites of species 1–151, web150, jina15's Gen-1 rows."""
-    from engine.image_cache import content_hash
+    from engine.encoders.image_cache import content_hash
 
     paths = [p for p, _ in gen1_sprites()]
     if WEB150_CSV.is_file():
@@ -300,7 +300,7 @@ def image_features(backbone, paths: list[str], cache_dir: str | Path | None, *, 
 
     import torch
 
-    from engine.image_cache import ImageCache
+    from engine.encoders.image_cache import ImageCache
 
     cache = ImageCache(backbone, cache_dir)
     parts, t0 = [], time.perf_counter()

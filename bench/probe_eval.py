@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.datasets import Dataset, Item, check_labels, load_dataset
+from engine.run.datasets import Dataset, Item, check_labels, load_dataset
 from systems import AttributeSystem, baseline_system, load_system
 
 from . import common as C
@@ -71,7 +71,7 @@ def pair_dataset(ds: Dataset, system: AttributeSystem, *, limit: int | None, see
 
 def gen1_system(name: str, labels: list[str]) -> AttributeSystem:
     """``pokemon15-gen1`` (pokemon15's 10 Gen-1 species) or ``pokeapi-gen1`` aligned to ``labels``."""
-    from systems.build import pokeapi_system
+    from systems.authoring.pokeapi import pokeapi_system
 
     from .probe_data import TABLE_CSV
 
@@ -92,8 +92,8 @@ def prepare(encoder: Any, system: AttributeSystem, kept: Dataset, feats: dict[st
     """
     import torch
 
-    from engine.encoder_source import EncoderSource
-    from engine.text_cache import TextCache
+    from engine.run.encoder_source import EncoderSource
+    from engine.encoders.text_cache import TextCache
 
     f = torch.stack([feats[it.path] for it in kept.items])
     emb = encoder.embed_features(f)  # (B, D) unit rows

@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from engine.refining import refine_embedded
+from systems.authoring.refining import refine_embedded
 from systems import analyze, load_system
-from systems.build import pokeapi_system, with_name_group
-from systems.refine import RefineConfig
+from systems.authoring.pokeapi import pokeapi_system
+from systems.build import with_name_group
+from systems.authoring.refine import RefineConfig
 
 from . import common as C
 
@@ -49,9 +50,9 @@ def case_spec(name: str) -> tuple[Path, Any]:
 
 
 def run_case(name: str, encoder: Any, args: argparse.Namespace, *, name_group: bool = False) -> dict[str, Any]:
-    from engine.datasets import check_labels, load_dataset
-    from engine.image_cache import ImageCache
-    from engine.text_cache import TextCache
+    from engine.run.datasets import check_labels, load_dataset
+    from engine.encoders.image_cache import ImageCache
+    from engine.encoders.text_cache import TextCache
 
     path, make_system = case_spec(name)
     if not path.is_file():

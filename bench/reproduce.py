@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine import StopRule
-from engine.metrics import bootstrap_ci, mcnemar_p
+from engine.core.metrics import bootstrap_ci, mcnemar_p
 
 from . import common as C
 

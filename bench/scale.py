@@ -11,7 +11,7 @@ configuration (adaptive, ``eig``, τ=0.9), in this order:
 
 1. ``single 1 thread`` and ``single N threads``: ``Classifier.iter_classify`` in this
    process, chunks of 64, torch on 1 thread and on all N CPUs (the default);
-2. ``ray-1``: :func:`engine.ray_batch.classify_shards`, 1 actor with 1 CPU (Ray sets an
+2. ``ray-1``: :func:`engine.run.ray_executor.classify_shards`, 1 actor with 1 CPU (Ray sets an
    actor's OMP_NUM_THREADS to its CPUs, so 1 torch thread), lazy text embeddings;
 3. ``ray-2``: 2 actors, 1 CPU each, lazy text embeddings (each actor embeds what it asks);
 4. ``ray-2 precompute``: as 3 with ``precompute_text=True`` (one task embeds every prompt,
@@ -48,9 +48,10 @@ from typing import Any
 import numpy as np
 
 from .common import DEFAULT_OUT, command_line, md_table, model_label, write_outputs
+from systems.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-POKEMON = REPO.parent / "shared" / "data" / "pokemon"
+POKEMON = shared_data_root() / "pokemon"
 TINY = "tiny-clip"
 
 
@@ -81,7 +82,7 @@ def run_single(model: str, paths: list[str], config, threads: int) -> dict[str, 
 
 
 def _single(model: str, paths: list[str], config) -> dict[str, Any]:
-    from engine.api import Classifier
+    from engine.run.classifier import Classifier
 
     t0 = time.perf_counter()
     clf = Classifier(model=model, device="cpu")
@@ -97,8 +98,8 @@ def _single(model: str, paths: list[str], config) -> dict[str, Any]:
 
 def _time_text(clf, config) -> float:
     """Seconds to embed every prompt of the system once, group by group, with a fresh cache (the model is warm)."""
-    from engine.ray_batch import system_prompt_groups
-    from engine.text_cache import TextCache
+    from engine.run.ray_executor import system_prompt_groups
+    from engine.encoders.text_cache import TextCache
 
     cache = TextCache(clf.encoder)
     t0 = time.perf_counter()
@@ -115,8 +116,8 @@ def run_ray(model: str, paths: list[str], config, *, workers: int, precompute: b
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from engine.ray_batch import BUSY, STARTED, TEXT_ENCODES, classify_shards
-    from engine.shards import records_from_arrow
+    from engine.run.ray_executor import BUSY, STARTED, TEXT_ENCODES, classify_shards
+    from engine.run.shards import records_from_arrow
 
     rows = pa.table({"path": paths})
     shards = list(range(-(-len(paths) // shard_size)))
@@ -214,8 +215,8 @@ def write_speed(records: list[dict], tmp: Path, shard: int = 1000) -> dict[str, 
     """
     import pyarrow.parquet as pq
 
-    from engine.results import Result
-    from engine.shards import ShardStore, records_from_arrow, results_to_arrow
+    from engine.core.results import Result
+    from engine.run.shards import ShardStore, records_from_arrow, results_to_arrow
 
     reps = -(-shard // len(records))
     table = results_to_arrow([Result.from_dict(r) for r in (records * reps)[:shard]])
@@ -285,7 +286,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_worker_niceness", "0")
     if not (POKEMON / "jina15.csv").is_file():
         raise SystemExit(f"bench.scale: the shared images are absent ({POKEMON / 'jina15.csv'} not found)")
-    from engine.ray_batch import require_ray
+    from engine.run.ray_executor import require_ray
 
     try:
         ray = require_ray()
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from engine.api import RunConfig
+    from engine.run.classifier import RunConfig
 
     hf_logging.disable_progress_bar()
     cpus = args.cpus or os.cpu_count() or 1

@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from engine import SimulatedSource, StopRule, classify_batch
-from engine.metrics import bootstrap_ci
-from engine.simulate import sample_classes
-from systems.build import pokeapi_system, shared_data_path, with_name_group
+from engine.core.metrics import bootstrap_ci
+from engine.core.simulate import sample_classes
+from systems.authoring.pokeapi import pokeapi_system
+from systems.build import with_name_group
+from systems.files import shared_data_path
 
 from . import common as C
 

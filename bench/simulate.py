@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from engine import SimulatedSource, StopRule, build_channel, classify_batch, expected_information_gain
-from engine.simulate import sample_classes
+from engine.core.simulate import sample_classes
 from policies import PolicyState, get_policy, list_policies
 from systems import baseline_system, load_system
 from systems.format import AttributeSystem, Group

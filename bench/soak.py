@@ -5,7 +5,7 @@
 
 The shared sets (``pokemon/jina15.csv``, ``flowers17/labels.csv``,
 ``pokemon/web150/labels.csv``; 8,824 images) are interleaved and cycled up to
-``--images``. Every image goes through :meth:`engine.api.Classifier.iter_classify`
+``--images``. Every image goes through :meth:`engine.run.classifier.Classifier.iter_classify`
 (adaptive mode, ``--policy``/``--tau``) with the offline model (the packaged
 ConSE stand-in, NOT CLIP) and the on-disk text cache on. Labels are not
 scored: this measures staying power, not accuracy.
@@ -30,9 +30,10 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from systems.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = shared_data_root()
 SETS = (SHARED / "pokemon" / "jina15.csv", SHARED / "flowers17" / "labels.csv",
         SHARED / "pokemon" / "web150" / "labels.csv")
 
@@ -66,7 +67,7 @@ def soak(n_images: int, *, system: str = "pokemon15", policy: str = "eig", tau: 
          chunk_size: int = 64, every: int = 1000, cache_dir: str | None = None, model: str = "offline",
          log=print) -> dict:
     """Classify ``n_images`` (the shared sets cycled); returns the figures as a flat-ish dict."""
-    from engine.api import Classifier, RunConfig
+    from engine.run.classifier import Classifier, RunConfig
 
     paths = image_paths()
     if not paths:

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     encoder, images = None, None
     if args.model != C.SIMULATOR:
-        from engine.datasets import load_dataset
+        from engine.run.datasets import load_dataset
 
         encoder = C.load_model(args.model)
         images = [it.path for it in load_dataset(C.resolve_data(args.data), split=args.split, limit=256,

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from systems.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = shared_data_root()
 SETS = {  # name -> CSV relative to the data folder (paths inside are relative to the CSV's folder)
     "jina15": "pokemon/jina15.csv",
     "flowers17": "flowers17/labels.csv",

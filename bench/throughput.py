@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from systems.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = shared_data_root()
 TEMPLATE = "a photo of a {}."
 
 
@@ -53,8 +54,8 @@ def pick_images(data: Path, n: int, seed: int):
 
 def engine_run(enc, images, labels):
     from engine import classify_batch
-    from engine.encoder_source import EncoderSource
-    from engine.text_cache import TextCache
+    from engine.run.encoder_source import EncoderSource
+    from engine.encoders.text_cache import TextCache
     from systems import baseline_system
 
     system = baseline_system(labels, template=TEMPLATE)

@@ -1,12 +1,44 @@
-"""twentyq's engine: scoring, the adaptive loop, similarity sources."""
+"""twentyq's engine: adaptive twenty-questions classification over CLIP-style encoders.
 
-from .adaptive import NO_STOP, SCORERS, StopRule, classify_batch
-from .results import STOP_REASONS, Result, Step
-from .scoring import Channel, build_channel, expected_information_gain
-from .simulate import SimulatedSource
-from .sources import ArraySource, SimilaritySource
+Layers (each imports only those below it; see docs/ARCHITECTURE.md):
 
-__all__ = [
-    "NO_STOP", "SCORERS", "STOP_REASONS", "ArraySource", "Channel", "Result", "SimilaritySource",
-    "SimulatedSource", "Step", "StopRule", "build_channel", "classify_batch", "expected_information_gain",
-]
+- :mod:`engine.core`: scoring, the adaptive loop, similarity sources, results, calibration (numpy/scipy);
+- :mod:`engine.encoders`: encoder backends behind one protocol, their registry, text and image caches;
+- :mod:`engine.run`: settings (:class:`RunConfig`, :class:`EncoderSpec`), the :class:`Classifier`, the run
+  pipeline with its executors and stores, datasets and evaluation reports;
+- :mod:`engine.cli`: the ``twentyq`` command line (an application of the layers above, imported by none).
+
+The names below are what a user needs first. They are loaded on first use, so that
+``import engine.core`` stays free of torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    # the public face
+    "Classifier": "engine.run.classifier", "RunConfig": "engine.run.config", "EncoderSpec": "engine.run.config",
+    "load_encoder": "engine.encoders.registry", "load_system": "systems.io",
+    # the core, for benchmarks and tests
+    "NO_STOP": "engine.core.adaptive", "SCORERS": "engine.core.adaptive", "StopRule": "engine.core.adaptive",
+    "classify_batch": "engine.core.adaptive", "STOP_REASONS": "engine.core.results", "Result": "engine.core.results",
+    "Step": "engine.core.results", "Channel": "engine.core.scoring", "build_channel": "engine.core.scoring",
+    "expected_information_gain": "engine.core.scoring", "SimulatedSource": "engine.core.simulate",
+    "ArraySource": "engine.core.sources", "SimilaritySource": "engine.core.sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

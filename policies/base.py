@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:  # no runtime import: engine imports policies
-    from engine.scoring import Channel
+    from engine.core.scoring import Channel
 
 # EIG values closer than this count as ties, broken by the lowest group index,
 # so rounding noise in a batched matmul never changes an image's path.

@@ -1,14 +1,16 @@
-"""Attribute systems: the format, validation, builders, analysis and the shipped system files."""
+"""Attribute systems, the bottom layer: the format, validation, analysis, derived systems, files.
 
-from .analysis import analyze
-from .build import baseline_system
-from .draft import DraftRejected, build_prompt, import_draft
-from .format import AttributeSystem, Group
-from .io import list_systems, load_system, save_system
-from .validate import SystemValidationError, parse_system, validate_system
+Nothing here imports :mod:`engine`. Building systems from tables, LLM drafts and
+refinement on images uses the engine, so it lives above it, in :mod:`systems.authoring`.
+"""
+
+from systems.analysis import analyze
+from systems.build import baseline_system
+from systems.format import AttributeSystem, Group
+from systems.io import list_systems, load_system, save_system
+from systems.validate import SystemValidationError, parse_system, validate_system
 
 __all__ = [
     "AttributeSystem", "Group", "SystemValidationError", "analyze", "baseline_system",
     "list_systems", "load_system", "parse_system", "save_system", "validate_system",
 ]
-__all__ += ["DraftRejected", "build_prompt", "import_draft"]

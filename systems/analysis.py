@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import networkx as nx
 import numpy as np
 
-from .format import AttributeSystem
+from systems.format import AttributeSystem
 
 
 def separation_tensor(system: AttributeSystem) -> np.ndarray:

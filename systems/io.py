@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from .format import AttributeSystem
-from .validate import SystemValidationError, parse_system
+from systems.files import atomic_write_text
+from systems.format import AttributeSystem
+from systems.validate import SystemValidationError, parse_system
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 SystemLike = Union[AttributeSystem, Mapping, str, os.PathLike]
@@ -82,24 +82,6 @@ def load_system(spec: SystemLike) -> AttributeSystem:
     if isinstance(data, dict) and "name" not in data:
         data = {"name": path.stem, **data}
     return parse_system(data, source=str(path))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 text atomically: a temp file in the same folder, then rename.
-
-    Readers see the old file or the new one, never half of it; on failure the
-    temp file is removed.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_system(system: AttributeSystem, path: str | os.PathLike) -> Path:

@@ -27,7 +27,7 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
-from .format import PLACEHOLDER, AttributeSystem, Group
+from systems.format import PLACEHOLDER, AttributeSystem, Group
 
 _MISSING = object()
 _EMPTY: frozenset[int] = frozenset()

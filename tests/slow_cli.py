@@ -26,6 +26,6 @@ class SlowFakeEncoder(FakeEncoder):
 engine.encoders.load_encoder = lambda *a, **k: SlowFakeEncoder()
 
 if __name__ == "__main__":
-    from engine.cli import main
+    from engine.cli.app import main
 
     sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""engine.api (Classifier) and engine.datasets with a fake encoder: fast, no model weights."""
+"""engine.run.classifier (Classifier) and engine.run.datasets with a fake encoder: fast, no model weights."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from engine.api import Classifier, RunConfig
-from engine.datasets import check_labels, load_dataset
-from engine.metrics import bootstrap_ci, mcnemar_p
+from engine.run.classifier import Classifier, RunConfig
+from engine.run.datasets import check_labels, load_dataset
+from engine.core.metrics import bootstrap_ci, mcnemar_p
 
 from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
 

@@ -1,4 +1,4 @@
-"""systems.table / systems.build: systems from attribute tables, the name group, label alignment,
+"""systems.authoring.table / systems.build: systems from attribute tables, the name group, label alignment,
 and the PokeAPI-built systems."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from systems import analyze, load_system
-from systems.build import align_classes, name_key, pokeapi_system, shared_data_path, with_name_group
-from systems.table import BuildReport, bin_index, from_table, quantile_edges, value_to_text
+from systems.authoring.pokeapi import align_classes, pokeapi_system
+from systems.build import name_key, with_name_group
+from systems.files import shared_data_path
+from systems.authoring.table import BuildReport, bin_index, from_table, quantile_edges, value_to_text
 
 ROWS = [
     {"name": "ann", "color": "red", "shape": "quadruped", "egg": "a|b", "height": "3", "note": ""},
@@ -109,7 +111,7 @@ def test_align_classes_renames_spelling_variants_only():
 def test_cli_build_writes_a_loadable_system(tmp_path, capsys):
     import csv
 
-    from engine.cli import main
+    from engine.cli.app import main
 
     table = tmp_path / "t.csv"
     with table.open("w", newline="") as f:

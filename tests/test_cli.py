@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.cli.app import main
 
 from .encoder_fixtures import noise_image, tiny_model_dir
 from .fakes import COLOUR_SYSTEM, solid
+from systems.files import shared_data_root
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = shared_data_root()
 KEYS = {"image", "label", "confidence", "top", "q_spent", "stop", "asked", "error"}
 
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.cli import main
+from engine.cli.app import main
 from systems import load_system
-from systems.draft import EXAMPLE, DraftRejected, build_prompt, import_draft
+from systems.authoring.draft import EXAMPLE, DraftRejected, build_prompt, import_draft
 from systems.format import AttributeSystem, Group
-from systems.llm import LLMError, parse_templates, propose_templates
+from systems.authoring.llm import LLMError, parse_templates, propose_templates
 
 from .strategies import systems
 

@@ -13,12 +13,12 @@ from .encoder_fixtures import TINY_LOGIT_SCALE, HashEncoder, five_group_system, 
 
 import transformers  # noqa: E402  (after HF_HUB_OFFLINE is set)
 
-from engine.encoder_source import EncoderSource  # noqa: E402
+from engine.run.encoder_source import EncoderSource  # noqa: E402
 from engine.encoders import (  # noqa: E402
     Encoder, EncoderLoadError, RemoteCodeRefused, list_models, load_encoder, resolve_device, resolve_dtype,
 )
 from engine.encoders.device import dtype_name  # noqa: E402
-from engine.text_cache import TextCache  # noqa: E402
+from engine.encoders.text_cache import TextCache  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 

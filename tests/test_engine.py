@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engine import ArraySource, SimulatedSource, StopRule, build_channel, classify_batch
-from engine.results import STOP_REASONS
-from engine.scoring import expected_information_gain
-from engine.simulate import sample_classes
+from engine.core.results import STOP_REASONS
+from engine.core.scoring import expected_information_gain
+from engine.core.simulate import sample_classes
 from policies import POLICIES, PolicyState, get_policy, list_policies
 from systems import baseline_system, load_system
 

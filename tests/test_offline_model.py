@@ -10,10 +10,10 @@ import torch
 from .encoder_fixtures import offline_encoder
 
 from engine import classify_batch  # noqa: E402
-from engine.encoder_source import EncoderSource  # noqa: E402
+from engine.run.encoder_source import EncoderSource  # noqa: E402
 from engine.encoders import offline  # noqa: E402
 from engine.encoders.offline import imagenet_classes  # noqa: E402
-from engine.text_cache import TextCache  # noqa: E402
+from engine.encoders.text_cache import TextCache  # noqa: E402
 from systems import baseline_system  # noqa: E402
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) provides the cat photo")

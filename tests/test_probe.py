@@ -63,7 +63,7 @@ def test_no_gen1_species_name_or_image_reaches_training():
     ids = [sid for _, sid in man["images"]]
     assert len(ids) > 2500 and min(ids) >= 152 and max(ids) <= 386
     # no Gen-1 image, by path and by content (sprites 1–151 and every web150 picture)
-    from engine.image_cache import content_hash
+    from engine.encoders.image_cache import content_hash
 
     root = D.SPRITES_CSV.parent
     gen1_paths = {str(Path(p).relative_to(root)) for p, _ in D.gen1_sprites()}

@@ -1,4 +1,4 @@
-"""Ray Data runs (issue 8): ``engine.ray_batch`` and ``twentyq classify|eval --ray`` against a single process.
+"""Ray Data runs (issue 8): ``engine.run.ray_executor`` and ``twentyq classify|eval --ray`` against a single process.
 
 One local Ray (2 CPUs) per module. Real images: 200 of ``../shared/data/pokemon/jina15.csv``.
 What is checked:
@@ -38,15 +38,16 @@ pa = pytest.importorskip("pyarrow")
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from engine.api import Classifier, RunConfig  # noqa: E402
-from engine.cli import main  # noqa: E402
-from engine.datasets import load_dataset  # noqa: E402
-from engine.shards import ShardStore, fingerprint, records_from_arrow, results_to_arrow  # noqa: E402
+from engine.run.classifier import Classifier, RunConfig  # noqa: E402
+from engine.cli.app import main  # noqa: E402
+from engine.run.datasets import load_dataset  # noqa: E402
+from engine.run.shards import ShardStore, fingerprint, records_from_arrow, results_to_arrow  # noqa: E402
 
 from .encoder_fixtures import offline_encoder, tiny_model_dir  # noqa: E402
+from systems.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-JINA = REPO.parent / "shared" / "data" / "pokemon" / "jina15.csv"
+JINA = shared_data_root() / "pokemon" / "jina15.csv"
 N, SHARD = 200, 25
 pytestmark = pytest.mark.skipif(not JINA.is_file(), reason=f"the shared images are absent ({JINA} not found)")
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
@@ -187,7 +188,7 @@ def test_offline_killed_halfway_then_resumed_matches_a_single_process(cluster, j
 # --------------------------------------------------------------------------- the actor without a pool
 def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, jina200, tmp_path):
     """ClassifyBatch called directly: bytes rows (one corrupt) and a precomputed text table."""
-    from engine.ray_batch import ClassifyBatch, _embed_prompts
+    from engine.run.ray_executor import ClassifyBatch, _embed_prompts
 
     model = str(tiny_model_dir("clip"))
     paths = [it.path for it in jina200.items[:12]]
@@ -211,7 +212,7 @@ def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, jina200
 
 # --------------------------------------------------------------------------- shard store rules (no Ray run)
 def _table(n, err_at=()):
-    from engine.results import Result
+    from engine.core.results import Result
 
     rs = [Result.failed("bad", image=f"i{i}") if i in err_at else
           Result("A", 0.5, [("A", 0.5), ("B", 0.5)], [], 1, "budget", image=f"i{i}") for i in range(n)]
@@ -269,7 +270,7 @@ def test_bad_ray_flags_are_one_line_usage_errors(argv, needle, capsys):
 
 
 def test_a_cluster_address_where_nothing_answers_is_a_one_line_error(monkeypatch):
-    import engine.ray_batch as rb
+    import engine.run.ray_executor as rb
 
     monkeypatch.setattr(rb.require_ray(), "is_initialized", lambda: False)  # as in a fresh driver
     with pytest.raises(rb.RayStartError, match=r"could not join the Ray cluster at '127.0.0.1:1': nothing answers"):
@@ -278,7 +279,7 @@ def test_a_cluster_address_where_nothing_answers_is_a_one_line_error(monkeypatch
 
 
 def test_ray_missing_names_the_extra(monkeypatch, capsys):
-    import engine.ray_batch as rb
+    import engine.run.ray_executor as rb
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(rb.RayMissing, match=r"pip install 'twentyq\[ray\]'"):
@@ -290,7 +291,7 @@ def test_ray_missing_names_the_extra(monkeypatch, capsys):
 def test_worker_sizing_follows_the_cluster():
     from types import SimpleNamespace as NS
 
-    from engine.cli_ray import _sizing
+    from engine.cli.ray_flags import _sizing
 
     gpus8 = NS(cluster_resources=lambda: {"CPU": 64.0, "GPU": 8.0})
     args = dict(cpus_per_worker=None, gpus_per_worker=None, workers=None, device="auto")

@@ -1,4 +1,4 @@
-"""systems.refine: planted rule errors are recovered, templates are chosen by dev likelihood,
+"""systems.authoring.refine: planted rule errors are recovered, templates are chosen by dev likelihood,
 dead options and groups are pruned, and the test split never reaches refinement."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from systems.format import AttributeSystem, Group
-from systems.refine import (
+from systems.authoring.refine import (
     RefineConfig,
     group_information_gain,
     refine,
@@ -189,7 +189,7 @@ def test_refinement_never_sees_the_test_split():
 
 
 def test_information_gain_zero_for_a_flat_group_and_positive_for_a_telling_one():
-    from engine.scoring import build_channel, group_log_probs
+    from engine.core.scoring import build_channel, group_log_probs
 
     truth = np.repeat(np.arange(2), 20)
     rm = np.array([[1, 0], [0, 1]], dtype=bool)
@@ -217,7 +217,7 @@ def test_bad_inputs_have_clear_errors():
 def test_template_log_lik_matches_a_naive_loop(data):
     from scipy.special import logsumexp
 
-    from systems.refine import template_log_lik
+    from systems.authoring.refine import template_log_lik
 
     k = data.draw(st.integers(1, 5))
     n_classes = data.draw(st.integers(1, 4))
@@ -264,7 +264,7 @@ def test_the_class_name_group_keeps_its_identity_rules():
 def test_cli_refine_end_to_end_with_a_tiny_clip(tmp_path, capsys):
     import json
 
-    from engine.cli import main
+    from engine.cli.app import main
     from systems import load_system, save_system
 
     from .encoder_fixtures import five_group_system, noise_image, tiny_model_dir

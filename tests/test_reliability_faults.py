@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from engine.encoders.base import EncoderOutOfMemory, OutOfMemoryWarning
-from engine.image_cache import ImageCache
-from engine.text_cache import CacheWarning, TextCache
+from engine.encoders.image_cache import ImageCache
+from engine.encoders.text_cache import CacheWarning, TextCache
 
 from .encoder_fixtures import HashEncoder, noise_image
 from .fakes import COLOUR_SYSTEM, COLOURS, solid
@@ -94,8 +94,8 @@ def test_sigterm_during_eval_keeps_valid_lines_and_marks_the_summary_incomplete_
 
 
 def test_resume_drops_a_torn_last_line_and_needs_out(colour_data, capsys):
-    from engine.cli import main
-    from engine.records import read_streamed
+    from engine.cli.app import main
+    from engine.run.records import read_streamed
 
     d = colour_data
     good = json.dumps({"image": str(d / "img" / "000.png"), "label": "cherry"})
@@ -110,7 +110,7 @@ def test_resume_drops_a_torn_last_line_and_needs_out(colour_data, capsys):
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
     import safetensors.torch as st
-    from engine.text_cache import TextCache
+    from engine.encoders.text_cache import TextCache
     from tests.encoder_fixtures import HashEncoder
 
     real = st.save_file
@@ -301,8 +301,8 @@ def test_no_pickle_and_no_unsafe_torch_load_anywhere_in_the_source():
 
 
 def test_cli_names_the_repository_whose_code_it_will_run(tmp_path, capsys, monkeypatch):
-    import engine.api
-    from engine.cli import main
+    import engine.run.classifier
+    from engine.cli.app import main
     from engine.encoders.base import EncoderLoadError
     from engine.encoders.hf import remote_code_origin
 
@@ -316,7 +316,7 @@ def test_cli_names_the_repository_whose_code_it_will_run(tmp_path, capsys, monke
     def refuse(*a, **k):
         raise EncoderLoadError("stopped by the test before any model code ran")
 
-    monkeypatch.setattr(engine.api, "Classifier", refuse)
+    monkeypatch.setattr(engine.run.classifier, "Classifier", refuse)
     solid("red").save(tmp_path / "r.png")
     for model, repo in ((str(folder), "jinaai/jina-clip-implementation"), ("jinaai/jina-clip-v1", "jinaai/jina-clip-v1")):
         assert main(["classify", str(tmp_path / "r.png"), "--model", model, "--trust-remote-code", "--quiet"]) == 2
@@ -325,7 +325,7 @@ def test_cli_names_the_repository_whose_code_it_will_run(tmp_path, capsys, monke
 
 
 def test_remote_code_without_the_flag_explains_the_choice(capsys, tmp_path):
-    from engine.cli import main
+    from engine.cli.app import main
 
     solid("red").save(tmp_path / "r.png")
     assert main(["classify", str(tmp_path / "r.png"), "--model", "jinaai/jina-clip-v1"]) == 2

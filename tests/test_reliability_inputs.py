@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 import engine.encoders.images as images_mod
-from engine.api import Classifier, RunConfig
-from engine.cli import main
+from engine.run.classifier import Classifier, RunConfig
+from engine.cli.app import main
 from engine.encoders import ImageLoadError, load_image
-from engine.text_cache import NonFiniteWarning
+from engine.encoders.text_cache import NonFiniteWarning
 
 from .encoder_fixtures import noise_image, tiny_model_dir
 from .fakes import COLOUR_SYSTEM, FakeEncoder, solid

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import ArraySource, SimulatedSource, StopRule, build_channel, classify_batch
-from engine.scoring import (
+from engine.core.scoring import (
     bayes_loglik, expected_information_gain, group_log_probs, shortlist, shortlist_eig, shortlist_loglik,
 )
 from systems.build import with_name_group
@@ -129,8 +129,8 @@ def test_shortlist_refuses_systems_without_a_name_group_and_the_sum_scorer():
 def test_encoder_source_embeds_only_the_asked_names():
     import torch
 
-    from engine.encoder_source import EncoderSource
-    from engine.text_cache import TextCache
+    from engine.run.encoder_source import EncoderSource
+    from engine.encoders.text_cache import TextCache
 
     from .encoder_fixtures import HashEncoder
 

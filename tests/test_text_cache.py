@@ -14,10 +14,10 @@ import torch
 from .encoder_fixtures import REPO, HashEncoder, five_group_system, noise_image, tiny_model_dir
 
 from engine import StopRule, classify_batch  # noqa: E402
-from engine.encoder_source import EncoderSource  # noqa: E402
+from engine.run.encoder_source import EncoderSource  # noqa: E402
 from engine.encoders import load_encoder  # noqa: E402
-from engine.image_cache import ImageCache, content_hash  # noqa: E402
-from engine.text_cache import CacheWarning, TextCache  # noqa: E402
+from engine.encoders.image_cache import ImageCache, content_hash  # noqa: E402
+from engine.encoders.text_cache import CacheWarning, TextCache  # noqa: E402
 
 
 def asked_groups(results):
@@ -142,7 +142,7 @@ WRITER = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {repo!r})
     from tests.encoder_fixtures import HashEncoder
-    from engine.text_cache import TextCache, read_safetensors
+    from engine.encoders.text_cache import TextCache, read_safetensors
     enc = HashEncoder()
     cache = TextCache(enc, {dir!r})
     prompts = ["shared prompt %d" % i for i in range(64)]

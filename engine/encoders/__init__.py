@@ -9,13 +9,13 @@
     txt = enc.encode_texts(["a photo of a cat"])        # (T, D)
 """
 
-from .base import (
+from engine.encoders.base import (
     BaseEncoder, Encoder, EncoderLoadError, EncoderOutOfMemory, RemoteCodeRefused, cache_identity,
     encode_images_tolerant, nonfinite_rows, to_numpy,
 )
-from .device import available_devices, resolve_device, resolve_dtype
-from .images import ImageLoadError, load_image, load_images
-from .registry import DEFAULT_MODEL, MODELS, list_models, load_encoder
+from engine.encoders.device import available_devices, resolve_device, resolve_dtype
+from engine.encoders.images import ImageLoadError, load_image, load_images
+from engine.encoders.registry import DEFAULT_MODEL, MODELS, list_models, load_encoder
 
 __all__ = [
     "DEFAULT_MODEL", "MODELS", "BaseEncoder", "Encoder", "EncoderLoadError", "EncoderOutOfMemory",

@@ -11,7 +11,7 @@ or PIL images; they are loaded with :func:`engine.encoders.images.load_image`
 ``encoder.device``, rows L2-normalised.
 
 Embeddings stay on the encoder's device as torch tensors, so the similarity
-of a group is one matmul there (:mod:`engine.encoder_source`); call
+of a group is one matmul there (:mod:`engine.run.encoder_source`); call
 :func:`to_numpy` to get a float32 numpy array. The model computes in
 ``encoder.dtype`` (fp16/bf16 on a GPU); the normalisation and the returned
 embeddings are float32 always.
@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .device import dtype_name
-from .images import ImageLike, ImageLoadError, batches, load_image, load_images
+from engine.encoders.device import dtype_name
+from engine.encoders.images import ImageLike, ImageLoadError, batches, load_image, load_images
 
 ACTIVATIONS = ("softmax", "sigmoid")
 NONFINITE_IMAGE = ("the encoder returned NaN/inf or a zero vector for this image (blank or degenerate input, "

@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 
-from .base import BaseEncoder, EncoderLoadError, RemoteCodeRefused, check_batch_size
-from .device import resolve_device, resolve_dtype
+from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefused, check_batch_size
+from engine.encoders.device import resolve_device, resolve_dtype
 
 # model_type values in config.json -> backend
 CLIP_TYPES = ("clip",)

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import BaseEncoder, EncoderLoadError, check_batch_size
-from .device import resolve_device, resolve_dtype
-from .hf import weights_fingerprint
+from engine.encoders.base import BaseEncoder, EncoderLoadError, check_batch_size
+from engine.encoders.device import resolve_device, resolve_dtype
+from engine.encoders.hf import weights_fingerprint
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CLASSES_TSV = DATA_DIR / "imagenet1k_classes.tsv"

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BaseEncoder, EncoderLoadError, check_batch_size
-from .device import resolve_device, resolve_dtype
+from engine.encoders.base import BaseEncoder, EncoderLoadError, check_batch_size
+from engine.encoders.device import resolve_device, resolve_dtype
 
 PROBE_LABEL = "attribute probe trained on Gen 2–3 sprites; not CLIP"
 WEIGHTS_FILE = "probe.safetensors"
@@ -56,14 +56,14 @@ class ProbeBackbone(BaseEncoder):
     penultimate features (last conv map averaged over space), L2-normalised.
     ``text_features(texts)`` -> (T, 384) float32 unit rows: MiniLM mean-pooled
     sentence embeddings. It is a BaseEncoder over the image side only (so
-    :class:`engine.image_cache.ImageCache` can cache its features by file hash).
+    :class:`engine.encoders.image_cache.ImageCache` can cache its features by file hash).
     """
 
     activation = "softmax"
     logit_scale = 1.0
 
     def __init__(self, *, device="cpu", dtype=None, batch_size: int | None = None, text_batch_size: int = 128):
-        from .offline import DEFAULT_VARIANT, load_offline
+        from engine.encoders.offline import DEFAULT_VARIANT, load_offline
 
         self.conse = load_offline(DEFAULT_VARIANT, device=device, dtype=dtype, batch_size=batch_size,
                                   text_batch_size=text_batch_size, name="probe-backbone")
@@ -142,8 +142,8 @@ class ProbeHeads(nn.Module):
 
 def save_probe(folder: str | Path, heads: ProbeHeads, manifest: dict[str, Any]) -> Path:
     """Write ``probe.safetensors`` and ``manifest.json`` into ``folder`` (atomically each)."""
-    from engine.records import atomic_write_json
-    from engine.text_cache import atomic_save_safetensors
+    from engine.run.records import atomic_write_json
+    from engine.encoders.text_cache import atomic_save_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ def load_heads(folder: str | Path) -> tuple[ProbeHeads, dict[str, Any]]:
     Raises EncoderLoadError (one line, naming the train command) when the folder
     or its files are missing or damaged.
     """
-    from engine.text_cache import read_safetensors
+    from engine.encoders.text_cache import read_safetensors
 
     folder = Path(folder)
     fix = f"train it with `{train_command(folder)}`"
@@ -236,13 +236,13 @@ class ProbeEncoder(BaseEncoder):
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """(n, 1280) backbone features -> (n, D) float32 unit rows (the image side without the backbone)."""
-        from .base import l2_normalise
+        from engine.encoders.base import l2_normalise
 
         with torch.inference_mode():
             return l2_normalise(self.heads.image(features.to(self.device)))
 
     def _embed_images(self, images: list) -> torch.Tensor:
-        from .base import l2_normalise
+        from engine.encoders.base import l2_normalise
 
         return self.heads.image(l2_normalise(self.backbone._embed_images(images)))
 

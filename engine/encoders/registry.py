@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import BaseEncoder, EncoderLoadError, RemoteCodeRefused
-from .hf import JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip, read_config
-from .offline import DEFAULT_TOP_K, DEFAULT_VARIANT, load_offline
-from .probe import PROBE_LABEL, load_probe
+from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefused
+from engine.encoders.hf import JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip, read_config
+from engine.encoders.offline import DEFAULT_TOP_K, DEFAULT_VARIANT, load_offline
+from engine.encoders.probe import PROBE_LABEL, load_probe
 
 DEFAULT_MODEL = "offline"
 PROBE_PREFIX = "probe:"

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, logit
 
-from .scoring import build_channel, check_eps, check_logit_scale, full_bayes_log_posterior, group_log_probs
+from engine.core.scoring import build_channel, check_eps, check_logit_scale, full_bayes_log_posterior, group_log_probs
 
 LAM_BOUNDS = (1e-2, 1e4)
 EPS_BOUNDS = (1e-6, 0.99)

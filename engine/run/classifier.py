@@ -5,9 +5,9 @@
 >>> report = clf.evaluate("labels.csv", mode="adaptive", policy="eig", tau=0.9)  # doctest: +SKIP
 
 Stages (one module each): images are loaded (``engine.encoders.images``) and
-embedded once per batch; the lazy text cache (``engine.text_cache``) embeds a
-group's prompts the first time any image asks it; ``engine.encoder_source``
-turns both into per-group similarities; ``engine.adaptive`` asks, scores and
+embedded once per batch; the lazy text cache (``engine.encoders.text_cache``) embeds a
+group's prompts the first time any image asks it; ``engine.run.encoder_source``
+turns both into per-group similarities; ``engine.core.adaptive`` asks, scores and
 stops.
 """
 
@@ -22,49 +22,11 @@ import numpy as np
 
 from systems import AttributeSystem, baseline_system, load_system
 
-from .adaptive import NO_STOP, StopRule, classify_batch
-from .datasets import Dataset, check_labels, load_dataset
-from .metrics import bootstrap_ci, per_class, top_confusions
-from .results import STOP_REASONS, Result
-from .scoring import check_eps, check_logit_scale
-
-MODES = ("adaptive", "full", "baseline")
-DEFAULT_EPS = 0.05
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """How to classify: the mode and, for ``adaptive``, the policy and the stop rule.
-
-    ``full`` asks every group in system order; ``baseline`` scores the class
-    names (a one-group system); neither stops early, so τ, δ and the budget
-    apply to ``adaptive`` only.
-    """
-
-    mode: str = "adaptive"
-    policy: str = "eig"
-    tau: float = 0.9
-    delta: float = 0.0
-    budget: int | None = None
-    scorer: str = "bayes"
-    eps: float = DEFAULT_EPS
-    logit_scale: float | None = None  # None: the model's own
-    top_k: int = 5
-    shortlist: int | None = None  # ask the names of the top m classes once few remain (needs a class_name group)
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode == {self.mode!r}, must be one of {list(MODES)}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 1:
-            raise ValueError(f"top_k == {self.top_k!r}, must be a whole number >= 1")
-        StopRule(self.tau, self.delta, self.budget)  # validates τ, δ and the budget
-        check_eps(self.eps)
-        if self.logit_scale is not None:
-            check_logit_scale(self.logit_scale)
-        if self.shortlist is not None and (isinstance(self.shortlist, bool) or
-                                           not isinstance(self.shortlist, (int, np.integer)) or self.shortlist < 2):
-            raise ValueError(f"shortlist == {self.shortlist!r}, must be a whole number >= 2 (or None)")
-
+from engine.core.adaptive import NO_STOP, StopRule, classify_batch
+from engine.run.datasets import Dataset, check_labels, load_dataset
+from engine.core.metrics import bootstrap_ci, per_class, top_confusions
+from engine.core.results import STOP_REASONS, Result
+from engine.run.config import DEFAULT_EPS, MODES, RunConfig  # noqa: F401  (re-exported)
 
 @dataclass
 class EvalReport:
@@ -116,8 +78,8 @@ class Classifier:
     def __init__(self, model: str = "offline", system: Any = "pokemon15", *, device: str = "auto",
                  dtype: str | None = None, batch_size: int | None = None, cache_dir: str | None = None,
                  trust_remote_code: bool = False, encoder: Any = None):
-        from .encoders import load_encoder
-        from .text_cache import TextCache
+        from engine.encoders import load_encoder
+        from engine.encoders.text_cache import TextCache
 
         self.system: AttributeSystem = load_system(system)
         self.encoder = encoder if encoder is not None else load_encoder(
@@ -134,8 +96,8 @@ class Classifier:
         Returns (embeddings (n_good, D) on the encoder's device, indices (n_good,) of
         the good images, {index: error message} of the bad ones).
         """
-        from .encoders.base import NONFINITE_IMAGE, nonfinite_rows
-        from .encoders.images import ImageLoadError, load_image
+        from engine.encoders.base import NONFINITE_IMAGE, nonfinite_rows
+        from engine.encoders.images import ImageLoadError, load_image
 
         loaded, good, bad = [], [], {}
         for i, im in enumerate(images):
@@ -159,7 +121,7 @@ class Classifier:
 
         ``text_cache`` defaults to the classifier's own (shared across calls).
         """
-        from .encoder_source import EncoderSource
+        from engine.run.encoder_source import EncoderSource
 
         if config.mode == "baseline":
             system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
@@ -260,7 +222,7 @@ class Classifier:
         gets a text cache of its own, so its ``text_encodes`` count the prompts
         it needed, not what another mode happened to embed first.
         """
-        from .text_cache import TextCache
+        from engine.encoders.text_cache import TextCache
 
         caches = [self.text_cache] if len(configs) == 1 else \
             [TextCache(self.encoder, cache_dir=self.text_cache.cache_dir) for _ in configs]

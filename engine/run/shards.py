@@ -38,7 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .results import Result
+from engine.core.results import Result
 
 FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
 MANIFEST = "_manifest.json"

@@ -2,12 +2,12 @@
 
 The driver (this process) reads the image list, cuts it into shards of
 ``--shard-size`` rows, and hands the pending shards to
-:func:`engine.ray_batch.classify_shards`; each finished shard is written to
-``--out`` (a folder ending in ``.jsonl`` or ``.parquet``, see :mod:`engine.shards`)
+:func:`engine.run.ray_executor.classify_shards`; each finished shard is written to
+``--out`` (a folder ending in ``.jsonl`` or ``.parquet``, see :mod:`engine.run.shards`)
 as it completes, so a killed run loses at most the shards in flight and
 ``--resume`` does only the rest. Without ``--out`` the results print (classify, in
 input order) or are summarised (eval) as in a single process. Ray is imported only in
-``engine.ray_batch``, and only when ``--ray`` is given.
+``engine.run.ray_executor``, and only when ``--ray`` is given.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def check_flags(args, usage_error) -> None:
 
 def _ray_batch(usage_error):
     try:
-        from . import ray_batch
+        from engine import ray_batch
         ray_batch.require_ray()
     except ImportError as e:
         raise usage_error(str(e)) from None
@@ -111,8 +111,8 @@ def run(args, config, system, names: list[str], labels: list[str] | None, usage_
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .cli import _progress
-    from .shards import ShardStore, fingerprint, records_from_arrow
+    from engine.cli.app import _progress
+    from engine.run.shards import ShardStore, fingerprint, records_from_arrow
 
     rb = _ray_batch(usage_error)
     shard_size = args.shard_size or DEFAULT_SHARD_SIZE
@@ -134,7 +134,7 @@ def run(args, config, system, names: list[str], labels: list[str] | None, usage_
     if not pending:
         return stats
     if args.trust_remote_code:
-        from .encoders.hf import remote_code_origin
+        from engine.encoders.hf import remote_code_origin
 
         print(f"twentyq: --trust-remote-code: model {args.model!r} may run code from "
               f"{remote_code_origin(args.model)}", file=sys.stderr)
@@ -200,7 +200,7 @@ def _root_cause(e: BaseException) -> str:
 
 
 def model_note(model: str) -> str:
-    from .encoders.registry import MODELS
+    from engine.encoders.registry import MODELS
 
     spec = MODELS.get(model)
     return f"{model} — {spec.note}" if spec and spec.note else model
@@ -213,7 +213,7 @@ def classify_cmd(args, config, usage_error, print_result, exit_ok, exit_partial)
     header = [not args.out and not args.json]  # printed with the first results, not before an error
 
     def on_ordered(records):
-        from .results import Result
+        from engine.core.results import Result
 
         if header[0]:
             print(f"{'image':<40} {'label':<24} {'conf':>6} {'Q':>4}  {'stop':<10} questions")
@@ -233,10 +233,10 @@ def classify_cmd(args, config, usage_error, print_result, exit_ok, exit_partial)
 
 def eval_cmd(args, config, usage_error, print_report, exit_ok, exit_partial) -> int:
     """``twentyq eval --ray``: classify on Ray, then summarise every row (this run's and resumed ones)."""
-    from .api import summarise
-    from .datasets import check_labels, load_dataset
-    from .records import atomic_write_json
-    from .results import Result
+    from engine.run.classifier import summarise
+    from engine.run.datasets import check_labels, load_dataset
+    from engine.run.records import atomic_write_json
+    from engine.core.results import Result
     from systems import load_system
 
     if args.resume and not args.out:

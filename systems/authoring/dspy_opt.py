@@ -8,9 +8,9 @@ is kept; the embedding model stays frozen throughout.
   :class:`ProposeTemplate`) for a new prompt template. A proposal without exactly one ``{}`` (or
   with other braces) is dropped and the group keeps its template, so every candidate is valid.
 * :class:`DevAccuracy` is the metric: the engine's full-system Bayes accuracy
-  (:mod:`engine.scoring`) on the dev images, from similarities given by ``prompt_sims`` (prompts
+  (:mod:`engine.core.scoring`) on the dev images, from similarities given by ``prompt_sims`` (prompts
   ``(P,) -> (B, P)`` cosine similarities of the cached dev image embeddings, e.g.
-  :class:`engine.refining.PromptSims`). Each prompt is embedded once and memoised.
+  :class:`systems.authoring.refining.PromptSims`). Each prompt is embedded once and memoised.
 * :func:`optimize_system` runs the proposer ``n`` times with :class:`dspy.BestOfN` against the
   metric and returns the best candidate, or the original system when no candidate beats it.
 
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import dspy
 import numpy as np
 
-from engine.scoring import build_channel, full_bayes_log_posterior, group_log_probs
+from engine.core.scoring import build_channel, full_bayes_log_posterior, group_log_probs
 
-from .format import AttributeSystem, Group
-from .validate import check_template
+from systems.format import AttributeSystem, Group
+from systems.validate import check_template
 
 PromptSims = Callable[[Sequence[str]], np.ndarray]
 

@@ -3,7 +3,7 @@
 Every step works on cached image embeddings: the only model calls are text
 embeddings of new candidate prompts, made through ``prompt_sims``, a callable
 ``prompts (P,) -> (B, P)`` cosine similarities of the B images at hand to
-those prompts (see :class:`engine.refining.PromptSims`). Refinement sees only
+those prompts (see :class:`systems.authoring.refining.PromptSims`). Refinement sees only
 the dev images it is given; :func:`split_by_image` makes the dev/test split.
 
 Steps, each switchable (:class:`RefineConfig`) and reported (:class:`RefineReport`):
@@ -29,11 +29,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from engine.calibration import fit_logit_scale_and_eps
-from engine.scoring import bayes_loglik, build_channel, check_eps, check_logit_scale, group_log_probs
+from engine.core.calibration import fit_logit_scale_and_eps
+from engine.core.scoring import bayes_loglik, build_channel, check_eps, check_logit_scale, group_log_probs
 
-from .build import BASELINE_GROUP
-from .format import PLACEHOLDER, AttributeSystem, Group
+from systems.build import BASELINE_GROUP
+from systems.format import PLACEHOLDER, AttributeSystem, Group
 
 PromptSims = Callable[[Sequence[str]], np.ndarray]
 

@@ -16,12 +16,12 @@ from policies import Policy, PolicyState, get_policy
 from systems.build import BASELINE_GROUP
 from systems.format import AttributeSystem
 
-from .results import Result, Step
-from .scoring import (
+from engine.core.results import Result, Step
+from engine.core.scoring import (
     Channel, bayes_loglik, bayes_update, build_channel, check_logit_scale, entropy, expected_information_gain,
     group_log_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
 )
-from .sources import SimilaritySource
+from engine.core.sources import SimilaritySource
 
 SCORERS = ("bayes", "sum")
 NAME_GROUP = BASELINE_GROUP  # the optional class-name group (systems.build.with_name_group)

@@ -1,7 +1,7 @@
-"""A :class:`engine.sources.SimilaritySource` backed by a real encoder.
+"""A :class:`engine.core.sources.SimilaritySource` backed by a real encoder.
 
 Image embeddings stay on the encoder's device. When the loop asks group g for
-some images, the group's prompts come from the :class:`engine.text_cache.TextCache`
+some images, the group's prompts come from the :class:`engine.encoders.text_cache.TextCache`
 (embedded lazily, once), the similarities are one matmul on the device, and
 only the (n, K_g) block leaves it, as float64 numpy.
 """
@@ -13,8 +13,8 @@ import torch
 
 from systems.format import AttributeSystem
 
-from .encoders.base import Encoder
-from .text_cache import TextCache
+from engine.encoders.base import Encoder
+from engine.encoders.text_cache import TextCache
 
 
 class EncoderSource:

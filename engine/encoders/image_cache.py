@@ -37,7 +37,7 @@ from PIL import Image
 
 from engine.encoders.base import Encoder, cache_identity
 from engine.encoders.images import ImageLike, ImageLoadError
-from engine.text_cache import CacheWarning, atomic_save_safetensors, read_safetensors
+from engine.encoders.text_cache import CacheWarning, atomic_save_safetensors, read_safetensors
 
 FORMAT = "twentyq-images-v1"
 

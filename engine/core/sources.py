@@ -2,7 +2,7 @@
 
 The loop asks a source for one group at a time, and only for the images that
 chose that group, so a source can embed a group's prompts lazily (the real
-encoder source does; see ``engine.encoder_source``). The engine never reads a
+encoder source does; see ``engine.run.encoder_source``). The engine never reads a
 group it has not asked.
 """
 

@@ -73,7 +73,7 @@ def _parse_pairs(items, flag: str) -> dict[str, str]:
 
 
 def _labels_of(path: str) -> list[str]:
-    from .datasets import load_dataset
+    from engine.run.datasets import load_dataset
 
     return load_dataset(path).labels
 
@@ -82,7 +82,9 @@ def _build_cmd(args) -> int:
     from pathlib import Path
 
     from systems import save_system
-    from systems.build import BuildReport, align_classes, from_table, pokeapi_system, with_name_group
+    from systems.authoring.pokeapi import align_classes, pokeapi_system
+    from systems.authoring.table import BuildReport, from_table
+    from systems.build import with_name_group
     from systems.io import read_json
 
     report = BuildReport()
@@ -119,7 +121,7 @@ def _build_cmd(args) -> int:
 
 def _classes_of(args, required: bool) -> list[str] | None:
     """The class list from --classes and/or --classes-file (None when neither is given and not required)."""
-    from systems.draft import check_classes, parse_class_list, read_classes_file
+    from systems.authoring.draft import check_classes, parse_class_list, read_classes_file
 
     classes: list[str] = []
     if args.classes:
@@ -152,7 +154,7 @@ def _print_import(result, out: str | None) -> None:
 
 def _import_text(text: str, source: str, classes, name: str | None, out: str | None) -> int:
     """Import a draft's text; on refusal print the repairs made so far, then raise (exit 2)."""
-    from systems.draft import DraftRejected, import_draft
+    from systems.authoring.draft import DraftRejected, import_draft
 
     try:
         result = import_draft(text, source=source, classes=classes, name=name)
@@ -181,7 +183,7 @@ def _import_cmd(args) -> int:
 
 
 def _prompt_cmd(args) -> int:
-    from systems.draft import build_prompt
+    from systems.authoring.draft import build_prompt
 
     classes = _classes_of(args, required=True)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
@@ -196,9 +198,9 @@ def _prompt_cmd(args) -> int:
 
 def _llm_draft(args, prompt: str, classes: list[str]) -> int:
     """Send the prompt to the LLM, keep its reply (--out), and import it (--system-out to write it)."""
-    from systems.draft import DraftRejected
+    from systems.authoring.draft import DraftRejected
     from systems.io import atomic_write_text
-    from systems.llm import api_key_from_env, complete, endpoint
+    from systems.authoring.llm import api_key_from_env, complete, endpoint
 
     if not args.llm_url or not args.llm_model:
         raise ValueError("--llm needs --llm-url URL and --llm-model MODEL "
@@ -229,12 +231,12 @@ def _refine_cmd(args) -> int:
     from pathlib import Path
 
     from systems import save_system
-    from systems.refine import RefineConfig
+    from systems.authoring.refine import RefineConfig
 
-    from .api import DEFAULT_EPS
-    from .cli import _classifier, _progress
-    from .records import atomic_write_json, json_safe
-    from .refining import embed_dataset, refine_embedded
+    from engine.run.classifier import DEFAULT_EPS
+    from engine.cli.app import _classifier, _progress
+    from engine.run.records import atomic_write_json, json_safe
+    from systems.authoring.refining import embed_dataset, refine_embedded
 
     if Path(args.out).resolve() == Path(args.system).resolve():
         raise ValueError(f"--out {args.out} would overwrite the system being refined; choose another file")
@@ -251,7 +253,7 @@ def _refine_cmd(args) -> int:
     truth = [system.class_index(ds.items[j].label) for j in good]
     extra = {}
     if args.llm_url:
-        from systems.llm import propose_templates
+        from systems.authoring.llm import propose_templates
 
         for g in system.groups:
             extra[g.name] = propose_templates(g, list(system.classes), args.llm_url, args.llm_model)
@@ -276,7 +278,7 @@ def _refine_cmd(args) -> int:
 
 
 def _add_model_args(p) -> None:
-    from .cli import _add_model_flags
+    from engine.cli.app import _add_model_flags
 
     _add_model_flags(p)
 

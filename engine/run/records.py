@@ -8,42 +8,15 @@ that safe to interrupt and to resume.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from systems.io import atomic_write_text
+from systems.files import atomic_write_json, atomic_write_text, json_safe  # noqa: F401  (re-exported)
 
-from .datasets import Dataset
-from .results import Result
-
-
-def json_safe(x):
-    """``x`` as plain JSON values: NaN/inf floats become null, numpy values and paths plain ones.
-
-    The result dumps as strict JSON (no NaN tokens).
-    """
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return json_safe(x.tolist())
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def atomic_write_json(path, data) -> None:
-    """Write ``data`` as strict JSON atomically (temp file + rename)."""
-    atomic_write_text(path, json.dumps(json_safe(data), ensure_ascii=False, indent=2, allow_nan=False) + "\n")
+from engine.run.datasets import Dataset
+from engine.core.results import Result
 
 
 def read_streamed(path, warn=None) -> list[dict]:

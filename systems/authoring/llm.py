@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .draft import strip_json_extras
-from .format import Group
-from .validate import check_template, show
+from systems.authoring.draft import strip_json_extras
+from systems.format import Group
+from systems.validate import check_template, show
 
 DEFAULT_TIMEOUT = 120.0
 MAX_REPLY_BYTES = 16 * 1024 * 1024

@@ -31,7 +31,7 @@ key is rewritten next time.
 Non-finite embeddings: prompts the encoder returns NaN/inf (or zero) for are
 kept in memory as NaN rows, never written to disk, and reported once with a
 :class:`NonFiniteWarning`; the engine then fails each image that asks that
-group (``engine.adaptive``), naming the group, and the others go on.
+group (``engine.core.adaptive``), naming the group, and the others go on.
 """
 
 from __future__ import annotations
@@ -207,5 +207,5 @@ class TextCache:
             warnings.warn(f"could not write the text cache in {self.cache_dir} ({e}); continuing without "
                           "writing it for the rest of this run", CacheWarning, stacklevel=3)
 
-# The name engine.api uses.
+# The name engine.run.classifier uses.
 TextEmbeddingCache = TextCache

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .format import AttributeSystem
-from .io import reject_duplicate_keys
-from .validate import GROUP_KEYS, RULE_KEYS, SystemValidationError, parse_system, show
+from systems.format import AttributeSystem
+from systems.io import reject_duplicate_keys
+from systems.validate import GROUP_KEYS, RULE_KEYS, SystemValidationError, parse_system, show
 
 GROUP_CUTOFF = 0.85
 CLASS_CUTOFF = 0.85

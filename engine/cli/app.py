@@ -11,8 +11,8 @@ import argparse
 import json
 import sys
 
-from .cli_ray import add_ray_flags
-from .cli_system import add_system_parser
+from engine.cli.ray_flags import add_ray_flags
+from engine.cli.system_cmds import add_system_parser
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -43,11 +43,11 @@ def _progress(total: int | None, desc: str, quiet: bool, text_cache=None):
 def _classifier(args, system):
     from transformers.utils import logging as hf_logging
 
-    from .api import Classifier
+    from engine.run.classifier import Classifier
 
     hf_logging.disable_progress_bar()  # ours is enough
     if args.trust_remote_code:  # a security notice: printed even with --quiet
-        from .encoders.hf import remote_code_origin
+        from engine.encoders.hf import remote_code_origin
 
         print(f"twentyq: --trust-remote-code: model {args.model!r} may run code from "
               f"{remote_code_origin(args.model)}", file=sys.stderr)
@@ -56,7 +56,7 @@ def _classifier(args, system):
 
 
 def _config(args):
-    from .api import RunConfig
+    from engine.run.classifier import RunConfig
 
     return RunConfig(mode=args.mode, policy=args.policy, tau=args.tau, delta=args.delta, budget=args.budget,
                      scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale, top_k=args.top_k,
@@ -76,12 +76,12 @@ def _print_result(args, r) -> None:
 
 
 def _classify_cmd(args) -> int:
-    from .cli_ray import check_flags
+    from engine.cli.ray_flags import check_flags
 
     check_flags(args, UsageError)
     config = _config(args)
     if args.ray is not None:
-        from .cli_ray import classify_cmd
+        from engine.cli.ray_flags import classify_cmd
 
         return classify_cmd(args, config, UsageError, lambda r: _print_result(args, r), EXIT_OK, EXIT_PARTIAL)
     if args.out or args.resume:
@@ -115,14 +115,14 @@ def _warn(msg: str) -> None:
 def _eval_cmd(args) -> int:
     from pathlib import Path
 
-    from .api import summarise
-    from .cli_ray import check_flags
-    from .records import atomic_write_json, read_streamed, split_done
+    from engine.run.classifier import summarise
+    from engine.cli.ray_flags import check_flags
+    from engine.run.records import atomic_write_json, read_streamed, split_done
 
     check_flags(args, UsageError)
     config = _config(args)
     if args.ray is not None:
-        from .cli_ray import eval_cmd
+        from engine.cli.ray_flags import eval_cmd
 
         return eval_cmd(args, config, UsageError, _print_report, EXIT_OK, EXIT_PARTIAL)
     out = Path(args.out) if args.out else None
@@ -187,7 +187,7 @@ def _eval_cmd(args) -> int:
 
 def _model_note(encoder) -> str:
     """The model's name with what it is (the offline stand-in says it is not CLIP)."""
-    from .encoders.registry import MODELS
+    from engine.encoders.registry import MODELS
 
     spec = MODELS.get(encoder.name)
     if spec and spec.note:
@@ -219,14 +219,14 @@ def _report_line(rep) -> str:
 
 def default_data():
     """The shared jina15 set, looked for beside the working directory and beside this checkout."""
-    from systems.build import shared_data_path
+    from systems.files import shared_data_path
 
     return shared_data_path("pokemon/jina15.csv")
 
 
 def _compare_cmd(args) -> int:
-    from .api import RunConfig
-    from .records import atomic_write_json
+    from engine.run.classifier import RunConfig
+    from engine.run.records import atomic_write_json
 
     data = args.data or default_data()
     if data is None:
@@ -266,7 +266,7 @@ def _compare_cmd(args) -> int:
 
 
 def _models_cmd(args) -> int:
-    from .encoders import list_models
+    from engine.encoders import list_models
 
     rows = list_models()
     print(f"{'model':<36} {'backend':<14} {'offline':<8} {'remote code':<12} note")
@@ -292,8 +292,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 def _add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     from policies import list_policies
 
-    from .adaptive import SCORERS
-    from .api import DEFAULT_EPS, MODES
+    from engine.core.adaptive import SCORERS
+    from engine.run.classifier import DEFAULT_EPS, MODES
 
     g = p.add_argument_group("questions")
     g.add_argument("--system", default="pokemon15", help="system JSON file or shipped name (default pokemon15)")

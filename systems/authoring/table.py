@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .format import PLACEHOLDER, AttributeSystem, Group
-from .validate import validate_system
+from systems.format import PLACEHOLDER, AttributeSystem, Group
+from systems.validate import validate_system
 
 MULTI_SEP = "|"
 

@@ -1,4 +1,4 @@
-"""Classify a Ray Dataset of images, one :class:`engine.api.Classifier` per actor.
+"""Classify a Ray Dataset of images, one :class:`engine.run.classifier.Classifier` per actor.
 
 Needs the ``twentyq[ray]`` extra (``pip install 'twentyq[ray]'``); this is the only
 module of the package that imports Ray, and only when it is used.
@@ -13,7 +13,7 @@ Input rows: ``path`` (str, a file each actor opens; relative paths are resolved 
 ``cwd``), or ``bytes`` (the encoded image; ``path``, if there, only names it) — e.g.
 ``ray.data.read_binary_files(..., include_paths=True)``; optional ``label`` (str).
 Output rows: the Arrow form of ``twentyq classify --json``'s records
-(:func:`engine.shards.result_schema`; ``true_label`` when the input had ``label``),
+(:func:`engine.run.shards.result_schema`; ``true_label`` when the input had ``label``),
 plus the input columns named in ``keep``. A bad image becomes a row with ``error``
 set and ``label`` null, with the same message as in a single process; the rest of
 its batch is classified as usual.
@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from .api import RunConfig
-from .shards import results_to_arrow
-from .text_cache import TextCache
+from engine.run.classifier import RunConfig
+from engine.run.shards import results_to_arrow
+from engine.encoders.text_cache import TextCache
 
 RAY_MISSING = "Ray is not installed: pip install 'twentyq[ray]' (it brings ray[data] and pyarrow)"
 SHARD, INDEX = "_shard", "_index"
@@ -122,7 +122,7 @@ def open_image_bytes(name: str, data: bytes):
     """A decoded PIL image from encoded bytes; ImageLoadError naming ``name`` (as a file would) if bad."""
     from PIL import Image, UnidentifiedImageError
 
-    from .encoders.images import MAX_IMAGE_PIXELS, ImageLoadError
+    from engine.encoders.images import MAX_IMAGE_PIXELS, ImageLoadError
 
     try:
         with warnings.catch_warnings():
@@ -158,7 +158,7 @@ def system_prompt_groups(system: Any, mode: str) -> list[list[str]]:
 
 def _embed_prompts(model_kwargs: dict, system: Any, mode: str) -> dict[str, Any]:
     """{prompt: (D,) float32 numpy} for every prompt, embedded group by group (as lazily)."""
-    from .api import Classifier
+    from engine.run.classifier import Classifier
 
     clf = Classifier(system=system, **model_kwargs)
     table = {}
@@ -205,7 +205,7 @@ class ClassifyBatch:
             os.chdir(cwd)
         from transformers.utils import logging as hf_logging
 
-        from .api import Classifier
+        from engine.run.classifier import Classifier
 
         hf_logging.disable_progress_bar()  # Ray forwards every actor's stderr to the driver
         self.clf = Classifier(system=system, **model_kwargs)
@@ -221,8 +221,8 @@ class ClassifyBatch:
 
         started, t0 = time.time(), time.perf_counter()
 
-        from .encoders.images import ImageLoadError
-        from .results import Result
+        from engine.encoders.images import ImageLoadError
+        from engine.core.results import Result
 
         cols = batch.column_names
         n = batch.num_rows

@@ -1,0 +1,2 @@
+"""The core: scoring (pure functions over arrays), the adaptive loop, similarity sources,
+results and calibration. numpy and scipy only: no torch, no files, no encoders."""

@@ -1,0 +1,140 @@
+"""The two settings objects of a run, and the only carriers of settings.
+
+- :class:`EncoderSpec`: which model, where and how it runs (model, revision, device,
+  dtype, batch sizes, cache folder, trust_remote_code).
+- :class:`RunConfig`: how to classify (mode, policy, scorer, τ, δ, budget, ε, λ,
+  shortlist, top_k, seed).
+
+Both are frozen and hashable, checked when built, passed whole from the CLI to the
+Classifier, to Ray actors and into the resume fingerprint; nothing re-spells them.
+The system is data, not a setting: it travels as the loaded ``AttributeSystem`` and
+enters fingerprints by its content hash.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.core.adaptive import SCORERS, StopRule
+from engine.core.scoring import check_eps, check_logit_scale
+
+MODES = ("adaptive", "full", "baseline")
+DEFAULT_EPS = 0.05
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def _whole(name: str, v: Any, lo: int, *, optional: bool = True) -> None:
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} == {v!r}, must be a whole number >= {lo}" + (" (or None)" if optional else ""))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which encoder to load and how.
+
+    model : "offline" (the packaged stand-in, not CLIP), "probe:DIR", a hub id or a local folder.
+    revision : hub branch, tag or commit (None: the default branch).
+    device : "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
+    dtype : None (fp16 on a GPU, fp32 on the CPU), "fp32", "fp16" or "bf16".
+    batch_size : images per forward pass of the model (None: the backend's own).
+    cache_dir : folder of the on-disk text-embedding cache (None: memory only).
+    trust_remote_code : let the model repository's own code run. Never implied.
+    """
+
+    model: str = "offline"
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    batch_size: int | None = None
+    cache_dir: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model == {self.model!r}, must be a model string; `twentyq models` lists them")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype == {self.dtype!r}, must be one of {list(DTYPES)} (or None)")
+        _whole("batch_size", self.batch_size, 1)
+
+    def load(self):
+        """The encoder this spec names (:func:`engine.encoders.load_encoder`)."""
+        from engine.encoders import load_encoder
+
+        return load_encoder(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
+                            trust_remote_code=self.trust_remote_code, revision=self.revision)
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the embeddings (for fingerprints): model, revision, dtype. Device, batch
+        size and cache folder change where and how fast, not what."""
+        return {"model": self.model, "revision": self.revision, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How to classify: the mode and, for ``adaptive``, the policy and the stop rule.
+
+    ``full`` asks every group in system order; ``baseline`` scores the class names
+    (a one-group system); neither stops early, so τ, δ, the budget and the shortlist
+    apply to ``adaptive`` only.
+
+    mode : "adaptive", "full" or "baseline".
+    policy : a registered policy name (``policies.list_policies()``).
+    tau : stop once the top class has this probability, in (0, 1].
+    delta : stop once no unasked group gains this many nats (0: never).
+    budget : at most this many prompts per image (None: no limit).
+    scorer : "bayes" (posterior) or "sum" (the write-up's sum of option probabilities).
+    eps : rule noise ε of the Bayes scorer, in [0, 1).
+    logit_scale : λ (None: the model's own).
+    top_k : classes listed per result.
+    shortlist : once few classes remain, ask "which of these M names?" (needs a class_name group).
+    seed : seeds the ``random`` policy (and any policy that takes a seed).
+    """
+
+    mode: str = "adaptive"
+    policy: str = "eig"
+    tau: float = 0.9
+    delta: float = 0.0
+    budget: int | None = None
+    scorer: str = "bayes"
+    eps: float = DEFAULT_EPS
+    logit_scale: float | None = None
+    top_k: int = 5
+    shortlist: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        from policies import list_policies
+
+        if self.mode not in MODES:
+            raise ValueError(f"mode == {self.mode!r}, must be one of {list(MODES)}")
+        if self.policy not in list_policies():
+            raise ValueError(f"policy == {self.policy!r}, must be one of {list_policies()}")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer == {self.scorer!r}, must be one of {list(SCORERS)}")
+        _whole("top_k", self.top_k, 1, optional=False)
+        StopRule(self.tau, self.delta, self.budget)  # validates τ, δ and the budget
+        check_eps(self.eps)
+        if self.logit_scale is not None:
+            check_logit_scale(self.logit_scale)
+        _whole("shortlist", self.shortlist, 2)
+        _whole("seed", self.seed, 0, optional=False)
+
+    def stop_rule(self) -> StopRule:
+        return StopRule(self.tau, self.delta, self.budget)
+
+    def make_policy(self):
+        """The policy object, with ``seed`` passed to policies that take one."""
+        from policies import POLICIES, get_policy
+
+        takes_seed = "seed" in inspect.signature(POLICIES[self.policy]).parameters
+        return get_policy(self.policy, **({"seed": self.seed} if takes_seed else {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
