@@ -142,7 +142,7 @@ class ProbeHeads(nn.Module):
 
 def save_probe(folder: str | Path, heads: ProbeHeads, manifest: dict[str, Any]) -> Path:
     """Write ``probe.safetensors`` and ``manifest.json`` into ``folder`` (atomically each)."""
-    from engine.run.records import atomic_write_json
+    from systems.files import atomic_write_json
     from engine.encoders.text_cache import atomic_save_safetensors
 
     folder = Path(folder)
