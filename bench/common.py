@@ -30,7 +30,7 @@ import numpy as np
 
 from engine import ArraySource, SimulatedSource, StopRule, classify_batch
 from engine.core.adaptive import NO_STOP
-from engine.run.records import json_safe
+from systems.files import json_safe
 from engine.core.scoring import Channel, build_channel
 from engine.core.simulate import sample_classes
 from systems import AttributeSystem, baseline_system, load_system
@@ -46,7 +46,7 @@ DATASETS = {
 DEFAULT_OUT = REPO / "bench" / "out"
 DEFAULT_CACHE = DEFAULT_OUT / "cache"
 SIMULATOR = "simulator"
-DEFAULT_EPS = 0.05
+from engine.run.config import DEFAULT_EPS  # noqa: E402  (one default for the CLI and the benchmarks)
 # simulator defaults (the same as bench.simulate)
 SIM = {"margin": 0.05, "name_margin": 0.02, "noise": 0.02, "wrong_rate": 0.0, "logit_scale": 100.0, "images": 2000}
 
@@ -79,12 +79,12 @@ def add_common_args(ap: argparse.ArgumentParser, *, out: str) -> argparse.Argume
 
 
 def model_label(model: str) -> str:
-    """The honest display name of a model string."""
+    """The honest display name of a model string (:func:`engine.encoders.registry.model_label`)."""
     if model == SIMULATOR:
         return "simulator (no model)"
-    if model.startswith("offline"):
-        return f"offline stand-in '{model}' (ConSE: EfficientNet-Lite + MiniLM; NOT CLIP, near chance)"
-    return model
+    from engine.encoders.registry import model_label as label
+
+    return label(model)
 
 
 def short_model_label(model: str) -> str:

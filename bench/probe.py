@@ -66,7 +66,7 @@ def train_probe(out: str | Path, *, cfg: TrainConfig = TrainConfig(), cache_dir:
     import torch
 
     from engine.encoders.probe import PROBE_LABEL, ProbeBackbone, save_probe
-    from engine.run.records import atomic_write_json
+    from systems.files import atomic_write_json
 
     from .probe_data import build_training_data, image_features
     from .probe_train import train

@@ -21,6 +21,7 @@ _EXPORTS = {
     # the public face
     "Classifier": "engine.run.classifier", "RunConfig": "engine.run.config", "EncoderSpec": "engine.run.config",
     "load_encoder": "engine.encoders.registry", "load_system": "systems.io",
+    "evaluate_classifier": "engine.run.evaluation",
     # the core, for benchmarks and tests
     "NO_STOP": "engine.core.adaptive", "SCORERS": "engine.core.adaptive", "StopRule": "engine.core.adaptive",
     "classify_batch": "engine.core.adaptive", "STOP_REASONS": "engine.core.results", "Result": "engine.core.results",

@@ -27,6 +27,7 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
+from systems.errors import UserInputError
 from systems.format import PLACEHOLDER, AttributeSystem, Group
 
 _MISSING = object()
@@ -45,7 +46,7 @@ def show(value: Any) -> str:
     return _REPR.repr(value)
 
 
-class SystemValidationError(ValueError):
+class SystemValidationError(UserInputError):
     """Every problem found in a system, each with its path.
 
     ``problems`` holds the individual messages; ``str(err)`` starts with a one-line summary.

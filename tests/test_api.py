@@ -7,6 +7,7 @@ import json
 import pytest
 
 from engine.run.classifier import Classifier, RunConfig
+from engine.run.evaluation import evaluate_classifier
 from engine.run.datasets import check_labels, load_dataset
 from engine.core.metrics import bootstrap_ci, mcnemar_p
 
@@ -72,22 +73,29 @@ def test_run_config_validates():
         RunConfig(tau=2)
 
 
-def test_evaluate_report_keys_and_breakdown(clf, dataset):
-    seen = []
-    rep = clf.evaluate(dataset / "labels.csv", mode="adaptive", tau=0.9, by="source",
-                       on_result=lambda r, y: seen.append((r.label, y)))
+def test_evaluate_report_keys_and_breakdown(clf, dataset, tmp_path):
+    rep = evaluate_classifier(clf, dataset / "labels.csv", mode="adaptive", tau=0.9, by="source",
+                              output=str(tmp_path / "run.jsonl"))
     d = json.loads(json.dumps(rep.to_dict()))
-    for key in ("n", "accuracy", "ci95", "mean_q", "median_q", "text_encodes", "model", "system", "mode",
-                "policy", "tau", "budget", "per_class", "confusion", "skipped", "stops"):
+    for key in ("n", "accuracy", "ci95", "acc5", "mean_per_class_recall", "mean_q", "median_q", "text_encodes",
+                "model", "system", "mode", "policy", "tau", "delta", "budget", "shortlist", "per_class", "confusion",
+                "skipped", "stops", "settings"):
         assert key in d
+    seen = [json.loads(line) for line in (tmp_path / "run.jsonl" / "shard-00000.jsonl").read_text().splitlines()]
     assert d["n"] == 9 and d["accuracy"] == 1.0 and len(seen) == 9
+    assert all(r["label"] == r["true_label"] for r in seen)
+    assert json.loads((tmp_path / "run.jsonl" / "_summary.json").read_text())["n"] == 9
+    # what reproduces the run: the model, the system's hash, every setting, the data and its hash
+    s = d["settings"]
+    assert s["encoder"]["model"] == clf.spec.model and len(s["system"]["sha256"]) == 64
+    assert s["config"]["tau"] == 0.9 and s["data"]["by"] == "source" and len(s["data"]["sha256"]) == 64
     assert set(d["by"]["source"]) == {"web", "sprite"}
     assert d["per_class"]["leaf"] == {"n": 3, "accuracy": 1.0}
 
 
 def test_evaluate_split_and_limit(clf, dataset):
-    assert clf.evaluate(dataset / "labels.csv", split="test").n == 6
-    assert clf.evaluate(dataset / "labels.csv", limit=4, seed=1).n == 4
+    assert evaluate_classifier(clf, dataset / "labels.csv", split="test").n == 6
+    assert evaluate_classifier(clf, dataset / "labels.csv", limit=4, seed=1).n == 4
 
 
 def test_image_folder_dataset(dataset):
@@ -99,8 +107,8 @@ def test_missing_labels_error_lists_them(clf, dataset):
     csv = dataset / "labels.csv"
     csv.write_text(csv.read_text() + "img/cherry/0.png,plum\nimg/cherry/0.png,fig\n")
     with pytest.raises(ValueError, match=r"2 label\(s\) .*: fig, plum; .*--allow-missing"):
-        clf.evaluate(csv)
-    assert clf.evaluate(csv, allow_missing=True).n == 9
+        evaluate_classifier(clf, csv)
+    assert evaluate_classifier(clf, csv, allow_missing=True).n == 9
     ds, missing = check_labels(load_dataset(csv), ("cherry",), allow_missing=True)
     assert len(ds) == 3 and "leaf" in missing
 

@@ -9,8 +9,9 @@ What is checked:
 - the offline stand-in through Ray (lazy text per actor) after a run killed with
   SIGKILL halfway and finished with ``--resume``: every image exactly once, labels
   and ``q_spent`` identical to a single process, finished shards not redone;
-- the shard store's resume rules, bytes input, the precomputed text cache, and the
-  one-line errors (Ray missing, flags without ``--ray``, a bad ``--out``).
+- bytes input, the precomputed text cache, worker sizing and the one-line errors (Ray
+  missing, flags without ``--ray``, a bad ``--out``); these need no shared data and run
+  without it. The result store itself is tested in ``test_store.py``.
 
 Ray workers run at nice 0 here (Ray's default is 15), so the 2 shared cores are not
 taken from them by every other process on the machine. The tests that start Ray actor pools
@@ -38,18 +39,20 @@ pa = pytest.importorskip("pyarrow")
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from engine.run.classifier import Classifier, RunConfig  # noqa: E402
 from engine.cli.app import main  # noqa: E402
+from engine.run.classifier import Classifier, RunConfig  # noqa: E402
+from engine.run.config import EncoderSpec  # noqa: E402
 from engine.run.datasets import load_dataset  # noqa: E402
-from engine.run.shards import ShardStore, fingerprint, records_from_arrow, results_to_arrow  # noqa: E402
+from engine.run.pipeline import Job  # noqa: E402
+from engine.run.store import FORMATS, ResultStore, records_from_arrow  # noqa: E402
+from systems import load_system  # noqa: E402
+from systems.files import shared_data_root  # noqa: E402
 
-from .encoder_fixtures import offline_encoder, tiny_model_dir  # noqa: E402
-from systems.files import shared_data_root
+from .encoder_fixtures import noise_image, offline_encoder, tiny_model_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JINA = shared_data_root() / "pokemon" / "jina15.csv"
 N, SHARD = 200, 25
-pytestmark = pytest.mark.skipif(not JINA.is_file(), reason=f"the shared images are absent ({JINA} not found)")
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 
 
@@ -68,6 +71,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def jina200():
+    if not JINA.is_file():
+        pytest.skip(f"the shared images are absent ({JINA} not found)")
     return load_dataset(JINA, limit=N, seed=0)
 
 
@@ -128,7 +133,7 @@ def test_corrupt_and_missing_images_are_error_rows_and_the_rest_finish(tiny_run)
         assert recs[i]["label"] is None and recs[i]["q_spent"] == 0
     assert "corrupt or truncated" in recs[37]["error"] and "no such file" in recs[150]["error"]
     assert all(r["label"] is not None for i, r in enumerate(recs) if i not in bad)
-    store = ShardStore(tiny_run["out"], "jsonl", len(recs), SHARD)
+    store = ResultStore(tiny_run["out"], FORMATS[".jsonl"], len(recs), SHARD)
     assert store.errors() == 2 and not store.pending()
 
 
@@ -186,82 +191,43 @@ def test_offline_killed_halfway_then_resumed_matches_a_single_process(cluster, j
 
 
 # --------------------------------------------------------------------------- the actor without a pool
-def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, jina200, tmp_path):
+def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, tmp_path):
     """ClassifyBatch called directly: bytes rows (one corrupt) and a precomputed text table."""
     from engine.run.ray_executor import ClassifyBatch, _embed_prompts
 
     model = str(tiny_model_dir("clip"))
-    paths = [it.path for it in jina200.items[:12]]
+    paths = []
+    for i in range(12):
+        noise_image(i).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
     (tmp_path / "bad.jpg").write_bytes(CORRUPT)
     paths.insert(5, str(tmp_path / "bad.jpg"))
-    kw = dict(model_kwargs={"model": model, "device": "cpu"}, system="pokemon15", config={"tau": 0.5})
-    lazy = ClassifyBatch(**kw, stats=True)
+    job = Job(EncoderSpec(model=model, device="cpu"), load_system("pokemon15"), RunConfig(tau=0.5))
+    lazy = ClassifyBatch(job, stats=True)
     by_path = records_from_arrow(lazy(pa.table({"path": paths})))
     as_bytes = pa.table({"path": paths, "bytes": [Path(p).read_bytes() for p in paths]})
-    table_ref = ray.put(_embed_prompts({"model": model, "device": "cpu"}, "pokemon15", "adaptive"))
-    pre = ClassifyBatch(**kw, text_ref=table_ref, stats=True)
+    table_ref = ray.put(_embed_prompts(job))
+    pre = ClassifyBatch(job, text_ref=table_ref, stats=True)
     out = pre(as_bytes)
     assert sum(out.column("_text_encodes").to_pylist()) == 0  # every prompt came from the broadcast table
     assert sum(out.column("_text_hits").to_pylist()) > 0
     by_bytes = records_from_arrow(out)
     assert by_bytes == by_path  # same batch: identical to the last bit, errors included
     assert by_bytes[5]["error"].startswith(f"cannot load image {paths[5]!r}: corrupt or truncated image data")
+    single = [r.to_dict() for r in Classifier(job.encoder, job.system).classify_inputs(paths, job.config)]
+    assert [(r["label"], r["q_spent"], r["error"]) for r in by_path] == \
+        [(r["label"], r["q_spent"], r["error"]) for r in single]  # the actor's path is the one-process path
     empty = lazy(pa.table({"path": pa.array([], pa.string())}))  # Ray may hand an actor an empty block
     assert empty.num_rows == 0 and "_text_encodes" in empty.column_names
-
-
-# --------------------------------------------------------------------------- shard store rules (no Ray run)
-def _table(n, err_at=()):
-    from engine.core.results import Result
-
-    rs = [Result.failed("bad", image=f"i{i}") if i in err_at else
-          Result("A", 0.5, [("A", 0.5), ("B", 0.5)], [], 1, "budget", image=f"i{i}") for i in range(n)]
-    return results_to_arrow(rs, ["A"] * n)
-
-
-def test_shard_store_resumes_only_finished_shards(tmp_path):
-    out = tmp_path / "s.jsonl"
-    fp = fingerprint([f"i{i}" for i in range(10)], None, {"m": 1})
-    store = ShardStore.open(out, n_rows=10, shard_size=4, fingerprint=fp, resume=False)
-    assert store.n_shards == 3 and store.pending() == [0, 1, 2]
-    store.write(0, _table(4, err_at={2}))
-    store.write(2, _table(2))
-    (out / ".shard-00001.jsonl.abc.tmp").write_text("torn")  # a killed writer's temp file: never read
-    (out / "shard-00001.jsonl").write_text('{"image": "i4"}\n')  # a data file with no marker: not done
-    with pytest.raises(ValueError, match="pass --resume"):
-        ShardStore.open(out, n_rows=10, shard_size=4, fingerprint=fp, resume=False)
-    with pytest.raises(ValueError, match="different input or settings"):
-        ShardStore.open(out, n_rows=10, shard_size=4, fingerprint="other", resume=True)
-    with pytest.raises(ValueError, match="different input or settings"):
-        ShardStore.open(out, n_rows=10, shard_size=5, fingerprint=fp, resume=True)
-    again = ShardStore.open(out, n_rows=10, shard_size=4, fingerprint=fp, resume=True)
-    assert again.pending() == [1] and again.errors() == 1
-    (out / "shard-00002.jsonl").write_text("")  # a shard file that no longer matches its marker
-    assert again.pending() == [1, 2]
-    with pytest.raises(ValueError, match="2 result rows for 4 input rows"):
-        again.write(1, _table(2))
-    again.write(1, _table(4))
-    again.write(2, _table(2))
-    recs = again.read_all()
-    assert len(recs) == 10 and recs[0]["top"] == [["A", 0.5], ["B", 0.5]] and recs[0]["true_label"] == "A"
-
-
-def test_parquet_store_round_trips_the_json_records(tmp_path):
-    store = ShardStore.open(tmp_path / "p.parquet", n_rows=3, shard_size=3, fingerprint="f", resume=False)
-    t = _table(3, err_at={1})
-    store.write(0, t)
-    assert store.read(0) == records_from_arrow(t)
-    assert store.read(0)[1]["error"] == "bad" and store.read(0)[1]["label"] is None
-    assert pq.read_table(tmp_path / "p.parquet").num_rows == 3  # _manifest.json / _shard-*.done are skipped
 
 
 # --------------------------------------------------------------------------- one-line errors
 @pytest.mark.parametrize("argv, needle", [
     (["classify", "a.png", "--precompute-text"], "--precompute-text: only with --ray"),
-    (["classify", "a.png", "--out", "r.jsonl"], "classify --out/--resume need --ray"),
+    (["classify", "a.png", "--workers", "2"], "--workers: only with --ray"),
     (["classify", "a.png", "--ray", "b.png"], "is not a Ray address"),
-    (["eval", "--data", str(JINA), "--ray", "--out", "r.json"], "ends in .jsonl or .parquet"),
-    (["eval", "--data", str(JINA), "--out", "r.parquet"], "needs --ray"),
+    (["classify", "a.png", "--ray", "--workers", "0"], "--workers 0: must be a whole number >= 1"),
+    (["eval", "--data", "d.csv", "--ray", "--out", "r.json"], "ends in .jsonl or .parquet"),
 ])
 def test_bad_ray_flags_are_one_line_usage_errors(argv, needle, capsys):
     assert main(argv) == 2
@@ -289,15 +255,11 @@ def test_ray_missing_names_the_extra(monkeypatch, capsys):
 
 
 def test_worker_sizing_follows_the_cluster():
-    from types import SimpleNamespace as NS
+    from engine.run.ray_executor import RayOptions
 
-    from engine.cli.ray_flags import _sizing
-
-    gpus8 = NS(cluster_resources=lambda: {"CPU": 64.0, "GPU": 8.0})
-    args = dict(cpus_per_worker=None, gpus_per_worker=None, workers=None, device="auto")
-    assert _sizing(gpus8, NS(**args)) == (8, 1.0, 1.0)  # one actor per GPU
-    assert _sizing(gpus8, NS(**{**args, "gpus_per_worker": 0.125})) == (64, 0.125, 1.0)  # 8 per GPU, 64 cores
-    assert _sizing(gpus8, NS(**{**args, "gpus_per_worker": 0.125, "cpus_per_worker": 2.0})) == (32, 0.125, 2.0)
-    assert _sizing(gpus8, NS(**{**args, "device": "cpu"})) == (64, 0.0, 1.0)  # --device cpu: no GPU asked
-    assert _sizing(NS(cluster_resources=lambda: {"CPU": 2.0}), NS(**args)) == (2, 0.0, 1.0)
-    assert _sizing(gpus8, NS(**{**args, "workers": 3})) == (3, 1.0, 1.0)
+    gpus8 = {"CPU": 64.0, "GPU": 8.0}
+    assert RayOptions().sizing(gpus8, "auto") == (8, 1.0, 1.0)  # one actor per GPU
+    assert RayOptions(gpus_per_worker=0.125).sizing(gpus8, "auto") == (64, 0.125, 1.0)  # 8 per GPU, 64 cores
+    assert RayOptions(gpus_per_worker=0.125, cpus_per_worker=2.0).sizing(gpus8, "auto") == (32, 0.125, 2.0)
+    assert RayOptions().sizing(gpus8, "cpu") == (64, 0.0, 1.0)  # --device cpu: no GPUs asked for
+    assert RayOptions(workers=3).sizing({"CPU": 2.0}, "auto") == (3, 0.0, 1.0)

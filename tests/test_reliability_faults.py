@@ -26,7 +26,7 @@ from engine.encoders.base import EncoderOutOfMemory, OutOfMemoryWarning
 from engine.encoders.image_cache import ImageCache
 from engine.encoders.text_cache import CacheWarning, TextCache
 
-from .encoder_fixtures import HashEncoder, noise_image
+from .encoder_fixtures import HashEncoder, noise_image, tiny_model_dir
 from .fakes import COLOUR_SYSTEM, COLOURS, solid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,57 +51,70 @@ def colour_data(tmp_path):
 
 def _eval(d, *extra, delay="0.01"):
     cmd = [sys.executable, "-m", "tests.slow_cli", "eval", "--data", str(d / "labels.csv"), "--system",
-           str(d / "sys.json"), "--out", str(d / "r.json"), "--quiet", *extra]
+           str(d / "sys.json"), "--out", str(d / "r.jsonl"), "--shard-size", "32", "--quiet", *extra]
     return subprocess.Popen(cmd, cwd=REPO, env={**ENV, "TWENTYQ_TEST_DELAY": delay}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _lines(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    assert text == "" or text.endswith("\n")
-    return [json.loads(line) for line in text.splitlines()]  # every line valid JSON
+def _records(out: Path) -> list[dict]:
+    """Every record of the finished shards of a result folder (each line valid JSON)."""
+    from engine.run.store import ResultStore, format_of
+
+    recs = []
+    for k in sorted(int(m.name[len("_shard-"):-len(".done")]) for m in out.glob("_shard-*.done")):
+        text = (out / f"shard-{k:05d}.jsonl").read_text(encoding="utf-8")
+        assert text.endswith("\n")
+        recs += [json.loads(line) for line in text.splitlines()]
+    assert format_of(out) is not None and ResultStore  # a folder the store can read
+    return recs
 
 
-def test_sigterm_during_eval_keeps_valid_lines_and_marks_the_summary_incomplete_then_resume(colour_data):
+def test_sigterm_during_eval_keeps_finished_shards_and_marks_the_summary_incomplete_then_resume(colour_data):
     sig = signal.SIGTERM  # Ctrl-C (SIGINT) takes the same path: SIGTERM is turned into KeyboardInterrupt
     d = colour_data
     proc = _eval(d)
-    stream = d / "r.jsonl"
+    out = d / "r.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if stream.is_file() and len(stream.read_text().splitlines()) >= 64:
+        if len(list(out.glob("_shard-*.done"))) >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"eval ended before the signal: {proc.communicate()}"
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "partial results" in err and "--resume" in err
-    done = _lines(stream)
+    assert "interrupted" in err and "--resume" in err
+    done = _records(out)
     assert 64 <= len(done) < N_IMAGES
-    summary = json.loads((d / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    summary = json.loads((out / "_summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert summary["complete"] is False and summary["n"] + len(summary["skipped"]) == len(done)
 
     proc = _eval(d, "--resume", delay="0")
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert f"{len(done)} image(s) already done, {N_IMAGES - len(done)} to go" in err
-    records = _lines(stream)
+    n_shards = -(-N_IMAGES // 32)
+    assert f"{len(done) // 32} of {n_shards} shard(s) already done" in err
+    records = _records(out)
     names = [Path(r["image"]).name for r in records]
-    assert sorted(names) == [f"{i:03d}.png" for i in range(N_IMAGES)]  # every image exactly once
-    summary = json.loads((d / "r.json").read_text())
+    assert names == [f"{i:03d}.png" for i in range(N_IMAGES)]  # every image exactly once, in input order
+    assert records[:len(done)] == done  # the finished shards were kept, not redone
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["complete"] is True and summary["n"] == N_IMAGES and summary["accuracy"] == 1.0
 
 
-def test_resume_drops_a_torn_last_line_and_needs_out(colour_data, capsys):
+def test_resume_redoes_a_shard_whose_marker_is_missing_and_needs_out(colour_data, capsys):
     from engine.cli.app import main
-    from engine.run.records import read_streamed
 
     d = colour_data
-    good = json.dumps({"image": str(d / "img" / "000.png"), "label": "cherry"})
-    (d / "r.jsonl").write_text(good + "\n" + '{"image": "/x/001.png", "lab', encoding="utf-8")
-    recs = read_streamed(d / "r.jsonl")
-    assert len(recs) == 1 and (d / "r.jsonl").read_text() == good + "\n"
+    args = ["eval", "--data", str(d / "labels.csv"), "--system", str(d / "sys.json"), "--quiet",
+            "--model", str(tiny_model_dir("clip")), "--out", str(d / "r.jsonl"), "--shard-size", "100"]
+    assert main(args) == 0
+    first = _records(d / "r.jsonl")
+    (d / "r.jsonl" / "_shard-00001.done").unlink()  # the kill fell between the shard file and its marker
+    (d / "r.jsonl" / ".shard-00000.jsonl.x.tmp").write_text("torn")  # a killed writer's temp file: never read
+    assert main(args + ["--resume"]) == 0
+    assert "1 of 2 shard(s) already done" in capsys.readouterr().err
+    assert _records(d / "r.jsonl") == first
     assert main(["eval", "--data", str(d / "labels.csv"), "--system", str(d / "sys.json"), "--resume"]) == 2
     assert "--resume needs --out" in capsys.readouterr().err
 

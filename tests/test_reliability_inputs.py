@@ -307,10 +307,11 @@ def test_cli_eval_on_an_empty_dataset(tmp_path, capsys):
     engine.encoders.load_encoder = lambda *a, **k: FakeEncoder()
     try:
         rc = main(["eval", "--data", str(tmp_path / "empty.csv"), "--system", str(tmp_path / "sys.json"),
-                   "--out", str(tmp_path / "r.json"), "--quiet"])
+                   "--out", str(tmp_path / "r.jsonl"), "--quiet"])
     finally:
         engine.encoders.load_encoder = orig
     assert rc == 0
-    summary = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    summary = json.loads((tmp_path / "r.jsonl" / "_summary.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert summary["n"] == 0 and summary["accuracy"] is None and summary["complete"] is True
-    assert (tmp_path / "r.jsonl").read_text() == ""
+    assert not list((tmp_path / "r.jsonl").glob("shard-*"))

@@ -1,22 +1,34 @@
 """``twentyq system ...``: validate, show, analyze, build, import and refine attribute systems.
 
 Each subcommand is one small function over the ``systems`` API; ``add_system_parser``
-wires them into the main parser. Kept apart from ``engine/cli.py`` so that system
-tooling can grow without touching the classification commands.
+wires them into the main parser. Kept apart from the classification commands
+(:mod:`engine.cli.run_cmds`); both share :mod:`engine.cli.options`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
-EXIT_OK = 0
+from engine.cli.options import EXIT_OK, UsageError, settings_errors
+
+
+def _reads_user_files(cmd):
+    """System commands read tables, drafts, class lists and systems the user names: a ValueError
+    raised while doing so is about that input (exit 2), not a bug."""
+    @functools.wraps(cmd)
+    def wrapped(args) -> int:
+        with settings_errors():
+            return cmd(args)
+    return wrapped
 
 
 def _header(system) -> str:
     return f"{system.name}: {system.n_classes} classes, {system.n_groups} groups, Q={system.q_total}"
 
 
+@_reads_user_files
 def _validate_cmd(args) -> int:
     from systems import load_system
 
@@ -24,6 +36,7 @@ def _validate_cmd(args) -> int:
     return EXIT_OK
 
 
+@_reads_user_files
 def _show_cmd(args) -> int:
     from systems import load_system
 
@@ -43,6 +56,7 @@ def _show_cmd(args) -> int:
     return EXIT_OK
 
 
+@_reads_user_files
 def _analyze_cmd(args) -> int:
     from systems import analyze, load_system
 
@@ -67,7 +81,7 @@ def _parse_pairs(items, flag: str) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{flag} {item!r}: expected NAME=VALUE")
+            raise UsageError(f"{flag} {item!r}: expected NAME=VALUE")
         out[key.strip()] = value.strip()
     return out
 
@@ -78,6 +92,7 @@ def _labels_of(path: str) -> list[str]:
     return load_dataset(path).labels
 
 
+@_reads_user_files
 def _build_cmd(args) -> int:
     from pathlib import Path
 
@@ -93,10 +108,10 @@ def _build_cmd(args) -> int:
         system = pokeapi_system(args.table, generations=gens, bins=args.bins, report=report)
     else:
         if not args.table:
-            raise ValueError("system build needs --table T.csv (or --pokeapi GENERATIONS for the PokeAPI table)")
+            raise UsageError("system build needs --table T.csv (or --pokeapi GENERATIONS for the PokeAPI table)")
         value_text = read_json(Path(args.value_text)) if args.value_text else None
         if value_text is not None and not isinstance(value_text, dict):
-            raise ValueError(f"--value-text {args.value_text}: expected a JSON object of value -> text")
+            raise UsageError(f"--value-text {args.value_text}: expected a JSON object of value -> text")
         where = {k: v.split(",") for k, v in _parse_pairs(args.where, "--where").items()}
         system = from_table(
             args.table, args.class_column, args.group or None, templates=_parse_pairs(args.template, "--template"),
@@ -130,7 +145,7 @@ def _classes_of(args, required: bool) -> list[str] | None:
         classes += read_classes_file(args.classes_file)
     if not classes:
         if required:
-            raise ValueError("system prompt needs the classes: --classes 'A,B,C' or --classes-file FILE")
+            raise UsageError("system prompt needs the classes: --classes 'A,B,C' or --classes-file FILE")
         return None
     return check_classes(classes, "--classes/--classes-file")
 
@@ -166,6 +181,7 @@ def _import_text(text: str, source: str, classes, name: str | None, out: str | N
     return EXIT_OK
 
 
+@_reads_user_files
 def _import_cmd(args) -> int:
     import sys
     from pathlib import Path
@@ -177,11 +193,12 @@ def _import_cmd(args) -> int:
             text = Path(args.draft).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             why = "not UTF-8; re-save it as UTF-8" if isinstance(e, UnicodeDecodeError) else (e.strerror or str(e))
-            raise ValueError(f"cannot read the draft {args.draft!r}: {why}") from None
+            raise UsageError(f"cannot read the draft {args.draft!r}: {why}") from None
         source, stem = args.draft, Path(args.draft).stem
     return _import_text(text, source, _classes_of(args, required=False), args.name or stem, args.out)
 
 
+@_reads_user_files
 def _prompt_cmd(args) -> int:
     from systems.authoring.draft import build_prompt
 
@@ -190,7 +207,7 @@ def _prompt_cmd(args) -> int:
     prompt = build_prompt(classes, groups)
     if not args.llm:
         if args.out or args.system_out:
-            raise ValueError("--out and --system-out need --llm (without it, redirect the prompt: > prompt.txt)")
+            raise UsageError("--out and --system-out need --llm (without it, redirect the prompt: > prompt.txt)")
         print(prompt, end="")
         return EXIT_OK
     return _llm_draft(args, prompt, classes)
@@ -203,7 +220,7 @@ def _llm_draft(args, prompt: str, classes: list[str]) -> int:
     from systems.authoring.llm import api_key_from_env, complete, endpoint
 
     if not args.llm_url or not args.llm_model:
-        raise ValueError("--llm needs --llm-url URL and --llm-model MODEL "
+        raise UsageError("--llm needs --llm-url URL and --llm-model MODEL "
                          "(an OpenAI-compatible server, e.g. --llm-url http://localhost:8000/v1)")
     url = endpoint(args.llm_url)
     reply = complete(prompt, url, args.llm_model, api_key=api_key_from_env(args.llm_key_env),
@@ -233,17 +250,19 @@ def _refine_cmd(args) -> int:
     from systems import save_system
     from systems.authoring.refine import RefineConfig
 
-    from engine.run.classifier import DEFAULT_EPS
-    from engine.cli.app import _classifier, _progress
-    from engine.run.records import atomic_write_json, json_safe
+    from engine.cli.options import data_spec, encoder_spec, load_classifier, load_system_arg, progress_bar
+    from engine.run.config import DEFAULT_EPS
     from systems.authoring.refining import embed_dataset, refine_embedded
+    from systems.files import atomic_write_json, json_safe
 
     if Path(args.out).resolve() == Path(args.system).resolve():
-        raise ValueError(f"--out {args.out} would overwrite the system being refined; choose another file")
-    clf = _classifier(args, args.system)  # prints the --trust-remote-code notice, like classify and eval
-    system = clf.system
-    ds = clf.dataset(args.data, split=args.split, limit=args.limit, seed=args.seed, allow_missing=args.allow_missing)
-    update, close = _progress(len(ds), "images", args.quiet)
+        raise UsageError(f"--out {args.out} would overwrite the system being refined; choose another file")
+    args.by = None
+    system = load_system_arg(args.system)
+    with settings_errors():
+        ds = data_spec(args, args.data).load(system.classes)
+    clf = load_classifier(encoder_spec(args), system)  # prints the --trust-remote-code notice, like classify
+    update, close = progress_bar(len(ds), "images", args.quiet)
     try:
         emb, good, bad = embed_dataset(clf, ds.items, progress=update)
     finally:
@@ -278,9 +297,9 @@ def _refine_cmd(args) -> int:
 
 
 def _add_model_args(p) -> None:
-    from engine.cli.app import _add_model_flags
+    from engine.cli.options import add_model_flags
 
-    _add_model_flags(p)
+    add_model_flags(p)
 
 
 def add_system_parser(sub) -> argparse.ArgumentParser:

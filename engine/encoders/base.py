@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 
 from engine.encoders.device import dtype_name
-from engine.encoders.images import ImageLike, ImageLoadError, batches, load_image, load_images
+from engine.encoders.images import ImageLike, ImageLoadError, batches, load_image, load_image_bytes, load_images
 
 ACTIVATIONS = ("softmax", "sigmoid")
 NONFINITE_IMAGE = ("the encoder returned NaN/inf or a zero vector for this image (blank or degenerate input, "
@@ -248,27 +248,29 @@ class BaseEncoder:
                 f"dtype={dtype_name(self.dtype)!r}, logit_scale={self.logit_scale:.4g})")
 
 
-def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike]) -> tuple[torch.Tensor, list[str | None]]:
-    """Encode what loads; a bad image gets a NaN row and its one-line error.
+def encode_images_tolerant(encoder: Encoder, images: Sequence[Any]) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
+    """Encode what loads; every bad image gets its one-line error instead.
 
-    Returns (embeddings (B, D) on the device, errors: list of B messages or None).
-    A row the encoder returned NaN/inf or zero for gets an error too. The engine
-    turns a NaN row into a failed Result for that image only.
+    images : paths, PIL images or ``(name, encoded bytes)`` pairs.
+    Returns (embeddings (n_good, D) on the device, indices (n_good,) int64 of the good
+    inputs, {index: message} of the bad ones). A row the encoder returned NaN/inf or zero
+    for is a bad one too.
     """
-    loaded, errors = [], []
-    for im in images:
+    loaded, good, errors = [], [], {}
+    for i, im in enumerate(images):
         try:
-            loaded.append(load_image(im))
-            errors.append(None)
+            if isinstance(im, tuple):
+                loaded.append(load_image_bytes(*im))
+            else:
+                loaded.append(load_image(im))
+            good.append(i)
         except ImageLoadError as e:
-            loaded.append(None)
-            errors.append(str(e))
-    good = [im for im in loaded if im is not None]
-    emb = encoder.encode_images(good) if good else None
-    out = torch.full((len(loaded), encoder.embed_dim), float("nan"), dtype=torch.float32, device=encoder.device)
-    if emb is not None:
-        pos = [i for i, im in enumerate(loaded) if im is not None]
-        out[torch.as_tensor(pos, device=encoder.device)] = emb
-        for j in nonfinite_rows(emb):
-            errors[pos[j]] = NONFINITE_IMAGE
-    return out, errors
+            errors[i] = str(e)
+    emb = encoder.encode_images(loaded) if loaded else torch.empty((0, encoder.embed_dim), device=encoder.device)
+    broken = nonfinite_rows(emb)
+    if broken:
+        for j in broken:
+            errors[good[j]] = NONFINITE_IMAGE
+        keep = [j for j in range(len(good)) if j not in set(broken)]
+        emb, good = emb[keep], [good[j] for j in keep]
+    return emb, np.asarray(good, dtype=np.int64), errors

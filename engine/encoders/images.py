@@ -25,6 +25,7 @@ permission denied, not an image, corrupt or truncated, or too large.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -159,3 +160,26 @@ def batches(items: Sequence, size: int):
     """Consecutive slices of ``items`` of at most ``size``."""
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def load_image_bytes(name: str, data: bytes) -> Image.Image:
+    """A decoded PIL image from encoded bytes; ImageLoadError naming ``name`` (as a file would) if bad."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageLoadError(name, f"{w}x{h} = {w * h:,} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
+                                           "(a possible decompression bomb); refusing to decode it")
+            im.load()
+            return im
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image Pillow can read (unknown format or not an image file)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(name, f"too large to decode safely, a possible decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageLoadError(name, f"corrupt or truncated image data ({msg})") from None

@@ -171,4 +171,19 @@ def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None
                              trust_remote_code=trust_remote_code, **kw)
 
 
-__all__ = ["BACKENDS", "DEFAULT_MODEL", "MODELS", "ModelSpec", "RemoteCodeRefused", "list_models", "load_encoder"]
+def model_label(model: str) -> str:
+    """The honest display name of a model string: the name and what it is.
+
+    The one label function (CLI, eval summaries, Ray and the benchmarks use it): the
+    offline stand-in and the probe say they are not CLIP.
+    """
+    spec = MODELS.get(model)
+    if model.startswith(PROBE_PREFIX):
+        return f"{model} — {PROBE_LABEL}"
+    if spec is not None and spec.note:
+        return f"{model} — {spec.note}"
+    return model
+
+
+__all__ = ["BACKENDS", "DEFAULT_MODEL", "MODELS", "ModelSpec", "RemoteCodeRefused", "list_models", "load_encoder",
+           "model_label"]

@@ -1,58 +1,97 @@
-"""Classify a Ray Dataset of images, one :class:`engine.run.classifier.Classifier` per actor.
+"""The Ray executor: the run pipeline's shards classified on Ray Data actors.
 
 Needs the ``twentyq[ray]`` extra (``pip install 'twentyq[ray]'``); this is the only
 module of the package that imports Ray, and only when it is used.
 
-    >>> import ray, ray.data                                          # doctest: +SKIP
-    >>> ds = ray.data.from_items([{"path": "a.png"}, {"path": "b.png"}])  # doctest: +SKIP
-    >>> out = classify_dataset(ds, model="offline", system="pokemon15",  # doctest: +SKIP
-    ...                        config=RunConfig(policy="eig", tau=0.9), workers=2)
-    >>> out.take(1)[0]["label"]                                       # doctest: +SKIP
+    >>> from engine.run.pipeline import Job, run                            # doctest: +SKIP
+    >>> records = list(run(items, job, executor=RayExecutor(RayOptions(workers=2))))  # doctest: +SKIP
 
-Input rows: ``path`` (str, a file each actor opens; relative paths are resolved from
-``cwd``), or ``bytes`` (the encoded image; ``path``, if there, only names it) — e.g.
-``ray.data.read_binary_files(..., include_paths=True)``; optional ``label`` (str).
-Output rows: the Arrow form of ``twentyq classify --json``'s records
-(:func:`engine.run.shards.result_schema`; ``true_label`` when the input had ``label``),
-plus the input columns named in ``keep``. A bad image becomes a row with ``error``
-set and ``label`` null, with the same message as in a single process; the rest of
-its batch is classified as usual.
+Each actor (:class:`ClassifyBatch`) loads a :class:`engine.run.classifier.Classifier` from the
+job once and calls :meth:`Classifier.classify_items` on its rows: the very path of one
+process, so records are the same. Rows are ``path`` (a file each actor opens; relative
+paths are resolved from the driver's ``cwd``) or ``bytes`` (the encoded image, named by
+``path``), plus an optional ``label``. Results come back as Arrow record tables
+(:func:`engine.run.store.records_to_arrow`). A bad image becomes a row with ``error``
+set; the rest of its batch is classified as usual.
 
-Each actor loads the model once and keeps its own lazy text cache (a group's
-prompts are embedded the first time one of its images asks it). With
-``precompute_text=True`` one task, with an actor's resources, embeds every prompt
-of the system once and the actors read them from the object store instead.
+Each actor keeps its own lazy text cache (a group's prompts are embedded the first time
+that actor asks it). ``precompute_text`` embeds every prompt once in one task and
+broadcasts it instead, which pays off only for CPU actors with large systems.
 """
 
 from __future__ import annotations
 
-import io
 import logging
+import math
 import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from engine.run.classifier import RunConfig
-from engine.run.shards import results_to_arrow
 from engine.encoders.text_cache import TextCache
+from engine.run.datasets import Item
+from engine.run.pipeline import DEFAULT_CHUNK, Job, Progress, Shard
+from engine.run.store import records_from_arrow, records_to_arrow
+from systems.errors import UserInputError
 
 RAY_MISSING = "Ray is not installed: pip install 'twentyq[ray]' (it brings ray[data] and pyarrow)"
 SHARD, INDEX = "_shard", "_index"
 TEXT_ENCODES, TEXT_HITS, STARTED, BUSY = "_text_encodes", "_text_hits", "_started", "_busy_s"
 
 
-class RayMissing(ImportError):
+class RayMissing(UserInputError, ImportError):
     """``twentyq[ray]`` is not installed."""
 
 
-class RayStartError(RuntimeError):
+class RayStartError(UserInputError, RuntimeError):
     """Ray could not be started here or joined; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a Ray run is: the executor's only settings.
+
+    address : None starts Ray on this machine; "HOST:PORT", "ray://HOST:PORT" or "auto" joins a cluster.
+    workers : actors, one model each (None: the cluster's GPUs / gpus_per_worker, or CPUs / cpus_per_worker).
+    gpus_per_worker : GPUs per actor (None: 1 when the cluster has GPUs and the device allows, else 0).
+    cpus_per_worker : CPUs per actor (None: 1).
+    batch_size : images per actor call (one embedding chunk, as a single process's).
+    precompute_text : embed every prompt once, in one task, and broadcast it to the actors.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
+    batch_size: int = DEFAULT_CHUNK
+    precompute_text: bool = False
+
+    def __post_init__(self):
+        for name in ("workers", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"--{name.replace('_', '-')} {v!r}: must be a whole number >= 1")
+        for name in ("gpus_per_worker", "cpus_per_worker"):
+            v = getattr(self, name)
+            if v is not None and (not math.isfinite(v) or v < 0):
+                raise ValueError(f"--{name.replace('_', '-')} {v}: must be >= 0")
+
+    def sizing(self, resources: dict[str, float], device: str) -> tuple[int, float, float]:
+        """(workers, gpus per worker, cpus per worker) from these options and the cluster's resources."""
+        cpus = self.cpus_per_worker if self.cpus_per_worker is not None else 1.0
+        gpus = self.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if resources.get("GPU", 0) >= 1 and device in ("auto", "cuda") else 0.0
+        if self.workers is not None:
+            return self.workers, gpus, cpus
+        by_gpu = int(resources.get("GPU", 0) // gpus) if gpus > 0 else None
+        by_cpu = int(resources.get("CPU", 1) // cpus) if cpus > 0 else None
+        workers = min(x for x in (by_gpu, by_cpu) if x is not None) if (by_gpu, by_cpu) != (None, None) else 1
+        return max(1, workers), gpus, cpus
 
 
 def require_ray():
@@ -117,34 +156,6 @@ def is_ray_error(e: BaseException) -> bool:
     return isinstance(e, ray.exceptions.RayError) or type(e).__module__.startswith("ray.")
 
 
-# --------------------------------------------------------------------------- images as bytes
-def open_image_bytes(name: str, data: bytes):
-    """A decoded PIL image from encoded bytes; ImageLoadError naming ``name`` (as a file would) if bad."""
-    from PIL import Image, UnidentifiedImageError
-
-    from engine.encoders.images import MAX_IMAGE_PIXELS, ImageLoadError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ImageLoadError(name, f"{w}x{h} = {w * h:,} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
-                                           "(a possible decompression bomb); refusing to decode it")
-            im.load()
-            return im
-    except ImageLoadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageLoadError(name, "not an image Pillow can read (unknown format or not an image file)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(name, f"too large to decode safely, a possible decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageLoadError(name, f"corrupt or truncated image data ({msg})") from None
-
-
 # --------------------------------------------------------------------------- text embeddings
 def system_prompt_groups(system: Any, mode: str) -> list[list[str]]:
     """The prompt list of every group the mode can ask, as the engine asks them (one list per group)."""
@@ -156,13 +167,13 @@ def system_prompt_groups(system: Any, mode: str) -> list[list[str]]:
     return [list(g.prompts()) for g in system.groups]
 
 
-def _embed_prompts(model_kwargs: dict, system: Any, mode: str) -> dict[str, Any]:
-    """{prompt: (D,) float32 numpy} for every prompt, embedded group by group (as lazily)."""
+def _embed_prompts(job: Job) -> dict[str, Any]:
+    """{prompt: (D,) float32 numpy} for every prompt of the job, embedded group by group (as lazily)."""
     from engine.run.classifier import Classifier
 
-    clf = Classifier(system=system, **model_kwargs)
+    clf = Classifier(job.encoder, job.system)
     table = {}
-    for prompts in system_prompt_groups(clf.system, mode):
+    for prompts in system_prompt_groups(clf.system, job.config.mode):
         for p, row in zip(prompts, clf.text_cache.embed(prompts)):
             table[p] = row.detach().float().cpu().numpy()
     return table
@@ -195,12 +206,12 @@ class PrecomputedTextCache(TextCache):
 class ClassifyBatch:
     """The callable class of ``map_batches``: one Classifier per actor, loaded once.
 
-    ``__call__(batch: pyarrow.Table) -> pyarrow.Table``: n input rows in, n result rows
-    out, in the same order.
+    ``__call__(batch: pyarrow.Table) -> pyarrow.Table``: n input rows in, n record rows
+    out, in the same order, plus the input columns named in ``keep``.
     """
 
-    def __init__(self, model_kwargs: dict, system: Any, config: dict, keep: Sequence[str] = (),
-                 text_ref: Any = None, cwd: str | None = None, stats: bool = False):
+    def __init__(self, job: Job, keep: Sequence[str] = (), text_ref: Any = None, cwd: str | None = None,
+                 stats: bool = False):
         if cwd and os.path.isdir(cwd):  # relative paths mean what they meant to the driver
             os.chdir(cwd)
         from transformers.utils import logging as hf_logging
@@ -208,87 +219,48 @@ class ClassifyBatch:
         from engine.run.classifier import Classifier
 
         hf_logging.disable_progress_bar()  # Ray forwards every actor's stderr to the driver
-        self.clf = Classifier(system=system, **model_kwargs)
+        self.clf = Classifier(job.encoder, job.system)
         if text_ref is not None:
             ray = require_ray()
             self.clf.text_cache = PrecomputedTextCache(self.clf.encoder, ray.get(text_ref))
-        self.config = RunConfig(**config)
+        self.config = job.config
         self.keep, self.stats = tuple(keep), stats
         self._seen: dict[str, int] = {}
 
     def __call__(self, batch):
         import pyarrow as pa
 
+        from engine.run.store import record
+
         started, t0 = time.time(), time.perf_counter()
-
-        from engine.encoders.images import ImageLoadError
-        from engine.core.results import Result
-
-        cols = batch.column_names
-        n = batch.num_rows
-        if n == 0:
-            return self._empty(batch)
+        cols, n = batch.column_names, batch.num_rows
         paths = batch.column("path").to_pylist() if "path" in cols else [None] * n
-        data = batch.column("bytes").to_pylist() if "bytes" in cols else None
-        names = [p if p is not None else "<bytes>" for p in paths]
-        inputs, pre_bad = [], {}
-        for i in range(n):
-            if data is None:
-                inputs.append(paths[i])
-                continue
-            try:
-                inputs.append(open_image_bytes(names[i], data[i]))
-            except ImageLoadError as e:
-                pre_bad[i] = str(e)
-                inputs.append(None)
-        good = [i for i in range(n) if i not in pre_bad]
-        results: list[Any] = [None] * n
-        if good:
-            it = self.clf.iter_classify([inputs[i] for i in good], self.config, chunk_size=len(good),
-                                        names=[names[i] for i in good])
-            for i, r in zip(good, it):
-                results[i] = r
-        for i, msg in pre_bad.items():
-            results[i] = Result.failed(msg, image=names[i])
+        data = batch.column("bytes").to_pylist() if "bytes" in cols else [None] * n
+        labels = batch.column("label").to_pylist() if "label" in cols else [None] * n
+        items = [Item(p if p is not None else "<bytes>", lab, data=d) for p, d, lab in zip(paths, data, labels)]
+        results = self.clf.classify_items(items, self.config) if items else []
         extra = {c: batch.column(c).combine_chunks() for c in self.keep}
         if self.stats:  # on the batch's first row (0 elsewhere), so that a column's sum is the run's total
             cache = self.clf.text_cache
+            first = [1] + [0] * (n - 1) if n else []
             for col, now in ((TEXT_ENCODES, cache.text_encodes), (TEXT_HITS, cache.hits)):
-                extra[col] = pa.array([now - self._seen.get(col, 0)] + [0] * (n - 1), type=pa.int64())
-                self._seen[col] = now
-            extra[STARTED] = pa.array([started] + [0.0] * (n - 1), type=pa.float64())
-            extra[BUSY] = pa.array([time.perf_counter() - t0] + [0.0] * (n - 1), type=pa.float64())
-        labels = batch.column("label").to_pylist() if "label" in cols else None
-        return results_to_arrow(results, labels, extra)
-
-    def _empty(self, batch):
-        import pyarrow as pa
-
-        extra = {c: batch.column(c).combine_chunks() for c in self.keep}
-        if self.stats:
-            extra.update({TEXT_ENCODES: pa.array([], pa.int64()), TEXT_HITS: pa.array([], pa.int64()),
-                          STARTED: pa.array([], pa.float64()), BUSY: pa.array([], pa.float64())})
-        return results_to_arrow([], [] if "label" in batch.column_names else None, extra)
+                extra[col] = pa.array([(now - self._seen.get(col, 0)) * f for f in first], type=pa.int64())
+                self._seen[col] = now if n else self._seen.get(col, 0)
+            extra[STARTED] = pa.array([started * f for f in first], type=pa.float64())
+            extra[BUSY] = pa.array([(time.perf_counter() - t0) * f for f in first], type=pa.float64())
+        return records_to_arrow([record(r, it.label) for r, it in zip(results, items)], extra,
+                                labels="label" in cols)
 
 
-# --------------------------------------------------------------------------- the entry point
-def classify_dataset(ds, *, model: str = "offline", system: Any = "pokemon15", config: RunConfig | None = None,
-                     device: str = "auto", dtype: str | None = None, encoder_batch_size: int | None = None,
-                     cache_dir: str | None = None, trust_remote_code: bool = False, batch_size: int = 64,
-                     workers: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0, precompute_text: bool = False,
-                     keep: Sequence[str] = (), cwd: str | None = None, stats: bool = False):
-    """A Ray Dataset of results for a Ray Dataset of images (see the module docstring).
+# --------------------------------------------------------------------------- the entry points
+def classify_dataset(ds, job: Job, options: RayOptions | None = None, *, keep: Sequence[str] = (),
+                     cwd: str | None = None, stats: bool = False):
+    """A Ray Dataset of record rows for a Ray Dataset of images (see the module docstring).
 
-    Parameters
-    ----------
     ds : ``ray.data.Dataset`` with ``path`` and/or ``bytes`` columns (+ optional ``label``).
-    model, system, device, dtype, encoder_batch_size, cache_dir, trust_remote_code : what
-        each actor's ``Classifier`` loads (``encoder_batch_size`` is the model's own batch).
-    config : the RunConfig (mode, policy, τ, budget, ...); default ``RunConfig()``.
-    batch_size : rows per ``map_batches`` call (one image-embedding chunk, as ``chunk_size``
-        in a single process).
-    workers : actors in the pool; num_gpus, num_cpus : what each actor reserves.
-    precompute_text : embed every prompt once in one task and broadcast it (see the module docstring).
+    job : the encoder spec, system and run configuration each actor uses.
+    options : workers and their resources (``workers`` defaults to 1 here; ``address`` is
+        not used: the caller owns the Ray session).
     keep : input columns copied to the output unchanged.
     cwd : the folder relative ``path`` values are resolved from on each actor (default: the
         caller's working directory; ignored on a node where it does not exist).
@@ -300,12 +272,10 @@ def classify_dataset(ds, *, model: str = "offline", system: Any = "pokemon15", c
     The dataset is lazy: nothing runs until it is consumed (``iter_batches``, ``write_parquet``...).
     """
     ray = require_ray()
-    config = config or RunConfig()
-    for name, v, lo in (("batch_size", batch_size, 1), ("workers", workers, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} == {v!r}, must be a whole number >= {lo}")
-    if num_gpus < 0 or num_cpus < 0:
-        raise ValueError(f"num_gpus == {num_gpus!r}, num_cpus == {num_cpus!r}: must be >= 0")
+    options = options or RayOptions()
+    workers = options.workers or 1
+    gpus = options.gpus_per_worker or 0.0
+    cpus = options.cpus_per_worker if options.cpus_per_worker is not None else 1.0
     cols = set(ds.columns() or ())
     if not cols & {"path", "bytes"}:
         raise ValueError(f"the dataset has columns {sorted(cols)}; it needs 'path' (image files) or 'bytes' "
@@ -313,30 +283,28 @@ def classify_dataset(ds, *, model: str = "offline", system: Any = "pokemon15", c
     missing = [c for c in keep if c not in cols]
     if missing:
         raise ValueError(f"keep names column(s) {missing} the dataset does not have ({sorted(cols)})")
-    model_kwargs = dict(model=model, device=device, dtype=dtype, batch_size=encoder_batch_size, cache_dir=cache_dir,
-                        trust_remote_code=trust_remote_code)
     text_ref = None
-    if precompute_text:
-        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_embed_prompts)
-        text_ref = task.remote(model_kwargs, system, config.mode)
+    if options.precompute_text:
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_embed_prompts)
+        text_ref = task.remote(job)
         # Wait here, not in the actors: an actor blocked in its constructor keeps its CPU/GPU,
         # which the task may need. Only the ref's location comes back, not the embeddings.
         ray.wait([text_ref], fetch_local=False)
     return ds.map_batches(
-        ClassifyBatch, batch_size=batch_size, batch_format="pyarrow", zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=num_cpus, num_gpus=num_gpus,
-        fn_constructor_kwargs=dict(model_kwargs=model_kwargs, system=system, config=asdict(config), keep=tuple(keep),
-                                   text_ref=text_ref, cwd=cwd or os.getcwd(), stats=stats))
+        ClassifyBatch, batch_size=options.batch_size, batch_format="pyarrow", zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus,
+        fn_constructor_kwargs=dict(job=job, keep=tuple(keep), text_ref=text_ref, cwd=cwd or os.getcwd(),
+                                   stats=stats))
 
 
-def classify_shards(rows, shards: Sequence[int], shard_size: int, **kwargs) -> Iterator[tuple[int, Any]]:
-    """Classify the given shards of an input table; yield (shard, results) as each shard completes.
+def classify_shards(rows, shards: Sequence[int], shard_size: int, job: Job, options: RayOptions
+                    ) -> Iterator[tuple[int, Any]]:
+    """Classify the given shards of an input table; yield (shard, record table) as each shard completes.
 
     rows : a pyarrow Table of input rows (``path``/``bytes``, optional ``label``); shard k
         is rows [k*shard_size, (k+1)*shard_size).
-    Yields (k, pyarrow Table of shard k's results in input order). Shards come in
-    the order they finish, not necessarily in k order. ``kwargs`` go to
-    :func:`classify_dataset` (``stats=True`` keeps its ``_`` columns).
+    Yields (k, pyarrow Table of shard k's records in input order, with the ``_`` stats
+    columns). Shards come in the order they finish, not necessarily in k order.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -352,9 +320,7 @@ def classify_shards(rows, shards: Sequence[int], shard_size: int, **kwargs) -> I
         return
     expected = {k: b.num_rows for k, b in zip(shards, blocks)}
     ds = ray.data.from_arrow(blocks)  # one block per shard
-    # a block goes to one actor at a time: more actors than shards would only load models
-    kwargs["workers"] = min(kwargs.get("workers", 1), len(blocks))
-    out = classify_dataset(ds, keep=(SHARD, INDEX), **kwargs)
+    out = classify_dataset(ds, job, options, keep=(SHARD, INDEX), stats=True)
     pending: dict[int, list] = {}
     for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
         for k in pc.unique(batch.column(SHARD)).to_pylist():
@@ -366,3 +332,67 @@ def classify_shards(rows, shards: Sequence[int], shard_size: int, **kwargs) -> I
                 yield k, table.drop_columns([SHARD, INDEX])
     if pending:  # every row comes back exactly once, so this is a bug, never a user error
         raise RuntimeError(f"shards {sorted(pending)} came back incomplete from Ray")
+
+
+class RayExecutor:
+    """The pipeline's executor on Ray Data actors (see :class:`engine.run.pipeline.Executor`).
+
+    Starts or joins Ray for the run (``options.address``), sizes the actor pool from the
+    cluster, and yields each shard's records as it finishes. ``announce`` receives one line
+    saying how the run is laid out (for the CLI's stderr).
+    """
+
+    def __init__(self, options: RayOptions | None = None, announce=None):
+        self.options = options or RayOptions()
+        self.announce = announce
+        self.stats = {"text_encodes": 0, "text_hits": 0}
+
+    def map_shards(self, job: Job, shards: Sequence[Shard], progress: Progress | None = None
+                   ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        import dataclasses
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not shards:
+            return
+        items = [it for sh in shards for it in sh.items]
+        rows = pa.table({"path": [it.path for it in items],
+                         **({"label": [it.label for it in items]} if items[0].label is not None else {})})
+        # the pipeline's shards are consecutive runs of rows; renumber them as blocks of this table
+        size = max(len(sh.items) for sh in shards)
+        if any(len(sh.items) != size for sh in shards[:-1]):
+            raise RuntimeError("the Ray executor needs equal shards (all but the last)")
+        with ray_session(self.options.address) as ray:
+            workers, gpus, cpus = self.options.sizing(ray.cluster_resources(), job.encoder.device)
+            workers = min(workers, len(shards))  # a shard is one block, worked by one actor at a time
+            if self.announce:
+                self.announce(f"Ray: {workers} worker(s), {gpus:g} GPU and {cpus:g} CPU each, {len(shards)} "
+                              f"shard(s) of up to {size} image(s)")
+            if self.options.precompute_text:
+                self.stats["text_encodes"] += len({p for g in system_prompt_groups(job.system, job.config.mode)
+                                                   for p in g})
+            sized = dataclasses.replace(self.options, workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
+            try:
+                for j, table in classify_shards(rows, range(len(shards)), size, job, sized):
+                    self.stats["text_encodes"] += int(pc.sum(table.column(TEXT_ENCODES)).as_py() or 0)
+                    self.stats["text_hits"] += int(pc.sum(table.column(TEXT_HITS)).as_py() or 0)
+                    if progress:
+                        progress(table.num_rows)
+                    yield shards[j].index, records_from_arrow(table)
+            except Exception as e:
+                if not is_ray_error(e):
+                    raise
+                raise RayRunError(f"the Ray run failed: {root_cause(e)}") from None
+
+
+class RayRunError(UserInputError, RuntimeError):
+    """A Ray task or actor failed; the message is the innermost cause."""
+
+
+def root_cause(e: BaseException) -> str:
+    """The last line of the innermost error message that says something (Ray wraps tracebacks)."""
+    while getattr(e, "cause", None) is not None and e.cause is not e:
+        e = e.cause
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(("File ", "^"))]
+    return lines[-1][:500] if lines else type(e).__name__

@@ -1,0 +1,309 @@
+"""The command line's shared pieces: flag groups, the settings objects built from them,
+progress bars and printing. Every command module imports from here; none imports another's.
+
+Flags map onto the library's settings objects one to one: the model flags build an
+:class:`EncoderSpec`, the question flags a :class:`RunConfig`, the data flags a
+:class:`DataSpec`, the Ray flags a :class:`RayOptions`. Nothing else carries a setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+LOCAL = "local"
+ADDRESS = re.compile(r"^(auto|(ray://)?[\w.\-\[\]:]+:\d+)$")
+RAY_ONLY = ("precompute_text", "workers", "gpus_per_worker", "cpus_per_worker", "ray_batch_size")
+
+
+class UsageError(Exception):
+    """A command-line mistake, reported as one line with exit code 2."""
+
+
+@contextlib.contextmanager
+def settings_errors():
+    """Inside: a ValueError or KeyError comes from checking what the user gave (flags, files
+    named by flags), so it is reported as a usage error. Outside, they are bugs (exit 3)."""
+    try:
+        yield
+    except (ValueError, KeyError) as e:
+        msg = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
+        raise UsageError(msg) from e
+
+
+def warn(msg: str) -> None:
+    print(f"twentyq: {msg}", file=sys.stderr)
+
+
+def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None):
+    """A tqdm bar on stderr (or nothing) counting images and, given a text cache, prompts embedded.
+
+    Returns (update callable or None, close callable).
+    """
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(n: int) -> None:
+        if text_cache is not None:
+            bar.set_postfix_str(f"prompts embedded {text_cache.text_encodes}", refresh=False)
+        bar.update(n)
+
+    return update, bar.close
+
+
+# --------------------------------------------------------------------------- model flags -> EncoderSpec
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    from engine.run.config import DEVICES, DTYPES
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="offline",
+                   help="model string: 'offline' (the packaged stand-in, not CLIP), 'probe:DIR', a hub id or a local "
+                        "folder; `twentyq models` lists them (default: %(default)s)")
+    g.add_argument("--revision", default=None, help="hub branch, tag or commit of --model (default: the main branch)")
+    g.add_argument("--device", default="auto", choices=list(DEVICES),
+                   help="where the model runs: auto picks CUDA, then MPS, then the CPU (default: %(default)s)")
+    g.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: fp16 on a GPU, fp32 on the CPU")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass of the model (default: the model's own)")
+    g.add_argument("--cache-dir", default=None, help="folder for the on-disk text-embedding cache (default: none)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model repository's own code to run (jina-clip needs it; never implied)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def encoder_spec(args) -> Any:
+    from engine.run.config import EncoderSpec
+
+    with settings_errors():
+        return EncoderSpec(model=args.model, revision=args.revision, device=args.device, dtype=args.dtype,
+                           batch_size=args.batch_size, cache_dir=args.cache_dir,
+                           trust_remote_code=args.trust_remote_code)
+
+
+def remote_code_notice(spec) -> None:
+    """The --trust-remote-code security notice, printed even with --quiet."""
+    if spec.trust_remote_code:
+        from engine.encoders.hf import remote_code_origin
+
+        warn(f"--trust-remote-code: model {spec.model!r} may run code from {remote_code_origin(spec.model)}")
+
+
+def load_classifier(spec, system) -> Any:
+    """A Classifier for the flags (the encoder loaded once), after the remote-code notice."""
+    from transformers.utils import logging as hf_logging
+
+    from engine.run.classifier import Classifier
+
+    hf_logging.disable_progress_bar()  # ours is enough
+    remote_code_notice(spec)
+    with settings_errors():  # a bad device or option is the user's to fix
+        return Classifier(spec, system)
+
+
+# --------------------------------------------------------------------------- question flags -> RunConfig
+def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
+    from engine.core.adaptive import SCORERS
+    from engine.run.config import DEFAULT_EPS, MODES
+    from policies import list_policies
+
+    g = p.add_argument_group("questions")
+    g.add_argument("--system", default="pokemon15",
+                   help="system JSON file or shipped name (default: %(default)s; `twentyq system` lists tools)")
+    if modes:
+        g.add_argument("--mode", default="adaptive", choices=list(MODES),
+                       help="adaptive: questions chosen by --policy, stopping early; full: every group (the "
+                            "write-up's method); baseline: the class names (default: %(default)s)")
+    g.add_argument("--policy", default="eig", choices=list_policies(),
+                   help="how the next question is chosen in adaptive mode (default: %(default)s)")
+    g.add_argument("--tau", type=float, default=0.9,
+                   help="stop once the top class has this probability (default: %(default)s)")
+    g.add_argument("--delta", type=float, default=0.0,
+                   help="stop once no unasked question gains this many nats (default: %(default)s, never)")
+    g.add_argument("--budget", type=int, default=None, help="at most this many prompts per image (default: no limit)")
+    g.add_argument("--scorer", default="bayes", choices=list(SCORERS),
+                   help="bayes: the posterior; sum: the write-up's sum of option probabilities (default: %(default)s)")
+    g.add_argument("--eps", type=float, default=DEFAULT_EPS,
+                   help="rule noise ε of the Bayes scorer (default: %(default)s)")
+    g.add_argument("--logit-scale", type=float, default=None, help="λ of the per-question softmax (default: the model's own)")
+    g.add_argument("--top-k", type=int, default=5, help="classes listed per result (default: %(default)s)")
+    g.add_argument("--shortlist", type=int, default=None, metavar="M",
+                   help="adaptive: once few classes remain, ask which of the top M class names fits (M prompts); "
+                        "needs a system with a class_name group (system build --name-group)")
+
+
+def run_config(args, **override) -> Any:
+    from engine.run.config import RunConfig
+
+    fields = dict(mode=getattr(args, "mode", "adaptive"), policy=args.policy, tau=args.tau, delta=args.delta,
+                  budget=args.budget, scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale,
+                  top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0))
+    with settings_errors():
+        return RunConfig(**{**fields, **override})
+
+
+def load_system_arg(system: str) -> Any:
+    from systems import load_system
+
+    with settings_errors():
+        return load_system(system)
+
+
+def check_budget(system, config) -> None:
+    """Warn when the budget is below the cheapest question (the prior's first class would answer)."""
+    if config.mode == "adaptive" and config.budget is not None:
+        cheapest = min(g.n_options for g in system.groups)
+        if config.budget < cheapest:
+            warn(f"--budget {config.budget} is below the cheapest question ({cheapest} prompts): no question can be "
+                 "asked and every image gets the prior's top class; raise --budget")
+
+
+# --------------------------------------------------------------------------- data flags -> DataSpec
+def add_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required,
+                   help="labelled images: a CSV with path,label[,split,...] columns (paths relative to it) or an "
+                        "ImageFolder directory DIR/label/*.jpg")
+    g.add_argument("--split", default=None, help="keep only the rows whose split column equals this (default: all)")
+    g.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images (default: all)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the --limit sample, the bootstrap CIs and the random policy (default: %(default)s)")
+    g.add_argument("--allow-missing", action="store_true", help="skip rows whose label is not a class of the system")
+    g.add_argument("--by", default=None, help="break accuracy down by this data column (e.g. source)")
+
+
+def data_spec(args, source: str) -> Any:
+    from engine.run.datasets import DataSpec
+
+    with settings_errors():
+        return DataSpec(source=str(source), split=args.split, limit=args.limit, seed=args.seed,
+                        allow_missing=args.allow_missing, by=args.by)
+
+
+def add_out_flags(p: argparse.ArgumentParser) -> None:
+    from engine.run.pipeline import DEFAULT_SHARD_SIZE
+    from engine.run.store import FORMATS
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, metavar="RUN" + "|RUN".join(FORMATS),
+                   help="a folder of result shards; the extension picks the format (eval also writes its summary "
+                        "there as _summary.json). The same with and without --ray")
+    g.add_argument("--resume", action="store_true",
+                   help="finish the run in --out: skip its finished shards (refused if its settings differ)")
+    g.add_argument("--shard-size", type=int, default=None,
+                   help=f"images per result shard, the unit --resume skips (default {DEFAULT_SHARD_SIZE})")
+
+
+def check_out_flags(args) -> None:
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out RUN.jsonl or RUN.parquet (the folder of the run to finish)")
+    if args.shard_size is not None and not args.out:
+        raise UsageError("--shard-size applies to --out; add --out RUN.jsonl")
+    if args.shard_size is not None and args.shard_size < 1:
+        raise UsageError(f"--shard-size {args.shard_size}: must be >= 1")
+    if args.out:
+        from engine.run.store import format_of
+
+        format_of(args.out)  # a StoreError (exit 2) before any model is loaded
+
+
+def output_spec(args) -> Any:
+    """The OutputSpec of --out/--resume/--shard-size (None without --out)."""
+    from engine.run.pipeline import OutputSpec
+
+    return OutputSpec(args.out, resume=args.resume, shard_size=args.shard_size) if args.out else None
+
+
+# --------------------------------------------------------------------------- Ray flags -> RayOptions
+def add_ray_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Ray (needs pip install 'twentyq[ray]')")
+    g.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                   help="run on Ray actors: alone, start Ray on this machine; with HOST:PORT, ray://HOST:PORT or "
+                        "auto, join that cluster (put --ray after the image paths, or write --ray=ADDRESS)")
+    g.add_argument("--precompute-text", action="store_true",
+                   help="embed every prompt once, in one task, and broadcast it to the actors (default: each "
+                        "actor embeds a group's prompts the first time it is asked)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="actors (one model each); default: the cluster's GPUs / --gpus-per-worker, or its CPUs / "
+                        "--cpus-per-worker")
+    g.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per actor (default: 1 when the cluster has GPUs and --device is auto or cuda, else 0)")
+    g.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per actor (default 1)")
+    g.add_argument("--ray-batch-size", type=int, default=None,
+                   help="images per actor call (default 64, as a single process's chunk)")
+
+
+def executor_for(args) -> Any:
+    """The executor the flags ask for: this process, or Ray actors (--ray)."""
+    from engine.run.pipeline import LocalExecutor
+
+    if args.ray is None:
+        given = [f"--{n.replace('_', '-')}" for n in RAY_ONLY if getattr(args, n, None) not in (None, False)]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --ray (add --ray to run on Ray actors)")
+        return LocalExecutor()
+    if args.ray != LOCAL and not ADDRESS.match(args.ray):
+        raise UsageError(f"--ray {args.ray!r} is not a Ray address (HOST:PORT, ray://HOST:PORT or auto); to start "
+                         "Ray on this machine put --ray after the image paths, or write --ray=local")
+    from engine.run.ray_executor import RayExecutor, RayOptions, require_ray
+
+    with settings_errors():
+        options = RayOptions(address=None if args.ray == LOCAL else args.ray, workers=args.workers,
+                             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                             batch_size=args.ray_batch_size or RayOptions.batch_size,
+                             precompute_text=args.precompute_text)
+    require_ray()  # RayMissing (exit 2, naming the extra) before any work
+    return RayExecutor(options, announce=None if args.quiet else warn)
+
+
+# --------------------------------------------------------------------------- printing
+def short(text: str, n: int) -> str:
+    """``text`` on one line, at most n characters (the start elided)."""
+    text = text.encode("unicode_escape").decode("ascii") if any(c in text for c in "\r\n\t") else text
+    return text if len(text) <= n else "…" + text[-(n - 1):]
+
+
+def print_result(r, as_json: bool) -> None:
+    """One classify result on stdout: a JSON line, or a table row."""
+    import json
+
+    if as_json:
+        print(json.dumps(r.to_dict(), ensure_ascii=False), flush=True)
+    elif r.error:
+        print(f"{short(r.image, 40):<40} ERROR {short(r.error, 200)}", flush=True)
+    else:
+        qs = ", ".join(f"{s.group}={s.answer}" for s in r.steps)
+        print(f"{short(r.image, 40):<40} {r.label:<24} {r.confidence:>6.3f} {r.q_spent:>4}  {r.stop:<10} {qs}",
+              flush=True)
+
+
+RESULT_HEADER = f"{'image':<40} {'label':<24} {'conf':>6} {'Q':>4}  {'stop':<10} questions"
+
+
+def report_line(rep) -> str:
+    lo, hi = rep.ci95
+    what = f"{rep.mode}" + (f" {rep.policy} τ={rep.tau}" if rep.mode == "adaptive" else "")
+    acc5 = f"  acc@5 {rep.acc5:.3f}" if rep.acc5 is not None else ""
+    return (f"{what}: accuracy {rep.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={rep.n}{acc5}  mean per-class recall "
+            f"{rep.mean_per_class_recall:.3f}  mean Q {rep.mean_q:.1f}  median Q {rep.median_q:.0f}  "
+            f"text encodes {rep.text_encodes}  model {rep.model}")
+
+
+def print_report(rep, by: str | None, quiet: bool) -> None:
+    """An eval summary on stdout: the headline, the model, then (unless quiet) the top confusions and
+    the --by breakdown."""
+    from engine.encoders.registry import model_label
+
+    print(report_line(rep))
+    print(f"  model: {model_label(rep.model)}")
+    if not quiet:
+        for c in rep.confusion[:5]:
+            print(f"  confused: {c['label']} -> {c['predicted']} ({c['count']})")
+        for k, v in rep.by.get(by, {}).items() if by else []:
+            print(f"  {by}={k}: accuracy {v['accuracy']:.3f} (n={v['n']})")

@@ -1,0 +1,227 @@
+"""``twentyq classify | eval | compare | models``: the classification commands.
+
+classify and eval go through the run pipeline (:func:`engine.run.pipeline.run`) with the
+executor the flags name (this process, or Ray with ``--ray``) and, with ``--out``, a result
+store; so ``--out`` and ``--resume`` mean the same with and without Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+from engine.cli.options import (
+    EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, UsageError, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
+    add_run_flags, check_budget, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
+    load_system_arg, output_spec, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, warn,
+)
+
+EXAMPLES_CLASSIFY = """examples:
+  twentyq classify a.png b.png --system pokemon15 --policy eig --tau 0.9 --budget 30
+  twentyq classify imgs/*.jpg --json > results.jsonl
+  twentyq classify imgs/*.jpg --out run.jsonl          # resumable with --resume
+  twentyq classify imgs/*.jpg --out run.parquet --ray  # on Ray actors
+"""
+EXAMPLES_EVAL = """examples:
+  twentyq eval --data labels.csv --system pokemon15 --out run.jsonl
+  twentyq eval --data labels.csv --system pokemon15 --out run.jsonl --resume
+  twentyq eval --data labels.csv --mode baseline --by source
+"""
+EXAMPLES_COMPARE = """examples:
+  twentyq compare --by source                  # the shared jina15 images, offline stand-in
+  twentyq compare --data labels.csv --system flowers17 --out compare.json
+"""
+
+
+def _items_of(paths: list[str]):
+    from engine.run.datasets import Item
+
+    return [Item(p) for p in paths]
+
+
+def classify_cmd(args) -> int:
+    from engine.run.pipeline import DEFAULT_CHUNK, Job, open_store, run
+    from engine.run.store import result_from_record
+
+    check_out_flags(args)
+    executor = executor_for(args)
+    spec, config = encoder_spec(args), run_config(args)
+    system = load_system_arg(args.system)
+    check_budget(system, config)
+    job = Job(spec, system, config)
+    items = _items_of(list(args.images))
+    output = output_spec(args)
+    store = open_store(output, job.settings(), items, [*args.images, args.system], warn) if output else None
+    cache = _prepare(executor, spec, system)
+    update, close = progress_bar(len(items), "images", args.quiet, cache)
+    n_bad = 0
+    printed_header = False
+    try:
+        with store if store is not None else nullcontext():
+            for rec in run(items, job, executor=executor, store=store, shard_size=DEFAULT_CHUNK, progress=update):
+                n_bad += rec["error"] is not None
+                if store is None or args.json:
+                    if not args.json and not printed_header:
+                        print(RESULT_HEADER)
+                        printed_header = True
+                    print_result(result_from_record(rec), args.json)
+    except KeyboardInterrupt:
+        close()
+        if store is not None:
+            warn(f"interrupted with {len(store.done())} of {store.n_shards} shard(s) done in {args.out}; rerun "
+                 "with --resume to finish")
+        raise
+    finally:
+        close()
+    if store is not None:
+        print(f"wrote {len(items)} result(s) in {store.n_shards} shard(s) to {store.root}")
+    if n_bad:
+        warn(f"{n_bad} of {len(items)} image(s) could not be classified (see 'error')")
+    return EXIT_PARTIAL if n_bad else EXIT_OK
+
+
+def _prepare(executor, spec, system):
+    """Load the model here when the work runs in this process (once, after the cheap checks);
+    return its text cache for the progress bar (None when actors hold the model)."""
+    from engine.run.pipeline import LocalExecutor
+
+    if isinstance(executor, LocalExecutor):
+        executor.classifier = load_classifier(spec, system)
+        return executor.classifier.text_cache
+    remote_code_notice(spec)
+    return None
+
+
+def eval_cmd(args) -> int:
+    from engine.run.evaluation import evaluate
+    from engine.run.pipeline import Job
+
+    check_out_flags(args)
+    executor = executor_for(args)
+    spec, config = encoder_spec(args), run_config(args)
+    system = load_system_arg(args.system)
+    data = data_spec(args, args.data)
+    with settings_errors():
+        n = len(data.load(system.classes))  # the data is checked before the model loads
+    check_budget(system, config)
+    cache = _prepare(executor, spec, system)
+    update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
+    try:
+        report = evaluate(Job(spec, system, config), data, executor=executor, output=output_spec(args),
+                          progress=update, announce=warn)
+    except KeyboardInterrupt:
+        close()
+        if args.out:
+            warn(f"interrupted; the finished shards are kept in {args.out} (its _summary.json says complete: "
+                 "false); rerun with --resume to finish")
+        raise
+    finally:
+        close()
+    print_report(report, args.by, args.quiet)
+    if args.ray is not None:
+        print(f"  text encodes: {report.text_encodes} this run, summed over the Ray workers"
+              + (" and the precompute task" if args.precompute_text else ""))
+    if args.out:
+        print(f"wrote {args.out} (result shards and _summary.json)")
+    if report.skipped:
+        warn(f"{len(report.skipped)} image(s) skipped (listed under 'skipped')")
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def default_data():
+    """The shared jina15 set (see :func:`systems.files.shared_data_path`)."""
+    from systems.files import shared_data_path
+
+    return shared_data_path("pokemon/jina15.csv")
+
+
+def compare_cmd(args) -> int:
+    from engine.encoders.registry import model_label
+    from engine.run.evaluation import evaluate_configs
+    from systems.files import atomic_write_json
+
+    data = args.data or default_data()
+    if data is None:
+        raise UsageError("no data found: pass --data CSV_OR_DIR (a CSV with path,label columns or an "
+                         "ImageFolder directory), e.g. --data ../shared/data/pokemon/jina15.csv")
+    if args.out and Path(args.out).suffix.lower() != ".json":
+        raise UsageError(f"--out {args.out!r}: compare writes one JSON file of reports; name it *.json")
+    spec = encoder_spec(args)
+    system = load_system_arg(args.system)
+    data_sp = data_spec(args, data)
+    with settings_errors():
+        data_sp.load(system.classes)
+    configs = [run_config(args, mode="baseline"), run_config(args, mode="full"), run_config(args, mode="adaptive")]
+    check_budget(system, configs[2])
+    clf = load_classifier(spec, system)
+    update, close = progress_bar(None, "compare", args.quiet)
+    try:
+        reports = evaluate_configs(clf, data_sp, configs, progress=update)
+    finally:
+        close()
+    print(f"model: {model_label(spec.model)}")
+    print(f"data: {data} ({reports[0].n} images)  system: {clf.system.name} (N={clf.system.n_classes}, "
+          f"Q={clf.system.q_total})")
+    print("\n| mode | accuracy | 95% CI | mean Q | text encodes |\n|---|---|---|---|---|")
+    for rep in reports:
+        what = rep.mode + (f" ({rep.policy}, τ={rep.tau})" if rep.mode == "adaptive" else "")
+        print(f"| {what} | {rep.accuracy:.3f} | [{rep.ci95[0]:.3f}, {rep.ci95[1]:.3f}] | {rep.mean_q:.1f} | "
+              f"{rep.text_encodes} |")
+    if args.by:
+        print(f"\nby {args.by}:")
+        for rep in reports:
+            cells = ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in rep.by.get(args.by, {}).items())
+            print(f"  {rep.mode}: {cells}")
+    if args.out:
+        atomic_write_json(args.out, [r.to_dict() for r in reports])
+        print(f"wrote {args.out}")
+    skipped = reports[0].skipped
+    if skipped:
+        print(f"twentyq: {len(skipped)} image(s) skipped", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def models_cmd(args) -> int:
+    from engine.encoders import list_models
+
+    rows = list_models()
+    print(f"{'model':<36} {'backend':<14} {'offline':<8} {'remote code':<12} note")
+    for m in rows:
+        print(f"{m['model']:<36} {m['backend']:<14} {'yes' if m['offline'] else 'no':<8} "
+              f"{'needs flag' if m['trust_remote_code'] else '-':<12} {m.get('note', '')}")
+    return EXIT_OK
+
+
+def add_run_parsers(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    cp = sub.add_parser("classify", help="classify images", epilog=EXAMPLES_CLASSIFY, formatter_class=fmt)
+    cp.add_argument("images", nargs="+", help="image files")
+    cp.add_argument("--json", action="store_true", help="print one JSON object per image per line")
+    add_out_flags(cp)
+    add_run_flags(cp)
+    add_model_flags(cp)
+    add_ray_flags(cp)
+    cp.set_defaults(func=classify_cmd)
+
+    ep = sub.add_parser("eval", help="evaluate on a labelled dataset", epilog=EXAMPLES_EVAL, formatter_class=fmt)
+    add_data_flags(ep, required=True)
+    add_out_flags(ep)
+    add_run_flags(ep)
+    add_model_flags(ep)
+    add_ray_flags(ep)
+    ep.set_defaults(func=eval_cmd)
+
+    mp = sub.add_parser("compare", help="baseline vs full system vs adaptive on one dataset (images embedded once)",
+                        epilog=EXAMPLES_COMPARE, formatter_class=fmt)
+    add_data_flags(mp, required=False)
+    mp.add_argument("--out", default=None, help="write the three reports as one JSON file here")
+    add_run_flags(mp, modes=False)
+    add_model_flags(mp)
+    mp.set_defaults(func=compare_cmd)
+
+    lp = sub.add_parser("models", help="list model strings and backends")
+    lp.set_defaults(func=models_cmd)

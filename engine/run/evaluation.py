@@ -1,0 +1,222 @@
+"""Evaluation: classify a labelled dataset through the run pipeline and summarise it.
+
+- :func:`evaluate`: one configuration, any executor, optionally into a result store
+  (``--out``, ``--resume``); the summary is written beside the shards as ``_summary.json``.
+- :func:`evaluate_configs`: several configurations on one dataset, each image embedded
+  once (``twentyq compare``).
+- :func:`summarise`: an :class:`EvalReport` from records; every summary carries what is
+  needed to reproduce it (the job's settings, the data spec and its hash).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.core.metrics import bootstrap_ci, per_class, top_confusions
+from engine.core.results import STOP_REASONS
+from engine.run.config import RunConfig
+from engine.run.datasets import Dataset, DataSpec, Item
+from engine.run.pipeline import Executor, Job, OutputSpec, open_store, run
+from engine.run.store import SUMMARY, fingerprint, record
+from systems.files import atomic_write_json
+
+
+@dataclass
+class EvalReport:
+    """What ``evaluate`` returns; ``to_dict`` is the ``_summary.json`` (and ``compare --out``) JSON."""
+
+    n: int
+    accuracy: float
+    ci95: tuple[float, float]
+    acc5: float | None  # the true class among the top 5 (None when top_k < 5)
+    mean_per_class_recall: float
+    mean_q: float
+    median_q: float
+    text_encodes: int
+    text_hits: int
+    model: str
+    system: str
+    data: str
+    mode: str
+    policy: str | None
+    tau: float | None
+    delta: float | None
+    budget: int | None
+    shortlist: int | None
+    scorer: str
+    eps: float
+    per_class: dict[str, dict[str, float]]
+    confusion: list[dict]
+    skipped: list[dict]
+    stops: dict[str, int]
+    seconds_embed: float  # loading and embedding the images (shared by every mode of one run)
+    seconds_classify: float  # text embeddings, scoring and question selection for this mode
+    by: dict[str, dict[str, Any]] = field(default_factory=dict)
+    complete: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)  # the job's settings, the data spec and hash
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci95"] = list(self.ci95)
+        return d
+
+
+def data_settings(data: DataSpec, ds: Dataset) -> dict[str, Any]:
+    """The data spec and a hash of the rows it gave (paths and labels)."""
+    return {**asdict(data), "name": ds.name, "rows": len(ds.items),
+            "sha256": fingerprint({}, [it.path for it in ds.items], [it.label for it in ds.items])}
+
+
+def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], config: RunConfig, *, model: str,
+              system: str, data: str, stats: dict[str, float], by: str | None = None, seed: int = 0,
+              complete: bool = True) -> EvalReport:
+    """An EvalReport from records aligned with their items; bad images are listed in ``skipped``.
+
+    stats : ``text_encodes``, ``text_hits``, ``seconds_embed``, ``seconds_classify`` (missing: unknown).
+    """
+    ok = [(r, it) for r, it in zip(records, items) if r["error"] is None]
+    skipped = [{"image": r["image"], "error": r["error"]} for r, it in zip(records, items) if r["error"] is not None]
+    labels = [it.label for _, it in ok]
+    preds = [r["label"] for r, _ in ok]
+    correct = np.array([p == y for p, y in zip(preds, labels)], dtype=bool)
+    top5 = np.array([y in [lab for lab, _ in r["top"][:5]] for (r, _), y in zip(ok, labels)], dtype=bool)
+    qs = np.array([r["q_spent"] for r, _ in ok], dtype=np.float64)
+    breakdown = {}
+    if by:
+        groups: dict[str, list[bool]] = {}
+        for (r, it), c in zip(ok, correct):
+            groups.setdefault(it.extra.get(by, ""), []).append(bool(c))
+        breakdown = {by: {k: {"n": len(v), "accuracy": float(np.mean(v)),
+                              "ci95": list(bootstrap_ci(np.array(v), seed=seed))} for k, v in sorted(groups.items())}}
+    classes = per_class(labels, preds)
+    adaptive = config.mode == "adaptive"
+    nan = float("nan")
+    return EvalReport(
+        n=len(ok), accuracy=float(correct.mean()) if ok else nan, ci95=bootstrap_ci(correct, seed=seed),
+        acc5=float(top5.mean()) if ok and config.top_k >= 5 else None,
+        mean_per_class_recall=float(np.mean([c["accuracy"] for c in classes.values()])) if classes else nan,
+        mean_q=float(qs.mean()) if ok else nan, median_q=float(np.median(qs)) if ok else nan,
+        text_encodes=int(stats.get("text_encodes", 0)), text_hits=int(stats.get("text_hits", 0)),
+        model=model, system=system, data=data, mode=config.mode, policy=config.policy if adaptive else "fixed",
+        tau=config.tau if adaptive else None, delta=config.delta if adaptive else None,
+        budget=config.budget if adaptive else None, shortlist=config.shortlist if adaptive else None,
+        scorer=config.scorer, eps=config.eps, per_class=classes, confusion=top_confusions(labels, preds),
+        skipped=skipped, stops={s: sum(r["stop"] == s for r, _ in ok) for s in STOP_REASONS},
+        seconds_embed=float(stats.get("seconds_embed", nan)), seconds_classify=float(stats.get("seconds_classify", nan)),
+        by=breakdown, complete=complete,
+    )
+
+
+def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec | None = None,
+             progress: Callable[[int], None] | None = None, announce: Callable[[str], None] | None = None
+             ) -> EvalReport:
+    """Classify ``data`` as ``job`` says, on ``executor``, and summarise every row.
+
+    output : a result folder; its ``_summary.json`` is written at the end, and on an interrupt
+        (``complete: false``) before the interrupt goes on. ``output.resume`` finishes its run.
+    announce : told how much of a resumed run was already done.
+    Returns the EvalReport of every row, resumed ones included.
+    """
+    from engine.encoders.registry import model_label
+
+    ds = data.load(job.system.classes)
+    items = list(ds.items)
+    settings = {**job.settings(), "data": data_settings(data, ds)}
+    store = open_store(output, settings, items, [data.source], announce) if output is not None else None
+    out = output.path if output is not None else None
+    done_before = store.n_shards - len(store.pending()) if store else 0
+    records: list[dict[str, Any]] = []
+
+    def report(complete: bool) -> EvalReport:
+        stats = dict(executor.stats)
+        rep = summarise(records, items, job.config, model=job.encoder.model, system=job.system.name, data=ds.name,
+                        stats=stats, by=data.by, seed=data.seed, complete=complete)
+        rep.settings = {**settings, "model_label": model_label(job.encoder.model), "shards_resumed": done_before}
+        return rep
+
+    try:
+        with store if store is not None else nullcontext():
+            for rec in run(items, job, executor=executor, store=store, progress=progress):
+                records.append(rec)
+            rep = report(complete=True)
+            if store is not None:
+                atomic_write_json(Path(out) / SUMMARY, rep.to_dict())
+    except KeyboardInterrupt:
+        if store is not None:  # what the finished shards hold, marked incomplete
+            done = sorted(store.done())
+            records = store.read_all(done)
+            items = [items[i] for k in done for i in store.rows_of(k)]
+            atomic_write_json(Path(out) / SUMMARY, report(complete=False).to_dict())
+        raise
+    return rep
+
+
+def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfig], *, chunk_size: int = 64,
+                     progress: Callable[[int], None] | None = None) -> list[EvalReport]:
+    """Evaluate several configurations on one dataset, embedding each image once (``compare``).
+
+    Each configuration gets a text cache of its own, so its ``text_encodes`` count the prompts
+    it needed, not what another mode happened to embed first.
+    """
+    from engine.encoders.text_cache import TextCache
+    from engine.run.classifier import assemble
+
+    ds = data.load(classifier.system.classes)
+    items = list(ds.items)
+    caches = [TextCache(classifier.encoder, cache_dir=classifier.spec.cache_dir) for _ in configs]
+    records: list[list[dict[str, Any]]] = [[] for _ in configs]
+    secs = [0.0] * len(configs)
+    t_embed = 0.0
+    for start in range(0, len(items), chunk_size):
+        chunk = items[start:start + chunk_size]
+        t0 = time.perf_counter()
+        emb, good, bad = classifier.embed_images([it.source for it in chunk])
+        t_embed += time.perf_counter() - t0
+        for k, config in enumerate(configs):
+            t0 = time.perf_counter()
+            results = classifier.classify_embedded(emb, config, caches[k]) if len(good) else []
+            secs[k] += time.perf_counter() - t0
+            named = assemble([it.path for it in chunk], good, results, bad)
+            records[k] += [record(r, it.label) for r, it in zip(named, chunk)]
+        if progress:
+            progress(len(chunk))
+    reports = []
+    for k, config in enumerate(configs):
+        stats = {"text_encodes": caches[k].text_encodes, "text_hits": caches[k].hits, "seconds_embed": t_embed,
+                 "seconds_classify": secs[k]}
+        rep = summarise(records[k], items, config, model=classifier.spec.model, system=classifier.system.name,
+                        data=ds.name, stats=stats, by=data.by, seed=data.seed)
+        rep.settings = {**Job(classifier.spec, classifier.system, config).settings(), "data": data_settings(data, ds)}
+        reports.append(rep)
+    return reports
+
+
+def evaluate_classifier(classifier: Any, data: Any, config: RunConfig | None = None, *,
+                        output: OutputSpec | str | None = None, progress: Callable[[int], None] | None = None,
+                        **settings) -> EvalReport:
+    """Evaluate a loaded :class:`Classifier` on labelled images, in this process.
+
+    data : a CSV or ImageFolder path, or a :class:`DataSpec`. ``settings`` are RunConfig fields
+        and DataSpec fields (``split``, ``limit``, ``seed``, ``allow_missing``, ``by``; ``seed``
+        sets both), when not given as ``config`` / a DataSpec.
+    output : a result folder (``NAME.jsonl`` or ``NAME.parquet``), or an :class:`OutputSpec`.
+    """
+    from engine.run.classifier import config_from
+    from engine.run.pipeline import LocalExecutor
+
+    data_fields = set(DataSpec.__dataclass_fields__) - {"source"}
+    data_kw = {k: settings.pop(k) for k in list(settings) if k in data_fields and k != "seed"}
+    if "seed" in settings:
+        data_kw["seed"] = settings["seed"]
+    spec = data if isinstance(data, DataSpec) else DataSpec(source=str(data), **data_kw)
+    job = Job(classifier.spec, classifier.system, config_from(config, settings))
+    if isinstance(output, str):
+        output = OutputSpec(output)
+    return evaluate(job, spec, executor=LocalExecutor(classifier), output=output, progress=progress)

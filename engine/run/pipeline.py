@@ -1,0 +1,187 @@
+"""The run pipeline: items in, records out, by one code path for every executor and store.
+
+    run(items, job, executor=..., store=...) -> Iterator[record]
+
+- A :class:`Job` is what to do: the encoder to load (:class:`EncoderSpec`), the system, and
+  how to classify (:class:`RunConfig`). It is picklable and sent whole to remote workers.
+- Items are cut into :class:`Shard` s of consecutive input rows. An *executor* classifies
+  shards and yields each shard's records as it finishes: :class:`LocalExecutor` in this
+  process, ``engine.run.ray_executor.RayExecutor`` on Ray Data actors. Both call
+  :meth:`Classifier.classify_items` (decode, embed, ask, stop) on their share, so their
+  records are the same. A prefetching executor or a server's request batcher plugs in
+  here by implementing :class:`Executor`.
+- A *store* (:class:`engine.run.store.ResultStore`) keeps finished shards on disk; with
+  one, finished shards are read back instead of redone (``--resume``), and fresh ones are
+  written as they finish, so a killed run loses at most the shards in flight.
+
+Records come out in input order whatever order the executor finishes shards in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from engine.run.classifier import Classifier
+from engine.run.config import EncoderSpec, RunConfig
+from engine.run.datasets import Item
+from engine.run.store import ResultStore, record
+from systems.format import AttributeSystem
+
+Progress = Callable[[int], None]
+
+#: images per encoder call in one process (and per Ray actor call)
+DEFAULT_CHUNK = 64
+#: images per result shard, the unit --resume skips
+DEFAULT_SHARD_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a run does: the encoder, the system and the run configuration."""
+
+    encoder: EncoderSpec
+    system: AttributeSystem
+    config: RunConfig
+
+    def settings(self) -> dict[str, Any]:
+        """What the results depend on (for fingerprints and summaries): model identity, the
+        system's name and content hash, every run setting, the package version."""
+        from engine.run.provenance import package_version, system_hash
+
+        return {"encoder": self.encoder.identity(),
+                "system": {"name": self.system.name, "sha256": system_hash(self.system)},
+                "config": self.config.to_dict(), "twentyq": package_version()}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where a run's records go: the only carrier of output settings.
+
+    path : a result folder ``NAME.jsonl`` or ``NAME.parquet`` (see :mod:`engine.run.store`).
+    resume : finish the run already in ``path`` (refused when its settings or rows differ).
+    shard_size : images per shard, the unit ``resume`` skips (None: :data:`DEFAULT_SHARD_SIZE`).
+    """
+
+    path: str
+    resume: bool = False
+    shard_size: int | None = None
+
+
+def open_store(output: OutputSpec, settings: dict[str, Any], items: Sequence[Item], inputs: Sequence[str] = (),
+               announce: Callable[[str], None] | None = None) -> ResultStore:
+    """The locked result folder for a run of ``items`` with ``settings`` (its fingerprint covers both).
+
+    inputs : the files the run reads (the folder may be none of them). ``announce`` is told how
+    much of a resumed run is already done.
+    """
+    from engine.run.store import fingerprint
+
+    store = ResultStore.open(output.path, n_rows=len(items), shard_size=output.shard_size or DEFAULT_SHARD_SIZE,
+                             settings=settings, resume=output.resume, inputs=inputs,
+                             fingerprint=fingerprint(settings, [it.path for it in items], [it.label for it in items]))
+    if output.resume and announce:
+        pending = store.pending()
+        announce(f"--resume: {store.n_shards - len(pending)} of {store.n_shards} shard(s) already done in "
+                 f"{output.path}, {len(pending)} to go")
+    return store
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Consecutive input rows [start, start + len(items)); ``index`` is its number."""
+
+    index: int
+    start: int
+    items: tuple[Item, ...]
+
+
+def shards_of(items: Sequence[Item], shard_size: int, only: Sequence[int] | None = None) -> list[Shard]:
+    """Cut items into shards of ``shard_size`` rows (all of them, or those numbered in ``only``)."""
+    n = -(-len(items) // shard_size) if items else 0
+    keep = range(n) if only is None else only
+    return [Shard(k, k * shard_size, tuple(items[k * shard_size:(k + 1) * shard_size])) for k in keep]
+
+
+class Executor(Protocol):
+    """Where the work runs. ``map_shards`` classifies every shard and yields
+    ``(shard index, records in input order)`` as each finishes (in any order).
+
+    ``stats`` counts ``text_encodes`` and ``text_hits`` over the run (what was really embedded).
+    """
+
+    stats: dict[str, int]
+
+    def map_shards(self, job: Job, shards: Sequence[Shard], progress: Progress | None = None
+                   ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        ...
+
+
+class LocalExecutor:
+    """Shards classified one after another in this process, ``chunk_size`` images per encoder call.
+
+    classifier : the Classifier to use (default: one loaded from the job, once, on first use).
+    """
+
+    def __init__(self, classifier: Classifier | None = None, chunk_size: int = DEFAULT_CHUNK):
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size == {chunk_size!r}, must be a whole number >= 1")
+        self.classifier, self.chunk_size = classifier, chunk_size
+        self.stats = {"text_encodes": 0, "text_hits": 0}
+
+    def map_shards(self, job: Job, shards: Sequence[Shard], progress: Progress | None = None
+                   ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        if self.classifier is None:
+            self.classifier = Classifier(job.encoder, job.system)
+        clf, cache = self.classifier, self.classifier.text_cache
+        for shard in shards:
+            records: list[dict[str, Any]] = []
+            for i in range(0, len(shard.items), self.chunk_size):
+                chunk = shard.items[i:i + self.chunk_size]
+                e0, h0 = cache.text_encodes, cache.hits
+                results = clf.classify_items(chunk, job.config)
+                self.stats["text_encodes"] += cache.text_encodes - e0
+                self.stats["text_hits"] += cache.hits - h0
+                records += [record(r, it.label) for r, it in zip(results, chunk)]
+                if progress:
+                    progress(len(chunk))
+            yield shard.index, records
+
+
+def run(items: Sequence[Item], job: Job, *, executor: Executor, store: ResultStore | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
+    """Every item's record, in input order.
+
+    With a ``store``, its shard size rules; shards it already holds are read back, the
+    rest are classified by ``executor`` and written to it as they finish. ``progress``
+    is called with the number of images just classified (not those read back).
+    """
+    if store is not None:
+        shard_size = store.shard_size
+        if store.n_rows != len(items):
+            raise ValueError(f"the store was opened for {store.n_rows} rows, the run has {len(items)}")
+    todo = store.pending() if store is not None else None
+    shards = shards_of(items, shard_size, todo)
+    n_shards = -(-len(items) // shard_size) if items else 0
+    fresh = executor.map_shards(job, shards, progress) if shards else iter(())
+    ready: dict[int, list[dict[str, Any]]] = {}
+    pending = {s.index for s in shards}
+    try:
+        for k in range(n_shards):
+            if k not in pending:
+                yield from store.read(k)  # finished by an earlier run
+                continue
+            while k not in ready:
+                got = next(fresh, None)
+                if got is None:  # every executor yields each shard once; this is a bug, not bad input
+                    raise RuntimeError(f"the executor finished without shard {k}")
+                j, records = got
+                if store is not None:
+                    store.write(j, records)
+                ready[j] = records
+            yield from ready.pop(k)
+    finally:
+        close = getattr(fresh, "close", None)
+        if close:
+            close()

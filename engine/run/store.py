@@ -1,0 +1,378 @@
+"""Where results go: one sharded, resumable folder format for every executor.
+
+A result *record* is ``Result.to_dict()`` (what ``twentyq classify --json`` prints), plus
+``true_label`` when the input had labels. A run's ``--out`` is a folder whose name ends
+in the format's extension (a plug-in in :data:`FORMATS`: ``.jsonl`` or ``.parquet``)::
+
+    _manifest.json          what the run is: store format, settings fingerprint and the settings
+                            themselves, rows, shard size, number of shards
+    _lock                   held (flock) by the one process writing the folder
+    shard-00012.jsonl       the records of input rows [12*S, 13*S), in input order
+    _shard-00012.done       written after the shard file: {"rows": n, "bytes": size, "errors": bad images}
+    _summary.json           eval's summary (written by the caller, not by the store)
+
+Every file is written atomically (:func:`systems.files.atomic_write`), so a process
+killed at any moment leaves each shard either finished (file and marker) or absent;
+``resume=True`` skips the finished ones, and refuses a folder written with other
+settings (naming what differs). Names starting with ``_`` or ``.`` are skipped by
+Parquet readers, so ``pandas.read_parquet(OUT)`` reads the results alone.
+
+Arrow form of a record (Parquet shards, Ray batches): ``label`` string, ``confidence``
+double, ``top`` list<struct<label, prob>>, ``q_spent`` int64, ``stop`` string, ``image``
+string, ``error`` string, ``asked`` list<struct<group, eig, answer, answer_prob,
+confidence_after>>, optional ``true_label`` string. JSON writes ``top`` as
+``[label, prob]`` pairs; Arrow lists hold one type, so there each pair is a struct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.core.results import Result
+from systems.errors import UserInputError
+from systems.files import atomic_write
+
+MANIFEST, LOCK, SUMMARY = "_manifest.json", "_lock", "_summary.json"
+STORE_FORMAT = "twentyq-shards-v2"
+
+
+class StoreError(UserInputError):
+    """An output folder that cannot be used as asked (the message names the cause and the fix)."""
+
+
+# --------------------------------------------------------------------------- records
+def record(result: Result, true_label: str | None = None) -> dict[str, Any]:
+    """A result's record: ``Result.to_dict()`` plus ``true_label`` when given."""
+    d = result.to_dict()
+    if true_label is not None:
+        d["true_label"] = true_label
+    return d
+
+
+def result_schema(labels: bool = False, extra: Sequence[Any] = ()):
+    """The Arrow schema of record rows (``true_label`` when ``labels``; ``extra`` pa.fields appended)."""
+    import pyarrow as pa
+
+    fields = [
+        pa.field("label", pa.string()), pa.field("confidence", pa.float64()),
+        pa.field("top", pa.list_(pa.struct([("label", pa.string()), ("prob", pa.float64())]))),
+        pa.field("q_spent", pa.int64()), pa.field("stop", pa.string()), pa.field("image", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("asked", pa.list_(pa.struct([("group", pa.string()), ("eig", pa.float64()),
+                                               ("answer", pa.string()), ("answer_prob", pa.float64()),
+                                               ("confidence_after", pa.float64())]))),
+    ]
+    if labels:
+        fields.append(pa.field("true_label", pa.string()))
+    return pa.schema(fields + list(extra))
+
+
+def records_to_arrow(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
+                     labels: bool | None = None):
+    """An Arrow table of records (n rows); ``extra`` is {name: pa.Array of n} appended as columns.
+
+    ``true_label`` is a column when ``labels`` (default: when the records have one; all or none do).
+    """
+    import pyarrow as pa
+
+    if labels is None:
+        labels = bool(records) and "true_label" in records[0]
+    cols: dict[str, list] = {
+        "label": [r["label"] for r in records], "confidence": [float(r["confidence"]) for r in records],
+        "top": [[{"label": lab, "prob": float(p)} for lab, p in r["top"]] for r in records],
+        "q_spent": [int(r["q_spent"]) for r in records], "stop": [r["stop"] for r in records],
+        "image": [r["image"] for r in records], "error": [r["error"] for r in records],
+        "asked": [r["asked"] for r in records],
+    }
+    if labels:
+        cols["true_label"] = [r["true_label"] for r in records]
+    extra = dict(extra or {})
+    schema = result_schema(labels, [pa.field(k, v.type) for k, v in extra.items()])
+    return pa.Table.from_arrays([pa.array(cols[f.name], type=f.type) for f in schema if f.name in cols]
+                                + list(extra.values()), schema=schema)
+
+
+def results_to_arrow(results: Sequence[Result], true_labels: Sequence[str] | None = None, extra=None):
+    """An Arrow table of results (see :func:`records_to_arrow`)."""
+    labels = true_labels if true_labels is not None else [None] * len(results)
+    return records_to_arrow([record(r, t) for r, t in zip(results, labels)], extra, labels=true_labels is not None)
+
+
+def records_from_arrow(table) -> list[dict[str, Any]]:
+    """The rows of a record table as record dicts, keys in ``to_dict`` order (+ ``true_label``).
+
+    Columns starting with ``_`` are ignored. Built directly rather than through ``Result``
+    (five times faster; the driver converts every row).
+    """
+    cols = [c for c in table.column_names if not c.startswith("_")]
+    has_truth = "true_label" in cols
+    out = []
+    for row in table.select(cols).to_pylist():
+        d = {"label": row["label"], "confidence": row["confidence"],
+             "top": [[t["label"], t["prob"]] for t in row["top"] or []], "q_spent": row["q_spent"],
+             "stop": row["stop"], "image": row["image"], "error": row["error"], "asked": row["asked"] or []}
+        if has_truth:
+            d["true_label"] = row["true_label"]
+        out.append(d)
+    return out
+
+
+# --------------------------------------------------------------------------- shard formats (plug-ins)
+class ShardFormat(Protocol):
+    """How one shard file is written and read. Register a new one in :data:`FORMATS`."""
+
+    suffix: str
+
+    def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
+        """Write the records atomically; return the file's size in bytes."""
+
+    def read(self, path: Path) -> list[dict[str, Any]]:
+        """The records of a shard file, in order."""
+
+
+class JsonlFormat:
+    suffix = ".jsonl"
+
+    def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return atomic_write(path, text.encode("utf-8"))
+
+    def read(self, path: Path) -> list[dict[str, Any]]:
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+
+class ParquetFormat:
+    suffix = ".parquet"
+
+    def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
+        import pyarrow.parquet as pq
+
+        table = records_to_arrow(records)
+        return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    def read(self, path: Path) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        return records_from_arrow(pq.read_table(path))
+
+
+FORMATS: dict[str, ShardFormat] = {".jsonl": JsonlFormat(), ".parquet": ParquetFormat()}
+NEEDS_PYARROW = {".parquet"}
+
+
+def format_of(out: str | os.PathLike) -> ShardFormat:
+    """The shard format named by OUT's extension; StoreError naming the fix otherwise."""
+    suffix = Path(out).suffix.lower()
+    fmt = FORMATS.get(suffix)
+    if fmt is None:
+        raise StoreError(f"--out {str(out)!r}: --out names a folder of result shards whose name ends in "
+                         f"{' or '.join(FORMATS)} (the format), e.g. --out run.jsonl; eval writes its summary "
+                         "inside it as _summary.json")
+    if suffix in NEEDS_PYARROW:
+        try:
+            import pyarrow  # noqa: F401  (only checking it is there)
+        except ImportError:
+            raise StoreError(f"--out {str(out)!r}: Parquet output needs pyarrow: pip install pyarrow "
+                             "(or 'twentyq[ray]'), or write JSON lines with --out NAME.jsonl") from None
+    return fmt
+
+
+# --------------------------------------------------------------------------- fingerprints
+def fingerprint(settings: dict[str, Any], names: Iterable[str], labels: Iterable[str | None] | None = None) -> str:
+    """sha256 over the settings that change results and the input rows (names, labels)."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name in names:
+        h.update(name.encode("utf-8", "surrogatepass") + b"\0")
+    for lab in labels or ():
+        h.update((lab or "").encode("utf-8", "surrogatepass") + b"\1")
+    return h.hexdigest()
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two settings dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+# --------------------------------------------------------------------------- the folder
+class ResultStore:
+    """A folder of result shards for one run (see the module docstring).
+
+    Use :meth:`open` (a context manager that holds the folder's lock); then
+    ``pending()`` lists the shards to do, ``write(k, records)`` finishes shard k,
+    ``read_all()`` returns every record in input order.
+    """
+
+    def __init__(self, root: Path, fmt: ShardFormat, n_rows: int, shard_size: int):
+        self.root, self.format, self.n_rows, self.shard_size = root, fmt, n_rows, shard_size
+        self.n_shards = -(-n_rows // shard_size) if n_rows else 0
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, out: str | os.PathLike, *, n_rows: int, shard_size: int, settings: dict[str, Any],
+             fingerprint: str, resume: bool, inputs: Iterable[str | os.PathLike] = ()) -> "ResultStore":
+        """Create OUT and lock it, or reopen and lock it with ``resume``.
+
+        settings : what the run's results depend on (shown when a resume is refused).
+        fingerprint : hash of the settings and the input rows; a resume must match it.
+        inputs : files the run reads; OUT may be none of them.
+        Raises StoreError: OUT is an input, a file, a foreign folder, another run's folder,
+        or is being written by another process.
+        """
+        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+            raise StoreError(f"shard size == {shard_size!r}, must be a whole number >= 1")
+        root = Path(out)
+        _refuse_inputs(root, inputs)
+        fmt = format_of(root)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"--out {str(root)!r} is a file; --out names a folder of result shards: pass a new name")
+        if not root.parent.is_dir():
+            raise StoreError(f"--out {str(root)!r}: the folder {str(root.parent)!r} does not exist; create it first")
+        store = cls(root, fmt, n_rows, shard_size)
+        manifest = {"format": STORE_FORMAT, "fingerprint": fingerprint, "rows": n_rows, "shard_size": shard_size,
+                    "shards": store.n_shards, "suffix": fmt.suffix, "settings": settings}
+        path = root / MANIFEST
+        root.mkdir(exist_ok=True)
+        store._lock()
+        try:
+            if path.is_file():
+                try:
+                    old = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    old = {}
+                if not resume:
+                    raise StoreError(f"{root} already holds a run ({len(store.done())} of {store.n_shards} "
+                                     "shard(s) done); pass --resume to finish it, or choose a new --out")
+                if old != manifest:
+                    diff = _differences(old.get("settings") or {}, settings)
+                    for key in ("rows", "shard_size"):
+                        if old.get(key) != manifest[key]:
+                            diff.append(f"{key}: {old.get(key)!r} -> {manifest[key]!r}")
+                    if old.get("fingerprint") != fingerprint and not diff:
+                        diff = ["the input rows (image paths or labels)"]
+                    raise StoreError(f"{root} was written with other settings ({'; '.join(diff[:4]) or 'format'}); "
+                                     "rerun with the same ones to resume it, or choose a new --out")
+            elif any(p.name != LOCK for p in root.iterdir()):
+                raise StoreError(f"--out {str(root)!r} is a folder that is not empty and holds no twentyq run; "
+                                 "choose a new --out")
+            else:
+                atomic_write(path, (json.dumps(manifest, indent=2, default=str) + "\n").encode("utf-8"))
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    # -- the lock -------------------------------------------------------------------------
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.root} is being written by another twentyq run; wait for it to finish, "
+                             "or choose another --out") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- naming ---------------------------------------------------------------------------
+    def shard_path(self, k: int) -> Path:
+        return self.root / f"shard-{k:05d}{self.format.suffix}"
+
+    def marker_path(self, k: int) -> Path:
+        return self.root / f"_shard-{k:05d}.done"
+
+    def rows_of(self, k: int) -> range:
+        """The input rows of shard k."""
+        return range(k * self.shard_size, min((k + 1) * self.shard_size, self.n_rows))
+
+    # -- state ----------------------------------------------------------------------------
+    def _marker(self, k: int) -> dict[str, Any] | None:
+        """Shard k's marker when its file and marker are both there and agree (rows and size)."""
+        try:
+            mark = json.loads(self.marker_path(k).read_text(encoding="utf-8"))
+            if mark.get("rows") == len(self.rows_of(k)) and mark.get("bytes") == self.shard_path(k).stat().st_size:
+                return mark
+        except (OSError, ValueError, AttributeError):
+            pass
+        return None
+
+    def done(self) -> set[int]:
+        """Finished shards."""
+        return {k for k in range(self.n_shards) if self._marker(k) is not None}
+
+    def pending(self) -> list[int]:
+        done = self.done()
+        return [k for k in range(self.n_shards) if k not in done]
+
+    def errors(self) -> int:
+        """Error rows (bad images) in the finished shards, from their markers."""
+        return sum(int(m.get("errors", 0)) for m in map(self._marker, range(self.n_shards)) if m)
+
+    # -- writing and reading ----------------------------------------------------------------
+    def write(self, k: int, records: Sequence[dict[str, Any]]) -> None:
+        """Finish shard k from its records (in input order)."""
+        if len(records) != len(self.rows_of(k)):
+            raise ValueError(f"shard {k}: {len(records)} result rows for {len(self.rows_of(k))} input rows")
+        size = self.format.write(self.shard_path(k), records)
+        errors = sum(r.get("error") is not None for r in records)
+        mark = json.dumps({"rows": len(records), "bytes": size, "errors": errors}) + "\n"
+        atomic_write(self.marker_path(k), mark.encode("utf-8"))
+
+    def read(self, k: int) -> list[dict[str, Any]]:
+        """Shard k's records."""
+        return self.format.read(self.shard_path(k))
+
+    def read_all(self, shards: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """The records of the given shards (default: all), in input order."""
+        return [rec for k in (range(self.n_shards) if shards is None else sorted(shards)) for rec in self.read(k)]
+
+
+def _refuse_inputs(root: Path, inputs: Iterable[str | os.PathLike]) -> None:
+    """StoreError when OUT is (or would overwrite) one of the run's input files."""
+    try:
+        target = root.resolve()
+    except OSError:
+        return
+    for p in inputs:
+        try:
+            if Path(p).resolve() == target:
+                raise StoreError(f"--out {str(root)!r} is an input of this run ({str(p)!r}); writing there would "
+                                 "destroy it: choose another --out")
+        except OSError:
+            continue
+
+
+def result_from_record(rec: dict[str, Any]) -> Result:
+    """The Result of a record (``true_label`` dropped)."""
+    return Result.from_dict({k: v for k, v in rec.items() if k != "true_label"})
+
+
+__all__ = ["FORMATS", "ResultStore", "StoreError", "fingerprint", "format_of", "record",
+           "records_from_arrow", "records_to_arrow", "result_from_record", "results_to_arrow"]
