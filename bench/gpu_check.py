@@ -64,7 +64,8 @@ def main(argv=None) -> int:
 
     from engine.run.encoder_source import EncoderSource
     from engine.encoders.device import resolve_device, resolve_dtype
-    from engine.encoders.hf import CLIPFamilyEncoder, random_model
+    from bench.tiny_models import random_model
+    from engine.encoders.hf import CLIPFamilyEncoder
     from engine.encoders.text_cache import TextCache
     from systems import load_system
 

@@ -116,17 +116,20 @@ def run_ray(model: str, paths: list[str], config, *, workers: int, precompute: b
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from engine.run.ray_executor import BUSY, STARTED, TEXT_ENCODES, classify_shards
-    from engine.run.shards import records_from_arrow
+    from engine.run.config import EncoderSpec
+    from engine.run.pipeline import Job
+    from engine.run.ray_executor import BUSY, STARTED, TEXT_ENCODES, RayOptions, classify_shards
+    from engine.run.store import records_from_arrow
+    from systems import load_system
 
     rows = pa.table({"path": paths})
     shards = list(range(-(-len(paths) // shard_size)))
     got: dict[int, list] = {}
     encodes, busy, first_start = 0, 0.0, float("inf")
+    job = Job(EncoderSpec(model=model, device="cpu"), load_system("pokemon15"), config)
+    options = RayOptions(workers=workers, cpus_per_worker=1.0, gpus_per_worker=0.0, precompute_text=precompute)
     t0 = time.time()
-    for k, table in classify_shards(rows, shards, shard_size, model=model, system="pokemon15", config=config,
-                                    device="cpu", workers=workers, num_cpus=1, precompute_text=precompute,
-                                    stats=True):
+    for k, table in classify_shards(rows, shards, shard_size, job, options):
         encodes += int(pc.sum(table.column(TEXT_ENCODES)).as_py() or 0)
         busy += float(pc.sum(table.column(BUSY)).as_py() or 0.0)
         starts = [t for t in table.column(STARTED).to_pylist() if t > 0]
@@ -208,18 +211,18 @@ def decode_speed(paths: list[str]) -> dict[str, Any]:
 
 
 def write_speed(records: list[dict], tmp: Path, shard: int = 1000) -> dict[str, Any]:
-    """Rows/s the driver finishes shards at (Arrow table in, JSONL or Parquet shard + marker out, each
+    """Rows/s the driver finishes shards at (records in, JSONL or Parquet shard + marker out, each
     fsynced), the same without the file (serialising only), and bytes/row.
 
     Uses ``records`` (classify --json dicts) repeated to ``shard`` rows; one process, one thread.
     """
     import pyarrow.parquet as pq
 
-    from engine.core.results import Result
-    from engine.run.shards import ShardStore, records_from_arrow, results_to_arrow
+    from engine.run.store import ResultStore, records_from_arrow, records_to_arrow
 
     reps = -(-shard // len(records))
-    table = results_to_arrow([Result.from_dict(r) for r in (records * reps)[:shard]])
+    rows = (records * reps)[:shard]
+    table = records_to_arrow(rows)
     tmp.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"rows": shard}
     t0 = time.perf_counter()  # the CPU part alone: no file, no fsync
@@ -229,11 +232,13 @@ def write_speed(records: list[dict], tmp: Path, shard: int = 1000) -> dict[str, 
     pq.write_table(table, tmp / "nosync.parquet")
     out["parquet_serialise_rows_per_s"] = shard / (time.perf_counter() - t0)
     for fmt in ("jsonl", "parquet"):
-        store = ShardStore.open(tmp / f"w.{fmt}", n_rows=shard * 5, shard_size=shard, fingerprint="f", resume=False)
+        store = ResultStore.open(tmp / f"w.{fmt}", n_rows=shard * 5, shard_size=shard, settings={}, fingerprint="f",
+                                 resume=False)
         t0 = time.perf_counter()
         for k in range(5):
-            store.write(k, table)
+            store.write(k, rows)
         secs = time.perf_counter() - t0
+        store.close()
         out[fmt] = {"rows_per_s": 5 * shard / secs, "bytes_per_row": store.shard_path(0).stat().st_size / shard}
     return out
 
@@ -308,7 +313,7 @@ def main(argv=None) -> int:
         model = args.model
         label = model_label(model)
         if model == TINY:
-            from engine.encoders.hf import save_random_model
+            from bench.tiny_models import save_random_model
 
             model = str(save_random_model(Path(tmp) / "tiny-clip", "clip", size="tiny"))
             label = "tiny random CLIP (width 32, random weights; speed only)"

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from engine.encoders import load_encoder
-    from engine.encoders.hf import save_random_model
+    from bench.tiny_models import save_random_model
     from engine.encoders.offline import imagenet_classes
 
     hf_logging.set_verbosity_error()

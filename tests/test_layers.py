@@ -1,0 +1,38 @@
+"""The architecture, checked: imports run only downwards between layers, no package cycles,
+the core stays free of torch, and the public names import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+
+from bench.layers import LAYERS, graph, modules, package_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_no_import_goes_up_a_layer():
+    _, upward = graph()
+    assert upward == []
+
+
+def test_no_cycle_between_packages():
+    edges, _ = graph()
+    g = nx.DiGraph([(a, b) for a, bs in edges.items() for b in bs])
+    assert list(nx.simple_cycles(g)) == []
+
+
+def test_every_package_has_a_layer():
+    mods = modules()
+    assert {package_of(m, mods) for m in mods} <= set(LAYERS)
+
+
+def test_the_core_needs_no_torch_and_the_public_names_import():
+    code = ("import sys, engine.core.adaptive, engine.core.scoring, policies, systems; "
+            "assert 'torch' not in sys.modules, 'torch imported by the core'; "
+            "from engine import Classifier, EncoderSpec, RunConfig, load_encoder, load_system; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
