@@ -58,6 +58,7 @@ def test_policies_on_simulator(sim, tmp_path):
         assert cv["tau"][-1]["accuracy"] == pytest.approx(r["full"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_calibrate_on_simulator(sim, tmp_path):
     r = calibrate.run(sim, tmp_path, taus=(0.5, 1.0))
     _outputs(tmp_path, ["reliability.png", "eig_curve.png"])
@@ -133,6 +134,7 @@ def test_model_labels_are_honest():
     assert C.model_label("simulator") == "simulator (no model)"
 
 
+@pytest.mark.slow
 def test_bench_all_on_simulator(tmp_path):
     path = bench_all.main(["--model", "simulator", "--quick", "--sim-images", "60", "--out", str(tmp_path)])
     text = path.read_text()

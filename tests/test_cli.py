@@ -46,6 +46,7 @@ def system_file(tmp_path_factory):
     return p
 
 
+@pytest.mark.slow
 def test_classify_json_with_a_corrupt_image_in_the_batch(images, system_file):
     tiny = tiny_model_dir("clip")
     r = twentyq("classify", images / "n0.png", images / "corrupt.jpg", images / "n1.png", "--json",
@@ -62,6 +63,7 @@ def test_classify_json_with_a_corrupt_image_in_the_batch(images, system_file):
 
 @pytest.mark.skipif(not (SHARED / "pokemon" / "jina15.csv").is_file(),
                     reason="../shared/data is absent: real-image CLI test skipped")
+@pytest.mark.slow
 def test_classify_real_images_from_shared_data(capsys):
     tiny = tiny_model_dir("clip")
     rows = (SHARED / "pokemon" / "jina15.csv").read_text().splitlines()[1:4]
@@ -141,6 +143,7 @@ def test_system_commands(capsys):
     assert "not applicable in background_scene" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_models_lists_offline_and_remote_code():
     r = twentyq("models")
     assert r.returncode == 0

@@ -3,6 +3,8 @@ the core stays free of torch, and the public names import."""
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +32,7 @@ def test_every_package_has_a_layer():
     assert {package_of(m, mods) for m in mods} <= set(LAYERS)
 
 
+@pytest.mark.slow
 def test_the_core_needs_no_torch_and_the_public_names_import():
     code = ("import sys, engine.core.adaptive, engine.core.scoring, policies, systems; "
             "assert 'torch' not in sys.modules, 'torch imported by the core'; "

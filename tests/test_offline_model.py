@@ -40,6 +40,7 @@ def test_loads_offline_and_declares_itself(enc):
     assert len(imagenet_classes()) == 1000 and imagenet_classes()[281] == "tabby"
 
 
+@pytest.mark.slow
 def test_cat_photo_is_closer_to_cat_than_rocket(enc, cat):
     x = enc.encode_images([cat])
     t = enc.encode_texts(["a photo of a cat", "a photo of a rocket"])
@@ -50,6 +51,7 @@ def test_cat_photo_is_closer_to_cat_than_rocket(enc, cat):
     assert imagenet_classes()[top] in {"tabby", "tiger cat", "Egyptian cat", "lynx", "Persian cat"}
 
 
+@pytest.mark.slow
 def test_baseline_through_the_engine(enc, cat):
     system = baseline_system(["cat", "rocket", "car", "pizza"], template="a photo of a {}.")
     cache = TextCache(enc)

@@ -97,6 +97,7 @@ def test_leak_guard_catches_a_gen1_image_and_a_named_caption():
 
 # --------------------------------------------------------------------------- training
 @needs_data
+@pytest.mark.slow
 def test_training_twice_from_scratch_gives_the_same_weights(small_probe, backbone, feature_cache, tmp_path):
     from safetensors.torch import load_file
 
@@ -124,6 +125,7 @@ def test_training_twice_from_scratch_gives_the_same_weights(small_probe, backbon
 
 # --------------------------------------------------------------------------- backend
 @needs_data
+@pytest.mark.slow
 def test_backend_returns_unit_embeddings_of_the_right_shapes(small_probe, backbone):
     folder, data = small_probe
     enc = load_encoder(f"probe:{folder}", device="cpu", backbone=backbone)

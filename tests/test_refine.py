@@ -261,6 +261,7 @@ def test_the_class_name_group_keeps_its_identity_rules():
         assert all(row[g] == frozenset([c]) for c, row in enumerate(refined.rules))
 
 
+@pytest.mark.slow
 def test_cli_refine_end_to_end_with_a_tiny_clip(tmp_path, capsys):
     import json
 

@@ -69,6 +69,7 @@ def _records(out: Path) -> list[dict]:
     return recs
 
 
+@pytest.mark.slow
 def test_sigterm_during_eval_keeps_finished_shards_and_marks_the_summary_incomplete_then_resume(colour_data):
     sig = signal.SIGTERM  # Ctrl-C (SIGINT) takes the same path: SIGTERM is turned into KeyboardInterrupt
     d = colour_data
@@ -102,6 +103,32 @@ def test_sigterm_during_eval_keeps_finished_shards_and_marks_the_summary_incompl
     assert summary["complete"] is True and summary["n"] == N_IMAGES and summary["accuracy"] == 1.0
 
 
+@pytest.mark.slow
+def test_sigkill_during_eval_loses_only_the_shard_in_flight_then_resume(colour_data):
+    """No handler runs on SIGKILL: what a crash or an OOM kill leaves must resume exactly."""
+    d = colour_data
+    proc = _eval(d)
+    out = d / "r.jsonl"
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("_shard-*.done"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    done = {m.name: (out / f"shard-{m.name[len('_shard-'):-len('.done')]}.jsonl").stat().st_mtime_ns
+            for m in out.glob("_shard-*.done")}
+    assert 2 <= len(done) < -(-N_IMAGES // 32)
+    proc = _eval(d, "--resume", delay="0")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    for name, mtime in done.items():  # finished shards were kept, not redone
+        assert (out / f"shard-{name[len('_shard-'):-len('.done')]}.jsonl").stat().st_mtime_ns == mtime
+    names = [Path(r["image"]).name for r in _records(out)]
+    assert names == [f"{i:03d}.png" for i in range(N_IMAGES)]  # none lost, none twice
+    assert json.loads((out / "_summary.json").read_text())["n"] == N_IMAGES
+
+
+@pytest.mark.slow
 def test_resume_redoes_a_shard_whose_marker_is_missing_and_needs_out(colour_data, capsys):
     from engine.cli.app import main
 
@@ -138,6 +165,7 @@ KILLED_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_half_written_cache_file_from_a_killed_process_is_ignored_and_rebuilt(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

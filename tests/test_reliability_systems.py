@@ -100,6 +100,7 @@ def _huge(n_classes=10_000, n_groups=200, k=5) -> dict:
     return {"name": "huge", "groups": groups, "rules": rules}
 
 
+@pytest.mark.slow
 def test_huge_system_loads_and_validates_in_seconds(tmp_path):
     p = tmp_path / "huge.json"
     p.write_text(json.dumps(_huge()), encoding="utf-8")
@@ -170,6 +171,7 @@ def test_fuzz_arbitrary_json_loads_or_raises_the_validation_error(data):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(almost_systems())
+@pytest.mark.slow
 def test_fuzz_almost_systems_load_or_raise_the_validation_error(data):
     _loads_or_refuses(data)
 

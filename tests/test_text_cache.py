@@ -159,6 +159,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_writing_the_same_key_leave_a_valid_file(tmp_path):
     code = WRITER.format(repo=str(REPO), dir=str(tmp_path))
     procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
