@@ -208,9 +208,9 @@ def check_out_flags(args) -> None:
     if args.shard_size is not None and args.shard_size < 1:
         raise UsageError(f"--shard-size {args.shard_size}: must be >= 1")
     if args.out:
-        from engine.run.store import format_of
+        from engine.run.store import check_out
 
-        format_of(args.out)  # a StoreError (exit 2) before any model is loaded
+        check_out(args.out)  # a StoreError (exit 2) before any model is loaded
 
 
 def output_spec(args) -> Any:

@@ -183,6 +183,18 @@ def format_of(out: str | os.PathLike) -> ShardFormat:
     return fmt
 
 
+def check_out(out: str | os.PathLike) -> ShardFormat:
+    """The cheap checks of an output folder, done before any model loads: its format, that it
+    is not a file, and that its parent folder exists. Returns the format; StoreError otherwise."""
+    root = Path(out)
+    fmt = format_of(root)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"--out {str(root)!r} is a file; --out names a folder of result shards: pass a new name")
+    if not root.parent.is_dir():
+        raise StoreError(f"--out {str(root)!r}: the folder {str(root.parent)!r} does not exist; create it first")
+    return fmt
+
+
 # --------------------------------------------------------------------------- fingerprints
 def fingerprint(settings: dict[str, Any], names: Iterable[str], labels: Iterable[str | None] | None = None) -> str:
     """sha256 over the settings that change results and the input rows (names, labels)."""
@@ -235,11 +247,7 @@ class ResultStore:
             raise StoreError(f"shard size == {shard_size!r}, must be a whole number >= 1")
         root = Path(out)
         _refuse_inputs(root, inputs)
-        fmt = format_of(root)
-        if root.exists() and not root.is_dir():
-            raise StoreError(f"--out {str(root)!r} is a file; --out names a folder of result shards: pass a new name")
-        if not root.parent.is_dir():
-            raise StoreError(f"--out {str(root)!r}: the folder {str(root.parent)!r} does not exist; create it first")
+        fmt = check_out(root)
         store = cls(root, fmt, n_rows, shard_size)
         manifest = {"format": STORE_FORMAT, "fingerprint": fingerprint, "rows": n_rows, "shard_size": shard_size,
                     "shards": store.n_shards, "suffix": fmt.suffix, "settings": settings}
