@@ -360,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_system_parser(sub)
 
+    from engine.cli.serve_cmd import add_serve_args  # twentyq serve: engine/serve, pip install 'twentyq[serve]'
+
+    add_serve_args(sub.add_parser("serve", help="serve classification over HTTP (FastAPI on uvicorn; dynamic "
+                                                "batching; pip install 'twentyq[serve]')"))
+
     lp = sub.add_parser("models", help="list model strings and backends")
     lp.set_defaults(func=_models_cmd)
     return ap
