@@ -70,6 +70,23 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _bind(host: str, port: int):
+    """A socket bound to (host, port), not yet listening; ValueError naming the fix if it cannot be."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host, "
+                         "or stop what holds it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve_cmd(args) -> int:
     import importlib.util
 
@@ -102,33 +119,31 @@ def serve_cmd(args) -> int:
     if not _is_loopback(args.host) and settings.api_key is None:
         print(f"twentyq: warning: listening on {args.host} without --api-key-file: anyone who can reach this "
               "port can use the model", file=sys.stderr)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    app = create_app(settings)  # loads the model and the systems, embeds their prompts
-    encoder = next(iter(app.state.classifiers.values())).encoder
-    print(f"twentyq: serving model {encoder.name} ({model_note(encoder)}) on {encoder.device}, systems "
-          f"{list(app.state.classifiers)}, at http://{args.host}:{args.port} (API docs at /docs)",
-          file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
-                            timeout_graceful_shutdown=settings.timeout_s + 10)
-    server = uvicorn.Server(config)
-    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain, shut down) and re-raises the
-    # signal afterwards; this handler takes that re-raise, so a drained shutdown exits 0.
-    stopped_by: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: stopped_by.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    sock = _bind(args.host, args.port)  # before the model loads: a taken port fails in a second, not after it
     try:
-        server.run()
-    except SystemExit as e:  # uvicorn exits 1 when it cannot listen (it logged why)
-        if not server.started:
-            print(f"twentyq: error: could not serve on {args.host}:{args.port} (see the line above); pick "
-                  "another --port or stop what holds it", file=sys.stderr)
-            return 2
-        raise e
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        app = create_app(settings)  # loads the model and the systems, embeds their prompts
+        encoder = next(iter(app.state.classifiers.values())).encoder
+        print(f"twentyq: serving model {encoder.name} ({model_note(encoder)}) on {encoder.device}, systems "
+              f"{list(app.state.classifiers)}, at http://{args.host}:{args.port} (API docs at /docs)",
+              file=sys.stderr, flush=True)
+        config = uvicorn.Config(app, log_level=args.log_level, lifespan="on",
+                                timeout_graceful_shutdown=settings.timeout_s + 10)
+        server = uvicorn.Server(config)
+        # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain, shut down) and re-raises the
+        # signal afterwards; this handler takes that re-raise, so a drained shutdown exits 0.
+        stopped_by: list[int] = []
+        previous = {s: signal.signal(s, lambda signum, frame: stopped_by.append(signum))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.run(sockets=[sock])
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        sock.close()
     if stopped_by:
         print(f"twentyq: stopped by {signal.Signals(stopped_by[0]).name} after draining the requests in flight",
               file=sys.stderr)

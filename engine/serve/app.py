@@ -104,7 +104,8 @@ def _field(loc: tuple) -> str | None:
 
 
 def _validation_error(errors: list[dict]) -> ApiError:
-    err = errors[0]
+    # an unknown name first: 'image' for 'images' is better told as a typo than as 'images is missing'
+    err = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")[0]
     field = _field(tuple(err.get("loc", ())))
     if err.get("type") == "extra_forbidden":
         known = ", ".join(("images",) + tuple(ClassifyParams.model_fields))
@@ -268,7 +269,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
         d = encoder.describe() if hasattr(encoder, "describe") else {}
         return Health(status="ok", ready=True, model=encoder.name, device=str(encoder.device),
                       dtype=d.get("dtype", str(getattr(encoder, "dtype", ""))), systems=list(classifiers),
-                      queued_requests=batcher.queued, batches_run=batcher.batches_run, max_batch=batcher.max_batch)
+                      pending_requests=batcher.pending, batches_run=batcher.batches_run, max_batch=batcher.max_batch)
 
     @app.get("/v1/systems", response_model=SystemsResponse, dependencies=keyed, responses=_ERRORS, tags=["server"])
     async def systems() -> Any:

@@ -74,6 +74,7 @@ class Batcher:
         self._carry: _Job | None = None  # a request that did not fit the last batch: first of the next
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.pending = 0  # requests submitted and not yet answered (touched on the event loop only)
         self.batches_run = 0
         self.images_run = 0
         self.batch_sizes: list[int] = []  # images per model batch, for tests and the bench (last 1000)
@@ -85,10 +86,6 @@ class Batcher:
                 self._thread = threading.Thread(target=self._run, name="twentyq-batcher", daemon=True)
                 self._thread.start()
 
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize() + (self._carry is not None)
-
     async def submit(self, images: Sequence[Any], system: str, config: RunConfig) -> Answer:
         """Classify ``images`` (decoded PIL images) under ``config`` with ``system``'s classifier."""
         if system not in self.classifiers:
@@ -96,12 +93,15 @@ class Batcher:
         self.start()
         loop = asyncio.get_running_loop()
         job = _Job(list(images), system, config, loop, loop.create_future())
+        self.pending += 1
         self._queue.put(job)
         try:
             return await job.future
         except asyncio.CancelledError:
             job.cancelled = True
             raise
+        finally:
+            self.pending -= 1
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the worker after the requests already queued (uvicorn has drained the connections by now)."""

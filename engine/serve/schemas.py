@@ -116,7 +116,7 @@ class Health(BaseModel):
     device: str
     dtype: str
     systems: list[str]
-    queued_requests: int
+    pending_requests: int = Field(description="requests received and not yet answered")
     batches_run: int
     max_batch: int
 
