@@ -40,6 +40,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = (10, 20, 30)
+SERVER_TIMINGS = ("decode_ms", "queue_ms", "embed_ms", "classify_ms", "total_ms")  # from each answer's timings
 
 
 def pick_images(n: int, seed: int = 0) -> tuple[list[bytes], str]:
@@ -112,6 +113,7 @@ def load(url: str, images: list[bytes], n_requests: int, n_clients: int, timeout
     lock = threading.Lock()
     next_i = [0]
     lat, failed, lost, batch_images, q_spent = [], [], [], [], []
+    server_ms: dict[str, list[float]] = {k: [] for k in SERVER_TIMINGS}
 
     def client():
         with httpx.Client(timeout=timeout) as c:
@@ -142,6 +144,8 @@ def load(url: str, images: list[bytes], n_requests: int, n_clients: int, timeout
                         lat.append(dt)
                         batch_images.append(body["timings"]["batch_images"])
                         q_spent.append(recs[0]["q_spent"])
+                        for k in SERVER_TIMINGS:
+                            server_ms[k].append(body["timings"][k])
                     else:
                         failed.append(f"{name}: HTTP {r.status_code} {r.text[:200]}")
 
@@ -162,6 +166,7 @@ def load(url: str, images: list[bytes], n_requests: int, n_clients: int, timeout
         "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
         "mean_batch_images": float(np.mean(batch_images)) if batch_images else None,
         "mean_q_spent": float(np.mean(q_spent)) if q_spent else None,
+        "server_mean_ms": {k: float(np.mean(v)) if v else None for k, v in server_ms.items()},
         "errors": (failed + lost)[:5],
     }
 
@@ -192,14 +197,15 @@ def run_scenario(model_label: str, model: str, batching: bool, args, images, tmp
 
 def table(rows: list[dict]) -> str:
     head = ("| model | batching | requests | ok | failed | lost | req/s | p50 ms | p95 ms | p99 ms | mean batch "
-            "| peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| server embed / queue ms | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         f = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
+        sv = r["server_mean_ms"]
         batching = f"on (≤{r['max_batch']}, {r['max_wait_ms']:g} ms)" if r["batching"] else "off (--max-batch 1)"
         lines.append(f"| {r['model']} | {batching} | {r['requests']} | {r['ok']} | {r['failed']} | {r['lost']} | "
                      f"{r['throughput_rps']:.1f} | {f(r['p50_ms'])} | {f(r['p95_ms'])} | {f(r['p99_ms'])} | "
-                     f"{r['mean_batch_images']:.1f} | {r['peak_rss_mb']:.0f} |")
+                     f"{r['mean_batch_images']:.1f} | {f(sv['embed_ms'])} / {f(sv['queue_ms'])} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
 

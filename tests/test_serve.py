@@ -544,3 +544,15 @@ def test_live_sigterm_drains_in_flight_requests():
         assert rec["image"] == f"s{k}.png" and rec["q_spent"] <= k
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/v1/health", timeout=2)
+
+
+@pytest.mark.slow  # two tiny-CLIP servers, a few requests each
+def test_bench_serve_smoke(tmp_path):
+    from bench import serve as bench_serve
+
+    out = tmp_path / "serve.json"
+    assert bench_serve.main(["--models", "tiny-clip", "--requests", "6", "--clients", "3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batching"] for r in rows] == [True, False]
+    assert all(r["ok"] == 6 and r["failed"] == r["lost"] == 0 and r["exit_code_after_sigterm"] == 0 for r in rows)
+    assert rows[1]["mean_batch_images"] == 1.0
