@@ -205,7 +205,8 @@ def table(rows: list[dict]) -> str:
         batching = f"on (≤{r['max_batch']}, {r['max_wait_ms']:g} ms)" if r["batching"] else "off (--max-batch 1)"
         lines.append(f"| {r['model']} | {batching} | {r['requests']} | {r['ok']} | {r['failed']} | {r['lost']} | "
                      f"{r['throughput_rps']:.1f} | {f(r['p50_ms'])} | {f(r['p95_ms'])} | {f(r['p99_ms'])} | "
-                     f"{r['mean_batch_images']:.1f} | {f(sv['embed_ms'])} / {f(sv['queue_ms'])} | {r['peak_rss_mb']:.0f} |")
+                     f"{r['mean_batch_images']:.1f} | {f(sv['embed_ms'])} / {f(sv['queue_ms'])} | "
+                     f"{r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -241,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             r = run_scenario(label, model, batching, args, images, tmp)
             rows.append(r)
             print(f"  {label} batching {'on' if batching else 'off'}: {r['ok']}/{r['requests']} ok, "
-                  f"{r['throughput_rps']:.1f} req/s, p50 {r['p50_ms'] or 0:.0f} ms, exit {r['exit_code_after_sigterm']}",
+                  f"{r['throughput_rps']:.1f} req/s, p50 {r['p50_ms'] or 0:.0f} ms, "
+                  f"exit {r['exit_code_after_sigterm']}",
                   file=sys.stderr, flush=True)
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                "processor": platform.processor() or platform.machine()}

@@ -19,7 +19,6 @@ over the two seam calls, not a second classification path.
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 import time
@@ -30,7 +29,6 @@ from typing import Any
 from engine.core.results import Result
 from engine.run.config import RunConfig
 
-log = logging.getLogger("twentyq.serve")
 
 _STOP = object()
 
