@@ -14,6 +14,7 @@ import traceback
 
 from engine.cli.options import EXIT_BUG, EXIT_USAGE, UsageError
 from engine.cli.run_cmds import add_run_parsers
+from engine.cli.serve_cmd import add_serve_args
 from engine.cli.system_cmds import add_system_parser
 
 
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     add_run_parsers(sub)
     add_system_parser(sub)
+    add_serve_args(sub.add_parser("serve", help="serve classification over HTTP (FastAPI on uvicorn; dynamic "
+                                                "batching; pip install 'twentyq[serve]')"))
     return ap
 
 

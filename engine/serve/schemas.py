@@ -1,0 +1,154 @@
+"""The pydantic models of the HTTP API, and :class:`ApiError`, the one error shape.
+
+Every error answer is ``{"error": {"code": ..., "message": ..., "field": ...}}``: ``code`` a
+stable word for programs, ``message`` one line naming the cause and the fix, ``field`` the
+request part at fault (``"budget"``, ``"image[1]"``, ``"images[0]"``) or null.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+class ApiError(Exception):
+    """An answer other than 200, raised anywhere in a request and rendered as the error shape."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+def _no_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError("must be a number, not true/false")
+    return v
+
+
+Whole = Annotated[int, BeforeValidator(_no_bool)]
+Number = Annotated[float, BeforeValidator(_no_bool)]
+
+
+class ClassifyParams(BaseModel):
+    """Per-request settings (query parameters, or fields of a JSON body). Absent: the server's default
+    (``RunConfig``: policy eig, τ 0.9, δ 0, no budget, bayes scorer, top 5, no shortlist; the first system)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = Field(None, description="a system name from GET /v1/systems (default: the first served)")
+    budget: Whole | None = Field(None, description="at most this many prompts per image (absent: no limit)")
+    tau: Number | None = Field(None, description="stop once the top class has this probability, in (0, 1]")
+    delta: Number | None = Field(None, description="stop once no unasked question gains this many nats (0: never)")
+    policy: str | None = Field(None, description="question-choice policy (GET /v1/systems lists them)")
+    scorer: str | None = Field(None, description='"bayes" (posterior) or "sum"')
+    shortlist: Whole | None = Field(None, description="ask which of the top M class names fits, once few remain")
+    top_k: Whole | None = Field(None, description="classes listed per result")
+
+
+class ClassifyJSON(ClassifyParams):
+    """A JSON request: base64 images (a ``data:image/...;base64,`` prefix is allowed) and the settings."""
+
+    images: list[str] = Field(..., description="base64-encoded image files (PNG, JPEG, GIF, WebP, BMP, TIFF)")
+
+
+class Asked(BaseModel):
+    group: str
+    eig: float
+    answer: str
+    answer_prob: float
+    confidence_after: float
+
+
+class Record(BaseModel):
+    """One image's result: exactly ``Result.to_dict()``, the record ``twentyq classify --json`` prints."""
+
+    model_config = ConfigDict(extra="allow")
+
+    label: str | None
+    confidence: float
+    top: list[tuple[str, float]]
+    asked: list[Asked]
+    q_spent: int
+    stop: str | None
+    image: str | None
+    error: str | None
+
+
+class Timings(BaseModel):
+    """Milliseconds, and the model batch this request's images were embedded in."""
+
+    model_config = ConfigDict(extra="allow")
+
+    decode_ms: float = Field(description="reading and decoding this request's images")
+    queue_ms: float = Field(description="waiting for the model batch to start")
+    embed_ms: float = Field(description="embedding the whole batch (shared by its requests)")
+    classify_ms: float = Field(description="questions and scoring for this request's (system, settings) group")
+    total_ms: float = Field(description="from the end of the upload to the answer")
+    batch_images: int = Field(description="images in the model batch")
+    batch_requests: int = Field(description="requests in the model batch")
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(description="the model string the server loaded (the offline stand-in is not CLIP)")
+    system: str
+    results: list[Record]
+    timings: Timings
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok", or "draining" once a shutdown began')
+    ready: bool
+    model: str
+    device: str
+    dtype: str
+    systems: list[str]
+    pending_requests: int = Field(description="requests received and not yet answered")
+    batches_run: int
+    max_batch: int
+
+
+class SystemInfo(BaseModel):
+    name: str
+    default: bool
+    n_classes: int
+    n_groups: int
+    q_total: int
+    classes: list[str]
+    groups: list[str]
+    has_class_name_group: bool
+
+
+class SystemsResponse(BaseModel):
+    systems: list[SystemInfo]
+    policies: list[str]
+    scorers: list[str]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model: str
+    note: str
+    model_id: str
+    device: str
+    dtype: str
+    embed_dim: int
+    logit_scale: float
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]

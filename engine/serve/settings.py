@@ -1,0 +1,88 @@
+"""The server's settings: the model it loads, the systems it serves and its limits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from engine.run.config import EncoderSpec
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # a request body: a few phone photos, base64 included
+DEFAULT_MAX_IMAGES = 16  # images in one request
+DEFAULT_MAX_PIXELS = 40_000_000  # one image, read from its header before decoding (~120 MB as RGB)
+DEFAULT_MAX_BATCH = 32  # images per model batch gathered across requests
+DEFAULT_MAX_WAIT_MS = 10.0  # how long the first request of a batch waits for company
+DEFAULT_TIMEOUT_S = 60.0  # one request, from its body read to its answer
+
+
+def _whole(name: str, v, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} == {v!r}, must be a whole number >= {lo}")
+
+
+def _number(name: str, v, lo: float, *, open_lo: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or \
+            (open_lo and v == lo):
+        raise ValueError(f"{name} == {v!r}, must be a finite number {'>' if open_lo else '>='} {lo}")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What ``twentyq serve`` was started with; checked when built (ValueError naming the flag).
+
+    encoder : the model to load (remote code only if its ``trust_remote_code`` is set, at start-up).
+    systems : system names or JSON paths; the first is the default, requests pick one by its name.
+    max_batch : images per model batch, gathered across concurrent requests (1: no batching).
+    max_wait_ms : how long the first request of a batch waits for others to join it.
+    max_images, max_bytes, max_pixels : per request, per request body, per image (read from the header).
+    timeout_s : per request, from the end of its upload to its answer (504 past it).
+    api_key : if set, every /v1 call but /v1/health needs it (``Authorization: Bearer KEY`` or ``X-API-Key``).
+    """
+
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    systems: tuple[str, ...] = ("pokemon15",)
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        from engine.encoders.images import MAX_IMAGE_PIXELS  # (imports torch: not at parser-build time)
+
+        if not self.systems or not all(isinstance(s, str) and s.strip() for s in self.systems):
+            raise ValueError(f"--system {list(self.systems)!r}: name at least one system (a shipped name or a "
+                             "JSON file; `twentyq system list` lists the shipped ones)")
+        _whole("--max-batch", self.max_batch, 1)
+        _number("--max-wait-ms", self.max_wait_ms, 0)
+        _whole("--max-images", self.max_images, 1)
+        _whole("--max-bytes", self.max_bytes, 1024)
+        _whole("--max-pixels", self.max_pixels, 1)
+        if self.max_pixels > MAX_IMAGE_PIXELS:
+            raise ValueError(f"--max-pixels == {self.max_pixels:,} is over the engine's own limit of "
+                             f"{MAX_IMAGE_PIXELS:,} pixels per image; pass at most that")
+        _number("--timeout-s", self.timeout_s, 0, open_lo=True)
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()
+                                         or any(c.isspace() for c in self.api_key.strip())):
+            raise ValueError("the API key must be one non-empty word (no spaces); check --api-key-file")
+
+
+def read_api_key(path: str) -> str:
+    """The key in ``path`` (surrounding whitespace and a final newline dropped); ValueError if unusable."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"--api-key-file {path!r}: no such file; write the key into it (one line)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--api-key-file {path!r}: cannot read it ({e})") from None
+    key = text.strip()
+    if not key:
+        raise ValueError(f"--api-key-file {path!r} is empty; write the key into it (one line)")
+    if any(c.isspace() for c in key):
+        raise ValueError(f"--api-key-file {path!r}: the key must be one line with no spaces")
+    return key

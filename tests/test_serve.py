@@ -1,0 +1,558 @@
+"""twentyq serve (issue 19): the HTTP API, its dynamic batcher, limits, API key and graceful shutdown.
+
+Two levels:
+
+- the FastAPI app in-process (``TestClient``) over the fake encoder and the colour system: every
+  endpoint, every error shape, the limits, the API key, the timeout, the 500 path, and the
+  batcher itself (one model call for concurrent requests, each with its own budget);
+- a real ``python -m engine.cli serve`` on a free 127.0.0.1 port over the tiny random CLIP:
+  the endpoints, concurrent clients (threads) each getting its own images back under its own
+  budget, and SIGTERM draining the requests in flight (all answered, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="twentyq serve needs the serve extra: pip install -e '.[serve,test]'")
+pytest.importorskip("uvicorn", reason="twentyq serve needs the serve extra: pip install -e '.[serve,test]'")
+pytest.importorskip("multipart", reason="twentyq serve needs the serve extra: pip install -e '.[serve,test]'")
+pytest.importorskip("fastapi_offline", reason="twentyq serve needs the serve extra: pip install -e '.[serve,test]'")
+httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip install -e '.[test]'")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from engine.core.results import Result  # noqa: E402
+from engine.run.classifier import Classifier, RunConfig  # noqa: E402
+from engine.serve.app import create_app  # noqa: E402
+from engine.serve.batcher import Batcher  # noqa: E402
+from engine.serve.settings import ServeSettings  # noqa: E402
+
+from .encoder_fixtures import noise_image, tiny_model_dir  # noqa: E402
+from .fakes import COLOUR_SYSTEM, FakeEncoder, solid  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ERROR_KEYS = {"code", "message", "field"}
+COLOUR_2 = {**COLOUR_SYSTEM, "name": "colours2"}  # a second system on the same encoder
+
+
+def png(img: Image.Image, fmt: str = "PNG") -> bytes:
+    b = io.BytesIO()
+    img.save(b, fmt)
+    return b.getvalue()
+
+
+def b64(img: Image.Image) -> str:
+    return base64.b64encode(png(img)).decode()
+
+
+def parts(*named: tuple[str, bytes]) -> list:
+    return [("image", (name, data, "image/png")) for name, data in named]
+
+
+def make_client(encoder=None, systems=(COLOUR_SYSTEM, COLOUR_2), **kw) -> TestClient:
+    encoder = encoder or FakeEncoder()
+    classifiers = {}
+    for s in systems:
+        clf = Classifier(system=s, encoder=encoder)
+        classifiers[clf.system.name] = clf
+    settings = ServeSettings(systems=tuple(classifiers), **kw)
+    return TestClient(create_app(settings, classifiers), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with make_client(max_wait_ms=1) as c:
+        yield c
+
+
+def assert_error(r, status: int, code: str, field=None):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS, body
+    assert body["error"]["code"] == code, body
+    assert body["error"]["field"] == field, body
+    msg = body["error"]["message"]
+    assert msg and "\n" not in msg
+    return msg
+
+
+# --------------------------------------------------------------------------- endpoints (in-process)
+def test_health_systems_models(client):
+    h = client.get("/v1/health").json()
+    assert h["status"] == "ok" and h["ready"] is True and h["model"] == "fake" and h["device"] == "cpu"
+    assert h["systems"] == ["colours", "colours2"]
+    s = client.get("/v1/systems").json()
+    assert [x["name"] for x in s["systems"]] == ["colours", "colours2"]
+    assert s["systems"][0]["default"] and not s["systems"][1]["default"]
+    assert s["systems"][0]["classes"] == ["cherry", "leaf", "sea"] and "eig" in s["policies"]
+    m = client.get("/v1/models").json()["models"]
+    assert [x["model"] for x in m] == ["fake"] and m[0]["embed_dim"] == 8
+
+
+def test_docs_work_offline(client):
+    """Swagger UI and ReDoc load their assets from this server (the fastapi-offline package), no CDN."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn.jsdelivr" not in html and "googleapis" not in html
+    html = client.get("/docs").text
+    js = html.split('src="')[1].split('"')[0]
+    assert js.startswith("/static-offline-docs/")
+    assert client.get(js).status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/classify", "/v1/health", "/v1/systems", "/v1/models"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+
+
+def test_classify_multipart_records_are_result_to_dict(client):
+    imgs = {"r.png": solid("red"), "g.png": solid("green"), "b.png": solid("blue")}
+    r = client.post("/v1/classify?budget=5&tau=0.95", files=parts(*((n, png(i)) for n, i in imgs.items())))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"model", "system", "results", "timings"}
+    assert body["model"] == "fake" and body["system"] == "colours"
+    assert {"decode_ms", "queue_ms", "embed_ms", "classify_ms", "total_ms", "batch_images"} <= set(body["timings"])
+    # exactly what the Python API (and `twentyq classify --json`) gives for the same images
+    ref = Classifier(system=COLOUR_SYSTEM, encoder=FakeEncoder()).classify(list(imgs.values()), budget=5, tau=0.95)
+    for rec, want, name in zip(body["results"], ref, imgs):
+        want = {**want.to_dict(), "image": name}
+        assert set(rec) == set(want)
+        assert rec == json.loads(json.dumps(want))
+    assert [x["label"] for x in body["results"]] == ["cherry", "leaf", "sea"]
+    assert all(x["q_spent"] <= 5 for x in body["results"])
+
+
+def test_classify_json_base64_and_second_system(client):
+    data_url = "data:image/png;base64," + b64(solid("green"))
+    wrapped = "\n".join(b64(solid("blue"))[i:i + 76] for i in range(0, len(b64(solid("blue"))), 76))
+    r = client.post("/v1/classify", json={"images": [data_url, wrapped], "system": "colours2", "budget": 3,
+                                          "policy": "eig", "scorer": "bayes", "top_k": 2, "delta": 0.0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["system"] == "colours2"
+    assert [x["image"] for x in body["results"]] == ["images[0]", "images[1]"]
+    assert [x["label"] for x in body["results"]] == ["leaf", "sea"]
+    assert all(len(x["top"]) == 2 and x["q_spent"] <= 3 for x in body["results"])
+
+
+def test_query_params_also_apply_to_json(client):
+    r = client.post("/v1/classify?budget=0", json={"images": [b64(solid("red"))]})
+    assert r.status_code == 200 and r.json()["results"][0]["q_spent"] == 0
+
+
+# --------------------------------------------------------------------------- error shapes
+RED = png(solid("red"))
+TRUNCATED = png(noise_image(1, (64, 64)))[:200]
+
+
+@pytest.mark.parametrize("url, kw, status, code, field", [
+    ("/v1/classify?budget=abc", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "budget"),
+    ("/v1/classify?budget=-1", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "budget"),
+    ("/v1/classify?tau=1.5", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "tau"),
+    ("/v1/classify?tau=nan", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "tau"),
+    ("/v1/classify?delta=-2", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "delta"),
+    ("/v1/classify?top_k=0", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "top_k"),
+    ("/v1/classify?shortlist=1", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "shortlist"),
+    ("/v1/classify?shortlist=3", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "shortlist"),
+    ("/v1/classify?policy=psychic", {"files": parts(("a.png", RED))}, 400, "unknown_policy", "policy"),
+    ("/v1/classify?scorer=vibes", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "scorer"),
+    ("/v1/classify?system=nope", {"files": parts(("a.png", RED))}, 400, "unknown_system", "system"),
+    ("/v1/classify?budgett=3", {"files": parts(("a.png", RED))}, 400, "unknown_parameter", "budgett"),
+    ("/v1/classify", {"files": parts(("a.png", b"not an image"))}, 400, "bad_image", "image[0]"),
+    ("/v1/classify", {"files": parts(("a.png", RED), ("t.png", TRUNCATED))}, 400, "bad_image", "image[1]"),
+    ("/v1/classify", {"files": parts(("a.png", b""))}, 400, "bad_image", "image[0]"),
+    ("/v1/classify", {"files": parts(("a.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"))},
+     400, "bad_image", "image[0]"),
+    ("/v1/classify", {"data": {"image": "/etc/passwd"}, "files": parts(("a.png", RED))}, 400, "bad_image", "image[0]"),
+    ("/v1/classify", {"data": {"budget": "3"}, "files": parts(("a.png", RED))}, 400, "unknown_field", "budget"),
+    ("/v1/classify", {"json": {"images": []}}, 400, "no_images", "image"),
+    ("/v1/classify", {"json": {"images": ["%%%"]}}, 400, "bad_image", "images[0]"),
+    ("/v1/classify", {"json": {"images": [123]}}, 400, "invalid_parameter", "images[0]"),
+    ("/v1/classify", {"json": {"image": "x"}}, 400, "unknown_parameter", "image"),
+    ("/v1/classify", {"json": {"budget": 3}}, 400, "missing_field", "images"),
+    ("/v1/classify", {"json": {"images": [b64(solid("red"))], "budget": True}}, 400, "invalid_parameter", "budget"),
+    ("/v1/classify", {"json": {"images": [b64(solid("red"))], "budget": 2.5}}, 400, "invalid_parameter", "budget"),
+    ("/v1/classify", {"json": ["x"]}, 400, "bad_json", None),
+    ("/v1/classify", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_json",
+     None),
+    ("/v1/classify?budget=2", {"json": {"images": [b64(solid("red"))], "budget": 3}}, 400, "conflicting_parameter",
+     "budget"),
+    ("/v1/classify", {"content": RED, "headers": {"content-type": "image/png"}}, 415, "unsupported_media_type", None),
+    ("/v1/classify", {}, 415, "unsupported_media_type", None),
+])
+def test_bad_requests_get_one_error_shape(client, url, kw, status, code, field):
+    assert_error(client.post(url, **kw), status, code, field)
+
+
+def test_unknown_route_and_method(client):
+    assert_error(client.get("/v2/classify"), 404, "not_found")
+    assert_error(client.get("/v1/classify"), 405, "method_not_allowed")
+
+
+def test_no_server_side_paths(client):
+    """A path string is never opened: JSON images are base64 bytes, multipart images are file bodies."""
+    msg = assert_error(client.post("/v1/classify", json={"images": [str(REPO / "README.md")]}), 400, "bad_image",
+                       "images[0]")
+    assert "base64" in msg
+
+
+# --------------------------------------------------------------------------- limits
+def test_too_many_images():
+    with make_client(max_images=2) as c:
+        three = parts(*((f"{i}.png", RED) for i in range(3)))
+        assert c.post("/v1/classify", files=three[:2]).status_code == 200
+        assert_error(c.post("/v1/classify", files=three), 413, "too_many_images", "image")
+        assert_error(c.post("/v1/classify", json={"images": [b64(solid("red"))] * 3}), 413, "too_many_images",
+                     "images")
+
+
+def test_body_size_limit_with_and_without_content_length():
+    with make_client(max_bytes=4096) as c:
+        big = png(noise_image(2, (80, 80)))  # ~19 kB of noise
+        assert len(big) > 4096
+        assert_error(c.post("/v1/classify", files=parts(("n.png", big))), 413, "body_too_large")
+
+        def chunks():  # no Content-Length: counted while read
+            for i in range(0, len(big), 1024):
+                yield big[i:i + 1024]
+
+        r = c.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+        assert_error(r, 413, "body_too_large")
+        assert c.post("/v1/classify", files=parts(("r.png", RED))).status_code == 200
+
+
+def test_pixel_limit_refuses_before_decoding(monkeypatch):
+    """The declared size is read from the header; an over-limit image is refused without decoding it."""
+    import engine.serve.uploads as uploads
+
+    decoded = []
+    monkeypatch.setattr(uploads, "load_image", lambda im: decoded.append(im) or im)
+    with make_client(max_pixels=10_000) as c:
+        big = png(Image.new("RGB", (200, 100), (1, 2, 3)))  # 20,000 px, tiny file
+        msg = assert_error(c.post("/v1/classify", files=parts(("big.png", big))), 413, "image_too_large", "image[0]")
+        assert "200x100" in msg and "--max-pixels" in msg
+        assert decoded == []
+    # a header claiming 60,000 x 60,000 with no pixel data: refused as too large, not as truncated
+    bomb = png(Image.new("L", (1, 1)))
+    ihdr = bomb.index(b"IHDR")
+    import struct
+    import zlib
+
+    head = b"IHDR" + struct.pack(">II", 60_000, 60_000) + bomb[ihdr + 12:ihdr + 17]
+    bomb = bomb[:ihdr] + head + struct.pack(">I", zlib.crc32(head)) + bomb[ihdr + 21:]
+    with make_client() as c:
+        assert_error(c.post("/v1/classify", files=parts(("bomb.png", bomb))), 413, "image_too_large", "image[0]")
+
+
+def test_settings_are_checked():
+    for kw in ({"max_batch": 0}, {"max_wait_ms": -1}, {"max_images": 0}, {"max_bytes": 10},
+               {"max_pixels": 10**9}, {"timeout_s": 0}, {"systems": ()}, {"api_key": "two words"}):
+        with pytest.raises(ValueError):
+            ServeSettings(**kw)
+
+
+def test_timeout_answers_504_and_the_server_goes_on():
+    class Slow(FakeEncoder):
+        def encode_images(self, images):
+            time.sleep(0.6)
+            return super().encode_images(images)
+
+    with make_client(encoder=Slow(), timeout_s=0.2, max_wait_ms=0) as c:
+        assert_error(c.post("/v1/classify", files=parts(("r.png", RED))), 504, "timeout")
+    with make_client(encoder=Slow(), timeout_s=5, max_wait_ms=0) as c:
+        assert c.post("/v1/classify", files=parts(("r.png", RED))).status_code == 200
+
+
+def test_unexpected_error_is_a_logged_500(caplog):
+    class Broken(FakeEncoder):
+        def encode_images(self, images):
+            raise RuntimeError("kaboom in the model")
+
+    with make_client(encoder=Broken()) as c, caplog.at_level(logging.ERROR, logger="twentyq.serve"):
+        msg = assert_error(c.post("/v1/classify", files=parts(("r.png", RED))), 500, "internal")
+        assert "kaboom" not in msg  # no internals in the answer
+    rec = [r for r in caplog.records if r.name == "twentyq.serve"]
+    assert rec and rec[0].exc_info and "kaboom" in str(rec[0].exc_info[1])
+
+
+def test_api_key():
+    with make_client(api_key="s3cret-key") as c:
+        assert c.get("/v1/health").status_code == 200  # liveness needs no key
+        r = c.post("/v1/classify", files=parts(("r.png", RED)))
+        assert_error(r, 401, "missing_api_key", "Authorization")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert_error(c.get("/v1/systems", headers={"Authorization": "Bearer nope"}), 401, "bad_api_key",
+                     "Authorization")
+        assert_error(c.get("/v1/models", headers={"X-API-Key": "s3cret-ke"}), 401, "bad_api_key", "Authorization")
+        assert c.get("/v1/systems", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+        assert c.post("/v1/classify", files=parts(("r.png", RED)),
+                      headers={"X-API-Key": "s3cret-key"}).status_code == 200
+
+
+def test_api_key_file(tmp_path):
+    from engine.serve.settings import read_api_key
+
+    (tmp_path / "k").write_text("  abc123\n")
+    assert read_api_key(str(tmp_path / "k")) == "abc123"
+    (tmp_path / "e").write_text("\n")
+    for p in ("e", "missing"):
+        with pytest.raises(ValueError, match="--api-key-file"):
+            read_api_key(str(tmp_path / p))
+
+
+# --------------------------------------------------------------------------- the batcher
+def _batcher_run(max_batch: int, jobs: list[tuple[list, str, RunConfig]], max_wait_s: float = 0.3):
+    enc = FakeEncoder()
+    clfs = {name: Classifier(system=s, encoder=enc) for name, s in (("colours", COLOUR_SYSTEM),
+                                                                     ("colours2", COLOUR_2))}
+    b = Batcher(clfs, max_batch=max_batch, max_wait_s=max_wait_s)
+
+    async def main():
+        return await asyncio.gather(*(b.submit(ims, s, cfg) for ims, s, cfg in jobs))
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        b.close(5)
+    return enc, b, answers, clfs
+
+
+def test_batcher_one_model_call_for_concurrent_requests_each_with_its_own_budget():
+    colours = ["red", "green", "blue"]
+    jobs = [([solid(colours[(k + i) % 3]) for i in range(1 + k % 2)], "colours2" if k % 3 == 0 else "colours",
+             RunConfig(budget=k, tau=0.99)) for k in range(6)]
+    enc, b, answers, clfs = _batcher_run(32, jobs)
+    assert enc.image_calls == 1 and b.batches_run == 1 and b.batch_sizes == [9]
+    for (ims, system, cfg), ans in zip(jobs, answers):
+        assert ans.timings["batch_requests"] == 6 and ans.timings["batch_images"] == 9
+        want = Classifier(system=clfs[system].system, encoder=FakeEncoder()).classify(ims, budget=cfg.budget,
+                                                                                   tau=0.99)
+        got = [r.to_dict() for r in ans.results]
+        assert [{**w.to_dict(), "image": None} for w in want] == got
+        assert all(r.q_spent <= cfg.budget for r in ans.results)
+
+
+def test_batcher_off_and_oversize_requests():
+    jobs = [([solid("red")] * n, "colours", RunConfig()) for n in (1, 3, 1)]
+    enc, b, answers, _ = _batcher_run(1, jobs)  # batching off: one model call per request
+    assert enc.image_calls == 3 and sorted(b.batch_sizes) == [1, 1, 3]
+    enc, b, answers, _ = _batcher_run(2, jobs)  # the 3-image request runs alone, the others may pair
+    assert 3 in b.batch_sizes and max(b.batch_sizes) == 3 and sum(b.batch_sizes) == 5
+    assert [len(a.results) for a in answers] == [1, 3, 1]
+
+
+def test_batcher_reports_nonfinite_embeddings_per_image():
+    class Zero(FakeEncoder):
+        def encode_images(self, images):
+            x = super().encode_images(images)
+            x[1] = float("nan")
+            return x
+
+    enc = Zero()
+    b = Batcher({"colours": Classifier(system=COLOUR_SYSTEM, encoder=enc)}, max_batch=8, max_wait_s=0)
+    try:
+        ans = asyncio.run(b.submit([solid("red"), solid("green"), solid("blue")], "colours", RunConfig()))
+    finally:
+        b.close(5)
+    assert [r.label for r in ans.results] == ["cherry", None, "sea"]
+    assert ans.results[1].error and isinstance(ans.results[1], Result)
+
+
+# --------------------------------------------------------------------------- the CLI in-process
+def test_serve_flags_errors_are_one_line_exit_2(capsys):
+    from engine.cli.app import main
+
+    assert main(["serve", "--max-batch", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("twentyq: error: --max-batch == 0") and "\n" not in err
+    assert main(["serve", "--api-key-file", "/nonexistent/key"]) == 2
+    assert "--api-key-file" in capsys.readouterr().err
+
+
+def test_serve_port_in_use_is_exit_2(capsys):
+    from engine.cli.app import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code = main(["serve", "--model", "/nonexistent/model", "--port", str(port)])  # refused before loading
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "\n" not in err.strip()
+
+
+# --------------------------------------------------------------------------- a real server (subprocess)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(*flags: str):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(tiny_model_dir("clip")), "--device", "cpu",
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *flags]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):  # up to 60 s
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not answer /v1/health within 60 s")
+
+
+def _stop(proc) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def live():
+    proc, url = _start_server("--system", "pokemon15", "--system", "flowers17", "--max-wait-ms", "150",
+                              "--max-batch", "64")
+    yield url
+    code, err = _stop(proc)
+    assert code == 0, err
+
+
+def test_live_endpoints(live):
+    h = httpx.get(f"{live}/v1/health").json()
+    assert h["ready"] and h["device"] == "cpu" and h["systems"] == ["pokemon15", "flowers17"]
+    assert "tiny-clip" in h["model"]
+    assert [s["name"] for s in httpx.get(f"{live}/v1/systems").json()["systems"]] == ["pokemon15", "flowers17"]
+    assert httpx.get(f"{live}/v1/models").json()["models"][0]["embed_dim"] > 0
+    assert httpx.get(f"{live}/docs").status_code == 200
+    r = httpx.post(f"{live}/v1/classify", params={"budget": 20},
+                   files=parts(("a.png", png(noise_image(3))), ("b.jpg", png(noise_image(4), "JPEG"))))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["system"] == "pokemon15" and "tiny-clip" in body["model"]
+    assert [x["image"] for x in body["results"]] == ["a.png", "b.jpg"]
+    assert all(x["error"] is None and x["q_spent"] <= 20 for x in body["results"])
+    r = httpx.post(f"{live}/v1/classify", json={"images": [b64(noise_image(5))], "system": "flowers17", "budget": 4})
+    assert r.status_code == 200 and r.json()["system"] == "flowers17"
+    assert_error(httpx.post(f"{live}/v1/classify", params={"system": "pokemon16"}, files=parts(("a.png", RED))),
+                 400, "unknown_system", "system")
+
+
+def test_live_concurrent_clients_get_their_own_answers(live):
+    """8 threads at once, each with its own images, system and budget: each answer is that caller's."""
+    from engine.encoders import load_encoder
+
+    n = 8
+    barrier = threading.Barrier(n)
+    answers: list = [None] * n
+
+    def caller(k: int):
+        names = [f"c{k}_{i}.png" for i in range(2)]
+        files = parts(*((nm, png(noise_image(100 + 2 * k + i))) for i, nm in enumerate(names)))
+        params = {"budget": 2 * k, "system": "flowers17" if k % 2 else "pokemon15", "tau": 0.99}
+        barrier.wait(timeout=10)
+        answers[k] = (names, params, httpx.post(f"{live}/v1/classify", params=params, files=files, timeout=30))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(a is not None for a in answers), "a request was lost"
+    enc = load_encoder(str(tiny_model_dir("clip")), device="cpu")
+    local = {s: Classifier(system=s, encoder=enc) for s in ("pokemon15", "flowers17")}
+    biggest = 0
+    for k, (names, params, r) in enumerate(answers):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["system"] == params["system"]
+        assert [x["image"] for x in body["results"]] == names
+        want = local[params["system"]].classify([noise_image(100 + 2 * k + i) for i in range(2)],
+                                                budget=params["budget"], tau=0.99)
+        for rec, w in zip(body["results"], want):
+            assert rec["q_spent"] <= params["budget"]
+            assert rec["label"] == w.label and rec["q_spent"] == w.q_spent
+            assert [s["group"] for s in rec["asked"]] == [s.group for s in w.steps]
+            assert rec["confidence"] == pytest.approx(w.confidence, abs=1e-4)
+        biggest = max(biggest, body["timings"]["batch_requests"])
+    assert biggest > 1, "no two concurrent requests were batched together"
+
+
+@pytest.mark.slow  # a server of its own (~8 s to start on 2 shared cores) and a 1 s batch wait
+def test_live_sigterm_drains_in_flight_requests():
+    """SIGTERM while requests wait in the batcher: every one is answered, then the server exits 0."""
+    proc, url = _start_server("--max-wait-ms", "1000", "--max-batch", "64")
+    n = 4
+    results: list = [None] * n
+
+    def caller(k):
+        try:
+            results[k] = httpx.post(f"{url}/v1/classify", params={"budget": k}, timeout=30,
+                                    files=parts((f"s{k}.png", png(noise_image(200 + k)))))
+        except Exception as e:  # noqa: BLE001
+            results[k] = e
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(100):  # until all four wait in the batcher (up to 10 s)
+            if httpx.get(f"{url}/v1/health", timeout=2).json()["pending_requests"] == n:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the requests never reached the batcher")
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=30)
+        code, err = _stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, err
+    assert "stopped by SIGTERM" in err
+    for k, r in enumerate(results):
+        assert isinstance(r, httpx.Response) and r.status_code == 200, r
+        rec = r.json()["results"][0]
+        assert rec["image"] == f"s{k}.png" and rec["q_spent"] <= k
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/v1/health", timeout=2)
+
+
+@pytest.mark.slow  # two tiny-CLIP servers, a few requests each
+def test_bench_serve_smoke(tmp_path):
+    from bench import serve as bench_serve
+
+    out = tmp_path / "serve.json"
+    assert bench_serve.main(["--models", "tiny-clip", "--requests", "6", "--clients", "3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batching"] for r in rows] == [True, False]
+    assert all(r["ok"] == 6 and r["failed"] == r["lost"] == 0 and r["exit_code_after_sigterm"] == 0 for r in rows)
+    assert rows[1]["mean_batch_images"] == 1.0
