@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if m == "offline":
             models[m] = "offline"
         elif m == "tiny-clip":
-            from engine.encoders.hf import save_random_model
+            from bench.tiny_models import save_random_model
 
             models[m] = str(save_random_model(tmp / "tiny-clip", "clip", logit_scale=42.0))
         else:
