@@ -19,27 +19,39 @@ Logit scale (λ)
 
 Remote code
 -----------
-jina-clip's modelling code lives in a hub repository
-(``jinaai/jina-clip-implementation``) and is run by ``AutoModel`` only when the
-caller passes ``trust_remote_code=True`` (CLI: ``--trust-remote-code``).
-Without it loading stops with :class:`RemoteCodeRefused` before anything is
-downloaded or run.
+transformers imports Python code that a model folder or hub repo names in any
+of four files (:data:`REMOTE_CODE_FILES`): ``config.json``,
+``tokenizer_config.json``, ``preprocessor_config.json`` and
+``processor_config.json``, through an ``auto_map`` or a class it does not have
+itself (``tokenizer_class``, ``image_processor_type``, ``processor_class``,
+``feature_extractor_type``). Before anything else is loaded those four files
+are read as JSON (never run) by :func:`remote_code_triggers`; if any of them
+names code and the caller did not pass ``trust_remote_code=True`` (CLI:
+``--trust-remote-code``), loading stops with :class:`RemoteCodeRefused`, one
+line naming the file, the key and the fix. jina-clip's modelling code lives in
+a hub repository (``jinaai/jina-clip-implementation``), so jina-clip always
+needs the flag. ``trust_remote_code`` is passed explicitly (True or False) to
+every ``from_pretrained``, and transformers' interactive "[y/N]" prompt is
+switched off while loading (:func:`_no_prompt`): stdin is never read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefused, check_batch_size
 from engine.encoders.device import resolve_device, resolve_dtype
+from systems.files import read_text_capped
 
 # model_type values in config.json -> backend
 CLIP_TYPES = ("clip",)
@@ -122,11 +134,20 @@ def read_config(name: str, revision: str | None = None) -> tuple[dict, str]:
     return _load_json(Path(path), name), f"{name}@{commit}"
 
 
+#: the largest model JSON file read (config / tokenizer / processor configs are kilobytes)
+MODEL_JSON_LIMIT = 16 * 1024 * 1024
+
+
 def _load_json(path: Path, name: str) -> dict:
+    """A model JSON file as a dict: a regular file only (a FIFO cannot hang), size-capped, one-line errors."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        cfg = json.loads(read_text_capped(path, MODEL_JSON_LIMIT, what=f"model file {path.name}"))
     except (OSError, ValueError) as e:
-        raise EncoderLoadError(f"model {name!r}: cannot read {path} ({e})") from None
+        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EncoderLoadError(f"model {name!r}: cannot read {path} ({cause})") from None
+    if not isinstance(cfg, dict):
+        raise EncoderLoadError(f"model {name!r}: {path} holds JSON {type(cfg).__name__}, not an object")
+    return cfg
 
 
 def _load_failed(name: str, what: str, e: Exception) -> EncoderLoadError:
@@ -192,6 +213,8 @@ def load_clip_family(name: str, *, kind: str = "auto", device: str | torch.devic
     """Load a CLIP (``kind="clip"``) or SigLIP (``"siglip"``) model; ``"auto"`` reads config.json."""
     import transformers
 
+    trust_remote_code = bool(trust_remote_code)
+    check_remote_code(name, trust_remote_code, revision=revision)  # before anything is loaded
     cfg, model_id = read_config(name, revision)
     mtype = cfg.get("model_type", "")
     if kind == "auto":
@@ -201,18 +224,21 @@ def load_clip_family(name: str, *, kind: str = "auto", device: str | torch.devic
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     cls = transformers.SiglipModel if kind == "siglip" else transformers.CLIPModel
-    try:
-        model = cls.from_pretrained(name, revision=revision, dtype=dt)
-    except Exception as e:  # noqa: BLE001
-        raise _load_failed(name, "weights", e) from None
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(name, revision=revision)
-    except Exception as e:  # noqa: BLE001
-        raise _load_failed(name, "tokenizer", e) from None
-    try:
-        proc = transformers.AutoImageProcessor.from_pretrained(name, revision=revision, backend="pil")
-    except Exception as e:  # noqa: BLE001
-        raise _load_failed(name, "image processor", e) from None
+    trc = trust_remote_code  # explicit in every call: transformers never decides, never prompts
+    with _no_prompt():
+        try:
+            model = cls.from_pretrained(name, revision=revision, dtype=dt, trust_remote_code=trc)
+        except Exception as e:  # noqa: BLE001
+            raise _load_failed(name, "weights", e) from None
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trc)
+        except Exception as e:  # noqa: BLE001
+            raise _load_failed(name, "tokenizer", e) from None
+        try:
+            proc = transformers.AutoImageProcessor.from_pretrained(name, revision=revision, backend="pil",
+                                                                   trust_remote_code=trc)
+        except Exception as e:  # noqa: BLE001
+            raise _load_failed(name, "image processor", e) from None
     model = model.to(dev)
     return CLIPFamilyEncoder(model, tok, proc, name=name, model_id=model_id, device=dev, dtype=dt,
                              batch_size=batch_size, text_batch_size=text_batch_size,
@@ -265,52 +291,182 @@ class JinaClipEncoder(BaseEncoder):
         return self._raw(self.model.encode_text(texts, batch_size=len(texts), convert_to_tensor=True))
 
 
-def check_remote_code(name: str, trust_remote_code: bool) -> None:
-    if not trust_remote_code:
+# --------------------------------------------------------------------------- remote code
+#: the files through which transformers can be told to import a model's own Python code
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+#: keys naming a class transformers looks up by name (and imports from the model's code if it has none)
+CLASS_KEYS = ("tokenizer_class", "image_processor_type", "processor_class", "feature_extractor_type",
+              "video_processor_type")
+
+
+class RemoteCodeTrigger(NamedTuple):
+    """One reason a model would run its own code: ``file`` has ``key`` = ``value``."""
+
+    file: str
+    key: str
+    value: Any
+
+    def describe(self) -> str:
+        shown = json.dumps(self.value, ensure_ascii=True, default=str)
+        shown = shown if len(shown) <= 120 else shown[:117] + "..."
+        if self.key == "auto_map":
+            return f"its {self.file} has an auto_map ({shown}) naming Python code to import and run"
+        return (f"its {self.file} names {self.key} {shown}, a class transformers does not have, which would be "
+                "imported from the model's own Python code")
+
+
+@lru_cache(maxsize=1)
+def _transformers_names() -> frozenset[str]:
+    import transformers
+
+    return frozenset(dir(transformers))  # the lazy module lists its classes without importing them
+
+
+def _is_transformers_class(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    names = _transformers_names()
+    candidates = {value, value.removesuffix("Fast"), value.replace("FeatureExtractor", "ImageProcessor"),
+                  value.removesuffix("Fast").replace("FeatureExtractor", "ImageProcessor")}
+    return any(c in names for c in candidates)
+
+
+def _model_json(name: str, fname: str, revision: str | None) -> dict | None:
+    """``fname`` of a local folder or hub repo as a dict, None when the model has no such file."""
+    if is_local(name):
+        path = Path(name).expanduser() / fname
+        if not os.path.lexists(path):
+            return None
+        return _load_json(path, name)
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        raise EncoderLoadError("huggingface_hub is not installed; pip install huggingface_hub") from None
+    try:
+        path = hf_hub_download(name, fname, revision=revision)
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None  # not in the repo (or, offline, not cached, so transformers cannot read it either)
+    except Exception as e:  # noqa: BLE001  (network, auth, missing repo)
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EncoderLoadError(f"could not read {fname} of model {name!r} from the Hugging Face hub to check it for "
+                               f"remote code ({type(e).__name__}: {cause[:200]}); {_offline_hint(name)}") from None
+    return _load_json(Path(path), name)
+
+
+def remote_code_triggers(name: str, revision: str | None = None) -> list[RemoteCodeTrigger]:
+    """Every place in :data:`REMOTE_CODE_FILES` of a folder or hub repo that would make transformers run its code.
+
+    Read as JSON only; nothing is imported. An empty list means the model loads with transformers' own classes.
+    """
+    found: list[RemoteCodeTrigger] = []
+    for fname in REMOTE_CODE_FILES:
+        cfg = _model_json(name, fname, revision)
+        if not cfg:
+            continue
+        if cfg.get("auto_map"):
+            found.append(RemoteCodeTrigger(fname, "auto_map", cfg["auto_map"]))
+        for key in CLASS_KEYS:
+            value = cfg.get(key)
+            if value is not None and not _is_transformers_class(value):
+                found.append(RemoteCodeTrigger(fname, key, value))
+    return found
+
+
+def check_remote_code(name: str, trust_remote_code: bool, *, revision: str | None = None,
+                      reason: str | None = None) -> list[RemoteCodeTrigger]:
+    """Refuse (RemoteCodeRefused, one line) a model that would run its own code, unless trusted.
+
+    ``reason`` states why without reading anything (jina-clip's known hub ids);
+    otherwise the model's files are read (:func:`remote_code_triggers`). Returns
+    the triggers found ([] when trusted with a ``reason``).
+    """
+    if trust_remote_code and reason is not None:
+        return []
+    triggers = [] if reason is not None else remote_code_triggers(name, revision)
+    if reason is None and triggers:
+        reason = triggers[0].describe()
+        if len(triggers) > 1:
+            reason += f" (and {len(triggers) - 1} more place(s): " + ", ".join(
+                f"{t.file} {t.key}" for t in triggers[1:4]) + ("..." if len(triggers) > 4 else "") + ")"
+    if reason is not None and not trust_remote_code:
         raise RemoteCodeRefused(
-            f"model {name!r} needs trust_remote_code=True (CLI: --trust-remote-code): it runs Python code "
-            "from its hub repository (jina-clip: jinaai/jina-clip-implementation); pass it only if you trust "
-            "that code")
+            f"model {name!r} needs trust_remote_code=True (CLI: --trust-remote-code): {reason}; "
+            "pass it only if you trust that code")
+    return triggers
+
+
+@contextlib.contextmanager
+def _no_prompt():
+    """transformers never asks "Do you wish to run the custom code? [y/N]" on stdin while this is active.
+
+    With ``trust_remote_code`` passed explicitly it should not ask anyway; a zero
+    timeout makes any call that slipped through raise instead of reading stdin.
+    """
+    try:
+        import transformers.dynamic_module_utils as dmu
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = getattr(dmu, "TIME_OUT_REMOTE_CODE", None)
+    dmu.TIME_OUT_REMOTE_CODE = 0
+    try:
+        yield
+    finally:
+        dmu.TIME_OUT_REMOTE_CODE = old
 
 
 def remote_code_origin(name: str) -> str:
     """Where the code that ``trust_remote_code`` runs for model ``name`` comes from, in words.
 
-    A hub id names its repository (and URL); a local folder names its path and
-    the code repositories its ``config.json`` ``auto_map`` points at
+    A hub id names its repository (and URL); a local folder names its path, the
+    files whose ``auto_map`` names code, and the code repositories those point at
     (``"owner/repo--module.Class"``), read without running anything.
     """
     if is_local(name):
         folder = Path(name).expanduser().resolve()
         repos: list[str] = []
-        try:
-            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-            for ref in (cfg.get("auto_map") or {}).values():
+        files: list[str] = []
+        for fname in REMOTE_CODE_FILES:
+            try:
+                cfg = _model_json(str(folder), fname, None) or {}
+                refs = (cfg.get("auto_map") or {}).values()
+            except (EncoderLoadError, AttributeError):
+                continue
+            if refs and fname not in files:
+                files.append(fname)
+            for ref in refs:
                 for r in ref if isinstance(ref, list) else [ref]:
                     if isinstance(r, str) and "--" in r and r.split("--")[0] not in repos:
                         repos.append(r.split("--")[0])
-        except (OSError, ValueError, AttributeError):
-            pass
         where = f"the Python files in the local folder {str(folder)!r}"
+        if files:
+            where += f" (named by the auto_map of {', '.join(files)})"
         if repos:
-            where += f" and the hub repository {', '.join(repr(r) for r in repos)} its config.json names"
+            where += f" and the hub repository {', '.join(repr(r) for r in repos)} they name"
         return where
     return f"the Hugging Face hub repository {name!r} (https://huggingface.co/{name}) and any code repository " \
-           "its config.json names"
+           "its config files name"
+
+
+JINA_REASON = "jina-clip runs Python code from its hub repository (jinaai/jina-clip-implementation)"
 
 
 def load_jina_clip(name: str, *, device: str | torch.device = "auto", dtype=None, batch_size: int = 32,
                    text_batch_size: int | None = None, revision: str | None = None,
                    trust_remote_code: bool = False, truncate_dim: int | None = None) -> JinaClipEncoder:
     """Load jina-clip-v1/v2 with ``AutoModel(trust_remote_code=True)``; refuses without it."""
-    check_remote_code(name, trust_remote_code)
+    if not trust_remote_code:
+        check_remote_code(name, False, revision=revision)  # names the file that asks for code, if one does
+        check_remote_code(name, False, reason=JINA_REASON)
     import transformers
 
     _, model_id = read_config(name, revision)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     try:
-        model = transformers.AutoModel.from_pretrained(name, revision=revision, trust_remote_code=True, dtype=dt)
+        with _no_prompt():
+            model = transformers.AutoModel.from_pretrained(name, revision=revision, trust_remote_code=True, dtype=dt)
     except Exception as e:  # noqa: BLE001
         raise _load_failed(name, "weights or remote code", e) from None
     if hasattr(model, "to"):
