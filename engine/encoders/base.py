@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 
 from engine.encoders.device import dtype_name
-from engine.encoders.images import ImageLike, ImageLoadError, batches, load_image, load_images
+from engine.encoders.images import ImageLike, ImageLoadError, batches, image_label, load_image, load_images
 
 ACTIVATIONS = ("softmax", "sigmoid")
 NONFINITE_IMAGE = ("the encoder returned NaN/inf or a zero vector for this image (blank or degenerate input, "
@@ -179,7 +179,7 @@ class BaseEncoder:
     # -- public --------------------------------------------------------------
     def encode_images(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """(B, D) float32 unit rows on ``self.device``; images loaded one batch at a time."""
-        if isinstance(images, (str, os.PathLike, Image.Image)):
+        if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray)):
             images = [images]
         out: list[torch.Tensor] = []
         with torch.inference_mode():
@@ -248,27 +248,99 @@ class BaseEncoder:
                 f"dtype={dtype_name(self.dtype)!r}, logit_scale={self.logit_scale:.4g})")
 
 
-def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike]) -> tuple[torch.Tensor, list[str | None]]:
-    """Encode what loads; a bad image gets a NaN row and its one-line error.
+def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike],
+                           names: Sequence[str] | None = None) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
+    """Embed the images that load; every bad one becomes a one-line error, and no good result is lost.
 
-    Returns (embeddings (B, D) on the device, errors: list of B messages or None).
-    A row the encoder returned NaN/inf or zero for gets an error too. The engine
-    turns a NaN row into a failed Result for that image only.
+    The one tolerant embedder (the classifier, refinement and the Ray workers use it).
+
+    Parameters
+    ----------
+    encoder : any :class:`Encoder`.
+    images : paths, PIL images or encoded bytes.
+    names : what messages call each input (default: its path, or "<PIL image WxH>" / "<N bytes>").
+
+    Returns
+    -------
+    emb : (n_good, D) float32 unit rows on ``encoder.device``, in input order.
+    good : (n_good,) int64 indices of the inputs ``emb`` holds.
+    errors : {index: one-line message} for every other input.
+
+    Rules: each image is decoded on its own (:func:`load_image`; *any* exception
+    while decoding it is its error, naming the exception type). The good ones
+    are embedded in batches of ``encoder.batch_size``; if a batch raises
+    anything but out-of-memory, its images are retried one by one, so one image
+    the model chokes on cannot take the others down. Out of memory is not an
+    image's fault: the encoder halves its batch itself and, at one image,
+    raises :class:`EncoderOutOfMemory`, which propagates. A row that comes back
+    NaN/inf or all zero is an error (:data:`NONFINITE_IMAGE`).
     """
-    loaded, errors = [], []
-    for im in images:
+    images = list(images)
+    if names is not None and len(names) != len(images):
+        raise ValueError(f"names has {len(names)} entries for {len(images)} images")
+
+    def label(i: int) -> str:
+        return str(names[i]) if names is not None else image_label(images[i])
+
+    loaded: list[tuple[int, Image.Image]] = []
+    errors: dict[int, str] = {}
+    for i, im in enumerate(images):
         try:
-            loaded.append(load_image(im))
-            errors.append(None)
+            loaded.append((i, load_image(im, name=None if names is None else str(names[i]))))
         except ImageLoadError as e:
-            loaded.append(None)
-            errors.append(str(e))
-    good = [im for im in loaded if im is not None]
-    emb = encoder.encode_images(good) if good else None
-    out = torch.full((len(loaded), encoder.embed_dim), float("nan"), dtype=torch.float32, device=encoder.device)
-    if emb is not None:
-        pos = [i for i, im in enumerate(loaded) if im is not None]
-        out[torch.as_tensor(pos, device=encoder.device)] = emb
-        for j in nonfinite_rows(emb):
-            errors[pos[j]] = NONFINITE_IMAGE
-    return out, errors
+            errors[i] = str(e)
+        except Exception as e:  # noqa: BLE001  (load_image wraps decoding errors; this is for the rest)
+            errors[i] = f"cannot load image {label(i)!r}: {type(e).__name__}: {_one_line(e)}"
+
+    rows: list[torch.Tensor] = []
+    good: list[int] = []
+
+    def embed(part: list[tuple[int, Image.Image]]) -> None:
+        emb = encoder.encode_images([im for _, im in part])
+        if not isinstance(emb, torch.Tensor):
+            emb = torch.as_tensor(np.asarray(emb, dtype=np.float32))
+        if emb.ndim != 2 or emb.shape[0] != len(part):
+            raise RuntimeError(f"{getattr(encoder, 'name', 'encoder')}: {len(part)} images gave embeddings of "
+                               f"shape {tuple(emb.shape)}")
+        bad = set(nonfinite_rows(emb))
+        for j, (i, _) in enumerate(part):
+            if j in bad:
+                errors[i] = f"{label(i)}: {NONFINITE_IMAGE}"
+            else:
+                good.append(i)
+                rows.append(emb[j])
+
+    size = max(1, int(getattr(encoder, "batch_size", None) or 32))
+    for part in batches(loaded, size):
+        try:
+            embed(part)
+        except EncoderOutOfMemory:
+            raise
+        except Exception as e:  # noqa: BLE001  (out of memory is re-raised; anything else: retry one by one)
+            if is_out_of_memory(e):
+                raise
+            if len(part) == 1:
+                i = part[0][0]
+                errors[i] = f"{label(i)}: the encoder failed on this image ({type(e).__name__}: {_one_line(e)})"
+                continue
+            for one in part:
+                try:
+                    embed([one])
+                except EncoderOutOfMemory:
+                    raise
+                except Exception as e1:  # noqa: BLE001
+                    if is_out_of_memory(e1):
+                        raise
+                    i = one[0]
+                    errors[i] = (f"{label(i)}: the encoder failed on this image "
+                                 f"({type(e1).__name__}: {_one_line(e1)})")
+    dim = int(getattr(encoder, "embed_dim"))
+    if rows:
+        emb = torch.stack(rows).float()
+    else:
+        emb = torch.empty((0, dim), dtype=torch.float32, device=encoder.device)
+    return emb, np.asarray(good, dtype=np.int64), errors
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

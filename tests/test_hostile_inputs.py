@@ -1,0 +1,202 @@
+"""Issue 14, hostile inputs round two: images, the tolerant embedder, caches, capped reads.
+
+Per-item failures never block or abort: a FIFO, an over-long name, a symlink
+loop, a zero-size image, or any exception while decoding one image becomes that
+image's one-line error; the rest of the batch is embedded. Cache files that are
+not regular files are skipped or rebuilt with one warning line, never waited on.
+Hang cases run in a subprocess with a timeout, so a regression fails instead of
+hanging the suite.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import engine.encoders.images as images_mod
+from engine.encoders import ImageLoadError, load_image
+from engine.encoders.base import NONFINITE_IMAGE, EncoderOutOfMemory, encode_images_tolerant
+
+from .encoder_fixtures import HashEncoder, noise_image
+from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+def run_py(code: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh process; a hang is a test failure after ``timeout`` s, not a hung suite."""
+    try:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                              env=ENV, cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung for more than {timeout} s")
+
+
+# --------------------------------------------------------------------------- paths that are not image files
+def test_a_fifo_given_as_an_image_is_refused_without_opening_it(tmp_path):
+    os.mkfifo(tmp_path / "f.jpg")
+    r = run_py("""
+        from engine.encoders import ImageLoadError, load_image
+        try:
+            load_image("f.jpg")
+        except ImageLoadError as e:
+            print("ERR", e)
+    """, tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "ERR" in r.stdout and "not a regular file" in r.stdout and "f.jpg" in r.stdout
+
+
+def test_cli_classify_with_a_fifo_classifies_the_good_image(tmp_path):
+    """The reproducer: `mkfifo f.jpg; twentyq classify good.jpg f.jpg --json` hung."""
+    solid("red").save(tmp_path / "good.jpg")
+    os.mkfifo(tmp_path / "f.jpg")
+    try:
+        r = subprocess.run([sys.executable, "-m", "engine.cli", "classify", "good.jpg", "f.jpg", "--json"],
+                           capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("twentyq classify hung on a FIFO")
+    rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert len(rows) == 2, r.stderr
+    assert rows[0]["error"] is None and rows[0]["label"]
+    assert "not a regular file" in rows[1]["error"]
+
+
+def test_an_over_long_file_name_is_a_per_item_error(tmp_path):
+    long = tmp_path / ("x" * 300 + ".jpg")
+    with pytest.raises(ImageLoadError, match="too long") as e:
+        load_image(long)
+    assert "\n" not in str(e.value)
+    solid("red").save(tmp_path / "red.png")
+    emb, good, errors = encode_images_tolerant(FakeEncoder(), [tmp_path / "red.png", long])
+    assert good.tolist() == [0] and emb.shape == (1, 8) and "too long" in errors[1]
+
+
+def test_a_symlink_loop_is_called_a_symlink_loop(tmp_path):
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageLoadError, match="symlink loop"):
+        load_image(loop)
+    with pytest.raises(ImageLoadError, match="no such file"):
+        load_image(tmp_path / "nope.jpg")
+
+
+# --------------------------------------------------------------------------- images that decode badly
+def test_a_zero_size_image_is_refused_per_item():
+    for size in ((0, 5), (5, 0)):
+        with pytest.raises(ImageLoadError, match="zero width or height"):
+            load_image(Image.new("RGB", size))
+
+
+def test_a_zero_size_image_does_not_kill_the_offline_batch():
+    from .encoder_fixtures import offline_encoder
+
+    enc = offline_encoder()
+    emb, good, errors = encode_images_tolerant(enc, [noise_image(0), Image.new("RGB", (0, 5)), noise_image(1)])
+    assert good.tolist() == [0, 2] and emb.shape == (2, enc.embed_dim) and torch.isfinite(emb).all()
+    assert "zero width or height" in errors[1]
+
+
+class Exploding(Image.Image):
+    """A PIL image whose every conversion raises an unexpected exception type."""
+
+    def __init__(self):
+        super().__init__()
+        self._size = (4, 4)
+        self._mode = "RGB"
+
+    def convert(self, *a, **k):
+        raise ZeroDivisionError("boom")
+
+    def copy(self):
+        raise ZeroDivisionError("boom")
+
+    def getexif(self):
+        raise ZeroDivisionError("boom")
+
+    def load(self):
+        raise ZeroDivisionError("boom")
+
+
+def test_any_exception_while_decoding_becomes_that_images_error_naming_its_type():
+    with pytest.raises(ImageLoadError, match="ZeroDivisionError"):
+        load_image(Exploding())
+    emb, good, errors = encode_images_tolerant(HashEncoder(), [noise_image(0), Exploding()])
+    assert good.tolist() == [0] and "ZeroDivisionError" in errors[1]
+
+
+def test_the_bomb_message_quotes_twentyqs_limit_not_pillows(tmp_path):
+    from .test_reliability_inputs import _png_header_only
+
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png_header_only(100_000, 100_000))  # over Pillow's 2x guard: Pillow raises its own error
+    for source in (p, p.read_bytes()):
+        with pytest.raises(ImageLoadError) as e:
+            load_image(source) if isinstance(source, Path) else images_mod.load_image_bytes("bomb.png", source)
+        msg = str(e.value)
+        assert f"{images_mod.MAX_IMAGE_PIXELS:,}" in msg and "decompression bomb" in msg
+        assert "200000000" not in msg and "200,000,000" not in msg
+        assert "10,000,000,000 pixels" in msg
+
+
+# --------------------------------------------------------------------------- bytes
+def test_load_image_bytes_and_load_image_accept_bytes(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGBA", (3000, 20), (0, 0, 0, 0)).save(buf, format="PNG")
+    data = buf.getvalue()
+    for im in (images_mod.load_image_bytes("wide.png", data), load_image(data)):
+        assert im.mode == "RGB" and max(im.size) == images_mod.MAX_SIDE  # same rules as a file
+        assert im.getpixel((0, 0)) == (255, 255, 255)
+    for bad, word in ((b"", "not an image"), (b"not an image", "not an image"), (data[:60], "truncated")):
+        with pytest.raises(ImageLoadError, match=word) as e:
+            images_mod.load_image_bytes("x.png", bad)
+        assert "'x.png'" in str(e.value)
+
+
+# --------------------------------------------------------------------------- the one tolerant embedder
+class FlakyEncoder(HashEncoder):
+    """Raises ValueError for any batch that holds a 7x7 image, or an out-of-memory error for 9x9."""
+
+    def _embed_images(self, images):
+        if any(im.size == (7, 7) for im in images):
+            raise ValueError("the model cannot take this one")
+        if any(im.size == (9, 9) for im in images):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+        return super()._embed_images(images)
+
+
+def test_encode_images_tolerant_contract(tmp_path):
+    enc = FlakyEncoder(batch_size=4)
+    good_file = tmp_path / "g.png"
+    noise_image(3).save(good_file)
+    black = Image.new("RGB", (4, 4))  # a zero vector from HashEncoder
+    inputs = [good_file, tmp_path / "nope.png", noise_image(4), noise_image(5, (7, 7)), black, noise_image(6)]
+    emb, good, errors = encode_images_tolerant(enc, inputs, names=["a", "b", "c", "d", "e", "f"])
+    assert isinstance(good, np.ndarray) and good.dtype == np.int64 and good.tolist() == [0, 2, 5]
+    assert emb.shape == (3, 8) and emb.dtype == torch.float32 and emb.device == enc.device
+    assert torch.isfinite(emb).all()
+    assert sorted(errors) == [1, 3, 4] and all("\n" not in m for m in errors.values())
+    assert "nope.png" in errors[1] and "no such file" in errors[1]
+    assert errors[3].startswith("d:") and "ValueError" in errors[3]  # the batch was retried item by item
+    assert errors[4] == f"e: {NONFINITE_IMAGE}"
+    # the good rows equal a plain encode of the good inputs
+    want = HashEncoder().encode_images([good_file, noise_image(4), noise_image(6)])
+    assert torch.allclose(emb, want)
+    empty, none, errs = encode_images_tolerant(enc, [])
+    assert empty.shape == (0, 8) and none.dtype == np.int64 and len(none) == 0 and errs == {}
+
+
+def test_encode_images_tolerant_does_not_swallow_out_of_memory():
+    with pytest.raises(EncoderOutOfMemory):
+        encode_images_tolerant(FlakyEncoder(batch_size=1), [noise_image(0, (9, 9))])
