@@ -200,3 +200,56 @@ def test_encode_images_tolerant_contract(tmp_path):
 def test_encode_images_tolerant_does_not_swallow_out_of_memory():
     with pytest.raises(EncoderOutOfMemory):
         encode_images_tolerant(FlakyEncoder(batch_size=1), [noise_image(0, (9, 9))])
+
+
+# --------------------------------------------------------------------------- cache files that are not files
+def test_a_fifo_in_the_text_cache_is_skipped_and_rebuilt_not_waited_on(tmp_path):
+    """A FIFO under CACHE/text/ hung the run (600 s, and SIGTERM did nothing: the read blocks in Rust)."""
+    r = run_py(f"""
+        import os, warnings
+        from engine.encoders.text_cache import TextCache
+        from tests.encoder_fixtures import HashEncoder
+        cache = TextCache(HashEncoder(), cache_dir={str(tmp_path / 'cache')!r})
+        path = cache.path_for(["a", "b"])
+        path.parent.mkdir(parents=True)
+        os.mkfifo(path)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            emb = cache.embed(["a", "b"])
+        print("SHAPE", tuple(emb.shape), "REBUILT", cache.rebuilt, "ENCODES", cache.text_encodes)
+        print("REGULAR", path.is_file())
+        for x in w:
+            print("WARN", type(x.message).__name__, str(x.message))
+    """, tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "SHAPE (2, 8) REBUILT 1 ENCODES 2" in r.stdout
+    assert "REGULAR True" in r.stdout  # rebuilt as a regular file
+    warns = [ln for ln in r.stdout.splitlines() if ln.startswith("WARN")]
+    assert len(warns) == 1 and "CacheWarning" in warns[0] and "not a regular file" in warns[0]
+
+
+def test_a_fifo_as_the_image_cache_file_is_skipped_not_waited_on(tmp_path):
+    r = run_py(f"""
+        import os, warnings
+        from engine.encoders.image_cache import ImageCache
+        from tests.encoder_fixtures import HashEncoder, noise_image
+        cache = ImageCache(HashEncoder(), cache_dir={str(tmp_path / 'cache')!r})
+        cache.path.parent.mkdir(parents=True)
+        os.mkfifo(cache.path)
+        os.mkfifo("img.png")
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            emb = cache.encode([noise_image(0), noise_image(1)])
+            try:
+                cache.encode(["img.png"])
+            except ValueError as e:
+                print("IMGERR", e)
+        print("SHAPE", tuple(emb.shape), "ENCODED", cache.encoded, "REGULAR", cache.path.is_file())
+        for x in w:
+            print("WARN", type(x.message).__name__, str(x.message))
+    """, tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "SHAPE (2, 8) ENCODED 2 REGULAR True" in r.stdout
+    assert "IMGERR" in r.stdout and "not a regular file" in r.stdout
+    warns = [ln for ln in r.stdout.splitlines() if ln.startswith("WARN")]
+    assert len(warns) == 1 and "not a regular file" in warns[0]
