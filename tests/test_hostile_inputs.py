@@ -253,3 +253,71 @@ def test_a_fifo_as_the_image_cache_file_is_skipped_not_waited_on(tmp_path):
     assert "IMGERR" in r.stdout and "not a regular file" in r.stdout
     warns = [ln for ln in r.stdout.splitlines() if ln.startswith("WARN")]
     assert len(warns) == 1 and "not a regular file" in warns[0]
+
+
+# --------------------------------------------------------------------------- capped reads of text inputs
+def _cli_limited(args, cwd, stdin=None, timeout=60):
+    """The CLI in a process that may not grow past 3 GB (so a regression fails instead of eating the machine)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    try:
+        return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=ENV,
+                              cwd=cwd, timeout=timeout, preexec_fn=limit, input=stdin)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"twentyq {' '.join(args)} ran for more than {timeout} s")
+
+
+@pytest.mark.parametrize("args", [
+    ["system", "import", "/dev/zero", "--classes", "A,B"],
+    ["system", "import", "draft.json", "--classes-file", "/dev/zero"],
+    ["system", "prompt", "--classes-file", "/dev/zero"],
+    ["system", "build", "--table", "/dev/zero", "--class-column", "name", "--out", "s.json"],
+])
+def test_system_cli_refuses_devices_instead_of_reading_forever(tmp_path, args):
+    (tmp_path / "draft.json").write_text("{}")
+    r = _cli_limited(args, tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/dev/zero" in lines[0] and "not a regular file" in lines[0]
+
+
+def test_text_inputs_over_the_cap_are_refused_naming_the_cap(tmp_path, monkeypatch, capsys):
+    from engine.cli.app import main
+    from systems.authoring.draft import read_classes_file
+    from systems.authoring.table import read_table
+    from systems.files import TEXT_INPUT_LIMIT
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(TEXT_INPUT_LIMIT + 1)  # sparse: costs no disk
+    cap = f"{TEXT_INPUT_LIMIT:,} bytes"
+    for read in (read_classes_file, read_table):
+        with pytest.raises(ValueError, match=cap):
+            read(big)
+    assert main(["system", "import", str(big), "--classes", "A,B"]) == 2
+    err = capsys.readouterr().err
+    assert cap in err and "smaller" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b" " * (TEXT_INPUT_LIMIT + 1))))
+    assert main(["system", "import", "-", "--classes", "A,B"]) == 2
+    err = capsys.readouterr().err
+    assert cap in err and "stdin" in err
+
+
+def test_ragged_csv_rows_are_refused_with_their_line(tmp_path, capsys):
+    from engine.cli.app import main
+    from systems.authoring.table import read_table
+
+    ok = "name,color,size\nApple,red,small\n"
+    for extra, line, n in (("Sky,blue\n", 3, 2), ("Rock,grey,big,heavy\n", 3, 4), ("\nSea,blue,big,wet\n", 4, 4)):
+        p = tmp_path / "t.csv"
+        p.write_text(ok + extra)
+        with pytest.raises(ValueError, match=f"line {line} has {n} values for 3 columns"):
+            read_table(p)
+    assert main(["system", "build", "--table", str(p), "--class-column", "name", "--out",
+                 str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert "line 4 has 4 values for 3 columns" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.json").exists()

@@ -167,18 +167,9 @@ def _import_text(text: str, source: str, classes, name: str | None, out: str | N
 
 
 def _import_cmd(args) -> int:
-    import sys
-    from pathlib import Path
+    from systems.authoring.draft import read_draft
 
-    if args.draft == "-":
-        text, source, stem = sys.stdin.read(), "<stdin>", None
-    else:
-        try:
-            text = Path(args.draft).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
-            why = "not UTF-8; re-save it as UTF-8" if isinstance(e, UnicodeDecodeError) else (e.strerror or str(e))
-            raise ValueError(f"cannot read the draft {args.draft!r}: {why}") from None
-        source, stem = args.draft, Path(args.draft).stem
+    text, source, stem = read_draft(args.draft)  # capped; a FIFO or device is refused, never read
     return _import_text(text, source, _classes_of(args, required=False), args.name or stem, args.out)
 
 
