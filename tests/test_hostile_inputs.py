@@ -321,3 +321,61 @@ def test_ragged_csv_rows_are_refused_with_their_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "line 4 has 4 values for 3 columns" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s.json").exists()
+
+
+# --------------------------------------------------------------------------- templates the tokenizer truncates
+LONG_TEMPLATE = ("a photo in which, " + "after a long and winding description of the light, the weather, the "
+                 "season and the mood of the photographer on that particular day, " * 6 + "the thing is {}")
+
+
+def _long_system():
+    from systems import load_system
+
+    return load_system({
+        "name": "long", "groups": [
+            {"name": "color", "template": "something {} in color", "options": ["red", "green", "blue"]},
+            {"name": "rambling", "template": LONG_TEMPLATE, "options": ["round", "square"]}],
+        "rules": {"a": {"color": "red", "rambling": "round"}, "b": {"color": "green", "rambling": "square"}}})
+
+
+def test_a_template_the_tokenizer_truncates_is_warned_about_naming_group_and_limit():
+    from engine.encoders import check_prompt_lengths, load_encoder
+
+    from .encoder_fixtures import tiny_model_dir
+
+    assert len(LONG_TEMPLATE.split()) > 120
+    system = _long_system()
+    enc = load_encoder(str(tiny_model_dir("clip")), device="cpu")
+    assert enc.max_text_tokens == 32  # the tiny model's text positions
+    counts = enc.count_text_tokens(system.groups[1].prompts())
+    assert min(counts) > enc.max_text_tokens
+    # the failure being warned about: every option of the group embeds identically
+    emb = enc.encode_texts(system.groups[1].prompts())
+    assert torch.allclose(emb[0], emb[1])
+    warns = check_prompt_lengths(enc, system)
+    assert len(warns) == 1 and "\n" not in warns[0]
+    assert "'rambling'" in warns[0] and "32 tokens" in warns[0] and "color" not in warns[0]
+    assert check_prompt_lengths(enc, load_system_colours()) == []
+
+
+def test_the_offline_stand_in_reports_its_own_text_limit():
+    from engine.encoders import check_prompt_lengths
+
+    from .encoder_fixtures import offline_encoder
+
+    enc = offline_encoder()
+    assert enc.max_text_tokens == 256
+    system = _long_system()
+    assert check_prompt_lengths(enc, system) == []  # ~140 tokens fit MiniLM's 256
+    longer = type(system)(name="x", classes=system.classes, groups=(
+        system.groups[0], type(system.groups[1])("rambling", LONG_TEMPLATE.replace("{}", "") * 2 + "{}",
+                                                 system.groups[1].options)), rules=system.rules)
+    warns = check_prompt_lengths(enc, longer)
+    assert len(warns) == 1 and "'rambling'" in warns[0] and "256 tokens" in warns[0]
+    assert check_prompt_lengths(HashEncoder(), longer) == []  # an encoder that cannot tell: no warning
+
+
+def load_system_colours():
+    from systems import load_system
+
+    return load_system(COLOUR_SYSTEM)

@@ -168,6 +168,15 @@ class BaseEncoder:
     embed_dim: int
     batch_size: int = 32
     text_batch_size: int | None = None  # default: batch_size
+    #: the most tokens the text encoder reads; a longer prompt is cut there (None: unknown or no limit)
+    max_text_tokens: int | None = None
+
+    def count_text_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        """Tokens each text has before truncation (special tokens included); None if the encoder cannot tell."""
+        tok = getattr(self, "tokenizer", None)
+        if tok is None or not callable(tok):
+            return None
+        return count_tokens(tok, _check_texts(texts))
 
     # -- hooks ---------------------------------------------------------------
     def _embed_images(self, images: list) -> torch.Tensor:  # pragma: no cover - abstract
@@ -246,6 +255,60 @@ class BaseEncoder:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, model_id={self.model_id!r}, device={str(self.device)!r}, "
                 f"dtype={dtype_name(self.dtype)!r}, logit_scale={self.logit_scale:.4g})")
+
+
+def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Token counts of ``texts`` with a transformers tokenizer, untruncated and without its length warning."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, padding=False, verbose=False)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def check_prompt_lengths(encoder: Encoder, system: Any) -> list[str]:
+    """One-line warnings for the groups whose prompts the encoder's tokenizer would cut off.
+
+    A prompt longer than ``encoder.max_text_tokens`` is truncated; when what tells
+    the options apart lies past the cut (a long template with ``{}`` near the end),
+    every option of the group embeds identically and the question carries no
+    information. Nothing is refused (warn-only). Encoders that cannot count
+    tokens (no ``count_text_tokens`` / ``max_text_tokens``) give no warnings.
+    ``system`` is an :class:`systems.format.AttributeSystem`; its baseline
+    template is checked over the class names too.
+    """
+    limit = getattr(encoder, "max_text_tokens", None)
+    count = getattr(encoder, "count_text_tokens", None)
+    if not limit or count is None:
+        return []
+    checks = [(f"group {g.name!r}", list(g.prompts())) for g in system.groups]
+    baseline = getattr(system, "baseline_template", None)
+    if baseline:
+        checks.append(("the baseline template", [baseline.replace("{}", c) for c in system.classes]))
+    out = []
+    for what, prompts in checks:
+        counts = count(prompts)
+        if counts is None:
+            return []
+        over = [n for n in counts if n > limit]
+        if over:
+            same = " (every one of its prompts is cut before the part that differs, so they all embed identically)" \
+                if len(over) == len(counts) and _same_prefix(encoder, prompts, limit) else ""
+            out.append(f"{what}: {len(over)} of {len(counts)} prompts are longer than the {limit} tokens "
+                       f"{getattr(encoder, 'name', 'the encoder')} reads (the longest has {max(over)}); the text "
+                       f"past the limit is cut off{same}; shorten the template")
+    return out
+
+
+def _same_prefix(encoder: Any, prompts: list[str], limit: int) -> bool:
+    """Whether the first ``limit`` tokens of every prompt are the same (so they embed identically)."""
+    tok = getattr(encoder, "tokenizer", None)
+    if tok is None or not callable(tok):
+        return False
+    try:
+        ids = tok(prompts, add_special_tokens=True, truncation=True, max_length=limit, verbose=False)["input_ids"]
+    except Exception:  # noqa: BLE001  (a hint only)
+        return False
+    return len({tuple(x) for x in ids}) == 1
 
 
 def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike],

@@ -187,6 +187,7 @@ class CLIPFamilyEncoder(BaseEncoder):
         cfg = model.config
         self.embed_dim = int(getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size)
         self.max_length = int(getattr(cfg.text_config, "max_position_embeddings", 77))
+        self.max_text_tokens = self.max_length  # prompts are truncated here (check_prompt_lengths warns)
         scale = getattr(model, "logit_scale", None)
         if scale is None:
             raise EncoderLoadError(f"model {name!r} has no logit_scale parameter; is it a CLIP-style model?")
