@@ -379,3 +379,59 @@ def load_system_colours():
     from systems import load_system
 
     return load_system(COLOUR_SYSTEM)
+
+
+# --------------------------------------------------------------------------- a hub id with no network
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Not in HF offline mode, an empty HF cache, and every connection fails at once (no real network)."""
+    import socket
+
+    import huggingface_hub.constants as hc
+
+    import engine.encoders.hf as hf
+
+    monkeypatch.setattr(hf, "_REACH", {})  # the reachability memo must not outlive the test
+    monkeypatch.setattr(hf, "_CACHED_ONLY", set())
+    attempts = []
+
+    def refuse(address, *a, **k):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: refuse(address))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    return attempts
+
+
+def test_a_hub_id_with_no_network_fails_fast_in_one_line(no_network):
+    import time
+
+    from engine.encoders import EncoderLoadError, load_encoder
+
+    t0 = time.perf_counter()
+    with pytest.raises(EncoderLoadError) as e:
+        load_encoder("nobody/no-such-model-xyz", device="cpu")
+    dt = time.perf_counter() - t0
+    msg = str(e.value)
+    assert dt < 3, f"{dt:.1f} s"  # was 33 s and six retry lines
+    assert "\n" not in msg and "unreachable" in msg and "local folder" in msg and "nobody/no-such-model-xyz" in msg
+
+
+def test_hub_offline_mode_with_nothing_cached_fails_fast_naming_the_setting(monkeypatch, tmp_path):
+    import time
+
+    import huggingface_hub.constants as hc
+
+    from engine.encoders import EncoderLoadError, load_encoder
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    t0 = time.perf_counter()
+    with pytest.raises(EncoderLoadError, match="HF_HUB_OFFLINE") as e:
+        load_encoder("nobody/no-such-model-xyz", device="cpu")
+    assert time.perf_counter() - t0 < 3 and "\n" not in str(e.value) and "local folder" in str(e.value)

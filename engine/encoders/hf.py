@@ -3,7 +3,10 @@
 Model names are Hugging Face hub ids (``openai/clip-vit-base-patch32``) or
 local folders written by ``save_pretrained`` / ``git clone`` of a hub repo.
 Hub downloads need the network once; after that, or with a local folder,
-everything works offline (set ``HF_HUB_OFFLINE=1``).
+everything works offline (set ``HF_HUB_OFFLINE=1``). Before asking the hub,
+one TCP connect (2 s at most) checks that it is reachable; if it is not, a
+cached model loads from the cache and an uncached one fails at once with one
+line saying so (instead of huggingface_hub's retries).
 
 Logit scale (λ)
 ---------------
@@ -104,6 +107,81 @@ def weights_fingerprint(folder: Path) -> str:
     return _HASH_MEMO[key]
 
 
+# --------------------------------------------------------------------------- the hub, offline first
+#: hub ids served from the local cache because the hub was unreachable (later loads stay local)
+_CACHED_ONLY: set[str] = set()
+_REACH: dict[str, tuple[float, str | None]] = {}
+REACH_TIMEOUT_S = 2.0
+
+
+class _NotCached(Exception):
+    """A hub file that is not in the local cache while the hub cannot be asked; ``why`` says why not."""
+
+    def __init__(self, why: str):
+        super().__init__(why)
+        self.why = why
+
+
+def hub_unreachable(timeout: float = REACH_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub cannot be reached (one TCP connect, at most ``timeout`` s), or None if it can.
+
+    Checked once a minute at most. Behind an HTTP(S) proxy the check is skipped
+    (the proxy, not a direct connection, decides).
+    """
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    now = time.monotonic()
+    if host in _REACH and now - _REACH[host][0] < 60:
+        return _REACH[host][1]
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        why = None
+    except OSError as e:
+        why = (f"the Hugging Face hub ({constants.ENDPOINT}) is unreachable "
+               f"({getattr(e, 'strerror', None) or e or type(e).__name__})")
+    _REACH[host] = (now, why)
+    return why
+
+
+def _hub_file(name: str, fname: str, revision: str | None) -> str:
+    """Local path of ``fname`` of hub repo ``name``: from the cache when offline, else downloaded.
+
+    Never waits on a network that is not there: with ``HF_HUB_OFFLINE`` set, or
+    when :func:`hub_unreachable` says so, only the local cache is used, and a
+    file that is not cached raises :class:`_NotCached` at once (instead of
+    huggingface_hub's retries, which took 33 s and printed six lines).
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = bool(constants.HF_HUB_OFFLINE)
+    why = ("HF_HUB_OFFLINE is set, so the hub is not asked (unset it to download the model once)"
+           if offline else None) or (None if name in _CACHED_ONLY else hub_unreachable())
+    if why is None and name not in _CACHED_ONLY:
+        return hf_hub_download(name, fname, revision=revision)
+    try:
+        path = hf_hub_download(name, fname, revision=revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise _NotCached(why or "the hub was unreachable earlier in this run") from None
+    if not offline:
+        _CACHED_ONLY.add(name)  # the weights must come from the cache too (transformers would retry)
+    return path
+
+
+def _local_only(name: str) -> dict:
+    """``local_files_only=True`` for from_pretrained when ``name`` is served from the cache (hub unreachable)."""
+    return {"local_files_only": True} if name in _CACHED_ONLY else {}
+
+
 def read_config(name: str, revision: str | None = None) -> tuple[dict, str]:
     """config.json of a local folder or hub repo, and the model_id to use in cache keys.
 
@@ -123,9 +201,11 @@ def read_config(name: str, revision: str | None = None) -> tuple[dict, str]:
         raise EncoderLoadError(f"model {name!r} is neither a local folder nor a hub id (owner/name); "
                                "check the path or the spelling (twentyq models lists the known ones)")
     try:
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download(name, "config.json", revision=revision)
-    except Exception as e:  # noqa: BLE001  (network, auth, offline mode, missing repo)
+        path = _hub_file(name, "config.json", revision)
+    except _NotCached as e:
+        raise EncoderLoadError(f"model {name!r} is not in the local Hugging Face cache and {e.why}; "
+                               f"{_offline_hint(name)}") from None
+    except Exception as e:  # noqa: BLE001  (network, auth, missing repo)
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EncoderLoadError(f"could not load model {name!r} from the Hugging Face hub "
                                f"({type(e).__name__}: {cause[:200]}); {_offline_hint(name)}") from None
@@ -228,16 +308,17 @@ def load_clip_family(name: str, *, kind: str = "auto", device: str | torch.devic
     trc = trust_remote_code  # explicit in every call: transformers never decides, never prompts
     with _no_prompt():
         try:
-            model = cls.from_pretrained(name, revision=revision, dtype=dt, trust_remote_code=trc)
+            model = cls.from_pretrained(name, revision=revision, dtype=dt, trust_remote_code=trc, **_local_only(name))
         except Exception as e:  # noqa: BLE001
             raise _load_failed(name, "weights", e) from None
         try:
-            tok = transformers.AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trc)
+            tok = transformers.AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trc,
+                                                             **_local_only(name))
         except Exception as e:  # noqa: BLE001
             raise _load_failed(name, "tokenizer", e) from None
         try:
             proc = transformers.AutoImageProcessor.from_pretrained(name, revision=revision, backend="pil",
-                                                                   trust_remote_code=trc)
+                                                                   trust_remote_code=trc, **_local_only(name))
         except Exception as e:  # noqa: BLE001
             raise _load_failed(name, "image processor", e) from None
     model = model.to(dev)
@@ -340,13 +421,12 @@ def _model_json(name: str, fname: str, revision: str | None) -> dict | None:
             return None
         return _load_json(path, name)
     try:
-        from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
         raise EncoderLoadError("huggingface_hub is not installed; pip install huggingface_hub") from None
     try:
-        path = hf_hub_download(name, fname, revision=revision)
-    except (EntryNotFoundError, LocalEntryNotFoundError):
+        path = _hub_file(name, fname, revision)
+    except (EntryNotFoundError, LocalEntryNotFoundError, _NotCached):
         return None  # not in the repo (or, offline, not cached, so transformers cannot read it either)
     except Exception as e:  # noqa: BLE001  (network, auth, missing repo)
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -467,7 +547,8 @@ def load_jina_clip(name: str, *, device: str | torch.device = "auto", dtype=None
     dt = resolve_dtype(dtype, dev)
     try:
         with _no_prompt():
-            model = transformers.AutoModel.from_pretrained(name, revision=revision, trust_remote_code=True, dtype=dt)
+            model = transformers.AutoModel.from_pretrained(name, revision=revision, trust_remote_code=True, dtype=dt,
+                                                           **_local_only(name))
     except Exception as e:  # noqa: BLE001
         raise _load_failed(name, "weights or remote code", e) from None
     if hasattr(model, "to"):
