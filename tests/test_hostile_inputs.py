@@ -435,3 +435,24 @@ def test_hub_offline_mode_with_nothing_cached_fails_fast_naming_the_setting(monk
     with pytest.raises(EncoderLoadError, match="HF_HUB_OFFLINE") as e:
         load_encoder("nobody/no-such-model-xyz", device="cpu")
     assert time.perf_counter() - t0 < 3 and "\n" not in str(e.value) and "local folder" in str(e.value)
+
+
+# --------------------------------------------------------------------------- warnings print as one line
+def test_cache_warnings_print_as_one_line_without_a_source_line(tmp_path):
+    script = tmp_path / "script.py"  # a real file, so Python's default format would quote its source line
+    script.write_text(textwrap.dedent(f"""
+        from engine.encoders.text_cache import TextCache
+        from tests.encoder_fixtures import HashEncoder
+        cache = TextCache(HashEncoder(), cache_dir={str(tmp_path / 'cache')!r})
+        path = cache.path_for(["a", "b"])
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not a safetensors file")
+        cache.embed(["a", "b"])
+        print("DONE")
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=ENV, cwd=tmp_path,
+                       timeout=60)
+    assert r.returncode == 0 and "DONE" in r.stdout, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("twentyq: CacheWarning: text cache file") and "warnings.warn" not in r.stderr

@@ -70,8 +70,35 @@ class EncoderOutOfMemory(RuntimeError):
     """The device ran out of memory even at batch size 1."""
 
 
-class OutOfMemoryWarning(RuntimeWarning):
+class OneLineWarning(Warning):
+    """A twentyq warning: printed as one line, ``twentyq: <Category>: <message>``, with no source line.
+
+    Python's default format adds ``file:line:`` and the caller's source line,
+    which means nothing to a CLI user. :func:`_format_warning` is installed as
+    ``warnings.formatwarning`` and changes only subclasses of this class.
+    """
+
+
+_default_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    if isinstance(category, type) and issubclass(category, OneLineWarning):
+        return f"twentyq: {category.__name__}: {' '.join(str(message).split())}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+if not getattr(warnings.formatwarning, "_twentyq", False):
+    _format_warning._twentyq = True  # type: ignore[attr-defined]
+    warnings.formatwarning = _format_warning
+
+
+class OutOfMemoryWarning(OneLineWarning, RuntimeWarning):
     """A batch ran out of device memory and was retried at half the size."""
+
+
+class PromptTruncatedWarning(OneLineWarning, UserWarning):
+    """A group's prompts are longer than the text encoder reads (see :func:`check_prompt_lengths`)."""
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -49,17 +49,17 @@ from pathlib import Path
 
 import torch
 
-from engine.encoders.base import Encoder, cache_identity, nonfinite_rows
+from engine.encoders.base import Encoder, OneLineWarning, cache_identity, nonfinite_rows
 from systems.files import check_regular_file
 
 FORMAT = "twentyq-text-v1"
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(OneLineWarning, UserWarning):
     """A cache file that failed to load and was rebuilt, or a disk cache turned off after a failed write."""
 
 
-class NonFiniteWarning(RuntimeWarning):
+class NonFiniteWarning(OneLineWarning, RuntimeWarning):
     """The encoder returned NaN/inf or a zero vector for some prompts."""
 
 
