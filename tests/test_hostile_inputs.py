@@ -456,3 +456,20 @@ def test_cache_warnings_print_as_one_line_without_a_source_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("twentyq: CacheWarning: text cache file") and "warnings.warn" not in r.stderr
+
+
+# --------------------------------------------------------------------------- analysis: not applicable is not "same option"
+def test_an_all_null_class_does_not_make_separated_classes_indistinguishable():
+    from systems import analyze, load_system
+
+    s = load_system({
+        "name": "t", "groups": [{"name": "color", "template": "{}", "options": ["red", "blue"]},
+                                {"name": "shape", "template": "{}", "options": ["round", "long"]}],
+        "rules": {"X": {"color": None, "shape": None}, "Y": {"color": "red", "shape": "round"},
+                  "Z": {"color": "blue", "shape": "round"}, "W": {"color": [0, 1], "shape": [0, 1]}}})
+    a = analyze(s)
+    # colour rules Y and Z apart; X (nothing applies: a uniform answer) differs from both under the channel;
+    # W accepts every option everywhere, which gives the same uniform answers as X: truly indistinguishable
+    assert a.indistinguishable == [["X", "W"]]
+    assert ["X", "Y"] in a.weakly_distinguishable and ["X", "Z"] in a.weakly_distinguishable
+    assert ["Y", "Z"] not in a.weakly_distinguishable

@@ -53,6 +53,7 @@ def _analyze_cmd(args) -> int:
     print(f"{a.system}: {a.n_classes} classes, {a.n_groups} groups, Q={a.q_total}")
     print(f"identical rule signatures: {a.identical_signatures or 'none'}")
     print(f"classes no group can tell apart: {a.indistinguishable or 'none'}")
+    print(f"pairs told apart only weakly (no group rules one out): {a.weakly_distinguishable or 'none'}")
     print(f"\n{'group':<24}{'K':>4}{'pairs separated':>18}{'info (bits)':>13}  not applicable")
     for sp in a.splits:
         print(f"{sp.group:<24}{sp.n_options:>4}{sp.pairs_separated:>18}{sp.info_bits:>13.2f}  "
