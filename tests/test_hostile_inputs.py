@@ -473,3 +473,26 @@ def test_an_all_null_class_does_not_make_separated_classes_indistinguishable():
     assert a.indistinguishable == [["X", "W"]]
     assert ["X", "Y"] in a.weakly_distinguishable and ["X", "Z"] in a.weakly_distinguishable
     assert ["Y", "Z"] not in a.weakly_distinguishable
+
+
+# --------------------------------------------------------------------------- small confusing cases
+def test_the_duplicate_key_error_says_it_once(tmp_path):
+    from systems import load_system
+    from systems.validate import SystemValidationError
+
+    p = tmp_path / "dup.json"
+    p.write_text('{"name": "a", "name": "b"}')
+    with pytest.raises(SystemValidationError) as e:
+        load_system(p)
+    assert str(e.value).count("must be unique") == 1 and "duplicate key 'name'" in str(e.value)
+
+
+def test_hidden_folders_and_files_in_an_image_folder_are_skipped(tmp_path):
+    from engine.run.datasets import load_dataset
+
+    for rel in ("cat/a.jpg", "cat/.b.jpg", ".hidden/c.jpg", ".git/d.png", "dog/e.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        solid("red").save(tmp_path / rel)
+    ds = load_dataset(tmp_path)
+    assert sorted(ds.labels) == ["cat", "dog"]
+    assert sorted(Path(it.path).name for it in ds.items) == ["a.jpg", "e.png"]

@@ -61,10 +61,11 @@ def _from_csv(path: Path) -> list[Item]:
 
 
 def _from_folder(root: Path) -> list[Item]:
+    """DIR/label/*.jpg; hidden folders and files (``.git``, ``.DS_Store``, ``._x.jpg``) are not data."""
     items = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir()):
         for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES:
                 items.append(Item(str(f), d.name))
     if not items:
         raise ValueError(f"{root}: no images found; an ImageFolder directory holds DIR/label/*.jpg")
