@@ -496,3 +496,10 @@ def test_hidden_folders_and_files_in_an_image_folder_are_skipped(tmp_path):
     ds = load_dataset(tmp_path)
     assert sorted(ds.labels) == ["cat", "dog"]
     assert sorted(Path(it.path).name for it in ds.items) == ["a.jpg", "e.png"]
+
+
+def test_an_over_long_model_name_is_a_one_line_load_error():
+    from engine.encoders import EncoderLoadError, load_encoder
+
+    with pytest.raises(EncoderLoadError, match="neither a local folder nor a hub id"):
+        load_encoder("/tmp/" + "m" * 300, device="cpu")

@@ -82,7 +82,11 @@ def _offline_hint(name: str) -> str:
 
 
 def is_local(name: str) -> bool:
-    return Path(name).expanduser().is_dir()
+    """Whether ``name`` is a local folder (a name too long for the file system or a symlink loop is not one)."""
+    try:
+        return Path(name).expanduser().is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def weights_fingerprint(folder: Path) -> str:
