@@ -1,9 +1,28 @@
 """What a system can and cannot tell apart (networkx).
 
-Group g *separates* classes a and b when the group applies to both and their
-acceptable option sets are disjoint: a correct answer to g then rules one of
-them out. Two classes that no group separates cannot be told apart by the
-system, whatever the model answers.
+Two notions, both over the rules alone (no model):
+
+*Distinguishable* (under the Bayes channel the engine scores with). A class
+c answers group g with P(k | c) = (1-ε)·1[k ∈ R_g(c)]/|R_g(c)| + ε/K_g, or
+1/K_g when g does not apply to c (``engine.core.scoring``). Classes a and b
+are **indistinguishable** when every group gives them the same answer
+distribution, for every ε: the same set of acceptable options, where "not
+applicable" counts as accepting all K_g options (both give the uniform
+distribution). Then no answer, however good the model, moves the odds between
+them. This is an equivalence relation, so the reported groups are exactly the
+classes with the same canonical rule signature. A not-applicable rule is *not*
+"the same option" as an applicable one: an answer the other class predicts is
+evidence for it (before issue 14, a class with all-null rules was taken to
+match every class, and linked, by transitivity, classes that colour rules
+apart).
+
+*Separated*. Group g **separates** a and b when it applies to both and their
+acceptable sets are disjoint: a correct answer to g then rules one of them out
+(its likelihood is only ε/K_g). Pairs that are distinguishable but that no
+group separates are **weakly distinguishable**: the answers shift the odds
+(a not-applicable or wider rule on one side) but never rule either out; they
+are listed apart, as the pairs most likely to be confused. The minimal
+separating set and ``pairs_separated`` use separation.
 """
 
 from __future__ import annotations
@@ -25,6 +44,23 @@ def separation_tensor(system: AttributeSystem) -> np.ndarray:
         applicable = seg.any(axis=1)
         overlap = (seg @ seg.T) > 0
         out[g] = applicable[:, None] & applicable[None, :] & ~overlap
+    return out
+
+
+def distinction_tensor(system: AttributeSystem) -> np.ndarray:
+    """Bool array (G, C, C): ``[g, a, b]`` is True when group g gives a and b different answer distributions.
+
+    That is when their acceptable option sets differ, a not-applicable rule
+    counting as the full set (see the module docstring).
+    """
+    m = system.rule_matrix.astype(np.int32)  # (C, Q)
+    out = np.zeros((system.n_groups, system.n_classes, system.n_classes), dtype=bool)
+    for g, (o, k) in enumerate(zip(system.offsets, system.option_counts)):
+        seg = m[:, o:o + k]
+        full = np.where(seg.any(axis=1, keepdims=True), seg, 1)  # not applicable == every option (uniform)
+        n = full.sum(axis=1)
+        inter = full @ full.T
+        out[g] = (n[:, None] + n[None, :] - 2 * inter) > 0  # |A xor B| > 0
     return out
 
 
@@ -52,13 +88,26 @@ def identical_signatures(system: AttributeSystem) -> list[list[str]]:
 
 
 def indistinguishable_classes(system: AttributeSystem) -> list[list[str]]:
-    """Connected groups of classes that no group can tell apart, pair by pair.
+    """Groups (size >= 2) of classes that get the same answer distribution from every group.
 
-    With single-option rules and no not-applicable rule this equals
-    :func:`identical_signatures`; not-applicable and multi-option rules can
-    make more pairs inseparable.
+    Under the Bayes channel (module docstring) nothing the model answers can
+    move the odds between them. Equals :func:`identical_signatures` once a
+    not-applicable rule is read as "every option".
     """
-    return _components(inseparable_graph(system), system)
+    dist = distinction_tensor(system).any(axis=0)
+    graph = nx.Graph()
+    graph.add_nodes_from(system.classes)
+    a, b = np.nonzero(np.triu(~dist, k=1))
+    graph.add_edges_from((system.classes[i], system.classes[j]) for i, j in zip(a, b))
+    return _components(graph, system)
+
+
+def weakly_distinguishable_pairs(system: AttributeSystem) -> list[list[str]]:
+    """Pairs [a, b] some group tells apart but none separates: the answers shift the odds, never rule one out."""
+    dist = distinction_tensor(system).any(axis=0)
+    sep = separation_tensor(system).any(axis=0)
+    a, b = np.nonzero(np.triu(dist & ~sep, k=1))
+    return [[system.classes[i], system.classes[j]] for i, j in zip(a, b)]
 
 
 def _components(graph: nx.Graph, system: AttributeSystem) -> list[list[str]]:
@@ -129,6 +178,7 @@ class SystemAnalysis:
     q_total: int
     identical_signatures: list[list[str]]
     indistinguishable: list[list[str]]
+    weakly_distinguishable: list[list[str]]
     splits: list[GroupSplit]
     minimal_separating_set: list[str]
     minimal_set_q: int
@@ -147,6 +197,7 @@ def analyze(system: AttributeSystem) -> SystemAnalysis:
         q_total=system.q_total,
         identical_signatures=identical_signatures(system),
         indistinguishable=indistinguishable_classes(system),
+        weakly_distinguishable=weakly_distinguishable_pairs(system),
         splits=group_splits(system),
         minimal_separating_set=minimal,
         minimal_set_q=int(sum(system.groups[system.group_index(g)].n_options for g in minimal)),

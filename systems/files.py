@@ -13,6 +13,7 @@ system format, the engine, the CLI and the benchmarks all use the same helpers:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -126,22 +127,48 @@ def read_text_capped(path: str | os.PathLike, limit: int = TEXT_INPUT_LIMIT, *, 
         raise ValueError(f"{what} {str(path)!r} is not UTF-8 text; save it as UTF-8") from None
 
 
+def stat_problem(e: BaseException) -> str:
+    """A short cause, in words, for an error ``os.stat``/``open`` raised on a path."""
+    code = getattr(e, "errno", None)
+    if isinstance(e, ValueError):  # "embedded null byte"
+        return f"not a usable path ({e})"
+    if code == errno.ENOENT:
+        return "no such file"
+    if code == errno.ELOOP:
+        return "a symlink loop (the link points, directly or not, back at itself); fix or remove the link"
+    if code == errno.ENAMETOOLONG:
+        return "the file name is too long for the file system"
+    if code == errno.EACCES or isinstance(e, PermissionError):
+        return "permission denied; the file or a folder above it is not readable by this user"
+    if code == errno.ENOTDIR:
+        return "no such file (a part of the path is a file, not a folder)"
+    return f"cannot be opened ({getattr(e, 'strerror', None) or e})"
+
+
 def check_regular_file(path: str | os.PathLike, *, what: str = "file") -> os.stat_result:
     """``os.stat`` of ``path`` if it is a regular file (links followed); a one-line error otherwise.
 
-    Raises FileNotFoundError (missing, or a symlink loop), IsADirectoryError, or
-    ValueError for a FIFO, socket or device, each naming the path.
+    Raises FileNotFoundError (missing, a symlink loop, a name too long ...),
+    IsADirectoryError, or ValueError for a FIFO, socket or device, each naming
+    the path. Every one carries ``.cause``: the reason alone, in words (for
+    callers that wrap it in their own message).
     """
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {str(path)!r} not found") from None
-    except OSError as e:  # ELOOP, ENAMETOOLONG, EACCES ...
-        raise FileNotFoundError(f"{what} {str(path)!r} cannot be opened ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ENOENT, ELOOP, ENAMETOOLONG, EACCES ..., or a NUL byte in the name
+        cause = stat_problem(e)
+        err: Exception = FileNotFoundError(
+            f"{what} {str(path)!r} not found" if cause == "no such file" else f"{what} {str(path)!r}: {cause}")
+        err.cause = cause  # type: ignore[attr-defined]
+        raise err from None
     if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(f"{what} {str(path)!r} is a folder, not a file")
+        err = IsADirectoryError(f"{what} {str(path)!r} is a folder, not a file")
+        err.cause = "is a directory, not a file"  # type: ignore[attr-defined]
+        raise err
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{what} {str(path)!r} is not a regular file (a FIFO, socket or device); pass a file")
+        err = ValueError(f"{what} {str(path)!r} is not a regular file (a FIFO, socket or device); pass a file")
+        err.cause = "not a regular file (a FIFO, socket or device), so it is not read"  # type: ignore[attr-defined]
+        raise err
     return st
 
 

@@ -48,8 +48,8 @@ def read_json(path: Path) -> Any:
         hint = " (comments are not JSON; remove them)" if text[e.pos:e.pos + 2] in ("//", "/*") or \
             text[e.pos:e.pos + 1] == "#" else ""
         raise SystemValidationError(source, [f"line {e.lineno} column {e.colno}: {e.msg}{hint}"]) from None
-    except ValueError as e:  # duplicate keys
-        raise SystemValidationError(source, [f"{e}; every group, class and key must be unique"]) from None
+    except ValueError as e:  # duplicate keys: the hook's message already says what must be unique
+        raise SystemValidationError(source, [str(e)]) from None
     except RecursionError:
         raise SystemValidationError(source, ["JSON nested too deeply to be a system"]) from None
 

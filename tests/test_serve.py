@@ -279,12 +279,13 @@ def test_timeout_answers_504_and_the_server_goes_on():
         assert c.post("/v1/classify", files=parts(("r.png", RED))).status_code == 200
 
 
-def test_unexpected_error_is_a_logged_500(caplog):
-    class Broken(FakeEncoder):
-        def encode_images(self, images):
-            raise RuntimeError("kaboom in the model")
+def test_unexpected_error_is_a_logged_500(caplog, monkeypatch):
+    # (an encoder failing on one image is that image's error, as in classify --json; a bug in the loop is not)
+    def broken(*a, **k):
+        raise RuntimeError("kaboom in the loop")
 
-    with make_client(encoder=Broken()) as c, caplog.at_level(logging.ERROR, logger="twentyq.serve"):
+    with make_client() as c, caplog.at_level(logging.ERROR, logger="twentyq.serve"):
+        monkeypatch.setattr("engine.run.classifier.classify_batch", broken)
         msg = assert_error(c.post("/v1/classify", files=parts(("r.png", RED))), 500, "internal")
         assert "kaboom" not in msg  # no internals in the answer
     rec = [r for r in caplog.records if r.name == "twentyq.serve"]

@@ -67,6 +67,7 @@ def _analyze_cmd(args) -> int:
     print(f"{a.system}: {a.n_classes} classes, {a.n_groups} groups, Q={a.q_total}")
     print(f"identical rule signatures: {a.identical_signatures or 'none'}")
     print(f"classes no group can tell apart: {a.indistinguishable or 'none'}")
+    print(f"pairs told apart only weakly (no group rules one out): {a.weakly_distinguishable or 'none'}")
     print(f"\n{'group':<24}{'K':>4}{'pairs separated':>18}{'info (bits)':>13}  not applicable")
     for sp in a.splits:
         print(f"{sp.group:<24}{sp.n_options:>4}{sp.pairs_separated:>18}{sp.info_bits:>13.2f}  "
@@ -183,18 +184,9 @@ def _import_text(text: str, source: str, classes, name: str | None, out: str | N
 
 @_reads_user_files
 def _import_cmd(args) -> int:
-    import sys
-    from pathlib import Path
+    from systems.authoring.draft import read_draft
 
-    if args.draft == "-":
-        text, source, stem = sys.stdin.read(), "<stdin>", None
-    else:
-        try:
-            text = Path(args.draft).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
-            why = "not UTF-8; re-save it as UTF-8" if isinstance(e, UnicodeDecodeError) else (e.strerror or str(e))
-            raise UsageError(f"cannot read the draft {args.draft!r}: {why}") from None
-        source, stem = args.draft, Path(args.draft).stem
+    text, source, stem = read_draft(args.draft)  # capped; a FIFO or device is refused, never read
     return _import_text(text, source, _classes_of(args, required=False), args.name or stem, args.out)
 
 

@@ -11,15 +11,15 @@
 
 from engine.encoders.base import (
     BaseEncoder, Encoder, EncoderLoadError, EncoderOutOfMemory, RemoteCodeRefused, cache_identity,
-    encode_images_tolerant, nonfinite_rows, to_numpy,
+    check_prompt_lengths, encode_images_tolerant, nonfinite_rows, to_numpy,
 )
 from engine.encoders.device import available_devices, resolve_device, resolve_dtype
-from engine.encoders.images import ImageLoadError, load_image, load_images
+from engine.encoders.images import ImageLoadError, load_image, load_image_bytes, load_images
 from engine.encoders.registry import DEFAULT_MODEL, MODELS, list_models, load_encoder
 
 __all__ = [
     "DEFAULT_MODEL", "MODELS", "BaseEncoder", "Encoder", "EncoderLoadError", "EncoderOutOfMemory",
     "ImageLoadError", "RemoteCodeRefused",
-    "available_devices", "cache_identity", "encode_images_tolerant", "list_models", "load_encoder", "load_image",
-    "load_images", "nonfinite_rows", "resolve_device", "resolve_dtype", "to_numpy",
+    "available_devices", "cache_identity", "check_prompt_lengths", "encode_images_tolerant", "list_models",
+    "load_encoder", "load_image", "load_image_bytes", "load_images", "nonfinite_rows", "resolve_device", "resolve_dtype", "to_numpy",
 ]

@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 
 from engine.encoders.device import dtype_name
-from engine.encoders.images import ImageLike, ImageLoadError, batches, load_image, load_image_bytes, load_images
+from engine.encoders.images import ImageLike, ImageLoadError, batches, image_label, load_image, load_images
 
 ACTIVATIONS = ("softmax", "sigmoid")
 NONFINITE_IMAGE = ("the encoder returned NaN/inf or a zero vector for this image (blank or degenerate input, "
@@ -70,8 +70,35 @@ class EncoderOutOfMemory(RuntimeError):
     """The device ran out of memory even at batch size 1."""
 
 
-class OutOfMemoryWarning(RuntimeWarning):
+class OneLineWarning(Warning):
+    """A twentyq warning: printed as one line, ``twentyq: <Category>: <message>``, with no source line.
+
+    Python's default format adds ``file:line:`` and the caller's source line,
+    which means nothing to a CLI user. :func:`_format_warning` is installed as
+    ``warnings.formatwarning`` and changes only subclasses of this class.
+    """
+
+
+_default_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    if isinstance(category, type) and issubclass(category, OneLineWarning):
+        return f"twentyq: {category.__name__}: {' '.join(str(message).split())}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+if not getattr(warnings.formatwarning, "_twentyq", False):
+    _format_warning._twentyq = True  # type: ignore[attr-defined]
+    warnings.formatwarning = _format_warning
+
+
+class OutOfMemoryWarning(OneLineWarning, RuntimeWarning):
     """A batch ran out of device memory and was retried at half the size."""
+
+
+class PromptTruncatedWarning(OneLineWarning, UserWarning):
+    """A group's prompts are longer than the text encoder reads (see :func:`check_prompt_lengths`)."""
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -168,6 +195,15 @@ class BaseEncoder:
     embed_dim: int
     batch_size: int = 32
     text_batch_size: int | None = None  # default: batch_size
+    #: the most tokens the text encoder reads; a longer prompt is cut there (None: unknown or no limit)
+    max_text_tokens: int | None = None
+
+    def count_text_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        """Tokens each text has before truncation (special tokens included); None if the encoder cannot tell."""
+        tok = getattr(self, "tokenizer", None)
+        if tok is None or not callable(tok):
+            return None
+        return count_tokens(tok, _check_texts(texts))
 
     # -- hooks ---------------------------------------------------------------
     def _embed_images(self, images: list) -> torch.Tensor:  # pragma: no cover - abstract
@@ -179,7 +215,7 @@ class BaseEncoder:
     # -- public --------------------------------------------------------------
     def encode_images(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """(B, D) float32 unit rows on ``self.device``; images loaded one batch at a time."""
-        if isinstance(images, (str, os.PathLike, Image.Image)):
+        if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray)):
             images = [images]
         out: list[torch.Tensor] = []
         with torch.inference_mode():
@@ -248,29 +284,153 @@ class BaseEncoder:
                 f"dtype={dtype_name(self.dtype)!r}, logit_scale={self.logit_scale:.4g})")
 
 
-def encode_images_tolerant(encoder: Encoder, images: Sequence[Any]) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
-    """Encode what loads; every bad image gets its one-line error instead.
+def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Token counts of ``texts`` with a transformers tokenizer, untruncated and without its length warning."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, padding=False, verbose=False)["input_ids"]
+    return [len(x) for x in ids]
 
-    images : paths, PIL images or ``(name, encoded bytes)`` pairs.
-    Returns (embeddings (n_good, D) on the device, indices (n_good,) int64 of the good
-    inputs, {index: message} of the bad ones). A row the encoder returned NaN/inf or zero
-    for is a bad one too.
+
+def check_prompt_lengths(encoder: Encoder, system: Any) -> list[str]:
+    """One-line warnings for the groups whose prompts the encoder's tokenizer would cut off.
+
+    A prompt longer than ``encoder.max_text_tokens`` is truncated; when what tells
+    the options apart lies past the cut (a long template with ``{}`` near the end),
+    every option of the group embeds identically and the question carries no
+    information. Nothing is refused (warn-only). Encoders that cannot count
+    tokens (no ``count_text_tokens`` / ``max_text_tokens``) give no warnings.
+    ``system`` is an :class:`systems.format.AttributeSystem`; its baseline
+    template is checked over the class names too.
     """
-    loaded, good, errors = [], [], {}
+    limit = getattr(encoder, "max_text_tokens", None)
+    count = getattr(encoder, "count_text_tokens", None)
+    if not limit or count is None:
+        return []
+    checks = [(f"group {g.name!r}", list(g.prompts())) for g in system.groups]
+    baseline = getattr(system, "baseline_template", None)
+    if baseline:
+        checks.append(("the baseline template", [baseline.replace("{}", c) for c in system.classes]))
+    out = []
+    for what, prompts in checks:
+        counts = count(prompts)
+        if counts is None:
+            return []
+        over = [n for n in counts if n > limit]
+        if over:
+            same = " (every one of its prompts is cut before the part that differs, so they all embed identically)" \
+                if len(over) == len(counts) and _same_prefix(encoder, prompts, limit) else ""
+            out.append(f"{what}: {len(over)} of {len(counts)} prompts are longer than the {limit} tokens "
+                       f"{getattr(encoder, 'name', 'the encoder')} reads (the longest has {max(over)}); the text "
+                       f"past the limit is cut off{same}; shorten the template")
+    return out
+
+
+def _same_prefix(encoder: Any, prompts: list[str], limit: int) -> bool:
+    """Whether the first ``limit`` tokens of every prompt are the same (so they embed identically)."""
+    tok = getattr(encoder, "tokenizer", None)
+    if tok is None or not callable(tok):
+        return False
+    try:
+        ids = tok(prompts, add_special_tokens=True, truncation=True, max_length=limit, verbose=False)["input_ids"]
+    except Exception:  # noqa: BLE001  (a hint only)
+        return False
+    return len({tuple(x) for x in ids}) == 1
+
+
+def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike],
+                           names: Sequence[str] | None = None) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
+    """Embed the images that load; every bad one becomes a one-line error, and no good result is lost.
+
+    The one tolerant embedder (the classifier, refinement and the Ray workers use it).
+
+    Parameters
+    ----------
+    encoder : any :class:`Encoder`.
+    images : paths, PIL images or encoded bytes.
+    names : what messages call each input (default: its path, or "<PIL image WxH>" / "<N bytes>").
+
+    Returns
+    -------
+    emb : (n_good, D) float32 unit rows on ``encoder.device``, in input order.
+    good : (n_good,) int64 indices of the inputs ``emb`` holds.
+    errors : {index: one-line message} for every other input.
+
+    Rules: each image is decoded on its own (:func:`load_image`; *any* exception
+    while decoding it is its error, naming the exception type). The good ones
+    are embedded in batches of ``encoder.batch_size``; if a batch raises
+    anything but out-of-memory, its images are retried one by one, so one image
+    the model chokes on cannot take the others down. Out of memory is not an
+    image's fault: the encoder halves its batch itself and, at one image,
+    raises :class:`EncoderOutOfMemory`, which propagates. A row that comes back
+    NaN/inf or all zero is an error (:data:`NONFINITE_IMAGE`).
+    """
+    images = list(images)
+    if names is not None and len(names) != len(images):
+        raise ValueError(f"names has {len(names)} entries for {len(images)} images")
+
+    def label(i: int) -> str:
+        return str(names[i]) if names is not None else image_label(images[i])
+
+    loaded: list[tuple[int, Image.Image]] = []
+    errors: dict[int, str] = {}
     for i, im in enumerate(images):
         try:
-            if isinstance(im, tuple):
-                loaded.append(load_image_bytes(*im))
-            else:
-                loaded.append(load_image(im))
-            good.append(i)
+            loaded.append((i, load_image(im, name=None if names is None else str(names[i]))))
         except ImageLoadError as e:
             errors[i] = str(e)
-    emb = encoder.encode_images(loaded) if loaded else torch.empty((0, encoder.embed_dim), device=encoder.device)
-    broken = nonfinite_rows(emb)
-    if broken:
-        for j in broken:
-            errors[good[j]] = NONFINITE_IMAGE
-        keep = [j for j in range(len(good)) if j not in set(broken)]
-        emb, good = emb[keep], [good[j] for j in keep]
+        except Exception as e:  # noqa: BLE001  (load_image wraps decoding errors; this is for the rest)
+            errors[i] = f"cannot load image {label(i)!r}: {type(e).__name__}: {_one_line(e)}"
+
+    rows: list[torch.Tensor] = []
+    good: list[int] = []
+
+    def embed(part: list[tuple[int, Image.Image]]) -> None:
+        emb = encoder.encode_images([im for _, im in part])
+        if not isinstance(emb, torch.Tensor):
+            emb = torch.as_tensor(np.asarray(emb, dtype=np.float32))
+        if emb.ndim != 2 or emb.shape[0] != len(part):
+            raise RuntimeError(f"{getattr(encoder, 'name', 'encoder')}: {len(part)} images gave embeddings of "
+                               f"shape {tuple(emb.shape)}")
+        bad = set(nonfinite_rows(emb))
+        for j, (i, _) in enumerate(part):
+            if j in bad:
+                errors[i] = f"{label(i)}: {NONFINITE_IMAGE}"
+            else:
+                good.append(i)
+                rows.append(emb[j])
+
+    size = max(1, int(getattr(encoder, "batch_size", None) or 32))
+    for part in batches(loaded, size):
+        try:
+            embed(part)
+        except EncoderOutOfMemory:
+            raise
+        except Exception as e:  # noqa: BLE001  (out of memory is re-raised; anything else: retry one by one)
+            if is_out_of_memory(e):
+                raise
+            if len(part) == 1:
+                i = part[0][0]
+                errors[i] = f"{label(i)}: the encoder failed on this image ({type(e).__name__}: {_one_line(e)})"
+                continue
+            for one in part:
+                try:
+                    embed([one])
+                except EncoderOutOfMemory:
+                    raise
+                except Exception as e1:  # noqa: BLE001
+                    if is_out_of_memory(e1):
+                        raise
+                    i = one[0]
+                    errors[i] = (f"{label(i)}: the encoder failed on this image "
+                                 f"({type(e1).__name__}: {_one_line(e1)})")
+    dim = int(getattr(encoder, "embed_dim"))
+    if rows:
+        emb = torch.stack(rows).float()
+    else:
+        emb = torch.empty((0, dim), dtype=torch.float32, device=encoder.device)
     return emb, np.asarray(good, dtype=np.int64), errors
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

@@ -9,7 +9,8 @@ On disk (optional ``cache_dir``) each model has one safetensors file,
 ``<cache_dir>/images/<sha256 of the model identity>.safetensors``, holding an
 (N, D) float32 tensor with the N content hashes as metadata. New embeddings
 are merged in and the file is rewritten atomically (temp + rename). A file
-that fails to load is ignored, reported with a warning and rebuilt. When two
+that fails to load, or is not a regular file (a FIFO, never opened), is
+ignored, reported with a warning and rebuilt. When two
 processes add to the same file, the last rename wins: the file is always
 complete and valid, and entries the other process added are re-encoded the
 next time they are needed.
@@ -38,6 +39,7 @@ from PIL import Image
 from engine.encoders.base import Encoder, cache_identity
 from engine.encoders.images import ImageLike, ImageLoadError
 from engine.encoders.text_cache import CacheWarning, atomic_save_safetensors, read_safetensors
+from systems.files import check_regular_file
 
 FORMAT = "twentyq-images-v1"
 
@@ -49,6 +51,10 @@ def content_hash(image: ImageLike) -> str:
         h.update(f"pil:{image.mode}:{image.size}".encode())
         h.update(image.tobytes())
         return h.hexdigest()
+    try:
+        check_regular_file(image, what="image")  # a FIFO is never opened (it would block)
+    except (OSError, ValueError) as e:
+        raise ImageLoadError(str(image), getattr(e, "cause", None) or str(e)) from None
     try:
         with open(image, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -18,24 +18,37 @@ Rules (applied to files and to PIL images passed in directly):
   the same value, and its ``DecompressionBombWarning`` is turned into the
   same error, never a warning.
 
+- an image with zero width or height is refused.
+
+A path is checked with ``stat`` before it is opened: a FIFO, socket or device
+is refused unopened (reading one could block forever), and a missing file, a
+symlink loop, a name too long for the file system or a folder each get their
+own cause. Encoded bytes (:func:`load_image_bytes`, or ``load_image(data)``)
+follow the same rules and messages.
+
 A file that cannot be read raises :class:`ImageLoadError` (a ValueError) whose
-message names the file and the cause on one line: missing, a directory,
-permission denied, not an image, corrupt or truncated, or too large.
+message names the file and the cause on one line: missing, a directory, not a
+regular file, permission denied, not an image, corrupt or truncated, too large,
+or, for any other exception raised while decoding it, that exception's type.
+Nothing raised while decoding one image escapes as anything else, so a batch
+goes on past it.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageLike = Union[str, os.PathLike, Image.Image]
+from systems.files import check_regular_file
+
+ImageLike = Union[str, os.PathLike, Image.Image, bytes]  # bytes: an encoded image file in memory
 
 WHITE = (255, 255, 255)
 
@@ -89,9 +102,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def _too_large(size: tuple[int, int]) -> str | None:
     w, h = size
     if w * h > MAX_IMAGE_PIXELS:
-        return (f"{w}x{h} = {w * h:,} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
-                "(a possible decompression bomb); refusing to decode it")
+        return _bomb(w * h, f"{w}x{h} = ")
+    if w <= 0 or h <= 0:
+        return f"{w}x{h} has zero width or height; there is nothing to look at"
     return None
+
+
+def _bomb(pixels: int, prefix: str = "") -> str:
+    return (f"{prefix}{pixels:,} pixels is over the limit of {_pixel_limit():,} "
+            "(a possible decompression bomb); refusing to decode it")
+
+
+def _pixel_limit() -> int:
+    """The limit in force: twentyq's MAX_IMAGE_PIXELS (Pillow's own guard is set to the same value)."""
+    pil = Image.MAX_IMAGE_PIXELS
+    return min(MAX_IMAGE_PIXELS, pil) if pil else MAX_IMAGE_PIXELS
+
+
+def _bomb_from_pillow(e: BaseException) -> str:
+    """Our message for Pillow's DecompressionBombError/Warning, which quotes its own (2x) limit."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return _bomb(int(m.group(1))) if m else (f"over the limit of {_pixel_limit():,} pixels "
+                                               "(a possible decompression bomb); refusing to decode it")
 
 
 def _downscale(img: Image.Image) -> Image.Image:
@@ -101,47 +133,92 @@ def _downscale(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(image: ImageLike) -> Image.Image:
-    """One image as RGB (see the module docstring). Raises ImageLoadError naming the file."""
-    if isinstance(image, Image.Image):
-        too_large = _too_large(image.size)
-        if too_large:
-            raise ImageLoadError(image_label(image), too_large)
-        try:
-            return _downscale(to_rgb(image))
-        except Exception as e:  # noqa: BLE001  (Pillow raises many types)
-            raise ImageLoadError("<PIL image>", f"{type(e).__name__}: {e}") from None
-    if not isinstance(image, (str, os.PathLike)):
-        raise TypeError(f"an image must be a path or a PIL.Image, got {type(image).__name__}")
-    path = str(image)
-    p = Path(path)
-    if not p.exists():
-        raise ImageLoadError(path, "no such file; check the path (relative paths are resolved from "
-                                   f"{os.getcwd()!r})")
-    if p.is_dir():
-        raise ImageLoadError(path, "is a directory, not an image file")
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def _decode(source, label: str) -> Image.Image:
+    """Open ``source`` (a path or a binary file object) with Pillow and apply the module's rules.
+
+    Every failure is an ImageLoadError naming ``label``: the known ones with their
+    cause in words, any other exception with its type (so one odd image can never
+    abort a batch).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 too_large = _too_large(im.size)  # the header only: nothing is decoded yet
                 if too_large:
-                    raise ImageLoadError(path, too_large)
+                    raise ImageLoadError(label, too_large)
                 if max(im.size) > MAX_SIDE:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= the bound
                     r = MAX_SIDE / max(im.size)
                     im.draft(None, (max(1, int(im.size[0] * r)), max(1, int(im.size[1] * r))))
-                return _downscale(to_rgb(im))
+                return _checked(_downscale(to_rgb(im)), label)
     except ImageLoadError:
         raise
     except PermissionError:
-        raise ImageLoadError(path, "permission denied; the file is not readable by this user") from None
+        raise ImageLoadError(label, "permission denied; the file is not readable by this user") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image Pillow can read (unknown format or not an image file)") from None
+        raise ImageLoadError(label, "not an image Pillow can read (unknown format or not an image file)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(path, f"too large to decode safely, a possible decompression bomb ({e})") from None
+        raise ImageLoadError(label, _bomb_from_pillow(e)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageLoadError(path, f"corrupt or truncated image data ({msg})") from None
+        raise ImageLoadError(label, f"corrupt or truncated image data ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001  (anything else Pillow or a plugin raises: this image's error)
+        raise ImageLoadError(label, f"{type(e).__name__} while decoding it ({_first_line(e)})") from None
+
+
+def _checked(img: Image.Image, label: str) -> Image.Image:
+    if img.size[0] <= 0 or img.size[1] <= 0:
+        raise ImageLoadError(label, f"{img.size[0]}x{img.size[1]} has zero width or height; "
+                                    "there is nothing to look at")
+    return img
+
+
+def load_image_bytes(name: str, data: bytes) -> Image.Image:
+    """An encoded image held in memory (``data``) as RGB, by the same rules and messages as a file.
+
+    ``name`` is what messages call it (the file it came from). Raises ImageLoadError.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    return _decode(io.BytesIO(bytes(data)), name)
+
+
+def load_image(image: ImageLike | bytes, *, name: str | None = None) -> Image.Image:
+    """One image as RGB (see the module docstring). Raises ImageLoadError naming the file.
+
+    ``image`` is a path, a PIL image, or the encoded bytes of an image file;
+    ``name`` labels bytes and PIL images in messages.
+    """
+    if isinstance(image, Image.Image):
+        label = name or image_label(image)
+        try:
+            too_large = _too_large(image.size)
+        except Exception as e:  # noqa: BLE001  (a broken object posing as an image)
+            raise ImageLoadError(label, f"{type(e).__name__} while reading its size ({_first_line(e)})") from None
+        if too_large:
+            raise ImageLoadError(label, too_large)
+        try:
+            return _checked(_downscale(to_rgb(image)), label)
+        except ImageLoadError:
+            raise
+        except Exception as e:  # noqa: BLE001  (Pillow raises many types)
+            raise ImageLoadError(label, f"{type(e).__name__} while decoding it ({_first_line(e)})") from None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return load_image_bytes(name or f"<{len(image):,} bytes>", image)
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"an image must be a path or a PIL.Image (or the bytes of an image file), got {type(image).__name__}")
+    path = str(image)
+    try:
+        check_regular_file(path, what="image")  # stat only: a FIFO or device is never opened
+    except (OSError, ValueError) as e:
+        cause = getattr(e, "cause", None) or _first_line(e)
+        if cause == "no such file":
+            cause += f"; check the path (relative paths are resolved from {os.getcwd()!r})"
+        raise ImageLoadError(path, cause) from None
+    return _decode(path, path)
 
 
 def load_images(images: Iterable[ImageLike]) -> list[Image.Image]:
@@ -153,6 +230,8 @@ def image_label(image: ImageLike) -> str:
     """A short name for messages: the path, or "<PIL image WxH>"."""
     if isinstance(image, Image.Image):
         return f"<PIL image {image.size[0]}x{image.size[1]}>"
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return f"<{len(image):,} bytes>"
     return str(image)
 
 
@@ -160,26 +239,3 @@ def batches(items: Sequence, size: int):
     """Consecutive slices of ``items`` of at most ``size``."""
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def load_image_bytes(name: str, data: bytes) -> Image.Image:
-    """A decoded PIL image from encoded bytes; ImageLoadError naming ``name`` (as a file would) if bad."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ImageLoadError(name, f"{w}x{h} = {w * h:,} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
-                                           "(a possible decompression bomb); refusing to decode it")
-            im.load()
-            return im
-    except ImageLoadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageLoadError(name, "not an image Pillow can read (unknown format or not an image file)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(name, f"too large to decode safely, a possible decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageLoadError(name, f"corrupt or truncated image data ({msg})") from None

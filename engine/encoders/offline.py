@@ -110,6 +110,7 @@ class ConSEEncoder(BaseEncoder):
     """
 
     activation = "softmax"
+    max_text_tokens = 256  # MiniLM's sequence length in sentence-transformers; longer prompts are cut
 
     def __init__(self, variant: str = DEFAULT_VARIANT, top_k: int = DEFAULT_TOP_K, *,
                  class_template: str = DEFAULT_CLASS_TEMPLATE, device="auto", dtype=None,
@@ -212,7 +213,8 @@ class ConSEEncoder(BaseEncoder):
         return self.mix(self.imagenet_probs(images))
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(self.device)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
+                             return_tensors="pt").to(self.device)
         hidden = self.text_model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)

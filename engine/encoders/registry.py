@@ -11,7 +11,8 @@ A model string is one of:
 - any other hub id or local folder: the backend is read from its
   ``config.json`` (``model_type`` clip / siglip / jina_clip).
 
-Remote code (jina-clip) runs only with ``trust_remote_code=True``.
+Remote code (jina-clip, or any model whose config, tokenizer, preprocessor or processor
+config names code) runs only with ``trust_remote_code=True``; see :mod:`engine.encoders.hf`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefused
-from engine.encoders.hf import JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip, read_config
+from engine.encoders.hf import (JINA_REASON, JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip,
+                                read_config)
 from engine.encoders.offline import DEFAULT_TOP_K, DEFAULT_VARIANT, load_offline
 from engine.encoders.probe import PROBE_LABEL, load_probe
 
@@ -108,6 +110,8 @@ def list_models() -> list[dict[str, Any]]:
 
 def _backend_from_config(name: str, revision: str | None, trust_remote_code: bool) -> str:
     cfg, _ = read_config(name, revision)
+    # before anything is loaded: any of the four config files may name code (RemoteCodeRefused names it)
+    check_remote_code(name, trust_remote_code, revision=revision)
     mtype = cfg.get("model_type", "")
     if mtype == "clip":
         return "clip"
@@ -115,9 +119,8 @@ def _backend_from_config(name: str, revision: str | None, trust_remote_code: boo
         return "siglip"
     if mtype in JINA_TYPES:
         return "jina-clip"
-    if cfg.get("auto_map"):
-        check_remote_code(name, trust_remote_code)
-        return "jina-clip"  # remote code with the jina encode_text / encode_image API
+    if cfg.get("auto_map"):  # trusted (checked above): remote code with the jina encode_text / encode_image API
+        return "jina-clip"
     raise EncoderLoadError(f"model {name!r} has model_type {mtype!r}; twentyq loads clip, siglip and jina_clip "
                            f"models (known: {', '.join(MODELS)})")
 
@@ -157,7 +160,7 @@ def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None
     spec = MODELS.get(model)
     if spec is not None and not is_local(model):
         if spec.trust_remote_code:
-            check_remote_code(model, trust_remote_code)
+            check_remote_code(model, trust_remote_code, reason=JINA_REASON)  # before anything is downloaded
         backend = spec.backend
         kw = {**dict(spec.defaults), **kw}
     elif model.startswith("offline") and not is_local(model):

@@ -17,7 +17,9 @@ One safetensors file per (model id + dtype, prompt list), named by the
 sha256 of that key: ``<cache_dir>/text/<sha256>.safetensors``, holding the
 (K, D) float32 tensor and, as metadata, the model id and the prompts. A file is
 used only if it parses and its metadata, shape and values check out; otherwise
-it is ignored, re-encoded, rewritten, and a :class:`CacheWarning` names it.
+it is ignored, re-encoded, rewritten, and a :class:`CacheWarning` names it; so
+is anything under the file's name that is not a regular file (a FIFO, socket,
+device or folder), which is never opened, so it cannot block the run.
 Writes go to a temp file in the same folder and are renamed into place
 (``os.replace``, atomic), so two processes writing the same key leave one
 complete file, never a mix. No pickle anywhere.
@@ -47,16 +49,17 @@ from pathlib import Path
 
 import torch
 
-from engine.encoders.base import Encoder, cache_identity, nonfinite_rows
+from engine.encoders.base import Encoder, OneLineWarning, cache_identity, nonfinite_rows
+from systems.files import check_regular_file
 
 FORMAT = "twentyq-text-v1"
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(OneLineWarning, UserWarning):
     """A cache file that failed to load and was rebuilt, or a disk cache turned off after a failed write."""
 
 
-class NonFiniteWarning(RuntimeWarning):
+class NonFiniteWarning(OneLineWarning, RuntimeWarning):
     """The encoder returned NaN/inf or a zero vector for some prompts."""
 
 
@@ -87,8 +90,18 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metada
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file (raises on any damage)."""
+    """Tensors and metadata of a safetensors file (raises on any damage).
+
+    Only a regular file is opened: a FIFO, socket, device or folder under the
+    cache's name raises ValueError/OSError at once (opening a FIFO would block
+    in native code, where no signal can stop it).
+    """
     from safetensors import safe_open
+
+    try:
+        check_regular_file(path, what="cache file")
+    except (OSError, ValueError) as e:
+        raise type(e)(getattr(e, "cause", None) or str(e)) from None
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}

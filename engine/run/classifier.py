@@ -16,6 +16,7 @@ the run pipeline (:mod:`engine.run.pipeline`) calls ``classify_items``; evaluati
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ class Classifier:
 
     def __init__(self, model: str | EncoderSpec = "offline", system: Any = "pokemon15", *, encoder: Any = None,
                  **encoder_options):
+        from engine.encoders.base import PromptTruncatedWarning, check_prompt_lengths
         from engine.encoders.text_cache import TextCache
 
         self.spec = model if isinstance(model, EncoderSpec) else EncoderSpec(model=model, **encoder_options)
@@ -63,13 +65,16 @@ class Classifier:
         self.system: AttributeSystem = load_system(system)
         self.encoder = encoder if encoder is not None else self.spec.load()
         self.text_cache = TextCache(self.encoder, cache_dir=self.spec.cache_dir)
+        for msg in check_prompt_lengths(self.encoder, self.system):  # a template the tokenizer cuts off
+            warnings.warn(msg, PromptTruncatedWarning, stacklevel=2)
         self.seconds = {"embed": 0.0, "classify": 0.0}  # time spent so far, for reports
 
     # ------------------------------------------------------------------ embedding
-    def embed_images(self, images: Sequence[Any]) -> tuple[Any, np.ndarray, dict[int, str]]:
-        """Load and embed images, skipping bad ones.
+    def embed_images(self, images: Sequence[Any], names: Sequence[str] | None = None
+                     ) -> tuple[Any, np.ndarray, dict[int, str]]:
+        """Load and embed images, skipping bad ones (:func:`engine.encoders.base.encode_images_tolerant`).
 
-        images : paths, PIL images, or ``(name, encoded bytes)`` pairs.
+        images : paths, PIL images or encoded bytes; ``names`` what errors call them.
         Returns (embeddings (n_good, D) on the encoder's device, indices (n_good,) of the
         good images, {index: one-line error} of the bad ones). An image that fails to load,
         or whose embedding comes back NaN/inf or zero, is a bad one.
@@ -78,7 +83,7 @@ class Classifier:
 
         t0 = time.perf_counter()
         try:
-            return encode_images_tolerant(self.encoder, images)
+            return encode_images_tolerant(self.encoder, images, names)
         finally:
             self.seconds["embed"] += time.perf_counter() - t0
 
@@ -112,8 +117,9 @@ class Classifier:
         The one classification path: every executor, the API and the server come through here
         (or through its two halves, :meth:`embed_images` and :meth:`classify_embedded`).
         """
-        names = list(names) if names is not None else [image_name(im) for im in images]
-        emb, good, bad = self.embed_images(images)
+        given = names is not None
+        names = list(names) if given else [image_name(im) for im in images]
+        emb, good, bad = self.embed_images(images, names if given else None)
         results = self.classify_embedded(emb, config, text_cache) if len(good) else []
         return assemble(names, good, results, bad)
 
@@ -174,8 +180,8 @@ def assemble(names: Sequence[str], good: np.ndarray, results: Sequence[Result], 
 
 def image_name(im: Any) -> str:
     """A display name for an image input: its path, a PIL image's filename, or its type."""
-    if isinstance(im, tuple) and len(im) == 2 and isinstance(im[0], str):
-        return im[0]  # (name, bytes)
-    if isinstance(im, (str, bytes)) or hasattr(im, "__fspath__"):
+    if isinstance(im, str) or hasattr(im, "__fspath__"):
         return str(im)
+    if isinstance(im, (bytes, bytearray, memoryview)):
+        return f"<{len(im):,} bytes>"
     return getattr(im, "filename", None) or f"<{type(im).__name__}>"

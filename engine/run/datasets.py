@@ -38,7 +38,7 @@ class Item:
     @property
     def source(self):
         """What the image loader reads: the bytes when given, else the path."""
-        return (self.path, self.data) if self.data is not None else self.path
+        return self.data if self.data is not None else self.path
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,11 @@ def _from_csv(path: Path) -> list[Item]:
 
 
 def _from_folder(root: Path) -> list[Item]:
+    """DIR/label/*.jpg; hidden folders and files (``.git``, ``.DS_Store``, ``._x.jpg``) are not data."""
     items = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir()):
         for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES:
                 items.append(Item(str(f), d.name))
     if not items:
         raise DatasetError(f"{root}: no images found; an ImageFolder directory holds DIR/label/*.jpg")
@@ -131,9 +132,14 @@ def load_dataset(data: str | os.PathLike, *, split: str | None = None, limit: in
     limit : keep a seeded random sample of at most this many items (order kept).
     """
     path = Path(data)
-    if path.is_dir():
+    try:
+        kind = "folder" if path.is_dir() else "file" if path.is_file() else None
+    except OSError as e:  # a name too long, a symlink loop ...: not a dataset
+        raise DatasetNotFound(f"dataset {str(data)!r} cannot be opened ({e.strerror or e}); pass a CSV "
+                              "(path,label[,split]) or an ImageFolder directory") from None
+    if kind == "folder":
         items = _from_folder(path)
-    elif path.is_file():
+    elif kind == "file":
         items = _from_csv(path)
     else:
         raise DatasetNotFound(f"dataset {str(data)!r} not found: pass a CSV (path,label[,split]) or an "

@@ -177,7 +177,7 @@ def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfi
     for start in range(0, len(items), chunk_size):
         chunk = items[start:start + chunk_size]
         t0 = time.perf_counter()
-        emb, good, bad = classifier.embed_images([it.source for it in chunk])
+        emb, good, bad = classifier.embed_images([it.source for it in chunk], [it.path for it in chunk])
         t_embed += time.perf_counter() - t0
         for k, config in enumerate(configs):
             t0 = time.perf_counter()

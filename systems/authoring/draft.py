@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from systems.files import read_text_capped
 from systems.format import AttributeSystem
 from systems.io import reject_duplicate_keys
 from systems.validate import GROUP_KEYS, RULE_KEYS, SystemValidationError, parse_system, show
@@ -103,12 +104,20 @@ def parse_class_list(text: str) -> list[str]:
 
 def read_classes_file(path: str | Path) -> list[str]:
     """Class names from a file, one per line; blank lines and lines starting with ``#`` skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise OSError(f"cannot read the classes file {str(path)!r}: {e.strerror or e}") from None
+    text = read_text_capped(path, what="classes file")  # regular files only, at most TEXT_INPUT_LIMIT bytes
     lines = [ln.strip() for ln in text.splitlines()]
     return check_classes([ln for ln in lines if not ln.startswith("#")], str(path))
+
+
+def read_draft(path: str | Path) -> tuple[str, str, str | None]:
+    """A draft's text, its source for messages and its stem (None for stdin); ``-`` reads stdin.
+
+    Only a regular file (or stdin) is read, and at most ``systems.files.TEXT_INPUT_LIMIT``
+    bytes of it: a FIFO or device is refused, a larger input is refused naming the cap.
+    """
+    if str(path) == "-":
+        return read_text_capped("-", what="draft on stdin"), "<stdin>", None
+    return read_text_capped(path, what="draft"), str(path), Path(path).stem
 
 
 def check_classes(names: list[str], source: str) -> list[str]:

@@ -15,6 +15,7 @@ system.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from systems.files import read_text_capped
 from systems.format import PLACEHOLDER, AttributeSystem, Group
 from systems.validate import validate_system
 
@@ -201,15 +203,29 @@ class BuildReport:
 
 
 def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of a CSV file with a header, every value stripped of surrounding whitespace."""
+    """Rows of a CSV file with a header, every value stripped of surrounding whitespace.
+
+    Read only if it is a regular file of at most ``systems.files.TEXT_INPUT_LIMIT``
+    bytes; a row with more or fewer values than the header is refused with its line.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"table {p} not found; pass a CSV file with a header row")
-    with p.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise ValueError(f"table {p} is empty; it needs a header row and one row per class")
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    try:
+        text = read_text_capped(p, what="table")
+    except FileNotFoundError as e:
+        if getattr(e, "cause", None) == "no such file":
+            raise FileNotFoundError(f"table {p} not found; pass a CSV file with a header row") from None
+        raise
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise ValueError(f"table {p} is empty; it needs a header row and one row per class")
+    rows = []
+    for row in reader:
+        if None in row or any(v is None for v in row.values()):  # DictReader's restkey / restval
+            n = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+            raise ValueError(f"table {p}: line {reader.line_num} has {n} values for {len(reader.fieldnames)} "
+                             "columns; give every row one value per header column (quote values with commas)")
+        rows.append({k.strip(): v.strip() for k, v in row.items()})
+    return rows
 
 
 def _parse_groups(groups: Any, columns: list[str], class_column: str) -> dict[str, str]:
