@@ -42,7 +42,6 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +49,7 @@ from pathlib import Path
 import torch
 
 from engine.encoders.base import Encoder, OneLineWarning, cache_identity, nonfinite_rows
-from systems.files import check_regular_file
+from systems.files import atomic_write, check_regular_file
 
 FORMAT = "twentyq-text-v1"
 
@@ -64,29 +63,22 @@ class NonFiniteWarning(OneLineWarning, RuntimeWarning):
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically: temp file in the same folder, fsync, rename.
+    """Write a safetensors file atomically (:func:`systems.files.atomic_write`: temp file, fsync, rename).
 
     Any failure to write (a full disk included) raises OSError and leaves no file behind.
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         try:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                      metadata=metadata)
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         except SafetensorError as e:  # a full disk surfaces as this, not as OSError
             code = errno.ENOSPC if "os error 28" in str(e) else errno.EIO
             raise OSError(code, f"cannot write {path.name}: {e}") from e
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -22,7 +22,7 @@ import numpy as np
 from engine.core.metrics import bootstrap_ci, per_class, top_confusions
 from engine.core.results import STOP_REASONS
 from engine.run.config import RunConfig
-from engine.run.datasets import Dataset, DataSpec, Item
+from engine.run.datasets import DataSpec, Item
 from engine.run.pipeline import Executor, Job, OutputSpec, open_store, run
 from engine.run.store import SUMMARY, fingerprint, record
 from systems.files import atomic_write_json
@@ -68,19 +68,23 @@ class EvalReport:
         return d
 
 
-def data_settings(data: DataSpec, ds: Dataset) -> dict[str, Any]:
+def data_settings(data: DataSpec, name: str, items: Sequence[Item]) -> dict[str, Any]:
     """The data spec and a hash of the rows it gave (paths and labels)."""
-    return {**asdict(data), "name": ds.name, "rows": len(ds.items),
-            "sha256": fingerprint({}, [it.path for it in ds.items], [it.label for it in ds.items])}
+    return {**asdict(data), "name": name, "rows": len(items),
+            "sha256": fingerprint({}, [it.path for it in items], [it.label for it in items])}
 
 
-def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], config: RunConfig, *, model: str,
-              system: str, data: str, stats: dict[str, float], by: str | None = None, seed: int = 0,
-              complete: bool = True) -> EvalReport:
+def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job, data: DataSpec, *,
+              data_name: str, stats: dict[str, float], complete: bool = True) -> EvalReport:
     """An EvalReport from records aligned with their items; bad images are listed in ``skipped``.
 
+    job, data : what ran on what (the model, system and RunConfig; ``by`` and the bootstrap ``seed``).
     stats : ``text_encodes``, ``text_hits``, ``seconds_embed``, ``seconds_classify`` (missing: unknown).
+    Its ``settings`` hold everything that reproduces it (the job's settings, the data spec).
     """
+    from engine.encoders.registry import model_label
+
+    config, by, seed = job.config, data.by, data.seed
     ok = [(r, it) for r, it in zip(records, items) if r["error"] is None]
     skipped = [{"image": r["image"], "error": r["error"]} for r, it in zip(records, items) if r["error"] is not None]
     labels = [it.label for _, it in ok]
@@ -104,13 +108,15 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], config: 
         mean_per_class_recall=float(np.mean([c["accuracy"] for c in classes.values()])) if classes else nan,
         mean_q=float(qs.mean()) if ok else nan, median_q=float(np.median(qs)) if ok else nan,
         text_encodes=int(stats.get("text_encodes", 0)), text_hits=int(stats.get("text_hits", 0)),
-        model=model, system=system, data=data, mode=config.mode, policy=config.policy if adaptive else "fixed",
+        model=job.encoder.model, system=job.system.name, data=data_name, mode=config.mode, policy=config.policy if adaptive else "fixed",
         tau=config.tau if adaptive else None, delta=config.delta if adaptive else None,
         budget=config.budget if adaptive else None, shortlist=config.shortlist if adaptive else None,
         scorer=config.scorer, eps=config.eps, per_class=classes, confusion=top_confusions(labels, preds),
         skipped=skipped, stops={s: sum(r["stop"] == s for r, _ in ok) for s in STOP_REASONS},
         seconds_embed=float(stats.get("seconds_embed", nan)), seconds_classify=float(stats.get("seconds_classify", nan)),
         by=breakdown, complete=complete,
+        settings={**job.settings(), "data": data_settings(data, data_name, items),
+                  "model_label": model_label(job.encoder.model)},
     )
 
 
@@ -124,11 +130,9 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
     announce : told how much of a resumed run was already done.
     Returns the EvalReport of every row, resumed ones included.
     """
-    from engine.encoders.registry import model_label
-
     ds = data.load(job.system.classes)
     items = list(ds.items)
-    settings = {**job.settings(), "data": data_settings(data, ds)}
+    settings = {**job.settings(), "data": data_settings(data, ds.name, items)}
     store = open_store(output, settings, items, [data.source], announce) if output is not None else None
     out = output.path if output is not None else None
     done_before = store.n_shards - len(store.pending()) if store else 0
@@ -136,25 +140,24 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
 
     def report(complete: bool) -> EvalReport:
         stats = dict(executor.stats)
-        rep = summarise(records, items, job.config, model=job.encoder.model, system=job.system.name, data=ds.name,
-                        stats=stats, by=data.by, seed=data.seed, complete=complete)
-        rep.settings = {**settings, "model_label": model_label(job.encoder.model), "shards_resumed": done_before}
+        rep = summarise(records, items, job, data, data_name=ds.name, stats=stats, complete=complete)
+        rep.settings["shards_resumed"] = done_before
         return rep
 
-    try:
-        with store if store is not None else nullcontext():
+    with store if store is not None else nullcontext():  # the folder stays locked until the summary is written
+        try:
             for rec in run(items, job, executor=executor, store=store, progress=progress):
                 records.append(rec)
-            rep = report(complete=True)
-            if store is not None:
-                atomic_write_json(Path(out) / SUMMARY, rep.to_dict())
-    except KeyboardInterrupt:
-        if store is not None:  # what the finished shards hold, marked incomplete
-            done = sorted(store.done())
-            records = store.read_all(done)
-            items = [items[i] for k in done for i in store.rows_of(k)]
-            atomic_write_json(Path(out) / SUMMARY, report(complete=False).to_dict())
-        raise
+        except KeyboardInterrupt:
+            if store is not None:  # what the finished shards hold, marked incomplete
+                done = sorted(store.done())
+                records = store.read_all(done)
+                items = [items[i] for k in done for i in store.rows_of(k)]
+                atomic_write_json(Path(out) / SUMMARY, report(complete=False).to_dict())
+            raise
+        rep = report(complete=True)
+        if store is not None:
+            atomic_write_json(Path(out) / SUMMARY, rep.to_dict())
     return rep
 
 
@@ -191,10 +194,8 @@ def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfi
     for k, config in enumerate(configs):
         stats = {"text_encodes": caches[k].text_encodes, "text_hits": caches[k].hits, "seconds_embed": t_embed,
                  "seconds_classify": secs[k]}
-        rep = summarise(records[k], items, config, model=classifier.spec.model, system=classifier.system.name,
-                        data=ds.name, stats=stats, by=data.by, seed=data.seed)
-        rep.settings = {**Job(classifier.spec, classifier.system, config).settings(), "data": data_settings(data, ds)}
-        reports.append(rep)
+        reports.append(summarise(records[k], items, Job(classifier.spec, classifier.system, config), data,
+                                 data_name=ds.name, stats=stats))
     return reports
 
 
