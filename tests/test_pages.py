@@ -197,18 +197,18 @@ def test_page_steps_through_the_questions_as_the_api_answered(browser, live):
     a = d.find_element("id", "panel-1")
     _wait(d, lambda: len(a.find_elements("css selector", ".policy option")) > 1)
     a.find_element("css selector", ".file").send_keys(str(img))
-    _fill(a, "12", "0.95")
+    _fill(a, "40", "0.95")
     a.find_element("css selector", ".tau").send_keys(Keys.ENTER)  # the keyboard submits the form
     result = a.find_element("css selector", ".result")
     _wait(d, result.is_displayed)
 
     with open(img, "rb") as f:
         body = httpx.post(f"{live}/v1/classify", params={"trace": 1, "top_k": 5, "system": "pokemon15",
-                                                          "policy": "eig", "budget": 12, "tau": 0.95},
+                                                          "policy": "eig", "budget": 40, "tau": 0.95},
                           files=[("image", (img.name, f.read(), "image/png"))]).json()
     rec = body["results"][0]
     steps = a.find_elements("css selector", ".steps li")
-    assert len(steps) == len(rec["asked"]) and rec["asked"]
+    assert len(steps) == len(rec["asked"]) >= 2
     for li, s in zip(steps, rec["asked"]):
         assert f"“{s['group']}”" in li.text and f"“{s['answer']}”" in li.text and f"{s['eig']:.3f}" in li.text
     assert rec["label"] in a.find_element("css selector", ".summary").text
@@ -219,7 +219,7 @@ def test_page_steps_through_the_questions_as_the_api_answered(browser, live):
     # step through from the start with the keyboard-operable buttons
     a.find_element("css selector", ".first").click()
     assert "Step 0" in a.find_element("css selector", ".step-status").text
-    assert "Q spent: 0 prompts of a budget of 12" in a.find_element("css selector", ".qtext").text
+    assert "Q spent: 0 prompts of a budget of 40" in a.find_element("css selector", ".qtext").text
     nxt = a.find_element("css selector", ".next")
     for k, s in enumerate(rec["asked"], 1):
         nxt.send_keys(Keys.ENTER) if k % 2 else nxt.click()
@@ -227,9 +227,9 @@ def test_page_steps_through_the_questions_as_the_api_answered(browser, live):
         shown = [(b.find_element("css selector", ".cls").text.lstrip("★ "), b.find_element("css selector", ".pct").text)
                  for b in bars]
         assert shown == [(lab, f"{100 * p:.1f}%") for lab, p in s["top"]]
-        assert f"Q spent: {s['q_spent']} prompts of a budget of 12" in a.find_element("css selector", ".qtext").text
+        assert f"Q spent: {s['q_spent']} prompts of a budget of 40" in a.find_element("css selector", ".qtext").text
         assert a.find_element("css selector", f'.steps li[data-step="{k}"]').get_attribute("aria-current") == "step"
-    assert not nxt.is_enabled() and rec["asked"][-1]["q_spent"] == rec["q_spent"] <= 12
+    assert not nxt.is_enabled() and rec["asked"][-1]["q_spent"] == rec["q_spent"] <= 40
     assert rec["asked"][-1]["top"] == rec["top"]
 
     # a second image beside it, with another policy
