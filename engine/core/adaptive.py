@@ -68,6 +68,7 @@ def classify_batch(
     top_k: int = 5,
     channel: Channel | None = None,
     shortlist_size: int | None = None,
+    trace: bool = False,
 ) -> list[Result]:
     """Classify the source's B images, each along its own path of questions.
 
@@ -130,7 +131,8 @@ def classify_batch(
     reason = np.full(B, None, dtype=object)
     errors = np.full(B, None, dtype=object)
     active = np.ones(B, dtype=bool)
-    trail: list[list[tuple]] = [[] for _ in range(B)]  # (g, eig, answer k, answer p, conf after)
+    trail: list[list[tuple]] = [[] for _ in range(B)]  # (g, eig, answer k, answer p, conf after[, top, q])
+    tops = (lambda imgs: _top_after(log_post, sum_sc, imgs, top_k)) if trace else None
     names_due = np.zeros(B, dtype=bool)
     if name_g is not None:
         asked[:, name_g] = True  # hidden from the policy; asked as the shortlist instead
@@ -157,7 +159,7 @@ def classify_batch(
             if due.any():
                 ask = idx[due]
                 reason[ask] = None
-                _ask_shortlist(source, ask, post[due], name_g, m_names, lam, ch.eps, log_post, q, trail)
+                _ask_shortlist(source, ask, post[due], name_g, m_names, lam, ch.eps, log_post, q, trail, tops)
                 names_due[ask] = False
                 continue
         go = reason[idx] == None  # noqa: E711
@@ -197,8 +199,10 @@ def classify_batch(
             ans = lp.argmax(axis=1)
             ans_p = np.exp(lp[np.arange(len(imgs)), ans])
             conf = np.exp(log_post[imgs].max(axis=1))
+            top_now = tops(imgs) if tops else None
             for j, i in enumerate(imgs):
-                trail[i].append((g, float(eig_g[j]), int(ans[j]), float(ans_p[j]), float(conf[j])))
+                trail[i].append((g, float(eig_g[j]), int(ans[j]), float(ans_p[j]), float(conf[j]))
+                                + ((top_now[j], int(q[i])) if top_now else ()))
 
     final = np.exp(log_post)
     if sum_sc is not None:
@@ -210,8 +214,11 @@ def classify_batch(
             results.append(Result.failed(errors[i]))
             continue
         order = np.argsort(-final[i], kind="stable")[:top_k]
-        steps = [Step(group=system.groups[g].name, eig=e, answer=system.groups[g].options[k],
-                      answer_prob=p, confidence_after=c) for g, e, k, p, c in trail[i]]
+        steps = [Step(group=system.groups[t[0]].name, eig=t[1], answer=system.groups[t[0]].options[t[2]],
+                      answer_prob=t[3], confidence_after=t[4],
+                      top=[(system.classes[c], p) for c, p in t[5]] if len(t) > 5 else None,
+                      q_spent=t[6] if len(t) > 5 else None)
+                 for t in trail[i]]
         results.append(Result(
             label=system.classes[order[0]],
             confidence=float(final[i, order[0]]),
@@ -222,7 +229,8 @@ def classify_batch(
 
 
 def _ask_shortlist(source: SimilaritySource, imgs: np.ndarray, post: np.ndarray, name_g: int, m: int, lam: float,
-                   eps: float, log_post: np.ndarray, q: np.ndarray, trail: list[list[tuple]]) -> None:
+                   eps: float, log_post: np.ndarray, q: np.ndarray, trail: list[list[tuple]],
+                   tops=None) -> None:
     """Ask images ``imgs`` (n,) which of their m most probable classes' names fits; update in place.
 
     post : (n, C) their posteriors. Only the union of their candidates' name prompts is asked of
@@ -247,6 +255,22 @@ def _ask_shortlist(source: SimilaritySource, imgs: np.ndarray, post: np.ndarray,
     q[imgs] += m
     ans = lp.argmax(axis=1)
     conf = np.exp(log_post[imgs].max(axis=1))
+    top_now = tops(imgs) if tops else None
     for j, i in enumerate(imgs):
         # the name group's options are the classes in order, so option index = class index
-        trail[i].append((name_g, float(eig[j]), int(cand[j, ans[j]]), float(np.exp(lp[j, ans[j]])), float(conf[j])))
+        trail[i].append((name_g, float(eig[j]), int(cand[j, ans[j]]), float(np.exp(lp[j, ans[j]])), float(conf[j]))
+                        + ((top_now[j], int(q[i])) if top_now else ()))
+
+
+def _top_after(log_post: np.ndarray, sum_sc: np.ndarray | None, imgs: np.ndarray, k: int
+               ) -> list[list[tuple[int, float]]]:
+    """For images ``imgs`` (n,): the top-k (class index, prob) under the scorer as it stands now, computed
+    exactly as the final ``top`` is (the posterior, or the normalised sum scores), so a trace's last
+    step equals the result's ``top``."""
+    final = np.exp(log_post[imgs])
+    if sum_sc is not None:
+        sc = sum_sc[imgs]
+        tot = sc.sum(axis=1, keepdims=True)
+        final = np.where(tot > 0, sc / np.where(tot > 0, tot, 1.0), final)
+    order = np.argsort(-final, axis=1, kind="stable")[:, :k]
+    return [[(int(c), float(final[j, c])) for c in order[j]] for j in range(len(imgs))]

@@ -87,10 +87,13 @@ class Classifier:
         finally:
             self.seconds["embed"] += time.perf_counter() - t0
 
-    def classify_embedded(self, embeddings: Any, config: RunConfig, text_cache: Any = None) -> list[Result]:
+    def classify_embedded(self, embeddings: Any, config: RunConfig, text_cache: Any = None, *,
+                          trace: bool = False) -> list[Result]:
         """Classify already-embedded images (n, D) under one configuration; n Results in row order.
 
-        ``text_cache`` defaults to the classifier's own (shared across calls).
+        ``text_cache`` defaults to the classifier's own (shared across calls). ``trace`` keeps the
+        top-k after each step on each step (``Step.top``; see ``classify_batch``); it is not a
+        setting of the run (not in RunConfig, so no fingerprint changes), only how much is reported.
         """
         from engine.run.encoder_source import EncoderSource
 
@@ -106,7 +109,8 @@ class Classifier:
         try:
             return classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
                                   scorer=config.scorer, top_k=config.top_k,
-                                  shortlist_size=config.shortlist if config.mode == "adaptive" else None)
+                                  shortlist_size=config.shortlist if config.mode == "adaptive" else None,
+                                  trace=trace)
         finally:
             self.seconds["classify"] += time.perf_counter() - t0
 

@@ -1,10 +1,12 @@
 """The FastAPI application of ``twentyq serve``: :func:`create_app` builds it from :class:`ServeSettings`.
 
-Endpoints (all JSON; every error is ``{"error": {"code", "message", "field"}}``):
+Endpoints (JSON but the page; every error is ``{"error": {"code", "message", "field"}}``):
 
+- ``GET /``: the page (``engine/serve/static/``) that shows one image's questions step by step;
 - ``POST /v1/classify``: images as multipart file parts named ``image`` (settings in the query
   string) or as base64 in a JSON body (``{"images": [...], "budget": 20, ...}``); answers
-  ``{"model", "system", "results": [Result.to_dict(), ...], "timings"}``;
+  ``{"model", "system", "results": [Result.to_dict(), ...], "timings"}`` (``trace=1``: each asked step
+  also carries ``top``, the top_k classes after it);
 - ``GET /v1/health``: liveness and readiness (the model is loaded before the port opens);
 - ``GET /v1/systems``, ``GET /v1/models``: what this server classifies with;
 - ``GET /docs`` (Swagger UI) and ``GET /redoc``, their assets served from the installed
@@ -26,11 +28,13 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +53,7 @@ from engine.serve.uploads import b64_bytes, decode_image
 log = logging.getLogger("twentyq.serve")
 
 RUN_FIELDS = ("budget", "tau", "delta", "policy", "scorer", "shortlist", "top_k")
+STATIC = Path(__file__).with_name("static")  # the page: plain HTML/CSS/JS, package data, no build step
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 500, 503, 504)}
 
 
@@ -93,6 +98,15 @@ def model_note(encoder: Any) -> str:
         return note
     d = encoder.describe() if hasattr(encoder, "describe") else {}
     return d.get("label") or f"{d.get('backend', type(encoder).__name__)} ({encoder.model_id})"
+
+
+def model_display(encoder: Any) -> str:
+    """The one line the page shows as the model: :func:`model_label` (``offline — ... NOT CLIP``), or the
+    name and what it is for a model the registry does not list."""
+    from engine.encoders.registry import model_label
+
+    label = model_label(encoder.name)
+    return label if " — " in label else f"{encoder.name} — {model_note(encoder)}"
 
 
 # --------------------------------------------------------------------------- errors
@@ -262,6 +276,14 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
 
     keyed = [Depends(require_key)]
 
+    @app.get("/", include_in_schema=False)
+    async def page() -> Any:
+        """The page: pick an image and watch its questions step by step (``static/``; it calls the API
+        below, with the API key the user types when the server needs one)."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     @app.get("/v1/health", response_model=Health, tags=["server"])
     async def health() -> Any:
         """Liveness and readiness. The model is loaded before the port opens, so an answer means ready.
@@ -287,7 +309,8 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
     async def models() -> Any:
         """The model this server loaded at start-up (one per server)."""
         d = encoder.describe() if hasattr(encoder, "describe") else {}
-        return {"models": [{"model": encoder.name, "note": model_note(encoder), "model_id": encoder.model_id,
+        return {"models": [{"model": encoder.name, "note": model_note(encoder), "label": model_display(encoder),
+                            "model_id": encoder.model_id,
                             "device": str(encoder.device), "dtype": d.get("dtype", str(encoder.dtype)),
                             "embed_dim": int(encoder.embed_dim), "logit_scale": float(encoder.logit_scale)}]}
 
@@ -325,10 +348,11 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
                                                   f"{list(classifiers)} (GET /v1/systems)", "system")
         config = _run_config(params)
         _check_shortlist(classifiers[system].system, config)
+        trace = bool(params.get("trace"))
 
         t0 = time.perf_counter()
         try:
-            answer, decode_ms = await asyncio.wait_for(_decode_and_classify(items, system, config),
+            answer, decode_ms = await asyncio.wait_for(_decode_and_classify(items, system, config, trace),
                                                        timeout=settings.timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"the request took over {settings.timeout_s:g} s (--timeout-s); send "
@@ -341,11 +365,11 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
         timings = {k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()}
         return JSONResponse({"model": encoder.name, "system": system, "results": records, "timings": timings})
 
-    async def _decode_and_classify(items, system, config):
+    async def _decode_and_classify(items, system, config, trace):
         t0 = time.perf_counter()
         images = await run_in_threadpool(_decode_all, items, settings.max_pixels)
         decode_ms = (time.perf_counter() - t0) * 1e3
-        return await batcher.submit(images, system, config), decode_ms
+        return await batcher.submit(images, system, config, trace=trace), decode_ms
 
     return app
 

@@ -50,6 +50,7 @@ class _Job:
     future: asyncio.Future
     t_submit: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # the caller gave up (timeout, disconnect): skip it if not started
+    trace: bool = False  # keep the top-k after each step (the page replays the path)
 
 
 class Batcher:
@@ -84,13 +85,14 @@ class Batcher:
                 self._thread = threading.Thread(target=self._run, name="twentyq-batcher", daemon=True)
                 self._thread.start()
 
-    async def submit(self, images: Sequence[Any], system: str, config: RunConfig) -> Answer:
-        """Classify ``images`` (decoded PIL images) under ``config`` with ``system``'s classifier."""
+    async def submit(self, images: Sequence[Any], system: str, config: RunConfig, *, trace: bool = False) -> Answer:
+        """Classify ``images`` (decoded PIL images) under ``config`` with ``system``'s classifier
+        (``trace``: each step also carries the top-k after it)."""
         if system not in self.classifiers:
             raise KeyError(system)
         self.start()
         loop = asyncio.get_running_loop()
-        job = _Job(list(images), system, config, loop, loop.create_future())
+        job = _Job(list(images), system, config, loop, loop.create_future(), trace=bool(trace))
         self.pending += 1
         self._queue.put(job)
         try:
@@ -164,15 +166,15 @@ class Batcher:
             off += len(job.images)
         results: list[list[Result | None]] = [[None] * len(job.images) for job in batch]
         classify_ms: list[float] = [0.0] * len(batch)
-        groups: dict[tuple[str, RunConfig], list[int]] = {}
+        groups: dict[tuple[str, RunConfig, bool], list[int]] = {}
         for k, job in enumerate(batch):
-            groups.setdefault((job.system, job.config), []).append(k)
-        for (system, config), ks in groups.items():
+            groups.setdefault((job.system, job.config, job.trace), []).append(k)
+        for (system, config, trace), ks in groups.items():
             t0 = time.perf_counter()
             slots = [(k, i) for k in ks for i in range(len(batch[k].images)) if offsets[k] + i in row_of]
             if slots:
                 rows = [row_of[offsets[k] + i] for k, i in slots]
-                out = self.classifiers[system].classify_embedded(emb[rows], config)
+                out = self.classifiers[system].classify_embedded(emb[rows], config, trace=trace)
                 for (k, i), r in zip(slots, out):
                     results[k][i] = r
             ms = (time.perf_counter() - t0) * 1e3

@@ -47,6 +47,9 @@ class ClassifyParams(BaseModel):
     scorer: str | None = Field(None, description='"bayes" (posterior) or "sum"')
     shortlist: Whole | None = Field(None, description="ask which of the top M class names fits, once few remain")
     top_k: Whole | None = Field(None, description="classes listed per result")
+    trace: bool | None = Field(None, description="also give, on each asked step, the top_k classes after that step "
+                                                 "(`asked[i].top`) and the prompts spent so far (`asked[i].q_spent`), to replay the path; "
+                                                 "off by default")
 
 
 class ClassifyJSON(ClassifyParams):
@@ -61,6 +64,9 @@ class Asked(BaseModel):
     answer: str
     answer_prob: float
     confidence_after: float
+    top: list[tuple[str, float]] | None = Field(None, description="only with trace: the top_k classes after this "
+                                                                  "step; the last step's equals the record's top")
+    q_spent: int | None = Field(None, description="only with trace: prompts spent up to and including this step")
 
 
 class Record(BaseModel):
@@ -143,6 +149,8 @@ class ModelInfo(BaseModel):
 
     model: str
     note: str
+    label: str = Field(description="the model and what it is, as the page shows it (model_label: the offline "
+                                   "stand-in and the probe say they are not CLIP)")
     model_id: str
     device: str
     dtype: str
