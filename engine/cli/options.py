@@ -113,13 +113,26 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     from engine.run.config import DEFAULT_EPS, MODES
     from policies import list_policies
 
+    from systems.templates import list_template_sets
+
     g = p.add_argument_group("questions")
-    g.add_argument("--system", default="pokemon15",
-                   help="system JSON file or shipped name (default: %(default)s; `twentyq system` lists tools)")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--system", default=None,
+                       help="system JSON file or shipped name (default: pokemon15; `twentyq system` lists tools)")
+    which.add_argument("--labels", default=None, metavar="A,B,C",
+                       help="plain zero-shot over these comma-separated class names instead of a system (prompt "
+                            "'a photo of a {}.'; mode baseline unless --mode says otherwise) (default: none)")
+    which.add_argument("--labels-file", default=None, metavar="FILE",
+                       help="as --labels, one class name per line (default: none)")
+    g.add_argument("--templates", default=None, metavar="NAME|FILE",
+                   help="baseline mode: score each class name with an ensemble of prompt templates (mean of the "
+                        f"normalised prompt embeddings): a shipped set ({', '.join(list_template_sets())}) or a "
+                        "JSON list of strings with one '{}' each; costs N·T prompts (default: none, one template)")
     if modes:
-        g.add_argument("--mode", default="adaptive", choices=list(MODES),
+        g.add_argument("--mode", default=None, choices=list(MODES),
                        help="adaptive: questions chosen by --policy, stopping early; full: every group (the "
-                            "write-up's method); baseline: the class names (default: %(default)s)")
+                            "write-up's method); baseline: the class names (default: adaptive, or baseline with "
+                            "--labels/--labels-file)")
     g.add_argument("--policy", default="eig", choices=list_policies(),
                    help="how the next question is chosen in adaptive mode (default: %(default)s)")
     g.add_argument("--tau", type=float, default=0.9,
@@ -138,10 +151,23 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
                         "needs a system with a class_name group (system build --name-group)")
 
 
+def default_mode(args) -> str:
+    """--mode, else baseline for plain labels and adaptive for a system."""
+    mode = getattr(args, "mode", None)
+    return mode or ("baseline" if (args.labels or args.labels_file) else "adaptive")
+
+
+def templates_arg(args) -> Any:
+    """The --templates set (None without the flag); a TemplateError (exit 2) names what is wrong."""
+    from systems.templates import load_templates
+
+    return load_templates(args.templates) if args.templates else None
+
+
 def run_config(args, **override) -> Any:
     from engine.run.config import RunConfig
 
-    fields = dict(mode=getattr(args, "mode", "adaptive"), policy=args.policy, tau=args.tau, delta=args.delta,
+    fields = dict(mode=default_mode(args), templates=templates_arg(args), policy=args.policy, tau=args.tau, delta=args.delta,
                   budget=args.budget, scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale,
                   top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0))
     with settings_errors():
@@ -153,6 +179,27 @@ def load_system_arg(system: str) -> Any:
 
     with settings_errors():
         return load_system(system)
+
+
+DEFAULT_SYSTEM = "pokemon15"
+
+
+def system_of(args) -> Any:
+    """The system the flags name: --labels / --labels-file (a class-name system), else --system."""
+    from systems.build import labels_system
+    from systems.files import read_text_capped
+
+    if args.labels is not None:
+        return labels_system(args.labels.split(","), source="--labels")
+    if args.labels_file is not None:
+        text = read_text_capped(args.labels_file, what="labels file")
+        return labels_system(text.splitlines(), source=f"--labels-file {args.labels_file}")
+    return load_system_arg(args.system or DEFAULT_SYSTEM)
+
+
+def system_inputs(args) -> list[str]:
+    """The files the system flags read (a result folder may be none of them)."""
+    return [f for f in (args.labels_file, args.system) if f]
 
 
 def check_budget(system, config) -> None:

@@ -90,18 +90,25 @@ class Classifier:
         from engine.run.encoder_source import EncoderSource
 
         t0 = time.perf_counter()
+        pooled = []
         if config.mode == "baseline":
             system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
+            if config.templates:
+                pooled = [template_pool(system, config.templates)]
         elif config.mode == "full":
             system, policy, stop = self.system, "fixed", NO_STOP
         else:
             system, policy, stop = self.system, config.make_policy(), config.stop_rule()
-        source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings)
+        source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings, pooled)
         lam = self.encoder.logit_scale if config.logit_scale is None else config.logit_scale
         try:
-            return classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
-                                  scorer=config.scorer, top_k=config.top_k,
-                                  shortlist_size=config.shortlist if config.mode == "adaptive" else None)
+            results = classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
+                                     scorer=config.scorer, top_k=config.top_k,
+                                     shortlist_size=config.shortlist if config.mode == "adaptive" else None)
+            for r in results if pooled else ():
+                if r.error is None:  # every image asked the one pooled group: Q is its prompts
+                    r.q_spent = pooled[0].n_prompts
+            return results
         finally:
             self.seconds["classify"] += time.perf_counter() - t0
 
@@ -157,6 +164,15 @@ class Classifier:
         if not isinstance(images, (list, tuple)):
             images = [images]
         return list(self.iter_classify(images, config_from(config, settings)))
+
+
+def template_pool(system: AttributeSystem, templates: Sequence[str]) -> Any:
+    """The template ensemble of a one-group (class-name) system: each class's T prompts,
+    pooled by mean embedding (see :class:`engine.run.encoder_source.PooledGroup`)."""
+    from engine.run.encoder_source import PooledGroup
+
+    opts = system.groups[0].options
+    return PooledGroup(0, tuple(tuple(t.replace("{}", o) for t in templates) for o in opts), "mean_embedding")
 
 
 def assemble(names: Sequence[str], good: np.ndarray, results: Sequence[Result], bad: dict[int, str]) -> list[Result]:

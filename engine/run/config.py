@@ -26,6 +26,8 @@ MODES = ("adaptive", "full", "baseline")
 DEFAULT_EPS = 0.05
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+#: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
+OPTIONAL_FIELDS = ("templates",)
 
 
 def _whole(name: str, v: Any, lo: int, *, optional: bool = True) -> None:
@@ -95,6 +97,11 @@ class RunConfig:
     top_k : classes listed per result.
     shortlist : once few classes remain, ask "which of these M names?" (needs a class_name group).
     seed : seeds the ``random`` policy (and any policy that takes a seed).
+    templates : ``baseline`` only: a template ensemble (each with one ``{}``; see
+        :mod:`systems.templates`). A class's text embedding is the mean of its T L2-normalised
+        prompt embeddings, re-normalised. Over N classes that is N·T prompts embedded, and each
+        result's ``q_spent`` is N·T too: Q counts the prompts an answer rests on, so an ensemble
+        is never cheaper than it is (the image is compared with N pooled vectors).
     """
 
     mode: str = "adaptive"
@@ -108,6 +115,7 @@ class RunConfig:
     top_k: int = 5
     shortlist: int | None = None
     seed: int = 0
+    templates: tuple[str, ...] | None = None
 
     def __post_init__(self):
         from policies import list_policies
@@ -125,6 +133,13 @@ class RunConfig:
             check_logit_scale(self.logit_scale)
         _whole("shortlist", self.shortlist, 2)
         _whole("seed", self.seed, 0, optional=False)
+        if self.templates is not None:
+            from systems.templates import check_templates
+
+            object.__setattr__(self, "templates", check_templates(self.templates))
+            if self.mode != "baseline":
+                raise ValueError(f"templates: a template ensemble scores the class names, so it needs mode "
+                                 f"'baseline', not {self.mode!r} (add --mode baseline)")
 
     def stop_rule(self) -> StopRule:
         return StopRule(self.tau, self.delta, self.budget)
@@ -137,4 +152,12 @@ class RunConfig:
         return get_policy(self.policy, **({"seed": self.seed} if takes_seed else {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as JSON-able data (for summaries and fingerprints). Settings added after the
+        first release are left out while unset, so the fingerprints of earlier runs still match."""
+        d = asdict(self)
+        for k in OPTIONAL_FIELDS:
+            if d[k] is None:
+                del d[k]
+            elif isinstance(d[k], tuple):
+                d[k] = list(d[k])
+        return d
