@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from engine.cli.options import EXIT_BUG, EXIT_USAGE, UsageError
+from engine.cli.report_cmd import add_report_parser
 from engine.cli.run_cmds import add_run_parsers
 from engine.cli.serve_cmd import add_serve_args
 from engine.cli.system_cmds import add_system_parser
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
     add_run_parsers(sub)
+    add_report_parser(sub)
     add_system_parser(sub)
     add_serve_args(sub.add_parser("serve", help="serve classification over HTTP (FastAPI on uvicorn; dynamic "
                                                 "batching; pip install 'twentyq[serve]')"))
