@@ -124,6 +124,10 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
                             "'a photo of a {}.'; mode baseline unless --mode says otherwise) (default: none)")
     which.add_argument("--labels-file", default=None, metavar="FILE",
                        help="as --labels, one class name per line (default: none)")
+    g.add_argument("--descriptors", default=None, metavar="FILE",
+                   help="classify by description: a JSON {class: [descriptions]} (DCLIP/CuPL style); a class's score "
+                        "is the mean similarity to its prompts '{class}, which (is/has/etc) {description}.'; mode "
+                        "descriptors; the classes come from the file unless --system/--labels (default: none)")
     g.add_argument("--templates", default=None, metavar="NAME|FILE",
                    help="baseline mode: score each class name with an ensemble of prompt templates (mean of the "
                         f"normalised prompt embeddings): a shipped set ({', '.join(list_template_sets())}) or a "
@@ -131,8 +135,8 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     if modes:
         g.add_argument("--mode", default=None, choices=list(MODES),
                        help="adaptive: questions chosen by --policy, stopping early; full: every group (the "
-                            "write-up's method); baseline: the class names (default: adaptive, or baseline with "
-                            "--labels/--labels-file)")
+                            "write-up's method); baseline: the class names; descriptors: --descriptors (default: "
+                            "adaptive; baseline with --labels/--labels-file; descriptors with --descriptors)")
     g.add_argument("--policy", default="eig", choices=list_policies(),
                    help="how the next question is chosen in adaptive mode (default: %(default)s)")
     g.add_argument("--tau", type=float, default=0.9,
@@ -154,7 +158,22 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
 def default_mode(args) -> str:
     """--mode, else baseline for plain labels and adaptive for a system."""
     mode = getattr(args, "mode", None)
-    return mode or ("baseline" if (args.labels or args.labels_file) else "adaptive")
+    if mode:
+        return mode
+    if getattr(args, "descriptors", None):
+        return "descriptors"
+    return "baseline" if (args.labels or args.labels_file) else "adaptive"
+
+
+def descriptors_arg(args) -> Any:
+    """The --descriptors file's {class: descriptions} (None without the flag), read once."""
+    from systems.descriptors import load_descriptors
+
+    if not getattr(args, "descriptors", None):
+        return None
+    if getattr(args, "_descriptors", None) is None:
+        args._descriptors = load_descriptors(args.descriptors)
+    return args._descriptors
 
 
 def templates_arg(args) -> Any:
@@ -167,7 +186,9 @@ def templates_arg(args) -> Any:
 def run_config(args, **override) -> Any:
     from engine.run.config import RunConfig
 
-    fields = dict(mode=default_mode(args), templates=templates_arg(args), policy=args.policy, tau=args.tau, delta=args.delta,
+    descs = descriptors_arg(args)
+    fields = dict(mode=default_mode(args), templates=templates_arg(args),
+                  descriptors=tuple(descs.items()) if descs else None, policy=args.policy, tau=args.tau, delta=args.delta,
                   budget=args.budget, scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale,
                   top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0))
     with settings_errors():
@@ -194,16 +215,24 @@ def system_of(args) -> Any:
     if args.labels_file is not None:
         text = read_text_capped(args.labels_file, what="labels file")
         return labels_system(text.splitlines(), source=f"--labels-file {args.labels_file}")
+    if args.system is None and descriptors_arg(args):
+        return labels_system(list(descriptors_arg(args)), source=f"--descriptors {args.descriptors}")
     return load_system_arg(args.system or DEFAULT_SYSTEM)
 
 
 def system_inputs(args) -> list[str]:
     """The files the system flags read (a result folder may be none of them)."""
-    return [f for f in (args.labels_file, args.system) if f]
+    return [f for f in (args.labels_file, args.system, getattr(args, "descriptors", None)) if f]
 
 
 def check_budget(system, config) -> None:
-    """Warn when the budget is below the cheapest question (the prior's first class would answer)."""
+    """Before the model loads: the descriptors cover the system's classes (else exit 2), and a
+    warning when the budget is below the cheapest question (the prior's first class would answer)."""
+    if config.mode == "descriptors":
+        from engine.run.classifier import descriptor_pool
+        from systems.build import baseline_system
+
+        descriptor_pool(baseline_system(system), config.descriptors)
     if config.mode == "adaptive" and config.budget is not None:
         cheapest = min(g.n_options for g in system.groups)
         if config.budget < cheapest:

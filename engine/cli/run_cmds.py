@@ -156,6 +156,8 @@ def compare_cmd(args) -> int:
     data_sp = data_spec(args, data)
     with settings_errors():
         data_sp.load(system.classes)
+    if args.descriptors:
+        raise UsageError("compare runs baseline, full and adaptive; evaluate --descriptors with 'twentyq eval'")
     configs = [run_config(args, mode="baseline"), run_config(args, mode="full", templates=None),
                run_config(args, mode="adaptive", templates=None)]
     check_budget(system, configs[2])

@@ -296,6 +296,32 @@ def _refine_cmd(args) -> int:
     return 1 if bad else EXIT_OK
 
 
+@_reads_user_files
+def _from_descriptors_cmd(args) -> int:
+    from pathlib import Path
+
+    from systems import save_system
+    from systems.descriptors import descriptor_system, load_descriptors
+
+    from engine.cli.options import encoder_spec, remote_code_notice
+
+    descs = load_descriptors(args.descriptors)  # checked before the model loads
+    if args.max_options < 2:
+        raise UsageError(f"--max-options {args.max_options}: must be >= 2")
+    spec = encoder_spec(args)
+    remote_code_notice(spec)
+    encoder = spec.load()
+
+    def embed(texts):
+        return encoder.encode_texts(texts).float().cpu().numpy()
+
+    system = descriptor_system(descs, embed, max_options=args.max_options, n_groups=args.groups, seed=args.seed,
+                               name=args.name or Path(args.descriptors).stem, source=args.descriptors)
+    save_system(system, args.out)
+    print(f"wrote {args.out}: {_header(system)} (descriptors clustered with {encoder.name})")
+    return EXIT_OK
+
+
 def _add_model_args(p) -> None:
     from engine.cli.options import add_model_flags
 
@@ -360,6 +386,25 @@ def add_system_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--name", help="the system's name when the draft gives none (default: the file's stem)")
     p.add_argument("--out", metavar="FILE", help="where to write the repaired system (canonical JSON)")
     p.set_defaults(func=_import_cmd)
+    p = ssub.add_parser(
+        "from-descriptors", help="turn a DCLIP/CuPL descriptor file into an attribute system the engine can ask",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Descriptors are embedded once with the frozen text encoder (--model) and clustered by "
+                    "cosine (spherical k-means, seeded); each cluster is a group whose options are its "
+                    "descriptors, and a class accepts the options among its own descriptors (others: not "
+                    "applicable). A descriptor shared by classes is one option.",
+        epilog="examples:\n  twentyq system from-descriptors dclip_flowers.json --out flowers_desc.json\n"
+               "  twentyq system from-descriptors d.json --out s.json --max-options 6 --model openai/clip-vit-base-patch32\n")
+    p.add_argument("descriptors", help='a JSON file {"class": ["description", ...]}')
+    p.add_argument("--out", required=True, help="where to write the system JSON")
+    p.add_argument("--max-options", type=int, default=8, help="options per group at most (default: %(default)s)")
+    p.add_argument("--groups", type=int, default=None,
+                   help="clusters to start from (default: distinct descriptors / --max-options, rounded up)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the clustering (default: %(default)s)")
+    p.add_argument("--name", default=None, help="the system's name (default: the file's stem)")
+    _add_model_args(p)
+    p.set_defaults(func=_from_descriptors_cmd)
+
     p = ssub.add_parser("refine", help="improve a system on labelled dev images with the model frozen")
     p.add_argument("--data", required=True, help="labelled images (CSV path,label or ImageFolder); split by image")
     p.add_argument("--system", required=True, help="the system to refine (file or shipped name)")

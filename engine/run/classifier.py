@@ -95,6 +95,9 @@ class Classifier:
             system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
             if config.templates:
                 pooled = [template_pool(system, config.templates)]
+        elif config.mode == "descriptors":
+            system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
+            pooled = [descriptor_pool(system, config.descriptors)]
         elif config.mode == "full":
             system, policy, stop = self.system, "fixed", NO_STOP
         else:
@@ -173,6 +176,20 @@ def template_pool(system: AttributeSystem, templates: Sequence[str]) -> Any:
 
     opts = system.groups[0].options
     return PooledGroup(0, tuple(tuple(t.replace("{}", o) for t in templates) for o in opts), "mean_embedding")
+
+
+def descriptor_pool(system: AttributeSystem, descriptors: Any) -> Any:
+    """Classification by description over a class-name system: each class's descriptor prompts,
+    pooled by mean similarity. A DescriptorError names the classes without descriptors."""
+    from engine.run.encoder_source import PooledGroup
+    from systems.descriptors import DescriptorError, descriptor_prompts
+
+    descs = dict(descriptors)
+    missing = [c for c in system.classes if c not in descs]
+    if missing:
+        raise DescriptorError(f"the descriptors give nothing for {len(missing)} class(es) of system "
+                              f"{system.name!r}, e.g. {missing[:3]}; add them to the descriptor file")
+    return PooledGroup(0, tuple(descriptor_prompts(c, descs[c]) for c in system.classes), "mean_similarity")
 
 
 def assemble(names: Sequence[str], good: np.ndarray, results: Sequence[Result], bad: dict[int, str]) -> list[Result]:

@@ -22,12 +22,12 @@ import numpy as np
 from engine.core.adaptive import SCORERS, StopRule
 from engine.core.scoring import check_eps, check_logit_scale
 
-MODES = ("adaptive", "full", "baseline")
+MODES = ("adaptive", "full", "baseline", "descriptors")
 DEFAULT_EPS = 0.05
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
 #: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
-OPTIONAL_FIELDS = ("templates",)
+OPTIONAL_FIELDS = ("templates", "descriptors")
 
 
 def _whole(name: str, v: Any, lo: int, *, optional: bool = True) -> None:
@@ -102,6 +102,10 @@ class RunConfig:
         prompt embeddings, re-normalised. Over N classes that is N·T prompts embedded, and each
         result's ``q_spent`` is N·T too: Q counts the prompts an answer rests on, so an ensemble
         is never cheaper than it is (the image is compared with N pooled vectors).
+    descriptors : ``descriptors`` mode only: ``((class, (description, ...)), ...)`` (see
+        :mod:`systems.descriptors`). A class's score is the mean similarity of the image to its
+        descriptor prompts; each prompt is embedded once and ``q_spent`` is their number.
+        ``to_dict`` gives their count and sha256, not the texts.
     """
 
     mode: str = "adaptive"
@@ -116,6 +120,7 @@ class RunConfig:
     shortlist: int | None = None
     seed: int = 0
     templates: tuple[str, ...] | None = None
+    descriptors: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def __post_init__(self):
         from policies import list_policies
@@ -140,6 +145,15 @@ class RunConfig:
             if self.mode != "baseline":
                 raise ValueError(f"templates: a template ensemble scores the class names, so it needs mode "
                                  f"'baseline', not {self.mode!r} (add --mode baseline)")
+        if (self.mode == "descriptors") != (self.descriptors is not None):
+            raise ValueError("mode 'descriptors' and descriptors go together: pass --descriptors FILE (mode "
+                             f"descriptors), not mode {self.mode!r} with{'out' if self.descriptors is None else ''} "
+                             "descriptors")
+        if self.descriptors is not None:
+            from systems.descriptors import check_descriptors
+
+            descs = dict(self.descriptors) if not isinstance(self.descriptors, dict) else self.descriptors
+            object.__setattr__(self, "descriptors", tuple(check_descriptors(descs).items()))
 
     def stop_rule(self) -> StopRule:
         return StopRule(self.tau, self.delta, self.budget)
@@ -155,6 +169,12 @@ class RunConfig:
         """The settings as JSON-able data (for summaries and fingerprints). Settings added after the
         first release are left out while unset, so the fingerprints of earlier runs still match."""
         d = asdict(self)
+        if self.descriptors is not None:
+            from systems.descriptors import descriptors_hash
+
+            descs = dict(self.descriptors)
+            d["descriptors"] = {"classes": len(descs), "prompts": sum(map(len, descs.values())),
+                                "sha256": descriptors_hash(descs)}
         for k in OPTIONAL_FIELDS:
             if d[k] is None:
                 del d[k]
