@@ -244,9 +244,16 @@ def check_budget(system, config) -> None:
 def add_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=required,
-                   help="labelled images: a CSV with path,label[,split,...] columns (paths relative to it) or an "
-                        "ImageFolder directory DIR/label/*.jpg")
-    g.add_argument("--split", default=None, help="keep only the rows whose split column equals this (default: all)")
+                   help="labelled images: a CSV with path,label[,split,...] columns (paths relative to it), an "
+                        "ImageFolder directory DIR/label/*.jpg, or a Hugging Face image dataset (a save_to_disk "
+                        "folder, or hf:NAME[:CONFIG][:SPLIT] from the local cache; pip install 'twentyq[datasets]')")
+    g.add_argument("--image-column", default=None,
+                   help="Hugging Face dataset: the image column (default: the first Image feature)")
+    g.add_argument("--label-column", default=None,
+                   help="Hugging Face dataset: the label column (default: 'label', else the first ClassLabel)")
+    g.add_argument("--split", default=None,
+                   help="keep only the rows whose split column equals this; for a Hugging Face dataset, the split "
+                        "to read (default: all rows; the only split)")
     g.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images (default: all)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the --limit sample, the bootstrap CIs and the random policy (default: %(default)s)")
@@ -259,7 +266,9 @@ def data_spec(args, source: str) -> Any:
 
     with settings_errors():
         return DataSpec(source=str(source), split=args.split, limit=args.limit, seed=args.seed,
-                        allow_missing=args.allow_missing, by=args.by)
+                        allow_missing=args.allow_missing, by=args.by,
+                        image_column=getattr(args, "image_column", None),
+                        label_column=getattr(args, "label_column", None))
 
 
 def add_out_flags(p: argparse.ArgumentParser) -> None:
