@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import re
 import sys
 from typing import Any
@@ -35,8 +36,62 @@ def settings_errors():
         raise UsageError(msg) from e
 
 
+log = logging.getLogger("twentyq")
+
+
 def warn(msg: str) -> None:
-    print(f"twentyq: {msg}", file=sys.stderr)
+    """A warning on stderr (logger ``twentyq``; -q hides it, the CLI prefixes ``twentyq:``)."""
+    log.warning(msg)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+@contextlib.contextmanager
+def cli_logging():
+    """Diagnostics of the ``twentyq`` loggers on stderr as ``twentyq: message`` for the command's
+    duration (warnings until :func:`set_verbosity`); results go to stdout, never through here."""
+    handler = StderrHandler()
+    handler.setFormatter(logging.Formatter("twentyq: %(message)s"))
+    before = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        log.propagate = before[1]
+
+
+def set_verbosity(verbose: int, quiet: int) -> None:
+    """-v: info, -vv: debug; -q: errors only (warnings hidden). Errors themselves are always printed."""
+    log.setLevel(min(max(logging.WARNING - 10 * verbose + 20 * quiet, logging.DEBUG), logging.CRITICAL))
+
+
+def document_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option that takes a value says its default in its help: '(default: none)' where a
+    flag left out means 'not used' and the help does not already say it. Recurses into subcommands."""
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                document_defaults(sub)
+        elif (a.option_strings and a.nargs != 0 and not a.required and a.help and a.help != argparse.SUPPRESS
+              and "default" not in a.help and (a.default is None or a.default == [])):
+            a.help += " (default: none)"
 
 
 def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None):
@@ -99,12 +154,20 @@ def load_classifier(spec, system) -> Any:
     """A Classifier for the flags (the encoder loaded once), after the remote-code notice."""
     from transformers.utils import logging as hf_logging
 
+    import time
+
+    from engine.encoders.registry import model_label
     from engine.run.classifier import Classifier
 
     hf_logging.disable_progress_bar()  # ours is enough
     remote_code_notice(spec)
+    t0 = time.perf_counter()
     with settings_errors():  # a bad device or option is the user's to fix
-        return Classifier(spec, system)
+        clf = Classifier(spec, system)
+    log.info("loaded model %s on %s (%s) in %.1f s; system %s: %d classes, %d groups, Q=%d",
+             model_label(spec.model), getattr(clf.encoder, "device", "?"), getattr(clf.encoder, "dtype", "?"),
+             time.perf_counter() - t0, system.name, system.n_classes, system.n_groups, system.q_total)
+    return clf
 
 
 # --------------------------------------------------------------------------- question flags -> RunConfig

@@ -8,14 +8,13 @@ store; so ``--out`` and ``--resume`` mean the same with and without Ray.
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
 from engine.cli.options import (
     EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, UsageError, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
     add_run_flags, check_budget, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
-    output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, warn,
+    log, output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, warn,
 )
 
 EXAMPLES_CLASSIFY = """examples:
@@ -107,6 +106,7 @@ def eval_cmd(args) -> int:
     data = data_spec(args, args.data)
     with settings_errors():
         n = len(data.load(system.classes))  # the data is checked before the model loads
+    log.info("data %s: %d image(s); system %s; mode %s", data.source, n, system.name, config.mode)
     check_budget(system, config)
     cache = _prepare(executor, spec, system)
     update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
@@ -185,7 +185,7 @@ def compare_cmd(args) -> int:
         print(f"wrote {args.out}")
     skipped = reports[0].skipped
     if skipped:
-        print(f"twentyq: {len(skipped)} image(s) skipped", file=sys.stderr)
+        warn(f"{len(skipped)} image(s) skipped")
         return EXIT_PARTIAL
     return EXIT_OK
 
@@ -228,5 +228,6 @@ def add_run_parsers(sub) -> None:
     add_model_flags(mp)
     mp.set_defaults(func=compare_cmd)
 
-    lp = sub.add_parser("models", help="list model strings and backends")
+    lp = sub.add_parser("models", help="list model strings and backends (plug-ins included)", formatter_class=fmt,
+                        epilog="examples:\n  twentyq models\n  twentyq classify a.png --model openai/clip-vit-base-patch32\n")
     lp.set_defaults(func=models_cmd)
