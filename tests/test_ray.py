@@ -202,7 +202,8 @@ def test_csv_out_and_a_template_ensemble_through_ray_match_a_single_process(clus
         paths.append(str(tmp_path / f"{i}.png"))
     common = ["--labels", "cat,dog,bird", "--templates", "photo", "--model", model, "--device", "cpu", "--quiet",
               "--shard-size", "5"]
-    assert main(["classify", *paths, *common, "--out", str(tmp_path / "r.csv"), "--ray", "--workers", "1"]) == 0
+    assert main(["classify", *paths, *common, "--out", str(tmp_path / "r.csv"), "--ray", "--workers", "1",
+                 "--precompute-text"]) == 0
     assert main(["classify", *paths, *common, "--out", str(tmp_path / "s.jsonl")]) == 0
     on_ray, single = read_run(tmp_path / "r.csv"), read_run(tmp_path / "s.jsonl")
     assert len(list((tmp_path / "r.csv").glob("shard-*.csv"))) == 3

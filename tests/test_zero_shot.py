@@ -129,3 +129,14 @@ def test_labels_and_system_are_mutually_exclusive(capsys):
         main(["classify", "a.png", "--labels", "cat,dog", "--system", "pokemon15"])
     assert e.value.code == 2
     assert "argument --system: not allowed with argument --labels" in capsys.readouterr().err
+
+
+def test_precomputed_prompts_are_the_pooled_ones():
+    """--precompute-text embeds what the engine will ask: the ensemble's N·T prompts, not N names."""
+    from engine.run.ray_executor import system_prompt_groups
+
+    s = labels_system(COLOURS)
+    config = RunConfig(mode="baseline", templates=load_templates("photo"))
+    (prompts,) = system_prompt_groups(s, "baseline", config)
+    assert len(prompts) == 15 and prompts[:2] == ["a photo of a red.", "a photo of the red."]
+    assert system_prompt_groups(s, "baseline") == [["a photo of a red.", "a photo of a green.", "a photo of a blue."]]

@@ -90,18 +90,13 @@ class Classifier:
         from engine.run.encoder_source import EncoderSource
 
         t0 = time.perf_counter()
-        pooled = []
-        if config.mode == "baseline":
+        if config.mode in ("baseline", "descriptors"):
             system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
-            if config.templates:
-                pooled = [template_pool(system, config.templates)]
-        elif config.mode == "descriptors":
-            system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
-            pooled = [descriptor_pool(system, config.descriptors)]
         elif config.mode == "full":
             system, policy, stop = self.system, "fixed", NO_STOP
         else:
             system, policy, stop = self.system, config.make_policy(), config.stop_rule()
+        pooled = pooled_groups(system, config)
         source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings, pooled)
         lam = self.encoder.logit_scale if config.logit_scale is None else config.logit_scale
         try:
@@ -167,6 +162,16 @@ class Classifier:
         if not isinstance(images, (list, tuple)):
             images = [images]
         return list(self.iter_classify(images, config_from(config, settings)))
+
+
+def pooled_groups(system: AttributeSystem, config: RunConfig) -> list[Any]:
+    """The groups of ``system`` (the one the mode asks) that pool several prompts per option:
+    a template ensemble or the descriptors, else none."""
+    if config.templates:
+        return [template_pool(system, config.templates)]
+    if config.descriptors is not None:
+        return [descriptor_pool(system, config.descriptors)]
+    return []
 
 
 def template_pool(system: AttributeSystem, templates: Sequence[str]) -> Any:
