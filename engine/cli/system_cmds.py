@@ -307,9 +307,13 @@ def _from_descriptors_cmd(args) -> int:
     descs = load_descriptors(args.descriptors)  # checked before the model loads
     if args.max_options < 2:
         raise UsageError(f"--max-options {args.max_options}: must be >= 2")
+    from transformers.utils import logging as hf_logging
+
     spec = encoder_spec(args)
     remote_code_notice(spec)
-    encoder = spec.load()
+    hf_logging.disable_progress_bar()  # as classify: no weight-loading bars
+    with settings_errors():
+        encoder = spec.load()
 
     def embed(texts):
         return encoder.encode_texts(texts).float().cpu().numpy()
