@@ -59,7 +59,25 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
+def _check_plugin(name: str, obj: object) -> str | None:
+    if not (isinstance(obj, type) and issubclass(obj, Policy)):
+        return f"it is a {type(obj).__name__}, not a policies.Policy subclass"
+    if name in POLICIES and POLICIES[name] is not obj:
+        return f"the name {name!r} is taken by a built-in policy"
+    return None
+
+
+def load_plugin_policies() -> None:
+    """Register the policies of the ``twentyq.policies`` entry points (once; see :mod:`systems.plugins`)."""
+    from systems.plugins import POLICY_GROUP, load_plugins
+
+    for name, cls in load_plugins(POLICY_GROUP, _check_plugin).items():
+        POLICIES.setdefault(name, cls)
+
+
 def list_policies() -> list[str]:
+    """Every policy name: the built-ins and those of installed plug-ins."""
+    load_plugin_policies()
     return sorted(POLICIES)
 
 
@@ -67,6 +85,7 @@ def get_policy(name: str | Policy, **params) -> Policy:
     """A policy by name (``get_policy("eig")``), or the policy object itself."""
     if isinstance(name, Policy):
         return name
+    load_plugin_policies()
     try:
         cls = POLICIES[name]
     except KeyError:

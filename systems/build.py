@@ -46,6 +46,35 @@ def baseline_system(system_or_classes: AttributeSystem | list[str], template: st
     )
 
 
+#: the prompt template of a system built from plain class names (``--labels``)
+LABELS_TEMPLATE = "a photo of a {}."
+
+
+def labels_system(labels: list[str] | tuple[str, ...], template: str = LABELS_TEMPLATE,
+                  source: str = "--labels") -> AttributeSystem:
+    """The class-name system of plain labels (``twentyq classify --labels "cat,dog"``), validated.
+
+    Labels are stripped; an empty, repeated or brace-holding label, or fewer than two, is a
+    :class:`systems.errors.UserInputError` naming it.
+    """
+    from systems.errors import UserInputError
+    from systems.validate import parse_system
+
+    labels = [str(x).strip() for x in labels]
+    labels = [x for x in labels if x]
+    if len(labels) < 2:
+        raise UserInputError(f"{source}: {len(labels)} label(s); give at least two class names, e.g. "
+                             '--labels "cat,dog,bird"')
+    seen = set()
+    for x in labels:
+        if x in seen:
+            raise UserInputError(f"{source}: label {x!r} is listed twice; list each class once")
+        if "{" in x or "}" in x:
+            raise UserInputError(f"{source}: label {x!r} has a brace; class names cannot hold '{{' or '}}'")
+        seen.add(x)
+    return parse_system(baseline_system(labels, template).to_dict() | {"name": "labels"}, source=source)
+
+
 def with_name_group(system: AttributeSystem, template: str | None = None) -> AttributeSystem:
     """``system`` plus one last group whose options are the class names (identity rules).
 

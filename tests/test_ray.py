@@ -190,6 +190,27 @@ def test_offline_killed_halfway_then_resumed_matches_a_single_process(cluster, j
     assert summary["n"] == N and summary["model"] == "offline" and summary["skipped"] == []
 
 
+@pytest.mark.slow
+def test_csv_out_and_a_template_ensemble_through_ray_match_a_single_process(cluster, tmp_path):
+    """Issue 18: --out run.csv and --labels/--templates (carried by RunConfig) on Ray actors."""
+    from engine.run.store import read_run
+
+    model = str(tiny_model_dir("clip"))
+    paths = []
+    for i in range(12):
+        noise_image(i).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    common = ["--labels", "cat,dog,bird", "--templates", "photo", "--model", model, "--device", "cpu", "--quiet",
+              "--shard-size", "5"]
+    assert main(["classify", *paths, *common, "--out", str(tmp_path / "r.csv"), "--ray", "--workers", "1",
+                 "--precompute-text"]) == 0
+    assert main(["classify", *paths, *common, "--out", str(tmp_path / "s.jsonl")]) == 0
+    on_ray, single = read_run(tmp_path / "r.csv"), read_run(tmp_path / "s.jsonl")
+    assert len(list((tmp_path / "r.csv").glob("shard-*.csv"))) == 3
+    _same(on_ray, single)
+    assert all(r["q_spent"] == 3 * 5 for r in on_ray)
+
+
 # --------------------------------------------------------------------------- the actor without a pool
 def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, tmp_path):
     """ClassifyBatch called directly: bytes rows (one corrupt) and a precomputed text table."""

@@ -90,8 +90,15 @@ def test_out_that_is_an_input_is_refused_and_the_input_kept(tmp_path, capsys):
     assert main(["eval", "--data", str(tmp_path / "d.csv"), "--system", str(tmp_path / "sys.json"),
                  "--out", str(tmp_path / "d.csv"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ends in .jsonl or .parquet" in err[0]
+    # .csv is a result format since issue 18, so the data file is refused as a file, not by its suffix
+    assert len(err) == 1 and f"--out {str(tmp_path / 'd.csv')!r} is a file; --out names a folder" in err[0]
     assert (tmp_path / "d.csv").read_text() == "path,label\na.png,cherry\n"
+    (tmp_path / "d.txt").write_text("path,label\na.png,cherry\n")
+    assert main(["eval", "--data", str(tmp_path / "d.txt"), "--system", str(tmp_path / "sys.json"),
+                 "--out", str(tmp_path / "d.txt"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ends in .jsonl or .parquet or .csv" in err[0]
+    assert (tmp_path / "d.txt").read_text() == "path,label\na.png,cherry\n"
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path):

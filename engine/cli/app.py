@@ -12,10 +12,17 @@ import argparse
 import sys
 import traceback
 
-from engine.cli.options import EXIT_BUG, EXIT_USAGE, UsageError
+from engine.cli.options import EXIT_BUG, EXIT_USAGE, UsageError, cli_logging, document_defaults, set_verbosity
+from engine.cli.report_cmd import add_report_parser
 from engine.cli.run_cmds import add_run_parsers
 from engine.cli.serve_cmd import add_serve_args
 from engine.cli.system_cmds import add_system_parser
+
+
+SERVE_EXAMPLES = """examples:
+  twentyq serve --system pokemon15 --port 8000
+  twentyq serve --model openai/clip-vit-base-patch32 --system pokemon15,flowers17 --max-batch 32
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,11 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="twentyq", description="Adaptive twenty-questions zero-shot classification.")
     ap.add_argument("--version", action="version", version=f"twentyq {package_version()}")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("-v", "--verbose", action="count", default=0,
+                    help="more diagnostics on stderr: -v what was loaded and done, -vv debug (default: warnings only)")
+    ap.add_argument("-q", dest="log_quiet", action="count", default=0,
+                    help="no warnings and no progress bars on stderr; errors are still printed, results still go "
+                         "to stdout (default: warnings and progress bars shown)")
     sub = ap.add_subparsers(dest="command", required=True)
     add_run_parsers(sub)
+    add_report_parser(sub)
     add_system_parser(sub)
     add_serve_args(sub.add_parser("serve", help="serve classification over HTTP (FastAPI on uvicorn; dynamic "
-                                                "batching; pip install 'twentyq[serve]')"))
+                                                "batching; pip install 'twentyq[serve]')",
+                                  epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter))
+    document_defaults(ap)
     return ap
 
 
@@ -67,11 +82,19 @@ def _ignore_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with cli_logging():  # plug-in warnings while the parser is built already go through it
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     import signal
     import threading
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_verbosity(args.verbose, args.log_quiet)
+    if args.log_quiet and hasattr(args, "quiet"):
+        args.quiet = True  # -q also hides progress bars
     handlers = None
     if threading.current_thread() is threading.main_thread():  # signals can only be set there
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import re
 import sys
 from typing import Any
@@ -35,8 +36,62 @@ def settings_errors():
         raise UsageError(msg) from e
 
 
+log = logging.getLogger("twentyq")
+
+
 def warn(msg: str) -> None:
-    print(f"twentyq: {msg}", file=sys.stderr)
+    """A warning on stderr (logger ``twentyq``; -q hides it, the CLI prefixes ``twentyq:``)."""
+    log.warning(msg)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+@contextlib.contextmanager
+def cli_logging():
+    """Diagnostics of the ``twentyq`` loggers on stderr as ``twentyq: message`` for the command's
+    duration (warnings until :func:`set_verbosity`); results go to stdout, never through here."""
+    handler = StderrHandler()
+    handler.setFormatter(logging.Formatter("twentyq: %(message)s"))
+    before = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        log.propagate = before[1]
+
+
+def set_verbosity(verbose: int, quiet: int) -> None:
+    """-v: info, -vv: debug; -q: errors only (warnings hidden). Errors themselves are always printed."""
+    log.setLevel(min(max(logging.WARNING - 10 * verbose + 20 * quiet, logging.DEBUG), logging.CRITICAL))
+
+
+def document_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option that takes a value says its default in its help: '(default: none)' where a
+    flag left out means 'not used' and the help does not already say it. Recurses into subcommands."""
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                document_defaults(sub)
+        elif (a.option_strings and a.nargs != 0 and not a.required and a.help and a.help != argparse.SUPPRESS
+              and "default" not in a.help and (a.default is None or a.default == [])):
+            a.help += " (default: none)"
 
 
 def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None):
@@ -99,12 +154,20 @@ def load_classifier(spec, system) -> Any:
     """A Classifier for the flags (the encoder loaded once), after the remote-code notice."""
     from transformers.utils import logging as hf_logging
 
+    import time
+
+    from engine.encoders.registry import model_label
     from engine.run.classifier import Classifier
 
     hf_logging.disable_progress_bar()  # ours is enough
     remote_code_notice(spec)
+    t0 = time.perf_counter()
     with settings_errors():  # a bad device or option is the user's to fix
-        return Classifier(spec, system)
+        clf = Classifier(spec, system)
+    log.info("loaded model %s on %s (%s) in %.1f s; system %s: %d classes, %d groups, Q=%d",
+             model_label(spec.model), getattr(clf.encoder, "device", "?"), getattr(clf.encoder, "dtype", "?"),
+             time.perf_counter() - t0, system.name, system.n_classes, system.n_groups, system.q_total)
+    return clf
 
 
 # --------------------------------------------------------------------------- question flags -> RunConfig
@@ -113,13 +176,30 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     from engine.run.config import DEFAULT_EPS, MODES
     from policies import list_policies
 
+    from systems.templates import list_template_sets
+
     g = p.add_argument_group("questions")
-    g.add_argument("--system", default="pokemon15",
-                   help="system JSON file or shipped name (default: %(default)s; `twentyq system` lists tools)")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--system", default=None,
+                       help="system JSON file or shipped name (default: pokemon15; `twentyq system` lists tools)")
+    which.add_argument("--labels", default=None, metavar="A,B,C",
+                       help="plain zero-shot over these comma-separated class names instead of a system (prompt "
+                            "'a photo of a {}.'; mode baseline unless --mode says otherwise) (default: none)")
+    which.add_argument("--labels-file", default=None, metavar="FILE",
+                       help="as --labels, one class name per line (default: none)")
+    g.add_argument("--descriptors", default=None, metavar="FILE",
+                   help="classify by description: a JSON {class: [descriptions]} (DCLIP/CuPL style); a class's score "
+                        "is the mean similarity to its prompts '{class}, which (is/has/etc) {description}.'; mode "
+                        "descriptors; the classes come from the file unless --system/--labels (default: none)")
+    g.add_argument("--templates", default=None, metavar="NAME|FILE",
+                   help="baseline mode: score each class name with an ensemble of prompt templates (mean of the "
+                        f"normalised prompt embeddings): a shipped set ({', '.join(list_template_sets())}) or a "
+                        "JSON list of strings with one '{}' each; costs N·T prompts (default: none, one template)")
     if modes:
-        g.add_argument("--mode", default="adaptive", choices=list(MODES),
+        g.add_argument("--mode", default=None, choices=list(MODES),
                        help="adaptive: questions chosen by --policy, stopping early; full: every group (the "
-                            "write-up's method); baseline: the class names (default: %(default)s)")
+                            "write-up's method); baseline: the class names; descriptors: --descriptors (default: "
+                            "adaptive; baseline with --labels/--labels-file; descriptors with --descriptors)")
     g.add_argument("--policy", default="eig", choices=list_policies(),
                    help="how the next question is chosen in adaptive mode (default: %(default)s)")
     g.add_argument("--tau", type=float, default=0.9,
@@ -138,10 +218,40 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
                         "needs a system with a class_name group (system build --name-group)")
 
 
+def default_mode(args) -> str:
+    """--mode, else baseline for plain labels and adaptive for a system."""
+    mode = getattr(args, "mode", None)
+    if mode:
+        return mode
+    if getattr(args, "descriptors", None):
+        return "descriptors"
+    return "baseline" if (args.labels or args.labels_file) else "adaptive"
+
+
+def descriptors_arg(args) -> Any:
+    """The --descriptors file's {class: descriptions} (None without the flag), read once."""
+    from systems.descriptors import load_descriptors
+
+    if not getattr(args, "descriptors", None):
+        return None
+    if getattr(args, "_descriptors", None) is None:
+        args._descriptors = load_descriptors(args.descriptors)
+    return args._descriptors
+
+
+def templates_arg(args) -> Any:
+    """The --templates set (None without the flag); a TemplateError (exit 2) names what is wrong."""
+    from systems.templates import load_templates
+
+    return load_templates(args.templates) if args.templates else None
+
+
 def run_config(args, **override) -> Any:
     from engine.run.config import RunConfig
 
-    fields = dict(mode=getattr(args, "mode", "adaptive"), policy=args.policy, tau=args.tau, delta=args.delta,
+    descs = descriptors_arg(args)
+    fields = dict(mode=default_mode(args), templates=templates_arg(args),
+                  descriptors=tuple(descs.items()) if descs else None, policy=args.policy, tau=args.tau, delta=args.delta,
                   budget=args.budget, scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale,
                   top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0))
     with settings_errors():
@@ -155,8 +265,37 @@ def load_system_arg(system: str) -> Any:
         return load_system(system)
 
 
+DEFAULT_SYSTEM = "pokemon15"
+
+
+def system_of(args) -> Any:
+    """The system the flags name: --labels / --labels-file (a class-name system), else --system."""
+    from systems.build import labels_system
+    from systems.files import read_text_capped
+
+    if args.labels is not None:
+        return labels_system(args.labels.split(","), source="--labels")
+    if args.labels_file is not None:
+        text = read_text_capped(args.labels_file, what="labels file")
+        return labels_system(text.splitlines(), source=f"--labels-file {args.labels_file}")
+    if args.system is None and descriptors_arg(args):
+        return labels_system(list(descriptors_arg(args)), source=f"--descriptors {args.descriptors}")
+    return load_system_arg(args.system or DEFAULT_SYSTEM)
+
+
+def system_inputs(args) -> list[str]:
+    """The files the system flags read (a result folder may be none of them)."""
+    return [f for f in (args.labels_file, args.system, getattr(args, "descriptors", None)) if f]
+
+
 def check_budget(system, config) -> None:
-    """Warn when the budget is below the cheapest question (the prior's first class would answer)."""
+    """Before the model loads: the descriptors cover the system's classes (else exit 2), and a
+    warning when the budget is below the cheapest question (the prior's first class would answer)."""
+    if config.mode == "descriptors":
+        from engine.run.classifier import descriptor_pool
+        from systems.build import baseline_system
+
+        descriptor_pool(baseline_system(system), config.descriptors)
     if config.mode == "adaptive" and config.budget is not None:
         cheapest = min(g.n_options for g in system.groups)
         if config.budget < cheapest:
@@ -168,9 +307,16 @@ def check_budget(system, config) -> None:
 def add_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=required,
-                   help="labelled images: a CSV with path,label[,split,...] columns (paths relative to it) or an "
-                        "ImageFolder directory DIR/label/*.jpg")
-    g.add_argument("--split", default=None, help="keep only the rows whose split column equals this (default: all)")
+                   help="labelled images: a CSV with path,label[,split,...] columns (paths relative to it), an "
+                        "ImageFolder directory DIR/label/*.jpg, or a Hugging Face image dataset (a save_to_disk "
+                        "folder, or hf:NAME[:CONFIG][:SPLIT] from the local cache; pip install 'twentyq[datasets]')")
+    g.add_argument("--image-column", default=None,
+                   help="Hugging Face dataset: the image column (default: the first Image feature)")
+    g.add_argument("--label-column", default=None,
+                   help="Hugging Face dataset: the label column (default: 'label', else the first ClassLabel)")
+    g.add_argument("--split", default=None,
+                   help="keep only the rows whose split column equals this; for a Hugging Face dataset, the split "
+                        "to read (default: all rows; the only split)")
     g.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images (default: all)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the --limit sample, the bootstrap CIs and the random policy (default: %(default)s)")
@@ -183,7 +329,9 @@ def data_spec(args, source: str) -> Any:
 
     with settings_errors():
         return DataSpec(source=str(source), split=args.split, limit=args.limit, seed=args.seed,
-                        allow_missing=args.allow_missing, by=args.by)
+                        allow_missing=args.allow_missing, by=args.by,
+                        image_column=getattr(args, "image_column", None),
+                        label_column=getattr(args, "label_column", None))
 
 
 def add_out_flags(p: argparse.ArgumentParser) -> None:

@@ -8,18 +8,18 @@ store; so ``--out`` and ``--resume`` mean the same with and without Ray.
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 
 from engine.cli.options import (
     EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, UsageError, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
     add_run_flags, check_budget, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
-    load_system_arg, output_spec, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, warn,
+    log, output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, warn,
 )
 
 EXAMPLES_CLASSIFY = """examples:
   twentyq classify a.png b.png --system pokemon15 --policy eig --tau 0.9 --budget 30
+  twentyq classify a.png --labels "cat,dog,bird" --templates photo   # plain zero-shot, 5-template ensemble
   twentyq classify imgs/*.jpg --json > results.jsonl
   twentyq classify imgs/*.jpg --out run.jsonl          # resumable with --resume
   twentyq classify imgs/*.jpg --out run.parquet --ray  # on Ray actors
@@ -28,6 +28,7 @@ EXAMPLES_EVAL = """examples:
   twentyq eval --data labels.csv --system pokemon15 --out run.jsonl
   twentyq eval --data labels.csv --system pokemon15 --out run.jsonl --resume
   twentyq eval --data labels.csv --mode baseline --by source
+  twentyq eval --data labels.csv --labels-file classes.txt --templates clip8
 """
 EXAMPLES_COMPARE = """examples:
   twentyq compare --by source                  # the shared jina15 images, offline stand-in
@@ -48,12 +49,12 @@ def classify_cmd(args) -> int:
     check_out_flags(args)
     executor = executor_for(args)
     spec, config = encoder_spec(args), run_config(args)
-    system = load_system_arg(args.system)
+    system = system_of(args)
     check_budget(system, config)
     job = Job(spec, system, config)
     items = _items_of(list(args.images))
     output = output_spec(args)
-    store = open_store(output, job.settings(), items, [*args.images, args.system], warn) if output else None
+    store = open_store(output, job.settings(), items, [*args.images, *system_inputs(args)], warn) if output else None
     cache = _prepare(executor, spec, system)
     update, close = progress_bar(len(items), "images", args.quiet, cache)
     n_bad = 0
@@ -101,10 +102,11 @@ def eval_cmd(args) -> int:
     check_out_flags(args)
     executor = executor_for(args)
     spec, config = encoder_spec(args), run_config(args)
-    system = load_system_arg(args.system)
+    system = system_of(args)
     data = data_spec(args, args.data)
     with settings_errors():
         n = len(data.load(system.classes))  # the data is checked before the model loads
+    log.info("data %s: %d image(s); system %s; mode %s", data.source, n, system.name, config.mode)
     check_budget(system, config)
     cache = _prepare(executor, spec, system)
     update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
@@ -150,11 +152,14 @@ def compare_cmd(args) -> int:
     if args.out and Path(args.out).suffix.lower() != ".json":
         raise UsageError(f"--out {args.out!r}: compare writes one JSON file of reports; name it *.json")
     spec = encoder_spec(args)
-    system = load_system_arg(args.system)
+    system = system_of(args)
     data_sp = data_spec(args, data)
     with settings_errors():
         data_sp.load(system.classes)
-    configs = [run_config(args, mode="baseline"), run_config(args, mode="full"), run_config(args, mode="adaptive")]
+    if args.descriptors:
+        raise UsageError("compare runs baseline, full and adaptive; evaluate --descriptors with 'twentyq eval'")
+    configs = [run_config(args, mode="baseline"), run_config(args, mode="full", templates=None),
+               run_config(args, mode="adaptive", templates=None)]
     check_budget(system, configs[2])
     clf = load_classifier(spec, system)
     update, close = progress_bar(None, "compare", args.quiet)
@@ -180,7 +185,7 @@ def compare_cmd(args) -> int:
         print(f"wrote {args.out}")
     skipped = reports[0].skipped
     if skipped:
-        print(f"twentyq: {len(skipped)} image(s) skipped", file=sys.stderr)
+        warn(f"{len(skipped)} image(s) skipped")
         return EXIT_PARTIAL
     return EXIT_OK
 
@@ -223,5 +228,6 @@ def add_run_parsers(sub) -> None:
     add_model_flags(mp)
     mp.set_defaults(func=compare_cmd)
 
-    lp = sub.add_parser("models", help="list model strings and backends")
+    lp = sub.add_parser("models", help="list model strings and backends (plug-ins included)", formatter_class=fmt,
+                        epilog="examples:\n  twentyq models\n  twentyq classify a.png --model openai/clip-vit-base-patch32\n")
     lp.set_defaults(func=models_cmd)

@@ -28,7 +28,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "name; the first is the default; default pokemon15)")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     s.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                    help=f"images per model batch, gathered across requests (1: no batching; default "
                         f"{DEFAULT_MAX_BATCH})")
@@ -46,7 +46,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="file holding an API key; then every /v1 call but /v1/health needs "
                         "'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn's log level (info logs each request)")
+                   help="uvicorn's log level (info logs each request) (default: %(default)s)")
     p.set_defaults(func=serve_cmd)
 
 

@@ -11,7 +11,7 @@ import argparse
 import functools
 import json
 
-from engine.cli.options import EXIT_OK, UsageError, settings_errors
+from engine.cli.options import EXIT_OK, UsageError, settings_errors, warn
 
 
 def _reads_user_files(cmd):
@@ -236,7 +236,6 @@ def _add_class_flags(p, extra: str = "") -> None:
 
 
 def _refine_cmd(args) -> int:
-    import sys
     from pathlib import Path
 
     from systems import save_system
@@ -260,7 +259,7 @@ def _refine_cmd(args) -> int:
     finally:
         close()
     for j, msg in sorted(bad.items()):
-        print(f"twentyq: skipped bad image {ds.items[j].path}: {msg}", file=sys.stderr)
+        warn(f"skipped bad image {ds.items[j].path}: {msg}")
     truth = [system.class_index(ds.items[j].label) for j in good]
     extra = {}
     if args.llm_url:
@@ -288,6 +287,36 @@ def _refine_cmd(args) -> int:
     return 1 if bad else EXIT_OK
 
 
+@_reads_user_files
+def _from_descriptors_cmd(args) -> int:
+    from pathlib import Path
+
+    from systems import save_system
+    from systems.descriptors import descriptor_system, load_descriptors
+
+    from engine.cli.options import encoder_spec, remote_code_notice
+
+    descs = load_descriptors(args.descriptors)  # checked before the model loads
+    if args.max_options < 2:
+        raise UsageError(f"--max-options {args.max_options}: must be >= 2")
+    from transformers.utils import logging as hf_logging
+
+    spec = encoder_spec(args)
+    remote_code_notice(spec)
+    hf_logging.disable_progress_bar()  # as classify: no weight-loading bars
+    with settings_errors():
+        encoder = spec.load()
+
+    def embed(texts):
+        return encoder.encode_texts(texts).float().cpu().numpy()
+
+    system = descriptor_system(descs, embed, max_options=args.max_options, n_groups=args.groups, seed=args.seed,
+                               name=args.name or Path(args.descriptors).stem, source=args.descriptors)
+    save_system(system, args.out)
+    print(f"wrote {args.out}: {_header(system)} (descriptors clustered with {encoder.name})")
+    return EXIT_OK
+
+
 def _add_model_args(p) -> None:
     from engine.cli.options import add_model_flags
 
@@ -302,19 +331,23 @@ def add_system_parser(sub) -> argparse.ArgumentParser:
     def system_arg(p):
         p.add_argument("system", help="a system JSON file or a shipped name (e.g. pokemon15)")
 
-    p = ssub.add_parser("validate", help="check a system file and list every problem")
+    p = ssub.add_parser("validate", help="check a system file and list every problem",
+                        epilog="examples:\n  twentyq system validate my_system.json\n  twentyq system validate pokemon15\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     system_arg(p)
     p.set_defaults(func=_validate_cmd)
 
-    p = ssub.add_parser("show", help="print groups, options and which classes use each")
+    p = ssub.add_parser("show", help="print groups, options and which classes use each",
+                        epilog="examples:\n  twentyq system show flowers17\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     system_arg(p)
     p.set_defaults(func=_show_cmd)
 
-    p = ssub.add_parser("analyze", help="which classes the rules can tell apart, and what each group is worth")
+    p = ssub.add_parser("analyze", help="which classes the rules can tell apart, and what each group is worth",
+                        epilog="examples:\n  twentyq system analyze pokemon15\n  twentyq system analyze my_system.json --json > analysis.json\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     system_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_analyze_cmd)
-    p = ssub.add_parser("build", help="build a system from an attribute table (one row per class)")
+    p = ssub.add_parser("build", help="build a system from an attribute table (one row per class)",
+                        epilog="examples:\n  twentyq system build --table traits.csv --class-column name --out traits.json\n  twentyq system build --pokeapi 1 --name-group --out gen1.json\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", help="CSV with a header row and one row per class")
     p.add_argument("--class-column", default="name", help="the column with class names (default: name)")
     p.add_argument("--group", action="append", metavar="[NAME=]COLUMN",
@@ -333,7 +366,8 @@ def add_system_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the system JSON")
     p.set_defaults(func=_build_cmd)
 
-    p = ssub.add_parser("prompt", help="print a prompt asking an LLM to draft a system (or send it: --llm)")
+    p = ssub.add_parser("prompt", help="print a prompt asking an LLM to draft a system (or send it: --llm)",
+                        epilog="examples:\n  twentyq system prompt --classes cat,dog,fox --groups colour,size\n  twentyq system prompt --classes-file classes.txt --llm --llm-url http://localhost:8000/v1 --system-out s.json\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_class_flags(p)
     p.add_argument("--groups", metavar="G1,G2", help="the attribute groups wanted (e.g. colour,shape,key_trait)")
     p.add_argument("--llm", action="store_true",
@@ -346,32 +380,53 @@ def add_system_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--system-out", metavar="FILE", help="with --llm: where to write the imported system")
     p.set_defaults(func=_prompt_cmd)
 
-    p = ssub.add_parser("import", help="validate an LLM's draft system, repairing only unambiguous slips")
+    p = ssub.add_parser("import", help="validate an LLM's draft system, repairing only unambiguous slips",
+                        epilog="examples:\n  twentyq system import draft.txt --classes cat,dog,fox --out system.json\n  cat draft.txt | twentyq system import - --out system.json\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("draft", help="the draft (JSON, possibly fenced or commented); - reads stdin")
     _add_class_flags(p, "the asked-for classes: near-miss class names are renamed, missing or extra ones refused")
     p.add_argument("--name", help="the system's name when the draft gives none (default: the file's stem)")
     p.add_argument("--out", metavar="FILE", help="where to write the repaired system (canonical JSON)")
     p.set_defaults(func=_import_cmd)
-    p = ssub.add_parser("refine", help="improve a system on labelled dev images with the model frozen")
+    p = ssub.add_parser(
+        "from-descriptors", help="turn a DCLIP/CuPL descriptor file into an attribute system the engine can ask",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Descriptors are embedded once with the frozen text encoder (--model) and clustered by "
+                    "cosine (spherical k-means, seeded); each cluster is a group whose options are its "
+                    "descriptors, and a class accepts the options among its own descriptors (others: not "
+                    "applicable). A descriptor shared by classes is one option.",
+        epilog="examples:\n  twentyq system from-descriptors dclip_flowers.json --out flowers_desc.json\n"
+               "  twentyq system from-descriptors d.json --out s.json --max-options 6 --model openai/clip-vit-base-patch32\n")
+    p.add_argument("descriptors", help='a JSON file {"class": ["description", ...]}')
+    p.add_argument("--out", required=True, help="where to write the system JSON")
+    p.add_argument("--max-options", type=int, default=8, help="options per group at most (default: %(default)s)")
+    p.add_argument("--groups", type=int, default=None,
+                   help="clusters to start from (default: distinct descriptors / --max-options, rounded up)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the clustering (default: %(default)s)")
+    p.add_argument("--name", default=None, help="the system's name (default: the file's stem)")
+    _add_model_args(p)
+    p.set_defaults(func=_from_descriptors_cmd)
+
+    p = ssub.add_parser("refine", help="improve a system on labelled dev images with the model frozen",
+                        epilog="examples:\n  twentyq system refine --data labels.csv --system pokemon15 --out refined.json\n  twentyq system refine --data labels.csv --system s.json --out r.json --no-prune --report refine.json\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="labelled images (CSV path,label or ImageFolder); split by image")
     p.add_argument("--system", required=True, help="the system to refine (file or shipped name)")
     p.add_argument("--out", required=True, help="where to write the refined system JSON")
     p.add_argument("--report", help="also write everything measured as JSON here")
-    p.add_argument("--dev-frac", type=float, default=0.5, help="share of each class's images used to refine")
+    p.add_argument("--dev-frac", type=float, default=0.5, help="share of each class's images used to refine (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dev/test split (and --limit sample)")
     p.add_argument("--split", default=None, help="only the data rows with this split value")
     p.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
     p.add_argument("--allow-missing", action="store_true", help="skip rows whose label is not a class")
     for step in ("calibrate", "rules", "templates", "prune"):
         p.add_argument(f"--no-{step}", action="store_true", help=f"skip the {step} step")
-    p.add_argument("--rule-prior", type=float, default=0.5, help="nats a new option must gain over the given rule")
-    p.add_argument("--min-images", type=int, default=3, help="classes with fewer dev images keep their rules")
+    p.add_argument("--rule-prior", type=float, default=0.5, help="nats a new option must gain over the given rule (default: %(default)s)")
+    p.add_argument("--min-images", type=int, default=3, help="classes with fewer dev images keep their rules (default: %(default)s)")
     p.add_argument("--min-gain", type=float, default=0.0,
                    help="drop groups whose dev information gain (nats) is not above this")
     p.add_argument("--eps", type=float, default=None, help="starting rule noise ε")
     p.add_argument("--logit-scale", type=float, default=None, help="starting λ (default: the model's own)")
-    p.add_argument("--tau", type=float, default=0.9, help="τ of the adaptive rows measured on test")
-    p.add_argument("--policy", default="eig", help="policy of the adaptive rows measured on test")
+    p.add_argument("--tau", type=float, default=0.9, help="τ of the adaptive rows measured on test (default: %(default)s)")
+    p.add_argument("--policy", default="eig", help="policy of the adaptive rows measured on test (default: %(default)s)")
     p.add_argument("--llm-url", help="OpenAI-compatible endpoint proposing extra candidate templates (optional)")
     p.add_argument("--llm-model", help="model name for --llm-url")
     _add_model_args(p)

@@ -99,11 +99,49 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+BUILTIN_BACKENDS = frozenset(BACKENDS)
+
+
+def _check_plugin(name: str, obj: Any) -> str | None:
+    if not callable(obj):
+        return f"it is a {type(obj).__name__}, not a loader callable load(model, **options) -> encoder"
+    if name in BUILTIN_BACKENDS or (name in MODELS and MODELS[name].backend != name):
+        return f"the name {name!r} is taken by a built-in backend or model"
+    if ":" in name:
+        return "an encoder plug-in's name cannot hold ':'"
+    return None
+
+
+def load_plugin_backends() -> None:
+    """Register the backends of the ``twentyq.encoders`` entry points (once; :mod:`systems.plugins`).
+
+    The entry point's name is the backend and its model string: ``--model NAME``, or
+    ``--model NAME:ARG`` (the loader gets the whole string). The loader may carry ``note``
+    (shown by ``twentyq models``) and ``offline`` (True when it needs no network).
+    """
+    from systems.plugins import ENCODER_GROUP, load_plugins
+
+    for name, loader in load_plugins(ENCODER_GROUP, _check_plugin).items():
+        if name not in BACKENDS:
+            BACKENDS[name] = loader
+            MODELS[name] = ModelSpec(name, bool(getattr(loader, "offline", False)), False,
+                                     note=str(getattr(loader, "note", "") or f"plug-in backend {name!r}"))
+
+
+def plugin_backend(model: str) -> str | None:
+    """The plug-in backend a model string names (``NAME`` or ``NAME:ARG``), or None."""
+    load_plugin_backends()
+    head = model.split(":", 1)[0]
+    return head if head in BACKENDS and head not in BUILTIN_BACKENDS else None
+
+
 def list_models() -> list[dict[str, Any]]:
     """Known model strings for ``twentyq models``: model, backend, offline, trust_remote_code, note.
 
-    Any other hub id or local CLIP/SigLIP/jina-clip folder also loads.
+    Any other hub id or local CLIP/SigLIP/jina-clip folder also loads; so does a plug-in's
+    ``NAME:ARG``.
     """
+    load_plugin_backends()
     return [{"model": m, "backend": s.backend, "offline": s.offline, "trust_remote_code": s.trust_remote_code,
              "note": s.note} for m, s in MODELS.items()]
 
@@ -157,6 +195,10 @@ def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None
     if model.startswith(PROBE_PREFIX):
         return BACKENDS["probe"](model, device=device, dtype=dtype, revision=revision,
                                  trust_remote_code=trust_remote_code, **kw)
+    plugin = plugin_backend(model)
+    if plugin is not None and not is_local(model):
+        return BACKENDS[plugin](model, device=device, dtype=dtype, revision=revision,
+                                trust_remote_code=trust_remote_code, **kw)
     spec = MODELS.get(model)
     if spec is not None and not is_local(model):
         if spec.trust_remote_code:
@@ -183,6 +225,8 @@ def model_label(model: str) -> str:
     spec = MODELS.get(model)
     if model.startswith(PROBE_PREFIX):
         return f"{model} — {PROBE_LABEL}"
+    if spec is None and plugin_backend(model):
+        spec = MODELS[plugin_backend(model)]
     if spec is not None and spec.note:
         return f"{model} — {spec.note}"
     return model

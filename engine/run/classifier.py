@@ -98,19 +98,26 @@ class Classifier:
         from engine.run.encoder_source import EncoderSource
 
         t0 = time.perf_counter()
-        if config.mode == "baseline":
+        if config.mode in ("baseline", "descriptors"):
             system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
         elif config.mode == "full":
             system, policy, stop = self.system, "fixed", NO_STOP
         else:
             system, policy, stop = self.system, config.make_policy(), config.stop_rule()
-        source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings)
+        pooled = pooled_groups(system, config)
+        source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings, pooled)
         lam = self.encoder.logit_scale if config.logit_scale is None else config.logit_scale
         try:
-            return classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
-                                  scorer=config.scorer, top_k=config.top_k,
-                                  shortlist_size=config.shortlist if config.mode == "adaptive" else None,
-                                  trace=trace)
+            results = classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
+                                     scorer=config.scorer, top_k=config.top_k,
+                                     shortlist_size=config.shortlist if config.mode == "adaptive" else None,
+                                     trace=trace)
+            for r in results if pooled else ():
+                if r.error is None:  # every image asked the one pooled group: Q is its prompts
+                    r.q_spent = pooled[0].n_prompts
+                    for step in r.steps if trace else ():
+                        step.q_spent = pooled[0].n_prompts
+            return results
         finally:
             self.seconds["classify"] += time.perf_counter() - t0
 
@@ -167,6 +174,39 @@ class Classifier:
         if not isinstance(images, (list, tuple)):
             images = [images]
         return list(self.iter_classify(images, config_from(config, settings)))
+
+
+def pooled_groups(system: AttributeSystem, config: RunConfig) -> list[Any]:
+    """The groups of ``system`` (the one the mode asks) that pool several prompts per option:
+    a template ensemble or the descriptors, else none."""
+    if config.templates:
+        return [template_pool(system, config.templates)]
+    if config.descriptors is not None:
+        return [descriptor_pool(system, config.descriptors)]
+    return []
+
+
+def template_pool(system: AttributeSystem, templates: Sequence[str]) -> Any:
+    """The template ensemble of a one-group (class-name) system: each class's T prompts,
+    pooled by mean embedding (see :class:`engine.run.encoder_source.PooledGroup`)."""
+    from engine.run.encoder_source import PooledGroup
+
+    opts = system.groups[0].options
+    return PooledGroup(0, tuple(tuple(t.replace("{}", o) for t in templates) for o in opts), "mean_embedding")
+
+
+def descriptor_pool(system: AttributeSystem, descriptors: Any) -> Any:
+    """Classification by description over a class-name system: each class's descriptor prompts,
+    pooled by mean similarity. A DescriptorError names the classes without descriptors."""
+    from engine.run.encoder_source import PooledGroup
+    from systems.descriptors import DescriptorError, descriptor_prompts
+
+    descs = dict(descriptors)
+    missing = [c for c in system.classes if c not in descs]
+    if missing:
+        raise DescriptorError(f"the descriptors give nothing for {len(missing)} class(es) of system "
+                              f"{system.name!r}, e.g. {missing[:3]}; add them to the descriptor file")
+    return PooledGroup(0, tuple(descriptor_prompts(c, descs[c]) for c in system.classes), "mean_similarity")
 
 
 def assemble(names: Sequence[str], good: np.ndarray, results: Sequence[Result], bad: dict[int, str]) -> list[Result]:

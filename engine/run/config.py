@@ -22,10 +22,12 @@ import numpy as np
 from engine.core.adaptive import SCORERS, StopRule
 from engine.core.scoring import check_eps, check_logit_scale
 
-MODES = ("adaptive", "full", "baseline")
+MODES = ("adaptive", "full", "baseline", "descriptors")
 DEFAULT_EPS = 0.05
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+#: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
+OPTIONAL_FIELDS = ("templates", "descriptors")
 
 
 def _whole(name: str, v: Any, lo: int, *, optional: bool = True) -> None:
@@ -95,6 +97,15 @@ class RunConfig:
     top_k : classes listed per result.
     shortlist : once few classes remain, ask "which of these M names?" (needs a class_name group).
     seed : seeds the ``random`` policy (and any policy that takes a seed).
+    templates : ``baseline`` only: a template ensemble (each with one ``{}``; see
+        :mod:`systems.templates`). A class's text embedding is the mean of its T L2-normalised
+        prompt embeddings, re-normalised. Over N classes that is N·T prompts embedded, and each
+        result's ``q_spent`` is N·T too: Q counts the prompts an answer rests on, so an ensemble
+        is never cheaper than it is (the image is compared with N pooled vectors).
+    descriptors : ``descriptors`` mode only: ``((class, (description, ...)), ...)`` (see
+        :mod:`systems.descriptors`). A class's score is the mean similarity of the image to its
+        descriptor prompts; each prompt is embedded once and ``q_spent`` is their number.
+        ``to_dict`` gives their count and sha256, not the texts.
     """
 
     mode: str = "adaptive"
@@ -108,6 +119,8 @@ class RunConfig:
     top_k: int = 5
     shortlist: int | None = None
     seed: int = 0
+    templates: tuple[str, ...] | None = None
+    descriptors: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def __post_init__(self):
         from policies import list_policies
@@ -125,6 +138,22 @@ class RunConfig:
             check_logit_scale(self.logit_scale)
         _whole("shortlist", self.shortlist, 2)
         _whole("seed", self.seed, 0, optional=False)
+        if self.templates is not None:
+            from systems.templates import check_templates
+
+            object.__setattr__(self, "templates", check_templates(self.templates))
+            if self.mode != "baseline":
+                raise ValueError(f"templates: a template ensemble scores the class names, so it needs mode "
+                                 f"'baseline', not {self.mode!r} (add --mode baseline)")
+        if (self.mode == "descriptors") != (self.descriptors is not None):
+            raise ValueError("mode 'descriptors' and descriptors go together: pass --descriptors FILE (mode "
+                             f"descriptors), not mode {self.mode!r} with{'out' if self.descriptors is None else ''} "
+                             "descriptors")
+        if self.descriptors is not None:
+            from systems.descriptors import check_descriptors
+
+            descs = dict(self.descriptors) if not isinstance(self.descriptors, dict) else self.descriptors
+            object.__setattr__(self, "descriptors", tuple(check_descriptors(descs).items()))
 
     def stop_rule(self) -> StopRule:
         return StopRule(self.tau, self.delta, self.budget)
@@ -137,4 +166,18 @@ class RunConfig:
         return get_policy(self.policy, **({"seed": self.seed} if takes_seed else {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as JSON-able data (for summaries and fingerprints). Settings added after the
+        first release are left out while unset, so the fingerprints of earlier runs still match."""
+        d = asdict(self)
+        if self.descriptors is not None:
+            from systems.descriptors import descriptors_hash
+
+            descs = dict(self.descriptors)
+            d["descriptors"] = {"classes": len(descs), "prompts": sum(map(len, descs.values())),
+                                "sha256": descriptors_hash(descs)}
+        for k in OPTIONAL_FIELDS:
+            if d[k] is None:
+                del d[k]
+            elif isinstance(d[k], tuple):
+                d[k] = list(d[k])
+        return d

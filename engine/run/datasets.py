@@ -1,7 +1,11 @@
-"""Labelled image datasets: a CSV (``path,label[,split,...]``) or an ImageFolder directory.
+"""Labelled image datasets: a CSV (``path,label[,split,...]``), an ImageFolder directory, or a
+Hugging Face ``datasets`` image dataset.
 
-Only paths and labels are read here; images are opened lazily, a batch at a
-time, by the encoder.
+From a CSV or a folder only paths and labels are read here; images are opened lazily, a
+batch at a time, by the encoder. A Hugging Face dataset (a ``save_to_disk`` folder, or
+``hf:NAME[:CONFIG][:SPLIT]`` loaded from the local cache) gives each row's encoded image
+bytes (``Item.data``), named by the file name stored with the image (else ``row N``); the
+``datasets`` library is the optional extra ``twentyq[datasets]``, imported only then.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class DataSpec:
     seed : the sample's seed (also the bootstrap's).
     allow_missing : drop rows whose label is not a class of the system, instead of refusing.
     by : a data column to break accuracy down by (e.g. ``source``).
+    image_column, label_column : Hugging Face datasets only: the columns holding the image and
+        the label (None: the first Image feature; ``label``, else the first ClassLabel feature).
     """
 
     source: str
@@ -59,10 +65,19 @@ class DataSpec:
     seed: int = 0
     allow_missing: bool = False
     by: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+
+    def __post_init__(self):
+        given = [f"--{n.replace('_', '-')}" for n in ("image_column", "label_column") if getattr(self, n)]
+        if given and not is_hf_source(self.source):
+            raise DatasetError(f"{', '.join(given)}: only for a Hugging Face dataset (a save_to_disk folder or "
+                               f"hf:NAME), not {self.source!r}; drop the flag or point --data at one")
 
     def load(self, classes) -> "Dataset":
         """The dataset, its labels checked against ``classes`` and ``by`` against its columns."""
-        ds = load_dataset(self.source, split=self.split, limit=self.limit, seed=self.seed)
+        ds = load_dataset(self.source, split=self.split, limit=self.limit, seed=self.seed,
+                          image_column=self.image_column, label_column=self.label_column)
         ds = check_labels(ds, classes, allow_missing=self.allow_missing)[0]
         if self.by is not None and ds.items and self.by not in ds.items[0].extra:
             cols = sorted(ds.items[0].extra)
@@ -120,8 +135,140 @@ def _from_folder(root: Path) -> list[Item]:
     return items
 
 
+# --------------------------------------------------------------------------- Hugging Face datasets
+HF_PREFIX = "hf:"
+HF_DISK_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def is_hf_source(data: str | os.PathLike) -> bool:
+    """``hf:NAME...``, or a folder written by ``datasets``' ``save_to_disk``."""
+    s = str(data)
+    return s.startswith(HF_PREFIX) or (Path(s).is_dir() and any((Path(s) / f).is_file() for f in HF_DISK_FILES))
+
+
+def _import_datasets():
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the local cache only; never the network
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError("reading a Hugging Face dataset needs the datasets library: pip install "
+                           "'twentyq[datasets]' (or export it as a CSV / ImageFolder)") from None
+    return datasets
+
+
+def _pick_split(obj, split: str | None, where: str):
+    """One split of a DatasetDict (or the Dataset itself)."""
+    names = list(obj) if hasattr(obj, "keys") else None
+    if names is None:
+        return obj
+    if split is None:
+        if len(names) == 1:
+            return obj[names[0]]
+        raise DatasetError(f"{where} has splits {names}; choose one with --split")
+    if split not in names:
+        raise DatasetError(f"{where} has no split {split!r}; its splits are {names}")
+    return obj[split]
+
+
+def _open_hf(data: str, split: str | None):
+    """(a datasets.Dataset of one split, a name for it)."""
+    datasets = _import_datasets()
+    if data.startswith(HF_PREFIX):
+        parts = data[len(HF_PREFIX):].split(":")
+        if not parts[0] or len(parts) > 3:
+            raise DatasetError(f"--data {data!r}: write hf:NAME, hf:NAME:CONFIG or hf:NAME:CONFIG:SPLIT")
+        name, config = parts[0], (parts[1] or None) if len(parts) > 1 else None
+        if len(parts) == 3:
+            if split is not None and split != parts[2]:
+                raise DatasetError(f"--data {data!r} names split {parts[2]!r} but --split is {split!r}; give one")
+            split = parts[2]
+        try:
+            obj = datasets.load_dataset(name, config)
+        except (OSError, ValueError, ConnectionError) as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise DatasetError(f"--data {data!r}: cannot load {name!r} from the local Hugging Face cache ({first}); "
+                               "download it first, or pass a save_to_disk folder") from None
+        return _pick_split(obj, split, data), f"{name}{':' + config if config else ''}:{split or ''}".rstrip(":")
+    try:
+        obj = datasets.load_from_disk(data)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{data}: not a readable save_to_disk folder ({str(e).splitlines()[0][:200]})") from None
+    if not hasattr(obj, "keys") and split is not None:
+        if "split" not in obj.column_names:
+            raise DatasetError(f"{data} holds one split and no 'split' column; drop --split {split!r}")
+        obj = obj.filter(lambda s: s == split, input_columns="split")
+        if not len(obj):
+            raise DatasetError(f"{data}: no rows with split {split!r}")
+    return _pick_split(obj, split, data), Path(data).name
+
+
+def _columns(ds, image_column: str | None, label_column: str | None, where: str) -> tuple[str, str]:
+    datasets = _import_datasets()
+    feats = ds.features
+    cols = list(feats)
+    for flag, col in (("--image-column", image_column), ("--label-column", label_column)):
+        if col is not None and col not in feats:
+            raise DatasetError(f"{where}: {flag} {col!r} is not a column; its columns are {cols}")
+    if image_column is None:
+        image_column = next((c for c, f in feats.items() if isinstance(f, datasets.Image)), None)
+        if image_column is None:
+            raise DatasetError(f"{where}: no Image column found among {cols}; name it with --image-column")
+    elif not isinstance(feats[image_column], datasets.Image):
+        raise DatasetError(f"{where}: column {image_column!r} is {type(feats[image_column]).__name__}, not an "
+                           "Image; name the image column with --image-column")
+    if label_column is None:
+        label_column = "label" if "label" in feats else next(
+            (c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
+        if label_column is None:
+            raise DatasetError(f"{where}: no 'label' or ClassLabel column among {cols}; name it with --label-column")
+    return image_column, label_column
+
+
+def _sample(n: int, limit: int | None, seed: int) -> list[int] | None:
+    """Row indices of the seeded --limit sample (order kept), or None for every row."""
+    if limit is None:
+        return None
+    if limit < 1:
+        raise DatasetError(f"limit == {limit}, must be >= 1")
+    if limit >= n:
+        return None
+    return [int(i) for i in np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))]
+
+
+def _from_hf(data: str, split: str | None, limit: int | None, seed: int, image_column: str | None,
+             label_column: str | None) -> Dataset:
+    datasets = _import_datasets()
+    ds, name = _open_hf(data, split)
+    img, lab = _columns(ds, image_column, label_column, data)
+    keep = _sample(len(ds), limit, seed)
+    if keep is not None:
+        ds = ds.select(keep)
+    ds = ds.cast_column(img, datasets.Image(decode=False))
+    label_feat = ds.features[lab]
+    names = label_feat.int2str if isinstance(label_feat, datasets.ClassLabel) else None
+    items = []
+    for i, row in enumerate(ds):
+        cell = row[img] or {}
+        data_bytes, stored = cell.get("bytes"), cell.get("path")
+        if data_bytes is None and stored:
+            try:
+                data_bytes = Path(stored).read_bytes()
+            except OSError as e:
+                data_bytes = b""  # the loader reports it as this image's error
+                stored = f"{stored} ({e.strerror})"
+        value = row[lab]
+        if value is None or (names is not None and value < 0):
+            raise DatasetError(f"{data}: row {i} has no label in column {lab!r}; drop unlabelled rows first")
+        label = names(value) if names is not None else str(value)
+        extra = {k: str(v) for k, v in row.items() if k not in (img, lab) and isinstance(v, (str, int, float, bool))}
+        items.append(Item(stored or f"row {keep[i] if keep else i}", label, extra, data=data_bytes or b""))
+    if not items:
+        raise DatasetError(f"{data}: the dataset has no rows")
+    return Dataset(name=name, items=tuple(items))
+
+
 def load_dataset(data: str | os.PathLike, *, split: str | None = None, limit: int | None = None,
-                 seed: int = 0) -> Dataset:
+                 seed: int = 0, image_column: str | None = None, label_column: str | None = None) -> Dataset:
     """Read a dataset's paths and labels.
 
     Parameters
@@ -130,7 +277,11 @@ def load_dataset(data: str | os.PathLike, *, split: str | None = None, limit: in
         folder), or an ImageFolder-style directory ``DIR/label/*.jpg``.
     split : keep only rows whose ``split`` column equals this.
     limit : keep a seeded random sample of at most this many items (order kept).
+    image_column, label_column : for a Hugging Face dataset (a ``save_to_disk`` folder or
+        ``hf:NAME[:CONFIG][:SPLIT]``), whose ``split`` names the split to read.
     """
+    if is_hf_source(data):
+        return _from_hf(str(data), split, limit, seed, image_column, label_column)
     path = Path(data)
     try:
         kind = "folder" if path.is_dir() else "file" if path.is_file() else None
@@ -150,12 +301,9 @@ def load_dataset(data: str | os.PathLike, *, split: str | None = None, limit: in
         items = [it for it in items if it.extra.get("split") == split]
         if not items:
             raise DatasetError(f"{path}: no rows with split {split!r}")
-    if limit is not None:
-        if limit < 1:
-            raise DatasetError(f"limit == {limit}, must be >= 1")
-        if limit < len(items):
-            keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
-            items = [items[i] for i in keep]
+    keep = _sample(len(items), limit, seed)
+    if keep is not None:
+        items = [items[i] for i in keep]
     return Dataset(name=path.stem if path.is_file() else path.name, items=tuple(items))
 
 

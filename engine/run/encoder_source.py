@@ -8,6 +8,9 @@ only the (n, K_g) block leaves it, as float64 numpy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -15,6 +18,55 @@ from systems.format import AttributeSystem
 
 from engine.encoders.base import Encoder
 from engine.encoders.text_cache import TextCache
+
+
+POOLS = ("mean_embedding", "mean_similarity")
+
+
+@dataclass(frozen=True)
+class PooledGroup:
+    """Several prompts per option of one group, pooled into one similarity per option.
+
+    group : the group index these prompts replace.
+    prompts : per option, its prompts (at least one each).
+    how : ``"mean_embedding"``: the option's vector is the mean of its L2-normalised prompt
+        embeddings, re-normalised (a template ensemble, open_clip's way); ``"mean_similarity"``:
+        the option's similarity is the mean of the image's similarities to its prompts
+        (classification by description, DCLIP's way).
+    """
+
+    group: int
+    prompts: tuple[tuple[str, ...], ...]
+    how: str = "mean_embedding"
+
+    def __post_init__(self):
+        if self.how not in POOLS:
+            raise ValueError(f"how == {self.how!r}, must be one of {list(POOLS)}")
+        if not self.prompts or any(not p for p in self.prompts):
+            raise ValueError("every option needs at least one prompt")
+
+    @property
+    def n_prompts(self) -> int:
+        """The prompts an answer of this group rests on (its honest Q)."""
+        return sum(len(p) for p in self.prompts)
+
+    def flat(self) -> tuple[list[str], torch.Tensor]:
+        """Every prompt in option order, and the option index of each (P,)."""
+        flat = [p for ps in self.prompts for p in ps]
+        owner = torch.tensor([k for k, ps in enumerate(self.prompts) for _ in ps], dtype=torch.int64)
+        return flat, owner
+
+
+def segment_mean(x: torch.Tensor, owner: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """The mean of ``x``'s slices along ``dim`` grouped by ``owner`` (P,) into n groups."""
+    owner = owner.to(x.device)
+    shape = list(x.shape)
+    shape[dim] = n
+    total = torch.zeros(shape, dtype=x.dtype, device=x.device).index_add_(dim, owner, x)
+    counts = torch.bincount(owner, minlength=n).to(x.dtype)
+    view = [1] * x.ndim
+    view[dim] = n
+    return total / counts.view(view)
 
 
 class EncoderSource:
@@ -33,10 +85,13 @@ class EncoderSource:
     ----------
     n_images : B.
     calls : list of (group, n images) per ``similarities`` call.
+
+    ``pooled`` (optional) gives some groups several prompts per option (:class:`PooledGroup`);
+    all of a pooled group's prompts are embedded the first time it is asked.
     """
 
     def __init__(self, encoder: Encoder, text_cache: TextCache | None, system: AttributeSystem,
-                 image_embeddings: torch.Tensor | np.ndarray):
+                 image_embeddings: torch.Tensor | np.ndarray, pooled: Sequence[PooledGroup] = ()):
         if text_cache is None:
             text_cache = TextCache(encoder)
         elif text_cache.encoder is not encoder:
@@ -49,12 +104,19 @@ class EncoderSource:
         self.image_embeddings = emb.to(encoder.device, torch.float32)
         self.n_images = int(emb.shape[0])
         self.calls: list[tuple[int, int]] = []
+        self.pooled = {p.group: p for p in pooled}
+        for p in pooled:
+            if len(p.prompts) != system.groups[p.group].n_options:
+                raise ValueError(f"pooled prompts for group {system.groups[p.group].name!r} cover "
+                                 f"{len(p.prompts)} options, the group has {system.groups[p.group].n_options}")
 
     def similarities(self, images: np.ndarray, group: int, options: np.ndarray | None = None) -> np.ndarray:
         """(n, K_g) float64 cosine similarities of images (n,) to group ``group``'s prompts;
         (n, m) to only the prompts of ``options`` (m,) when given (only those are embedded)."""
         g = self.system.groups[int(group)]
         images = np.asarray(images, dtype=np.int64)
+        if int(group) in self.pooled:
+            return self._pooled(images, self.pooled[int(group)], options)
         prompts = g.prompts()
         if options is not None:
             prompts = [prompts[int(k)] for k in options]
@@ -64,6 +126,21 @@ class EncoderSource:
             sims = self.image_embeddings.index_select(0, idx) @ text.T
         self.calls.append((int(group), len(images)))
         return sims.double().cpu().numpy()
+
+    def _pooled(self, images: np.ndarray, pool: PooledGroup, options: np.ndarray | None) -> np.ndarray:
+        flat, owner = pool.flat()
+        text = self.text_cache.embed(flat)  # (P, D), every prompt of the group, embedded once
+        idx = torch.from_numpy(images).to(self.image_embeddings.device)
+        n = len(pool.prompts)
+        with torch.inference_mode():
+            emb = self.image_embeddings.index_select(0, idx)
+            if pool.how == "mean_embedding":
+                sims = emb @ torch.nn.functional.normalize(segment_mean(text, owner, n, 0), dim=-1).T
+            else:
+                sims = segment_mean(emb @ text.T, owner, n, 1)
+        self.calls.append((pool.group, len(images)))
+        out = sims.double().cpu().numpy()
+        return out if options is None else out[:, np.asarray(options, dtype=np.int64)]
 
     def all_similarities(self) -> np.ndarray:
         """(B, Q) similarities to every prompt of the system (eager; for the full-system baseline)."""

@@ -70,7 +70,8 @@ class EvalReport:
 
 def data_settings(data: DataSpec, name: str, items: Sequence[Item]) -> dict[str, Any]:
     """The data spec and a hash of the rows it gave (paths and labels)."""
-    return {**asdict(data), "name": name, "rows": len(items),
+    spec = {k: v for k, v in asdict(data).items() if v is not None or k not in ("image_column", "label_column")}
+    return {**spec, "name": name, "rows": len(items),
             "sha256": fingerprint({}, [it.path for it in items], [it.label for it in items])}
 
 

@@ -157,14 +157,17 @@ def is_ray_error(e: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------- text embeddings
-def system_prompt_groups(system: Any, mode: str) -> list[list[str]]:
-    """The prompt list of every group the mode can ask, as the engine asks them (one list per group)."""
+def system_prompt_groups(system: Any, mode: str, config: Any = None) -> list[list[str]]:
+    """The prompt list of every group the mode can ask, as the engine asks them (one list per group);
+    with ``config``, a template ensemble's or the descriptors' pooled prompts in place of their group's."""
+    from engine.run.classifier import pooled_groups
     from systems import baseline_system, load_system
 
     system = load_system(system)
-    if mode == "baseline":
+    if mode in ("baseline", "descriptors"):
         system = baseline_system(system)
-    return [list(g.prompts()) for g in system.groups]
+    pooled = {p.group: p.flat()[0] for p in pooled_groups(system, config)} if config is not None else {}
+    return [pooled.get(i, list(g.prompts())) for i, g in enumerate(system.groups)]
 
 
 def _embed_prompts(job: Job) -> dict[str, Any]:
@@ -173,7 +176,7 @@ def _embed_prompts(job: Job) -> dict[str, Any]:
 
     clf = Classifier(job.encoder, job.system)
     table = {}
-    for prompts in system_prompt_groups(clf.system, job.config.mode):
+    for prompts in system_prompt_groups(clf.system, job.config.mode, job.config):
         for p, row in zip(prompts, clf.text_cache.embed(prompts)):
             table[p] = row.detach().float().cpu().numpy()
     return table
@@ -370,8 +373,8 @@ class RayExecutor:
                 self.announce(f"Ray: {workers} worker(s), {gpus:g} GPU and {cpus:g} CPU each, {len(shards)} "
                               f"shard(s) of up to {size} image(s)")
             if self.options.precompute_text:
-                self.stats["text_encodes"] += len({p for g in system_prompt_groups(job.system, job.config.mode)
-                                                   for p in g})
+                self.stats["text_encodes"] += len({p for g in system_prompt_groups(job.system, job.config.mode,
+                                                                                   job.config) for p in g})
             sized = dataclasses.replace(self.options, workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
             try:
                 for j, table in classify_shards(rows, range(len(shards)), size, job, sized):

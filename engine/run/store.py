@@ -2,7 +2,7 @@
 
 A result *record* is ``Result.to_dict()`` (what ``twentyq classify --json`` prints), plus
 ``true_label`` when the input had labels. A run's ``--out`` is a folder whose name ends
-in the format's extension (a plug-in in :data:`FORMATS`: ``.jsonl`` or ``.parquet``)::
+in the format's extension (a plug-in in :data:`FORMATS`: ``.jsonl``, ``.parquet`` or ``.csv``)::
 
     _manifest.json          what the run is: store format, settings fingerprint and the settings
                             themselves, rows, shard size, number of shards
@@ -162,7 +162,51 @@ class ParquetFormat:
         return records_from_arrow(pq.read_table(path))
 
 
-FORMATS: dict[str, ShardFormat] = {".jsonl": JsonlFormat(), ".parquet": ParquetFormat()}
+class CsvFormat:
+    """Flat CSV shards for spreadsheets: one row per record, a header row of
+    :data:`CSV_COLUMNS` (``true_label`` last, when the run had labels). ``top`` and ``asked``
+    are JSON strings; a missing value (``label``/``stop`` of a bad image, ``error`` of a good
+    one) is an empty cell. Floats are written in Python's shortest round-trip form, so a shard
+    reads back as the very records written."""
+
+    suffix = ".csv"
+    NULLABLE = ("label", "stop", "error", "true_label")
+
+    def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
+        import csv
+        import io
+
+        cols = CSV_COLUMNS + (("true_label",) if records and "true_label" in records[0] else ())
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        for r in records:
+            row = {**r, "top": json.dumps(r["top"], ensure_ascii=False),
+                   "asked": json.dumps(r["asked"], ensure_ascii=False)}
+            w.writerow(["" if row[c] is None else repr(row[c]) if isinstance(row[c], float) else row[c]
+                        for c in cols])
+        return atomic_write(path, buf.getvalue().encode("utf-8"))
+
+    def read(self, path: Path) -> list[dict[str, Any]]:
+        import csv
+
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        out = []
+        for row in rows:
+            d: dict[str, Any] = {c: row[c] or None if c in self.NULLABLE else row[c] for c in row}
+            d["confidence"] = float(d["confidence"])
+            d["q_spent"] = int(d["q_spent"])
+            d["top"] = json.loads(d["top"])
+            d["asked"] = json.loads(d["asked"])
+            out.append(d)
+        return out
+
+
+#: the CSV shard columns, in record order (``true_label`` follows when present)
+CSV_COLUMNS = ("label", "confidence", "top", "q_spent", "stop", "image", "error", "asked")
+
+FORMATS: dict[str, ShardFormat] = {".jsonl": JsonlFormat(), ".parquet": ParquetFormat(), ".csv": CsvFormat()}
 NEEDS_PYARROW = {".parquet"}
 
 
@@ -377,10 +421,24 @@ def _refuse_inputs(root: Path, inputs: Iterable[str | os.PathLike]) -> None:
             continue
 
 
+def read_run(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of every finished shard of the result folder OUT, in input order (read only:
+    no lock taken, nothing written). StoreError when OUT holds no twentyq run."""
+    root = Path(out)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        fmt = FORMATS[manifest["suffix"]]
+        store = ResultStore(root, fmt, int(manifest["rows"]), int(manifest["shard_size"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"{str(root)!r} holds no readable twentyq run ({type(e).__name__}: {e}); pass a folder "
+                         "written by --out") from None
+    return store.read_all(sorted(store.done()))
+
+
 def result_from_record(rec: dict[str, Any]) -> Result:
     """The Result of a record (``true_label`` dropped)."""
     return Result.from_dict({k: v for k, v in rec.items() if k != "true_label"})
 
 
-__all__ = ["FORMATS", "ResultStore", "StoreError", "fingerprint", "format_of", "record",
+__all__ = ["read_run", "FORMATS", "ResultStore", "StoreError", "fingerprint", "format_of", "record",
            "records_from_arrow", "records_to_arrow", "result_from_record", "results_to_arrow"]

@@ -1,0 +1,73 @@
+"""Prompt-template sets for the class-name baseline's template ensemble.
+
+A template set is a JSON list of strings, each with exactly one ``{}`` (where the class
+name goes) and no other braces, e.g. ``["a photo of a {}.", "a drawing of a {}."]``.
+The project ships a few small sets of its own (``systems/template_sets/*.json``, loadable
+by name: :func:`list_template_sets`); users pass their own as a file.
+
+With an ensemble of T templates over N classes, a class's text embedding is the mean of
+its T L2-normalised prompt embeddings, re-normalised (open_clip's
+``build_zero_shot_classifier``); that costs N·T prompt embeddings
+(:mod:`engine.run.encoder_source`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from systems.errors import UserInputError
+from systems.files import read_text_capped
+from systems.validate import check_template
+
+SETS_DIR = Path(__file__).resolve().parent / "template_sets"
+MAX_TEMPLATES = 1000
+
+
+class TemplateError(UserInputError):
+    """A template set that cannot be used (one line naming the problem and the fix)."""
+
+
+def list_template_sets() -> list[str]:
+    """Names of the template sets shipped with the package."""
+    return sorted(p.stem for p in SETS_DIR.glob("*.json"))
+
+
+def check_templates(templates: object, source: str = "templates") -> tuple[str, ...]:
+    """``templates`` as a tuple of strings, each with exactly one ``{}``; TemplateError otherwise."""
+    if not isinstance(templates, (list, tuple)) or isinstance(templates, str):
+        raise TemplateError(f"{source}: a template set is a JSON list of strings such as "
+                            f'["a photo of a {{}}.", "a drawing of a {{}}."], got {type(templates).__name__}')
+    if not templates:
+        raise TemplateError(f"{source}: the template list is empty; give at least one template with '{{}}'")
+    if len(templates) > MAX_TEMPLATES:
+        raise TemplateError(f"{source}: {len(templates)} templates, more than {MAX_TEMPLATES}; use fewer")
+    for i, t in enumerate(templates):
+        problems: list[str] = []
+        if check_template(t, f"{source}[{i}]", problems) and not t.strip(" {}."):
+            problems.append(f"{source}[{i}]: template {t!r} has no words around its '{{}}'")
+        if problems:
+            raise TemplateError(f"{problems[0]}; each template holds the class name once, as '{{}}'")
+    if len(set(templates)) != len(templates):
+        dup = next(t for t in templates if templates.count(t) > 1)
+        raise TemplateError(f"{source}: template {dup!r} is listed twice; list each template once")
+    return tuple(templates)
+
+
+def load_templates(spec: str | os.PathLike) -> tuple[str, ...]:
+    """A template set by shipped name (``"photo"``) or from a JSON file (a list of strings)."""
+    path = Path(spec)
+    if not path.is_file():
+        if isinstance(spec, str) and os.sep not in spec and (SETS_DIR / f"{spec}.json").is_file():
+            path = SETS_DIR / f"{spec}.json"
+        else:
+            raise TemplateError(f"template set {str(spec)!r} not found: pass a shipped name "
+                                f"({', '.join(list_template_sets())}) or a JSON file listing templates with '{{}}'")
+    text = read_text_capped(path, what="template file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TemplateError(f"template file {str(path)!r} line {e.lineno} column {e.colno}: {e.msg}; it must be "
+                            "a JSON list of strings") from None
+    return check_templates(data, f"template file {str(path)!r}" if path.parent != SETS_DIR else f"template set {path.stem!r}")
