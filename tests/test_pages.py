@@ -104,6 +104,21 @@ def test_report_names_the_offline_stand_in_honestly(report, tmp_path):
     assert "NOT CLIP" in doc
 
 
+def test_cli_report_writes_the_html_page(tmp_path, monkeypatch, capsys):
+    from engine.cli.app import main
+
+    runs = _eval_runs(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["report", *map(str, runs), "--html", str(tmp_path / "r.html"), "--samples", "2"]) == 0
+    assert f"wrote {tmp_path / 'r.html'}" in capsys.readouterr().out
+    doc = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Sample question paths" in doc and all(r.name in doc for r in runs)
+    summary = tmp_path / "s.json"
+    summary.write_text((runs[0] / "_summary.json").read_text())
+    assert main(["report", str(summary), "--html", str(tmp_path / "x.html")]) == 2  # a summary alone has no paths
+    assert "needs result folders" in capsys.readouterr().err
+
+
 def test_report_refuses_a_folder_without_a_summary(tmp_path):
     from engine.serve.report_html import write_html_report
 

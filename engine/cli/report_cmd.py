@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import EXIT_OK, UsageError
+from engine.cli.options import EXIT_OK, UsageError, settings_errors
 
 EXAMPLES = """examples:
   twentyq report base.jsonl eig.jsonl                      # one markdown table on stdout
@@ -187,6 +187,14 @@ def report_cmd(args) -> int:
             path = out / f"confusion_{name}.png"
             plot_confusion(name, read_run(folder), path)
             print(f"wrote {path}")
+    if args.html:
+        from engine.serve.report_html import write_html_report
+
+        folders = [folder for _, _, folder in runs if folder is not None]
+        if not folders:
+            raise UsageError("--html needs result folders (eval --out RUN.jsonl), not summary files")
+        with settings_errors():
+            print(f"wrote {write_html_report(folders, args.html, samples=args.samples)}")
     return EXIT_OK
 
 
@@ -201,4 +209,10 @@ def add_report_parser(sub) -> None:
                          "(default: no plots)")
     rp.add_argument("--confusion", default=None, metavar="RUN",
                     help="the result folder whose confusion matrix --plots draws (default: the first folder given)")
+    rp.add_argument("--html", default=None, metavar="FILE",
+                    help="also write one self-contained HTML page: accuracy against Q, per-class accuracy, the "
+                         "confusion matrix, stop reasons and sample question paths with thumbnails (result folders "
+                         "only) (default: none)")
+    rp.add_argument("--samples", type=int, default=12,
+                    help="question paths shown per run in --html (default: %(default)s)")
     rp.set_defaults(func=report_cmd)

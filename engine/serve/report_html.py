@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.encoders.registry import model_label
-from engine.run.store import format_of
 from systems.files import atomic_write_text
 
 MARKERS = ("circle", "square", "triangle", "diamond", "cross", "star")
@@ -36,16 +35,16 @@ def esc(x: Any) -> str:
 
 
 def read_run(run: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(summary, records) of one result folder; a ValueError naming the fix when it is not one."""
+    """(summary, records) of one finished result folder (:func:`engine.run.store.read_run`); a
+    ValueError naming the fix when it has no summary."""
+    from engine.run.store import read_run as read_records
+
     root = Path(run)
     summary_file = root / "_summary.json"
     if not summary_file.is_file():
         raise ValueError(f"{str(root)!r} is not a finished result folder (no _summary.json); make one with "
                          "'twentyq eval --data D.csv --out RUN.jsonl'")
-    summary = json.loads(summary_file.read_text(encoding="utf-8"))
-    fmt = format_of(root)
-    records = [r for f in sorted(root.glob(f"shard-*{fmt.suffix}")) for r in fmt.read(f)]
-    return summary, records
+    return json.loads(summary_file.read_text(encoding="utf-8")), read_records(root)
 
 
 def _label_of(summary: dict[str, Any]) -> str:
