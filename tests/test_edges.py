@@ -81,3 +81,14 @@ def test_an_image_alone_follows_its_path_in_any_batch(data, policy, eps, lam):
         assert _path(alone) == _path(batch[i])
         assert alone.q_spent == batch[i].q_spent and alone.stop == batch[i].stop
         assert alone.confidence == pytest.approx(batch[i].confidence, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- 3. the shortlist trigger
+@pytest.mark.parametrize("n", range(2, 21))
+def test_shortlist_is_asked_first_when_the_uniform_prior_has_exactly_m_candidates(n):
+    # exp(H(uniform over n)) is n + 1 ulp for some n; perplexity ≤ m must still hold at m = n
+    rules = tuple((frozenset([c % 2]),) for c in range(n))
+    system = with_name_group(make_system(rules, np.array([2])))
+    src = ArraySource(np.zeros((1, system.q_total)), system)
+    r = classify_batch(src, system, "eig", eps=0.05, shortlist_size=n, stop=StopRule(tau=0.99))[0]
+    assert r.steps[0].group == "class_name"

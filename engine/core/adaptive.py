@@ -25,6 +25,7 @@ from engine.core.sources import SimilaritySource
 
 SCORERS = ("bayes", "sum")
 NAME_GROUP = BASELINE_GROUP  # the optional class-name group (systems.build.with_name_group)
+PERPLEXITY_TOL = 1e-9  # nats: the shortlist's "perplexity ≤ m" trigger absorbs rounding in H
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,10 @@ def classify_batch(
         if name_g is not None:
             # candidates few, or nothing else left to ask: the shortlist instead of stopping
             due = names_due[idx] & (budget - q[idx] >= m_names) & (reason[idx] != "confident")
-            due &= (np.exp(entropy(post, axis=1)) <= m_names) | (reason[idx] != None)  # noqa: E711
+            # perplexity exp(H) ≤ m, compared in log space with a tolerance: exp(H(uniform over m))
+            # comes out as m + 1 ulp for some m, and exactly m candidates must count as few
+            few = entropy(post, axis=1) <= np.log(m_names) + PERPLEXITY_TOL
+            due &= few | (reason[idx] != None)  # noqa: E711
             if due.any():
                 ask = idx[due]
                 reason[ask] = None
