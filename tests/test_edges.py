@@ -92,3 +92,21 @@ def test_shortlist_is_asked_first_when_the_uniform_prior_has_exactly_m_candidate
     src = ArraySource(np.zeros((1, system.q_total)), system)
     r = classify_batch(src, system, "eig", eps=0.05, shortlist_size=n, stop=StopRule(tau=0.99))[0]
     assert r.steps[0].group == "class_name"
+
+
+# --------------------------------------------------------------------------- 4. huge finite similarities
+@pytest.mark.parametrize("sims", [[[1e305, 0.0]], [[-1e305, 0.0]], [[1e308, -1e308]], [[1e305, 1e305]]])
+@pytest.mark.parametrize("lam", [1e-3, 1.0, 1e4])
+def test_huge_finite_similarities_give_no_nan(sims, lam):
+    sims = np.array(sims)
+    p = group_probs(sims, lam)
+    lp = group_log_probs(sims, lam)
+    assert np.isfinite(p).all() and p.sum() == pytest.approx(1.0) and not np.isnan(lp).any()
+    np.testing.assert_allclose(np.exp(lp), p, atol=1e-12)
+    if sims[0, 0] != sims[0, 1] and float(np.abs(sims).max()) * lam > 1e4:  # a margin far past exp's range
+        assert p[0, int(np.argmax(sims[0]))] == 1.0
+    rules = (frozenset([0]),), (frozenset([1]),)
+    system = make_system(rules, np.array([2]))
+    for scorer in ("bayes", "sum"):
+        r = classify_batch(ArraySource(sims, system), system, "fixed", logit_scale=lam, scorer=scorer)[0]
+        assert r.error is None and np.isfinite(r.confidence) and 0.5 <= r.confidence <= 1.0

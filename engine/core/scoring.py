@@ -39,24 +39,36 @@ def check_eps(eps: float) -> float:
 
 
 # --------------------------------------------------------------------------- answers
-def group_log_probs(sims: np.ndarray, lam: float) -> np.ndarray:
-    """log p_g = log_softmax(λ·s_g) within one group.
+def _scaled_logits(sims: np.ndarray, lam: float) -> np.ndarray:
+    """λ·(s − max_k s): the logits of p_g, shifted so that no finite input overflows.
 
-    sims : (B, K) similarities of B images to the K prompts of one group.
-    Returns (B, K) float64 log-probabilities; every row logsumexps to 0.
+    sims (B, K) finite -> (B, K), each row's max 0, the rest ≤ 0 or -inf. λ·s itself
+    overflows to inf for |s| near 1e305 with λ=1e4 (and inf − inf is NaN in the softmax);
+    the shifted logits only underflow, to -inf, which is probability 0.
     """
     sims = np.asarray(sims, dtype=np.float64)
     if sims.ndim != 2:
         raise ValueError(f"sims should be 2-d (B, K), got shape {sims.shape}")
-    return log_softmax(check_logit_scale(lam) * sims, axis=1)
+    lam = check_logit_scale(lam)
+    if sims.shape[1] == 0:
+        return sims
+    with np.errstate(over="ignore"):  # a difference of two huge similarities overflows to -inf: probability 0
+        return lam * (sims - sims.max(axis=1, keepdims=True))
+
+
+def group_log_probs(sims: np.ndarray, lam: float) -> np.ndarray:
+    """log p_g = log_softmax(λ·s_g) within one group.
+
+    sims : (B, K) similarities of B images to the K prompts of one group.
+    Returns (B, K) float64 log-probabilities; every row logsumexps to 0. No NaN for
+    any finite input (an option left behind by a huge margin gets -inf).
+    """
+    return log_softmax(_scaled_logits(sims, lam), axis=1)
 
 
 def group_probs(sims: np.ndarray, lam: float) -> np.ndarray:
-    """p_g = softmax(λ·s_g). sims (B, K) -> (B, K), rows sum to 1."""
-    sims = np.asarray(sims, dtype=np.float64)
-    if sims.ndim != 2:
-        raise ValueError(f"sims should be 2-d (B, K), got shape {sims.shape}")
-    return softmax(check_logit_scale(lam) * sims, axis=1)
+    """p_g = softmax(λ·s_g). sims (B, K) -> (B, K), rows sum to 1, finite for any finite input."""
+    return softmax(_scaled_logits(sims, lam), axis=1)
 
 
 def baseline_probs(sims: np.ndarray, lam: float) -> np.ndarray:
