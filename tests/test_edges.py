@@ -110,3 +110,40 @@ def test_huge_finite_similarities_give_no_nan(sims, lam):
     for scorer in ("bayes", "sum"):
         r = classify_batch(ArraySource(sims, system), system, "fixed", logit_scale=lam, scorer=scorer)[0]
         assert r.error is None and np.isfinite(r.confidence) and 0.5 <= r.confidence <= 1.0
+
+
+# --------------------------------------------------------------------------- 5. a fixed ε is used as given
+def _small_dev_set():
+    rng = np.random.default_rng(0)
+    C, G, K = 5, 3, 4
+    sizes = np.full(G, K)
+    rm = np.zeros((C, G * K), dtype=bool)
+    for c in range(C):
+        for g in range(G):
+            rm[c, g * K + rng.integers(K)] = True
+    sims = rng.normal(0, 0.1, (40, G * K))
+    truth = rng.integers(0, C, 40)
+    return sims, truth, rm, sizes
+
+
+@pytest.mark.parametrize("eps0", [0.0, 1e-9, 0.995])
+def test_fixed_eps_is_used_as_given_and_start_nll_is_at_the_start(eps0):
+    sims, truth, rm, sizes = _small_dev_set()
+    fit = fit_logit_scale_and_eps(sims, truth, rm, sizes, lam0=100.0, eps0=eps0, fit_eps=False)
+    assert fit.eps == eps0
+    want = true_class_nll(full_log_posterior(sims, rm, sizes, 100.0, eps0), truth)
+    assert fit.nll_start == pytest.approx(want, rel=1e-12)
+    assert fit.nll == pytest.approx(true_class_nll(full_log_posterior(sims, rm, sizes, fit.lam, eps0), truth),
+                                    rel=1e-9)
+    assert fit.nll <= fit.nll_start
+
+
+def test_start_nll_is_at_the_start_values_when_eps_is_fitted():
+    sims, truth, rm, sizes = _small_dev_set()
+    for lam0, eps0 in ((100.0, 0.0), (1e-3, 0.5), (3e4, 0.05)):
+        fit = fit_logit_scale_and_eps(sims, truth, rm, sizes, lam0=lam0, eps0=eps0)
+        want = true_class_nll(full_log_posterior(sims, rm, sizes, lam0, eps0), truth)
+        assert fit.nll_start == pytest.approx(want, rel=1e-12)
+        assert fit.nll <= fit.nll_start
+        assert fit.nll == pytest.approx(true_class_nll(full_log_posterior(sims, rm, sizes, fit.lam, fit.eps), truth),
+                                        rel=1e-9)
