@@ -83,6 +83,26 @@ def test_an_image_alone_follows_its_path_in_any_batch(data, policy, eps, lam):
         assert alone.confidence == pytest.approx(batch[i].confidence, abs=1e-9)
 
 
+# --------------------------------------------------------------------------- 2. δ looks at affordable groups
+def test_delta_ignores_groups_the_budget_cannot_pay_for():
+    # g0 (K=2) splits 4 classes 1:3, EIG 0.562; g1 (K=5) splits them into singletons, EIG log 4 = 1.386,
+    # but costs 5 > budget 4. Asking g0 would buy 0.562 < δ = 0.6 nats: not worth it, so stop (see the
+    # StopRule docstring and docs/method-notes.md).
+    rules = tuple((frozenset([int(c == 0)]), frozenset([c])) for c in range(4))
+    system = make_system(rules, np.array([2, 5]))
+    ch = build_channel(system.rule_matrix, system.option_counts, 0.0)
+    from engine.core.scoring import expected_information_gain
+    eig = expected_information_gain(np.full((1, 4), 0.25), ch)[0]
+    assert eig[0] == pytest.approx(0.562, abs=1e-3) and eig[1] == pytest.approx(1.386, abs=1e-3)
+    src = ArraySource(np.zeros((1, system.q_total)), system)
+    for policy in list_policies():
+        r = classify_batch(src, system, policy, stop=StopRule(delta=0.6, budget=4))[0]
+        assert (r.stop, r.q_spent, r.steps) == ("no_gain", 0, [])
+        # with the budget to pay for g1 the image goes on
+        r = classify_batch(src, system, policy, stop=StopRule(delta=0.6, budget=7))[0]
+        assert r.q_spent > 0
+
+
 # --------------------------------------------------------------------------- 3. the shortlist trigger
 @pytest.mark.parametrize("n", range(2, 21))
 def test_shortlist_is_asked_first_when_the_uniform_prior_has_exactly_m_candidates(n):
