@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from engine import ArraySource, StopRule, build_channel, classify_batch
 from engine.core.calibration import (
@@ -187,7 +189,7 @@ def test_calibration_refusals_name_the_problem():
     with pytest.raises(ValueError, match=r"sims should be \(B, 5\), got shape \(2, 4\)"):
         full_log_posterior(np.zeros((2, 4)), np.zeros((1, 5), bool), np.array([2, 3]), 1.0, 0.0)
     with pytest.raises(ValueError, match=r"truth should be \(2,\), got shape \(3,\)"):
-        true_class_nll(np.zeros((2, 2)), np.array([0, 1, 0]))
+        true_class_nll(np.zeros((2, 5)), np.array([0, 1, 0]))
     with pytest.raises(ValueError, match=r"conf and correct should both be \(n,\), got shapes \(2,\) and \(1,\)"):
         expected_calibration_error(np.array([0.5, 0.5]), np.array([1]))
     for bad in ([1.5], [-0.1], [np.nan]):
@@ -222,3 +224,80 @@ def test_true_class_nll_value():
     lp = np.log(np.array([[0.5, 0.5], [0.2, 0.8]]))
     assert true_class_nll(lp, np.array([0, 1])) == pytest.approx(-(np.log(0.5) + np.log(0.8)) / 2)
     assert true_class_nll(np.array([[0.0, -np.inf]]), np.array([1])) == np.inf
+
+
+def test_policy_repr_lists_every_parameter():
+    class TwoKnobs(Policy):
+        name = "two_knobs"
+
+        def __init__(self, a=1, b="x"):
+            self.a, self.b = a, b
+
+        def select(self, state):
+            return np.argmax(state.available, axis=1)
+
+    assert repr(TwoKnobs()) == "TwoKnobs(a=1, b='x')"
+
+
+def _ece_by_hand(conf, correct, n_bins):
+    bins = {}
+    for p, y in zip(conf, correct):
+        b = min(int(np.floor(p * n_bins + 1e-12)), n_bins - 1)
+        # an inner edge k/n belongs to the bin above it
+        bins.setdefault(b, []).append((p, y))
+    n = len(conf)
+    return sum(len(v) / n * abs(np.mean([y for _, y in v]) - np.mean([p for p, _ in v])) for v in bins.values())
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.11, 0.19, 0.5, 0.93, 1.0]) | st.floats(0, 1), st.booleans()),
+                min_size=1, max_size=30))
+@settings(max_examples=60, deadline=None)
+def test_ece_default_bins_match_a_loop_by_hand(items):
+    conf = np.array([p for p, _ in items])
+    correct = np.array([y for _, y in items], dtype=float)
+    # a confidence within rounding of an inner edge may land on either side of it in the loop above
+    edges = np.linspace(0, 1, 11)[1:-1]
+    assume(not any(0 < abs(p - e) < 1e-9 for p in conf for e in edges))
+    assert expected_calibration_error(conf, correct) == pytest.approx(_ece_by_hand(conf, correct, 10), abs=1e-12)
+    assert expected_calibration_error(conf, correct, 4) == pytest.approx(_ece_by_hand(conf, correct, 4), abs=1e-12)
+
+
+def test_fit_defaults_are_the_documented_start():
+    rng = np.random.default_rng(3)
+    rm = np.zeros((4, 6), dtype=bool)
+    for c in range(4):
+        rm[c, rng.integers(3)] = rm[c, 3 + c % 3] = True
+    sims = rng.normal(0, 0.05, (30, 6))
+    y = rng.integers(0, 4, 30)
+    a = fit_logit_scale_and_eps(sims, y, rm, np.array([3, 3]))
+    b = fit_logit_scale_and_eps(sims, y, rm, np.array([3, 3]), lam0=100.0, eps0=0.05, fit_eps=True, n_grid=9)
+    assert a == b
+    assert a.nll_start == pytest.approx(true_class_nll(full_log_posterior(sims, rm, np.array([3, 3]), 100.0, 0.05), y))
+
+
+def test_float32_inputs_are_computed_in_float64():
+    """Every function documents float64 results: a float32 input (an encoder's native dtype) is converted
+    first, so its result equals the result for the same values given as float64."""
+    from engine.core.scoring import bayes_loglik, entropy
+
+    rng = np.random.default_rng(5)
+    s32 = rng.normal(0, 0.3, (3, 4)).astype(np.float32)
+    s64 = s32.astype(np.float64)
+    for f in (group_log_probs, group_probs):
+        got = f(s32, 37.0)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, f(s64, 37.0))
+    p32 = rng.dirichlet(np.ones(4), 3).astype(np.float32)
+    p64 = p32.astype(np.float64)
+    assert entropy(p32, axis=1).dtype == np.float64
+    np.testing.assert_array_equal(entropy(p32, axis=1), entropy(p64, axis=1))
+    lp32 = np.log(p32)
+    P = rng.dirichlet(np.ones(4), 5)
+    np.testing.assert_array_equal(bayes_loglik(lp32, P), bayes_loglik(lp32.astype(np.float64), P))
+    cand = np.array([[0, 2], [1, 3], [3, 0]])
+    np.testing.assert_array_equal(shortlist_loglik(lp32[:, :2], cand, 4, 0.1),
+                                  shortlist_loglik(lp32[:, :2].astype(np.float64), cand, 4, 0.1))
+    np.testing.assert_array_equal(shortlist_eig(p32, cand, 0.1), shortlist_eig(p64, cand, 0.1))
+    np.testing.assert_array_equal(log_prior(4, p32[0], 2), log_prior(4, p64[0], 2))
+    assert log_prior(4, p32[0], 2).dtype == np.float64
+    assert true_class_nll(lp32, np.array([0, 1, 2])) == true_class_nll(lp32.astype(np.float64), np.array([0, 1, 2]))

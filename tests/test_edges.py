@@ -167,3 +167,20 @@ def test_start_nll_is_at_the_start_values_when_eps_is_fitted():
         assert fit.nll <= fit.nll_start
         assert fit.nll == pytest.approx(true_class_nll(full_log_posterior(sims, rm, sizes, fit.lam, fit.eps), truth),
                                         rel=1e-9)
+
+
+def test_a_start_outside_the_bounds_that_beats_them_is_returned():
+    # separable data: the NLL falls with λ all the way, so λ0 = 3e4 > LAM_BOUNDS beats every fit inside them
+    C = 3
+    rm = np.eye(C, dtype=bool)
+    truth = np.arange(30) % C
+    sims = np.zeros((30, C))
+    sims[np.arange(30), truth] = 1e-3
+    for fit_eps in (False, True):
+        fit = fit_logit_scale_and_eps(sims, truth, rm, np.array([C]), lam0=3e4, eps0=0.0, fit_eps=fit_eps)
+        assert (fit.lam, fit.eps) == (3e4, 0.0)
+        assert fit.nll == fit.nll_start == pytest.approx(true_class_nll(
+            full_log_posterior(sims, rm, np.array([C]), 3e4, 0.0), truth), rel=1e-12)
+    # from inside the bounds, the fit runs to the upper bound and says it converged
+    fit = fit_logit_scale_and_eps(sims, truth, rm, np.array([C]), lam0=100.0, eps0=0.0, fit_eps=False)
+    assert fit.lam == pytest.approx(1e4) and fit.nll < fit.nll_start and fit.success is True
