@@ -100,7 +100,7 @@ def log_prior(C, prior=None):
     if prior is None:
         return [-math.log(C)] * C
     tot = sum(prior)
-    return [math.log(p / tot) if p > 0 else NEG_INF for p in prior]
+    return [math.log(p / tot) if p / tot > 0 else NEG_INF for p in prior]  # a tiny p / tot can underflow to 0
 
 
 def full_log_posterior(log_ps, rules, sizes, eps, prior=None):
