@@ -66,12 +66,15 @@ def test_masked_argmax_treats_last_bit_differences_as_ties():
 def test_an_image_alone_follows_its_path_in_any_batch(data, policy, eps, lam):
     rules, sizes = data.draw(rule_tables(min_k=2))
     system = make_system(rules, sizes)
+    m = data.draw(st.none() | st.integers(2, 4))  # with the names shortlist, whose candidates are ranked too
+    if m is not None:
+        system = with_name_group(system)
     B = data.draw(st.integers(2, 6))
     sims = data.draw(similarity_arrays(B, system.q_total))
     stop = StopRule(tau=data.draw(st.sampled_from([0.6, 0.9, 1.0])),
                     delta=data.draw(st.sampled_from([0.0, 0.05, 0.3])),
                     budget=data.draw(st.one_of(st.none(), st.integers(0, 12))))
-    kw = dict(stop=stop, eps=eps, logit_scale=lam, top_k=system.n_classes)
+    kw = dict(stop=stop, eps=eps, logit_scale=lam, top_k=system.n_classes, shortlist_size=m)
     batch = classify_batch(ArraySource(sims, system), system, policy, **kw)
     for i in range(B):
         pol = get_policy(policy)

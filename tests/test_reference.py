@@ -95,9 +95,12 @@ def test_shortlist_functions_match_the_reference(data, lam, eps, C):
     for b in range(2):
         pr = list(map(float, post[b]))
         srt = sorted(pr, reverse=True)
-        if m < C and srt[m - 1] == srt[m]:  # equal probabilities: by class index
-            assert list(cand[b]) == ref.shortlist(pr, m)
-        assert sorted(pr[c] for c in cand[b]) == sorted(srt[:m])
+        try:
+            want = ref.shortlist(pr, m)
+        except ref.Fragile:  # two probabilities at the tie tolerance's edge
+            continue
+        assert list(cand[b]) == want  # equal probabilities by class index
+        assert sorted(pr[c] for c in cand[b]) == pytest.approx(sorted(srt[:m]), rel=1e-9)
     sims = data.draw(similarity_arrays(2, m))
     lp = group_log_probs(sims, lam)
     ll = shortlist_loglik(lp, cand, C, eps)

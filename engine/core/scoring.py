@@ -248,11 +248,30 @@ def expected_information_gain(post: np.ndarray, channel: Channel) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- shortlist of names
+# Probabilities within this relative distance count as equal when ranking candidates, the same rule as
+# the policies' ties (policies.base.near_max): the posterior of an image in a batch differs from the same
+# image alone in the last bits, and its shortlist must not.
+SHORTLIST_RTOL = 1e-9
+
+
 def shortlist(post: np.ndarray, m: int) -> np.ndarray:
-    """The m most probable classes of each row, best first. post (B, C) -> (B, min(m, C)) int."""
+    """The m most probable classes of each row, best first. post (B, C) -> (B, min(m, C)) int.
+
+    Classes whose probabilities are equal within SHORTLIST_RTOL go by class index.
+    """
     post = np.asarray(post, dtype=np.float64)
-    m = min(int(m), post.shape[1])
-    return np.argsort(-post, axis=1, kind="stable")[:, :m]
+    B, C = post.shape
+    m = min(int(m), C)
+    left = np.ones((B, C), dtype=bool)
+    rows = np.arange(B)
+    out = np.zeros((B, m), dtype=np.int64)
+    for j in range(m):
+        s = np.where(left, post, -np.inf)
+        best = s.max(axis=1, keepdims=True)
+        pick = np.argmax(left & (s >= best - SHORTLIST_RTOL * np.abs(best)), axis=1)
+        out[:, j] = pick
+        left[rows, pick] = False
+    return out
 
 
 def shortlist_loglik(log_p: np.ndarray, cand: np.ndarray, n_classes: int, eps: float) -> np.ndarray:
