@@ -11,9 +11,13 @@ import numpy as np
 if TYPE_CHECKING:  # no runtime import: engine imports policies
     from engine.core.scoring import Channel
 
-# EIG values closer than this count as ties, broken by the lowest group index,
-# so rounding noise in a batched matmul never changes an image's path.
-TIE_DECIMALS = 10
+# Scores within TIE_RTOL of a row's best (relative; TIE_ATOL near 0) count as ties, broken by the lowest
+# group index. A batched matmul rounds an image's EIG differently from the same image alone, in the last
+# bits; a tolerance absorbs that wherever two groups are really equal. (Rounding to a fixed number of
+# decimals did not: two equal values on either side of a rounding boundary round apart.) A path can
+# still depend on the batch if two groups' scores differ by about the tolerance itself.
+TIE_RTOL = 1e-9
+TIE_ATOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,16 @@ def get_policy(name: str | Policy, **params) -> Policy:
     return cls(**params)
 
 
+def near_max(score: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """(n, G) bool: the available entries tied with their row's best, within TIE_RTOL / TIE_ATOL.
+
+    score : (n, G) finite; available : (n, G) bool with a True in every row.
+    """
+    s = np.where(available, score, -np.inf)
+    best = s.max(axis=1, keepdims=True)
+    return available & (s >= best - (TIE_ATOL + TIE_RTOL * np.abs(best)))
+
+
 def masked_argmax(score: np.ndarray, available: np.ndarray) -> np.ndarray:
-    """Row-wise argmax over available groups; ties -> lowest index. (n, G) -> (n,)."""
-    s = np.where(available, np.round(score, TIE_DECIMALS), -np.inf)
-    return np.argmax(s, axis=1)
+    """Row-wise argmax over available groups; ties (see :func:`near_max`) -> lowest index. (n, G) -> (n,)."""
+    return np.argmax(near_max(score, available), axis=1)

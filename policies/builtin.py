@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Policy, PolicyState, masked_argmax, register
+from .base import Policy, PolicyState, masked_argmax, near_max, register
 
 
 @register
@@ -85,10 +85,13 @@ class Top2Policy(Policy):
         ch = state.channel
         if ch.n_classes < 2:
             return masked_argmax(state.eig, state.available)
-        top = np.argsort(-state.post, axis=1, kind="stable")[:, :2]  # (n, 2)
-        diff = np.abs(ch.P[top[:, 0]] - ch.P[top[:, 1]])  # (n, Q)
+        # the two leaders; classes tied in probability (see near_max) go by class index
+        rows = np.arange(state.post.shape[0])
+        first = masked_argmax(state.post, np.ones(state.post.shape, dtype=bool))
+        rest = np.ones(state.post.shape, dtype=bool)
+        rest[rows, first] = False
+        second = masked_argmax(state.post, rest)
+        diff = np.abs(ch.P[first] - ch.P[second])  # (n, Q)
         tv = 0.5 * np.add.reduceat(diff, ch.offsets, axis=1)  # (n, G)
-        # lexicographic: TV first, EIG second (EIG <= log K_max, scaled well below TV's rounding step)
-        eig_scale = 1e-6 / max(float(np.log(ch.sizes.max())), 1.0)
-        score = np.round(tv, 6) + eig_scale * np.round(state.eig, 6)
-        return masked_argmax(score, state.available)
+        # lexicographic: the best-separating groups (ties within tolerance), then the higher EIG among them
+        return masked_argmax(state.eig, near_max(tv, state.available))

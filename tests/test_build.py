@@ -132,6 +132,62 @@ def test_cli_build_writes_a_loadable_system(tmp_path, capsys):
     assert "not in the table" in capsys.readouterr().err
 
 
+ID_ROWS = [dict(r, id=str(10 + i), code=f"k{i}", gen="1", blank="") for i, r in enumerate(ROWS)]
+
+
+def test_default_columns_skip_constant_and_id_columns_with_a_notice():
+    rep = BuildReport()
+    s = from_table(ID_ROWS, "name", report=rep)
+    assert {g.name for g in s.groups} == {"color", "shape", "egg", "height", "note"}
+    assert set(rep.skipped) == {"id", "code", "gen", "blank"}
+    text = "\n".join(rep.lines())
+    assert "skipped column gen: the one value '1' on every row used" in text
+    assert "skipped column blank: no values on every row used" in text
+    assert "skipped column id: an id column" in text and "skipped column code: a different value on every row" in text
+    # after a filter, the notice says so
+    rep = BuildReport()
+    from_table(ID_ROWS, "name", where={"note": ["x", "y"]}, report=rep)
+    assert "(after --where note=x,y)" in rep.skipped["gen"]
+    # a unique numeric measure is an attribute, not an id; an id column named with --group is used
+    assert from_table(ID_ROWS, "name", ["height"]).groups[0].n_options == 3
+    assert from_table(ID_ROWS, "name", ["code"]).groups[0].n_options == 4
+
+
+def test_a_constant_column_chosen_by_name_is_an_error_naming_it_and_the_flag():
+    with pytest.raises(ValueError, match=r"column 'gen' has the one value '1' .*leave it out of --group") as e:
+        from_table(ID_ROWS, "name", ["color", "gen"])
+    assert "system file" not in str(e.value)
+    with pytest.raises(ValueError, match="no column of the table can make a group.*--group"):
+        from_table([dict(name=r["name"], gen="1") for r in ROWS], "name")
+
+
+def test_an_invalid_table_system_names_the_column_and_the_build_flags():
+    with pytest.raises(ValueError) as e:
+        from_table(ROWS, "name", ["hue=color"], templates={"hue": "a creature without a placeholder"})
+    msg = str(e.value)
+    assert "group 'hue' (column 'color')" in msg and "--group" in msg and "system file" not in msg
+
+
+def test_cli_build_of_a_table_with_constant_and_id_columns(tmp_path, capsys):
+    import csv
+
+    from engine.cli.app import main
+
+    table = tmp_path / "t.csv"
+    with table.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(ID_ROWS[0]))
+        w.writeheader()
+        w.writerows(ID_ROWS)
+    out = tmp_path / "s.json"
+    assert main(["system", "build", "--table", str(table), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped column gen: the one value '1'" in printed and "skipped column id: an id column" in printed
+    assert "gen" not in {g.name for g in load_system(out).groups}
+    assert main(["system", "build", "--table", str(table), "--group", "gen", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "column 'gen'" in err and "--group" in err and "system file" not in err
+
+
 POKEAPI = shared_data_path("pokemon/pokeapi/species_attributes.csv")
 needs_pokeapi = pytest.mark.skipif(POKEAPI is None, reason="shared/data/pokemon/pokeapi is absent (see shared/data/README)")
 
@@ -145,3 +201,16 @@ def test_pokeapi_gen1_system():
     assert ["Ekans", "Arbok"] in a.identical_signatures  # same colour, shape, habitat, types, eggs, size
     assert not analyze(pokeapi_system(generations=(1,), name_group=True)).indistinguishable
     assert pokeapi_system(generations=(1, 2, 3)).n_classes == 386
+
+
+@needs_pokeapi
+def test_cli_build_of_the_gen1_species_table_skips_generation_and_ids(tmp_path, capsys):
+    from engine.cli.app import main
+
+    out = tmp_path / "gen1.json"
+    assert main(["system", "build", "--table", str(POKEAPI), "--where", "generation=1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped column generation: the one value '1' on every row used (after --where generation=1)" in printed
+    assert "skipped column species_id: an id column" in printed
+    s = load_system(out)
+    assert s.n_classes == 151 and not {"generation", "species_id", "is_baby"} & {g.name for g in s.groups}

@@ -70,6 +70,40 @@ def test_confident_stop_fires_at_tau(p15):
             assert all(s.confidence_after < 0.8 for s in r.steps[:-1])
 
 
+def test_confident_stop_fires_at_exactly_tau():
+    # prior (2, 1, 1): max π = 0.5 exactly, before any question
+    system = make_system(tuple((frozenset([c % 2]),) for c in range(3)), np.array([2]))
+    src = ArraySource(np.zeros((1, 2)), system)
+    r = classify_batch(src, system, "eig", stop=StopRule(tau=0.5), prior=np.array([2.0, 1.0, 1.0]))[0]
+    assert (r.stop, r.q_spent, r.confidence) == ("confident", 0, 0.5)
+    r = classify_batch(src, system, "eig", stop=StopRule(tau=np.nextafter(0.5, 1)), prior=np.array([2.0, 1.0, 1.0]))[0]
+    assert r.q_spent == 2
+
+
+def test_budget_that_exactly_pays_for_a_group_asks_it():
+    system = make_system(tuple((frozenset([c % 3]), frozenset([c % 2])) for c in range(6)), np.array([3, 2]))
+    src = ArraySource(np.zeros((1, 5)), system)
+    for budget, q in ((2, 2), (3, 3), (4, 3), (5, 5)):
+        r = classify_batch(src, system, "fixed", stop=StopRule(budget=budget))[0]
+        assert r.q_spent == q and r.stop == ("exhausted" if q == 5 else "budget")
+
+
+def test_sum_scorer_in_the_loop_is_the_normalised_sum_of_option_probabilities():
+    # rules with multi-option and not-applicable entries; the loop's scores against the formula by hand
+    rules = ((frozenset([0]), frozenset()), (frozenset([1, 2]), frozenset([1])), (frozenset([2]), frozenset([0])))
+    system = make_system(rules, np.array([3, 2]))
+    sims = np.array([[0.3, -0.1, 0.2, 0.5, -0.4], [0.0, 0.0, 0.9, -0.2, 0.1]])
+    res = classify_batch(ArraySource(sims, system), system, "fixed", scorer="sum", logit_scale=3.0, eps=0.2,
+                         top_k=3)
+    for r, row in zip(res, sims):
+        p = [np.exp(3 * row[:3]) / np.exp(3 * row[:3]).sum(), np.exp(3 * row[3:]) / np.exp(3 * row[3:]).sum()]
+        want = np.array([p[0][0] + 0.5, p[0][1] + p[0][2] + p[1][1], p[0][2] + p[1][0]])
+        want /= want.sum()
+        got = dict(r.top)
+        np.testing.assert_allclose([got[c] for c in system.classes], want, rtol=1e-12)
+        assert r.label == system.classes[int(np.argmax(want))] and r.confidence == pytest.approx(want.max())
+
+
 def test_no_gain_stops_when_every_group_is_uninformative(p15):
     # background_scene is not applicable to every class: its EIG is 0, so eig never asks it
     src, _ = sim(p15, 50)
@@ -144,6 +178,10 @@ def test_full_system_and_baseline_are_the_same_loop(p15):
     src, truth = sim(base, 30, margin=0.05)
     res = classify_batch(src, base, "fixed")
     assert all(r.q_spent == p15.n_classes and r.stop == "exhausted" for r in res)
+    cos = src.similarities(np.arange(30), 0)  # the baseline: the cosine argmax over the class names
+    for r, row in zip(res, cos):
+        assert r.label == base.classes[int(np.argmax(row))] or row[base.class_index(r.label)] == row.max()
+    assert np.mean([r.label == base.classes[c] for r, c in zip(res, truth)]) > 0.5  # margin 0.05 helps
 
 
 # --------------------------------------------------------------------------- policy contract

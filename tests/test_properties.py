@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from scipy.special import expit
 
 from engine import ArraySource, StopRule, build_channel, classify_batch
 from engine.core.scoring import (
@@ -18,6 +19,7 @@ from policies import list_policies
 from systems import baseline_system
 from systems.format import AttributeSystem
 
+from . import reference
 from .strategies import (
     EPS, LOGIT_SCALES, make_system, posteriors, rule_tables, similarity_arrays, systems,
 )
@@ -64,13 +66,20 @@ def test_probabilities_and_posteriors_are_distributions(data, lam, eps):
     np.testing.assert_allclose(seg, 1.0, atol=1e-12)
 
 
-@given(lam=st.sampled_from([1e-3, 1.0, 1e4]))
-def test_group_probs_single_option_and_single_class(lam):
-    np.testing.assert_array_equal(group_probs(np.array([[0.3]]), lam), [[1.0]])
-    ch = build_channel(np.array([[True, False]]), np.array([2]), 0.0)
-    lp = group_log_probs(np.array([[1.0, -1.0]]), lam)
-    post = np.exp(full_bayes_log_posterior([lp], ch))
-    np.testing.assert_allclose(post, [[1.0]])
+@given(lam=st.sampled_from([1e-3, 1.0, 1e4]) | st.floats(1e-3, 1e4), s=st.floats(-1, 1), t=st.floats(-1, 1))
+def test_group_probs_single_option_and_single_class(lam, s, t):
+    np.testing.assert_array_equal(group_probs(np.array([[s]]), lam), [[1.0]])
+    np.testing.assert_array_equal(group_log_probs(np.array([[s]]), lam), [[0.0]])
+    # two options: p = (σ(λ(s−t)), σ(λ(t−s))), the softmax written out
+    want = np.array([[expit(lam * (s - t)), expit(lam * (t - s))]])
+    np.testing.assert_allclose(group_probs(np.array([[s, t]]), lam), want, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(np.exp(group_log_probs(np.array([[s, t]]), lam)), want, rtol=1e-12, atol=1e-300)
+    # one class: its posterior is 1 whatever the answers, and its sum score is what its options got
+    for eps in (0.0, 0.3):
+        ch = build_channel(np.array([[True, False]]), np.array([2]), eps)
+        lp = group_log_probs(np.array([[s, t]]), lam)
+        np.testing.assert_array_equal(np.exp(full_bayes_log_posterior([lp], ch)), [[1.0]])
+        np.testing.assert_allclose(sum_scores(np.exp(lp), ch.A), want[:, :1], rtol=1e-12, atol=1e-300)
 
 
 def test_extreme_logit_scale_with_unused_winning_option_stays_finite():
@@ -266,6 +275,13 @@ def test_no_stopping_asks_every_group_and_matches_fixed_order(system, data, poli
     ch = build_channel(system.rule_matrix, system.option_counts, eps)
     want = np.exp(full_bayes_log_posterior(_log_probs(sims, system.option_counts, lam), ch))
     np.testing.assert_allclose(_posterior_matrix(res, system), want, atol=1e-7)
+    # and the formula itself, from the independent reference (not the engine's channel code)
+    sizes = [int(k) for k in system.option_counts]
+    offs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    for b in range(3):
+        lps = [reference.log_softmax(list(map(float, sims[b, o:o + k])), lam) for o, k in zip(offs, sizes)]
+        np.testing.assert_allclose(want[b], np.exp(reference.full_log_posterior(lps, system.rules, sizes, eps)),
+                                   atol=1e-9)
 
 
 # --------------------------------------------------------------------------- 6. budget, monotone in τ

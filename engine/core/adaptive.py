@@ -25,17 +25,28 @@ from engine.core.sources import SimilaritySource
 
 SCORERS = ("bayes", "sum")
 NAME_GROUP = BASELINE_GROUP  # the optional class-name group (systems.build.with_name_group)
+PERPLEXITY_TOL = 1e-9  # nats: the shortlist's "perplexity ≤ m" trigger absorbs rounding in H
 
 
 @dataclass(frozen=True)
 class StopRule:
     """When to stop asking.
 
-    tau : stop once max π ≥ τ; τ = 1 never stops on confidence. In (0, 1].
-    delta : stop once every available group has EIG < δ (nats); δ = 0 never.
+    tau : stop once max π ≥ τ (exactly τ stops); τ = 1 never stops on confidence. In (0, 1].
+    delta : stop once every *available* group — unasked and within the remaining
+        budget — has EIG < δ (nats); δ = 0 never. A group the budget cannot pay
+        for does not keep an image going: with g0 (K=2, EIG 0.56) and g1 (K=5,
+        EIG 1.39), δ = 0.6 and budget 4, the image stops ``no_gain`` at Q=0
+        rather than spend 2 prompts on g0, a question worth less than δ, and
+        then stop on the budget anyway. This reads method.md's "every unasked
+        group" as "every unasked group that can still be asked"; see
+        docs/method-notes.md.
     budget : at most this many prompts per image (None: no limit). A budget
         below the cheapest group asks nothing and answers from the prior
         (stop reason ``budget``, ``q_spent`` 0).
+
+    Reasons are checked in the order confident, exhausted, budget, no_gain;
+    the first that holds is the one reported.
     """
 
     tau: float = 1.0
@@ -155,7 +166,10 @@ def classify_batch(
         if name_g is not None:
             # candidates few, or nothing else left to ask: the shortlist instead of stopping
             due = names_due[idx] & (budget - q[idx] >= m_names) & (reason[idx] != "confident")
-            due &= (np.exp(entropy(post, axis=1)) <= m_names) | (reason[idx] != None)  # noqa: E711
+            # perplexity exp(H) ≤ m, compared in log space with a tolerance: exp(H(uniform over m))
+            # comes out as m + 1 ulp for some m, and exactly m candidates must count as few
+            few = entropy(post, axis=1) <= np.log(m_names) + PERPLEXITY_TOL
+            due &= few | (reason[idx] != None)  # noqa: E711
             if due.any():
                 ask = idx[due]
                 reason[ask] = None

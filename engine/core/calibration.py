@@ -88,20 +88,24 @@ def fit_logit_scale_and_eps(sims: np.ndarray, truth: np.ndarray, rule_matrix: np
 
     sims : (B, Q) dev-split similarities; truth : (B,) true class indices.
     rule_matrix : (C, Q) bool; sizes : (G,) K_g.
-    lam0, eps0 : the starting values (the uncalibrated setting); ε stays at
-        eps0 when ``fit_eps`` is False.
+    lam0, eps0 : the starting values (the uncalibrated setting). With ``fit_eps``
+        False, ε is eps0 exactly as given (0 included); only λ is fitted.
     n_grid : grid points per parameter for the coarse search, log-spaced in λ
         over [0.1·lam0, 10·lam0] ∩ LAM_BOUNDS and over ε in [1e-3, 0.5].
 
-    Optimises over (log λ, logit ε) within LAM_BOUNDS × EPS_BOUNDS; returns a
-    :class:`CalibrationFit`. The fitted NLL is never above the start's.
+    Optimises over (log λ, logit ε) within LAM_BOUNDS × EPS_BOUNDS, from the
+    start clipped into them; returns a :class:`CalibrationFit`. ``nll_start`` is
+    the NLL at (lam0, eps0) as given, and the fit is never worse: if nothing in
+    the bounds beats the start, the start is returned.
     """
     sims, sizes = _check_sims(sims, sizes)
     truth = np.asarray(truth, dtype=np.int64)
     lam0, eps0 = check_logit_scale(lam0), check_eps(eps0)
-    eps0 = float(np.clip(eps0, *EPS_BOUNDS))
     lo_l, hi_l = np.log(LAM_BOUNDS)
     lo_e, hi_e = logit(np.array(EPS_BOUNDS))
+
+    def nll(lam, eps):
+        return true_class_nll(full_log_posterior(sims, rule_matrix, sizes, lam, eps), truth)
 
     def unpack(x):
         lam = float(np.exp(np.clip(x[0], lo_l, hi_l)))
@@ -109,15 +113,14 @@ def fit_logit_scale_and_eps(sims: np.ndarray, truth: np.ndarray, rule_matrix: np
         return lam, eps
 
     def objective(x):
-        lam, eps = unpack(x)
-        v = true_class_nll(full_log_posterior(sims, rule_matrix, sizes, lam, eps), truth)
+        v = nll(*unpack(x))
         return v if np.isfinite(v) else 1e6
 
-    start = np.array([np.log(lam0), logit(eps0)])
-    f_start = objective(start)
+    f_start = nll(lam0, eps0)  # at the start values themselves, not clipped into the bounds
+    start = np.array([np.clip(np.log(lam0), lo_l, hi_l), logit(np.clip(eps0, *EPS_BOUNDS))])  # in the bounds
     lams = np.clip(np.geomspace(0.1 * lam0, 10 * lam0, n_grid), *LAM_BOUNDS)
-    epss = np.geomspace(1e-3, 0.5, n_grid) if fit_eps else np.array([eps0])
-    best_x, best_f = start, f_start
+    epss = np.geomspace(1e-3, 0.5, n_grid) if fit_eps else np.array([expit(start[1])])
+    best_x, best_f = start, objective(start)
     for la in lams:
         for e in epss:
             x = np.array([np.log(la), logit(e)])
@@ -132,6 +135,8 @@ def fit_logit_scale_and_eps(sims: np.ndarray, truth: np.ndarray, rule_matrix: np
     if f > best_f:
         x, f = best_x, best_f
     lam, eps = unpack(x)
+    if not f <= f_start:  # nothing inside the bounds beats the start (which may lie outside them)
+        lam, eps, f = lam0, eps0, f_start
     return CalibrationFit(lam=lam, eps=eps, nll=float(f), nll_start=float(f_start), success=bool(res.success))
 
 

@@ -39,24 +39,36 @@ def check_eps(eps: float) -> float:
 
 
 # --------------------------------------------------------------------------- answers
-def group_log_probs(sims: np.ndarray, lam: float) -> np.ndarray:
-    """log p_g = log_softmax(λ·s_g) within one group.
+def _scaled_logits(sims: np.ndarray, lam: float) -> np.ndarray:
+    """λ·(s − max_k s): the logits of p_g, shifted so that no finite input overflows.
 
-    sims : (B, K) similarities of B images to the K prompts of one group.
-    Returns (B, K) float64 log-probabilities; every row logsumexps to 0.
+    sims (B, K) finite -> (B, K), each row's max 0, the rest ≤ 0 or -inf. λ·s itself
+    overflows to inf for |s| near 1e305 with λ=1e4 (and inf − inf is NaN in the softmax);
+    the shifted logits only underflow, to -inf, which is probability 0.
     """
     sims = np.asarray(sims, dtype=np.float64)
     if sims.ndim != 2:
         raise ValueError(f"sims should be 2-d (B, K), got shape {sims.shape}")
-    return log_softmax(check_logit_scale(lam) * sims, axis=1)
+    lam = check_logit_scale(lam)
+    if sims.shape[1] == 0:
+        return sims
+    with np.errstate(over="ignore"):  # a difference of two huge similarities overflows to -inf: probability 0
+        return lam * (sims - sims.max(axis=1, keepdims=True))
+
+
+def group_log_probs(sims: np.ndarray, lam: float) -> np.ndarray:
+    """log p_g = log_softmax(λ·s_g) within one group.
+
+    sims : (B, K) similarities of B images to the K prompts of one group.
+    Returns (B, K) float64 log-probabilities; every row logsumexps to 0. No NaN for
+    any finite input (an option left behind by a huge margin gets -inf).
+    """
+    return log_softmax(_scaled_logits(sims, lam), axis=1)
 
 
 def group_probs(sims: np.ndarray, lam: float) -> np.ndarray:
-    """p_g = softmax(λ·s_g). sims (B, K) -> (B, K), rows sum to 1."""
-    sims = np.asarray(sims, dtype=np.float64)
-    if sims.ndim != 2:
-        raise ValueError(f"sims should be 2-d (B, K), got shape {sims.shape}")
-    return softmax(check_logit_scale(lam) * sims, axis=1)
+    """p_g = softmax(λ·s_g). sims (B, K) -> (B, K), rows sum to 1, finite for any finite input."""
+    return softmax(_scaled_logits(sims, lam), axis=1)
 
 
 def baseline_probs(sims: np.ndarray, lam: float) -> np.ndarray:
@@ -236,11 +248,30 @@ def expected_information_gain(post: np.ndarray, channel: Channel) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- shortlist of names
+# Probabilities within this relative distance count as equal when ranking candidates, the same rule as
+# the policies' ties (policies.base.near_max): the posterior of an image in a batch differs from the same
+# image alone in the last bits, and its shortlist must not.
+SHORTLIST_RTOL = 1e-9
+
+
 def shortlist(post: np.ndarray, m: int) -> np.ndarray:
-    """The m most probable classes of each row, best first. post (B, C) -> (B, min(m, C)) int."""
+    """The m most probable classes of each row, best first. post (B, C) -> (B, min(m, C)) int.
+
+    Classes whose probabilities are equal within SHORTLIST_RTOL go by class index.
+    """
     post = np.asarray(post, dtype=np.float64)
-    m = min(int(m), post.shape[1])
-    return np.argsort(-post, axis=1, kind="stable")[:, :m]
+    B, C = post.shape
+    m = min(int(m), C)
+    left = np.ones((B, C), dtype=bool)
+    rows = np.arange(B)
+    out = np.zeros((B, m), dtype=np.int64)
+    for j in range(m):
+        s = np.where(left, post, -np.inf)
+        best = s.max(axis=1, keepdims=True)
+        pick = np.argmax(left & (s >= best - SHORTLIST_RTOL * np.abs(best)), axis=1)
+        out[:, j] = pick
+        left[rows, pick] = False
+    return out
 
 
 def shortlist_loglik(log_p: np.ndarray, cand: np.ndarray, n_classes: int, eps: float) -> np.ndarray:

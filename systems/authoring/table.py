@@ -27,7 +27,7 @@ import numpy as np
 
 from systems.files import read_text_capped
 from systems.format import PLACEHOLDER, AttributeSystem, Group
-from systems.validate import validate_system
+from systems.validate import SystemValidationError, validate_system
 
 MULTI_SEP = "|"
 
@@ -192,9 +192,12 @@ class BuildReport:
     numeric: dict[str, list[float]] = field(default_factory=dict)  # column -> inner bin edges
     options: dict[str, int] = field(default_factory=dict)  # group -> K
     not_applicable: dict[str, int] = field(default_factory=dict)  # group -> classes with an empty cell
+    skipped: dict[str, str] = field(default_factory=dict)  # column -> why it did not become a group
 
     def lines(self) -> list[str]:
         out = [f"rows used: {self.rows_used}" + (f" (skipped by filter: {self.rows_skipped})" if self.rows_skipped else "")]
+        for col, why in self.skipped.items():
+            out.append(f"skipped column {col}: {why}")
         for g, k in self.options.items():
             extra = f", bins at {', '.join(f'{e:g}' for e in self.numeric[g])}" if g in self.numeric else ""
             na = self.not_applicable.get(g, 0)
@@ -248,6 +251,31 @@ def _parse_groups(groups: Any, columns: list[str], class_column: str) -> dict[st
     return spec
 
 
+_ID_COLUMN = re.compile(r"(^|[_\s-])id$", re.IGNORECASE)
+
+
+def _useless_column(col: str, cells: list[str], numeric: bool) -> str | None:
+    """Why a column cannot make a useful group, or None.
+
+    Constant: at most one distinct value over the rows (an empty cell is no value). An id: a
+    categorical column with a different single value on every row, or a column named ``id`` /
+    ``*_id`` whose values never repeat (a numeric measure may well be unique per row; an id is not
+    an attribute).
+    """
+    values = sorted({v.strip() for c in cells for v in c.split(MULTI_SEP) if v.strip()})
+    if len(values) <= 1:
+        shown = f"the one value {values[0]!r}" if values else "no values"
+        return f"{shown} on every row used, so it cannot tell classes apart"
+    filled = [c for c in cells if c != ""]
+    if len(cells) >= 3 and len(set(filled)) == len(filled):
+        if _ID_COLUMN.search(col.strip()):
+            return "an id column (its values never repeat), not an attribute; name it with --group to use it anyway"
+        if not numeric and len(filled) == len(cells) and all(MULTI_SEP not in c for c in cells):
+            return ("a different value on every row (an id or a name, not an attribute); "
+                    "name it with --group to use it anyway")
+    return None
+
+
 def from_table(
     table: str | os.PathLike | list[dict[str, str]],
     class_column: str,
@@ -269,9 +297,12 @@ def from_table(
     ----------
     table : CSV path or list of row dicts
     class_column : column holding the class names (unique, non-empty)
-    groups : None, list of columns (``"name=column"`` renames), or {group name: column}
     templates : {group name or column: template with one ``{}``}; defaults per column name
     value_text : {value or "column.value": readable text}; see :func:`value_to_text`
+    groups : None, list of columns (``"name=column"`` renames), or {group name: column}. With None,
+        columns that cannot make a useful group are skipped and listed in ``report.skipped``:
+        constant columns (one value on every row kept) and id columns (see ``_useless_column``).
+        A constant column chosen by name is an error that names it.
     numeric : columns to bin; by default every chosen column whose values all parse as numbers
     bins : number of quantile bins for numeric columns (ties may merge bins)
     where : {column: accepted values}; other rows are dropped before anything else
@@ -311,11 +342,20 @@ def from_table(
     numeric = set(numeric) if numeric is not None else None
 
     built: list[Group] = []
+    used: list[tuple[str, str]] = []  # (group, column) of each group built
     rule_cols: list[list[frozenset[int]]] = []
+    kept_by = " ".join(c + "=" + ",".join(map(str, v)) for c, v in (where or {}).items())
+    after = f" (after --where {kept_by})" if where else ""
     for gname, col in spec.items():
         cells = [r.get(col, "") for r in rows]
         template = templates.get(gname) or templates.get(col) or default_template(gname if gname != col else col)
         as_numeric = col in numeric if numeric is not None else is_numeric(cells)
+        useless = _useless_column(col, cells, as_numeric)
+        if useless and groups is None:
+            report.skipped[col] = useless.replace(" on every row used", f" on every row used{after}")
+            continue
+        if useless and useless.startswith(("the one value", "no values")):
+            raise ValueError(f"column {col!r} has {useless}{after}; leave it out of --group")
         if as_numeric:
             if not is_numeric(cells):
                 raise ValueError(f"column {col!r} was asked to be numeric but has non-numeric values")
@@ -340,10 +380,14 @@ def from_table(
             options = texts
             rules = [frozenset(index[v] for v in vals) for vals in parsed]
         built.append(Group(name=gname, template=template, options=tuple(options)))
+        used.append((gname, col))
         rule_cols.append(rules)
         report.options[gname] = len(options)
         report.not_applicable[gname] = sum(1 for r in rules if not r)
 
+    if not built:
+        raise ValueError(f"no column of the table can make a group: {report.skipped}; "
+                         "choose columns with --group COLUMN")
     system = AttributeSystem(
         name=name,
         classes=tuple(classes),
@@ -352,4 +396,14 @@ def from_table(
         baseline_template=baseline_template,
         description=description or f"built from a table: {len(classes)} classes, groups {list(spec)}",
     )
-    return validate_system(system, source=f"table {name}")
+    try:
+        return validate_system(system, source=f"table {name}")
+    except SystemValidationError as err:  # word it for the table and the build flags, not a system file
+        def named(m: re.Match) -> str:
+            gname, col = used[int(m.group(1))]
+            return f"group {gname!r} (column {col!r})"
+
+        problems = [re.sub(r"groups\[(\d+)\]", named, p) for p in err.problems]
+        raise ValueError(f"the table does not make a valid system: {len(problems)} problem(s); change the columns "
+                         "(--group), the rows (--where) or the bins (--bins):\n"
+                         + "\n".join(f"  - {p}" for p in problems)) from None
