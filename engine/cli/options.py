@@ -205,7 +205,8 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     g.add_argument("--tau", type=float, default=0.9,
                    help="stop once the top class has this probability (default: %(default)s)")
     g.add_argument("--delta", type=float, default=0.0,
-                   help="stop once no unasked question gains this many nats (default: %(default)s, never)")
+                   help="stop once no unasked question the budget can still pay for gains this many nats "
+                        "(default: %(default)s, never)")
     g.add_argument("--budget", type=int, default=None, help="at most this many prompts per image (default: no limit)")
     g.add_argument("--scorer", default="bayes", choices=list(SCORERS),
                    help="bayes: the posterior; sum: the write-up's sum of option probabilities (default: %(default)s)")

@@ -89,7 +89,8 @@ class RunConfig:
     mode : "adaptive", "full" or "baseline".
     policy : a registered policy name (``policies.list_policies()``).
     tau : stop once the top class has this probability, in (0, 1].
-    delta : stop once no unasked group gains this many nats (0: never).
+    delta : stop once no unasked group that the budget can still pay for gains this many nats (0: never;
+        see docs/method-notes.md).
     budget : at most this many prompts per image (None: no limit).
     scorer : "bayes" (posterior) or "sum" (the write-up's sum of option probabilities).
     eps : rule noise ε of the Bayes scorer, in [0, 1).
