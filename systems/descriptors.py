@@ -76,14 +76,10 @@ def check_descriptors(data: Any, source: str = "descriptors") -> Descriptors:
 
 def load_descriptors(path: str | os.PathLike) -> Descriptors:
     """Read a descriptor JSON file (see :func:`check_descriptors`)."""
-    from systems.files import read_text_capped
+    from systems.files import read_json_capped
 
-    text = read_text_capped(path, what="descriptor file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DescriptorError(f"descriptor file {str(path)!r} line {e.lineno} column {e.colno}: {e.msg}; it must be "
-                              'a JSON object {"class": ["description", ...]}') from None
+    data = read_json_capped(path, what="descriptor file", shape='a JSON object {"class": ["description", ...]}',
+                            error=DescriptorError)
     return check_descriptors(data, f"descriptor file {str(path)!r}")
 
 

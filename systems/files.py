@@ -145,6 +145,16 @@ def stat_problem(e: BaseException) -> str:
     return f"cannot be opened ({getattr(e, 'strerror', None) or e})"
 
 
+def read_json_capped(path: str | os.PathLike, *, what: str, shape: str, error: type[Exception] = ValueError) -> Any:
+    """Parse a small JSON input file (capped, :func:`read_text_capped`); a JSON error is ``error`` with
+    one line naming the file, line and column, and the shape expected (e.g. 'a JSON list of strings')."""
+    text = read_text_capped(path, what=what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {str(path)!r} line {e.lineno} column {e.colno}: {e.msg}; it must be {shape}") from None
+
+
 def check_regular_file(path: str | os.PathLike, *, what: str = "file") -> os.stat_result:
     """``os.stat`` of ``path`` if it is a regular file (links followed); a one-line error otherwise.
 

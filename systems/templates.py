@@ -13,12 +13,11 @@ its T L2-normalised prompt embeddings, re-normalised (open_clip's
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from systems.errors import UserInputError
-from systems.files import read_text_capped
+from systems.files import read_json_capped
 from systems.validate import check_template
 
 SETS_DIR = Path(__file__).resolve().parent / "template_sets"
@@ -64,10 +63,5 @@ def load_templates(spec: str | os.PathLike) -> tuple[str, ...]:
         else:
             raise TemplateError(f"template set {str(spec)!r} not found: pass a shipped name "
                                 f"({', '.join(list_template_sets())}) or a JSON file listing templates with '{{}}'")
-    text = read_text_capped(path, what="template file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TemplateError(f"template file {str(path)!r} line {e.lineno} column {e.colno}: {e.msg}; it must be "
-                            "a JSON list of strings") from None
+    data = read_json_capped(path, what="template file", shape="a JSON list of strings", error=TemplateError)
     return check_templates(data, f"template file {str(path)!r}" if path.parent != SETS_DIR else f"template set {path.stem!r}")
