@@ -53,9 +53,9 @@ def classify_cmd(args) -> int:
     check_budget(system, config)
     job = Job(spec, system, config)
     items = _items_of(list(args.images))
-    output = output_spec(args)
-    store = open_store(output, job.settings(), items, [*args.images, *system_inputs(args)], warn) if output else None
+    output = output_spec(args)  # its cheap checks ran above; the folder is created once the model has loaded
     cache = _prepare(executor, spec, system)
+    store = open_store(output, job.settings(), items, [*args.images, *system_inputs(args)], warn) if output else None
     update, close = progress_bar(len(items), "images", args.quiet, cache)
     n_bad = 0
     printed_header = False
