@@ -74,6 +74,7 @@ def test_classify_real_images_from_shared_data(capsys):
     assert all(o["error"] is None and o["stop"] in {"confident", "no_gain", "budget", "exhausted"} for o in out)
 
 
+@pytest.mark.slow
 def test_eval_writes_the_summary_and_streams_records(tmp_path, system_file):
     tiny = tiny_model_dir("clip")
     rows = ["path,label,split"]
@@ -112,6 +113,7 @@ def test_usage_errors_exit_2_with_one_line(argv, expect, tmp_path, capsys, monke
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_missing_file_and_unknown_model(images, system_file, tmp_path, capsys):
     code = main(["classify", str(tmp_path / "missing.png"), str(images / "n0.png"), "--json", "--system",
                  str(system_file), "--model", str(tiny_model_dir("clip")), "--quiet"])

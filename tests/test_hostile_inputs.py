@@ -45,6 +45,7 @@ def run_py(code: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedPro
 
 
 # --------------------------------------------------------------------------- paths that are not image files
+@pytest.mark.slow
 def test_a_fifo_given_as_an_image_is_refused_without_opening_it(tmp_path):
     os.mkfifo(tmp_path / "f.jpg")
     r = run_py("""
@@ -58,6 +59,7 @@ def test_a_fifo_given_as_an_image_is_refused_without_opening_it(tmp_path):
     assert "ERR" in r.stdout and "not a regular file" in r.stdout and "f.jpg" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_classify_with_a_fifo_classifies_the_good_image(tmp_path):
     """The reproducer: `mkfifo f.jpg; twentyq classify good.jpg f.jpg --json` hung."""
     solid("red").save(tmp_path / "good.jpg")
@@ -99,6 +101,7 @@ def test_a_zero_size_image_is_refused_per_item():
             load_image(Image.new("RGB", size))
 
 
+@pytest.mark.slow
 def test_a_zero_size_image_does_not_kill_the_offline_batch():
     from .encoder_fixtures import offline_encoder
 
@@ -203,6 +206,7 @@ def test_encode_images_tolerant_does_not_swallow_out_of_memory():
 
 
 # --------------------------------------------------------------------------- cache files that are not files
+@pytest.mark.slow
 def test_a_fifo_in_the_text_cache_is_skipped_and_rebuilt_not_waited_on(tmp_path):
     """A FIFO under CACHE/text/ hung the run (600 s, and SIGTERM did nothing: the read blocks in Rust)."""
     r = run_py(f"""
@@ -228,6 +232,7 @@ def test_a_fifo_in_the_text_cache_is_skipped_and_rebuilt_not_waited_on(tmp_path)
     assert len(warns) == 1 and "CacheWarning" in warns[0] and "not a regular file" in warns[0]
 
 
+@pytest.mark.slow
 def test_a_fifo_as_the_image_cache_file_is_skipped_not_waited_on(tmp_path):
     r = run_py(f"""
         import os, warnings
@@ -438,6 +443,7 @@ def test_hub_offline_mode_with_nothing_cached_fails_fast_naming_the_setting(monk
 
 
 # --------------------------------------------------------------------------- warnings print as one line
+@pytest.mark.slow
 def test_cache_warnings_print_as_one_line_without_a_source_line(tmp_path):
     script = tmp_path / "script.py"  # a real file, so Python's default format would quote its source line
     script.write_text(textwrap.dedent(f"""

@@ -141,6 +141,7 @@ def _cli(args, tmp_path, stdin=b"y\ny\ny\n", timeout=240):
                           env=env, cwd=tmp_path, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_answering_y_on_stdin_runs_nothing(tmp_path):
     """The reproducer: `echo y | twentyq classify a.jpg --model FOLDER --json` ran evil.py."""
     folder, marker = evil_folder(tmp_path, "preprocessor_config.json")
@@ -155,6 +156,7 @@ def test_cli_answering_y_on_stdin_runs_nothing(tmp_path):
     assert len(lines) == 1 and "preprocessor_config.json" in lines[0] and "--trust-remote-code" in lines[0]
 
 
+@pytest.mark.slow
 def test_cli_with_the_flag_runs_the_named_code_and_says_where_it_comes_from(tmp_path):
     """Documented: --trust-remote-code lets the folder's code run, after a notice naming it."""
     folder, marker = evil_folder(tmp_path, "preprocessor_config.json")

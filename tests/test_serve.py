@@ -446,6 +446,7 @@ def live():
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_live_endpoints(live):
     h = httpx.get(f"{live}/v1/health").json()
     assert h["ready"] and h["device"] == "cpu" and h["systems"] == ["pokemon15", "flowers17"]
@@ -466,6 +467,7 @@ def test_live_endpoints(live):
                  400, "unknown_system", "system")
 
 
+@pytest.mark.slow
 def test_live_concurrent_clients_get_their_own_answers(live):
     """8 threads at once, each with its own images, system and budget: each answer is that caller's."""
     from engine.encoders import load_encoder
