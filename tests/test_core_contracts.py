@@ -301,3 +301,31 @@ def test_float32_inputs_are_computed_in_float64():
     np.testing.assert_array_equal(log_prior(4, p32[0], 2), log_prior(4, p64[0], 2))
     assert log_prior(4, p32[0], 2).dtype == np.float64
     assert true_class_nll(lp32, np.array([0, 1, 2])) == true_class_nll(lp32.astype(np.float64), np.array([0, 1, 2]))
+
+
+def test_bad_confidences_and_mismatched_shapes_are_told_apart():
+    """The two input errors of the calibration-error functions say which problem it is."""
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        expected_calibration_error(np.array([0.5, 1.5]), np.array([1, 0]))
+    with pytest.raises(ValueError, match=r"should both be \(n,\)"):
+        reliability_bins(np.array([0.5, 0.5]), np.array([1]))
+
+
+def test_a_policy_plugin_is_checked_before_it_is_registered():
+    """A plug-in must be a Policy subclass and may not take a built-in's name (its own registration is fine)."""
+    from policies.base import _check_plugin
+
+    class Mine(Policy):
+        name = "mine_for_the_check"
+
+        def select(self, state):
+            return np.zeros(len(state.images), dtype=np.int64)
+
+    assert _check_plugin("mine_for_the_check", Mine) is None
+    assert _check_plugin("eig", POLICIES["eig"]) is None  # the built-in itself, seen again
+    assert "taken by a built-in" in _check_plugin("eig", Mine)
+    assert "'eig'" in _check_plugin("eig", Mine)
+    for bad, kind in ((lambda s: s, "function"), (int, "type"), (Mine(), "Mine")):
+        msg = _check_plugin("x_not_registered", bad)
+        assert msg == f"it is a {kind}, not a policies.Policy subclass"
+    assert "mine_for_the_check" not in POLICIES
