@@ -329,3 +329,27 @@ def test_a_policy_plugin_is_checked_before_it_is_registered():
         msg = _check_plugin("x_not_registered", bad)
         assert msg == f"it is a {kind}, not a policies.Policy subclass"
     assert "mine_for_the_check" not in POLICIES
+
+
+def test_classify_batch_defaults_are_the_documented_ones():
+    """policy "eig", λ = 100 and top_k = 5 when not given (docs: the uncalibrated setting)."""
+    from engine import SimulatedSource
+    from engine.core.simulate import sample_classes
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    truth = sample_classes(6, system.n_classes, 0)
+    src = SimulatedSource(system, truth, seed=0)
+    plain = classify_batch(src, system, stop=StopRule(tau=0.9))
+    given_ = classify_batch(src, system, "eig", stop=StopRule(tau=0.9), logit_scale=100.0, top_k=5)
+    assert [r.top for r in plain] == [r.top for r in given_]
+    assert [[s.group for s in r.steps] for r in plain] == [[s.group for s in r.steps] for r in given_]
+    assert all(len(r.top) == 5 for r in plain)
+
+
+def test_shortlist_size_must_be_a_whole_number():
+    n = with_name_group(_system())
+    for bad in (3.0, 2.5, np.float64(4)):
+        with pytest.raises(ValueError, match=r"shortlist_size =="):
+            classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=bad)
+    assert len(classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=np.int64(2))) == 1
