@@ -353,3 +353,21 @@ def test_shortlist_size_must_be_a_whole_number():
         with pytest.raises(ValueError, match=r"shortlist_size =="):
             classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=bad)
     assert len(classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=np.int64(2))) == 1
+
+
+@given(st.floats(-6, 6), st.integers(2, 6), st.integers(0, 2**16))
+def test_near_max_tolerance_is_relative_to_the_best(log10_scale, G, seed):
+    """Within TIE_ATOL + TIE_RTOL·|best| of the best is a tie, twice that is not, at any scale of the scores."""
+    from policies.base import TIE_ATOL, TIE_RTOL, near_max
+
+    rng = np.random.default_rng(seed)
+    best = rng.choice([-1.0, 1.0]) * 10.0 ** log10_scale
+    tol = TIE_ATOL + TIE_RTOL * abs(best)
+    score = np.full((1, G), best - 4 * tol - abs(best))
+    score[0, 0] = best
+    score[0, 1] = best - 0.5 * tol
+    if G > 2:
+        score[0, 2] = best - 2 * tol
+    got = near_max(score, np.ones((1, G), bool))
+    assert got[0, 0] and got[0, 1]
+    assert not got[0, 2:].any()
