@@ -371,3 +371,40 @@ def test_near_max_tolerance_is_relative_to_the_best(log10_scale, G, seed):
     got = near_max(score, np.ones((1, G), bool))
     assert got[0, 0] and got[0, 1]
     assert not got[0, 2:].any()
+
+
+class _ByParity(Policy):
+    """Even images ask g1 (K=3) first, odd ones g0 (K=2); then the first available group. Records budget_left."""
+
+    name = "by_parity_for_tests"
+
+    def __init__(self):
+        self.seen = []
+
+    def select(self, state):
+        self.seen.append((state.images.copy(), np.asarray(state.budget_left).copy()))
+        first = np.argmax(state.available, axis=1)
+        want1 = (state.images % 2 == 0) & state.available[:, 1]
+        return np.where(want1, 1, first)
+
+
+def test_budget_stops_each_image_on_its_own_and_the_policy_sees_what_is_left():
+    """Budget 4, groups K = 2, 3, 2: image 0 spends 3 on g1 and can afford nothing more (stop "budget") while
+    image 1, after g0 (2 prompts), can still afford g2 and asks it; the policy is told each image's prompts left."""
+    rules = tuple((frozenset([c % 2]), frozenset([c % 3]), frozenset([(c // 2) % 2])) for c in range(4))
+    s = make_system(rules, np.array([2, 3, 2]))
+    pol = _ByParity()
+    r0, r1 = classify_batch(ArraySource(np.zeros((2, 7)), s), s, pol, stop=StopRule(budget=4))
+    assert (r0.stop, r0.q_spent, [st_.group for st_ in r0.steps]) == ("budget", 3, ["g1"])
+    assert (r1.stop, r1.q_spent, [st_.group for st_ in r1.steps]) == ("budget", 4, ["g0", "g2"])
+    (imgs1, left1), (imgs2, left2) = pol.seen
+    assert imgs1.tolist() == [0, 1] and left1.tolist() == [4, 4]
+    assert imgs2.tolist() == [1] and left2.tolist() == [2]
+
+
+def test_the_shortlist_is_asked_when_exactly_m_prompts_are_left():
+    """Two candidates, m = 2 and a budget of 2: the names question fits the budget exactly, so it is asked."""
+    n = with_name_group(_system())
+    (r,) = classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", stop=StopRule(budget=2),
+                          shortlist_size=2, prior=np.array([1.0, 1.0, 0.0, 0.0]))
+    assert [st_.group for st_ in r.steps] == ["class_name"] and r.q_spent == 2 and r.stop == "budget"
