@@ -408,3 +408,14 @@ def test_the_shortlist_is_asked_when_exactly_m_prompts_are_left():
     (r,) = classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", stop=StopRule(budget=2),
                           shortlist_size=2, prior=np.array([1.0, 1.0, 0.0, 0.0]))
     assert [st_.group for st_ in r.steps] == ["class_name"] and r.q_spent == 2 and r.stop == "budget"
+
+
+def test_log_prior_shapes_and_a_zero_row_is_refused():
+    """Uniform (1, C) by default; a (B, C) prior is checked row by row: one all-zero row is refused."""
+    from engine.core.scoring import log_prior
+
+    np.testing.assert_allclose(log_prior(3), np.full((1, 3), -np.log(3)))
+    np.testing.assert_allclose(log_prior(3, np.array([[1.0, 1.0, 2.0], [0.0, 3.0, 1.0]]), 2),
+                               np.log([[0.25, 0.25, 0.5], [0.0, 0.75, 0.25]]))
+    with pytest.raises(ValueError, match="positive sum"):
+        log_prior(3, np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), 2)
