@@ -16,7 +16,7 @@ from engine.core.calibration import (
     expected_calibration_error, fit_logit_scale_and_eps, full_log_posterior, reliability_bins, true_class_nll,
 )
 from engine.core.scoring import (
-    group_log_probs, group_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
+    bayes_loglik, group_log_probs, group_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
 )
 from policies import POLICIES, Policy, get_policy
 from systems.build import with_name_group
@@ -420,3 +420,16 @@ def test_log_prior_shapes_and_a_zero_row_is_refused():
     np.testing.assert_allclose(log_prior(3, np.array([[1.0, 1.0, 2.0], [0.0, 3.0, 1.0]]), 2), want)
     with pytest.raises(ValueError, match="positive sum"):
         log_prior(3, np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), 2)
+
+
+@given(st.lists(st.floats(-1, 1), min_size=2, max_size=5), st.floats(1e10, 1e300), st.floats(0.01, 1e4))
+def test_each_images_option_probabilities_ignore_the_rest_of_the_batch(row, big, lam):
+    """log p_g of an image is the same alone or batched with an image of huge similarities."""
+    a = np.array([row])
+    batch = np.vstack([a, np.full_like(a, big)])
+    batch[1, 0] = big / 2
+    alone = group_log_probs(a, lam)
+    np.testing.assert_allclose(group_log_probs(batch, lam)[:1], alone, rtol=1e-12, atol=1e-12)
+    P = np.eye(a.shape[1])
+    np.testing.assert_allclose(bayes_loglik(np.vstack([alone, group_log_probs(batch, lam)[1:]]), P)[:1],
+                               bayes_loglik(alone, P), rtol=1e-12, atol=1e-12)
