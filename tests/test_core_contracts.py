@@ -433,3 +433,14 @@ def test_each_images_option_probabilities_ignore_the_rest_of_the_batch(row, big,
     P = np.eye(a.shape[1])
     np.testing.assert_allclose(bayes_loglik(np.vstack([alone, group_log_probs(batch, lam)[1:]]), P)[:1],
                                bayes_loglik(alone, P), rtol=1e-12, atol=1e-12)
+
+
+@given(st.lists(st.sampled_from([1.0, 2.0, 3.0]), min_size=17, max_size=60))
+def test_top_breaks_ties_by_class_index(weights):
+    """With nothing asked (budget 0) the result is the prior; tied classes are listed in class order."""
+    C = len(weights)
+    s = make_system(tuple((frozenset([c % 2]),) for c in range(C)), np.array([2]))
+    prior = np.array(weights)
+    (r,) = classify_batch(ArraySource(np.zeros((1, 2)), s), s, "eig", stop=StopRule(budget=0), prior=prior)
+    want = sorted(range(C), key=lambda c: (-prior[c], c))[:5]
+    assert [label for label, _ in r.top] == [s.classes[c] for c in want] and r.q_spent == 0
