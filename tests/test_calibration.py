@@ -129,3 +129,52 @@ def test_fit_with_eps_lowers_nll_and_recovers_lambda():
     assert fit.eps < 0.05  # the planted channel has no rule noise
     lp = full_log_posterior(sims, rm, sizes, fit.lam, fit.eps)
     assert true_class_nll(lp, y) == pytest.approx(fit.nll, rel=1e-6)
+
+
+def _planted_noisy(seed, lam_true, eps_true, n=300, C=6, G=3, K=3):
+    """Classes drawn from the model's own posterior at (lam_true, eps_true): rule noise included."""
+    rng = np.random.default_rng(seed)
+    rm, sizes = _random_system(rng, C, G, K)
+    sims = rng.normal(0, 0.05, (n, G * K))
+    p = np.exp(full_log_posterior(sims, rm, sizes, lam_true, eps_true))
+    y = (rng.random((n, 1)) > np.cumsum(p, axis=1)).sum(axis=1).clip(0, C - 1)
+    return sims, y, rm, sizes
+
+
+def _nll(sims, y, rm, sizes, lam, eps):
+    return true_class_nll(full_log_posterior(sims, rm, sizes, lam, eps), y)
+
+
+@given(st.integers(0, 2**10), st.floats(10, 60), st.floats(0.05, 0.3))
+@settings(max_examples=4, deadline=None)
+def test_fit_is_the_optimum_of_a_brute_force_grid_and_a_local_minimum(seed, lam_true, eps_true):
+    """The fitted (λ, ε) is no worse than any point of a dense grid over the search box, and no step of 1%
+    in log λ or logit ε from it lowers the NLL: it is the optimum, not just an improvement on the start."""
+    from scipy.special import expit, logit
+    sims, y, rm, sizes = _planted_noisy(seed, lam_true, eps_true)
+    fit = fit_logit_scale_and_eps(sims, y, rm, sizes, lam0=100.0, eps0=0.05)
+    assert fit.success is True
+    assert fit.nll == pytest.approx(_nll(sims, y, rm, sizes, fit.lam, fit.eps), rel=1e-12)
+    assert fit.nll_start == pytest.approx(_nll(sims, y, rm, sizes, 100.0, 0.05), rel=1e-12)
+    assert 1e-2 <= fit.lam <= 1e4 and 1e-6 <= fit.eps <= 0.99
+    grid = min(_nll(sims, y, rm, sizes, la, e) for la in np.geomspace(1.0, 1e3, 15)
+               for e in expit(np.linspace(logit(1e-4), logit(0.9), 15)))
+    assert fit.nll <= grid + 1e-6
+    # the NLL is nearly flat in ε near 0, where L-BFGS-B may stop a hair short: a tolerance of 1e-6 nats
+    for dl, de in ((0.01, 0), (-0.01, 0), (0, 0.01), (0, -0.01)):
+        other = _nll(sims, y, rm, sizes, fit.lam * np.exp(dl), float(expit(logit(fit.eps) + de)))
+        assert fit.nll <= other + 1e-6
+
+
+@given(st.integers(0, 2**10), st.floats(10, 60), st.sampled_from([0.0, 0.1, 0.3]))
+@settings(max_examples=4, deadline=None)
+def test_fit_of_lambda_alone_is_the_one_dimensional_optimum(seed, lam_true, eps0):
+    """With ε fixed, the fitted λ beats a dense λ grid and every 1% step in λ; ε stays eps0 exactly."""
+    sims, y, rm, sizes = _planted_noisy(seed, lam_true, 0.1)
+    fit = fit_logit_scale_and_eps(sims, y, rm, sizes, lam0=100.0, eps0=eps0, fit_eps=False)
+    assert fit.eps == eps0 and fit.success is True
+    assert fit.nll == pytest.approx(_nll(sims, y, rm, sizes, fit.lam, eps0), rel=1e-12)
+    grid = min(_nll(sims, y, rm, sizes, la, eps0) for la in np.geomspace(0.5, 2e3, 200))
+    assert fit.nll <= grid + 1e-6
+    for d in (0.01, -0.01):
+        assert fit.nll <= _nll(sims, y, rm, sizes, fit.lam * np.exp(d), eps0) + 1e-6

@@ -16,7 +16,7 @@ from engine.core.calibration import (
     expected_calibration_error, fit_logit_scale_and_eps, full_log_posterior, reliability_bins, true_class_nll,
 )
 from engine.core.scoring import (
-    group_log_probs, group_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
+    bayes_loglik, group_log_probs, group_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
 )
 from policies import POLICIES, Policy, get_policy
 from systems.build import with_name_group
@@ -301,3 +301,146 @@ def test_float32_inputs_are_computed_in_float64():
     np.testing.assert_array_equal(log_prior(4, p32[0], 2), log_prior(4, p64[0], 2))
     assert log_prior(4, p32[0], 2).dtype == np.float64
     assert true_class_nll(lp32, np.array([0, 1, 2])) == true_class_nll(lp32.astype(np.float64), np.array([0, 1, 2]))
+
+
+def test_bad_confidences_and_mismatched_shapes_are_told_apart():
+    """The two input errors of the calibration-error functions say which problem it is."""
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        expected_calibration_error(np.array([0.5, 1.5]), np.array([1, 0]))
+    with pytest.raises(ValueError, match=r"should both be \(n,\)"):
+        reliability_bins(np.array([0.5, 0.5]), np.array([1]))
+
+
+def test_a_policy_plugin_is_checked_before_it_is_registered():
+    """A plug-in must be a Policy subclass and may not take a built-in's name (its own registration is fine)."""
+    from policies.base import _check_plugin
+
+    class Mine(Policy):
+        name = "mine_for_the_check"
+
+        def select(self, state):
+            return np.zeros(len(state.images), dtype=np.int64)
+
+    assert _check_plugin("mine_for_the_check", Mine) is None
+    assert _check_plugin("eig", POLICIES["eig"]) is None  # the built-in itself, seen again
+    assert "taken by a built-in" in _check_plugin("eig", Mine)
+    assert "'eig'" in _check_plugin("eig", Mine)
+    for bad, kind in ((lambda s: s, "function"), (int, "type"), (Mine(), "Mine")):
+        msg = _check_plugin("x_not_registered", bad)
+        assert msg == f"it is a {kind}, not a policies.Policy subclass"
+    assert "mine_for_the_check" not in POLICIES
+
+
+def test_classify_batch_defaults_are_the_documented_ones():
+    """policy "eig", λ = 100 and top_k = 5 when not given (docs: the uncalibrated setting)."""
+    from engine import SimulatedSource
+    from engine.core.simulate import sample_classes
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    truth = sample_classes(6, system.n_classes, 0)
+    src = SimulatedSource(system, truth, seed=0)
+    plain = classify_batch(src, system, stop=StopRule(tau=0.9))
+    given_ = classify_batch(src, system, "eig", stop=StopRule(tau=0.9), logit_scale=100.0, top_k=5)
+    assert [r.top for r in plain] == [r.top for r in given_]
+    assert [[s.group for s in r.steps] for r in plain] == [[s.group for s in r.steps] for r in given_]
+    assert all(len(r.top) == 5 for r in plain)
+
+
+def test_shortlist_size_must_be_a_whole_number():
+    n = with_name_group(_system())
+    for bad in (3.0, 2.5, np.float64(4)):
+        with pytest.raises(ValueError, match=r"shortlist_size =="):
+            classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=bad)
+    assert len(classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=np.int64(2))) == 1
+
+
+@given(st.floats(-6, 6), st.integers(2, 6), st.integers(0, 2**16))
+def test_near_max_tolerance_is_relative_to_the_best(log10_scale, G, seed):
+    """Within TIE_ATOL + TIE_RTOL·|best| of the best is a tie, twice that is not, at any scale of the scores."""
+    from policies.base import TIE_ATOL, TIE_RTOL, near_max
+
+    rng = np.random.default_rng(seed)
+    best = rng.choice([-1.0, 1.0]) * 10.0 ** log10_scale
+    tol = TIE_ATOL + TIE_RTOL * abs(best)
+    score = np.full((1, G), best - 4 * tol - abs(best))
+    score[0, 0] = best
+    score[0, 1] = best - 0.5 * tol
+    if G > 2:
+        score[0, 2] = best - 2 * tol
+    got = near_max(score, np.ones((1, G), bool))
+    assert got[0, 0] and got[0, 1]
+    assert not got[0, 2:].any()
+
+
+class _ByParity(Policy):
+    """Even images ask g1 (K=3) first, odd ones g0 (K=2); then the first available group. Records budget_left."""
+
+    name = "by_parity_for_tests"
+
+    def __init__(self):
+        self.seen = []
+
+    def select(self, state):
+        self.seen.append((state.images.copy(), np.asarray(state.budget_left).copy()))
+        first = np.argmax(state.available, axis=1)
+        want1 = (state.images % 2 == 0) & state.available[:, 1]
+        return np.where(want1, 1, first)
+
+
+def test_budget_stops_each_image_on_its_own_and_the_policy_sees_what_is_left():
+    """Budget 4, groups K = 2, 3, 2: image 0 spends 3 on g1 and can afford nothing more (stop "budget") while
+    image 1, after g0 (2 prompts), can still afford g2 and asks it; the policy is told each image's prompts left."""
+    rules = tuple((frozenset([c % 2]), frozenset([c % 3]), frozenset([(c // 2) % 2])) for c in range(4))
+    s = make_system(rules, np.array([2, 3, 2]))
+    pol = _ByParity()
+    r0, r1 = classify_batch(ArraySource(np.zeros((2, 7)), s), s, pol, stop=StopRule(budget=4))
+    assert (r0.stop, r0.q_spent, [st_.group for st_ in r0.steps]) == ("budget", 3, ["g1"])
+    assert (r1.stop, r1.q_spent, [st_.group for st_ in r1.steps]) == ("budget", 4, ["g0", "g2"])
+    (imgs1, left1), (imgs2, left2) = pol.seen
+    assert imgs1.tolist() == [0, 1] and left1.tolist() == [4, 4]
+    assert imgs2.tolist() == [1] and left2.tolist() == [2]
+
+
+def test_the_shortlist_is_asked_when_exactly_m_prompts_are_left():
+    """Two candidates, m = 2 and a budget of 2: the names question fits the budget exactly, so it is asked."""
+    n = with_name_group(_system())
+    (r,) = classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", stop=StopRule(budget=2),
+                          shortlist_size=2, prior=np.array([1.0, 1.0, 0.0, 0.0]))
+    assert [st_.group for st_ in r.steps] == ["class_name"] and r.q_spent == 2 and r.stop == "budget"
+
+
+def test_log_prior_shapes_and_a_zero_row_is_refused():
+    """Uniform (1, C) by default; a (B, C) prior is checked row by row: one all-zero row is refused."""
+    from engine.core.scoring import log_prior
+
+    np.testing.assert_allclose(log_prior(3), np.full((1, 3), -np.log(3)))
+    with np.errstate(divide="ignore"):
+        want = np.log([[0.25, 0.25, 0.5], [0.0, 0.75, 0.25]])
+    np.testing.assert_allclose(log_prior(3, np.array([[1.0, 1.0, 2.0], [0.0, 3.0, 1.0]]), 2), want)
+    with pytest.raises(ValueError, match="positive sum"):
+        log_prior(3, np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), 2)
+
+
+@given(st.lists(st.floats(-1, 1), min_size=2, max_size=5), st.floats(1e10, 1e300), st.floats(0.01, 1e4))
+def test_each_images_option_probabilities_ignore_the_rest_of_the_batch(row, big, lam):
+    """log p_g of an image is the same alone or batched with an image of huge similarities."""
+    a = np.array([row])
+    batch = np.vstack([a, np.full_like(a, big)])
+    batch[1, 0] = big / 2
+    alone = group_log_probs(a, lam)
+    np.testing.assert_allclose(group_log_probs(batch, lam)[:1], alone, rtol=1e-12, atol=1e-12)
+    P = np.eye(a.shape[1])
+    np.testing.assert_allclose(bayes_loglik(np.vstack([alone, group_log_probs(batch, lam)[1:]]), P)[:1],
+                               bayes_loglik(alone, P), rtol=1e-12, atol=1e-12)
+
+
+@given(st.lists(st.sampled_from([1.0, 2.0, 3.0]), min_size=17, max_size=60))
+def test_top_breaks_ties_by_class_index(weights):
+    """With nothing asked (budget 0) the result is the prior; tied classes are listed in class order."""
+    C = len(weights)
+    s = make_system(tuple((frozenset([c % 2]),) for c in range(C)), np.array([2]))
+    prior = np.array(weights)
+    (r,) = classify_batch(ArraySource(np.zeros((1, 2)), s), s, "eig", stop=StopRule(budget=0), prior=prior)
+    want = sorted(range(C), key=lambda c: (-prior[c], c))[:5]
+    assert [label for label, _ in r.top] == [s.classes[c] for c in want] and r.q_spent == 0
