@@ -90,10 +90,9 @@ def open_store(output: OutputSpec, settings: dict[str, Any], items: Sequence[Ite
 
 @dataclass(frozen=True)
 class Shard:
-    """Consecutive input rows [start, start + len(items)); ``index`` is its number."""
+    """Consecutive input rows: shard ``index`` holds rows [index*S, index*S + len(items)) for shard size S."""
 
     index: int
-    start: int
     items: tuple[Item, ...]
 
 
@@ -101,7 +100,7 @@ def shards_of(items: Sequence[Item], shard_size: int, only: Sequence[int] | None
     """Cut items into shards of ``shard_size`` rows (all of them, or those numbered in ``only``)."""
     n = -(-len(items) // shard_size) if items else 0
     keep = range(n) if only is None else only
-    return [Shard(k, k * shard_size, tuple(items[k * shard_size:(k + 1) * shard_size])) for k in keep]
+    return [Shard(k, tuple(items[k * shard_size:(k + 1) * shard_size])) for k in keep]
 
 
 class Executor(Protocol):
