@@ -105,14 +105,15 @@ def eval_cmd(args) -> int:
     system = system_of(args)
     data = data_spec(args, args.data)
     with settings_errors():
-        n = len(data.load(system.classes))  # the data is checked before the model loads
+        dataset = data.load(system.classes)  # checked before the model loads, and read once
+    n = len(dataset)
     log.info("data %s: %d image(s); system %s; mode %s", data.source, n, system.name, config.mode)
     check_budget(system, config)
     cache = _prepare(executor, spec, system)
     update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
     try:
         report = evaluate(Job(spec, system, config), data, executor=executor, output=output_spec(args),
-                          progress=update, announce=warn)
+                          progress=update, announce=warn, dataset=dataset)
     except KeyboardInterrupt:
         close()
         if args.out:
@@ -155,7 +156,7 @@ def compare_cmd(args) -> int:
     system = system_of(args)
     data_sp = data_spec(args, data)
     with settings_errors():
-        data_sp.load(system.classes)
+        dataset = data_sp.load(system.classes)  # checked before the model loads, and read once
     if args.descriptors:
         raise UsageError("compare runs baseline, full and adaptive; evaluate --descriptors with 'twentyq eval'")
     configs = [run_config(args, mode="baseline"), run_config(args, mode="full", templates=None),
@@ -164,7 +165,7 @@ def compare_cmd(args) -> int:
     clf = load_classifier(spec, system)
     update, close = progress_bar(None, "compare", args.quiet)
     try:
-        reports = evaluate_configs(clf, data_sp, configs, progress=update)
+        reports = evaluate_configs(clf, data_sp, configs, progress=update, dataset=dataset)
     finally:
         close()
     print(f"model: {model_label(spec.model)}")

@@ -22,7 +22,7 @@ import numpy as np
 from engine.core.metrics import bootstrap_ci, per_class, top_confusions
 from engine.core.results import STOP_REASONS
 from engine.run.config import RunConfig
-from engine.run.datasets import DataSpec, Item
+from engine.run.datasets import Dataset, DataSpec, Item
 from engine.run.pipeline import Executor, Job, OutputSpec, open_store, run
 from engine.run.store import SUMMARY, fingerprint, record
 from systems.files import atomic_write_json
@@ -122,16 +122,18 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
 
 
 def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec | None = None,
-             progress: Callable[[int], None] | None = None, announce: Callable[[str], None] | None = None
-             ) -> EvalReport:
+             progress: Callable[[int], None] | None = None, announce: Callable[[str], None] | None = None,
+             dataset: Dataset | None = None) -> EvalReport:
     """Classify ``data`` as ``job`` says, on ``executor``, and summarise every row.
 
     output : a result folder; its ``_summary.json`` is written at the end, and on an interrupt
         (``complete: false``) before the interrupt goes on. ``output.resume`` finishes its run.
     announce : told how much of a resumed run was already done.
+    dataset : ``data`` already loaded (``data.load(classes)``), so a caller that checked it first
+        does not read it twice.
     Returns the EvalReport of every row, resumed ones included.
     """
-    ds = data.load(job.system.classes)
+    ds = dataset if dataset is not None else data.load(job.system.classes)
     items = list(ds.items)
     settings = {**job.settings(), "data": data_settings(data, ds.name, items)}
     store = open_store(output, settings, items, [data.source], announce) if output is not None else None
@@ -163,7 +165,8 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
 
 
 def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfig], *, chunk_size: int = 64,
-                     progress: Callable[[int], None] | None = None) -> list[EvalReport]:
+                     progress: Callable[[int], None] | None = None, dataset: Dataset | None = None
+                     ) -> list[EvalReport]:
     """Evaluate several configurations on one dataset, embedding each image once (``compare``).
 
     Each configuration gets a text cache of its own, so its ``text_encodes`` count the prompts
@@ -172,7 +175,7 @@ def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfi
     from engine.encoders.text_cache import TextCache
     from engine.run.classifier import assemble
 
-    ds = data.load(classifier.system.classes)
+    ds = dataset if dataset is not None else data.load(classifier.system.classes)
     items = list(ds.items)
     caches = [TextCache(classifier.encoder, cache_dir=classifier.spec.cache_dir) for _ in configs]
     records: list[list[dict[str, Any]]] = [[] for _ in configs]
