@@ -9,6 +9,14 @@ likelihood of the true class on a dev split: it minimises the mean negative
 log posterior of the true class over log λ and logit ε (a coarse grid, then
 L-BFGS-B from the best grid point).
 
+:func:`fit_answer_channels` goes further and fits how well each group is
+answered (the per-group answer channel, issue 16): a logit scale λ_g, a
+confusion M_g over the group's options from the soft answers of dev images, and
+a reliability w_g that shrinks M_g towards "answers say nothing". EIG then is the
+mutual information between class and answer as that model gives it.
+:func:`choose_tau` picks the confidence threshold that reaches a target accuracy
+among the images that stop on confidence (learn-then-test, see there).
+
 Expected calibration error (ECE) and reliability-diagram bins use equal-width
 confidence bins on [0, 1]: ECE = Σ_b (n_b / n)·|accuracy_b − mean confidence_b|.
 """
@@ -18,12 +26,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import expit, logit
+from scipy.optimize import minimize, minimize_scalar
+from scipy.special import expit, logit, logsumexp
+from scipy.stats import beta, binom
 
-from engine.core.scoring import build_channel, check_eps, check_logit_scale, full_bayes_log_posterior, group_log_probs
+from engine.core.scoring import (
+    Channel, bayes_loglik, build_channel, check_eps, check_logit_scale, check_logit_scales, eps_confusion,
+    full_bayes_log_posterior, group_log_probs,
+)
 
 LAM_BOUNDS = (1e-2, 1e4)
+N_POLISH = 5  # at most this many local minima of the grid are polished by L-BFGS-B (fit_logit_scale_and_eps)
 EPS_BOUNDS = (1e-6, 0.99)
 
 
@@ -35,20 +48,21 @@ def _check_sims(sims: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.nda
     return sims, sizes
 
 
-def full_log_posterior(sims: np.ndarray, rule_matrix: np.ndarray, sizes: np.ndarray, lam: float,
-                       eps: float) -> np.ndarray:
+def full_log_posterior(sims: np.ndarray, rule_matrix: np.ndarray, sizes: np.ndarray, lam, eps: float,
+                       channel: Channel | None = None) -> np.ndarray:
     """Bayes log posterior after asking every group.
 
     sims : (B, Q) similarities to every prompt, concatenated by group.
     rule_matrix : (C, Q) bool acceptable options.
     sizes : (G,) K_g, summing to Q.
-    lam, eps : logit scale λ > 0 and rule noise ε in [0, 1).
+    lam : logit scale λ > 0, or (G,) λ_g; eps : rule noise ε in [0, 1).
+    channel : a prebuilt channel (e.g. :meth:`AnswerChannels.channel`); then eps is not read.
     Returns (B, C) normalised log posterior (uniform prior).
     """
     sims, sizes = _check_sims(sims, sizes)
-    lam = check_logit_scale(lam)
-    ch = build_channel(rule_matrix, sizes, check_eps(eps))
-    return full_bayes_log_posterior([group_log_probs(sims[:, ch.cols(g)], lam) for g in range(ch.n_groups)], ch)
+    lams = check_logit_scales(lam, len(sizes))
+    ch = channel if channel is not None else build_channel(rule_matrix, sizes, check_eps(eps))
+    return full_bayes_log_posterior([group_log_probs(sims[:, ch.cols(g)], lams[g]) for g in range(ch.n_groups)], ch)
 
 
 def true_class_nll(log_post: np.ndarray, truth: np.ndarray) -> float:
@@ -120,24 +134,257 @@ def fit_logit_scale_and_eps(sims: np.ndarray, truth: np.ndarray, rule_matrix: np
     start = np.array([np.clip(np.log(lam0), lo_l, hi_l), logit(np.clip(eps0, *EPS_BOUNDS))])  # in the bounds
     lams = np.clip(np.geomspace(0.1 * lam0, 10 * lam0, n_grid), *LAM_BOUNDS)
     epss = np.geomspace(1e-3, 0.5, n_grid) if fit_eps else np.array([expit(start[1])])
-    best_x, best_f = start, objective(start)
-    for la in lams:
-        for e in epss:
-            x = np.array([np.log(la), logit(e)])
-            f = objective(x)
-            if f < best_f:
-                best_x, best_f = x, f
+    grid = np.array([[objective(np.array([np.log(la), logit(e)])) for e in epss] for la in lams])  # (nλ, nε)
+    # the NLL can have several basins (small ε with small λ against larger ε with larger λ): polish from
+    # every local minimum of the grid (no 8-neighbour lower), best first, and keep the best end point
+    pad = np.pad(grid, 1, constant_values=np.inf)
+    nbrs = np.stack([pad[1 + di:1 + di + grid.shape[0], 1 + dj:1 + dj + grid.shape[1]]
+                     for di in (-1, 0, 1) for dj in (-1, 0, 1) if di or dj])
+    minima = sorted((grid[i, j], i, j) for i, j in zip(*np.nonzero(grid <= nbrs.min(axis=0))))[:N_POLISH]
+    cands = [(objective(start), start)] + [(grid[i, j], np.array([np.log(lams[i]), logit(epss[j])]))
+                                           for _, i, j in minima]
+    best_f, best_x = min(cands, key=lambda t: t[0])
+    starts = [x0 for _, x0 in cands]
     dims = 2 if fit_eps else 1
-    res = minimize(lambda z: objective(np.r_[z, best_x[1]] if dims == 1 else z), best_x[:dims], method="L-BFGS-B",
-                   bounds=[(lo_l, hi_l), (lo_e, hi_e)][:dims])
-    x = np.r_[res.x, best_x[1]] if dims == 1 else res.x
-    f = objective(x)
+    x, f, res = best_x, best_f, None
+    for x0 in starts:
+        r = minimize(lambda z, x0=x0: objective(np.r_[z, x0[1]] if dims == 1 else z), x0[:dims], method="L-BFGS-B",
+                     bounds=[(lo_l, hi_l), (lo_e, hi_e)][:dims])
+        xr = np.r_[r.x, x0[1]] if dims == 1 else r.x
+        fr = objective(xr)
+        if res is None or fr < f:
+            x, f, res = xr, fr, r
     if f > best_f:
         x, f = best_x, best_f
     lam, eps = unpack(x)
     if not f <= f_start:  # nothing inside the bounds beats the start (which may lie outside them)
         lam, eps, f = lam0, eps0, f_start
     return CalibrationFit(lam=lam, eps=eps, nll=float(f), nll_start=float(f_start), success=bool(res.success))
+
+
+# --------------------------------------------------------------------------- per-group answer channels
+@dataclass(frozen=True)
+class AnswerChannels:
+    """How each group is answered, fitted on dev images (:func:`fit_answer_channels`).
+
+    lams : (G,) λ_g, the logit scale of group g's answers p_g = softmax(λ_g·s_g).
+    confusions : G entries, each (K_g, K_g) with M_g[j, k] = P(answer k | true option j),
+        already shrunk by the reliability; None for a group left on the ε channel.
+    reliability : (G,) w_g in [0, 1]: M_g = w_g·M̂_g + (1 − w_g)/K_g, where M̂_g is the
+        smoothed mean soft answer. 0 means the group's answers are ignored.
+    n_dev : (G,) dev images whose class has a rule in the group.
+    eps : the ε of the prior channel (and of groups without a confusion).
+    """
+
+    lams: np.ndarray
+    confusions: tuple
+    reliability: np.ndarray
+    n_dev: np.ndarray
+    eps: float
+
+    def channel(self, rule_matrix: np.ndarray, sizes: np.ndarray) -> Channel:
+        """The answer channel these fits give for a system with this rule matrix (C, Q) and sizes (G,)."""
+        return build_channel(rule_matrix, sizes, self.eps, confusions=list(self.confusions))
+
+
+def fit_group_logit_scale(sims: np.ndarray, acceptable: np.ndarray, lam0: float = 100.0) -> float:
+    """λ_g by maximum likelihood of the acceptable options: argmin over λ of −mean log Σ_{k∈R} p_g[k].
+
+    sims : (B, K) one group's similarities; acceptable : (B, K) bool, the true class's
+    acceptable options (rows with none are not used). Returns λ0 when no row is usable.
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    acc = np.asarray(acceptable, dtype=bool)
+    use = acc.any(axis=1)
+    if not use.any() or sims.shape[1] < 2:
+        return check_logit_scale(lam0)
+    sims, acc = sims[use], acc[use]
+
+    def nll(log_lam):
+        lp = group_log_probs(sims, float(np.exp(log_lam)))
+        return float(-logsumexp(np.where(acc, lp, -np.inf), axis=1).mean())
+
+    lo, hi = np.log(LAM_BOUNDS)
+    grid = np.linspace(lo, hi, 25)
+    best = grid[int(np.argmin([nll(x) for x in grid]))]
+    step = grid[1] - grid[0]
+    res = minimize_scalar(nll, bounds=(max(lo, best - step), min(hi, best + step)), method="bounded")
+    return float(np.exp(res.x if res.fun <= nll(best) else best))
+
+
+def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.ndarray, sizes: np.ndarray, *,
+                        lam0: float = 100.0, eps: float = 0.05, prior_strength: float = 10.0,
+                        fit_lams: bool = True, fit_reliability: bool = True,
+                        skip_groups: tuple[int, ...] = ()) -> AnswerChannels:
+    """Fit every group's answer channel on dev images.
+
+    sims : (B, Q) dev similarities, concatenated by group; truth : (B,) true class indices.
+    rule_matrix : (C, Q) bool; sizes : (G,) K_g.
+    lam0 : λ of groups that cannot be fitted; eps : ε of the prior channel.
+    prior_strength : α, pseudo-images of the ε channel added to every row of M̂_g, so a
+        group with few dev images falls back to the ε channel.
+    skip_groups : groups left on (λ0, ε channel), e.g. the class-name group.
+
+    Three steps, each by maximum likelihood on the dev images:
+
+    1. λ_g (:func:`fit_group_logit_scale`), so p_g is a calibrated guess at the true option;
+    2. M̂_g[j, ·] = (Σ_i w_ij·p_g(i) + α·E_j) / (Σ_i w_ij + α), w_ij = 1/|R_g(c_i)| for j ∈ R_g(c_i),
+       E = (1−ε)·I + ε/K_g: the mean soft answer given the true option;
+    3. w_g in [0, 1] minimising the mean negative log posterior of the true class after every
+       group, with M_g = w_g·M̂_g + (1 − w_g)/K_g. This tempers groups whose evidence the naive
+       product over-counts (answers of one image to different questions are not independent).
+    """
+    sims, sizes = _check_sims(sims, sizes)
+    truth = np.asarray(truth, dtype=np.int64)
+    r = np.asarray(rule_matrix, dtype=bool)
+    B, G = sims.shape[0], len(sizes)
+    if truth.shape != (B,):
+        raise ValueError(f"truth should be ({B},), got shape {truth.shape}")
+    eps = check_eps(eps)
+    lam0 = check_logit_scale(lam0)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    lams = np.full(G, lam0)
+    hats: list[np.ndarray | None] = [None] * G
+    n_dev = np.zeros(G, dtype=np.int64)
+    for g in range(G):
+        o, k = int(offsets[g]), int(sizes[g])
+        acc = r[truth, o:o + k]  # (B, K) the true class's acceptable options
+        n_dev[g] = int(acc.any(axis=1).sum())
+        if g in skip_groups:
+            continue
+        if fit_lams:
+            lams[g] = fit_group_logit_scale(sims[:, o:o + k], acc, lam0)
+        p = np.exp(group_log_probs(sims[:, o:o + k], lams[g]))  # (B, K)
+        w = acc / np.maximum(acc.sum(axis=1, keepdims=True), 1)  # (B, K) weight of image i on row j
+        counts = w.T @ p  # (K, K)
+        hats[g] = (counts + prior_strength * eps_confusion(k, eps)) / (w.sum(axis=0)[:, None] + prior_strength)
+    rel = np.ones(G)
+    for g in skip_groups:
+        rel[g] = np.nan
+    fitted = [g for g in range(G) if hats[g] is not None]
+    if fit_reliability and fitted:
+        # per-group log-likelihoods of the full system at w = 1, then optimise the mixtures towards 1/K_g
+        hat_ch = build_channel(r, sizes, eps, confusions=hats)
+        ll = [bayes_loglik(group_log_probs(sims[:, hat_ch.cols(g)], lams[g]), hat_ch.P[:, hat_ch.cols(g)])
+              for g in range(G)]  # G arrays (B, C): each group's log-likelihood at w = 1
+        lik = {g: np.exp(ll[g]) for g in fitted}
+        fixed = sum((ll[g] for g in range(G) if g not in lik), np.zeros((B, r.shape[0])))
+        rows = np.arange(B)
+
+        def objective(x):
+            tot = fixed.copy()
+            for wg, g in zip(x, fitted):
+                tot += np.log(wg * lik[g] + (1.0 - wg) / sizes[g])
+            return float(-(tot[rows, truth] - logsumexp(tot, axis=1)).mean())
+
+        res = minimize(objective, np.full(len(fitted), 0.5), method="L-BFGS-B", bounds=[(0.0, 1.0)] * len(fitted))
+        x = res.x if objective(res.x) <= objective(np.ones(len(fitted))) else np.ones(len(fitted))
+        for wg, g in zip(x, fitted):
+            rel[g] = float(wg)
+    confusions = tuple(None if hats[g] is None else rel[g] * hats[g] + (1.0 - rel[g]) / sizes[g] for g in range(G))
+    for m in confusions:
+        if m is not None:
+            m.setflags(write=False)
+    lams.setflags(write=False)
+    rel.setflags(write=False)
+    return AnswerChannels(lams=lams, confusions=confusions, reliability=rel, n_dev=n_dev, eps=eps)
+
+
+# --------------------------------------------------------------------------- a τ for a target accuracy
+def stop_outcomes(conf: np.ndarray, correct: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which images stop on confidence at τ, and whether they are right then.
+
+    conf : (B, S) the confidence (max posterior) after each step of each image's path at τ = 1,
+        NaN after its last step; column 0 may be the prior. correct : (B, S) bool, whether the
+        label after that step is the true one. A path under a deterministic policy does not
+        depend on τ (τ only cuts it short), so one run at τ = 1 gives the outcome at every τ.
+    Returns (stopped (B,) bool, right (B,) bool): right is False where not stopped.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if conf.shape != correct.shape or conf.ndim != 2:
+        raise ValueError(f"conf and correct should be the same (B, S) shape, got {conf.shape} and {correct.shape}")
+    hit = np.nan_to_num(conf, nan=-1.0) >= tau  # (B, S)
+    stopped = hit.any(axis=1)
+    first = np.argmax(hit, axis=1)
+    right = stopped & correct[np.arange(conf.shape[0]), first]
+    return stopped, right
+
+
+def binomial_lower_bound(k: int, n: int, alpha: float = 0.1) -> float:
+    """One-sided Clopper–Pearson lower bound on a success rate: k successes in n, level 1 − α (0 when n = 0)."""
+    if n == 0 or k == 0:
+        return 0.0
+    return float(beta.ppf(alpha, k, n - k + 1))
+
+
+@dataclass(frozen=True)
+class TauChoice:
+    """A τ chosen for a target accuracy (:func:`choose_tau`).
+
+    tau : the chosen threshold; 1.0 when no τ on the grid could be shown to reach the target.
+    target, alpha : the accuracy asked for and the error level (confidence 1 − α).
+    reached : whether some τ passed its test.
+    n_stopped, n_right : dev images that stop on confidence at τ, and how many of them are right.
+    lower_bound : Clopper–Pearson (1 − α) lower bound on the accuracy among them.
+    table : one (τ, n_stopped, n_right, p-value) row per τ tested, highest τ first.
+    """
+
+    tau: float
+    target: float
+    alpha: float
+    reached: bool
+    n_stopped: int
+    n_right: int
+    lower_bound: float
+    table: tuple
+
+
+# τ from 0.999 down to 0.2, denser near 1 where a posterior's confidence has most of its resolution
+DEFAULT_TAUS = tuple(float(t) for t in np.round(1.0 - np.geomspace(1e-3, 0.8, 48), 6))
+
+
+def choose_tau(conf: np.ndarray, correct: np.ndarray, target: float, *, alpha: float = 0.1,
+               taus=DEFAULT_TAUS, min_stopped: int = 20) -> TauChoice:
+    """The lowest τ whose images that stop on confidence are right with probability ≥ target, at confidence 1 − α.
+
+    Learn-then-test with fixed-sequence testing (Angelopoulos et al., 2021): the candidate τ are
+    tested from the highest down; for each, H0: accuracy among images stopped at τ < target, with
+    the exact binomial p-value P(Binom(n, target) ≥ k) for k right of n stopped. Testing stops at
+    the first τ not rejected; the chosen τ is the last one rejected. Every τ passing before the
+    first failure keeps the family-wise error at α, so with probability ≥ 1 − α the chosen τ's
+    accuracy among stopped images is at least the target (images exchangeable with the dev ones).
+
+    A τ at which fewer than ``min_stopped`` dev images stop is skipped (row p-value NaN), neither
+    passed nor failed: near τ = 1 almost nothing stops, and one wrong image among three would end
+    the sequence before the τ that matter. Which τ are skipped depends on the confidences only, not
+    on whether the images are right, so the tests keep their level.
+
+    conf, correct : as in :func:`stop_outcomes`; target in (0, 1); alpha in (0, 1).
+    """
+    if not 0.0 < float(target) < 1.0:
+        raise ValueError(f"target accuracy == {target!r}, must be in (0, 1)")
+    if not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha == {alpha!r}, must be in (0, 1)")
+    table = []
+    chosen = None
+    for tau in sorted({float(t) for t in taus if 0.0 < float(t) < 1.0}, reverse=True):
+        stopped, right = stop_outcomes(conf, correct, tau)
+        n, k = int(stopped.sum()), int(right.sum())
+        if n < max(int(min_stopped), 1):
+            table.append((tau, n, k, float("nan")))
+            continue
+        p = float(binom.sf(k - 1, n, target))
+        table.append((tau, n, k, p))
+        if p > alpha:
+            break
+        chosen = (tau, n, k)
+    if chosen is None:
+        return TauChoice(tau=1.0, target=float(target), alpha=float(alpha), reached=False, n_stopped=0, n_right=0,
+                         lower_bound=0.0, table=tuple(table))
+    tau, n, k = chosen
+    return TauChoice(tau=tau, target=float(target), alpha=float(alpha), reached=True, n_stopped=n, n_right=k,
+                     lower_bound=binomial_lower_bound(k, n, alpha), table=tuple(table))
 
 
 # --------------------------------------------------------------------------- calibration error
