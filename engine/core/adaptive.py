@@ -18,7 +18,7 @@ from systems.format import AttributeSystem
 
 from engine.core.results import Result, Step
 from engine.core.scoring import (
-    Channel, bayes_loglik, bayes_update, build_channel, check_logit_scale, entropy, expected_information_gain,
+    Channel, bayes_loglik, bayes_update, build_channel, check_logit_scales, entropy, expected_information_gain,
     group_log_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
 )
 from engine.core.sources import SimilaritySource
@@ -72,7 +72,7 @@ def classify_batch(
     policy: str | Policy = "eig",
     *,
     stop: StopRule = NO_STOP,
-    logit_scale: float = 100.0,
+    logit_scale: float | np.ndarray = 100.0,
     eps: float = 0.0,
     scorer: str = "bayes",
     prior: np.ndarray | None = None,
@@ -89,14 +89,16 @@ def classify_batch(
     system : AttributeSystem with C classes and G groups.
     policy : a policy object or a registered name.
     stop : StopRule (τ, δ, budget). The default asks every group.
-    logit_scale : λ in p_g = softmax(λ·s_g).
+    logit_scale : λ in p_g = softmax(λ·s_g): one number, or (G,) λ_g per group
+        (a calibration's; see :mod:`engine.core.calibration`).
     eps : rule noise ε of the Bayes channel.
     scorer : "bayes" (posterior) or "sum" (the write-up's sum of option
         probabilities). The Bayes posterior drives questions and stopping
         either way; the scorer decides the label and ``top``.
     prior : (C,) or (B, C) prior probabilities; uniform when None.
     top_k : how many (label, prob) pairs each result keeps.
-    channel : a prebuilt :func:`build_channel` for (system, eps), to reuse.
+    channel : a prebuilt :func:`build_channel` for (system, eps), to reuse, or one with
+        fitted per-group confusions (then ``eps`` is not read).
     shortlist_size : m. With a ``class_name`` group in the system (``system build
         --name-group``), that group is never asked whole; instead, once an image's
         candidates are few (posterior perplexity ≤ m) or its attribute questions
@@ -112,7 +114,7 @@ def classify_batch(
     """
     if scorer not in SCORERS:
         raise ValueError(f"scorer == {scorer!r}, must be one of {list(SCORERS)}")
-    lam = check_logit_scale(logit_scale)
+    lams = check_logit_scales(logit_scale, system.n_groups)  # (G,)
     policy = get_policy(policy)
     ch = channel if channel is not None else build_channel(system.rule_matrix, system.option_counts, eps)
     if ch.P.shape != (system.n_classes, system.q_total):
@@ -173,7 +175,7 @@ def classify_batch(
             if due.any():
                 ask = idx[due]
                 reason[ask] = None
-                _ask_shortlist(source, ask, post[due], name_g, m_names, lam, ch.eps, log_post, q, trail, tops)
+                _ask_shortlist(source, ask, post[due], name_g, m_names, lams[name_g], ch.eps, log_post, q, trail, tops)
                 names_due[ask] = False
                 continue
         go = reason[idx] == None  # noqa: E711
@@ -203,7 +205,7 @@ def classify_batch(
             imgs, sims, eig_g = imgs[ok], sims[ok], eig[go][pick][ok, g]
             if not len(imgs):
                 continue
-            lp = group_log_probs(sims, lam)
+            lp = group_log_probs(sims, lams[g])
             cols = ch.cols(g)
             log_post[imgs] = bayes_update(log_post[imgs], bayes_loglik(lp, ch.P[:, cols]))
             if sum_sc is not None:

@@ -31,6 +31,21 @@ def check_logit_scale(lam: float) -> float:
     return lam
 
 
+def check_logit_scales(lam, n_groups: int) -> np.ndarray:
+    """λ per group: a float (every group) or a (G,) sequence of λ_g. Returns a read-only (G,) float64 array."""
+    arr = np.asarray(lam, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(int(n_groups), check_logit_scale(float(arr)))
+    elif arr.shape != (int(n_groups),):
+        raise ValueError(f"logit_scale should be a number or one per group ({n_groups}), got shape {arr.shape}")
+    else:
+        for v in arr:
+            check_logit_scale(v)
+        arr = arr.copy()
+    arr.setflags(write=False)
+    return arr
+
+
 def check_eps(eps: float) -> float:
     eps = float(eps)
     if not 0.0 <= eps < 1.0:
@@ -98,6 +113,9 @@ class Channel:
     offsets, sizes : (G,) int64
         Start column and K_g of each group.
     eps : float
+        The ε of the rule-noise channel (the fallback of every group without a confusion).
+    confused : (G,) bool
+        Which groups use a fitted confusion matrix instead of the ε channel.
     """
 
     P: np.ndarray
@@ -106,6 +124,7 @@ class Channel:
     offsets: np.ndarray
     sizes: np.ndarray
     eps: float
+    confused: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
@@ -121,15 +140,36 @@ class Channel:
         return slice(o, o + int(self.sizes[g]))
 
 
-def build_channel(rule_matrix: np.ndarray, sizes: np.ndarray, eps: float = 0.0) -> Channel:
-    """Channel from the rules.
+def eps_confusion(k: int, eps: float) -> np.ndarray:
+    """The ε channel as a confusion matrix: (1−ε)·I + ε/K, (K, K); row j is P(answer · | true option j)."""
+    eps = check_eps(eps)
+    return (1.0 - eps) * np.eye(int(k)) + eps / int(k)
+
+
+def check_confusion(m: np.ndarray, k: int, name: str = "confusion") -> np.ndarray:
+    """A (K, K) row-stochastic matrix of finite non-negative numbers, as float64; ValueError otherwise."""
+    m = np.asarray(m, dtype=np.float64)
+    if m.shape != (k, k):
+        raise ValueError(f"{name} should be ({k}, {k}), got shape {m.shape}")
+    if not np.isfinite(m).all() or (m < 0).any() or not np.allclose(m.sum(axis=1), 1.0, atol=1e-6):
+        raise ValueError(f"{name} must hold non-negative finite numbers with every row summing to 1")
+    return m / m.sum(axis=1, keepdims=True)
+
+
+def build_channel(rule_matrix: np.ndarray, sizes: np.ndarray, eps: float = 0.0,
+                  confusions=None) -> Channel:
+    """Channel from the rules, and optionally a fitted confusion per group.
 
     rule_matrix : (C, Q) bool, acceptable options (an all-False group segment
         means not applicable).
     sizes : (G,) int, K_g per group, summing to Q.
     eps : rule noise ε in [0, 1).
+    confusions : None, or a length-G sequence whose entry g is None (the ε
+        channel) or M_g (K_g, K_g), M_g[j, k] = P(answer k | the true option is j).
 
-    P(k | c) = (1-ε)·1[k ∈ R_g(c)]/|R_g(c)| + ε/K_g, or 1/K_g if not applicable.
+    P(k | c) = mean over j ∈ R_g(c) of M_g[j, k], or 1/K_g if not applicable. The ε
+    channel is M_g = (1−ε)·I + ε/K_g, which gives the method's
+    (1−ε)·1[k ∈ R_g(c)]/|R_g(c)| + ε/K_g; a group without a confusion gets exactly that.
     """
     eps = check_eps(eps)
     r = np.asarray(rule_matrix, dtype=bool)
@@ -138,19 +178,30 @@ def build_channel(rule_matrix: np.ndarray, sizes: np.ndarray, eps: float = 0.0) 
         raise ValueError(f"rule_matrix should be (C, {sizes.sum()}), got shape {r.shape}")
     if (sizes < 1).any():
         raise ValueError(f"every group needs at least one option, got sizes {sizes.tolist()}")
+    if confusions is not None and len(confusions) != len(sizes):
+        raise ValueError(f"confusions should hold one entry per group ({len(sizes)}), got {len(confusions)}")
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     col_k = np.repeat(sizes, sizes).astype(np.float64)  # (Q,) K_g of each column
     n_acc = np.add.reduceat(r.astype(np.float64), offsets, axis=1)  # (C, G)
     n_acc_col = np.repeat(n_acc, sizes, axis=1)  # (C, Q)
     applicable = n_acc_col > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        ruled = np.where(r, 1.0 / np.where(applicable, n_acc_col, 1.0), 0.0)
+        ruled = np.where(r, 1.0 / np.where(applicable, n_acc_col, 1.0), 0.0)  # (C, Q): uniform over R_g(c)
     P = np.where(applicable, (1.0 - eps) * ruled + eps / col_k, 1.0 / col_k)
+    confused = np.zeros(len(sizes), dtype=bool)
+    for g, m in enumerate(confusions or ()):
+        if m is None:
+            continue
+        o, k = int(offsets[g]), int(sizes[g])
+        m = check_confusion(m, k, f"confusion of group {g}")
+        seg = ruled[:, o:o + k] @ m  # (C, K): the mean of M_g's rows over each class's acceptable options
+        P[:, o:o + k] = np.where(applicable[:, o:o + k], seg, 1.0 / k)
+        confused[g] = True
     H = np.add.reduceat(entr(P), offsets, axis=1)
     A = np.where(applicable, r.astype(np.float64), 1.0 / col_k)
-    for arr in (P, H, A):
+    for arr in (P, H, A, confused):
         arr.setflags(write=False)
-    return Channel(P=P, H=H, A=A, offsets=offsets, sizes=sizes, eps=eps)
+    return Channel(P=P, H=H, A=A, offsets=offsets, sizes=sizes, eps=eps, confused=confused)
 
 
 # --------------------------------------------------------------------------- scorers
