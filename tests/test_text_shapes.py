@@ -238,6 +238,17 @@ def test_eager_embeds_nothing_twice_with_a_shared_prompt():
 
 
 @pytest.mark.slow
+def test_compiled_text_tower_gives_the_same_embeddings():
+    enc = load_encoder(str(tiny_model_dir("clip")), device="cpu", batch_size=8)
+    a = enc.encode_texts(PROMPTS[:5])
+    assert enc.set_text_buckets(True)
+    enc.text_buckets = TextBuckets((32,), (8,))  # one shape: compiling costs tens of seconds on a CPU
+    assert enc.compile_text() and enc.warm_up_text() == 1
+    assert type(enc.model.text_model).__name__ == "OptimizedModule"
+    torch.testing.assert_close(enc.encode_texts(PROMPTS[:5]), a, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
 def test_bench_gpu_text_smokes_on_the_cpu():
     from bench.gpu_text import measure, report
 

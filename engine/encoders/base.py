@@ -304,7 +304,11 @@ class BaseEncoder:
 
     def compile_text(self) -> bool:
         """Wrap the text tower in ``torch.compile`` (CUDA graphs on CUDA: mode "reduce-overhead");
-        True if done, False where the encoder has no tower to compile or torch has no compile."""
+        True if done, False where the encoder has no tower to compile or torch has no compile.
+
+        Call after :meth:`set_text_buckets`: with buckets, one graph per bucketed shape (torch's
+        process-wide recompile limit is raised to hold them all), compiled by :meth:`warm_up_text`.
+        """
         where = self._text_tower()
         if where is None or not hasattr(torch, "compile"):
             return False
@@ -312,6 +316,11 @@ class BaseEncoder:
         mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         # bucketed shapes repeat, so one graph per shape; unbucketed, let torch compile shape-generic code
         dynamic = False if self.text_buckets is not None else None
+        if self.text_buckets is not None:  # torch's own limit (8 graphs per function) is below the shapes
+            cfg = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(cfg, name):
+                    setattr(cfg, name, max(int(getattr(cfg, name)), len(self.text_buckets.shapes()) + 8))
         setattr(owner, attr, torch.compile(getattr(owner, attr), mode=mode, dynamic=dynamic))
         return True
 
