@@ -250,8 +250,12 @@ class BaseEncoder:
             size = getattr(self, "text_batch_size", None) or self.batch_size  # lowered by an out-of-memory
             rows = min(bucket_for(n, plan.rows), max(n, size))
             enc = pad_batch(enc, length=length, rows=rows, pad_id=self._pad_id())
-        self.__dict__.setdefault("text_shapes", set()).add(tuple(enc["input_ids"].shape))
+        self._note_shape(enc)
         return enc, n
+
+    def _note_shape(self, enc: dict[str, torch.Tensor]) -> None:
+        """Record the (rows, tokens) shape of a batch the text tower is about to run (``text_shapes``)."""
+        self.__dict__.setdefault("text_shapes", set()).add(tuple(enc["input_ids"].shape))
 
     def _pad_id(self) -> int:
         pad = getattr(self.tokenizer, "pad_token_id", None)
@@ -296,7 +300,7 @@ class BaseEncoder:
             enc, _ = self._tokenize(["a photo"], **self._tokenize_args())
             for rows, length in plan.shapes():
                 shaped = pad_batch(enc, length=length, rows=rows, pad_id=self._pad_id())
-                self.__dict__.setdefault("text_shapes", set()).add(tuple(shaped["input_ids"].shape))
+                self._note_shape(shaped)
                 self._text_forward(shaped)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
