@@ -272,3 +272,25 @@ def test_cuda_auto_buckets_warms_up_and_is_eager():
     assert clf.prompt_mode == "eager" and clf.text_cache.text_encodes == 15
     clf.classify([noise_image(0)], mode="full")
     assert clf.text_cache.text_encodes == 15
+
+
+def test_a_run_counts_the_eager_prompts_once():
+    import io
+
+    from engine.run.datasets import Item
+    from engine.run.pipeline import Job, LocalExecutor, run
+
+    def item(seed):
+        buf = io.BytesIO()
+        noise_image(seed).save(buf, format="PNG")
+        return Item(f"img{seed}.png", "class0", data=buf.getvalue())
+
+    system = five_group_system(k=3)
+    clf = Classifier(EncoderSpec(model="hash", eager_prompts="eager"), system, encoder=HashEncoder())
+    job = Job(clf.spec, system, RunConfig(mode="full"))
+    counts = []
+    for _ in range(2):  # the same classifier, two runs: the load's 15 prompts belong to the first
+        ex = LocalExecutor(clf, chunk_size=2)
+        assert len(list(run([item(s) for s in range(3)], job, executor=ex))) == 3
+        counts.append(ex.stats["text_encodes"])
+    assert counts == [15, 0] and clf.text_cache.text_encodes == 15

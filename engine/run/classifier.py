@@ -85,9 +85,17 @@ class Classifier:
         device = getattr(getattr(self.encoder, "device", None), "type", "cpu")
         size = getattr(self.encoder, "text_batch_size", None) or getattr(self.encoder, "batch_size", None) or 32
         chosen = prompt_policy(device, len(prompts), int(size), mode)
+        before = self.text_cache.text_encodes
         if chosen == "eager" and prompts:
             self.text_cache.embed(prompts)
+        self.load_encodes = getattr(self, "load_encodes", 0) + self.text_cache.text_encodes - before
         return chosen
+
+    def claim_load_encodes(self) -> int:
+        """The prompts embedded while the classifier loaded (eager prompts), for a run's ``text_encodes``:
+        the first caller gets them, later ones 0, so each is counted in exactly one run."""
+        n, self.load_encodes = self.load_encodes, 0
+        return n
 
     # ------------------------------------------------------------------ embedding
     def embed_images(self, images: Sequence[Any], names: Sequence[str] | None = None
