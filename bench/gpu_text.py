@@ -64,7 +64,8 @@ def _factory(encoder: Any, device: str, dtype: str | None) -> tuple[Callable[[],
     return (lambda: encoder), False  # one loaded encoder: its settings are switched between the runs
 
 
-def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: int, max_groups: int) -> dict:
+def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: int, max_groups: int,
+         compile_text: bool = False) -> dict:
     from engine.encoders.text_cache import TextCache
     from engine.encoders.text_shapes import prepare_text
     from engine.run.classifier import eager_prompt_list
@@ -74,7 +75,7 @@ def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: i
     dev = enc.device
     clock = _clock(dev)
     t0 = clock()
-    done = prepare_text(enc, buckets=on, warm_up=on)
+    done = prepare_text(enc, buckets=on, warm_up=on, compile_text=compile_text)
     _sync(dev)
     load_extra = clock() - t0
     gen = torch.Generator().manual_seed(0)
@@ -107,6 +108,7 @@ def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: i
     first_eager = ask(groups[-1])  # after eager prompts: a cache hit
     rows = {p: cache._rows[p].float().cpu() for g in groups for p in system.groups[g].prompts()}
     return {"buckets": bool(done["buckets"]), "warm_up_passes": int(done["warm_up_passes"]),
+            "compiled": bool(done["compiled"]),
             "load_extra_s": load_extra, "first_ask_ms": 1e3 * first,
             "new_group_ms_median": 1e3 * float(np.median(new)) if new else float("nan"),
             "new_group_ms_max": 1e3 * float(np.max(new)) if new else float("nan"),
@@ -117,13 +119,16 @@ def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: i
 
 
 def measure(encoder: Any, system: Any = "pokemon15", device: str = "auto", *, dtype: str | None = None,
-            images: int = N_IMAGES, repeats: int = 5, max_groups: int = 16) -> dict[str, Any]:
+            images: int = N_IMAGES, repeats: int = 5, max_groups: int = 16,
+            compile_text: bool = False) -> dict[str, Any]:
     """Before/after figures of the text side for one encoder and system (see the module docstring).
 
     encoder : a model string or folder (loaded fresh for each run), a zero-argument callable
         returning a fresh encoder, or a loaded encoder (reused; then the "after" run's shapes may
         already have been met by the "before" run, which flatters neither side much).
     system : an AttributeSystem or a shipped name. device / dtype : for model strings.
+    compile_text : the "after" run also compiles the text tower (every bucket is compiled during
+        its warm-up: minutes, not seconds).
     Returns {"model", "device", "dtype", "system", "Q", "images", "before": {...}, "after": {...},
     "ratio": {figure: before / after}, "max_embedding_diff", "policy"}.
     """
@@ -134,7 +139,7 @@ def measure(encoder: Any, system: Any = "pokemon15", device: str = "auto", *, dt
     system = load_system(system)
     load, fresh = _factory(encoder, device, dtype)
     before = _run(load, system, False, images, repeats, max_groups)
-    after = _run(load, system, True, images, repeats, max_groups)
+    after = _run(load, system, True, images, repeats, max_groups, compile_text)
     enc = after.pop("_encoder")
     before.pop("_encoder")
     rb, ra = before.pop("_rows"), after.pop("_rows")
@@ -180,7 +185,8 @@ def report(r: dict[str, Any]) -> str:
     """The before/after table of one :func:`measure` result."""
     b, a, q = r["before"], r["after"], r["ratio"]
     lines = [f"{r['model']} on {r['device']} ({r['dtype']}; {r['clock']}), system {r['system']} (Q={r['Q']}), {r['images']} images; "
-             f"buckets {a['buckets']}, warm-up {a['warm_up_passes']} passes in {a['load_extra_s']:.2f} s; "
+             f"buckets {a['buckets']}, compiled {a['compiled']}, warm-up {a['warm_up_passes']} passes in "
+             f"{a['load_extra_s']:.2f} s; "
              f"auto prompt policy here: {r['policy']}",
              f"  {'':28s}{'before':>10s}{'after':>10s}{'before/after':>14s}"]
     for k, what in (("first_ask_ms", "first ask after load, ms"), ("new_group_ms_median", "new group ask, median ms"),
@@ -204,6 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--images", type=int, default=N_IMAGES)
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--compile", action="store_true", help="the 'after' run also compiles the text tower (slow)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's own; 1 gives steady figures on a shared machine)")
     args = ap.parse_args(argv)
@@ -230,7 +237,7 @@ def main(argv=None) -> int:
             enc = vit_b32("cuda" if args.device == "auto" else args.device, args.dtype or "fp16")
         else:
             enc = m
-        r = measure(enc, args.system, args.device, dtype=args.dtype, images=args.images)
+        r = measure(enc, args.system, args.device, dtype=args.dtype, images=args.images, compile_text=args.compile)
         if m == "tiny":
             r["model"] = "tiny random CLIP (width 32, random weights; speed only)"
         print(report(r))
