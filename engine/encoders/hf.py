@@ -253,6 +253,9 @@ class CLIPFamilyEncoder(BaseEncoder):
     activation : "softmax" (CLIP) or "sigmoid" (SigLIP).
     pad_to_max_length : SigLIP was trained on texts padded to the maximum length
         and pools the last token, so it needs padding="max_length".
+
+    Text batches can be padded to bucketed shapes (:meth:`set_text_buckets`,
+    :mod:`engine.encoders.text_shapes`): CLIP's token lengths and rows, SigLIP's rows only.
     """
 
     def __init__(self, model, tokenizer, image_processor, *, name: str, model_id: str,
