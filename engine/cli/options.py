@@ -115,7 +115,7 @@ def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None):
 
 # --------------------------------------------------------------------------- model flags -> EncoderSpec
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    from engine.run.config import DEVICES, DTYPES
+    from engine.run.config import DEVICES, DTYPES, PROMPT_MODES, SWITCHES
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="offline",
@@ -130,6 +130,18 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=None, help="folder for the on-disk text-embedding cache (default: none)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model repository's own code to run (jina-clip needs it; never implied)")
+    g.add_argument("--text-buckets", default="auto", choices=list(SWITCHES),
+                   help="pad prompts to a few fixed token lengths and batch sizes so text batch shapes repeat "
+                        "(auto: on CUDA only; default: %(default)s)")
+    g.add_argument("--warm-up", default="auto", choices=list(SWITCHES),
+                   help="run the text model once on every padded shape when it loads, so the first question pays "
+                        "no first-call cost (auto: on CUDA only; default: %(default)s)")
+    g.add_argument("--eager-prompts", default="auto", choices=list(PROMPT_MODES),
+                   help="embed every question's prompts when the model loads (eager) or each question's when first "
+                        "asked (lazy); auto: eager on CUDA for a system that fits in two text batches "
+                        "(default: %(default)s)")
+    g.add_argument("--compile-text", action="store_true",
+                   help="compile the text model with torch.compile (CUDA graphs on CUDA; slow to start)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -139,7 +151,9 @@ def encoder_spec(args) -> Any:
     with settings_errors():
         return EncoderSpec(model=args.model, revision=args.revision, device=args.device, dtype=args.dtype,
                            batch_size=args.batch_size, cache_dir=args.cache_dir,
-                           trust_remote_code=args.trust_remote_code)
+                           trust_remote_code=args.trust_remote_code, text_buckets=args.text_buckets,
+                           warm_up=args.warm_up, eager_prompts=args.eager_prompts,
+                           compile_text=args.compile_text)
 
 
 def remote_code_notice(spec) -> None:

@@ -52,6 +52,7 @@ from PIL import Image
 
 from engine.encoders.device import dtype_name
 from engine.encoders.images import ImageLike, ImageLoadError, batches, image_label, load_image, load_images
+from engine.encoders.text_shapes import TextBuckets, bucket_for, pad_batch, padding_is_invisible, row_buckets
 
 ACTIVATIONS = ("softmax", "sigmoid")
 NONFINITE_IMAGE = ("the encoder returned NaN/inf or a zero vector for this image (blank or degenerate input, "
@@ -95,6 +96,10 @@ if not getattr(warnings.formatwarning, "_twentyq", False):
 
 class OutOfMemoryWarning(OneLineWarning, RuntimeWarning):
     """A batch ran out of device memory and was retried at half the size."""
+
+
+class BucketWarning(OneLineWarning, RuntimeWarning):
+    """Padding changed a model's text embeddings, so its prompts are not bucketed (see text_shapes)."""
 
 
 class PromptTruncatedWarning(OneLineWarning, UserWarning):
@@ -205,12 +210,123 @@ class BaseEncoder:
             return None
         return count_tokens(tok, _check_texts(texts))
 
+    #: the shapes text batches are padded to (None: not bucketed; see :mod:`engine.encoders.text_shapes`)
+    text_buckets: TextBuckets | None = None
+
     # -- hooks ---------------------------------------------------------------
     def _embed_images(self, images: list) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- text shapes (encoders that tokenise themselves: _bucket_plan, _tokenize, _text_forward) -----------
+    def _bucket_plan(self) -> TextBuckets | None:
+        """The buckets this encoder can pad to (None: it cannot bucket, e.g. it tokenises inside its model)."""
+        return None
+
+    def _text_forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+        """(B, D) raw text features of a tokenised batch {name: (B, L)} (on the CPU; moved here)."""
+        raise NotImplementedError
+
+    def _text_tower(self) -> tuple[Any, str] | None:
+        """(object, attribute) holding the text tower module, for :meth:`compile_text` (None: none)."""
+        return None
+
+    def _tokenize(self, texts: list[str], *, max_length: int, fixed_length: bool = False
+                  ) -> tuple[dict[str, torch.Tensor], int]:
+        """Token tensors {name: (B', L')} of ``texts`` and n = len(texts): the rows to keep.
+
+        Unbucketed: padded to the longest text (``fixed_length``: to ``max_length``), B' = n.
+        Bucketed (:attr:`text_buckets`): L' and B' rounded up to a bucket, extra rows copying row 0.
+        Every shape run is recorded in ``text_shapes`` (for warm-up checks).
+        """
+        enc = dict(self.tokenizer(texts, padding="max_length" if fixed_length else True, truncation=True,
+                                  max_length=max_length, return_tensors="pt"))
+        n = len(texts)
+        plan = self.text_buckets
+        if plan is not None:
+            length = None if plan.lengths is None else bucket_for(enc["input_ids"].shape[1], plan.lengths)
+            size = getattr(self, "text_batch_size", None) or self.batch_size  # lowered by an out-of-memory
+            rows = min(bucket_for(n, plan.rows), max(n, size))
+            enc = pad_batch(enc, length=length, rows=rows, pad_id=self._pad_id())
+        self._note_shape(enc)
+        return enc, n
+
+    def _note_shape(self, enc: dict[str, torch.Tensor]) -> None:
+        """Record the (rows, tokens) shape of a batch the text tower is about to run (``text_shapes``)."""
+        self.__dict__.setdefault("text_shapes", set()).add(tuple(enc["input_ids"].shape))
+
+    def _pad_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
+
+    def set_text_buckets(self, on: bool) -> bool:
+        """Pad text batches to buckets (on) or to the longest prompt (off); True if bucketing is on after.
+
+        Turning it on checks once that padding leaves this model's embeddings unchanged (two short
+        prompts, unpadded and padded to the largest length and smallest row bucket); if it does
+        not, bucketing stays off and a :class:`BucketWarning` says so.
+        """
+        plan = self._bucket_plan() if on else None
+        self.text_buckets = None
+        if plan is None:
+            return False
+        probe = ["a photo of a cat.", "a red one"]
+        with torch.inference_mode():
+            enc, n = self._tokenize(probe, **self._tokenize_args())
+            plain = self._text_forward(enc)
+            padded = self._text_forward(pad_batch(enc, length=None if plan.lengths is None else plan.lengths[-1],
+                                                  rows=max(n, plan.rows[0]), pad_id=self._pad_id()))[:n]
+        if not padding_is_invisible(plain, padded, self.dtype):
+            warnings.warn(f"{self.name}: padding a prompt changes its text embedding, so prompts are not padded to "
+                          "bucketed shapes for this model (each new batch shape may pay a first-call cost)",
+                          BucketWarning, stacklevel=2)
+            return False
+        self.text_buckets = plan
+        return True
+
+    def _tokenize_args(self) -> dict[str, Any]:
+        return {"max_length": int(self.max_text_tokens or 512)}
+
+    def warm_up_text(self) -> int:
+        """Run the text tower once on every bucketed shape (or once on one prompt when not bucketed),
+        so the first real ask pays no first-call cost; returns the number of forward passes."""
+        plan = self.text_buckets
+        with torch.inference_mode():
+            if plan is None:
+                self._embed_texts(["a photo"])
+                return 1
+            enc, _ = self._tokenize(["a photo"], **self._tokenize_args())
+            for rows, length in plan.shapes():
+                shaped = pad_batch(enc, length=length, rows=rows, pad_id=self._pad_id())
+                self._note_shape(shaped)
+                self._text_forward(shaped)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return len(plan.shapes())
+
+    def compile_text(self) -> bool:
+        """Wrap the text tower in ``torch.compile`` (CUDA graphs on CUDA: mode "reduce-overhead");
+        True if done, False where the encoder has no tower to compile or torch has no compile.
+
+        Call after :meth:`set_text_buckets`: with buckets, one graph per bucketed shape (torch's
+        process-wide recompile limit is raised to hold them all), compiled by :meth:`warm_up_text`.
+        """
+        where = self._text_tower()
+        if where is None or not hasattr(torch, "compile"):
+            return False
+        owner, attr = where
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        # bucketed shapes repeat, so one graph per shape; unbucketed, let torch compile shape-generic code
+        dynamic = False if self.text_buckets is not None else None
+        if self.text_buckets is not None:  # torch's own limit (8 graphs per function) is below the shapes
+            cfg = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(cfg, name):
+                    setattr(cfg, name, max(int(getattr(cfg, name)), len(self.text_buckets.shapes()) + 8))
+        setattr(owner, attr, torch.compile(getattr(owner, attr), mode=mode, dynamic=dynamic))
+        return True
 
     # -- public --------------------------------------------------------------
     def encode_images(self, images: Sequence[ImageLike]) -> torch.Tensor:

@@ -53,6 +53,7 @@ import torch
 
 from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefused, check_batch_size
 from engine.encoders.device import resolve_device, resolve_dtype
+from engine.encoders.text_shapes import TextBuckets, length_buckets, row_buckets
 from systems.files import read_text_capped
 
 # model_type values in config.json -> backend
@@ -252,6 +253,9 @@ class CLIPFamilyEncoder(BaseEncoder):
     activation : "softmax" (CLIP) or "sigmoid" (SigLIP).
     pad_to_max_length : SigLIP was trained on texts padded to the maximum length
         and pools the last token, so it needs padding="max_length".
+
+    Text batches can be padded to bucketed shapes (:meth:`set_text_buckets`,
+    :mod:`engine.encoders.text_shapes`): CLIP's token lengths and rows, SigLIP's rows only.
     """
 
     def __init__(self, model, tokenizer, image_processor, *, name: str, model_id: str,
@@ -283,12 +287,26 @@ class CLIPFamilyEncoder(BaseEncoder):
         return _features(self.model.get_image_features(pixel_values=px))
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(texts, padding="max_length" if self.pad_to_max_length else True,
-                             truncation=True, max_length=self.max_length, return_tensors="pt")
-        kw = {"input_ids": enc["input_ids"].to(self.device)}
+        enc, n = self._tokenize(texts, **self._tokenize_args())
+        return self._text_forward(enc)[:n]
+
+    # -- text shapes (engine.encoders.text_shapes) ----------------------------------------------
+    def _tokenize_args(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "fixed_length": self.pad_to_max_length}
+
+    def _bucket_plan(self) -> TextBuckets:
+        """CLIP: lengths and rows; SigLIP (padded to its maximum, pools the last position): rows only."""
+        size = self.text_batch_size or self.batch_size
+        return TextBuckets(None if self.pad_to_max_length else length_buckets(self.max_length), row_buckets(size))
+
+    def _text_forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        kw = {"input_ids": enc["input_ids"].to(self.device, non_blocking=True)}
         if self._takes_mask and "attention_mask" in enc:
-            kw["attention_mask"] = enc["attention_mask"].to(self.device)
+            kw["attention_mask"] = enc["attention_mask"].to(self.device, non_blocking=True)
         return _features(self.model.get_text_features(**kw))
+
+    def _text_tower(self) -> tuple[Any, str] | None:
+        return (self.model, "text_model") if hasattr(self.model, "text_model") else None
 
 
 def load_clip_family(name: str, *, kind: str = "auto", device: str | torch.device = "auto", dtype=None,

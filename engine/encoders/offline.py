@@ -35,6 +35,7 @@ from PIL import Image
 from engine.encoders.base import BaseEncoder, EncoderLoadError, check_batch_size
 from engine.encoders.device import resolve_device, resolve_dtype
 from engine.encoders.hf import weights_fingerprint
+from engine.encoders.text_shapes import TextBuckets, length_buckets, row_buckets
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CLASSES_TSV = DATA_DIR / "imagenet1k_classes.tsv"
@@ -213,11 +214,21 @@ class ConSEEncoder(BaseEncoder):
         return self.mix(self.imagenet_probs(images))
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
-                             return_tensors="pt").to(self.device)
+        enc, n = self._tokenize(texts, max_length=self.max_text_tokens)
+        return self._text_forward(enc)[:n]
+
+    # -- text shapes (engine.encoders.text_shapes): MiniLM mean-pools over the mask, so padding is invisible
+    def _bucket_plan(self) -> TextBuckets:
+        return TextBuckets(length_buckets(self.max_text_tokens), row_buckets(self.text_batch_size))
+
+    def _text_forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        enc = {k: v.to(self.device) for k, v in enc.items()}
         hidden = self.text_model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def _text_tower(self) -> tuple[object, str]:
+        return self, "text_model"
 
 
 def load_offline(variant: str = DEFAULT_VARIANT, *, top_k: int = DEFAULT_TOP_K, device="auto", dtype=None,

@@ -68,6 +68,34 @@ class Classifier:
         for msg in check_prompt_lengths(self.encoder, self.system):  # a template the tokenizer cuts off
             warnings.warn(msg, PromptTruncatedWarning, stacklevel=2)
         self.seconds = {"embed": 0.0, "classify": 0.0}  # time spent so far, for reports
+        self.prompt_mode = self.embed_eagerly(self.spec.eager_prompts)
+
+    def embed_eagerly(self, mode: str = "auto") -> str:
+        """Embed every group's prompts now ("eager") or leave each group to its first ask ("lazy").
+
+        ``mode`` "auto" asks :func:`engine.encoders.text_shapes.prompt_policy` (eager on CUDA when
+        the system's prompts fit in two text batches). The class-name group, which the shortlist
+        asks a few names of, stays lazy either way. Eager prompts go through the text cache, so
+        ``text_encodes`` counts them when they are embedded and later asks count as hits.
+        Returns the mode applied.
+        """
+        from engine.encoders.text_shapes import prompt_policy
+
+        prompts = eager_prompt_list(self.system)
+        device = getattr(getattr(self.encoder, "device", None), "type", "cpu")
+        size = getattr(self.encoder, "text_batch_size", None) or getattr(self.encoder, "batch_size", None) or 32
+        chosen = prompt_policy(device, len(prompts), int(size), mode)
+        before = self.text_cache.text_encodes
+        if chosen == "eager" and prompts:
+            self.text_cache.embed(prompts)
+        self.load_encodes = getattr(self, "load_encodes", 0) + self.text_cache.text_encodes - before
+        return chosen
+
+    def claim_load_encodes(self) -> int:
+        """The prompts embedded while the classifier loaded (eager prompts), for a run's ``text_encodes``:
+        the first caller gets them, later ones 0, so each is counted in exactly one run."""
+        n, self.load_encodes = self.load_encodes, 0
+        return n
 
     # ------------------------------------------------------------------ embedding
     def embed_images(self, images: Sequence[Any], names: Sequence[str] | None = None
@@ -174,6 +202,13 @@ class Classifier:
         if not isinstance(images, (list, tuple)):
             images = [images]
         return list(self.iter_classify(images, config_from(config, settings)))
+
+
+def eager_prompt_list(system: AttributeSystem) -> list[str]:
+    """Every distinct prompt of the system's groups, in group order, but the class-name group's."""
+    from systems.build import BASELINE_GROUP
+
+    return list(dict.fromkeys(p for g in system.groups if g.name != BASELINE_GROUP for p in g.prompts()))
 
 
 def pooled_groups(system: AttributeSystem, config: RunConfig) -> list[Any]:

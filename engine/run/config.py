@@ -26,6 +26,10 @@ MODES = ("adaptive", "full", "baseline", "descriptors")
 DEFAULT_EPS = 0.05
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+#: text-shape settings (the same tuples as engine.encoders.text_shapes, spelled here so that building
+#: an EncoderSpec imports no torch; a test checks they agree)
+SWITCHES = ("auto", "on", "off")
+PROMPT_MODES = ("auto", "eager", "lazy")
 #: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
 OPTIONAL_FIELDS = ("templates", "descriptors")
 
@@ -48,6 +52,16 @@ class EncoderSpec:
     batch_size : images per forward pass of the model (None: the backend's own).
     cache_dir : folder of the on-disk text-embedding cache (None: memory only).
     trust_remote_code : let the model repository's own code run. Never implied.
+    text_buckets : pad prompts to bucketed token lengths and batch sizes, so text batch shapes
+        repeat: "auto" (on CUDA only), "on", "off" (:mod:`engine.encoders.text_shapes`).
+    warm_up : run the text tower once on every bucketed shape when the model loads: "auto" (on
+        CUDA only), "on", "off".
+    eager_prompts : "auto" (:func:`engine.encoders.text_shapes.prompt_policy`: eager on CUDA for a
+        system whose prompts fit in two text batches, lazy otherwise), "eager" (embed every group's
+        prompts when the classifier loads) or "lazy" (a group's prompts when first asked).
+    compile_text : wrap the text tower in ``torch.compile`` (CUDA graphs on CUDA); off by default.
+
+    The last four change how fast, not what: embeddings agree within float tolerance.
     """
 
     model: str = "offline"
@@ -57,6 +71,10 @@ class EncoderSpec:
     batch_size: int | None = None
     cache_dir: str | None = None
     trust_remote_code: bool = False
+    text_buckets: str = "auto"
+    warm_up: str = "auto"
+    eager_prompts: str = "auto"
+    compile_text: bool = False
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -64,13 +82,24 @@ class EncoderSpec:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype == {self.dtype!r}, must be one of {list(DTYPES)} (or None)")
         _whole("batch_size", self.batch_size, 1)
+        for name in ("text_buckets", "warm_up"):
+            if getattr(self, name) not in SWITCHES:
+                raise ValueError(f"{name} == {getattr(self, name)!r}, must be one of {list(SWITCHES)}")
+        if self.eager_prompts not in PROMPT_MODES:
+            raise ValueError(f"eager_prompts == {self.eager_prompts!r}, must be one of {list(PROMPT_MODES)}")
+        if not isinstance(self.compile_text, bool):
+            raise ValueError(f"compile_text == {self.compile_text!r}, must be True or False")
 
     def load(self):
-        """The encoder this spec names (:func:`engine.encoders.load_encoder`)."""
+        """The encoder this spec names (:func:`engine.encoders.load_encoder`), its text shapes
+        bucketed, compiled and warmed up as the spec says (:func:`engine.encoders.text_shapes.prepare_text`)."""
         from engine.encoders import load_encoder
+        from engine.encoders.text_shapes import prepare_text
 
-        return load_encoder(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
-                            trust_remote_code=self.trust_remote_code, revision=self.revision)
+        encoder = load_encoder(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
+                               trust_remote_code=self.trust_remote_code, revision=self.revision)
+        prepare_text(encoder, buckets=self.text_buckets, warm_up=self.warm_up, compile_text=self.compile_text)
+        return encoder
 
     def identity(self) -> dict[str, Any]:
         """What changes the embeddings (for fingerprints): model, revision, dtype. Device, batch

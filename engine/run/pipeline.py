@@ -107,7 +107,8 @@ class Executor(Protocol):
     """Where the work runs. ``map_shards`` classifies every shard and yields
     ``(shard index, records in input order)`` as each finishes (in any order).
 
-    ``stats`` counts ``text_encodes`` and ``text_hits`` over the run (what was really embedded).
+    ``stats`` counts ``text_encodes`` and ``text_hits`` over the run (what was really embedded; the
+    prompts an eager classifier embedded when it loaded count in the first run that uses it).
     """
 
     stats: dict[str, int]
@@ -134,6 +135,8 @@ class LocalExecutor:
         if self.classifier is None:
             self.classifier = Classifier(job.encoder, job.system)
         clf, cache = self.classifier, self.classifier.text_cache
+        claim = getattr(clf, "claim_load_encodes", None)  # eager prompts, embedded when clf loaded
+        self.stats["text_encodes"] += claim() if claim else 0
         for shard in shards:
             records: list[dict[str, Any]] = []
             for i in range(0, len(shard.items), self.chunk_size):

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -222,7 +222,10 @@ class ClassifyBatch:
         from engine.run.classifier import Classifier
 
         hf_logging.disable_progress_bar()  # Ray forwards every actor's stderr to the driver
-        self.clf = Classifier(job.encoder, job.system)
+        spec = job.encoder
+        if text_ref is not None:  # every prompt comes precomputed: embedding them eagerly here would be waste
+            spec = replace(spec, eager_prompts="lazy")
+        self.clf = Classifier(spec, job.system)
         if text_ref is not None:
             ray = require_ray()
             self.clf.text_cache = PrecomputedTextCache(self.clf.encoder, ray.get(text_ref))
