@@ -167,12 +167,12 @@ def compare_cmd(args) -> int:
         raise UsageError(f"--out {args.out!r}: compare writes one JSON file of reports; name it *.json")
     spec = encoder_spec(args)
     system = system_of(args)
+    cal = calibration_arg(args, system)
     data_sp = data_spec(args, data)
     with settings_errors():
         dataset = data_sp.load(system.classes)  # checked before the model loads, and read once
     if args.descriptors:
         raise UsageError("compare runs baseline, full and adaptive; evaluate --descriptors with 'twentyq eval'")
-    cal = calibration_arg(args, system)
     configs = [run_config(args, mode="baseline", target_accuracy=None),
                run_config(args, mode="full", templates=None, target_accuracy=None),
                run_config(args, mode="adaptive", templates=None)]

@@ -15,7 +15,7 @@ Contract (these names are stable; the CLI, the Python API, Ray and the benchmark
   ``path`` / ``sha256`` (the file it was read from or written to; None before).
 
   ``channel(system)`` the fitted answer channel; ``check(system, model_id=None)`` refuses a mismatch
-  (:class:`CalibrationMismatch`); ``tau_for(policy, target, budget=None, alpha=0.1)`` a
+  (:class:`CalibrationMismatch`; ``check(system, model_id, model)``); ``tau_for(policy, target, budget=None, alpha=0.1)`` a
   :class:`engine.core.calibration.TauChoice`; ``provenance()`` what summaries record; ``to_dict()``.
 - :func:`calibrate` (a loaded Classifier, a DataSpec → Calibration): the dev images are embedded once,
   every prompt's similarity computed, and :func:`fit_calibration` fits on them. The other images (the
@@ -132,7 +132,7 @@ class Calibration:
         """(G,) λ_g."""
         return self.channels.lams
 
-    def check(self, system: AttributeSystem, model_id: str | None = None) -> None:
+    def check(self, system: AttributeSystem, model_id: str | None = None, model: str | None = None) -> None:
         """Refuse (CalibrationMismatch, one line naming both and the fix) a system or model it was not fitted for."""
         from engine.run.provenance import system_hash
 
@@ -145,7 +145,7 @@ class Calibration:
                                       f"{got[:12]}); {fix}")
         if model_id is not None and model_id != self.model_id:
             raise CalibrationMismatch(f"calibration {self.where()} was fitted for model {self.model!r} (id "
-                                      f"{self.model_id}), not this model (id {model_id}); {fix}")
+                                      f"{self.model_id}), not {'this model' if model is None else repr(model)} (id {model_id}); {fix}")
         if tuple(int(k) for k in system.option_counts) != self.sizes:  # unreachable with equal hashes
             raise CalibrationMismatch(f"calibration {self.where()}: its group sizes {self.sizes} do not match "
                                       f"system {system.name!r}; {fix}")

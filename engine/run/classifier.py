@@ -76,7 +76,7 @@ class Classifier:
         self._channel = None
         self._taus: dict[tuple, Any] = {}
         if self.calibration is not None:
-            self.calibration.check(self.system, str(self.encoder.model_id))
+            self.calibration.check(self.system, str(self.encoder.model_id), self.spec.model)
             self._channel = self.calibration.channel(self.system)
         self.text_cache = TextCache(self.encoder, cache_dir=self.spec.cache_dir)
         for msg in check_prompt_lengths(self.encoder, self.system):  # a template the tokenizer cuts off
