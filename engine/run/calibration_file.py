@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.calibration import AnswerChannels, TauChoice, choose_tau
+from engine.core.calibration import AnswerChannels, TauChoice, choose_tau, split_by_image
 from systems.errors import UserInputError
 from systems.format import AttributeSystem
 
@@ -420,14 +420,13 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     """Fit a calibration for a loaded Classifier's model and system on the dev split of labelled images.
 
     data : a :class:`engine.run.datasets.DataSpec` (``dataset``: it already loaded). The images are split
-    by image, stratified by class and seeded (:func:`systems.authoring.refine.split_by_image`, ``dev_fraction``
+    by image, stratified by class and seeded (:func:`engine.core.calibration.split_by_image`, ``dev_fraction``
     of each class to dev); only the dev images are embedded (once each), and their similarities to every
     prompt computed once. Dev images that fail to load are left out (counted in ``dev['bad_images']``).
     """
     from engine.run.config import DEFAULT_EPS
     from engine.run.encoder_source import EncoderSource
     from engine.run.store import fingerprint
-    from systems.authoring.refine import split_by_image
 
     system = classifier.system
     ds = dataset if dataset is not None else data.load(system.classes)
