@@ -22,6 +22,8 @@ _EXPORTS = {
     "Classifier": "engine.run.classifier", "RunConfig": "engine.run.config", "EncoderSpec": "engine.run.config",
     "load_encoder": "engine.encoders.registry", "load_system": "systems.io",
     "evaluate_classifier": "engine.run.evaluation",
+    "Calibration": "engine.run.calibration_file", "calibrate": "engine.run.calibration_file",
+    "load_calibration": "engine.run.calibration_file", "save_calibration": "engine.run.calibration_file",
     # the core, for benchmarks and tests
     "NO_STOP": "engine.core.adaptive", "SCORERS": "engine.core.adaptive", "StopRule": "engine.core.adaptive",
     "classify_batch": "engine.core.adaptive", "STOP_REASONS": "engine.core.results", "Result": "engine.core.results",

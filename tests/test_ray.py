@@ -211,6 +211,41 @@ def test_csv_out_and_a_template_ensemble_through_ray_match_a_single_process(clus
     assert all(r["q_spent"] == 3 * 5 for r in on_ray)
 
 
+@pytest.mark.slow
+def test_a_calibration_travels_with_the_job_to_the_actors(cluster, tmp_path):
+    """Issue 16: eval --calibration on Ray actors gives the one-process records, and they differ from no calibration."""
+    import csv
+
+    from engine.run.calibration_file import calibrate, save_calibration
+    from engine.run.datasets import DataSpec
+    from engine.run.store import read_run
+
+    from .encoder_fixtures import five_group_system
+
+    model, system = str(tiny_model_dir("clip")), five_group_system()
+    (tmp_path / "five.json").write_text(json.dumps(system.to_dict()))
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for i in range(24):
+            noise_image(i).save(tmp_path / f"{i}.png")
+            w.writerow([f"{i}.png", system.classes[i % system.n_classes]])
+    data = str(tmp_path / "labels.csv")
+    cal = save_calibration(calibrate(Classifier(model, system, device="cpu"), DataSpec(data)), tmp_path / "cal.json")
+    common = ["eval", "--data", data, "--system", str(tmp_path / "five.json"), "--model", model, "--device", "cpu",
+              "--tau", "0.5", "--quiet", "--shard-size", "5"]
+    assert main([*common, "--calibration", cal.path, "--out", str(tmp_path / "r.jsonl"), "--ray", "--workers", "1"]) == 0
+    assert main([*common, "--calibration", cal.path, "--out", str(tmp_path / "s.jsonl")]) == 0
+    assert main([*common, "--out", str(tmp_path / "plain.jsonl")]) == 0
+    on_ray, single = read_run(tmp_path / "r.jsonl"), read_run(tmp_path / "s.jsonl")
+    assert len(on_ray) == 12  # the 12 dev images left out on Ray too
+    _same(on_ray, single)
+    plain = {r["image"]: r["confidence"] for r in read_run(tmp_path / "plain.jsonl")}
+    assert [r["confidence"] for r in on_ray] != pytest.approx([plain[r["image"]] for r in on_ray], abs=1e-3)
+    summary = json.loads((tmp_path / "r.jsonl" / "_summary.json").read_text())
+    assert summary["calibration"]["sha256"] == cal.sha256 and summary["calibration"]["excluded_dev_images"] == 12
+
+
 # --------------------------------------------------------------------------- the actor without a pool
 def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, tmp_path):
     """ClassifyBatch called directly: bytes rows (one corrupt) and a precomputed text table."""

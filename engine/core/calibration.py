@@ -290,6 +290,30 @@ def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.nda
     return AnswerChannels(lams=lams, confusions=confusions, reliability=rel, n_dev=n_dev, eps=eps)
 
 
+def split_by_image(truth: np.ndarray, dev_frac: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified dev/test split of image indices.
+
+    truth : (B,) int class index of each image. Each class's images are shuffled
+    (seeded) and ``round(dev_frac * n)`` go to dev, clipped so that a class with
+    at least two images has at least one on each side. Returns sorted (dev, test).
+    """
+    if not 0.0 < dev_frac < 1.0:
+        raise ValueError(f"dev_frac == {dev_frac}, must be strictly between 0 and 1")
+    truth = np.asarray(truth, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    dev: list[int] = []
+    for c in np.unique(truth):
+        idx = np.nonzero(truth == c)[0]
+        idx = idx[rng.permutation(len(idx))]
+        k = int(round(dev_frac * len(idx)))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        dev.extend(idx[:k].tolist())
+    dev_arr = np.sort(np.array(dev, dtype=np.int64))
+    test_arr = np.setdiff1d(np.arange(len(truth)), dev_arr)
+    return dev_arr, test_arr
+
+
 # --------------------------------------------------------------------------- a τ for a target accuracy
 def stop_outcomes(conf: np.ndarray, correct: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
     """Which images stop on confidence at τ, and whether they are right then.

@@ -219,13 +219,9 @@ class ClassifyBatch:
             os.chdir(cwd)
         from transformers.utils import logging as hf_logging
 
-        from engine.run.classifier import Classifier
-
         hf_logging.disable_progress_bar()  # Ray forwards every actor's stderr to the driver
-        spec = job.encoder
-        if text_ref is not None:  # every prompt comes precomputed: embedding them eagerly here would be waste
-            spec = replace(spec, eager_prompts="lazy")
-        self.clf = Classifier(spec, job.system)
+        # every prompt comes precomputed: embedding them eagerly here would be waste
+        self.clf = job.classifier(eager_prompts="lazy" if text_ref is not None else None)
         if text_ref is not None:
             ray = require_ray()
             self.clf.text_cache = PrecomputedTextCache(self.clf.encoder, ray.get(text_ref))

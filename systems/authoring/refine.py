@@ -4,7 +4,8 @@ Every step works on cached image embeddings: the only model calls are text
 embeddings of new candidate prompts, made through ``prompt_sims``, a callable
 ``prompts (P,) -> (B, P)`` cosine similarities of the B images at hand to
 those prompts (see :class:`systems.authoring.refining.PromptSims`). Refinement sees only
-the dev images it is given; :func:`split_by_image` makes the dev/test split.
+the dev images it is given; :func:`split_by_image` (from :mod:`engine.core.calibration`) makes the
+dev/test split.
 
 Steps, each switchable (:class:`RefineConfig`) and reported (:class:`RefineReport`):
 
@@ -29,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from engine.core.calibration import fit_logit_scale_and_eps
+from engine.core.calibration import fit_logit_scale_and_eps, split_by_image  # noqa: F401  (re-exported)
 from engine.core.scoring import bayes_loglik, build_channel, check_eps, check_logit_scale, group_log_probs
 
 from systems.build import BASELINE_GROUP
@@ -143,30 +144,6 @@ class RefineReport:
 
 
 # ----- the dev/test split ------------------------------------------------------------------------
-
-def split_by_image(truth: np.ndarray, dev_frac: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified dev/test split of image indices.
-
-    truth : (B,) int class index of each image. Each class's images are shuffled
-    (seeded) and ``round(dev_frac * n)`` go to dev, clipped so that a class with
-    at least two images has at least one on each side. Returns sorted (dev, test).
-    """
-    if not 0.0 < dev_frac < 1.0:
-        raise ValueError(f"dev_frac == {dev_frac}, must be strictly between 0 and 1")
-    truth = np.asarray(truth, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    dev: list[int] = []
-    for c in np.unique(truth):
-        idx = np.nonzero(truth == c)[0]
-        idx = idx[rng.permutation(len(idx))]
-        k = int(round(dev_frac * len(idx)))
-        if len(idx) >= 2:
-            k = min(max(k, 1), len(idx) - 1)
-        dev.extend(idx[:k].tolist())
-    dev_arr = np.sort(np.array(dev, dtype=np.int64))
-    test_arr = np.setdiff1d(np.arange(len(truth)), dev_arr)
-    return dev_arr, test_arr
-
 
 # ----- pure scoring helpers ----------------------------------------------------------------------
 
