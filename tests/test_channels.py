@@ -191,6 +191,19 @@ def test_skipped_group_stays_on_lambda0_and_eps():
     assert fit.lams[0] != 33.0 and fit.confusions[0] is not None
 
 
+def test_group_without_dev_evidence_stays_on_the_eps_channel():
+    """A group that says nothing about any dev image's class (no rule) is not fitted: λ0, ε channel, NaN reliability."""
+    from tests.strategies import make_system
+    rules = tuple((frozenset([c % 3]), frozenset() if c < 6 else frozenset([c % 2])) for c in range(8))
+    s = make_system(rules, np.array([3, 2]))
+    y = np.arange(6).repeat(20)  # only classes 0-5: group 1 is not applicable to any of them
+    sims = np.random.default_rng(0).normal(0.25, 0.05, (len(y), s.q_total))
+    fit = fit_answer_channels(sims, y, s.rule_matrix, s.option_counts, lam0=40.0, eps=0.05)
+    assert fit.n_dev.tolist() == [120, 0]
+    assert fit.confusions[1] is None and fit.lams[1] == 40.0 and np.isnan(fit.reliability[1])
+    assert fit.confusions[0] is not None and 0.0 <= fit.reliability[0] <= 1.0
+
+
 def test_zero_reliability_ignores_the_group():
     """A group whose fitted reliability is 0 leaves every posterior as it was."""
     s = _hetero_system(G=2)

@@ -171,7 +171,8 @@ class AnswerChannels:
     confusions : G entries, each (K_g, K_g) with M_g[j, k] = P(answer k | true option j),
         already shrunk by the reliability; None for a group left on the ε channel.
     reliability : (G,) w_g in [0, 1]: M_g = w_g·M̂_g + (1 − w_g)/K_g, where M̂_g is the
-        smoothed mean soft answer. 0 means the group's answers are ignored.
+        smoothed mean soft answer. 0 means the group's answers are ignored; NaN marks a group
+        left on (λ0, the ε channel): skipped, or with no dev image to fit it on.
     n_dev : (G,) dev images whose class has a rule in the group.
     eps : the ε of the prior channel (and of groups without a confusion).
     """
@@ -250,7 +251,7 @@ def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.nda
         o, k = int(offsets[g]), int(sizes[g])
         acc = r[truth, o:o + k]  # (B, K) the true class's acceptable options
         n_dev[g] = int(acc.any(axis=1).sum())
-        if g in skip_groups:
+        if g in skip_groups or n_dev[g] == 0:  # nothing to fit: the group stays on (λ0, the ε channel)
             continue
         if fit_lams:
             lams[g] = fit_group_logit_scale(sims[:, o:o + k], acc, lam0)
@@ -258,10 +259,9 @@ def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.nda
         w = acc / np.maximum(acc.sum(axis=1, keepdims=True), 1)  # (B, K) weight of image i on row j
         counts = w.T @ p  # (K, K)
         hats[g] = (counts + prior_strength * eps_confusion(k, eps)) / (w.sum(axis=0)[:, None] + prior_strength)
-    rel = np.ones(G)
-    for g in skip_groups:
-        rel[g] = np.nan
     fitted = [g for g in range(G) if hats[g] is not None]
+    rel = np.full(G, np.nan)  # NaN: not fitted (skipped, or no dev image of a class the group has a rule for)
+    rel[fitted] = 1.0
     if fit_reliability and fitted:
         # per-group log-likelihoods of the full system at w = 1, then optimise the mixtures towards 1/K_g
         hat_ch = build_channel(r, sizes, eps, confusions=hats)
