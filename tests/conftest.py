@@ -11,3 +11,24 @@ from hypothesis import Phase, settings  # noqa: E402
 
 settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], database=None, derandomize=True,
                           print_blob=False)
+
+
+# --------------------------------------------------------------------------- the loop's backends
+import pytest  # noqa: E402
+
+#: every test that takes the ``classify`` fixture runs once per backend of the adaptive loop: the numpy
+#: reference (engine.core.adaptive.classify_batch) and the torch loop (engine.torch_engine), which runs a
+#: numpy source through its HostSource on the CPU
+LOOP_BACKENDS = ("numpy", "torch")
+
+
+@pytest.fixture(params=LOOP_BACKENDS, scope="session")
+def classify(request):
+    """The adaptive loop of one backend, called as ``classify_batch``."""
+    if request.param == "numpy":
+        from engine.core.adaptive import classify_batch
+
+        return classify_batch
+    from engine.torch_engine.loop import classify_batch_torch
+
+    return classify_batch_torch

@@ -174,6 +174,7 @@ def load_classifier(spec, system) -> Any:
 def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     from engine.core.adaptive import SCORERS
     from engine.run.config import DEFAULT_EPS, MODES
+    from engine.torch_engine import ENGINES
     from policies import list_policies
 
     from systems.templates import list_template_sets
@@ -217,6 +218,10 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     g.add_argument("--shortlist", type=int, default=None, metavar="M",
                    help="adaptive: once few classes remain, ask which of the top M class names fits (M prompts); "
                         "needs a system with a class_name group (system build --name-group)")
+    g.add_argument("--engine", default="auto", choices=list(ENGINES),
+                   help="the adaptive loop's backend: numpy (the reference, on the host), torch (its state on the "
+                        "model's device, similarities never leave it) or auto (torch on CUDA, numpy otherwise); the "
+                        "results agree within float rounding (default: %(default)s)")
 
 
 def default_mode(args) -> str:
@@ -254,7 +259,8 @@ def run_config(args, **override) -> Any:
     fields = dict(mode=default_mode(args), templates=templates_arg(args),
                   descriptors=tuple(descs.items()) if descs else None, policy=args.policy, tau=args.tau, delta=args.delta,
                   budget=args.budget, scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale,
-                  top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0))
+                  top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0),
+                  engine=getattr(args, "engine", "auto"))
     with settings_errors():
         return RunConfig(**{**fields, **override})
 

@@ -7,7 +7,8 @@
 One image's path (see docs/ARCHITECTURE.md): :meth:`Classifier.classify_items` decodes
 and embeds a chunk of images once (:func:`engine.encoders.base.encode_images_tolerant`:
 a bad image becomes that image's error), then :meth:`classify_embedded` runs the adaptive
-loop (:func:`engine.core.adaptive.classify_batch`) over an :class:`EncoderSource`, whose
+loop (:func:`engine.core.adaptive.classify_batch`, or its torch backend on the embeddings' device:
+``RunConfig.engine``, :func:`engine.torch_engine.classify`) over an :class:`EncoderSource`, whose
 text cache embeds a group's prompts the first time any image asks it. Every executor of
 the run pipeline (:mod:`engine.run.pipeline`) calls ``classify_items``; evaluation
 (:func:`engine.run.evaluation.evaluate_classifier`) lives above, in :mod:`engine.run.evaluation`.
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.adaptive import NO_STOP, classify_batch
+from engine.core.adaptive import NO_STOP
+from engine.torch_engine import classify as classify_batch
 from engine.core.results import Result
 from engine.run.config import EncoderSpec, RunConfig
 from engine.run.datasets import Item
@@ -108,8 +110,8 @@ class Classifier:
         source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings, pooled)
         lam = self.encoder.logit_scale if config.logit_scale is None else config.logit_scale
         try:
-            results = classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
-                                     scorer=config.scorer, top_k=config.top_k,
+            results = classify_batch(source, system, policy, engine=config.engine, stop=stop, logit_scale=lam,
+                                     eps=config.eps, scorer=config.scorer, top_k=config.top_k,
                                      shortlist_size=config.shortlist if config.mode == "adaptive" else None,
                                      trace=trace)
             for r in results if pooled else ():
