@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from engine import ArraySource, StopRule, build_channel, classify_batch
+from engine import ArraySource, StopRule, build_channel
 from engine.core.calibration import (
     expected_calibration_error, fit_logit_scale_and_eps, full_log_posterior, reliability_bins, true_class_nll,
 )

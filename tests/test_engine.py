@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from engine import ArraySource, SimulatedSource, StopRule, build_channel, classify_batch
+from engine import ArraySource, SimulatedSource, StopRule, build_channel
 from engine.core.results import STOP_REASONS
 from engine.core.scoring import expected_information_gain
 from engine.core.simulate import sample_classes

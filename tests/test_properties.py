@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.special import expit
 
-from engine import ArraySource, StopRule, build_channel, classify_batch
+from engine import ArraySource, StopRule, build_channel
 from engine.core.scoring import (
     bayes_loglik, baseline_probs, entropy, expected_information_gain, full_bayes_log_posterior,
     group_log_probs, group_probs, sum_scores,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine import ArraySource, StopRule, build_channel, classify_batch
+from engine import ArraySource, StopRule, build_channel
 from engine.core.scoring import (
     expected_information_gain, full_bayes_log_posterior, group_log_probs, group_probs, shortlist, shortlist_eig,
     shortlist_loglik, sum_scores,

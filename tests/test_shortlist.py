@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ArraySource, SimulatedSource, StopRule, build_channel, classify_batch
+from engine import ArraySource, SimulatedSource, StopRule, build_channel
 from engine.core.scoring import (
     bayes_loglik, expected_information_gain, group_log_probs, shortlist, shortlist_eig, shortlist_loglik,
 )

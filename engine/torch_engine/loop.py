@@ -13,8 +13,8 @@ where the work happens:
   (and traced top-k) are kept as tensors and the trail is assembled once, at the end.
 
 The host still learns a few small things each round: whether any image is left, which groups were
-chosen (one Python iteration per group asked, as in numpy) and whether any similarity or likelihood
-needs the slow path. The state is float64 on every device: the property suite compares posteriors
+chosen (one Python iteration per group asked, as in numpy), whether the policy chose available
+groups, and whether any likelihood underflowed (the exact log-space path, as in numpy). The state is float64 on every device: the property suite compares posteriors
 at 1e-9 and breaks ties between groups within 1e-9 relative (policies.base.TIE_RTOL), which float32
 (2^-24 ≈ 6e-8) cannot honour, so a float32 engine would take other question paths than the
 reference. Similarities arrive in the model's dtype and are upcast on the device, as numpy does.
@@ -157,15 +157,12 @@ class _Run:
             raise ValueError(f"similarity source returned shape {tuple(sims.shape)} for group "
                              f"{system.groups[g].name!r}, expected {(len(imgs), ch.k[g])}")
         sims = sims.to(self.dev, DTYPE)
-        ok = torch.isfinite(sims).all(dim=1)
-        if not bool(ok.all()):
-            bad = imgs[~ok]
-            self.err_group[bad] = g
-            self.reason[bad] = ERROR
-            self.active[bad] = False
-            imgs, sims, eig_g = imgs[ok], sims[ok], eig_g[ok]
-            if imgs.numel() == 0:
-                return
+        # an image with a non-finite similarity fails here and stops; it is scored along with the rest
+        # (its NaNs touch only its own rows) and its result is the error alone, so the host need not look
+        bad = ~torch.isfinite(sims).all(dim=1)
+        self.err_group[imgs] = torch.where(bad, g, self.err_group[imgs])
+        self.reason[imgs] = torch.where(bad, ERROR, self.reason[imgs])
+        self.active[imgs] &= ~bad
         lp = ts.group_log_probs(sims, self.lam[g])
         cols = ch.cols(g)
         self.log_post[imgs] = ts.bayes_update(self.log_post[imgs], ts.bayes_loglik(lp, ch.P[:, cols], ch.logP[:, cols]))
