@@ -32,3 +32,14 @@ def classify(request):
     from engine.torch_engine.loop import classify_batch_torch
 
     return classify_batch_torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """The torch runs of hypothesis properties go to the full suite (``slow``): the quick loop keeps
+    the numpy runs, the torch runs of the example tests, and tests/test_torch_engine.py's agreement
+    properties, so it stays about a minute."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if spec is not None and spec.params.get("classify") == "torch" and \
+                getattr(getattr(item, "function", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.slow)
