@@ -13,6 +13,11 @@ numpy runs ``classify_batch`` over an ``ArraySource``; torch runs ``classify_bat
 ``TensorSource`` holding the same float64 array on the CPU, with torch's default intra-op threads
 and again with one thread. Each figure is the best of ``--repeats`` wall times, all in one process,
 and each case checks that both backends gave the same labels, Q and question paths.
+
+On a CPU shared with other jobs, torch's OpenMP threads spin-wait at the end of every parallel
+region, and a region whose partner thread is descheduled stalls: the default-threads column can then
+be several times the one-thread column. ``OMP_WAIT_POLICY=PASSIVE python -m bench.engine_speed``
+(set before torch loads) shows the loop without that stall.
 """
 
 from __future__ import annotations
