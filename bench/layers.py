@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "policies": 1,          # question policies (numpy only)
     "engine.core": 2,       # scoring, the adaptive loop, sources, results, calibration
     "engine.encoders": 3,   # encoder backends, registry, text and image caches
+    "engine.torch_engine": 3,  # the adaptive loop on torch tensors (the device backend of engine.core's loop)
     "engine.run": 4,        # settings, Classifier, pipeline, executors, stores, evaluation
     "systems.authoring": 5,  # building and refining systems (uses the engine)
     "engine.serve": 6,      # applications: HTTP server ...
@@ -30,7 +31,7 @@ LAYERS: dict[str, int] = {
     "bench": 7,             # benchmarks and their helpers (tiny random models, the probe's training)
     "engine": 4,            # engine/__init__: the public face (lazy re-exports of run and below)
 }
-NAMES = {0: "data model", 1: "policies", 2: "core", 3: "encoders", 4: "run", 5: "authoring", 6: "applications",
+NAMES = {0: "data model", 1: "policies", 2: "core", 3: "encoders, device engine", 4: "run", 5: "authoring", 6: "applications",
          7: "benchmarks"}
 
 

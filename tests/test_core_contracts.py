@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from engine import ArraySource, StopRule, build_channel, classify_batch
+from engine import ArraySource, StopRule, build_channel
 from engine.core.calibration import (
     expected_calibration_error, fit_logit_scale_and_eps, full_log_posterior, reliability_bins, true_class_nll,
 )
@@ -103,29 +103,29 @@ class _BadShape(ArraySource):
         return super().similarities(images, group, options)[:, :1]
 
 
-def test_loop_refusals_name_the_problem():
+def test_loop_refusals_name_the_problem(classify):
     s = _system()
     src = ArraySource(np.zeros((2, 5)), s)
     with pytest.raises(ValueError, match=r"channel shape \(4, 2\) does not match system 'gen'"):
-        classify_batch(src, s, "eig", channel=build_channel(np.ones((4, 2), bool), np.array([2])))
+        classify(src, s, "eig", channel=build_channel(np.ones((4, 2), bool), np.array([2])))
     with pytest.raises(ValueError, match=r"similarity source returned shape \(2, 1\) for group 'g0', expected \(2, 2\)"):
-        classify_batch(_BadShape(np.zeros((2, 5)), s), s, "fixed")
+        classify(_BadShape(np.zeros((2, 5)), s), s, "fixed")
     with pytest.raises(ValueError, match=r"logit_scale == -1"):
-        classify_batch(src, s, "eig", logit_scale=-1.0)
+        classify(src, s, "eig", logit_scale=-1.0)
     n = with_name_group(s)
     with pytest.raises(ValueError, match=r"similarity source returned shape \(1, 1\) for the class-name shortlist, "
                                          r"expected \(1, 2\)"):
-        classify_batch(_BadShape(np.zeros((1, n.q_total)), n), n, "fixed", shortlist_size=2,
+        classify(_BadShape(np.zeros((1, n.q_total)), n), n, "fixed", shortlist_size=2,
                        prior=np.array([1.0, 1.0, 0.0, 0.0]))  # two candidates: the shortlist comes first
     with pytest.raises(ValueError, match=r"shortlist_size == True"):
-        classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=True)
+        classify(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=True)
     with pytest.raises(ValueError, match=r"must list the class names in class order"):
         bad = type(n)(name="bad", classes=n.classes, groups=n.groups[:-1] + (type(n.groups[-1])(
             name="class_name", template="{}", options=tuple(reversed(n.classes))),), rules=n.rules)
-        classify_batch(ArraySource(np.zeros((1, n.q_total)), bad), bad, "eig", shortlist_size=2)
+        classify(ArraySource(np.zeros((1, n.q_total)), bad), bad, "eig", shortlist_size=2)
 
 
-def test_a_policy_that_picks_an_asked_group_is_refused():
+def test_a_policy_that_picks_an_asked_group_is_refused(classify):
     s = _system()
 
     class Stubborn(Policy):
@@ -135,23 +135,23 @@ def test_a_policy_that_picks_an_asked_group_is_refused():
             return np.zeros(len(state.images), dtype=np.int64)  # g0, even once asked
 
     with pytest.raises(RuntimeError, match=r"policy Stubborn\(\) chose an unavailable group"):
-        classify_batch(ArraySource(np.zeros((1, 5)), s), s, Stubborn())
+        classify(ArraySource(np.zeros((1, 5)), s), s, Stubborn())
 
 
-def test_non_finite_similarity_message_names_the_group():
+def test_non_finite_similarity_message_names_the_group(classify):
     s = _system()
     sims = np.zeros((2, 5))
     sims[1, 3] = np.inf
-    res = classify_batch(ArraySource(sims, s), s, "fixed")
+    res = classify(ArraySource(sims, s), s, "fixed")
     assert res[0].error is None and res[0].q_spent == 5
     assert res[1].error.startswith("non-finite similarity for group 'g1': the encoder returned NaN/inf")
     assert res[1].label is None and res[1].stop is None
 
 
-def test_steps_record_the_answer_its_probability_and_the_confidence():
+def test_steps_record_the_answer_its_probability_and_the_confidence(classify):
     s = _system()
     sims = np.array([[1.0, 0.0, 0.0, 0.0, 0.0]])
-    r = classify_batch(ArraySource(sims, s), s, "fixed", logit_scale=2.0, top_k=2)[0]
+    r = classify(ArraySource(sims, s), s, "fixed", logit_scale=2.0, top_k=2)[0]
     p0 = 1 / (1 + np.exp(-2.0))
     assert [st.group for st in r.steps] == ["g0", "g1"]
     assert r.steps[0].answer == "o0_0" and r.steps[0].answer_prob == pytest.approx(p0)
@@ -162,14 +162,14 @@ def test_steps_record_the_answer_its_probability_and_the_confidence():
     assert len(r.top) == 2 and r.top[0][0] == r.label and r.q_spent == 5 and r.stop == "exhausted"
 
 
-def test_top_k_and_the_prior_only_answer():
+def test_top_k_and_the_prior_only_answer(classify):
     s = _system()
-    r = classify_batch(ArraySource(np.zeros((1, 5)), s), s, "eig", stop=StopRule(budget=1),
+    r = classify(ArraySource(np.zeros((1, 5)), s), s, "eig", stop=StopRule(budget=1),
                        prior=np.array([1.0, 2.0, 3.0, 4.0]), top_k=3)[0]
     assert [lab for lab, _ in r.top] == ["c3", "c2", "c1"]
     np.testing.assert_allclose([p for _, p in r.top], [0.4, 0.3, 0.2])
     # the default top_k keeps 5
-    r = classify_batch(ArraySource(np.zeros((1, 5)), s), s, "eig", stop=StopRule(budget=1))[0]
+    r = classify(ArraySource(np.zeros((1, 5)), s), s, "eig", stop=StopRule(budget=1))[0]
     assert len(r.top) == 4
 
 
@@ -331,7 +331,7 @@ def test_a_policy_plugin_is_checked_before_it_is_registered():
     assert "mine_for_the_check" not in POLICIES
 
 
-def test_classify_batch_defaults_are_the_documented_ones():
+def test_classify_batch_defaults_are_the_documented_ones(classify):
     """policy "eig", λ = 100 and top_k = 5 when not given (docs: the uncalibrated setting)."""
     from engine import SimulatedSource
     from engine.core.simulate import sample_classes
@@ -340,19 +340,19 @@ def test_classify_batch_defaults_are_the_documented_ones():
     system = load_system("pokemon15")
     truth = sample_classes(6, system.n_classes, 0)
     src = SimulatedSource(system, truth, seed=0)
-    plain = classify_batch(src, system, stop=StopRule(tau=0.9))
-    given_ = classify_batch(src, system, "eig", stop=StopRule(tau=0.9), logit_scale=100.0, top_k=5)
+    plain = classify(src, system, stop=StopRule(tau=0.9))
+    given_ = classify(src, system, "eig", stop=StopRule(tau=0.9), logit_scale=100.0, top_k=5)
     assert [r.top for r in plain] == [r.top for r in given_]
     assert [[s.group for s in r.steps] for r in plain] == [[s.group for s in r.steps] for r in given_]
     assert all(len(r.top) == 5 for r in plain)
 
 
-def test_shortlist_size_must_be_a_whole_number():
+def test_shortlist_size_must_be_a_whole_number(classify):
     n = with_name_group(_system())
     for bad in (3.0, 2.5, np.float64(4)):
         with pytest.raises(ValueError, match=r"shortlist_size =="):
-            classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=bad)
-    assert len(classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=np.int64(2))) == 1
+            classify(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=bad)
+    assert len(classify(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=np.int64(2))) == 1
 
 
 @given(st.floats(-6, 6), st.integers(2, 6), st.integers(0, 2**16))
@@ -388,13 +388,13 @@ class _ByParity(Policy):
         return np.where(want1, 1, first)
 
 
-def test_budget_stops_each_image_on_its_own_and_the_policy_sees_what_is_left():
+def test_budget_stops_each_image_on_its_own_and_the_policy_sees_what_is_left(classify):
     """Budget 4, groups K = 2, 3, 2: image 0 spends 3 on g1 and can afford nothing more (stop "budget") while
     image 1, after g0 (2 prompts), can still afford g2 and asks it; the policy is told each image's prompts left."""
     rules = tuple((frozenset([c % 2]), frozenset([c % 3]), frozenset([(c // 2) % 2])) for c in range(4))
     s = make_system(rules, np.array([2, 3, 2]))
     pol = _ByParity()
-    r0, r1 = classify_batch(ArraySource(np.zeros((2, 7)), s), s, pol, stop=StopRule(budget=4))
+    r0, r1 = classify(ArraySource(np.zeros((2, 7)), s), s, pol, stop=StopRule(budget=4))
     assert (r0.stop, r0.q_spent, [st_.group for st_ in r0.steps]) == ("budget", 3, ["g1"])
     assert (r1.stop, r1.q_spent, [st_.group for st_ in r1.steps]) == ("budget", 4, ["g0", "g2"])
     (imgs1, left1), (imgs2, left2) = pol.seen
@@ -402,10 +402,10 @@ def test_budget_stops_each_image_on_its_own_and_the_policy_sees_what_is_left():
     assert imgs2.tolist() == [1] and left2.tolist() == [2]
 
 
-def test_the_shortlist_is_asked_when_exactly_m_prompts_are_left():
+def test_the_shortlist_is_asked_when_exactly_m_prompts_are_left(classify):
     """Two candidates, m = 2 and a budget of 2: the names question fits the budget exactly, so it is asked."""
     n = with_name_group(_system())
-    (r,) = classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", stop=StopRule(budget=2),
+    (r,) = classify(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", stop=StopRule(budget=2),
                           shortlist_size=2, prior=np.array([1.0, 1.0, 0.0, 0.0]))
     assert [st_.group for st_ in r.steps] == ["class_name"] and r.q_spent == 2 and r.stop == "budget"
 
@@ -436,11 +436,11 @@ def test_each_images_option_probabilities_ignore_the_rest_of_the_batch(row, big,
 
 
 @given(st.lists(st.sampled_from([1.0, 2.0, 3.0]), min_size=17, max_size=60))
-def test_top_breaks_ties_by_class_index(weights):
+def test_top_breaks_ties_by_class_index(classify, weights):
     """With nothing asked (budget 0) the result is the prior; tied classes are listed in class order."""
     C = len(weights)
     s = make_system(tuple((frozenset([c % 2]),) for c in range(C)), np.array([2]))
     prior = np.array(weights)
-    (r,) = classify_batch(ArraySource(np.zeros((1, 2)), s), s, "eig", stop=StopRule(budget=0), prior=prior)
+    (r,) = classify(ArraySource(np.zeros((1, 2)), s), s, "eig", stop=StopRule(budget=0), prior=prior)
     want = sorted(range(C), key=lambda c: (-prior[c], c))[:5]
     assert [label for label, _ in r.top] == [s.classes[c] for c in want] and r.q_spent == 0

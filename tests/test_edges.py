@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ArraySource, StopRule, build_channel, classify_batch
+from engine import ArraySource, StopRule, build_channel
 from engine.core.calibration import fit_logit_scale_and_eps, full_log_posterior, true_class_nll
 from engine.core.scoring import group_log_probs, group_probs
 from policies import get_policy, list_policies
@@ -39,14 +39,14 @@ def _twin_partition_system():
     return make_system(rules, np.array([3, 3]))
 
 
-def test_equal_eigs_on_a_rounding_boundary_give_the_same_path_alone_and_in_a_batch():
+def test_equal_eigs_on_a_rounding_boundary_give_the_same_path_alone_and_in_a_batch(classify):
     system = _twin_partition_system()
     others = np.random.default_rng(_OTHERS_SEED).dirichlet(np.ones(12), size=5)
     prior = np.vstack([others, _PRIOR])
     sims = np.zeros((6, system.q_total))
     stop = StopRule(budget=3)
-    alone = classify_batch(ArraySource(sims[:1], system), system, "eig", eps=0.05, prior=prior[-1:], stop=stop)
-    batch = classify_batch(ArraySource(sims, system), system, "eig", eps=0.05, prior=prior, stop=stop)
+    alone = classify(ArraySource(sims[:1], system), system, "eig", eps=0.05, prior=prior[-1:], stop=stop)
+    batch = classify(ArraySource(sims, system), system, "eig", eps=0.05, prior=prior, stop=stop)
     assert _path(alone[0]) == _path(batch[-1]) == ["g0"]  # equal EIGs: the lower index
 
 
@@ -63,7 +63,7 @@ def test_masked_argmax_treats_last_bit_differences_as_ties():
 
 @SETTINGS
 @given(data=st.data(), policy=st.sampled_from(list_policies()), eps=EPS, lam=LOGIT_SCALES)
-def test_an_image_alone_follows_its_path_in_any_batch(data, policy, eps, lam):
+def test_an_image_alone_follows_its_path_in_any_batch(classify, data, policy, eps, lam):
     rules, sizes = data.draw(rule_tables(min_k=2))
     system = make_system(rules, sizes)
     m = data.draw(st.none() | st.integers(2, 4))  # with the names shortlist, whose candidates are ranked too
@@ -75,10 +75,10 @@ def test_an_image_alone_follows_its_path_in_any_batch(data, policy, eps, lam):
                     delta=data.draw(st.sampled_from([0.0, 0.05, 0.3])),
                     budget=data.draw(st.one_of(st.none(), st.integers(0, 12))))
     kw = dict(stop=stop, eps=eps, logit_scale=lam, top_k=system.n_classes, shortlist_size=m)
-    batch = classify_batch(ArraySource(sims, system), system, policy, **kw)
+    batch = classify(ArraySource(sims, system), system, policy, **kw)
     for i in range(B):
         pol = get_policy(policy)
-        alone = classify_batch(ArraySource(sims[i:i + 1], system), system, pol, **kw)[0]
+        alone = classify(ArraySource(sims[i:i + 1], system), system, pol, **kw)[0]
         if policy == "random":  # the random order is keyed by the image's index in its batch
             continue
         assert _path(alone) == _path(batch[i])
@@ -87,7 +87,7 @@ def test_an_image_alone_follows_its_path_in_any_batch(data, policy, eps, lam):
 
 
 # --------------------------------------------------------------------------- 2. δ looks at affordable groups
-def test_delta_ignores_groups_the_budget_cannot_pay_for():
+def test_delta_ignores_groups_the_budget_cannot_pay_for(classify):
     # g0 (K=2) splits 4 classes 1:3, EIG 0.562; g1 (K=5) splits them into singletons, EIG log 4 = 1.386,
     # but costs 5 > budget 4. Asking g0 would buy 0.562 < δ = 0.6 nats: not worth it, so stop (see the
     # StopRule docstring and docs/method-notes.md).
@@ -99,28 +99,28 @@ def test_delta_ignores_groups_the_budget_cannot_pay_for():
     assert eig[0] == pytest.approx(0.562, abs=1e-3) and eig[1] == pytest.approx(1.386, abs=1e-3)
     src = ArraySource(np.zeros((1, system.q_total)), system)
     for policy in list_policies():
-        r = classify_batch(src, system, policy, stop=StopRule(delta=0.6, budget=4))[0]
+        r = classify(src, system, policy, stop=StopRule(delta=0.6, budget=4))[0]
         assert (r.stop, r.q_spent, r.steps) == ("no_gain", 0, [])
         # with the budget to pay for g1 the image goes on
-        r = classify_batch(src, system, policy, stop=StopRule(delta=0.6, budget=7))[0]
+        r = classify(src, system, policy, stop=StopRule(delta=0.6, budget=7))[0]
         assert r.q_spent > 0
 
 
 # --------------------------------------------------------------------------- 3. the shortlist trigger
 @pytest.mark.parametrize("n", range(2, 21))
-def test_shortlist_is_asked_first_when_the_uniform_prior_has_exactly_m_candidates(n):
+def test_shortlist_is_asked_first_when_the_uniform_prior_has_exactly_m_candidates(classify, n):
     # exp(H(uniform over n)) is n + 1 ulp for some n; perplexity ≤ m must still hold at m = n
     rules = tuple((frozenset([c % 2]),) for c in range(n))
     system = with_name_group(make_system(rules, np.array([2])))
     src = ArraySource(np.zeros((1, system.q_total)), system)
-    r = classify_batch(src, system, "eig", eps=0.05, shortlist_size=n, stop=StopRule(tau=0.99))[0]
+    r = classify(src, system, "eig", eps=0.05, shortlist_size=n, stop=StopRule(tau=0.99))[0]
     assert r.steps[0].group == "class_name"
 
 
 # --------------------------------------------------------------------------- 4. huge finite similarities
 @pytest.mark.parametrize("sims", [[[1e305, 0.0]], [[-1e305, 0.0]], [[1e308, -1e308]], [[1e305, 1e305]]])
 @pytest.mark.parametrize("lam", [1e-3, 1.0, 1e4])
-def test_huge_finite_similarities_give_no_nan(sims, lam):
+def test_huge_finite_similarities_give_no_nan(classify, sims, lam):
     sims = np.array(sims)
     p = group_probs(sims, lam)
     lp = group_log_probs(sims, lam)
@@ -131,7 +131,7 @@ def test_huge_finite_similarities_give_no_nan(sims, lam):
     rules = (frozenset([0]),), (frozenset([1]),)
     system = make_system(rules, np.array([2]))
     for scorer in ("bayes", "sum"):
-        r = classify_batch(ArraySource(sims, system), system, "fixed", logit_scale=lam, scorer=scorer)[0]
+        r = classify(ArraySource(sims, system), system, "fixed", logit_scale=lam, scorer=scorer)[0]
         assert r.error is None and np.isfinite(r.confidence) and 0.5 <= r.confidence <= 1.0
 
 

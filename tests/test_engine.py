@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from engine import ArraySource, SimulatedSource, StopRule, build_channel, classify_batch
+from engine import ArraySource, SimulatedSource, StopRule, build_channel
 from engine.core.results import STOP_REASONS
 from engine.core.scoring import expected_information_gain
 from engine.core.simulate import sample_classes
@@ -35,9 +35,9 @@ def _same(a, b):
 
 
 # --------------------------------------------------------------------------- loop
-def test_engine_asks_only_for_the_groups_it_records(p15):
+def test_engine_asks_only_for_the_groups_it_records(classify, p15):
     src, _ = sim(p15, 60)
-    res = classify_batch(src, p15, "eig", stop=StopRule(tau=0.9))
+    res = classify(src, p15, "eig", stop=StopRule(tau=0.9))
     asked = {(g, int(i)) for g, imgs in src.asked for i in imgs}
     recorded = {(p15.group_index(s.group), i) for i, r in enumerate(res) for s in r.steps}
     assert asked == recorded
@@ -48,52 +48,52 @@ def test_engine_asks_only_for_the_groups_it_records(p15):
         assert r.q_spent == sum(p15.groups[p15.group_index(n)].n_options for n in names)
 
 
-def test_each_image_follows_its_own_path(p15):
+def test_each_image_follows_its_own_path(classify, p15):
     src, _ = sim(p15, 100, margin=0.04)
-    res = classify_batch(src, p15, "eig", stop=StopRule(tau=0.95))
+    res = classify(src, p15, "eig", stop=StopRule(tau=0.95))
     paths = {tuple(s.group for s in r.steps) for r in res}
     assert len(paths) > 1
 
 
-def test_stop_reasons_are_the_documented_ones(p15):
+def test_stop_reasons_are_the_documented_ones(classify, p15):
     src, _ = sim(p15, 100)
-    stops = {r.stop for r in classify_batch(src, p15, "eig", stop=StopRule(tau=0.9, delta=0.05, budget=30))}
+    stops = {r.stop for r in classify(src, p15, "eig", stop=StopRule(tau=0.9, delta=0.05, budget=30))}
     assert stops <= set(STOP_REASONS)
     assert "confident" in stops
 
 
-def test_confident_stop_fires_at_tau(p15):
+def test_confident_stop_fires_at_tau(classify, p15):
     src, _ = sim(p15, 100, margin=0.05)
-    for r in classify_batch(src, p15, "eig", stop=StopRule(tau=0.8)):
+    for r in classify(src, p15, "eig", stop=StopRule(tau=0.8)):
         if r.stop == "confident":
             assert r.steps[-1].confidence_after >= 0.8
             assert all(s.confidence_after < 0.8 for s in r.steps[:-1])
 
 
-def test_confident_stop_fires_at_exactly_tau():
+def test_confident_stop_fires_at_exactly_tau(classify):
     # prior (2, 1, 1): max π = 0.5 exactly, before any question
     system = make_system(tuple((frozenset([c % 2]),) for c in range(3)), np.array([2]))
     src = ArraySource(np.zeros((1, 2)), system)
-    r = classify_batch(src, system, "eig", stop=StopRule(tau=0.5), prior=np.array([2.0, 1.0, 1.0]))[0]
+    r = classify(src, system, "eig", stop=StopRule(tau=0.5), prior=np.array([2.0, 1.0, 1.0]))[0]
     assert (r.stop, r.q_spent, r.confidence) == ("confident", 0, 0.5)
-    r = classify_batch(src, system, "eig", stop=StopRule(tau=np.nextafter(0.5, 1)), prior=np.array([2.0, 1.0, 1.0]))[0]
+    r = classify(src, system, "eig", stop=StopRule(tau=np.nextafter(0.5, 1)), prior=np.array([2.0, 1.0, 1.0]))[0]
     assert r.q_spent == 2
 
 
-def test_budget_that_exactly_pays_for_a_group_asks_it():
+def test_budget_that_exactly_pays_for_a_group_asks_it(classify):
     system = make_system(tuple((frozenset([c % 3]), frozenset([c % 2])) for c in range(6)), np.array([3, 2]))
     src = ArraySource(np.zeros((1, 5)), system)
     for budget, q in ((2, 2), (3, 3), (4, 3), (5, 5)):
-        r = classify_batch(src, system, "fixed", stop=StopRule(budget=budget))[0]
+        r = classify(src, system, "fixed", stop=StopRule(budget=budget))[0]
         assert r.q_spent == q and r.stop == ("exhausted" if q == 5 else "budget")
 
 
-def test_sum_scorer_in_the_loop_is_the_normalised_sum_of_option_probabilities():
+def test_sum_scorer_in_the_loop_is_the_normalised_sum_of_option_probabilities(classify):
     # rules with multi-option and not-applicable entries; the loop's scores against the formula by hand
     rules = ((frozenset([0]), frozenset()), (frozenset([1, 2]), frozenset([1])), (frozenset([2]), frozenset([0])))
     system = make_system(rules, np.array([3, 2]))
     sims = np.array([[0.3, -0.1, 0.2, 0.5, -0.4], [0.0, 0.0, 0.9, -0.2, 0.1]])
-    res = classify_batch(ArraySource(sims, system), system, "fixed", scorer="sum", logit_scale=3.0, eps=0.2,
+    res = classify(ArraySource(sims, system), system, "fixed", scorer="sum", logit_scale=3.0, eps=0.2,
                          top_k=3)
     for r, row in zip(res, sims):
         p = [np.exp(3 * row[:3]) / np.exp(3 * row[:3]).sum(), np.exp(3 * row[3:]) / np.exp(3 * row[3:]).sum()]
@@ -104,18 +104,18 @@ def test_sum_scorer_in_the_loop_is_the_normalised_sum_of_option_probabilities():
         assert r.label == system.classes[int(np.argmax(want))] and r.confidence == pytest.approx(want.max())
 
 
-def test_no_gain_stops_when_every_group_is_uninformative(p15):
+def test_no_gain_stops_when_every_group_is_uninformative(classify, p15):
     # background_scene is not applicable to every class: its EIG is 0, so eig never asks it
     src, _ = sim(p15, 50)
-    for r in classify_batch(src, p15, "eig", stop=StopRule(delta=1e-9)):
+    for r in classify(src, p15, "eig", stop=StopRule(delta=1e-9)):
         assert "background_scene" not in [s.group for s in r.steps]
         assert r.stop == "no_gain"
 
 
-def test_budget_below_the_cheapest_group_answers_from_the_prior(p15):
+def test_budget_below_the_cheapest_group_answers_from_the_prior(classify, p15):
     src, _ = sim(p15, 5)
     prior = np.arange(1, p15.n_classes + 1, dtype=float)
-    res = classify_batch(src, p15, "eig", stop=StopRule(budget=3), prior=prior)
+    res = classify(src, p15, "eig", stop=StopRule(budget=3), prior=prior)
     for r in res:
         assert r.stop == "budget" and r.q_spent == 0 and r.steps == []
         assert r.label == p15.classes[-1]
@@ -123,26 +123,26 @@ def test_budget_below_the_cheapest_group_answers_from_the_prior(p15):
     assert src.asked == []
 
 
-def test_empty_batch_returns_empty_result(p15):
+def test_empty_batch_returns_empty_result(classify, p15):
     src = ArraySource(np.zeros((0, p15.q_total)), p15)
-    assert classify_batch(src, p15, "eig", stop=StopRule(tau=0.9)) == []
+    assert classify(src, p15, "eig", stop=StopRule(tau=0.9)) == []
 
 
-def test_duplicate_images_get_identical_results(p15):
+def test_duplicate_images_get_identical_results(classify, p15):
     src, _ = sim(p15, 10)
     sims = np.concatenate([src.similarities(np.arange(10), g) for g in range(p15.n_groups)], axis=1)
     both = ArraySource(np.concatenate([sims, sims]), p15)
-    res = classify_batch(both, p15, "eig", stop=StopRule(tau=0.9))
+    res = classify(both, p15, "eig", stop=StopRule(tau=0.9))
     for a, b in zip(res[:10], res[10:]):
         assert _same(a, b)
 
 
-def test_non_finite_similarity_fails_one_image_only(p15):
+def test_non_finite_similarity_fails_one_image_only(classify, p15):
     src, _ = sim(p15, 6)
     sims = np.concatenate([src.similarities(np.arange(6), g) for g in range(p15.n_groups)], axis=1)
-    good = classify_batch(ArraySource(sims, p15), p15, "fixed")
+    good = classify(ArraySource(sims, p15), p15, "fixed")
     sims[2, :] = np.nan
-    res = classify_batch(ArraySource(sims, p15), p15, "fixed")
+    res = classify(ArraySource(sims, p15), p15, "fixed")
     assert res[2].error and "non-finite" in res[2].error and res[2].label is None
     for i in (0, 1, 3, 4, 5):
         assert _same(res[i], good[i])
@@ -157,26 +157,26 @@ def test_bad_stop_arguments_name_the_value(kw, match):
         StopRule(**kw)
 
 
-def test_bad_scorer_and_policy_names(p15):
+def test_bad_scorer_and_policy_names(classify, p15):
     src, _ = sim(p15, 2)
     with pytest.raises(ValueError, match="scorer == 'max'"):
-        classify_batch(src, p15, "eig", scorer="max")
+        classify(src, p15, "eig", scorer="max")
     with pytest.raises(ValueError, match=r"unknown policy 'best'; choose one of \['eig'"):
-        classify_batch(src, p15, "best")
+        classify(src, p15, "best")
 
 
-def test_results_serialise_to_json(p15):
+def test_results_serialise_to_json(classify, p15):
     src, _ = sim(p15, 3)
-    for r in classify_batch(src, p15, "eig", stop=StopRule(tau=0.9)):
+    for r in classify(src, p15, "eig", stop=StopRule(tau=0.9)):
         d = json.loads(json.dumps(r.to_dict()))
         assert set(d) >= {"label", "confidence", "top", "q_spent", "stop", "asked", "error"}
         assert set(d["asked"][0]) == {"group", "eig", "answer", "answer_prob", "confidence_after"}
 
 
-def test_full_system_and_baseline_are_the_same_loop(p15):
+def test_full_system_and_baseline_are_the_same_loop(classify, p15):
     base = baseline_system(p15)
     src, truth = sim(base, 30, margin=0.05)
-    res = classify_batch(src, base, "fixed")
+    res = classify(src, base, "fixed")
     assert all(r.q_spent == p15.n_classes and r.stop == "exhausted" for r in res)
     cos = src.similarities(np.arange(30), 0)  # the baseline: the cosine argmax over the class names
     for r, row in zip(res, cos):
@@ -286,15 +286,15 @@ def test_simulator_wrong_rate_answers_wrongly(p15):
     assert not p15.rule_matrix[truth, p15.offsets[g] + top].any()
 
 
-def test_eig_skips_an_uninformative_first_question_that_fixed_pays_for(p15):
+def test_eig_skips_an_uninformative_first_question_that_fixed_pays_for(classify, p15):
     # pokemon15's background_scene applies to no class; put it first in system order
     order = [p15.group_index("background_scene")] + [g for g in range(p15.n_groups)
                                                      if p15.groups[g].name != "background_scene"]
     s = type(p15)(name="bg_first", classes=p15.classes, groups=tuple(p15.groups[g] for g in order),
                   rules=tuple(tuple(r[g] for g in order) for r in p15.rules))
     stop = StopRule(tau=0.9)
-    e = classify_batch(sim(s, 300, seed=5, margin=0.05)[0], s, "eig", stop=stop, eps=0.05)
-    f = classify_batch(sim(s, 300, seed=5, margin=0.05)[0], s, "fixed", stop=stop, eps=0.05)
+    e = classify(sim(s, 300, seed=5, margin=0.05)[0], s, "eig", stop=stop, eps=0.05)
+    f = classify(sim(s, 300, seed=5, margin=0.05)[0], s, "fixed", stop=stop, eps=0.05)
     assert all(r.steps[0].group == "background_scene" for r in f)
     for r in e:  # eig asks it only when nothing informative is left
         names = [st.group for st in r.steps]

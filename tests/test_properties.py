@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.special import expit
 
-from engine import ArraySource, StopRule, build_channel, classify_batch
+from engine import ArraySource, StopRule, build_channel
 from engine.core.scoring import (
     bayes_loglik, baseline_probs, entropy, expected_information_gain, full_bayes_log_posterior,
     group_log_probs, group_probs, sum_scores,
@@ -167,14 +167,14 @@ EQUIVARIANT_POLICIES = [p for p in list_policies() if p != "top2"]
 
 @SETTINGS
 @given(system=systems(), data=st.data(), policy=st.sampled_from(EQUIVARIANT_POLICIES))
-def test_renaming_and_permuting_classes_in_the_engine(system, data, policy):
+def test_renaming_and_permuting_classes_in_the_engine(classify, system, data, policy):
     perm = list(data.draw(st.permutations(range(system.n_classes))))
     renamed = AttributeSystem(name="renamed", classes=tuple(f"new{system.classes[c]}" for c in perm),
                               groups=system.groups, rules=tuple(system.rules[c] for c in perm))
     sims = data.draw(similarity_arrays(3, system.q_total))
     stop = StopRule(tau=data.draw(st.sampled_from([0.5, 0.9, 1.0])))
-    a = classify_batch(ArraySource(sims, system), system, policy, stop=stop, top_k=system.n_classes)
-    b = classify_batch(ArraySource(sims, renamed), renamed, policy, stop=stop, top_k=renamed.n_classes)
+    a = classify(ArraySource(sims, system), system, policy, stop=stop, top_k=system.n_classes)
+    b = classify(ArraySource(sims, renamed), renamed, policy, stop=stop, top_k=renamed.n_classes)
     for ra, rb in zip(a, b):
         assert [s.group for s in ra.steps] == [s.group for s in rb.steps]
         pa = {lab: p for lab, p in ra.top}
@@ -187,12 +187,12 @@ def test_renaming_and_permuting_classes_in_the_engine(system, data, policy):
 # --------------------------------------------------------------------------- 3. reduction
 @SETTINGS
 @given(n=st.integers(1, 12), data=st.data(), lam=LOGIT_SCALES, scorer=st.sampled_from(["bayes", "sum"]))
-def test_one_group_of_class_names_reduces_to_the_baseline(n, data, lam, scorer):
+def test_one_group_of_class_names_reduces_to_the_baseline(classify, n, data, lam, scorer):
     classes = [f"class {i}" for i in range(n)]
     system = baseline_system(classes)
     assert system.q_total == n
     sims = data.draw(similarity_arrays(4, n))
-    res = classify_batch(ArraySource(sims, system), system, "fixed", logit_scale=lam, scorer=scorer)
+    res = classify(ArraySource(sims, system), system, "fixed", logit_scale=lam, scorer=scorer)
     base = baseline_probs(sims, lam)
     for r, row in zip(res, base):
         want = int(np.argmax(row))
@@ -264,10 +264,10 @@ def test_eig_of_a_singleton_split_is_the_posterior_entropy(n, extra, data):
 # --------------------------------------------------------------------------- 5. τ=1: every group, same posterior
 @SETTINGS
 @given(system=systems(), data=st.data(), policy=st.sampled_from(list_policies()), eps=EPS, lam=LOGIT_SCALES)
-def test_no_stopping_asks_every_group_and_matches_fixed_order(system, data, policy, eps, lam):
+def test_no_stopping_asks_every_group_and_matches_fixed_order(classify, system, data, policy, eps, lam):
     sims = data.draw(similarity_arrays(3, system.q_total))
     src = ArraySource(sims, system)
-    res = classify_batch(src, system, policy, stop=StopRule(tau=1.0, delta=0.0, budget=None),
+    res = classify(src, system, policy, stop=StopRule(tau=1.0, delta=0.0, budget=None),
                          eps=eps, logit_scale=lam, top_k=system.n_classes)
     for r in res:
         assert sorted(s.group for s in r.steps) == sorted(g.name for g in system.groups)
@@ -288,12 +288,12 @@ def test_no_stopping_asks_every_group_and_matches_fixed_order(system, data, poli
 @SETTINGS
 @given(system=systems(), data=st.data(), policy=st.sampled_from(list_policies()),
        budget=st.one_of(st.none(), st.integers(0, 20)))
-def test_budget_is_never_exceeded_and_higher_tau_never_asks_less(system, data, policy, budget):
+def test_budget_is_never_exceeded_and_higher_tau_never_asks_less(classify, system, data, policy, budget):
     sims = data.draw(similarity_arrays(4, system.q_total))
     t1 = data.draw(st.floats(0.05, 1.0))
     t2 = data.draw(st.floats(t1, 1.0))
-    r1 = classify_batch(ArraySource(sims, system), system, policy, stop=StopRule(tau=t1, budget=budget))
-    r2 = classify_batch(ArraySource(sims, system), system, policy, stop=StopRule(tau=t2, budget=budget))
+    r1 = classify(ArraySource(sims, system), system, policy, stop=StopRule(tau=t1, budget=budget))
+    r2 = classify(ArraySource(sims, system), system, policy, stop=StopRule(tau=t2, budget=budget))
     for a, b in zip(r1, r2):
         if budget is not None:
             assert a.q_spent <= budget and b.q_spent <= budget
@@ -304,7 +304,7 @@ def test_budget_is_never_exceeded_and_higher_tau_never_asks_less(system, data, p
 # --------------------------------------------------------------------------- 7. one-hot answers
 @SETTINGS
 @given(data=st.data(), eps=EPS, scorer=st.sampled_from(["bayes", "sum"]))
-def test_one_hot_answers_on_a_unique_signature_win(data, eps, scorer):
+def test_one_hot_answers_on_a_unique_signature_win(classify, data, eps, scorer):
     rules, sizes = data.draw(rule_tables(min_k=2, multi=(scorer == "bayes")))
     c = data.draw(st.integers(0, len(rules) - 1))
     # c answers every group with one option (applicable everywhere), and its signature is unique
@@ -315,7 +315,7 @@ def test_one_hot_answers_on_a_unique_signature_win(data, eps, scorer):
     sims = np.zeros((1, system.q_total))
     for g, opts in enumerate(row):
         sims[0, system.offsets[g] + next(iter(opts))] = 1.0
-    res = classify_batch(ArraySource(sims, system), system, "fixed", eps=eps, logit_scale=1e4, scorer=scorer,
+    res = classify(ArraySource(sims, system), system, "fixed", eps=eps, logit_scale=1e4, scorer=scorer,
                          top_k=system.n_classes)
     assert res[0].label == system.classes[c]
     assert res[0].top[0][1] > res[0].top[1][1] if system.n_classes > 1 else True

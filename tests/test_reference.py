@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine import ArraySource, StopRule, build_channel, classify_batch
+from engine import ArraySource, StopRule, build_channel
 from engine.core.scoring import (
     expected_information_gain, full_bayes_log_posterior, group_log_probs, group_probs, shortlist, shortlist_eig,
     shortlist_loglik, sum_scores,
@@ -145,7 +145,7 @@ def _compare(r, want, system, name_g=None):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), policy=st.sampled_from(list_policies()), lam=LOGIT_SCALES, eps=EPS,
        scorer=st.sampled_from(["bayes", "sum"]))
-def test_adaptive_loop_matches_the_reference(data, policy, lam, eps, scorer):
+def test_adaptive_loop_matches_the_reference(classify, data, policy, lam, eps, scorer):
     rules, sizes = data.draw(rule_tables(max_classes=6, max_groups=4))
     system = make_system(rules, sizes)
     C = system.n_classes
@@ -155,7 +155,7 @@ def test_adaptive_loop_matches_the_reference(data, policy, lam, eps, scorer):
     tau = data.draw(st.sampled_from([1.0, 0.5, 0.9, 0.99]) | st.floats(0.05, 1.0))
     delta = data.draw(st.sampled_from([0.0, 0.0, 0.1, 0.5]) | st.floats(0.0, 1.5))
     budget = data.draw(st.none() | st.integers(0, 14))
-    res = classify_batch(ArraySource(sims, system), system, policy, stop=StopRule(tau=tau, delta=delta, budget=budget),
+    res = classify(ArraySource(sims, system), system, policy, stop=StopRule(tau=tau, delta=delta, budget=budget),
                          logit_scale=lam, eps=eps, scorer=scorer, prior=prior, top_k=C)
     for i, r in enumerate(res):
         want = ref.classify_one(_split(sims[i], sizes), rules, [int(k) for k in sizes], policy=policy, lam=lam,
@@ -166,7 +166,7 @@ def test_adaptive_loop_matches_the_reference(data, policy, lam, eps, scorer):
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), policy=st.sampled_from(list_policies()), lam=LOGIT_SCALES, eps=EPS)
-def test_adaptive_loop_with_the_shortlist_matches_the_reference(data, policy, lam, eps):
+def test_adaptive_loop_with_the_shortlist_matches_the_reference(classify, data, policy, lam, eps):
     rules, sizes = data.draw(rule_tables(max_classes=6, max_groups=3))
     system = with_name_group(make_system(rules, sizes))
     C = system.n_classes
@@ -176,7 +176,7 @@ def test_adaptive_loop_with_the_shortlist_matches_the_reference(data, policy, la
     tau = data.draw(st.sampled_from([1.0, 0.9]) | st.floats(0.05, 1.0))
     delta = data.draw(st.sampled_from([0.0, 0.2]))
     budget = data.draw(st.none() | st.integers(0, 16))
-    res = classify_batch(ArraySource(sims, system), system, policy, stop=StopRule(tau=tau, delta=delta, budget=budget),
+    res = classify(ArraySource(sims, system), system, policy, stop=StopRule(tau=tau, delta=delta, budget=budget),
                          logit_scale=lam, eps=eps, prior=prior, top_k=C, shortlist_size=m)
     all_sizes = [int(k) for k in system.option_counts]
     for i, r in enumerate(res):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ArraySource, SimulatedSource, StopRule, build_channel, classify_batch
+from engine import ArraySource, SimulatedSource, StopRule, build_channel
 from engine.core.scoring import (
     bayes_loglik, expected_information_gain, group_log_probs, shortlist, shortlist_eig, shortlist_loglik,
 )
@@ -79,15 +79,15 @@ class Recording(ArraySource):
         return super().similarities(images, group, options)
 
 
-def test_shortlist_tells_twins_apart_for_m_prompts_and_asks_only_candidate_names():
+def test_shortlist_tells_twins_apart_for_m_prompts_and_asks_only_candidate_names(classify):
     system = with_name_group(twins_system())
     truth = np.repeat(np.arange(6), 30)
     src = SimulatedSource(system, truth, margin=0.1, noise=0.01, seed=1)
     sims = np.concatenate([src.similarities(np.arange(len(truth)), g) for g in range(system.n_groups)], axis=1)
-    plain = classify_batch(ArraySource(sims[:, :5], twins_system()), twins_system(), "eig",
+    plain = classify(ArraySource(sims[:, :5], twins_system()), twins_system(), "eig",
                            stop=StopRule(tau=0.9), logit_scale=100.0, eps=0.05)
     rec = Recording(sims, system)
-    short = classify_batch(rec, system, "eig", stop=StopRule(tau=0.9), logit_scale=100.0, eps=0.05,
+    short = classify(rec, system, "eig", stop=StopRule(tau=0.9), logit_scale=100.0, eps=0.05,
                            shortlist_size=2)
     acc_plain = np.mean([r.label == system.classes[c] for r, c in zip(plain, truth)])
     acc_short = np.mean([r.label == system.classes[c] for r, c in zip(short, truth)])
@@ -102,11 +102,11 @@ def test_shortlist_tells_twins_apart_for_m_prompts_and_asks_only_candidate_names
 
 @SETTINGS
 @given(data=st.data(), budget=st.integers(0, 12), m=st.integers(2, 4))
-def test_shortlist_respects_the_budget_and_is_asked_at_most_once(data, budget, m):
+def test_shortlist_respects_the_budget_and_is_asked_at_most_once(classify, data, budget, m):
     rules, sizes = data.draw(rule_tables(max_classes=5, max_groups=3, min_k=2))
     system = with_name_group(make_system(rules, sizes))
     sims = data.draw(similarity_arrays(4, system.q_total))
-    res = classify_batch(ArraySource(sims, system), system, "eig", stop=StopRule(tau=0.9, budget=budget),
+    res = classify(ArraySource(sims, system), system, "eig", stop=StopRule(tau=0.9, budget=budget),
                          logit_scale=50.0, eps=0.05, shortlist_size=m)
     for r in res:
         assert r.q_spent <= budget
@@ -114,16 +114,16 @@ def test_shortlist_respects_the_budget_and_is_asked_at_most_once(data, budget, m
         assert abs(sum(p for _, p in r.top) - 1) < 1e-9 or len(r.top) < system.n_classes
 
 
-def test_shortlist_refuses_systems_without_a_name_group_and_the_sum_scorer():
+def test_shortlist_refuses_systems_without_a_name_group_and_the_sum_scorer(classify):
     s = twins_system()
     src = ArraySource(np.zeros((1, s.q_total)), s)
     with pytest.raises(ValueError, match="--name-group"):
-        classify_batch(src, s, "eig", shortlist_size=2)
+        classify(src, s, "eig", shortlist_size=2)
     n = with_name_group(s)
     with pytest.raises(ValueError, match="bayes"):
-        classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=2, scorer="sum")
+        classify(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=2, scorer="sum")
     with pytest.raises(ValueError, match=">= 2"):
-        classify_batch(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=1)
+        classify(ArraySource(np.zeros((1, n.q_total)), n), n, "eig", shortlist_size=1)
 
 
 def test_encoder_source_embeds_only_the_asked_names():

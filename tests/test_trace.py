@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from engine import SimulatedSource, StopRule, classify_batch
+from engine import SimulatedSource, StopRule
 from engine.core.results import Result
 from engine.core.simulate import sample_classes
 from systems import load_system
@@ -23,10 +23,10 @@ def p15():
     return load_system("pokemon15")
 
 
-def _run(system, trace, seed=0, n=40, **kw):
+def _run(classify, system, trace, seed=0, n=40, **kw):
     truth = sample_classes(n, system.n_classes, seed)
     src = SimulatedSource(system, truth, seed=seed)
-    return classify_batch(src, system, "eig", trace=trace, **kw)
+    return classify(src, system, "eig", trace=trace, **kw)
 
 
 @pytest.mark.parametrize("kw", [
@@ -34,8 +34,8 @@ def _run(system, trace, seed=0, n=40, **kw):
     dict(stop=StopRule(tau=0.99, budget=12), scorer="sum", top_k=3),
     dict(stop=StopRule(tau=1.0)),
 ])
-def test_trace_last_step_is_the_final_top_and_changes_nothing_else(p15, kw):
-    plain, traced = _run(p15, False, **kw), _run(p15, True, **kw)
+def test_trace_last_step_is_the_final_top_and_changes_nothing_else(classify, p15, kw):
+    plain, traced = _run(classify, p15, False, **kw), _run(classify, p15, True, **kw)
     for a, b in zip(plain, traced):
         assert all(s.top is None for s in a.steps)
         assert (a.label, a.confidence, a.top, a.q_spent, a.stop) == (b.label, b.confidence, b.top, b.q_spent, b.stop)
@@ -52,19 +52,19 @@ def test_trace_last_step_is_the_final_top_and_changes_nothing_else(p15, kw):
                 assert s.top[0][1] == pytest.approx(s.confidence_after)
 
 
-def test_trace_with_the_shortlist(p15):
+def test_trace_with_the_shortlist(classify, p15):
     system = with_name_group(p15)
-    res = _run(system, True, stop=StopRule(tau=0.95), shortlist_size=3)
+    res = _run(classify, system, True, stop=StopRule(tau=0.95), shortlist_size=3)
     names = [r for r in res if any(s.group == "class_name" for s in r.steps)]
     assert names, "some image asks the shortlist"
     for r in res:
         assert r.steps[-1].top == r.top and r.steps[-1].q_spent == r.q_spent
 
 
-def test_record_shape_without_and_with_trace(p15):
-    plain = _run(p15, False, n=3, stop=StopRule(tau=0.9))[0].to_dict()
+def test_record_shape_without_and_with_trace(classify, p15):
+    plain = _run(classify, p15, False, n=3, stop=StopRule(tau=0.9))[0].to_dict()
     assert all(set(s) == {"group", "eig", "answer", "answer_prob", "confidence_after"} for s in plain["asked"])
-    traced = _run(p15, True, n=3, stop=StopRule(tau=0.9))[0]
+    traced = _run(classify, p15, True, n=3, stop=StopRule(tau=0.9))[0]
     d = json.loads(json.dumps(traced.to_dict()))
     assert d["asked"][-1]["top"] == d["top"] and d["asked"][-1]["q_spent"] == d["q_spent"]
     back = Result.from_dict(d)

@@ -207,6 +207,7 @@ def load_classifier(spec, system, calibration=None) -> Any:
 def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     from engine.core.adaptive import SCORERS
     from engine.run.config import DEFAULT_EPS, MODES
+    from engine.torch_engine import ENGINES
     from policies import list_policies
 
     from systems.templates import list_template_sets
@@ -257,6 +258,10 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     g.add_argument("--target-accuracy", type=float, default=None, metavar="A",
                    help="adaptive, with --calibration: stop at the τ chosen on the calibration's dev images so that "
                         "accuracy among images stopping on confidence is >= A with 90%% confidence (replaces --tau)")
+    g.add_argument("--engine", default="auto", choices=list(ENGINES),
+                   help="the adaptive loop's backend: numpy (the reference, on the host), torch (its state on the "
+                        "model's device, similarities never leave it) or auto (torch on CUDA, numpy otherwise); the "
+                        "results agree within float rounding (default: %(default)s)")
 
 
 def default_mode(args) -> str:
@@ -294,7 +299,8 @@ def run_config(args, **override) -> Any:
     fields = dict(mode=default_mode(args), templates=templates_arg(args),
                   descriptors=tuple(descs.items()) if descs else None, policy=args.policy, tau=args.tau, delta=args.delta,
                   budget=args.budget, scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale,
-                  top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0))
+                  top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0),
+                  engine=getattr(args, "engine", "auto"))
     if getattr(args, "target_accuracy", None) is not None:
         fields["target_accuracy"] = args.target_accuracy
     with settings_errors():

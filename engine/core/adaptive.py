@@ -112,31 +112,12 @@ def classify_batch(
     non-finite *prompt* embedding too: every image that asks that group fails
     (with the group named), the images that never ask it are classified.
     """
-    if scorer not in SCORERS:
-        raise ValueError(f"scorer == {scorer!r}, must be one of {list(SCORERS)}")
-    lams = check_logit_scales(logit_scale, system.n_groups)  # (G,)
-    policy = get_policy(policy)
-    ch = channel if channel is not None else build_channel(system.rule_matrix, system.option_counts, eps)
-    if ch.P.shape != (system.n_classes, system.q_total):
-        raise ValueError(f"channel shape {ch.P.shape} does not match system {system.name!r}")
-    B, C, G = int(source.n_images), system.n_classes, system.n_groups
+    setup = loop_setup(source, system, policy, scorer=scorer, logit_scale=logit_scale, eps=eps, channel=channel,
+                       shortlist_size=shortlist_size)
+    lams, policy, ch, name_g, m_names = setup.lams, setup.policy, setup.channel, setup.name_g, setup.m_names
+    B, C, G = setup.n_images, system.n_classes, system.n_groups
     sizes = ch.sizes
-    budget = math.inf if stop.budget is None else float(stop.budget)
-
-    name_g = None
-    if shortlist_size is not None:
-        if isinstance(shortlist_size, bool) or not isinstance(shortlist_size, (int, np.integer)) or shortlist_size < 2:
-            raise ValueError(f"shortlist_size == {shortlist_size!r}, must be a whole number >= 2")
-        if NAME_GROUP not in {g.name for g in system.groups}:
-            raise ValueError(f"the shortlist asks class names, but system {system.name!r} has no {NAME_GROUP!r} "
-                             "group; build the system with 'twentyq system build --name-group'")
-        if scorer != "bayes":
-            raise ValueError("the shortlist question needs the bayes scorer")
-        name_g = system.group_index(NAME_GROUP)
-        if system.groups[name_g].options != system.classes:
-            raise ValueError(f"the {NAME_GROUP!r} group of system {system.name!r} must list the class names in "
-                             "class order; rebuild it with 'twentyq system build --name-group'")
-        m_names = min(int(shortlist_size), C)
+    budget = setup.budget(stop)
     log_post = log_prior(C, prior, B).copy()
     sum_sc = np.zeros((B, C)) if scorer == "sum" else None
     asked = np.zeros((B, G), dtype=bool)
@@ -224,21 +205,84 @@ def classify_batch(
     if sum_sc is not None:
         tot = sum_sc.sum(axis=1, keepdims=True)
         final = np.where(tot > 0, sum_sc / np.where(tot > 0, tot, 1.0), final)
+    order = np.argsort(-final, axis=1, kind="stable")[:, :top_k]
+    return assemble_results(system, order, np.take_along_axis(final, order, axis=1), q, reason, errors, trail)
+
+
+@dataclass(frozen=True)
+class LoopSetup:
+    """The checked arguments of one adaptive run, shared by every backend of the loop.
+
+    lams : (G,) λ_g from :func:`check_logit_scales` (one λ broadcast). policy : the policy object. channel : the
+    answer channel. n_images : B. name_g : the class-name group's index when the shortlist is on,
+    else None; m_names : its m (min(shortlist_size, C)), else None.
+    """
+
+    lams: np.ndarray
+    policy: Policy
+    channel: Channel
+    n_images: int
+    name_g: int | None
+    m_names: int | None
+
+    @staticmethod
+    def budget(stop: StopRule) -> float:
+        """The prompt budget as a float (inf without one)."""
+        return math.inf if stop.budget is None else float(stop.budget)
+
+
+def loop_setup(source: SimilaritySource, system: AttributeSystem, policy: str | Policy, *, scorer: str,
+               logit_scale: float | np.ndarray, eps: float, channel: Channel | None,
+               shortlist_size: int | None) -> LoopSetup:
+    """Check :func:`classify_batch`'s arguments (raising its ValueErrors) and resolve the policy and channel."""
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer == {scorer!r}, must be one of {list(SCORERS)}")
+    lams = check_logit_scales(logit_scale, system.n_groups)
+    policy = get_policy(policy)
+    ch = channel if channel is not None else build_channel(system.rule_matrix, system.option_counts, eps)
+    if ch.P.shape != (system.n_classes, system.q_total):
+        raise ValueError(f"channel shape {ch.P.shape} does not match system {system.name!r}")
+    name_g = m_names = None
+    if shortlist_size is not None:
+        if isinstance(shortlist_size, bool) or not isinstance(shortlist_size, (int, np.integer)) or shortlist_size < 2:
+            raise ValueError(f"shortlist_size == {shortlist_size!r}, must be a whole number >= 2")
+        if NAME_GROUP not in {g.name for g in system.groups}:
+            raise ValueError(f"the shortlist asks class names, but system {system.name!r} has no {NAME_GROUP!r} "
+                             "group; build the system with 'twentyq system build --name-group'")
+        if scorer != "bayes":
+            raise ValueError("the shortlist question needs the bayes scorer")
+        name_g = system.group_index(NAME_GROUP)
+        if system.groups[name_g].options != system.classes:
+            raise ValueError(f"the {NAME_GROUP!r} group of system {system.name!r} must list the class names in "
+                             "class order; rebuild it with 'twentyq system build --name-group'")
+        m_names = min(int(shortlist_size), system.n_classes)
+    return LoopSetup(lams=lams, policy=policy, channel=ch, n_images=int(source.n_images), name_g=name_g,
+                     m_names=m_names)
+
+
+def assemble_results(system: AttributeSystem, order: np.ndarray, top_p: np.ndarray, q: np.ndarray,
+                     reason: np.ndarray, errors: np.ndarray, trail: list[list[tuple]]) -> list[Result]:
+    """The B Results of a run, from its final state (every backend of the loop ends here).
+
+    order : (B, k) class indices, best first; top_p : (B, k) their probabilities under the scorer.
+    q : (B,) prompts spent; reason : (B,) stop reasons; errors : (B,) None or an image's error.
+    trail : per image, its steps in order as (g, eig, answer k, answer p, conf after[, top, q]),
+    ``top`` a list of (class index, prob).
+    """
     results = []
-    for i in range(B):
+    for i in range(len(order)):
         if errors[i] is not None:
             results.append(Result.failed(errors[i]))
             continue
-        order = np.argsort(-final[i], kind="stable")[:top_k]
         steps = [Step(group=system.groups[t[0]].name, eig=t[1], answer=system.groups[t[0]].options[t[2]],
                       answer_prob=t[3], confidence_after=t[4],
                       top=[(system.classes[c], p) for c, p in t[5]] if len(t) > 5 else None,
                       q_spent=t[6] if len(t) > 5 else None)
                  for t in trail[i]]
         results.append(Result(
-            label=system.classes[order[0]],
-            confidence=float(final[i, order[0]]),
-            top=[(system.classes[c], float(final[i, c])) for c in order],
+            label=system.classes[order[i, 0]],
+            confidence=float(top_p[i, 0]),
+            top=[(system.classes[c], float(p)) for c, p in zip(order[i], top_p[i])],
             steps=steps, q_spent=int(q[i]), stop=reason[i],
         ))
     return results

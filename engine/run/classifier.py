@@ -7,7 +7,8 @@
 One image's path (see docs/ARCHITECTURE.md): :meth:`Classifier.classify_items` decodes
 and embeds a chunk of images once (:func:`engine.encoders.base.encode_images_tolerant`:
 a bad image becomes that image's error), then :meth:`classify_embedded` runs the adaptive
-loop (:func:`engine.core.adaptive.classify_batch`) over an :class:`EncoderSource`, whose
+loop (:func:`engine.core.adaptive.classify_batch`, or its torch backend on the embeddings' device:
+``RunConfig.engine``, :func:`engine.torch_engine.classify`) over an :class:`EncoderSource`, whose
 text cache embeds a group's prompts the first time any image asks it. Every executor of
 the run pipeline (:mod:`engine.run.pipeline`) calls ``classify_items``; evaluation
 (:func:`engine.run.evaluation.evaluate_classifier`) lives above, in :mod:`engine.run.evaluation`.
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.adaptive import NO_STOP, StopRule, classify_batch
+from engine.core.adaptive import NO_STOP, StopRule
+from engine.torch_engine import classify as classify_batch
 from engine.core.results import Result
 from engine.run.config import EncoderSpec, RunConfig
 from engine.run.datasets import Item
@@ -174,8 +176,8 @@ class Classifier:
                 raise ValueError("a calibration sets λ per group; drop logit_scale (--logit-scale) or the calibration")
             lam, channel = self.calibration.lams, self._channel
         try:
-            results = classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
-                                     channel=channel, scorer=config.scorer, top_k=config.top_k,
+            results = classify_batch(source, system, policy, engine=config.engine, stop=stop, logit_scale=lam,
+                                     eps=config.eps, channel=channel, scorer=config.scorer, top_k=config.top_k,
                                      shortlist_size=config.shortlist if config.mode == "adaptive" else None,
                                      trace=trace)
             for r in results if pooled else ():

@@ -21,6 +21,7 @@ import numpy as np
 
 from engine.core.adaptive import SCORERS, StopRule
 from engine.core.scoring import check_eps, check_logit_scale
+from engine.torch_engine import check_engine
 
 MODES = ("adaptive", "full", "baseline", "descriptors")
 DEFAULT_EPS = 0.05
@@ -32,6 +33,8 @@ SWITCHES = ("auto", "on", "off")
 PROMPT_MODES = ("auto", "eager", "lazy")
 #: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
 OPTIONAL_FIELDS = ("templates", "descriptors", "target_accuracy")
+#: RunConfig fields that change how a run computes, not what: never in ``to_dict`` (nor fingerprints)
+HOW_FIELDS = ("engine",)
 
 
 def _whole(name: str, v: Any, lo: int, *, optional: bool = True) -> None:
@@ -139,6 +142,10 @@ class RunConfig:
     target_accuracy : ``adaptive`` only, with a calibration (:mod:`engine.run.calibration_file`): stop at
         the τ chosen on the calibration's dev images so that accuracy among images that stop on
         confidence is at least this, with 90% confidence; ``tau`` is then not read. In (0, 1).
+    engine : the adaptive loop's backend (``engine.torch_engine.ENGINES``): "numpy" (the reference,
+        on the host), "torch" (state and similarities on the encoder's device) or "auto" (torch when
+        the image embeddings are on a CUDA device, numpy otherwise). The backends agree within float64
+        rounding, so the engine is how a run computes, not what: it is left out of ``to_dict``.
     """
 
     mode: str = "adaptive"
@@ -155,6 +162,7 @@ class RunConfig:
     templates: tuple[str, ...] | None = None
     descriptors: tuple[tuple[str, tuple[str, ...]], ...] | None = None
     target_accuracy: float | None = None
+    engine: str = "auto"
 
     def __post_init__(self):
         from policies import list_policies
@@ -172,6 +180,7 @@ class RunConfig:
             check_logit_scale(self.logit_scale)
         _whole("shortlist", self.shortlist, 2)
         _whole("seed", self.seed, 0, optional=False)
+        check_engine(self.engine)
         if self.templates is not None:
             from systems.templates import check_templates
 
@@ -218,6 +227,8 @@ class RunConfig:
         """The settings as JSON-able data (for summaries and fingerprints). Settings added after the
         first release are left out while unset, so the fingerprints of earlier runs still match."""
         d = asdict(self)
+        for k in HOW_FIELDS:
+            del d[k]
         if self.descriptors is not None:
             from systems.descriptors import descriptors_hash
 

@@ -3,7 +3,8 @@
 Image embeddings stay on the encoder's device. When the loop asks group g for
 some images, the group's prompts come from the :class:`engine.encoders.text_cache.TextCache`
 (embedded lazily, once), the similarities are one matmul on the device, and
-only the (n, K_g) block leaves it, as float64 numpy.
+only the (n, K_g) block leaves it, as float64 numpy (``similarities``); the torch engine
+(:mod:`engine.torch_engine`) takes the block as a tensor on the device instead (``similarities_t``).
 """
 
 from __future__ import annotations
@@ -110,27 +111,38 @@ class EncoderSource:
                 raise ValueError(f"pooled prompts for group {system.groups[p.group].name!r} cover "
                                  f"{len(p.prompts)} options, the group has {system.groups[p.group].n_options}")
 
+    @property
+    def device(self) -> torch.device:
+        """Where the image embeddings, and so every similarity block, live (the torch engine runs here)."""
+        return self.image_embeddings.device
+
     def similarities(self, images: np.ndarray, group: int, options: np.ndarray | None = None) -> np.ndarray:
         """(n, K_g) float64 cosine similarities of images (n,) to group ``group``'s prompts;
         (n, m) to only the prompts of ``options`` (m,) when given (only those are embedded)."""
+        idx = torch.from_numpy(np.asarray(images, dtype=np.int64))
+        opts = None if options is None else torch.from_numpy(np.asarray(options, dtype=np.int64))
+        return self.similarities_t(idx, group, opts).double().cpu().numpy()
+
+    def similarities_t(self, images: torch.Tensor, group: int, options: torch.Tensor | None = None) -> torch.Tensor:
+        """The same block as :meth:`similarities`, as a tensor on :attr:`device` (the model's float dtype):
+        images (n,) int64 indices, anywhere; options (m,) or None. For the torch engine, which keeps
+        the block on the device."""
         g = self.system.groups[int(group)]
-        images = np.asarray(images, dtype=np.int64)
+        idx = torch.as_tensor(images, dtype=torch.int64).to(self.device)
         if int(group) in self.pooled:
-            return self._pooled(images, self.pooled[int(group)], options)
+            return self._pooled(idx, self.pooled[int(group)], options)
         prompts = g.prompts()
         if options is not None:
-            prompts = [prompts[int(k)] for k in options]
+            prompts = [prompts[int(k)] for k in options.tolist()]
         text = self.text_cache.embed(prompts)  # (K_g or m, D) on the device
-        idx = torch.from_numpy(images).to(self.image_embeddings.device)
         with torch.inference_mode():
             sims = self.image_embeddings.index_select(0, idx) @ text.T
-        self.calls.append((int(group), len(images)))
-        return sims.double().cpu().numpy()
+        self.calls.append((int(group), len(idx)))
+        return sims
 
-    def _pooled(self, images: np.ndarray, pool: PooledGroup, options: np.ndarray | None) -> np.ndarray:
+    def _pooled(self, idx: torch.Tensor, pool: PooledGroup, options: torch.Tensor | None) -> torch.Tensor:
         flat, owner = pool.flat()
         text = self.text_cache.embed(flat)  # (P, D), every prompt of the group, embedded once
-        idx = torch.from_numpy(images).to(self.image_embeddings.device)
         n = len(pool.prompts)
         with torch.inference_mode():
             emb = self.image_embeddings.index_select(0, idx)
@@ -138,9 +150,8 @@ class EncoderSource:
                 sims = emb @ torch.nn.functional.normalize(segment_mean(text, owner, n, 0), dim=-1).T
             else:
                 sims = segment_mean(emb @ text.T, owner, n, 1)
-        self.calls.append((pool.group, len(images)))
-        out = sims.double().cpu().numpy()
-        return out if options is None else out[:, np.asarray(options, dtype=np.int64)]
+        self.calls.append((pool.group, len(idx)))
+        return sims if options is None else sims.index_select(1, options.to(sims.device))
 
     def all_similarities(self) -> np.ndarray:
         """(B, Q) similarities to every prompt of the system (eager; for the full-system baseline)."""
