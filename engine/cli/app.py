@@ -12,6 +12,7 @@ import argparse
 import sys
 import traceback
 
+from engine.cli.calibrate_cmd import add_calibrate_parser
 from engine.cli.options import EXIT_BUG, EXIT_USAGE, UsageError, cli_logging, document_defaults, set_verbosity
 from engine.cli.report_cmd import add_report_parser
 from engine.cli.run_cmds import add_run_parsers
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "to stdout (default: warnings and progress bars shown)")
     sub = ap.add_subparsers(dest="command", required=True)
     add_run_parsers(sub)
+    add_calibrate_parser(sub)
     add_report_parser(sub)
     add_system_parser(sub)
     add_serve_args(sub.add_parser("serve", help="serve classification over HTTP (FastAPI on uvicorn; dynamic "

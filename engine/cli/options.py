@@ -151,8 +151,27 @@ def remote_code_notice(spec) -> None:
         warn(f"--trust-remote-code: model {spec.model!r} may run code from {remote_code_origin(spec.model)}")
 
 
-def load_classifier(spec, system) -> Any:
-    """A Classifier for the flags (the encoder loaded once), after the remote-code notice."""
+def calibration_arg(args, system) -> Any:
+    """The --calibration file (None without it), read and checked against the system before any model loads;
+    --target-accuracy without it, or with --logit-scale, is a usage error."""
+    from engine.run.calibration_file import load_calibration
+
+    path = getattr(args, "calibration", None)
+    if getattr(args, "target_accuracy", None) is not None and not path:
+        raise UsageError("--target-accuracy needs --calibration CAL.json (made by 'twentyq calibrate' on labelled dev "
+                         "images); or stop at a fixed --tau")
+    if not path:
+        return None
+    if getattr(args, "logit_scale", None) is not None:
+        raise UsageError("--logit-scale and --calibration: the calibration sets λ per question; drop one of them")
+    cal = load_calibration(path)
+    cal.check(system)
+    return cal
+
+
+def load_classifier(spec, system, calibration=None) -> Any:
+    """A Classifier for the flags (the encoder loaded once, the calibration checked against it), after the
+    remote-code notice."""
     from transformers.utils import logging as hf_logging
 
     import time
@@ -164,7 +183,7 @@ def load_classifier(spec, system) -> Any:
     remote_code_notice(spec)
     t0 = time.perf_counter()
     with settings_errors():  # a bad device or option is the user's to fix
-        clf = Classifier(spec, system)
+        clf = Classifier(spec, system, calibration=calibration)
     log.info("loaded model %s on %s (%s) in %.1f s; system %s: %d classes, %d groups, Q=%d",
              model_label(spec.model), getattr(clf.encoder, "device", "?"), getattr(clf.encoder, "dtype", "?"),
              time.perf_counter() - t0, system.name, system.n_classes, system.n_groups, system.q_total)
@@ -218,6 +237,13 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     g.add_argument("--shortlist", type=int, default=None, metavar="M",
                    help="adaptive: once few classes remain, ask which of the top M class names fits (M prompts); "
                         "needs a system with a class_name group (system build --name-group)")
+    g.add_argument("--calibration", default=None, metavar="CAL.json",
+                   help="a calibration made by 'twentyq calibrate' for this model and system: per-question λ and "
+                        "answer channels for the Bayes update, EIG and stopping; eval/compare leave out its dev "
+                        "images (default: none, the model's λ and --eps)")
+    g.add_argument("--target-accuracy", type=float, default=None, metavar="A",
+                   help="adaptive, with --calibration: stop at the τ chosen on the calibration's dev images so that "
+                        "accuracy among images stopping on confidence is >= A with 90%% confidence (replaces --tau)")
 
 
 def default_mode(args) -> str:
@@ -256,6 +282,8 @@ def run_config(args, **override) -> Any:
                   descriptors=tuple(descs.items()) if descs else None, policy=args.policy, tau=args.tau, delta=args.delta,
                   budget=args.budget, scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale,
                   top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0))
+    if getattr(args, "target_accuracy", None) is not None:
+        fields["target_accuracy"] = args.target_accuracy
     with settings_errors():
         return RunConfig(**{**fields, **override})
 
@@ -438,7 +466,8 @@ RESULT_HEADER = f"{'image':<40} {'label':<24} {'conf':>6} {'Q':>4}  {'stop':<10}
 
 def report_line(rep) -> str:
     lo, hi = rep.ci95
-    what = f"{rep.mode}" + (f" {rep.policy} τ={rep.tau}" if rep.mode == "adaptive" else "")
+    tau = f"τ={rep.tau:g}" + (f" (target {rep.target['target_accuracy']:g})" if rep.target else "")
+    what = f"{rep.mode}" + (f" {rep.policy} {tau}" if rep.mode == "adaptive" else "")
     acc5 = f"  acc@5 {rep.acc5:.3f}" if rep.acc5 is not None else ""
     return (f"{what}: accuracy {rep.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={rep.n}{acc5}  mean per-class recall "
             f"{rep.mean_per_class_recall:.3f}  mean Q {rep.mean_q:.1f}  median Q {rep.median_q:.0f}  "
@@ -452,8 +481,39 @@ def print_report(rep, by: str | None, quiet: bool) -> None:
 
     print(report_line(rep))
     print(f"  model: {model_label(rep.model)}")
+    for line in calibration_lines(rep):
+        print(line)
     if not quiet:
         for c in rep.confusion[:5]:
             print(f"  confused: {c['label']} -> {c['predicted']} ({c['count']})")
         for k, v in rep.by.get(by, {}).items() if by else []:
             print(f"  {by}={k}: accuracy {v['accuracy']:.3f} (n={v['n']})")
+
+
+def target_line(choice, config) -> str:
+    """The τ chosen for --target-accuracy, with its dev evidence."""
+    if choice.reached:
+        return (f"target accuracy {choice.target:g} ({config.policy}, budget {config.budget or 'none'}): τ={choice.tau:g} "
+                f"chosen on the calibration's dev images: {choice.n_right}/{choice.n_stopped} right among those "
+                f"stopping on confidence, {1 - choice.alpha:.0%} lower bound {choice.lower_bound:.3f} (Clopper–Pearson)")
+    return (f"target accuracy {choice.target:g} ({config.policy}): not reachable on the calibration's dev images (no "
+            "τ passed its test); τ=1, so no image stops on confidence and each runs to its budget or its last question")
+
+
+def calibration_lines(rep) -> list[str]:
+    """The calibration, the dev images left out and, for adaptive runs with a calibration, accuracy among the
+    images that stopped on confidence apart from the others."""
+    cal = rep.calibration
+    if not cal:
+        return []
+    out = [f"  calibration: {cal['path']} (sha256 {str(cal['sha256'])[:12]}; model {cal['model']}; system "
+           f"{cal['system']} {cal['system_sha256'][:12]}){'' if cal['applied'] else ' not applied: ' + cal['note']}; "
+           f"{cal['excluded_dev_images']} of its dev image(s) left out of this data"]
+    if rep.confident is not None:
+        c, o = rep.confident, rep.not_confident
+        ci = f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]" if c["n"] else "[-]"
+        out.append(f"  stopped on confidence: {c['n']} image(s), accuracy {c['accuracy']:.3f} {ci} (95% Clopper–Pearson)")
+        stops = ", ".join(f"{k} {v}" for k, v in o["stops"].items()) or "none"
+        out.append(f"  the others: {o['n']} image(s) ({stops}), accuracy {o['accuracy']:.3f}; overall accuracy "
+                   f"{rep.accuracy:.3f}, mean Q {rep.mean_q:.1f}")
+    return out

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from engine.cli.options import (
     EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, UsageError, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
-    add_run_flags, check_budget, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
-    log, output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, warn,
+    add_run_flags, calibration_arg, calibration_lines, check_budget, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
+    log, output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, target_line, warn,
 )
 
 EXAMPLES_CLASSIFY = """examples:
@@ -61,11 +61,13 @@ def classify_cmd(args) -> int:
     executor = executor_for(args)
     spec, config = encoder_spec(args), run_config(args)
     system = system_of(args)
+    cal = calibration_arg(args, system)
     check_budget(system, config)
-    job = Job(spec, system, config)
+    job = Job(spec, system, config, cal)
+    _announce_target(cal, config, warn)
     items = _items_of(list(args.images))
     output = output_spec(args)  # its cheap checks ran above; the folder is created once the model has loaded
-    cache = _prepare(executor, spec, system)
+    cache = _prepare(executor, spec, system, cal)
     store = open_store(output, job.settings(), items, [*args.images, *system_inputs(args)], warn) if output else None
     update, close = progress_bar(len(items), "images", args.quiet, cache)
     n_bad = 0
@@ -94,13 +96,22 @@ def classify_cmd(args) -> int:
     return EXIT_PARTIAL if n_bad else EXIT_OK
 
 
-def _prepare(executor, spec, system):
+def _announce_target(cal, config, say) -> None:
+    """Say which τ --target-accuracy chose (before any image is classified)."""
+    from engine.run.calibration_file import target_choice
+
+    if config.target_accuracy is not None:
+        with settings_errors():  # a plug-in policy or a calibration without its paths: the user's to fix
+            say(target_line(target_choice(cal, config), config))
+
+
+def _prepare(executor, spec, system, calibration=None):
     """Load the model here when the work runs in this process (once, after the cheap checks);
     return its text cache for the progress bar (None when actors hold the model)."""
     from engine.run.pipeline import LocalExecutor
 
     if isinstance(executor, LocalExecutor):
-        executor.classifier = load_classifier(spec, system)
+        executor.classifier = load_classifier(spec, system, calibration)
         return executor.classifier.text_cache
     remote_code_notice(spec)
     return None
@@ -114,16 +125,18 @@ def eval_cmd(args) -> int:
     executor = executor_for(args)
     spec, config = encoder_spec(args), run_config(args)
     system = system_of(args)
+    cal = calibration_arg(args, system)
     data = data_spec(args, args.data)
     with settings_errors():
         dataset = data.load(system.classes)  # checked before the model loads, and read once
     n = len(dataset)
     log.info("data %s: %d image(s); system %s; mode %s", data.source, n, system.name, config.mode)
     check_budget(system, config)
-    cache = _prepare(executor, spec, system)
+    _announce_target(cal, config, print)
+    cache = _prepare(executor, spec, system, cal)
     update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
     try:
-        report = evaluate(Job(spec, system, config), data, executor=executor, output=output_spec(args),
+        report = evaluate(Job(spec, system, config, cal), data, executor=executor, output=output_spec(args),
                           progress=update, announce=warn, dataset=dataset)
     except KeyboardInterrupt:
         close()
@@ -165,6 +178,7 @@ def compare_cmd(args) -> int:
         raise UsageError(f"--out {args.out!r}: compare writes one JSON file of reports; name it *.json")
     spec = encoder_spec(args)
     system = system_of(args)
+    cal = calibration_arg(args, system)
     data_sp = data_spec(args, data)
     with settings_errors():
         dataset = data_sp.load(system.classes)  # checked before the model loads, and read once
@@ -176,13 +190,15 @@ def compare_cmd(args) -> int:
         from engine.cli.report_cmd import _pyplot
 
         _pyplot("--plot")  # matplotlib is there, before the model loads
-    configs = [run_config(args, mode="baseline"), run_config(args, mode="full", templates=None),
+    configs = [run_config(args, mode="baseline", target_accuracy=None),
+               run_config(args, mode="full", templates=None, target_accuracy=None),
                run_config(args, mode="adaptive", templates=None)]
     check_budget(system, configs[2])
+    _announce_target(cal, configs[2], print)
     # --plot: the adaptive configuration again at increasing budgets (images are still embedded once)
     curve_configs = [replace(configs[2], budget=b) for b in curve_budgets(system)
                      if configs[2].budget is None or b < configs[2].budget] if args.plot else []
-    clf = load_classifier(spec, system)
+    clf = load_classifier(spec, system, cal)
     update, close = progress_bar(None, "compare", args.quiet)
     try:
         reports = evaluate_configs(clf, data_sp, configs + curve_configs, progress=update, dataset=dataset)
@@ -192,11 +208,16 @@ def compare_cmd(args) -> int:
     print(f"model: {model_label(spec.model)}")
     print(f"data: {data} ({reports[0].n} images)  system: {clf.system.name} (N={clf.system.n_classes}, "
           f"Q={clf.system.q_total})")
+    if cal is not None:
+        print(f"calibration: {cal.path} (full and adaptive; baseline scores the class names uncalibrated); "
+              f"{reports[0].calibration['excluded_dev_images']} of its dev image(s) left out of this data")
     print("\n| mode | accuracy | 95% CI | mean Q | text encodes |\n|---|---|---|---|---|")
     for rep in reports:
         what = _label(rep)
         print(f"| {what} | {rep.accuracy:.3f} | [{rep.ci95[0]:.3f}, {rep.ci95[1]:.3f}] | {rep.mean_q:.1f} | "
               f"{rep.text_encodes} |")
+    if cal is not None:
+        print("\n".join(calibration_lines(reports[2])[1:]))
     if args.by:
         print(f"\nby {args.by}:")
         for rep in reports:

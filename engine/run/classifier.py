@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.adaptive import NO_STOP, classify_batch
+from engine.core.adaptive import NO_STOP, StopRule, classify_batch
 from engine.core.results import Result
 from engine.run.config import EncoderSpec, RunConfig
 from engine.run.datasets import Item
@@ -52,22 +52,52 @@ class Classifier:
         (``device``, ``dtype``, ``batch_size``, ``cache_dir``, ``trust_remote_code``, ``revision``).
     system : an AttributeSystem, a JSON path or a shipped name.
     encoder : an already loaded encoder (then ``model`` only names it).
+    calibration : a :class:`engine.run.calibration_file.Calibration` or the path of one (``twentyq
+        calibrate``): the adaptive and full modes then use its λ_g and answer channel for the Bayes
+        update, EIG and stopping, and ``RunConfig.target_accuracy`` becomes usable. Refused
+        (CalibrationMismatch) when fitted for another model or system.
     """
 
     def __init__(self, model: str | EncoderSpec = "offline", system: Any = "pokemon15", *, encoder: Any = None,
-                 **encoder_options):
+                 calibration: Any = None, **encoder_options):
         from engine.encoders.base import PromptTruncatedWarning, check_prompt_lengths
         from engine.encoders.text_cache import TextCache
 
         self.spec = model if isinstance(model, EncoderSpec) else EncoderSpec(model=model, **encoder_options)
         if isinstance(model, EncoderSpec) and encoder_options:
             raise TypeError("pass an EncoderSpec or encoder options, not both")
+        from engine.run.calibration_file import as_calibration
+
         self.system: AttributeSystem = load_system(system)
+        self.calibration = as_calibration(calibration)
+        if self.calibration is not None:
+            self.calibration.check(self.system)  # before the model loads
         self.encoder = encoder if encoder is not None else self.spec.load()
+        self._channel = None
+        self._taus: dict[tuple, Any] = {}
+        if self.calibration is not None:
+            self.calibration.check(self.system, str(self.encoder.model_id), self.spec.model)
+            self._channel = self.calibration.channel(self.system)
         self.text_cache = TextCache(self.encoder, cache_dir=self.spec.cache_dir)
         for msg in check_prompt_lengths(self.encoder, self.system):  # a template the tokenizer cuts off
             warnings.warn(msg, PromptTruncatedWarning, stacklevel=2)
         self.seconds = {"embed": 0.0, "classify": 0.0}  # time spent so far, for reports
+
+    def target_choice(self, config: RunConfig) -> Any:
+        """The :class:`engine.core.calibration.TauChoice` for ``config.target_accuracy`` (None without one),
+        from the calibration's dev paths of the config's policy and budget (memoised)."""
+        from engine.run.calibration_file import target_choice
+
+        if config.target_accuracy is None:
+            return None
+        key = (config.policy, float(config.target_accuracy), config.budget)
+        if key not in self._taus:
+            self._taus[key] = target_choice(self.calibration, config)
+        return self._taus[key]
+
+    def calibrated(self, config: RunConfig) -> bool:
+        """Whether runs of ``config`` use the calibration (it fits the attribute system: adaptive and full)."""
+        return self.calibration is not None and config.mode in ("adaptive", "full")
 
     # ------------------------------------------------------------------ embedding
     def embed_images(self, images: Sequence[Any], names: Sequence[str] | None = None
@@ -104,12 +134,20 @@ class Classifier:
             system, policy, stop = self.system, "fixed", NO_STOP
         else:
             system, policy, stop = self.system, config.make_policy(), config.stop_rule()
+            choice = self.target_choice(config)
+            if choice is not None:
+                stop = StopRule(choice.tau, config.delta, config.budget)
         pooled = pooled_groups(system, config)
         source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings, pooled)
         lam = self.encoder.logit_scale if config.logit_scale is None else config.logit_scale
+        channel = None
+        if self.calibrated(config):
+            if config.logit_scale is not None:
+                raise ValueError("a calibration sets λ per group; drop logit_scale (--logit-scale) or the calibration")
+            lam, channel = self.calibration.lams, self._channel
         try:
             results = classify_batch(source, system, policy, stop=stop, logit_scale=lam, eps=config.eps,
-                                     scorer=config.scorer, top_k=config.top_k,
+                                     channel=channel, scorer=config.scorer, top_k=config.top_k,
                                      shortlist_size=config.shortlist if config.mode == "adaptive" else None,
                                      trace=trace)
             for r in results if pooled else ():

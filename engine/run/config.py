@@ -27,7 +27,7 @@ DEFAULT_EPS = 0.05
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
 #: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
-OPTIONAL_FIELDS = ("templates", "descriptors")
+OPTIONAL_FIELDS = ("templates", "descriptors", "target_accuracy")
 
 
 def _whole(name: str, v: Any, lo: int, *, optional: bool = True) -> None:
@@ -108,6 +108,9 @@ class RunConfig:
         :mod:`systems.descriptors`). A class's score is the mean similarity of the image to its
         descriptor prompts; each prompt is embedded once and ``q_spent`` is their number.
         ``to_dict`` gives their count and sha256, not the texts.
+    target_accuracy : ``adaptive`` only, with a calibration (:mod:`engine.run.calibration_file`): stop at
+        the τ chosen on the calibration's dev images so that accuracy among images that stop on
+        confidence is at least this, with 90% confidence; ``tau`` is then not read. In (0, 1).
     """
 
     mode: str = "adaptive"
@@ -123,6 +126,7 @@ class RunConfig:
     seed: int = 0
     templates: tuple[str, ...] | None = None
     descriptors: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    target_accuracy: float | None = None
 
     def __post_init__(self):
         from policies import list_policies
@@ -156,6 +160,21 @@ class RunConfig:
 
             descs = dict(self.descriptors) if not isinstance(self.descriptors, dict) else self.descriptors
             object.__setattr__(self, "descriptors", tuple(check_descriptors(descs).items()))
+        if self.target_accuracy is not None:
+            self._check_target()
+
+    def _check_target(self) -> None:
+        """A target accuracy is chosen from dev paths of adaptive Bayes runs with δ=0 and no shortlist."""
+        a = self.target_accuracy
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 < a < 1.0:
+            raise ValueError(f"target accuracy == {a!r}, must be a number in (0, 1), e.g. 0.8")
+        bad = [(self.mode != "adaptive", f"mode {self.mode!r} (use --mode adaptive)"),
+               (self.scorer != "bayes", f"--scorer {self.scorer} (use --scorer bayes)"),
+               (self.shortlist is not None, "--shortlist (drop it)"), (self.delta != 0, "--delta (drop it)")]
+        for hit, what in bad:
+            if hit:
+                raise ValueError(f"--target-accuracy chooses τ from dev paths of adaptive Bayes runs without a "
+                                 f"shortlist or δ; it does not apply with {what}")
 
     def stop_rule(self) -> StopRule:
         return StopRule(self.tau, self.delta, self.budget)

@@ -61,6 +61,14 @@ class EvalReport:
     by: dict[str, dict[str, Any]] = field(default_factory=dict)
     complete: bool = True
     settings: dict[str, Any] = field(default_factory=dict)  # the job's settings, the data spec and hash
+    # the calibration used (path, sha256, model, system hash, whether this mode applied it, dev images
+    # excluded from what was scored), or None
+    calibration: dict[str, Any] | None = None
+    target: dict[str, Any] | None = None  # --target-accuracy: the τ chosen on dev and its dev figures
+    # adaptive: the images that stopped on confidence (n, accuracy, exact 95% CI) and the others (n,
+    # accuracy, their stop reasons), reported apart
+    confident: dict[str, Any] | None = None
+    not_confident: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,14 +83,48 @@ def data_settings(data: DataSpec, name: str, items: Sequence[Item]) -> dict[str,
             "sha256": fingerprint({}, [it.path for it in items], [it.label for it in items])}
 
 
+def exact_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper–Pearson interval for k successes in n (NaN when n = 0)."""
+    from engine.core.calibration import binomial_lower_bound
+
+    if n == 0:
+        return float("nan"), float("nan")
+    a = (1.0 - level) / 2
+    return binomial_lower_bound(k, n, a), 1.0 - binomial_lower_bound(n - k, n, a)
+
+
+def stop_split(ok_records: Sequence[dict[str, Any]], correct: np.ndarray) -> tuple[dict, dict]:
+    """Accuracy among the images that stopped on confidence (with an exact 95% CI) and among the others."""
+    conf = np.array([r["stop"] == "confident" for r in ok_records], dtype=bool)
+    k, n = int(correct[conf].sum()), int(conf.sum())
+    others = [r["stop"] for r in ok_records if r["stop"] != "confident"]
+    return ({"n": n, "accuracy": k / n if n else float("nan"), "ci95": list(exact_ci(k, n)),
+             "ci_method": "Clopper-Pearson"},
+            {"n": len(others), "accuracy": float(correct[~conf].mean()) if len(others) else float("nan"),
+             "stops": {s: others.count(s) for s in sorted(set(others))}})
+
+
+def calibration_summary(job: Job, excluded: int) -> dict[str, Any] | None:
+    """What a summary records of the job's calibration (None without one)."""
+    cal = job.calibration
+    if cal is None:
+        return None
+    applied = job.config.mode in ("adaptive", "full")
+    return {**cal.provenance(), "applied": applied, "excluded_dev_images": int(excluded),
+            **({} if applied else {"note": f"mode {job.config.mode} scores the class names, uncalibrated"})}
+
+
 def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job, data: DataSpec, *,
-              data_name: str, stats: dict[str, float], complete: bool = True) -> EvalReport:
+              data_name: str, stats: dict[str, float], complete: bool = True, excluded: int = 0) -> EvalReport:
     """An EvalReport from records aligned with their items; bad images are listed in ``skipped``.
 
     job, data : what ran on what (the model, system and RunConfig; ``by`` and the bootstrap ``seed``).
     stats : ``text_encodes``, ``text_hits``, ``seconds_embed``, ``seconds_classify`` (missing: unknown).
+    excluded : the calibration's dev images left out of ``items`` (:func:`exclude_dev`).
     Its ``settings`` hold everything that reproduces it (the job's settings, the data spec).
     """
+    from engine.run.calibration_file import choice_dict, target_choice
+
     from engine.encoders.registry import model_label
 
     config, by, seed = job.config, data.by, data.seed
@@ -103,6 +145,8 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
     classes = per_class(labels, preds)
     adaptive = config.mode == "adaptive"
     nan = float("nan")
+    choice = target_choice(job.calibration, config) if adaptive else None
+    confident, not_confident = stop_split([r for r, _ in ok], correct) if adaptive else (None, None)
     return EvalReport(
         n=len(ok), accuracy=float(correct.mean()) if ok else nan, ci95=bootstrap_ci(correct, seed=seed),
         acc5=float(top5.mean()) if ok and config.top_k >= 5 else None,
@@ -110,7 +154,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
         mean_q=float(qs.mean()) if ok else nan, median_q=float(np.median(qs)) if ok else nan,
         text_encodes=int(stats.get("text_encodes", 0)), text_hits=int(stats.get("text_hits", 0)),
         model=job.encoder.model, system=job.system.name, data=data_name, mode=config.mode, policy=config.policy if adaptive else "fixed",
-        tau=config.tau if adaptive else None, delta=config.delta if adaptive else None,
+        tau=(choice.tau if choice is not None else config.tau) if adaptive else None, delta=config.delta if adaptive else None,
         budget=config.budget if adaptive else None, shortlist=config.shortlist if adaptive else None,
         scorer=config.scorer, eps=config.eps, per_class=classes, confusion=top_confusions(labels, preds),
         skipped=skipped, stops={s: sum(r["stop"] == s for r, _ in ok) for s in STOP_REASONS},
@@ -118,6 +162,8 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
         by=breakdown, complete=complete,
         settings={**job.settings(), "data": data_settings(data, data_name, items),
                   "model_label": model_label(job.encoder.model)},
+        calibration=calibration_summary(job, excluded), target=choice_dict(choice, config),
+        confident=confident, not_confident=not_confident,
     )
 
 
@@ -133,8 +179,13 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
         does not read it twice.
     Returns the EvalReport of every row, resumed ones included.
     """
+    from engine.run.calibration_file import exclude_dev
+
     ds = dataset if dataset is not None else data.load(job.system.classes)
-    items = list(ds.items)
+    items, excluded = exclude_dev(ds.items, job.calibration)  # nothing is scored on the calibration's dev images
+    if excluded and announce:
+        announce(f"calibration {job.calibration.where()}: {excluded} of {len(ds)} image(s) are its dev images; "
+                 "they are left out of what is scored")
     settings = {**job.settings(), "data": data_settings(data, ds.name, items)}
     store = open_store(output, settings, items, [data.source], announce) if output is not None else None
     out = output.path if output is not None else None
@@ -143,7 +194,8 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
 
     def report(complete: bool) -> EvalReport:
         stats = dict(executor.stats)
-        rep = summarise(records, items, job, data, data_name=ds.name, stats=stats, complete=complete)
+        rep = summarise(records, items, job, data, data_name=ds.name, stats=stats, complete=complete,
+                        excluded=excluded)
         rep.settings["shards_resumed"] = done_before
         return rep
 
@@ -173,10 +225,12 @@ def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfi
     it needed, not what another mode happened to embed first.
     """
     from engine.encoders.text_cache import TextCache
+    from engine.run.calibration_file import exclude_dev
     from engine.run.classifier import assemble
 
+    cal = getattr(classifier, "calibration", None)
     ds = dataset if dataset is not None else data.load(classifier.system.classes)
-    items = list(ds.items)
+    items, excluded = exclude_dev(ds.items, cal)  # nothing is scored on the calibration's dev images
     caches = [TextCache(classifier.encoder, cache_dir=classifier.spec.cache_dir) for _ in configs]
     records: list[list[dict[str, Any]]] = [[] for _ in configs]
     secs = [0.0] * len(configs)
@@ -198,8 +252,8 @@ def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfi
     for k, config in enumerate(configs):
         stats = {"text_encodes": caches[k].text_encodes, "text_hits": caches[k].hits, "seconds_embed": t_embed,
                  "seconds_classify": secs[k]}
-        reports.append(summarise(records[k], items, Job(classifier.spec, classifier.system, config), data,
-                                 data_name=ds.name, stats=stats))
+        reports.append(summarise(records[k], items, Job(classifier.spec, classifier.system, config, cal), data,
+                                 data_name=ds.name, stats=stats, excluded=excluded))
     return reports
 
 
@@ -221,7 +275,8 @@ def evaluate_classifier(classifier: Any, data: Any, config: RunConfig | None = N
     if "seed" in settings:
         data_kw["seed"] = settings["seed"]
     spec = data if isinstance(data, DataSpec) else DataSpec(source=str(data), **data_kw)
-    job = Job(classifier.spec, classifier.system, config_from(config, settings))
+    job = Job(classifier.spec, classifier.system, config_from(config, settings),
+              getattr(classifier, "calibration", None))
     if isinstance(output, str):
         output = OutputSpec(output)
     return evaluate(job, spec, executor=LocalExecutor(classifier), output=output, progress=progress)

@@ -39,20 +39,29 @@ DEFAULT_SHARD_SIZE = 256
 
 @dataclass(frozen=True)
 class Job:
-    """What a run does: the encoder, the system and the run configuration."""
+    """What a run does: the encoder, the system, the run configuration and the calibration (or None)."""
 
     encoder: EncoderSpec
     system: AttributeSystem
     config: RunConfig
+    calibration: Any = None  # an engine.run.calibration_file.Calibration, travelling with the job to Ray actors
 
     def settings(self) -> dict[str, Any]:
         """What the results depend on (for fingerprints and summaries): model identity, the
-        system's name and content hash, every run setting, the package version."""
+        system's name and content hash, every run setting, the calibration's content hash (when
+        there is one; not its path), the package version."""
         from engine.run.provenance import package_version, system_hash
 
-        return {"encoder": self.encoder.identity(),
-                "system": {"name": self.system.name, "sha256": system_hash(self.system)},
-                "config": self.config.to_dict(), "twentyq": package_version()}
+        d = {"encoder": self.encoder.identity(),
+             "system": {"name": self.system.name, "sha256": system_hash(self.system)},
+             "config": self.config.to_dict(), "twentyq": package_version()}
+        if self.calibration is not None:
+            d["calibration"] = self.calibration.identity()
+        return d
+
+    def classifier(self) -> Classifier:
+        """A Classifier for this job (the model loaded, the calibration checked against it)."""
+        return Classifier(self.encoder, self.system, calibration=self.calibration)
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,10 @@ class LocalExecutor:
     def map_shards(self, job: Job, shards: Sequence[Shard], progress: Progress | None = None
                    ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         if self.classifier is None:
-            self.classifier = Classifier(job.encoder, job.system)
+            self.classifier = job.classifier()
+        elif getattr(self.classifier, "calibration", None) is not job.calibration:
+            raise ValueError("the executor's Classifier and the job have different calibrations; build the "
+                             "Classifier with calibration=job.calibration")
         clf, cache = self.classifier, self.classifier.text_cache
         for shard in shards:
             records: list[dict[str, Any]] = []

@@ -219,10 +219,8 @@ class ClassifyBatch:
             os.chdir(cwd)
         from transformers.utils import logging as hf_logging
 
-        from engine.run.classifier import Classifier
-
         hf_logging.disable_progress_bar()  # Ray forwards every actor's stderr to the driver
-        self.clf = Classifier(job.encoder, job.system)
+        self.clf = job.classifier()
         if text_ref is not None:
             ray = require_ray()
             self.clf.text_cache = PrecomputedTextCache(self.clf.encoder, ray.get(text_ref))

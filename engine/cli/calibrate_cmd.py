@@ -1,0 +1,88 @@
+"""``twentyq calibrate``: fit per-question answer channels on dev images and write a calibration file.
+
+The images of ``--data`` are split by image (stratified by class, seeded); only the dev part is
+embedded and fitted on (:func:`engine.run.calibration_file.calibrate`). The rest, the test split,
+is never read; ``eval --calibration`` leaves the dev images out of whatever it scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.cli.options import (
+    EXIT_OK, DEFAULT_SYSTEM, UsageError, add_data_flags, add_model_flags, data_spec, encoder_spec, load_classifier,
+    load_system_arg, progress_bar, settings_errors, warn,
+)
+
+EXAMPLES = """examples:
+  twentyq calibrate --data dev.csv --system pokemon15 --model openai/clip-vit-base-patch32 --out cal.json
+  twentyq calibrate --data labels.csv --system S.json --model probe:DIR --dev-fraction 0.5 --seed 0 --out cal.json
+  twentyq eval --data labels.csv --system S.json --model probe:DIR --calibration cal.json --target-accuracy 0.8
+"""
+
+
+def calibrate_cmd(args) -> int:
+    from engine.core.scoring import check_eps
+    from engine.encoders.registry import model_label
+    from engine.run.calibration_file import calibrate, save_calibration
+
+    if not args.out.lower().endswith(".json"):
+        raise UsageError(f"--out {args.out!r}: a calibration is one JSON file; name it *.json")
+    if not 0.0 < args.dev_fraction < 1.0:
+        raise UsageError(f"--dev-fraction {args.dev_fraction}: must be strictly between 0 and 1 (e.g. 0.5)")
+    with settings_errors():
+        check_eps(args.eps)
+    spec = encoder_spec(args)
+    system = load_system_arg(args.system or DEFAULT_SYSTEM)
+    data = data_spec(args, args.data)
+    with settings_errors():
+        dataset = data.load(system.classes)  # checked before the model loads, and read once
+    clf = load_classifier(spec, system)
+    update, close = progress_bar(None, "calibrate (dev images)", args.quiet)
+    try:
+        cal = calibrate(clf, data, dev_fraction=args.dev_fraction, seed=args.seed, eps=args.eps, dataset=dataset,
+                        progress=update)
+    finally:
+        close()
+    cal = save_calibration(cal, args.out)
+    dev = cal.dev
+    print(f"model: {model_label(spec.model)} (id {cal.model_id})")
+    print(f"system: {system.name} (N={system.n_classes}, G={system.n_groups}, Q={system.q_total}; sha256 "
+          f"{cal.system_sha256[:12]})")
+    print(f"dev: {dev['n_images']} of {dev['rows']} image(s) of {dev['data']} (fraction {dev['fraction']:g} of each "
+          f"class, seed {dev['seed']}); the other {dev['rows'] - dev['n_images'] - dev['bad_images']} were not read")
+    if dev["bad_images"]:
+        warn(f"{dev['bad_images']} dev image(s) could not be read and were left out")
+    ch = cal.channels
+    print(f"\nλ of the model {cal.lam0:g}, ε {ch.eps:g}\n\n| group | K | λ_g | reliability | dev images |\n|---|---|---|---|---|")
+    for g, name in enumerate(cal.groups):
+        rel = "-" if ch.confusions[g] is None else f"{ch.reliability[g]:.2f}"
+        print(f"| {name} | {cal.sizes[g]} | {ch.lams[g]:.3g} | {rel} | {ch.n_dev[g]} |")
+    m = cal.metrics
+    f, a = m["full"], m["adaptive"]
+    print(f"\ndev metrics, in sample (the channels were fitted on these images):\n\n"
+          f"| | full accuracy | full NLL | full ECE | adaptive {a['policy']} τ={a['tau']} accuracy | mean Q |\n"
+          f"|---|---|---|---|---|---|")
+    for when in ("before", "after"):
+        print(f"| {when} | {f[when]['accuracy']:.3f} | {f[when]['nll']:.3f} | {f[when]['ece']:.3f} | "
+              f"{a[when]['accuracy']:.3f} | {a[when]['mean_q']:.1f} |")
+    print(f"\nτ tables for --target-accuracy: {', '.join(sorted(cal.paths))}")
+    print(f"wrote {args.out} (sha256 {cal.sha256[:12]})")
+    return EXIT_OK
+
+
+def add_calibrate_parser(sub) -> None:
+    from engine.run.config import DEFAULT_EPS
+
+    p = sub.add_parser("calibrate", help="fit per-question answer channels on dev images; write a calibration file",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_flags(p, required=True)
+    p.add_argument("--system", default=None, help=f"system JSON file or shipped name (default: {DEFAULT_SYSTEM})")
+    p.add_argument("--out", required=True, help="the calibration file to write (JSON)")
+    p.add_argument("--dev-fraction", type=float, default=0.5,
+                   help="share of each class's images fitted on (the dev split); the rest are not read "
+                        "(default: %(default)s)")
+    p.add_argument("--eps", type=float, default=DEFAULT_EPS,
+                   help="ε of the prior answer channel a group with few dev images falls back to (default: %(default)s)")
+    add_model_flags(p)
+    p.set_defaults(func=calibrate_cmd)

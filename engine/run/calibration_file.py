@@ -1,0 +1,462 @@
+"""A calibration file: how well a model answers a system's questions, fitted on dev images, and used.
+
+    twentyq calibrate --data dev.csv --system S --model M --out cal.json
+    twentyq eval --data test.csv --system S --model M --calibration cal.json --target-accuracy 0.8
+
+Contract (these names are stable; the CLI, the Python API, Ray and the benchmarks use them):
+
+- :class:`Calibration` (frozen): ``channels`` (:class:`engine.core.calibration.AnswerChannels`: λ_g,
+  confusions, reliability, n_dev, ε), ``model`` / ``model_id`` / ``revision`` (the model string, the
+  loaded encoder's ``model_id`` and the hub revision), ``system_name`` / ``system_sha256``
+  (:func:`engine.run.provenance.system_hash`), ``sizes`` (G,) K_g, ``dev`` (the dev split: data source,
+  rows hash, ``image_sha256`` of every dev image, ``seed``, ``fraction``), ``metrics`` (dev NLL, ECE and
+  accuracy of the full system and of adaptive ``eig`` at τ=0.9, before and after), ``paths``
+  ({policy: :class:`PolicyPaths`}, one τ=1 traced run per built-in policy on the dev images),
+  ``path`` / ``sha256`` (the file it was read from or written to; None before).
+
+  ``channel(system)`` the fitted answer channel; ``check(system, model_id=None)`` refuses a mismatch
+  (:class:`CalibrationMismatch`; ``check(system, model_id, model)``); ``tau_for(policy, target, budget=None, alpha=0.1)`` a
+  :class:`engine.core.calibration.TauChoice`; ``provenance()`` what summaries record; ``to_dict()``.
+- :func:`calibrate` (a loaded Classifier, a DataSpec → Calibration): the dev images are embedded once,
+  every prompt's similarity computed, and :func:`fit_calibration` fits on them. The other images (the
+  test split) are never read.
+- :func:`fit_calibration` the same from arrays (dev similarities and true classes).
+- :func:`save_calibration`, :func:`load_calibration` (JSON, schema :data:`SCHEMA`).
+- :func:`exclude_dev` drops a dataset's rows whose image content is a dev image of the calibration;
+  :func:`image_sha256` is that content hash (a file's sha256, as the image cache keys images).
+- :class:`CalibrationError` (a file that cannot be used, exit 2), :class:`CalibrationMismatch`.
+
+Target accuracy: a deterministic policy's path does not depend on τ (τ only cuts it short), so one
+run at τ=1 per policy, with the confidence and correctness after every step, gives the outcome at
+every τ; :func:`engine.core.calibration.choose_tau` picks τ by learn-then-test (fixed-sequence
+exact binomial tests, error level α=0.1, i.e. the chosen τ's accuracy among images that stop on
+confidence is ≥ the target with 90% confidence). Assumptions, checked where they can be:
+
+- the paths were traced with no budget; under ``budget`` B each path is cut after its last step
+  with Q ≤ B. That is exact while the policy's choices up to there do not depend on the budget
+  (``fixed``, ``random``); ``eig`` and others skip a group the remaining budget cannot pay for, so
+  near the end of the budget the real path may differ from the cut one;
+- the tables are for the Bayes scorer, no shortlist and δ=0 (RunConfig refuses other settings with a
+  target accuracy), and the ``random`` policy's seed 0;
+- only the built-in policies (those of the ``policies`` package) have tables: a plug-in policy is
+  refused, since the calibration cannot know its paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.core.calibration import AnswerChannels, TauChoice, choose_tau
+from systems.errors import UserInputError
+from systems.format import AttributeSystem
+
+SCHEMA = "twentyq-calibration-v1"
+DEFAULT_ALPHA = 0.1  # choose_tau's error level: target reached with 90% confidence
+METRIC_POLICY, METRIC_TAU = "eig", 0.9  # the adaptive setting whose dev accuracy the file reports
+N_BINS = 10
+
+
+class CalibrationError(UserInputError, ValueError):
+    """A calibration file that cannot be read or used (one line naming the file and the fix)."""
+
+
+class CalibrationMismatch(CalibrationError):
+    """A calibration fitted for another model or system."""
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyPaths:
+    """One policy's τ=1 paths on the dev images, for :func:`choose_tau`.
+
+    conf : (B, S) max posterior before any question (column 0, the prior) and after each step; NaN after
+        an image's last step. correct : (B, S) bool, whether the top class then is the true one.
+    q : (B, S) prompts spent by then (-1 after the last step).
+    """
+
+    conf: np.ndarray
+    correct: np.ndarray
+    q: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        n = (~np.isnan(self.conf)).sum(axis=1)
+        return {"conf": [self.conf[i, :k].tolist() for i, k in enumerate(n)],
+                "correct": [self.correct[i, :k].astype(int).tolist() for i, k in enumerate(n)],
+                "q": [self.q[i, :k].tolist() for i, k in enumerate(n)]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PolicyPaths":
+        rows = [(np.asarray(c, float), np.asarray(k, bool), np.asarray(q, np.int64))
+                for c, k, q in zip(d["conf"], d["correct"], d["q"], strict=True)]
+        if any(not (len(c) == len(k) == len(q) >= 1) for c, k, q in rows):
+            raise ValueError("every path needs as many conf, correct and q entries, at least one")
+        s = max((len(c) for c, _, _ in rows), default=1)
+        conf, correct, q = np.full((len(rows), s), np.nan), np.zeros((len(rows), s), bool), np.full((len(rows), s), -1)
+        for i, (c, k, qq) in enumerate(rows):
+            conf[i, :len(c)], correct[i, :len(c)], q[i, :len(c)] = c, k, qq
+        return cls(conf, correct, q)
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """A fitted calibration (see the module docstring for every field)."""
+
+    channels: AnswerChannels
+    model: str
+    model_id: str
+    system_name: str
+    system_sha256: str
+    sizes: tuple[int, ...]
+    groups: tuple[str, ...]
+    lam0: float
+    revision: str | None = None
+    dev: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, PolicyPaths] = field(default_factory=dict)
+    path: str | None = None
+    sha256: str | None = None
+
+    # ------------------------------------------------------------------ use
+    def channel(self, system: AttributeSystem):
+        """The fitted answer channel for ``system`` (checked against it first)."""
+        self.check(system)
+        return self.channels.channel(system.rule_matrix, system.option_counts)
+
+    @property
+    def lams(self) -> np.ndarray:
+        """(G,) λ_g."""
+        return self.channels.lams
+
+    def check(self, system: AttributeSystem, model_id: str | None = None, model: str | None = None) -> None:
+        """Refuse (CalibrationMismatch, one line naming both and the fix) a system or model it was not fitted for."""
+        from engine.run.provenance import system_hash
+
+        got = system_hash(system)
+        fix = (f"run 'twentyq calibrate --data DEV.csv --system {system.name} --model MODEL --out cal.json' "
+               "for this model and system")
+        if got != self.system_sha256:
+            raise CalibrationMismatch(f"calibration {self.where()} was fitted for system {self.system_name!r} "
+                                      f"(sha256 {self.system_sha256[:12]}), not system {system.name!r} (sha256 "
+                                      f"{got[:12]}); {fix}")
+        if model_id is not None and model_id != self.model_id:
+            raise CalibrationMismatch(f"calibration {self.where()} was fitted for model {self.model!r} (id "
+                                      f"{self.model_id}), not {'this model' if model is None else repr(model)} (id {model_id}); {fix}")
+        if tuple(int(k) for k in system.option_counts) != self.sizes:  # unreachable with equal hashes
+            raise CalibrationMismatch(f"calibration {self.where()}: its group sizes {self.sizes} do not match "
+                                      f"system {system.name!r}; {fix}")
+
+    def where(self) -> str:
+        return repr(self.path) if self.path else "(in memory)"
+
+    def tau_for(self, policy: str, target: float, budget: int | None = None, alpha: float = DEFAULT_ALPHA
+                ) -> TauChoice:
+        """The τ for ``target`` accuracy among images that stop on confidence, from the dev paths of ``policy``
+        (cut at ``budget``; see the module docstring). A policy without tables is a CalibrationError."""
+        if policy not in self.paths:
+            if not is_builtin_policy(policy):
+                raise CalibrationError(f"--target-accuracy: policy {policy!r} is a plug-in, and the calibration "
+                                       f"holds dev paths for the built-in policies only ({', '.join(sorted(self.paths))}); "
+                                       "use one of them, or --tau instead of --target-accuracy")
+            raise CalibrationError(f"--target-accuracy: calibration {self.where()} holds no dev paths for policy "
+                                   f"{policy!r} (made by an older twentyq); rerun 'twentyq calibrate' to add them")
+        p = self.paths[policy]
+        conf = p.conf.copy()
+        if budget is not None:
+            conf[p.q > budget] = np.nan  # the path cut after its last step within the budget
+        return choose_tau(conf, p.correct, target, alpha=alpha)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a summary records: the file, its sha256, the model and the system it was fitted for."""
+        return {"path": self.path, "sha256": self.sha256, "model": self.model, "model_id": self.model_id,
+                "system": self.system_name, "system_sha256": self.system_sha256,
+                "dev_images": len(self.dev.get("image_sha256", ()))}
+
+    def identity(self) -> dict[str, Any]:
+        """What changes results (for fingerprints): the file's content hash, model and system; not its path."""
+        return {"sha256": self.sha256 or content_sha256(self.to_dict()), "model_id": self.model_id,
+                "system_sha256": self.system_sha256}
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        from engine.run.provenance import package_version
+
+        ch = self.channels
+        groups = [{"name": name, "options": int(k), "lam": float(ch.lams[g]), "reliability": float(ch.reliability[g]),
+                   "n_dev": int(ch.n_dev[g]),
+                   "confusion": None if ch.confusions[g] is None else np.asarray(ch.confusions[g]).tolist()}
+                  for g, (name, k) in enumerate(zip(self.groups, self.sizes))]
+        return {"format": SCHEMA, "twentyq": package_version(),
+                "model": {"model": self.model, "model_id": self.model_id, "revision": self.revision},
+                "system": {"name": self.system_name, "sha256": self.system_sha256},
+                "channels": {"eps": float(ch.eps), "lam0": float(self.lam0), "groups": groups},
+                "dev": self.dev, "metrics": self.metrics,
+                "policies": {k: v.to_dict() for k, v in sorted(self.paths.items())}}
+
+    @classmethod
+    def from_dict(cls, d: Any, *, path: str | None = None, sha256: str | None = None) -> "Calibration":
+        """The inverse of :meth:`to_dict`; a CalibrationError names what is wrong."""
+        where = repr(path) if path else "calibration"
+        fix = "make it again with 'twentyq calibrate'"
+        if not isinstance(d, dict) or d.get("format") != SCHEMA:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise CalibrationError(f"{where} is not a twentyq calibration (format {got!r}, expected {SCHEMA!r}); {fix}")
+        try:
+            gs = d["channels"]["groups"]
+            sizes = tuple(int(g["options"]) for g in gs)
+            confs = []
+            for g, k in zip(gs, sizes):
+                m = None if g["confusion"] is None else np.asarray(g["confusion"], dtype=np.float64)
+                if m is not None:
+                    from engine.core.scoring import check_confusion
+
+                    m = check_confusion(m, k)
+                    m.setflags(write=False)
+                confs.append(m)
+            arrays = {"lams": np.array([float(g["lam"]) for g in gs]),
+                      "reliability": np.array([np.nan if g["reliability"] is None else float(g["reliability"])
+                                               for g in gs]),
+                      "n_dev": np.array([int(g["n_dev"]) for g in gs], dtype=np.int64)}
+            from engine.core.scoring import check_logit_scales
+
+            check_logit_scales(arrays["lams"], len(gs))
+            for a in arrays.values():
+                a.setflags(write=False)
+            channels = AnswerChannels(lams=arrays["lams"], confusions=tuple(confs), reliability=arrays["reliability"],
+                                      n_dev=arrays["n_dev"], eps=float(d["channels"]["eps"]))
+            paths = {str(k): PolicyPaths.from_dict(v) for k, v in d.get("policies", {}).items()}
+            m, s = d["model"], d["system"]
+            return cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
+                       revision=m.get("revision"), system_name=str(s["name"]), system_sha256=str(s["sha256"]),
+                       sizes=sizes, groups=tuple(str(g["name"]) for g in gs), lam0=float(d["channels"]["lam0"]),
+                       dev=dict(d.get("dev", {})), metrics=dict(d.get("metrics", {})), paths=paths, path=path,
+                       sha256=sha256)
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            raise CalibrationError(f"{where} is damaged ({what}); {fix}") from None
+
+
+def content_sha256(d: dict[str, Any]) -> str:
+    import json
+
+    from systems.files import json_safe
+
+    return hashlib.sha256(json.dumps(json_safe(d), sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def save_calibration(cal: Calibration, path: str | Path) -> Calibration:
+    """Write ``cal`` as JSON (atomically); returns it with ``path`` and the file's ``sha256``."""
+    from systems.files import atomic_write_json
+
+    p = atomic_write_json(path, cal.to_dict())
+    return replace(cal, path=str(path), sha256=hashlib.sha256(p.read_bytes()).hexdigest())
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """A calibration file (capped read); a CalibrationError (exit 2) when it is not one."""
+    from systems.files import read_bytes_capped, read_json_capped
+
+    d = read_json_capped(path, what="calibration", shape="a calibration written by 'twentyq calibrate'",
+                         error=CalibrationError)
+    sha = hashlib.sha256(read_bytes_capped(path, what="calibration")).hexdigest()
+    return Calibration.from_dict(d, path=str(path), sha256=sha)
+
+
+def target_choice(cal: Calibration | None, config: Any) -> TauChoice | None:
+    """The τ choice for ``config.target_accuracy`` (None without one); a CalibrationError without a calibration."""
+    if getattr(config, "target_accuracy", None) is None:
+        return None
+    if cal is None:
+        raise CalibrationError("--target-accuracy needs a calibration: add --calibration cal.json (made by "
+                               "'twentyq calibrate'), or use --tau")
+    return cal.tau_for(config.policy, config.target_accuracy, config.budget)
+
+
+def choice_dict(choice: TauChoice | None, config: Any) -> dict[str, Any] | None:
+    """What a summary records of a τ choice (None without a target)."""
+    if choice is None:
+        return None
+    return {"target_accuracy": choice.target, "confidence": 1.0 - choice.alpha, "tau": choice.tau,
+            "reached": choice.reached, "policy": config.policy, "budget": config.budget,
+            "dev_stopped": choice.n_stopped, "dev_right": choice.n_right, "dev_lower_bound": choice.lower_bound,
+            "method": "learn-then-test, fixed sequence from high τ, exact binomial tests (choose_tau)"}
+
+
+def as_calibration(cal: Calibration | str | Path | None) -> Calibration | None:
+    """A Calibration, a path to one, or None."""
+    return cal if cal is None or isinstance(cal, Calibration) else load_calibration(cal)
+
+
+# --------------------------------------------------------------------------- dev images
+def image_sha256(item: Any) -> str | None:
+    """The content hash of an image input (an Item, a path or bytes): sha256 of the file's bytes, as
+    :func:`engine.encoders.image_cache.content_hash` keys files. None when it cannot be read."""
+    data = getattr(item, "data", None) if not isinstance(item, (bytes, bytearray, memoryview)) else item
+    if data is not None:
+        return hashlib.sha256(bytes(data)).hexdigest()
+    path = getattr(item, "path", item)
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except (OSError, ValueError):
+        return None  # a missing or unreadable image is that image's error later, not a dev image
+    return h.hexdigest()
+
+
+def exclude_dev(items: Sequence[Any], cal: Calibration | None) -> tuple[list[Any], int]:
+    """``items`` without those whose image is one of the calibration's dev images (by content); and how many."""
+    items = list(items)
+    if cal is None:
+        return items, 0
+    dev = set(cal.dev.get("image_sha256", ()))
+    kept = [it for it in items if image_sha256(it) not in dev]
+    return kept, len(items) - len(kept)
+
+
+def is_builtin_policy(name: str) -> bool:
+    """A policy of the ``policies`` package itself (not a plug-in)."""
+    from policies import POLICIES, list_policies
+
+    list_policies()
+    cls = POLICIES.get(name)
+    return cls is not None and (cls.__module__ == "policies" or cls.__module__.startswith("policies."))
+
+
+def builtin_policies() -> list[str]:
+    from policies import list_policies
+
+    return [p for p in list_policies() if is_builtin_policy(p)]
+
+
+# --------------------------------------------------------------------------- fitting
+def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, policy: Any, lams: np.ndarray,
+                channel: Any) -> PolicyPaths:
+    """One policy's τ=1 paths over dev similarities (B, Q) with true classes (B,): see :class:`PolicyPaths`."""
+    from engine.core.adaptive import NO_STOP, classify_batch
+    from engine.core.sources import ArraySource
+
+    res = classify_batch(ArraySource(sims, system), system, policy, stop=NO_STOP, logit_scale=lams, channel=channel,
+                         top_k=1, trace=True)
+    B, C = len(truth), system.n_classes
+    S = 1 + max((len(r.steps) for r in res), default=0)
+    conf, correct, q = np.full((B, S), np.nan), np.zeros((B, S), bool), np.full((B, S), -1, dtype=np.int64)
+    conf[:, 0], correct[:, 0], q[:, 0] = 1.0 / C, np.asarray(truth) == 0, 0  # the uniform prior: class 0 on top
+    for i, r in enumerate(res):
+        for j, s in enumerate(r.steps, start=1):
+            conf[i, j] = s.confidence_after
+            correct[i, j] = s.top[0][0] == system.classes[truth[i]]
+            q[i, j] = s.q_spent
+    return PolicyPaths(conf, correct, q)
+
+
+def _full_metrics(sims, truth, system, lam, eps, channel=None) -> dict[str, float]:
+    from engine.core.calibration import expected_calibration_error, full_log_posterior, true_class_nll
+
+    lp = full_log_posterior(sims, system.rule_matrix, system.option_counts, lam, eps, channel=channel)
+    conf, pred = np.exp(lp.max(axis=1)), lp.argmax(axis=1)
+    correct = pred == truth
+    return {"accuracy": float(correct.mean()), "nll": true_class_nll(lp, truth),
+            "ece": expected_calibration_error(conf, correct, N_BINS), "mean_confidence": float(conf.mean())}
+
+
+def _adaptive_metrics(sims, truth, system, lam, eps, channel=None) -> dict[str, float]:
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+
+    res = classify_batch(ArraySource(sims, system), system, METRIC_POLICY, stop=StopRule(tau=METRIC_TAU),
+                         logit_scale=lam, eps=eps, channel=channel, top_k=1)
+    correct = np.array([r.label == system.classes[t] for r, t in zip(res, truth)])
+    conf = np.array([r.stop == "confident" for r in res])
+    return {"accuracy": float(correct.mean()), "mean_q": float(np.mean([r.q_spent for r in res])),
+            "confident": int(conf.sum()), "accuracy_confident": float(correct[conf].mean()) if conf.any() else None}
+
+
+def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
+                    model: str, model_id: str, revision: str | None = None, dev: dict[str, Any] | None = None,
+                    policies: Sequence[str] | None = None, prior_strength: float = 10.0) -> Calibration:
+    """Fit a calibration on dev similarities.
+
+    sims : (B, Q) similarities of the dev images to every prompt of ``system``; truth : (B,) class indices.
+    lam0 : the model's own λ (groups that cannot be fitted keep it; "before" metrics use it); eps : ε.
+    dev : what to record about the dev split (data, rows hash, image hashes, seed, fraction).
+    policies : whose τ=1 dev paths to keep (default: every built-in policy).
+    """
+    from engine.core.adaptive import NAME_GROUP
+    from engine.core.calibration import fit_answer_channels
+    from engine.run.config import RunConfig
+    from engine.run.provenance import system_hash
+
+    sims = np.asarray(sims, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.int64)
+    skip = tuple(i for i, g in enumerate(system.groups) if g.name == NAME_GROUP)
+    ch = fit_answer_channels(sims, truth, system.rule_matrix, system.option_counts, lam0=lam0, eps=eps,
+                             prior_strength=prior_strength, skip_groups=skip)
+    channel = ch.channel(system.rule_matrix, system.option_counts)
+    metrics = {
+        "n_images": int(len(truth)), "in_sample": True,
+        "full": {"before": _full_metrics(sims, truth, system, lam0, eps),
+                 "after": _full_metrics(sims, truth, system, ch.lams, eps, channel)},
+        "adaptive": {"policy": METRIC_POLICY, "tau": METRIC_TAU,
+                     "before": _adaptive_metrics(sims, truth, system, lam0, eps),
+                     "after": _adaptive_metrics(sims, truth, system, ch.lams, eps, channel)},
+    }
+    names = builtin_policies() if policies is None else list(policies)
+    paths = {p: trace_paths(sims, truth, system, RunConfig(policy=p).make_policy(), ch.lams, channel) for p in names}
+    return Calibration(channels=ch, model=model, model_id=model_id, revision=revision, system_name=system.name,
+                       system_sha256=system_hash(system), sizes=tuple(int(k) for k in system.option_counts),
+                       groups=tuple(g.name for g in system.groups), lam0=float(lam0), dev=dict(dev or {}),
+                       metrics=metrics, paths=paths)
+
+
+def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: int = 0, eps: float | None = None,
+              dataset: Any = None, chunk_size: int = 64, progress: Callable[[int], None] | None = None,
+              policies: Sequence[str] | None = None) -> Calibration:
+    """Fit a calibration for a loaded Classifier's model and system on the dev split of labelled images.
+
+    data : a :class:`engine.run.datasets.DataSpec` (``dataset``: it already loaded). The images are split
+    by image, stratified by class and seeded (:func:`systems.authoring.refine.split_by_image`, ``dev_fraction``
+    of each class to dev); only the dev images are embedded (once each), and their similarities to every
+    prompt computed once. Dev images that fail to load are left out (counted in ``dev['bad_images']``).
+    """
+    from engine.run.config import DEFAULT_EPS
+    from engine.run.encoder_source import EncoderSource
+    from engine.run.store import fingerprint
+    from systems.authoring.refine import split_by_image
+
+    system = classifier.system
+    ds = dataset if dataset is not None else data.load(system.classes)
+    items = list(ds.items)
+    if not items:
+        raise CalibrationError(f"no images in {data.source!r} to calibrate on; point --data at labelled images")
+    truth_all = np.array([system.class_index(it.label) for it in items], dtype=np.int64)
+    dev_idx, _ = split_by_image(truth_all, dev_fraction, seed)
+    dev_items = [items[i] for i in dev_idx]
+    embs, good_rows, bad = [], [], 0
+    for start in range(0, len(dev_items), chunk_size):
+        chunk = dev_items[start:start + chunk_size]
+        emb, good, errs = classifier.embed_images([it.source for it in chunk], [it.path for it in chunk])
+        if len(good):
+            embs.append(EncoderSource(classifier.encoder, classifier.text_cache, system, emb).all_similarities())
+            good_rows += [start + int(j) for j in good]
+        bad += len(errs)
+        if progress:
+            progress(len(chunk))
+    if not good_rows:
+        raise CalibrationError(f"none of the {len(dev_items)} dev image(s) of {data.source!r} could be read; "
+                               "check the paths in --data")
+    sims = np.concatenate(embs)
+    truth = truth_all[dev_idx][good_rows]
+    dev = {"data": str(data.source), "name": ds.name, "rows": len(items), "n_images": len(good_rows),
+           "bad_images": bad, "fraction": float(dev_fraction), "seed": int(seed), "split": "by image, stratified",
+           "sha256": fingerprint({}, [it.path for it in dev_items], [it.label for it in dev_items]),
+           "image_sha256": sorted({h for h in map(image_sha256, dev_items) if h is not None})}
+    enc = classifier.encoder
+    return fit_calibration(sims, truth, system, lam0=float(enc.logit_scale), eps=DEFAULT_EPS if eps is None else eps,
+                           model=classifier.spec.model, model_id=str(enc.model_id), revision=classifier.spec.revision,
+                           dev=dev, policies=policies)

@@ -1,0 +1,366 @@
+"""The calibration file: fitted on dev images, saved, loaded, checked, used (issue 16, items 2 and 3).
+
+Most tests use a simulated encoder (:class:`SimEncoder`): its images are small noise PNGs, each mapped by
+its pixels to a row of simulator similarities with per-group reliabilities (engine/core/simulate.py), and
+its prompts are one-hot vectors, so the engine sees exactly the simulator's similarities (up to each
+image's norm) through the real pipeline. No shared data and no real model are needed; the CLI
+refusals use the tiny random CLIP folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.encoder_fixtures import five_group_system, noise_image, tiny_model_dir  # noqa: F401  (sets HF offline)
+
+from engine.cli.app import main
+from engine.core.adaptive import StopRule, classify_batch
+from engine.core.calibration import choose_tau
+from engine.core.simulate import SimulatedSource
+from engine.core.sources import ArraySource
+from engine.encoders.base import BaseEncoder
+from engine.run.calibration_file import (
+    SCHEMA, Calibration, CalibrationError, CalibrationMismatch, calibrate, exclude_dev, fit_calibration,
+    image_sha256, load_calibration, save_calibration,
+)
+from engine.run.classifier import Classifier
+from engine.run.config import EncoderSpec, RunConfig
+from engine.run.datasets import DataSpec
+from engine.run.evaluation import evaluate_classifier, evaluate_configs
+from engine.run.pipeline import Job
+from engine.run.store import fingerprint
+from systems import load_system
+
+N_IMAGES = 360
+# colour and key trait answered well, form and body shape badly, background applies to no class
+MARGIN = (0.12, 0.10, 0.12, 0.10, 0.05)
+WRONG = (0.05, 0.6, 0.1, 0.6, 0.0)
+
+
+class SimEncoder(BaseEncoder):
+    """Images -> their simulator row of similarities (looked up by pixel hash); prompt i -> the i-th unit vector.
+
+    The cosine of an image with prompt i is row[i] / ||row||, so the engine sees the simulator's similarities
+    scaled by one number per image.
+    """
+
+    def __init__(self, system, rows: dict[str, np.ndarray], model_id: str = "sim@1"):
+        self.name, self.model_id, self.logit_scale = "sim", model_id, 200.0
+        self.device, self.dtype, self.batch_size = torch.device("cpu"), torch.float32, 64
+        prompts = [p for g in system.groups for p in g.prompts()]
+        self.index = {p: i for i, p in reversed(list(enumerate(prompts)))}
+        self.embed_dim = len(prompts)
+        self.rows = rows
+
+    @staticmethod
+    def key(im) -> str:
+        return hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
+
+    def _embed_images(self, images):
+        return torch.tensor(np.array([self.rows[self.key(im)] for im in images]), dtype=torch.float32)
+
+    def _embed_texts(self, texts):
+        out = torch.zeros((len(texts), self.embed_dim))
+        for j, t in enumerate(texts):
+            if t in self.index:
+                out[j, self.index[t]] = 1.0
+            else:  # a class-name prompt (baseline mode): a seeded random direction
+                seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+                out[j] = torch.tensor(np.random.default_rng(seed).standard_normal(self.embed_dim))
+        return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """pokemon15, N_IMAGES noise PNGs with simulated answers (a CSV of them), and the SimEncoder."""
+    d = tmp_path_factory.mktemp("calworld")
+    system = load_system("pokemon15")
+    truth = np.arange(N_IMAGES) % system.n_classes
+    src = SimulatedSource(system, truth, margin=np.array(MARGIN), wrong_rate=np.array(WRONG), noise=0.03, seed=3)
+    sims = np.concatenate([src.similarities(np.arange(N_IMAGES), g) for g in range(system.n_groups)], axis=1)
+    rows, paths = {}, []
+    for i in range(N_IMAGES):
+        im = noise_image(1000 + i, size=(6, 5))
+        p = d / f"img{i:03d}.png"
+        im.save(p)
+        rows[SimEncoder.key(im)] = sims[i]
+        paths.append(str(p))
+    csv_path = d / "labels.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([(p, system.classes[c]) for p, c in zip(paths, truth)])
+    enc = SimEncoder(system, rows)
+    clf = Classifier(EncoderSpec(model="sim"), system, encoder=enc)
+    cal = calibrate(clf, DataSpec(str(csv_path)), dev_fraction=0.5, seed=0)
+    return {"dir": d, "system": system, "truth": truth, "sims": sims, "paths": paths, "csv": str(csv_path),
+            "encoder": enc, "clf": clf, "cal": cal}
+
+
+def calibrated(world, cal=None) -> Classifier:
+    return Classifier(EncoderSpec(model="sim"), world["system"], encoder=world["encoder"],
+                      calibration=cal if cal is not None else world["cal"])
+
+
+# --------------------------------------------------------------------------- the fit and the file
+def test_calibrate_fits_on_the_dev_half_only_and_learns_which_groups_are_answered_well(world):
+    cal = world["cal"]
+    assert cal.dev["n_images"] == N_IMAGES // 2 and cal.dev["rows"] == N_IMAGES
+    assert len(cal.dev["image_sha256"]) == N_IMAGES // 2
+    assert cal.model_id == "sim@1" and cal.system_name == "pokemon15"
+    rel = cal.channels.reliability
+    # colour and key trait (5% and 10% wrong) answer their true option more often than form and body shape (60%)
+    diag = [float(np.mean(np.diag(m))) for m in cal.channels.confusions]
+    assert min(diag[0], diag[2]) > max(diag[1], diag[3]), diag
+    m = cal.metrics["full"]
+    assert m["after"]["nll"] < m["before"]["nll"]
+    assert set(cal.paths) >= {"eig", "eig_per_prompt", "fixed", "random", "top2"}
+
+
+def test_round_trip_keeps_everything_and_records_the_file_hash(world, tmp_path):
+    cal = save_calibration(world["cal"], tmp_path / "cal.json")
+    back = load_calibration(tmp_path / "cal.json")
+    assert back.sha256 == hashlib.sha256((tmp_path / "cal.json").read_bytes()).hexdigest() == cal.sha256
+    assert json.loads((tmp_path / "cal.json").read_text())["format"] == SCHEMA
+    a, b = world["cal"].channels, back.channels
+    assert np.allclose(a.lams, b.lams) and np.array_equal(a.n_dev, b.n_dev) and a.eps == b.eps
+    assert np.allclose(a.reliability, b.reliability, equal_nan=True)
+    for x, y in zip(a.confusions, b.confusions):
+        assert (x is None and y is None) or np.allclose(x, y)
+    for name, p in world["cal"].paths.items():
+        q = back.paths[name]
+        assert np.array_equal(np.isnan(p.conf), np.isnan(q.conf)) and np.allclose(p.conf, q.conf, equal_nan=True)
+        assert np.array_equal(p.correct, q.correct) and np.array_equal(p.q, q.q)
+    t1, t2 = world["cal"].tau_for("eig", 0.8), back.tau_for("eig", 0.8)
+    assert (t1.tau, t1.n_stopped, t1.n_right) == (t2.tau, t2.n_stopped, t2.n_right)
+    assert back.provenance()["path"] == str(tmp_path / "cal.json")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(format="other"), "not a twentyq calibration"),
+    (lambda d: d["channels"]["groups"][0].update(confusion=[[1.0]]), "damaged"),
+    (lambda d: d["channels"]["groups"][1].update(lam=-3), "damaged"),
+    (lambda d: d.pop("model"), "damaged"),
+])
+def test_a_damaged_file_is_one_line_naming_it(world, tmp_path, edit, needle):
+    d = world["cal"].to_dict()
+    edit(d)
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(CalibrationError) as e:
+        load_calibration(p)
+    assert needle in str(e.value) and "bad.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_calibration_for_another_system_or_model_is_refused(world):
+    other = five_group_system()
+    with pytest.raises(CalibrationMismatch, match="system 'pokemon15'.*not system 'five'"):
+        Classifier(EncoderSpec(model="sim"), other, encoder=world["encoder"], calibration=world["cal"])
+    enc2 = SimEncoder(world["system"], world["encoder"].rows, model_id="sim@2")
+    with pytest.raises(CalibrationMismatch, match=r"model 'sim' \(id sim@1\), not 'sim' \(id sim@2\)"):
+        Classifier(EncoderSpec(model="sim"), world["system"], encoder=enc2, calibration=world["cal"])
+
+
+# --------------------------------------------------------------------------- it is used
+def test_the_classifier_scores_with_the_fitted_lambdas_and_channel(world):
+    """Results equal classify_batch with the calibration's λ_g and channel, and differ from no calibration."""
+    system, cal = world["system"], world["cal"]
+    imgs = world["paths"][:60]
+    config = RunConfig(policy="eig", tau=0.9)
+    got = calibrated(world).classify(imgs, config)
+    plain = world["clf"].classify(imgs, config)
+    emb = world["encoder"].encode_images(imgs).numpy().astype(np.float64)
+    ref_sims = emb @ np.eye(system.q_total)  # one-hot prompts: the cosines are the embedding's coordinates
+    ref = classify_batch(ArraySource(ref_sims, system), system, "eig", stop=StopRule(tau=0.9), logit_scale=cal.lams,
+                         channel=cal.channel(system), top_k=5)
+    assert [(r.label, r.q_spent, [s.group for s in r.steps]) for r in got] == \
+        [(r.label, r.q_spent, [s.group for s in r.steps]) for r in ref]
+    assert np.allclose([r.confidence for r in got], [r.confidence for r in ref], atol=1e-5)
+    assert [(r.q_spent, round(r.confidence, 6)) for r in got] != [(r.q_spent, round(r.confidence, 6)) for r in plain]
+
+
+def test_baseline_stays_uncalibrated_and_full_mode_uses_it(world):
+    imgs = world["paths"][:20]
+    clf = calibrated(world)
+    base = [r.confidence for r in clf.classify(imgs, mode="baseline")]
+    assert base == [r.confidence for r in world["clf"].classify(imgs, mode="baseline")]
+    assert [r.confidence for r in clf.classify(imgs, mode="full")] != \
+        [r.confidence for r in world["clf"].classify(imgs, mode="full")]
+    with pytest.raises(ValueError, match="drop logit_scale"):
+        clf.classify(imgs, mode="full", logit_scale=10.0)
+
+
+def test_eval_leaves_out_the_dev_images_and_says_how_many(world, tmp_path):
+    rep = evaluate_classifier(calibrated(world), world["csv"], policy="eig", tau=0.9, output=str(tmp_path / "r.jsonl"))
+    n_dev = N_IMAGES // 2
+    assert rep.n == N_IMAGES - n_dev
+    assert rep.calibration["excluded_dev_images"] == n_dev and rep.calibration["applied"] is True
+    assert rep.calibration["model_id"] == "sim@1"
+    dev = set(world["cal"].dev["image_sha256"])
+    recs = [json.loads(line) for f in sorted((tmp_path / "r.jsonl").glob("shard-*")) for line in f.open()]
+    assert len(recs) == rep.n and not any(image_sha256(r["image"]) in dev for r in recs)
+    summary = json.loads((tmp_path / "r.jsonl" / "_summary.json").read_text())
+    assert summary["calibration"]["excluded_dev_images"] == n_dev
+    assert summary["settings"]["calibration"]["sha256"] == world["cal"].identity()["sha256"]
+    # compare (several modes, one embedding pass) leaves out the same images
+    reps = evaluate_configs(calibrated(world), DataSpec(world["csv"]),
+                            [RunConfig(mode="baseline"), RunConfig(mode="full")])
+    assert [r.n for r in reps] == [N_IMAGES - n_dev] * 2
+    assert [r.calibration["applied"] for r in reps] == [False, True]
+    assert rep.calibration is not None and evaluate_classifier(world["clf"], world["csv"], limit=5).calibration is None
+
+
+def test_exclude_dev_matches_by_content_not_by_name(world, tmp_path):
+    from engine.run.datasets import Item
+
+    dev_path = next(p for p in world["paths"] if image_sha256(p) in set(world["cal"].dev["image_sha256"]))
+    copy = tmp_path / "renamed.png"
+    copy.write_bytes(Path(dev_path).read_bytes())
+    kept, n = exclude_dev([Item(str(copy), "x"), Item(str(tmp_path / "missing.png"), "y"),
+                           Item("<bytes>", "z", data=Path(dev_path).read_bytes())], world["cal"])
+    assert n == 2 and [it.path for it in kept] == [str(tmp_path / "missing.png")]
+
+
+def test_the_resume_fingerprint_changes_with_the_calibration(world):
+    spec, system, config = EncoderSpec(model="sim"), world["system"], RunConfig()
+    other = fit_calibration(world["sims"][:100], world["truth"][:100], system, lam0=200.0, eps=0.05, model="sim",
+                            model_id="sim@1", policies=["fixed"])
+    prints = {fingerprint(Job(spec, system, config, c).settings(), ["a"]) for c in (None, world["cal"], other)}
+    assert len(prints) == 3
+    moved = replace(world["cal"], path="/elsewhere/cal.json")  # the same file elsewhere: the same results
+    assert Job(spec, system, config, moved).settings() == Job(spec, system, config, world["cal"]).settings()
+    assert "calibration" not in Job(spec, system, config).settings()  # runs without one keep their fingerprints
+
+
+# --------------------------------------------------------------------------- target accuracy
+def test_target_accuracy_reports_confident_stops_apart_from_the_others(world):
+    clf = calibrated(world)
+    config = RunConfig(policy="eig", target_accuracy=0.9)
+    choice = clf.target_choice(config)
+    assert choice.reached and choice.lower_bound >= 0.9 and choice.tau < 1.0
+    assert choice.tau == choose_tau(world["cal"].paths["eig"].conf, world["cal"].paths["eig"].correct, 0.9).tau
+    rep = evaluate_classifier(clf, world["csv"], config)
+    assert rep.tau == choice.tau and rep.target["tau"] == choice.tau and rep.target["reached"]
+    assert rep.target["dev_stopped"] == choice.n_stopped and rep.target["dev_lower_bound"] == choice.lower_bound
+    c, o = rep.confident, rep.not_confident
+    assert c["n"] == rep.stops["confident"] > 0 and c["n"] + o["n"] == rep.n
+    assert o["n"] > 0 and set(o["stops"]) <= {"exhausted", "budget", "no_gain"}  # never counted as confident
+    # the confident share's own accuracy, from the records themselves
+    res = clf.classify(world["paths"], config)
+    test = [(r, world["system"].classes[t]) for r, t, p in zip(res, world["truth"], world["paths"])
+            if image_sha256(p) not in set(world["cal"].dev["image_sha256"])]
+    conf = [r.label == y for r, y in test if r.stop == "confident"]
+    assert c["n"] == len(conf) and c["accuracy"] == pytest.approx(np.mean(conf))
+    assert c["ci95"][0] <= c["accuracy"] <= c["ci95"][1]
+    overall = np.mean([r.label == y for r, y in test])
+    assert rep.accuracy == pytest.approx(overall)
+    assert c["accuracy"] > rep.accuracy  # stopping on a calibrated posterior picks the easier images
+
+
+def test_target_accuracy_follows_the_budget_and_refuses_what_it_cannot_know(world):
+    cal = world["cal"]
+    ns = [cal.tau_for("fixed", 0.7, budget=b).n_stopped for b in (None, 40, 20)]
+    assert ns[0] >= ns[1] >= ns[2] and ns[0] > ns[2]
+    assert not cal.tau_for("fixed", 0.7, budget=0).reached  # nothing can be asked: no τ passes
+    from policies import POLICIES, Policy
+
+    class Plug(Policy):
+        name = "plug_test_only"
+
+        def select(self, state):
+            return np.argmax(state.available, axis=1)
+
+    POLICIES[Plug.name] = Plug
+    try:
+        with pytest.raises(CalibrationError, match="'plug_test_only' is a plug-in.*--tau instead"):
+            cal.tau_for(Plug.name, 0.8)
+    finally:
+        del POLICIES[Plug.name]
+    with pytest.raises(CalibrationError, match="needs a calibration"):
+        world["clf"].target_choice(RunConfig(target_accuracy=0.8))
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(mode="full"), "mode 'full'"), (dict(scorer="sum"), "--scorer sum"), (dict(delta=0.1), "--delta"),
+    (dict(target_accuracy=1.0), "in \\(0, 1\\)"), (dict(target_accuracy=True), "in \\(0, 1\\)"),
+])
+def test_runconfig_refuses_a_target_it_cannot_honour(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        RunConfig(**{"target_accuracy": 0.8, **kw})
+
+
+def test_target_accuracy_enters_the_settings_only_when_given():
+    assert "target_accuracy" not in RunConfig().to_dict()
+    assert RunConfig(target_accuracy=0.8).to_dict()["target_accuracy"] == 0.8
+
+
+# --------------------------------------------------------------------------- the command line
+def test_target_accuracy_without_a_calibration_is_a_one_line_usage_error(capsys, tmp_path):
+    img = tmp_path / "a.png"
+    noise_image(1).save(img)
+    for cmd in (["classify", str(img)], ["eval", "--data", str(tmp_path)], ["compare", "--data", str(tmp_path)]):
+        assert main([*cmd, "--target-accuracy", "0.8", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--target-accuracy needs --calibration" in err and len(err.splitlines()) == 1
+
+
+def test_logit_scale_with_a_calibration_is_refused(world, tmp_path, capsys):
+    p = save_calibration(world["cal"], tmp_path / "cal.json").path
+    assert main(["classify", world["paths"][0], "--calibration", p, "--logit-scale", "10", "--quiet"]) == 2
+    assert "--logit-scale and --calibration" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_cal(tmp_path_factory):
+    """`twentyq calibrate` with the tiny random CLIP on 24 noise images of the five-group system."""
+    d = tmp_path_factory.mktemp("tinycal")
+    system = five_group_system()
+    (d / "five.json").write_text(json.dumps(system.to_dict()))
+    with (d / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for i in range(24):
+            noise_image(i).save(d / f"n{i}.png")
+            w.writerow([f"n{i}.png", system.classes[i % system.n_classes]])
+    rc = main(["calibrate", "--data", str(d / "labels.csv"), "--system", str(d / "five.json"), "--model",
+               str(tiny_model_dir("clip")), "--device", "cpu", "--out", str(d / "cal.json"), "--quiet"])
+    return {"rc": rc, "dir": d}
+
+
+@pytest.mark.slow
+def test_calibrate_command_writes_a_file_that_eval_uses(tiny_cal, capsys):
+    d = tiny_cal["dir"]
+    assert tiny_cal["rc"] == 0
+    cal = load_calibration(d / "cal.json")
+    assert cal.dev["n_images"] == 12 and cal.model == str(tiny_model_dir("clip"))
+    rc = main(["eval", "--data", str(d / "labels.csv"), "--system", str(d / "five.json"), "--model",
+               str(tiny_model_dir("clip")), "--device", "cpu", "--calibration", str(d / "cal.json"),
+               "--out", str(d / "run.jsonl"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "12 of its dev image(s) left out" in out
+    summary = json.loads((d / "run.jsonl" / "_summary.json").read_text())
+    assert summary["n"] == 12 and summary["calibration"]["sha256"] == cal.sha256
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["model", "system"])
+def test_a_mismatched_calibration_is_exit_2_in_one_line_naming_both(tiny_cal, capsys, which):
+    d = tiny_cal["dir"]
+    model = str(tiny_model_dir("siglip" if which == "model" else "clip"))
+    system = str(d / "five.json") if which == "model" else "pokemon15"
+    assert tiny_cal["rc"] == 0
+    capsys.readouterr()
+    rc = main(["classify", str(d / "n0.png"), "--system", system, "--model", model, "--device", "cpu",
+               "--calibration", str(d / "cal.json"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "twentyq calibrate" in err
+    assert ("tiny-clip" in err and "tiny-siglip" in err) if which == "model" else ("'five'" in err and
+                                                                                   "'pokemon15'" in err)
