@@ -242,15 +242,18 @@ def _label(rep) -> str:
 
 
 def _plot(reports, curve, path, model, data, system) -> None:
+    """compare --plot: the three modes as points, and the adaptive config's budget sweep as a line
+    that ends at the adaptive run itself when it had no budget."""
     from engine.cli.report_cmd import plot_compare, row_of
 
-    points = [dict(row_of(_label(r), r.to_dict())) for r in reports]
-    line = [row_of(f"{reports[2].policy}, τ={reports[2].tau}, budget swept", r.to_dict()) for r in curve]
-    line.append(row_of(line[0]["run"] if line else "", reports[2].to_dict()) if reports[2].budget is None else None)
-    line = sorted((r for r in line if r is not None), key=lambda r: r["mean_q"])
-    title = f"{model}\n{Path(str(data)).name}: {system.name} (N={system.n_classes}, Q={system.q_total}), " \
-            f"n={reports[0].n}"
-    plot_compare(points, line, path, title=title)
+    adaptive = reports[2]
+    name = f"{adaptive.policy}, τ={adaptive.tau}, budget swept"
+    line = [row_of(name, r.to_dict()) for r in curve + ([adaptive] if adaptive.budget is None else [])]
+    line.sort(key=lambda r: r["mean_q"])
+    where = Path(str(data))
+    title = (f"{model}\n{where.parent.name}/{where.name}: {system.name} (N={system.n_classes}, "
+             f"Q={system.q_total}), n={reports[0].n}")
+    plot_compare([row_of(_label(r), r.to_dict()) for r in reports], line, path, title=title)
 
 
 def models_cmd(args) -> int:
