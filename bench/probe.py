@@ -5,7 +5,7 @@
     python -m bench.probe all                             # train if absent, then eval
     python -m bench.probe verify-shipped                  # retrain; same tensors as the shipped probe?
 
-The probe — "attribute probe trained on Gen 2–3 sprites; not CLIP" — maps
+The probe — "attribute probe trained here on Gen 2–3 sprites; not CLIP" — maps
 frozen EfficientNet-Lite0 image features and frozen MiniLM text features into
 a shared space with two small heads, trained contrastively on sprites of
 species 152–386 against attribute captions that never name a species
