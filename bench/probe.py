@@ -3,8 +3,9 @@
     python -m bench.probe train --out bench/out/probe     # minutes on 2 CPU cores (features cached after)
     python -m bench.probe eval  --probe bench/out/probe   # Gen-1 benchmarks -> bench/out/probe/eval/
     python -m bench.probe all                             # train if absent, then eval
+    python -m bench.probe verify-shipped                  # retrain; same tensors as the shipped probe?
 
-The probe — "attribute probe trained on Gen 2–3 sprites; not CLIP" — maps
+The probe — "attribute probe trained here on Gen 2–3 sprites; not CLIP" — maps
 frozen EfficientNet-Lite0 image features and frozen MiniLM text features into
 a shared space with two small heads, trained contrastively on sprites of
 species 152–386 against attribute captions that never name a species
@@ -144,6 +145,44 @@ def run_all(folder: str | Path = DEFAULT_DIR, out: str | Path | None = None, *, 
     return res
 
 
+# --------------------------------------------------------------------------- the shipped probe
+def shipped_expectations(*, guard: bool = False) -> dict[str, Any]:
+    """What ``python -m bench.probe train`` would train with today: the default config and the
+    training set's data hash (no training, no images read; ``guard`` also runs the leak guard)."""
+    from .probe_data import build_training_data
+
+    cfg = TrainConfig()
+    return {"config": cfg.to_dict(), "data_sha256": build_training_data(seed=cfg.seed, guard=guard).sha256()}
+
+
+def verify_shipped(*, cache_dir: str | Path | None = C.DEFAULT_CACHE, log=_log, work: str | Path | None = None
+                   ) -> dict[str, Any]:
+    """Retrain the probe with the shipped configuration into a temporary folder (or ``work``) and
+    compare its ``weights_sha256``, ``data_sha256`` and config with the shipped manifest.
+
+    Returns {"ok", "shipped", "retrained", "mismatches"}; ``ok`` is True when all three agree.
+    """
+    import tempfile
+
+    from engine.encoders.probe import MANIFEST_FILE, SHIPPED_DIR
+
+    shipped = json.loads((SHIPPED_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory(prefix="twentyq-probe-") as tmp:
+        out = Path(work) if work is not None else Path(tmp) / "probe"
+        cfg = TrainConfig(**shipped["config"])  # the shipped one; a differing default is reported below
+        new = train_probe(out, cfg=cfg, cache_dir=cache_dir, log=log, command="python -m bench.probe verify-shipped")
+    keys = ("weights_sha256", "data_sha256", "config")
+    bad = [k for k in keys if new.get(k) != shipped.get(k)]
+    if TrainConfig(**shipped["config"]) != TrainConfig():
+        bad.append("config (shipped vs today's default)")
+    res = {"ok": not bad, "mismatches": bad, "shipped": {k: shipped.get(k) for k in keys},
+           "retrained": {k: new.get(k) for k in keys}}
+    log(f"[verify-shipped] {'OK' if not bad else 'MISMATCH'}: retrained weights_sha256 "
+        f"{new['weights_sha256'][:16]}… vs shipped {shipped['weights_sha256'][:16]}…"
+        + (f"; differs in {', '.join(bad)}" if bad else "; data hash and config agree"))
+    return res
+
+
 # --------------------------------------------------------------------------- bench.all section
 def summary_section(res: dict[str, Any], rel: str) -> list[str]:
     """Markdown lines for bench.all's "attribute probe (trained here)" section; ``rel`` is the eval
@@ -186,12 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--out", default=str(DEFAULT_DIR), help="probe folder (default bench/out/probe)")
     p_eval = sub.add_parser("eval", help="evaluate a trained probe on Gen 1")
     p_all = sub.add_parser("all", help="train if absent, then evaluate")
+    p_ver = sub.add_parser("verify-shipped", help="retrain into a temporary folder and check the tensors equal the "
+                                                  "probe shipped in engine/encoders/data/probe (exit 1 if not)")
     for p in (p_eval, p_all):
         p.add_argument("--probe", default=str(DEFAULT_DIR), help="probe folder (default bench/out/probe)")
         p.add_argument("--eval-out", default=None, help="evaluation output folder (default PROBE/eval)")
         p.add_argument("--limit", type=int, default=None, help="a seeded subset of this many images per dataset")
         p.add_argument("--quick", action="store_true", help="fewer τ and budget points in the curves")
-    for p in (p_train, p_eval, p_all):
+    for p in (p_train, p_eval, p_all, p_ver):
         p.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE), help="backbone feature cache")
     for p in (p_train, p_all):
         _config_args(p)
@@ -202,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         require_data()
+        if args.cmd == "verify-shipped":
+            return 0 if verify_shipped(cache_dir=args.cache_dir)["ok"] else 1
         if args.cmd == "train":
             train_probe(args.out, cfg=_config(args), cache_dir=args.cache_dir, command=cmd)
         elif args.cmd == "eval":

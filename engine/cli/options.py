@@ -119,7 +119,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="offline",
-                   help="model string: 'offline' (the packaged stand-in, not CLIP), 'probe:DIR', a hub id or a local "
+                   help="model string: 'offline' (the packaged stand-in, not CLIP), 'probe' (the attribute probe "
+                        "trained here, shipped with the package, not CLIP), 'probe:DIR', a hub id or a local "
                         "folder; `twentyq models` lists them (default: %(default)s)")
     g.add_argument("--revision", default=None, help="hub branch, tag or commit of --model (default: the main branch)")
     g.add_argument("--device", default="auto", choices=list(DEVICES),

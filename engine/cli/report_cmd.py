@@ -91,15 +91,47 @@ def write_csv(rows: list[dict[str, Any]], path: str) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _pyplot():
+def _pyplot(flag: str = "--plots"):
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plots needs matplotlib: pip install 'twentyq[report]' (or drop --plots)") from None
+        raise UsageError(f"{flag} needs matplotlib: pip install 'twentyq[report]' (or drop {flag})") from None
     return plt
+
+
+def plot_compare(points: list[dict[str, Any]], curve: list[dict[str, Any]], path: str | Path, *, title: str) -> None:
+    """``twentyq compare --plot``: accuracy (95% CI) against mean Q.
+
+    points : one row per compared mode (:func:`row_of` fields, ``run`` the legend text);
+    curve : the adaptive policy at increasing budgets (same fields), drawn as a line with its CI band.
+    """
+    plt = _pyplot("--plot")
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    if curve:
+        qs = [r["mean_q"] for r in curve]
+        ax.plot(qs, [r["accuracy"] for r in curve], "-", color="tab:blue", label=curve[0]["run"])
+        ax.fill_between(qs, [r["ci95_lo"] for r in curve], [r["ci95_hi"] for r in curve], color="tab:blue",
+                        alpha=0.15, linewidth=0)
+    style = iter(zip(["s", "D", "^", "o", "v", "P"], ["tab:gray", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                                                     "tab:brown"]))
+    for r in points:
+        err = [[max(r["accuracy"] - r["ci95_lo"], 0)], [max(r["ci95_hi"] - r["accuracy"], 0)]]
+        m, c = next(style, ("o", None))
+        ax.errorbar([r["mean_q"]], [r["accuracy"]], yerr=err, fmt=m, color=c, capsize=3, label=r["run"])
+    ax.set_xlabel("mean Q (prompts per image)")
+    ax.set_ylabel("accuracy (95% CI)")
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.fill(t, 90) for t in title.splitlines()), fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_accuracy_vs_q(rows: list[dict[str, Any]], path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from engine.cli.options import (
@@ -33,7 +34,17 @@ EXAMPLES_EVAL = """examples:
 EXAMPLES_COMPARE = """examples:
   twentyq compare --by source                  # the shared jina15 images, offline stand-in
   twentyq compare --data labels.csv --system flowers17 --out compare.json
+  twentyq compare --data labels.csv --system flowers17 --plot curve.png   # accuracy against mean Q
 """
+CURVE_POINTS = 8  # budgets in compare --plot's adaptive curve
+
+
+def curve_budgets(system, n: int = CURVE_POINTS) -> list[int]:
+    """Budgets for the accuracy-vs-Q curve: ``n`` evenly spaced from the cheapest question to Q (distinct)."""
+    import numpy as np
+
+    lo = min(g.n_options for g in system.groups)
+    return sorted({int(b) for b in np.linspace(lo, system.q_total, n).round()})
 
 
 def _items_of(paths: list[str]):
@@ -173,17 +184,27 @@ def compare_cmd(args) -> int:
         dataset = data_sp.load(system.classes)  # checked before the model loads, and read once
     if args.descriptors:
         raise UsageError("compare runs baseline, full and adaptive; evaluate --descriptors with 'twentyq eval'")
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise UsageError(f"--plot {args.plot!r}: the curve is a PNG; name it *.png")
+    if args.plot:
+        from engine.cli.report_cmd import _pyplot
+
+        _pyplot("--plot")  # matplotlib is there, before the model loads
     configs = [run_config(args, mode="baseline", target_accuracy=None),
                run_config(args, mode="full", templates=None, target_accuracy=None),
                run_config(args, mode="adaptive", templates=None)]
     check_budget(system, configs[2])
     _announce_target(cal, configs[2], print)
+    # --plot: the adaptive configuration again at increasing budgets (images are still embedded once)
+    curve_configs = [replace(configs[2], budget=b) for b in curve_budgets(system)
+                     if configs[2].budget is None or b < configs[2].budget] if args.plot else []
     clf = load_classifier(spec, system, cal)
     update, close = progress_bar(None, "compare", args.quiet)
     try:
-        reports = evaluate_configs(clf, data_sp, configs, progress=update, dataset=dataset)
+        reports = evaluate_configs(clf, data_sp, configs + curve_configs, progress=update, dataset=dataset)
     finally:
         close()
+    reports, curve = reports[:len(configs)], reports[len(configs):]
     print(f"model: {model_label(spec.model)}")
     print(f"data: {data} ({reports[0].n} images)  system: {clf.system.name} (N={clf.system.n_classes}, "
           f"Q={clf.system.q_total})")
@@ -192,7 +213,7 @@ def compare_cmd(args) -> int:
               f"{reports[0].calibration['excluded_dev_images']} of its dev image(s) left out of this data")
     print("\n| mode | accuracy | 95% CI | mean Q | text encodes |\n|---|---|---|---|---|")
     for rep in reports:
-        what = rep.mode + (f" ({rep.policy}, τ={rep.tau})" if rep.mode == "adaptive" else "")
+        what = _label(rep)
         print(f"| {what} | {rep.accuracy:.3f} | [{rep.ci95[0]:.3f}, {rep.ci95[1]:.3f}] | {rep.mean_q:.1f} | "
               f"{rep.text_encodes} |")
     if cal is not None:
@@ -205,11 +226,34 @@ def compare_cmd(args) -> int:
     if args.out:
         atomic_write_json(args.out, [r.to_dict() for r in reports])
         print(f"wrote {args.out}")
+    if args.plot:
+        _plot(reports, curve, args.plot, model_label(spec.model), data, clf.system)
+        print(f"wrote {args.plot} (accuracy against mean Q; the line is {reports[2].policy} at budgets "
+              f"{', '.join(str(r.budget) for r in curve)} and Q)")
     skipped = reports[0].skipped
     if skipped:
         warn(f"{len(skipped)} image(s) skipped")
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def _label(rep) -> str:
+    return rep.mode + (f" ({rep.policy}, τ={rep.tau})" if rep.mode == "adaptive" else "")
+
+
+def _plot(reports, curve, path, model, data, system) -> None:
+    """compare --plot: the three modes as points, and the adaptive config's budget sweep as a line
+    that ends at the adaptive run itself when it had no budget."""
+    from engine.cli.report_cmd import plot_compare, row_of
+
+    adaptive = reports[2]
+    name = f"{adaptive.policy}, τ={adaptive.tau}, budget swept"
+    line = [row_of(name, r.to_dict()) for r in curve + ([adaptive] if adaptive.budget is None else [])]
+    line.sort(key=lambda r: r["mean_q"])
+    where = Path(str(data))
+    title = (f"{model}\n{where.parent.name}/{where.name}: {system.name} (N={system.n_classes}, "
+             f"Q={system.q_total}), n={reports[0].n}")
+    plot_compare([row_of(_label(r), r.to_dict()) for r in reports], line, path, title=title)
 
 
 def models_cmd(args) -> int:
@@ -246,6 +290,9 @@ def add_run_parsers(sub) -> None:
                         epilog=EXAMPLES_COMPARE, formatter_class=fmt)
     add_data_flags(mp, required=False)
     mp.add_argument("--out", default=None, help="write the three reports as one JSON file here")
+    mp.add_argument("--plot", default=None, metavar="PNG",
+                    help="draw accuracy (95%% CI) against mean Q here: the three modes, and the adaptive policy at "
+                         f"{CURVE_POINTS} budgets up to Q (needs pip install 'twentyq[report]')")
     add_run_flags(mp, modes=False)
     add_model_flags(mp)
     mp.set_defaults(func=compare_cmd)

@@ -2,7 +2,7 @@
 
     from engine.encoders import load_encoder
     enc = load_encoder("offline")                       # the packaged stand-in (weak, not CLIP)
-    enc = load_encoder("probe:bench/out/probe")         # the benchmark probe (Gen 2–3 sprites; not CLIP)
+    enc = load_encoder("probe")                         # attribute probe trained here on Gen 2–3 sprites; not CLIP
     enc = load_encoder("openai/clip-vit-base-patch32")  # hub id, or a local folder
     enc = load_encoder("jinaai/jina-clip-v2", trust_remote_code=True, truncate_dim=512)
     img = enc.encode_images(["cat.jpg"])                # (B, D) float32 torch, unit rows, on enc.device

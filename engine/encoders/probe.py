@@ -2,7 +2,9 @@
 
     enc = load_encoder("probe:bench/out/probe")   # weights from `python -m bench.probe train --out DIR`
 
-What it is (the label every output carries): **attribute probe trained on Gen 2–3 sprites; not CLIP**.
+What it is (the label every output carries): **attribute probe trained here on Gen 2–3 sprites; not CLIP**.
+
+``load_encoder("probe")`` loads the copy that ships with the package (:data:`SHIPPED_DIR`).
 
 - Inputs, frozen and packaged (the same weights as the offline stand-in,
   :mod:`engine.encoders.offline`): EfficientNet-Lite0's penultimate image
@@ -36,7 +38,10 @@ from torch import nn
 from engine.encoders.base import BaseEncoder, EncoderLoadError, check_batch_size
 from engine.encoders.device import resolve_device, resolve_dtype
 
-PROBE_LABEL = "attribute probe trained on Gen 2–3 sprites; not CLIP"
+PROBE_LABEL = "attribute probe trained here on Gen 2–3 sprites; not CLIP"
+# the probe that ships with the package: `python -m bench.probe train` output, bit-identical tensors
+# (checked by tests/test_shipped_probe.py and `python -m bench.probe verify-shipped`)
+SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "probe"
 WEIGHTS_FILE = "probe.safetensors"
 MANIFEST_FILE = "manifest.json"
 FORMAT = "twentyq-probe-v1"

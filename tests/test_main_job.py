@@ -1,0 +1,89 @@
+"""The README's main job: `twentyq compare` with the shipped attribute probe (trained here on Gen 2–3
+sprites; not CLIP), its shipped calibration, on Gen-1 sprites of pokemon15's 10 Gen-1 species.
+
+Fast: the named system is pokemon15 restricted to its Gen-1 species, and the shipped calibration
+belongs to the shipped probe and that system. Slow: the main job's code path on a few images prints
+the table and writes the PNG (skipped when ../shared/data is absent).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.encoders.probe import MANIFEST_FILE, SHIPPED_DIR
+from systems import load_system
+
+MAIN_SYSTEM = "pokemon15_gen1"
+MAIN_CALIBRATION = SHIPPED_DIR / "pokemon15_gen1.sprites.cal.json"
+NOT_GEN1 = ("Absol", "Aggron", "Ampharos", "Azumarill", "Celebi")
+
+
+def test_pokemon15_gen1_is_pokemon15_without_its_gen2_3_species():
+    from bench.probe_eval import JINA_NOT_GEN1
+
+    assert set(JINA_NOT_GEN1) == set(NOT_GEN1)
+    full, sub = load_system("pokemon15"), load_system(MAIN_SYSTEM)
+    want = full.subset([c for c in full.classes if c not in NOT_GEN1], name=MAIN_SYSTEM)
+    assert sub.classes == want.classes and len(sub.classes) == 10
+    assert sub.groups == want.groups and sub.rules == want.rules
+    assert sub.baseline_template == want.baseline_template
+
+
+def test_shipped_calibration_fits_the_shipped_probe_and_the_main_system():
+    from engine.run.calibration_file import load_calibration
+
+    cal = load_calibration(MAIN_CALIBRATION)
+    manifest = json.loads((SHIPPED_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert cal.model_id.startswith(f"probe@{manifest['weights_sha256'][:16]}+")
+    cal.check(load_system(MAIN_SYSTEM))  # the system hash matches (raises otherwise)
+    with pytest.raises(ValueError, match="fitted for system"):
+        cal.check(load_system("pokemon15"))
+    d = json.loads(MAIN_CALIBRATION.read_text(encoding="utf-8"))["dev"]
+    assert d["fraction"] == 0.5 and d["seed"] == 0 and d["n_images"] < d["rows"]  # the rest is the test half
+
+
+def _sprites_csv():
+    from bench.probe_data import SPRITES_CSV
+
+    if not SPRITES_CSV.is_file():
+        pytest.skip(f"../shared/data is absent ({SPRITES_CSV}); the main job needs the Gen-1 sprites")
+    return SPRITES_CSV
+
+
+@pytest.mark.slow
+def test_main_job_prints_the_table_and_writes_the_curve(tmp_path, capsys):
+    from engine.cli import main
+
+    src = _sprites_csv()
+    classes = set(load_system(MAIN_SYSTEM).classes)
+    with open(src, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] in classes]
+    from engine.run.calibration_file import exclude_dev, load_calibration
+
+    paths = [str(src.parent / r["path"]) for r in rows if r["style"] in ("official-artwork", "red-blue")]
+    kept, _ = exclude_dev(paths, load_calibration(MAIN_CALIBRATION))  # test-half images: compare scores them all
+    label = {str(src.parent / r["path"]): r["label"] for r in rows}
+    rows = [{"path": p, "label": label[p]} for p in kept[:6]]
+    assert len(rows) == 6
+    data = tmp_path / "few.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([[r["path"], r["label"]] for r in rows])
+    png, out = tmp_path / "curve.png", tmp_path / "compare.json"
+    rc = main(["compare", "--data", str(data), "--system", MAIN_SYSTEM, "--model", "probe", "--calibration",
+               str(MAIN_CALIBRATION), "--delta", "0.01", "--plot", str(png), "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "not CLIP" in text and "trained here" in text
+    for mode in ("| baseline |", "| full |", "| adaptive (eig"):
+        assert mode in text
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    reports = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["mode"] for r in reports] == ["baseline", "full", "adaptive"]
+    assert all(r["n"] == 6 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] for r in reports)
+    assert [r["calibration"]["applied"] for r in reports] == [False, True, True]  # the shipped one, full+adaptive
