@@ -5,7 +5,7 @@
     python -m bench.policies --data flowers17 --system flowers17
 
 For each policy (``fixed``, ``random`` over 5 seeds, ``eig``, ``eig_per_prompt``,
-``top2``) and the oracle, sweep the stopping threshold τ (no budget) and the
+``top2``, ``lookahead``) and the oracle, sweep the stopping threshold τ (no budget) and the
 prompt budget (τ = 1). Each point records accuracy, mean Q and text encodes.
 
 Reported per policy and sweep:
