@@ -156,6 +156,13 @@ class LookaheadPolicy(Policy):
         self.candidates = int(candidates)
 
     def select(self, state: PolicyState) -> np.ndarray:
+        value, cand = self.values(state)
+        rate = state.eig / state.channel.sizes[None, :]
+        # the value, then the one-step rate among groups tied on it, then the lowest index
+        return masked_argmax(rate, near_max(value, cand))
+
+    def values(self, state: PolicyState) -> tuple[np.ndarray, np.ndarray]:
+        """(value (n, G) float, candidates (n, G) bool): V(g) of every candidate group, −inf elsewhere."""
         ch = state.channel
         sizes = ch.sizes.astype(np.float64)  # (G,)
         avail = state.available  # (n, G)
@@ -190,5 +197,4 @@ class LookaheadPolicy(Policy):
             gain = state.eig[rows, g] + np.where(has2, (pk * e2).sum(axis=1), 0.0)
             cost = sizes[g] + np.where(has2, (pk * k2).sum(axis=1), 0.0)
             value[rows, g] = gain / cost
-        # the value, then the one-step rate among groups tied on it, then the lowest index
-        return masked_argmax(rate, near_max(value, cand))
+        return value, cand

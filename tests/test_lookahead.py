@@ -48,6 +48,40 @@ def test_next_eig_is_the_eig_of_each_answers_posterior(data, system, eps):
             np.testing.assert_allclose(eig2[ok, k], expected_information_gain(post_k, ch), atol=1e-8)
 
 
+@given(st.data(), EPS, st.one_of(st.none(), st.integers(0, 16)))
+@settings(max_examples=60, deadline=None)
+def test_lookahead_choice_matches_the_reference_formula(data, eps, budget):
+    """V(g) and the group chosen are the reference's (tests/reference.py, written class by class), for random
+    posteriors, systems, availability and budgets."""
+    from tests import reference as ref
+    from tests.strategies import rule_tables
+
+    rules, sizes = data.draw(rule_tables(max_classes=6, max_groups=5))
+    s = make_system(rules, sizes)
+    ch = build_channel(s.rule_matrix, s.option_counts, eps)
+    post = data.draw(posteriors(s.n_classes, 3))
+    bl = np.full(3, np.inf if budget is None else float(budget))
+    avail = data.draw(st.lists(st.lists(st.booleans(), min_size=len(sizes), max_size=len(sizes)), min_size=3,
+                               max_size=3).map(np.array)) & (s.option_counts[None, :] <= bl[:, None])
+    avail[~avail.any(axis=1), int(np.argmin(s.option_counts))] = True
+    bl = np.maximum(bl, s.option_counts.min())
+    st_ = _state(ch, post, avail, bl)
+    got = get_policy("lookahead").select(st_)
+    value, cand = get_policy("lookahead").values(st_)
+    for i in range(3):
+        av = [int(g) for g in np.nonzero(avail[i])[0]]
+        assert cand[i].tolist() == avail[i].tolist()  # G ≤ 8 candidates: every available group
+        for g in av:
+            assert value[i, g] == pytest.approx(ref.lookahead_value(list(post[i]), rules, [int(k) for k in sizes],
+                                                                    eps, g, av, float(bl[i])), rel=1e-7, abs=1e-10)
+        try:
+            want = ref.choose("lookahead", list(post[i]), list(st_.eig[i]), av, rules, [int(k) for k in sizes], eps,
+                              i, budget_left=float(bl[i]))
+        except ref.Fragile:
+            continue
+        assert got[i] == want
+
+
 def test_lookahead_with_one_candidate_or_no_room_for_a_second_question_is_eig_per_prompt():
     s = load_system("pokemon15")
     ch = build_channel(s.rule_matrix, s.option_counts, 0.05)
