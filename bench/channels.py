@@ -235,9 +235,11 @@ def simulator_prep(*, images: int, seed: int) -> C.Prepared:
     return prep
 
 
-def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, log=print
+def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, log=print, datasets_only=None
                 ) -> tuple[dict[str, C.Prepared], str | None]:
-    """Every Gen-1 (dataset, system) pair of :mod:`bench.probe_eval`, from cached features; or ({}, why skipped)."""
+    """Every Gen-1 (dataset, system) pair of :mod:`bench.probe_eval`, from cached features; or ({}, why skipped).
+
+    datasets_only : None, or the dataset names to keep (web150, sprites151, jina15-gen1)."""
     if not (Path(probe) / "probe.safetensors").is_file():
         return {}, f"no trained probe at {probe} (run 'python -m bench.probe train --probe {probe}')"
     try:
@@ -252,6 +254,8 @@ def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, l
     enc = load_encoder(f"probe:{probe}", device="cpu")
     jobs = []
     for dname, ds in datasets.items():
+        if datasets_only and dname not in datasets_only:
+            continue
         for sname in PE.SYSTEM_NAMES:
             system = PE.gen1_system(sname, ds.labels)
             kept, info = PE.pair_dataset(ds, system, limit=limit, seed=seed)
@@ -387,7 +391,8 @@ def report(results: dict[str, Any]) -> str:
 
 
 def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = DEFAULT_PROBE,
-        cache_dir: Path = Path("/work/featcache"), n_boot: int = 1000, log=print, command: str = "") -> dict[str, Any]:
+        cache_dir: Path = Path("/work/featcache"), n_boot: int = 1000, datasets=None, log=print,
+        command: str = "") -> dict[str, Any]:
     t0 = time.perf_counter()
     images, n_budgets, limit = (300, 4, 200) if quick else (2000, 9, None)
     n_boot = min(n_boot, 200) if quick else n_boot
@@ -396,7 +401,8 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = D
     if probe is None:
         skipped = "--no-probe"
     else:
-        more, skipped = probe_preps(Path(probe), Path(cache_dir), limit=limit, seed=seed, log=log)
+        more, skipped = probe_preps(Path(probe), Path(cache_dir), limit=limit, seed=seed, log=log,
+                                    datasets_only=datasets)
         preps.update(more)
     pairs = {}
     for key, prep in preps.items():
@@ -427,9 +433,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-probe", action="store_true", help="the simulator only")
     ap.add_argument("--cache-dir", default="/work/featcache", help="backbone feature cache (never re-encode)")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--datasets", nargs="+", default=None, help="probe datasets to run (default: all of "
+                    "web150 sprites151 jina15-gen1)")
     args = ap.parse_args(argv)
     res = run(Path(args.out), seed=args.seed, quick=args.quick, probe=None if args.no_probe else Path(args.probe),
-              cache_dir=Path(args.cache_dir), n_boot=args.boot, command=C.command_line("bench.channels", argv))
+              cache_dir=Path(args.cache_dir), n_boot=args.boot, datasets=args.datasets,
+              command=C.command_line("bench.channels", argv))
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     return res
 
