@@ -186,6 +186,38 @@ def target_a(diffs: list[dict]) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- fit variants, on dev only
+FIT_VARIANTS = {"default (α=10, λ_g, w_g)": {},
+                "α=50": {"prior_strength": 50.0},
+                "no λ_g (global λ)": {"fit_lams": False},
+                "no reliability w_g": {"fit_reliability": False},
+                "α=50, global λ": {"prior_strength": 50.0, "fit_lams": False}}
+
+
+def dev_variants(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 7, policies=("fixed", "eig", "lookahead"),
+                 log=print) -> list[dict[str, Any]]:
+    """Obvious variants of the channel fit, compared on the DEV half only: fit on one half of the dev images,
+    budget-curve AUC on the other half (the test half is never read). Returns one row per variant."""
+    s = prep.system
+    dev_i, _ = split_by_image(prep.n, seed)
+    dev = prep.subset(dev_i)
+    a_i, b_i = split_by_image(dev.n, seed + 1)
+    a, b = dev.subset(a_i), dev.subset(b_i)
+    budgets = budget_grid(s.q_total, n_budgets)
+    rows = []
+    for name, kw in FIT_VARIANTS.items():
+        fit = fit_answer_channels(a.sims, a.truth, s.rule_matrix, s.option_counts, lam0=prep.logit_scale,
+                                  eps=prep.eps, **kw)
+        ch = fit.channel(s.rule_matrix, s.option_counts)
+        row = {"variant": name, "full": C.run_point(b, "fixed", logit_scale=fit.lams, channel=ch).accuracy}
+        for p in policies:
+            cor, qq = budget_curve(b, lambda p=p: get_policy(p), budgets, lam=fit.lams, channel=ch)
+            row[p] = float(auc_rows(cor.mean(0)[None], qq.mean(0)[None], float(s.q_total))[0])
+        rows.append(row)
+    log(f"  dev variants: {len(rows)} fits on {a.n} / scored on {b.n} dev images")
+    return rows
+
+
 # --------------------------------------------------------------------------- cost of one step
 COST_SIZES = ((151, 8, 1000), (1000, 50, 1000))  # (N classes, G groups, n images)
 
@@ -387,11 +419,17 @@ def report(results: dict[str, Any]) -> str:
         L.append("")
         L.append(diff_table(res))
         L.append(f"\n![{key}]({res['plot']})\n")
+        if res.get("dev_variants"):
+            L.append("Fit variants, on dev images only (fit on half of dev, normalised AUC on the other half):\n")
+            pols = [k for k in res["dev_variants"][0] if k not in ("variant", "full")]
+            L.append(C.md_table(["variant", "full system"] + [f"AUC {p}" for p in pols],
+                                [[v["variant"], v["full"]] + [v[p] for p in pols] for v in res["dev_variants"]]))
     return "\n".join(L) + "\n"
 
 
 def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = DEFAULT_PROBE,
-        cache_dir: Path = Path("/work/featcache"), n_boot: int = 1000, datasets=None, log=print,
+        cache_dir: Path = Path("/work/featcache"), n_boot: int = 1000, datasets=None, dev_check: bool = True,
+        log=print,
         command: str = "") -> dict[str, Any]:
     t0 = time.perf_counter()
     images, n_budgets, limit = (300, 4, 200) if quick else (2000, 9, None)
@@ -409,6 +447,8 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = D
         log(f"[channels] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
         res = evaluate_pair(prep, seed=seed, n_budgets=n_budgets, n_boot=n_boot, log=log)
         res["plot"] = plot_pair(res, Path(out) / f"{_slug(key)}.png")
+        if dev_check and prep.system.n_classes <= 20:  # the small systems only: seconds each
+            res["dev_variants"] = dev_variants(prep, seed=seed, log=log)
         pairs[key] = res
     import os
     import platform
