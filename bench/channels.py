@@ -97,7 +97,7 @@ def resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
 
 
 def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
-                  random_seeds=(0, 1, 2), log=print) -> dict[str, Any]:
+                  random_seeds=(0, 1, 2), prior_strength: float = 10.0, log=print) -> dict[str, Any]:
     """Fit channels on the dev half of ``prep``, sweep every (channel, policy) on the test half; CIs by bootstrap."""
     s = prep.system
     q_full = float(s.q_total)
@@ -105,7 +105,7 @@ def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot
     dev, test = prep.subset(dev_i), prep.subset(test_i)
     t0 = time.perf_counter()
     fit = fit_answer_channels(dev.sims, dev.truth, s.rule_matrix, s.option_counts, lam0=prep.logit_scale,
-                              eps=prep.eps)
+                              eps=prep.eps, prior_strength=prior_strength)
     t_fit = time.perf_counter() - t0
     settings = {"single": (prep.logit_scale, C.channel_for(test)),
                 "calibrated": (fit.lams, fit.channel(s.rule_matrix, s.option_counts))}
@@ -157,7 +157,7 @@ def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot
     return {"data": prep.data, "system": s.name, "n_classes": s.n_classes, "n_groups": s.n_groups, "q_full": q_full,
             "model": prep.model_label, "n_dev": dev.n, "n_test": test.n, "budgets": budgets,
             "lambda_single": prep.logit_scale, "eps": prep.eps,
-            "fit": {"lams": fit.lams.tolist(), "reliability": fit.reliability.tolist(), "n_dev": fit.n_dev.tolist(),
+            "fit": {"prior_strength": prior_strength, "lams": fit.lams.tolist(), "reliability": fit.reliability.tolist(), "n_dev": fit.n_dev.tolist(),
                     "groups": [g.name for g in s.groups], "seconds": t_fit},
             "full": full, "rows": rows, "diffs": diffs, "target_a": target_a(diffs)}
 
@@ -267,8 +267,8 @@ def simulator_prep(*, images: int, seed: int) -> C.Prepared:
     return prep
 
 
-def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, log=print, datasets_only=None
-                ) -> tuple[dict[str, C.Prepared], str | None]:
+def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, log=print, datasets_only=None,
+                systems_only=None) -> tuple[dict[str, C.Prepared], str | None]:
     """Every Gen-1 (dataset, system) pair of :mod:`bench.probe_eval`, from cached features; or ({}, why skipped).
 
     datasets_only : None, or the dataset names to keep (web150, sprites151, jina15-gen1)."""
@@ -289,6 +289,8 @@ def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, l
         if datasets_only and dname not in datasets_only:
             continue
         for sname in PE.SYSTEM_NAMES:
+            if systems_only and sname not in systems_only:
+                continue
             system = PE.gen1_system(sname, ds.labels)
             kept, info = PE.pair_dataset(ds, system, limit=limit, seed=seed)
             if len(kept):
@@ -371,6 +373,7 @@ def report(results: dict[str, Any]) -> str:
          f"- command: `{results['command']}`",
          f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s",
          f"- split: 50/50 by image, seed {results['seed']}; channels fitted on dev only; every figure on test images",
+         f"- channel fit: prior strength α = {results['prior_strength']:g} (λ_g and w_g fitted)",
          f"- bootstrap: {results['n_boot']} resamples of the test images (paired across curves)",
          "- policies: fixed, random (mean of 3 seeds), eig, eig_per_prompt, lookahead (two-step, per prompt), oracle "
          "(knows the true class; bounds question order)\n"]
@@ -428,8 +431,8 @@ def report(results: dict[str, Any]) -> str:
 
 
 def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = DEFAULT_PROBE,
-        cache_dir: Path = Path("/work/featcache"), n_boot: int = 1000, datasets=None, dev_check: bool = True,
-        log=print,
+        cache_dir: Path = Path("/work/featcache"), n_boot: int = 1000, datasets=None, systems=None,
+        dev_check: bool = True, prior_strength: float = 10.0, log=print,
         command: str = "") -> dict[str, Any]:
     t0 = time.perf_counter()
     images, n_budgets, limit = (300, 4, 200) if quick else (2000, 9, None)
@@ -440,12 +443,13 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = D
         skipped = "--no-probe"
     else:
         more, skipped = probe_preps(Path(probe), Path(cache_dir), limit=limit, seed=seed, log=log,
-                                    datasets_only=datasets)
+                                    datasets_only=datasets, systems_only=systems)
         preps.update(more)
     pairs = {}
     for key, prep in preps.items():
         log(f"[channels] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
-        res = evaluate_pair(prep, seed=seed, n_budgets=n_budgets, n_boot=n_boot, log=log)
+        res = evaluate_pair(prep, seed=seed, n_budgets=n_budgets, n_boot=n_boot,
+                            prior_strength=prior_strength, log=log)
         res["plot"] = plot_pair(res, Path(out) / f"{_slug(key)}.png")
         if dev_check and prep.system.n_classes <= 20:  # the small systems only: seconds each
             res["dev_variants"] = dev_variants(prep, seed=seed, log=log)
@@ -454,6 +458,7 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = D
     import platform
 
     results = {"benchmark": "channels", "command": command, "seed": seed, "quick": quick, "n_boot": n_boot,
+               "prior_strength": prior_strength,
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
                "probe": None if probe is None else str(probe), "probe_skipped": skipped, "pairs": pairs}
     results["target_b"] = target_b(results)
@@ -473,11 +478,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-probe", action="store_true", help="the simulator only")
     ap.add_argument("--cache-dir", default="/work/featcache", help="backbone feature cache (never re-encode)")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--systems", nargs="+", default=None, help="probe systems to run (default: both of "
+                    "pokemon15-gen1 pokeapi-gen1)")
+    ap.add_argument("--prior-strength", type=float, default=10.0,
+                    help="α of fit_answer_channels (choose it on dev: see the dev fit variants)")
+    ap.add_argument("--no-dev-check", action="store_true", help="skip the dev-only fit variants")
     ap.add_argument("--datasets", nargs="+", default=None, help="probe datasets to run (default: all of "
                     "web150 sprites151 jina15-gen1)")
     args = ap.parse_args(argv)
     res = run(Path(args.out), seed=args.seed, quick=args.quick, probe=None if args.no_probe else Path(args.probe),
-              cache_dir=Path(args.cache_dir), n_boot=args.boot, datasets=args.datasets,
+              cache_dir=Path(args.cache_dir), n_boot=args.boot, datasets=args.datasets, systems=args.systems,
+              dev_check=not args.no_dev_check, prior_strength=args.prior_strength,
               command=C.command_line("bench.channels", argv))
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     return res
