@@ -1,6 +1,7 @@
 """Per-group answer channels against today's single channel: budget curves per policy, on test images only.
 
-    python -m bench.channels                 # the simulator and every probe pair (a few minutes, 2 cores)
+    python -m bench.channels                 # the simulator and every probe pair (992 s + 676 s in two parts
+                                             # on the shared 2-core machine at load 8–11; see docs/channels.md)
     python -m bench.channels --quick         # small sizes (the test's smoke run)
     python -m bench.channels --no-probe      # the simulator only
 
