@@ -138,17 +138,22 @@ class Prepared:
 
 
 def prepare_simulated(system: AttributeSystem, *, images: int, seed: int, margin: float, name_margin: float,
-                      noise: float, wrong_rate: float, logit_scale: float, eps: float = DEFAULT_EPS) -> Prepared:
-    """Simulated similarities (no model) for ``images`` balanced images."""
+                      noise: float, wrong_rate, logit_scale: float, eps: float = DEFAULT_EPS) -> Prepared:
+    """Simulated similarities (no model) for ``images`` balanced images.
+
+    wrong_rate : one rate, or (G,) per group (e.g. :func:`engine.core.simulate.heterogeneous_wrong_rates`);
+    the class-name baseline gets their mean."""
     t0 = time.perf_counter()
     truth = sample_classes(images, system.n_classes, seed)
     src = SimulatedSource(system, truth, margin=margin, noise=noise, wrong_rate=wrong_rate, seed=seed)
     every = np.arange(images)
     sims = np.concatenate([src.similarities(every, g) for g in range(system.n_groups)], axis=1)
     base = baseline_system(system)
-    bsrc = SimulatedSource(base, truth, margin=name_margin, noise=noise, wrong_rate=wrong_rate, seed=seed)
+    bsrc = SimulatedSource(base, truth, margin=name_margin, noise=noise, wrong_rate=float(np.mean(wrong_rate)),
+                           seed=seed)
     base_sims = bsrc.similarities(every, 0)
-    meta = {"margin": margin, "name_margin": name_margin, "noise": noise, "wrong_rate": wrong_rate,
+    meta = {"margin": margin, "name_margin": name_margin, "noise": noise,
+            "wrong_rate": np.asarray(wrong_rate, dtype=float).tolist(),
             "seconds_prepare": time.perf_counter() - t0, "images_encoded": 0}
     return Prepared(SIMULATOR, model_label(SIMULATOR), "simulated", system, truth, sims,
                     base_sims, [{} for _ in range(images)], float(logit_scale), eps, meta)

@@ -5,7 +5,7 @@
     python -m bench.policies --data flowers17 --system flowers17
 
 For each policy (``fixed``, ``random`` over 5 seeds, ``eig``, ``eig_per_prompt``,
-``top2``) and the oracle, sweep the stopping threshold τ (no budget) and the
+``top2``, ``lookahead``) and the oracle, sweep the stopping threshold τ (no budget) and the
 prompt budget (τ = 1). Each point records accuracy, mean Q and text encodes.
 
 Reported per policy and sweep:
@@ -35,7 +35,7 @@ from systems import AttributeSystem
 
 from . import common as C
 
-POLICY_NAMES = ("fixed", "random", "eig", "eig_per_prompt", "top2")
+POLICY_NAMES = ("fixed", "random", "eig", "eig_per_prompt", "top2", "lookahead")
 RANDOM_SEEDS = (0, 1, 2, 3, 4)
 TAUS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 N_BUDGETS = 9
@@ -183,7 +183,7 @@ def run(prep: C.Prepared, out: Path, *, seed: int = 0, taus=TAUS, n_budgets: int
 
 
 STYLE = {"fixed": ("tab:gray", "s"), "random": ("tab:brown", "v"), "eig": ("tab:blue", "o"),
-         "eig_per_prompt": ("tab:green", "^"), "top2": ("tab:purple", "D"), "oracle": ("k", "*")}
+         "eig_per_prompt": ("tab:green", "^"), "top2": ("tab:purple", "D"), "lookahead": ("tab:orange", "P"), "oracle": ("k", "*")}
 
 
 def _plot(prep: C.Prepared, res: dict[str, Any], path: Path) -> str:

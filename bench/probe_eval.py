@@ -274,7 +274,8 @@ def findings(results: dict[str, Any]) -> list[str]:
     e = summ["eig"]
     f.append(f"curves (web150 × 151-class system): normalised AUC (budget sweep) best {best} "
              f"{summ[best]['auc_budget']:.3f}; eig {e['auc_budget']:.3f}, eig_per_prompt "
-             f"{summ['eig_per_prompt']['auc_budget']:.3f}, top2 {summ['top2']['auc_budget']:.3f}, fixed "
+             f"{summ['eig_per_prompt']['auc_budget']:.3f}, top2 {summ['top2']['auc_budget']:.3f}, lookahead "
+             f"{summ['lookahead']['auc_budget']:.3f}, fixed "
              f"{summ['fixed']['auc_budget']:.3f}, random {summ['random']['auc_budget']:.3f}, oracle "
              f"{summ['oracle']['auc_budget']:.3f}; eig within 1 pt of full at mean Q "
              + (f"{e['q_within_1pt']:.1f} of {cv['meta']['q_full']}" if e["q_within_1pt"] is not None

@@ -95,3 +95,106 @@ class Top2Policy(Policy):
         tv = 0.5 * np.add.reduceat(diff, ch.offsets, axis=1)  # (n, G)
         # lexicographic: the best-separating groups (ties within tolerance), then the higher EIG among them
         return masked_argmax(state.eig, near_max(tv, state.available))
+
+
+def _next_eig(post: np.ndarray, channel, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """What answering group g does to the next question, for every answer k.
+
+    post : (n, C) posterior; channel with P (C, Q), H (C, G), offsets, sizes.
+    Returns (p_k (n, K_g), eig_next (n, K_g, G)): P(answer k) = Σ_c π(c)·P(k|c), and the EIG of every group
+    under the posterior π_k(c) ∝ π(c)·P(k|c) that answer k would leave. Computed without forming π_k:
+    Σ_c π_k(c)·P(q|c) = (π @ (P_g(k|·) ⊗ P(q|·)))[k, q] / p_k. Cost: one (n, C) @ (C, K_g·(Q+G)) matmul.
+    """
+    P, H = channel.P, channel.H
+    n, C = post.shape
+    Q, G = P.shape[1], H.shape[1]
+    Pg = P[:, channel.cols(g)]  # (C, K)
+    K = Pg.shape[1]
+    w = np.concatenate([(Pg[:, :, None] * P[:, None, :]).reshape(C, K * Q),
+                        (Pg[:, :, None] * H[:, None, :]).reshape(C, K * G)], axis=1)  # (C, K·(Q+G))
+    out = post @ w
+    pk = post @ Pg  # (n, K)
+    safe = np.where(pk > 0, pk, 1.0)[:, :, None]
+    marg = out[:, :K * Q].reshape(n, K, Q) / safe  # (n, K, Q) next answer marginals
+    h_cond = out[:, K * Q:].reshape(n, K, G) / safe  # (n, K, G)
+    m = np.clip(marg, 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = np.where(m > 0, -m * np.log(np.where(m > 0, m, 1.0)), 0.0)  # entr without scipy (numpy-only layer)
+    h_marg = np.add.reduceat(ent, channel.offsets, axis=2)  # (n, K, G)
+    return pk, np.maximum(h_marg - h_cond, 0.0)
+
+
+@register
+class LookaheadPolicy(Policy):
+    """Two-step lookahead on the answer channel, per prompt spent, within the remaining budget.
+
+    For each candidate group g, the plan "ask g, then for each answer k the next group with the best
+    EIG per prompt that the budget still pays for" gains, in expectation over the answers
+    (P(k) = Σ_c π(c)·P(k|c)),
+
+        V(g) = (EIG_g + Σ_k P(k)·EIG_{g'(k)}(π_k)) / (K_g + Σ_k P(k)·K_{g'(k)})   nats per prompt,
+
+    with π_k(c) ∝ π(c)·P(k|c) and g'(k) the argmax of EIG_{g'}(π_k)/K_{g'} over the groups still available
+    after g with K_{g'} ≤ budget_left − K_g. When no second group fits, V(g) = EIG_g / K_g. The policy asks
+    the g with the largest V (ties: higher one-step EIG per prompt, then the lower index).
+
+    The channel's P(k|c) is used throughout, so with fitted per-group confusions a group that is answered
+    unreliably has low EIG at both steps and is put off. A group whose value comes only through what it
+    makes of the next question (a coarse split that makes a fine question decisive) can win over a
+    greedier one.
+
+    candidates : only the ``candidates`` groups with the highest one-step EIG per prompt (per image) are
+        looked ahead from; the others score −inf. With G ≤ candidates every group is. Cost per step:
+        ``candidates`` matmuls of (n, C) @ (C, K_g·(Q+G)), i.e. about n·C·candidates·K̄·Q flops.
+    """
+
+    name = "lookahead"
+
+    def __init__(self, candidates: int = 8):
+        if int(candidates) < 1:
+            raise ValueError(f"candidates == {candidates!r}, must be >= 1")
+        self.candidates = int(candidates)
+
+    def select(self, state: PolicyState) -> np.ndarray:
+        value, cand = self.values(state)
+        rate = state.eig / state.channel.sizes[None, :]
+        # the value, then the one-step rate among groups tied on it, then the lowest index
+        return masked_argmax(rate, near_max(value, cand))
+
+    def values(self, state: PolicyState) -> tuple[np.ndarray, np.ndarray]:
+        """(value (n, G) float, candidates (n, G) bool): V(g) of every candidate group, −inf elsewhere."""
+        ch = state.channel
+        sizes = ch.sizes.astype(np.float64)  # (G,)
+        avail = state.available  # (n, G)
+        n, G = avail.shape
+        rate = state.eig / sizes[None, :]  # (n, G) one-step EIG per prompt
+        # candidate set: the top `candidates` available groups by one-step rate (ties to the lower index)
+        if G > self.candidates:
+            r = np.where(avail, rate, -np.inf)
+            order = np.argsort(-r, axis=1, kind="stable")[:, :self.candidates]
+            cand = np.zeros_like(avail)
+            np.put_along_axis(cand, order, True, axis=1)
+            cand &= avail
+        else:
+            cand = avail
+        value = np.full((n, G), -np.inf)
+        for g in np.nonzero(cand.any(axis=0))[0]:
+            rows = np.nonzero(cand[:, g])[0]
+            pk, eig2 = _next_eig(state.post[rows], ch, int(g))  # (m, K), (m, K, G)
+            left = state.budget_left[rows] - sizes[g]  # (m,)
+            ok2 = avail[rows].copy()
+            ok2[:, g] = False
+            ok2 &= sizes[None, :] <= left[:, None]  # (m, G) second questions the budget still pays for
+            m, K = pk.shape
+            has2 = ok2.any(axis=1)  # (m,)
+            ok2[~has2] = True  # placeholder rows (no second question fits), masked out below
+            # the best second question per answer; ties (near_max) to the lowest index, so rounding
+            # in eig2 cannot swap two equally good groups of different cost
+            best = masked_argmax((eig2 / sizes[None, None, :]).reshape(m * K, G),
+                                 np.repeat(ok2, K, axis=0)).reshape(m, K)
+            e2 = np.take_along_axis(eig2, best[:, :, None], axis=2)[:, :, 0]  # (m, K)
+            k2 = sizes[best]  # (m, K)
+            gain = state.eig[rows, g] + np.where(has2, (pk * e2).sum(axis=1), 0.0)
+            cost = sizes[g] + np.where(has2, (pk * k2).sum(axis=1), 0.0)
+            value[rows, g] = gain / cost
+        return value, cand

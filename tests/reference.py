@@ -200,8 +200,36 @@ def splitmix_key(seed, image, g):
     return (x >> 11) / float(1 << 53)
 
 
-def choose(policy, post, eigs, avail, rules, sizes, eps, image, seed=0):
+def lookahead_value(post, rules, sizes, eps, g, avail, budget_left):
+    """The lookahead policy's V(g): (EIG_g + Σ_k P(k)·EIG_{g'(k)}(π_k)) / (K_g + Σ_k P(k)·K_{g'(k)}), with
+    g'(k) the best EIG-per-prompt group after answer k among ``avail`` minus g that fits budget_left − K_g;
+    EIG_g / K_g when none fits. Written out class by class, answer by answer."""
+    K = sizes[g]
+    e1 = eig(post, rules, g, K, eps)
+    second = [h for h in avail if h != g and sizes[h] <= budget_left - K]
+    if not second:
+        return e1 / K
+    gain, cost = e1, float(K)
+    for k in range(K):
+        joint = [post[c] * answer_prob(rules[c][g], k, K, eps) for c in range(len(rules))]
+        pk = sum(joint)
+        if pk <= 0:
+            continue
+        post_k = [j / pk for j in joint]
+        rates = {h: eig(post_k, rules, h, sizes[h], eps) / sizes[h] for h in second}
+        best = tol_argmax(rates, second)  # ties (the tie rule) to the lowest index
+        gain += pk * rates[best] * sizes[best]
+        cost += pk * sizes[best]
+    return gain / cost
+
+
+def choose(policy, post, eigs, avail, rules, sizes, eps, image, seed=0, budget_left=math.inf):
     """The group the policy asks next, among ``avail`` (a non-empty list of group indices)."""
+    if policy == "lookahead":
+        rates = [e / k for e, k in zip(eigs, sizes)]
+        cand = sorted(avail, key=lambda h: (-rates[h], h))[:8]
+        values = {h: lookahead_value(post, rules, sizes, eps, h, avail, budget_left) for h in cand}
+        return tol_argmax(rates, tol_near_max(values, cand))
     if policy == "fixed":
         return min(avail)
     if policy == "random":
@@ -287,7 +315,7 @@ def classify_one(sims, rules, sizes, *, policy, lam, eps, tau=1.0, delta=0.0, bu
                     continue
             if stop is not None:
                 break
-            g = choose(policy, post, eigs, avail, rules, sizes, eps, image)
+            g = choose(policy, post, eigs, avail, rules, sizes, eps, image, budget_left=budget - q)
             lp = log_softmax(sims[g], lam)
             x = normalise_log([a + b for a, b in zip(x, group_loglik(lp, rules, g, sizes[g], eps))])
             if scorer == "sum":

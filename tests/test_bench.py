@@ -49,7 +49,7 @@ def test_policies_on_simulator(sim, tmp_path):
     r = policies.run(sim, tmp_path, taus=(0.5, 0.9, 1.0), n_budgets=3, random_seeds=(0, 1))
     _outputs(tmp_path, ["accuracy_vs_q.png"])
     names = [x["policy"] for x in r["summary"]]
-    assert names == ["fixed", "random", "eig", "eig_per_prompt", "top2", "oracle"]
+    assert names == ["fixed", "random", "eig", "eig_per_prompt", "top2", "lookahead", "oracle"]
     for x in r["summary"]:
         assert 0 <= x["auc_tau"] <= 1 and 0 <= x["auc_budget"] <= 1
     # τ = 1 with no budget asks everything: every policy ends at the full system's accuracy

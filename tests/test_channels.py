@@ -21,7 +21,7 @@ from engine.core.sources import ArraySource
 from policies import list_policies
 from tests.strategies import EPS, LOGIT_SCALES, posteriors, similarity_arrays, systems
 
-POLICIES = [p for p in list_policies() if p in {"fixed", "random", "eig", "eig_per_prompt", "top2"}]
+POLICIES = [p for p in list_policies() if p in {"fixed", "random", "eig", "eig_per_prompt", "top2", "lookahead"}]
 
 
 def _row_stochastic(draw, k):

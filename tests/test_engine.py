@@ -218,8 +218,8 @@ def test_policy_respects_the_budget(name, p15):
     assert (p15.option_counts[choice] <= np.array([10, 12])).all()
 
 
-def test_registry_lists_the_five_policies():
-    assert list_policies() == ["eig", "eig_per_prompt", "fixed", "random", "top2"]
+def test_registry_lists_the_six_policies():
+    assert list_policies() == ["eig", "eig_per_prompt", "fixed", "lookahead", "random", "top2"]
     assert set(POLICIES) == set(list_policies())
 
 

@@ -88,6 +88,21 @@ class SimulatedSource:
         return block if options is None else block[:, np.asarray(options, dtype=np.int64)]
 
 
+def heterogeneous_wrong_rates(n_groups: int, *, low: float = 0.0, high: float = 0.6, seed: int = 0) -> np.ndarray:
+    """Per-group wrong-answer rates for a simulator whose groups are answered unequally well.
+
+    Returns (G,) float: ``n_groups`` rates spread evenly over [low, high] (one group gets each), in an
+    order drawn from ``seed``, so which groups are the unreliable ones is random but the spread is not.
+    Pass it as ``SimulatedSource(..., wrong_rate=...)``; a group with rate r gives its margin to a wrong
+    option for a fraction r of the images.
+    """
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"need 0 <= low <= high <= 1, got low={low!r}, high={high!r}")
+    n = int(n_groups)
+    rates = np.linspace(low, high, n) if n > 1 else np.array([low] * n, dtype=np.float64)
+    return np.random.default_rng([seed, 16]).permutation(rates)
+
+
 def sample_classes(n_images: int, n_classes: int, seed: int = 0) -> np.ndarray:
     """Balanced true classes: each class about n_images/n_classes times, shuffled."""
     rng = np.random.default_rng(seed)

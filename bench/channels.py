@@ -1,0 +1,499 @@
+"""Per-group answer channels against today's single channel: budget curves per policy, on test images only.
+
+    python -m bench.channels                 # the simulator and every probe pair (992 s + 676 s in two parts
+                                             # on the shared 2-core machine at load 8–11; see docs/channels.md)
+    python -m bench.channels --quick         # small sizes (the test's smoke run)
+    python -m bench.channels --no-probe      # the simulator only
+
+Pairs: the simulator with heterogeneous group reliabilities (pokemon15, per-group wrong-answer rates
+spread over [0, 0.6] by :func:`engine.core.simulate.heterogeneous_wrong_rates`), and the attribute
+probe's Gen-1 pairs (:mod:`bench.probe_eval`: web150, Gen-1 sprites, jina15 Gen-1 rows, each with
+pokemon15's 10 Gen-1 species and the 151-class PokeAPI Gen-1 system). The probe part needs a trained
+probe (``--probe``, default /work/probe-ref) and its cached backbone features (``--cache-dir``); when
+either is missing it is skipped and the report says so.
+
+Every pair's images are split 50/50 by image (seeded). The calibrated channels are fitted on the dev
+half only (:func:`engine.core.calibration.fit_answer_channels`: λ_g, confusion M_g, reliability w_g);
+everything reported is measured on the test half. For each channel ("single": today's λ, ε; and
+"calibrated") and each policy (fixed, random over seeds, eig, eig_per_prompt, lookahead, and the
+oracle of :mod:`bench.policies`), the budget sweep (τ = 1, budgets 0..Q) gives accuracy against mean Q;
+from it the normalised AUC (:func:`bench.common.normalised_auc`) and the smallest mean Q within 1 point
+of the full system (same channel, every group). 95% CIs resample the test images (paired: the same
+resample for every curve), for each AUC and for the AUC differences of calibrated eig / lookahead minus
+calibrated fixed and random, and minus today's (single-channel) fixed and random.
+
+Targets (issue 16): (a) on every pair, calibrated eig or lookahead has a higher normalised AUC than
+fixed and random, by more than the difference's CI half-width; (b) on web150 × 151 classes, within
+1 point of the full system at no more than 50% of the full Q. Each is reported met or not, and by how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import StopRule
+from engine.core.calibration import fit_answer_channels
+from engine.core.simulate import heterogeneous_wrong_rates
+from policies import get_policy
+from systems import load_system
+
+from . import common as C
+from .policies import OraclePolicy, budget_grid, oracle_orders
+
+POLICIES = ("fixed", "random", "eig", "eig_per_prompt", "lookahead", "oracle")
+CHANNELS = ("single", "calibrated")
+CONTENDERS = ("eig", "lookahead")  # the policies the targets are about (calibrated channel)
+DEFAULT_PROBE = Path("/work/probe-ref")
+DEFAULT_OUT = C.DEFAULT_OUT / "channels"
+SIM_SYSTEM = "pokemon15"
+SIM_WRONG = (0.0, 0.6)
+
+
+# --------------------------------------------------------------------------- pieces
+def split_by_image(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dev, test) sorted index arrays, a seeded 50/50 split of n images (dev gets the smaller half)."""
+    perm = np.random.default_rng([seed, 1616]).permutation(n)
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
+
+
+def budget_curve(prep: C.Prepared, make_policy, budgets: list[int], *, lam, channel) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image outcomes along a budget sweep (τ = 1).
+
+    Returns correct (B, nb) float and q (B, nb) float: image i right / prompts spent at budget b.
+    """
+    correct = np.zeros((prep.n, len(budgets)))
+    q = np.zeros((prep.n, len(budgets)))
+    for j, b in enumerate(budgets):
+        pt = C.run_point(prep, make_policy(), StopRule(budget=int(b)), logit_scale=lam, channel=channel)
+        correct[:, j], q[:, j] = pt.correct, pt.q
+    return correct, q
+
+
+def auc_rows(acc: np.ndarray, mq: np.ndarray, q_full: float) -> np.ndarray:
+    """Normalised AUC of many curves at once.
+
+    acc, mq : (R, nb) accuracy and mean Q of R curves (e.g. bootstrap resamples); column 0 is budget 0.
+    Returns (R,): :func:`bench.common.normalised_auc` of each curve, started at its own budget-0 accuracy.
+    """
+    mq = np.clip(mq, 0.0, q_full)
+    order = np.argsort(mq, axis=1, kind="stable")
+    x = np.take_along_axis(mq, order, axis=1)
+    y = np.take_along_axis(acc, order, axis=1)
+    x = np.concatenate([np.zeros((len(x), 1)), x, np.full((len(x), 1), q_full)], axis=1)
+    y = np.concatenate([acc[:, :1], y, y[:, -1:]], axis=1)
+    return np.trapezoid(y, x, axis=1) / q_full
+
+
+def resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) bootstrap weights: row r counts how often each image is drawn in resample r, over n."""
+    idx = np.random.default_rng([seed, 7]).integers(0, n, size=(n_boot, n))
+    w = np.zeros((n_boot, n))
+    np.add.at(w, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
+    return w / n
+
+
+def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
+                  random_seeds=(0, 1, 2), prior_strength: float = 10.0, log=print) -> dict[str, Any]:
+    """Fit channels on the dev half of ``prep``, sweep every (channel, policy) on the test half; CIs by bootstrap."""
+    s = prep.system
+    q_full = float(s.q_total)
+    dev_i, test_i = split_by_image(prep.n, seed)
+    dev, test = prep.subset(dev_i), prep.subset(test_i)
+    t0 = time.perf_counter()
+    fit = fit_answer_channels(dev.sims, dev.truth, s.rule_matrix, s.option_counts, lam0=prep.logit_scale,
+                              eps=prep.eps, prior_strength=prior_strength)
+    t_fit = time.perf_counter() - t0
+    settings = {"single": (prep.logit_scale, C.channel_for(test)),
+                "calibrated": (fit.lams, fit.channel(s.rule_matrix, s.option_counts))}
+    budgets = budget_grid(int(q_full), n_budgets)
+    orders = oracle_orders(s, test.truth)
+    curves, timing, full = {}, {}, {}
+    for cname, (lam, ch) in settings.items():
+        pt = C.run_point(test, "fixed", logit_scale=lam, channel=ch)
+        full[cname] = {"accuracy": pt.accuracy, "ci95": list(_ci(pt.correct[None, :].astype(float), seed))}
+        for pname in POLICIES:
+            t1 = time.perf_counter()
+            if pname == "random":
+                runs = [budget_curve(test, lambda sd=sd: get_policy("random", seed=seed * 1000 + sd), budgets,
+                                     lam=lam, channel=ch) for sd in random_seeds]
+                cor, qq = np.mean([r[0] for r in runs], axis=0), np.mean([r[1] for r in runs], axis=0)
+            elif pname == "oracle":
+                cor, qq = budget_curve(test, lambda: OraclePolicy(orders), budgets, lam=lam, channel=ch)
+            else:
+                cor, qq = budget_curve(test, lambda n=pname: get_policy(n), budgets, lam=lam, channel=ch)
+            curves[(cname, pname)] = (cor, qq)
+            timing[f"{cname}/{pname}"] = time.perf_counter() - t1
+    log(f"  fitted on {dev.n} dev images in {t_fit:.1f} s; swept {len(curves)} curves on {test.n} test images in "
+        f"{sum(timing.values()):.0f} s")
+    # paired bootstrap over test images
+    w = resample_weights(test.n, n_boot, seed)  # (n_boot, B)
+    boot = {k: auc_rows(w @ cor, w @ qq, q_full) for k, (cor, qq) in curves.items()}  # (n_boot,) each
+    rows = []
+    for (cname, pname), (cor, qq) in curves.items():
+        auc = float(auc_rows(cor.mean(0)[None], qq.mean(0)[None], q_full)[0])
+        target = full[cname]["accuracy"] - 0.01
+        qw = C.q_within(qq.mean(0), cor.mean(0), target)
+        rows.append({"channel": cname, "policy": pname, "auc": auc,
+                     "auc_ci95": [float(x) for x in np.quantile(boot[(cname, pname)], [0.025, 0.975])],
+                     "q_within_1pt": qw, "q_within_1pt_frac": None if qw is None else qw / q_full,
+                     "seconds": timing[f"{cname}/{pname}"],
+                     "curve": [{"budget": b, "accuracy": float(cor[:, j].mean()), "mean_q": float(qq[:, j].mean())}
+                               for j, b in enumerate(budgets)]})
+    diffs = []
+    for a in CONTENDERS:
+        for bch in CHANNELS:
+            for b in ("fixed", "random"):
+                d = boot[("calibrated", a)] - boot[(bch, b)]
+                point = next(r["auc"] for r in rows if r["channel"] == "calibrated" and r["policy"] == a) - \
+                    next(r["auc"] for r in rows if r["channel"] == bch and r["policy"] == b)
+                lo, hi = np.quantile(d, [0.025, 0.975])
+                diffs.append({"a": f"calibrated {a}", "b": f"{bch} {b}", "diff": float(point),
+                              "ci95": [float(lo), float(hi)], "half_width": float((hi - lo) / 2),
+                              "clear": bool(point > (hi - lo) / 2 and lo > 0)})
+    return {"data": prep.data, "system": s.name, "n_classes": s.n_classes, "n_groups": s.n_groups, "q_full": q_full,
+            "model": prep.model_label, "n_dev": dev.n, "n_test": test.n, "budgets": budgets,
+            "lambda_single": prep.logit_scale, "eps": prep.eps,
+            "fit": {"prior_strength": prior_strength, "lams": fit.lams.tolist(), "reliability": fit.reliability.tolist(), "n_dev": fit.n_dev.tolist(),
+                    "groups": [g.name for g in s.groups], "seconds": t_fit},
+            "full": full, "rows": rows, "diffs": diffs, "target_a": target_a(diffs)}
+
+
+def _ci(correct: np.ndarray, seed: int, n_boot: int = 1000) -> tuple[float, float]:
+    c = correct[0]
+    idx = np.random.default_rng([seed, 3]).integers(0, len(c), size=(n_boot, len(c)))
+    lo, hi = np.quantile(c[idx].mean(1), [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def target_a(diffs: list[dict]) -> dict[str, Any]:
+    """Target (a) for one pair: some contender (calibrated eig or lookahead) beats calibrated fixed AND random
+    by more than each difference's CI half-width. Also reported: the same against today's single channel."""
+    out = {}
+    for bch in CHANNELS:
+        per = {}
+        for a in CONTENDERS:
+            ds = [d for d in diffs if d["a"] == f"calibrated {a}" and d["b"].startswith(bch)]
+            # margin: how far the weaker of the two differences clears its half-width (negative: short of it)
+            margin = min(d["diff"] - d["half_width"] for d in ds)
+            per[a] = {"met": all(d["clear"] for d in ds), "margin": float(margin),
+                      "shortfall": float(max(-margin, 0.0))}
+        best = max(per, key=lambda a: per[a]["margin"])
+        out[f"vs_{bch}"] = {"met": any(v["met"] for v in per.values()), "best": best, "per_policy": per}
+    return out
+
+
+# --------------------------------------------------------------------------- fit variants, on dev only
+FIT_VARIANTS = {"default (α=10, λ_g, w_g)": {},
+                "α=50": {"prior_strength": 50.0},
+                "no λ_g (global λ)": {"fit_lams": False},
+                "no reliability w_g": {"fit_reliability": False},
+                "α=50, global λ": {"prior_strength": 50.0, "fit_lams": False}}
+
+
+def dev_variants(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 7, policies=("fixed", "eig", "lookahead"),
+                 log=print) -> list[dict[str, Any]]:
+    """Obvious variants of the channel fit, compared on the DEV half only: fit on one half of the dev images,
+    budget-curve AUC on the other half (the test half is never read). Returns one row per variant."""
+    s = prep.system
+    dev_i, _ = split_by_image(prep.n, seed)
+    dev = prep.subset(dev_i)
+    a_i, b_i = split_by_image(dev.n, seed + 1)
+    a, b = dev.subset(a_i), dev.subset(b_i)
+    budgets = budget_grid(s.q_total, n_budgets)
+    rows = []
+    for name, kw in FIT_VARIANTS.items():
+        fit = fit_answer_channels(a.sims, a.truth, s.rule_matrix, s.option_counts, lam0=prep.logit_scale,
+                                  eps=prep.eps, **kw)
+        ch = fit.channel(s.rule_matrix, s.option_counts)
+        row = {"variant": name, "full": C.run_point(b, "fixed", logit_scale=fit.lams, channel=ch).accuracy}
+        for p in policies:
+            cor, qq = budget_curve(b, lambda p=p: get_policy(p), budgets, lam=fit.lams, channel=ch)
+            row[p] = float(auc_rows(cor.mean(0)[None], qq.mean(0)[None], float(s.q_total))[0])
+        rows.append(row)
+    log(f"  dev variants: {len(rows)} fits on {a.n} / scored on {b.n} dev images")
+    return rows
+
+
+# --------------------------------------------------------------------------- cost of one step
+COST_SIZES = ((151, 8, 1000), (1000, 50, 1000))  # (N classes, G groups, n images)
+
+
+def policy_cost(sizes=COST_SIZES, *, seed: int = 0, policies=("eig", "eig_per_prompt", "lookahead")
+                ) -> list[dict[str, Any]]:
+    """Seconds for one ``select`` over n images, per policy, on random systems of N classes and G groups
+    (K_g uniform in 2..11, one acceptable option per class, ε = 0.05) and sparse random posteriors; the
+    EIG is computed once outside (the loop does that for every policy). One run each, side by side."""
+    from engine.core.scoring import build_channel, expected_information_gain
+    from policies import PolicyState
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for n_cls, G, n in sizes:
+        k = rng.integers(2, 12, size=G)
+        offs = np.r_[0, np.cumsum(k)[:-1]]
+        r = np.zeros((n_cls, int(k.sum())), dtype=bool)
+        for g in range(G):
+            r[np.arange(n_cls), offs[g] + rng.integers(0, k[g], n_cls)] = True
+        ch = build_channel(r, k, 0.05)
+        post = rng.dirichlet(np.full(n_cls, 0.1), size=n)
+        st = PolicyState(post=post, eig=expected_information_gain(post, ch), available=np.ones((n, G), bool),
+                         budget_left=np.full(n, np.inf), images=np.arange(n), channel=ch)
+        row = {"n_classes": n_cls, "n_groups": G, "q": int(k.sum()), "n_images": n}
+        t = time.perf_counter()
+        expected_information_gain(post, ch)
+        row["eig_computation"] = time.perf_counter() - t  # what every step of the loop pays anyway
+        for name in policies:
+            pol = get_policy(name)
+            t = time.perf_counter()
+            pol.select(st)
+            row[name] = time.perf_counter() - t
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- pairs
+def simulator_prep(*, images: int, seed: int) -> C.Prepared:
+    """The simulator with heterogeneous per-group reliabilities (pokemon15)."""
+    system = load_system(SIM_SYSTEM)
+    wr = heterogeneous_wrong_rates(system.n_groups, low=SIM_WRONG[0], high=SIM_WRONG[1], seed=seed)
+    prep = C.prepare_simulated(system, images=images, seed=seed, margin=C.SIM["margin"],
+                               name_margin=C.SIM["name_margin"], noise=C.SIM["noise"], wrong_rate=wr,
+                               logit_scale=C.SIM["logit_scale"])
+    prep.data = f"simulated, wrong rates {SIM_WRONG[0]}–{SIM_WRONG[1]} per group"
+    return prep
+
+
+def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, log=print, datasets_only=None,
+                systems_only=None) -> tuple[dict[str, C.Prepared], str | None]:
+    """Every Gen-1 (dataset, system) pair of :mod:`bench.probe_eval`, from cached features; or ({}, why skipped).
+
+    datasets_only : None, or the dataset names to keep (web150, sprites151, jina15-gen1)."""
+    if not (Path(probe) / "probe.safetensors").is_file():
+        return {}, f"no trained probe at {probe} (run 'python -m bench.probe train --probe {probe}')"
+    try:
+        from . import probe_eval as PE
+        from .probe_data import image_features
+
+        datasets = PE.gen1_datasets()
+    except (FileNotFoundError, OSError) as e:
+        return {}, f"the Gen-1 probe data is not available ({e})"
+    from engine.encoders import load_encoder
+
+    enc = load_encoder(f"probe:{probe}", device="cpu")
+    jobs = []
+    for dname, ds in datasets.items():
+        if datasets_only and dname not in datasets_only:
+            continue
+        for sname in PE.SYSTEM_NAMES:
+            if systems_only and sname not in systems_only:
+                continue
+            system = PE.gen1_system(sname, ds.labels)
+            kept, info = PE.pair_dataset(ds, system, limit=limit, seed=seed)
+            if len(kept):
+                jobs.append((dname, sname, system, kept, info))
+    paths = list(dict.fromkeys(it.path for *_, kept, _ in jobs for it in kept.items))
+    log(f"[channels] backbone features of {len(paths)} Gen-1 images from the cache {cache_dir}")
+    feats = dict(zip(paths, image_features(enc.backbone, paths, cache_dir, log=log)))
+    out = {}
+    for dname, sname, system, kept, info in jobs:
+        out[f"{dname} × {sname}"] = PE.prepare(enc, system, kept, feats, data_name=dname, info=info)
+    return out, None
+
+
+# --------------------------------------------------------------------------- outputs
+STYLE = {"fixed": ("tab:gray", "s"), "random": ("tab:brown", "v"), "eig": ("tab:blue", "o"),
+         "eig_per_prompt": ("tab:green", "^"), "lookahead": ("tab:orange", "P"), "oracle": ("k", "*")}
+
+
+def plot_pair(res: dict[str, Any], path: Path) -> str:
+    plt = C.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for ax, cname in zip(axes, CHANNELS):
+        for r in (x for x in res["rows"] if x["channel"] == cname):
+            col, mk = STYLE[r["policy"]]
+            pts = sorted(r["curve"], key=lambda p: p["mean_q"])
+            ax.plot([p["mean_q"] for p in pts], [p["accuracy"] for p in pts], "--" if r["policy"] == "oracle" else "-",
+                    color=col, marker=mk, ms=4, lw=1.4, label=f"{r['policy']} (AUC {r['auc']:.3f})")
+        f = res["full"][cname]["accuracy"]
+        ax.plot([res["q_full"]], [f], "r*", ms=13, label=f"full system {f:.3f}")
+        ax.axhline(f - 0.01, color="r", ls=":", lw=0.8)
+        ax.set_title(f"{cname} channel" + (" (today's λ, ε)" if cname == "single" else " (fitted on dev)"),
+                     fontsize=10)
+        ax.set_xlabel("mean Q (prompts per image), budget sweep")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel(f"top-1 accuracy, {res['n_test']} test images")
+    fig.suptitle(f"{res['model']} · {res['data']} · {res['system']} (N={res['n_classes']}, Q={res['q_full']:.0f})",
+                 fontsize=10)
+    return C.save_fig(fig, path)
+
+
+def _slug(key: str) -> str:
+    return key.replace(" × ", "__").replace(" ", "_").replace(",", "").replace("–", "-").replace("/", "_")
+
+
+def pair_table(res: dict[str, Any]) -> str:
+    rows = []
+    for r in res["rows"]:
+        qw = r["q_within_1pt"]
+        rows.append([r["channel"], r["policy"], f"{r['auc']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]",
+                     "not reached" if qw is None else f"{qw:.1f} ({100 * r['q_within_1pt_frac']:.0f}%)",
+                     f"{r['seconds']:.1f}"])
+    return C.md_table(["channel", "policy", "norm. AUC [95% CI]", "Q within 1 pt of full (% of Q)", "s"], rows)
+
+
+def diff_table(res: dict[str, Any]) -> str:
+    return C.md_table(["AUC difference", "value [95% CI]", "CI half-width", "clear?"],
+                      [[f"{d['a']} − {d['b']}", f"{d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]",
+                        f"{d['half_width']:.4f}", "yes" if d["clear"] else "no"] for d in res["diffs"]])
+
+
+def target_b(results: dict[str, Any]) -> dict[str, Any]:
+    key = "web150 × pokeapi-gen1"
+    if key not in results["pairs"]:
+        return {"pair": key, "evaluated": False}
+    res = results["pairs"][key]
+    best = None
+    for r in res["rows"]:
+        if r["channel"] == "calibrated" and r["policy"] in CONTENDERS and r["q_within_1pt"] is not None:
+            if best is None or r["q_within_1pt"] < best["q_within_1pt"]:
+                best = r
+    if best is None:
+        return {"pair": key, "evaluated": True, "met": False, "frac": None, "policy": None}
+    return {"pair": key, "evaluated": True, "met": best["q_within_1pt_frac"] <= 0.5, "frac": best["q_within_1pt_frac"],
+            "q": best["q_within_1pt"], "policy": best["policy"]}
+
+
+def report(results: dict[str, Any]) -> str:
+    L = ["# bench.channels — per-group answer channels against today's single channel\n",
+         f"- command: `{results['command']}`",
+         f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s",
+         f"- split: 50/50 by image, seed {results['seed']}; channels fitted on dev only; every figure on test images",
+         f"- channel fit: prior strength α = {results['prior_strength']:g} (λ_g and w_g fitted)",
+         f"- bootstrap: {results['n_boot']} resamples of the test images (paired across curves)",
+         "- policies: fixed, random (mean of 3 seeds), eig, eig_per_prompt, lookahead (two-step, per prompt), oracle "
+         "(knows the true class; bounds question order)\n"]
+    if results.get("probe_skipped"):
+        L.append(f"**Probe pairs skipped:** {results['probe_skipped']}\n")
+    L.append("## Targets\n")
+    rows = []
+    for key, res in results["pairs"].items():
+        ta = res["target_a"]
+        for bch in CHANNELS:
+            t = ta[f"vs_{bch}"]
+            rows.append([key, f"{bch} fixed & random", "met" if t["met"] else "NOT met", t["best"],
+                         f"{t['per_policy'][t['best']]['margin']:+.4f}"])
+    L.append("(a) calibrated eig or lookahead beats fixed and random in normalised AUC by more than the "
+             "difference's 95% CI half-width (against the same calibrated channel, and against today's single "
+             "channel):\n")
+    L.append(C.md_table(["pair", "against", "target (a)", "best contender",
+                         "margin: min over fixed, random of (AUC diff − CI half-width)"], rows))
+    tb = results["target_b"]
+    if tb["evaluated"]:
+        L.append(f"\n(b) web150 × 151 classes within 1 pt of full at ≤ 50% of Q: **{'met' if tb['met'] else 'NOT met'}**"
+                 + ("" if tb["frac"] is None else f" (best: {tb['policy']} at {100 * tb['frac']:.0f}% of Q)")
+                 + ("" if tb["met"] else (" — never within 1 pt on the budget grid" if tb["frac"] is None
+                                          else f", {100 * (tb['frac'] - 0.5):.0f} points of Q over")) + "\n")
+    else:
+        L.append("\n(b) web150 × 151 classes: not evaluated (probe pairs skipped)\n")
+    L.append("\n## Cost of one policy step (select over n images; seconds, one run, side by side)\n")
+    L.append(C.md_table(["N classes", "G", "Q", "n images", "EIG of all groups (every step)", "eig select",
+                         "lookahead select", "lookahead / EIG"],
+                        [[c["n_classes"], c["n_groups"], c["q"], c["n_images"], f"{c['eig_computation']:.4f}",
+                          f"{c['eig']:.4f}", f"{c['lookahead']:.3f}",
+                          f"{c['lookahead'] / max(c['eig_computation'], 1e-9):.0f}×"] for c in results["policy_cost"]]))
+    for key, res in results["pairs"].items():
+        L.append(f"\n## {key}\n")
+        L.append(f"- model: {res['model']}; N={res['n_classes']}, G={res['n_groups']}, Q={res['q_full']:.0f}; "
+                 f"{res['n_dev']} dev / {res['n_test']} test images; budgets {res['budgets']}")
+        L.append(f"- full system (test): single {res['full']['single']['accuracy']:.3f} "
+                 f"[{res['full']['single']['ci95'][0]:.3f}, {res['full']['single']['ci95'][1]:.3f}], calibrated "
+                 f"{res['full']['calibrated']['accuracy']:.3f} [{res['full']['calibrated']['ci95'][0]:.3f}, "
+                 f"{res['full']['calibrated']['ci95'][1]:.3f}]")
+        fit = res["fit"]
+        L.append("- fitted on dev: " + ", ".join(f"{g} λ {la:.3g} w {w:.2f}" for g, la, w in
+                                                 zip(fit["groups"], fit["lams"], fit["reliability"]))
+                 + f" (single λ {res['lambda_single']:.3g}, ε {res['eps']:g})\n")
+        L.append(pair_table(res))
+        L.append("")
+        L.append(diff_table(res))
+        L.append(f"\n![{key}]({res['plot']})\n")
+        if res.get("dev_variants"):
+            L.append("Fit variants, on dev images only (fit on half of dev, normalised AUC on the other half):\n")
+            pols = [k for k in res["dev_variants"][0] if k not in ("variant", "full")]
+            L.append(C.md_table(["variant", "full system"] + [f"AUC {p}" for p in pols],
+                                [[v["variant"], v["full"]] + [v[p] for p in pols] for v in res["dev_variants"]]))
+    return "\n".join(L) + "\n"
+
+
+def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = DEFAULT_PROBE,
+        cache_dir: Path = Path("/work/featcache"), n_boot: int = 1000, datasets=None, systems=None,
+        dev_check: bool = True, prior_strength: float = 10.0, log=print,
+        command: str = "") -> dict[str, Any]:
+    t0 = time.perf_counter()
+    images, n_budgets, limit = (300, 4, 200) if quick else (2000, 9, None)
+    n_boot = min(n_boot, 200) if quick else n_boot
+    preps = {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=seed)}
+    skipped = None
+    if probe is None:
+        skipped = "--no-probe"
+    else:
+        more, skipped = probe_preps(Path(probe), Path(cache_dir), limit=limit, seed=seed, log=log,
+                                    datasets_only=datasets, systems_only=systems)
+        preps.update(more)
+    pairs = {}
+    for key, prep in preps.items():
+        log(f"[channels] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
+        res = evaluate_pair(prep, seed=seed, n_budgets=n_budgets, n_boot=n_boot,
+                            prior_strength=prior_strength, log=log)
+        res["plot"] = plot_pair(res, Path(out) / f"{_slug(key)}.png")
+        if dev_check and prep.system.n_classes <= 20:  # the small systems only: seconds each
+            res["dev_variants"] = dev_variants(prep, seed=seed, log=log)
+        pairs[key] = res
+    import os
+    import platform
+
+    results = {"benchmark": "channels", "command": command, "seed": seed, "quick": quick, "n_boot": n_boot,
+               "prior_strength": prior_strength,
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
+               "probe": None if probe is None else str(probe), "probe_skipped": skipped, "pairs": pairs}
+    results["target_b"] = target_b(results)
+    results["policy_cost"] = policy_cost(((151, 8, 200),) if quick else COST_SIZES, seed=seed)
+    results["seconds"] = time.perf_counter() - t0
+    C.write_outputs(Path(out), results, report(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (results.json, report.md, PNGs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="small sizes: 300 simulated images, ≤200 per probe pair, "
+                                                        "4 budgets, 200 bootstrap resamples")
+    ap.add_argument("--probe", default=str(DEFAULT_PROBE), help="a trained probe folder (bench.probe train)")
+    ap.add_argument("--no-probe", action="store_true", help="the simulator only")
+    ap.add_argument("--cache-dir", default="/work/featcache", help="backbone feature cache (never re-encode)")
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--systems", nargs="+", default=None, help="probe systems to run (default: both of "
+                    "pokemon15-gen1 pokeapi-gen1)")
+    ap.add_argument("--prior-strength", type=float, default=10.0,
+                    help="α of fit_answer_channels (choose it on dev: see the dev fit variants)")
+    ap.add_argument("--no-dev-check", action="store_true", help="skip the dev-only fit variants")
+    ap.add_argument("--datasets", nargs="+", default=None, help="probe datasets to run (default: all of "
+                    "web150 sprites151 jina15-gen1)")
+    args = ap.parse_args(argv)
+    res = run(Path(args.out), seed=args.seed, quick=args.quick, probe=None if args.no_probe else Path(args.probe),
+              cache_dir=Path(args.cache_dir), n_boot=args.boot, datasets=args.datasets, systems=args.systems,
+              dev_check=not args.no_dev_check, prior_strength=args.prior_strength,
+              command=C.command_line("bench.channels", argv))
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    return res
+
+
+if __name__ == "__main__":
+    main()
