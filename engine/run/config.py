@@ -1,7 +1,7 @@
 """The two settings objects of a run, and the only carriers of settings.
 
 - :class:`EncoderSpec`: which model, where and how it runs (model, revision, device,
-  dtype, batch sizes, cache folder, trust_remote_code).
+  dtype, batch sizes, cache folder, trust_remote_code, decode workers, preprocessing path).
 - :class:`RunConfig`: how to classify (mode, policy, scorer, τ, δ, budget, ε, λ,
   shortlist, top_k, seed).
 
@@ -26,6 +26,7 @@ MODES = ("adaptive", "full", "baseline", "descriptors")
 DEFAULT_EPS = 0.05
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16")
+PREPROCESS = ("fast", "processor")  # engine.encoders.base.PREPROCESS (config stays free of torch)
 #: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
 OPTIONAL_FIELDS = ("templates", "descriptors")
 
@@ -48,6 +49,11 @@ class EncoderSpec:
     batch_size : images per forward pass of the model (None: the backend's own).
     cache_dir : folder of the on-disk text-embedding cache (None: memory only).
     trust_remote_code : let the model repository's own code run. Never implied.
+    decode_workers : processes that decode and resize images (None: one per core but one, at most 8,
+        see :func:`engine.encoders.image_pool.default_workers`; 0: in this process).
+    preprocess : "fast" (the model's preprocessing as a pixel plan: decode workers, GPU decode,
+        normalisation on the device) or "processor" (the model's own image processor, the reference).
+        Both give the same embeddings within float tolerance.
     """
 
     model: str = "offline"
@@ -57,6 +63,8 @@ class EncoderSpec:
     batch_size: int | None = None
     cache_dir: str | None = None
     trust_remote_code: bool = False
+    decode_workers: int | None = None
+    preprocess: str = "fast"
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -64,17 +72,30 @@ class EncoderSpec:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype == {self.dtype!r}, must be one of {list(DTYPES)} (or None)")
         _whole("batch_size", self.batch_size, 1)
+        _whole("decode_workers", self.decode_workers, 0)
+        if self.preprocess not in PREPROCESS:
+            raise ValueError(f"preprocess == {self.preprocess!r}, must be one of {list(PREPROCESS)}")
 
     def load(self):
         """The encoder this spec names (:func:`engine.encoders.load_encoder`)."""
         from engine.encoders import load_encoder
 
-        return load_encoder(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
-                            trust_remote_code=self.trust_remote_code, revision=self.revision)
+        enc = load_encoder(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
+                           trust_remote_code=self.trust_remote_code, revision=self.revision)
+        if hasattr(enc, "preprocess_mode"):
+            enc.preprocess_mode = self.preprocess
+        return enc
+
+    def workers(self) -> int:
+        """Decode worker processes: ``decode_workers``, or the default for this machine's cores."""
+        from engine.encoders.image_pool import default_workers
+
+        return default_workers() if self.decode_workers is None else self.decode_workers
 
     def identity(self) -> dict[str, Any]:
         """What changes the embeddings (for fingerprints): model, revision, dtype. Device, batch
-        size and cache folder change where and how fast, not what."""
+        size, cache folder, decode workers and the preprocessing path change where and how fast,
+        not what (the two paths agree within float tolerance, as CPU and GPU do)."""
         return {"model": self.model, "revision": self.revision, "dtype": self.dtype}
 
 

@@ -118,7 +118,8 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Shards classified one after another in this process, ``chunk_size`` images per encoder call.
+    """Shards classified one after another in this process, ``chunk_size`` images per encoder call;
+    the next chunk decodes in the classifier's decode workers while this one is classified.
 
     classifier : the Classifier to use (default: one loaded from the job, once, on first use).
     """
@@ -134,18 +135,22 @@ class LocalExecutor:
         if self.classifier is None:
             self.classifier = Classifier(job.encoder, job.system)
         clf, cache = self.classifier, self.classifier.text_cache
-        for shard in shards:
-            records: list[dict[str, Any]] = []
-            for i in range(0, len(shard.items), self.chunk_size):
-                chunk = shard.items[i:i + self.chunk_size]
-                e0, h0 = cache.text_encodes, cache.hits
-                results = clf.classify_items(chunk, job.config)
-                self.stats["text_encodes"] += cache.text_encodes - e0
-                self.stats["text_hits"] += cache.hits - h0
-                records += [record(r, it.label) for r, it in zip(results, chunk)]
-                if progress:
-                    progress(len(chunk))
-            yield shard.index, records
+        work = [(shard, shard.items[i:i + self.chunk_size]) for shard in shards
+                for i in range(0, len(shard.items), self.chunk_size)]
+        # pipelined: the next chunk (across shard boundaries) decodes while this one is classified
+        stream = clf.classify_chunks((([it.source for it in c], [it.path for it in c]) for _, c in work), job.config)
+        records: list[dict[str, Any]] = []
+        e0, h0 = cache.text_encodes, cache.hits
+        for k, ((shard, chunk), results) in enumerate(zip(work, stream)):
+            self.stats["text_encodes"] += cache.text_encodes - e0
+            self.stats["text_hits"] += cache.hits - h0
+            e0, h0 = cache.text_encodes, cache.hits
+            records += [record(r, it.label) for r, it in zip(results, chunk)]
+            if progress:
+                progress(len(chunk))
+            if k + 1 == len(work) or work[k + 1][0] is not shard:
+                yield shard.index, records
+                records = []
 
 
 def run(items: Sequence[Item], job: Job, *, executor: Executor, store: ResultStore | None = None,

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -222,7 +222,9 @@ class ClassifyBatch:
         from engine.run.classifier import Classifier
 
         hf_logging.disable_progress_bar()  # Ray forwards every actor's stderr to the driver
-        self.clf = Classifier(job.encoder, job.system)
+        # one actor per CPU (or GPU) is Ray's parallelism: decode in the actor unless workers were asked for
+        spec = job.encoder if job.encoder.decode_workers is not None else replace(job.encoder, decode_workers=0)
+        self.clf = Classifier(spec, job.system)
         if text_ref is not None:
             ray = require_ray()
             self.clf.text_cache = PrecomputedTextCache(self.clf.encoder, ray.get(text_ref))
