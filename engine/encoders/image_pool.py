@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -119,7 +120,9 @@ def gpu_candidate(source: Any) -> bytes | None:
                 data = f.read()
         else:
             return None
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a DecompressionBombWarning: the workers refuse it, with their message
+            im = Image.open(io.BytesIO(data))
             w, h = im.size
             if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or getattr(im, "n_frames", 1) > 1:
                 return None
@@ -353,6 +356,13 @@ class ImageLoader:
                     out[i] = (f"cannot load image {_label(images[i], names[i])!r}: the decoder process died "
                               "while decoding it (a crash in the image library); the file is likely malformed")
         return out
+
+    def _restart(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.stats["worker_restarts"] += 1
 
     def _gpu_decode(self, images: list, names: list) -> tuple[dict[int, Any], list[int]]:
         """({index: (3, h, w) uint8 on the device}, indices the GPU decoder did not take)."""
