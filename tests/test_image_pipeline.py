@@ -334,3 +334,14 @@ def test_embed_decoded_retries_one_by_one(tmp_path):
         del enc.encode_pixels
     assert len(good) == len(batch.good) and emb.shape[0] == len(good) and set(errors) == set(batch.errors)
     assert calls[0] == len(batch.good) and set(calls[1:]) == {1}
+
+
+@pytest.mark.slow
+def test_gpu_images_bench_runs_on_the_cpu(tmp_path):
+    from bench.gpu_images import make_jpegs, measure, report
+
+    paths = make_jpegs(tmp_path / "j", 6, size=48)
+    r = measure("cpu", paths, str(tiny_model_dir("clip")), 4, workers=0, repeats=1, processor_n=4)
+    assert r["images"] == 6 and r["gpu_decoder"] is None and r["inline_decoded"] >= 6
+    assert min(r["model_only_images_s"], r["fast_images_s"], r["processor_images_s"]) > 0
+    assert "of the ceiling" in report(r)
