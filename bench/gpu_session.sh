@@ -23,4 +23,4 @@ if [ "$STEP" != tests ]; then
   "$PY" -m bench.gpu_images --json "$OUT/gpu_images.json" 2>&1 | tee "$OUT/gpu_images.txt"
 fi
 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_encoders.py tests/test_text_cache.py tests/test_shortlist.py \
-  tests/test_properties.py 2>&1 | tee "$OUT/pytest_gpu.txt"
+  tests/test_properties.py tests/test_image_pipeline.py 2>&1 | tee "$OUT/pytest_gpu.txt"

@@ -345,3 +345,27 @@ def test_gpu_images_bench_runs_on_the_cpu(tmp_path):
     assert r["images"] == 6 and r["gpu_decoder"] is None and r["inline_decoded"] >= 6
     assert min(r["model_only_images_s"], r["fast_images_s"], r["processor_images_s"]) > 0
     assert "of the ceiling" in report(r)
+
+
+def test_cuda_gpu_decode_matches_the_processor_path(tmp_path):
+    """On a CUDA machine with torchvision (bench/gpu_session.sh): nvjpeg decode + device resize against
+    the processor path on real images (or written JPEGs), cosine >= 0.99 for every image."""
+    from engine.encoders import load_encoder
+    from engine.encoders.image_pool import gpu_decoder_for
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA (run by bench/gpu_session.sh)")
+    dec = gpu_decoder_for(torch.device("cuda"))
+    if dec is None:
+        pytest.skip("needs torchvision built for this torch and CUDA (pip install 'twentyq[gpu]')")
+    files = [str(p) for p in real_images_or_none()] or __import__("bench.gpu_images").gpu_images.make_jpegs(
+        tmp_path / "j", 24, size=300)
+    files += bad_inputs(tmp_path)
+    enc = load_encoder(str(tiny_model_dir("clip")), device="cuda", dtype="fp32")
+    enc.preprocess_mode = "processor"
+    ref, good_ref, bad_ref = encode_images_tolerant(enc, files)
+    enc.preprocess_mode = "fast"
+    loader = ImageLoader(enc.pixel_plan, 0, device=enc.device)
+    emb, good, bad = encode_images_tolerant(enc, files, loader=loader)
+    assert loader.stats["gpu"] > 0 and (good == good_ref).all() and bad == bad_ref
+    assert _cosines(emb.cpu(), ref.cpu()).min() >= 0.99
