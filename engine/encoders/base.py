@@ -437,10 +437,16 @@ def embed_decoded(encoder: Any, batch: Any, labels: Sequence[str]) -> tuple[torc
     (:class:`engine.encoders.image_pool.DecodedBatch`: (n, 3, h, w) uint8 pixels, their input indices,
     the decode errors); ``labels`` name every input. Same returns and rules."""
     pixels = batch.pixels
-    rows = list(enumerate(batch.good.tolist()))  # (row in pixels, input index)
-    loaded = [(i, j) for j, i in rows]
-    return _embed_tolerant(encoder, loaded, lambda part: encoder.encode_pixels(pixels[[j for _, j in part]]),
-                           labels, dict(batch.errors))
+    loaded = [(i, j) for j, i in enumerate(batch.good.tolist())]  # (input index, row in pixels)
+
+    def rows(part: list[tuple[int, int]]) -> torch.Tensor:
+        first, last = part[0][1], part[-1][1]
+        if last - first + 1 == len(part):  # consecutive rows: a view, memory format kept (channels-last)
+            return pixels[first:last + 1]
+        return pixels[[j for _, j in part]].contiguous(memory_format=torch.channels_last)
+
+    return _embed_tolerant(encoder, loaded, lambda part: encoder.encode_pixels(rows(part)), labels,
+                           dict(batch.errors))
 
 
 def _embed_tolerant(encoder: Any, loaded: list[tuple[int, Any]], encode: Callable[[list], Any],
