@@ -19,8 +19,10 @@ import torch
 from PIL import Image
 
 from tests.encoder_fixtures import offline_encoder, tiny_model_dir
-from engine.encoders.base import OneLineWarning, embed_decoded, encode_images_tolerant
-from engine.encoders.image_pool import ImageLoader, decode_task, default_workers, gpu_candidate
+from engine.encoders.base import embed_decoded, encode_images_tolerant
+from engine.encoders.image_pool import (
+    DecodeWorkersUnavailable, ImageLoader, decode_task, default_workers, gpu_candidate,
+)
 from engine.encoders.images import load_image
 from engine.encoders.pixels import (
     PixelPlan, normalise, plan_from_jina_config, plan_from_processor, resize_crop_pil, resize_crop_tensor,
@@ -193,7 +195,7 @@ def test_workers_that_cannot_start_fall_back_to_this_process(tmp_path, monkeypat
     items = bad_inputs(tmp_path)
     loader = ImageLoader(plan, 2)
     monkeypatch.setattr(loader, "_executor", lambda: FakeExecutor(lambda k, srcs: True))
-    with pytest.warns(OneLineWarning, match="could not start"):
+    with pytest.warns(DecodeWorkersUnavailable, match="could not start"):
         got = loader.load(items)
     ref = ImageLoader(plan, 0).load(items)
     assert loader.workers == 0 and got.errors == ref.errors and torch.equal(got.pixels, ref.pixels)

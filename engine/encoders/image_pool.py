@@ -52,6 +52,10 @@ MIN_POOL_BATCH = 8
 TASK_SIZE = 16
 
 
+class DecodeWorkersUnavailable(UserWarning):
+    """The decode worker processes could not start; images are decoded in this process."""
+
+
 def default_workers(cpus: int | None = None) -> int:
     """Decode workers for ``cpus`` cores (default: those this process may use): one core is left to
     the model and the engine, at most 8 workers; 0 on a single core."""
@@ -338,13 +342,10 @@ class ImageLoader:
         if retry and not self._worked:
             self._restart()
             self.workers = 0
-            import warnings
-
-            from engine.encoders.base import OneLineWarning
-
             warnings.warn("decode worker processes could not start (a script that starts work at import time "
                           "needs `if __name__ == '__main__':`); decoding images in this process instead "
-                          "(decode_workers=0 / --decode-workers 0 says so up front)", OneLineWarning, stacklevel=2)
+                          "(decode_workers=0 / --decode-workers 0 says so up front)",
+                          DecodeWorkersUnavailable, stacklevel=2)
             return out  # the caller decodes the rest in this process
         if retry:
             self._restart()
