@@ -19,6 +19,8 @@ STEP="${1:-all}"
 if [ "$STEP" != tests ]; then
   "$PY" -m bench.gpu_check 2>&1 | tee "$OUT/gpu_check.txt"
   "$PY" -m bench.gpu_check --dtype bf16 2>&1 | tee "$OUT/gpu_check_bf16.txt"
+  # JPEG files -> embeddings through the fast image path (nvjpeg when torchvision imports), next to the ceiling
+  "$PY" -m bench.gpu_images --json "$OUT/gpu_images.json" 2>&1 | tee "$OUT/gpu_images.txt"
 fi
 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_encoders.py tests/test_text_cache.py tests/test_shortlist.py \
-  tests/test_properties.py 2>&1 | tee "$OUT/pytest_gpu.txt"
+  tests/test_properties.py tests/test_image_pipeline.py 2>&1 | tee "$OUT/pytest_gpu.txt"

@@ -129,6 +129,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass of the model (default: the model's own)")
     g.add_argument("--cache-dir", default=None, help="folder for the on-disk text-embedding cache (default: none)")
+    g.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="processes that decode and resize images while the model works (0: in this process; "
+                        "default: one per CPU core but one, at most 8)")
+    g.add_argument("--preprocess", default="fast", choices=["fast", "processor"],
+                   help="fast: the model's resize/crop/normalise as array operations (decode workers, GPU decode); "
+                        "processor: the model's own image processor, the reference (default: %(default)s)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model repository's own code to run (jina-clip needs it; never implied)")
     g.add_argument("--text-buckets", default="auto", choices=list(SWITCHES),
@@ -154,7 +160,8 @@ def encoder_spec(args) -> Any:
                            batch_size=args.batch_size, cache_dir=args.cache_dir,
                            trust_remote_code=args.trust_remote_code, text_buckets=args.text_buckets,
                            warm_up=args.warm_up, eager_prompts=args.eager_prompts,
-                           compile_text=args.compile_text)
+                           compile_text=args.compile_text, decode_workers=getattr(args, "decode_workers", None),
+                           preprocess=getattr(args, "preprocess", "fast"))
 
 
 def remote_code_notice(spec) -> None:

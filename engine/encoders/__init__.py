@@ -7,19 +7,36 @@
     enc = load_encoder("jinaai/jina-clip-v2", trust_remote_code=True, truncate_dim=512)
     img = enc.encode_images(["cat.jpg"])                # (B, D) float32 torch, unit rows, on enc.device
     txt = enc.encode_texts(["a photo of a cat"])        # (T, D)
+
+The names below are loaded on first use, so that a decode worker process
+(:mod:`engine.encoders.image_pool`), which imports only :mod:`engine.encoders.images`
+and :mod:`engine.encoders.pixels`, starts without importing torch.
 """
 
-from engine.encoders.base import (
-    BaseEncoder, Encoder, EncoderLoadError, EncoderOutOfMemory, RemoteCodeRefused, cache_identity,
-    check_prompt_lengths, encode_images_tolerant, nonfinite_rows, to_numpy,
-)
-from engine.encoders.device import available_devices, resolve_device, resolve_dtype
-from engine.encoders.images import ImageLoadError, load_image, load_image_bytes, load_images
-from engine.encoders.registry import DEFAULT_MODEL, MODELS, list_models, load_encoder
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_MODEL", "MODELS", "BaseEncoder", "Encoder", "EncoderLoadError", "EncoderOutOfMemory",
-    "ImageLoadError", "RemoteCodeRefused",
-    "available_devices", "cache_identity", "check_prompt_lengths", "encode_images_tolerant", "list_models",
-    "load_encoder", "load_image", "load_image_bytes", "load_images", "nonfinite_rows", "resolve_device", "resolve_dtype", "to_numpy",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    **dict.fromkeys(("BaseEncoder", "Encoder", "EncoderLoadError", "EncoderOutOfMemory", "RemoteCodeRefused",
+                     "cache_identity", "check_prompt_lengths", "encode_images_tolerant", "nonfinite_rows",
+                     "to_numpy"), "engine.encoders.base"),
+    **dict.fromkeys(("available_devices", "resolve_device", "resolve_dtype"), "engine.encoders.device"),
+    **dict.fromkeys(("ImageLoadError", "load_image", "load_image_bytes", "load_images"), "engine.encoders.images"),
+    **dict.fromkeys(("DEFAULT_MODEL", "MODELS", "list_models", "load_encoder"), "engine.encoders.registry"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine.encoders' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -53,8 +53,11 @@ from PIL import Image
 from engine.encoders.device import dtype_name
 from engine.encoders.images import ImageLike, ImageLoadError, batches, image_label, load_image, load_images
 from engine.encoders.text_shapes import TextBuckets, bucket_for, pad_batch, padding_is_invisible, row_buckets
+from engine.encoders.pixels import PixelPlan, normalise, resize_crop_pil
 
 ACTIVATIONS = ("softmax", "sigmoid")
+#: how images become model input: "fast" (the pixel plan) or "processor" (the model's own, the reference)
+PREPROCESS = ("fast", "processor")
 NONFINITE_IMAGE = ("the encoder returned NaN/inf or a zero vector for this image (blank or degenerate input, "
                    "or a numerical fault in the model)")
 
@@ -202,6 +205,11 @@ class BaseEncoder:
     text_batch_size: int | None = None  # default: batch_size
     #: the most tokens the text encoder reads; a longer prompt is cut there (None: unknown or no limit)
     max_text_tokens: int | None = None
+    #: the model's image preprocessing as data, for the fast image path (None: this backend has none)
+    pixel_plan: PixelPlan | None = None
+    #: "fast": images resized by :attr:`pixel_plan` (decode workers, GPU decode) and normalised on the
+    #: device; "processor": the model's own image processor, the reference (see :data:`PREPROCESS`)
+    preprocess_mode: str = "fast"
 
     def count_text_tokens(self, texts: Sequence[str]) -> list[int] | None:
         """Tokens each text has before truncation (special tokens included); None if the encoder cannot tell."""
@@ -327,16 +335,45 @@ class BaseEncoder:
                     setattr(cfg, name, max(int(getattr(cfg, name)), len(self.text_buckets.shapes()) + 8))
         setattr(owner, attr, torch.compile(getattr(owner, attr), mode=mode, dynamic=dynamic))
         return True
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """(n, 3, h, w) model input (normalised, ``self.dtype``, on the device) -> (n, D); backends
+        with a :attr:`pixel_plan` implement it."""
+        raise NotImplementedError
+
+    # -- the fast image path -------------------------------------------------
+    def fast_plan(self) -> PixelPlan | None:
+        """The plan of the fast image path, or None when images go through ``_embed_images``
+        (the backend has no plan, or ``preprocess_mode == "processor"``, the reference)."""
+        return self.pixel_plan if self.preprocess_mode == "fast" else None
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) uint8 pixels, resized and cropped by :attr:`pixel_plan` (see
+        :mod:`engine.encoders.image_pool`) -> (B, D) float32 unit rows on ``self.device``.
+        Rescaled and normalised on the device, in batches of ``batch_size``."""
+        plan = self.pixel_plan
+        if plan is None:
+            raise RuntimeError(f"{self.name}: this encoder has no pixel plan; use encode_images")
+
+        def hook(part: torch.Tensor) -> torch.Tensor:
+            return self._embed_pixels(normalise(part, plan, self.device, self.dtype))
+
+        with torch.inference_mode():
+            return self._cat(self._embed_batched(pixels, hook, "batch_size", "image"))
 
     # -- public --------------------------------------------------------------
     def encode_images(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """(B, D) float32 unit rows on ``self.device``; images loaded one batch at a time."""
         if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray)):
             images = [images]
+        plan = self.fast_plan()
         out: list[torch.Tensor] = []
         with torch.inference_mode():
             for chunk in batches(list(images), self.batch_size):
-                out += self._embed_batched(load_images(chunk), self._embed_images, "batch_size", "image")
+                if plan is not None:  # the same pixels as the processor's (resize_crop_pil), normalised here
+                    px = torch.from_numpy(np.stack([resize_crop_pil(im, plan) for im in load_images(chunk)]))
+                    out.append(self.encode_pixels(px.permute(0, 3, 1, 2)))
+                else:
+                    out += self._embed_batched(load_images(chunk), self._embed_images, "batch_size", "image")
         return self._cat(out)
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -455,7 +492,8 @@ def _same_prefix(encoder: Any, prompts: list[str], limit: int) -> bool:
 
 
 def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike],
-                           names: Sequence[str] | None = None) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
+                           names: Sequence[str] | None = None, *, loader: Any = None
+                           ) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
     """Embed the images that load; every bad one becomes a one-line error, and no good result is lost.
 
     The one tolerant embedder (the classifier, refinement and the Ray workers use it).
@@ -465,6 +503,8 @@ def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike],
     encoder : any :class:`Encoder`.
     images : paths, PIL images or encoded bytes.
     names : what messages call each input (default: its path, or "<PIL image WxH>" / "<N bytes>").
+    loader : an :class:`engine.encoders.image_pool.ImageLoader` for an encoder with a fast plan
+        (``encoder.fast_plan()``); default: one that decodes in this process.
 
     Returns
     -------
@@ -484,9 +524,15 @@ def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike],
     images = list(images)
     if names is not None and len(names) != len(images):
         raise ValueError(f"names has {len(names)} entries for {len(images)} images")
+    labels = [str(names[i]) if names is not None else image_label(im) for i, im in enumerate(images)]
+    plan = encoder.fast_plan() if callable(getattr(encoder, "fast_plan", None)) else None
+    if plan is not None:
+        if loader is None:
+            from engine.encoders.image_pool import ImageLoader
 
-    def label(i: int) -> str:
-        return str(names[i]) if names is not None else image_label(images[i])
+            loader = ImageLoader(plan, 0, device=encoder.device, gpu_decoder=False)
+        return embed_decoded(encoder, loader.load(images, None if names is None else [str(n) for n in names]),
+                             labels)
 
     loaded: list[tuple[int, Image.Image]] = []
     errors: dict[int, str] = {}
@@ -496,13 +542,39 @@ def encode_images_tolerant(encoder: Encoder, images: Sequence[ImageLike],
         except ImageLoadError as e:
             errors[i] = str(e)
         except Exception as e:  # noqa: BLE001  (load_image wraps decoding errors; this is for the rest)
-            errors[i] = f"cannot load image {label(i)!r}: {type(e).__name__}: {_one_line(e)}"
+            errors[i] = f"cannot load image {labels[i]!r}: {type(e).__name__}: {_one_line(e)}"
+    return _embed_tolerant(encoder, loaded, lambda part: encoder.encode_images([im for _, im in part]),
+                           labels, errors)
 
+
+def embed_decoded(encoder: Any, batch: Any, labels: Sequence[str]) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
+    """:func:`encode_images_tolerant`'s embedding half for a decoded batch
+    (:class:`engine.encoders.image_pool.DecodedBatch`: (n, 3, h, w) uint8 pixels, their input indices,
+    the decode errors); ``labels`` name every input. Same returns and rules."""
+    pixels = batch.pixels
+    loaded = [(i, j) for j, i in enumerate(batch.good.tolist())]  # (input index, row in pixels)
+
+    def rows(part: list[tuple[int, int]]) -> torch.Tensor:
+        first, last = part[0][1], part[-1][1]
+        if last - first + 1 == len(part):  # consecutive rows: a view, memory format kept (channels-last)
+            return pixels[first:last + 1]
+        return pixels[[j for _, j in part]].contiguous(memory_format=torch.channels_last)
+
+    return _embed_tolerant(encoder, loaded, lambda part: encoder.encode_pixels(rows(part)), labels,
+                           dict(batch.errors))
+
+
+def _embed_tolerant(encoder: Any, loaded: list[tuple[int, Any]], encode: Callable[[list], Any],
+                    labels: Sequence[str], errors: dict[int, str]) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
+    """Embed ``loaded`` [(input index, item)] with ``encode(part)`` in batches, one by one after a failure."""
     rows: list[torch.Tensor] = []
     good: list[int] = []
 
-    def embed(part: list[tuple[int, Image.Image]]) -> None:
-        emb = encoder.encode_images([im for _, im in part])
+    def label(i: int) -> str:
+        return labels[i]
+
+    def embed(part: list[tuple[int, Any]]) -> None:
+        emb = encode(part)
         if not isinstance(emb, torch.Tensor):
             emb = torch.as_tensor(np.asarray(emb, dtype=np.float32))
         if emb.ndim != 2 or emb.shape[0] != len(part):

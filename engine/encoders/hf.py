@@ -54,6 +54,7 @@ import torch
 from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefused, check_batch_size
 from engine.encoders.device import resolve_device, resolve_dtype
 from engine.encoders.text_shapes import TextBuckets, length_buckets, row_buckets
+from engine.encoders.pixels import PixelPlan, plan_from_jina_config, plan_from_processor
 from systems.files import read_text_capped
 
 # model_type values in config.json -> backend
@@ -280,11 +281,17 @@ class CLIPFamilyEncoder(BaseEncoder):
             raise EncoderLoadError(f"model {name!r} has no logit_scale parameter; is it a CLIP-style model?")
         self.logit_scale = float(scale.detach().float().exp().item())
         self._takes_mask = not pad_to_max_length
+        # the processor's resize / crop / rescale / normalise as data, for the fast image path (None:
+        # a processor setting the plan cannot express, so images keep going through the processor)
+        self.pixel_plan = plan_from_processor(image_processor)
 
     def _embed_images(self, images: list) -> torch.Tensor:
         px = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         px = px.to(self.device, self.dtype, non_blocking=True)
         return _features(self.model.get_image_features(pixel_values=px))
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixels))
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         enc, n = self._tokenize(texts, **self._tokenize_args())
@@ -358,7 +365,8 @@ class JinaClipEncoder(BaseEncoder):
     """
 
     def __init__(self, model, *, name: str, model_id: str, device: torch.device, dtype: torch.dtype,
-                 batch_size: int = 32, text_batch_size: int | None = None, truncate_dim: int | None = None):
+                 batch_size: int = 32, text_batch_size: int | None = None, truncate_dim: int | None = None,
+                 pixel_plan: PixelPlan | None = None):
         for method in ("encode_text", "encode_image"):
             if not callable(getattr(model, method, None)):
                 raise EncoderLoadError(f"model {name!r} has no {method}() method; it is not a jina-clip model")
@@ -379,6 +387,8 @@ class JinaClipEncoder(BaseEncoder):
                 raise ValueError(f"truncate_dim == {truncate_dim!r}, must be a whole number in [1, {full}]")
         self.truncate_dim = truncate_dim
         self.embed_dim = truncate_dim or full
+        # the fast image path needs the model's pixel entry point; else encode_image (its own processor)
+        self.pixel_plan = pixel_plan if callable(getattr(model, "get_image_features", None)) else None
         if truncate_dim is not None:
             self.model_id = f"{model_id}+dim{truncate_dim}"
 
@@ -392,6 +402,9 @@ class JinaClipEncoder(BaseEncoder):
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         return self._raw(self.model.encode_text(texts, batch_size=len(texts), convert_to_tensor=True))
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._raw(_features(self.model.get_image_features(pixel_values=pixels)))
 
 
 # --------------------------------------------------------------------------- remote code
@@ -574,5 +587,9 @@ def load_jina_clip(name: str, *, device: str | torch.device = "auto", dtype=None
         raise _load_failed(name, "weights or remote code", e) from None
     if hasattr(model, "to"):
         model = model.to(dev)
+    try:  # read as JSON, never run; a file the plan cannot express keeps jina's own processor
+        plan = plan_from_jina_config(_model_json(name, "preprocessor_config.json", revision) or {})
+    except (EncoderLoadError, ValueError, TypeError):
+        plan = None
     return JinaClipEncoder(model, name=name, model_id=model_id, device=dev, dtype=dt, batch_size=batch_size,
-                           text_batch_size=text_batch_size, truncate_dim=truncate_dim)
+                           text_batch_size=text_batch_size, truncate_dim=truncate_dim, pixel_plan=plan)

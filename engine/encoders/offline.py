@@ -36,6 +36,7 @@ from engine.encoders.base import BaseEncoder, EncoderLoadError, check_batch_size
 from engine.encoders.device import resolve_device, resolve_dtype
 from engine.encoders.hf import weights_fingerprint
 from engine.encoders.text_shapes import TextBuckets, length_buckets, row_buckets
+from engine.encoders.pixels import PixelPlan
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CLASSES_TSV = DATA_DIR / "imagenet1k_classes.tsv"
@@ -157,6 +158,9 @@ class ConSEEncoder(BaseEncoder):
         self.image_size = int(net.input_image_size)
         self.resize_to = int(round(self.image_size * 256 / 224))
         self.image_model = net.to(self.device, self.dtype).eval()
+        # preprocess() as data for the fast image path: the same resize and crop, [-1, 1]
+        self.pixel_plan = PixelPlan(shortest_edge=self.resize_to, size=None, crop=(self.image_size,) * 2,
+                                    mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), scale=1 / 127.5, long_side="round")
         self._img_hash = _sha16(path)
 
     def _load_text_model(self) -> None:
@@ -212,6 +216,9 @@ class ConSEEncoder(BaseEncoder):
 
     def _embed_images(self, images: list) -> torch.Tensor:
         return self.mix(self.imagenet_probs(images))
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.mix(torch.softmax(self.image_model(pixels).float(), dim=-1))
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         enc, n = self._tokenize(texts, max_length=self.max_text_tokens)

@@ -5,6 +5,7 @@
 >>> report = evaluate_classifier(clf, "labels.csv", policy="eig", tau=0.9)  # doctest: +SKIP
 
 One image's path (see docs/ARCHITECTURE.md): :meth:`Classifier.classify_items` decodes
+(in decode worker processes, the next chunk while this one is classified: :meth:`classify_chunks`)
 and embeds a chunk of images once (:func:`engine.encoders.base.encode_images_tolerant`:
 a bad image becomes that image's error), then :meth:`classify_embedded` runs the adaptive
 loop (:func:`engine.core.adaptive.classify_batch`, or its torch backend on the embeddings' device:
@@ -84,6 +85,7 @@ class Classifier:
         for msg in check_prompt_lengths(self.encoder, self.system):  # a template the tokenizer cuts off
             warnings.warn(msg, PromptTruncatedWarning, stacklevel=2)
         self.seconds = {"embed": 0.0, "classify": 0.0}  # time spent so far, for reports
+        self._loader: Any = None  # the decode workers' ImageLoader, started on first use (image_loader)
         self.prompt_mode = self.embed_eagerly(self.spec.eager_prompts)
 
     def embed_eagerly(self, mode: str = "auto") -> str:
@@ -129,21 +131,56 @@ class Classifier:
         """Whether runs of ``config`` use the calibration (it fits the attribute system: adaptive and full)."""
         return self.calibration is not None and config.mode in ("adaptive", "full")
 
+    # ------------------------------------------------------------------ image input
+    @property
+    def image_loader(self) -> Any:
+        """The :class:`engine.encoders.image_pool.ImageLoader` of the fast image path (decode workers,
+        GPU decode; ``spec.decode_workers`` processes, started on first use), or None when the encoder
+        has no fast plan (its own processor, or ``preprocess_mode="processor"``)."""
+        fast_plan = getattr(self.encoder, "fast_plan", None)
+        plan = fast_plan() if callable(fast_plan) else None
+        if plan is None:
+            return None
+        if self._loader is None or self._loader.plan != plan:
+            from engine.encoders.image_pool import ImageLoader
+
+            if self._loader is not None:
+                self._loader.close()
+            self._loader = ImageLoader(plan, self.spec.workers(), device=self.encoder.device)
+        return self._loader
+
+    def submit_images(self, images: Sequence[Any], names: Sequence[str] | None = None) -> Any:
+        """Start decoding ``images`` in the background (fast path); None when they are decoded at embed time.
+        Pass the returned handle to :meth:`embed_images` as ``pending``."""
+        loader = self.image_loader
+        return loader.submit(images, names) if loader is not None else None
+
+    def close(self) -> None:
+        """Stop the decode workers (a later call starts them again)."""
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
+
     # ------------------------------------------------------------------ embedding
-    def embed_images(self, images: Sequence[Any], names: Sequence[str] | None = None
+    def embed_images(self, images: Sequence[Any], names: Sequence[str] | None = None, *, pending: Any = None
                      ) -> tuple[Any, np.ndarray, dict[int, str]]:
         """Load and embed images, skipping bad ones (:func:`engine.encoders.base.encode_images_tolerant`).
 
         images : paths, PIL images or encoded bytes; ``names`` what errors call them.
+        pending : what :meth:`submit_images` returned for these images (their decoding started earlier).
         Returns (embeddings (n_good, D) on the encoder's device, indices (n_good,) of the
         good images, {index: one-line error} of the bad ones). An image that fails to load,
         or whose embedding comes back NaN/inf or zero, is a bad one.
         """
-        from engine.encoders.base import encode_images_tolerant
+        from engine.encoders.base import embed_decoded, encode_images_tolerant
+        from engine.encoders.images import image_label
 
         t0 = time.perf_counter()
         try:
-            return encode_images_tolerant(self.encoder, images, names)
+            if pending is not None:
+                labels = [str(n) for n in names] if names is not None else [image_label(im) for im in images]
+                return embed_decoded(self.encoder, pending.result(), labels)
+            return encode_images_tolerant(self.encoder, images, names, loader=self.image_loader)
         finally:
             self.seconds["embed"] += time.perf_counter() - t0
 
@@ -196,11 +233,35 @@ class Classifier:
         The one classification path: every executor, the API and the server come through here
         (or through its two halves, :meth:`embed_images` and :meth:`classify_embedded`).
         """
-        given = names is not None
-        names = list(names) if given else [image_name(im) for im in images]
-        emb, good, bad = self.embed_images(images, names if given else None)
-        results = self.classify_embedded(emb, config, text_cache) if len(good) else []
-        return assemble(names, good, results, bad)
+        return next(self.classify_chunks([(images, names)], config, text_cache))
+
+    def classify_chunks(self, chunks: Iterable[tuple[Sequence[Any], Sequence[str] | None]], config: RunConfig,
+                        text_cache: Any = None) -> Iterator[list[Result]]:
+        """:meth:`classify_inputs` over a stream of ``(images, names)`` chunks, one list of Results per chunk.
+
+        Pipelined: chunk i+1 is handed to the decode workers (and, on CUDA, copied to the device
+        from pinned memory on a side stream) before chunk i is embedded and classified, so
+        decoding overlaps the model and the engine. With no fast path (or 0 workers) each
+        chunk is decoded when it is embedded, as before.
+        """
+        it = iter(chunks)
+
+        def start(chunk):
+            if chunk is None:
+                return None
+            images, names = list(chunk[0]), chunk[1]
+            given = names is not None
+            labels = [str(n) for n in names] if given else [image_name(im) for im in images]
+            errs = labels if given else None
+            return images, labels, errs, self.submit_images(images, errs)
+
+        nxt = start(next(it, None))
+        while nxt is not None:
+            images, labels, errs, pending = nxt
+            nxt = start(next(it, None))  # i+1 decodes while i is on the model and in the engine
+            emb, good, bad = self.embed_images(images, errs, pending=pending)
+            results = self.classify_embedded(emb, config, text_cache) if len(good) else []
+            yield assemble(labels, good, results, bad)
 
     def classify_items(self, items: Sequence[Item], config: RunConfig, text_cache: Any = None) -> list[Result]:
         """:meth:`classify_inputs` for dataset items (files, or encoded bytes named by ``path``)."""
@@ -217,21 +278,21 @@ class Classifier:
         """
         config = config_from(config, settings)
         names_it = iter(names) if names is not None else None
-        chunk: list[Any] = []
 
-        def flush(chunk):
-            labels = [next(names_it) if names_it is not None else image_name(im) for im in chunk]
-            yield from self.classify_inputs(chunk, config, labels)
+        def chunks():
+            chunk: list[Any] = []
+            for im in images:
+                chunk.append(im)
+                if len(chunk) >= chunk_size:
+                    yield chunk, [next(names_it) if names_it is not None else image_name(x) for x in chunk]
+                    chunk = []
+            if chunk:
+                yield chunk, [next(names_it) if names_it is not None else image_name(x) for x in chunk]
+
+        for results in self.classify_chunks(chunks(), config):
+            yield from results
             if progress:
-                progress(len(chunk))
-
-        for im in images:
-            chunk.append(im)
-            if len(chunk) >= chunk_size:
-                yield from flush(chunk)
-                chunk = []
-        if chunk:
-            yield from flush(chunk)
+                progress(len(results))
 
     def classify(self, images: Sequence[Any] | Any, config: RunConfig | None = None, **settings) -> list[Result]:
         """Classify images (paths or PIL images). One Result per image, in order.

@@ -1,7 +1,7 @@
 """The two settings objects of a run, and the only carriers of settings.
 
 - :class:`EncoderSpec`: which model, where and how it runs (model, revision, device,
-  dtype, batch sizes, cache folder, trust_remote_code).
+  dtype, batch sizes, cache folder, trust_remote_code, decode workers, preprocessing path).
 - :class:`RunConfig`: how to classify (mode, policy, scorer, τ, δ, budget, ε, λ,
   shortlist, top_k, seed).
 
@@ -31,6 +31,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 #: an EncoderSpec imports no torch; a test checks they agree)
 SWITCHES = ("auto", "on", "off")
 PROMPT_MODES = ("auto", "eager", "lazy")
+PREPROCESS = ("fast", "processor")  # engine.encoders.base.PREPROCESS (config stays free of torch)
 #: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
 OPTIONAL_FIELDS = ("templates", "descriptors", "target_accuracy")
 #: RunConfig fields that change how a run computes, not what: never in ``to_dict`` (nor fingerprints)
@@ -64,8 +65,12 @@ class EncoderSpec:
         system whose prompts fit in two text batches, lazy otherwise), "eager" (embed every group's
         prompts when the classifier loads) or "lazy" (a group's prompts when first asked).
     compile_text : wrap the text tower in ``torch.compile`` (CUDA graphs on CUDA); off by default.
+    decode_workers : processes that decode and resize images (None: one per core but one, at most 8,
+        see :func:`engine.encoders.image_pool.default_workers`; 0: in this process).
+    preprocess : "fast" (the model's preprocessing as a pixel plan: decode workers, GPU decode,
+        normalisation on the device) or "processor" (the model's own image processor, the reference).
 
-    The last four change how fast, not what: embeddings agree within float tolerance.
+    The last six change how fast, not what: embeddings agree within float tolerance.
     """
 
     model: str = "offline"
@@ -79,6 +84,8 @@ class EncoderSpec:
     warm_up: str = "auto"
     eager_prompts: str = "auto"
     compile_text: bool = False
+    decode_workers: int | None = None
+    preprocess: str = "fast"
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -93,6 +100,9 @@ class EncoderSpec:
             raise ValueError(f"eager_prompts == {self.eager_prompts!r}, must be one of {list(PROMPT_MODES)}")
         if not isinstance(self.compile_text, bool):
             raise ValueError(f"compile_text == {self.compile_text!r}, must be True or False")
+        _whole("decode_workers", self.decode_workers, 0)
+        if self.preprocess not in PREPROCESS:
+            raise ValueError(f"preprocess == {self.preprocess!r}, must be one of {list(PREPROCESS)}")
 
     def load(self):
         """The encoder this spec names (:func:`engine.encoders.load_encoder`), its text shapes
@@ -102,12 +112,21 @@ class EncoderSpec:
 
         encoder = load_encoder(self.model, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
                                trust_remote_code=self.trust_remote_code, revision=self.revision)
+        if hasattr(encoder, "preprocess_mode"):
+            encoder.preprocess_mode = self.preprocess
         prepare_text(encoder, buckets=self.text_buckets, warm_up=self.warm_up, compile_text=self.compile_text)
         return encoder
 
+    def workers(self) -> int:
+        """Decode worker processes: ``decode_workers``, or the default for this machine's cores."""
+        from engine.encoders.image_pool import default_workers
+
+        return default_workers() if self.decode_workers is None else self.decode_workers
+
     def identity(self) -> dict[str, Any]:
         """What changes the embeddings (for fingerprints): model, revision, dtype. Device, batch
-        size and cache folder change where and how fast, not what."""
+        size, cache folder, decode workers and the preprocessing path change where and how fast,
+        not what (the two paths agree within float tolerance, as CPU and GPU do)."""
         return {"model": self.model, "revision": self.revision, "dtype": self.dtype}
 
 

@@ -59,12 +59,13 @@ class Job:
             d["calibration"] = self.calibration.identity()
         return d
 
-    def classifier(self, *, eager_prompts: str | None = None) -> Classifier:
+    def classifier(self, **encoder_settings) -> Classifier:
         """A Classifier for this job (the model loaded, the calibration checked against it).
 
-        eager_prompts : overrides the encoder's setting, e.g. "lazy" where every prompt comes precomputed.
+        encoder_settings : EncoderSpec fields that change how fast, not what, overriding the job's:
+        ``eager_prompts="lazy"`` where every prompt comes precomputed, ``decode_workers=0`` in a Ray actor.
         """
-        spec = self.encoder if eager_prompts is None else replace(self.encoder, eager_prompts=eager_prompts)
+        spec = replace(self.encoder, **encoder_settings) if encoder_settings else self.encoder
         return Classifier(spec, self.system, calibration=self.calibration)
 
 
@@ -132,7 +133,8 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Shards classified one after another in this process, ``chunk_size`` images per encoder call.
+    """Shards classified one after another in this process, ``chunk_size`` images per encoder call;
+    the next chunk decodes in the classifier's decode workers while this one is classified.
 
     classifier : the Classifier to use (default: one loaded from the job, once, on first use).
     """
@@ -153,18 +155,22 @@ class LocalExecutor:
         clf, cache = self.classifier, self.classifier.text_cache
         claim = getattr(clf, "claim_load_encodes", None)  # eager prompts, embedded when clf loaded
         self.stats["text_encodes"] += claim() if claim else 0
-        for shard in shards:
-            records: list[dict[str, Any]] = []
-            for i in range(0, len(shard.items), self.chunk_size):
-                chunk = shard.items[i:i + self.chunk_size]
-                e0, h0 = cache.text_encodes, cache.hits
-                results = clf.classify_items(chunk, job.config)
-                self.stats["text_encodes"] += cache.text_encodes - e0
-                self.stats["text_hits"] += cache.hits - h0
-                records += [record(r, it.label) for r, it in zip(results, chunk)]
-                if progress:
-                    progress(len(chunk))
-            yield shard.index, records
+        work = [(shard, shard.items[i:i + self.chunk_size]) for shard in shards
+                for i in range(0, len(shard.items), self.chunk_size)]
+        # pipelined: the next chunk (across shard boundaries) decodes while this one is classified
+        stream = clf.classify_chunks((([it.source for it in c], [it.path for it in c]) for _, c in work), job.config)
+        records: list[dict[str, Any]] = []
+        e0, h0 = cache.text_encodes, cache.hits
+        for k, ((shard, chunk), results) in enumerate(zip(work, stream)):
+            self.stats["text_encodes"] += cache.text_encodes - e0
+            self.stats["text_hits"] += cache.hits - h0
+            e0, h0 = cache.text_encodes, cache.hits
+            records += [record(r, it.label) for r, it in zip(results, chunk)]
+            if progress:
+                progress(len(chunk))
+            if k + 1 == len(work) or work[k + 1][0] is not shard:
+                yield shard.index, records
+                records = []
 
 
 def run(items: Sequence[Item], job: Job, *, executor: Executor, store: ResultStore | None = None,

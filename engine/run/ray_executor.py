@@ -220,8 +220,12 @@ class ClassifyBatch:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # Ray forwards every actor's stderr to the driver
-        # every prompt comes precomputed: embedding them eagerly here would be waste
-        self.clf = job.classifier(eager_prompts="lazy" if text_ref is not None else None)
+        # every prompt comes precomputed: embedding them eagerly here would be waste; and one actor per CPU
+        # (or GPU) is Ray's parallelism: decode in the actor unless decode workers were asked for
+        speed = {"eager_prompts": "lazy"} if text_ref is not None else {}
+        if job.encoder.decode_workers is None:
+            speed["decode_workers"] = 0
+        self.clf = job.classifier(**speed)
         if text_ref is not None:
             ray = require_ray()
             self.clf.text_cache = PrecomputedTextCache(self.clf.encoder, ray.get(text_ref))
