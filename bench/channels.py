@@ -9,7 +9,7 @@ Pairs: the simulator with heterogeneous group reliabilities (pokemon15, per-grou
 spread over [0, 0.6] by :func:`engine.core.simulate.heterogeneous_wrong_rates`), and the attribute
 probe's Gen-1 pairs (:mod:`bench.probe_eval`: web150, Gen-1 sprites, jina15 Gen-1 rows, each with
 pokemon15's 10 Gen-1 species and the 151-class PokeAPI Gen-1 system). The probe part needs a trained
-probe (``--probe``, default /work/probe-ref) and its cached backbone features (``--cache-dir``); when
+probe (``--probe``, default the shipped one, ``engine/encoders/data/probe``) and its cached backbone features (``--cache-dir``); when
 either is missing it is skipped and the report says so.
 
 Every pair's images are split 50/50 by image (seeded). The calibrated channels are fitted on the dev
@@ -39,6 +39,7 @@ import numpy as np
 from engine import StopRule
 from engine.core.calibration import fit_answer_channels
 from engine.core.simulate import heterogeneous_wrong_rates
+from engine.encoders.probe import SHIPPED_DIR
 from policies import get_policy
 from systems import load_system
 
@@ -48,7 +49,7 @@ from .policies import OraclePolicy, budget_grid, oracle_orders
 POLICIES = ("fixed", "random", "eig", "eig_per_prompt", "lookahead", "oracle")
 CHANNELS = ("single", "calibrated")
 CONTENDERS = ("eig", "lookahead")  # the policies the targets are about (calibrated channel)
-DEFAULT_PROBE = Path("/work/probe-ref")
+DEFAULT_PROBE = SHIPPED_DIR  # the shipped probe: bit-identical to `python -m bench.probe train` (tests/test_shipped_probe.py)
 DEFAULT_OUT = C.DEFAULT_OUT / "channels"
 SIM_SYSTEM = "pokemon15"
 SIM_WRONG = (0.0, 0.6)
@@ -432,7 +433,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = DEFAULT_PROBE,
-        cache_dir: Path = Path("/work/featcache"), n_boot: int = 1000, datasets=None, systems=None,
+        cache_dir: Path = C.DEFAULT_CACHE, n_boot: int = 1000, datasets=None, systems=None,
         dev_check: bool = True, prior_strength: float = 10.0, log=print,
         command: str = "") -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -477,7 +478,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         "4 budgets, 200 bootstrap resamples")
     ap.add_argument("--probe", default=str(DEFAULT_PROBE), help="a trained probe folder (bench.probe train)")
     ap.add_argument("--no-probe", action="store_true", help="the simulator only")
-    ap.add_argument("--cache-dir", default="/work/featcache", help="backbone feature cache (never re-encode)")
+    ap.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE), help="backbone feature cache, keyed by file hash "
+                    "(the one bench.probe fills; images in it are not re-encoded)")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--systems", nargs="+", default=None, help="probe systems to run (default: both of "
                     "pokemon15-gen1 pokeapi-gen1)")

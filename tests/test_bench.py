@@ -142,3 +142,18 @@ def test_bench_all_on_simulator(tmp_path):
     for png in ("reproduce/simulator/accuracy.png", "policies/simulator/accuracy_vs_q.png",
                 "calibrate/simulator/reliability.png", "speed/speed.png"):
         assert (tmp_path / png).is_file() and png in text
+
+
+def test_target_accuracy_bench_on_the_simulator(tmp_path):
+    """τ chosen on dev for target 0.8 gives confident stops whose test accuracy reaches 0.8 within its CI, at a mean Q
+    below the full system's; the images that never reach τ are counted apart, with their own stop reasons."""
+    from bench.target_accuracy import run
+
+    res = run(tmp_path, targets=[0.8], probe=None, quick=True, log=lambda *a: None)
+    (row,) = res["pairs"]["simulator × pokemon15"]["rows"]
+    assert row["reached_on_dev"] and row["tau"] < 1.0
+    assert row["confident_n"] > 0 and row["confident_ci95"][1] >= 0.8
+    assert row["mean_q"] < row["full_q"]
+    assert row["confident_n"] + row["others_n"] == row["test_n"]
+    assert "confident" not in row["others_stops"] and sum(row["others_stops"].values()) == row["others_n"]
+    assert (tmp_path / "report.md").is_file()

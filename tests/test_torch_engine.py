@@ -155,10 +155,14 @@ def test_a_numpy_only_policy_runs_on_the_host_and_agrees():
 
 
 # --------------------------------------------------------------------------- the policies, tensor against numpy
+HOST_ONLY_POLICIES = {"lookahead"}
+
+
 @SETTINGS
 @given(system=systems(), data=st.data(), name=st.sampled_from(list_policies()), eps=EPS)
 def test_each_built_in_policy_has_a_tensor_version_that_chooses_as_numpy(system, data, name, eps):
-    assert POLICIES[name] in TORCH_POLICIES
+    # lookahead (issue 16) has no tensor version yet: the torch loop runs its numpy select on a host copy
+    assert (POLICIES[name] in TORCH_POLICIES) == (name not in HOST_ONLY_POLICIES)
     n = data.draw(st.integers(1, 5))
     post = data.draw(posteriors(system.n_classes, n))
     ch = build_channel(system.rule_matrix, system.option_counts, eps)

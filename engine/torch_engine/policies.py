@@ -2,7 +2,8 @@
 
 A policy stays what :mod:`policies` says: an object with one numpy method, ``select``. The torch
 loop looks up ``type(policy)`` (exactly: a subclass that overrides ``select`` is not its parent)
-in :data:`TORCH_POLICIES`; a hit runs as tensor operations on the device, a miss (a plug-in) runs
+in :data:`TORCH_POLICIES`; a hit runs as tensor operations on the device, a miss (a plug-in, or the
+built-in `lookahead`, which has no tensor version yet) runs
 the policy's own ``select`` on a numpy copy of the state (:func:`host_select`), so every policy
 works on every device. A plug-in can add its own tensor version with ``@torch_policy(MyPolicy)``.
 
