@@ -538,8 +538,11 @@ def calibration_lines(rep) -> list[str]:
            f"{cal['excluded_dev_images']} of its dev image(s) left out of this data"]
     if rep.confident is not None:
         c, o = rep.confident, rep.not_confident
-        ci = f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]" if c["n"] else "[-]"
-        out.append(f"  stopped on confidence: {c['n']} image(s), accuracy {c['accuracy']:.3f} {ci} (95% Clopper–Pearson)")
+        if c["n"]:
+            out.append(f"  stopped on confidence: {c['n']} image(s), accuracy {c['accuracy']:.3f} "
+                       f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] (95% Clopper–Pearson)")
+        else:
+            out.append("  stopped on confidence: none")
         stops = ", ".join(f"{k} {v}" for k, v in o["stops"].items()) or "none"
         out.append(f"  the others: {o['n']} image(s) ({stops}), accuracy {o['accuracy']:.3f}; overall accuracy "
                    f"{rep.accuracy:.3f}, mean Q {rep.mean_q:.1f}")
