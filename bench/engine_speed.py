@@ -62,6 +62,7 @@ def cases(images: int = 4096, big_images: int = 1024, n_classes: int = 1000, n_g
     big_sims = random_sims(big, big_images, seed)
     return [
         Case("pokemon15, eig τ=0.9", p15, random_sims(p15, images, seed), "eig", StopRule(tau=TAU)),
+        Case(f"N={n_classes} G={n_groups} K={k}, eig τ=0.9", big, big_sims, "eig", StopRule(tau=TAU)),
         Case(f"N={n_classes} G={n_groups} K={k}, eig τ=0.9 budget {budget}", big, big_sims, "eig",
              StopRule(tau=TAU, budget=budget)),
         Case(f"N={n_classes} G={n_groups} K={k}, full system", big, big_sims, "fixed", StopRule()),

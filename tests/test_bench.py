@@ -157,3 +157,20 @@ def test_target_accuracy_bench_on_the_simulator(tmp_path):
     assert row["confident_n"] + row["others_n"] == row["test_n"]
     assert "confident" not in row["others_stops"] and sum(row["others_stops"].values()) == row["others_n"]
     assert (tmp_path / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_pipeline_runs_on_the_cpu_and_judges_every_target(tmp_path):
+    """The GPU script's driver, smoke-run on the CPU with a tiny CLIP: every figure is there and every issue-17
+    target gets a verdict computed from figures of the same run."""
+    from bench.gpu_pipeline import TARGETS, measure, report
+
+    r = measure("cpu", size="tiny", n=24, batch=8, repeats=1, engine_images=64, big_images=8, log=lambda *a: None)
+    e2e = r["end_to_end"]
+    assert e2e["images"] == 24 and e2e["failed"] == 0 and 0 < e2e["engine_share"] < 1
+    assert e2e["share_of_ceiling"] == pytest.approx(e2e["images_s"] / r["ceiling_images_s"])
+    assert {c["case"].split(",")[0] for c in r["engine"]["cases"]} == {"pokemon15", "N=1000 G=50 K=10"}
+    v = r["targets"]
+    assert v["engine_share_n15"]["target"] == TARGETS["engine_share_n15"]
+    assert all("met" in x for x in v.values()) and {"warm_ask_ms", "first_ask_ms"} <= set(v)
+    assert "JPEG files -> results" in report(r)
