@@ -60,3 +60,19 @@ def test_results_on_stdout_messages_on_stderr_and_v_q(tmp_path, capsys, monkeypa
     assert json.loads(out)["label"] == "cherry" and err == ""  # -q: warnings off, results unchanged
     assert main(["-q", "classify", str(tmp_path / "a.png"), "--tau", "3"]) == 2
     assert "tau == 3.0" in capsys.readouterr().err  # errors are never silenced
+
+
+@pytest.mark.parametrize("mode", ["baseline", "full", "adaptive"])
+def test_eval_report_line_for_every_mode(mode):
+    """The eval headline formats for every mode: τ (None outside adaptive) is printed for adaptive runs only."""
+    from engine.cli.options import report_line
+    from engine.run.evaluation import EvalReport
+
+    adaptive = mode == "adaptive"
+    rep = EvalReport(n=4, accuracy=0.5, ci95=(0.1, 0.9), acc5=None, mean_per_class_recall=0.5, mean_q=3.0,
+                     median_q=3.0, text_encodes=5, text_hits=0, model="offline", system="s", data="d", mode=mode,
+                     policy="eig" if adaptive else None, tau=0.9 if adaptive else None, delta=None, budget=None,
+                     shortlist=None, scorer="bayes", eps=0.05, per_class={}, confusion=[], skipped=[], stops={},
+                     seconds_embed=0.0, seconds_classify=0.0)
+    line = report_line(rep)
+    assert line.startswith(f"{mode}") and ("τ=0.9" in line) == adaptive and "accuracy 0.500 [0.100, 0.900]" in line

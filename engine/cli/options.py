@@ -493,8 +493,9 @@ RESULT_HEADER = f"{'image':<40} {'label':<24} {'conf':>6} {'Q':>4}  {'stop':<10}
 
 def report_line(rep) -> str:
     lo, hi = rep.ci95
-    tau = f"τ={rep.tau:g}" + (f" (target {rep.target['target_accuracy']:g})" if rep.target else "")
-    what = f"{rep.mode}" + (f" {rep.policy} {tau}" if rep.mode == "adaptive" else "")
+    what = rep.mode
+    if rep.mode == "adaptive":  # τ is recorded for adaptive runs only
+        what += f" {rep.policy} τ={rep.tau:g}" + (f" (target {rep.target['target_accuracy']:g})" if rep.target else "")
     acc5 = f"  acc@5 {rep.acc5:.3f}" if rep.acc5 is not None else ""
     return (f"{what}: accuracy {rep.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={rep.n}{acc5}  mean per-class recall "
             f"{rep.mean_per_class_recall:.3f}  mean Q {rep.mean_q:.1f}  median Q {rep.median_q:.0f}  "
