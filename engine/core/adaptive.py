@@ -205,7 +205,7 @@ def classify_batch(
     if sum_sc is not None:
         tot = sum_sc.sum(axis=1, keepdims=True)
         final = np.where(tot > 0, sum_sc / np.where(tot > 0, tot, 1.0), final)
-    order = np.argsort(-final, axis=1, kind="stable")[:, :top_k]
+    order = shortlist(final, top_k)  # best first; equal within SHORTLIST_RTOL: by class index
     return assemble_results(system, order, np.take_along_axis(final, order, axis=1), q, reason, errors, trail)
 
 
@@ -332,5 +332,5 @@ def _top_after(log_post: np.ndarray, sum_sc: np.ndarray | None, imgs: np.ndarray
         sc = sum_sc[imgs]
         tot = sc.sum(axis=1, keepdims=True)
         final = np.where(tot > 0, sc / np.where(tot > 0, tot, 1.0), final)
-    order = np.argsort(-final, axis=1, kind="stable")[:, :k]
+    order = shortlist(final, k)
     return [[(int(c), float(final[j, c])) for c in order[j]] for j in range(len(imgs))]

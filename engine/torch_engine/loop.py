@@ -57,7 +57,7 @@ def classify_batch_torch(source, system: AttributeSystem, policy: str | Policy =
     src = source if is_device_source(source) else HostSource(source)
     dev = src.device
     ch = ts.TorchChannel.of(setup.channel, dev, DTYPE)
-    B, C, G = setup.n_images, system.n_classes, system.n_groups
+    B, C = setup.n_images, system.n_classes
     lam = [float(x) for x in setup.lams]
     budget = setup.budget(stop)
     name_g, m = setup.name_g, setup.m_names
@@ -145,9 +145,10 @@ class _Run:
         return final
 
     def _top(self, imgs=None):
-        """(order (n, k), probs (n, k)): the top-k as numpy's stable argsort of −final has it."""
+        """(order (n, k), probs (n, k)): the top-k as numpy's loop has it (:func:`engine.core.scoring.shortlist`:
+        best first, probabilities equal within SHORTLIST_RTOL by class index)."""
         final = self._final(imgs)
-        order = torch.sort(-final, dim=1, stable=True).indices[:, :self.top_k]
+        order = ts.shortlist(final, self.top_k)
         return order, torch.gather(final, 1, order)
 
     def ask_group(self, imgs: torch.Tensor, g: int, eig_g: torch.Tensor) -> None:
