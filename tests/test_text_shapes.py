@@ -294,3 +294,19 @@ def test_a_run_counts_the_eager_prompts_once():
         assert len(list(run([item(s) for s in range(3)], job, executor=ex))) == 3
         counts.append(ex.stats["text_encodes"])
     assert counts == [15, 0] and clf.text_cache.text_encodes == 15
+
+
+def test_runs_that_do_not_ask_the_system_prompts_keep_prompts_lazy():
+    """Eager prompts only for runs that ask the system's own group prompts: a baseline or descriptors run (or one
+    with a template ensemble) would embed, and count, prompts it never asks."""
+    from engine.run.classifier import spec_for_run
+    from engine.run.config import EncoderSpec, RunConfig
+
+    eager = EncoderSpec(model="offline", eager_prompts="eager")
+    assert spec_for_run(eager, RunConfig(mode="adaptive")).eager_prompts == "eager"
+    assert spec_for_run(eager, RunConfig(mode="full")).eager_prompts == "eager"
+    assert spec_for_run(eager, RunConfig(mode="baseline")).eager_prompts == "lazy"
+    assert spec_for_run(eager, RunConfig(mode="baseline", templates=("a {}.", "the {}."))).eager_prompts == "lazy"
+    auto = EncoderSpec(model="offline")
+    assert spec_for_run(auto, RunConfig(mode="baseline")).eager_prompts == "lazy"
+    assert spec_for_run(auto, RunConfig(mode="adaptive")) is auto

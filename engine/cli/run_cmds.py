@@ -54,6 +54,7 @@ def _items_of(paths: list[str]):
 
 
 def classify_cmd(args) -> int:
+    from engine.run.classifier import spec_for_run
     from engine.run.pipeline import DEFAULT_CHUNK, Job, open_store, run
     from engine.run.store import result_from_record
 
@@ -67,7 +68,7 @@ def classify_cmd(args) -> int:
     _announce_target(cal, config, warn)
     items = _items_of(list(args.images))
     output = output_spec(args)  # its cheap checks ran above; the folder is created once the model has loaded
-    cache = _prepare(executor, spec, system, cal)
+    cache = _prepare(executor, spec_for_run(spec, config), system, cal)
     store = open_store(output, job.settings(), items, [*args.images, *system_inputs(args)], warn) if output else None
     update, close = progress_bar(len(items), "images", args.quiet, cache)
     n_bad = 0
@@ -118,6 +119,7 @@ def _prepare(executor, spec, system, calibration=None):
 
 
 def eval_cmd(args) -> int:
+    from engine.run.classifier import spec_for_run
     from engine.run.evaluation import evaluate
     from engine.run.pipeline import Job
 
@@ -133,7 +135,7 @@ def eval_cmd(args) -> int:
     log.info("data %s: %d image(s); system %s; mode %s", data.source, n, system.name, config.mode)
     check_budget(system, config)
     _announce_target(cal, config, print)
-    cache = _prepare(executor, spec, system, cal)
+    cache = _prepare(executor, spec_for_run(spec, config), system, cal)
     update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
     try:
         report = evaluate(Job(spec, system, config, cal), data, executor=executor, output=output_spec(args),

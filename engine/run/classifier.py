@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,9 @@ class Classifier:
     ----------
     model : an :class:`EncoderSpec`, or a model string for one (default ``"offline"``, the
         packaged weak stand-in, not CLIP); ``**encoder_options`` are the spec's other fields
-        (``device``, ``dtype``, ``batch_size``, ``cache_dir``, ``trust_remote_code``, ``revision``).
+        (``device``, ``dtype``, ``batch_size``, ``cache_dir``, ``trust_remote_code``, ``revision`` and the
+        speed-only ``text_buckets``, ``warm_up``, ``eager_prompts``, ``compile_text``, ``decode_workers``,
+        ``preprocess``).
     system : an AttributeSystem, a JSON path or a shipped name.
     encoder : an already loaded encoder (then ``model`` only names it).
     calibration : a :class:`engine.run.calibration_file.Calibration` or the path of one (``twentyq
@@ -303,6 +306,14 @@ class Classifier:
         if not isinstance(images, (list, tuple)):
             images = [images]
         return list(self.iter_classify(images, config_from(config, settings)))
+
+
+def spec_for_run(spec: EncoderSpec, config: RunConfig) -> EncoderSpec:
+    """The encoder settings for runs of ``config``: eager prompts only where the run asks the system's own
+    group prompts (adaptive or full, no template ensemble or descriptors); a baseline or descriptors run
+    embedding them at load would be work and ``text_encodes`` the run never asked for."""
+    asks_system = config.mode in ("adaptive", "full") and not config.templates and config.descriptors is None
+    return spec if asks_system or spec.eager_prompts == "lazy" else replace(spec, eager_prompts="lazy")
 
 
 def eager_prompt_list(system: AttributeSystem) -> list[str]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from engine.run.classifier import Classifier
+from engine.run.classifier import Classifier, spec_for_run
 from engine.run.config import EncoderSpec, RunConfig
 from engine.run.datasets import Item
 from engine.run.store import ResultStore, record
@@ -64,8 +64,9 @@ class Job:
 
         encoder_settings : EncoderSpec fields that change how fast, not what, overriding the job's:
         ``eager_prompts="lazy"`` where every prompt comes precomputed, ``decode_workers=0`` in a Ray actor.
+        Prompts are lazy anyway for runs that do not ask the system's own prompts (:func:`spec_for_run`).
         """
-        spec = replace(self.encoder, **encoder_settings) if encoder_settings else self.encoder
+        spec = replace(spec_for_run(self.encoder, self.config), **encoder_settings)
         return Classifier(spec, self.system, calibration=self.calibration)
 
 

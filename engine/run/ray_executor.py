@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -172,9 +172,7 @@ def system_prompt_groups(system: Any, mode: str, config: Any = None) -> list[lis
 
 def _embed_prompts(job: Job) -> dict[str, Any]:
     """{prompt: (D,) float32 numpy} for every prompt of the job, embedded group by group (as lazily)."""
-    from engine.run.classifier import Classifier
-
-    clf = Classifier(job.encoder, job.system)
+    clf = job.classifier(eager_prompts="lazy", decode_workers=0)  # embeds below, group by group, images never
     table = {}
     for prompts in system_prompt_groups(clf.system, job.config.mode, job.config):
         for p, row in zip(prompts, clf.text_cache.embed(prompts)):
