@@ -365,3 +365,15 @@ def test_a_mismatched_calibration_is_exit_2_in_one_line_naming_both(tiny_cal, ca
     assert rc == 2 and len(err.splitlines()) == 1 and "twentyq calibrate" in err
     assert ("tiny-clip" in err and "tiny-siglip" in err) if which == "model" else ("'five'" in err and
                                                                                    "'pokemon15'" in err)
+
+
+def test_eps_with_a_calibration_is_refused_not_ignored(world, capsys):
+    """The calibration's channels replace ε, so a --eps of its own would be silently ignored: refused, one line."""
+    from engine.cli.app import main
+
+    cal = world["dir"] / "c.json"
+    save_calibration(world["cal"], cal)
+    code = main(["eval", "--data", world["csv"], "--system", "pokemon15", "--model", "offline", "--calibration",
+                 str(cal), "--eps", "0.2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--eps 0.2 and --calibration" in err[0]

@@ -174,8 +174,9 @@ def remote_code_notice(spec) -> None:
 
 def calibration_arg(args, system) -> Any:
     """The --calibration file (None without it), read and checked against the system before any model loads;
-    --target-accuracy without it, or with --logit-scale, is a usage error."""
+    --target-accuracy without it, or with --logit-scale or another --eps, is a usage error."""
     from engine.run.calibration_file import load_calibration
+    from engine.run.config import DEFAULT_EPS
 
     path = getattr(args, "calibration", None)
     if getattr(args, "target_accuracy", None) is not None and not path:
@@ -187,6 +188,10 @@ def calibration_arg(args, system) -> Any:
         raise UsageError("--logit-scale and --calibration: the calibration sets λ per question; drop one of them")
     cal = load_calibration(path)
     cal.check(system)
+    eps = getattr(args, "eps", DEFAULT_EPS)
+    if eps != DEFAULT_EPS and eps != cal.channels.eps:
+        raise UsageError(f"--eps {eps:g} and --calibration: the calibration's fitted answer channels replace ε (its "
+                         f"own ε is {cal.channels.eps:g}); drop --eps")
     return cal
 
 
