@@ -52,7 +52,7 @@ from PIL import Image
 
 from engine.encoders.device import dtype_name
 from engine.encoders.images import ImageLike, ImageLoadError, batches, image_label, load_image, load_images
-from engine.encoders.text_shapes import TextBuckets, bucket_for, pad_batch, padding_is_invisible, row_buckets
+from engine.encoders.text_shapes import TextBuckets, bucket_for, pad_batch, padding_is_invisible
 from engine.encoders.pixels import PixelPlan, normalise, resize_crop_pil
 
 ACTIVATIONS = ("softmax", "sigmoid")

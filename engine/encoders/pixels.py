@@ -17,7 +17,6 @@ module imports torch only inside the functions that need it (decode workers do n
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

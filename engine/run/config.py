@@ -1,12 +1,15 @@
 """The two settings objects of a run, and the only carriers of settings.
 
 - :class:`EncoderSpec`: which model, where and how it runs (model, revision, device,
-  dtype, batch sizes, cache folder, trust_remote_code, decode workers, preprocessing path).
+  dtype, batch sizes, cache folder, trust_remote_code; and speed-only settings: text buckets,
+  warm-up, eager prompts, compile, decode workers, preprocessing path).
 - :class:`RunConfig`: how to classify (mode, policy, scorer, τ, δ, budget, ε, λ,
-  shortlist, top_k, seed).
+  shortlist, top_k, seed, templates, descriptors, target accuracy; and the loop's backend).
 
 Both are frozen and hashable, checked when built, passed whole from the CLI to the
-Classifier, to Ray actors and into the resume fingerprint; nothing re-spells them.
+Classifier and to Ray actors; nothing re-spells them. The resume fingerprint takes what
+changes results (``EncoderSpec.identity()``, ``RunConfig.to_dict()``), not the speed-only
+settings (``HOW_FIELDS`` and the encoder's speed fields), which agree within float tolerance.
 The system is data, not a setting: it travels as the loaded ``AttributeSystem`` and
 enters fingerprints by its content hash.
 """
