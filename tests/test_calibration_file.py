@@ -150,6 +150,7 @@ def test_round_trip_keeps_everything_and_records_the_file_hash(world, tmp_path):
     (lambda d: d["channels"]["groups"][0].update(confusion=[[1.0]]), "damaged"),
     (lambda d: d["channels"]["groups"][1].update(lam=-3), "damaged"),
     (lambda d: d.pop("model"), "damaged"),
+    (lambda d: d["channels"].update(eps=5), "damaged"),
 ])
 def test_a_damaged_file_is_one_line_naming_it(world, tmp_path, edit, needle):
     d = world["cal"].to_dict()
@@ -287,6 +288,11 @@ def test_target_accuracy_follows_the_budget_and_refuses_what_it_cannot_know(worl
         del POLICIES[Plug.name]
     with pytest.raises(CalibrationError, match="needs a calibration"):
         world["clf"].target_choice(RunConfig(target_accuracy=0.8))
+    # the random policy's dev paths are those of seed 0; another seed's order was never traced
+    from engine.run.calibration_file import target_choice
+    assert target_choice(cal, RunConfig(policy="random", target_accuracy=0.7)).target == 0.7
+    with pytest.raises(CalibrationError, match="seed 0, not seed 3"):
+        target_choice(cal, RunConfig(policy="random", seed=3, target_accuracy=0.7))
 
 
 @pytest.mark.parametrize("kw, needle", [

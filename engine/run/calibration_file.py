@@ -221,13 +221,13 @@ class Calibration:
                       "reliability": np.array([np.nan if g["reliability"] is None else float(g["reliability"])
                                                for g in gs]),
                       "n_dev": np.array([int(g["n_dev"]) for g in gs], dtype=np.int64)}
-            from engine.core.scoring import check_logit_scales
+            from engine.core.scoring import check_eps, check_logit_scales
 
             check_logit_scales(arrays["lams"], len(gs))
             for a in arrays.values():
                 a.setflags(write=False)
             channels = AnswerChannels(lams=arrays["lams"], confusions=tuple(confs), reliability=arrays["reliability"],
-                                      n_dev=arrays["n_dev"], eps=float(d["channels"]["eps"]))
+                                      n_dev=arrays["n_dev"], eps=check_eps(float(d["channels"]["eps"])))
             paths = {str(k): PolicyPaths.from_dict(v) for k, v in d.get("policies", {}).items()}
             m, s = d["model"], d["system"]
             return cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
@@ -273,6 +273,9 @@ def target_choice(cal: Calibration | None, config: Any) -> TauChoice | None:
     if cal is None:
         raise CalibrationError("--target-accuracy needs a calibration: add --calibration cal.json (made by "
                                "'twentyq calibrate'), or use --tau")
+    if config.policy == "random" and getattr(config, "seed", 0) != 0:
+        raise CalibrationError("--target-accuracy with --policy random: the calibration traced the random order of "
+                               f"seed 0, not seed {config.seed}; use --seed 0, or another policy")
     return cal.tau_for(config.policy, config.target_accuracy, config.budget)
 
 
