@@ -304,7 +304,7 @@ def test_settings_and_flags():
     from engine.cli.options import UsageError, encoder_spec
     from engine.run.config import EncoderSpec
 
-    assert default_workers(2) == 1 and default_workers(1) == 0 and default_workers(64) == 8
+    assert default_workers(2) == 2 and default_workers(1) == 0 and default_workers(64) == 8
     with pytest.raises(ValueError, match="decode_workers"):
         EncoderSpec(decode_workers=-1)
     with pytest.raises(ValueError, match="preprocess"):

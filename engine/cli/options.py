@@ -131,7 +131,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=None, help="folder for the on-disk text-embedding cache (default: none)")
     g.add_argument("--decode-workers", type=int, default=None, metavar="N",
                    help="processes that decode and resize images while the model works (0: in this process; "
-                        "default: one per CPU core but one, at most 8)")
+                        "default: one per CPU core, at most 8; 0 on one core)")
     g.add_argument("--preprocess", default="fast", choices=["fast", "processor"],
                    help="fast: the model's resize/crop/normalise as array operations (decode workers, GPU decode); "
                         "processor: the model's own image processor, the reference (default: %(default)s)")

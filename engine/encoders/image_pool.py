@@ -57,14 +57,16 @@ class DecodeWorkersUnavailable(UserWarning):
 
 
 def default_workers(cpus: int | None = None) -> int:
-    """Decode workers for ``cpus`` cores (default: those this process may use): one core is left to
-    the model and the engine, at most 8 workers; 0 on a single core."""
+    """Decode workers for ``cpus`` cores (default: those this process may use): one per core, at most 8;
+    0 on a single core. One per core, not one fewer: the model and the engine wait on their chunk most
+    of the time decoding is running, and on the 2-core machine 2 workers beat 1 (tiny CLIP, files to
+    results: 1,721 against 1,265 images/s; the offline stand-in 47.3 against 45.4; bench.throughput)."""
     if cpus is None:
         try:
             cpus = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
-    return max(0, min(8, cpus - 1))
+    return 0 if cpus <= 1 else min(8, cpus)
 
 
 def check_workers(workers: Any) -> int:

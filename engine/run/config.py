@@ -68,7 +68,7 @@ class EncoderSpec:
         system whose prompts fit in two text batches, lazy otherwise), "eager" (embed every group's
         prompts when the classifier loads) or "lazy" (a group's prompts when first asked).
     compile_text : wrap the text tower in ``torch.compile`` (CUDA graphs on CUDA); off by default.
-    decode_workers : processes that decode and resize images (None: one per core but one, at most 8,
+    decode_workers : processes that decode and resize images (None: one per core, at most 8 (0 on one core),
         see :func:`engine.encoders.image_pool.default_workers`; 0: in this process).
     preprocess : "fast" (the model's preprocessing as a pixel plan: decode workers, GPU decode,
         normalisation on the device) or "processor" (the model's own image processor, the reference).
