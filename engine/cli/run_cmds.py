@@ -249,7 +249,10 @@ def _plot(reports, curve, path, model, data, system) -> None:
     from engine.cli.report_cmd import plot_compare, row_of
 
     adaptive = reports[2]
-    name = f"{adaptive.policy}, τ={adaptive.tau}, budget swept"
+    # with --target-accuracy each budget gets its own τ (chosen on the calibration's dev paths cut there)
+    stop = (f"τ for target {adaptive.target['target_accuracy']:g} at each budget" if adaptive.target
+            else f"τ={adaptive.tau:g}")
+    name = f"{adaptive.policy}, {stop}, budget swept"
     line = [row_of(name, r.to_dict()) for r in curve + ([adaptive] if adaptive.budget is None else [])]
     line.sort(key=lambda r: r["mean_q"])
     where = Path(str(data))
