@@ -14,8 +14,7 @@ The names below are what a user needs first. They are loaded on first use, so th
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from systems.lazy import lazy_exports
 
 _EXPORTS = {
     # the public face
@@ -35,13 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -15,8 +15,7 @@ and :mod:`engine.encoders.pixels`, starts without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from systems.lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("BaseEncoder", "Encoder", "EncoderLoadError", "EncoderOutOfMemory", "RemoteCodeRefused",
@@ -30,13 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'engine.encoders' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
