@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.gpu_images import _sync
+
 TARGETS = {
     "end_to_end_images_s": 8000.0,  # or ≥ 30% of the ceiling
     "end_to_end_share_of_ceiling": 0.30,
@@ -44,11 +46,6 @@ TARGETS = {
     "warm_ask_ms": 2.0,
     "first_ask_ms": 5.0,
 }
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def ceiling(enc: Any, batch: int, repeats: int) -> float:

@@ -21,27 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import beta
 
 from engine.core.adaptive import StopRule, classify_batch
 from engine.core.sources import ArraySource
 from engine.run.calibration_file import fit_calibration, target_choice
 from engine.run.config import RunConfig
+from engine.run.evaluation import exact_ci
 
 from . import common as C
 from .channels import DEFAULT_PROBE, probe_preps, simulator_prep, split_by_image
 
 DEFAULT_OUT = C.DEFAULT_OUT / "target_accuracy"
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Two-sided exact binomial interval for k successes in n (NaNs when n = 0)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    return lo, hi
 
 
 def evaluate(prep: C.Prepared, targets: list[float], *, policy: str = "eig", seed: int = 0) -> dict[str, Any]:
@@ -68,7 +58,7 @@ def evaluate(prep: C.Prepared, targets: list[float], *, policy: str = "eig", see
             "target": target, "tau": choice.tau, "reached_on_dev": choice.reached,
             "dev_stopped": choice.n_stopped, "dev_right": choice.n_right, "dev_lower_bound_90": choice.lower_bound,
             "test_n": len(test), "confident_n": n, "confident_accuracy": k / n if n else None,
-            "confident_ci95": clopper_pearson(k, n), "others_n": len(test) - n, "others_stops": others,
+            "confident_ci95": exact_ci(k, n), "others_n": len(test) - n, "others_stops": others,
             "others_accuracy": float(right[~conf].mean()) if (~conf).any() else None,
             "accuracy": float(right.mean()), "mean_q": float(np.mean([r.q_spent for r in res])),
             "full_q": int(s.q_total),
