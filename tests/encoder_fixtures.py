@@ -90,3 +90,18 @@ def five_group_system(k: int = 3, n_classes: int = 6) -> AttributeSystem:
 def noise_image(seed: int, size=(40, 30)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def write_labelled_noise(folder: Path, system: AttributeSystem, n: int = 24, prefix: str = "") -> Path:
+    """n noise PNGs ``{prefix}{i}.png`` in ``folder``, labelled with ``system``'s classes in turn, and their
+    ``labels.csv`` (path,label); returns the CSV's path."""
+    import csv
+
+    folder = Path(folder)
+    with (folder / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for i in range(n):
+            noise_image(i).save(folder / f"{prefix}{i}.png")
+            w.writerow([f"{prefix}{i}.png", system.classes[i % system.n_classes]])
+    return folder / "labels.csv"

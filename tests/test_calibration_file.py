@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.encoder_fixtures import five_group_system, noise_image, tiny_model_dir  # noqa: F401  (sets HF offline)
+from tests.encoder_fixtures import five_group_system, noise_image, tiny_model_dir, write_labelled_noise  # noqa: F401  (sets HF offline)
 
 from engine.cli.app import main
 from engine.core.adaptive import StopRule, classify_batch
@@ -28,7 +28,7 @@ from engine.core.simulate import SimulatedSource
 from engine.core.sources import ArraySource
 from engine.encoders.base import BaseEncoder
 from engine.run.calibration_file import (
-    SCHEMA, Calibration, CalibrationError, CalibrationMismatch, calibrate, exclude_dev, fit_calibration,
+    SCHEMA, CalibrationError, CalibrationMismatch, calibrate, exclude_dev, fit_calibration,
     image_sha256, load_calibration, save_calibration,
 )
 from engine.run.classifier import Classifier
@@ -116,7 +116,6 @@ def test_calibrate_fits_on_the_dev_half_only_and_learns_which_groups_are_answere
     assert cal.dev["n_images"] == N_IMAGES // 2 and cal.dev["rows"] == N_IMAGES
     assert len(cal.dev["image_sha256"]) == N_IMAGES // 2
     assert cal.model_id == "sim@1" and cal.system_name == "pokemon15"
-    rel = cal.channels.reliability
     # colour and key trait (5% and 10% wrong) answer their true option more often than form and body shape (60%)
     # (a group no dev image's class has a rule in is not fitted: confusion None)
     diag = [np.nan if m is None else float(np.mean(np.diag(m))) for m in cal.channels.confusions]
@@ -331,12 +330,7 @@ def tiny_cal(tmp_path_factory):
     d = tmp_path_factory.mktemp("tinycal")
     system = five_group_system()
     (d / "five.json").write_text(json.dumps(system.to_dict()))
-    with (d / "labels.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label"])
-        for i in range(24):
-            noise_image(i).save(d / f"n{i}.png")
-            w.writerow([f"n{i}.png", system.classes[i % system.n_classes]])
+    write_labelled_noise(d, system, 24, prefix="n")
     rc = main(["calibrate", "--data", str(d / "labels.csv"), "--system", str(d / "five.json"), "--model",
                str(tiny_model_dir("clip")), "--device", "cpu", "--out", str(d / "cal.json"), "--quiet"])
     return {"rc": rc, "dir": d}

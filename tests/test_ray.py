@@ -214,23 +214,15 @@ def test_csv_out_and_a_template_ensemble_through_ray_match_a_single_process(clus
 @pytest.mark.slow
 def test_a_calibration_travels_with_the_job_to_the_actors(cluster, tmp_path):
     """Issue 16: eval --calibration on Ray actors gives the one-process records, and they differ from no calibration."""
-    import csv
-
     from engine.run.calibration_file import calibrate, save_calibration
     from engine.run.datasets import DataSpec
     from engine.run.store import read_run
 
-    from .encoder_fixtures import five_group_system
+    from .encoder_fixtures import five_group_system, write_labelled_noise
 
     model, system = str(tiny_model_dir("clip")), five_group_system()
     (tmp_path / "five.json").write_text(json.dumps(system.to_dict()))
-    with (tmp_path / "labels.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label"])
-        for i in range(24):
-            noise_image(i).save(tmp_path / f"{i}.png")
-            w.writerow([f"{i}.png", system.classes[i % system.n_classes]])
-    data = str(tmp_path / "labels.csv")
+    data = str(write_labelled_noise(tmp_path, system, 24))
     cal = save_calibration(calibrate(Classifier(model, system, device="cpu"), DataSpec(data)), tmp_path / "cal.json")
     common = ["eval", "--data", data, "--system", str(tmp_path / "five.json"), "--model", model, "--device", "cpu",
               "--tau", "0.5", "--quiet", "--shard-size", "5"]
