@@ -269,8 +269,13 @@ def load_descriptors(path: str | os.PathLike) -> Descriptors:
 
 
 def looks_like_descriptors(data: Any) -> bool:
-    """Whether JSON data is shaped as a descriptor file (an object whose values are all lists), not a system."""
-    return isinstance(data, Mapping) and bool(data) and all(isinstance(v, list) for v in data.values())
+    """Whether JSON data is meant as a descriptor file, not a system: an object with none of a system's
+    group or rule keys whose values are mostly lists (a few wrong values are then its problems)."""
+    from systems.validate import GROUP_KEYS, RULE_KEYS
+
+    if not isinstance(data, Mapping) or not data or any(k in data for k in GROUP_KEYS + RULE_KEYS):
+        return False
+    return 2 * sum(isinstance(v, list) for v in data.values()) > len(data)
 
 
 def descriptors_hash(descs: Mapping[str, tuple[str, ...]], style: str = "dclip") -> str:

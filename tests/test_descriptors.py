@@ -304,10 +304,12 @@ def test_cli_validate_recognises_descriptor_files(name, capsys):
 
 def test_cli_validate_lists_every_problem_of_a_descriptor_file(tmp_path, capsys):
     p = tmp_path / "d.json"
-    p.write_text(json.dumps({"a": ["x", 3], "b": ["y", None], "c": []}))
+    p.write_text(json.dumps({"a": ["x", 3], "b": ["y", None], "c": [], "d": "z"}))
     assert main(["system", "validate", str(p)]) == 2
     err = capsys.readouterr().err
-    assert "2 problems" in err and "'a'[1]" in err and "'b'[1]" in err
+    assert "3 problems" in err and "'a'[1]" in err and "'b'[1]" in err and "class 'd' holds the string 'z'" in err
+    assert main(["system", "validate", "pokemon15"]) == 0  # a system is still validated as one
+    assert capsys.readouterr().out.startswith("ok: pokemon15")
 
 
 def test_cli_descriptor_notices_are_printed_once(tmp_path, capsys):
@@ -316,3 +318,13 @@ def test_cli_descriptor_notices_are_printed_once(tmp_path, capsys):
                  "--model", "offline", "--json"]) == 0
     err = capsys.readouterr().err
     assert err.count("fall back to the class name") == 1 and "'oysters'" in err
+
+
+def test_texts_embedded_by_length_come_back_in_the_order_given():
+    from engine.encoders.text_shapes import encode_texts_by_length
+
+    texts = ["a very long descriptor about red skin", "red", "waves", "a flat blade", "blue water and sky", "x y"]
+    steps = []
+    got = encode_texts_by_length(FakeEncoder(), texts, chunk=2, progress=steps.append)
+    np.testing.assert_allclose(got, FakeEncoder().encode_texts(texts).numpy(), atol=1e-6)
+    assert steps == [2, 2, 2]
