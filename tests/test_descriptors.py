@@ -328,3 +328,33 @@ def test_texts_embedded_by_length_come_back_in_the_order_given():
     got = encode_texts_by_length(FakeEncoder(), texts, chunk=2, progress=steps.append)
     np.testing.assert_allclose(got, FakeEncoder().encode_texts(texts).numpy(), atol=1e-6)
     assert steps == [2, 2, 2]
+
+
+def _naive_kmeans(x, k, seed=0, iters=50):
+    """The clustering before issue 25: every k-means++ step scores all rows against all centres so far."""
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    centres = [x[rng.integers(n)]]
+    for _ in range(1, k):
+        d = np.clip(1.0 - np.max(x @ np.array(centres).T, axis=1), 0, None)
+        centres.append(x[rng.choice(n, p=d / d.sum() if d.sum() > 0 else np.full(n, 1.0 / n))])
+    c, labels = np.array(centres), np.full(n, -1)
+    for _ in range(iters):
+        new = np.argmax(x @ c.T, axis=1)
+        if (new == labels).all():
+            break
+        labels = new
+        for j in range(k):
+            if (labels == j).any():
+                m = x[labels == j].sum(axis=0)
+                c[j] = m / (np.linalg.norm(m) or 1.0)
+    return labels
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 60), st.integers(1, 12), st.integers(0, 10_000))
+def test_spherical_kmeans_equals_the_naive_clustering(n, k, seed):
+    x = np.random.default_rng(seed).standard_normal((n, 6))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    k = min(k, n)
+    np.testing.assert_array_equal(spherical_kmeans(x, k, seed), _naive_kmeans(x, k, seed))
