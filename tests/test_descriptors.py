@@ -358,3 +358,21 @@ def test_spherical_kmeans_equals_the_naive_clustering(n, k, seed):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     k = min(k, n)
     np.testing.assert_array_equal(spherical_kmeans(x, k, seed), _naive_kmeans(x, k, seed))
+
+
+@pytest.mark.slow
+def test_from_descriptors_shows_progress_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    import sys
+
+    tiny = str(tiny_model_dir("clip"))
+    src = FIXTURES / "cupl_style.json"
+    argv = ["system", "from-descriptors", str(src), "--out", str(tmp_path / "s.json"), "--model", tiny]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "descriptors embedded" not in err and "style cupl (detected)" in out  # not a terminal: no bar
+    assert "dropped 6 blank" in err  # the notices still show
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(argv) == 0
+    assert "descriptors embedded" in capsys.readouterr().err
+    s = load_system(tmp_path / "s.json")
+    assert {g.template for g in s.groups} == {"{}"} and "empty caption class" in s.classes
