@@ -244,3 +244,8 @@ def test_zero_shot_is_the_plain_softmax_with_no_eps_floor():
         engine.zero_shot(np.zeros((4, 4, 2)), COLOURS, model=enc)
     with pytest.raises(UserInputError, match="at least two"):
         engine.zero_shot(solid("red"), ["cat"], model=enc)
+    clf = Classifier(system=["red", "green"], encoder=enc)  # plain labels as the system
+    with pytest.raises(TypeError, match="engine.zero_shot"):
+        clf.classify([solid("red")], labels=["red", "green"])
+    plain = clf.classify([solid("red")], mode="baseline", eps=0.0)[0]
+    assert plain.label == "red" and plain.top[0][1] > 0.99

@@ -41,6 +41,9 @@ def config_from(config: RunConfig | None, kw: dict[str, Any]) -> RunConfig:
     if config is not None and kw:
         raise TypeError(f"pass a RunConfig or keyword settings, not both (got {sorted(kw)})")
     unknown = set(kw) - CONFIG_FIELDS
+    if "labels" in unknown:
+        raise TypeError("labels are the classes, not a setting: use engine.zero_shot(image, labels=[...]) or "
+                        "Classifier(model, system=[...labels])")
     if unknown:
         raise TypeError(f"unknown setting(s) {sorted(unknown)}; RunConfig takes {sorted(CONFIG_FIELDS)}")
     return config if config is not None else RunConfig(**kw)
