@@ -8,7 +8,8 @@ Layers (each imports only those below it; see docs/ARCHITECTURE.md):
   pipeline with its executors and stores, datasets and evaluation reports;
 - :mod:`engine.cli`: the ``twentyq`` command line (an application of the layers above, imported by none).
 
-The names below are what a user needs first. They are loaded on first use, so that
+The names below are what a user needs first (``zero_shot(image, labels=[...])`` for plain
+zero-shot as ``transformers.pipeline("zero-shot-image-classification")`` gives it). They are loaded on first use, so that
 ``import engine.core`` stays free of torch and transformers.
 """
 
@@ -20,7 +21,7 @@ _EXPORTS = {
     # the public face
     "Classifier": "engine.run.classifier", "RunConfig": "engine.run.config", "EncoderSpec": "engine.run.config",
     "load_encoder": "engine.encoders.registry", "load_system": "systems.io",
-    "evaluate_classifier": "engine.run.evaluation",
+    "evaluate_classifier": "engine.run.evaluation", "zero_shot": "engine.run.zero_shot",
     "Calibration": "engine.run.calibration_file", "calibrate": "engine.run.calibration_file",
     "load_calibration": "engine.run.calibration_file", "save_calibration": "engine.run.calibration_file",
     # the core, for benchmarks and tests

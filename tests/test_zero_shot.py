@@ -13,7 +13,7 @@ from engine.run.classifier import Classifier
 from engine.run.config import RunConfig
 from systems.build import labels_system
 from systems.errors import UserInputError
-from systems.templates import TemplateError, list_template_sets, load_templates
+from systems.templates import SETS_DIR, TemplateError, list_template_sets, load_templates, resolve_templates
 
 from .encoder_fixtures import tiny_model_dir
 from .fakes import FakeEncoder, solid
@@ -22,11 +22,31 @@ COLOURS = ["red", "green", "blue"]
 
 
 def test_shipped_template_sets_load():
-    assert {"photo", "clip8"} <= set(list_template_sets())
+    assert {"photo", "clip8", "openai_imagenet", "openai_imagenet_7"} <= set(list_template_sets())
     for name in list_template_sets():
         ts = load_templates(name)
         assert ts and all(t.count("{}") == 1 for t in ts)
     assert len(load_templates("clip8")) == 8
+    openai, seven = load_templates("openai_imagenet"), load_templates("openai_imagenet_7")
+    assert len(openai) == 80 and openai[0] == "a bad photo of a {}." and openai[-1] == "a tattoo of the {}."
+    assert seven == ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                     "a {} in a video game.", "art of the {}.", "a photo of the small {}.")  # open_clip's order
+    assert set(seven) <= set(openai) and set(load_templates("clip8")) <= set(openai)
+    assert not set(load_templates("clip8")) & set(seven)
+    readme = (SETS_DIR / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in list_template_sets())  # each says where it comes from
+
+
+def test_inline_templates_join_names_and_files(tmp_path):
+    tfile = tmp_path / "t.json"
+    tfile.write_text(json.dumps(["a sketch of a {}."]))
+    got = resolve_templates(["a photo of {}.", "art of {}.", "openai_imagenet_7", str(tfile)])
+    assert got[:2] == ("a photo of {}.", "art of {}.") and len(got) == 2 + 7 + 1 and got[-1] == "a sketch of a {}."
+    assert resolve_templates("This is a photo of {}.") == ("This is a photo of {}.",)
+    with pytest.raises(TemplateError, match="listed twice"):
+        resolve_templates(["itap of a {}.", "openai_imagenet_7"])
+    with pytest.raises(TemplateError, match="braces other than"):
+        resolve_templates(["a {x} {}"])
 
 
 @pytest.mark.parametrize("content, expect", [
@@ -115,7 +135,8 @@ def test_cli_labels_with_templates_tiny_clip(tmp_path, capsys):
 @pytest.mark.parametrize("argv, expect", [
     (["--labels", "cat,dog", "--mode", "adaptive", "--templates", "photo"], "mode 'baseline'"),
     (["--labels", "cat"], "at least two"),
-    (["--labels", "cat,dog", "--templates", "nope"], "template set 'nope' not found"),
+    (["--labels", "cat,dog", "--templates", "nope"], "template set 'nope' not found: pass a template with '{}'"),
+    (["--labels", "cat,dog", "--templates", "a {} and {}"], "exactly one '{}'"),
 ])
 def test_cli_zero_shot_errors_exit_2(tmp_path, capsys, argv, expect):
     solid("red").save(tmp_path / "a.png")
@@ -140,3 +161,91 @@ def test_precomputed_prompts_are_the_pooled_ones():
     (prompts,) = system_prompt_groups(s, "baseline", config)
     assert len(prompts) == 15 and prompts[:2] == ["a photo of a red.", "a photo of the red."]
     assert system_prompt_groups(s, "baseline") == [["a photo of a red.", "a photo of a green.", "a photo of a blue."]]
+
+
+@pytest.mark.slow
+def test_cli_inline_templates_are_repeatable(tmp_path, capsys):
+    solid("red").save(tmp_path / "a.png")
+    tiny = str(tiny_model_dir("clip"))
+    assert main(["classify", str(tmp_path / "a.png"), "--labels", "cat,dog,bird", "--templates", "a photo of {}.",
+                 "--templates", "art of {}.", "--templates", "openai_imagenet_7", "--model", tiny, "--json",
+                 "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["q_spent"] == 3 * 9
+
+
+# --------------------------------------------------------------------------- engine.zero_shot (issue 25)
+def _pipeline_scores(model_dir, image, labels, template=None):
+    from transformers import pipeline
+
+    pipe = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
+    kw = {} if template is None else {"hypothesis_template": template}
+    return pipe(image, candidate_labels=labels, **kw)
+
+
+@pytest.mark.slow
+def test_zero_shot_matches_the_transformers_pipeline_on_a_tiny_clip():
+    import engine
+    from PIL import Image
+
+    tiny = tiny_model_dir("clip")
+    rng = np.random.default_rng(0)
+    labels = ["cat", "dog", "a red bird", "car", "tree"]
+    for seed in range(3):
+        arr = rng.integers(0, 256, size=(40 + seed * 7, 50, 3), dtype=np.uint8)
+        img = Image.fromarray(arr)
+        for template in (None, "a photo of a {}."):
+            want = _pipeline_scores(tiny, img, labels, template)
+            got = engine.zero_shot(img, labels=labels, template=template, model=str(tiny), device="cpu")
+            assert got[0]["label"] == want[0]["label"]
+            assert [g["label"] for g in got] == sorted(labels, key=lambda x: -dict(
+                (w["label"], w["score"]) for w in want)[x])
+            want_d = {w["label"]: w["score"] for w in want}
+            np.testing.assert_allclose([g["score"] for g in got], [want_d[g["label"]] for g in got], atol=1e-4)
+            assert abs(sum(g["score"] for g in got) - 1) < 1e-6
+        np.testing.assert_allclose([g["score"] for g in engine.zero_shot(arr, labels, model=str(tiny))],
+                                   [g["score"] for g in engine.zero_shot(img, labels, model=str(tiny))], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_zero_shot_reuses_a_loaded_classifier_and_takes_lists(tmp_path):
+    import engine
+
+    tiny = str(tiny_model_dir("clip"))
+    clf = Classifier(tiny, system=["cat", "dog"], device="cpu")  # plain labels as a system
+    assert clf.system.classes == ("cat", "dog")
+    solid("red").save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    one = engine.zero_shot(str(tmp_path / "a.png"), ["cat", "dog", "fox"], model=clf)
+    before = clf.text_cache.text_encodes
+    with pytest.warns(UserWarning, match="bad.png"):
+        many = engine.zero_shot([str(tmp_path / "a.png"), str(tmp_path / "bad.png"), solid("blue")],
+                                ["cat", "dog", "fox"], model=clf)
+    assert clf.text_cache.text_encodes == before  # the three prompts were embedded once, by the first call
+    assert [g["label"] for g in many[0]] == [g["label"] for g in one] and many[1] == [] and len(many[2]) == 3
+    np.testing.assert_allclose([g["score"] for g in many[0]], [g["score"] for g in one], atol=1e-6)
+    ens = engine.zero_shot(solid("blue"), ["cat", "dog"], template="openai_imagenet", model=clf.encoder)
+    assert [g["label"] for g in ens] and abs(sum(g["score"] for g in ens) - 1) < 1e-6
+    with pytest.raises(ValueError, match="bad.png"):
+        engine.zero_shot(str(tmp_path / "bad.png"), ["cat", "dog"], model=clf)
+
+
+def test_zero_shot_is_the_plain_softmax_with_no_eps_floor():
+    import engine
+
+    enc = FakeEncoder()
+    got = engine.zero_shot(solid("red"), COLOURS, template="a photo of a {}.", model=enc)
+    img = enc.encode_images([solid("red")])[0].double()
+    text = enc.encode_texts([f"a photo of a {c}." for c in COLOURS]).double()
+    p = torch.softmax(enc.logit_scale * (text @ img), 0).numpy()
+    assert [g["label"] for g in got] == [COLOURS[i] for i in np.argsort(-p, kind="stable")]
+    np.testing.assert_allclose([g["score"] for g in got], np.sort(p)[::-1], rtol=1e-5, atol=1e-12)
+    assert got[-1]["score"] < 1e-6  # no ε floor: a clear mismatch goes to ~0, not ε/K
+    with pytest.raises(TypeError, match="image array"):
+        engine.zero_shot(np.zeros((4, 4, 2)), COLOURS, model=enc)
+    with pytest.raises(UserInputError, match="at least two"):
+        engine.zero_shot(solid("red"), ["cat"], model=enc)
+    clf = Classifier(system=["red", "green"], encoder=enc)  # plain labels as the system
+    with pytest.raises(TypeError, match="engine.zero_shot"):
+        clf.classify([solid("red")], labels=["red", "green"])
+    plain = clf.classify([solid("red")], mode="baseline", eps=0.0)[0]
+    assert plain.label == "red" and plain.top[0][1] > 0.99

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import re
 import sys
+import warnings
 from typing import Any
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
@@ -94,8 +95,8 @@ def document_defaults(parser: argparse.ArgumentParser) -> None:
             a.help += " (default: none)"
 
 
-def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None):
-    """A tqdm bar on stderr (or nothing) counting images and, given a text cache, prompts embedded.
+def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None, unit: str = "img"):
+    """A tqdm bar on stderr (or nothing) counting images (or ``unit``) and, given a text cache, prompts embedded.
 
     Returns (update callable or None, close callable).
     """
@@ -103,7 +104,7 @@ def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None):
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
 
     def update(n: int) -> None:
         if text_cache is not None:
@@ -235,13 +236,19 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     which.add_argument("--labels-file", default=None, metavar="FILE",
                        help="as --labels, one class name per line (default: none)")
     g.add_argument("--descriptors", default=None, metavar="FILE",
-                   help="classify by description: a JSON {class: [descriptions]} (DCLIP/CuPL style); a class's score "
-                        "is the mean similarity to its prompts '{class}, which (is/has/etc) {description}.'; mode "
-                        "descriptors; the classes come from the file unless --system/--labels (default: none)")
-    g.add_argument("--templates", default=None, metavar="NAME|FILE",
+                   help="classify by description: a DCLIP, WaffleCLIP or CuPL JSON {class: [descriptions]}, read as "
+                        "their code reads it (empty lists and blank entries dropped with a notice); mode descriptors; "
+                        "the classes come from the file unless --system/--labels (default: none)")
+    g.add_argument("--descriptor-style", default=None, choices=["dclip", "waffle", "cupl"],
+                   help="how --descriptors become prompts and a score: dclip '{class}, which is/has {d}' and "
+                        "waffle 'A photo of a {class}, which is/has {d}.' (mean similarity), cupl: each caption as "
+                        "it is (mean embedding) (default: detected from the file: cupl when its entries are "
+                        "sentences ending in '.', else dclip)")
+    g.add_argument("--templates", default=None, action="append", metavar="TEMPLATE|NAME|FILE",
                    help="baseline mode: score each class name with an ensemble of prompt templates (mean of the "
-                        f"normalised prompt embeddings): a shipped set ({', '.join(list_template_sets())}) or a "
-                        "JSON list of strings with one '{}' each; costs N·T prompts (default: none, one template)")
+                        "normalised prompt embeddings); repeat it to add more: a value with '{}' is a template "
+                        f"(\"a photo of a {{}}.\"), else a shipped set ({', '.join(list_template_sets())}) or a "
+                        "JSON list of templates; costs N·T prompts (default: none, one template)")
     if modes:
         g.add_argument("--mode", default=None, choices=list(MODES),
                        help="adaptive: questions chosen by --policy, stopping early; full: every group (the "
@@ -288,21 +295,25 @@ def default_mode(args) -> str:
 
 
 def descriptors_arg(args) -> Any:
-    """The --descriptors file's {class: descriptions} (None without the flag), read once."""
-    from systems.descriptors import load_descriptors
+    """The --descriptors file read (a :class:`systems.descriptors.DescriptorFile`; None without the flag),
+    once; its notices (what was dropped or changed) are printed as warnings then."""
+    from systems.descriptors import load_descriptor_file
 
     if not getattr(args, "descriptors", None):
         return None
     if getattr(args, "_descriptors", None) is None:
-        args._descriptors = load_descriptors(args.descriptors)
+        args._descriptors = load_descriptor_file(args.descriptors, getattr(args, "descriptor_style", None))
+        for notice in args._descriptors.notices:
+            warn(notice)
     return args._descriptors
 
 
 def templates_arg(args) -> Any:
-    """The --templates set (None without the flag); a TemplateError (exit 2) names what is wrong."""
-    from systems.templates import load_templates
+    """The --templates ensemble (None without the flag): each value a template with '{}', a shipped set
+    or a JSON file, joined in order; a TemplateError (exit 2) names what is wrong."""
+    from systems.templates import resolve_templates
 
-    return load_templates(args.templates) if args.templates else None
+    return resolve_templates(args.templates) if args.templates else None
 
 
 def run_config(args, **override) -> Any:
@@ -310,13 +321,17 @@ def run_config(args, **override) -> Any:
 
     descs = descriptors_arg(args)
     fields = dict(mode=default_mode(args), templates=templates_arg(args),
-                  descriptors=tuple(descs.items()) if descs else None, policy=args.policy, tau=args.tau, delta=args.delta,
+                  descriptors=tuple(descs.descriptors.items()) if descs else None,
+                  descriptor_style=descs.style if descs else None, policy=args.policy, tau=args.tau, delta=args.delta,
                   budget=args.budget, scorer=args.scorer, eps=args.eps, logit_scale=args.logit_scale,
                   top_k=args.top_k, shortlist=args.shortlist, seed=getattr(args, "seed", 0),
                   engine=getattr(args, "engine", "auto"))
     if getattr(args, "target_accuracy", None) is not None:
         fields["target_accuracy"] = args.target_accuracy
-    with settings_errors():
+    with settings_errors(), warnings.catch_warnings():
+        from systems.descriptors import DescriptorNotice
+
+        warnings.simplefilter("ignore", DescriptorNotice)  # descriptors_arg printed them when it read the file
         return RunConfig(**{**fields, **override})
 
 
@@ -341,7 +356,7 @@ def system_of(args) -> Any:
         text = read_text_capped(args.labels_file, what="labels file")
         return labels_system(text.splitlines(), source=f"--labels-file {args.labels_file}")
     if args.system is None and descriptors_arg(args):
-        return labels_system(list(descriptors_arg(args)), source=f"--descriptors {args.descriptors}")
+        return labels_system(list(descriptors_arg(args).descriptors), source=f"--descriptors {args.descriptors}")
     return load_system_arg(args.system or DEFAULT_SYSTEM)
 
 
@@ -357,7 +372,7 @@ def check_budget(system, config) -> None:
         from engine.run.classifier import descriptor_pool
         from systems.build import baseline_system
 
-        descriptor_pool(baseline_system(system), config.descriptors)
+        descriptor_pool(baseline_system(system), config.descriptors, config.descriptor_style)
     if config.mode == "adaptive" and config.budget is not None:
         cheapest = min(g.n_options for g in system.groups)
         if config.budget < cheapest:

@@ -11,7 +11,7 @@ import argparse
 import functools
 import json
 
-from engine.cli.options import EXIT_OK, UsageError, settings_errors, warn
+from engine.cli.options import EXIT_OK, UsageError, log, settings_errors, warn
 
 
 def _reads_user_files(cmd):
@@ -32,8 +32,33 @@ def _header(system) -> str:
 def _validate_cmd(args) -> int:
     from systems import load_system
 
+    descriptors = _descriptor_file(args.system)
+    if descriptors is not None:  # a DCLIP/WaffleCLIP/CuPL file: read as --descriptors reads it
+        for notice in descriptors.notices:
+            warn(notice)
+        print(f"ok: descriptor file {args.system}: {descriptors.summary()}")
+        return EXIT_OK
     print(f"ok: {_header(load_system(args.system))}")
     return EXIT_OK
+
+
+def _descriptor_file(path: str):
+    """The DescriptorFile at ``path`` when it is shaped as a descriptor file (a JSON object of lists,
+    not a system), else None; a descriptor file with problems raises DescriptorError listing them all."""
+    from pathlib import Path
+
+    from systems.descriptors import looks_like_descriptors, read_descriptors
+    from systems.files import read_json_capped
+
+    if not Path(path).is_file():
+        return None  # a shipped system's name, or missing: load_system says which
+    try:
+        data = read_json_capped(path, what="file", shape="JSON")
+    except ValueError:
+        return None  # not JSON: load_system reports it as a system file
+    if not looks_like_descriptors(data):
+        return None
+    return read_descriptors(data, f"descriptor file {path!r}")
 
 
 @_reads_user_files
@@ -289,14 +314,19 @@ def _refine_cmd(args) -> int:
 
 @_reads_user_files
 def _from_descriptors_cmd(args) -> int:
+    import sys
+    import time
     from pathlib import Path
 
     from systems import save_system
-    from systems.descriptors import descriptor_system, load_descriptors
+    from systems.descriptors import descriptor_system, load_descriptor_file
 
-    from engine.cli.options import encoder_spec, remote_code_notice
+    from engine.cli.options import encoder_spec, progress_bar, remote_code_notice
+    from engine.encoders.text_shapes import encode_texts_by_length
 
-    descs = load_descriptors(args.descriptors)  # checked before the model loads
+    descs = load_descriptor_file(args.descriptors, args.descriptor_style)  # checked before the model loads
+    for notice in descs.notices:
+        warn(notice)
     if args.max_options < 2:
         raise UsageError(f"--max-options {args.max_options}: must be >= 2")
     from transformers.utils import logging as hf_logging
@@ -304,16 +334,30 @@ def _from_descriptors_cmd(args) -> int:
     spec = encoder_spec(args)
     remote_code_notice(spec)
     hf_logging.disable_progress_bar()  # as classify: no weight-loading bars
+    t0 = time.perf_counter()
     with settings_errors():
         encoder = spec.load()
+    seconds = {"load": time.perf_counter() - t0}
+    show = getattr(args, "progress", None)
+    show = sys.stderr.isatty() if show is None else show  # a bar on a terminal, or when asked
 
     def embed(texts):
-        return encoder.encode_texts(texts).float().cpu().numpy()
+        t = time.perf_counter()
+        update, close = progress_bar(len(texts), "descriptors embedded", args.quiet or not show, unit="text")
+        try:
+            return encode_texts_by_length(encoder, texts, progress=update)
+        finally:
+            close()
+            seconds["embed"] = time.perf_counter() - t
 
     system = descriptor_system(descs, embed, max_options=args.max_options, n_groups=args.groups, seed=args.seed,
-                               name=args.name or Path(args.descriptors).stem, source=args.descriptors)
+                               name=args.name or Path(args.descriptors).stem, source=args.descriptors,
+                               timings=seconds)
+    t = time.perf_counter()
     save_system(system, args.out)
-    print(f"wrote {args.out}: {_header(system)} (descriptors clustered with {encoder.name})")
+    seconds["write"] = time.perf_counter() - t
+    print(f"wrote {args.out}: {_header(system)} ({descs.summary()}; clustered with {encoder.name})")
+    log.info("from-descriptors seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     return EXIT_OK
 
 
@@ -331,8 +375,9 @@ def add_system_parser(sub) -> argparse.ArgumentParser:
     def system_arg(p):
         p.add_argument("system", help="a system JSON file or a shipped name (e.g. pokemon15)")
 
-    p = ssub.add_parser("validate", help="check a system file and list every problem",
-                        epilog="examples:\n  twentyq system validate my_system.json\n  twentyq system validate pokemon15\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ssub.add_parser("validate", help="check a system file (or a descriptor file) and list every problem",
+                        epilog="examples:\n  twentyq system validate my_system.json\n  twentyq system validate pokemon15\n"
+                               "  twentyq system validate descriptors_food101.json\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     system_arg(p)
     p.set_defaults(func=_validate_cmd)
 
@@ -388,7 +433,8 @@ def add_system_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="where to write the repaired system (canonical JSON)")
     p.set_defaults(func=_import_cmd)
     p = ssub.add_parser(
-        "from-descriptors", help="turn a DCLIP/CuPL descriptor file into an attribute system the engine can ask",
+        "from-descriptors", help="turn a DCLIP/WaffleCLIP/CuPL descriptor file into an attribute system the engine "
+                                 "can ask",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Descriptors are embedded once with the frozen text encoder (--model) and clustered by "
                     "cosine (spherical k-means, seeded); each cluster is a group whose options are its "
@@ -396,7 +442,10 @@ def add_system_parser(sub) -> argparse.ArgumentParser:
                     "applicable). A descriptor shared by classes is one option.",
         epilog="examples:\n  twentyq system from-descriptors dclip_flowers.json --out flowers_desc.json\n"
                "  twentyq system from-descriptors d.json --out s.json --max-options 6 --model openai/clip-vit-base-patch32\n")
-    p.add_argument("descriptors", help='a JSON file {"class": ["description", ...]}')
+    p.add_argument("descriptors", help='a JSON file {"class": ["description", ...]} (DCLIP, WaffleCLIP or CuPL)')
+    p.add_argument("--descriptor-style", default=None, choices=["dclip", "waffle", "cupl"],
+                   help="the options' wording: dclip/waffle 'which is/has {d}', cupl the caption as it is "
+                        "(default: detected from the file)")
     p.add_argument("--out", required=True, help="where to write the system JSON")
     p.add_argument("--max-options", type=int, default=8, help="options per group at most (default: %(default)s)")
     p.add_argument("--groups", type=int, default=None,

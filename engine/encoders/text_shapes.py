@@ -179,3 +179,28 @@ def prepare_text(encoder, *, buckets: str | bool = "auto", warm_up: str | bool =
         done["warm_up_passes"] = encoder.warm_up_text()
         done["warm_up_s"] = time.perf_counter() - t0
     return done
+
+
+#: texts per encoder call in :func:`encode_texts_by_length` (one progress step each)
+BY_LENGTH_CHUNK = 256
+
+
+def encode_texts_by_length(encoder, texts: Sequence[str], chunk: int = BY_LENGTH_CHUNK, progress=None):
+    """(n, D) float32 numpy embeddings of many ``texts`` (thousands of descriptors), in the order given.
+
+    They are embedded shortest first, ``chunk`` per ``encoder.encode_texts`` call, so the texts of
+    one batch are of like length and little of it is padding (with the longest text of the whole
+    list in every batch, a 7,000-descriptor file spends most of its time on padding).
+    ``progress(k)`` is called after each chunk. Padding does not change an embedding (module
+    docstring), so neither does the order.
+    """
+    import numpy as np
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), int(encoder.embed_dim)), np.float32)
+    for i in range(0, len(order), chunk):
+        idx = order[i:i + chunk]
+        out[idx] = encoder.encode_texts([texts[j] for j in idx]).float().cpu().numpy()
+        if progress is not None:
+            progress(len(idx))
+    return out

@@ -41,6 +41,9 @@ def config_from(config: RunConfig | None, kw: dict[str, Any]) -> RunConfig:
     if config is not None and kw:
         raise TypeError(f"pass a RunConfig or keyword settings, not both (got {sorted(kw)})")
     unknown = set(kw) - CONFIG_FIELDS
+    if "labels" in unknown:
+        raise TypeError("labels are the classes, not a setting: use engine.zero_shot(image, labels=[...]) or "
+                        "Classifier(model, system=[...labels])")
     if unknown:
         raise TypeError(f"unknown setting(s) {sorted(unknown)}; RunConfig takes {sorted(CONFIG_FIELDS)}")
     return config if config is not None else RunConfig(**kw)
@@ -56,7 +59,9 @@ class Classifier:
         (``device``, ``dtype``, ``batch_size``, ``cache_dir``, ``trust_remote_code``, ``revision`` and the
         speed-only ``text_buckets``, ``warm_up``, ``eager_prompts``, ``compile_text``, ``decode_workers``,
         ``preprocess``).
-    system : an AttributeSystem, a JSON path or a shipped name.
+    system : an AttributeSystem, a JSON path, a shipped name, or a list of class names (plain labels:
+        :func:`systems.build.labels_system`, prompt "a photo of a {}."; classify them with
+        ``mode="baseline", eps=0`` for plain zero-shot, or use :func:`engine.zero_shot`).
     encoder : an already loaded encoder (then ``model`` only names it).
     calibration : a :class:`engine.run.calibration_file.Calibration` or the path of one (``twentyq
         calibrate``): the adaptive and full modes then use its λ_g and answer channel for the Bayes
@@ -74,6 +79,10 @@ class Classifier:
             raise TypeError("pass an EncoderSpec or encoder options, not both")
         from engine.run.calibration_file import as_calibration
 
+        if isinstance(system, (list, tuple)):  # plain labels: the class-name system (engine.zero_shot's)
+            from systems.build import labels_system
+
+            system = labels_system(list(system), source="system=[labels]")
         self.system: AttributeSystem = load_system(system)
         self.calibration = as_calibration(calibration)
         if self.calibration is not None:
@@ -329,7 +338,7 @@ def pooled_groups(system: AttributeSystem, config: RunConfig) -> list[Any]:
     if config.templates:
         return [template_pool(system, config.templates)]
     if config.descriptors is not None:
-        return [descriptor_pool(system, config.descriptors)]
+        return [descriptor_pool(system, config.descriptors, config.descriptor_style or "dclip")]
     return []
 
 
@@ -342,18 +351,20 @@ def template_pool(system: AttributeSystem, templates: Sequence[str]) -> Any:
     return PooledGroup(0, tuple(tuple(t.replace("{}", o) for t in templates) for o in opts), "mean_embedding")
 
 
-def descriptor_pool(system: AttributeSystem, descriptors: Any) -> Any:
-    """Classification by description over a class-name system: each class's descriptor prompts,
-    pooled by mean similarity. A DescriptorError names the classes without descriptors."""
+def descriptor_pool(system: AttributeSystem, descriptors: Any, style: str = "dclip") -> Any:
+    """Classification by description over a class-name system: each class's prompts in ``style``
+    (:func:`systems.descriptors.descriptor_prompts`), pooled as that style's scorer does (DCLIP and
+    WaffleCLIP: mean similarity; CuPL: mean embedding). A DescriptorError names every class of the
+    system the descriptors leave out."""
     from engine.run.encoder_source import PooledGroup
-    from systems.descriptors import DescriptorError, descriptor_prompts
+    from systems.descriptors import POOLING, DescriptorError, descriptor_prompts
 
     descs = dict(descriptors)
     missing = [c for c in system.classes if c not in descs]
     if missing:
-        raise DescriptorError(f"the descriptors give nothing for {len(missing)} class(es) of system "
-                              f"{system.name!r}, e.g. {missing[:3]}; add them to the descriptor file")
-    return PooledGroup(0, tuple(descriptor_prompts(c, descs[c]) for c in system.classes), "mean_similarity")
+        raise DescriptorError("descriptors", f"they give nothing for {len(missing)} class(es) of system "
+                              f"{system.name!r}: {', '.join(map(repr, missing))}; add them to the descriptor file")
+    return PooledGroup(0, tuple(descriptor_prompts(c, descs[c], style) for c in system.classes), POOLING[style])
 
 
 def assemble(names: Sequence[str], good: np.ndarray, results: Sequence[Result], bad: dict[int, str]) -> list[Result]:

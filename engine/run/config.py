@@ -37,6 +37,8 @@ PROMPT_MODES = ("auto", "eager", "lazy")
 PREPROCESS = ("fast", "processor")  # engine.encoders.base.PREPROCESS (config stays free of torch)
 #: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
 OPTIONAL_FIELDS = ("templates", "descriptors", "target_accuracy")
+#: RunConfig fields folded into another's entry of ``to_dict`` (the descriptors' style into "descriptors")
+FOLDED_FIELDS = ("descriptor_style",)
 #: RunConfig fields that change how a run computes, not what: never in ``to_dict`` (nor fingerprints)
 HOW_FIELDS = ("engine",)
 
@@ -159,9 +161,13 @@ class RunConfig:
         result's ``q_spent`` is N·T too: Q counts the prompts an answer rests on, so an ensemble
         is never cheaper than it is (the image is compared with N pooled vectors).
     descriptors : ``descriptors`` mode only: ``((class, (description, ...)), ...)`` (see
-        :mod:`systems.descriptors`). A class's score is the mean similarity of the image to its
-        descriptor prompts; each prompt is embedded once and ``q_spent`` is their number.
-        ``to_dict`` gives their count and sha256, not the texts.
+        :mod:`systems.descriptors`), read as their authors' loaders read them (blank entries and
+        empty lists dropped, with a :class:`systems.descriptors.DescriptorNotice` warning). Each
+        prompt is embedded once and ``q_spent`` is their number. ``to_dict`` gives their count,
+        style and sha256, not the texts.
+    descriptor_style : how the descriptors become prompts and a score (``systems.descriptors.STYLES``):
+        "dclip" ("{c}, which is/has {d}", mean similarity), "waffle" ("A photo of a {c}, which is/has
+        {d}.", mean similarity) or "cupl" (captions as they are, mean embedding); None detects it.
     target_accuracy : ``adaptive`` only, with a calibration (:mod:`engine.run.calibration_file`): stop at
         the τ chosen on the calibration's dev images so that accuracy among images that stop on
         confidence is at least this, with 90% confidence; ``tau`` is then not read. In (0, 1).
@@ -184,6 +190,7 @@ class RunConfig:
     seed: int = 0
     templates: tuple[str, ...] | None = None
     descriptors: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    descriptor_style: str | None = None
     target_accuracy: float | None = None
     engine: str = "auto"
 
@@ -216,10 +223,19 @@ class RunConfig:
                              f"descriptors), not mode {self.mode!r} with{'out' if self.descriptors is None else ''} "
                              "descriptors")
         if self.descriptors is not None:
-            from systems.descriptors import check_descriptors
+            import warnings
+
+            from systems.descriptors import DescriptorNotice, read_descriptors
 
             descs = dict(self.descriptors) if not isinstance(self.descriptors, dict) else self.descriptors
-            object.__setattr__(self, "descriptors", tuple(check_descriptors(descs).items()))
+            read = read_descriptors(descs, "descriptors", self.descriptor_style)
+            for notice in read.notices:
+                warnings.warn(notice, DescriptorNotice, stacklevel=3)
+            object.__setattr__(self, "descriptors", tuple(read.descriptors.items()))
+            object.__setattr__(self, "descriptor_style", read.style)
+        elif self.descriptor_style is not None:
+            raise ValueError(f"descriptor style {self.descriptor_style!r} given without descriptors; pass "
+                             "--descriptors FILE too")
         if self.target_accuracy is not None:
             self._check_target()
 
@@ -250,14 +266,15 @@ class RunConfig:
         """The settings as JSON-able data (for summaries and fingerprints). Settings added after the
         first release are left out while unset, so the fingerprints of earlier runs still match."""
         d = asdict(self)
-        for k in HOW_FIELDS:
+        for k in HOW_FIELDS + FOLDED_FIELDS:
             del d[k]
         if self.descriptors is not None:
-            from systems.descriptors import descriptors_hash
+            from systems.descriptors import descriptor_prompts, descriptors_hash
 
-            descs = dict(self.descriptors)
-            d["descriptors"] = {"classes": len(descs), "prompts": sum(map(len, descs.values())),
-                                "sha256": descriptors_hash(descs)}
+            descs, style = dict(self.descriptors), self.descriptor_style
+            d["descriptors"] = {"classes": len(descs), "style": style,
+                                "prompts": sum(len(descriptor_prompts(c, v, style)) for c, v in descs.items()),
+                                "sha256": descriptors_hash(descs, style)}
         for k in OPTIONAL_FIELDS:
             if d[k] is None:
                 del d[k]
