@@ -709,11 +709,13 @@ def test_request_cost_is_every_kept_image_plus_the_largest_decode():
     from engine.serve.memory import decode_cost, kept_cost, request_cost
 
     assert kept_cost(6000, 6000) == 2048 * 2048 * 4 and kept_cost(100, 50) == 100 * 50 * 4
-    assert decode_cost(6000, 6000, "RGB") == 6000 * 6000 * 8 + kept_cost(6000, 6000)
+    # decoded (4 bytes a pixel in Pillow) + the EXIF copy + buffers, the resize's intermediate, the kept copy
+    assert decode_cost(6000, 6000, "RGB") == 6000 * 6000 * 9 + 2048 * 6000 * 4 + kept_cost(6000, 6000)
+    assert decode_cost(100, 100, "RGB") == 100 * 100 * 9 + kept_cost(100, 100)  # small: no resize
     assert decode_cost(100, 100, "RGBA") > decode_cost(100, 100, "RGB") > decode_cost(100, 100, "L")
     assert decode_cost(100, 100, "P", True) > decode_cost(100, 100, "P")
     heads = [(6000, 6000, "RGB", False), (100, 100, "RGBA", False)]
-    assert request_cost(heads) == kept_cost(6000, 6000) + kept_cost(100, 100) + 6000 * 6000 * 8
+    assert request_cost(heads) == kept_cost(100, 100) + decode_cost(6000, 6000, "RGB")
     assert request_cost([]) == 0
 
 
@@ -763,3 +765,131 @@ def test_a_timed_out_request_stops_decoding_and_gives_its_memory_back(monkeypatc
         time.sleep(1.0)
         assert len(decoded) <= 2, decoded  # the 3rd..6th images were never decoded
         assert c.app.state.decode_budget.used == 0
+
+
+# --------------------------------------------------------------------------- issue 27: over a real socket
+class _ThreadServer:
+    """The app over uvicorn with the protocol and read limits ``twentyq serve`` uses, in a thread, on a
+    free 127.0.0.1 port (the fake encoder: starts in well under a second)."""
+
+    def __init__(self, **settings):
+        import uvicorn
+
+        from engine.serve.connections import uvicorn_options
+
+        enc = FakeEncoder()
+        clf = Classifier(system=COLOUR_SYSTEM, encoder=enc)
+        s = ServeSettings(systems=(clf.system.name,), **settings)
+        self.port = _free_port()
+        config = uvicorn.Config(create_app(s, {clf.system.name: clf}), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on", **uvicorn_options(s.read_timeout_s))
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                return self
+            time.sleep(0.02)
+        raise AssertionError("the in-thread server did not start")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closes ``sock`` within ``seconds``, and what it sent before."""
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return True, got
+            got += chunk
+    except socket.timeout:
+        return False, got
+    except ConnectionResetError:
+        return True, got
+
+
+def test_half_sent_headers_and_bodies_are_dropped():
+    """Issue 27: half-sent headers and bodies were never timed out. Headers must be complete, and then the
+    body, within --read-timeout-s; a normal request on the same server still works."""
+    with _ThreadServer(read_timeout_s=0.6) as srv:
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:  # nothing at all
+            closed, _ = _closed_within(s, 5)
+        assert closed and time.monotonic() - t0 < 3
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:  # a header line, then silence
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            closed, got = _closed_within(s, 5)
+        assert closed and got == b""
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:  # headers, half the body
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"images\": [")
+            closed, got = _closed_within(s, 5)
+        assert closed and got.startswith(b"HTTP/1.1 408") and b"--read-timeout-s" in got
+        r = httpx.post(f"{srv.url}/v1/classify", files=parts(("r.png", RED)), timeout=10)
+        assert r.status_code == 200 and r.json()["results"][0]["label"] == "cherry"
+
+
+def test_a_utf8_api_key_works_end_to_end():
+    """Issue 27: a non-ASCII key was accepted at start-up, then every client sending it (as UTF-8) got 401."""
+    key = "clé-ключ"
+    with _ThreadServer(api_key=key) as srv:
+        ok = httpx.get(f"{srv.url}/v1/systems", headers={b"authorization": b"Bearer " + key.encode()}, timeout=10)
+        assert ok.status_code == 200
+        assert httpx.get(f"{srv.url}/v1/systems", headers={b"x-api-key": key.encode()}, timeout=10).status_code == 200
+        bad = httpx.get(f"{srv.url}/v1/systems", headers={b"x-api-key": "cle-ключ".encode()}, timeout=10)
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == "bad_api_key"
+        assert httpx.get(f"{srv.url}/v1/health", timeout=10).json().keys() == {"status", "version"}
+
+
+_MEASURE = """
+import io, sys, numpy as np
+from PIL import Image
+from engine.serve.memory import decode_cost
+from engine.serve.uploads import decode_image, read_header
+
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+
+rng, side = np.random.default_rng(0), 2500
+noise = lambda *shape: rng.integers(0, 256, shape, dtype=np.uint8)
+cases = {"RGB png": (Image.fromarray(noise(side, side, 3)), "PNG", {}),
+         "RGBA png": (Image.fromarray(noise(side, side, 4)), "PNG", {}),
+         "P+transparency png": (Image.fromarray(noise(side, side)).convert("P"), "PNG", {"transparency": 0}),
+         "I;16 png": (Image.fromarray(rng.integers(0, 65535, (side, side), dtype=np.uint16)), "PNG", {}),
+         "CMYK jpeg": (Image.fromarray(noise(side, side, 3)).convert("CMYK"), "JPEG", {})}
+for name, (im, fmt, kw) in cases.items():
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    data = buf.getvalue()
+    del im, buf
+    estimate = decode_cost(*read_header(data, "x", 10**9).cost)
+    open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
+    before = status("VmRSS")
+    img = decode_image(data, "x", 10**9)
+    print(name, status("VmHWM") - before, estimate, flush=True)
+    del img
+"""
+
+
+@pytest.mark.slow  # decodes five 6-megapixel images in a fresh process (~3 s)
+def test_decode_cost_estimates_cover_the_measured_peak():
+    """The budget is only as good as the estimate: for each kind of image, the memory a decode really
+    took (the process's peak RSS, reset just before) is at most what memory.decode_cost reserved."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    out = subprocess.run([sys.executable, "-c", _MEASURE], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    rows = [line.rsplit(" ", 2) for line in out.stdout.strip().splitlines()]
+    assert len(rows) == 5
+    for name, measured, estimate in rows:
+        assert int(measured) <= int(estimate), f"{name}: measured {int(measured):,} B > estimated {int(estimate):,} B"
+        assert int(measured) > int(estimate) / 4, f"{name}: the estimate is far too high ({estimate} vs {measured})"

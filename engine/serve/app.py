@@ -621,7 +621,7 @@ def _request_body_doc() -> dict[str, Any]:
     schema = ClassifyJSON.model_json_schema()
     return {"required": True, "content": {
         "multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"],
+            "type": "object", "required": ["image"], "additionalProperties": False,
             "properties": {"image": {"type": "array", "minItems": 1,
                                      "items": {"type": "string", "format": "binary"},
                                      "description": "image files (repeat the part); settings go in the query"}}}},

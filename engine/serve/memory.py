@@ -35,7 +35,7 @@ from engine.encoders.images import MAX_SIDE
 _PEAK_BYTES_PER_PIXEL = {
     "1": 6, "L": 6, "P": 6,  # 1 decoded + 1 EXIF copy + 4 RGB
     "LA": 24, "La": 24, "PA": 24, "RGBA": 24, "RGBa": 24,  # 4 + 4 copy + RGBA, background, composite, RGB
-    "RGB": 8, "RGBX": 8,  # 4 decoded + 4 EXIF copy
+    "RGB": 9, "RGBX": 9,  # 4 decoded + 4 EXIF copy (+1: decoder buffers; measured 8.0 + the resize below)
     "CMYK": 12, "YCbCr": 12, "LAB": 12, "HSV": 12,  # 4 + 4 copy + 4 RGB
     "I;16": 34, "I;16B": 34, "I;16L": 34, "I;16N": 34,  # 2 + 2 copy + 3 float64 arrays + L + RGB
     "I": 40, "F": 40,  # 4 + 4 copy + 3 float64 arrays + L + RGB
@@ -48,9 +48,18 @@ _DEFAULT_PEAK = 40  # a mode not listed: assume the worst listed
 def decode_cost(width: int, height: int, mode: str, transparency: bool = False) -> int:
     """Peak bytes one image takes while it is decoded and converted, from its header (width, height,
     Pillow mode, whether it declares a transparent colour); includes the downscaled copy it ends as."""
+    w, h = int(width), int(height)
     per_pixel = _PEAK_BYTES_PER_PIXEL.get(mode, _DEFAULT_PEAK)
     per_pixel += _TRANSPARENCY_EXTRA.get(mode, 0) if transparency else 0
-    return int(width) * int(height) * per_pixel + kept_cost(width, height)
+    return w * h * per_pixel + _resize_cost(w, h) + kept_cost(w, h)
+
+
+def _resize_cost(w: int, h: int) -> int:
+    """The intermediate of a two-pass downscale to MAX_SIDE (one side reduced, the other not yet): RGB."""
+    if max(w, h) <= MAX_SIDE:
+        return 0
+    r = MAX_SIDE / max(w, h)
+    return 4 * max(math.ceil(w * r) * h, w * math.ceil(h * r))
 
 
 def kept_cost(width: int, height: int) -> int:
