@@ -304,6 +304,10 @@ def test_api_key():
         assert c.get("/v1/systems", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
         assert c.post("/v1/classify", files=parts(("r.png", RED)),
                       headers={"X-API-Key": "s3cret-key"}).status_code == 200
+        # a wrong credential is not made good by a right one beside it (schemathesis ST401)
+        for auth in ("Bearer nope", "Basic czNjcmV0LWtleQ==", "s3cret-key"):
+            assert_error(c.get("/v1/systems", headers={"Authorization": auth, "X-API-Key": "s3cret-key"}), 401,
+                         "bad_api_key", "Authorization")
 
 
 def test_with_a_key_only_health_and_the_page_are_open():

@@ -88,17 +88,24 @@ def is_open_path(path: str) -> bool:
 
 
 def key_matches(headers: list[tuple[bytes, bytes]], key: bytes) -> bool | None:
-    """Whether the request's ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` header is ``key`` (UTF-8
-    bytes, compared in constant time); None if it sends neither."""
-    given = None
+    """Whether the request's key is ``key`` (UTF-8 bytes, compared in constant time); None if it sends none.
+
+    The key comes as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. Every such header sent must
+    carry it: a wrong one (or an ``Authorization`` header of another scheme) is never made good by a
+    right one beside it.
+    """
+    given = []
     for name, value in headers:
-        if name == b"authorization" and value[:7].lower() == b"bearer ":
-            given = value[7:].strip()
-        elif name == b"x-api-key" and given is None:
-            given = value.strip()
-    if not given:
+        if name == b"authorization":
+            given.append(value[7:].strip() if value[:7].lower() == b"bearer " else b"")
+        elif name == b"x-api-key":
+            given.append(value.strip())
+    if not any(given):
         return None
-    return hmac.compare_digest(given, key)
+    ok = True
+    for g in given:  # (no early exit: each header costs the same compare)
+        ok &= hmac.compare_digest(g, key)
+    return ok
 
 
 # --------------------------------------------------------------------------- loading
