@@ -262,7 +262,9 @@ def test_pixel_limit_refuses_before_decoding(monkeypatch):
 
 def test_settings_are_checked():
     for kw in ({"max_batch": 0}, {"max_wait_ms": -1}, {"max_images": 0}, {"max_bytes": 10},
-               {"max_pixels": 10**9}, {"timeout_s": 0}, {"systems": ()}, {"api_key": "two words"}):
+               {"max_pixels": 10**9}, {"timeout_s": 0}, {"systems": ()}, {"api_key": "two words"},
+               {"max_decode_memory": 1000}, {"decode_wait_s": -1}, {"decode_wait_s": float("nan")},
+               {"read_timeout_s": 0}):
         with pytest.raises(ValueError):
             ServeSettings(**kw)
 
@@ -452,6 +454,10 @@ def test_serve_flags_errors_are_one_line_exit_2(capsys):
     assert err.startswith("twentyq: error: --max-batch == 0") and "\n" not in err
     assert main(["serve", "--api-key-file", "/nonexistent/key"]) == 2
     assert "--api-key-file" in capsys.readouterr().err
+    for flag, value in (("--max-decode-memory", "1000"), ("--read-timeout-s", "0"), ("--decode-wait-s", "-1")):
+        assert main(["serve", flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"twentyq: error: {flag} == ") and "\n" not in err
 
 
 def test_serve_port_in_use_is_exit_2(capsys):
