@@ -312,6 +312,21 @@ def memory_load(args) -> int:
         t0 = time.perf_counter()
         for t in threads:
             t.start()
+        if args.sigterm_after_s is not None:  # stop the server in the middle of the load, time its exit
+            time.sleep(args.sigterm_after_s)
+            t_term = time.perf_counter()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=300)
+            shutdown_s = time.perf_counter() - t_term
+            for t in threads:
+                t.join(timeout=60)
+            stop.set()
+            out = {"command": "python -m bench.serve " + " ".join(sys.argv[1:]), "sigterm_after_s": args.sigterm_after_s,
+                   "shutdown_s": shutdown_s, "exit_code_after_sigterm": code, "statuses": statuses,
+                   "peak_rss_mb": max(samples, default=0.0), "baseline_rss_mb": baseline,
+                   "problems": problems[:10], "load_average": os.getloadavg()}
+            print(json.dumps(out, indent=2))
+            return 0 if code == 0 else 1
         for t in threads:
             t.join(timeout=args.client_timeout_s + 60)
         load_wall = time.perf_counter() - t0
@@ -327,7 +342,8 @@ def memory_load(args) -> int:
         after_recovery = rss_mb(proc.pid)
     finally:
         t_term = time.perf_counter()
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -394,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--settle-s", type=float, default=3.0, help="wait before reading RSS (default: %(default)s)")
     m.add_argument("--client-timeout-s", type=float, default=180.0, help="per request (default: %(default)s)")
     m.add_argument("--peak-bound-mb", type=float, default=1536.0, help="peak RSS bound (default: %(default)s)")
+    m.add_argument("--sigterm-after-s", type=float, default=None,
+                   help="send SIGTERM this many seconds into the load and report how long the server takes to exit")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.memory:

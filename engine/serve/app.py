@@ -472,6 +472,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
         good = [k for k in range(len(items)) if k not in errors]
         if not good:
             raise errors[0]
+        t_wait = time.perf_counter()
         try:
             held = await budget.acquire(request_cost([headers[k][1].cost for k in good]), settings.decode_wait_s)
         except BudgetTimeout as e:
@@ -480,6 +481,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
                                         f"{settings.max_decode_memory:,} bytes of images at once, "
                                         f"--max-decode-memory); retry after {e.retry_after_s} s",
                            headers={"Retry-After": str(e.retry_after_s)}) from None
+        wait_ms = (time.perf_counter() - t_wait) * 1e3
         images: dict[int, Any] = {}
         try:
             for k in good:
@@ -514,7 +516,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
             results[k] = r
         for k, e in errors.items():
             results[k] = Result.failed(e.message)
-        return results, {"decode_ms": decode_ms, **answer.timings}
+        return results, {"decode_ms": decode_ms, "memory_wait_ms": wait_ms, **answer.timings}
 
     return app
 

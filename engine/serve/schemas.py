@@ -91,7 +91,8 @@ class Timings(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    decode_ms: float = Field(description="reading and decoding this request's images")
+    decode_ms: float = Field(description="reading and decoding this request's images (memory_wait_ms included)")
+    memory_wait_ms: float = Field(description="waiting for decode memory (--max-decode-memory)")
     queue_ms: float = Field(description="waiting for the model batch to start")
     embed_ms: float = Field(description="embedding the whole batch (shared by its requests)")
     classify_ms: float = Field(description="questions and scoring for this request's (system, settings) group")
