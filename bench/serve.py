@@ -321,7 +321,8 @@ def memory_load(args) -> int:
             for t in threads:
                 t.join(timeout=60)
             stop.set()
-            out = {"command": "python -m bench.serve " + " ".join(sys.argv[1:]), "sigterm_after_s": args.sigterm_after_s,
+            out = {"command": "python -m bench.serve " + " ".join(sys.argv[1:]),
+                   "sigterm_after_s": args.sigterm_after_s,
                    "shutdown_s": shutdown_s, "exit_code_after_sigterm": code, "statuses": statuses,
                    "peak_rss_mb": max(samples, default=0.0), "baseline_rss_mb": baseline,
                    "problems": problems[:10], "load_average": os.getloadavg()}
