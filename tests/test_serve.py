@@ -730,15 +730,15 @@ def test_request_cost_is_every_kept_image_plus_the_largest_decode():
 
 
 def test_no_decode_memory_within_the_wait_is_a_503_with_retry_after_then_recovery():
-    """A small budget: while one request holds it (its images wait for a slow model), another waits
+    """A small budget (1 MiB): while one request holds it (its images wait for a slow model), another waits
     ``decode_wait_s`` and gets 503 + Retry-After; valid images are never a 400; afterwards requests pass."""
     class Slow(FakeEncoder):
         def encode_images(self, images):
-            time.sleep(1.0)
+            time.sleep(0.5)
             return super().encode_images(images)
 
-    big = png(solid("red").resize((1500, 1500)))  # kept 1500²x4 = 9 MB: the whole 8 MiB budget
-    with make_client(encoder=Slow(), max_decode_memory=8 * 1024 * 1024, decode_wait_s=0.2, max_wait_ms=0) as c:
+    big = png(solid("red").resize((600, 600)))  # kept 600²x4 = 1.4 MB: the whole 1 MiB budget
+    with make_client(encoder=Slow(), max_decode_memory=1024 * 1024, decode_wait_s=0.2, max_wait_ms=0) as c:
         first: list = []
         t = threading.Thread(target=lambda: first.append(c.post("/v1/classify", files=parts(("a.png", big)))))
         t.start()
@@ -829,7 +829,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
 def test_half_sent_headers_and_bodies_are_dropped():
     """Issue 27: half-sent headers and bodies were never timed out. Headers must be complete, and then the
     body, within --read-timeout-s; a normal request on the same server still works."""
-    with _ThreadServer(read_timeout_s=0.6) as srv:
+    with _ThreadServer(read_timeout_s=0.4) as srv:
         t0 = time.monotonic()
         with socket.create_connection(("127.0.0.1", srv.port)) as s:  # nothing at all
             closed, _ = _closed_within(s, 5)
