@@ -17,6 +17,22 @@ exit 0. Peak memory is the server process's peak resident set (``VmHWM``).
 
 Writes ``bench/out/serve.json`` and prints a markdown table. Start-up (model load) is
 outside the timings; a few warm-up requests are sent first and not counted.
+
+``--memory`` runs the memory load of issue 27 instead (loopback only; bounded: ``--mem-requests``
+requests, one burst, a client timeout, then the server is stopped):
+
+    python -m bench.serve --memory                       # offline model, 20 requests x 4 PNGs of 6000x6000
+    python -m bench.serve --memory --server-flags="--max-decode-memory 268435456"
+
+It starts the offline model's server, sends two small requests (warm-up) and reads its resident set
+(``VmRSS``) as the baseline; then ``--mem-requests`` requests at once, each with ``--mem-images``
+highly compressible PNGs (``--mem-side`` squared, one flat colour each: ~105 KB for 36 MP, ~144 MB
+each once decoded), sampling the server's RSS every 50 ms; it waits ``--settle-s`` after the last
+answer and reads the after-load RSS; then one more request must succeed (recovery). It counts the
+answers by status: 200 (every image classified), 503 (no decode memory within ``--decode-wait-s``,
+with Retry-After), and anything else, which is a failure, as is any image refused for memory. Writes
+``bench/out/serve_memory.json``; exit 1 if the peak is over ``--peak-bound-mb``, the after-load RSS is
+more than 20% over the baseline, or an answer failed.
 """
 
 from __future__ import annotations
@@ -195,6 +211,174 @@ def run_scenario(model_label: str, model: str, batching: bool, args, images, tmp
             "clients": args.clients, "start_s": start_s, "exit_code_after_sigterm": code, **res}
 
 
+def rss_mb(pid: int) -> float:
+    """The process's resident set size now (VmRSS), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def flat_pngs(n: int, side: int) -> list[bytes]:
+    """n PNGs of side x side pixels, one flat colour each: tiny files that decode to side*side*4 bytes."""
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        b = io.BytesIO()
+        Image.new("RGB", (side, side), (40 * i % 256, 90, 200 - 30 * i % 200)).save(b, "PNG", optimize=False)
+        out.append(b.getvalue())
+    return out
+
+
+def memory_load(args) -> int:
+    """The compressible-PNG memory load (see the module docstring); 0 if every bound held."""
+    import shlex
+
+    import httpx
+
+    tmp = Path(tempfile.mkdtemp(prefix="twentyq-bench-serve-mem-"))
+    pngs = flat_pngs(args.mem_images, args.mem_side)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", "offline", "--device", "cpu",
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *shlex.split(args.server_flags)]
+    log_path = tmp / "server.log"
+    log = open(log_path, "w", encoding="utf-8")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    statuses: dict[str, int] = {}
+    problems: list[str] = []
+    samples: list[float] = []
+    try:
+        for _ in range(1800):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited {proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        small = [("image", ("small.png", pick_images(1)[0][0], "application/octet-stream"))]
+        for _ in range(2):
+            httpx.post(f"{url}/v1/classify", files=small, timeout=60).raise_for_status()
+        time.sleep(args.settle_s)
+        baseline = rss_mb(proc.pid)
+        load_avg_before = os.getloadavg()
+        stop = threading.Event()
+
+        def sampler():
+            while not stop.is_set():
+                samples.append(rss_mb(proc.pid))
+                time.sleep(0.05)
+
+        lock = threading.Lock()
+        latencies: list[float] = []
+        barrier = threading.Barrier(args.mem_requests)
+
+        def client(k: int):
+            files = [("image", (f"r{k}_{i}.png", data, "image/png")) for i, data in enumerate(pngs)]
+            barrier.wait(timeout=30)
+            t0 = time.perf_counter()
+            try:
+                r = httpx.post(f"{url}/v1/classify", params={"budget": 10}, files=files, timeout=args.client_timeout_s)
+            except httpx.HTTPError as e:
+                with lock:
+                    statuses["lost"] = statuses.get("lost", 0) + 1
+                    problems.append(f"request {k}: {type(e).__name__}: {e}")
+                return
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                key = str(r.status_code)
+                if r.status_code == 200:
+                    errs = [x["error"] for x in r.json()["results"] if x["error"]]
+                    if errs:
+                        key = "200 with image errors"
+                        problems.append(f"request {k}: {errs[0]}")
+                elif r.status_code == 503:
+                    if not r.headers.get("retry-after", "").isdigit():
+                        problems.append(f"request {k}: 503 without a Retry-After")
+                else:
+                    problems.append(f"request {k}: HTTP {r.status_code} {r.text[:200]}")
+                statuses[key] = statuses.get(key, 0) + 1
+
+        t_sampler = threading.Thread(target=sampler, daemon=True)
+        t_sampler.start()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.mem_requests)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        if args.sigterm_after_s is not None:  # stop the server in the middle of the load, time its exit
+            time.sleep(args.sigterm_after_s)
+            t_term = time.perf_counter()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=300)
+            shutdown_s = time.perf_counter() - t_term
+            for t in threads:
+                t.join(timeout=60)
+            stop.set()
+            out = {"command": "python -m bench.serve " + " ".join(sys.argv[1:]),
+                   "sigterm_after_s": args.sigterm_after_s,
+                   "shutdown_s": shutdown_s, "exit_code_after_sigterm": code, "statuses": statuses,
+                   "peak_rss_mb": max(samples, default=0.0), "baseline_rss_mb": baseline,
+                   "problems": problems[:10], "load_average": os.getloadavg()}
+            print(json.dumps(out, indent=2))
+            return 0 if code == 0 else 1
+        for t in threads:
+            t.join(timeout=args.client_timeout_s + 60)
+        load_wall = time.perf_counter() - t0
+        load_avg_after = os.getloadavg()
+        time.sleep(args.settle_s)
+        stop.set()
+        t_sampler.join()
+        after = rss_mb(proc.pid)
+        peak = max(peak_rss_mb(proc.pid), max(samples, default=0.0))
+        health = httpx.get(f"{url}/v1/health", timeout=10).json()
+        r = httpx.post(f"{url}/v1/classify", files=small, timeout=60)
+        recovered = r.status_code == 200 and r.json()["results"][0]["error"] is None
+        after_recovery = rss_mb(proc.pid)
+    finally:
+        t_term = time.perf_counter()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        shutdown_s = time.perf_counter() - t_term
+        log.close()
+    ratio = after / baseline
+    ok = (not problems and recovered and peak <= args.peak_bound_mb and ratio <= 1.2 and code == 0
+          and statuses.get("200", 0) > 0)
+    out = {
+        "command": "python -m bench.serve " + " ".join(sys.argv[1:]), "server_command": " ".join(cmd[2:]),
+        "load": f"{args.mem_requests} concurrent requests x {args.mem_images} flat-colour PNGs of "
+                f"{args.mem_side}x{args.mem_side} ({np.mean([len(p) for p in pngs]) / 1024:.0f} KB each)",
+        "baseline_rss_mb": baseline, "peak_rss_mb": peak, "after_load_rss_mb": after,
+        "after_over_baseline": ratio, "after_recovery_rss_mb": after_recovery, "statuses": statuses,
+        "problems": problems[:10], "recovered": recovered, "load_wall_s": load_wall,
+        "latency_s": {"min": min(latencies, default=None), "max": max(latencies, default=None)},
+        "decode_budget": {k: health.get(k) for k in ("decode_memory_limit", "decode_memory_in_use",
+                                                     "decode_waiting")},
+        "load_average_before": load_avg_before, "load_average_after": load_avg_after,
+        "shutdown_s": shutdown_s, "exit_code_after_sigterm": code, "peak_bound_mb": args.peak_bound_mb, "ok": ok,
+    }
+    path = Path(args.out if args.out != str(REPO / "bench" / "out" / "serve.json")
+                else REPO / "bench" / "out" / "serve_memory.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    print(json.dumps(out, indent=2))
+    print(f"\nbaseline {baseline:.0f} MiB, peak {peak:.0f} MiB (bound {args.peak_bound_mb:.0f}), after load "
+          f"{after:.0f} MiB ({ratio:.2f}x baseline), answers {statuses}, recovered {recovered}, load average "
+          f"{load_avg_before[0]:.2f} -> {load_avg_after[0]:.2f}; wrote {path}")
+    return 0 if ok else 1
+
+
 def table(rows: list[dict]) -> str:
     head = ("| model | batching | requests | ok | failed | lost | req/s | p50 ms | p95 ms | p99 ms | mean batch "
             "| server embed / queue ms | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -218,8 +402,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=32, help="--max-batch of the batching-on server")
     ap.add_argument("--max-wait-ms", type=float, default=10.0, help="--max-wait-ms of the batching-on server")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "serve.json"))
+    m = ap.add_argument_group("--memory: the compressible-PNG memory load (issue 27)")
+    m.add_argument("--memory", action="store_true", help="run the memory load instead of the throughput table")
+    m.add_argument("--mem-requests", type=int, default=20, help="concurrent requests (default: %(default)s)")
+    m.add_argument("--mem-images", type=int, default=4, help="images per request (default: %(default)s)")
+    m.add_argument("--mem-side", type=int, default=6000, help="image side in pixels (default: %(default)s)")
+    m.add_argument("--server-flags", default="", help="extra flags for twentyq serve (one string)")
+    m.add_argument("--settle-s", type=float, default=3.0, help="wait before reading RSS (default: %(default)s)")
+    m.add_argument("--client-timeout-s", type=float, default=180.0, help="per request (default: %(default)s)")
+    m.add_argument("--peak-bound-mb", type=float, default=1536.0, help="peak RSS bound (default: %(default)s)")
+    m.add_argument("--sigterm-after-s", type=float, default=None,
+                   help="send SIGTERM this many seconds into the load and report how long the server takes to exit")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.memory:
+        return memory_load(args)
     if args.requests < 1 or args.clients < 1:
         ap.error("--requests and --clients must be >= 1")
 

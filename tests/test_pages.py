@@ -206,6 +206,10 @@ def test_page_steps_through_the_questions_as_the_api_answered(browser, live):
     img, img2 = _images(2)
     d = browser
     d.get(live + "/")
+    # the page runs under its Content-Security-Policy (issue 27): nothing it does may be refused by it
+    assert "script-src 'self'" in httpx.get(f"{live}/").headers["content-security-policy"]
+    d.execute_script("window.cspViolations = []; document.addEventListener('securitypolicyviolation', "
+                     "e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));")
     label = httpx.get(f"{live}/v1/models").json()["models"][0]["label"]
     _wait(d, lambda: d.find_element("id", "model-label").text == label)
     assert "CLIP" not in d.find_element("id", "model-label").text or "tiny-clip" in label
@@ -242,6 +246,8 @@ def test_page_steps_through_the_questions_as_the_api_answered(browser, live):
         shown = [(b.find_element("css selector", ".cls").text.lstrip("★ "), b.find_element("css selector", ".pct").text)
                  for b in bars]
         assert shown == [(lab, f"{100 * p:.1f}%") for lab, p in s["top"]]
+        widths = [b.find_element("css selector", ".bar span").value_of_css_property("width") for b in bars]
+        assert float(widths[0].rstrip("px")) > 0  # the bar's width is set (a style="" attribute would be refused)
         assert f"Q spent: {s['q_spent']} prompts of a budget of 40" in a.find_element("css selector", ".qtext").text
         assert a.find_element("css selector", f'.steps li[data-step="{k}"]').get_attribute("aria-current") == "step"
     assert not nxt.is_enabled() and rec["asked"][-1]["q_spent"] == rec["q_spent"] <= 40
@@ -255,6 +261,7 @@ def test_page_steps_through_the_questions_as_the_api_answered(browser, live):
     b.find_element("css selector", ".classify").click()
     _wait(d, b.find_element("css selector", ".result").is_displayed)
     assert b.find_elements("css selector", ".steps li")
+    assert d.execute_script("return window.cspViolations") == []
     SHOTS.mkdir(parents=True, exist_ok=True)
     d.set_window_size(1400, 1700)
     d.execute_script("window.scrollTo(0, 0)")

@@ -175,7 +175,7 @@ TRUNCATED = png(noise_image(1, (64, 64)))[:200]
     ("/v1/classify?system=nope", {"files": parts(("a.png", RED))}, 400, "unknown_system", "system"),
     ("/v1/classify?budgett=3", {"files": parts(("a.png", RED))}, 400, "unknown_parameter", "budgett"),
     ("/v1/classify", {"files": parts(("a.png", b"not an image"))}, 400, "bad_image", "image[0]"),
-    ("/v1/classify", {"files": parts(("a.png", RED), ("t.png", TRUNCATED))}, 400, "bad_image", "image[1]"),
+    ("/v1/classify", {"files": parts(("t.png", TRUNCATED), ("u.png", b"junk"))}, 400, "bad_image", "image[0]"),
     ("/v1/classify", {"files": parts(("a.png", b""))}, 400, "bad_image", "image[0]"),
     ("/v1/classify", {"files": parts(("a.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"))},
      400, "bad_image", "image[0]"),
@@ -262,7 +262,9 @@ def test_pixel_limit_refuses_before_decoding(monkeypatch):
 
 def test_settings_are_checked():
     for kw in ({"max_batch": 0}, {"max_wait_ms": -1}, {"max_images": 0}, {"max_bytes": 10},
-               {"max_pixels": 10**9}, {"timeout_s": 0}, {"systems": ()}, {"api_key": "two words"}):
+               {"max_pixels": 10**9}, {"timeout_s": 0}, {"systems": ()}, {"api_key": "two words"},
+               {"max_decode_memory": 1000}, {"decode_wait_s": -1}, {"decode_wait_s": float("nan")},
+               {"read_timeout_s": 0}):
         with pytest.raises(ValueError):
             ServeSettings(**kw)
 
@@ -304,6 +306,74 @@ def test_api_key():
         assert c.get("/v1/systems", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
         assert c.post("/v1/classify", files=parts(("r.png", RED)),
                       headers={"X-API-Key": "s3cret-key"}).status_code == 200
+        # a wrong credential is not made good by a right one beside it (schemathesis ST401)
+        for auth in ("Bearer nope", "Basic czNjcmV0LWtleQ==", "s3cret-key"):
+            assert_error(c.get("/v1/systems", headers={"Authorization": auth, "X-API-Key": "s3cret-key"}), 401,
+                         "bad_api_key", "Authorization")
+
+
+def test_with_a_key_only_health_and_the_page_are_open():
+    """Issue 27: with a key, /openapi.json, /docs, /redoc, their assets and unknown paths need it; health
+    says only its status and version (no model path); the page and its assets stay open."""
+    key = {"X-API-Key": "s3cret-key"}
+    with make_client(api_key="s3cret-key") as c:
+        assert c.get("/v1/health").json() == {"status": "ok", "version": c.get("/v1/health").json()["version"]}
+        for path in ("/", "/static/app.js", "/static/style.css"):
+            assert c.get(path).status_code == 200, path
+        docs_js = c.get("/docs", headers=key).text.split('src="')[1].split('"')[0]
+        for path in ("/openapi.json", "/docs", "/redoc", docs_js, "/v1/systems", "/v1/models", "/v2/nothing"):
+            assert_error(c.get(path), 401, "missing_api_key", "Authorization")
+            assert c.get(path, headers=key).status_code in (200, 404), path
+        spec = c.get("/openapi.json", headers=key).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"}
+    assert schemes["apiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            if path == "/v1/health":
+                assert "security" not in op
+            else:
+                assert op["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}] and "401" in op["responses"]
+    with make_client() as c:  # no key: no scheme declared, the full health answer
+        assert "securitySchemes" not in c.get("/openapi.json").json().get("components", {})
+        h = c.get("/v1/health").json()
+        assert h["model"] == "fake" and h["decode_memory_limit"] > 0 and h["decode_memory_in_use"] == 0
+
+
+def test_a_non_ascii_key_is_compared_as_utf8_bytes():
+    """Issue 27: a UTF-8 key sent as UTF-8 bytes is accepted (it was 401: the header arrived as latin-1)."""
+    key = "clé-ключ-鍵"
+    with make_client(api_key=key) as c:
+        assert c.get("/v1/systems", headers={b"x-api-key": key.encode("utf-8")}).status_code == 200
+        assert c.get("/v1/systems", headers={b"authorization": b"Bearer " + key.encode("utf-8")}).status_code == 200
+        assert_error(c.get("/v1/systems", headers={b"x-api-key": key.encode("latin-1", "replace")}), 401,
+                     "bad_api_key", "Authorization")
+
+
+def test_security_headers_and_the_pages_csp(client):
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert client.get("/static/app.js").headers["content-security-policy"] == csp
+    for path in ("/", "/v1/health", "/openapi.json", "/nope"):
+        r = client.get(path)
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff", path
+
+
+def test_multipart_schema_needs_one_image(client):
+    spec = client.get("/openapi.json").json()
+    image = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert image["properties"]["image"]["minItems"] == 1
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"images": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+                                  b'{"images": ["x"], "budget": ' + b"9" * 5000 + b"}"])
+def test_deeply_nested_or_huge_json_is_a_400(client, body):
+    """Issue 27: a deeply nested body was a 500 and a logged RecursionError."""
+    r = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] in ("bad_json", "invalid_parameter")
 
 
 def test_api_key_file(tmp_path):
@@ -384,6 +454,10 @@ def test_serve_flags_errors_are_one_line_exit_2(capsys):
     assert err.startswith("twentyq: error: --max-batch == 0") and "\n" not in err
     assert main(["serve", "--api-key-file", "/nonexistent/key"]) == 2
     assert "--api-key-file" in capsys.readouterr().err
+    for flag, value in (("--max-decode-memory", "1000"), ("--read-timeout-s", "0"), ("--decode-wait-s", "-1")):
+        assert main(["serve", flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"twentyq: error: {flag} == ") and "\n" not in err
 
 
 def test_serve_port_in_use_is_exit_2(capsys):
@@ -559,3 +633,273 @@ def test_bench_serve_smoke(tmp_path):
     assert [r["batching"] for r in rows] == [True, False]
     assert all(r["ok"] == 6 and r["failed"] == r["lost"] == 0 and r["exit_code_after_sigterm"] == 0 for r in rows)
     assert rows[1]["mean_batch_images"] == 1.0
+
+
+# --------------------------------------------------------------------------- issue 27: hostile uploads
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height (no pixel data for it)."""
+    import struct
+    import zlib
+
+    small = png(Image.new("L", (1, 1)))
+    ihdr = small.index(b"IHDR")
+    head = b"IHDR" + struct.pack(">II", width, height) + small[ihdr + 12:ihdr + 17]
+    return small[:ihdr] + head + struct.pack(">I", zlib.crc32(head)) + small[ihdr + 21:]
+
+
+def test_one_bad_image_is_that_images_error_not_the_requests(client):
+    """As in `twentyq classify`: a bad image is its own record's error; the others are classified (200).
+    Only when every image is bad is the answer the first one's error."""
+    files = parts(("r.png", RED), ("t.png", TRUNCATED), ("x.png", b"not an image"),
+                  ("huge.png", _png_header_claiming(30_000, 30_000)), ("b.png", png(solid("blue"))))
+    r = client.post("/v1/classify", files=files)
+    assert r.status_code == 200, r.text
+    recs = r.json()["results"]
+    assert [x["image"] for x in recs] == ["r.png", "t.png", "x.png", "huge.png", "b.png"]
+    assert [x["label"] for x in recs] == ["cherry", None, None, None, "sea"]
+    assert recs[0]["error"] is None and recs[4]["error"] is None
+    assert "image[1]" in recs[1]["error"] and "truncated" in recs[1]["error"]
+    assert "image[2]" in recs[2]["error"] and "not an image" in recs[2]["error"]
+    assert "40,000,000 (--max-pixels)" in recs[3]["error"]
+    r = client.post("/v1/classify", json={"images": ["%%%", b64(solid("green"))]})
+    assert r.status_code == 200 and [x["label"] for x in r.json()["results"]] == [None, "leaf"]
+    assert_error(client.post("/v1/classify", files=parts(("h.png", _png_header_claiming(30_000, 30_000)),
+                                                         ("t.png", TRUNCATED))), 413, "image_too_large", "image[0]")
+
+
+@pytest.mark.parametrize("side", [30_000, 100_000])
+def test_the_pixel_limit_quoted_is_the_servers_own(client, side):
+    """Issue 27: 30000² and 100000² headers got a 413 quoting Pillow's 200,000,000-pixel guard."""
+    msg = assert_error(client.post("/v1/classify", files=parts(("h.png", _png_header_claiming(side, side)))),
+                       413, "image_too_large", "image[0]")
+    assert f"{side * side:,} pixels" in msg and "40,000,000 (--max-pixels)" in msg and "200,000,000" not in msg
+
+
+def test_memory_budget_is_first_come_first_served_and_times_out():
+    from engine.serve.memory import BudgetTimeout, MemoryBudget
+
+    async def main():
+        b = MemoryBudget(100)
+        assert await b.acquire(60, 1) == 60
+        order = []
+
+        async def taker(name, n, timeout=5.0):
+            got = await b.acquire(n, timeout)
+            order.append(name)
+            return got
+
+        big = asyncio.ensure_future(taker("big", 80))
+        await asyncio.sleep(0.01)
+        small = asyncio.ensure_future(taker("small", 10))  # would fit now, but waits behind "big"
+        await asyncio.sleep(0.05)
+        assert order == [] and b.waiting == 2
+        b.release(60)
+        assert await big == 80 and await small == 10 and order == ["big", "small"]
+        with pytest.raises(BudgetTimeout) as e:
+            await b.acquire(50, 0.05)
+        assert e.value.retry_after_s == 1 and b.refused == 1 and b.waiting == 0
+        b.release(90)
+        assert b.used == 0 and await b.acquire(10**9, 0) == 100  # more than the whole budget: all of it, alone
+        b.release(100)
+        # a waiter cancelled (its request timed out) gives its place up and lets the next one in
+        held = await b.acquire(100, 0)
+        cancelled = asyncio.ensure_future(b.acquire(100, 5))
+        later = asyncio.ensure_future(b.acquire(1, 5))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        b.release(held)
+        assert await later == 1 and b.used == 1 and b.peak == 100
+        with pytest.raises(RuntimeError):
+            b.release(2)
+
+    asyncio.run(main())
+
+
+def test_request_cost_is_every_kept_image_plus_the_largest_decode():
+    from engine.serve.memory import decode_cost, kept_cost, request_cost
+
+    assert kept_cost(6000, 6000) == 2048 * 2048 * 4 and kept_cost(100, 50) == 100 * 50 * 4
+    # decoded (4 bytes a pixel in Pillow) + the EXIF copy + buffers, the resize's intermediate, the kept copy
+    assert decode_cost(6000, 6000, "RGB") == 6000 * 6000 * 9 + 2048 * 6000 * 4 + kept_cost(6000, 6000)
+    assert decode_cost(100, 100, "RGB") == 100 * 100 * 9 + kept_cost(100, 100)  # small: no resize
+    assert decode_cost(100, 100, "RGBA") > decode_cost(100, 100, "RGB") > decode_cost(100, 100, "L")
+    assert decode_cost(100, 100, "P", True) > decode_cost(100, 100, "P")
+    heads = [(6000, 6000, "RGB", False), (100, 100, "RGBA", False)]
+    assert request_cost(heads) == kept_cost(100, 100) + decode_cost(6000, 6000, "RGB")
+    assert request_cost([]) == 0
+
+
+def test_no_decode_memory_within_the_wait_is_a_503_with_retry_after_then_recovery():
+    """A small budget (1 MiB): while one request holds it (its images wait for a slow model), another waits
+    ``decode_wait_s`` and gets 503 + Retry-After; valid images are never a 400; afterwards requests pass."""
+    class Slow(FakeEncoder):
+        def encode_images(self, images):
+            time.sleep(0.5)
+            return super().encode_images(images)
+
+    big = png(solid("red").resize((600, 600)))  # kept 600²x4 = 1.4 MB: the whole 1 MiB budget
+    with make_client(encoder=Slow(), max_decode_memory=1024 * 1024, decode_wait_s=0.2, max_wait_ms=0) as c:
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(c.post("/v1/classify", files=parts(("a.png", big)))))
+        t.start()
+        for _ in range(100):
+            if c.app.state.decode_budget.used:
+                break
+            time.sleep(0.01)
+        r = c.post("/v1/classify", files=parts(("b.png", RED)))
+        msg = assert_error(r, 503, "busy")
+        assert r.headers["retry-after"] == "1" and "--max-decode-memory" in msg and "--decode-wait-s" in msg
+        t.join(30)
+        assert first[0].status_code == 200 and first[0].json()["results"][0]["label"] == "cherry"
+        assert c.app.state.decode_budget.used == 0
+        r = c.post("/v1/classify", files=parts(("c.png", RED)))
+        assert r.status_code == 200 and r.json()["results"][0]["error"] is None
+
+
+def test_a_timed_out_request_stops_decoding_and_gives_its_memory_back(monkeypatch):
+    """Issue 27: requests answered 504 went on decoding. Now the images after the timeout are not
+    decoded, and the memory is given back once the image being decoded is done."""
+    import engine.serve.app as app_module
+
+    real, decoded = app_module.decode_image, []
+
+    def slow_decode(data, field, max_pixels):
+        time.sleep(0.3)
+        decoded.append(field)
+        return real(data, field, max_pixels)
+
+    monkeypatch.setattr(app_module, "decode_image", slow_decode)
+    with make_client(timeout_s=0.45) as c:
+        files = parts(*((f"{i}.png", RED) for i in range(6)))
+        assert_error(c.post("/v1/classify", files=files), 504, "timeout")
+        time.sleep(1.0)
+        assert len(decoded) <= 2, decoded  # the 3rd..6th images were never decoded
+        assert c.app.state.decode_budget.used == 0
+
+
+# --------------------------------------------------------------------------- issue 27: over a real socket
+class _ThreadServer:
+    """The app over uvicorn with the protocol and read limits ``twentyq serve`` uses, in a thread, on a
+    free 127.0.0.1 port (the fake encoder: starts in well under a second)."""
+
+    def __init__(self, **settings):
+        import uvicorn
+
+        from engine.serve.connections import uvicorn_options
+
+        enc = FakeEncoder()
+        clf = Classifier(system=COLOUR_SYSTEM, encoder=enc)
+        s = ServeSettings(systems=(clf.system.name,), **settings)
+        self.port = _free_port()
+        config = uvicorn.Config(create_app(s, {clf.system.name: clf}), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on", **uvicorn_options(s.read_timeout_s))
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                return self
+            time.sleep(0.02)
+        raise AssertionError("the in-thread server did not start")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closes ``sock`` within ``seconds``, and what it sent before."""
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return True, got
+            got += chunk
+    except socket.timeout:
+        return False, got
+    except ConnectionResetError:
+        return True, got
+
+
+def test_half_sent_headers_and_bodies_are_dropped():
+    """Issue 27: half-sent headers and bodies were never timed out. Headers must be complete, and then the
+    body, within --read-timeout-s; a normal request on the same server still works."""
+    with _ThreadServer(read_timeout_s=0.4) as srv:
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:  # nothing at all
+            closed, _ = _closed_within(s, 5)
+        assert closed and time.monotonic() - t0 < 3
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:  # a header line, then silence
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            closed, got = _closed_within(s, 5)
+        assert closed and got == b""
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:  # headers, half the body
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"images\": [")
+            closed, got = _closed_within(s, 5)
+        assert closed and got.startswith(b"HTTP/1.1 408") and b"--read-timeout-s" in got
+        r = httpx.post(f"{srv.url}/v1/classify", files=parts(("r.png", RED)), timeout=10)
+        assert r.status_code == 200 and r.json()["results"][0]["label"] == "cherry"
+
+
+def test_a_utf8_api_key_works_end_to_end():
+    """Issue 27: a non-ASCII key was accepted at start-up, then every client sending it (as UTF-8) got 401."""
+    key = "clé-ключ"
+    with _ThreadServer(api_key=key) as srv:
+        ok = httpx.get(f"{srv.url}/v1/systems", headers={b"authorization": b"Bearer " + key.encode()}, timeout=10)
+        assert ok.status_code == 200
+        assert httpx.get(f"{srv.url}/v1/systems", headers={b"x-api-key": key.encode()}, timeout=10).status_code == 200
+        bad = httpx.get(f"{srv.url}/v1/systems", headers={b"x-api-key": "cle-ключ".encode()}, timeout=10)
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == "bad_api_key"
+        assert httpx.get(f"{srv.url}/v1/health", timeout=10).json().keys() == {"status", "version"}
+
+
+_MEASURE = """
+import io, sys, numpy as np
+from PIL import Image
+from engine.serve.memory import decode_cost
+from engine.serve.uploads import decode_image, read_header
+
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+
+rng, side = np.random.default_rng(0), 2500
+noise = lambda *shape: rng.integers(0, 256, shape, dtype=np.uint8)
+cases = {"RGB png": (Image.fromarray(noise(side, side, 3)), "PNG", {}),
+         "RGBA png": (Image.fromarray(noise(side, side, 4)), "PNG", {}),
+         "P+transparency png": (Image.fromarray(noise(side, side)).convert("P"), "PNG", {"transparency": 0}),
+         "I;16 png": (Image.fromarray(rng.integers(0, 65535, (side, side), dtype=np.uint16)), "PNG", {}),
+         "CMYK jpeg": (Image.fromarray(noise(side, side, 3)).convert("CMYK"), "JPEG", {})}
+for name, (im, fmt, kw) in cases.items():
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    data = buf.getvalue()
+    del im, buf
+    estimate = decode_cost(*read_header(data, "x", 10**9).cost)
+    open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
+    before = status("VmRSS")
+    img = decode_image(data, "x", 10**9)
+    print(name, status("VmHWM") - before, estimate, flush=True)
+    del img
+"""
+
+
+@pytest.mark.slow  # decodes five 6-megapixel images in a fresh process (~3 s)
+def test_decode_cost_estimates_cover_the_measured_peak():
+    """The budget is only as good as the estimate: for each kind of image, the memory a decode really
+    took (the process's peak RSS, reset just before) is at most what memory.decode_cost reserved."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    out = subprocess.run([sys.executable, "-c", _MEASURE], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    rows = [line.rsplit(" ", 2) for line in out.stdout.strip().splitlines()]
+    assert len(rows) == 5
+    for name, measured, estimate in rows:
+        assert int(measured) <= int(estimate), f"{name}: measured {int(measured):,} B > estimated {int(estimate):,} B"
+        assert int(measured) > int(estimate) / 4, f"{name}: the estimate is far too high ({estimate} vs {measured})"

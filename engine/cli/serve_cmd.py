@@ -18,8 +18,8 @@ SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "fastapi_offline")
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     from engine.serve.settings import (
-        DEFAULT_MAX_BATCH, DEFAULT_MAX_BYTES, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_WAIT_MS,
-        DEFAULT_TIMEOUT_S,
+        DEFAULT_DECODE_WAIT_S, DEFAULT_MAX_BATCH, DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODE_MEMORY, DEFAULT_MAX_IMAGES,
+        DEFAULT_MAX_PIXELS, DEFAULT_MAX_WAIT_MS, DEFAULT_READ_TIMEOUT_S, DEFAULT_TIMEOUT_S,
     )
 
     add_model_flags(p)
@@ -42,9 +42,19 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help=f"pixels per image, read from its header before decoding (default {DEFAULT_MAX_PIXELS:,})")
     s.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
                    help=f"per request, from upload to answer (default {DEFAULT_TIMEOUT_S:g})")
+    s.add_argument("--max-decode-memory", type=int, default=DEFAULT_MAX_DECODE_MEMORY, metavar="BYTES",
+                   help=f"bytes all requests together may use to decode images at once, estimated from each "
+                        f"image's header; a request waits for its share (default {DEFAULT_MAX_DECODE_MEMORY:,}: "
+                        "768 MiB)")
+    s.add_argument("--decode-wait-s", type=float, default=DEFAULT_DECODE_WAIT_S,
+                   help=f"how long a request waits for decode memory before it is answered 503 with "
+                        f"Retry-After (default {DEFAULT_DECODE_WAIT_S:g})")
+    s.add_argument("--read-timeout-s", type=float, default=DEFAULT_READ_TIMEOUT_S,
+                   help=f"a request's headers, then its body, must arrive within this (default "
+                        f"{DEFAULT_READ_TIMEOUT_S:g}); a half-sent request is dropped")
     s.add_argument("--api-key-file", default=None,
-                   help="file holding an API key; then every /v1 call but /v1/health needs "
-                        "'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+                   help="file holding an API key (UTF-8); then everything but /v1/health (status and version "
+                        "only) and the page needs 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (info logs each request) (default: %(default)s)")
     p.set_defaults(func=serve_cmd)
@@ -94,6 +104,7 @@ def serve_cmd(args) -> int:
 
     from engine.encoders.registry import model_label
     from engine.serve.app import create_app
+    from engine.serve.connections import uvicorn_options
     from engine.serve.settings import ServeSettings, read_api_key
 
     if not 0 < args.port < 65536:
@@ -102,7 +113,8 @@ def serve_cmd(args) -> int:
         settings = ServeSettings(
             encoder=encoder_spec(args), systems=_systems(args.system), max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, max_images=args.max_images, max_bytes=args.max_bytes,
-            max_pixels=args.max_pixels, timeout_s=args.timeout_s,
+            max_pixels=args.max_pixels, timeout_s=args.timeout_s, max_decode_memory=args.max_decode_memory,
+            decode_wait_s=args.decode_wait_s, read_timeout_s=args.read_timeout_s,
             api_key=read_api_key(args.api_key_file) if args.api_key_file else None)
     remote_code_notice(settings.encoder)
     if not _is_loopback(args.host) and settings.api_key is None:
@@ -120,7 +132,8 @@ def serve_cmd(args) -> int:
               f"{list(app.state.classifiers)}, at http://{args.host}:{args.port} (API docs at /docs)",
               file=sys.stderr, flush=True)
         config = uvicorn.Config(app, log_level=args.log_level, lifespan="on",
-                                timeout_graceful_shutdown=settings.timeout_s + 10)
+                                timeout_graceful_shutdown=settings.timeout_s + 10,
+                                **uvicorn_options(settings.read_timeout_s))
         server = uvicorn.Server(config)
         # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain, shut down) and re-raises the
         # signal afterwards; this handler takes that re-raise, so a drained shutdown exits 0.

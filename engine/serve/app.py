@@ -12,12 +12,17 @@ Endpoints (JSON but the page; every error is ``{"error": {"code", "message", "fi
 - ``GET /docs`` (Swagger UI) and ``GET /redoc``, their assets served from the installed
   ``fastapi-offline`` package (no CDN), and ``GET /openapi.json``.
 
-Safety: the request body is capped (``max_bytes``, checked on Content-Length and while
-reading), images per request (``max_images``) and pixels per image (``max_pixels``,
-from the header, before decoding); only bytes are read, never a server-side path; the
-optional API key is compared in constant time; remote model code runs only if the
-server was started with ``--trust-remote-code``, never per request. An unexpected
-exception is a 500 with its traceback logged.
+Safety (docs/reliability.md lists each case with its test): the request body is capped
+(``max_bytes``, checked on Content-Length and while reading) and must arrive within
+``read_timeout_s``; images per request (``max_images``) and pixels per image (``max_pixels``,
+from the header, before decoding); decoding shares one memory budget (``max_decode_memory``,
+engine/serve/memory.py): a request waits for its share, 503 + Retry-After past ``decode_wait_s``;
+a bad image is that image's error, not the request's (unless every image is bad); only bytes are
+read, never a server-side path; with an API key everything but ``/v1/health`` (status and version
+only) and the page needs the key, compared as UTF-8 bytes in constant time; the page is served with
+a Content-Security-Policy and every answer with ``X-Frame-Options: DENY`` and ``nosniff``; remote
+model code runs only if the server was started with ``--trust-remote-code``, never per request. An
+unexpected exception is a 500 with its traceback logged.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import asyncio
 import hmac
 import json
 import logging
+import reprlib
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -41,20 +47,65 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.core.adaptive import NAME_GROUP, SCORERS
+from engine.core.results import Result
 from engine.run.config import RunConfig
 from engine.serve.batcher import Batcher
+from engine.serve.memory import BudgetTimeout, MemoryBudget, kept_cost, request_cost, trim_malloc
 from engine.serve.schemas import (
-    ApiError, ClassifyJSON, ClassifyParams, ClassifyResponse, ErrorResponse, Health, ModelsResponse,
+    ApiError, ClassifyJSON, ClassifyParams, ClassifyResponse, ErrorResponse, Health, HealthPublic, ModelsResponse,
     SystemsResponse,
 )
 from engine.serve.settings import ServeSettings
-from engine.serve.uploads import b64_bytes, decode_image
+from engine.serve.uploads import Header, b64_bytes, decode_image, read_header
 
 log = logging.getLogger("twentyq.serve")
 
 RUN_FIELDS = ("budget", "tau", "delta", "policy", "scorer", "shortlist", "top_k")
 STATIC = Path(__file__).with_name("static")  # the page: plain HTML/CSS/JS, package data, no build step
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 500, 503, 504)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 415, 500, 503, 504)}
+# The page (``/`` and ``/static/*``) loads only its own script and style, shows the picked file as a
+# blob: preview and talks only to this server; no page may frame it.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+            "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother = 3, 60, 60
+
+
+def twentyq_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("twentyq")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def is_open_path(path: str) -> bool:
+    """The paths that need no API key: the liveness check and the page (it asks the user for the key)."""
+    return path in ("/", "/v1/health") or path.startswith("/static/")
+
+
+def key_matches(headers: list[tuple[bytes, bytes]], key: bytes) -> bool | None:
+    """Whether the request's key is ``key`` (UTF-8 bytes, compared in constant time); None if it sends none.
+
+    The key comes as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. Every such header sent must
+    carry it: a wrong one (or an ``Authorization`` header of another scheme) is never made good by a
+    right one beside it.
+    """
+    given = []
+    for name, value in headers:
+        if name == b"authorization":
+            given.append(value[7:].strip() if value[:7].lower() == b"bearer " else b"")
+        elif name == b"x-api-key":
+            given.append(value.strip())
+    if not any(given):
+        return None
+    ok = True
+    for g in given:  # (no early exit: each header costs the same compare)
+        ok &= hmac.compare_digest(g, key)
+    return ok
 
 
 # --------------------------------------------------------------------------- loading
@@ -127,7 +178,7 @@ def _validation_error(errors: list[dict]) -> ApiError:
                         field)
     if err.get("type") == "missing":
         return ApiError(400, "missing_field", f"{field} is required", field)
-    given = repr(err.get("input"))
+    given = _short_repr.repr(err.get("input"))  # bounded: junk of any size or depth stays one short line
     given = given if len(given) <= 60 else given[:57] + "..."
     return ApiError(400, "invalid_parameter", f"{field} == {given}: {err.get('msg', 'invalid')}", field)
 
@@ -158,55 +209,100 @@ def _check_shortlist(system: Any, config: RunConfig) -> None:
 
 
 class _Guard:
-    """Outermost of the app's middleware: caps the request body, and turns an unexpected exception into
-    the 500 error shape with its traceback logged (never a 4xx)."""
+    """Outermost of the app's middleware, for every HTTP request:
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    - the API key, when one is set: every path but :func:`is_open_path` needs it (401 before anything
+      else is read);
+    - security headers on every answer (nosniff, no framing), and :data:`PAGE_CSP` on the page;
+    - the request body: capped at ``max_bytes`` (Content-Length, and counted while read), and it must
+      arrive within ``read_timeout_s`` of the headers (408), so a half-sent body does not hold the
+      request forever;
+    - an unexpected exception becomes the 500 error shape with its traceback logged (never a 4xx).
+    """
+
+    def __init__(self, app, settings: ServeSettings):
+        self.app, self.settings = app, settings
+        self.key = None if settings.api_key is None else settings.api_key.encode("utf-8")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = ApiError(413, "body_too_large", f"the request body is over this server's limit of "
-                                                  f"{self.max_bytes:,} bytes (--max-bytes); send fewer or smaller "
-                                                  "images per request", None)
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                return await _send_error(send, ApiError(400, "bad_request", "Content-Length is not a number"))
-            if int(length) > self.max_bytes:
-                return await _send_error(send, too_big)
-        seen = 0
-
-        async def capped_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise too_big
-            return message
-
+        path = scope.get("path", "")
+        extra = list(SECURITY_HEADERS)
+        if path == "/" or path.startswith("/static/"):
+            extra.append((b"content-security-policy", PAGE_CSP.encode()))
         started = False
 
-        async def tracking_send(message):
+        async def guarded_send(message):
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": list(message.get("headers", []))
+                           + [(k, v) for k, v in extra if k not in have]}
             await send(message)
 
+        headers = scope.get("headers", [])
+        if self.key is not None and not is_open_path(path):
+            ok = key_matches(headers, self.key)
+            if not ok:
+                return await _send_error(guarded_send, ApiError(
+                    401, "missing_api_key" if ok is None else "bad_api_key",
+                    "this server needs an API key: send the header 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+                    if ok is None else "the API key is not valid; check the key you send", "Authorization",
+                    headers={"WWW-Authenticate": "Bearer"}))
+        max_bytes = self.settings.max_bytes
+        too_big = ApiError(413, "body_too_large", f"the request body is over this server's limit of "
+                                                  f"{max_bytes:,} bytes (--max-bytes); send fewer or smaller "
+                                                  "images per request", None)
+        length = dict(headers).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _send_error(guarded_send, ApiError(400, "bad_request", "Content-Length is not a number"))
+            if int(length) > max_bytes:
+                return await _send_error(guarded_send, too_big)
+        seen, body_done = 0, False
+        read_by = time.monotonic() + self.settings.read_timeout_s
+
+        async def guarded_receive():
+            nonlocal seen, body_done
+            if body_done:  # only a disconnect is left to hear: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, read_by - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise ApiError(408, "body_timeout", f"the request body did not arrive within "
+                                                    f"{self.settings.read_timeout_s:g} s (--read-timeout-s); send "
+                                                    "the whole body at once") from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > max_bytes:
+                    raise too_big
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
+            return message
+
         try:
-            await self.app(scope, capped_receive, tracking_send)
+            await self.app(scope, guarded_receive, guarded_send)
         except Exception:  # noqa: BLE001
             log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
-                await _send_error(send, ApiError(500, "internal", "unexpected server error (logged on the "
-                                                                  "server); retry, and report it if it persists"))
+                await _send_error(guarded_send, ApiError(500, "internal", "unexpected server error (logged on "
+                                                                          "the server); retry, and report it if "
+                                                                          "it persists"))
+
+
+def _closes(err: ApiError) -> bool:
+    """Answers after which the connection is closed: the rest of the body is not read."""
+    return err.status in (408, 413)
 
 
 async def _send_error(send, err: ApiError) -> None:
     body = json.dumps(err.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if err.status == 413:
+    headers += [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in err.headers.items()]
+    if _closes(err):
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -222,6 +318,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
     batcher = Batcher(classifiers, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1e3)
     encoder = next(iter(classifiers.values())).encoder
     default_system = next(iter(classifiers))
+    budget = MemoryBudget(settings.max_decode_memory)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -237,12 +334,17 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.batcher, app.state.classifiers, app.state.settings = batcher, classifiers, settings
-    app.add_middleware(_Guard, max_bytes=settings.max_bytes)
+    app.state.decode_budget = budget
+    app.add_middleware(_Guard, settings=settings)
+    if settings.api_key is not None:
+        _declare_api_key(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        headers = dict(exc.headers)
+        if _closes(exc):
+            headers["Connection"] = "close"
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -260,21 +362,6 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
             err = ApiError(exc.status_code, f"http_{exc.status_code}", str(exc.detail))
         return JSONResponse(err.body(), status_code=err.status, headers=getattr(exc, "headers", None))
 
-    def require_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        auth = request.headers.get("authorization")
-        if auth is not None and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        else:
-            given = request.headers.get("x-api-key")
-        if not given:
-            raise ApiError(401, "missing_api_key", "this server needs an API key: send the header "
-                                                   "'Authorization: Bearer KEY' or 'X-API-Key: KEY'", "Authorization")
-        if not hmac.compare_digest(given.encode("utf-8"), settings.api_key.encode("utf-8")):
-            raise ApiError(401, "bad_api_key", "the API key is not valid; check the key you send", "Authorization")
-
-    keyed = [Depends(require_key)]
 
     @app.get("/", include_in_schema=False)
     async def page() -> Any:
@@ -284,16 +371,22 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/v1/health", response_model=Health, tags=["server"])
+    version = twentyq_version()
+
+    @app.get("/v1/health", response_model=Health if settings.api_key is None else HealthPublic, tags=["server"])
     async def health() -> Any:
         """Liveness and readiness. The model is loaded before the port opens, so an answer means ready.
-        Needs no API key."""
+        Needs no API key; on a server with a key it says only its status and version."""
+        if settings.api_key is not None:
+            return HealthPublic(status="ok", version=version)
         d = encoder.describe() if hasattr(encoder, "describe") else {}
-        return Health(status="ok", ready=True, model=encoder.name, device=str(encoder.device),
+        return Health(status="ok", version=version, ready=True, model=encoder.name, device=str(encoder.device),
                       dtype=d.get("dtype", str(getattr(encoder, "dtype", ""))), systems=list(classifiers),
-                      pending_requests=batcher.pending, batches_run=batcher.batches_run, max_batch=batcher.max_batch)
+                      pending_requests=batcher.pending, batches_run=batcher.batches_run, max_batch=batcher.max_batch,
+                      decode_memory_in_use=budget.used, decode_memory_limit=budget.capacity,
+                      decode_waiting=budget.waiting)
 
-    @app.get("/v1/systems", response_model=SystemsResponse, dependencies=keyed, responses=_ERRORS, tags=["server"])
+    @app.get("/v1/systems", response_model=SystemsResponse, responses=_ERRORS, tags=["server"])
     async def systems() -> Any:
         """The systems served (pick one per request with ``system``), the policies and the scorers."""
         out = []
@@ -305,7 +398,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
                         "has_class_name_group": NAME_GROUP in {g.name for g in s.groups}})
         return {"systems": out, "policies": list_policies(), "scorers": list(SCORERS)}
 
-    @app.get("/v1/models", response_model=ModelsResponse, dependencies=keyed, responses=_ERRORS, tags=["server"])
+    @app.get("/v1/models", response_model=ModelsResponse, responses=_ERRORS, tags=["server"])
     async def models() -> Any:
         """The model this server loaded at start-up (one per server)."""
         d = encoder.describe() if hasattr(encoder, "describe") else {}
@@ -314,7 +407,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
                             "device": str(encoder.device), "dtype": d.get("dtype", str(encoder.dtype)),
                             "embed_dim": int(encoder.embed_dim), "logit_scale": float(encoder.logit_scale)}]}
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=keyed, responses=_ERRORS,
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=_ERRORS,
               tags=["classify"], openapi_extra={"requestBody": _request_body_doc()})
     async def classify(request: Request, query: Annotated[ClassifyParams, Query()]) -> Any:
         """Classify one or more images, each with its own question budget and stop rule.
@@ -352,35 +445,133 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
 
         t0 = time.perf_counter()
         try:
-            answer, decode_ms = await asyncio.wait_for(_decode_and_classify(items, system, config, trace),
-                                                       timeout=settings.timeout_s)
+            results, timings = await asyncio.wait_for(_decode_and_classify(request, items, system, config, trace),
+                                                      timeout=settings.timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"the request took over {settings.timeout_s:g} s (--timeout-s); send "
                                            "fewer images per request or retry later") from None
         records = []
-        for r, (_, name, _) in zip(answer.results, items):
+        for r, (_, name, _) in zip(results, items):
             r.image = name
             records.append(r.to_dict())
-        timings = {"decode_ms": decode_ms, **answer.timings, "total_ms": (time.perf_counter() - t0) * 1e3}
+        timings = {**timings, "total_ms": (time.perf_counter() - t0) * 1e3}
         timings = {k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()}
         return JSONResponse({"model": encoder.name, "system": system, "results": records, "timings": timings})
 
-    async def _decode_and_classify(items, system, config, trace):
+    async def _decode_and_classify(request, items, system, config, trace) -> tuple[list[Result], dict]:
+        """Each image's Result (a bad image is its own error, as in ``twentyq classify``) and the timings.
+
+        Headers first (nothing decoded), then the request's decode memory is reserved at once
+        (``request_cost``: every kept image plus the largest decode; 503 + Retry-After past
+        ``decode_wait_s``), then its images are decoded one at a time, stopping if the client has gone
+        or the request was cancelled (its timeout), and the kept images go to the batcher. If every
+        image is bad, the first one's error is the answer (400 or 413)."""
         t0 = time.perf_counter()
-        images = await run_in_threadpool(_decode_all, items, settings.max_pixels)
-        decode_ms = (time.perf_counter() - t0) * 1e3
-        return await batcher.submit(images, system, config, trace=trace), decode_ms
+        headers = await run_in_threadpool(_read_headers, items, settings.max_pixels)
+        errors = {k: h for k, h in enumerate(headers) if isinstance(h, ApiError)}
+        good = [k for k in range(len(items)) if k not in errors]
+        if not good:
+            raise errors[0]
+        t_wait = time.perf_counter()
+        try:
+            held = await budget.acquire(request_cost([headers[k][1].cost for k in good]), settings.decode_wait_s)
+        except BudgetTimeout as e:
+            raise ApiError(503, "busy", f"no decode memory came free within {settings.decode_wait_s:g} s "
+                                        f"(--decode-wait-s; the server decodes at most "
+                                        f"{settings.max_decode_memory:,} bytes of images at once, "
+                                        f"--max-decode-memory); retry after {e.retry_after_s} s",
+                           headers={"Retry-After": str(e.retry_after_s)}) from None
+        wait_ms = (time.perf_counter() - t_wait) * 1e3
+        images: dict[int, Any] = {}
+        try:
+            for k in good:
+                if await request.is_disconnected():
+                    log.info("client gone: %s %s not decoded further", request.method, request.url.path)
+                    raise ApiError(400, "client_disconnected", "the client closed the connection")
+                data, header = headers[k]
+                headers[k] = None  # the encoded bytes are not needed past this image
+                try:
+                    images[k] = await _finish_in_thread(decode_image, data, items[k][0], settings.max_pixels)
+                except ApiError as e:
+                    errors[k] = e
+                del data
+            decode_ms = (time.perf_counter() - t0) * 1e3
+            if not images:
+                raise errors[min(errors)]
+            # the decode peak is over: keep only what the decoded images hold until the model has them
+            kept = min(held, sum(kept_cost(*images[k].size) for k in images))
+            budget.release(held - kept)
+            held = kept
+            order = sorted(images)
+            batch = [images.pop(k) for k in order]
+            answer = await batcher.submit(batch, system, config, trace=trace)
+            del batch
+        finally:
+            images.clear()
+            budget.release(held)
+            if budget.used == 0:
+                asyncio.get_running_loop().run_in_executor(None, trim_malloc)
+        results: list[Result | None] = [None] * len(items)
+        for k, r in zip(order, answer.results):
+            results[k] = r
+        for k, e in errors.items():
+            results[k] = Result.failed(e.message)
+        return results, {"decode_ms": decode_ms, "memory_wait_ms": wait_ms, **answer.timings}
 
     return app
 
 
-def _decode_all(items: list[tuple[str, str, Any]], max_pixels: int) -> list[Any]:
-    out = []
+async def _finish_in_thread(fn, *args):
+    """``fn(*args)`` in the thread pool. If the caller is cancelled meanwhile (its timeout), the thread
+    cannot be stopped: wait for it to end (one image at most) before the cancellation goes on, so the
+    memory reserved for it is given back only once it is really free."""
+    task = asyncio.ensure_future(run_in_threadpool(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed decode of a cancelled request is nobody's error
+        raise
+
+
+def _read_headers(items: list[tuple[str, str, Any]], max_pixels: int) -> list[tuple[bytes, Header] | ApiError]:
+    """Each item's bytes and header (nothing decoded), or its ApiError (bad base64, not an image, too large)."""
+    out: list[tuple[bytes, Header] | ApiError] = []
     for field, _, data in items:
-        if isinstance(data, str):
-            data = b64_bytes(data, field)
-        out.append(decode_image(data, field, max_pixels))
+        try:
+            raw = b64_bytes(data, field) if isinstance(data, str) else data
+            out.append((raw, read_header(raw, field, max_pixels)))
+        except ApiError as e:
+            out.append(e)
     return out
+
+
+def _declare_api_key(app: FastAPI) -> None:
+    """The OpenAPI document of a server with a key: its two ways to send the key as security schemes,
+    required by every operation but /v1/health (clients and fuzzers see that a key is needed)."""
+    schemes = {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+               "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = default()
+            spec.setdefault("components", {})["securitySchemes"] = schemes
+            for path, ops in spec.get("paths", {}).items():
+                if is_open_path(path):
+                    continue
+                for op in ops.values():
+                    if isinstance(op, dict):
+                        op["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+                        op.setdefault("responses", {}).setdefault(
+                            "401", {"description": "no or a wrong API key",
+                                    "content": {"application/json": {"schema": {"$ref":
+                                                "#/components/schemas/ErrorResponse"}}}})
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 async def _read_multipart(request: Request, max_images: int) -> list[tuple[str, str, bytes]]:
@@ -418,6 +609,9 @@ async def _read_json(request: Request, max_images: int) -> tuple[dict[str, Any],
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "bad_json", f"the body is not valid JSON ({e}); send "
                                         "{\"images\": [base64, ...], ...}") from None
+    except RecursionError:  # [[[[... nested past the parser's depth: not a request, never a 500
+        raise ApiError(400, "bad_json", "the JSON body is nested too deeply to be a request; send "
+                                        "{\"images\": [base64, ...], ...}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "the JSON body must be an object: {\"images\": [base64, ...], ...}")
     if isinstance(body.get("images"), list) and len(body["images"]) > max_images:
@@ -436,8 +630,9 @@ def _request_body_doc() -> dict[str, Any]:
     schema = ClassifyJSON.model_json_schema()
     return {"required": True, "content": {
         "multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"],
-            "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"},
+            "type": "object", "required": ["image"], "additionalProperties": False,
+            "properties": {"image": {"type": "array", "minItems": 1,
+                                     "items": {"type": "string", "format": "binary"},
                                      "description": "image files (repeat the part); settings go in the query"}}}},
         "application/json": {"schema": schema},
     }}

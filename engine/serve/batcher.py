@@ -50,6 +50,7 @@ class _Job:
     future: asyncio.Future
     t_submit: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # the caller gave up (timeout, disconnect): skip it if not started
+    taken: bool = False  # the worker has put it in a batch (its images are in use until that batch ends)
     trace: bool = False  # keep the top-k after each step (the page replays the path)
 
 
@@ -98,7 +99,10 @@ class Batcher:
         try:
             return await job.future
         except asyncio.CancelledError:
-            job.cancelled = True
+            with self._lock:
+                job.cancelled = True
+                if not job.taken:  # still queued: its decoded images need not wait for the worker to see it
+                    job.images = []
             raise
         finally:
             self.pending -= 1
@@ -115,7 +119,7 @@ class Batcher:
         """The next batch of live jobs, or None once stopped."""
         first = self._carry
         self._carry = None
-        while first is None or first.cancelled:
+        while first is None or not self._take(first):
             first = self._queue.get()
             if first is _STOP:
                 return None
@@ -135,9 +139,19 @@ class Batcher:
             if n + len(job.images) > self.max_batch:
                 self._carry = job
                 break
+            if not self._take(job):
+                continue
             batch.append(job)
             n += len(job.images)
         return batch
+
+    def _take(self, job: _Job) -> bool:
+        """Mark ``job`` as in a batch, unless its caller gave up (then it is dropped)."""
+        with self._lock:
+            if job.cancelled:
+                return False
+            job.taken = True
+            return True
 
     def _run(self) -> None:
         while True:
@@ -147,11 +161,15 @@ class Batcher:
             try:
                 answers = self._classify(batch)
             except Exception as e:  # noqa: BLE001  (each caller gets it: a 500 with its traceback)
+                answers = [None] * len(batch)
                 for job in batch:
                     job.loop.call_soon_threadsafe(_settle, job.future, None, e)
-                continue
-            for job, answer in zip(batch, answers):
-                job.loop.call_soon_threadsafe(_settle, job.future, answer, None)
+            else:
+                for job, answer in zip(batch, answers):
+                    job.loop.call_soon_threadsafe(_settle, job.future, answer, None)
+            for job in batch:  # the decoded images are done with: not kept alive while the worker waits
+                job.images = []
+            del batch, answers
 
     def _classify(self, batch: list[_Job]) -> list[Answer]:
         t_start = time.perf_counter()

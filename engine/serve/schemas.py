@@ -15,9 +15,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 class ApiError(Exception):
     """An answer other than 200, raised anywhere in a request and rendered as the error shape."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = dict(headers or {})  # e.g. Retry-After on a 503
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
@@ -89,7 +91,8 @@ class Timings(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    decode_ms: float = Field(description="reading and decoding this request's images")
+    decode_ms: float = Field(description="reading and decoding this request's images (memory_wait_ms included)")
+    memory_wait_ms: float = Field(description="waiting for decode memory (--max-decode-memory)")
     queue_ms: float = Field(description="waiting for the model batch to start")
     embed_ms: float = Field(description="embedding the whole batch (shared by its requests)")
     classify_ms: float = Field(description="questions and scoring for this request's (system, settings) group")
@@ -115,8 +118,16 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-class Health(BaseModel):
+class HealthPublic(BaseModel):
+    """What /v1/health tells anyone when the server needs an API key: nothing about the model or paths."""
+
     status: str = Field(description='"ok", or "draining" once a shutdown began')
+    version: str = Field(description="the twentyq version")
+
+
+class Health(HealthPublic):
+    """/v1/health of a server without an API key (one that only this machine can reach, by default)."""
+
     ready: bool
     model: str
     device: str
@@ -125,6 +136,9 @@ class Health(BaseModel):
     pending_requests: int = Field(description="requests received and not yet answered")
     batches_run: int
     max_batch: int
+    decode_memory_in_use: int = Field(description="bytes of the decode budget reserved now (--max-decode-memory)")
+    decode_memory_limit: int = Field(description="the decode budget in bytes (--max-decode-memory)")
+    decode_waiting: int = Field(description="requests waiting for decode memory")
 
 
 class SystemInfo(BaseModel):

@@ -13,6 +13,13 @@ DEFAULT_MAX_PIXELS = 40_000_000  # one image, read from its header before decodi
 DEFAULT_MAX_BATCH = 32  # images per model batch gathered across requests
 DEFAULT_MAX_WAIT_MS = 10.0  # how long the first request of a batch waits for company
 DEFAULT_TIMEOUT_S = 60.0  # one request, from its body read to its answer
+# Decoding uploads: at most this many bytes at once (engine/serve/memory.py estimates each image's peak
+# from its header). Sized for a 2-core, 24 GiB machine: the offline model's server idles at ~0.5 GB, so
+# 768 MiB keeps it under ~1.5 GB, and 2 cores decode no faster with more images in flight. One image
+# whose estimate is larger than the whole budget (a 40 MP RGBA PNG: ~1 GB) still runs, alone.
+DEFAULT_MAX_DECODE_MEMORY = 768 * 1024 * 1024
+DEFAULT_DECODE_WAIT_S = 10.0  # how long a request may wait for decode memory before a 503 + Retry-After
+DEFAULT_READ_TIMEOUT_S = 30.0  # a request's headers, and then its body, must arrive within this
 
 
 def _whole(name: str, v, lo: int) -> None:
@@ -36,7 +43,12 @@ class ServeSettings:
     max_wait_ms : how long the first request of a batch waits for others to join it.
     max_images, max_bytes, max_pixels : per request, per request body, per image (read from the header).
     timeout_s : per request, from the end of its upload to its answer (504 past it).
-    api_key : if set, every /v1 call but /v1/health needs it (``Authorization: Bearer KEY`` or ``X-API-Key``).
+    max_decode_memory : bytes all requests together may use to decode images at once (see memory.py).
+    decode_wait_s : how long a request waits for decode memory before it is answered 503 + Retry-After.
+    read_timeout_s : a request's headers, then its body, must arrive within this many seconds.
+    api_key : if set, everything but ``/v1/health`` (reduced to status and version) and the page
+        (``/``, ``/static/*``) needs it (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), compared
+        as UTF-8 bytes.
     """
 
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
@@ -47,6 +59,9 @@ class ServeSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     timeout_s: float = DEFAULT_TIMEOUT_S
+    max_decode_memory: int = DEFAULT_MAX_DECODE_MEMORY
+    decode_wait_s: float = DEFAULT_DECODE_WAIT_S
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -64,6 +79,9 @@ class ServeSettings:
             raise ValueError(f"--max-pixels == {self.max_pixels:,} is over the engine's own limit of "
                              f"{MAX_IMAGE_PIXELS:,} pixels per image; pass at most that")
         _number("--timeout-s", self.timeout_s, 0, open_lo=True)
+        _whole("--max-decode-memory", self.max_decode_memory, 1024 * 1024)
+        _number("--decode-wait-s", self.decode_wait_s, 0)
+        _number("--read-timeout-s", self.read_timeout_s, 0, open_lo=True)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()
                                          or any(c.isspace() for c in self.api_key.strip())):
             raise ValueError("the API key must be one non-empty word (no spaces); check --api-key-file")

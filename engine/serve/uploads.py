@@ -15,6 +15,8 @@ import binascii
 import io
 import re
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
@@ -25,8 +27,26 @@ FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.ASCII)
 
 
-def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
-    """One uploaded image as RGB; ApiError (400 bad_image, 413 image_too_large) naming ``field``."""
+@dataclass(frozen=True)
+class Header:
+    """What an upload's header declares, read before any pixel is decoded: its size and Pillow mode
+    after a JPEG's reduced-scale draft (what will actually be decoded), and whether it names a
+    transparent colour. ``cost`` tuple for :func:`engine.serve.memory.request_cost`."""
+
+    width: int
+    height: int
+    mode: str
+    transparency: bool
+
+    @property
+    def cost(self) -> tuple[int, int, str, bool]:
+        return self.width, self.height, self.mode, self.transparency
+
+
+@contextmanager
+def _opened(data: bytes, field: str, max_pixels: int):
+    """The upload opened by Pillow (header only), its declared size checked against ``max_pixels`` and
+    a large JPEG set to decode at reduced scale; every failure an ApiError naming ``field``."""
     if not data:
         raise ApiError(400, "bad_image", f"{field} is empty; send the image file's bytes", field)
     try:
@@ -35,18 +55,17 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
             with Image.open(io.BytesIO(data), formats=FORMATS) as im:
                 w, h = im.size  # the header only: nothing is decoded yet
                 if w * h > max_pixels:
-                    raise ApiError(413, "image_too_large",
-                                   f"{field} declares {w}x{h} = {w * h:,} pixels, over this server's limit of "
-                                   f"{max_pixels:,} (--max-pixels); send a smaller image", field)
+                    raise _too_large(field, w * h, max_pixels, f"{w}x{h} = ")
                 if max(w, h) > MAX_SIDE:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= the bound
                     r = MAX_SIDE / max(w, h)
                     im.draft(None, (max(1, int(w * r)), max(1, int(h * r))))
-                return load_image(im)
+                yield im
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ApiError(413, "image_too_large", f"{field} is too large to decode safely ({e}); send a smaller "
-                                               "image", field) from None
+        # Pillow's own guard fired first (over 2x its limit): quote this server's limit, not Pillow's
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(field, int(m.group(1)) if m else None, max_pixels) from None
     except UnidentifiedImageError:
         raise ApiError(400, "bad_image", f"{field} is not an image this server reads; send one of "
                                          f"{', '.join(FORMATS)}", field) from None
@@ -57,6 +76,29 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ApiError(400, "bad_image", f"{field} is corrupt or truncated ({msg}); send a complete image file",
                        field) from None
+    except Exception as e:  # noqa: BLE001  (anything else a decoder raises is this image's error, not a 500)
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ApiError(400, "bad_image", f"{field} could not be decoded ({type(e).__name__}: {msg}); send a "
+                                         "complete image file", field) from None
+
+
+def _too_large(field: str, pixels: int | None, max_pixels: int, size: str = "") -> ApiError:
+    declared = f"declares {size}{pixels:,} pixels" if pixels is not None else "declares more pixels than that"
+    return ApiError(413, "image_too_large", f"{field} {declared}, over this server's limit of {max_pixels:,} "
+                                            "(--max-pixels); send a smaller image", field)
+
+
+def read_header(data: bytes, field: str, max_pixels: int) -> Header:
+    """The upload's header (nothing decoded); ApiError (400 bad_image, 413 image_too_large) naming ``field``."""
+    with _opened(data, field, max_pixels) as im:
+        w, h = im.size  # after draft: the size that will be decoded
+        return Header(int(w), int(h), im.mode, "transparency" in im.info)
+
+
+def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """One uploaded image as RGB; ApiError (400 bad_image, 413 image_too_large) naming ``field``."""
+    with _opened(data, field, max_pixels) as im:
+        return load_image(im)
 
 
 def b64_bytes(text: str, field: str) -> bytes:

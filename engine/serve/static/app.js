@@ -17,7 +17,9 @@ function $(root, sel) { return root.querySelector(sel); }
 function el(tag, props = {}, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(props)) {
-    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+    if (k === "class") e.className = v; else if (k === "text") e.textContent = v;
+    // styles through the CSSOM: the page's Content-Security-Policy (style-src 'self') refuses style="" attributes
+    else if (k === "style") Object.assign(e.style, v); else e.setAttribute(k, v);
   }
   for (const k of kids) e.append(k);
   return e;
@@ -226,7 +228,7 @@ class Panel {
       const li = el("li", { class: j === 0 ? "lead" : "" },
         el("span", { class: "cls", text: (j === 0 ? "★ " : "") + label }),
         el("span", { class: "bar", role: "img", "aria-label": `${label} ${pct(p)}` },
-          el("span", { style: `width:${Math.max(0, Math.min(100, 100 * p)).toFixed(2)}%` })),
+          el("span", { style: { width: `${Math.max(0, Math.min(100, 100 * p)).toFixed(2)}%` } })),
         el("span", { class: "pct", text: pct(p) }));
       return li;
     }));
