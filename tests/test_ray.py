@@ -16,9 +16,9 @@ What is checked:
   without it. The result store itself is tested in ``test_store.py``.
 
 Ray workers run at nice 0 here (Ray's default is 15), so the 2 shared cores are not
-taken from them by every other process on the machine. The tests that start Ray actor pools
-are marked ``slow`` (each pool spawns processes that import torch and load a model: 20-60 s
-on 2 cores); CI runs them all.
+taken from them by every other process on the machine. The tests that start Ray (the module's
+``cluster``) are marked ``slow``: starting it takes about 15 s under load, and each actor pool spawns
+processes that import torch and load a model (20-60 s on 2 cores); CI runs them all.
 """
 
 from __future__ import annotations
@@ -281,6 +281,7 @@ def test_a_hugging_face_dataset_through_ray_matches_a_single_process(cluster, tm
 
 
 # --------------------------------------------------------------------------- the actor without a pool
+@pytest.mark.slow
 def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, tmp_path):
     """ClassifyBatch called directly: bytes rows (one corrupt) and a precomputed text table."""
     from engine.run.ray_executor import ClassifyBatch, _embed_prompts
