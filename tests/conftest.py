@@ -5,12 +5,31 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# `pytest --hypothesis-profile=mutation` (bench/mutation.py): a failing example is enough to kill a
-# mutant, so skip shrinking it, and draw the same examples on every run.
-from hypothesis import Phase, settings  # noqa: E402
+# Hypothesis profiles. `ci` (chosen when the CI environment variable is set, as CI services and .ci/run
+# do): the same examples on every run, so CI goes red only on a change, never by chance; no deadline
+# (a loaded runner is slow, not wrong) and no example database (nothing carried between runs); a failure
+# prints the blob that replays it (@reproduce_failure). `explore` (local runs): Hypothesis's defaults,
+# new random examples each run and failures kept in .hypothesis/ to be replayed first.
+# `pytest --hypothesis-profile=NAME` overrides both. `mutation` (bench/mutation.py): a failing example
+# is enough to kill a mutant, so skip shrinking it, and draw the same examples on every run.
+# Each profile names its parent: without one a profile inherits whatever is loaded when it is registered,
+# and Hypothesis loads its own `ci` profile on import wherever CI is set.
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
-settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], database=None, derandomize=True,
-                          print_blob=False)
+_HYPOTHESIS_DEFAULTS = settings.get_profile("default")
+settings.register_profile("ci", _HYPOTHESIS_DEFAULTS, derandomize=True, print_blob=True, deadline=None,
+                          database=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", _HYPOTHESIS_DEFAULTS, print_blob=True)
+settings.register_profile("mutation", _HYPOTHESIS_DEFAULTS, phases=[Phase.explicit, Phase.generate], database=None,
+                          derandomize=True, print_blob=False)
+
+
+def hypothesis_profile(environ) -> str:
+    """The profile for an environment: ``ci`` when CI is set to anything but an empty, 0, false or no."""
+    return "ci" if environ.get("CI", "").strip().lower() not in ("", "0", "false", "no") else "explore"
+
+
+settings.load_profile(hypothesis_profile(os.environ))
 
 
 # --------------------------------------------------------------------------- the loop's backends

@@ -145,6 +145,7 @@ def _nll(sims, y, rm, sizes, lam, eps):
     return true_class_nll(full_log_posterior(sims, rm, sizes, lam, eps), y)
 
 
+@pytest.mark.slow
 @given(st.integers(0, 2**10), st.floats(10, 60), st.floats(0.05, 0.3))
 @settings(max_examples=4, deadline=None)
 def test_fit_is_the_optimum_of_a_brute_force_grid_and_a_local_minimum(seed, lam_true, eps_true):

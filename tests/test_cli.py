@@ -127,6 +127,7 @@ def test_missing_file_and_unknown_model(images, system_file, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_label_missing_from_the_system(tmp_path, system_file, capsys):
     solid("red").save(tmp_path / "a.png")
     (tmp_path / "d.csv").write_text("path,label\na.png,plum\na.png,cherry\n")

@@ -156,6 +156,7 @@ def test_decode_rules_and_errors_are_the_loaders(tmp_path):
     assert got[3].shape == (16, 16, 3)
 
 
+@pytest.mark.slow
 def test_pool_gives_the_in_process_result_for_every_image(tmp_path):
     plan = PixelPlan(shortest_edge=24, size=None, crop=(24, 24), mean=(0.5,) * 3, std=(0.25,) * 3)
     items = bad_inputs(tmp_path)

@@ -6,13 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.special import expit
 
 from engine import ArraySource, StopRule, build_channel
 from engine.core.scoring import (
-    bayes_loglik, baseline_probs, entropy, expected_information_gain, full_bayes_log_posterior,
+    SHORTLIST_RTOL, bayes_loglik, baseline_probs, entropy, expected_information_gain, full_bayes_log_posterior,
     group_log_probs, group_probs, sum_scores,
 )
 from policies import list_policies
@@ -185,19 +185,30 @@ def test_renaming_and_permuting_classes_in_the_engine(classify, system, data, po
 
 
 # --------------------------------------------------------------------------- 3. reduction
+# The label is the engine's top class, and the engine calls probabilities within SHORTLIST_RTOL (relative)
+# of the best a tie, broken by class index; the baseline's own softmax may differ from the engine's
+# posterior in the last bits, hence the few ulps on top.
+LABEL_TIE_SLACK = 8 * np.finfo(np.float64).eps
+TIE_FOUND = np.array([[-1.19e-07, 0.0], [0.0, -1.19e-07], [-1.19e-07, 0.0], [0.0, 0.0]])
+
+
 @SETTINGS
-@given(n=st.integers(1, 12), data=st.data(), lam=LOGIT_SCALES, scorer=st.sampled_from(["bayes", "sum"]))
-def test_one_group_of_class_names_reduces_to_the_baseline(classify, n, data, lam, scorer):
+@given(sims=st.integers(1, 12).flatmap(lambda n: similarity_arrays(4, n)), lam=LOGIT_SCALES,
+       scorer=st.sampled_from(["bayes", "sum"]))
+# hypothesis found this one: the two classes' probabilities differ by 4.6e-10 relative, a tie for the engine
+@example(sims=TIE_FOUND, lam=0.0078125, scorer="bayes")
+@example(sims=TIE_FOUND, lam=0.0078125, scorer="sum")
+def test_one_group_of_class_names_reduces_to_the_baseline(classify, sims, lam, scorer):
+    n = sims.shape[1]
     classes = [f"class {i}" for i in range(n)]
     system = baseline_system(classes)
     assert system.q_total == n
-    sims = data.draw(similarity_arrays(4, n))
     res = classify(ArraySource(sims, system), system, "fixed", logit_scale=lam, scorer=scorer)
     base = baseline_probs(sims, lam)
     for r, row in zip(res, base):
         want = int(np.argmax(row))
         got = system.class_index(r.label)
-        assert got == want or abs(row[got] - row[want]) <= 1e-12 * max(row[want], 1e-300)
+        assert got == want or row[want] - row[got] <= (SHORTLIST_RTOL + LABEL_TIE_SLACK) * abs(row[want])
         assert r.q_spent == n
 
 

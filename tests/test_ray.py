@@ -9,14 +9,16 @@ What is checked:
 - the offline stand-in through Ray (lazy text per actor) after a run killed with
   SIGKILL halfway and finished with ``--resume``: every image exactly once, labels
   and ``q_spent`` identical to a single process, finished shards not redone;
+- a Hugging Face save_to_disk dataset (images as bytes, no files) through ``eval --ray``: the
+  one-process records (issue 24);
 - bytes input, the precomputed text cache, worker sizing and the one-line errors (Ray
   missing, flags without ``--ray``, a bad ``--out``); these need no shared data and run
   without it. The result store itself is tested in ``test_store.py``.
 
 Ray workers run at nice 0 here (Ray's default is 15), so the 2 shared cores are not
-taken from them by every other process on the machine. The tests that start Ray actor pools
-are marked ``slow`` (each pool spawns processes that import torch and load a model: 20-60 s
-on 2 cores); CI runs them all.
+taken from them by every other process on the machine. The tests that start Ray (the module's
+``cluster``) are marked ``slow``: starting it takes about 15 s under load, and each actor pool spawns
+processes that import torch and load a model (20-60 s on 2 cores); CI runs them all.
 """
 
 from __future__ import annotations
@@ -238,7 +240,48 @@ def test_a_calibration_travels_with_the_job_to_the_actors(cluster, tmp_path):
     assert summary["calibration"]["sha256"] == cal.sha256 and summary["calibration"]["excluded_dev_images"] == 12
 
 
+@pytest.mark.slow
+def test_a_hugging_face_dataset_through_ray_matches_a_single_process(cluster, tmp_path, monkeypatch):
+    """Issue 24: a save_to_disk dataset's images are bytes in the dataset, no file at their stored names; the
+    actors get the bytes (not only the names), so every row is classified, as in one process."""
+    import io
+
+    datasets = pytest.importorskip("datasets", reason="the datasets library is not installed: pip install "
+                                                      "'twentyq[datasets]'")
+    from engine.run.store import read_run
+
+    from .encoder_fixtures import five_group_system
+
+    model, system = str(tiny_model_dir("clip")), five_group_system()
+    (tmp_path / "five.json").write_text(json.dumps(system.to_dict()))
+    pngs = []
+    for i in range(12):
+        buf = io.BytesIO()
+        noise_image(100 + i).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    ds = datasets.Dataset.from_dict({
+        "image": [{"bytes": b, "path": f"img{i}.png"} for i, b in enumerate(pngs)],  # names only: no such files
+        "label": [system.classes[i % system.n_classes] for i in range(len(pngs))],
+    }).cast_column("image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "hfds"))
+    monkeypatch.chdir(tmp_path)  # the driver's cwd, sent to the actors; img*.png are not there either
+    common = ["eval", "--data", str(tmp_path / "hfds"), "--system", str(tmp_path / "five.json"), "--model", model,
+              "--device", "cpu", "--tau", "0.5", "--quiet", "--shard-size", "5"]
+    assert main([*common, "--out", str(tmp_path / "r.jsonl"), "--ray", "--workers", "1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "s.jsonl")]) == 0
+    on_ray, single = read_run(tmp_path / "r.jsonl"), read_run(tmp_path / "s.jsonl")
+    assert len(on_ray) == len(single) == len(pngs)
+    assert all(r["error"] is None for r in on_ray)
+    assert [_key(r) for r in on_ray] == [_key(r) for r in single]  # names, labels, Q, stops, questions
+    assert [r["true_label"] for r in on_ray] == [r["true_label"] for r in single]
+    for a, b in zip(on_ray, single):
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
+        assert [lab for lab, _ in a["top"]] == [lab for lab, _ in b["top"]]
+        assert [p for _, p in a["top"]] == pytest.approx([p for _, p in b["top"]], abs=1e-6)
+
+
 # --------------------------------------------------------------------------- the actor without a pool
+@pytest.mark.slow
 def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, tmp_path):
     """ClassifyBatch called directly: bytes rows (one corrupt) and a precomputed text table."""
     from engine.run.ray_executor import ClassifyBatch, _embed_prompts

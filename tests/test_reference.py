@@ -52,6 +52,16 @@ def _close(a, b, atol=ATOL, rtol=1e-7):
     return abs(a - b) <= atol + rtol * abs(b)
 
 
+def test_the_reference_uses_the_engines_tie_rule():
+    """The reference restates the tie rule from the docs instead of importing it; a tie rule changed in the
+    engine alone would make the comparisons below flaky near the old tolerance, not fail: fail here instead."""
+    from engine.core.scoring import SHORTLIST_RTOL
+    from policies.base import TIE_ATOL, TIE_RTOL
+
+    assert (ref.TIE_RTOL, ref.TIE_ATOL) == (TIE_RTOL, TIE_ATOL)
+    assert ref.TIE_RTOL == SHORTLIST_RTOL  # the reference's shortlist uses the relative part alone, as the engine
+
+
 # --------------------------------------------------------------------------- scoring functions
 @SETTINGS
 @given(data=st.data(), lam=LOGIT_SCALES, eps=EPS)

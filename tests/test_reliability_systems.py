@@ -163,6 +163,7 @@ def _loads_or_refuses(data, tmp_path=None):
     assert parse_system(system.to_dict()) == system  # a system that loads round-trips
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(JSON)
 def test_fuzz_arbitrary_json_loads_or_raises_the_validation_error(data):

@@ -204,6 +204,7 @@ def _classifier(mode, buckets="off"):
     return Classifier(spec, system)
 
 
+@pytest.mark.slow
 def test_eager_prompts_count_what_is_embedded_and_change_no_result():
     images = [noise_image(s) for s in range(3)]
     lazy, eager = _classifier("auto"), _classifier("eager", buckets="on")

@@ -88,6 +88,7 @@ def test_torch_loop_agrees_with_numpy_with_the_shortlist(system, data, policy, e
     assert_same_results(want, got)
 
 
+@pytest.mark.slow
 def test_torch_loop_agrees_on_pokemon15_at_scale():
     from systems import load_system
 
@@ -288,6 +289,7 @@ def test_classifier_results_are_the_same_on_both_engines_and_the_source_gives_de
     np.testing.assert_array_equal(got.double().numpy(), src.similarities(np.array([3, 1]), 0, np.array([2, 0])))
 
 
+@pytest.mark.slow
 def test_gpu_engine_measure_runs_on_the_cpu():
     from bench.gpu_engine import measure
 

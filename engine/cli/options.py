@@ -271,10 +271,12 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     g.add_argument("--shortlist", type=int, default=None, metavar="M",
                    help="adaptive: once few classes remain, ask which of the top M class names fits (M prompts); "
                         "needs a system with a class_name group (system build --name-group)")
-    g.add_argument("--calibration", default=None, metavar="CAL.json",
+    g.add_argument("--calibration", default=None, metavar="CAL.json|NAME",
                    help="a calibration made by 'twentyq calibrate' for this model and system: per-question λ and "
                         "answer channels for the Bayes update, EIG and stopping; eval/compare leave out its dev "
-                        "images (default: none, the model's λ and --eps)")
+                        "images. A NAME that is not a file is one shipped with twentyq: pokemon15_gen1.sprites "
+                        "(the probe's, for --model probe --system pokemon15_gen1) (default: none, the model's λ "
+                        "and --eps)")
     g.add_argument("--target-accuracy", type=float, default=None, metavar="A",
                    help="adaptive, with --calibration: stop at the τ chosen on the calibration's dev images so that "
                         "accuracy among images stopping on confidence is >= A with 90%% confidence (replaces --tau)")

@@ -21,7 +21,10 @@ Contract (these names are stable; the CLI, the Python API, Ray and the benchmark
   every prompt's similarity computed, and :func:`fit_calibration` fits on them. The other images (the
   test split) are never read.
 - :func:`fit_calibration` the same from arrays (dev similarities and true classes).
-- :func:`save_calibration`, :func:`load_calibration` (JSON, schema :data:`SCHEMA`).
+- :func:`save_calibration`, :func:`load_calibration` (JSON, schema :data:`SCHEMA`); ``load_calibration`` also
+  takes the name of a calibration shipped with the package (:func:`shipped_calibrations`, e.g.
+  ``pokemon15_gen1.sprites``, the shipped probe's on ``pokemon15_gen1``) when its argument is not an
+  existing path, so ``--calibration pokemon15_gen1.sprites`` works wherever twentyq is installed.
 - :func:`exclude_dev` drops a dataset's rows whose image content is a dev image of the calibration;
   :func:`image_sha256` is that content hash (a file's sha256, as the image cache keys images).
 - :class:`CalibrationError` (a file that cannot be used, exit 2), :class:`CalibrationMismatch`.
@@ -45,6 +48,7 @@ confidence is ≥ the target with 90% confidence). Assumptions, checked where th
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -256,8 +260,43 @@ def save_calibration(cal: Calibration, path: str | Path) -> Calibration:
     return replace(cal, path=str(path), sha256=hashlib.sha256(p.read_bytes()).hexdigest())
 
 
+# Calibrations that ship with the package (package data beside the shipped probe): NAME is the file
+# engine/encoders/data/probe/NAME.cal.json of the installed package, wherever it is installed.
+SHIPPED_PACKAGE, SHIPPED_FOLDER, SHIPPED_SUFFIX = "engine.encoders", ("data", "probe"), ".cal.json"
+
+
+def _shipped_folder():
+    from importlib.resources import files
+
+    return files(SHIPPED_PACKAGE).joinpath(*SHIPPED_FOLDER)
+
+
+def shipped_calibrations() -> list[str]:
+    """The names of the calibrations that ship with the package, sorted (e.g. 'pokemon15_gen1.sprites')."""
+    return sorted(f.name[:-len(SHIPPED_SUFFIX)] for f in _shipped_folder().iterdir()
+                  if f.name.endswith(SHIPPED_SUFFIX) and f.is_file())
+
+
 def load_calibration(path: str | Path) -> Calibration:
-    """A calibration file (capped read); a CalibrationError (exit 2) when it is not one."""
+    """A calibration: a file (capped read), or, when ``path`` is not an existing path, the name of a shipped
+    one (:func:`shipped_calibrations`; 'NAME' or 'NAME.cal.json'). A CalibrationError (exit 2) when it is
+    neither, naming the shipped ones, or when the file is not a calibration."""
+    from importlib.resources import as_file
+
+    if isinstance(path, Path) or os.path.lexists(path) or str(path) == "-":
+        return _load_calibration_file(path)
+    name = str(path)
+    name = name[:-len(SHIPPED_SUFFIX)] if name.endswith(SHIPPED_SUFFIX) else name
+    shipped = shipped_calibrations()
+    if name not in shipped:
+        raise CalibrationError(f"calibration {str(path)!r}: no such file, nor a calibration shipped with twentyq "
+                               f"(shipped: {', '.join(shipped) or 'none'}); give a file made by 'twentyq calibrate' "
+                               "or one of those names")
+    with as_file(_shipped_folder().joinpath(name + SHIPPED_SUFFIX)) as file:
+        return _load_calibration_file(file)
+
+
+def _load_calibration_file(path: str | Path) -> Calibration:
     from systems.files import read_bytes_capped, read_json_capped
 
     d = read_json_capped(path, what="calibration", shape="a calibration written by 'twentyq calibrate'",

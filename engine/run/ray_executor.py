@@ -361,7 +361,11 @@ class RayExecutor:
         if not shards:
             return
         items = [it for sh in shards for it in sh.items]
+        # an Item's image is its bytes when it has them (a Hugging Face dataset's rows: ``path`` only names
+        # them), else the file at ``path``: the actors get both, as ClassifyBatch reads them
         rows = pa.table({"path": [it.path for it in items],
+                         **({"bytes": pa.array([it.data for it in items], type=pa.binary())}
+                            if any(it.data is not None for it in items) else {}),
                          **({"label": [it.label for it in items]} if items[0].label is not None else {})})
         # the pipeline's shards are consecutive runs of rows; renumber them as blocks of this table
         size = max(len(sh.items) for sh in shards)
