@@ -257,13 +257,23 @@ def save_calibration(cal: Calibration, path: str | Path) -> Calibration:
 
 
 def load_calibration(path: str | Path) -> Calibration:
-    """A calibration file (capped read); a CalibrationError (exit 2) when it is not one."""
-    from systems.files import read_bytes_capped, read_json_capped
+    """A calibration file, read once through the guarded reader (a regular file of at most 16 MiB: a FIFO,
+    device or larger file is refused unread); a CalibrationError (exit 2) naming the file, and the field
+    when a value is wrong, when it is not one."""
+    from systems.files import TEXT_INPUT_LIMIT, UnreadableInput, parse_json_text, read_bytes_capped
 
-    d = read_json_capped(path, what="calibration", shape="a calibration written by 'twentyq calibrate'",
-                         error=CalibrationError)
-    sha = hashlib.sha256(read_bytes_capped(path, what="calibration")).hexdigest()
-    return Calibration.from_dict(d, path=str(path), sha256=sha)
+    try:
+        raw = read_bytes_capped(path, TEXT_INPUT_LIMIT, what="calibration")
+    except UnreadableInput as e:
+        raise CalibrationError(str(e)) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CalibrationError(f"calibration {str(path)!r} is not UTF-8 text; make it again with "
+                               "'twentyq calibrate'") from None
+    d = parse_json_text(text, path, what="calibration", shape="a calibration written by 'twentyq calibrate'",
+                        error=CalibrationError)
+    return Calibration.from_dict(d, path=str(path), sha256=hashlib.sha256(raw).hexdigest())
 
 
 def target_choice(cal: Calibration | None, config: Any) -> TauChoice | None:
@@ -302,14 +312,12 @@ def image_sha256(item: Any) -> str | None:
     if data is not None:
         return hashlib.sha256(bytes(data)).hexdigest()
     path = getattr(item, "path", item)
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    from systems.files import hash_file
+
+    try:  # the guarded reader: a FIFO or a symlink to /dev/zero in a data row is refused, never waited on
+        return hash_file(path, what="image")
     except (OSError, ValueError):
         return None  # a missing or unreadable image is that image's error later, not a dev image
-    return h.hexdigest()
 
 
 def exclude_dev(items: Sequence[Any], cal: Calibration | None) -> tuple[list[Any], int]:

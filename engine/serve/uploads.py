@@ -1,8 +1,9 @@
 """Request bytes to RGB images, refusing what should not be decoded.
 
 Only bytes from the request are read (never a server-side path). Each image is
-opened with Pillow restricted to common raster formats (no EPS/PDF, which would
-hand the data to Ghostscript), its declared size is checked against the pixel
+opened with Pillow restricted to the project's one format list,
+:data:`engine.encoders.images.IMAGE_FORMATS` (no EPS/PDF, which would hand the data
+to Ghostscript; the refusal is :func:`~engine.encoders.images.format_refusal`'s), its declared size is checked against the pixel
 limit from the header alone, before any pixel is decoded, and only then is it
 decoded (JPEGs at a reduced scale when large) and brought to RGB by the same
 rules as files (:func:`engine.encoders.images.load_image`).
@@ -18,10 +19,10 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from engine.encoders.images import MAX_SIDE, ImageLoadError, load_image
+from engine.encoders.images import IMAGE_FORMATS, MAX_SIDE, ImageLoadError, format_refusal, load_image, sniff_format
 from engine.serve.schemas import ApiError
 
-FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+FORMATS = IMAGE_FORMATS  # the one list (engine.encoders.images), not a server-only one
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.ASCII)
 
 
@@ -48,8 +49,7 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
         raise ApiError(413, "image_too_large", f"{field} is too large to decode safely ({e}); send a smaller "
                                                "image", field) from None
     except UnidentifiedImageError:
-        raise ApiError(400, "bad_image", f"{field} is not an image this server reads; send one of "
-                                         f"{', '.join(FORMATS)}", field) from None
+        raise ApiError(400, "bad_image", f"{field}: {format_refusal(sniff_format(data[:16]))}", field) from None
     except ImageLoadError as e:
         raise ApiError(400, "bad_image", f"{field} could not be decoded ({e.cause}); send a complete image file",
                        field) from None
