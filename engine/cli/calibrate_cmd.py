@@ -25,6 +25,7 @@ def calibrate_cmd(args) -> int:
     from engine.core.scoring import check_eps
     from engine.encoders.registry import model_label
     from engine.run.calibration_file import calibrate, save_calibration
+    from systems.printable import printable
 
     if not args.out.lower().endswith(".json"):
         raise UsageError(f"--out {args.out!r}: a calibration is one JSON file; name it *.json")
@@ -57,7 +58,7 @@ def calibrate_cmd(args) -> int:
     print(f"\nλ of the model {cal.lam0:g}, ε {ch.eps:g}\n\n| group | K | λ_g | reliability | dev images |\n|---|---|---|---|---|")
     for g, name in enumerate(cal.groups):
         rel = "-" if ch.confusions[g] is None else f"{ch.reliability[g]:.2f}"
-        print(f"| {name} | {cal.sizes[g]} | {ch.lams[g]:.3g} | {rel} | {ch.n_dev[g]} |")
+        print(f"| {printable(name)} | {cal.sizes[g]} | {ch.lams[g]:.3g} | {rel} | {ch.n_dev[g]} |")
     m = cal.metrics
     f, a = m["full"], m["adaptive"]
     print(f"\ndev metrics, in sample (the channels were fitted on these images):\n\n"

@@ -40,8 +40,11 @@ log = logging.getLogger("twentyq")
 
 
 def warn(msg: str) -> None:
-    """A warning on stderr (logger ``twentyq``; -q hides it, the CLI prefixes ``twentyq:``)."""
-    log.warning(msg)
+    """A warning on stderr (logger ``twentyq``; -q hides it, the CLI prefixes ``twentyq:``), control
+    characters escaped line by line (:func:`systems.printable.printable`)."""
+    from systems.printable import printable
+
+    log.warning("\n".join(printable(line) for line in str(msg).split("\n")))
 
 
 class StderrHandler(logging.StreamHandler):
@@ -474,8 +477,11 @@ def executor_for(args) -> Any:
 
 # --------------------------------------------------------------------------- printing
 def short(text: str, n: int) -> str:
-    """``text`` on one line, at most n characters (the start elided)."""
-    text = text.encode("unicode_escape").decode("ascii") if any(c in text for c in "\r\n\t") else text
+    """``text`` on one line, at most n characters (the start elided), control characters escaped
+    (:func:`systems.printable.printable`)."""
+    from systems.printable import printable
+
+    text = printable(text)
     return text if len(text) <= n else "…" + text[-(n - 1):]
 
 
@@ -488,8 +494,10 @@ def print_result(r, as_json: bool) -> None:
     elif r.error:
         print(f"{short(r.image, 40):<40} ERROR {short(r.error, 200)}", flush=True)
     else:
-        qs = ", ".join(f"{s.group}={s.answer}" for s in r.steps)
-        print(f"{short(r.image, 40):<40} {r.label:<24} {r.confidence:>6.3f} {r.q_spent:>4}  {r.stop:<10} {qs}",
+        from systems.printable import printable
+
+        qs = ", ".join(f"{printable(s.group)}={printable(s.answer)}" for s in r.steps)
+        print(f"{short(r.image, 40):<40} {printable(r.label):<24} {r.confidence:>6.3f} {r.q_spent:>4}  {r.stop:<10} {qs}",
               flush=True)
 
 
@@ -511,6 +519,7 @@ def print_report(rep, by: str | None, quiet: bool) -> None:
     """An eval summary on stdout: the headline, the model, then (unless quiet) the top confusions and
     the --by breakdown."""
     from engine.encoders.registry import model_label
+    from systems.printable import printable
 
     print(report_line(rep))
     print(f"  model: {model_label(rep.model)}")
@@ -518,9 +527,9 @@ def print_report(rep, by: str | None, quiet: bool) -> None:
         print(line)
     if not quiet:
         for c in rep.confusion[:5]:
-            print(f"  confused: {c['label']} -> {c['predicted']} ({c['count']})")
+            print(f"  confused: {printable(c['label'])} -> {printable(c['predicted'])} ({c['count']})")
         for k, v in rep.by.get(by, {}).items() if by else []:
-            print(f"  {by}={k}: accuracy {v['accuracy']:.3f} (n={v['n']})")
+            print(f"  {printable(by)}={printable(k)}: accuracy {v['accuracy']:.3f} (n={v['n']})")
 
 
 def target_line(choice, config) -> str:

@@ -12,6 +12,7 @@ import functools
 import json
 
 from engine.cli.options import EXIT_OK, UsageError, settings_errors, warn
+from systems.printable import printable
 
 
 def _reads_user_files(cmd):
@@ -25,7 +26,7 @@ def _reads_user_files(cmd):
 
 
 def _header(system) -> str:
-    return f"{system.name}: {system.n_classes} classes, {system.n_groups} groups, Q={system.q_total}"
+    return f"{printable(system.name)}: {system.n_classes} classes, {system.n_groups} groups, Q={system.q_total}"
 
 
 @_reads_user_files
@@ -42,17 +43,17 @@ def _show_cmd(args) -> int:
 
     system = load_system(args.system)
     print(_header(system))
-    if system.description:
-        print(system.description)
+    if system.description:  # every name printed through printable(): no control character reaches the terminal
+        print("\n".join(printable(line) for line in system.description.splitlines()))
     for gi, g in enumerate(system.groups):
-        print(f"\n[{g.name}] {g.template}")
+        print(f"\n[{printable(g.name)}] {printable(g.template)}")
         for k, opt in enumerate(g.options):
-            users = [c for c, row in zip(system.classes, system.rules) if k in row[gi]]
-            print(f"  {k:>2}  {opt:<40} {', '.join(users)}")
+            users = [printable(c) for c, row in zip(system.classes, system.rules) if k in row[gi]]
+            print(f"  {k:>2}  {printable(opt):<40} {', '.join(users)}")
     for gi, g in enumerate(system.groups):
-        classes = [c for c, row in zip(system.classes, system.rules) if not row[gi]]
+        classes = [printable(c) for c, row in zip(system.classes, system.rules) if not row[gi]]
         if classes:
-            print(f"\nnot applicable in {g.name}: {', '.join(classes)}")
+            print(f"\nnot applicable in {printable(g.name)}: {', '.join(classes)}")
     return EXIT_OK
 
 
