@@ -11,7 +11,7 @@ system format, the engine, the CLI and the benchmarks all use the same helpers:
   :func:`hash_file` on top of it): ``stat`` first (a FIFO or device is never opened), then
   an ``O_NONBLOCK`` open and ``fstat`` of what was opened (a file swapped for a FIFO or a
   symlink to ``/dev/zero`` in between is refused too), then a size cap per kind of input
-  (:data:`TEXT_INPUT_LIMIT`, :data:`SECRET_FILE_LIMIT`, :data:`IMAGE_FILE_LIMIT`), checked
+  (:data:`TEXT_INPUT_LIMIT`, :data:`SYSTEM_FILE_LIMIT`, :data:`SECRET_FILE_LIMIT`, :data:`IMAGE_FILE_LIMIT`), checked
   on the opened file's size and again while reading. A refusal is an :class:`UnreadableInput`
   (a :class:`~systems.errors.UserInputError`: exit 2, one line) or, for a missing file or a
   folder, FileNotFoundError / IsADirectoryError.
@@ -39,6 +39,8 @@ from systems.errors import UserInputError
 #: descriptor and calibration files (text written by people, LLMs or twentyq; the largest real one,
 #: a 10,000-class system, is a few MB)
 TEXT_INPUT_LIMIT = 16 * 1024 * 1024
+#: a system file: a 100,000-class system with 20 groups is ~22 MB, with 200 groups ~200 MB
+SYSTEM_FILE_LIMIT = 256 * 1024 * 1024
 #: an API key file: a secret is a line, not megabytes
 SECRET_FILE_LIMIT = 64 * 1024
 #: an image file read whole or hashed (Pillow itself streams; the pixel limit guards decoding)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from systems.files import atomic_write_text, read_bytes_capped
+from systems.files import SYSTEM_FILE_LIMIT, atomic_write_text, read_bytes_capped
 from systems.format import AttributeSystem
 from systems.validate import SystemValidationError, parse_system
 
@@ -35,10 +35,10 @@ def read_json(path: Path) -> Any:
     """Parse a JSON file strictly: UTF-8, no comments, no duplicate keys.
 
     Read through the guarded reader (:func:`systems.files.read_bytes_capped`): a FIFO, a device or a
-    file over 16 MiB is refused unread (``UnreadableInput``, exit 2)."""
+    file over 256 MiB is refused unread (``UnreadableInput``, exit 2)."""
     source = str(path)
     try:
-        raw = read_bytes_capped(path, what="system file")
+        raw = read_bytes_capped(path, SYSTEM_FILE_LIMIT, what="system file")
     except OSError as e:
         raise SystemValidationError(source, [f"cannot read the file: {e.strerror or e}"]) from None
     try:

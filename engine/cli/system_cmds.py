@@ -65,15 +65,19 @@ def _analyze_cmd(args) -> int:
     if args.json:
         print(json.dumps(a.to_dict(), ensure_ascii=False, indent=2))
         return EXIT_OK
-    print(f"{a.system}: {a.n_classes} classes, {a.n_groups} groups, Q={a.q_total}")
-    print(f"identical rule signatures: {a.identical_signatures or 'none'}")
+    print(f"{printable(a.system)}: {a.n_classes} classes, {a.n_groups} groups, Q={a.q_total}")
+    print(f"identical rule signatures: {a.identical_signatures or 'none'}")  # lists print as repr: escaped
     print(f"classes no group can tell apart: {a.indistinguishable or 'none'}")
-    print(f"pairs told apart only weakly (no group rules one out): {a.weakly_distinguishable or 'none'}")
+    if a.pairwise_skipped:
+        warn(a.pairwise_skipped)
+    else:
+        print(f"pairs told apart only weakly (no group rules one out): {a.weakly_distinguishable or 'none'}")
     print(f"\n{'group':<24}{'K':>4}{'pairs separated':>18}{'info (bits)':>13}  not applicable")
     for sp in a.splits:
-        print(f"{sp.group:<24}{sp.n_options:>4}{sp.pairs_separated:>18}{sp.info_bits:>13.2f}  "
+        print(f"{printable(sp.group):<24}{sp.n_options:>4}{sp.pairs_separated:>18}{sp.info_bits:>13.2f}  "
               f"{len(sp.not_applicable)}")
-    print(f"\nminimal separating set (greedy): {a.minimal_separating_set} (Q={a.minimal_set_q})")
+    if not a.pairwise_skipped:
+        print(f"\nminimal separating set (greedy): {a.minimal_separating_set} (Q={a.minimal_set_q})")
     return EXIT_OK
 
 
