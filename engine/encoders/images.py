@@ -78,6 +78,8 @@ def sniff_format(prefix: bytes) -> str | None:
 
     Only the plugins' ``accept`` checks run (comparisons of the first bytes); nothing is opened or decoded.
     """
+    if prefix.startswith(b"%PDF"):  # Pillow writes PDF but has no reader to ask
+        return "PDF"
     Image.init()
     for fmt, (_factory, accept) in Image.OPEN.items():
         try:
