@@ -528,3 +528,17 @@ def test_calibrate_checks_out_before_loading_anything(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
     assert (tmp_path / "d.csv.json").read_text() == '{"precious": true}'
+
+
+def test_log_lines_and_one_line_warnings_escape_control_characters(capsys):
+    import warnings
+
+    from engine.cli.options import cli_logging, warn
+    from engine.encoders.base import OneLineWarning
+
+    with cli_logging():
+        warn("bad name 'a\x1b[2J'\nsecond line \x07")
+    err = capsys.readouterr().err
+    assert err == "twentyq: bad name 'a\\x1b[2J'\nsecond line \\x07\n"
+    text = warnings.formatwarning(OneLineWarning("file 'x\x1b]0;t\x07'"), OneLineWarning, "f.py", 1)
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b]0;t\\x07" in text

@@ -40,11 +40,18 @@ log = logging.getLogger("twentyq")
 
 
 def warn(msg: str) -> None:
-    """A warning on stderr (logger ``twentyq``; -q hides it, the CLI prefixes ``twentyq:``), control
-    characters escaped line by line (:func:`systems.printable.printable`)."""
-    from systems.printable import printable
+    """A warning on stderr (logger ``twentyq``; -q hides it, the CLI prefixes ``twentyq:``)."""
+    log.warning(msg)
 
-    log.warning("\n".join(printable(line) for line in str(msg).split("\n")))
+
+class PrintableFormatter(logging.Formatter):
+    """``twentyq: message`` with control characters escaped line by line (:func:`systems.printable.printable`):
+    a name quoted in a diagnostic cannot drive the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from systems.printable import printable
+
+        return "\n".join(printable(line) for line in super().format(record).split("\n"))
 
 
 class StderrHandler(logging.StreamHandler):
@@ -67,7 +74,7 @@ def cli_logging():
     """Diagnostics of the ``twentyq`` loggers on stderr as ``twentyq: message`` for the command's
     duration (warnings until :func:`set_verbosity`); results go to stdout, never through here."""
     handler = StderrHandler()
-    handler.setFormatter(logging.Formatter("twentyq: %(message)s"))
+    handler.setFormatter(PrintableFormatter("twentyq: %(message)s"))
     before = log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.WARNING)
