@@ -32,7 +32,7 @@ share each acceptable option set, blockwise over the distinct sets). Only the tw
 answers that are lists of *pairs* or need them, ``weakly_distinguishable`` and the
 greedy ``minimal_separating_set``, look at pairs; they are computed over the
 distinct canonical signatures (classes with the same one behave identically), and
-only while groups × signature pairs is at most :data:`PAIRWISE_LIMIT`
+only while (groups + 1) × signature pairs is at most :data:`PAIRWISE_LIMIT`
 (100,000,000, about 100 MB of booleans): above it both are None and
 ``pairwise_skipped`` says why. A 100,000-class system is analysed this way in
 seconds; the former (3, G, C, C) boolean tensors needed 27.9 GiB for it.
@@ -45,8 +45,8 @@ from dataclasses import asdict, dataclass
 import networkx as nx
 import numpy as np
 
-#: the most groups × (distinct signature pairs) the pairwise answers (weakly distinguishable pairs, the
-#: minimal separating set) are computed for: one bool per group and pair, about 100 MB
+#: the most (groups + 1) × (distinct signature pairs) the pairwise answers (weakly distinguishable pairs,
+#: the minimal separating set) are computed for: one bool per group and pair, about 100 MB
 PAIRWISE_LIMIT = 100_000_000
 
 from systems.format import AttributeSystem
@@ -129,27 +129,85 @@ def _cells(system: AttributeSystem) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pairwise_size(system: AttributeSystem) -> int:
-    """groups × pairs of distinct canonical signatures: what the pairwise answers hold (see PAIRWISE_LIMIT)."""
+    """(groups + 1) × pairs of distinct canonical signatures: the booleans the pairwise answers hold (one per
+    group and pair, and one per pair for "told apart"); see :data:`PAIRWISE_LIMIT`."""
     u = len(set(canonical_signatures(system)))
-    return system.n_groups * u * (u - 1) // 2
+    return (system.n_groups + 1) * (u * (u - 1) // 2)
 
 
-def _pair_covers(system: AttributeSystem, first: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Over the pairs of cells (upper triangle of the U representatives ``first``): iu (2, P), separates
-    (G, P) bool (group g separates the pair) and distinguishes (P,) bool (some group tells them apart)."""
-    m = system.rule_matrix[first].astype(np.int32)  # (U, Q)
-    iu = np.triu_indices(len(first), k=1)
-    sep = np.zeros((system.n_groups, len(iu[0])), dtype=bool)
-    dist = np.zeros(len(iu[0]), dtype=bool)
-    for g, (o, k) in enumerate(zip(system.offsets, system.option_counts)):
-        seg = m[:, o:o + k]
+def _pair_starts(u: int) -> np.ndarray:
+    """(U,) where row a's pairs (a, a+1 .. U-1) start in the row-major upper triangle."""
+    a = np.arange(u, dtype=np.int64)
+    return a * u - a * (a + 1) // 2
+
+
+def _pair_rows_cols(idx: np.ndarray, u: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (a, b), a < b, of upper-triangle pair indices ``idx`` (the order of ``np.triu_indices(u, 1)``)."""
+    starts = _pair_starts(u)
+    a = np.searchsorted(starts, idx, side="right") - 1
+    return a, idx - starts[a] + a + 1
+
+
+def _pair_covers(system: AttributeSystem, first: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Over the pairs of cells (the upper triangle of the U representatives ``first``, row-major, P pairs):
+    separates (G, P) bool (group g separates the pair) and distinguishes (P,) bool (some group tells the
+    pair apart). Computed in blocks of rows: the temporaries are (block, U), never (U, U)."""
+    u = len(first)
+    m = system.rule_matrix[first]  # (U, Q) bool
+    starts = _pair_starts(u)
+    n_pairs = u * (u - 1) // 2
+    sep = np.zeros((system.n_groups, n_pairs), dtype=bool)
+    dist = np.zeros(n_pairs, dtype=bool)
+    per_group = []
+    for o, k in zip(system.offsets, system.option_counts):
+        seg = m[:, o:o + k].astype(np.float32)  # small counts: exact in float32, and BLAS-fast
         applicable = seg.any(axis=1)
-        overlap = (seg @ seg.T)[iu] > 0
-        sep[g] = applicable[iu[0]] & applicable[iu[1]] & ~overlap
-        full = np.where(applicable[:, None], seg, 1)
-        n = full.sum(axis=1)
-        dist |= (n[iu[0]] + n[iu[1]] - 2 * (full @ full.T)[iu]) > 0
-    return np.stack(iu), sep, dist
+        full = np.where(applicable[:, None], seg, 1.0).astype(np.float32)  # not applicable == every option
+        per_group.append((seg, applicable, full, full.sum(axis=1)))
+    for i0 in range(0, u, block):
+        i1 = min(u, i0 + block)
+        for g, (seg, applicable, full, n) in enumerate(per_group):
+            s = applicable[i0:i1, None] & applicable[None, :] & ((seg[i0:i1] @ seg.T) == 0)
+            d = (n[i0:i1, None] + n[None, :] - 2 * (full[i0:i1] @ full.T)) > 0  # |A xor B| > 0
+            for r in range(i1 - i0):
+                a = i0 + r
+                lo, hi = starts[a], starts[a] + (u - a - 1)
+                sep[g, lo:hi] = s[r, a + 1:]
+                dist[lo:hi] |= d[r, a + 1:]
+    return sep, dist
+
+
+def _pairwise(system: AttributeSystem) -> tuple[list[list[str]], list[str]]:
+    """(weakly distinguishable pairs, the greedy minimal separating set), from one pass over the pairs."""
+    first, cell = _cells(system)
+    u = len(first)
+    covers, dist = _pair_covers(system, first)
+    members: dict[int, list[int]] = {}
+    for c, x in enumerate(cell):
+        members.setdefault(int(x), []).append(c)
+    weak_idx = np.flatnonzero(dist & ~covers.any(axis=0))
+    out = []
+    for x, y in zip(*_pair_rows_cols(weak_idx, u)):
+        out += [(min(a, b), max(a, b)) for a in members[int(x)] for b in members[int(y)]]
+    weak = [[system.classes[a], system.classes[b]] for a, b in sorted(out)]
+
+    # greedy set cover; a pair of cells weighs as many class pairs as it stands for
+    size = np.bincount(cell, minlength=u).astype(np.int64)
+    weight = None
+    if (size > 1).any():
+        a, b = _pair_rows_cols(np.arange(u * (u - 1) // 2, dtype=np.int64), u)
+        weight = size[a] * size[b]
+    todo = covers.any(axis=0)
+    chosen: list[int] = []
+    while todo.any():
+        hit = [covers[g] & todo for g in range(system.n_groups)]
+        gain = [int(h.sum()) if weight is None else int(weight[h].sum()) for h in hit]
+        best = max(range(system.n_groups), key=lambda g: (gain[g], -system.option_counts[g], -g))
+        if gain[best] == 0:
+            break
+        chosen.append(best)
+        todo &= ~covers[best]
+    return weak, [system.groups[g].name for g in chosen]
 
 
 def weakly_distinguishable_pairs(system: AttributeSystem) -> list[list[str]] | None:
@@ -157,20 +215,7 @@ def weakly_distinguishable_pairs(system: AttributeSystem) -> list[list[str]] | N
 
     None when the system is too large for pairs (:func:`pairwise_size` over :data:`PAIRWISE_LIMIT`).
     """
-    if pairwise_size(system) > PAIRWISE_LIMIT:
-        return None
-    first, cell = _cells(system)
-    iu, sep, dist = _pair_covers(system, first)
-    weak = dist & ~sep.any(axis=0)
-    members: dict[int, list[int]] = {}
-    for c, u in enumerate(cell):
-        members.setdefault(int(u), []).append(c)
-    out = []
-    for u, v in zip(iu[0][weak], iu[1][weak]):
-        for a in members[int(u)]:
-            for b in members[int(v)]:
-                out.append((min(a, b), max(a, b)))
-    return [[system.classes[a], system.classes[b]] for a, b in sorted(out)]
+    return None if pairwise_size(system) > PAIRWISE_LIMIT else _pairwise(system)[0]
 
 
 @dataclass(frozen=True)
@@ -227,23 +272,7 @@ def minimal_separating_set(system: AttributeSystem) -> list[str] | None:
     between classes (a pair of signatures counts once per pair of their classes).
     None when the system is too large for pairs (:data:`PAIRWISE_LIMIT`).
     """
-    if pairwise_size(system) > PAIRWISE_LIMIT:
-        return None
-    first, cell = _cells(system)
-    iu, covers, _ = _pair_covers(system, first)  # (G, P) over pairs of cells
-    size = np.bincount(cell, minlength=len(first)).astype(np.int64)
-    weight = size[iu[0]] * size[iu[1]]  # class pairs behind each pair of cells
-    todo = covers.any(axis=0)
-    chosen: list[int] = []
-    while todo.any():
-        gain = (covers & todo) @ weight
-        best = max(range(system.n_groups),
-                   key=lambda g: (gain[g], -system.option_counts[g], -g))
-        if gain[best] == 0:
-            break
-        chosen.append(best)
-        todo &= ~covers[best]
-    return [system.groups[g].name for g in chosen]
+    return None if pairwise_size(system) > PAIRWISE_LIMIT else _pairwise(system)[1]
 
 
 @dataclass(frozen=True)
@@ -270,9 +299,10 @@ def analyze(system: AttributeSystem) -> SystemAnalysis:
     skipped = None
     if size > PAIRWISE_LIMIT:
         skipped = (f"weakly distinguishable pairs and the minimal separating set not computed: they need one "
-                   f"entry per group and pair of distinct rule signatures, {size:,} here, over the limit of "
-                   f"{PAIRWISE_LIMIT:,} (systems.analysis.PAIRWISE_LIMIT); the rest of the analysis is complete")
-    minimal = None if skipped else minimal_separating_set(system)
+                   f"entry per group (and one more) and pair of distinct rule signatures, {size:,} here, over the "
+                   f"limit of {PAIRWISE_LIMIT:,} (systems.analysis.PAIRWISE_LIMIT); the rest of the analysis is "
+                   "complete")
+    weak, minimal = (None, None) if skipped else _pairwise(system)
     return SystemAnalysis(
         system=system.name,
         n_classes=system.n_classes,
@@ -280,7 +310,7 @@ def analyze(system: AttributeSystem) -> SystemAnalysis:
         q_total=system.q_total,
         identical_signatures=identical_signatures(system),
         indistinguishable=indistinguishable_classes(system),
-        weakly_distinguishable=None if skipped else weakly_distinguishable_pairs(system),
+        weakly_distinguishable=weak,
         splits=group_splits(system),
         minimal_separating_set=minimal,
         minimal_set_q=None if minimal is None else int(sum(system.groups[system.group_index(g)].n_options

@@ -272,7 +272,8 @@ def load_image(image: ImageLike | bytes, *, name: str | None = None) -> Image.Im
     try:  # the guarded reader: fstat of what was opened, so a FIFO swapped in after the stat is refused too
         f = open_guarded(path, IMAGE_FILE_LIMIT, what="image")
     except (OSError, ValueError) as e:
-        raise ImageLoadError(path, getattr(e, "cause", None) or getattr(e, "strerror", None) or _first_line(e)) from None
+        cause = getattr(e, "cause", None) or getattr(e, "strerror", None) or _first_line(e)
+        raise ImageLoadError(path, cause) from None
     with f:
         return _decode(f, path)
 

@@ -1,9 +1,8 @@
 """Request bytes to RGB images, refusing what should not be decoded.
 
 Only bytes from the request are read (never a server-side path). Each image is
-opened with Pillow restricted to the project's one format list,
-:data:`engine.encoders.images.IMAGE_FORMATS` (no EPS/PDF, which would hand the data
-to Ghostscript; the refusal is :func:`~engine.encoders.images.format_refusal`'s), its declared size is checked against the pixel
+opened with Pillow restricted to common raster formats (no EPS/PDF, which would
+hand the data to Ghostscript), its declared size is checked against the pixel
 limit from the header alone, before any pixel is decoded, and only then is it
 decoded (JPEGs at a reduced scale when large) and brought to RGB by the same
 rules as files (:func:`engine.encoders.images.load_image`).
