@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 from PIL import Image
 
 from engine.encoders.images import IMAGE_FORMATS, ImageLoadError, load_image, load_image_bytes
@@ -28,6 +29,7 @@ from systems.files import (
 )
 from systems.printable import control_characters, printable
 
+from .strategies import systems as gen_systems
 from .test_reliability_inputs import _png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
@@ -448,6 +450,41 @@ def test_the_validator_refuses_control_characters_in_names_with_the_path(where, 
 
 
 # --------------------------------------------------------------------------- system analyze at scale
+@settings(max_examples=150, deadline=None)
+@given(system=gen_systems(max_classes=12, max_groups=4, max_k=4))
+def test_analysis_by_signature_equals_the_pairwise_definition(system):
+    """The grouped computation against the (G, C, C) definition, on systems with nulls and multi-option rules."""
+    from systems.analysis import (
+        analyze, distinction_tensor, identical_signatures, indistinguishable_classes, separation_tensor,
+    )
+
+    s = system
+    sep, dist = separation_tensor(s), distinction_tensor(s)
+    C = s.n_classes
+    iu = np.triu_indices(C, k=1)
+    a = analyze(s)
+    assert a.pairwise_skipped is None
+    weak = [[s.classes[x], s.classes[y]] for x, y in zip(*iu) if dist[:, x, y].any() and not sep[:, x, y].any()]
+    assert a.weakly_distinguishable == weak
+    same = ~dist.any(axis=0)
+    indist = {frozenset(s.classes[y] for y in range(C) if same[x, y]) for x in range(C)}
+    assert {frozenset(g) for g in indistinguishable_classes(s)} == {g for g in indist if len(g) > 1}
+    assert {frozenset(g) for g in a.indistinguishable} == {g for g in indist if len(g) > 1}
+    ident = {frozenset(c for c, r in zip(s.classes, s.rules) if r == row) for row in s.rules}
+    assert {frozenset(g) for g in identical_signatures(s)} == {g for g in ident if len(g) > 1}
+    for g, sp in enumerate(a.splits):
+        assert sp.pairs_separated == int(np.triu(sep[g], k=1).sum())
+    # the greedy set cover over class pairs, as the definition states it
+    covers = sep[:, iu[0], iu[1]]
+    todo, chosen = covers.any(axis=0), []
+    while todo.any():
+        gain = (covers & todo).sum(axis=1)
+        best = max(range(s.n_groups), key=lambda g: (gain[g], -s.option_counts[g], -g))
+        chosen.append(best)
+        todo &= ~covers[best]
+    assert a.minimal_separating_set == [s.groups[g].name for g in chosen]
+
+
 def _random_system(rng, n_classes, n_groups):
     from systems import parse_system
 
@@ -463,35 +500,6 @@ def _random_system(rng, n_classes, n_groups):
                 else int(rng.integers(k_))
         rules[f"c{c}"] = r
     return parse_system({"name": "rnd", "groups": groups, "rules": rules})
-
-
-def test_analysis_by_signature_equals_the_pairwise_definition():
-    """The grouped computation against the (G, C, C) tensors on random systems with nulls and multi-option rules."""
-    from systems.analysis import (
-        analyze, distinction_tensor, identical_signatures, indistinguishable_classes, minimal_separating_set,
-        separation_tensor, weakly_distinguishable_pairs,
-    )
-
-    rng = np.random.default_rng(7)
-    for trial in range(25):
-        s = _random_system(rng, int(rng.integers(2, 30)), int(rng.integers(1, 4)))
-        sep, dist = separation_tensor(s), distinction_tensor(s)
-        C = s.n_classes
-        iu = np.triu_indices(C, k=1)
-        weak = [[s.classes[a], s.classes[b]] for a, b in zip(*iu) if dist[:, a, b].any() and not sep[:, a, b].any()]
-        assert weakly_distinguishable_pairs(s) == weak
-        same = ~dist.any(axis=0)
-        indist = {frozenset(s.classes[b] for b in range(C) if same[a, b]) for a in range(C)}
-        assert {frozenset(g) for g in indistinguishable_classes(s)} == {g for g in indist if len(g) > 1}
-        ident = {frozenset(c for c, r in zip(s.classes, s.rules) if r == row) for row in s.rules}
-        assert {frozenset(g) for g in identical_signatures(s)} == {g for g in ident if len(g) > 1}
-        a = analyze(s)
-        for g, sp in enumerate(a.splits):
-            assert sp.pairs_separated == int(np.triu(sep[g], k=1).sum())
-        chosen = [s.group_index(n) for n in minimal_separating_set(s)]
-        need = sep.any(axis=0)
-        assert ((sep[chosen].any(axis=0) if chosen else np.zeros_like(need)) == need).all()
-        assert a.pairwise_skipped is None
 
 
 def test_analysis_above_the_pairwise_limit_skips_only_the_pairwise_answers(monkeypatch, capsys):
