@@ -199,6 +199,7 @@ def _gs_stub(tmp: Path) -> tuple[dict, Path]:
     return {**ENV, "PATH": f"{tmp / 'bin'}:{os.environ.get('PATH', '')}", "GS_MARKER": str(marker)}, marker
 
 
+@pytest.mark.slow
 def test_an_eps_named_jpg_never_reaches_ghostscript(tmp_path):
     """Files, bytes, report thumbnails and the server: one list (IMAGE_FORMATS), one message naming EPS."""
     (tmp_path / "evil.jpg").write_bytes(EPS)
@@ -265,6 +266,7 @@ def test_every_allowed_format_loads_and_others_are_named(tmp_path):
         load_image_bytes("notes.png", b"hello, this is text")
 
 
+@pytest.mark.slow
 def test_report_html_shows_a_placeholder_for_a_bomb_and_exits_0(tmp_path, monkeypatch):
     """A run whose recorded image is now a decompression bomb (or an EPS): the thumbnail is a placeholder."""
     from engine.cli.app import main
