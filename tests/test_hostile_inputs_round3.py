@@ -553,3 +553,19 @@ def test_log_lines_and_one_line_warnings_escape_control_characters(capsys):
     assert err == "twentyq: bad name 'a\\x1b[2J'\nsecond line \\x07\n"
     text = warnings.formatwarning(OneLineWarning("file 'x\x1b]0;t\x07'"), OneLineWarning, "f.py", 1)
     assert "\x1b" not in text and "\x07" not in text and "\\x1b]0;t\\x07" in text
+
+
+def test_report_escapes_names_from_a_summary_and_refuses_deep_json(tmp_path, capsys):
+    from engine.cli.app import main
+
+    summary = {"mode": "adaptive\x1b[2J", "policy": "eig\nforged | row", "tau": 0.9, "accuracy": 0.5, "mean_q": 2.0,
+               "n": 2, "model": "m\x07"}
+    (tmp_path / "s.json").write_text(json.dumps(summary))
+    assert main(["report", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "adaptive\\x1b[2J" in out
+    assert len([ln for ln in out.splitlines() if ln.startswith("|")]) == 3  # header, rule, one row
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    assert main(["report", str(tmp_path / "deep.json")]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and err.count("\n") == 1
