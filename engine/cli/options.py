@@ -504,8 +504,8 @@ def print_result(r, as_json: bool) -> None:
         from systems.printable import printable
 
         qs = ", ".join(f"{printable(s.group)}={printable(s.answer)}" for s in r.steps)
-        print(f"{short(r.image, 40):<40} {printable(r.label):<24} {r.confidence:>6.3f} {r.q_spent:>4}  {r.stop:<10} {qs}",
-              flush=True)
+        print(f"{short(r.image, 40):<40} {printable(r.label):<24} {r.confidence:>6.3f} {r.q_spent:>4}  "
+              f"{r.stop:<10} {qs}", flush=True)
 
 
 RESULT_HEADER = f"{'image':<40} {'label':<24} {'conf':>6} {'Q':>4}  {'stop':<10} questions"

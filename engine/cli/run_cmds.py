@@ -225,7 +225,8 @@ def compare_cmd(args) -> int:
 
         print(f"\nby {printable(args.by)}:")
         for rep in reports:
-            cells = ", ".join(f"{printable(k)} {v['accuracy']:.3f} (n={v['n']})" for k, v in rep.by.get(args.by, {}).items())
+            cells = ", ".join(f"{printable(k)} {v['accuracy']:.3f} (n={v['n']})"
+                              for k, v in rep.by.get(args.by, {}).items())
             print(f"  {rep.mode}: {cells}")
     if args.out:
         atomic_write_json(args.out, [r.to_dict() for r in reports])
