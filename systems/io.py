@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from systems.files import atomic_write_text
+from systems.files import SYSTEM_FILE_LIMIT, atomic_write_text, read_bytes_capped
 from systems.format import AttributeSystem
 from systems.validate import SystemValidationError, parse_system
 
@@ -32,10 +32,13 @@ def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file strictly: UTF-8, no comments, no duplicate keys."""
+    """Parse a JSON file strictly: UTF-8, no comments, no duplicate keys.
+
+    Read through the guarded reader (:func:`systems.files.read_bytes_capped`): a FIFO, a device or a
+    file over 256 MiB is refused unread (``UnreadableInput``, exit 2)."""
     source = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bytes_capped(path, SYSTEM_FILE_LIMIT, what="system file")
     except OSError as e:
         raise SystemValidationError(source, [f"cannot read the file: {e.strerror or e}"]) from None
     try:
@@ -69,7 +72,7 @@ def load_system(spec: SystemLike) -> AttributeSystem:
     if isinstance(spec, Mapping):
         return parse_system(spec)
     path = Path(spec)
-    if not path.is_file():
+    if not path.is_file() and not (path.exists() and not path.is_dir()):  # a FIFO or device: read_json refuses it
         shipped = SHIPPED_DIR / f"{spec}.json"
         if isinstance(spec, str) and os.sep not in spec and shipped.is_file():
             path = shipped

@@ -78,7 +78,7 @@ def resolve_templates(specs: str | os.PathLike | list | tuple) -> tuple[str, ...
 def load_templates(spec: str | os.PathLike) -> tuple[str, ...]:
     """A template set by shipped name (``"photo"``) or from a JSON file (a list of strings)."""
     path = Path(spec)
-    if not path.is_file():
+    if not path.is_file() and not (path.exists() and not path.is_dir()):  # a FIFO or device: the reader refuses it
         if isinstance(spec, str) and os.sep not in spec and (SETS_DIR / f"{spec}.json").is_file():
             path = SETS_DIR / f"{spec}.json"
         else:

@@ -29,6 +29,7 @@ from typing import Any
 
 from systems.errors import UserInputError
 from systems.format import PLACEHOLDER, AttributeSystem, Group
+from systems.printable import control_characters
 
 _MISSING = object()
 _EMPTY: frozenset[int] = frozenset()
@@ -64,10 +65,23 @@ class SystemValidationError(UserInputError):
         super().__init__("\n".join(lines))
 
 
+def check_printable(text: str, path: str, what: str, problems: list[str]) -> bool:
+    """A name or template holds no control character (ESC, BEL, NUL, newline ...: they would reach terminals
+    raw, :mod:`systems.printable`); else one problem naming them and the path."""
+    bad = control_characters(text)
+    if bad:
+        problems.append(f"{path}: {what} {show(text)} holds control character(s) {', '.join(bad)}; remove them "
+                        "(names and templates are printed to terminals)")
+        return False
+    return True
+
+
 def check_template(template: Any, path: str, problems: list[str]) -> bool:
-    """A template is a string with exactly one ``{}`` and no other braces."""
+    """A template is a string with exactly one ``{}``, no other braces and no control character."""
     if not isinstance(template, str):
         problems.append(f"{path}: template must be a string, got {type(template).__name__}")
+        return False
+    if not check_printable(template, path, "template", problems):
         return False
     n = template.count(PLACEHOLDER)
     rest = template.replace(PLACEHOLDER, "")
@@ -107,6 +121,8 @@ def _parse_groups(raw: Any, path: str, problems: list[str]) -> tuple[list[Group]
             problems.append(f"{gpath}.name: group name must be a non-empty string, got {show(name)}")
         elif name in seen:
             problems.append(f"{gpath}.name: duplicate group {show(name)}")
+        else:
+            name_ok = check_printable(name, f"{gpath}.name", "group name", problems)
         if not isinstance(spec, Mapping):
             problems.append(f"{gpath}: group must be an object with a template and options, "
                             f"got {type(spec).__name__}")
@@ -133,6 +149,8 @@ def _parse_groups(raw: Any, path: str, problems: list[str]) -> tuple[list[Group]
                     opts_ok = False
                 elif o in seen_opts:
                     problems.append(f"{gpath}.options[{k}]: duplicate option {show(o)}")
+                elif not check_printable(o, f"{gpath}.options[{k}]", "option", problems):
+                    opts_ok = False
                 else:
                     seen_opts.add(o)
         if name_ok:
@@ -199,6 +217,8 @@ def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
     if not isinstance(name, str) or not name:
         problems.append(f"name: must be a non-empty string, got {show(name)}")
         name = "system"
+    elif not check_printable(name, "name", "system name", problems):
+        name = "system"
     description = data.get("description", "")
     if not isinstance(description, str):
         problems.append(f"description: must be a string, got {type(description).__name__}")
@@ -225,6 +245,8 @@ def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
         cpath = f"{rpath}[{_key(cname)}]"
         if not isinstance(cname, str) or not cname.strip():
             problems.append(f"{cpath}: class name must be a non-empty string")
+            continue
+        if not cname.isprintable() and not check_printable(cname, cpath, "class name", problems):
             continue
         if not isinstance(crules, Mapping) or not crules:
             problems.append(f"{cpath}: class has no rules (give an option, a list of options or null "

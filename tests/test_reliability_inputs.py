@@ -168,14 +168,14 @@ def test_unreadable_file_is_a_per_item_error_injected(tmp_path, monkeypatch):
     """Permission denied, injected: tests often run as root, and chmod 000 does not stop root."""
     p = tmp_path / "secret.png"
     noise_image(0).save(p)
-    real_open = Image.open
+    real_open = os.open  # every image is opened by the guarded reader (systems.files.open_guarded)
 
     def deny(fp, *a, **k):
         if str(fp) == str(p):
             raise PermissionError(13, "Permission denied", str(fp))
         return real_open(fp, *a, **k)
 
-    monkeypatch.setattr(Image, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     with pytest.raises(ImageLoadError, match="permission denied"):
         load_image(p)
     res = Classifier(system=COLOUR_SYSTEM, encoder=FakeEncoder()).classify([p, solid("red")])

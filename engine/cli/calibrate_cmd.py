@@ -25,6 +25,7 @@ def calibrate_cmd(args) -> int:
     from engine.core.scoring import check_eps
     from engine.encoders.registry import model_label
     from engine.run.calibration_file import calibrate, save_calibration
+    from systems.printable import printable
 
     if not args.out.lower().endswith(".json"):
         raise UsageError(f"--out {args.out!r}: a calibration is one JSON file; name it *.json")
@@ -32,6 +33,7 @@ def calibrate_cmd(args) -> int:
         raise UsageError(f"--dev-fraction {args.dev_fraction}: must be strictly between 0 and 1 (e.g. 0.5)")
     with settings_errors():
         check_eps(args.eps)
+    check_out(args.out)  # before the fit: a fit of minutes must not end in "cannot write"
     spec = encoder_spec(args)
     system = load_system_arg(args.system or DEFAULT_SYSTEM)
     data = data_spec(args, args.data)
@@ -57,7 +59,7 @@ def calibrate_cmd(args) -> int:
     print(f"\nλ of the model {cal.lam0:g}, ε {ch.eps:g}\n\n| group | K | λ_g | reliability | dev images |\n|---|---|---|---|---|")
     for g, name in enumerate(cal.groups):
         rel = "-" if ch.confusions[g] is None else f"{ch.reliability[g]:.2f}"
-        print(f"| {name} | {cal.sizes[g]} | {ch.lams[g]:.3g} | {rel} | {ch.n_dev[g]} |")
+        print(f"| {printable(name)} | {cal.sizes[g]} | {ch.lams[g]:.3g} | {rel} | {ch.n_dev[g]} |")
     m = cal.metrics
     f, a = m["full"], m["adaptive"]
     print(f"\ndev metrics, in sample (the channels were fitted on these images):\n\n"
@@ -69,6 +71,38 @@ def calibrate_cmd(args) -> int:
     print(f"\nτ tables for --target-accuracy: {', '.join(sorted(cal.paths))}")
     print(f"wrote {args.out} (sha256 {cal.sha256[:12]})")
     return EXIT_OK
+
+
+def check_out(out: str) -> None:
+    """Refuse (UsageError, exit 2) an ``--out`` that cannot be written, before any work: its folder must
+    exist and take a new file (probed with a temp file, so a read-only file system or a folder this user
+    cannot write is caught, root included), and an existing file there must be a calibration (so the
+    data, a system or any other file is never overwritten)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from systems.files import read_json_capped
+
+    path = Path(out)
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {out!r}: the folder {str(folder)!r} does not exist; create it or write elsewhere")
+    if path.exists() or path.is_symlink():
+        try:
+            old = read_json_capped(path, what="--out", shape="a calibration")
+        except (OSError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and str(old.get("format", "")).startswith("twentyq-calibration")):
+            raise UsageError(f"--out {out!r} exists and is not a twentyq calibration; refusing to overwrite it, "
+                             "choose another file name")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as e:
+        raise UsageError(f"--out {out!r}: cannot write in the folder {str(folder)!r} ({e.strerror or e}); "
+                         "choose a folder you can write to") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def add_calibrate_parser(sub) -> None:

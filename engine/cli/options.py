@@ -45,6 +45,16 @@ def warn(msg: str) -> None:
     log.warning(msg)
 
 
+class PrintableFormatter(logging.Formatter):
+    """``twentyq: message`` with control characters escaped line by line (:func:`systems.printable.printable`):
+    a name quoted in a diagnostic cannot drive the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from systems.printable import printable
+
+        return "\n".join(printable(line) for line in super().format(record).split("\n"))
+
+
 class StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
 
@@ -65,7 +75,7 @@ def cli_logging():
     """Diagnostics of the ``twentyq`` loggers on stderr as ``twentyq: message`` for the command's
     duration (warnings until :func:`set_verbosity`); results go to stdout, never through here."""
     handler = StderrHandler()
-    handler.setFormatter(logging.Formatter("twentyq: %(message)s"))
+    handler.setFormatter(PrintableFormatter("twentyq: %(message)s"))
     before = log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.WARNING)
@@ -491,8 +501,11 @@ def executor_for(args) -> Any:
 
 # --------------------------------------------------------------------------- printing
 def short(text: str, n: int) -> str:
-    """``text`` on one line, at most n characters (the start elided)."""
-    text = text.encode("unicode_escape").decode("ascii") if any(c in text for c in "\r\n\t") else text
+    """``text`` on one line, at most n characters (the start elided), control characters escaped
+    (:func:`systems.printable.printable`)."""
+    from systems.printable import printable
+
+    text = printable(text)
     return text if len(text) <= n else "…" + text[-(n - 1):]
 
 
@@ -505,9 +518,11 @@ def print_result(r, as_json: bool) -> None:
     elif r.error:
         print(f"{short(r.image, 40):<40} ERROR {short(r.error, 200)}", flush=True)
     else:
-        qs = ", ".join(f"{s.group}={s.answer}" for s in r.steps)
-        print(f"{short(r.image, 40):<40} {r.label:<24} {r.confidence:>6.3f} {r.q_spent:>4}  {r.stop:<10} {qs}",
-              flush=True)
+        from systems.printable import printable
+
+        qs = ", ".join(f"{printable(s.group)}={printable(s.answer)}" for s in r.steps)
+        print(f"{short(r.image, 40):<40} {printable(r.label):<24} {r.confidence:>6.3f} {r.q_spent:>4}  "
+              f"{r.stop:<10} {qs}", flush=True)
 
 
 RESULT_HEADER = f"{'image':<40} {'label':<24} {'conf':>6} {'Q':>4}  {'stop':<10} questions"
@@ -528,6 +543,7 @@ def print_report(rep, by: str | None, quiet: bool) -> None:
     """An eval summary on stdout: the headline, the model, then (unless quiet) the top confusions and
     the --by breakdown."""
     from engine.encoders.registry import model_label
+    from systems.printable import printable
 
     print(report_line(rep))
     print(f"  model: {model_label(rep.model)}")
@@ -535,9 +551,9 @@ def print_report(rep, by: str | None, quiet: bool) -> None:
         print(line)
     if not quiet:
         for c in rep.confusion[:5]:
-            print(f"  confused: {c['label']} -> {c['predicted']} ({c['count']})")
+            print(f"  confused: {printable(c['label'])} -> {printable(c['predicted'])} ({c['count']})")
         for k, v in rep.by.get(by, {}).items() if by else []:
-            print(f"  {by}={k}: accuracy {v['accuracy']:.3f} (n={v['n']})")
+            print(f"  {printable(by)}={printable(k)}: accuracy {v['accuracy']:.3f} (n={v['n']})")
 
 
 def target_line(choice, config) -> str:

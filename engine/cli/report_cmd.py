@@ -45,6 +45,9 @@ def load_runs(paths: list[str]) -> list[tuple[str, dict[str, Any], Path | None]]
         except json.JSONDecodeError as e:
             raise UsageError(f"{src}: not JSON ({e.msg} at line {e.lineno}); pass an eval result folder or a "
                              "summary / compare JSON file") from None
+        except RecursionError:
+            raise UsageError(f"{src}: JSON nested too deeply to parse; pass an eval result folder or a summary / "
+                             "compare JSON file") from None
         reports = data if isinstance(data, list) else [data]
         for i, rep in enumerate(reports):
             if not isinstance(rep, dict) or "accuracy" not in rep or "mean_q" not in rep:
@@ -69,7 +72,9 @@ def cell(v: Any) -> str:
         return "-"
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
-    return str(v).replace("|", "\\|")
+    from systems.printable import printable
+
+    return printable(v).replace("|", "\\|")  # a name from a summary cannot drive the terminal or split a row
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

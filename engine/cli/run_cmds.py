@@ -221,9 +221,12 @@ def compare_cmd(args) -> int:
     if cal is not None:
         print("\n".join(calibration_lines(reports[2])[1:]))
     if args.by:
-        print(f"\nby {args.by}:")
+        from systems.printable import printable
+
+        print(f"\nby {printable(args.by)}:")
         for rep in reports:
-            cells = ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in rep.by.get(args.by, {}).items())
+            cells = ", ".join(f"{printable(k)} {v['accuracy']:.3f} (n={v['n']})"
+                              for k, v in rep.by.get(args.by, {}).items())
             print(f"  {rep.mode}: {cells}")
     if args.out:
         atomic_write_json(args.out, [r.to_dict() for r in reports])

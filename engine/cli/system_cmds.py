@@ -12,6 +12,7 @@ import functools
 import json
 
 from engine.cli.options import EXIT_OK, UsageError, log, settings_errors, warn
+from systems.printable import printable
 
 
 def _reads_user_files(cmd):
@@ -25,7 +26,7 @@ def _reads_user_files(cmd):
 
 
 def _header(system) -> str:
-    return f"{system.name}: {system.n_classes} classes, {system.n_groups} groups, Q={system.q_total}"
+    return f"{printable(system.name)}: {system.n_classes} classes, {system.n_groups} groups, Q={system.q_total}"
 
 
 @_reads_user_files
@@ -67,17 +68,17 @@ def _show_cmd(args) -> int:
 
     system = load_system(args.system)
     print(_header(system))
-    if system.description:
-        print(system.description)
+    if system.description:  # every name printed through printable(): no control character reaches the terminal
+        print("\n".join(printable(line) for line in system.description.splitlines()))
     for gi, g in enumerate(system.groups):
-        print(f"\n[{g.name}] {g.template}")
+        print(f"\n[{printable(g.name)}] {printable(g.template)}")
         for k, opt in enumerate(g.options):
-            users = [c for c, row in zip(system.classes, system.rules) if k in row[gi]]
-            print(f"  {k:>2}  {opt:<40} {', '.join(users)}")
+            users = [printable(c) for c, row in zip(system.classes, system.rules) if k in row[gi]]
+            print(f"  {k:>2}  {printable(opt):<40} {', '.join(users)}")
     for gi, g in enumerate(system.groups):
-        classes = [c for c, row in zip(system.classes, system.rules) if not row[gi]]
+        classes = [printable(c) for c, row in zip(system.classes, system.rules) if not row[gi]]
         if classes:
-            print(f"\nnot applicable in {g.name}: {', '.join(classes)}")
+            print(f"\nnot applicable in {printable(g.name)}: {', '.join(classes)}")
     return EXIT_OK
 
 
@@ -89,15 +90,19 @@ def _analyze_cmd(args) -> int:
     if args.json:
         print(json.dumps(a.to_dict(), ensure_ascii=False, indent=2))
         return EXIT_OK
-    print(f"{a.system}: {a.n_classes} classes, {a.n_groups} groups, Q={a.q_total}")
-    print(f"identical rule signatures: {a.identical_signatures or 'none'}")
+    print(f"{printable(a.system)}: {a.n_classes} classes, {a.n_groups} groups, Q={a.q_total}")
+    print(f"identical rule signatures: {a.identical_signatures or 'none'}")  # lists print as repr: escaped
     print(f"classes no group can tell apart: {a.indistinguishable or 'none'}")
-    print(f"pairs told apart only weakly (no group rules one out): {a.weakly_distinguishable or 'none'}")
+    if a.pairwise_skipped:
+        warn(a.pairwise_skipped)
+    else:
+        print(f"pairs told apart only weakly (no group rules one out): {a.weakly_distinguishable or 'none'}")
     print(f"\n{'group':<24}{'K':>4}{'pairs separated':>18}{'info (bits)':>13}  not applicable")
     for sp in a.splits:
-        print(f"{sp.group:<24}{sp.n_options:>4}{sp.pairs_separated:>18}{sp.info_bits:>13.2f}  "
+        print(f"{printable(sp.group):<24}{sp.n_options:>4}{sp.pairs_separated:>18}{sp.info_bits:>13.2f}  "
               f"{len(sp.not_applicable)}")
-    print(f"\nminimal separating set (greedy): {a.minimal_separating_set} (Q={a.minimal_set_q})")
+    if not a.pairwise_skipped:
+        print(f"\nminimal separating set (greedy): {a.minimal_separating_set} (Q={a.minimal_set_q})")
     return EXIT_OK
 
 

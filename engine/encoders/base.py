@@ -88,7 +88,9 @@ _default_formatwarning = warnings.formatwarning
 
 def _format_warning(message, category, filename, lineno, line=None):
     if isinstance(category, type) and issubclass(category, OneLineWarning):
-        return f"twentyq: {category.__name__}: {' '.join(str(message).split())}\n"
+        from systems.printable import printable  # a name in the message cannot drive the terminal
+
+        return f"twentyq: {category.__name__}: {printable(' '.join(str(message).split()))}\n"
     return _default_formatwarning(message, category, filename, lineno, line)
 
 

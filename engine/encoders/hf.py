@@ -55,7 +55,7 @@ from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefuse
 from engine.encoders.device import resolve_device, resolve_dtype
 from engine.encoders.text_shapes import TextBuckets, length_buckets, row_buckets
 from engine.encoders.pixels import PixelPlan, plan_from_jina_config, plan_from_processor
-from systems.files import read_text_capped
+from systems.files import open_guarded, read_text_capped
 
 # model_type values in config.json -> backend
 CLIP_TYPES = ("clip",)
@@ -105,7 +105,7 @@ def weights_fingerprint(folder: Path) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
+        with open_guarded(p, None, what="model file") as f:  # the guarded reader: regular files only
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
     _HASH_MEMO[key] = h.hexdigest()[:16]

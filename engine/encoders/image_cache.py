@@ -39,29 +39,22 @@ from PIL import Image
 from engine.encoders.base import Encoder, cache_identity
 from engine.encoders.images import ImageLike, ImageLoadError
 from engine.encoders.text_cache import CacheWarning, atomic_save_safetensors, read_safetensors
-from systems.files import check_regular_file
+from systems.files import hash_file
 
 FORMAT = "twentyq-images-v1"
 
 
 def content_hash(image: ImageLike) -> str:
     """sha256 hex of a file's bytes, or of a PIL image's mode, size and pixels."""
-    h = hashlib.sha256()
     if isinstance(image, Image.Image):
+        h = hashlib.sha256()
         h.update(f"pil:{image.mode}:{image.size}".encode())
         h.update(image.tobytes())
         return h.hexdigest()
-    try:
-        check_regular_file(image, what="image")  # a FIFO is never opened (it would block)
+    try:  # the guarded reader: a FIFO or device is never waited on
+        return hash_file(image, what="image")
     except (OSError, ValueError) as e:
-        raise ImageLoadError(str(image), getattr(e, "cause", None) or str(e)) from None
-    try:
-        with open(image, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as e:
-        raise ImageLoadError(str(image), e.strerror or str(e)) from None
-    return h.hexdigest()
+        raise ImageLoadError(str(image), getattr(e, "cause", None) or getattr(e, "strerror", None) or str(e)) from None
 
 
 class ImageCache:

@@ -111,24 +111,20 @@ def gpu_candidate(source: Any) -> bytes | None:
     """
     from PIL import Image
 
-    from engine.encoders.images import MAX_SIDE
+    from engine.encoders.images import IMAGE_FORMATS, MAX_SIDE
 
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
         elif isinstance(source, (str, os.PathLike)):
-            from systems.files import check_regular_file
+            from systems.files import read_bytes_capped
 
-            check_regular_file(str(source), what="image")
-            if os.path.getsize(source) > 64 * 1024 * 1024:
-                return None
-            with open(source, "rb") as f:
-                data = f.read()
+            data = read_bytes_capped(str(source), 64 * 1024 * 1024, what="image")  # the guarded reader
         else:
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a DecompressionBombWarning: the workers refuse it, with their message
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             w, h = im.size
             if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or getattr(im, "n_frames", 1) > 1:
                 return None

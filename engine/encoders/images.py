@@ -1,6 +1,13 @@
-"""Image loading: any file Pillow reads, to an RGB image, with one-line errors.
+"""Image loading: a raster file of an allowed format, to an RGB image, with one-line errors.
 
 Rules (applied to files and to PIL images passed in directly):
+
+- only the formats of :data:`IMAGE_FORMATS` (PNG, JPEG, GIF, WebP, BMP, TIFF: Pillow plugins
+  that decode in-process) are opened: Pillow is called with ``formats=IMAGE_FORMATS``, so no
+  other plugin even looks at the data. EPS, PS and PDF (which Pillow hands to Ghostscript, an
+  external program) and every other format are refused by :func:`format_refusal`'s message,
+  naming the format found and the allowed list. The CLI, ``eval``, ``calibrate``, report
+  thumbnails and the server all decode through this policy;
 
 - EXIF orientation is applied (``ImageOps.exif_transpose``);
 - animated images (GIF, APNG, WebP) use their first frame;
@@ -20,8 +27,9 @@ Rules (applied to files and to PIL images passed in directly):
 
 - an image with zero width or height is refused.
 
-A path is checked with ``stat`` before it is opened: a FIFO, socket or device
-is refused unopened (reading one could block forever), and a missing file, a
+A path is opened through the guarded reader (:func:`systems.files.open_guarded`): a FIFO,
+socket or device is refused unopened (reading one could block forever), what was opened is
+checked again with ``fstat``, a file over 1 GiB is refused, and a missing file, a
 symlink loop, a name too long for the file system or a folder each get their
 own cause. Encoded bytes (:func:`load_image_bytes`, or ``load_image(data)``)
 follow the same rules and messages.
@@ -46,7 +54,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from systems.files import check_regular_file
+from systems.files import IMAGE_FILE_LIMIT, check_regular_file, open_guarded
 
 ImageLike = Union[str, os.PathLike, Image.Image, bytes]  # bytes: an encoded image file in memory
 
@@ -59,6 +67,49 @@ MAX_IMAGE_PIXELS = 100_000_000
 MAX_SIDE = 2048
 
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own guard, set explicitly to ours
+
+#: The one list of image formats twentyq decodes (Pillow format names), everywhere: files, bytes, report
+#: thumbnails, the server. Only plugins that decode in-process; EPS/PS/PDF run Ghostscript and are not here.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+
+
+def sniff_format(prefix: bytes) -> str | None:
+    """The Pillow format name whose magic bytes ``prefix`` (the file's first 16 bytes or more) carries, or None.
+
+    Only the plugins' ``accept`` checks run (comparisons of the first bytes); nothing is opened or decoded.
+    """
+    if prefix.startswith(b"%PDF"):  # Pillow writes PDF but has no reader to ask
+        return "PDF"
+    Image.init()
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix[:16]):
+                return fmt
+        except Exception:  # noqa: BLE001  (a plugin's check on odd bytes: not that format)
+            continue
+    return None
+
+
+def format_refusal(fmt: str | None) -> str:
+    """The one message for an image outside :data:`IMAGE_FORMATS` (``fmt``: the format found, if known)."""
+    allowed = ", ".join(IMAGE_FORMATS)
+    if fmt is None:
+        return f"not an image twentyq reads (unknown format or not an image file); it reads {allowed}"
+    why = " (decoding it would run Ghostscript, an external program)" if fmt in ("EPS", "PS", "PDF") else ""
+    return f"{fmt} is not an image format twentyq reads{why}; it reads {allowed}: convert the file to PNG or JPEG"
+
+
+def _refusal_of(source) -> str:
+    """:func:`format_refusal` for a file object or bytes whose format Pillow (restricted) did not accept."""
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            prefix = bytes(source[:16])
+        else:
+            source.seek(0)
+            prefix = source.read(16)
+    except Exception:  # noqa: BLE001
+        prefix = b""
+    return format_refusal(sniff_format(prefix) if prefix else None)
 
 
 class ImageLoadError(ValueError):
@@ -147,7 +198,7 @@ def _decode(source, label: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
+            with Image.open(source, formats=IMAGE_FORMATS) as im:
                 too_large = _too_large(im.size)  # the header only: nothing is decoded yet
                 if too_large:
                     raise ImageLoadError(label, too_large)
@@ -160,7 +211,7 @@ def _decode(source, label: str) -> Image.Image:
     except PermissionError:
         raise ImageLoadError(label, "permission denied; the file is not readable by this user") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(label, "not an image Pillow can read (unknown format or not an image file)") from None
+        raise ImageLoadError(label, _refusal_of(source)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(label, _bomb_from_pillow(e)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data
@@ -218,7 +269,13 @@ def load_image(image: ImageLike | bytes, *, name: str | None = None) -> Image.Im
         if cause == "no such file":
             cause += f"; check the path (relative paths are resolved from {os.getcwd()!r})"
         raise ImageLoadError(path, cause) from None
-    return _decode(path, path)
+    try:  # the guarded reader: fstat of what was opened, so a FIFO swapped in after the stat is refused too
+        f = open_guarded(path, IMAGE_FILE_LIMIT, what="image")
+    except (OSError, ValueError) as e:
+        cause = getattr(e, "cause", None) or getattr(e, "strerror", None) or _first_line(e)
+        raise ImageLoadError(path, cause) from None
+    with f:
+        return _decode(f, path)
 
 
 def load_images(images: Iterable[ImageLike]) -> list[Image.Image]:

@@ -175,7 +175,9 @@ def load_heads(folder: str | Path) -> tuple[ProbeHeads, dict[str, Any]]:
         what = "folder" if not folder.is_dir() else f"{WEIGHTS_FILE} / {MANIFEST_FILE}"
         raise EncoderLoadError(f"probe {what} not found in {folder}; {fix}")
     try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        from systems.files import read_text_capped
+
+        manifest = json.loads(read_text_capped(folder / MANIFEST_FILE, what="probe manifest"))
         state, meta = read_safetensors(folder / WEIGHTS_FILE)
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")

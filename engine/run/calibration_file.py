@@ -209,6 +209,7 @@ class Calibration:
         if not isinstance(d, dict) or d.get("format") != SCHEMA:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise CalibrationError(f"{where} is not a twentyq calibration (format {got!r}, expected {SCHEMA!r}); {fix}")
+        _check_calibration_fields(d, where, fix)
         try:
             gs = d["channels"]["groups"]
             sizes = tuple(int(g["options"]) for g in gs)
@@ -242,6 +243,117 @@ class Calibration:
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
             raise CalibrationError(f"{where} is damaged ({what}); {fix}") from None
+
+
+# --------------------------------------------------------------------------- field checks
+class _Bad(Exception):
+    """One wrong field: its dotted path and what it must be."""
+
+    def __init__(self, path: str, value: Any, must: str):
+        import reprlib
+
+        r = reprlib.Repr()
+        r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = 40, 40, 4, 4, 2
+        super().__init__(f"field {path} is {r.repr(value)}; it must be {must}")
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _num(x: Any, path: str, must: str, ok: Callable[[float], bool]) -> float:
+    """``x`` as a float when it is a finite JSON number that passes ``ok``; else _Bad naming ``path``."""
+    import math
+
+    if not _is_num(x) or not math.isfinite(x) or not ok(float(x)):
+        raise _Bad(path, x, must)
+    return float(x)
+
+
+def _whole(x: Any, path: str, lo: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < lo:
+        raise _Bad(path, x, f"a whole number >= {lo}")
+    return x
+
+
+def _of(x: Any, kind: type, path: str, must: str) -> Any:
+    if not isinstance(x, kind):
+        raise _Bad(path, x, must)
+    return x
+
+
+def _check_calibration_fields(d: dict[str, Any], where: str, fix: str) -> None:
+    """Type- and range-check every field of a calibration's JSON ``d`` (a CalibrationError naming the file,
+    the field's path and what it must be). :meth:`Calibration.from_dict` calls this first, then only builds.
+
+    One function so new fields get their check here, beside the others.
+    """
+    try:
+        _check_fields(d)
+    except _Bad as e:
+        raise CalibrationError(f"{where} is damaged: {e}; {fix}") from None
+
+
+def _check_fields(d: dict[str, Any]) -> None:
+    import math
+
+    m = _of(d.get("model"), dict, "model", "an object {model, model_id, revision}")
+    _of(m.get("model"), str, "model.model", "a string")
+    _of(m.get("model_id"), str, "model.model_id", "a string")
+    if m.get("revision") is not None:
+        _of(m["revision"], str, "model.revision", "a string or null")
+    sy = _of(d.get("system"), dict, "system", "an object {name, sha256}")
+    _of(sy.get("name"), str, "system.name", "a string")
+    _of(sy.get("sha256"), str, "system.sha256", "a string")
+    ch = _of(d.get("channels"), dict, "channels", "an object {eps, lam0, groups}")
+    _num(ch.get("eps"), "channels.eps", "a number in [0, 1)", lambda x: 0.0 <= x < 1.0)
+    _num(ch.get("lam0"), "channels.lam0", "a finite number > 0 (the model's logit scale)", lambda x: x > 0)
+    groups = _of(ch.get("groups"), list, "channels.groups", "a list of groups")
+    for i, g in enumerate(groups):
+        at = f"channels.groups[{i}]"
+        _of(g, dict, at, "an object {name, options, lam, reliability, n_dev, confusion}")
+        _of(g.get("name"), str, f"{at}.name", "a string")
+        k = _whole(g.get("options"), f"{at}.options", 1)
+        _num(g.get("lam"), f"{at}.lam", "a finite number > 0", lambda x: x > 0)
+        if g.get("reliability") is not None:
+            _num(g["reliability"], f"{at}.reliability", "null or a number in [0, 1]", lambda x: 0.0 <= x <= 1.0)
+        _whole(g.get("n_dev"), f"{at}.n_dev", 0)
+        conf = g.get("confusion")
+        if conf is not None:
+            rows = _of(conf, list, f"{at}.confusion", f"null or a {k}x{k} list of rows")
+            if len(rows) != k or any(not isinstance(r, list) or len(r) != k for r in rows):
+                raise _Bad(f"{at}.confusion", conf, f"null or a {k}x{k} list of rows (one per option)")
+            for j, r in enumerate(rows):
+                for c, x in enumerate(r):
+                    _num(x, f"{at}.confusion[{j}][{c}]", "a probability in [0, 1]", lambda x: 0.0 <= x <= 1.0)
+                if abs(math.fsum(r) - 1.0) > 1e-6:
+                    raise _Bad(f"{at}.confusion[{j}]", r, "a row of probabilities summing to 1")
+    dev = d.get("dev", {})
+    _of(dev, dict, "dev", "an object")
+    if "image_sha256" in dev:
+        hashes = _of(dev["image_sha256"], list, "dev.image_sha256", "a list of sha256 hex strings")
+        for i, h in enumerate(hashes):
+            if not isinstance(h, str) or len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise _Bad(f"dev.image_sha256[{i}]", h, "a sha256 hex string (64 characters 0-9a-f)")
+    _of(d.get("metrics", {}), dict, "metrics", "an object")
+    pols = _of(d.get("policies", {}), dict, "policies", "an object {policy: {conf, correct, q}}")
+    for name, p in pols.items():
+        at = f"policies.{name}"
+        _of(p, dict, at, "an object {conf, correct, q}")
+        for key in ("conf", "correct", "q"):
+            rows = _of(p.get(key), list, f"{at}.{key}", "a list of paths (lists)")
+            if any(not isinstance(r, list) for r in rows):
+                raise _Bad(f"{at}.{key}", rows, "a list of paths (lists)")
+        for i, path in enumerate(p["conf"]):
+            for j, x in enumerate(path):
+                _num(x, f"{at}.conf[{i}][{j}]", "a confidence in [0, 1]", lambda x: 0.0 <= x <= 1.0)
+        for i, path in enumerate(p["correct"]):
+            for j, x in enumerate(path):
+                if x not in (0, 1) or not _is_num(x):
+                    raise _Bad(f"{at}.correct[{i}][{j}]", x, "0 or 1")
+        for i, path in enumerate(p["q"]):
+            for j, x in enumerate(path):
+                _whole(x, f"{at}.q[{i}][{j}]", 0)
 
 
 def content_sha256(d: dict[str, Any]) -> str:
@@ -297,12 +409,23 @@ def load_calibration(path: str | Path) -> Calibration:
 
 
 def _load_calibration_file(path: str | Path) -> Calibration:
-    from systems.files import read_bytes_capped, read_json_capped
+    """A calibration file, read once through the guarded reader (a regular file of at most 16 MiB: a FIFO,
+    device or larger file is refused unread); a CalibrationError (exit 2) naming the file, and the field
+    when a value is wrong, when it is not one."""
+    from systems.files import TEXT_INPUT_LIMIT, UnreadableInput, parse_json_text, read_bytes_capped
 
-    d = read_json_capped(path, what="calibration", shape="a calibration written by 'twentyq calibrate'",
-                         error=CalibrationError)
-    sha = hashlib.sha256(read_bytes_capped(path, what="calibration")).hexdigest()
-    return Calibration.from_dict(d, path=str(path), sha256=sha)
+    try:
+        raw = read_bytes_capped(path, TEXT_INPUT_LIMIT, what="calibration")
+    except UnreadableInput as e:
+        raise CalibrationError(str(e)) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CalibrationError(f"calibration {str(path)!r} is not UTF-8 text; make it again with "
+                               "'twentyq calibrate'") from None
+    d = parse_json_text(text, path, what="calibration", shape="a calibration written by 'twentyq calibrate'",
+                        error=CalibrationError)
+    return Calibration.from_dict(d, path=str(path), sha256=hashlib.sha256(raw).hexdigest())
 
 
 def target_choice(cal: Calibration | None, config: Any) -> TauChoice | None:
@@ -341,14 +464,12 @@ def image_sha256(item: Any) -> str | None:
     if data is not None:
         return hashlib.sha256(bytes(data)).hexdigest()
     path = getattr(item, "path", item)
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    from systems.files import hash_file
+
+    try:  # the guarded reader: a FIFO or a symlink to /dev/zero in a data row is refused, never waited on
+        return hash_file(path, what="image")
     except (OSError, ValueError):
         return None  # a missing or unreadable image is that image's error later, not a dev image
-    return h.hexdigest()
 
 
 def exclude_dev(items: Sequence[Any], cal: Calibration | None) -> tuple[list[Any], int]:

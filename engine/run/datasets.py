@@ -11,6 +11,7 @@ bytes (``Item.data``), named by the file name stored with the image (else ``row 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from systems.errors import UserInputError
+from systems.files import IMAGE_FILE_LIMIT, open_guarded, read_bytes_capped
+
+#: what a dataset CSV may weigh (a million rows of path,label is ~60 MB)
+DATA_FILE_LIMIT = 256 * 1024 * 1024
 
 
 class DatasetError(UserInputError):
@@ -102,7 +107,8 @@ class Dataset:
 def _from_csv(path: Path) -> list[Item]:
     root = path.parent
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with io.TextIOWrapper(open_guarded(path, DATA_FILE_LIMIT, what="data file"), newline="",
+                              encoding="utf-8-sig") as f:  # the guarded reader: no FIFO or device
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             missing = [c for c in ("path", "label") if c not in cols]
@@ -252,10 +258,10 @@ def _from_hf(data: str, split: str | None, limit: int | None, seed: int, image_c
         data_bytes, stored = cell.get("bytes"), cell.get("path")
         if data_bytes is None and stored:
             try:
-                data_bytes = Path(stored).read_bytes()
-            except OSError as e:
+                data_bytes = read_bytes_capped(stored, IMAGE_FILE_LIMIT, what="image")
+            except (OSError, ValueError) as e:
                 data_bytes = b""  # the loader reports it as this image's error
-                stored = f"{stored} ({e.strerror})"
+                stored = f"{stored} ({getattr(e, 'cause', None) or getattr(e, 'strerror', None) or e})"
         value = row[lab]
         if value is None or (names is not None and value < 0):
             raise DatasetError(f"{data}: row {i} has no label in column {lab!r}; drop unlabelled rows first")
@@ -284,7 +290,7 @@ def load_dataset(data: str | os.PathLike, *, split: str | None = None, limit: in
         return _from_hf(str(data), split, limit, seed, image_column, label_column)
     path = Path(data)
     try:
-        kind = "folder" if path.is_dir() else "file" if path.is_file() else None
+        kind = "folder" if path.is_dir() else "file" if path.exists() else None  # a FIFO: the reader refuses it
     except OSError as e:  # a name too long, a symlink loop ...: not a dataset
         raise DatasetNotFound(f"dataset {str(data)!r} cannot be opened ({e.strerror or e}); pass a CSV "
                               "(path,label[,split]) or an ImageFolder directory") from None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,7 +43,10 @@ def read_run(run: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any
     if not summary_file.is_file():
         raise ValueError(f"{str(root)!r} is not a finished result folder (no _summary.json); make one with "
                          "'twentyq eval --data D.csv --out RUN.jsonl'")
-    return json.loads(summary_file.read_text(encoding="utf-8")), read_records(root)
+    from systems.files import read_json_capped
+
+    return read_json_capped(summary_file, what="run summary", shape="a summary written by 'twentyq eval'"), \
+        read_records(root)
 
 
 def _label_of(summary: dict[str, Any]) -> str:
@@ -52,10 +54,15 @@ def _label_of(summary: dict[str, Any]) -> str:
 
 
 def _thumb(path: str | None, roots: Sequence[Path]) -> str | None:
-    """A data: URI of a small JPEG of the image, or None when it cannot be read."""
+    """A data: URI of a small JPEG of the image, or None (the page shows a placeholder) when it cannot be read.
+
+    Decoded by :func:`engine.encoders.images.load_image`, the same rules as a run: the guarded reader, the
+    allowed formats only (an EPS never reaches Ghostscript) and the decompression-bomb guard (a bomb is
+    refused from its header, never decoded).
+    """
     if not path:
         return None
-    from PIL import Image
+    from engine.encoders.images import ImageLoadError, load_image
 
     p = Path(path)
     cands = [p] if p.is_absolute() else [p] + [r / p for r in roots]
@@ -63,13 +70,12 @@ def _thumb(path: str | None, roots: Sequence[Path]) -> str | None:
         try:
             if not c.is_file():
                 continue
-            with Image.open(c) as im:
-                im = im.convert("RGB")
-                im.thumbnail((THUMB, THUMB))
-                b = io.BytesIO()
-                im.save(b, "JPEG", quality=80)
+            im = load_image(c)
+            im.thumbnail((THUMB, THUMB))
+            b = io.BytesIO()
+            im.save(b, "JPEG", quality=80)
             return "data:image/jpeg;base64," + base64.b64encode(b.getvalue()).decode()
-        except (OSError, ValueError):
+        except (ImageLoadError, OSError, ValueError):
             continue
     return None
 

@@ -89,14 +89,15 @@ class ServeSettings:
 
 def read_api_key(path: str) -> str:
     """The key in ``path`` (surrounding whitespace and a final newline dropped); ValueError if unusable."""
-    from pathlib import Path
+    from systems.files import SECRET_FILE_LIMIT, UnreadableInput, read_text_capped
 
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
+    try:  # the guarded reader: a FIFO, /dev/zero or a file over 64 KiB is refused unread
+        text = read_text_capped(path, SECRET_FILE_LIMIT, what="--api-key-file")
     except FileNotFoundError:
         raise ValueError(f"--api-key-file {path!r}: no such file; write the key into it (one line)") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnreadableInput:
+        raise
+    except (OSError, ValueError) as e:
         raise ValueError(f"--api-key-file {path!r}: cannot read it ({e})") from None
     key = text.strip()
     if not key:

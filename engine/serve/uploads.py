@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from engine.encoders.images import MAX_SIDE, ImageLoadError, load_image
+from engine.encoders.images import IMAGE_FORMATS, MAX_SIDE, ImageLoadError, format_refusal, load_image, sniff_format
 from engine.serve.schemas import ApiError
 
-FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+FORMATS = IMAGE_FORMATS  # the one list (engine.encoders.images), not a server-only one
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.ASCII)
 
 
@@ -67,8 +67,7 @@ def _opened(data: bytes, field: str, max_pixels: int):
         m = re.search(r"\((\d+) pixels\)", str(e))
         raise _too_large(field, int(m.group(1)) if m else None, max_pixels) from None
     except UnidentifiedImageError:
-        raise ApiError(400, "bad_image", f"{field} is not an image this server reads; send one of "
-                                         f"{', '.join(FORMATS)}", field) from None
+        raise ApiError(400, "bad_image", f"{field}: {format_refusal(sniff_format(data[:16]))}", field) from None
     except ImageLoadError as e:
         raise ApiError(400, "bad_image", f"{field} could not be decoded ({e.cause}); send a complete image file",
                        field) from None
