@@ -80,20 +80,23 @@ OUR_PACKAGES = ("engine", "systems", "policies", "bench", "tests")
 def broken_package(e: BaseException) -> str | None:
     """The installed third-party package whose import failed, when that is what ``e`` is; else None.
 
-    Either an ImportError naming a module that is not ours (missing, or too old to have the name),
-    or any error raised by the module-level code of a file under site-packages (its import ran
-    and failed: a broken torchvision raises RuntimeError or AttributeError there). Errors inside
-    our own modules are bugs and stay bugs.
+    Any error raised while the module-level code of a file under site-packages ran (its import
+    failed: a broken torchvision raises RuntimeError or AttributeError there; the innermost such
+    module is named), or else an ImportError naming a module that is not ours (missing, or too old
+    to have the name). Errors of our own modules are bugs and stay bugs.
     """
-    if isinstance(e, ImportError) and e.name and e.name.split(".")[0] not in OUR_PACKAGES:
-        return e.name.split(".")[0]
-    frames = traceback.extract_tb(e.__traceback__)
-    if frames and frames[-1].name == "<module>":
-        parts = frames[-1].filename.replace("\\", "/").split("/")
+    for f in reversed(traceback.extract_tb(e.__traceback__)):  # the innermost module being imported
+        if f.name != "<module>":
+            continue
+        parts = f.filename.replace("\\", "/").split("/")
         for marker in ("site-packages", "dist-packages"):
             if marker in parts and parts.index(marker) + 1 < len(parts):
                 name = parts[parts.index(marker) + 1]
-                return name[:-3] if name.endswith(".py") else name
+                name = name[:-3] if name.endswith(".py") else name
+                if name not in OUR_PACKAGES:
+                    return name
+    if isinstance(e, ImportError) and e.name and e.name.split(".")[0] not in OUR_PACKAGES:
+        return e.name.split(".")[0]
     return None
 
 

@@ -313,10 +313,11 @@ def _sweep(args) -> int:
                              "a file: pass a folder name")
         if not folder.parent.is_dir():
             raise UsageError(f"--out {args.out!r}: the folder {str(folder.parent)!r} does not exist; create it first")
-        from engine.run.store import MANIFEST, check_out, run_dir
+        from engine.run.store import MANIFEST, check_out, format_of, run_dir
 
         outs = [str(folder / n) for n in names]
         for o in outs:
+            format_of(o)
             if Path(o).parent != folder and not Path(o).parent.is_relative_to(folder):
                 raise UsageError(f"--run-name {args.run_name!r} puts {o!r} outside --out {args.out!r}")
             if Path(o).parent.is_dir():
