@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.options import (
-    EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, Interrupted, UsageError, interrupted_run, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
+    EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, Interrupted, UsageError, interrupted_run, user_errors, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
     add_run_flags, calibration_arg, calibration_lines, check_budget, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
     log, output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, target_line, warn,
 )
@@ -341,7 +341,7 @@ def _sweep(args) -> int:
             executor = executor_for(args)
             try:
                 cache = _prepare(executor, spec_for_run_of(spec, config), system, cal)  # this model, once
-            except user_errors_of() as e:
+            except user_errors() as e:
                 failed += [f"{names[k]}: {e}" for k in ks]
                 warn(f"model {m!r} could not be loaded ({e}); skipping its {len(ks)} run(s)")
                 continue
@@ -354,7 +354,7 @@ def _sweep(args) -> int:
                 try:
                     rep = _eval_one(args, executor, spec, system, config, cal, data_spec(args, d), datasets[d],
                                     output, cache)
-                except user_errors_of() as e:
+                except user_errors() as e:
                     failed.append(f"{names[k]}: {e}")
                     warn(f"{names[k]} failed: {e}")
                     continue
@@ -369,13 +369,6 @@ def _sweep(args) -> int:
     if failed:
         warn(f"{len(failed)} of {total} run(s) failed: " + "; ".join(failed))
     return EXIT_PARTIAL if failed or partial else EXIT_OK
-
-
-def user_errors_of() -> tuple[type[BaseException], ...]:
-    """The errors one sweep run may fail with while the others go on (what the CLI reports as exit 2)."""
-    from engine.cli.app import user_errors
-
-    return user_errors()
 
 
 def default_data():
