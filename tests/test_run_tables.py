@@ -182,3 +182,20 @@ def test_a_negative_number_is_not_escaped(tmp_path):
     line = (tmp_path / "n.csv").read_text().splitlines()[1]
     assert line.startswith('"\'-2+3 blue",-0.5,') and ",-1," in line
     assert read_run(tmp_path / "n.csv") == [rec]
+
+
+@pytest.mark.slow
+def test_a_run_folder_in_the_earlier_layout_is_still_read_and_never_written(colour_data, capsys):
+    """Runs written before the table existed were a folder named like the table: report reads them."""
+    d = colour_data
+    assert _eval(d, d / "new.jsonl") == 1
+    import shutil
+
+    shutil.copytree(d / "new.jsonl.d", d / "old.jsonl")  # the earlier layout: the folder is the run
+    assert read_run(d / "old.jsonl") == read_run(d / "new.jsonl")
+    capsys.readouterr()
+    assert main(["report", str(d / "old.jsonl"), str(d / "new.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "| old.jsonl | adaptive |" in out and "| new.jsonl | adaptive |" in out
+    assert _eval(d, d / "old.jsonl", "--resume") == 2
+    assert "is a folder (a run in the layout before result tables" in capsys.readouterr().err

@@ -145,3 +145,5 @@ def test_report_names_descriptors_and_calibration_from_the_summary():
     assert row["calibration"] == "cal.json (sha256 efefefef) not applied"
     assert row["system"] == "birds (abababab)" and row["model"] == "tiny CLIP"
     assert row["templates"] == "2: a {}., …"
+    rep["settings"]["sources"]["templates"] = "/t/mine.json"
+    assert row_of("r", rep)["templates"] == "mine.json (2)"

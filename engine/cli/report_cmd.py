@@ -124,8 +124,9 @@ def load_runs(paths: list[str]) -> list[tuple[str, dict[str, Any], Path | None]]
     return out
 
 
-def _templates(config: dict[str, Any]) -> str | None:
-    """The template set a run used: a shipped set's name when it is one, else the count and the first."""
+def _templates(config: dict[str, Any], source: Any = None) -> str | None:
+    """The template set a run used: a shipped set's name when it is one, else the file it came from
+    (``source``, as given to --templates), else the count and the first."""
     templates = config.get("templates")
     if not templates:
         return None
@@ -137,6 +138,8 @@ def _templates(config: dict[str, Any]) -> str | None:
                 return f"{name} ({len(templates)})"
     except Exception:  # noqa: BLE001 - naming is a nicety; the count below is still true
         pass
+    if isinstance(source, str) and source:
+        return f"{Path(source).name} ({len(templates)})"
     first = str(templates[0])
     return f"{len(templates)}: {first if len(first) <= 30 else first[:29] + '…'}" + (", …" if len(templates) > 1 else "")
 
@@ -182,7 +185,8 @@ def row_of(name: str, rep: dict[str, Any]) -> dict[str, Any]:
             "mean_q": rep.get("mean_q"), "median_q": rep.get("median_q"), "text_encodes": rep.get("text_encodes"),
             "model": settings.get("model_label") or rep.get("model"),
             "system": f"{system} ({sha[:8]})" if system and sha else system,
-            "templates": _templates(settings.get("config") or {}), "descriptors": _descriptors(settings),
+            "templates": _templates(settings.get("config") or {}, (settings.get("sources") or {}).get("templates")),
+            "descriptors": _descriptors(settings),
             "calibration": _calibration(rep), "data": rep.get("data")}
 
 
