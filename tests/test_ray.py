@@ -135,7 +135,7 @@ def test_corrupt_and_missing_images_are_error_rows_and_the_rest_finish(tiny_run)
         assert recs[i]["label"] is None and recs[i]["q_spent"] == 0
     assert "corrupt or truncated" in recs[37]["error"] and "no such file" in recs[150]["error"]
     assert all(r["label"] is not None for i, r in enumerate(recs) if i not in bad)
-    store = ResultStore(tiny_run["out"], FORMATS[".jsonl"], len(recs), SHARD)
+    store = ResultStore(tiny_run["out"].parent / "run.jsonl.d", FORMATS[".jsonl"], len(recs), SHARD)  # the run folder
     assert store.errors() == 2 and not store.pending()
 
 
