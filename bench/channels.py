@@ -38,6 +38,7 @@ import numpy as np
 
 from engine import StopRule
 from engine.core.calibration import fit_answer_channels
+from engine.core.metrics import accuracy_ci
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
 from policies import get_policy
@@ -116,7 +117,7 @@ def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot
     curves, timing, full = {}, {}, {}
     for cname, (lam, ch) in settings.items():
         pt = C.run_point(test, "fixed", logit_scale=lam, channel=ch)
-        full[cname] = {"accuracy": pt.accuracy, "ci95": list(_ci(pt.correct[None, :].astype(float), seed))}
+        full[cname] = {"accuracy": pt.accuracy, "ci95": list(accuracy_ci(pt.correct))}
         for pname in POLICIES:
             t1 = time.perf_counter()
             if pname == "random":
@@ -162,13 +163,6 @@ def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot
             "fit": {"prior_strength": prior_strength, "lams": fit.lams.tolist(), "reliability": fit.reliability.tolist(), "n_dev": fit.n_dev.tolist(),
                     "groups": [g.name for g in s.groups], "seconds": t_fit},
             "full": full, "rows": rows, "diffs": diffs, "target_a": target_a(diffs)}
-
-
-def _ci(correct: np.ndarray, seed: int, n_boot: int = 1000) -> tuple[float, float]:
-    c = correct[0]
-    idx = np.random.default_rng([seed, 3]).integers(0, len(c), size=(n_boot, len(c)))
-    lo, hi = np.quantile(c[idx].mean(1), [0.025, 0.975])
-    return float(lo), float(hi)
 
 
 def target_a(diffs: list[dict]) -> dict[str, Any]:

@@ -149,9 +149,9 @@ def run(prep: C.Prepared, out: Path, *, seed: int = 0, taus=TAUS, n_budgets: int
     orders = oracle_orders(s, prep.truth)
     curves["oracle"] = sweep(prep, lambda: OraclePolicy(orders), taus, budgets)
     target = full.accuracy - 0.01
-    from engine.core.metrics import bootstrap_ci
+    from engine.core.metrics import accuracy_ci
 
-    full_ci = bootstrap_ci(full.correct, seed=seed)
+    full_ci = accuracy_ci(full.correct)
     majority = float(np.bincount(prep.truth, minlength=s.n_classes).max() / prep.n)
     # the Q-within-1-pt statistic means something only when the full system is clearly better than guessing
     informative = bool(full_ci[0] > max(majority, zero.accuracy + 0.01))

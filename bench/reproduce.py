@@ -4,7 +4,7 @@
     python -m bench.reproduce --data flowers17 --system flowers17 --by split
     python -m bench.reproduce --model simulator
 
-Per mode: accuracy with a 95% bootstrap interval, mean Q and text encodes;
+Per mode: accuracy with a 95% exact (Clopper–Pearson) interval, mean Q and text encodes;
 McNemar's exact paired p for full system against baseline and for adaptive
 against full system. The shuffled-rules control gives class c the rules of
 another class (a random derangement per seed, 10 seeds): the same prompts,
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine import StopRule
-from engine.core.metrics import bootstrap_ci, mcnemar_p
+from engine.core.metrics import accuracy_ci, mcnemar_p
 
 from . import common as C
 
@@ -30,7 +30,7 @@ TAU = 0.9
 
 def _row(name: str, pt: C.Point, seed: int) -> dict[str, Any]:
     return {"mode": name, "n": int(len(pt.correct)), "accuracy": pt.accuracy,
-            "ci95": list(bootstrap_ci(pt.correct, seed=seed)), "mean_q": pt.mean_q, "text_encodes": pt.text_encodes}
+            "ci95": list(accuracy_ci(pt.correct)), "mean_q": pt.mean_q, "text_encodes": pt.text_encodes}
 
 
 def _by(prep: C.Prepared, col: str, points: dict[str, C.Point], seed: int) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def _by(prep: C.Prepared, col: str, points: dict[str, C.Point], seed: int) -> di
     for v in sorted(set(vals.tolist())):
         m = vals == v
         out[v] = {name: {"n": int(m.sum()), "accuracy": float(pt.correct[m].mean()),
-                         "ci95": list(bootstrap_ci(pt.correct[m], seed=seed)), "mean_q": float(pt.q[m].mean())}
+                         "ci95": list(accuracy_ci(pt.correct[m])), "mean_q": float(pt.q[m].mean())}
                   for name, pt in points.items()}
     return out
 
@@ -121,7 +121,7 @@ def _plot(prep: C.Prepared, rows: list[dict], breakdown: dict, by: str | None, p
     ax.axhline(1 / prep.system.n_classes, color="k", ls=":", lw=1, label=f"chance 1/N = {1 / prep.system.n_classes:.3f}")
     labels = ["all"] + [f"{by}={g}" for g in groups[1:]]
     ax.set_xticks(np.arange(len(groups)), labels)
-    ax.set_ylabel("top-1 accuracy (95% bootstrap CI; shuffled: ± sd over seeds)")
+    ax.set_ylabel("top-1 accuracy (95% Clopper–Pearson CI; shuffled: ± sd over seeds)")
     ax.set_xlabel("images")
     ax.set_ylim(0, min(1.0, max(0.2, 1.25 * max(r["accuracy"] for r in rows) + 0.05)))
     ax.set_title(C.plot_title("Accuracy by mode", prep))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine import SimulatedSource, StopRule, classify_batch
-from engine.core.metrics import bootstrap_ci
+from engine.core.metrics import accuracy_ci
 from engine.core.simulate import sample_classes
 from systems.authoring.pokeapi import pokeapi_system
 from systems.build import with_name_group
@@ -41,7 +41,7 @@ def run(system, truth, margins, noise, seed, policy, tau, lam, eps, shortlist=No
                          shortlist_size=shortlist)
     secs = time.perf_counter() - t0
     correct = np.array([r.label == system.classes[c] for r, c in zip(res, truth)])
-    lo, hi = bootstrap_ci(correct)
+    lo, hi = accuracy_ci(correct)
     return {"accuracy": float(correct.mean()), "ci95": [lo, hi], "mean_q": float(np.mean([r.q_spent for r in res])),
             "ms_per_image": 1000 * secs / len(truth)}
 

@@ -81,10 +81,10 @@ def test_evaluate_report_keys_and_breakdown(clf, dataset, tmp_path):
                 "model", "system", "mode", "policy", "tau", "delta", "budget", "shortlist", "per_class", "confusion",
                 "skipped", "stops", "settings"):
         assert key in d
-    seen = [json.loads(line) for line in (tmp_path / "run.jsonl" / "shard-00000.jsonl").read_text().splitlines()]
+    seen = [json.loads(line) for line in (tmp_path / "run.jsonl.d" / "shard-00000.jsonl").read_text().splitlines()]
     assert d["n"] == 9 and d["accuracy"] == 1.0 and len(seen) == 9
     assert all(r["label"] == r["true_label"] for r in seen)
-    assert json.loads((tmp_path / "run.jsonl" / "_summary.json").read_text())["n"] == 9
+    assert json.loads((tmp_path / "run.jsonl.d" / "_summary.json").read_text())["n"] == 9
     # what reproduces the run: the model, the system's hash, every setting, the data and its hash
     s = d["settings"]
     assert s["encoder"]["model"] == clf.spec.model and len(s["system"]["sha256"]) == 64

@@ -206,9 +206,9 @@ def test_eval_leaves_out_the_dev_images_and_says_how_many(world, tmp_path):
     assert rep.calibration["excluded_dev_images"] == n_dev and rep.calibration["applied"] is True
     assert rep.calibration["model_id"] == "sim@1"
     dev = set(world["cal"].dev["image_sha256"])
-    recs = [json.loads(line) for f in sorted((tmp_path / "r.jsonl").glob("shard-*")) for line in f.open()]
+    recs = [json.loads(line) for f in sorted((tmp_path / "r.jsonl.d").glob("shard-*")) for line in f.open()]
     assert len(recs) == rep.n and not any(image_sha256(r["image"]) in dev for r in recs)
-    summary = json.loads((tmp_path / "r.jsonl" / "_summary.json").read_text())
+    summary = json.loads((tmp_path / "r.jsonl.d" / "_summary.json").read_text())
     assert summary["calibration"]["excluded_dev_images"] == n_dev
     assert summary["settings"]["calibration"]["sha256"] == world["cal"].identity()["sha256"]
     # compare (several modes, one embedding pass) leaves out the same images
@@ -347,7 +347,7 @@ def test_calibrate_command_writes_a_file_that_eval_uses(tiny_cal, capsys):
                "--out", str(d / "run.jsonl"), "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0 and "12 of its dev image(s) left out" in out
-    summary = json.loads((d / "run.jsonl" / "_summary.json").read_text())
+    summary = json.loads((d / "run.jsonl.d" / "_summary.json").read_text())
     assert summary["n"] == 12 and summary["calibration"]["sha256"] == cal.sha256
 
 

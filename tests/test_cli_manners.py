@@ -76,3 +76,137 @@ def test_eval_report_line_for_every_mode(mode):
                      seconds_embed=0.0, seconds_classify=0.0)
     line = report_line(rep)
     assert line.startswith(f"{mode}") and ("τ=0.9" in line) == adaptive and "accuracy 0.500 [0.100, 0.900]" in line
+
+
+# --------------------------------------------------------------------------- issue 25 item 7
+def _colour_eval(tmp_path, monkeypatch):
+    import engine.encoders
+
+    from .fakes import FakeEncoder
+
+    monkeypatch.setattr(engine.encoders, "load_encoder", lambda *a, **k: FakeEncoder())
+    (tmp_path / "s.json").write_text(json.dumps(COLOUR_SYSTEM))
+    solid("red").save(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_text("path,label\na.png,cherry\n")
+    return ["eval", "--data", str(tmp_path / "d.csv"), "--system", str(tmp_path / "s.json"), "--budget", "1"]
+
+
+def test_v_and_q_work_after_the_subcommand_too(tmp_path, capsys, monkeypatch):
+    args = _colour_eval(tmp_path, monkeypatch)
+    assert main(args) == 0
+    assert "below the cheapest question" in capsys.readouterr().err  # a warning by default
+    assert main([*args, "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "accuracy" in out  # -q after the subcommand: warnings off, results unchanged
+    assert main([*args, "-v"]) == 0
+    assert "loaded model" in capsys.readouterr().err
+    assert main(["-v", *args]) == 0  # given before, not reset by the subcommand's own (absent) -v
+    assert "loaded model" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nope.json"), "-q"]) == 2  # parsed, not "unrecognized arguments"
+    err = capsys.readouterr().err
+    assert "not found" in err and "unrecognized" not in err
+    with pytest.raises(FileNotFoundError):  # --debug after the subcommand: the traceback
+        main(["report", str(tmp_path / "nope.json"), "--debug"])
+
+
+def test_progress_bars_only_on_a_terminal_or_with_progress(tmp_path, capsys, monkeypatch):
+    args = _colour_eval(tmp_path, monkeypatch)
+    assert main(args) == 0
+    assert "eval adaptive" not in capsys.readouterr().err  # stderr is not a terminal here: no bar
+    assert main([*args, "--progress"]) == 0
+    assert "eval adaptive" in capsys.readouterr().err  # asked for: drawn anyway
+    assert main(["--progress", *args, "-q"]) == 0
+    assert "eval adaptive" not in capsys.readouterr().err  # -q still wins
+
+
+def _site_package(tmp_path, monkeypatch, name, body):
+    site = tmp_path / "venv" / "lib" / "python3" / "site-packages"
+    (site / name).mkdir(parents=True)
+    (site / name / "__init__.py").write_text(body)
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+@pytest.mark.parametrize("body, kind", [
+    ('raise RuntimeError("operator torchvision::nms does not exist")\n', "RuntimeError"),
+    ("import torch\ntorch.this_attribute_is_not_there\n", "AttributeError"),
+    ("from json import no_such_name\n", "ImportError"),
+])
+def test_a_broken_installed_package_is_a_configuration_error_naming_it(tmp_path, capsys, monkeypatch, body, kind):
+    import importlib
+
+    import engine.encoders
+
+    _site_package(tmp_path, monkeypatch, "brokenvision", body)
+    monkeypatch.setattr(engine.encoders, "list_models", lambda: importlib.import_module("brokenvision"))
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'brokenvision' failed to import" in err[0] and kind in err[0], err
+    assert "pip install --force-reinstall brokenvision" in err[0] and "a bug" not in err[0]
+
+
+def test_a_missing_package_is_exit_2_and_a_bug_of_ours_stays_exit_3(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    import engine.encoders
+
+    monkeypatch.setattr(engine.encoders, "list_models", lambda: importlib.import_module("not_installed_pkg_xyz"))
+    assert main(["models"]) == 2
+    assert "'not_installed_pkg_xyz' failed to import" in capsys.readouterr().err
+
+    def ours():
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(engine.encoders, "list_models", ours)
+    assert main(["models"]) == 3
+    assert "internal error (a bug" in capsys.readouterr().err
+    monkeypatch.setattr(engine.encoders, "list_models", lambda: importlib.import_module("engine.no_such_module"))
+    assert main(["models"]) == 3  # an import of our own that fails is a bug, not the environment
+    capsys.readouterr()
+
+
+def test_decode_workers_ignore_ctrl_c_so_only_the_main_process_reports_it():
+    import signal
+
+    from engine.encoders.image_pool import ignore_interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        ignore_interrupts()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _interrupt_after(n_shards: int, real):
+    """LocalExecutor.map_shards (``real``) that yields ``n_shards`` finished shards, then gets Ctrl-C."""
+
+    def map_shards(self, job, shards, progress=None):
+        if n_shards == 0:
+            raise KeyboardInterrupt
+        for i, got in enumerate(real(self, job, shards, progress)):
+            yield got
+            if i + 1 == n_shards:
+                raise KeyboardInterrupt
+
+    return map_shards
+
+
+@pytest.mark.parametrize("command", ["eval", "classify"])
+def test_ctrl_c_prints_one_line_with_the_truth_about_shards(tmp_path, capsys, monkeypatch, command):
+    from engine.run.pipeline import LocalExecutor
+
+    args = _colour_eval(tmp_path, monkeypatch)
+    for i in range(1, 3):
+        solid("red").save(tmp_path / f"b{i}.png")
+    (tmp_path / "d.csv").write_text("path,label\na.png,cherry\nb1.png,cherry\nb2.png,cherry\n")
+    if command == "classify":
+        args = ["classify", *(str(tmp_path / f) for f in ("a.png", "b1.png", "b2.png")), *args[3:]]
+    real = LocalExecutor.map_shards
+    for n, out, expect in ((0, "none.jsonl", "no shard had finished (3 to do), so no results were kept"),
+                           (1, "one.jsonl", "1 of 3 shard(s) finished and kept in")):
+        monkeypatch.setattr(LocalExecutor, "map_shards", _interrupt_after(n, real))
+        assert main([*args, "--out", str(tmp_path / out), "--shard-size", "1", "-q"]) == 130
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("twentyq: interrupted; ") and expect in err[0], err
+        assert not (tmp_path / out).exists()  # no table for an unfinished run

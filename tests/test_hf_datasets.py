@@ -56,8 +56,8 @@ def test_a_saved_dataset_evaluates_like_the_same_images_as_a_csv(both, capsys):
     a, b = read_run(d / "csv.jsonl"), read_run(d / "hf.jsonl")
     assert len(a) == 7 and _without_image(a) == _without_image(b)  # the same seeded sample, the same records
     assert [r["image"].rsplit("/", 1)[-1] for r in a] == [r["image"] for r in b]  # named by the stored file name
-    sa = json.loads((d / "csv.jsonl" / "_summary.json").read_text())
-    sb = json.loads((d / "hf.jsonl" / "_summary.json").read_text())
+    sa = json.loads((d / "csv.jsonl.d" / "_summary.json").read_text())
+    sb = json.loads((d / "hf.jsonl.d" / "_summary.json").read_text())
     assert sa["accuracy"] == sb["accuracy"] and sa["by"] == sb["by"]
 
 

@@ -31,11 +31,12 @@ def test_csv_shards_read_back_as_the_same_records(tmp_path):
     with _open(tmp_path / "r.csv", n=3, size=3) as s:
         s.write(0, recs)
         assert s.read(0) == recs
-    with (tmp_path / "r.csv" / "shard-00000.csv").open(newline="", encoding="utf-8") as f:
+    with (tmp_path / "r.csv.d" / "shard-00000.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["label", "confidence", "top", "q_spent", "stop", "image", "error", "asked",
                              "true_label"]
-    assert json.loads(rows[0]["top"]) == [["Mr. Mime", 2 / 3], ["Ho-Oh", 1 / 3]] and rows[1]["label"] == ""
+    assert json.loads(rows[0]["top"]) == [{"label": "Mr. Mime", "prob": 2 / 3}, {"label": "Ho-Oh", "prob": 1 / 3}]
+    assert rows[1]["label"] == "" and rows[2]["image"] == "'=1+2"  # a formula is text
     assert read_run(tmp_path / "r.csv") == recs
 
 
@@ -49,7 +50,7 @@ def test_the_same_eval_as_jsonl_parquet_and_csv_holds_the_same_records(colour_ru
         assert main(["eval", "--data", str(d / "d.csv"), "--system", str(d / "sys.json"), "--out", str(out),
                      "--quiet", "--shard-size", "5"]) == 0
         got[suffix] = read_run(out)
-        assert len(list(out.glob(f"shard-*{suffix}"))) == 3
+        assert len(list((d / f"run{suffix}.d").glob(f"shard-*{suffix}"))) == 3
     assert {".jsonl", ".parquet", ".csv"} <= set(got)
     assert len(got[".jsonl"]) == 12 and got[".jsonl"] == got[".parquet"] == got[".csv"]
 

@@ -78,7 +78,7 @@ def report(tmp_path, monkeypatch):
 def test_report_has_every_section_and_is_self_contained(report):
     path, runs = report
     doc = path.read_text(encoding="utf-8")
-    summaries = [json.loads((r / "_summary.json").read_text()) for r in runs]
+    summaries = [json.loads((Path(f"{r}.d") / "_summary.json").read_text()) for r in runs]
     for heading in ("Accuracy against mean Q", "Per-class accuracy", "Confusion matrix", "Stop reasons",
                     "Sample question paths"):
         assert heading in doc
@@ -97,9 +97,9 @@ def test_report_names_the_offline_stand_in_honestly(report, tmp_path):
     from engine.serve.report_html import write_html_report
 
     _, runs = report
-    s = json.loads((runs[0] / "_summary.json").read_text())
+    s = json.loads((Path(f"{runs[0]}.d") / "_summary.json").read_text())
     s["model"], s["settings"]["model_label"] = "offline", None  # as if made with the stand-in
-    (runs[0] / "_summary.json").write_text(json.dumps(s))
+    (Path(f"{runs[0]}.d") / "_summary.json").write_text(json.dumps(s))
     doc = write_html_report(runs[:1], tmp_path / "o.html").read_text()
     assert "NOT CLIP" in doc
 
@@ -114,9 +114,9 @@ def test_cli_report_writes_the_html_page(tmp_path, monkeypatch, capsys):
     doc = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Sample question paths" in doc and all(r.name in doc for r in runs)
     summary = tmp_path / "s.json"
-    summary.write_text((runs[0] / "_summary.json").read_text())
+    summary.write_text((Path(f"{runs[0]}.d") / "_summary.json").read_text())
     assert main(["report", str(summary), "--html", str(tmp_path / "x.html")]) == 2  # a summary alone has no paths
-    assert "needs result folders" in capsys.readouterr().err
+    assert "needs eval runs" in capsys.readouterr().err
 
 
 def test_report_refuses_a_folder_without_a_summary(tmp_path):

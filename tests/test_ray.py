@@ -114,9 +114,11 @@ def tiny_run(cluster, jina200, tmp_path_factory):
 
 @pytest.mark.slow
 def test_tiny_clip_through_ray_matches_a_single_process(tiny_run):
-    store_files = sorted(tiny_run["out"].glob("shard-*.jsonl"))
+    store_files = sorted((tiny_run["out"].parent / "run.jsonl.d").glob("shard-*.jsonl"))
     assert len(store_files) == -(-len(tiny_run["paths"]) // SHARD)
     recs = [json.loads(line) for f in store_files for line in f.read_text(encoding="utf-8").splitlines()]
+    assert recs == [json.loads(line) for line in tiny_run["out"].read_text(encoding="utf-8").splitlines()]  # the table
+    recs = [{**r, "top": [[t["label"], t["prob"]] for t in r["top"]]} for r in recs]  # files hold {label, prob}
     assert [r["image"] for r in recs] == tiny_run["paths"]  # input order, each once
     _same(recs, tiny_run["single"])
     assert len({r["q_spent"] for r in recs if r["error"] is None}) > 2  # the stop rule really varied Q
@@ -126,7 +128,7 @@ def test_tiny_clip_through_ray_matches_a_single_process(tiny_run):
 @pytest.mark.slow
 def test_corrupt_and_missing_images_are_error_rows_and_the_rest_finish(tiny_run):
     assert tiny_run["rc"] == 1
-    recs = [json.loads(line) for f in sorted(tiny_run["out"].glob("shard-*.jsonl"))
+    recs = [json.loads(line) for f in sorted((tiny_run["out"].parent / "run.jsonl.d").glob("shard-*.jsonl"))
             for line in f.read_text(encoding="utf-8").splitlines()]
     bad = {i for i, r in enumerate(recs) if r["error"] is not None}
     assert bad == {37, 150}
@@ -135,7 +137,7 @@ def test_corrupt_and_missing_images_are_error_rows_and_the_rest_finish(tiny_run)
         assert recs[i]["label"] is None and recs[i]["q_spent"] == 0
     assert "corrupt or truncated" in recs[37]["error"] and "no such file" in recs[150]["error"]
     assert all(r["label"] is not None for i, r in enumerate(recs) if i not in bad)
-    store = ResultStore(tiny_run["out"], FORMATS[".jsonl"], len(recs), SHARD)
+    store = ResultStore(tiny_run["out"].parent / "run.jsonl.d", FORMATS[".jsonl"], len(recs), SHARD)  # the run folder
     assert store.errors() == 2 and not store.pending()
 
 
@@ -154,9 +156,9 @@ def _offline_single(jina200):
 
 @pytest.mark.slow
 def test_offline_killed_halfway_then_resumed_matches_a_single_process(cluster, jina200, tmp_path, capsys):
-    out = tmp_path / "run.parquet"
+    table, out = tmp_path / "run.parquet", tmp_path / "run.parquet.d"  # the result table, the run folder
     cmd = [sys.executable, "-m", "engine.cli", "eval", "--data", str(JINA), "--limit", str(N), "--seed", "0",
-           "--device", "cpu", "--quiet", "--out", str(out), "--shard-size", str(SHARD), "--workers", "2",
+           "--device", "cpu", "--quiet", "--out", str(table), "--shard-size", str(SHARD), "--workers", "2",
            "--ray", cluster]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -176,12 +178,13 @@ def test_offline_killed_halfway_then_resumed_matches_a_single_process(cluster, j
     assert 2 <= len(done_before) < n_shards, f"killed after {len(done_before)} of {n_shards} shards"
 
     rc = main(["eval", "--data", str(JINA), "--limit", str(N), "--seed", "0", "--device", "cpu", "--quiet",
-               "--out", str(out), "--shard-size", str(SHARD), "--workers", "2", "--resume", "--ray"])
+               "--out", str(table), "--shard-size", str(SHARD), "--workers", "2", "--resume", "--ray"])
     assert rc == 0
     assert f"--resume: {len(done_before)} of {n_shards} shard(s) already done" in capsys.readouterr().err
     for name, mtime in done_before.items():  # finished shards were skipped, not redone
         assert (out / name).stat().st_mtime_ns == mtime
-    table = pq.read_table(out)  # the folder reads as one Parquet dataset (markers start with '_')
+    assert pq.read_table(out).equals(pq.read_table(table))  # the run folder reads as one Parquet dataset too
+    table = pq.read_table(table)
     recs = records_from_arrow(table.sort_by([("image", "ascending")]))
     assert table.num_rows == N and len({r["image"] for r in recs}) == N  # no duplicates, none lost
     by_image = {r["image"]: r for r in recs}
@@ -208,7 +211,7 @@ def test_csv_out_and_a_template_ensemble_through_ray_match_a_single_process(clus
                  "--precompute-text"]) == 0
     assert main(["classify", *paths, *common, "--out", str(tmp_path / "s.jsonl")]) == 0
     on_ray, single = read_run(tmp_path / "r.csv"), read_run(tmp_path / "s.jsonl")
-    assert len(list((tmp_path / "r.csv").glob("shard-*.csv"))) == 3
+    assert len(list((tmp_path / "r.csv.d").glob("shard-*.csv"))) == 3
     _same(on_ray, single)
     assert all(r["q_spent"] == 3 * 5 for r in on_ray)
 
@@ -236,7 +239,7 @@ def test_a_calibration_travels_with_the_job_to_the_actors(cluster, tmp_path):
     _same(on_ray, single)
     plain = {r["image"]: r["confidence"] for r in read_run(tmp_path / "plain.jsonl")}
     assert [r["confidence"] for r in on_ray] != pytest.approx([plain[r["image"]] for r in on_ray], abs=1e-3)
-    summary = json.loads((tmp_path / "r.jsonl" / "_summary.json").read_text())
+    summary = json.loads((tmp_path / "r.jsonl.d" / "_summary.json").read_text())
     assert summary["calibration"]["sha256"] == cal.sha256 and summary["calibration"]["excluded_dev_images"] == 12
 
 

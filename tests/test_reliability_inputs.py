@@ -311,7 +311,8 @@ def test_cli_eval_on_an_empty_dataset(tmp_path, capsys):
     finally:
         engine.encoders.load_encoder = orig
     assert rc == 0
-    summary = json.loads((tmp_path / "r.jsonl" / "_summary.json").read_text(),
+    summary = json.loads((tmp_path / "r.jsonl.d" / "_summary.json").read_text(),
                          parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert summary["n"] == 0 and summary["accuracy"] is None and summary["complete"] is True
-    assert not list((tmp_path / "r.jsonl").glob("shard-*"))
+    assert not list((tmp_path / "r.jsonl.d").glob("shard-*"))
+    assert (tmp_path / "r.jsonl").read_bytes() == b""  # the table of no rows

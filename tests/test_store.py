@@ -46,17 +46,18 @@ def test_store_resumes_only_finished_shards(tmp_path):
         assert store.n_shards == 3 and store.pending() == [0, 1, 2]
         store.write(0, _records(4, err_at={2}))
         store.write(2, _records(2))
+    out = tmp_path / "s.jsonl.d"  # the run folder
     (out / ".shard-00001.jsonl.abc.tmp").write_text("torn")  # a killed writer's temp file: never read
     (out / "shard-00001.jsonl").write_text('{"image": "i4"}\n')  # a data file with no marker: not done
     with pytest.raises(StoreError, match="pass --resume"):
-        _open(out)
+        _open(tmp_path / "s.jsonl")
     with pytest.raises(StoreError, match=r"other settings \(m: 1 -> 2\)"):
-        _open(out, settings={"m": 2}, resume=True)
+        _open(tmp_path / "s.jsonl", settings={"m": 2}, resume=True)
     with pytest.raises(StoreError, match=r"shard_size: 4 -> 5"):
-        _open(out, size=5, resume=True)
+        _open(tmp_path / "s.jsonl", size=5, resume=True)
     with pytest.raises(StoreError, match="the input rows"):
-        _open(out, resume=True, fp="another input")
-    with _open(out, resume=True) as again:
+        _open(tmp_path / "s.jsonl", resume=True, fp="another input")
+    with _open(tmp_path / "s.jsonl", resume=True) as again:
         assert again.pending() == [1] and again.errors() == 1
         (out / "shard-00002.jsonl").write_text("")  # a shard file that no longer matches its marker
         assert again.pending() == [1, 2]
@@ -75,7 +76,7 @@ def test_parquet_and_jsonl_shards_hold_the_same_records(tmp_path):
         a.write(0, recs)
         b.write(0, recs)
         assert a.read(0) == b.read(0) == recs
-    assert pq.read_table(tmp_path / "p.parquet").num_rows == 3  # _manifest.json / _shard-*.done are skipped
+    assert pq.read_table(tmp_path / "p.parquet.d").num_rows == 3  # _manifest.json / _shard-*.done are skipped
 
 
 def test_out_that_is_an_input_is_refused_and_the_input_kept(tmp_path, capsys):
@@ -91,7 +92,7 @@ def test_out_that_is_an_input_is_refused_and_the_input_kept(tmp_path, capsys):
                  "--out", str(tmp_path / "d.csv"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     # .csv is a result format since issue 18, so the data file is refused as a file, not by its suffix
-    assert len(err) == 1 and f"--out {str(tmp_path / 'd.csv')!r} is a file; --out names a folder" in err[0]
+    assert len(err) == 1 and f"--out {str(tmp_path / 'd.csv')!r} exists and is not a twentyq result table" in err[0]
     assert (tmp_path / "d.csv").read_text() == "path,label\na.png,cherry\n"
     (tmp_path / "d.txt").write_text("path,label\na.png,cherry\n")
     assert main(["eval", "--data", str(tmp_path / "d.txt"), "--system", str(tmp_path / "sys.json"),
@@ -142,12 +143,12 @@ def test_resume_with_other_settings_is_refused_naming_them(colour_run, capsys):
     base = ["eval", "--data", str(d / "d.csv"), "--system", str(d / "sys.json"), "--out", str(d / "r.jsonl"),
             "--quiet", "--shard-size", "5"]
     assert main(base + ["--tau", "0.9"]) == 0
-    summary = json.loads((d / "r.jsonl" / "_summary.json").read_text())
+    summary = json.loads((d / "r.jsonl.d" / "_summary.json").read_text())
     capsys.readouterr()
     assert main(base + ["--mode", "baseline", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "config.mode: 'adaptive' -> 'baseline'" in err and "choose a new --out" in err
-    assert json.loads((d / "r.jsonl" / "_summary.json").read_text()) == summary  # nothing touched
+    assert json.loads((d / "r.jsonl.d" / "_summary.json").read_text()) == summary  # nothing touched
     assert main(base + ["--tau", "0.9", "--resume"]) == 0  # the same settings resume (all done)
     assert "3 of 3 shard(s) already done" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -160,7 +161,7 @@ def test_classify_out_and_resume_without_ray(colour_run, capsys):
     args = ["classify", *imgs, "--system", str(d / "sys.json"), "--out", str(d / "c.jsonl"), "--shard-size", "5",
             "--quiet"]
     assert main(args) == 0
-    recs = [json.loads(line) for f in sorted((d / "c.jsonl").glob("shard-*.jsonl")) for line in f.read_text().splitlines()]
+    recs = [json.loads(line) for line in (d / "c.jsonl").read_text().splitlines()]  # the table
     assert [r["image"] for r in recs] == imgs and [r["label"] for r in recs] == ["cherry", "leaf", "sea"] * 4
     assert main(args) == 2 and "pass --resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0

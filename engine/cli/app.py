@@ -1,9 +1,12 @@
 """The ``twentyq`` command line: the parser, exit codes and error reporting.
 
 Exit codes: 0 success; 1 some inputs were bad but the rest were processed; 2 usage or
-configuration errors (one line naming the cause and the fix); 3 an unexpected error, a
-bug (its type and where it came from; ``--debug`` shows the traceback); 130 interrupted
-(Ctrl-C or SIGTERM, which is handled the same way).
+configuration errors (one line naming the cause and the fix; an installed package that fails
+to import is one: the environment's to fix); 3 an unexpected error, a bug (its type and where
+it came from; ``--debug`` shows the traceback); 130 interrupted (Ctrl-C or SIGTERM, which is
+handled the same way; one line saying what was kept).
+
+``-v``, ``-q``, ``--debug`` and ``--progress`` are accepted before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import sys
 import traceback
 
 from engine.cli.calibrate_cmd import add_calibrate_parser
-from engine.cli.options import EXIT_BUG, EXIT_USAGE, UsageError, cli_logging, document_defaults, set_verbosity
+from engine.cli.options import (
+    EXIT_BUG, EXIT_USAGE, Interrupted, cli_logging, document_defaults, set_progress, set_verbosity, user_errors,
+)
 from engine.cli.report_cmd import add_report_parser
 from engine.cli.run_cmds import add_run_parsers
 from engine.cli.serve_cmd import add_serve_args
@@ -26,17 +31,35 @@ SERVE_EXAMPLES = """examples:
 """
 
 
+def add_global_flags(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v/-q/--debug/--progress: on the top parser with their defaults, and on every subcommand with
+    no default (argparse.SUPPRESS), so given after the subcommand they count and left out they do not
+    reset what was given before it."""
+    keep = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("--debug", action="store_true", help="show tracebacks", **keep)
+    p.add_argument("-v", "--verbose", action="count", **({"default": 0} if top else keep),
+                   help="more diagnostics on stderr: -v what was loaded and done, -vv debug (default: warnings only)")
+    p.add_argument("-q", dest="log_quiet", action="count", **({"default": 0} if top else keep),
+                   help="no warnings and no progress bars on stderr; errors are still printed, results still go "
+                        "to stdout (default: warnings shown)")
+    p.add_argument("--progress", action="store_true", **keep,
+                   help="show progress bars even when stderr is not a terminal (default: only on a terminal)")
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                yield sub
+                yield from _subparsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.run.provenance import package_version
 
     ap = argparse.ArgumentParser(prog="twentyq", description="Adaptive twenty-questions zero-shot classification.")
     ap.add_argument("--version", action="version", version=f"twentyq {package_version()}")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    ap.add_argument("-v", "--verbose", action="count", default=0,
-                    help="more diagnostics on stderr: -v what was loaded and done, -vv debug (default: warnings only)")
-    ap.add_argument("-q", dest="log_quiet", action="count", default=0,
-                    help="no warnings and no progress bars on stderr; errors are still printed, results still go "
-                         "to stdout (default: warnings and progress bars shown)")
+    add_global_flags(ap, top=True)
     sub = ap.add_subparsers(dest="command", required=True)
     add_run_parsers(sub)
     add_calibrate_parser(sub)
@@ -45,19 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_args(sub.add_parser("serve", help="serve classification over HTTP (FastAPI on uvicorn; dynamic "
                                                 "batching; pip install 'twentyq[serve]')",
                                   epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter))
+    for p in _subparsers(ap):
+        add_global_flags(p, top=False)
     document_defaults(ap)
     return ap
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: reported in one line, exit 2."""
-    from systems.errors import UserInputError
+OUR_PACKAGES = ("engine", "systems", "policies", "bench", "tests")
 
-    errors: tuple[type[BaseException], ...] = (UsageError, UserInputError, OSError)
-    if "engine.encoders.base" in sys.modules:  # only loaded (with torch) when a model was asked for
-        base = sys.modules["engine.encoders.base"]
-        errors += (base.EncoderLoadError, base.EncoderOutOfMemory)
-    return errors
+
+def broken_package(e: BaseException) -> str | None:
+    """The installed third-party package whose import failed, when that is what ``e`` is; else None.
+
+    Any error raised while the module-level code of a file under site-packages ran (its import
+    failed: a broken torchvision raises RuntimeError or AttributeError there; the innermost such
+    module is named), or else an ImportError naming a module that is not ours (missing, or too old
+    to have the name). Errors of our own modules are bugs and stay bugs.
+    """
+    for f in reversed(traceback.extract_tb(e.__traceback__)):  # the innermost module being imported
+        if f.name != "<module>":
+            continue
+        parts = f.filename.replace("\\", "/").split("/")
+        for marker in ("site-packages", "dist-packages"):
+            if marker in parts and parts.index(marker) + 1 < len(parts):
+                name = parts[parts.index(marker) + 1]
+                name = name[:-3] if name.endswith(".py") else name
+                if name not in OUR_PACKAGES:
+                    return name
+    if isinstance(e, ImportError) and e.name and e.name.split(".")[0] not in OUR_PACKAGES:
+        return e.name.split(".")[0]
+    return None
 
 
 def _where(e: BaseException) -> str:
@@ -95,6 +135,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     set_verbosity(args.verbose, args.log_quiet)
+    set_progress(args.progress)
     if args.log_quiet and hasattr(args, "quiet"):
         args.quiet = True  # -q also hides progress bars
     handlers = None
@@ -103,13 +144,21 @@ def _main(argv: list[str] | None) -> int:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _ignore_signals()
-        print("twentyq: interrupted", file=sys.stderr)
+        detail = e.detail if isinstance(e, Interrupted) else ""
+        print(f"twentyq: interrupted{'; ' + detail if detail else ''}", file=sys.stderr)
         return 130
     except Exception as e:
         if args.debug:
             raise
+        package = broken_package(e)
+        if package is not None:
+            first = str(e).splitlines()[0][:300] if str(e) else ""
+            print(f"twentyq: error: the installed package {package!r} failed to import ({type(e).__name__}: {first}); "
+                  f"this is the Python environment, not your input: reinstall it (pip install --force-reinstall "
+                  f"{package}), or remove it if nothing needs it", file=sys.stderr)
+            return EXIT_USAGE
         if isinstance(e, user_errors()):
             # one line: the cause and the fix (a system's validation adds its problems, one per line)
             from systems.printable import printable

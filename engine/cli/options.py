@@ -26,6 +26,38 @@ class UsageError(Exception):
     """A command-line mistake, reported as one line with exit code 2."""
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: reported in one line, exit 2."""
+    from systems.errors import UserInputError
+
+    errors: tuple[type[BaseException], ...] = (UsageError, UserInputError, OSError)
+    if "engine.encoders.base" in sys.modules:  # only loaded (with torch) when a model was asked for
+        base = sys.modules["engine.encoders.base"]
+        errors += (base.EncoderLoadError, base.EncoderOutOfMemory)
+    return errors
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, with what was kept (``detail``): the CLI prints one line, exit 130."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__(detail)
+        self.detail = detail
+
+
+def interrupted_run(out) -> Interrupted:
+    """The truth about an interrupted run's shards: how many finished (and are kept), or none."""
+    from engine.run.store import shard_progress
+
+    done, total, where = shard_progress(out)
+    if total is None:
+        return Interrupted("nothing was written")
+    if done:
+        return Interrupted(f"{done} of {total} shard(s) finished and kept in {where}; rerun with --resume to finish")
+    return Interrupted(f"no shard had finished ({total} to do), so no results were kept; rerun with --resume to "
+                       "start it again")
+
+
 @contextlib.contextmanager
 def settings_errors():
     """Inside: a ValueError or KeyError comes from checking what the user gave (flags, files
@@ -105,12 +137,22 @@ def document_defaults(parser: argparse.ArgumentParser) -> None:
             a.help += " (default: none)"
 
 
+_PROGRESS = {"always": False}
+
+
+def set_progress(always: bool) -> None:
+    """--progress: draw progress bars even when stderr is not a terminal."""
+    _PROGRESS["always"] = bool(always)
+
+
 def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None, unit: str = "img"):
-    """A tqdm bar on stderr (or nothing) counting images (or ``unit``) and, given a text cache, prompts embedded.
+    """A tqdm bar on stderr counting images (or ``unit``) and, given a text cache, prompts embedded; nothing when
+    ``quiet``, or when stderr is not a terminal (a log file, a pipe) unless --progress asked for it.
 
     Returns (update callable or None, close callable).
     """
-    if quiet:
+    tty = getattr(sys.stderr, "isatty", lambda: False)()
+    if quiet or not (tty or _PROGRESS["always"]):
         return None, lambda: None
     from tqdm import tqdm
 
@@ -125,14 +167,19 @@ def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None, uni
 
 
 # --------------------------------------------------------------------------- model flags -> EncoderSpec
-def add_model_flags(p: argparse.ArgumentParser) -> None:
+def add_model_flags(p: argparse.ArgumentParser, multi: bool = False) -> None:
+    """The model flags; ``multi``: --model takes several values (an eval sweep), default ['offline']."""
     from engine.run.config import DEVICES, DTYPES, PROMPT_MODES, SWITCHES
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="offline",
-                   help="model string: 'offline' (the packaged stand-in, not CLIP), 'probe' (the attribute probe "
-                        "trained here, shipped with the package, not CLIP), 'probe:DIR', a hub id or a local "
-                        "folder; `twentyq models` lists them (default: %(default)s)")
+    what = ("model string: 'offline' (the packaged stand-in, not CLIP), 'probe' (the attribute probe trained here, "
+            "shipped with the package, not CLIP), 'probe:DIR', a hub id or a local folder; `twentyq models` lists them")
+    if multi:
+        g.add_argument("--model", nargs="+", action="extend", default=None, metavar="MODEL",
+                       help=what + "; several (--model a b, or --model a --model b) sweep them, each loaded once "
+                                   "(default: offline)")
+    else:
+        g.add_argument("--model", default="offline", help=what + " (default: %(default)s)")
     g.add_argument("--revision", default=None, help="hub branch, tag or commit of --model (default: the main branch)")
     g.add_argument("--device", default="auto", choices=list(DEVICES),
                    help="where the model runs: auto picks CUDA, then MPS, then the CPU (default: %(default)s)")
@@ -393,12 +440,21 @@ def check_budget(system, config) -> None:
 
 
 # --------------------------------------------------------------------------- data flags -> DataSpec
-def add_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
+def add_data_flags(p: argparse.ArgumentParser, required: bool, multi: bool = False) -> None:
+    """The data flags; ``multi``: --data takes several values (an eval sweep) or a --sweep file."""
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=required,
-                   help="labelled images: a CSV with path,label[,split,...] columns (paths relative to it), an "
-                        "ImageFolder directory DIR/label/*.jpg, or a Hugging Face image dataset (a save_to_disk "
-                        "folder, or hf:NAME[:CONFIG][:SPLIT] from the local cache; pip install 'twentyq[datasets]')")
+    what = ("labelled images: a CSV with path,label[,split,...] columns (paths relative to it), an ImageFolder "
+            "directory DIR/label/*.jpg, or a Hugging Face image dataset (a save_to_disk folder, or "
+            "hf:NAME[:CONFIG][:SPLIT] from the local cache; pip install 'twentyq[datasets]')")
+    if multi:
+        g.add_argument("--data", nargs="+", action="extend", default=None, metavar="DATA",
+                       help=what + "; several (--data a.csv b.csv) sweep them (needed unless --sweep)")
+        g.add_argument("--sweep", default=None, metavar="FILE",
+                       help='a sweep as JSON: {"data": [...], "model": [...]} runs every model on every data, '
+                            '[{"data": D, "model": M}, ...] these pairs; data paths relative to the file '
+                            "(default: none)")
+    else:
+        g.add_argument("--data", required=required, help=what)
     g.add_argument("--image-column", default=None,
                    help="Hugging Face dataset: the image column (default: the first Image feature)")
     g.add_argument("--label-column", default=None,
@@ -408,7 +464,7 @@ def add_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
                         "to read (default: all rows; the only split)")
     g.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images (default: all)")
     g.add_argument("--seed", type=int, default=0,
-                   help="seed of the --limit sample, the bootstrap CIs and the random policy (default: %(default)s)")
+                   help="seed of the --limit sample and the random policy (default: %(default)s)")
     g.add_argument("--allow-missing", action="store_true", help="skip rows whose label is not a class of the system")
     g.add_argument("--by", default=None, help="break accuracy down by this data column (e.g. source)")
 
@@ -423,28 +479,44 @@ def data_spec(args, source: str) -> Any:
                         label_column=getattr(args, "label_column", None))
 
 
-def add_out_flags(p: argparse.ArgumentParser) -> None:
+def add_out_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     from engine.run.pipeline import DEFAULT_SHARD_SIZE
-    from engine.run.store import FORMATS
+    from engine.run.store import FORMATS, RUN_DIR_SUFFIX
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, metavar="RUN" + "|RUN".join(FORMATS),
-                   help="a folder of result shards; the extension picks the format (eval also writes its summary "
-                        "there as _summary.json). The same with and without --ray")
+                   help="the result table, one row per image, written when the run completes (pandas reads it in one "
+                        "call); the extension picks the format. Its shards (for --resume) and eval's _summary.json "
+                        f"go in the folder RUN{RUN_DIR_SUFFIX} beside it. The same with and without --ray"
+                        + ("; a sweep's --out is a folder holding one run per data × model (see --run-name)"
+                           if sweep else ""))
     g.add_argument("--resume", action="store_true",
                    help="finish the run in --out: skip its finished shards (refused if its settings differ)")
     g.add_argument("--shard-size", type=int, default=None,
                    help=f"images per result shard, the unit --resume skips (default {DEFAULT_SHARD_SIZE})")
+    if sweep:
+        g.add_argument("--run-name", default=None, metavar="TEMPLATE",
+                       help="a sweep's run names under the --out folder, with the fields {data} (the data's "
+                            "name), {model}, {mode} and {system}; the extension picks the format (default: "
+                            "'{data}_{model}.jsonl')")
 
 
-def check_out_flags(args) -> None:
+def check_out_flags(args, sweep: bool = False) -> None:
+    """The output flags, before anything loads. A sweep's --out is a folder of runs (checked by the sweep)."""
+    if getattr(args, "run_name", None) and not sweep:
+        raise UsageError("--run-name names the runs of a sweep (several --data / --model, or --sweep); for one run "
+                         "name it with --out")
+    if sweep and getattr(args, "run_name", None) and not args.out:
+        raise UsageError("--run-name applies to --out; add --out FOLDER")
+    if hasattr(args, "sweep") and not args.sweep and not args.data:
+        raise UsageError("eval needs --data CSV_OR_DIR (or several, or --sweep FILE)")
     if args.resume and not args.out:
-        raise UsageError("--resume needs --out RUN.jsonl or RUN.parquet (the folder of the run to finish)")
+        raise UsageError("--resume needs --out RUN.jsonl, RUN.csv or RUN.parquet (the --out of the run to finish)")
     if args.shard_size is not None and not args.out:
         raise UsageError("--shard-size applies to --out; add --out RUN.jsonl")
     if args.shard_size is not None and args.shard_size < 1:
         raise UsageError(f"--shard-size {args.shard_size}: must be >= 1")
-    if args.out:
+    if args.out and not sweep:
         from engine.run.store import check_out
 
         check_out(args.out)  # a StoreError (exit 2) before any model is loaded

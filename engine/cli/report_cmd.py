@@ -1,10 +1,14 @@
 """``twentyq report RUN [RUN...]``: merge eval summaries into one table, as markdown and CSV, and plot them.
 
-A RUN is a result folder written by ``eval --out`` (its ``_summary.json``), a summary JSON
-file, or the JSON list ``compare --out X.json`` writes (one row per mode). ``--plots DIR``
-draws accuracy against mean Q (one point per run) and the confusion matrix of one run
-(from its records, so it needs a result folder) as PNGs; matplotlib is the optional extra
-``twentyq[report]``, imported only there.
+A RUN is an eval run (its ``--out`` table, or its run folder ``RUN.d`` holding ``_summary.json``),
+a summary JSON file, the JSON list ``compare --out X.json`` writes (one row per mode), or a
+folder searched recursively for all of those, as ``clip_benchmark build`` merges a sweep:
+outputs found there that are not eval results (a classify run, other JSON) are skipped with
+a notice. The table says what each run used: model, system, templates, descriptors and
+calibration, and gives accuracy with its exact (Clopper–Pearson) 95% interval.
+``--plots DIR`` draws accuracy against mean Q (one point per run) and the confusion matrix
+of one run (from its records, so it needs a run, not a summary file) as PNGs; matplotlib is
+the optional extra ``twentyq[report]``, imported only there.
 """
 
 from __future__ import annotations
@@ -15,56 +19,178 @@ import math
 from pathlib import Path
 from typing import Any
 
-from engine.cli.options import EXIT_OK, UsageError, settings_errors
+from engine.cli.options import EXIT_OK, UsageError, settings_errors, warn
 
 EXAMPLES = """examples:
   twentyq report base.jsonl eig.jsonl                      # one markdown table on stdout
+  twentyq report runs/                                     # every eval run under runs/ (an eval sweep)
   twentyq report base.jsonl eig.csv compare.json --csv all.csv --plots plots/
   twentyq report eig.jsonl --plots plots/ --confusion eig.jsonl
 """
 
-#: (column, how to get it from a summary): the merged table's columns, in order
+#: the merged table's columns, in order
 COLUMNS = ("run", "mode", "policy", "tau", "n", "accuracy", "ci95_lo", "ci95_hi", "acc5", "mean_per_class_recall",
-           "mean_q", "median_q", "text_encodes", "model", "system", "data")
+           "mean_q", "median_q", "text_encodes", "model", "system", "templates", "descriptors", "calibration", "data")
+
+
+def _summaries(src: Path) -> list[dict[str, Any]]:
+    """The eval summaries of a summary / compare JSON file; UsageError naming what is wrong."""
+    from systems.files import read_text_capped
+
+    try:
+        data = json.loads(read_text_capped(src, what="run summary"))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{src}: not JSON ({e.msg} at line {e.lineno}); pass an eval run, a summary / compare "
+                         "JSON file or a folder of them") from None
+    except RecursionError:
+        raise UsageError(f"{src}: JSON nested too deeply to parse; pass an eval run, a summary / compare JSON file "
+                         "or a folder of them") from None
+    reports = data if isinstance(data, list) else [data]
+    for i, rep in enumerate(reports):
+        if not isinstance(rep, dict) or "accuracy" not in rep or "mean_q" not in rep:
+            raise UsageError(f"{src}: entry {i} is not an eval summary (no accuracy / mean_q); pass an eval run, a "
+                             "summary / compare JSON file or a folder of them")
+    return reports
+
+
+def _run_of(path: Path) -> tuple[Path, Path] | None:
+    """(the run's --out path, its run folder) when ``path`` is a run's table or run folder, else None."""
+    from engine.run.store import FORMATS, MANIFEST, RUN_DIR_SUFFIX, run_dir
+
+    if path.is_dir() and (path / MANIFEST).is_file():  # a run folder named directly (or the earlier layout)
+        legacy = not (path.name.endswith(RUN_DIR_SUFFIX) and Path(path.name[:-len(RUN_DIR_SUFFIX)]).suffix in FORMATS)
+        return (path if legacy else path.with_name(path.name[:-len(RUN_DIR_SUFFIX)])), path
+    if path.suffix.lower() in FORMATS and (run_dir(path) / MANIFEST).is_file():
+        return path, run_dir(path)
+    return None
+
+
+def _entries(name: str, src: Path, out: Path | None) -> list[tuple[str, dict[str, Any], Path | None]]:
+    reports = _summaries(src)
+    return [(name if len(reports) == 1 else f"{name}:{rep.get('mode', i)}", rep, out) for i, rep in enumerate(reports)]
+
+
+def _search(root: Path) -> list[tuple[str, dict[str, Any], Path | None]]:
+    """Every eval run and summary / compare JSON file under ``root`` (sorted by path), skipping the rest
+    with a notice; UsageError when there is none."""
+    from engine.run.store import SUMMARY
+
+    found, skipped = [], []
+    run_folders = sorted(p.parent for p in root.rglob("_manifest.json"))
+    inside = tuple(run_folders)
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(path == f or f in path.parents for f in inside):
+            if path in inside:
+                out, folder = _run_of(path)
+                name = str(out.relative_to(root))
+                if (folder / SUMMARY).is_file():
+                    found += _entries(name, folder / SUMMARY, out)
+                else:
+                    skipped.append(f"{name} (a run with no {SUMMARY}: classify writes none)")
+            continue
+        if path.is_file() and path.suffix.lower() == ".json":
+            try:
+                found += _entries(str(rel), path, None)
+            except (UsageError, OSError, ValueError) as e:
+                skipped.append(f"{rel} ({str(e).split(';')[0].removeprefix(str(path) + ': ')})")
+    for what in skipped:
+        warn(f"report: skipped {what}: not an eval result")
+    if not found:
+        raise UsageError(f"{root}: no eval runs (no {SUMMARY}) and no summary JSON files in this folder or below; "
+                         "pass folders written by 'twentyq eval --out' or compare --out JSON files")
+    return found
 
 
 def load_runs(paths: list[str]) -> list[tuple[str, dict[str, Any], Path | None]]:
-    """(name, summary, result folder or None) for every report the paths hold, in order."""
-    from systems.files import read_text_capped
+    """(name, summary, the run's --out path or None) for every report the paths hold, in order.
+
+    A path is a run (its table or run folder), a summary / compare JSON file, or a folder searched
+    recursively (:func:`_search`).
+    """
+    from engine.run.store import SUMMARY
 
     out = []
     for p in paths:
         path = Path(p)
-        folder = path if path.is_dir() else None
-        src = path / "_summary.json" if folder else path
-        if folder and not src.is_file():
-            raise UsageError(f"{p}: no _summary.json in this folder; pass a folder written by 'twentyq eval --out' "
-                             "(classify writes no summary) or a compare --out JSON file")
-        try:
-            data = json.loads(read_text_capped(src, what="run summary"))
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{src}: not JSON ({e.msg} at line {e.lineno}); pass an eval result folder or a "
-                             "summary / compare JSON file") from None
-        except RecursionError:
-            raise UsageError(f"{src}: JSON nested too deeply to parse; pass an eval result folder or a summary / "
-                             "compare JSON file") from None
-        reports = data if isinstance(data, list) else [data]
-        for i, rep in enumerate(reports):
-            if not isinstance(rep, dict) or "accuracy" not in rep or "mean_q" not in rep:
-                raise UsageError(f"{src}: entry {i} is not an eval summary (no accuracy / mean_q); pass an eval "
-                                 "result folder or a summary / compare JSON file")
-            name = path.name if len(reports) == 1 else f"{path.name}:{rep.get('mode', i)}"
-            out.append((name, rep, folder))
+        run = _run_of(path)
+        if run is not None:
+            table, folder = run
+            if not (folder / SUMMARY).is_file():
+                raise UsageError(f"{p}: no {SUMMARY} in {folder}; pass an eval run ('twentyq eval --out'; classify "
+                                 "writes no summary) or a compare --out JSON file")
+            out += _entries(table.name, folder / SUMMARY, table)
+        elif path.is_dir():
+            out += _search(path)
+        else:
+            out += _entries(path.name, path, None)
     return out
 
 
-def row_of(name: str, rep: dict[str, Any]) -> dict[str, Any]:
+def _templates(config: dict[str, Any], source: Any = None) -> str | None:
+    """The template set a run used: a shipped set's name when it is one, else the file it came from
+    (``source``, as given to --templates), else the count and the first."""
+    templates = config.get("templates")
+    if not templates:
+        return None
+    try:
+        from systems.templates import list_template_sets, load_templates
+
+        for name in list_template_sets():
+            if list(load_templates(name)) == list(templates):
+                return f"{name} ({len(templates)})"
+    except Exception:  # noqa: BLE001 - naming is a nicety; the count below is still true
+        pass
+    if isinstance(source, str) and source:
+        return f"{Path(source).name} ({len(templates)})"
+    first = str(templates[0])
+    return f"{len(templates)}: {first if len(first) <= 30 else first[:29] + '…'}" + (", …" if len(templates) > 1 else "")
+
+
+def _descriptors(settings: dict[str, Any]) -> str | None:
+    d = (settings.get("config") or {}).get("descriptors")
+    if not d:
+        return None
+    source = (settings.get("sources") or {}).get("descriptors")
+    what = f"{d.get('classes')} classes, {d.get('prompts')} prompts, sha256 {str(d.get('sha256'))[:8]}"
+    return f"{Path(str(source)).name} ({what})" if source else what
+
+
+def _calibration(rep: dict[str, Any]) -> str | None:
+    cal = rep.get("calibration")
+    if not cal:
+        return None
+    name = Path(str(cal.get("path") or "?")).name
+    return f"{name} (sha256 {str(cal.get('sha256'))[:8]})" + ("" if cal.get("applied", True) else " not applied")
+
+
+def accuracy_interval(rep: dict[str, Any]) -> tuple[Any, Any]:
+    """The exact (Clopper–Pearson) 95% interval of a summary's accuracy, from its n and accuracy (so summaries
+    written with the earlier bootstrap interval read the same); the recorded ci95 when n is not there."""
+    from engine.core.metrics import exact_ci
+
+    n, acc = rep.get("n"), rep.get("accuracy")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0 and isinstance(acc, (int, float)) \
+            and math.isfinite(acc) and 0 <= acc <= 1:
+        return exact_ci(int(round(acc * n)), n)
     ci = rep.get("ci95") or [None, None]
+    return ci[0], ci[1]
+
+
+def row_of(name: str, rep: dict[str, Any]) -> dict[str, Any]:
+    lo, hi = accuracy_interval(rep)
+    settings = rep.get("settings") or {}
+    system = rep.get("system")
+    sha = (settings.get("system") or {}).get("sha256")
     return {"run": name, "mode": rep.get("mode"), "policy": rep.get("policy"), "tau": rep.get("tau"),
-            "n": rep.get("n"), "accuracy": rep.get("accuracy"), "ci95_lo": ci[0], "ci95_hi": ci[1],
+            "n": rep.get("n"), "accuracy": rep.get("accuracy"), "ci95_lo": lo, "ci95_hi": hi,
             "acc5": rep.get("acc5"), "mean_per_class_recall": rep.get("mean_per_class_recall"),
             "mean_q": rep.get("mean_q"), "median_q": rep.get("median_q"), "text_encodes": rep.get("text_encodes"),
-            "model": rep.get("model"), "system": rep.get("system"), "data": rep.get("data")}
+            "model": settings.get("model_label") or rep.get("model"),
+            "system": f"{system} ({sha[:8]})" if system and sha else system,
+            "templates": _templates(settings.get("config") or {}, (settings.get("sources") or {}).get("templates")),
+            "descriptors": _descriptors(settings),
+            "calibration": _calibration(rep), "data": rep.get("data")}
 
 
 def cell(v: Any) -> str:
@@ -216,12 +342,14 @@ def report_cmd(args) -> int:
         print(f"wrote {out / 'accuracy_vs_q.png'}")
         folders = [(name, folder) for name, _, folder in runs if folder is not None]
         if args.confusion:
+            wanted = _run_of(Path(args.confusion))
+            args.confusion = str(wanted[0]) if wanted else args.confusion
             folders = [(name, folder) for name, folder in folders if Path(args.confusion).resolve() == folder.resolve()]
             if not folders:
                 raise UsageError(f"--confusion {args.confusion!r} is not one of the result folders given")
         if folders:
             name, folder = folders[0]
-            path = out / f"confusion_{name}.png"
+            path = out / f"confusion_{name.replace('/', '_')}.png"
             plot_confusion(name, read_run(folder), path)
             print(f"wrote {path}")
     if args.html:
@@ -229,7 +357,7 @@ def report_cmd(args) -> int:
 
         folders = [folder for _, _, folder in runs if folder is not None]
         if not folders:
-            raise UsageError("--html needs result folders (eval --out RUN.jsonl), not summary files")
+            raise UsageError("--html needs eval runs (eval --out RUN.jsonl), not summary files")
         with settings_errors():
             print(f"wrote {write_html_report(folders, args.html, samples=args.samples)}")
     return EXIT_OK
@@ -239,16 +367,18 @@ def add_report_parser(sub) -> None:
     rp = sub.add_parser("report", help="merge eval runs into one table (markdown, CSV) and plot them",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("runs", nargs="+", metavar="RUN",
-                    help="eval result folders (their _summary.json), summary JSON files or compare --out JSON files")
+                    help="eval runs (the --out table, or its RUN.d folder holding _summary.json), summary JSON files, "
+                         "compare --out JSON files, or folders searched recursively for them (other outputs there "
+                         "are skipped with a notice)")
     rp.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV here (default: none)")
     rp.add_argument("--plots", default=None, metavar="DIR",
                     help="draw accuracy_vs_q.png and confusion_RUN.png here (needs pip install 'twentyq[report]') "
                          "(default: no plots)")
     rp.add_argument("--confusion", default=None, metavar="RUN",
-                    help="the result folder whose confusion matrix --plots draws (default: the first folder given)")
+                    help="the eval run whose confusion matrix --plots draws (default: the first run given)")
     rp.add_argument("--html", default=None, metavar="FILE",
                     help="also write one self-contained HTML page: accuracy against Q, per-class accuracy, the "
-                         "confusion matrix, stop reasons and sample question paths with thumbnails (result folders "
+                         "confusion matrix, stop reasons and sample question paths with thumbnails (eval runs "
                          "only) (default: none)")
     rp.add_argument("--samples", type=int, default=12,
                     help="question paths shown per run in --html (default: %(default)s)")

@@ -8,12 +8,14 @@ store; so ``--out`` and ``--resume`` mean the same with and without Ray.
 from __future__ import annotations
 
 import argparse
+import json
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from engine.cli.options import (
-    EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, UsageError, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
+    EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, Interrupted, UsageError, interrupted_run, user_errors, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
     add_run_flags, calibration_arg, calibration_lines, check_budget, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
     log, output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, target_line, warn,
 )
@@ -26,8 +28,10 @@ EXAMPLES_CLASSIFY = """examples:
   twentyq classify imgs/*.jpg --out run.parquet --ray  # on Ray actors
 """
 EXAMPLES_EVAL = """examples:
-  twentyq eval --data labels.csv --system pokemon15 --out run.jsonl
+  twentyq eval --data labels.csv --system pokemon15 --out run.jsonl   # pd.read_json("run.jsonl", lines=True)
   twentyq eval --data labels.csv --system pokemon15 --out run.jsonl --resume
+  twentyq eval --data a.csv b.csv --model offline probe --out runs/    # 4 runs: runs/a_offline.jsonl, ...
+  twentyq eval --sweep sweep.json --out runs/ --run-name "{data}_{model}.csv" && twentyq report runs/
   twentyq eval --data labels.csv --mode baseline --by source
   twentyq eval --data labels.csv --labels-file classes.txt --templates clip8
 """
@@ -82,16 +86,16 @@ def classify_cmd(args) -> int:
                         print(RESULT_HEADER)
                         printed_header = True
                     print_result(result_from_record(rec), args.json)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         close()
-        if store is not None:
-            warn(f"interrupted with {len(store.done())} of {store.n_shards} shard(s) done in {args.out}; rerun "
-                 "with --resume to finish")
+        if store is not None and not isinstance(e, Interrupted):
+            raise interrupted_run(args.out) from None
         raise
     finally:
         close()
     if store is not None:
-        print(f"wrote {len(items)} result(s) in {store.n_shards} shard(s) to {store.root}")
+        print(f"wrote {len(items)} result(s) to {store.table} ({store.n_shards} shard(s) kept in {store.root} for "
+              "--resume)")
     if n_bad:
         warn(f"{n_bad} of {len(items)} image(s) could not be classified (see 'error')")
     return EXIT_PARTIAL if n_bad else EXIT_OK
@@ -119,32 +123,47 @@ def _prepare(executor, spec, system, calibration=None):
 
 
 def eval_cmd(args) -> int:
+    """One run, or a sweep (several --data / --model values, or --sweep FILE): every model × data pair,
+    each model loaded once, each run written as its own --out table under the --out folder."""
+    check_out_flags(args, sweep=_is_sweep(args))
+    if _is_sweep(args):
+        return _sweep(args)
+    data = _datas(args)[0]
+    args.model = _models(args)[0]
+    executor = executor_for(args)
+    system = system_of(args)
+    cal = calibration_arg(args, system)
+    spec, config = encoder_spec(args), run_config(args)
+    dataspec = data_spec(args, data)
+    with settings_errors():
+        dataset = dataspec.load(system.classes)  # checked before the model loads, and read once
+    check_budget(system, config)
+    _announce_target(cal, config, print)
+    cache = _prepare(executor, spec_for_run_of(spec, config), system, cal)
+    report = _eval_one(args, executor, spec, system, config, cal, dataspec, dataset, output_spec(args), cache)
+    return _report_exit(report)
+
+
+def spec_for_run_of(spec, config):
     from engine.run.classifier import spec_for_run
+
+    return spec_for_run(spec, config)
+
+
+def _eval_one(args, executor, spec, system, config, cal, dataspec, dataset, output, cache):
+    """Evaluate one (model, data) pair and print its report; an interrupt says what was kept."""
     from engine.run.evaluation import evaluate
     from engine.run.pipeline import Job
 
-    check_out_flags(args)
-    executor = executor_for(args)
-    spec, config = encoder_spec(args), run_config(args)
-    system = system_of(args)
-    cal = calibration_arg(args, system)
-    data = data_spec(args, args.data)
-    with settings_errors():
-        dataset = data.load(system.classes)  # checked before the model loads, and read once
-    n = len(dataset)
-    log.info("data %s: %d image(s); system %s; mode %s", data.source, n, system.name, config.mode)
-    check_budget(system, config)
-    _announce_target(cal, config, print)
-    cache = _prepare(executor, spec_for_run(spec, config), system, cal)
-    update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
+    log.info("data %s: %d image(s); system %s; mode %s", dataspec.source, len(dataset), system.name, config.mode)
+    update, close = progress_bar(len(dataset), f"eval {config.mode}", args.quiet, cache)
     try:
-        report = evaluate(Job(spec, system, config, cal), data, executor=executor, output=output_spec(args),
-                          progress=update, announce=warn, dataset=dataset)
-    except KeyboardInterrupt:
+        report = evaluate(Job(spec, system, config, cal), dataspec, executor=executor, output=output,
+                          progress=update, announce=warn, dataset=dataset, sources=_sources(args))
+    except KeyboardInterrupt as e:
         close()
-        if args.out:
-            warn(f"interrupted; the finished shards are kept in {args.out} (its _summary.json says complete: "
-                 "false); rerun with --resume to finish")
+        if output is not None and not isinstance(e, Interrupted):
+            raise interrupted_run(output.path) from None
         raise
     finally:
         close()
@@ -152,12 +171,204 @@ def eval_cmd(args) -> int:
     if args.ray is not None:
         print(f"  text encodes: {report.text_encodes} this run, summed over the Ray workers"
               + (" and the precompute task" if args.precompute_text else ""))
-    if args.out:
-        print(f"wrote {args.out} (result shards and _summary.json)")
+    if output is not None:
+        from engine.run.store import run_dir
+
+        print(f"wrote {output.path} (shards and _summary.json in {run_dir(output.path)})")
     if report.skipped:
         warn(f"{len(report.skipped)} image(s) skipped (listed under 'skipped')")
-        return EXIT_PARTIAL
-    return EXIT_OK
+    return report
+
+
+def _report_exit(report) -> int:
+    return EXIT_PARTIAL if report.skipped else EXIT_OK
+
+
+def _sources(args) -> dict[str, Any]:
+    """The files and names the run's settings came from, for the summary (report shows them)."""
+    src = {"system": args.system, "labels_file": args.labels_file, "templates": args.templates,
+           "descriptors": getattr(args, "descriptors", None), "calibration": getattr(args, "calibration", None)}
+    return {k: v for k, v in src.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- sweeps
+DEFAULT_RUN_NAME = "{data}_{model}.jsonl"
+SWEEP_KEYS = ("data", "model")
+
+
+def _datas(args) -> list[str]:
+    return list(args.data or [])
+
+
+def _models(args) -> list[str]:
+    return list(args.model or ["offline"])
+
+
+def _is_sweep(args) -> bool:
+    return bool(getattr(args, "sweep", None)) or len(_datas(args)) > 1 or len(_models(args)) > 1
+
+
+def read_sweep(path: str) -> list[tuple[str, str]]:
+    """The (data, model) pairs of a sweep file: JSON ``{"data": [...], "model": [...]}`` (every model on
+    every data; "model" may be left out for --model's) or ``[{"data": D, "model": M}, ...]`` (these pairs).
+    Relative data paths are relative to the file's folder. UsageError naming the problem."""
+    from systems.files import read_text_capped
+
+    try:
+        spec = json.loads(read_text_capped(path, what="sweep file"))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--sweep {path}: not JSON ({e.msg} at line {e.lineno})") from None
+    here = Path(path).parent
+
+    def where(d: Any, at: str) -> str:
+        if not isinstance(d, str) or not d:
+            raise UsageError(f"--sweep {path}: {at} must be a non-empty string (a --data value), not {d!r}")
+        return d if d.startswith("hf:") or Path(d).is_absolute() else str(here / d)
+
+    def model(m: Any, at: str) -> str:
+        if not isinstance(m, str) or not m:
+            raise UsageError(f"--sweep {path}: {at} must be a non-empty string (a --model value), not {m!r}")
+        return m
+
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(SWEEP_KEYS))
+        if unknown or not isinstance(spec.get("data"), list) or not spec["data"]:
+            raise UsageError(f"--sweep {path}: expected {{\"data\": [...], \"model\": [...]}} with a non-empty "
+                             f"data list" + (f" (unknown keys {unknown})" if unknown else ""))
+        models = spec.get("model")
+        if models is not None and (not isinstance(models, list) or not models):
+            raise UsageError(f"--sweep {path}: \"model\" must be a non-empty list of --model values")
+        datas = [where(d, f"data[{i}]") for i, d in enumerate(spec["data"])]
+        return [(d, model(m, f"model[{j}]")) for j, m in enumerate(models or [None]) for d in datas] \
+            if models else [(d, None) for d in datas]
+    if isinstance(spec, list) and spec and all(isinstance(r, dict) for r in spec):
+        return [(where(r.get("data"), f"[{i}].data"), model(r.get("model", "offline"), f"[{i}].model"))
+                for i, r in enumerate(spec)]
+    raise UsageError(f"--sweep {path}: expected {{\"data\": [...], \"model\": [...]}} or a list of "
+                     "{\"data\": ..., \"model\": ...} objects")
+
+
+def _slug(text: str) -> str:
+    """``text`` as a file-name part: letters, digits, '.', '_' and '-' kept, runs of anything else one '-'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
+
+
+def model_slug(model: str) -> str:
+    """{model} in a run name: a local folder's name, or the model string with '/' and ':' as '-'."""
+    p = Path(model)
+    return _slug(p.name if p.is_dir() else model)
+
+
+def _pairs(args) -> list[tuple[str, str]]:
+    if args.sweep:
+        if args.data:
+            raise UsageError("--sweep and --data: the sweep file names the data; drop one of them")
+        return [(d, m or mm) for d, m in read_sweep(args.sweep) for mm in ([None] if m else _models(args))]
+    return [(d, m) for m in _models(args) for d in _datas(args)]
+
+
+def _run_names(args, pairs, datasets, system, config) -> list[str]:
+    """The --run-name of every pair (distinct; a clash is a UsageError naming it)."""
+    template = args.run_name or DEFAULT_RUN_NAME
+    names = []
+    for d, m in pairs:
+        try:
+            names.append(template.format(data=_slug(datasets[d].name), model=model_slug(m), mode=config.mode,
+                                         system=_slug(system.name)))
+        except (KeyError, IndexError, ValueError) as e:
+            raise UsageError(f"--run-name {template!r}: {type(e).__name__} {e}; use the fields {{data}}, {{model}}, "
+                             "{mode}, {system}") from None
+    seen: dict[str, tuple[str, str]] = {}
+    for name, pair in zip(names, pairs):
+        if name in seen:
+            raise UsageError(f"--run-name {template!r} gives {name!r} for both {seen[name]} and {pair}; the data "
+                             "names clash: rename one, or list pairs in a --sweep file and write a --run-name per "
+                             "sweep")
+        seen[name] = pair
+    return names
+
+
+def _sweep(args) -> int:
+    """eval over every (data, model) pair, each model loaded once; one run (and table) per pair under --out."""
+    from engine.run.pipeline import LocalExecutor, OutputSpec
+
+    pairs = _pairs(args)
+    system = system_of(args)
+    cal = calibration_arg(args, system)
+    config = run_config(args)
+    check_budget(system, config)
+    datasets = {}
+    for d, _ in pairs:  # every data checked (and read once) before any model loads
+        if d not in datasets:
+            with settings_errors():
+                datasets[d] = data_spec(args, d).load(system.classes)
+    names = _run_names(args, pairs, datasets, system, config)
+    outs: list[str | None] = [None] * len(pairs)
+    if args.out:
+        folder = Path(args.out)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--out {args.out!r}: a sweep writes one run per data × model into a folder; this is "
+                             "a file: pass a folder name")
+        if not folder.parent.is_dir():
+            raise UsageError(f"--out {args.out!r}: the folder {str(folder.parent)!r} does not exist; create it first")
+        from engine.run.store import MANIFEST, check_out, format_of, run_dir
+
+        outs = [str(folder / n) for n in names]
+        for o in outs:
+            format_of(o)
+            if Path(o).parent != folder and not Path(o).parent.is_relative_to(folder):
+                raise UsageError(f"--run-name {args.run_name!r} puts {o!r} outside --out {args.out!r}")
+            if Path(o).parent.is_dir():
+                check_out(o)  # a StoreError (exit 2) before any model loads
+                if not args.resume and (run_dir(o) / MANIFEST).is_file():
+                    raise UsageError(f"{o} already holds a run; pass --resume to finish the sweep, or choose a new "
+                                     "--out")
+        for o in outs:
+            Path(o).parent.mkdir(parents=True, exist_ok=True)
+            check_out(o)
+    _announce_target(cal, config, print)
+    failed, partial, done = [], 0, 0
+    by_model: dict[str, list[int]] = {}
+    for k, (_, m) in enumerate(pairs):
+        by_model.setdefault(m, []).append(k)
+    total = len(pairs)
+    try:
+        for m, ks in by_model.items():
+            args.model = m
+            spec = encoder_spec(args)
+            executor = executor_for(args)
+            try:
+                cache = _prepare(executor, spec_for_run_of(spec, config), system, cal)  # this model, once
+            except user_errors() as e:
+                failed += [f"{names[k]}: {e}" for k in ks]
+                warn(f"model {m!r} could not be loaded ({e}); skipping its {len(ks)} run(s)")
+                continue
+            for k in ks:
+                d = pairs[k][0]
+                print(f"== {names[k]}: data {d}, model {m} ({k + 1} of {total})")
+                if isinstance(executor, LocalExecutor):
+                    executor = LocalExecutor(executor.classifier)  # the loaded model; this run's own counts
+                output = OutputSpec(outs[k], resume=args.resume, shard_size=args.shard_size) if outs[k] else None
+                try:
+                    rep = _eval_one(args, executor, spec, system, config, cal, data_spec(args, d), datasets[d],
+                                    output, cache)
+                except user_errors() as e:
+                    failed.append(f"{names[k]}: {e}")
+                    warn(f"{names[k]} failed: {e}")
+                    continue
+                done += 1
+                partial += bool(rep.skipped)
+    except KeyboardInterrupt as e:
+        detail = e.detail if isinstance(e, Interrupted) else ""
+        raise Interrupted(f"during run {done + len(failed) + 1} of {total}" + (f": {detail}" if detail else "")
+                          + (f"; the {done} finished run(s) are kept" if done else "")) from None
+    if args.out:
+        print(f"wrote {done} of {total} run(s) to {args.out}; merge them with: twentyq report {args.out}")
+    if failed:
+        warn(f"{len(failed)} of {total} run(s) failed: " + "; ".join(failed))
+    return EXIT_PARTIAL if failed or partial else EXIT_OK
 
 
 def default_data():
@@ -286,11 +497,12 @@ def add_run_parsers(sub) -> None:
     add_ray_flags(cp)
     cp.set_defaults(func=classify_cmd)
 
-    ep = sub.add_parser("eval", help="evaluate on a labelled dataset", epilog=EXAMPLES_EVAL, formatter_class=fmt)
-    add_data_flags(ep, required=True)
-    add_out_flags(ep)
+    ep = sub.add_parser("eval", help="evaluate on a labelled dataset (or sweep data × models)", epilog=EXAMPLES_EVAL,
+                        formatter_class=fmt)
+    add_data_flags(ep, required=False, multi=True)
+    add_out_flags(ep, sweep=True)
     add_run_flags(ep)
-    add_model_flags(ep)
+    add_model_flags(ep, multi=True)
     add_ray_flags(ep)
     ep.set_defaults(func=eval_cmd)
 

@@ -82,6 +82,15 @@ def _label(source: Any, name: str | None) -> str:
     return name if name is not None else image_label(source)
 
 
+def ignore_interrupts() -> None:
+    """A decode worker's initializer: Ctrl-C reaches the whole process group, but only the main
+    process handles it (it stops the pool); a worker that also raised KeyboardInterrupt would print
+    its own traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def decode_one(source: Any, name: str | None, plan: PixelPlan) -> np.ndarray | str:
     """One image to (h, w, 3) uint8 by ``plan``, or its one-line error. Never raises for a bad image."""
     from engine.encoders.images import ImageLoadError, load_image
@@ -300,7 +309,8 @@ class ImageLoader:
                 import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor
 
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                 initializer=ignore_interrupts)
             return self._pool
 
     def _start_tasks(self, images: list, names: list, only: list[int] | None = None) -> list:

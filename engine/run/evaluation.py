@@ -1,7 +1,8 @@
 """Evaluation: classify a labelled dataset through the run pipeline and summarise it.
 
 - :func:`evaluate`: one configuration, any executor, optionally into a result store
-  (``--out``, ``--resume``); the summary is written beside the shards as ``_summary.json``.
+  (``--out``, ``--resume``); the summary is written beside the shards, in the run folder, as
+  ``_summary.json`` (:func:`engine.run.store.summary_path`).
 - :func:`evaluate_configs`: several configurations on one dataset, each image embedded
   once (``twentyq compare``).
 - :func:`summarise`: an :class:`EvalReport` from records; every summary carries what is
@@ -14,12 +15,11 @@ import time
 from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.core.metrics import bootstrap_ci, per_class, top_confusions
+from engine.core.metrics import CI_METHOD, accuracy_ci, exact_ci, per_class, top_confusions  # noqa: F401 (exact_ci: re-exported)
 from engine.core.results import STOP_REASONS
 from engine.run.config import RunConfig
 from engine.run.datasets import Dataset, DataSpec, Item
@@ -34,7 +34,7 @@ class EvalReport:
 
     n: int
     accuracy: float
-    ci95: tuple[float, float]
+    ci95: tuple[float, float]  # exact (Clopper–Pearson) 95% interval of the accuracy, ``ci_method``
     acc5: float | None  # the true class among the top 5 (None when top_k < 5)
     mean_per_class_recall: float
     mean_q: float
@@ -69,6 +69,7 @@ class EvalReport:
     # accuracy, their stop reasons), reported apart
     confident: dict[str, Any] | None = None
     not_confident: dict[str, Any] | None = None
+    ci_method: str = CI_METHOD  # how ci95 (and every accuracy interval here) was computed
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -83,23 +84,13 @@ def data_settings(data: DataSpec, name: str, items: Sequence[Item]) -> dict[str,
             "sha256": fingerprint({}, [it.path for it in items], [it.label for it in items])}
 
 
-def exact_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Two-sided Clopper–Pearson interval for k successes in n (NaN when n = 0)."""
-    from engine.core.calibration import binomial_lower_bound
-
-    if n == 0:
-        return float("nan"), float("nan")
-    a = (1.0 - level) / 2
-    return binomial_lower_bound(k, n, a), 1.0 - binomial_lower_bound(n - k, n, a)
-
-
 def stop_split(ok_records: Sequence[dict[str, Any]], correct: np.ndarray) -> tuple[dict, dict]:
     """Accuracy among the images that stopped on confidence (with an exact 95% CI) and among the others."""
     conf = np.array([r["stop"] == "confident" for r in ok_records], dtype=bool)
     k, n = int(correct[conf].sum()), int(conf.sum())
     others = [r["stop"] for r in ok_records if r["stop"] != "confident"]
     return ({"n": n, "accuracy": k / n if n else float("nan"), "ci95": list(exact_ci(k, n)),
-             "ci_method": "Clopper-Pearson"},
+             "ci_method": CI_METHOD},
             {"n": len(others), "accuracy": float(correct[~conf].mean()) if len(others) else float("nan"),
              "stops": {s: others.count(s) for s in sorted(set(others))}})
 
@@ -118,7 +109,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
               data_name: str, stats: dict[str, float], complete: bool = True, excluded: int = 0) -> EvalReport:
     """An EvalReport from records aligned with their items; bad images are listed in ``skipped``.
 
-    job, data : what ran on what (the model, system and RunConfig; ``by`` and the bootstrap ``seed``).
+    job, data : what ran on what (the model, system and RunConfig; the ``by`` column).
     stats : ``text_encodes``, ``text_hits``, ``seconds_embed``, ``seconds_classify`` (missing: unknown).
     excluded : the calibration's dev images left out of ``items`` (:func:`exclude_dev`).
     Its ``settings`` hold everything that reproduces it (the job's settings, the data spec).
@@ -127,7 +118,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
 
     from engine.encoders.registry import model_label
 
-    config, by, seed = job.config, data.by, data.seed
+    config, by = job.config, data.by
     ok = [(r, it) for r, it in zip(records, items) if r["error"] is None]
     skipped = [{"image": r["image"], "error": r["error"]} for r, it in zip(records, items) if r["error"] is not None]
     labels = [it.label for _, it in ok]
@@ -141,14 +132,14 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
         for (r, it), c in zip(ok, correct):
             groups.setdefault(it.extra.get(by, ""), []).append(bool(c))
         breakdown = {by: {k: {"n": len(v), "accuracy": float(np.mean(v)),
-                              "ci95": list(bootstrap_ci(np.array(v), seed=seed))} for k, v in sorted(groups.items())}}
+                              "ci95": list(accuracy_ci(np.array(v)))} for k, v in sorted(groups.items())}}
     classes = per_class(labels, preds)
     adaptive = config.mode == "adaptive"
     nan = float("nan")
     choice = target_choice(job.calibration, config) if adaptive else None
     confident, not_confident = stop_split([r for r, _ in ok], correct) if adaptive else (None, None)
     return EvalReport(
-        n=len(ok), accuracy=float(correct.mean()) if ok else nan, ci95=bootstrap_ci(correct, seed=seed),
+        n=len(ok), accuracy=float(correct.mean()) if ok else nan, ci95=accuracy_ci(correct),
         acc5=float(top5.mean()) if ok and config.top_k >= 5 else None,
         mean_per_class_recall=float(np.mean([c["accuracy"] for c in classes.values()])) if classes else nan,
         mean_q=float(qs.mean()) if ok else nan, median_q=float(np.median(qs)) if ok else nan,
@@ -169,14 +160,16 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
 
 def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec | None = None,
              progress: Callable[[int], None] | None = None, announce: Callable[[str], None] | None = None,
-             dataset: Dataset | None = None) -> EvalReport:
+             dataset: Dataset | None = None, sources: dict[str, Any] | None = None) -> EvalReport:
     """Classify ``data`` as ``job`` says, on ``executor``, and summarise every row.
 
-    output : a result folder; its ``_summary.json`` is written at the end, and on an interrupt
-        (``complete: false``) before the interrupt goes on. ``output.resume`` finishes its run.
+    output : a result table; its run folder's ``_summary.json`` is written at the end, and on an
+        interrupt (``complete: false``) before the interrupt goes on. ``output.resume`` finishes its run.
     announce : told how much of a resumed run was already done.
     dataset : ``data`` already loaded (``data.load(classes)``), so a caller that checked it first
         does not read it twice.
+    sources : where the settings came from (the system, templates, descriptors, calibration files as
+        named), recorded in the summary's ``settings["sources"]`` for ``report``; not in the fingerprint.
     Returns the EvalReport of every row, resumed ones included.
     """
     from engine.run.calibration_file import exclude_dev
@@ -188,7 +181,6 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
                  "they are left out of what is scored")
     settings = {**job.settings(), "data": data_settings(data, ds.name, items)}
     store = open_store(output, settings, items, [data.source], announce) if output is not None else None
-    out = output.path if output is not None else None
     done_before = store.n_shards - len(store.pending()) if store else 0
     records: list[dict[str, Any]] = []
 
@@ -197,6 +189,8 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
         rep = summarise(records, items, job, data, data_name=ds.name, stats=stats, complete=complete,
                         excluded=excluded)
         rep.settings["shards_resumed"] = done_before
+        if sources:
+            rep.settings["sources"] = dict(sources)
         return rep
 
     with store if store is not None else nullcontext():  # the folder stays locked until the summary is written
@@ -208,11 +202,11 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
                 done = sorted(store.done())
                 records = store.read_all(done)
                 items = [items[i] for k in done for i in store.rows_of(k)]
-                atomic_write_json(Path(out) / SUMMARY, report(complete=False).to_dict())
+                atomic_write_json(store.root / SUMMARY, report(complete=False).to_dict())
             raise
         rep = report(complete=True)
         if store is not None:
-            atomic_write_json(Path(out) / SUMMARY, rep.to_dict())
+            atomic_write_json(store.root / SUMMARY, rep.to_dict())
     return rep
 
 
@@ -265,7 +259,7 @@ def evaluate_classifier(classifier: Any, data: Any, config: RunConfig | None = N
     data : a CSV or ImageFolder path, or a :class:`DataSpec`. ``settings`` are RunConfig fields
         and DataSpec fields (``split``, ``limit``, ``seed``, ``allow_missing``, ``by``; ``seed``
         sets both), when not given as ``config`` / a DataSpec.
-    output : a result folder (``NAME.jsonl`` or ``NAME.parquet``), or an :class:`OutputSpec`.
+    output : a result table (``NAME.jsonl``, ``NAME.parquet`` or ``NAME.csv``), or an :class:`OutputSpec`.
     """
     from engine.run.classifier import config_from
     from engine.run.pipeline import LocalExecutor

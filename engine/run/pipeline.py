@@ -12,7 +12,8 @@
   here by implementing :class:`Executor`.
 - A *store* (:class:`engine.run.store.ResultStore`) keeps finished shards on disk; with
   one, finished shards are read back instead of redone (``--resume``), and fresh ones are
-  written as they finish, so a killed run loses at most the shards in flight.
+  written as they finish, so a killed run loses at most the shards in flight. Once every
+  shard is done, the store's table (``--out``) is written from them.
 
 Records come out in input order whatever order the executor finishes shards in.
 """
@@ -74,7 +75,8 @@ class Job:
 class OutputSpec:
     """Where a run's records go: the only carrier of output settings.
 
-    path : a result folder ``NAME.jsonl`` or ``NAME.parquet`` (see :mod:`engine.run.store`).
+    path : the result table ``NAME.jsonl``, ``NAME.parquet`` or ``NAME.csv``; its shards go in the
+        run folder ``NAME.jsonl.d`` beside it (see :mod:`engine.run.store`).
     resume : finish the run already in ``path`` (refused when its settings or rows differ).
     shard_size : images per shard, the unit ``resume`` skips (None: :data:`DEFAULT_SHARD_SIZE`).
     """
@@ -179,7 +181,8 @@ def run(items: Sequence[Item], job: Job, *, executor: Executor, store: ResultSto
     """Every item's record, in input order.
 
     With a ``store``, its shard size rules; shards it already holds are read back, the
-    rest are classified by ``executor`` and written to it as they finish. ``progress``
+    rest are classified by ``executor`` and written to it as they finish, and once the last
+    record has been taken the store's table is written (:meth:`ResultStore.finish`). ``progress``
     is called with the number of images just classified (not those read back).
     """
     if store is not None:
@@ -206,6 +209,8 @@ def run(items: Sequence[Item], job: Job, *, executor: Executor, store: ResultSto
                     store.write(j, records)
                 ready[j] = records
             yield from ready.pop(k)
+        if store is not None:
+            store.finish()
     finally:
         close = getattr(fresh, "close", None)
         if close:

@@ -1,27 +1,39 @@
-"""Where results go: one sharded, resumable folder format for every executor.
+"""Where results go: one sharded, resumable store for every executor, ending in one table.
 
 A result *record* is ``Result.to_dict()`` (what ``twentyq classify --json`` prints), plus
-``true_label`` when the input had labels. A run's ``--out`` is a folder whose name ends
-in the format's extension (a plug-in in :data:`FORMATS`: ``.jsonl``, ``.parquet`` or ``.csv``)::
+``true_label`` when the input had labels. A run's ``--out RUN`` names the result **table**, a
+file whose extension is its format (a plug-in in :data:`FORMATS`: ``.jsonl``, ``.parquet`` or
+``.csv``). While the run works, and afterwards for ``--resume`` and ``twentyq report``, its
+pieces live in the **run folder** ``RUN.d`` beside it (:func:`run_dir`)::
 
-    _manifest.json          what the run is: store format, settings fingerprint and the settings
+    run.csv                 the table: every record, one row each, in input order; written
+                            (atomically, from the shards) when the last shard is done, so
+                            pd.read_csv("run.csv") / pd.read_json("run.jsonl", lines=True) /
+                            pd.read_parquet("run.parquet") read a finished run in one call
+    run.csv.d/
+      _manifest.json        what the run is: store format, settings fingerprint and the settings
                             themselves, rows, shard size, number of shards
-    _lock                   held (flock) by the one process writing the folder
-    shard-00012.jsonl       the records of input rows [12*S, 13*S), in input order
-    _shard-00012.done       written after the shard file: {"rows": n, "bytes": size, "errors": bad images}
-    _summary.json           eval's summary (written by the caller, not by the store)
+      _lock                 held (flock) by the one process writing the run
+      shard-00012.csv       the records of input rows [12*S, 13*S), in input order
+      _shard-00012.done     written after the shard file: {"rows": n, "bytes": size, "errors": bad images}
+      _summary.json         eval's summary (written by the caller, not by the store)
 
 Every file is written atomically (:func:`systems.files.atomic_write`), so a process
-killed at any moment leaves each shard either finished (file and marker) or absent;
-``resume=True`` skips the finished ones, and refuses a folder written with other
-settings (naming what differs). Names starting with ``_`` or ``.`` are skipped by
-Parquet readers, so ``pandas.read_parquet(OUT)`` reads the results alone.
+killed at any moment leaves each shard either finished (file and marker) or absent, and
+the table either absent or whole; ``resume=True`` skips the finished shards, and refuses a
+run written with other settings (naming what differs). Names starting with ``_`` or ``.``
+are skipped by Parquet readers, so ``pandas.read_parquet("run.parquet.d")`` reads the shards
+finished so far. A folder ``RUN`` that itself holds ``_manifest.json`` (the layout before the
+table existed) is still read as a run (:func:`read_run`, ``report``), not written.
 
-Arrow form of a record (Parquet shards, Ray batches): ``label`` string, ``confidence``
-double, ``top`` list<struct<label, prob>>, ``q_spent`` int64, ``stop`` string, ``image``
-string, ``error`` string, ``asked`` list<struct<group, eig, answer, answer_prob,
-confidence_after>>, optional ``true_label`` string. JSON writes ``top`` as
-``[label, prob]`` pairs; Arrow lists hold one type, so there each pair is a struct.
+One shape in every file: ``top`` is a list of ``{"label", "prob"}`` records (as are the
+``top`` lists inside ``asked`` steps of a traced run). Arrow form (Parquet, Ray batches):
+``label`` string, ``confidence`` double, ``top`` list<struct<label: string, prob: double>>,
+``q_spent`` int64, ``stop`` string, ``image`` string, ``error`` string, ``asked``
+list<struct<group, eig, answer, answer_prob, confidence_after>>, optional ``true_label``
+string. JSON lines hold the same objects (``pyarrow.json.read_json`` infers that schema).
+CSV holds one row per record, ``top`` and ``asked`` as JSON strings of those lists, and
+neutralises spreadsheet formulas (:func:`csv_cell`).
 """
 
 from __future__ import annotations
@@ -38,7 +50,23 @@ from systems.errors import UserInputError
 from systems.files import atomic_write
 
 MANIFEST, LOCK, SUMMARY = "_manifest.json", "_lock", "_summary.json"
-STORE_FORMAT = "twentyq-shards-v2"
+STORE_FORMAT = "twentyq-shards-v3"  # v3: the table beside the run folder; top as {label, prob} in every file
+#: the run folder of ``--out RUN`` is ``RUN`` + this
+RUN_DIR_SUFFIX = ".d"
+
+
+def run_dir(out: str | os.PathLike) -> Path:
+    """The run folder of the result table ``out`` (``out`` + ``.d``); ``out`` itself when it is a folder
+    holding a run (the earlier layout, or the run folder named directly)."""
+    table = Path(out)
+    if table.is_dir() and (table / MANIFEST).is_file():
+        return table
+    return table.with_name(table.name + RUN_DIR_SUFFIX)
+
+
+def summary_path(out: str | os.PathLike) -> Path:
+    """Where eval writes (and report reads) the summary of the run ``out``."""
+    return run_dir(out) / SUMMARY
 
 
 class StoreError(UserInputError):
@@ -122,9 +150,54 @@ def records_from_arrow(table) -> list[dict[str, Any]]:
     return out
 
 
+# --------------------------------------------------------------------------- the file form of a record
+def _top_records(top: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"label": t["label"], "prob": t["prob"]} if isinstance(t, dict) else {"label": t[0], "prob": t[1]}
+            for t in top]
+
+
+def _top_pairs(top: Sequence[Any]) -> list[list[Any]]:
+    return [[t["label"], t["prob"]] if isinstance(t, dict) else list(t) for t in top]
+
+
+def to_file_form(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record as every result file holds it: ``top`` (and a traced step's ``top``) as ``{label, prob}`` records."""
+    out = {**rec, "top": _top_records(rec.get("top") or [])}
+    if any("top" in s for s in rec.get("asked") or []):
+        out["asked"] = [{**s, "top": _top_records(s["top"])} if "top" in s else s for s in rec["asked"]]
+    return out
+
+
+def from_file_form(rec: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`to_file_form`: ``top`` back to the ``[label, prob]`` pairs of ``Result.to_dict``."""
+    out = {**rec, "top": _top_pairs(rec.get("top") or [])}
+    if any("top" in s for s in rec.get("asked") or []):
+        out["asked"] = [{**s, "top": _top_pairs(s["top"])} if "top" in s else s for s in rec["asked"]]
+    return out
+
+
+#: first characters that make a spreadsheet read a cell as a formula (OWASP "CSV Injection")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell made safe for spreadsheets, the way OWASP recommends: a cell starting with ``= + - @``,
+    tab or CR gets a leading single quote, so Excel, LibreOffice and Sheets show it as text and never
+    evaluate it (the writer quotes every text cell too). A cell already starting with ``'`` gets one more,
+    so :func:`csv_uncell` strips exactly one and every cell reads back as written. Numbers are not text
+    cells: ``-0.5`` stays a number."""
+    return "'" + text if text[:1] in FORMULA_STARTS or text[:1] == "'" else text
+
+
+def csv_uncell(text: str) -> str:
+    """The inverse of :func:`csv_cell`."""
+    return text[1:] if text[:1] == "'" else text
+
+
 # --------------------------------------------------------------------------- shard formats (plug-ins)
 class ShardFormat(Protocol):
-    """How one shard file is written and read. Register a new one in :data:`FORMATS`."""
+    """How one shard file is written and read, and how finished shards become the run's table.
+    Register a new one in :data:`FORMATS`."""
 
     suffix: str
 
@@ -134,17 +207,39 @@ class ShardFormat(Protocol):
     def read(self, path: Path) -> list[dict[str, Any]]:
         """The records of a shard file, in order."""
 
+    def merge(self, shards: Sequence[Path], table: Path) -> int:
+        """Write the shard files, in order, as one table file (atomically); return its size in bytes."""
+
+
+def _concatenate(shards: Sequence[Path], table: Path, header: bytes = b"") -> int:
+    """``table`` = ``header`` + each shard file, less its first line when there is a header (atomically)."""
+    import shutil
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as out:
+            out.write(header)
+            for path in shards:
+                with path.open("rb") as f:
+                    if header:
+                        f.readline()
+                    shutil.copyfileobj(f, out, 1 << 20)
+
+    return atomic_write(table, write)
+
 
 class JsonlFormat:
     suffix = ".jsonl"
 
     def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        text = "".join(json.dumps(to_file_form(r), ensure_ascii=False) + "\n" for r in records)
         return atomic_write(path, text.encode("utf-8"))
 
     def read(self, path: Path) -> list[dict[str, Any]]:
         with path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+            return [from_file_form(json.loads(line)) for line in f]
+
+    def merge(self, shards: Sequence[Path], table: Path) -> int:
+        return _concatenate(shards, table)
 
 
 class ParquetFormat:
@@ -161,30 +256,61 @@ class ParquetFormat:
 
         return records_from_arrow(pq.read_table(path))
 
+    def merge(self, shards: Sequence[Path], table: Path) -> int:
+        import pyarrow.parquet as pq
+
+        def write(tmp: str) -> None:  # one shard in memory at a time
+            if not shards:
+                pq.write_table(records_to_arrow([]), tmp)
+                return
+            writer = None
+            try:
+                for path in shards:
+                    part = pq.read_table(path)
+                    writer = writer or pq.ParquetWriter(tmp, part.schema)
+                    writer.write_table(part)
+            finally:
+                if writer is not None:
+                    writer.close()
+
+        return atomic_write(table, write)
+
 
 class CsvFormat:
     """Flat CSV shards for spreadsheets: one row per record, a header row of
     :data:`CSV_COLUMNS` (``true_label`` last, when the run had labels). ``top`` and ``asked``
     are JSON strings; a missing value (``label``/``stop`` of a bad image, ``error`` of a good
-    one) is an empty cell. Floats are written in Python's shortest round-trip form, so a shard
-    reads back as the very records written."""
+    one) is an empty cell. Every text cell is quoted and made formula-safe (:func:`csv_cell`);
+    ``confidence`` and ``q_spent`` are bare numbers, floats in Python's shortest round-trip
+    form, so a shard reads back as the very records written."""
 
     suffix = ".csv"
     NULLABLE = ("label", "stop", "error", "true_label")
+    NUMBERS = {"confidence": float, "q_spent": int}
+
+    def header(self, labels: bool) -> bytes:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").writerow(
+            CSV_COLUMNS + (("true_label",) if labels else ()))
+        return buf.getvalue().encode("utf-8")
 
     def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
         import csv
         import io
 
-        cols = CSV_COLUMNS + (("true_label",) if records and "true_label" in records[0] else ())
+        labels = bool(records) and "true_label" in records[0]
+        cols = CSV_COLUMNS + (("true_label",) if labels else ())
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
-        for r in records:
+        w = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+        buf.write(self.header(labels).decode("utf-8"))
+        for r in map(to_file_form, records):
             row = {**r, "top": json.dumps(r["top"], ensure_ascii=False),
                    "asked": json.dumps(r["asked"], ensure_ascii=False)}
-            w.writerow(["" if row[c] is None else repr(row[c]) if isinstance(row[c], float) else row[c]
-                        for c in cols])
+            w.writerow([self.NUMBERS[c](row[c]) if c in self.NUMBERS else None if row[c] is None else
+                        csv_cell(str(row[c])) for c in cols])
         return atomic_write(path, buf.getvalue().encode("utf-8"))
 
     def read(self, path: Path) -> list[dict[str, Any]]:
@@ -194,13 +320,21 @@ class CsvFormat:
             rows = list(csv.DictReader(f))
         out = []
         for row in rows:
-            d: dict[str, Any] = {c: row[c] or None if c in self.NULLABLE else row[c] for c in row}
+            d: dict[str, Any] = {c: row[c] if c in self.NUMBERS else csv_uncell(row[c]) or None if c in self.NULLABLE
+                                 else csv_uncell(row[c]) for c in row}
             d["confidence"] = float(d["confidence"])
             d["q_spent"] = int(d["q_spent"])
             d["top"] = json.loads(d["top"])
             d["asked"] = json.loads(d["asked"])
-            out.append(d)
+            out.append(from_file_form(d))
         return out
+
+    def merge(self, shards: Sequence[Path], table: Path) -> int:
+        if not shards:
+            return atomic_write(table, self.header(False))
+        with shards[0].open("rb") as f:
+            header = f.readline()
+        return _concatenate(shards, table, header)
 
 
 #: the CSV shard columns, in record order (``true_label`` follows when present)
@@ -211,13 +345,13 @@ NEEDS_PYARROW = {".parquet"}
 
 
 def format_of(out: str | os.PathLike) -> ShardFormat:
-    """The shard format named by OUT's extension; StoreError naming the fix otherwise."""
+    """The format named by OUT's extension; StoreError naming the fix otherwise."""
     suffix = Path(out).suffix.lower()
     fmt = FORMATS.get(suffix)
     if fmt is None:
-        raise StoreError(f"--out {str(out)!r}: --out names a folder of result shards whose name ends in "
-                         f"{' or '.join(FORMATS)} (the format), e.g. --out run.jsonl; eval writes its summary "
-                         "inside it as _summary.json")
+        raise StoreError(f"--out {str(out)!r}: --out names the result table, a file whose name ends in "
+                         f"{' or '.join(FORMATS)} (the format), e.g. --out run.jsonl; its shards and eval's summary "
+                         f"go in the folder beside it (run.jsonl{RUN_DIR_SUFFIX})")
     if suffix in NEEDS_PYARROW:
         try:
             import pyarrow  # noqa: F401  (only checking it is there)
@@ -228,14 +362,28 @@ def format_of(out: str | os.PathLike) -> ShardFormat:
 
 
 def check_out(out: str | os.PathLike) -> ShardFormat:
-    """The cheap checks of an output folder, done before any model loads: its format, that it
-    is not a file, and that its parent folder exists. Returns the format; StoreError otherwise."""
-    root = Path(out)
-    fmt = format_of(root)
+    """The cheap checks of an output, done before any model loads and creating nothing: its format,
+    that the table is not a folder and its run folder not a file, that their folder exists, and that
+    the run folder is not someone else's. Returns the format; StoreError otherwise."""
+    table = Path(out)
+    fmt = format_of(table)
+    root = table.with_name(table.name + RUN_DIR_SUFFIX)
+    if table.is_dir():
+        old = " (a run in the layout before result tables; read it with 'twentyq report')" \
+            if (table / MANIFEST).is_file() else ""
+        raise StoreError(f"--out {str(table)!r} is a folder{old}; --out names the result table file, and its "
+                         f"shards go in {root.name} beside it: pass a new name")
+    if not table.parent.is_dir():
+        raise StoreError(f"--out {str(table)!r}: the folder {str(table.parent)!r} does not exist; create it first")
     if root.exists() and not root.is_dir():
-        raise StoreError(f"--out {str(root)!r} is a file; --out names a folder of result shards: pass a new name")
-    if not root.parent.is_dir():
-        raise StoreError(f"--out {str(root)!r}: the folder {str(root.parent)!r} does not exist; create it first")
+        raise StoreError(f"--out {str(table)!r}: {str(root)!r} (where its shards go) is a file; move it, or pass a "
+                         "new --out")
+    if root.is_dir() and not (root / MANIFEST).is_file() and any(p.name != LOCK for p in root.iterdir()):
+        raise StoreError(f"--out {str(table)!r}: {str(root)!r} (where its shards go) is a folder that is not empty "
+                         "and holds no twentyq run; choose a new --out")
+    if table.exists() and not (root / MANIFEST).is_file():
+        raise StoreError(f"--out {str(table)!r} exists and is not a twentyq result table (no {root.name} beside "
+                         "it); choose a new --out")
     return fmt
 
 
@@ -264,40 +412,52 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 # --------------------------------------------------------------------------- the folder
 class ResultStore:
-    """A folder of result shards for one run (see the module docstring).
+    """The shards of one run, in its run folder, and the table they become (see the module docstring).
 
-    Use :meth:`open` (a context manager that holds the folder's lock); then
+    Use :meth:`open` (a context manager that holds the run folder's lock); then
     ``pending()`` lists the shards to do, ``write(k, records)`` finishes shard k,
-    ``read_all()`` returns every record in input order.
+    ``read_all()`` returns every record in input order, ``finish()`` writes the table.
+    ``root`` is the run folder, ``table`` the result table beside it.
     """
 
-    def __init__(self, root: Path, fmt: ShardFormat, n_rows: int, shard_size: int):
+    def __init__(self, root: Path, fmt: ShardFormat, n_rows: int, shard_size: int, table: Path | None = None):
         self.root, self.format, self.n_rows, self.shard_size = root, fmt, n_rows, shard_size
+        self.table = table
         self.n_shards = -(-n_rows // shard_size) if n_rows else 0
         self._lock_fd: int | None = None
 
     @classmethod
     def open(cls, out: str | os.PathLike, *, n_rows: int, shard_size: int, settings: dict[str, Any],
              fingerprint: str, resume: bool, inputs: Iterable[str | os.PathLike] = ()) -> "ResultStore":
-        """Create OUT and lock it, or reopen and lock it with ``resume``.
+        """Create OUT's run folder and lock it, or reopen and lock it with ``resume``.
 
+        out : the result table (``run.jsonl``); the run folder is ``run.jsonl.d`` beside it.
         settings : what the run's results depend on (shown when a resume is refused).
         fingerprint : hash of the settings and the input rows; a resume must match it.
         inputs : files the run reads; OUT may be none of them.
-        Raises StoreError: OUT is an input, a file, a foreign folder, another run's folder,
-        or is being written by another process.
+        Raises StoreError: OUT is an input, a folder, a file of another program, or another run's
+        table; its run folder is foreign or being written by another process. A refusal leaves
+        nothing behind that was not there.
         """
         if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
             raise StoreError(f"shard size == {shard_size!r}, must be a whole number >= 1")
-        root = Path(out)
+        table = Path(out)
+        _refuse_inputs(table, inputs)
+        fmt = check_out(table)
+        root = table.with_name(table.name + RUN_DIR_SUFFIX)
         _refuse_inputs(root, inputs)
-        fmt = check_out(root)
-        store = cls(root, fmt, n_rows, shard_size)
+        store = cls(root, fmt, n_rows, shard_size, table)
         manifest = {"format": STORE_FORMAT, "fingerprint": fingerprint, "rows": n_rows, "shard_size": shard_size,
-                    "shards": store.n_shards, "suffix": fmt.suffix, "settings": settings}
+                    "shards": store.n_shards, "suffix": fmt.suffix, "table": table.name, "settings": settings}
         path = root / MANIFEST
+        made_root = not root.exists()
+        made_lock = not (root / LOCK).exists()
         root.mkdir(exist_ok=True)
-        store._lock()
+        try:
+            store._lock()
+        except BaseException:
+            _tidy(root, made_root, made_lock)
+            raise
         try:
             if path.is_file():
                 try:
@@ -305,8 +465,8 @@ class ResultStore:
                 except (OSError, ValueError):
                     old = {}
                 if not resume:
-                    raise StoreError(f"{root} already holds a run ({len(store.done())} of {store.n_shards} "
-                                     "shard(s) done); pass --resume to finish it, or choose a new --out")
+                    raise StoreError(f"{table} already holds a run ({len(store.done())} of {store.n_shards} "
+                                     f"shard(s) done in {root.name}); pass --resume to finish it, or choose a new --out")
                 if old != manifest:
                     diff = _differences(old.get("settings") or {}, settings)
                     for key in ("rows", "shard_size"):
@@ -314,15 +474,17 @@ class ResultStore:
                             diff.append(f"{key}: {old.get(key)!r} -> {manifest[key]!r}")
                     if old.get("fingerprint") != fingerprint and not diff:
                         diff = ["the input rows (image paths or labels)"]
-                    raise StoreError(f"{root} was written with other settings ({'; '.join(diff[:4]) or 'format'}); "
+                    raise StoreError(f"{table} was written with other settings ({'; '.join(diff[:4]) or 'format'}); "
                                      "rerun with the same ones to resume it, or choose a new --out")
-            elif any(p.name != LOCK for p in root.iterdir()):
-                raise StoreError(f"--out {str(root)!r} is a folder that is not empty and holds no twentyq run; "
-                                 "choose a new --out")
+            elif any(p.name != LOCK for p in root.iterdir()):  # filled since check_out looked
+                raise StoreError(f"--out {str(table)!r}: {str(root)!r} is a folder that is not empty and holds no "
+                                 "twentyq run; choose a new --out")
             else:
                 atomic_write(path, (json.dumps(manifest, indent=2, default=str) + "\n").encode("utf-8"))
+                made_root = made_lock = False  # a run now: its folder and lock stay
         except BaseException:
             store.close()
+            _tidy(root, made_root, made_lock)
             raise
         return store
 
@@ -405,6 +567,17 @@ class ResultStore:
         """The records of the given shards (default: all), in input order."""
         return [rec for k in (range(self.n_shards) if shards is None else sorted(shards)) for rec in self.read(k)]
 
+    def finish(self) -> Path:
+        """Write the result table from every shard, in input order (atomically); return its path.
+        ValueError (a bug) when a shard is not finished."""
+        if self.table is None:
+            raise ValueError("this store was not opened with a table (ResultStore.open)")
+        missing = self.pending()
+        if missing:
+            raise ValueError(f"cannot write {self.table}: shard(s) {missing[:5]} not finished")
+        self.format.merge([self.shard_path(k) for k in range(self.n_shards)], self.table)
+        return self.table
+
 
 def _refuse_inputs(root: Path, inputs: Iterable[str | os.PathLike]) -> None:
     """StoreError when OUT is (or would overwrite) one of the run's input files."""
@@ -421,18 +594,41 @@ def _refuse_inputs(root: Path, inputs: Iterable[str | os.PathLike]) -> None:
             continue
 
 
+def _tidy(root: Path, made_root: bool, made_lock: bool) -> None:
+    """Undo what a refused :meth:`ResultStore.open` created: the lock file, the run folder."""
+    if made_lock:
+        (root / LOCK).unlink(missing_ok=True)
+    if made_root:
+        try:
+            root.rmdir()
+        except OSError:
+            pass
+
+
 def read_run(out: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of every finished shard of the result folder OUT, in input order (read only:
-    no lock taken, nothing written). StoreError when OUT holds no twentyq run."""
-    root = Path(out)
+    """The records of every finished shard of the run OUT (its table's path, or its run folder), in
+    input order (read only: no lock taken, nothing written). StoreError when OUT holds no twentyq run."""
+    root = run_dir(out)
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         fmt = FORMATS[manifest["suffix"]]
         store = ResultStore(root, fmt, int(manifest["rows"]), int(manifest["shard_size"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StoreError(f"{str(root)!r} holds no readable twentyq run ({type(e).__name__}: {e}); pass a folder "
-                         "written by --out") from None
+        raise StoreError(f"{str(out)!r} holds no readable twentyq run ({type(e).__name__}: {e}); pass the --out "
+                         "of a run") from None
     return store.read_all(sorted(store.done()))
+
+
+def shard_progress(out: str | os.PathLike) -> tuple[int, int | None, Path]:
+    """(finished shards, shards in all, the run folder) of the run ``out``, read only; total None when
+    it holds no run (nothing was written)."""
+    root = run_dir(out)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        store = ResultStore(root, FORMATS[manifest["suffix"]], int(manifest["rows"]), int(manifest["shard_size"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, None, root
+    return len(store.done()), store.n_shards, root
 
 
 def result_from_record(rec: dict[str, Any]) -> Result:
@@ -440,5 +636,5 @@ def result_from_record(rec: dict[str, Any]) -> Result:
     return Result.from_dict({k: v for k, v in rec.items() if k != "true_label"})
 
 
-__all__ = ["read_run", "FORMATS", "ResultStore", "StoreError", "fingerprint", "format_of", "record",
+__all__ = ["read_run", "run_dir", "summary_path", "csv_cell", "FORMATS", "ResultStore", "StoreError", "fingerprint", "format_of", "record",
            "records_from_arrow", "records_to_arrow", "result_from_record", "results_to_arrow"]

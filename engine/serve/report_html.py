@@ -34,19 +34,19 @@ def esc(x: Any) -> str:
 
 
 def read_run(run: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(summary, records) of one finished result folder (:func:`engine.run.store.read_run`); a
-    ValueError naming the fix when it has no summary."""
+    """(summary, records) of one finished eval run, its table or run folder
+    (:func:`engine.run.store.read_run`); a ValueError naming the fix when it has no summary."""
     from engine.run.store import read_run as read_records
+    from engine.run.store import summary_path
 
-    root = Path(run)
-    summary_file = root / "_summary.json"
+    summary_file = summary_path(run)
     if not summary_file.is_file():
-        raise ValueError(f"{str(root)!r} is not a finished result folder (no _summary.json); make one with "
+        raise ValueError(f"{str(run)!r} is not a finished eval run (no {summary_file}); make one with "
                          "'twentyq eval --data D.csv --out RUN.jsonl'")
     from systems.files import read_json_capped
 
     return read_json_capped(summary_file, what="run summary", shape="a summary written by 'twentyq eval'"), \
-        read_records(root)
+        read_records(run)
 
 
 def _label_of(summary: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from systems.format import AttributeSystem
 from systems.authoring.refine import RefineConfig, RefineReport, refine, split_by_image
 
 from engine.core.adaptive import NO_STOP, StopRule, classify_batch
-from engine.core.metrics import bootstrap_ci, mcnemar_p
+from engine.core.metrics import accuracy_ci, mcnemar_p
 from engine.core.sources import ArraySource
 
 
@@ -59,7 +59,7 @@ class Score:
     q: np.ndarray
 
     def to_dict(self) -> dict:
-        lo, hi = bootstrap_ci(self.correct) if len(self.correct) else (float("nan"), float("nan"))
+        lo, hi = accuracy_ci(self.correct)
         return {"accuracy": float(self.correct.mean()) if len(self.correct) else float("nan"),
                 "ci95": [lo, hi], "mean_q": float(self.q.mean()) if len(self.q) else float("nan"),
                 "n": int(len(self.correct))}
