@@ -139,7 +139,8 @@ def eval_cmd(args) -> int:
     update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
     try:
         report = evaluate(Job(spec, system, config, cal), data, executor=executor, output=output_spec(args),
-                          progress=update, announce=warn, dataset=dataset)
+                          progress=update, announce=warn, dataset=dataset,
+                          planned=getattr(update, "set_total", None))  # dev images and resumed rows not counted
     except KeyboardInterrupt:
         close()
         if args.out:
