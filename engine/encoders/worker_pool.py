@@ -197,7 +197,10 @@ class WorkerPool:
                     proc.stdin.flush()
                     ok, value = pickle.load(proc.stdout)
                 except (EOFError, OSError, pickle.UnpicklingError) as e:
-                    code = proc.poll()
+                    try:
+                        code = proc.wait(timeout=2)  # EOF comes as it exits; give it a moment to be reaped
+                    except subprocess.TimeoutExpired:
+                        code = None
                     why = f"a worker process died (exit code {code})" if code is not None else \
                         f"lost contact with a worker process ({type(e).__name__})"
                     self._break(why)
