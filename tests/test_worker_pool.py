@@ -88,3 +88,33 @@ def test_no_worker_interpreter_means_decoding_here_quietly(monkeypatch, recwarn)
     loader = ImageLoader(plan, 2)
     assert loader.workers == 0
     assert not [w for w in recwarn.list if issubclass(w.category, DecodeWorkersUnavailable)]
+
+
+def test_messages_round_trip_without_pickle_and_refuse_other_objects():
+    import io
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    from engine.encoders.pixels import PixelPlan
+    from engine.encoders.worker_pool import decode, encode
+
+    plan = PixelPlan(shortest_edge=24, size=None, crop=(24, 24), mean=(0.5,) * 3, std=(0.25,) * 3)
+    value = [plan, b"\x89PNG\x00", "a.png", None, (1, 2.5, True), {"k": [np.arange(6, dtype=np.uint8).reshape(1, 2, 3)]}]
+    stream = io.BytesIO(encode(value) + encode("second"))
+    got = decode(stream)
+    assert got[:5] == value[:5] and isinstance(got[4], tuple) and got[0] == plan
+    assert np.array_equal(got[5]["k"][0], value[5]["k"][0]) and got[5]["k"][0].dtype == np.uint8
+    assert decode(stream) == "second"
+    with pytest.raises(EOFError):
+        decode(stream)
+
+    @dataclass
+    class Other:
+        x: int
+
+    for bad in (Other(1), object(), np.array([object()]), {1: "non-str key"}):
+        with pytest.raises(TypeError, match="cannot be sent"):
+            encode(bad)
+    with pytest.raises(ValueError, match="must be importable"):
+        WorkerPool(1).submit(lambda: 1)
