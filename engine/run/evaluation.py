@@ -209,7 +209,7 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
     store = open_store(output, settings, items, [data.source], announce) if output is not None else None
     out = output.path if output is not None else None
     done_before = store.n_shards - len(store.pending()) if store else 0
-    earlier = earlier_stats(Path(out) / SUMMARY) if done_before else {}
+    earlier = earlier_stats(store.root / SUMMARY) if done_before else {}  # done_before > 0 only with a store
     if planned is not None:
         planned(sum(len(store.rows_of(k)) for k in store.pending()) if store is not None else len(items))
     records: list[dict[str, Any]] = []
