@@ -100,7 +100,8 @@ def test_messages_round_trip_without_pickle_and_refuse_other_objects():
     from engine.encoders.worker_pool import decode, encode
 
     plan = PixelPlan(shortest_edge=24, size=None, crop=(24, 24), mean=(0.5,) * 3, std=(0.25,) * 3)
-    value = [plan, b"\x89PNG\x00", "a.png", None, (1, 2.5, True), {"k": [np.arange(6, dtype=np.uint8).reshape(1, 2, 3)]}]
+    array = np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
+    value = [plan, b"\x89PNG\x00", "a.png", None, (1, 2.5, True), {"k": [array]}]
     stream = io.BytesIO(encode(value) + encode("second"))
     got = decode(stream)
     assert got[:5] == value[:5] and isinstance(got[4], tuple) and got[0] == plan
