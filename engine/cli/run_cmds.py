@@ -159,7 +159,8 @@ def _eval_one(args, executor, spec, system, config, cal, dataspec, dataset, outp
     update, close = progress_bar(len(dataset), f"eval {config.mode}", args.quiet, cache)
     try:
         report = evaluate(Job(spec, system, config, cal), dataspec, executor=executor, output=output,
-                          progress=update, announce=warn, dataset=dataset, sources=_sources(args))
+                          progress=update, announce=warn, dataset=dataset, sources=_sources(args),
+                          planned=getattr(update, "set_total", None))  # dev images and resumed rows not counted
     except KeyboardInterrupt as e:
         close()
         if output is not None and not isinstance(e, Interrupted):

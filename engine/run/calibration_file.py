@@ -599,6 +599,10 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     truth_all = np.array([system.class_index(it.label) for it in items], dtype=np.int64)
     dev_idx, _ = split_by_image(truth_all, dev_fraction, seed)
     dev_items = [items[i] for i in dev_idx]
+    if not dev_items:  # a data problem (too few images per class), not unreadable files
+        raise CalibrationError(f"the dev split of {data.source!r} is empty: its {len(items)} image(s) leave no class "
+                               f"with 2 or more images (a class needs one dev and one test image); give more images "
+                               "per class (a larger --limit, or no --limit)")
     embs, good_rows, bad = [], [], 0
     for start in range(0, len(dev_items), chunk_size):
         chunk = dev_items[start:start + chunk_size]

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,9 +160,23 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
     )
 
 
+#: the counters a resumed run adds to those of the summary it found
+RESUMED_STATS = ("text_encodes", "text_hits", "seconds_embed", "seconds_classify")
+
+
+def earlier_stats(summary: Path) -> dict[str, float]:
+    """The :data:`RESUMED_STATS` of an earlier run's summary (those it has, finite), or {} without one."""
+    try:
+        d = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: d[k] for k in RESUMED_STATS if isinstance(d.get(k), (int, float)) and np.isfinite(d[k])}
+
+
 def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec | None = None,
              progress: Callable[[int], None] | None = None, announce: Callable[[str], None] | None = None,
-             dataset: Dataset | None = None, sources: dict[str, Any] | None = None) -> EvalReport:
+             dataset: Dataset | None = None, sources: dict[str, Any] | None = None,
+             planned: Callable[[int], None] | None = None) -> EvalReport:
     """Classify ``data`` as ``job`` says, on ``executor``, and summarise every row.
 
     output : a result table; its run folder's ``_summary.json`` is written at the end, and on an
@@ -170,7 +186,12 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
         does not read it twice.
     sources : where the settings came from (the system, templates, descriptors, calibration files as
         named), recorded in the summary's ``settings["sources"]`` for ``report``; not in the fingerprint.
-    Returns the EvalReport of every row, resumed ones included.
+    planned : told, before any image is classified, how many images this run classifies: those scored
+        (the calibration's dev images left out) less those a resumed run reads back; ``progress`` counts
+        up to it.
+    Returns the EvalReport of every row, resumed ones included. A resumed run's summary adds this run's
+    ``text_encodes``, ``text_hits`` and seconds to those of the summary it found, so a resume that had
+    nothing left to do keeps the earlier counts.
     """
     from engine.run.calibration_file import exclude_dev
 
@@ -182,10 +203,15 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
     settings = {**job.settings(), "data": data_settings(data, ds.name, items)}
     store = open_store(output, settings, items, [data.source], announce) if output is not None else None
     done_before = store.n_shards - len(store.pending()) if store else 0
+    earlier = earlier_stats(store.root / SUMMARY) if done_before else {}  # done_before > 0 only with a store
+    if planned is not None:
+        planned(sum(len(store.rows_of(k)) for k in store.pending()) if store is not None else len(items))
     records: list[dict[str, Any]] = []
 
     def report(complete: bool) -> EvalReport:
         stats = dict(executor.stats)
+        for k, v in earlier.items():  # the earlier runs of a resumed folder, plus this one
+            stats[k] = stats.get(k, 0) + v
         rep = summarise(records, items, job, data, data_name=ds.name, stats=stats, complete=complete,
                         excluded=excluded)
         rep.settings["shards_resumed"] = done_before
