@@ -319,7 +319,10 @@ def temper_channel(P: np.ndarray, sizes: np.ndarray, beta: np.ndarray) -> np.nda
     lp = np.where(bcol == 0, 0.0, lp)
     off = _offsets(sizes)
     out = np.empty_like(P)
-    for o, k in zip(off, sizes):
+    for g, (o, k) in enumerate(zip(off, sizes)):
+        if beta[g] == 1.0:  # exactly P, not P through exp(log P) rounding
+            out[:, o:o + k] = P[:, o:o + k]
+            continue
         seg = lp[:, o:o + k]
         out[:, o:o + k] = np.exp(seg - logsumexp(seg, axis=1, keepdims=True))
     return out
