@@ -245,3 +245,26 @@ def test_stratified_folds_put_every_class_in_every_fold_it_can():
     f = AM.stratified_folds(truth, 3, 0)
     for c, n in enumerate([1, 2, 3, 7]):
         assert len(np.unique(f[truth == c])) == min(n, 3)
+
+
+# --------------------------------------------------------------------------- bench.channels --answer-models
+@pytest.mark.slow
+def test_bench_answer_models_on_a_small_simulated_pair():
+    from bench import channels
+
+    prep = channels.simulator_prep(images=150, seed=1)
+    emb = np.random.default_rng(0).normal(size=(prep.n, 6))
+    prep.meta["image_embeddings"] = emb
+    res = channels.evaluate_answer_models(prep, seed=1, n_budgets=3, n_boot=50, log=lambda *_: None)
+    assert res["n_dev"] + res["n_test"] == 150
+    assert set(res["full"]) == {"rule", "per-class", "few-shot", "LR on the same similarities",
+                                "LR on the image embeddings (no attribute system)"}
+    assert {(r["model"], r["policy"]) for r in res["rows"]} == {(m, p) for m in channels.AM_MODELS
+                                                                for p in channels.AM_POLICIES}
+    for v in res["full"].values():
+        assert v["ci95"][0] - 1e-12 <= v["accuracy"] <= v["ci95"][1] + 1e-12
+    for d in res["diffs"]:
+        assert d["ci95"][0] - 1e-12 <= d["diff"] <= d["ci95"][1] + 1e-12
+    report = channels.answer_model_report({"command": "x", "machine": "m", "seconds": 1.0, "load": [1, 1],
+                                           "seed": 1, "n_boot": 50, "pairs": {"sim": res}})
+    assert "few-shot − rule" in report and "LR, image embeddings" in report
