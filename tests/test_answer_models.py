@@ -268,3 +268,29 @@ def test_bench_answer_models_on_a_small_simulated_pair():
     report = channels.answer_model_report({"command": "x", "machine": "m", "seconds": 1.0, "load": [1, 1],
                                            "seed": 1, "n_boot": 50, "pairs": {"sim": res}})
     assert "few-shot − rule" in report and "LR, image embeddings" in report
+
+
+def test_the_loop_reports_the_few_shot_posterior_and_every_backend_runs_it():
+    """classify_batch with an answer model: after every group the posterior is the LR's on the asked set; the
+    backend dispatcher runs it on the numpy loop whatever engine is asked for."""
+    from engine.core.adaptive import classify_batch
+    from engine.core.sources import ArraySource
+    from engine.torch_engine import classify
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    sizes = np.asarray(system.option_counts)
+    post = random_posterior(sizes, system.n_classes, 7)
+    sims = np.random.default_rng(2).normal(0, 0.1, (12, int(sizes.sum())))
+    src = ArraySource(sims, system)
+    res = classify_batch(src, system, "fixed", answer_model=post, top_k=system.n_classes)
+    want = np.exp(post.log_posterior(sims))
+    for r, w in zip(res, want):
+        got = dict(r.top)
+        np.testing.assert_allclose([got[c] for c in system.classes], w, atol=1e-9)
+    for engine in ("numpy", "torch", "auto"):
+        other = classify(src, system, "eig", engine=engine, answer_model=post, top_k=3)
+        ref = classify_batch(src, system, "eig", answer_model=post, top_k=3)
+        assert [(r.label, r.q_spent) for r in other] == [(r.label, r.q_spent) for r in ref]
+    with pytest.raises(ValueError, match="bayes scorer"):
+        classify_batch(src, system, "fixed", answer_model=post, scorer="sum")
