@@ -687,13 +687,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-dev-check", action="store_true", help="skip the dev-only fit variants")
     ap.add_argument("--datasets", nargs="+", default=None, help="probe datasets to run (default: all of "
                     "web150 sprites151 jina15-gen1)")
+    ap.add_argument("--no-simulator", action="store_true", help="with --answer-models: the probe pairs only")
     ap.add_argument("--answer-models", action="store_true",
                     help="compare the rule channel, the per-class channel and the few-shot posterior (and the plain "
                          "few-shot LR baselines) instead of the per-policy sweep (issue 26)")
     args = ap.parse_args(argv)
     if args.answer_models:
         images, limit = (300, 200) if args.quick else (2000, None)
-        preps = {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=args.seed)}
+        preps = {} if args.no_simulator else {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=args.seed)}
         if not args.no_probe:
             more, why = probe_preps(Path(args.probe), Path(args.cache_dir), limit=limit, seed=args.seed,
                                     datasets_only=args.datasets, systems_only=args.systems)

@@ -474,10 +474,17 @@ RULE_VARIANTS = {"uncalibrated": None,
 
 
 def heldout_scores(log_post: np.ndarray, truth: np.ndarray) -> dict:
-    """{"accuracy", "nll"} of a (B, C) log posterior against truth (B,)."""
+    """{"accuracy", "nll", "correct"} of a (B, C) log posterior against truth (B,); correct is the (B,) list of
+    which images are right (for paired comparisons; :func:`public_scores` drops it)."""
     truth = np.asarray(truth, dtype=np.int64)
-    return {"accuracy": float((log_post.argmax(axis=1) == truth).mean()),
-            "nll": float(-log_post[np.arange(len(truth)), truth].mean())}
+    correct = log_post.argmax(axis=1) == truth
+    return {"accuracy": float(correct.mean()), "nll": float(-log_post[np.arange(len(truth)), truth].mean()),
+            "correct": correct}
+
+
+def public_scores(scores: dict) -> dict:
+    """{name: {"accuracy", "nll"}}: held-out scores without the per-image arrays (what a file records)."""
+    return {k: {"accuracy": v["accuracy"], "nll": v["nll"]} for k, v in scores.items()}
 
 
 def crossfit_rule_variants(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.ndarray, sizes: np.ndarray, *,
@@ -507,14 +514,24 @@ def crossfit_rule_variants(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.
     return out
 
 
-def not_worse(a: dict, b: dict) -> bool:
-    """Whether held-out scores ``a`` are at least as good as ``b`` in accuracy and in NLL."""
-    return a["accuracy"] >= b["accuracy"] and a["nll"] <= b["nll"]
+def replaces(a: dict, b: dict) -> bool:
+    """Whether held-out scores ``a`` (a fitted part) should replace ``b``: NLL no higher, and accuracy higher by at least one
+    paired standard error, sqrt(n_ab + n_ba)/n over the images one gets right and the other not (so that a
+    gain of a few images out of hundreds, which is noise, keeps ``b``). Without per-image ``correct`` arrays,
+    accuracy no lower."""
+    if a["nll"] > b["nll"]:
+        return False
+    if "correct" not in a or "correct" not in b:
+        return a["accuracy"] >= b["accuracy"]
+    ca, cb = np.asarray(a["correct"], bool), np.asarray(b["correct"], bool)
+    discordant = int((ca != cb).sum())
+    gain = float(ca.mean() - cb.mean())
+    return gain >= 0 and gain >= np.sqrt(discordant) / len(ca)
 
 
 def choose_rule_variant(scores: dict) -> str:
-    """The fitted variant with the lowest held-out NLL among those not worse than "uncalibrated" (accuracy and
-    NLL); "uncalibrated" when none is. scores : :func:`crossfit_rule_variants`' output."""
+    """The fitted variant with the lowest held-out NLL among those that may replace "uncalibrated"
+    (:func:`replaces`); "uncalibrated" when none may. scores : :func:`crossfit_rule_variants`' output."""
     base = scores["uncalibrated"]
-    ok = [(s["nll"], -s["accuracy"], n) for n, s in scores.items() if n != "uncalibrated" and not_worse(s, base)]
+    ok = [(s["nll"], -s["accuracy"], n) for n, s in scores.items() if n != "uncalibrated" and replaces(s, base)]
     return min(ok)[2] if ok else "uncalibrated"

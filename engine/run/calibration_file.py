@@ -427,10 +427,11 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
 
     Steps, scored on 3 stratified folds (each fold by the fit on the others):
     1. zero-shot: the rule-channel variants (:data:`engine.core.answer_models.RULE_VARIANTS`, from uncalibrated to
-       free λ_g); the fitted one with the lowest held-out NLL among those not worse than uncalibrated in held-out
-       accuracy and NLL, else uncalibrated;
+       free λ_g); the fitted one with the lowest held-out NLL among those that beat uncalibrated in held-out NLL
+       and in accuracy by at least a paired standard error (:func:`engine.core.answer_models.replaces`), else
+       uncalibrated;
     2. few-shot: the group-masked LR posterior (L2 strength by the same folds) replaces the step-1 channel's
-       posterior only when it is not worse in held-out full-system accuracy and NLL; its generative half is the
+       posterior only when it beats it the same way; its generative half is the
        per-class channel (α = 5) on top of the step-1 channel, tempered by β_g fitted on cross-fitted prefixes.
        Classes with no dev image ("few-shot" asked with partial coverage): no LR (it cannot score a class it
        never saw); the per-class channel alone, whose rows for those classes are the rule channel's.
@@ -460,26 +461,27 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
     decision: dict[str, Any] = {
         "requested": setting, "setting": resolved, "folds": AM.N_FOLDS, "seed": int(seed),
         "classes_with_dev_images": int((counts > 0).sum()), "classes": C, "rule_channel": rule,
-        "heldout": {f"rule channel, {k}": v for k, v in held.items()},
+        "heldout": {f"rule channel, {k}": v for k, v in AM.public_scores(held).items()},
         "method": "3 stratified folds of the dev images, each scored by the fit on the others; a fitted part is "
-                  "kept only when not worse than what it replaces in held-out full-system accuracy and NLL"}
+                  "kept only when its held-out full-system NLL is no higher than what it replaces and its accuracy "
+                  "higher by at least one paired standard error"}
     few = None
     if resolved == "few-shot":
         rule_P = ch.channel(r, sizes).P
         if (counts > 0).all():
             pf = AM.fit_few_shot_posterior(sims, truth, sizes, C, seed=seed)
             lr = AM.heldout_scores(pf.heldout_log_post, truth)
-            decision["heldout"]["few-shot posterior (group-masked LR)"] = lr
+            decision["heldout"]["few-shot posterior (group-masked LR)"] = AM.public_scores({"x": lr})["x"]
             decision["posterior_cv"] = [{"reg": a, "heldout_nll_prefixes": b, "heldout_accuracy_full": c,
                                          "heldout_nll_full": d} for a, b, c, d in pf.cv]
-            if AM.not_worse(lr, held[rule]):
+            if AM.replaces(lr, held[rule]):
                 P, beta = AM.fit_per_class_tempered(sims, truth, sizes, ch.lams, rule_P, folds=folds, seed=seed)
                 few = AM.FewShotModel(posterior=pf.posterior, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA, n_dev=counts,
                                       sizes=np.asarray(sizes))
                 decision["posterior"] = "few-shot (group-masked LR)"
             else:
                 decision["setting"] = "zero-shot"
-                decision["posterior"] = f"rule channel ({rule}): the few-shot posterior was worse on held-out dev"
+                decision["posterior"] = f"rule channel ({rule}): the few-shot posterior was not better on held-out dev"
         else:
             P = AM.per_class_channel(AM.soft_answers(sims, sizes, ch.lams), truth, rule_P, AM.PER_CLASS_ALPHA)
             few = AM.FewShotModel(posterior=None, P=P, beta=np.ones(len(sizes)), alpha=AM.PER_CLASS_ALPHA,
