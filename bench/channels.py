@@ -688,6 +688,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--datasets", nargs="+", default=None, help="probe datasets to run (default: all of "
                     "web150 sprites151 jina15-gen1)")
     ap.add_argument("--no-simulator", action="store_true", help="with --answer-models: the probe pairs only")
+    ap.add_argument("--budgets", type=int, default=9, help="with --answer-models: budget points from 0 to Q "
+                                                          "(default: %(default)s)")
     ap.add_argument("--answer-models", action="store_true",
                     help="compare the rule channel, the per-class channel and the few-shot posterior (and the plain "
                          "few-shot LR baselines) instead of the per-policy sweep (issue 26)")
@@ -702,7 +704,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"[channels] probe pairs skipped: {why}")
             preps.update(more)
         res = run_answer_models(Path(args.out), preps, seed=args.seed, n_boot=min(args.boot, 200) if args.quick
-                                else args.boot, n_budgets=4 if args.quick else 9,
+                                else args.boot, n_budgets=4 if args.quick else args.budgets,
                                 command=C.command_line("bench.channels", argv))
         print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
         return res
