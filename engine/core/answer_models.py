@@ -535,3 +535,22 @@ def choose_rule_variant(scores: dict) -> str:
     base = scores["uncalibrated"]
     ok = [(s["nll"], -s["accuracy"], n) for n, s in scores.items() if n != "uncalibrated" and replaces(s, base)]
     return min(ok)[2] if ok else "uncalibrated"
+
+
+def crossfit_per_class(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.ndarray, sizes: np.ndarray, lam,
+                       prior_P: np.ndarray, eps: float, *, folds: np.ndarray, alpha: float = PER_CLASS_ALPHA) -> dict:
+    """Cross-fitted full-system scores (:func:`heldout_scores`) of the Bayes posterior under the per-class channel
+    (each fold's images scored by the channel fitted on the other folds). sims (B, Q); truth (B,); prior_P (C, Q)."""
+    from engine.core.scoring import full_bayes_log_posterior
+
+    sizes = np.asarray(sizes, dtype=np.int64)
+    lams = check_logit_scales(lam, len(sizes))
+    soft = soft_answers(sims, sizes, lams)
+    off = _offsets(sizes)
+    lp = np.zeros((len(truth), prior_P.shape[0]))
+    for f in np.unique(folds):
+        tr, te = folds != f, folds == f
+        ch = channel_from_P(per_class_channel(soft[tr], truth[tr], prior_P, alpha), rule_matrix, sizes, eps)
+        lp[te] = full_bayes_log_posterior([group_log_probs(sims[te][:, o:o + k], lams[g])
+                                           for g, (o, k) in enumerate(zip(off, sizes))], ch)
+    return heldout_scores(lp, truth)

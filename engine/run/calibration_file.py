@@ -434,7 +434,9 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
        posterior only when it beats it the same way; its generative half is the
        per-class channel (α = 5) on top of the step-1 channel, tempered by β_g fitted on cross-fitted prefixes.
        Classes with no dev image ("few-shot" asked with partial coverage): no LR (it cannot score a class it
-       never saw); the per-class channel alone, whose rows for those classes are the rule channel's.
+       never saw); the per-class channel alone, whose rows for those classes are the rule channel's, kept only
+       when it beats the rule channel on held-out dev images the same way (else zero-shot). Its held-out images
+       are all of covered classes, so this check is optimistic when the images to classify are not.
     Returns (AnswerChannels, FewShotModel or None, the decision as a dict for the file).
     """
     from engine.core import answer_models as AM
@@ -483,11 +485,20 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
                 decision["setting"] = "zero-shot"
                 decision["posterior"] = f"rule channel ({rule}): the few-shot posterior was not better on held-out dev"
         else:
-            P = AM.per_class_channel(AM.soft_answers(sims, sizes, ch.lams), truth, rule_P, AM.PER_CLASS_ALPHA)
-            few = AM.FewShotModel(posterior=None, P=P, beta=np.ones(len(sizes)), alpha=AM.PER_CLASS_ALPHA,
-                                  n_dev=counts, sizes=np.asarray(sizes))
-            decision["posterior"] = (f"per-class channel: {int((counts == 0).sum())} class(es) have no dev image and "
-                                     "use the rule channel's answer distributions")
+            pc = AM.crossfit_per_class(sims, truth, r, sizes, ch.lams, rule_P, eps, folds=folds)
+            decision["heldout"]["per-class channel (no LR: some classes have no dev image)"] = \
+                AM.public_scores({"x": pc})["x"]
+            missing = int((counts == 0).sum())
+            if AM.replaces(pc, held[rule]):
+                P = AM.per_class_channel(AM.soft_answers(sims, sizes, ch.lams), truth, rule_P, AM.PER_CLASS_ALPHA)
+                few = AM.FewShotModel(posterior=None, P=P, beta=np.ones(len(sizes)), alpha=AM.PER_CLASS_ALPHA,
+                                      n_dev=counts, sizes=np.asarray(sizes))
+                decision["posterior"] = (f"per-class channel: {missing} class(es) have no dev image and use the rule "
+                                         "channel's answer distributions")
+            else:
+                decision["setting"] = "zero-shot"
+                decision["posterior"] = (f"rule channel ({rule}): {missing} class(es) have no dev image, and the "
+                                         "per-class channel was not better on held-out dev")
     else:
         decision["posterior"] = f"rule channel ({rule})"
     return ch, few, decision
