@@ -432,6 +432,12 @@ def test_few_shot_calibration_round_trips_and_runs_through_the_classifier(world,
     assert right > 0.6
 
 
+def test_a_few_shot_calibration_with_the_sum_scorer_is_a_one_line_user_error(world, relabelled):
+    clf = calibrated(world, relabelled["cal"])
+    with pytest.raises(CalibrationError, match="few-shot.*bayes scorer"):
+        clf.classify([world["paths"][1]], RunConfig(mode="full", scorer="sum"))
+
+
 def test_zero_shot_setting_fits_no_posterior_and_a_fit_worse_on_held_out_dev_is_not_kept(world, relabelled):
     system = world["system"]
     dev = relabelled["dev"]

@@ -216,6 +216,12 @@ class Classifier:
             if config.logit_scale is not None:
                 raise ValueError("a calibration sets λ per group; drop logit_scale (--logit-scale) or the calibration")
             lam, channel, answer_model = self.calibration.lams, self._channel, self._answer_model
+            if answer_model is not None and (config.scorer != "bayes" or (config.mode == "adaptive" and config.shortlist)):
+                from engine.run.calibration_file import CalibrationError
+
+                raise CalibrationError(f"calibration {self.calibration.where()} is few-shot: its posterior needs the "
+                                       "bayes scorer and no --shortlist; drop --scorer sum / --shortlist, or make a "
+                                       "zero-shot one with 'twentyq calibrate --setting zero-shot'")
         try:
             results = classify_batch(source, system, policy, engine=config.engine, stop=stop, logit_scale=lam,
                                      eps=config.eps, channel=channel, scorer=config.scorer, top_k=config.top_k,
