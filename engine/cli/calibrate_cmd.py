@@ -64,7 +64,8 @@ def calibrate_cmd(args) -> int:
     print(f"\nsetting: {cal.setting} (asked: {dec['requested']}; {dec['classes_with_dev_images']} of {dec['classes']} "
           f"classes have dev images); posterior: {dec['posterior']}; rule channel: {dec['rule_channel']}")
     print("\ndev metrics, held out (3 folds: each fold scored by the fit on the others; a fitted part is kept only "
-          "when its NLL is no higher than what it replaces and its accuracy higher by a paired standard error):\n\n| candidate | full accuracy | full NLL |\n|---|---|---|")
+          "when its NLL is no higher than what it replaces and its accuracy higher by a paired standard error):\n\n"
+          "| candidate | full accuracy | full NLL |\n|---|---|---|")
     for name, sc in dec["heldout"].items():
         print(f"| {name} | {sc['accuracy']:.3f} | {sc['nll']:.3f} |")
     print(f"\ndev metrics, in sample (fitted on these images; optimistic):\n\n"

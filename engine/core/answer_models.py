@@ -515,10 +515,10 @@ def crossfit_rule_variants(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.
 
 
 def replaces(a: dict, b: dict) -> bool:
-    """Whether held-out scores ``a`` (a fitted part) should replace ``b``: NLL no higher, and accuracy higher by at least one
-    paired standard error, sqrt(n_ab + n_ba)/n over the images one gets right and the other not (so that a
-    gain of a few images out of hundreds, which is noise, keeps ``b``). Without per-image ``correct`` arrays,
-    accuracy no lower."""
+    """Whether held-out scores ``a`` (a fitted part) should replace ``b``: NLL no higher, and accuracy higher
+    by at least one paired standard error, sqrt(n_ab + n_ba)/n over the images one gets right and the other
+    not (so that a gain of a few images out of hundreds, which is noise, keeps ``b``). Without per-image
+    ``correct`` arrays, accuracy no lower."""
     if a["nll"] > b["nll"]:
         return False
     if "correct" not in a or "correct" not in b:

@@ -216,7 +216,8 @@ class Classifier:
             if config.logit_scale is not None:
                 raise ValueError("a calibration sets λ per group; drop logit_scale (--logit-scale) or the calibration")
             lam, channel, answer_model = self.calibration.lams, self._channel, self._answer_model
-            if answer_model is not None and (config.scorer != "bayes" or (config.mode == "adaptive" and config.shortlist)):
+            shortlist = config.mode == "adaptive" and config.shortlist
+            if answer_model is not None and (config.scorer != "bayes" or shortlist):
                 from engine.run.calibration_file import CalibrationError
 
                 raise CalibrationError(f"calibration {self.calibration.where()} is few-shot: its posterior needs the "
