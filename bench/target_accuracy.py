@@ -29,14 +29,16 @@ from engine.run.config import RunConfig
 from engine.run.evaluation import exact_ci
 
 from . import common as C
-from .channels import DEFAULT_PROBE, probe_preps, simulator_prep, split_by_image
+from engine.core.calibration import split_by_image
+
+from .channels import DEFAULT_PROBE, probe_preps, simulator_prep
 
 DEFAULT_OUT = C.DEFAULT_OUT / "target_accuracy"
 
 
 def evaluate(prep: C.Prepared, targets: list[float], *, policy: str = "eig", seed: int = 0) -> dict[str, Any]:
     """Fit on the dev half, choose τ per target, measure on the test half. Returns a dict of rows."""
-    dev, test = split_by_image(prep.n, seed)
+    dev, test = split_by_image(prep.truth, 0.5, seed)
     s = prep.system
     cal = fit_calibration(prep.sims[dev], prep.truth[dev], s, lam0=prep.logit_scale, eps=prep.eps,
                           model=prep.model, model_id=prep.model, policies=[policy])

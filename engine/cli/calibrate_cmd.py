@@ -43,7 +43,7 @@ def calibrate_cmd(args) -> int:
     update, close = progress_bar(None, "calibrate (dev images)", args.quiet)
     try:
         cal = calibrate(clf, data, dev_fraction=args.dev_fraction, seed=args.seed, eps=args.eps, dataset=dataset,
-                        progress=update)
+                        progress=update, setting=args.setting)
     finally:
         close()
     cal = save_calibration(cal, args.out)
@@ -62,7 +62,15 @@ def calibrate_cmd(args) -> int:
         print(f"| {printable(name)} | {cal.sizes[g]} | {ch.lams[g]:.3g} | {rel} | {ch.n_dev[g]} |")
     m = cal.metrics
     f, a = m["full"], m["adaptive"]
-    print(f"\ndev metrics, in sample (the channels were fitted on these images):\n\n"
+    dec = cal.decision
+    print(f"\nsetting: {cal.setting} (asked: {dec['requested']}; {dec['classes_with_dev_images']} of {dec['classes']} "
+          f"classes have dev images); posterior: {dec['posterior']}; rule channel: {dec['rule_channel']}")
+    print("\ndev metrics, held out (3 folds: each fold scored by the fit on the others; a fitted part is kept only "
+          "when its NLL is no higher than what it replaces and its accuracy higher by a paired standard error):\n\n"
+          "| candidate | full accuracy | full NLL |\n|---|---|---|")
+    for name, sc in dec["heldout"].items():
+        print(f"| {name} | {sc['accuracy']:.3f} | {sc['nll']:.3f} |")
+    print(f"\ndev metrics, in sample (fitted on these images; optimistic):\n\n"
           f"| | full accuracy | full NLL | full ECE | adaptive {a['policy']} τ={a['tau']} accuracy | mean Q |\n"
           f"|---|---|---|---|---|---|")
     for when in ("before", "after"):
@@ -118,5 +126,11 @@ def add_calibrate_parser(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("--eps", type=float, default=DEFAULT_EPS,
                    help="ε of the prior answer channel a group with few dev images falls back to (default: %(default)s)")
+    p.add_argument("--setting", choices=("auto", "few-shot", "zero-shot"), default="auto",
+                   help="few-shot: the dev images are of the classes being classified; fit a posterior on them (a "
+                        "group-masked logistic regression) and per-class answer distributions. zero-shot: fit only "
+                        "what transfers to other classes (λ per question, option confusions, reliabilities). auto: "
+                        "few-shot when every class has 2+ dev images, else zero-shot. Each fitted part is kept only "
+                        "if not worse than the uncalibrated one on held-out dev images (default: %(default)s)")
     add_model_flags(p)
     p.set_defaults(func=calibrate_cmd)

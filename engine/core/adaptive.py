@@ -80,6 +80,7 @@ def classify_batch(
     channel: Channel | None = None,
     shortlist_size: int | None = None,
     trace: bool = False,
+    answer_model=None,
 ) -> list[Result]:
     """Classify the source's B images, each along its own path of questions.
 
@@ -104,6 +105,11 @@ def classify_batch(
         candidates are few (posterior perplexity ≤ m) or its attribute questions
         are spent, it is asked "which of these m names is it?" for its m most
         probable classes: m prompts, once. None asks the group like any other.
+    answer_model : None, or a few-shot posterior (:class:`engine.core.answer_models.FewShotPosterior`:
+        ``log_prior(B)`` (B, C) and ``group_loglik(g, sims)`` (B, C)). Then the posterior starts at its
+        prior (times ``prior``, if given) and each asked group adds its ℓ_g instead of the channel's
+        soft-evidence term; the channel still gives EIG and the policies' predictions (the generative
+        half). Needs the bayes scorer and no shortlist.
 
     Returns
     -------
@@ -119,6 +125,10 @@ def classify_batch(
     sizes = ch.sizes
     budget = setup.budget(stop)
     log_post = log_prior(C, prior, B).copy()
+    if answer_model is not None:
+        if scorer != "bayes" or name_g is not None:
+            raise ValueError("a few-shot answer model needs the bayes scorer and no shortlist")
+        log_post = bayes_update(log_post, answer_model.log_prior(B))
     sum_sc = np.zeros((B, C)) if scorer == "sum" else None
     asked = np.zeros((B, G), dtype=bool)
     q = np.zeros(B, dtype=np.int64)
@@ -188,7 +198,8 @@ def classify_batch(
                 continue
             lp = group_log_probs(sims, lams[g])
             cols = ch.cols(g)
-            log_post[imgs] = bayes_update(log_post[imgs], bayes_loglik(lp, ch.P[:, cols]))
+            ll = bayes_loglik(lp, ch.P[:, cols]) if answer_model is None else answer_model.group_loglik(g, sims)
+            log_post[imgs] = bayes_update(log_post[imgs], ll)
             if sum_sc is not None:
                 sum_sc[imgs] += np.exp(lp) @ ch.A[:, cols].T
             asked[imgs, g] = True

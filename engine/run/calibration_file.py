@@ -60,7 +60,9 @@ from engine.core.calibration import AnswerChannels, TauChoice, choose_tau, split
 from systems.errors import UserInputError
 from systems.format import AttributeSystem
 
-SCHEMA = "twentyq-calibration-v1"
+SCHEMA = "twentyq-calibration-v2"  # v2 adds "setting", "few_shot" and "decision" (issue 26)
+SCHEMA_V1 = "twentyq-calibration-v1"  # still read: a zero-shot calibration without a recorded decision
+SETTINGS = ("auto", "few-shot", "zero-shot")
 DEFAULT_ALPHA = 0.1  # choose_tau's error level: target reached with 90% confidence
 METRIC_POLICY, METRIC_TAU = "eig", 0.9  # the adaptive setting whose dev accuracy the file reports
 N_BINS = 10
@@ -124,12 +126,22 @@ class Calibration:
     paths: dict[str, PolicyPaths] = field(default_factory=dict)
     path: str | None = None
     sha256: str | None = None
+    setting: str = "zero-shot"
+    few_shot: Any = None  # an engine.core.answer_models.FewShotModel in the few-shot setting
+    decision: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ use
     def channel(self, system: AttributeSystem):
         """The fitted answer channel for ``system`` (checked against it first)."""
         self.check(system)
+        if self.few_shot is not None:
+            return self.few_shot.channel(system.rule_matrix, system.option_counts, self.channels.eps)
         return self.channels.channel(system.rule_matrix, system.option_counts)
+
+    def answer_model(self, system: AttributeSystem):
+        """The few-shot posterior the loop reports and stops on (None: the channel's Bayes update)."""
+        self.check(system)
+        return None if self.few_shot is None else self.few_shot.posterior
 
     @property
     def lams(self) -> np.ndarray:
@@ -190,11 +202,13 @@ class Calibration:
         from engine.run.provenance import package_version
 
         ch = self.channels
-        groups = [{"name": name, "options": int(k), "lam": float(ch.lams[g]), "reliability": float(ch.reliability[g]),
+        groups = [{"name": name, "options": int(k), "lam": float(ch.lams[g]),
+                   "reliability": None if np.isnan(ch.reliability[g]) else float(ch.reliability[g]),  # null: no dev evidence
                    "n_dev": int(ch.n_dev[g]),
                    "confusion": None if ch.confusions[g] is None else np.asarray(ch.confusions[g]).tolist()}
                   for g, (name, k) in enumerate(zip(self.groups, self.sizes))]
-        return {"format": SCHEMA, "twentyq": package_version(),
+        return {"format": SCHEMA, "twentyq": package_version(), "setting": self.setting,
+                "few_shot": None if self.few_shot is None else self.few_shot.to_dict(), "decision": self.decision,
                 "model": {"model": self.model, "model_id": self.model_id, "revision": self.revision},
                 "system": {"name": self.system_name, "sha256": self.system_sha256},
                 "channels": {"eps": float(ch.eps), "lam0": float(self.lam0), "groups": groups},
@@ -206,9 +220,10 @@ class Calibration:
         """The inverse of :meth:`to_dict`; a CalibrationError names what is wrong."""
         where = repr(path) if path else "calibration"
         fix = "make it again with 'twentyq calibrate'"
-        if not isinstance(d, dict) or d.get("format") != SCHEMA:
+        if not isinstance(d, dict) or d.get("format") not in (SCHEMA, SCHEMA_V1):
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise CalibrationError(f"{where} is not a twentyq calibration (format {got!r}, expected {SCHEMA!r}); {fix}")
+            raise CalibrationError(f"{where} is not a twentyq calibration this version reads (format {got!r}, "
+                                   f"expected {SCHEMA!r} or {SCHEMA_V1!r}); {fix}")
         _check_calibration_fields(d, where, fix)
         try:
             gs = d["channels"]["groups"]
@@ -234,12 +249,22 @@ class Calibration:
             channels = AnswerChannels(lams=arrays["lams"], confusions=tuple(confs), reliability=arrays["reliability"],
                                       n_dev=arrays["n_dev"], eps=check_eps(float(d["channels"]["eps"])))
             paths = {str(k): PolicyPaths.from_dict(v) for k, v in d.get("policies", {}).items()}
+            from engine.core.answer_models import FewShotModel
+
+            try:
+                few = None if d.get("few_shot") is None else FewShotModel.from_dict(d["few_shot"])
+            except (KeyError, TypeError, ValueError) as e:  # name the field: its arrays are checked only here
+                what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+                raise ValueError(f"field few_shot (the few-shot model): {what}") from None
+            if few is not None and few.P.shape[1] != sum(sizes):
+                raise ValueError(f"few-shot model has {few.P.shape[1]} option columns, the groups {sum(sizes)}")
             m, s = d["model"], d["system"]
             return cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
                        revision=m.get("revision"), system_name=str(s["name"]), system_sha256=str(s["sha256"]),
                        sizes=sizes, groups=tuple(str(g["name"]) for g in gs), lam0=float(d["channels"]["lam0"]),
                        dev=dict(d.get("dev", {})), metrics=dict(d.get("metrics", {})), paths=paths, path=path,
-                       sha256=sha256)
+                       sha256=sha256, setting=str(d.get("setting", "zero-shot")), few_shot=few,
+                       decision=dict(d.get("decision") or {}))
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
             raise CalibrationError(f"{where} is damaged ({what}); {fix}") from None
@@ -336,6 +361,14 @@ def _check_fields(d: dict[str, Any]) -> None:
             if not isinstance(h, str) or len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
                 raise _Bad(f"dev.image_sha256[{i}]", h, "a sha256 hex string (64 characters 0-9a-f)")
     _of(d.get("metrics", {}), dict, "metrics", "an object")
+    if d.get("setting") is not None and d["setting"] not in ("few-shot", "zero-shot"):
+        raise _Bad("setting", d["setting"], "'few-shot' or 'zero-shot'")
+    if d.get("few_shot") is not None:  # its arrays' shapes and values are checked by FewShotModel.from_dict
+        fs = _of(d["few_shot"], dict, "few_shot", "null or an object {sizes, posterior, per_class_channel, beta, n_dev}")
+        if fs.get("posterior") is not None:
+            _of(fs["posterior"], dict, "few_shot.posterior", "null or an object {sizes, mean, scale, W, m, b, n_dev, reg}")
+    if d.get("decision") is not None:
+        _of(d["decision"], dict, "decision", "an object")
     pols = _of(d.get("policies", {}), dict, "policies", "an object {policy: {conf, correct, q}}")
     for name, p in pols.items():
         at = f"policies.{name}"
@@ -499,17 +532,24 @@ def builtin_policies() -> list[str]:
 
 # --------------------------------------------------------------------------- fitting
 def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, policy: Any, lams: np.ndarray,
-                channel: Any) -> PolicyPaths:
-    """One policy's τ=1 paths over dev similarities (B, Q) with true classes (B,): see :class:`PolicyPaths`."""
+                channel: Any, answer_model: Any = None) -> PolicyPaths:
+    """One policy's τ=1 paths over dev similarities (B, Q) with true classes (B,): see :class:`PolicyPaths`.
+    With a few-shot ``answer_model`` column 0 is its prior (the loop starts there), else the uniform prior."""
     from engine.core.adaptive import NO_STOP, classify_batch
     from engine.core.sources import ArraySource
 
     res = classify_batch(ArraySource(sims, system), system, policy, stop=NO_STOP, logit_scale=lams, channel=channel,
-                         top_k=1, trace=True)
+                         top_k=1, trace=True, answer_model=answer_model)
     B, C = len(truth), system.n_classes
     S = 1 + max((len(r.steps) for r in res), default=0)
     conf, correct, q = np.full((B, S), np.nan), np.zeros((B, S), bool), np.full((B, S), -1, dtype=np.int64)
     conf[:, 0], correct[:, 0], q[:, 0] = 1.0 / C, np.asarray(truth) == 0, 0  # the uniform prior: class 0 on top
+    if answer_model is not None:
+        from engine.core.scoring import shortlist
+
+        prior = np.exp(answer_model.log_prior(1))
+        top = int(shortlist(prior, 1)[0, 0])
+        conf[:, 0], correct[:, 0] = prior[0, top], np.asarray(truth) == top
     for i, r in enumerate(res):
         for j, s in enumerate(r.steps, start=1):
             conf[i, j] = s.confidence_after
@@ -518,68 +558,170 @@ def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, po
     return PolicyPaths(conf, correct, q)
 
 
-def _full_metrics(sims, truth, system, lam, eps, channel=None) -> dict[str, float]:
+def _full_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None) -> dict[str, float]:
     from engine.core.calibration import expected_calibration_error, full_log_posterior, true_class_nll
 
-    lp = full_log_posterior(sims, system.rule_matrix, system.option_counts, lam, eps, channel=channel)
+    if answer_model is not None:
+        lp = answer_model.log_posterior(sims)
+    else:
+        lp = full_log_posterior(sims, system.rule_matrix, system.option_counts, lam, eps, channel=channel)
     conf, pred = np.exp(lp.max(axis=1)), lp.argmax(axis=1)
     correct = pred == truth
     return {"accuracy": float(correct.mean()), "nll": true_class_nll(lp, truth),
             "ece": expected_calibration_error(conf, correct, N_BINS), "mean_confidence": float(conf.mean())}
 
 
-def _adaptive_metrics(sims, truth, system, lam, eps, channel=None) -> dict[str, float]:
+def _adaptive_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None) -> dict[str, float]:
     from engine.core.adaptive import StopRule, classify_batch
     from engine.core.sources import ArraySource
 
     res = classify_batch(ArraySource(sims, system), system, METRIC_POLICY, stop=StopRule(tau=METRIC_TAU),
-                         logit_scale=lam, eps=eps, channel=channel, top_k=1)
+                         logit_scale=lam, eps=eps, channel=channel, top_k=1, answer_model=answer_model)
     correct = np.array([r.label == system.classes[t] for r, t in zip(res, truth)])
     conf = np.array([r.stop == "confident" for r in res])
     return {"accuracy": float(correct.mean()), "mean_q": float(np.mean([r.q_spent for r in res])),
             "confident": int(conf.sum()), "accuracy_confident": float(correct[conf].mean()) if conf.any() else None}
 
 
+MIN_FEW_SHOT_IMAGES = 2  # dev images per class for "auto" to pick few-shot (each class in two folds at least)
+
+
+def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
+                     setting: str = "auto", seed: int = 0, prior_strength: float | None = None
+                     ) -> tuple[Any, Any, dict[str, Any]]:
+    """The answer model of a calibration, chosen on cross-fitted (held-out) dev images; nothing is kept that is
+    worse there than what it would replace.
+
+    sims : (B, Q) dev similarities; truth : (B,) class indices; lam0, eps : the uncalibrated λ and ε.
+    setting : "few-shot" (dev images of the classes being classified), "zero-shot" (only the class-agnostic
+    rule channel: λ_g, option confusions, reliabilities) or "auto" (few-shot when every class has at least
+    MIN_FEW_SHOT_IMAGES dev images, else zero-shot).
+    prior_strength : fit the rule channel with this α only (no choice among the variants).
+
+    Steps, scored on 3 stratified folds (each fold by the fit on the others):
+    1. zero-shot: the rule-channel variants (:data:`engine.core.answer_models.RULE_VARIANTS`, from uncalibrated to
+       free λ_g); the fitted one with the lowest held-out NLL among those that beat uncalibrated in held-out NLL
+       and in accuracy by at least a paired standard error (:func:`engine.core.answer_models.replaces`), else
+       uncalibrated;
+    2. few-shot: the group-masked LR posterior (L2 strength by the same folds) replaces the step-1 channel's
+       posterior only when it beats it the same way; its generative half is the
+       per-class channel (α = 5) on top of the step-1 channel, tempered by β_g fitted on cross-fitted prefixes.
+       Classes with no dev image ("few-shot" asked with partial coverage): no LR (it cannot score a class it
+       never saw); the per-class channel alone, whose rows for those classes are the rule channel's, kept only
+       when it beats the rule channel on held-out dev images the same way (else zero-shot). Its held-out images
+       are all of covered classes, so this check is optimistic when the images to classify are not.
+    Returns (AnswerChannels, FewShotModel or None, the decision as a dict for the file).
+    """
+    from engine.core import answer_models as AM
+    from engine.core.adaptive import NAME_GROUP
+    from engine.core.calibration import fit_answer_channels
+
+    if setting not in SETTINGS:
+        raise ValueError(f"setting == {setting!r}, must be one of {list(SETTINGS)}")
+    r, sizes, C = system.rule_matrix, system.option_counts, system.n_classes
+    skip = tuple(i for i, g in enumerate(system.groups) if g.name == NAME_GROUP)
+    counts = np.bincount(truth, minlength=C)
+    covered = int((counts >= MIN_FEW_SHOT_IMAGES).sum())
+    resolved = setting if setting != "auto" else ("few-shot" if covered == C else "zero-shot")
+    folds = AM.stratified_folds(truth, AM.N_FOLDS, seed)
+    variants = (AM.RULE_VARIANTS if prior_strength is None else
+                {"uncalibrated": None, f"fitted, α={prior_strength:g}": {"prior_strength": float(prior_strength)}})
+    held = AM.crossfit_rule_variants(sims, truth, r, sizes, lam0=lam0, eps=eps, folds=folds, skip_groups=skip,
+                                     variants=variants)
+    rule = AM.choose_rule_variant(held)
+    kw = variants[rule]
+    # "uncalibrated" is the fit with every group skipped: λ0 and the ε channel everywhere
+    ch = fit_answer_channels(sims, truth, r, sizes, lam0=lam0, eps=eps, **(kw or {}),
+                             skip_groups=skip if kw is not None else tuple(range(len(sizes))))
+    decision: dict[str, Any] = {
+        "requested": setting, "setting": resolved, "folds": AM.N_FOLDS, "seed": int(seed),
+        "classes_with_dev_images": int((counts > 0).sum()), "classes": C, "rule_channel": rule,
+        "heldout": {f"rule channel, {k}": v for k, v in AM.public_scores(held).items()},
+        "method": "3 stratified folds of the dev images, each scored by the fit on the others; a fitted part is "
+                  "kept only when its held-out full-system NLL is no higher than what it replaces and its accuracy "
+                  "higher by at least one paired standard error"}
+    few = None
+    if resolved == "few-shot":
+        rule_P = ch.channel(r, sizes).P
+        if (counts > 0).all():
+            pf = AM.fit_few_shot_posterior(sims, truth, sizes, C, seed=seed)
+            lr = AM.heldout_scores(pf.heldout_log_post, truth)
+            decision["heldout"]["few-shot posterior (group-masked LR)"] = AM.public_scores({"x": lr})["x"]
+            decision["posterior_cv"] = [{"reg": a, "heldout_nll_prefixes": b, "heldout_accuracy_full": c,
+                                         "heldout_nll_full": d} for a, b, c, d in pf.cv]
+            if AM.replaces(lr, held[rule]):
+                P, beta = AM.fit_per_class_tempered(sims, truth, sizes, ch.lams, rule_P, folds=folds, seed=seed)
+                few = AM.FewShotModel(posterior=pf.posterior, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA, n_dev=counts,
+                                      sizes=np.asarray(sizes))
+                decision["posterior"] = "few-shot (group-masked LR)"
+            else:
+                decision["setting"] = "zero-shot"
+                decision["posterior"] = f"rule channel ({rule}): the few-shot posterior was not better on held-out dev"
+        else:
+            pc = AM.crossfit_per_class(sims, truth, r, sizes, ch.lams, rule_P, eps, folds=folds)
+            decision["heldout"]["per-class channel (no LR: some classes have no dev image)"] = \
+                AM.public_scores({"x": pc})["x"]
+            missing = int((counts == 0).sum())
+            if AM.replaces(pc, held[rule]):
+                P = AM.per_class_channel(AM.soft_answers(sims, sizes, ch.lams), truth, rule_P, AM.PER_CLASS_ALPHA)
+                few = AM.FewShotModel(posterior=None, P=P, beta=np.ones(len(sizes)), alpha=AM.PER_CLASS_ALPHA,
+                                      n_dev=counts, sizes=np.asarray(sizes))
+                decision["posterior"] = (f"per-class channel: {missing} class(es) have no dev image and use the rule "
+                                         "channel's answer distributions")
+            else:
+                decision["setting"] = "zero-shot"
+                decision["posterior"] = (f"rule channel ({rule}): {missing} class(es) have no dev image, and the "
+                                         "per-class channel was not better on held-out dev")
+    else:
+        decision["posterior"] = f"rule channel ({rule})"
+    return ch, few, decision
+
+
 def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
                     model: str, model_id: str, revision: str | None = None, dev: dict[str, Any] | None = None,
-                    policies: Sequence[str] | None = None, prior_strength: float = 10.0) -> Calibration:
+                    policies: Sequence[str] | None = None, prior_strength: float | None = None,
+                    setting: str = "auto", seed: int = 0) -> Calibration:
     """Fit a calibration on dev similarities.
 
     sims : (B, Q) similarities of the dev images to every prompt of ``system``; truth : (B,) class indices.
     lam0 : the model's own λ (groups that cannot be fitted keep it; "before" metrics use it); eps : ε.
     dev : what to record about the dev split (data, rows hash, image hashes, seed, fraction).
     policies : whose τ=1 dev paths to keep (default: every built-in policy).
+    setting, prior_strength, seed : see :func:`fit_answer_model`.
     """
-    from engine.core.adaptive import NAME_GROUP
-    from engine.core.calibration import fit_answer_channels
     from engine.run.config import RunConfig
     from engine.run.provenance import system_hash
 
     sims = np.asarray(sims, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.int64)
-    skip = tuple(i for i, g in enumerate(system.groups) if g.name == NAME_GROUP)
-    ch = fit_answer_channels(sims, truth, system.rule_matrix, system.option_counts, lam0=lam0, eps=eps,
-                             prior_strength=prior_strength, skip_groups=skip)
-    channel = ch.channel(system.rule_matrix, system.option_counts)
+    ch, few, decision = fit_answer_model(sims, truth, system, lam0=lam0, eps=eps, setting=setting, seed=seed,
+                                         prior_strength=prior_strength)
+    if few is not None:
+        channel = few.channel(system.rule_matrix, system.option_counts, eps)
+        model_post = few.posterior
+    else:
+        channel, model_post = ch.channel(system.rule_matrix, system.option_counts), None
     metrics = {
         "n_images": int(len(truth)), "in_sample": True,
         "full": {"before": _full_metrics(sims, truth, system, lam0, eps),
-                 "after": _full_metrics(sims, truth, system, ch.lams, eps, channel)},
+                 "after": _full_metrics(sims, truth, system, ch.lams, eps, channel, model_post)},
         "adaptive": {"policy": METRIC_POLICY, "tau": METRIC_TAU,
                      "before": _adaptive_metrics(sims, truth, system, lam0, eps),
-                     "after": _adaptive_metrics(sims, truth, system, ch.lams, eps, channel)},
+                     "after": _adaptive_metrics(sims, truth, system, ch.lams, eps, channel, model_post)},
+        "heldout": decision["heldout"],
     }
     names = builtin_policies() if policies is None else list(policies)
-    paths = {p: trace_paths(sims, truth, system, RunConfig(policy=p).make_policy(), ch.lams, channel) for p in names}
+    paths = {p: trace_paths(sims, truth, system, RunConfig(policy=p).make_policy(), ch.lams, channel, model_post)
+             for p in names}
     return Calibration(channels=ch, model=model, model_id=model_id, revision=revision, system_name=system.name,
                        system_sha256=system_hash(system), sizes=tuple(int(k) for k in system.option_counts),
                        groups=tuple(g.name for g in system.groups), lam0=float(lam0), dev=dict(dev or {}),
-                       metrics=metrics, paths=paths)
+                       metrics=metrics, paths=paths, setting=decision["setting"], few_shot=few, decision=decision)
 
 
 def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: int = 0, eps: float | None = None,
               dataset: Any = None, chunk_size: int = 64, progress: Callable[[int], None] | None = None,
-              policies: Sequence[str] | None = None) -> Calibration:
+              policies: Sequence[str] | None = None, setting: str = "auto") -> Calibration:
     """Fit a calibration for a loaded Classifier's model and system on the dev split of labelled images.
 
     data : a :class:`engine.run.datasets.DataSpec` (``dataset``: it already loaded). The images are split
@@ -625,4 +767,4 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     enc = classifier.encoder
     return fit_calibration(sims, truth, system, lam0=float(enc.logit_scale), eps=DEFAULT_EPS if eps is None else eps,
                            model=classifier.spec.model, model_id=str(enc.model_id), revision=classifier.spec.revision,
-                           dev=dev, policies=policies)
+                           dev=dev, policies=policies, setting=setting, seed=seed)

@@ -41,7 +41,13 @@ def resolve_engine(engine: str, source: Any) -> str:
 
 def classify(source: Any, system: Any, policy: Any = "eig", *, engine: str = "auto", **kw) -> list:
     """The adaptive loop on the backend :func:`resolve_engine` picks for ``engine`` and ``source``;
-    ``kw`` are :func:`engine.core.adaptive.classify_batch`'s keyword arguments."""
+    ``kw`` are :func:`engine.core.adaptive.classify_batch`'s keyword arguments. A few-shot answer model
+    (``answer_model``) runs on the numpy loop, on the host: the torch loop has no version of it."""
+    model = kw.pop("answer_model", None)
+    if model is not None:
+        from engine.core.adaptive import classify_batch
+
+        return classify_batch(source, system, policy, answer_model=model, **kw)
     if resolve_engine(engine, source) == "torch":
         from engine.torch_engine.loop import classify_batch_torch as run
     else:
