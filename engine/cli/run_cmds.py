@@ -65,7 +65,7 @@ def classify_cmd(args) -> int:
     cal = calibration_arg(args, system)
     check_budget(system, config)
     job = Job(spec, system, config, cal)
-    _announce_target(cal, config, warn)
+    _announce_target(cal, config, warn, system)
     items = _items_of(list(args.images))
     output = output_spec(args)  # its cheap checks ran above; the folder is created once the model has loaded
     cache = _prepare(executor, spec_for_run(spec, config), system, cal)
@@ -97,13 +97,20 @@ def classify_cmd(args) -> int:
     return EXIT_PARTIAL if n_bad else EXIT_OK
 
 
-def _announce_target(cal, config, say) -> None:
-    """Say which τ --target-accuracy chose (before any image is classified)."""
-    from engine.run.calibration_file import target_choice
+def _announce_target(cal, config, say, system=None) -> None:
+    """Say what --policy auto / dev-order runs and which τ --target-accuracy chose (before any image is
+    classified); refuse --policy dev-order without a calibration."""
+    from engine.run.calibration_file import policy_line, resolve_policy, target_choice
 
+    if config.mode == "adaptive":
+        with settings_errors():
+            resolve_policy(cal, config)
+        line = policy_line(cal, config)
+        if line:
+            say(line)
     if config.target_accuracy is not None:
         with settings_errors():  # a plug-in policy or a calibration without its paths: the user's to fix
-            say(target_line(target_choice(cal, config), config))
+            say(target_line(target_choice(cal, config, system), config))
 
 
 def _prepare(executor, spec, system, calibration=None):
@@ -134,7 +141,7 @@ def eval_cmd(args) -> int:
     n = len(dataset)
     log.info("data %s: %d image(s); system %s; mode %s", data.source, n, system.name, config.mode)
     check_budget(system, config)
-    _announce_target(cal, config, print)
+    _announce_target(cal, config, print, system)
     cache = _prepare(executor, spec_for_run(spec, config), system, cal)
     update, close = progress_bar(n, f"eval {config.mode}", args.quiet, cache)
     try:
@@ -196,7 +203,7 @@ def compare_cmd(args) -> int:
                run_config(args, mode="full", templates=None, target_accuracy=None),
                run_config(args, mode="adaptive", templates=None)]
     check_budget(system, configs[2])
-    _announce_target(cal, configs[2], print)
+    _announce_target(cal, configs[2], print, system)
     # --plot: the adaptive configuration again at increasing budgets (images are still embedded once)
     curve_configs = [replace(configs[2], budget=b) for b in curve_budgets(system)
                      if configs[2].budget is None or b < configs[2].budget] if args.plot else []
