@@ -432,7 +432,7 @@ def min_stops(target: float, alpha: float, errors: int = MIN_STOPS_ERRORS) -> in
 
 
 def choose_tau(conf: np.ndarray, correct: np.ndarray, target: float, *, alpha: float = 0.1,
-               taus=DEFAULT_TAUS, min_stopped: int = 20, errors: int = MIN_STOPS_ERRORS) -> TauChoice:
+               taus=DEFAULT_TAUS, min_stopped: int = 20, errors: int | None = MIN_STOPS_ERRORS) -> TauChoice:
     """The lowest τ whose images that stop on confidence are right with probability ≥ target, at confidence 1 − α.
 
     Learn-then-test with fixed-sequence testing (Angelopoulos et al., 2021): the candidate τ are
@@ -450,13 +450,14 @@ def choose_tau(conf: np.ndarray, correct: np.ndarray, target: float, *, alpha: f
     are skipped depends on the confidences only, not on whether the images are right, so the tests
     keep their level.
 
-    conf, correct : as in :func:`stop_outcomes`; target in (0, 1); alpha in (0, 1).
+    conf, correct : as in :func:`stop_outcomes`; target in (0, 1); alpha in (0, 1). errors : see
+    :func:`min_stops`; None tests from ``min_stopped`` alone (the rule before issue 26, kept for comparison).
     """
     if not 0.0 < float(target) < 1.0:
         raise ValueError(f"target accuracy == {target!r}, must be in (0, 1)")
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha == {alpha!r}, must be in (0, 1)")
-    n_min = max(int(min_stopped), 1, min_stops(target, alpha, errors))
+    n_min = max(int(min_stopped), 1, 0 if errors is None else min_stops(target, alpha, errors))
     table = []
     chosen = None
     for tau in sorted({float(t) for t in taus if 0.0 < float(t) < 1.0}, reverse=True):
