@@ -10,9 +10,11 @@ Contract (these names are stable; the CLI, the Python API, Ray and the benchmark
   loaded encoder's ``model_id`` and the hub revision), ``system_name`` / ``system_sha256``
   (:func:`engine.run.provenance.system_hash`), ``sizes`` (G,) K_g, ``dev`` (the dev split: data source,
   rows hash, ``image_sha256`` of every dev image, ``seed``, ``fraction``), ``metrics`` (dev NLL, ECE and
-  accuracy of the full system and of adaptive ``eig`` at τ=0.9, before and after), ``paths``
-  ({policy: :class:`PolicyPaths`}, one τ=1 traced run per built-in policy on the dev images),
-  ``path`` / ``sha256`` (the file it was read from or written to; None before).
+  accuracy of the full system and of adaptive ``eig`` at τ=0.9, before and after, on the fit part), ``paths``
+  ({policy: :class:`PolicyPaths`}, one τ=1 traced run per built-in policy on the select part), ``dev_order``
+  (the dev-order policy's order), ``auto`` (the auto policy's choice and figures), ``select``
+  (:class:`SelectPart`: the select part's similarities and classes), ``path`` / ``sha256`` (the file it was
+  read from or written to; None before).
 
   ``channel(system)`` the fitted answer channel; ``check(system, model_id=None)`` refuses a mismatch
   (:class:`CalibrationMismatch`; ``check(system, model_id, model)``); ``tau_for(policy, target, budget=None, alpha=0.1)`` a
