@@ -55,7 +55,8 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
     half = (a["minus_fixed_ci95"][1] - a["minus_fixed_ci95"][0]) / 2
     return {"pair": prep.data, "model": prep.model_label, "system": s.name, "n_dev": int(len(dev_i)),
             "n_fit": len(cal.dev["fit_select"]["fit"]), "n_select": len(cal.dev["fit_select"]["select"]),
-            "n_test": int(len(test_i)), "choice": cal.auto_choice(), "dev_order": [s.groups[g].name for g in cal.dev_order],
+            "n_test": int(len(test_i)), "choice": cal.auto_choice(),
+            "dev_order": [s.groups[g].name for g in cal.dev_order],
             "select_figures": cal.auto["candidates"], "test": rows, "seconds_calibrate": t_cal,
             "auto_not_below_fixed_by_more_than_ci": bool(a["minus_fixed"] >= -half),
             "auto_above_fixed": bool(a["minus_fixed_ci95"][0] > 0)}

@@ -256,7 +256,7 @@ def _plot(reports, curve, path, model, data, system) -> None:
     from engine.cli.report_cmd import plot_compare, row_of
 
     adaptive = reports[2]
-    # with --target-accuracy each budget gets its own τ (chosen on the calibration's dev paths cut there)
+    # with --target-accuracy each budget gets its own τ (chosen on the calibration's select paths replayed under that budget)
     stop = (f"τ for target {adaptive.target['target_accuracy']:g} at each budget" if adaptive.target
             else f"τ={adaptive.tau:g}")
     name = f"{adaptive.policy}, {stop}, budget swept"

@@ -424,7 +424,8 @@ def min_stops(target: float, alpha: float, errors: int = MIN_STOPS_ERRORS) -> in
     """
     t, a, e = float(target), float(alpha), int(errors)
     if not (0.0 < t < 1.0 and 0.0 < a < 1.0 and e >= 0):
-        raise ValueError(f"min_stops: need target, alpha in (0, 1) and errors >= 0, got {target!r}, {alpha!r}, {errors!r}")
+        raise ValueError(f"min_stops: need target, alpha in (0, 1) and errors >= 0, got {target!r}, {alpha!r}, "
+                         f"{errors!r}")
     n = max(e + 1, int(np.floor(np.log(a) / np.log(t))))  # P(all n right) = t^n ≤ α needs at least this many
     while binom.sf(n - e - 1, n, t) > a:
         n += 1
@@ -580,7 +581,8 @@ def pick_policy(aucs: dict, baseline: str = "fixed") -> tuple[str, dict]:
     diffs = {}
     for k, v in aucs.items():
         d = np.asarray(v["boot"]) - np.asarray(base["boot"])
-        diffs[k] = {"diff": float(v["auc"] - base["auc"]), "diff_ci95": [float(x) for x in np.quantile(d, [0.025, 0.975])]}
+        diffs[k] = {"diff": float(v["auc"] - base["auc"]),
+                    "diff_ci95": [float(x) for x in np.quantile(d, [0.025, 0.975])]}
     best = max(aucs, key=lambda k: (aucs[k]["auc"], k == baseline))
     choice = best if best == baseline or diffs[best]["diff_ci95"][0] > 0 else baseline
     return choice, diffs
