@@ -294,22 +294,25 @@ def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.nda
     return AnswerChannels(lams=lams, confusions=confusions, reliability=rel, n_dev=n_dev, eps=eps)
 
 
-FLAT_TOL = 1e-12  # relative: an objective that moves less than this along w_g over [0, 1] is flat in w_g
+# nats of mean NLL: an objective that moves less than this along w_g over the whole of [0, 1] is flat in w_g. L-BFGS-B
+# stops where the projected gradient is below 1e-5, so on such a coordinate it returns its start (0.5): the case of a
+# group answered at chance (λ_g at its lower bound 0.01, every class's likelihood nearly 1/K_g)
+FLAT_TOL = 1e-4
 
 
 def flat_reliabilities_to_zero(objective, x: np.ndarray) -> np.ndarray:
     """The reliabilities ``x`` (m,) with every coordinate along which ``objective`` is flat set to 0.
 
     objective : callable (m,) -> float. Coordinate j is flat when the objective at x with x_j = 0 and with
-    x_j = 1 both equal the objective at x within FLAT_TOL (relative, at least 1e-15 absolute). A flat
-    objective has no minimiser to report; w = 0 is the defined answer: the group's answers are ignored
-    (uninformative), which changes no posterior that the flat objective could see.
+    x_j = 1 both equal the objective at x within FLAT_TOL (nats). A flat objective has no minimiser to
+    report; w = 0 is the defined answer: the group's answers are ignored (uninformative), which moves the
+    objective by less than FLAT_TOL.
     Returns a new (m,) array.
     """
     x = np.array(x, dtype=np.float64)
     for j in range(len(x)):
         f = objective(x)
-        tol = FLAT_TOL * max(abs(f), 1e-3)
+        tol = FLAT_TOL
         ends = []
         for v in (0.0, 1.0):
             y = x.copy()
