@@ -577,8 +577,9 @@ def pick_policy(aucs: dict, baseline: str = "fixed") -> tuple[str, dict]:
 
     aucs : {name: {"auc": float, "boot": (n_boot,) resampled AUCs on shared resamples}} (:func:`engine.core.
     metrics.budget_aucs`), ``baseline`` among them. Keeping the static system order unless something beats it
-    clearly is what keeps auto from losing to it in expectation on small, noisy dev sets. Returns (choice,
-    {name: {"diff", "diff_ci95"}}): each candidate's AUC minus the baseline's, with its CI.
+    clearly is what keeps auto from losing to it in expectation on small, noisy dev sets. Equal AUCs go to the
+    baseline, then to the name that comes first in ``aucs``. Returns (choice, {name: {"diff", "diff_ci95"}}):
+    each candidate's AUC minus the baseline's, with its CI.
     """
     base = aucs[baseline]
     diffs = {}
