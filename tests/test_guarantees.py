@@ -404,3 +404,21 @@ def test_the_file_round_trips_the_order_the_choice_and_the_select_part(world, tm
     np.testing.assert_array_equal(back.select.truth, cal.select.truth)
     s = world["system"]
     assert _rows(back.tau_for("eig", 0.6, 30, system=s)) == _rows(cal.tau_for("eig", 0.6, 30, system=s))
+
+
+# --------------------------------------------------------------------------- the benches, smoke-run
+@pytest.mark.slow
+def test_the_repeated_split_and_auto_benches_run_and_report(tmp_path):
+    from bench import auto_policy, target_repeats
+
+    r = target_repeats.run(tmp_path / "tr", reps=2, n_devs=[60], n_test=300, targets=[0.7, 0.9], old_at=(60,),
+                           log=lambda *a: None)
+    for which in ("new", "old"):
+        rows = r["results"]["60"][which]
+        assert [x["target"] for x in rows] == [0.7, 0.9] and all(x["reps"] == 2 for x in rows)
+        assert all(x["miss_ci95"][0] <= x["miss_rate"] <= x["miss_ci95"][1] for x in rows)
+    assert "miss rate" in (tmp_path / "tr" / "report.md").read_text()
+    a = auto_policy.run(tmp_path / "ap", probe=None, cache_dir=tmp_path, quick=True, log=lambda *x: None)
+    p = a["pairs"]["simulator × pokemon15"]
+    assert p["choice"] in p["test"] and p["test"]["auto"]["auc"] == p["test"][p["choice"]]["auc"]
+    assert p["test"]["fixed"]["minus_fixed"] == 0.0
