@@ -143,8 +143,9 @@ class LookaheadPolicy(Policy):
     makes of the next question (a coarse split that makes a fine question decisive) can win over a
     greedier one.
 
-    candidates : only the ``candidates`` groups with the highest one-step EIG per prompt (per image) are
-        looked ahead from; the others score −inf. With G ≤ candidates every group is. Cost per step:
+    candidates : only the ``candidates`` groups with the highest one-step EIG per prompt (per image; rates
+        equal within TIE_RTOL go by the lower index, as everywhere in the engine) are looked ahead from; the
+        others score −inf. With G ≤ candidates every group is. Cost per step:
         ``candidates`` matmuls of (n, C) @ (C, K_g·(Q+G)), i.e. about n·C·candidates·K̄·Q flops.
     """
 
