@@ -40,7 +40,7 @@ import numpy as np
 
 from engine import StopRule
 from engine.core.calibration import fit_answer_channels, split_by_image  # the one split helper: stratified by class
-from engine.core.metrics import accuracy_ci
+from engine.core.metrics import accuracy_ci, bootstrap_weights, normalised_auc_rows
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
 from policies import get_policy
@@ -73,26 +73,14 @@ def budget_curve(prep: C.Prepared, make_policy, budgets: list[int], *, lam, chan
 
 
 def auc_rows(acc: np.ndarray, mq: np.ndarray, q_full: float) -> np.ndarray:
-    """Normalised AUC of many curves at once.
-
-    acc, mq : (R, nb) accuracy and mean Q of R curves (e.g. bootstrap resamples); column 0 is budget 0.
-    Returns (R,): :func:`bench.common.normalised_auc` of each curve, started at its own budget-0 accuracy.
-    """
-    mq = np.clip(mq, 0.0, q_full)
-    order = np.argsort(mq, axis=1, kind="stable")
-    x = np.take_along_axis(mq, order, axis=1)
-    y = np.take_along_axis(acc, order, axis=1)
-    x = np.concatenate([np.zeros((len(x), 1)), x, np.full((len(x), 1), q_full)], axis=1)
-    y = np.concatenate([acc[:, :1], y, y[:, -1:]], axis=1)
-    return np.trapezoid(y, x, axis=1) / q_full
+    """Normalised AUC of many curves at once: :func:`engine.core.metrics.normalised_auc_rows` (the one the auto
+    policy's choice uses). acc, mq : (R, nb), column 0 budget 0. Returns (R,)."""
+    return normalised_auc_rows(acc, mq, q_full)
 
 
 def resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) bootstrap weights: row r counts how often each image is drawn in resample r, over n."""
-    idx = np.random.default_rng([seed, 7]).integers(0, n, size=(n_boot, n))
-    w = np.zeros((n_boot, n))
-    np.add.at(w, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
-    return w / n
+    """(n_boot, n) bootstrap weights: :func:`engine.core.metrics.bootstrap_weights`."""
+    return bootstrap_weights(n, n_boot, seed)
 
 
 def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,

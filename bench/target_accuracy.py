@@ -5,8 +5,8 @@
 
 For each pair (the simulator with unequally reliable groups, and the attribute probe's Gen-1 pairs of
 :mod:`bench.channels`; the probe is trained here, not CLIP) the images are split 50/50 by image. On the dev
-half: the per-group channels are fitted and every built-in policy's τ=1 path is traced
-(:func:`engine.run.calibration_file.fit_calibration`, what ``twentyq calibrate`` does); then for the target
+half, :func:`engine.run.calibration_file.fit_calibration` does what ``twentyq calibrate`` does: the per-group
+channels are fitted on its fit part and the policy's τ=1 paths traced on its select part; then for the target
 A, :func:`engine.run.calibration_file.target_choice` picks τ (learn-then-test, 90% confidence; what
 ``--target-accuracy A`` does). On the test half, the adaptive loop runs with that τ and the fitted channel;
 reported: how many images stop on confidence and their accuracy with a 95% Clopper–Pearson CI, the others

@@ -137,7 +137,7 @@ class Classifier:
             return None
         key = (config.policy, float(config.target_accuracy), config.budget)
         if key not in self._taus:
-            self._taus[key] = target_choice(self.calibration, config)
+            self._taus[key] = target_choice(self.calibration, config, self.system)
         return self._taus[key]
 
     def calibrated(self, config: RunConfig) -> bool:
@@ -205,6 +205,7 @@ class Classifier:
         top-k after each step on each step (``Step.top``; see ``classify_batch``); it is not a
         setting of the run (not in RunConfig, so no fingerprint changes), only how much is reported.
         """
+        from engine.run.calibration_file import resolve_policy
         from engine.run.encoder_source import EncoderSource
 
         t0 = time.perf_counter()
@@ -213,7 +214,7 @@ class Classifier:
         elif config.mode == "full":
             system, policy, stop = self.system, "fixed", NO_STOP
         else:
-            system, policy, stop = self.system, config.make_policy(), config.stop_rule()
+            system, policy, stop = self.system, resolve_policy(self.calibration, config), config.stop_rule()
             choice = self.target_choice(config)
             if choice is not None:
                 stop = StopRule(choice.tau, config.delta, config.budget)

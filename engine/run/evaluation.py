@@ -116,7 +116,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
     excluded : the calibration's dev images left out of ``items`` (:func:`exclude_dev`).
     Its ``settings`` hold everything that reproduces it (the job's settings, the data spec).
     """
-    from engine.run.calibration_file import choice_dict, target_choice
+    from engine.run.calibration_file import choice_dict, policy_label, target_choice
 
     from engine.encoders.registry import model_label
 
@@ -138,7 +138,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
     classes = per_class(labels, preds)
     adaptive = config.mode == "adaptive"
     nan = float("nan")
-    choice = target_choice(job.calibration, config) if adaptive else None
+    choice = target_choice(job.calibration, config, job.system) if adaptive else None
     confident, not_confident = stop_split([r for r, _ in ok], correct) if adaptive else (None, None)
     return EvalReport(
         n=len(ok), accuracy=float(correct.mean()) if ok else nan, ci95=accuracy_ci(correct),
@@ -146,7 +146,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
         mean_per_class_recall=float(np.mean([c["accuracy"] for c in classes.values()])) if classes else nan,
         mean_q=float(qs.mean()) if ok else nan, median_q=float(np.median(qs)) if ok else nan,
         text_encodes=int(stats.get("text_encodes", 0)), text_hits=int(stats.get("text_hits", 0)),
-        model=job.encoder.model, system=job.system.name, data=data_name, mode=config.mode, policy=config.policy if adaptive else "fixed",
+        model=job.encoder.model, system=job.system.name, data=data_name, mode=config.mode, policy=policy_label(job.calibration, config) if adaptive else "fixed",
         tau=(choice.tau if choice is not None else config.tau) if adaptive else None, delta=config.delta if adaptive else None,
         budget=config.budget if adaptive else None, shortlist=config.shortlist if adaptive else None,
         scorer=config.scorer, eps=config.eps, per_class=classes, confusion=top_confusions(labels, preds),
