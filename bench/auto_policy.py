@@ -22,19 +22,20 @@ from typing import Any
 
 import numpy as np
 
+from engine.core.calibration import split_by_image  # the one split helper: stratified by class
 from engine.core.metrics import budget_aucs, budget_grid
 from engine.run.calibration_file import fit_calibration
 from policies.builtin import AUTO_CANDIDATES
 
 from . import common as C
-from .channels import DEFAULT_PROBE, budget_curve, probe_preps, simulator_prep, split_by_image
+from .channels import DEFAULT_PROBE, budget_curve, probe_preps, simulator_prep
 
 DEFAULT_OUT = C.DEFAULT_OUT / "auto_policy"
 
 
 def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000) -> dict[str, Any]:
     s = prep.system
-    dev_i, test_i = split_by_image(prep.n, seed)
+    dev_i, test_i = split_by_image(prep.truth, 0.5, seed)
     dev, test = prep.subset(dev_i), prep.subset(test_i)
     t0 = time.perf_counter()
     cal = fit_calibration(dev.sims, dev.truth, s, lam0=prep.logit_scale, eps=prep.eps, model=prep.model,
@@ -42,7 +43,8 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
     t_cal = time.perf_counter() - t0
     ch = cal.channel(s)
     budgets = budget_grid(int(s.q_total), n_budgets)
-    curves = {p: budget_curve(test, lambda p=p: cal.policy_object(p), budgets, lam=cal.lams, channel=ch)
+    curves = {p: budget_curve(test, lambda p=p: cal.policy_object(p), budgets, lam=cal.lams, channel=ch,
+                              answer_model=cal.answer_model(s))
               for p in AUTO_CANDIDATES}
     curves["auto"] = curves[cal.auto_choice()]
     aucs = budget_aucs(curves, float(s.q_total), n_boot=n_boot, seed=seed)

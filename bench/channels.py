@@ -59,15 +59,18 @@ SIM_WRONG = (0.0, 0.6)
 
 
 # --------------------------------------------------------------------------- pieces
-def budget_curve(prep: C.Prepared, make_policy, budgets: list[int], *, lam, channel) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image outcomes along a budget sweep (τ = 1).
+def budget_curve(prep: C.Prepared, make_policy, budgets: list[int], *, lam, channel, answer_model=None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image outcomes along a budget sweep (τ = 1); ``answer_model``: a few-shot posterior the loop
+    reports on (a calibration's :meth:`answer_model`), else the channel's Bayes update.
 
     Returns correct (B, nb) float and q (B, nb) float: image i right / prompts spent at budget b.
     """
     correct = np.zeros((prep.n, len(budgets)))
     q = np.zeros((prep.n, len(budgets)))
     for j, b in enumerate(budgets):
-        pt = C.run_point(prep, make_policy(), StopRule(budget=int(b)), logit_scale=lam, channel=channel)
+        pt = C.run_point(prep, make_policy(), StopRule(budget=int(b)), logit_scale=lam, channel=channel,
+                         answer_model=answer_model)
         correct[:, j], q[:, j] = pt.correct, pt.q
     return correct, q
 

@@ -61,9 +61,9 @@ def one_repetition(system, wrong, rep: int, n_dev: int, n_test: int, targets: li
     dev_sims, dev_truth = draw(system, n_dev, seed=1_000_003 * (rep + 1) + n_dev, wrong=wrong)
     test_sims, test_truth = draw(system, n_test, seed=2_000_003 * (rep + 1) + n_dev, wrong=wrong)
     cal = fit_calibration(dev_sims, dev_truth, system, lam0=lam, eps=0.05, model="sim", model_id="sim",
-                          policies=[policy], auto=False, split_seed=rep)
+                          policies=[policy], auto=False, seed=rep)
     ch = cal.channel(system)
-    test = trace_paths(test_sims, test_truth, system, policy, cal.lams, ch)
+    test = trace_paths(test_sims, test_truth, system, policy, cal.lams, ch, cal.answer_model(system))
     out = {"new": [], "old": []}
     for t in targets:
         c = cal.tau_for(policy, t, alpha=ALPHA, system=system)

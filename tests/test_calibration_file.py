@@ -402,7 +402,8 @@ def test_few_shot_calibration_learns_how_each_class_is_answered_and_records_why(
     held = dec["heldout"]
     lr = held["few-shot posterior (group-masked LR)"]
     assert lr["accuracy"] > held[f"rule channel, {dec['rule_channel']}"]["accuracy"] + 0.3
-    assert cal.few_shot.n_dev.tolist() == np.bincount(relabelled["truth"][relabelled["dev"]],
+    fit_part = relabelled["dev"][cal.dev["fit_select"]["fit"]]  # the answer model is fitted on the fit part only
+    assert cal.few_shot.n_dev.tolist() == np.bincount(relabelled["truth"][fit_part],
                                                        minlength=system.n_classes).tolist()
     test = relabelled["test"]
     src = ArraySource(relabelled["sims"][test], system)
@@ -466,16 +467,22 @@ def test_a_damaged_few_shot_posterior_is_refused_naming_the_file(relabelled, tmp
     assert "few.json" in str(e.value) and "few-shot" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_few_shot_with_classes_missing_from_dev_falls_back_to_the_rule_channel_for_them(world):
+def test_few_shot_with_classes_missing_from_dev_falls_back_to_the_rule_channel_for_them(world, relabelled,
+                                                                                         monkeypatch):
+    import engine.core.answer_models as AM
+
     system = world["system"]
-    keep = world["truth"] < 10  # 5 of 15 classes have no dev image
-    cal = fit_calibration(world["sims"][keep], world["truth"][keep], system, lam0=200.0, eps=0.05, model="sim",
-                          model_id="sim@1", policies=["fixed"], setting="few-shot")
+    keep = relabelled["truth"] < 10  # 5 of 15 classes have no dev image
+    # whether the per-class channel wins on held-out dev depends on the draw; here it is made to, so that
+    # what is kept for the classes without dev images is what this test checks
+    monkeypatch.setattr(AM, "replaces", lambda *a, **k: True)
+    cal = fit_calibration(relabelled["sims"][keep], relabelled["truth"][keep], system, lam0=200.0, eps=0.05,
+                          model="sim", model_id="sim@1", policies=["fixed"], setting="few-shot")
     assert cal.few_shot is not None and cal.few_shot.posterior is None and cal.answer_model(system) is None
     rule_P = cal.channels.channel(system.rule_matrix, system.option_counts).P
     np.testing.assert_array_equal(cal.channel(system).P[10:], rule_P[10:])
-    auto = fit_calibration(world["sims"][keep], world["truth"][keep], system, lam0=200.0, eps=0.05, model="sim",
-                           model_id="sim@1", policies=["fixed"])
+    auto = fit_calibration(relabelled["sims"][keep], relabelled["truth"][keep], system, lam0=200.0, eps=0.05,
+                           model="sim", model_id="sim@1", policies=["fixed"])
     assert auto.setting == "zero-shot" and auto.few_shot is None
 
 
