@@ -144,6 +144,7 @@ def test_bench_all_on_simulator(tmp_path):
         assert (tmp_path / png).is_file() and png in text
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_target_accuracy_bench_on_the_simulator(tmp_path):
     """τ chosen on dev for target 0.8 gives confident stops whose test accuracy reaches 0.8 within its CI, at a mean Q
     below the full system's; the images that never reach τ are counted apart, with their own stop reasons."""

@@ -230,6 +230,7 @@ def test_exclude_dev_matches_by_content_not_by_name(world, tmp_path):
     assert n == 2 and [it.path for it in kept] == [str(tmp_path / "missing.png")]
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_the_resume_fingerprint_changes_with_the_calibration(world):
     spec, system, config = EncoderSpec(model="sim"), world["system"], RunConfig()
     other = fit_calibration(world["sims"][:100], world["truth"][:100], system, lam0=200.0, eps=0.05, model="sim",
@@ -242,6 +243,7 @@ def test_the_resume_fingerprint_changes_with_the_calibration(world):
 
 
 # --------------------------------------------------------------------------- target accuracy
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_target_accuracy_reports_confident_stops_apart_from_the_others(world):
     clf = calibrated(world)
     config = RunConfig(policy="eig", target_accuracy=0.9)
@@ -439,6 +441,7 @@ def test_a_few_shot_calibration_with_the_sum_scorer_is_a_one_line_user_error(wor
         clf.classify([world["paths"][1]], RunConfig(mode="full", scorer="sum"))
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_zero_shot_setting_fits_no_posterior_and_a_fit_worse_on_held_out_dev_is_not_kept(world, relabelled):
     system = world["system"]
     dev = relabelled["dev"]
@@ -467,6 +470,7 @@ def test_a_damaged_few_shot_posterior_is_refused_naming_the_file(relabelled, tmp
     assert "few.json" in str(e.value) and "few-shot" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_few_shot_with_classes_missing_from_dev_falls_back_to_the_rule_channel_for_them(world, relabelled,
                                                                                          monkeypatch):
     import engine.core.answer_models as AM

@@ -312,6 +312,7 @@ def test_cli_validate_lists_every_problem_of_a_descriptor_file(tmp_path, capsys)
     assert capsys.readouterr().out.startswith("ok: pokemon15")
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_cli_descriptor_notices_are_printed_once(tmp_path, capsys):
     solid("red").save(tmp_path / "a.png")
     assert main(["classify", str(tmp_path / "a.png"), "--descriptors", str(FIXTURES / "dclip_food101_style.json"),

@@ -59,6 +59,7 @@ def tiny(request):
     return request.param, load_encoder(str(tiny_model_dir(request.param)), device="cpu", batch_size=2)
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_tiny_model_contract(tiny):
     kind, enc = tiny
     assert isinstance(enc, Encoder)

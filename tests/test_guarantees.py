@@ -249,6 +249,7 @@ def test_fit_and_select_parts_are_disjoint_stratified_and_seeded(labels, seed):
     np.testing.assert_array_equal(fit, f2)
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_calibrate_fits_channels_on_the_fit_part_and_traces_paths_on_the_select_part(world):  # noqa: F811
     cal, s = world["cal"], world["system"]
     fs = cal.dev["fit_select"]

@@ -169,6 +169,7 @@ def test_split_is_a_stratified_partition_and_seeded(n, n_classes, frac, seed):
     assert np.array_equal(dev, d2) and np.array_equal(test, t2)
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_refinement_never_sees_the_test_split():
     """The refined system depends on dev images only: changing every test image changes nothing,
     and refinement never asks for a test image's similarities."""

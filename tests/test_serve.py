@@ -270,6 +270,7 @@ def test_settings_are_checked():
             ServeSettings(**kw)
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_timeout_answers_504_and_the_server_goes_on():
     class Slow(FakeEncoder):
         def encode_images(self, images):
@@ -730,6 +731,7 @@ def test_request_cost_is_every_kept_image_plus_the_largest_decode():
     assert request_cost([]) == 0
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_no_decode_memory_within_the_wait_is_a_503_with_retry_after_then_recovery():
     """A small budget (1 MiB): while one request holds it (its images wait for a slow model), another waits
     ``decode_wait_s`` and gets 503 + Retry-After; valid images are never a 400; afterwards requests pass."""
@@ -757,6 +759,7 @@ def test_no_decode_memory_within_the_wait_is_a_503_with_retry_after_then_recover
         assert r.status_code == 200 and r.json()["results"][0]["error"] is None
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_a_timed_out_request_stops_decoding_and_gives_its_memory_back(monkeypatch):
     """Issue 27: requests answered 504 went on decoding. Now the images after the timeout are not
     decoded, and the memory is given back once the image being decoded is done."""
@@ -827,6 +830,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
         return True, got
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_half_sent_headers_and_bodies_are_dropped():
     """Issue 27: half-sent headers and bodies were never timed out. Headers must be complete, and then the
     body, within --read-timeout-s; a normal request on the same server still works."""

@@ -139,6 +139,7 @@ def tiny_pair(request):
     return request.param, plain, bucketed
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_bucketed_embeddings_equal_todays(tiny_pair):
     kind, plain, bucketed = tiny_pair
     for n in (3, len(PROMPTS)):  # one short batch; three batches of up to 16, one of them truncated
@@ -175,6 +176,7 @@ def test_a_model_where_padding_shows_is_not_bucketed():
     assert enc.text_buckets is None
 
 
+@pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_warm_up_runs_every_bucket_so_later_asks_meet_no_new_shape():
     enc = load_encoder(str(tiny_model_dir("clip")), device="cpu", batch_size=8)
     done = prepare_text(enc, buckets="on", warm_up="on")
