@@ -45,8 +45,13 @@ class RandomPolicy(Policy):
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
 
+    def keys(self, images: np.ndarray, n_groups: int) -> np.ndarray:
+        """(n, G) uniform keys in [0, 1) of images (n,) (batch indices); each image asks its groups in
+        decreasing key order."""
+        return _hash_uniform(self.seed, np.asarray(images), n_groups)
+
     def select(self, state: PolicyState) -> np.ndarray:
-        keys = _hash_uniform(self.seed, state.images, state.available.shape[1])
+        keys = self.keys(state.images, state.available.shape[1])
         return np.argmax(np.where(state.available, keys, -1.0), axis=1)
 
 

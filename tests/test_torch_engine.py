@@ -1,5 +1,6 @@
 """The torch backend of the adaptive loop against the numpy reference: the same Results within float64
-rounding, over hypothesis-drawn systems, similarities and settings; its scoring twins; the backend choice.
+rounding, over hypothesis-drawn systems, similarities and settings; the scoring functions on both array
+backends; the tensor policies; the backend choice.
 
 (The property suite itself runs on both backends through the ``classify`` fixture in conftest.py.)
 """
@@ -15,9 +16,8 @@ from hypothesis import strategies as st
 from engine import ArraySource, StopRule, build_channel, classify_batch
 from engine.core import scoring as ns
 from engine.core.scoring import group_log_probs
-from engine.torch_engine import ENGINES, HostSource, TensorSource, classify, resolve_engine
-from engine.torch_engine import scoring as ts
-from engine.torch_engine.loop import classify_batch_torch
+from engine.run.engines import ENGINES, classify, resolve_engine
+from engine.torch_engine import HostSource, TensorSource, TorchArrays
 from engine.torch_engine.policies import TORCH_POLICIES, TorchPolicyState, host_select, select
 from policies import POLICIES, Policy, PolicyState, get_policy, list_policies
 from systems.build import with_name_group
@@ -26,6 +26,12 @@ from .strategies import EPS, LOGIT_SCALES, posteriors, similarity_arrays, system
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOL = 1e-9
+CPU = TorchArrays("cpu")
+
+
+def classify_batch_torch(source, system, policy, **kw):
+    """The one loop on the torch backend, on the source's device."""
+    return classify_batch(source, system, policy, xp=TorchArrays.for_source(source), **kw)
 
 
 def t(a):
@@ -173,43 +179,46 @@ def test_each_built_in_policy_has_a_tensor_version_that_chooses_as_numpy(system,
     images = np.arange(n) * 3
     np_state = PolicyState(post=post, eig=ns.expected_information_gain(post, ch), available=avail,
                            budget_left=np.full(n, np.inf), images=images, channel=ch)
-    tch = ts.TorchChannel.of(ch, torch.device("cpu"))
-    t_state = TorchPolicyState(post=t(post), eig=ts.expected_information_gain(t(post), tch), available=t(avail),
-                               budget_left=torch.full((n,), np.inf, dtype=torch.float64), images=t(images),
-                               channel=tch, n_images=3 * n, memo={})
+    tch = CPU.channel(ch)
+    t_state = TorchPolicyState(post=t(post), eig=ns.expected_information_gain(t(post), tch, CPU),
+                               available=t(avail), budget_left=torch.full((n,), np.inf, dtype=torch.float64),
+                               images=t(images), channel=tch, n_images=3 * n, memo={})
     pol = get_policy(name)
     want = pol.select(np_state)
     np.testing.assert_array_equal(select(pol, t_state).numpy(), want)
     np.testing.assert_array_equal(host_select(pol, t_state).numpy(), want)
 
 
-# --------------------------------------------------------------------------- the scoring twins
+# --------------------------------------------------------------------------- the scoring on both backends
 @SETTINGS
 @given(system=systems(), data=st.data(), lam=LOGIT_SCALES, eps=EPS)
-def test_scoring_twins_agree_with_numpy(system, data, lam, eps):
+def test_scoring_on_torch_arrays_agrees_with_numpy(system, data, lam, eps):
     B = data.draw(st.integers(1, 4))
     sims = data.draw(similarity_arrays(B, system.q_total))
     ch = build_channel(system.rule_matrix, system.option_counts, eps)
-    tch = ts.TorchChannel.of(ch, torch.device("cpu"))
+    tch = CPU.channel(ch)
     post = data.draw(posteriors(system.n_classes, B))
-    np.testing.assert_allclose(ts.expected_information_gain(t(post), tch).numpy(),
+    np.testing.assert_allclose(ns.expected_information_gain(t(post), tch, CPU).numpy(),
                                ns.expected_information_gain(post, ch), atol=1e-12)
-    np.testing.assert_allclose(ts.entropy(t(post)).numpy(), ns.entropy(post, axis=1), atol=1e-12)
+    np.testing.assert_allclose(ns.entropy(t(post), axis=1, xp=CPU).numpy(), ns.entropy(post, axis=1), atol=1e-12)
     for g in range(system.n_groups):
         block = sims[:, ch.cols(g)]
         lp = group_log_probs(block, lam)
-        lp_t = ts.group_log_probs(t(block), lam)
+        lp_t = group_log_probs(t(block), lam, CPU)
         np.testing.assert_allclose(lp_t.numpy(), lp, atol=1e-12)
-        np.testing.assert_allclose(ts.bayes_loglik(lp_t, tch.P[:, ch.cols(g)], tch.logP[:, ch.cols(g)]).numpy(),
+        np.testing.assert_allclose(ns.bayes_loglik(lp_t, tch.P[:, ch.cols(g)], CPU).numpy(),
                                    ns.bayes_loglik(lp, ch.P[:, ch.cols(g)]), rtol=1e-12, atol=1e-12)
+        x = t(post) + lp_t[:, :1]
+        np.testing.assert_allclose(ns.bayes_update(x, lp_t[:, :1], CPU).numpy(),
+                                   ns.bayes_update(x.numpy(), lp[:, :1]), atol=1e-12)
     m = data.draw(st.integers(1, system.n_classes))
     cand = ns.shortlist(post, m)
-    np.testing.assert_array_equal(ts.shortlist(t(post), m).numpy(), cand)
-    np.testing.assert_allclose(ts.shortlist_eig(t(post), t(cand), eps).numpy(), ns.shortlist_eig(post, cand, eps),
-                               atol=1e-12)
+    np.testing.assert_array_equal(ns.shortlist(t(post), m, CPU).numpy(), cand)
+    np.testing.assert_allclose(ns.shortlist_eig(t(post), t(cand), eps, CPU).numpy(),
+                               ns.shortlist_eig(post, cand, eps), atol=1e-12)
     lp = group_log_probs(sims[:, :cand.shape[1]], lam) if system.q_total >= cand.shape[1] else None
     if lp is not None:
-        np.testing.assert_allclose(ts.shortlist_loglik(t(lp), t(cand), system.n_classes, eps).numpy(),
+        np.testing.assert_allclose(ns.shortlist_loglik(t(lp), t(cand), system.n_classes, eps, CPU).numpy(),
                                    ns.shortlist_loglik(lp, cand, system.n_classes, eps), atol=1e-12)
 
 
@@ -217,8 +226,7 @@ def test_bayes_loglik_underflow_takes_the_log_space_path_as_numpy():
     r = np.array([[True, False, False], [False, True, False]])
     ch = build_channel(r, np.array([3]), 0.0)
     lp = group_log_probs(np.array([[0.0, 0.1, 1.0]]), 1e4)
-    tch = ts.TorchChannel.of(ch, torch.device("cpu"))
-    got = ts.bayes_loglik(t(lp), tch.P, tch.logP).numpy()
+    got = ns.bayes_loglik(t(lp), CPU.channel(ch).P, CPU).numpy()
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, ns.bayes_loglik(lp, ch.P), rtol=1e-12)
 

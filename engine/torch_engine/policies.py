@@ -1,39 +1,38 @@
-"""Torch implementations of the built-in policies, and the host fallback for any other policy.
+"""Tensor versions of the built-in policies, and the host fallback for any other policy.
 
 A policy stays what :mod:`policies` says: an object with one numpy method, ``select``. The torch
-loop looks up ``type(policy)`` (exactly: a subclass that overrides ``select`` is not its parent)
+backend looks up ``type(policy)`` (exactly: a subclass that overrides ``select`` is not its parent)
 in :data:`TORCH_POLICIES`; a hit runs as tensor operations on the device, a miss (a plug-in, or the
-built-in `lookahead`, which has no tensor version yet) runs
-the policy's own ``select`` on a numpy copy of the state (:func:`host_select`), so every policy
-works on every device. A plug-in can add its own tensor version with ``@torch_policy(MyPolicy)``.
+built-in `lookahead`, which has no tensor version yet) runs the policy's own ``select`` on a numpy
+copy of the state (:func:`host_select`), so every policy works on every device. A plug-in can add
+its own tensor version with ``@torch_policy(MyPolicy)``.
 
-Ties follow :func:`policies.base.near_max` exactly: within TIE_RTOL of the row's best (TIE_ATOL
-near 0), lowest index first. Both backends compute in float64, so the same tolerance means the
-same choice wherever two scores are not within a few ulps of the tolerance's edge.
+A tensor version takes ``(policy, state)``, ``state`` a :class:`TorchPolicyState`. Ties follow
+:func:`policies.base.near_max` exactly: within TIE_RTOL of the row's best (TIE_ATOL near 0), lowest
+index first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from policies import Policy, PolicyState
 from policies.base import TIE_ATOL, TIE_RTOL
-from policies.builtin import EIGPerPromptPolicy, EIGPolicy, FixedPolicy, RandomPolicy, Top2Policy, _hash_uniform
-
-from engine.torch_engine.scoring import TorchChannel
-
+from policies.builtin import EIGPerPromptPolicy, EIGPolicy, FixedPolicy, RandomPolicy, Top2Policy
 
 @dataclass(frozen=True)
 class TorchPolicyState:
     """:class:`policies.PolicyState` as tensors on the device, for n images.
 
     post (n, C), eig (n, G), available (n, G) bool, budget_left (n,) float, images (n,) int64
-    (indices into the batch), channel : the TorchChannel, n_images : the batch's B, memo : a dict
-    that lives for one run, where a tensor policy may keep what it computes once per batch.
+    (indices into the batch), channel : the ``engine.torch_engine.arrays.TorchChannel``, n_images :
+    the batch's B, memo : a dict that lives for one run, where a tensor policy may keep what it
+    computes once per batch.
     """
 
     post: torch.Tensor
@@ -41,7 +40,7 @@ class TorchPolicyState:
     available: torch.Tensor
     budget_left: torch.Tensor
     images: torch.Tensor
-    channel: TorchChannel
+    channel: Any
     n_images: int
     memo: dict
 
@@ -91,12 +90,11 @@ def _eig_per_prompt(policy: EIGPerPromptPolicy, st: TorchPolicyState) -> torch.T
 
 @torch_policy(RandomPolicy)
 def _random(policy: RandomPolicy, st: TorchPolicyState) -> torch.Tensor:
-    # the same splitmix64 keys as the numpy policy, made once per batch for all B images on the host
-    # (uint64 arithmetic) and gathered per round on the device
+    # the numpy policy's keys, made once per batch for all B images on the host and gathered per round
     key = ("random", policy.seed)
     if key not in st.memo:
-        G = st.available.shape[1]
-        st.memo[key] = torch.as_tensor(_hash_uniform(policy.seed, np.arange(st.n_images), G), device=st.images.device)
+        st.memo[key] = torch.as_tensor(policy.keys(np.arange(st.n_images), st.available.shape[1]),
+                                       device=st.images.device)
     keys = st.memo[key].index_select(0, st.images)
     return torch.argmax(torch.where(st.available, keys, -1.0), dim=1)
 
