@@ -100,8 +100,9 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
 
     Its packages are imported from ``path`` under their own names while this version's are set aside,
     then this version's are put back: the old functions keep the old modules they were imported with.
-    The runners take a :class:`Case` as :func:`run_numpy` and :func:`run_torch` do. The old torch loop
-    is ``engine.torch_engine.loop.classify_batch_torch`` (the layout up to 90c22eb).
+    The runners take a :class:`Case` as :func:`run_numpy` and :func:`run_torch` do. The torch loop is
+    ``engine.torch_engine.loop.classify_batch_torch`` in the layout up to 90c22eb (two loops), else
+    ``engine.run.engines.classify(..., engine="torch")``.
     """
     tops = ("engine", "policies", "systems")
     ours = {k: m for k, m in sys.modules.items() if k.split(".")[0] in tops}
@@ -111,8 +112,14 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
     try:
         import engine.core.adaptive as old_adaptive
         import engine.core.sources as old_sources
-        import engine.torch_engine.loop as old_loop
         import engine.torch_engine.sources as old_tsources
+        if (Path(path) / "engine/torch_engine/loop.py").exists():
+            from engine.torch_engine.loop import classify_batch_torch as old_torch_loop
+        else:
+            from engine.run.engines import classify as old_classify
+
+            def old_torch_loop(*a, **kw):
+                return old_classify(*a, engine="torch", **kw)
     finally:
         sys.path.remove(str(path))
         for k in [k for k in sys.modules if k.split(".")[0] in tops]:
@@ -124,8 +131,8 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
         return old_adaptive.classify_batch(old_sources.ArraySource(c.sims, c.system), c.system, c.policy, **kw(c))
 
     def old_torch(c: Case) -> list:
-        src = old_tsources.TensorSource(torch.as_tensor(c.sims), c.system)
-        return old_loop.classify_batch_torch(src, c.system, c.policy, **kw(c))
+        return old_torch_loop(old_tsources.TensorSource(torch.as_tensor(c.sims), c.system), c.system, c.policy,
+                              **kw(c))
 
     return old_numpy, old_torch
 

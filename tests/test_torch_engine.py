@@ -307,3 +307,31 @@ def test_gpu_engine_measure_runs_on_the_cpu():
     for row in out["cases"]:
         assert row["ms_per_image"] > 0 and row["mean_q"] > 0
         assert row["agreement"]["labels_differ"] == row["agreement"]["paths_differ"] == 0
+
+
+@pytest.mark.slow
+def test_engine_speed_before_after_loads_another_checkout_beside_this_one(tmp_path):
+    """The bench's --before mode: a copy of this checkout, imported under its own names, runs its loop
+    on the same case and gives the same Results; this checkout's modules are back in place after."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import engine.core.adaptive as ours
+    from engine.core.results import Result
+    from bench.engine_speed import alternating_best, cases, load_before, measure_before_after, report_before_after
+
+    root = Path(__file__).resolve().parents[1]
+    for top in ("engine", "policies", "systems"):
+        shutil.copytree(root / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    old_np, old_t = load_before(tmp_path)
+    assert sys.modules["engine.core.adaptive"] is ours
+    c = cases(images=12, big_images=4, n_classes=12, n_groups=4, k=3, budget=6)[1]
+    assert type(old_np(c)[0]) is not Result and type(old_t(c)[0]) is not Result  # the copy's own classes
+    row = measure_before_after(c, (old_np, old_t), repeats=1)
+    for backend in ("numpy", "torch"):
+        assert row["agreement"][backend]["labels_differ"] == row["agreement"][backend]["paths_differ"] == 0
+    assert row["numpy_new_over_old"] > 0 and "new/old" in report_before_after([row])
+    calls = []
+    assert len(alternating_best([lambda: calls.append("a"), lambda: calls.append("b")], 2)) == 2
+    assert calls == ["a", "b", "a", "b"]

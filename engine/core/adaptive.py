@@ -208,6 +208,9 @@ class _Run:
         B, C, G = setup.n_images, system.n_classes, system.n_groups
         self.setup, self.src, self.system, self.xp, self.top_k, self.trace = setup, src, system, xp, top_k, trace
         self.ch = xp.channel(setup.channel)  # P, H, A on the backend; setup.channel stays the host's
+        self.k = [int(k) for k in setup.channel.sizes]  # per group, as Python numbers: K_g, columns, λ_g
+        self.cols = [setup.channel.cols(g) for g in range(G)]
+        self.lams = [float(lam) for lam in setup.lams]
         self.log_post = xp.array(log_prior(C, prior, B))
         self.sum_sc = xp.zeros((B, C)) if setup.scorer == "sum" else None
         self.asked = xp.zeros((B, G), "bool")
@@ -272,21 +275,19 @@ class _Run:
         return self.results()
 
     def ask_group(self, imgs, g: int, eig_g) -> None:
-        xp, setup, system = self.xp, self.setup, self.system
-        k = int(setup.channel.sizes[g])
+        xp, k, cols = self.xp, self.k[g], self.cols[g]
         sims = self.src.similarities(imgs, g)
         if tuple(sims.shape) != (len(imgs), k):
             raise ValueError(f"similarity source returned shape {tuple(sims.shape)} for group "
-                             f"{system.groups[g].name!r}, expected {(len(imgs), k)}")
+                             f"{self.system.groups[g].name!r}, expected {(len(imgs), k)}")
         # an image with a non-finite similarity fails here and stops; it is scored along with the rest
         # (its NaNs touch only its own rows) and its Result is the error alone, so the host need not look
         bad = ~xp.isfinite(sims).all(axis=1)
         self.failed_group[imgs] = xp.where(bad, g, self.failed_group[imgs])
         self.reason[imgs] = xp.where(bad, ERROR, self.reason[imgs])
         self.active[imgs] &= ~bad
-        cols = setup.channel.cols(g)
-        with np.errstate(invalid="ignore"):  # those NaN rows
-            lp = group_log_probs(sims, float(setup.lams[g]), xp)
+        with xp.errstate(invalid="ignore"):  # those NaN rows
+            lp = group_log_probs(sims, self.lams[g], xp)
             self.log_post[imgs] = bayes_update(self.log_post[imgs], bayes_loglik(lp, self.ch.P[:, cols], xp), xp)
             if self.sum_sc is not None:
                 self.sum_sc[imgs] += xp.exp(lp) @ self.ch.A[:, cols].T
@@ -318,7 +319,7 @@ class _Run:
                 return
             imgs, sub, cand, post = imgs[ok], sub[ok], cand[ok], post[ok]
         eig = shortlist_eig(post, cand, eps, xp)
-        lp = group_log_probs(sub, float(setup.lams[name_g]), xp)
+        lp = group_log_probs(sub, self.lams[name_g], xp)
         self.log_post[imgs] = bayes_update(self.log_post[imgs], shortlist_loglik(lp, cand, post.shape[1], eps, xp), xp)
         self.q[imgs] += m
         ans = xp.argmax(lp, axis=1)

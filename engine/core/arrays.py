@@ -54,6 +54,7 @@ class Arrays(Protocol):
     def channel(self, ch: Any) -> Any: ...  # a Channel with the fields the loop reads on the backend
     def source(self, source: Any) -> Any: ...  # .similarities(images, group, options) -> backend float64
     def select(self, policy: Any, state: Any, *, n_images: int, memo: dict) -> Any: ...  # (n,) int64 choices
+    def errstate(self, **kw: str) -> Any: ...  # np.errstate for numpy; a no-op where nothing warns
 
 
 class NumpyArrays:
@@ -101,6 +102,7 @@ class NumpyArrays:
     def arange(self, n):
         return np.arange(n)
 
+    errstate = staticmethod(np.errstate)
     where = staticmethod(np.where)
     exp = staticmethod(np.exp)
     log = staticmethod(np.log)

@@ -75,7 +75,7 @@ def _scaled_logits(sims: np.ndarray, lam: float, xp: Arrays = NUMPY) -> np.ndarr
     lam = check_logit_scale(lam)
     if sims.shape[1] == 0:
         return sims
-    with np.errstate(over="ignore"):  # a difference of two huge similarities overflows to -inf: probability 0
+    with xp.errstate(over="ignore"):  # a difference of two huge similarities overflows to -inf: probability 0
         return lam * (sims - xp.amax(sims, axis=1, keepdims=True))
 
 
@@ -238,7 +238,7 @@ def bayes_loglik(log_p: np.ndarray, P_g: np.ndarray, xp: Arrays = NUMPY) -> np.n
     m = xp.amax(log_p, axis=1, keepdims=True)  # (B, 1)
     lik = xp.exp(log_p - m) @ P_g.T  # (B, C)
     bad = (lik < _UNDERFLOW).any(axis=1)
-    with np.errstate(divide="ignore"):
+    with xp.errstate(divide="ignore"):
         out = m + xp.log(lik)
         if xp.any(bad):
             logP = xp.log(P_g)  # -inf where P is 0
