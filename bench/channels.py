@@ -4,6 +4,8 @@
                                              # on the shared 2-core machine at load 8–11; see docs/channels.md)
     python -m bench.channels --quick         # small sizes (the test's smoke run)
     python -m bench.channels --no-probe      # the simulator only
+    python -m bench.channels --answer-models # rule channel vs per-class channel vs few-shot posterior, and the
+                                             # plain few-shot LR baselines (issue 26; docs/channels.md)
 
 Pairs: the simulator with heterogeneous group reliabilities (pokemon15, per-group wrong-answer rates
 spread over [0, 0.6] by :func:`engine.core.simulate.heterogeneous_wrong_rates`), and the attribute
@@ -37,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from engine import StopRule
-from engine.core.calibration import fit_answer_channels
-from engine.core.metrics import accuracy_ci
+from engine.core.calibration import fit_answer_channels, split_by_image  # the one split helper: stratified by class
+from engine.core.metrics import accuracy_ci, bootstrap_weights, normalised_auc_rows
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
 from policies import get_policy
@@ -57,46 +59,31 @@ SIM_WRONG = (0.0, 0.6)
 
 
 # --------------------------------------------------------------------------- pieces
-def split_by_image(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(dev, test) sorted index arrays, a seeded 50/50 split of n images (dev gets the smaller half)."""
-    perm = np.random.default_rng([seed, 1616]).permutation(n)
-    return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
-
-
-def budget_curve(prep: C.Prepared, make_policy, budgets: list[int], *, lam, channel) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image outcomes along a budget sweep (τ = 1).
+def budget_curve(prep: C.Prepared, make_policy, budgets: list[int], *, lam, channel, answer_model=None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image outcomes along a budget sweep (τ = 1); ``answer_model``: a few-shot posterior the loop
+    reports on (a calibration's :meth:`answer_model`), else the channel's Bayes update.
 
     Returns correct (B, nb) float and q (B, nb) float: image i right / prompts spent at budget b.
     """
     correct = np.zeros((prep.n, len(budgets)))
     q = np.zeros((prep.n, len(budgets)))
     for j, b in enumerate(budgets):
-        pt = C.run_point(prep, make_policy(), StopRule(budget=int(b)), logit_scale=lam, channel=channel)
+        pt = C.run_point(prep, make_policy(), StopRule(budget=int(b)), logit_scale=lam, channel=channel,
+                         answer_model=answer_model)
         correct[:, j], q[:, j] = pt.correct, pt.q
     return correct, q
 
 
 def auc_rows(acc: np.ndarray, mq: np.ndarray, q_full: float) -> np.ndarray:
-    """Normalised AUC of many curves at once.
-
-    acc, mq : (R, nb) accuracy and mean Q of R curves (e.g. bootstrap resamples); column 0 is budget 0.
-    Returns (R,): :func:`bench.common.normalised_auc` of each curve, started at its own budget-0 accuracy.
-    """
-    mq = np.clip(mq, 0.0, q_full)
-    order = np.argsort(mq, axis=1, kind="stable")
-    x = np.take_along_axis(mq, order, axis=1)
-    y = np.take_along_axis(acc, order, axis=1)
-    x = np.concatenate([np.zeros((len(x), 1)), x, np.full((len(x), 1), q_full)], axis=1)
-    y = np.concatenate([acc[:, :1], y, y[:, -1:]], axis=1)
-    return np.trapezoid(y, x, axis=1) / q_full
+    """Normalised AUC of many curves at once: :func:`engine.core.metrics.normalised_auc_rows` (the one the auto
+    policy's choice uses). acc, mq : (R, nb), column 0 budget 0. Returns (R,)."""
+    return normalised_auc_rows(acc, mq, q_full)
 
 
 def resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) bootstrap weights: row r counts how often each image is drawn in resample r, over n."""
-    idx = np.random.default_rng([seed, 7]).integers(0, n, size=(n_boot, n))
-    w = np.zeros((n_boot, n))
-    np.add.at(w, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
-    return w / n
+    """(n_boot, n) bootstrap weights: :func:`engine.core.metrics.bootstrap_weights`."""
+    return bootstrap_weights(n, n_boot, seed)
 
 
 def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
@@ -104,7 +91,7 @@ def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot
     """Fit channels on the dev half of ``prep``, sweep every (channel, policy) on the test half; CIs by bootstrap."""
     s = prep.system
     q_full = float(s.q_total)
-    dev_i, test_i = split_by_image(prep.n, seed)
+    dev_i, test_i = split_by_image(prep.truth, 0.5, seed)
     dev, test = prep.subset(dev_i), prep.subset(test_i)
     t0 = time.perf_counter()
     fit = fit_answer_channels(dev.sims, dev.truth, s.rule_matrix, s.option_counts, lam0=prep.logit_scale,
@@ -195,9 +182,9 @@ def dev_variants(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 7, policie
     """Obvious variants of the channel fit, compared on the DEV half only: fit on one half of the dev images,
     budget-curve AUC on the other half (the test half is never read). Returns one row per variant."""
     s = prep.system
-    dev_i, _ = split_by_image(prep.n, seed)
+    dev_i, _ = split_by_image(prep.truth, 0.5, seed)
     dev = prep.subset(dev_i)
-    a_i, b_i = split_by_image(dev.n, seed + 1)
+    a_i, b_i = split_by_image(dev.truth, 0.5, seed + 1)
     a, b = dev.subset(a_i), dev.subset(b_i)
     budgets = budget_grid(s.q_total, n_budgets)
     rows = []
@@ -295,9 +282,212 @@ def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, l
     log(f"[channels] backbone features of {len(paths)} Gen-1 images from the cache {cache_dir}")
     feats = dict(zip(paths, image_features(enc.backbone, paths, cache_dir, log=log)))
     out = {}
+    import torch
+
     for dname, sname, system, kept, info in jobs:
-        out[f"{dname} × {sname}"] = PE.prepare(enc, system, kept, feats, data_name=dname, info=info)
+        prep = PE.prepare(enc, system, kept, feats, data_name=dname, info=info)
+        # the probe's own image embeddings (B, D): the few-shot baseline without any attribute system
+        emb = enc.embed_features(torch.stack([feats[it.path] for it in kept.items]))
+        prep.meta["image_embeddings"] = np.asarray(emb.detach().cpu().numpy(), dtype=np.float64)
+        out[f"{dname} × {sname}"] = prep
     return out, None
+
+
+# --------------------------------------------------------------------------- answer models (issue 26)
+AM_POLICIES = ("fixed", "eig", "oracle")
+AM_MODELS = ("rule", "per-class", "few-shot")
+
+
+def fit_models(dev: C.Prepared, *, seed: int = 0) -> dict[str, Any]:
+    """The three answer models, fitted on dev images only.
+
+    rule : today's calibrated rule channel (:func:`fit_answer_channels`, α = 10);
+    per-class : P_g(k|c), class c's mean soft answer shrunk to the rule channel with α = 5, the loop's update;
+    few-shot : what ``twentyq calibrate --setting few-shot`` fits (:func:`engine.run.calibration_file.fit_answer_model`:
+    the group-masked LR posterior, the tempered per-class channel for EIG; or the rule channel if the LR was worse
+    on held-out dev images).
+    Returns {name: (λ, channel, answer_model or None)} and the few-shot decision.
+    """
+    from engine.core import answer_models as AM
+    from engine.run.calibration_file import fit_answer_model
+
+    s = dev.system
+    r, sizes = s.rule_matrix, s.option_counts
+    rule = fit_answer_channels(dev.sims, dev.truth, r, sizes, lam0=dev.logit_scale, eps=dev.eps)
+    rule_ch = rule.channel(r, sizes)
+    P = AM.per_class_channel(AM.soft_answers(dev.sims, sizes, rule.lams), dev.truth, rule_ch.P, AM.PER_CLASS_ALPHA)
+    ch, few, decision = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
+                                         setting="few-shot", seed=seed)
+    if few is not None:
+        few_setting = (ch.lams, few.channel(r, sizes, dev.eps), few.posterior)
+    else:
+        few_setting = (ch.lams, ch.channel(r, sizes), None)
+    models = {"rule": (rule.lams, rule_ch, None),
+              "per-class": (rule.lams, AM.channel_from_P(P, r, sizes, dev.eps), None),
+              "few-shot": few_setting}
+    return {"models": models, "decision": decision,
+            "beta": None if few is None else few.beta.tolist()}
+
+
+def plain_lr(x_dev: np.ndarray, y_dev: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
+             ) -> tuple[np.ndarray, float]:
+    """A plain multinomial LR (standardised features, L2 strength by 3-fold CV on dev): test predictions (B,) and
+    the strength chosen. It is the few-shot posterior's fit with one group and no masked copies."""
+    from engine.core import answer_models as AM
+
+    fit = AM.fit_few_shot_posterior(x_dev, y_dev, np.array([x_dev.shape[1]]), n_classes, per_image=0, seed=seed)
+    return fit.posterior.log_posterior(x_test).argmax(axis=1), fit.posterior.reg
+
+
+def evaluate_answer_models(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
+                           log=print) -> dict[str, Any]:
+    """Rule channel, per-class channel and few-shot posterior on one pair, and the few-shot baselines.
+
+    Fit on the dev half (stratified by class, seeded), everything measured on the test half: full-system
+    accuracy, budget sweeps (τ = 1) of fixed / eig / oracle with their normalised AUC, paired bootstrap CIs
+    over test images; the baselines are a plain LR on the same Q similarities and on the image embeddings
+    (no attribute system), trained on the same dev images.
+    """
+    s = prep.system
+    q_full = float(s.q_total)
+    dev_i, test_i = split_by_image(prep.truth, 0.5, seed)
+    dev, test = prep.subset(dev_i), prep.subset(test_i)
+    t0 = time.perf_counter()
+    fitted = fit_models(dev, seed=seed)
+    t_fit = time.perf_counter() - t0
+    budgets = budget_grid(int(q_full), n_budgets)
+    orders = oracle_orders(s, test.truth)
+    correct_full, curves = {}, {}
+    for name, (lam, ch, am) in fitted["models"].items():
+        correct_full[name] = C.run_point(test, "fixed", logit_scale=lam, channel=ch, answer_model=am).correct
+        for pname in AM_POLICIES:
+            pol = (lambda: OraclePolicy(orders)) if pname == "oracle" else (lambda n=pname: get_policy(n))
+            cor = np.zeros((test.n, len(budgets)))
+            qq = np.zeros((test.n, len(budgets)))
+            for j, b in enumerate(budgets):
+                pt = C.run_point(test, pol(), StopRule(budget=int(b)), logit_scale=lam, channel=ch, answer_model=am)
+                cor[:, j], qq[:, j] = pt.correct, pt.q
+            curves[(name, pname)] = (cor, qq)
+    base = {}
+    pred, reg = plain_lr(dev.sims, dev.truth, test.sims, s.n_classes, seed)
+    base["LR on the same similarities"] = (pred == test.truth, reg)
+    emb = prep.meta.get("image_embeddings")
+    if emb is not None:
+        emb = np.asarray(emb, dtype=np.float64)
+        pred, reg = plain_lr(emb[dev_i], dev.truth, emb[test_i], s.n_classes, seed)
+        base["LR on the image embeddings (no attribute system)"] = (pred == test.truth, reg)
+    seconds = time.perf_counter() - t0
+    log(f"  answer models: fitted on {dev.n} dev images in {t_fit:.1f} s; {test.n} test images; {seconds:.0f} s")
+    w = resample_weights(test.n, n_boot, seed)  # (n_boot, B), the same resample for every figure
+    boot_acc = {k: w @ v.astype(float) for k, v in correct_full.items()}
+    boot_acc.update({k: w @ v[0].astype(float) for k, v in base.items()})
+    boot_auc = {k: auc_rows(w @ cor, w @ qq, q_full) for k, (cor, qq) in curves.items()}
+
+    def ci(x):
+        return [float(v) for v in np.quantile(x, [0.025, 0.975])]
+
+    acc = {k: float(v.mean()) for k, v in correct_full.items()}
+    acc.update({k: float(v[0].mean()) for k, v in base.items()})
+    rows = []
+    for (name, pname), (cor, qq) in curves.items():
+        auc = float(auc_rows(cor.mean(0)[None], qq.mean(0)[None], q_full)[0])
+        qw = C.q_within(qq.mean(0), cor.mean(0), acc[name] - 0.01)
+        rows.append({"model": name, "policy": pname, "auc": auc, "auc_ci95": ci(boot_auc[(name, pname)]),
+                     "q_within_1pt": qw, "q_within_1pt_frac": None if qw is None else qw / q_full,
+                     "curve": [{"budget": b, "accuracy": float(cor[:, j].mean()), "mean_q": float(qq[:, j].mean())}
+                               for j, b in enumerate(budgets)]})
+    lr_key = "LR on the same similarities"
+
+    auc = {(r["model"], r["policy"]): r["auc"] for r in rows}
+
+    def diff(a, b, boot):
+        """a − b on the test images, and its paired bootstrap CI (accuracy for names, AUC for (model, policy))."""
+        point = acc if boot is boot_acc else auc
+        name = (lambda k: k if isinstance(k, str) else f"{k[0]} {k[1]}")
+        return {"a": name(a), "b": name(b), "diff": point[a] - point[b], "ci95": ci(boot[a] - boot[b])}
+
+    diffs = [diff("few-shot", "rule", boot_acc), diff("per-class", "rule", boot_acc),
+             diff("few-shot", lr_key, boot_acc),
+             diff(("few-shot", "fixed"), ("rule", "fixed"), boot_auc),
+             diff(("few-shot", "eig"), ("rule", "fixed"), boot_auc),
+             diff(("few-shot", "eig"), ("few-shot", "fixed"), boot_auc),
+             diff(("per-class", "fixed"), ("rule", "fixed"), boot_auc)]
+    dec = fitted["decision"]
+    return {"data": prep.data, "system": s.name, "n_classes": s.n_classes, "n_groups": s.n_groups, "q_full": q_full,
+            "model": prep.model_label, "n_dev": dev.n, "n_test": test.n, "budgets": budgets,
+            "classes_with_dev_images": int(len(np.unique(dev.truth))), "seconds": seconds, "fit_seconds": t_fit,
+            "full": {k: {"accuracy": acc[k], "ci95": ci(boot_acc[k])} for k in acc},
+            "baseline_reg": {k: v[1] for k, v in base.items()},
+            "decision": {k: dec[k] for k in ("setting", "posterior", "rule_channel", "heldout")},
+            "posterior_cv": dec.get("posterior_cv"), "beta": fitted["beta"], "rows": rows, "diffs": diffs}
+
+
+def answer_model_report(results: dict[str, Any]) -> str:
+    L = ["# bench.channels --answer-models — rule channel, per-class channel and few-shot posterior (issue 26)\n",
+         f"- command: `{results['command']}`",
+         f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s; load average at start / end "
+         f"{results['load'][0]} / {results['load'][1]}",
+         f"- split: 50/50 by image, stratified by class, seed {results['seed']} (engine.core.calibration.split_by_image); "
+         "every model and baseline fitted on the dev half only; every figure on the test half",
+         f"- bootstrap: {results['n_boot']} resamples of the test images, the same for every figure (paired)\n"]
+    head = ["pair (test images)", "classes with dev images", "LR, same similarities", "LR, image embeddings",
+            "rule channel", "per-class channel", "few-shot (calibrate)", "few-shot − rule [95% CI]",
+            "few-shot − LR same sims [95% CI]"]
+    rows = []
+    for key, res in results["pairs"].items():
+        f = res["full"]
+        d = {(x["a"], x["b"]): x for x in res["diffs"]}
+
+        def cell(k):
+            return "–" if k not in f else f"{f[k]['accuracy']:.3f} [{f[k]['ci95'][0]:.3f}, {f[k]['ci95'][1]:.3f}]"
+
+        def dcell(a, b):
+            x = d[(a, b)]
+            return f"{x['diff']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
+
+        rows.append([f"{key} ({res['n_test']})", f"{res['classes_with_dev_images']} of {res['n_classes']}",
+                     cell("LR on the same similarities"), cell("LR on the image embeddings (no attribute system)"),
+                     cell("rule"), cell("per-class"), cell("few-shot"), dcell("few-shot", "rule"),
+                     dcell("few-shot", "LR on the same similarities")])
+    L.append("## Full system (every group asked), test accuracy [95% CI]\n")
+    L.append(C.md_table(head, rows))
+    L.append("\n## Budget sweeps: normalised AUC [95% CI]; Q within 1 point of the same model's full system\n")
+    for key, res in results["pairs"].items():
+        L.append(f"\n### {key}\n")
+        L.append(f"- N={res['n_classes']}, G={res['n_groups']}, Q={res['q_full']:.0f}; {res['n_dev']} dev / "
+                 f"{res['n_test']} test; budgets {res['budgets']}; fit {res['fit_seconds']:.1f} s")
+        L.append(f"- few-shot decision: setting {res['decision']['setting']}; posterior {res['decision']['posterior']}; "
+                 f"rule channel {res['decision']['rule_channel']}; β {res['beta']}")
+        L.append("- held-out dev (3 folds): " + "; ".join(f"{k} {v['accuracy']:.3f} / NLL {v['nll']:.3f}"
+                                                          for k, v in res["decision"]["heldout"].items()) + "\n")
+        L.append(C.md_table(["model", "policy", "norm. AUC [95% CI]", "Q within 1 pt of full (% of Q)"],
+                            [[r["model"], r["policy"], f"{r['auc']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]",
+                              "not reached" if r["q_within_1pt"] is None else
+                              f"{r['q_within_1pt']:.1f} ({100 * r['q_within_1pt_frac']:.0f}%)"] for r in res["rows"]]))
+        L.append("")
+        L.append(C.md_table(["difference (paired)", "value [95% CI]"],
+                            [[f"{x['a']} − {x['b']}", f"{x['diff']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"]
+                             for x in res["diffs"]]))
+    return "\n".join(L) + "\n"
+
+
+def run_answer_models(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_boot: int = 1000,
+                      n_budgets: int = 9, log=print, command: str = "") -> dict[str, Any]:
+    import os
+    import platform
+
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    pairs = {}
+    for key, prep in preps.items():
+        log(f"[channels --answer-models] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
+        pairs[key] = evaluate_answer_models(prep, seed=seed, n_boot=n_boot, n_budgets=n_budgets, log=log)
+    results = {"benchmark": "channels --answer-models", "command": command, "seed": seed, "n_boot": n_boot,
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
+               "pairs": pairs, "seconds": time.perf_counter() - t0,
+               "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
+    C.write_outputs(Path(out), results, answer_model_report(results))
+    return results
 
 
 # --------------------------------------------------------------------------- outputs
@@ -482,7 +672,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-dev-check", action="store_true", help="skip the dev-only fit variants")
     ap.add_argument("--datasets", nargs="+", default=None, help="probe datasets to run (default: all of "
                     "web150 sprites151 jina15-gen1)")
+    ap.add_argument("--no-simulator", action="store_true", help="with --answer-models: the probe pairs only")
+    ap.add_argument("--budgets", type=int, default=9, help="with --answer-models: budget points from 0 to Q "
+                                                          "(default: %(default)s)")
+    ap.add_argument("--answer-models", action="store_true",
+                    help="compare the rule channel, the per-class channel and the few-shot posterior (and the plain "
+                         "few-shot LR baselines) instead of the per-policy sweep (issue 26)")
     args = ap.parse_args(argv)
+    if args.answer_models:
+        images, limit = (300, 200) if args.quick else (2000, None)
+        preps = {} if args.no_simulator else {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=args.seed)}
+        if not args.no_probe:
+            more, why = probe_preps(Path(args.probe), Path(args.cache_dir), limit=limit, seed=args.seed,
+                                    datasets_only=args.datasets, systems_only=args.systems)
+            if why:
+                print(f"[channels] probe pairs skipped: {why}")
+            preps.update(more)
+        res = run_answer_models(Path(args.out), preps, seed=args.seed, n_boot=min(args.boot, 200) if args.quick
+                                else args.boot, n_budgets=4 if args.quick else args.budgets,
+                                command=C.command_line("bench.channels", argv))
+        print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+        return res
     res = run(Path(args.out), seed=args.seed, quick=args.quick, probe=None if args.no_probe else Path(args.probe),
               cache_dir=Path(args.cache_dir), n_boot=args.boot, datasets=args.datasets, systems=args.systems,
               dev_check=not args.no_dev_check, prior_strength=args.prior_strength,

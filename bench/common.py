@@ -239,11 +239,12 @@ class Point:
 
 def run_point(prep: Prepared, policy: Any = "fixed", stop: StopRule = NO_STOP, *, scorer: str = "bayes",
               system: AttributeSystem | None = None, baseline: bool = False, logit_scale: float | None = None,
-              eps: float | None = None, channel: Channel | None = None) -> Point:
+              eps: float | None = None, channel: Channel | None = None, answer_model: Any = None) -> Point:
     """Run the adaptive loop once over the prepared arrays.
 
     ``baseline=True`` scores the class names (one group, Q = N). ``system``
-    overrides the rules (same groups and options, e.g. the shuffled control).
+    overrides the rules (same groups and options, e.g. the shuffled control). ``answer_model``: a few-shot
+    posterior (:mod:`engine.core.answer_models`) the loop reports and stops on.
     """
     lam = prep.logit_scale if logit_scale is None else logit_scale
     eps = prep.eps if eps is None else eps
@@ -253,7 +254,7 @@ def run_point(prep: Prepared, policy: Any = "fixed", stop: StopRule = NO_STOP, *
         system, sims = (system or prep.system), prep.sims
     t0 = time.perf_counter()
     res = classify_batch(ArraySource(sims, system), system, policy, stop=stop, logit_scale=lam, eps=eps,
-                         scorer=scorer, top_k=1, channel=channel)
+                         scorer=scorer, top_k=1, channel=channel, answer_model=answer_model)
     secs = time.perf_counter() - t0
     pred = np.array([system.class_index(r.label) for r in res], dtype=np.int64)
     asked = {s.group for r in res for s in r.steps}

@@ -5,8 +5,8 @@
 
 For each pair (the simulator with unequally reliable groups, and the attribute probe's Gen-1 pairs of
 :mod:`bench.channels`; the probe is trained here, not CLIP) the images are split 50/50 by image. On the dev
-half: the per-group channels are fitted and every built-in policy's τ=1 path is traced
-(:func:`engine.run.calibration_file.fit_calibration`, what ``twentyq calibrate`` does); then for the target
+half, :func:`engine.run.calibration_file.fit_calibration` does what ``twentyq calibrate`` does: the per-group
+channels are fitted on its fit part and the policy's τ=1 paths traced on its select part; then for the target
 A, :func:`engine.run.calibration_file.target_choice` picks τ (learn-then-test, 90% confidence; what
 ``--target-accuracy A`` does). On the test half, the adaptive loop runs with that τ and the fitted channel;
 reported: how many images stop on confidence and their accuracy with a 95% Clopper–Pearson CI, the others
@@ -29,14 +29,16 @@ from engine.run.config import RunConfig
 from engine.run.evaluation import exact_ci
 
 from . import common as C
-from .channels import DEFAULT_PROBE, probe_preps, simulator_prep, split_by_image
+from engine.core.calibration import split_by_image
+
+from .channels import DEFAULT_PROBE, probe_preps, simulator_prep
 
 DEFAULT_OUT = C.DEFAULT_OUT / "target_accuracy"
 
 
 def evaluate(prep: C.Prepared, targets: list[float], *, policy: str = "eig", seed: int = 0) -> dict[str, Any]:
     """Fit on the dev half, choose τ per target, measure on the test half. Returns a dict of rows."""
-    dev, test = split_by_image(prep.n, seed)
+    dev, test = split_by_image(prep.truth, 0.5, seed)
     s = prep.system
     cal = fit_calibration(prep.sims[dev], prep.truth[dev], s, lam0=prep.logit_scale, eps=prep.eps,
                           model=prep.model, model_id=prep.model, policies=[policy])

@@ -148,8 +148,9 @@ class LookaheadPolicy(Policy):
     makes of the next question (a coarse split that makes a fine question decisive) can win over a
     greedier one.
 
-    candidates : only the ``candidates`` groups with the highest one-step EIG per prompt (per image) are
-        looked ahead from; the others score −inf. With G ≤ candidates every group is. Cost per step:
+    candidates : only the ``candidates`` groups with the highest one-step EIG per prompt (per image; rates
+        equal within TIE_RTOL go by the lower index, as everywhere in the engine) are looked ahead from; the
+        others score −inf. With G ≤ candidates every group is. Cost per step:
         ``candidates`` matmuls of (n, C) @ (C, K_g·(Q+G)), i.e. about n·C·candidates·K̄·Q flops.
     """
 
@@ -173,12 +174,21 @@ class LookaheadPolicy(Policy):
         avail = state.available  # (n, G)
         n, G = avail.shape
         rate = state.eig / sizes[None, :]  # (n, G) one-step EIG per prompt
-        # candidate set: the top `candidates` available groups by one-step rate (ties to the lower index)
+        # candidate set: the top `candidates` available groups by one-step rate, taken one at a time under the
+        # engine's tie rule (masked_argmax: equal within TIE_RTOL go by the lower index), so rounding in the
+        # last bits (a batched matmul) cannot swap two equally good groups in or out of the set, and with
+        # candidates = 1 the one candidate is eig_per_prompt's choice
         if G > self.candidates:
-            r = np.where(avail, rate, -np.inf)
-            order = np.argsort(-r, axis=1, kind="stable")[:, :self.candidates]
             cand = np.zeros_like(avail)
-            np.put_along_axis(cand, order, True, axis=1)
+            left = avail.copy()
+            rows = np.arange(n)
+            for _ in range(self.candidates):
+                has = left.any(axis=1)
+                if not has.any():
+                    break
+                pick = masked_argmax(rate, np.where(has[:, None], left, True))
+                cand[rows[has], pick[has]] = True
+                left[rows, pick] = False
             cand &= avail
         else:
             cand = avail
@@ -203,3 +213,61 @@ class LookaheadPolicy(Policy):
             cost = sizes[g] + np.where(has2, (pk * k2).sum(axis=1), 0.0)
             value[rows, g] = gain / cost
         return value, cand
+
+
+@register
+class DevOrderPolicy(Policy):
+    """A static group order fitted on labelled dev images (``twentyq calibrate`` stores it in the calibration file).
+
+    order : a permutation of the G group indices, best first (the calibration's ``dev_order``, greedy by dev
+        accuracy gained per prompt, :func:`engine.core.calibration.dev_greedy_order`). The policy asks the first
+        group of the order that is still available, so under a budget it skips a group it cannot pay for and
+        asks the next affordable one, as ``fixed`` does with the system order. With ``order`` None it is the
+        system order (``fixed``): the run layer refuses ``--policy dev-order`` without a calibration.
+    """
+
+    name = "dev-order"
+
+    def __init__(self, order=None):
+        self.order = None if order is None else tuple(int(g) for g in order)
+        if self.order is not None and sorted(self.order) != list(range(len(self.order))):
+            raise ValueError(f"order == {order!r}, must be a permutation of 0..G-1")
+
+    def select(self, state: PolicyState) -> np.ndarray:
+        G = state.available.shape[1]
+        if self.order is None:
+            return np.argmax(state.available, axis=1)
+        if len(self.order) != G:
+            raise ValueError(f"dev-order: the order has {len(self.order)} groups, the system {G}; "
+                             "the calibration was fitted for another system")
+        ranked = state.available[:, list(self.order)]  # (n, G) availability in the order's sequence
+        return np.asarray(self.order, dtype=np.int64)[np.argmax(ranked, axis=1)]
+
+
+AUTO_CANDIDATES = ("fixed", "dev-order", "eig", "lookahead")
+
+
+@register
+class AutoPolicy(Policy):
+    """The policy a calibration chose on dev images it was not fitted on (``twentyq calibrate``: highest budget
+    AUC among :data:`AUTO_CANDIDATES`, fixed unless clearly beaten; recorded in the file).
+
+    choice : one of AUTO_CANDIDATES; order : the dev order (for choice "dev-order"). It delegates every
+    ``select`` to that policy. With no choice it is ``fixed`` (what ``--policy auto`` does without a
+    calibration; the run layer says so).
+    """
+
+    name = "auto"
+
+    def __init__(self, choice: str = "fixed", order=None):
+        if choice not in AUTO_CANDIDATES:
+            raise ValueError(f"auto: choice == {choice!r}, must be one of {list(AUTO_CANDIDATES)}")
+        self.choice = choice
+        self.order = order
+        self.inner = DevOrderPolicy(order) if choice == "dev-order" else POLICIES_BY_NAME[choice]()
+
+    def select(self, state: PolicyState) -> np.ndarray:
+        return self.inner.select(state)
+
+
+POLICIES_BY_NAME = {"fixed": FixedPolicy, "eig": EIGPolicy, "lookahead": LookaheadPolicy}

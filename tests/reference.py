@@ -230,7 +230,7 @@ def choose(policy, post, eigs, avail, rules, sizes, eps, image, seed=0, budget_l
         cand = sorted(avail, key=lambda h: (-rates[h], h))[:8]
         values = {h: lookahead_value(post, rules, sizes, eps, h, avail, budget_left) for h in cand}
         return tol_argmax(rates, tol_near_max(values, cand))
-    if policy == "fixed":
+    if policy in ("fixed", "dev-order", "auto"):  # dev-order without an order, auto without a choice: fixed
         return min(avail)
     if policy == "random":
         return max(avail, key=lambda g: (splitmix_key(seed, image, g), -g))

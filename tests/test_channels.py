@@ -10,8 +10,8 @@ from hypothesis.extra.numpy import arrays
 
 from engine.core.adaptive import StopRule, classify_batch
 from engine.core.calibration import (
-    AnswerChannels, binomial_lower_bound, choose_tau, fit_answer_channels, full_log_posterior, stop_outcomes,
-    true_class_nll,
+    AnswerChannels, binomial_lower_bound, choose_tau, fit_answer_channels, full_log_posterior, min_stops,
+    stop_outcomes, true_class_nll,
 )
 from engine.core.scoring import (
     build_channel, check_logit_scales, entropy, eps_confusion, expected_information_gain,
@@ -251,12 +251,13 @@ def test_choose_tau_is_a_fixed_sequence_test(p, target, alpha):
     from scipy.stats import binom
     conf, correct = p
     c = choose_tau(conf, correct, target, alpha=alpha, min_stopped=3)
+    assert c.min_stopped == max(3, min_stops(target, alpha))  # the floor, or the target's own minimum
     taus = [row[0] for row in c.table]
     assert taus == sorted(taus, reverse=True)
     for tau, n, k, pv in c.table:
         s, r = stop_outcomes(conf, correct, tau)
         assert (n, k) == (int(s.sum()), int(r.sum()))
-        if n < 3:
+        if n < c.min_stopped:
             assert np.isnan(pv)
         else:
             assert pv == pytest.approx(binom.sf(k - 1, n, target))

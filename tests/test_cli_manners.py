@@ -165,17 +165,21 @@ def test_a_missing_package_is_exit_2_and_a_bug_of_ours_stays_exit_3(tmp_path, ca
     capsys.readouterr()
 
 
-def test_decode_workers_ignore_ctrl_c_so_only_the_main_process_reports_it():
+def sigint_disposition() -> str:
     import signal
 
-    from engine.encoders.image_pool import ignore_interrupts
+    return "ignored" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "handled"
 
-    before = signal.getsignal(signal.SIGINT)
+
+@pytest.mark.slow
+def test_decode_workers_ignore_ctrl_c_so_only_the_main_process_reports_it():
+    from engine.encoders.worker_pool import WorkerPool
+
+    pool = WorkerPool(1)
     try:
-        ignore_interrupts()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert pool.submit(sigint_disposition).result(timeout=60) == "ignored"
     finally:
-        signal.signal(signal.SIGINT, before)
+        pool.shutdown()
 
 
 def _interrupt_after(n_shards: int, real):

@@ -161,7 +161,7 @@ def test_bad_scorer_and_policy_names(classify, p15):
     src, _ = sim(p15, 2)
     with pytest.raises(ValueError, match="scorer == 'max'"):
         classify(src, p15, "eig", scorer="max")
-    with pytest.raises(ValueError, match=r"unknown policy 'best'; choose one of \['eig'"):
+    with pytest.raises(ValueError, match=r"unknown policy 'best'; choose one of \['auto'"):
         classify(src, p15, "best")
 
 
@@ -218,8 +218,8 @@ def test_policy_respects_the_budget(name, p15):
     assert (p15.option_counts[choice] <= np.array([10, 12])).all()
 
 
-def test_registry_lists_the_six_policies():
-    assert list_policies() == ["eig", "eig_per_prompt", "fixed", "lookahead", "random", "top2"]
+def test_registry_lists_the_eight_policies():
+    assert list_policies() == ["auto", "dev-order", "eig", "eig_per_prompt", "fixed", "lookahead", "random", "top2"]
     assert set(POLICIES) == set(list_policies())
 
 

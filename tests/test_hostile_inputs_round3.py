@@ -334,6 +334,9 @@ BAD_FIELDS = [
     ("model.model_id", 7, "field model.model_id"),
     ("system", [], "field system"),
     ("channels.groups", {}, "field channels.groups"),
+    ("setting", "many-shot", "field setting is 'many-shot'"),
+    ("few_shot", 5, "field few_shot is 5"),
+    ("decision", [], "field decision"),
 ]
 
 

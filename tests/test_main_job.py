@@ -46,6 +46,23 @@ def test_shipped_calibration_fits_the_shipped_probe_and_the_main_system():
     assert d["fraction"] == 0.5 and d["seed"] == 0 and d["n_images"] < d["rows"]  # the rest is the test half
 
 
+def test_shipped_calibration_is_few_shot_and_records_why_on_held_out_dev_images():
+    """The main job's calibration (issue 26): the few-shot posterior, kept because it beat the rule channel on
+    held-out (cross-fitted) dev images in accuracy and NLL; the counts it rests on are in the file."""
+    from engine.run.calibration_file import SCHEMA, load_calibration
+
+    cal = load_calibration(MAIN_CALIBRATION)
+    d = json.loads(MAIN_CALIBRATION.read_text(encoding="utf-8"))
+    assert d["format"] == SCHEMA and cal.setting == "few-shot" and cal.few_shot is not None
+    held = cal.decision["heldout"]
+    lr, rule = held["few-shot posterior (group-masked LR)"], held[f"rule channel, {cal.decision['rule_channel']}"]
+    assert lr["accuracy"] >= rule["accuracy"] and lr["nll"] <= rule["nll"]
+    assert int(cal.few_shot.n_dev.sum()) == d["dev"]["n_images"] and (cal.few_shot.n_dev > 0).all()
+    system = load_system(MAIN_SYSTEM)
+    assert cal.answer_model(system) is cal.few_shot.posterior
+    assert cal.channel(system).P.shape == (system.n_classes, system.q_total)
+
+
 def _sprites_csv():
     from bench.probe_data import SPRITES_CSV
 

@@ -171,6 +171,7 @@ TRUNCATED = png(noise_image(1, (64, 64)))[:200]
     ("/v1/classify?shortlist=1", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "shortlist"),
     ("/v1/classify?shortlist=3", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "shortlist"),
     ("/v1/classify?policy=psychic", {"files": parts(("a.png", RED))}, 400, "unknown_policy", "policy"),
+    ("/v1/classify?policy=dev-order", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "policy"),
     ("/v1/classify?scorer=vibes", {"files": parts(("a.png", RED))}, 400, "invalid_parameter", "scorer"),
     ("/v1/classify?system=nope", {"files": parts(("a.png", RED))}, 400, "unknown_system", "system"),
     ("/v1/classify?budgett=3", {"files": parts(("a.png", RED))}, 400, "unknown_parameter", "budgett"),

@@ -31,6 +31,8 @@ def calibrate_cmd(args) -> int:
         raise UsageError(f"--out {args.out!r}: a calibration is one JSON file; name it *.json")
     if not 0.0 < args.dev_fraction < 1.0:
         raise UsageError(f"--dev-fraction {args.dev_fraction}: must be strictly between 0 and 1 (e.g. 0.5)")
+    if not 0.0 < args.fit_fraction < 1.0:
+        raise UsageError(f"--fit-fraction {args.fit_fraction}: must be strictly between 0 and 1 (e.g. 0.5)")
     with settings_errors():
         check_eps(args.eps)
     check_out(args.out)  # before the fit: a fit of minutes must not end in "cannot write"
@@ -43,7 +45,7 @@ def calibrate_cmd(args) -> int:
     update, close = progress_bar(None, "calibrate (dev images)", args.quiet)
     try:
         cal = calibrate(clf, data, dev_fraction=args.dev_fraction, seed=args.seed, eps=args.eps, dataset=dataset,
-                        progress=update)
+                        progress=update, setting=args.setting, fit_fraction=args.fit_fraction)
     finally:
         close()
     cal = save_calibration(cal, args.out)
@@ -55,6 +57,10 @@ def calibrate_cmd(args) -> int:
           f"class, seed {dev['seed']}); the other {dev['rows'] - dev['n_images'] - dev['bad_images']} were not read")
     if dev["bad_images"]:
         warn(f"{dev['bad_images']} dev image(s) could not be read and were left out")
+    fs = dev["fit_select"]
+    print(f"dev split again (fraction {fs['fit_fraction']:g} of each class, seed {fs['seed']}): {len(fs['fit'])} fit "
+          f"image(s) for the answer channels and the dev order, {len(fs['select'])} select image(s) for the τ tables "
+          "and the auto policy")
     ch = cal.channels
     print(f"\nλ of the model {cal.lam0:g}, ε {ch.eps:g}\n\n| group | K | λ_g | reliability | dev images |\n|---|---|---|---|---|")
     for g, name in enumerate(cal.groups):
@@ -62,13 +68,27 @@ def calibrate_cmd(args) -> int:
         print(f"| {printable(name)} | {cal.sizes[g]} | {ch.lams[g]:.3g} | {rel} | {ch.n_dev[g]} |")
     m = cal.metrics
     f, a = m["full"], m["adaptive"]
-    print(f"\ndev metrics, in sample (the channels were fitted on these images):\n\n"
+    dec = cal.decision
+    print(f"\nsetting: {cal.setting} (asked: {dec['requested']}; {dec['classes_with_dev_images']} of {dec['classes']} "
+          f"classes have dev images); posterior: {dec['posterior']}; rule channel: {dec['rule_channel']}")
+    print("\ndev metrics, held out (3 folds: each fold scored by the fit on the others; a fitted part is kept only "
+          "when its NLL is no higher than what it replaces and its accuracy higher by a paired standard error):\n\n"
+          "| candidate | full accuracy | full NLL |\n|---|---|---|")
+    for name, sc in dec["heldout"].items():
+        print(f"| {name} | {sc['accuracy']:.3f} | {sc['nll']:.3f} |")
+    print(f"\ndev metrics, in sample (fitted on these images; optimistic):\n\n"
           f"| | full accuracy | full NLL | full ECE | adaptive {a['policy']} τ={a['tau']} accuracy | mean Q |\n"
           f"|---|---|---|---|---|---|")
     for when in ("before", "after"):
         print(f"| {when} | {f[when]['accuracy']:.3f} | {f[when]['nll']:.3f} | {f[when]['ece']:.3f} | "
               f"{a[when]['accuracy']:.3f} | {a[when]['mean_q']:.1f} |")
-    print(f"\nτ tables for --target-accuracy: {', '.join(sorted(cal.paths))}")
+    print(f"\ndev order (--policy dev-order): {' > '.join(cal.groups[g] for g in cal.dev_order)}")
+    if cal.auto:
+        from engine.run.calibration_file import policy_line
+        from engine.run.config import RunConfig
+
+        print(policy_line(cal, RunConfig(policy="auto")))
+    print(f"τ tables for --target-accuracy (select images): {', '.join(sorted(cal.paths))}, auto")
     print(f"wrote {args.out} (sha256 {cal.sha256[:12]})")
     return EXIT_OK
 
@@ -116,7 +136,16 @@ def add_calibrate_parser(sub) -> None:
     p.add_argument("--dev-fraction", type=float, default=0.5,
                    help="share of each class's images fitted on (the dev split); the rest are not read "
                         "(default: %(default)s)")
+    p.add_argument("--fit-fraction", type=float, default=0.5,
+                   help="share of each class's dev images the answer channels are fitted on; the rest (the select "
+                        "part) choose τ for --target-accuracy and the auto policy (default: %(default)s)")
     p.add_argument("--eps", type=float, default=DEFAULT_EPS,
                    help="ε of the prior answer channel a group with few dev images falls back to (default: %(default)s)")
+    p.add_argument("--setting", choices=("auto", "few-shot", "zero-shot"), default="auto",
+                   help="few-shot: the dev images are of the classes being classified; fit a posterior on them (a "
+                        "group-masked logistic regression) and per-class answer distributions. zero-shot: fit only "
+                        "what transfers to other classes (λ per question, option confusions, reliabilities). auto: "
+                        "few-shot when every class has 2+ dev images, else zero-shot. Each fitted part is kept only "
+                        "if not worse than the uncalibrated one on held-out dev images (default: %(default)s)")
     add_model_flags(p)
     p.set_defaults(func=calibrate_cmd)

@@ -163,6 +163,11 @@ def progress_bar(total: int | None, desc: str, quiet: bool, text_cache=None, uni
             bar.set_postfix_str(f"prompts embedded {text_cache.text_encodes}", refresh=False)
         bar.update(n)
 
+    def set_total(n: int) -> None:  # once the run knows what it will classify (evaluate's ``planned``)
+        bar.total = n
+        bar.refresh()
+
+    update.set_total = set_total
     return update, bar.close
 
 

@@ -69,7 +69,7 @@ def classify_cmd(args) -> int:
     cal = calibration_arg(args, system)
     check_budget(system, config)
     job = Job(spec, system, config, cal)
-    _announce_target(cal, config, warn)
+    _announce_target(cal, config, warn, system)
     items = _items_of(list(args.images))
     output = output_spec(args)  # its cheap checks ran above; the folder is created once the model has loaded
     cache = _prepare(executor, spec_for_run(spec, config), system, cal)
@@ -101,13 +101,20 @@ def classify_cmd(args) -> int:
     return EXIT_PARTIAL if n_bad else EXIT_OK
 
 
-def _announce_target(cal, config, say) -> None:
-    """Say which τ --target-accuracy chose (before any image is classified)."""
-    from engine.run.calibration_file import target_choice
+def _announce_target(cal, config, say, system=None) -> None:
+    """Say what --policy auto / dev-order runs and which τ --target-accuracy chose (before any image is
+    classified); refuse --policy dev-order without a calibration."""
+    from engine.run.calibration_file import policy_line, resolve_policy, target_choice
 
+    if config.mode == "adaptive":
+        with settings_errors():
+            resolve_policy(cal, config)
+        line = policy_line(cal, config)
+        if line:
+            say(line)
     if config.target_accuracy is not None:
         with settings_errors():  # a plug-in policy or a calibration without its paths: the user's to fix
-            say(target_line(target_choice(cal, config), config))
+            say(target_line(target_choice(cal, config, system), config))
 
 
 def _prepare(executor, spec, system, calibration=None):
@@ -138,7 +145,7 @@ def eval_cmd(args) -> int:
     with settings_errors():
         dataset = dataspec.load(system.classes)  # checked before the model loads, and read once
     check_budget(system, config)
-    _announce_target(cal, config, print)
+    _announce_target(cal, config, print, system)
     cache = _prepare(executor, spec_for_run_of(spec, config), system, cal)
     report = _eval_one(args, executor, spec, system, config, cal, dataspec, dataset, output_spec(args), cache)
     return _report_exit(report)
@@ -159,7 +166,8 @@ def _eval_one(args, executor, spec, system, config, cal, dataspec, dataset, outp
     update, close = progress_bar(len(dataset), f"eval {config.mode}", args.quiet, cache)
     try:
         report = evaluate(Job(spec, system, config, cal), dataspec, executor=executor, output=output,
-                          progress=update, announce=warn, dataset=dataset, sources=_sources(args))
+                          progress=update, announce=warn, dataset=dataset, sources=_sources(args),
+                          planned=getattr(update, "set_total", None))  # dev images and resumed rows not counted
     except KeyboardInterrupt as e:
         close()
         if output is not None and not isinstance(e, Interrupted):
@@ -328,7 +336,7 @@ def _sweep(args) -> int:
         for o in outs:
             Path(o).parent.mkdir(parents=True, exist_ok=True)
             check_out(o)
-    _announce_target(cal, config, print)
+    _announce_target(cal, config, print, system)
     failed, partial, done = [], 0, 0
     by_model: dict[str, list[int]] = {}
     for k, (_, m) in enumerate(pairs):
@@ -407,7 +415,7 @@ def compare_cmd(args) -> int:
                run_config(args, mode="full", templates=None, target_accuracy=None),
                run_config(args, mode="adaptive", templates=None)]
     check_budget(system, configs[2])
-    _announce_target(cal, configs[2], print)
+    _announce_target(cal, configs[2], print, system)
     # --plot: the adaptive configuration again at increasing budgets (images are still embedded once)
     curve_configs = [replace(configs[2], budget=b) for b in curve_budgets(system)
                      if configs[2].budget is None or b < configs[2].budget] if args.plot else []
@@ -463,7 +471,7 @@ def _plot(reports, curve, path, model, data, system) -> None:
     from engine.cli.report_cmd import plot_compare, row_of
 
     adaptive = reports[2]
-    # with --target-accuracy each budget gets its own τ (chosen on the calibration's dev paths cut there)
+    # with --target-accuracy each budget gets its own τ (chosen on the calibration's select paths replayed under that budget)
     stop = (f"τ for target {adaptive.target['target_accuracy']:g} at each budget" if adaptive.target
             else f"τ={adaptive.tau:g}")
     name = f"{adaptive.policy}, {stop}, budget swept"

@@ -86,6 +86,7 @@ def classify_batch(
     channel: Channel | None = None,
     shortlist_size: int | None = None,
     trace: bool = False,
+    answer_model=None,
     xp: Arrays = NUMPY,
 ) -> list[Result]:
     """Classify the source's B images, each along its own path of questions.
@@ -112,6 +113,12 @@ def classify_batch(
         are spent, it is asked "which of these m names is it?" for its m most
         probable classes: m prompts, once. None asks the group like any other.
     trace : also keep, on every step, the top-k and the prompts spent after it.
+    answer_model : None, or a few-shot posterior (:class:`engine.core.answer_models.FewShotPosterior`:
+        ``log_prior(B)`` (B, C) and ``group_loglik(g, sims)`` (B, C)). Then the posterior starts at its
+        prior (times ``prior``, if given) and each asked group adds its ℓ_g instead of the channel's
+        soft-evidence term; the channel still gives EIG and the policies' predictions (the generative
+        half). Needs the bayes scorer and no shortlist. It is numpy: on the torch backend each group's
+        similarities go to the host for it and its ℓ_g comes back.
     xp : the array backend the state lives on (:mod:`engine.core.arrays`): numpy, or the torch
         backend on the similarities' device (``engine.run.engines.classify`` picks it).
 
@@ -123,7 +130,7 @@ def classify_batch(
     (with the group named), the images that never ask it are classified.
     """
     setup = loop_setup(source, system, policy, stop=stop, scorer=scorer, logit_scale=logit_scale, eps=eps,
-                       channel=channel, shortlist_size=shortlist_size)
+                       channel=channel, shortlist_size=shortlist_size, answer_model=answer_model)
     return _Run(setup, xp.source(source), system, xp, prior, top_k, trace).run()
 
 
@@ -134,7 +141,8 @@ class LoopSetup:
     stop : the StopRule; budget : its budget as a float (inf without one). lams : (G,) λ_g from
     :func:`check_logit_scales` (one λ broadcast). policy : the policy object. channel : the answer
     channel. scorer : "bayes" or "sum". n_images : B. name_g : the class-name group's index when the
-    shortlist is on, else None; m_names : its m (min(shortlist_size, C)), else None.
+    shortlist is on, else None; m_names : its m (min(shortlist_size, C)), else None. answer_model : the
+    few-shot posterior, or None.
     """
 
     stop: StopRule
@@ -146,11 +154,12 @@ class LoopSetup:
     n_images: int
     name_g: int | None
     m_names: int | None
+    answer_model: Any = None
 
 
 def loop_setup(source: SimilaritySource, system: AttributeSystem, policy: str | Policy, *, stop: StopRule,
                scorer: str, logit_scale: float | np.ndarray, eps: float, channel: Channel | None,
-               shortlist_size: int | None) -> LoopSetup:
+               shortlist_size: int | None, answer_model=None) -> LoopSetup:
     """Check :func:`classify_batch`'s arguments (raising its ValueErrors) and resolve the policy and channel."""
     if scorer not in SCORERS:
         raise ValueError(f"scorer == {scorer!r}, must be one of {list(SCORERS)}")
@@ -173,9 +182,11 @@ def loop_setup(source: SimilaritySource, system: AttributeSystem, policy: str | 
             raise ValueError(f"the {NAME_GROUP!r} group of system {system.name!r} must list the class names in "
                              "class order; rebuild it with 'twentyq system build --name-group'")
         m_names = min(int(shortlist_size), system.n_classes)
+    if answer_model is not None and (scorer != "bayes" or name_g is not None):
+        raise ValueError("a few-shot answer model needs the bayes scorer and no shortlist")
     budget = math.inf if stop.budget is None else float(stop.budget)
     return LoopSetup(stop=stop, budget=budget, lams=lams, policy=policy, channel=ch, scorer=scorer,
-                     n_images=int(source.n_images), name_g=name_g, m_names=m_names)
+                     n_images=int(source.n_images), name_g=name_g, m_names=m_names, answer_model=answer_model)
 
 
 class Asked(NamedTuple):
@@ -212,6 +223,8 @@ class _Run:
         self.cols = [setup.channel.cols(g) for g in range(G)]
         self.lams = [float(lam) for lam in setup.lams]
         self.log_post = xp.array(log_prior(C, prior, B))
+        if setup.answer_model is not None:
+            self.log_post = bayes_update(self.log_post, xp.asarray(setup.answer_model.log_prior(B)), xp)
         self.sum_sc = xp.zeros((B, C)) if setup.scorer == "sum" else None
         self.asked = xp.zeros((B, G), "bool")
         self.q = xp.zeros(B, "int")
@@ -288,7 +301,11 @@ class _Run:
         self.active[imgs] &= ~bad
         with xp.errstate(invalid="ignore"):  # those NaN rows
             lp = group_log_probs(sims, self.lams[g], xp)
-            self.log_post[imgs] = bayes_update(self.log_post[imgs], bayes_loglik(lp, self.ch.P[:, cols], xp), xp)
+            if self.setup.answer_model is None:
+                ll = bayes_loglik(lp, self.ch.P[:, cols], xp)
+            else:
+                ll = xp.asarray(self.setup.answer_model.group_loglik(g, xp.to_host(sims)))
+            self.log_post[imgs] = bayes_update(self.log_post[imgs], ll, xp)
             if self.sum_sc is not None:
                 self.sum_sc[imgs] += xp.exp(lp) @ self.ch.A[:, cols].T
         self.asked[imgs, g] = True

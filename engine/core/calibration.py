@@ -234,6 +234,9 @@ def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.nda
     3. w_g in [0, 1] minimising the mean negative log posterior of the true class after every
        group, with M_g = w_g·M̂_g + (1 − w_g)/K_g. This tempers groups whose evidence the naive
        product over-counts (answers of one image to different questions are not independent).
+       Where that objective does not depend on w_g (a group answered at chance: M̂_g's rows equal,
+       so every class gets the same likelihood), w_g = 0, "the answers say nothing", not the
+       optimiser's start value (:func:`flat_reliabilities_to_zero`).
     """
     sims, sizes = _check_sims(sims, sizes)
     truth = np.asarray(truth, dtype=np.int64)
@@ -279,6 +282,7 @@ def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.nda
 
         res = minimize(objective, np.full(len(fitted), 0.5), method="L-BFGS-B", bounds=[(0.0, 1.0)] * len(fitted))
         x = res.x if objective(res.x) <= objective(np.ones(len(fitted))) else np.ones(len(fitted))
+        x = flat_reliabilities_to_zero(objective, x)
         for wg, g in zip(x, fitted):
             rel[g] = float(wg)
     confusions = tuple(None if hats[g] is None else rel[g] * hats[g] + (1.0 - rel[g]) / sizes[g] for g in range(G))
@@ -288,6 +292,46 @@ def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.nda
     lams.setflags(write=False)
     rel.setflags(write=False)
     return AnswerChannels(lams=lams, confusions=confusions, reliability=rel, n_dev=n_dev, eps=eps)
+
+
+# nats of mean NLL: an objective that moves less than this along w_g over the whole of [0, 1] is flat in w_g. L-BFGS-B
+# stops where the projected gradient is below 1e-5, so on such a coordinate it returns its start (0.5): the case of a
+# group answered at chance (λ_g at its lower bound 0.01, every class's likelihood nearly 1/K_g)
+FLAT_TOL = 1e-4
+
+
+def flat_reliabilities_to_zero(objective, x: np.ndarray) -> np.ndarray:
+    """The reliabilities ``x`` (m,) with every coordinate along which ``objective`` is flat set to 0.
+
+    objective : callable (m,) -> float. Coordinate j is flat when the objective at x with x_j = 0 and with
+    x_j = 1 both equal the objective at x within FLAT_TOL (nats). A flat objective has no minimiser to
+    report; w = 0 is the defined answer: the group's answers are ignored (uninformative), which moves the
+    objective by less than FLAT_TOL.
+    Returns a new (m,) array.
+    """
+    x = np.array(x, dtype=np.float64)
+    for j in range(len(x)):
+        f = objective(x)
+        tol = FLAT_TOL
+        ends = []
+        for v in (0.0, 1.0):
+            y = x.copy()
+            y[j] = v
+            ends.append(objective(y))
+        if all(abs(e - f) <= tol for e in ends):
+            x[j] = 0.0
+    return x
+
+
+def fit_select_split(truth: np.ndarray, fit_frac: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split dev images into a *fit* part (answer channels, any answer model) and a *select* part (τ, the
+    auto policy), disjoint, by image, stratified by class (:func:`split_by_image` on its own seed stream).
+
+    truth : (B,) int class of each dev image. Returns sorted (fit, select) index arrays into the B images.
+    Choosing τ on images the channels were not fitted on is what makes learn-then-test's guarantee hold:
+    given the fit part, the select images are exchangeable with fresh test images.
+    """
+    return split_by_image(truth, fit_frac, seed=int(seed) + 7919)
 
 
 def split_by_image(truth: np.ndarray, dev_frac: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -352,6 +396,7 @@ class TauChoice:
     n_stopped, n_right : dev images that stop on confidence at τ, and how many of them are right.
     lower_bound : Clopper–Pearson (1 − α) lower bound on the accuracy among them.
     table : one (τ, n_stopped, n_right, p-value) row per τ tested, highest τ first.
+    min_stopped : the fewest stopped images a τ needed to be tested (:func:`min_stops`; τ with fewer skipped).
     """
 
     tau: float
@@ -362,14 +407,36 @@ class TauChoice:
     n_right: int
     lower_bound: float
     table: tuple
+    min_stopped: int = 0
 
 
 # τ from 0.999 down to 0.2, denser near 1 where a posterior's confidence has most of its resolution
 DEFAULT_TAUS = tuple(float(t) for t in np.round(1.0 - np.geomspace(1e-3, 0.8, 48), 6))
+#: wrong images among the first τ tested that still let it pass (:func:`min_stops`): with 0, one wrong image
+#: among the first ~ln α / ln t stopped ends the sequence (power collapses near the target); with 1 it does not
+MIN_STOPS_ERRORS = 1
+
+
+def min_stops(target: float, alpha: float, errors: int = MIN_STOPS_ERRORS) -> int:
+    """The fewest stopped images n at which the exact binomial test of H0: accuracy < target can pass
+    with ``errors`` wrong images: the smallest n with P(Binom(n, target) ≥ n − errors) ≤ α.
+
+    With errors = 0 that is ⌈ln α / ln target⌉ (22 for target 0.9, α 0.1; 45 for 0.95); with errors = 1,
+    38 for 0.9 and 77 for 0.95. Below it a τ could only pass with a perfect record, and a single wrong image
+    would end the fixed sequence: testing starts where one error is survivable instead.
+    """
+    t, a, e = float(target), float(alpha), int(errors)
+    if not (0.0 < t < 1.0 and 0.0 < a < 1.0 and e >= 0):
+        raise ValueError(f"min_stops: need target, alpha in (0, 1) and errors >= 0, got {target!r}, {alpha!r}, "
+                         f"{errors!r}")
+    n = max(e + 1, int(np.floor(np.log(a) / np.log(t))))  # P(all n right) = t^n ≤ α needs at least this many
+    while binom.sf(n - e - 1, n, t) > a:
+        n += 1
+    return n
 
 
 def choose_tau(conf: np.ndarray, correct: np.ndarray, target: float, *, alpha: float = 0.1,
-               taus=DEFAULT_TAUS, min_stopped: int = 20) -> TauChoice:
+               taus=DEFAULT_TAUS, min_stopped: int = 20, errors: int | None = MIN_STOPS_ERRORS) -> TauChoice:
     """The lowest τ whose images that stop on confidence are right with probability ≥ target, at confidence 1 − α.
 
     Learn-then-test with fixed-sequence testing (Angelopoulos et al., 2021): the candidate τ are
@@ -377,25 +444,30 @@ def choose_tau(conf: np.ndarray, correct: np.ndarray, target: float, *, alpha: f
     the exact binomial p-value P(Binom(n, target) ≥ k) for k right of n stopped. Testing stops at
     the first τ not rejected; the chosen τ is the last one rejected. Every τ passing before the
     first failure keeps the family-wise error at α, so with probability ≥ 1 − α the chosen τ's
-    accuracy among stopped images is at least the target (images exchangeable with the dev ones).
+    accuracy among stopped images is at least the target (images exchangeable with the dev ones,
+    i.e. dev images the channels were not fitted on: the calibration's *select* part).
 
-    A τ at which fewer than ``min_stopped`` dev images stop is skipped (row p-value NaN), neither
-    passed nor failed: near τ = 1 almost nothing stops, and one wrong image among three would end
-    the sequence before the τ that matter. Which τ are skipped depends on the confidences only, not
-    on whether the images are right, so the tests keep their level.
+    A τ at which fewer than max(``min_stopped``, :func:`min_stops` (target, α, ``errors``)) dev images
+    stop is skipped (row p-value NaN), neither passed nor failed: near τ = 1 almost nothing stops, and a
+    test on fewer images than min_stops could pass only with a perfect record (at target 0.9, 20 right
+    of 20 gives p = 0.12 > 0.1), so one image would end the sequence before the τ that matter. Which τ
+    are skipped depends on the confidences only, not on whether the images are right, so the tests
+    keep their level.
 
-    conf, correct : as in :func:`stop_outcomes`; target in (0, 1); alpha in (0, 1).
+    conf, correct : as in :func:`stop_outcomes`; target in (0, 1); alpha in (0, 1). errors : see
+    :func:`min_stops`; None tests from ``min_stopped`` alone (the rule before issue 26, kept for comparison).
     """
     if not 0.0 < float(target) < 1.0:
         raise ValueError(f"target accuracy == {target!r}, must be in (0, 1)")
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha == {alpha!r}, must be in (0, 1)")
+    n_min = max(int(min_stopped), 1, 0 if errors is None else min_stops(target, alpha, errors))
     table = []
     chosen = None
     for tau in sorted({float(t) for t in taus if 0.0 < float(t) < 1.0}, reverse=True):
         stopped, right = stop_outcomes(conf, correct, tau)
         n, k = int(stopped.sum()), int(right.sum())
-        if n < max(int(min_stopped), 1):
+        if n < n_min:
             table.append((tau, n, k, float("nan")))
             continue
         p = float(binom.sf(k - 1, n, target))
@@ -405,10 +477,10 @@ def choose_tau(conf: np.ndarray, correct: np.ndarray, target: float, *, alpha: f
         chosen = (tau, n, k)
     if chosen is None:
         return TauChoice(tau=1.0, target=float(target), alpha=float(alpha), reached=False, n_stopped=0, n_right=0,
-                         lower_bound=0.0, table=tuple(table))
+                         lower_bound=0.0, table=tuple(table), min_stopped=n_min)
     tau, n, k = chosen
     return TauChoice(tau=tau, target=float(target), alpha=float(alpha), reached=True, n_stopped=n, n_right=k,
-                     lower_bound=binomial_lower_bound(k, n, alpha), table=tuple(table))
+                     lower_bound=binomial_lower_bound(k, n, alpha), table=tuple(table), min_stopped=n_min)
 
 
 # --------------------------------------------------------------------------- calibration error
@@ -456,3 +528,73 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: in
     nz = b["count"] > 0
     gap = np.abs(b["accuracy"][nz] - b["confidence"][nz])
     return float(np.clip((b["count"][nz] * gap).sum() / n, 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- a dev-greedy order, the auto policy
+def dev_greedy_order(sims: np.ndarray, truth: np.ndarray, lam, channel: Channel, answer_model=None
+                     ) -> tuple[int, ...]:
+    """A static group order chosen greedily on labelled dev images (the ``dev-order`` policy's order).
+
+    sims : (B, Q) dev similarities; truth : (B,) class indices; lam : λ or (G,) λ_g; channel : the answer
+    channel (e.g. fitted). Starting from the uniform prior, each step appends the unasked group g with the
+    largest dev accuracy gain per prompt, (acc(asked ∪ {g}) − acc(asked)) / K_g, of the full Bayes posterior
+    after the groups asked (its argmax, ties to the lower class index); ties (accuracies are multiples of
+    1/B) go to the larger gain in mean true-class log posterior per prompt, then to the lower group index.
+    Gain per prompt is the order that maximises the area under an accuracy-against-Q curve when gains add
+    (Smith's rule); the budget AUC is the figure the auto policy compares. answer_model : a few-shot
+    posterior (:class:`engine.core.answer_models.FewShotPosterior`): its prior and per-group terms replace
+    the channel's, as in the loop. Returns a permutation of 0..G-1.
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.int64)
+    G = channel.n_groups
+    lams = check_logit_scales(lam, G)
+    sizes = np.asarray(channel.sizes, dtype=np.float64)
+    if answer_model is None:
+        ll = [bayes_loglik(group_log_probs(sims[:, channel.cols(g)], lams[g]), channel.P[:, channel.cols(g)])
+              for g in range(G)]  # G arrays (B, C)
+        start = np.zeros((len(truth), channel.n_classes))
+    else:
+        ll = [answer_model.group_loglik(g, sims[:, channel.cols(g)]) for g in range(G)]
+        start = answer_model.log_prior(len(truth))
+    rows = np.arange(len(truth))
+
+    def score(tot):
+        lp = tot - logsumexp(tot, axis=1, keepdims=True)
+        return float((lp.argmax(axis=1) == truth).mean()), float(lp[rows, truth].mean())
+
+    cur = start
+    acc0, lt0 = score(cur)
+    order: list[int] = []
+    while len(order) < G:
+        best = None
+        for g in (g for g in range(G) if g not in order):
+            acc, lt = score(cur + ll[g])
+            key = ((acc - acc0) / sizes[g], (lt - lt0) / sizes[g], -g)
+            if best is None or key > best[0]:
+                best = (key, g, acc, lt)
+        _, g, acc0, lt0 = best
+        cur = cur + ll[g]
+        order.append(g)
+    return tuple(order)
+
+
+def pick_policy(aucs: dict, baseline: str = "fixed") -> tuple[str, dict]:
+    """The auto policy's rule: the candidate with the highest budget AUC, if its paired bootstrap difference to
+    ``baseline`` has a 95% interval above 0 (clearly better on these images); otherwise ``baseline``.
+
+    aucs : {name: {"auc": float, "boot": (n_boot,) resampled AUCs on shared resamples}} (:func:`engine.core.
+    metrics.budget_aucs`), ``baseline`` among them. Keeping the static system order unless something beats it
+    clearly is what keeps auto from losing to it in expectation on small, noisy dev sets. Equal AUCs go to the
+    baseline, then to the name that comes first in ``aucs``. Returns (choice, {name: {"diff", "diff_ci95"}}):
+    each candidate's AUC minus the baseline's, with its CI.
+    """
+    base = aucs[baseline]
+    diffs = {}
+    for k, v in aucs.items():
+        d = np.asarray(v["boot"]) - np.asarray(base["boot"])
+        diffs[k] = {"diff": float(v["auc"] - base["auc"]),
+                    "diff_ci95": [float(x) for x in np.quantile(d, [0.025, 0.975])]}
+    best = max(aucs, key=lambda k: (aucs[k]["auc"], k == baseline))
+    choice = best if best == baseline or diffs[best]["diff_ci95"][0] > 0 else baseline
+    return choice, diffs

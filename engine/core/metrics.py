@@ -76,3 +76,54 @@ def per_class(labels: list[str], preds: list[str | None]) -> dict[str, dict[str,
 def top_confusions(labels: list[str], preds: list[str | None], k: int = 10) -> list[dict]:
     cnt = Counter((y, p) for y, p in zip(labels, preds) if p != y)
     return [{"label": y, "predicted": p, "count": n} for (y, p), n in cnt.most_common(k)]
+
+
+# --------------------------------------------------------------------------- budget curves
+def budget_grid(q_full: int, n: int = 9) -> list[int]:
+    """n budgets spread evenly over [0, q_full], rounded and deduplicated (the budget sweep's points)."""
+    return sorted({int(round(x)) for x in np.linspace(0, q_full, n)})
+
+
+def normalised_auc_rows(acc: np.ndarray, mean_q: np.ndarray, q_full: float) -> np.ndarray:
+    """Normalised budget AUC of R curves at once.
+
+    acc, mean_q : (R, nb) accuracy and mean Q of each curve at each budget; column 0 is budget 0.
+    Each curve starts at (0, its budget-0 accuracy), is linear between its points sorted by mean Q,
+    and is held flat after its last point up to q_full (points beyond are clipped). Returns (R,): the
+    area over [0, q_full] divided by q_full (a classifier right at every Q scores 1).
+    """
+    acc = np.asarray(acc, dtype=np.float64)
+    mq = np.clip(np.asarray(mean_q, dtype=np.float64), 0.0, q_full)
+    order = np.argsort(mq, axis=1, kind="stable")
+    x = np.take_along_axis(mq, order, axis=1)
+    y = np.take_along_axis(acc, order, axis=1)
+    x = np.concatenate([np.zeros((len(x), 1)), x, np.full((len(x), 1), q_full)], axis=1)
+    y = np.concatenate([acc[:, :1], y, y[:, -1:]], axis=1)
+    return np.trapezoid(y, x, axis=1) / q_full
+
+
+def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) bootstrap weights: row r counts how often each of n items is drawn in resample r, over n."""
+    idx = np.random.default_rng([seed, 7]).integers(0, n, size=(n_boot, n))
+    w = np.zeros((n_boot, n))
+    np.add.at(w, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
+    return w / max(n, 1)
+
+
+def budget_aucs(curves: dict, q_full: float, *, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Normalised budget AUC of several policies on the same images, with paired bootstrap CIs.
+
+    curves : {name: (correct (B, nb), q (B, nb))} per-image outcomes along the same budget sweep.
+    Returns {name: {"auc", "ci95", "boot" ((n_boot,) resampled AUCs, the same resamples for every name,
+    so differences are paired)}}.
+    """
+    names = list(curves)
+    B = next(iter(curves.values()))[0].shape[0] if names else 0
+    w = bootstrap_weights(B, n_boot, seed)
+    out = {}
+    for k in names:
+        cor, q = (np.asarray(a, dtype=np.float64) for a in curves[k])
+        auc = float(normalised_auc_rows(cor.mean(0)[None], q.mean(0)[None], q_full)[0])
+        boot = normalised_auc_rows(w @ cor, w @ q, q_full)
+        out[k] = {"auc": auc, "ci95": [float(x) for x in np.quantile(boot, [0.025, 0.975])], "boot": boot}
+    return out

@@ -7,15 +7,18 @@
 
 What happens to each image:
 
-- a path or encoded bytes goes to a worker process (``workers`` of them, started with
-  ``spawn`` on first use; a worker imports Pillow and numpy, not torch), which loads it with
+- a path or encoded bytes goes to a worker process (``workers`` of them, started on first use
+  by :class:`engine.encoders.worker_pool.WorkerPool`: fresh interpreters that never import the
+  caller's ``__main__``, so a script needs no ``if __name__ == "__main__":``; a worker imports
+  Pillow and numpy, not torch), which loads it with
   :func:`engine.encoders.images.load_image` (every check there: regular file, decompression
   bomb, EXIF orientation, transparency on white, 16-bit, animated) and resizes and crops it
   with :func:`engine.encoders.pixels.resize_crop_pil`: the same Pillow calls as the model's
   processor, so the pixels are identical. A bad image comes back as its one-line error.
   A PIL image (already decoded) is resized in this process.
-- with ``workers=0`` (or a batch smaller than :data:`MIN_POOL_BATCH`) all of that happens
-  in this process, when ``result()`` is called: today's order of work, no processes.
+- with ``workers=0`` (or a batch smaller than :data:`MIN_POOL_BATCH`, or where no worker
+  interpreter can be started: :func:`engine.encoders.worker_pool.can_start_workers`, e.g. a
+  frozen application) all of that happens in this process, when ``result()`` is called, quietly.
 - with a GPU decoder (:class:`TorchvisionDecoder`: CUDA and torchvision), each file's header
   is read here (Pillow, no pixels); a baseline JPEG or an 8-bit PNG without transparency or
   EXIF rotation, inside :data:`engine.encoders.images.MAX_SIDE`, is decoded on the device and
@@ -80,15 +83,6 @@ def _label(source: Any, name: str | None) -> str:
     from engine.encoders.images import image_label
 
     return name if name is not None else image_label(source)
-
-
-def ignore_interrupts() -> None:
-    """A decode worker's initializer: Ctrl-C reaches the whole process group, but only the main
-    process handles it (it stops the pool); a worker that also raised KeyboardInterrupt would print
-    its own traceback."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def decode_one(source: Any, name: str | None, plan: PixelPlan) -> np.ndarray | str:
@@ -249,7 +243,11 @@ class ImageLoader:
                  max_pending: int = 2):
         import torch
 
+        from engine.encoders.worker_pool import can_start_workers
+
         self.plan, self.workers = plan, check_workers(workers)
+        if self.workers and not can_start_workers():
+            self.workers = 0  # nowhere to start a worker interpreter: decode here, quietly
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.gpu_decoder = (gpu_decoder_for(self.device) if gpu_decoder is None else gpu_decoder) or None
@@ -306,11 +304,9 @@ class ImageLoader:
     def _executor(self):
         with self._lock:
             if self._pool is None:
-                import multiprocessing as mp
-                from concurrent.futures import ProcessPoolExecutor
+                from engine.encoders.worker_pool import WorkerPool
 
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                                 initializer=ignore_interrupts)
+                self._pool = WorkerPool(self.workers)
             return self._pool
 
     def _start_tasks(self, images: list, names: list, only: list[int] | None = None) -> list:
@@ -331,28 +327,29 @@ class ImageLoader:
         """{index: array or error} from the worker tasks.
 
         A task whose worker died: if no task has ever come back from this loader's workers, they
-        cannot start here (typically a script without ``if __name__ == "__main__":``, which
-        ``spawn`` re-runs in each worker), so a warning says so and this loader decodes in this
-        process from now on. Otherwise the pool is restarted and the task's images are retried
+        cannot run here (the interpreter refuses to start, or cannot import this package), so a
+        warning says so, with the workers' last words, and this loader decodes in this process
+        from now on. Otherwise the pool is restarted and the task's images are retried
         one per task; an image that kills a worker again is that image's error.
         """
         from concurrent.futures.process import BrokenProcessPool
 
         out: dict[int, np.ndarray | str] = {}
         retry: list[int] = []
+        why = ""
         for part, fut in tasks:
             try:
                 for i, r in zip(part, fut.result()):
                     out[i] = r
                 self._worked = True
-            except BrokenProcessPool:
+            except BrokenProcessPool as e:
                 retry += part
+                why = why or str(e)
         if retry and not self._worked:
             self._restart()
             self.workers = 0
-            warnings.warn("decode worker processes could not start (a script that starts work at import time "
-                          "needs `if __name__ == '__main__':`); decoding images in this process instead "
-                          "(decode_workers=0 / --decode-workers 0 says so up front)",
+            warnings.warn(f"decode worker processes could not start ({why or 'no reason given'}); decoding images "
+                          "in this process instead (decode_workers=0 / --decode-workers 0 says so up front)",
                           DecodeWorkersUnavailable, stacklevel=2)
             return out  # the caller decodes the rest in this process
         if retry:

@@ -10,9 +10,11 @@ Contract (these names are stable; the CLI, the Python API, Ray and the benchmark
   loaded encoder's ``model_id`` and the hub revision), ``system_name`` / ``system_sha256``
   (:func:`engine.run.provenance.system_hash`), ``sizes`` (G,) K_g, ``dev`` (the dev split: data source,
   rows hash, ``image_sha256`` of every dev image, ``seed``, ``fraction``), ``metrics`` (dev NLL, ECE and
-  accuracy of the full system and of adaptive ``eig`` at τ=0.9, before and after), ``paths``
-  ({policy: :class:`PolicyPaths`}, one τ=1 traced run per built-in policy on the dev images),
-  ``path`` / ``sha256`` (the file it was read from or written to; None before).
+  accuracy of the full system and of adaptive ``eig`` at τ=0.9, before and after, on the fit part), ``paths``
+  ({policy: :class:`PolicyPaths`}, one τ=1 traced run per built-in policy on the select part), ``dev_order``
+  (the dev-order policy's order), ``auto`` (the auto policy's choice and figures), ``select``
+  (:class:`SelectPart`: the select part's similarities and classes), ``path`` / ``sha256`` (the file it was
+  read from or written to; None before).
 
   ``channel(system)`` the fitted answer channel; ``check(system, model_id=None)`` refuses a mismatch
   (:class:`CalibrationMismatch`; ``check(system, model_id, model)``); ``tau_for(policy, target, budget=None, alpha=0.1)`` a
@@ -29,16 +31,34 @@ Contract (these names are stable; the CLI, the Python API, Ray and the benchmark
   :func:`image_sha256` is that content hash (a file's sha256, as the image cache keys images).
 - :class:`CalibrationError` (a file that cannot be used, exit 2), :class:`CalibrationMismatch`.
 
+Fit and select parts (issue 26): the dev images are split again, by image, stratified by class and
+seeded (:func:`engine.core.calibration.fit_select_split`, recorded in ``dev['fit_select']``), into a
+*fit* part, on which the answer channels and the dev order are fitted, and a *select* part, on which
+the τ tables are traced and the auto policy is chosen. Choosing τ on images the channels never saw is
+what makes learn-then-test's guarantee hold (on the fit images themselves the posterior is optimistic).
+A disjoint split, not cross-fitting: the channel shipped is the one the select paths were traced
+with, so the guarantee is exact, not approximate; the price is fewer images for each job.
+
+Policies of a calibration: ``dev_order`` (a static order, greedy by dev accuracy gain per prompt on the
+fit part; ``--policy dev-order``) and ``auto`` (``--policy auto``: among fixed, dev-order, eig and
+lookahead, the highest normalised budget AUC on the select part, fixed unless clearly beaten; the
+choice, every candidate's AUC with its 95% CI and its difference to fixed are recorded).
+:func:`resolve_policy` turns a RunConfig's policy into the object that runs.
+
 Target accuracy: a deterministic policy's path does not depend on τ (τ only cuts it short), so one
 run at τ=1 per policy, with the confidence and correctness after every step, gives the outcome at
 every τ; :func:`engine.core.calibration.choose_tau` picks τ by learn-then-test (fixed-sequence
 exact binomial tests, error level α=0.1, i.e. the chosen τ's accuracy among images that stop on
-confidence is ≥ the target with 90% confidence). Assumptions, checked where they can be:
+confidence is ≥ the target with 90% confidence). For ``auto`` the level is α divided by the number of
+candidates (Bonferroni: the policy was chosen on the same select images). Assumptions, checked where
+they can be:
 
-- the paths were traced with no budget; under ``budget`` B each path is cut after its last step
-  with Q ≤ B. That is exact while the policy's choices up to there do not depend on the budget
-  (``fixed``, ``random``); ``eig`` and others skip a group the remaining budget cannot pay for, so
-  near the end of the budget the real path may differ from the cut one;
+- under a ``budget`` the loop skips a group the remaining budget cannot pay for and asks a later,
+  cheaper one, so a budgeted path is not a cut of the τ=1 one. The file keeps the select part's
+  similarities and classes (``select``), and :meth:`Calibration.tau_for` replays the loop itself on
+  them under that budget (exact, every policy). Only a file without them (an older twentyq), or a
+  call without the system, falls back to cutting each τ=1 path after its last step with Q ≤ B
+  (exact only while no path meets an unaffordable group);
 - the tables are for the Bayes scorer, no shortlist and δ=0 (RunConfig refuses other settings with a
   target accuracy), and the ``random`` policy's seed 0;
 - only the built-in policies (those of the ``policies`` package) have tables: a plug-in policy is
@@ -57,13 +77,19 @@ from typing import Any
 import numpy as np
 
 from engine.core.calibration import AnswerChannels, TauChoice, choose_tau, split_by_image
+from policies.builtin import AUTO_CANDIDATES
 from systems.errors import UserInputError
 from systems.format import AttributeSystem
 
-SCHEMA = "twentyq-calibration-v1"
+SCHEMA = "twentyq-calibration-v2"  # v2 adds "setting", "few_shot" and "decision" (issue 26)
+SCHEMA_V1 = "twentyq-calibration-v1"  # still read: a zero-shot calibration without a recorded decision
+SETTINGS = ("auto", "few-shot", "zero-shot")
 DEFAULT_ALPHA = 0.1  # choose_tau's error level: target reached with 90% confidence
 METRIC_POLICY, METRIC_TAU = "eig", 0.9  # the adaptive setting whose dev accuracy the file reports
 N_BINS = 10
+FIT_FRACTION = 0.5  # share of each class's dev images the channels are fitted on; the rest choose τ and auto
+AUTO_BUDGETS = 9  # budget points of the auto policy's sweep (engine.core.metrics.budget_grid)
+AUTO_BOOT = 1000
 
 
 class CalibrationError(UserInputError, ValueError):
@@ -107,6 +133,29 @@ class PolicyPaths:
 
 
 @dataclass(frozen=True, eq=False)
+class SelectPart:
+    """The select part of the dev images (those the channels were not fitted on), as the loop sees them.
+
+    sims : (B, Q) similarities to every prompt; truth : (B,) class indices. Enough to replay any policy's
+    path under any budget exactly (:meth:`Calibration.replay`); JSON floats round-trip exactly.
+    """
+
+    sims: np.ndarray
+    truth: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sims": self.sims.tolist(), "truth": self.truth.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SelectPart":
+        sims = np.asarray(d["sims"], dtype=np.float64)
+        truth = np.asarray(d["truth"], dtype=np.int64)
+        if sims.ndim != 2 or truth.shape != (sims.shape[0],) or not np.isfinite(sims).all():
+            raise ValueError("select: sims should be finite (B, Q) and truth (B,)")
+        return cls(sims, truth)
+
+
+@dataclass(frozen=True, eq=False)
 class Calibration:
     """A fitted calibration (see the module docstring for every field)."""
 
@@ -124,12 +173,26 @@ class Calibration:
     paths: dict[str, PolicyPaths] = field(default_factory=dict)
     path: str | None = None
     sha256: str | None = None
+    setting: str = "zero-shot"
+    few_shot: Any = None  # an engine.core.answer_models.FewShotModel in the few-shot setting
+    decision: dict[str, Any] = field(default_factory=dict)
+    dev_order: tuple[int, ...] | None = None  # the dev-order policy's order (group indices), None in older files
+    auto: dict[str, Any] = field(default_factory=dict)  # the auto policy's choice and its select-part figures
+    select: "SelectPart | None" = None  # the select part's similarities and classes, for exact budgeted paths
+    _replayed: dict = field(default_factory=dict, repr=False)  # (policy, budget) -> PolicyPaths, memoised
 
     # ------------------------------------------------------------------ use
     def channel(self, system: AttributeSystem):
         """The fitted answer channel for ``system`` (checked against it first)."""
         self.check(system)
+        if self.few_shot is not None:
+            return self.few_shot.channel(system.rule_matrix, system.option_counts, self.channels.eps)
         return self.channels.channel(system.rule_matrix, system.option_counts)
+
+    def answer_model(self, system: AttributeSystem):
+        """The few-shot posterior the loop reports and stops on (None: the channel's Bayes update)."""
+        self.check(system)
+        return None if self.few_shot is None else self.few_shot.posterior
 
     @property
     def lams(self) -> np.ndarray:
@@ -157,10 +220,15 @@ class Calibration:
     def where(self) -> str:
         return repr(self.path) if self.path else "(in memory)"
 
-    def tau_for(self, policy: str, target: float, budget: int | None = None, alpha: float = DEFAULT_ALPHA
-                ) -> TauChoice:
-        """The τ for ``target`` accuracy among images that stop on confidence, from the dev paths of ``policy``
-        (cut at ``budget``; see the module docstring). A policy without tables is a CalibrationError."""
+    def tau_for(self, policy: str, target: float, budget: int | None = None, alpha: float = DEFAULT_ALPHA,
+                system: AttributeSystem | None = None) -> TauChoice:
+        """The τ for ``target`` accuracy among images that stop on confidence, from the select-part paths of
+        ``policy`` (``auto``: of its choice, at α / number of candidates) under ``budget`` (replayed exactly
+        when ``system`` is given and the file holds the select part; see the module docstring). A policy
+        without tables is a CalibrationError."""
+        if policy == "auto":
+            policy = self.auto_choice()
+            alpha = alpha / len(AUTO_CANDIDATES)
         if policy not in self.paths:
             if not is_builtin_policy(policy):
                 raise CalibrationError(f"--target-accuracy: policy {policy!r} is a plug-in, and the calibration "
@@ -169,10 +237,49 @@ class Calibration:
             raise CalibrationError(f"--target-accuracy: calibration {self.where()} holds no dev paths for policy "
                                    f"{policy!r} (made by an older twentyq); rerun 'twentyq calibrate' to add them")
         p = self.paths[policy]
-        conf = p.conf.copy()
-        if budget is not None:
-            conf[p.q > budget] = np.nan  # the path cut after its last step within the budget
-        return choose_tau(conf, p.correct, target, alpha=alpha)
+        if budget is not None and (p.q > budget).any():  # some path meets the budget: not the τ=1 one
+            if system is not None and self.select is not None:
+                p = self.replay(policy, budget, system)
+            else:  # an older file, or no system: the τ=1 path cut after its last step within the budget
+                conf = p.conf.copy()
+                conf[p.q > budget] = np.nan
+                p = PolicyPaths(conf, p.correct, p.q)
+        return choose_tau(p.conf, p.correct, target, alpha=alpha)
+
+    def replay(self, policy: str, budget: int | None, system: AttributeSystem) -> PolicyPaths:
+        """``policy``'s paths on the select part under ``budget``, traced by the loop itself (memoised)."""
+        key = (policy, budget)
+        if key not in self._replayed:
+            from engine.core.adaptive import StopRule
+
+            if self.select is None:
+                raise CalibrationError(f"calibration {self.where()} holds no select-part similarities (made by an "
+                                       "older twentyq); rerun 'twentyq calibrate'")
+            self._replayed[key] = trace_paths(self.select.sims, self.select.truth, system,
+                                              self.policy_object(policy), self.lams, self.channel(system),
+                                              self.answer_model(system), stop=StopRule(budget=budget))
+        return self._replayed[key]
+
+    def auto_choice(self) -> str:
+        """The policy ``auto`` runs with this calibration (a CalibrationError for a file without the choice)."""
+        if not self.auto.get("choice"):
+            raise CalibrationError(f"--policy auto: calibration {self.where()} holds no auto choice (made by an "
+                                   "older twentyq); rerun 'twentyq calibrate'")
+        return str(self.auto["choice"])
+
+    def policy_object(self, name: str) -> Any:
+        """The policy object ``name`` runs as with this calibration (dev-order with its order, auto as its choice,
+        random with seed 0, as traced)."""
+        from policies import get_policy
+
+        if name == "auto":
+            name = self.auto_choice()
+        if name == "dev-order":
+            if self.dev_order is None:
+                raise CalibrationError(f"--policy dev-order: calibration {self.where()} holds no dev order (made by "
+                                       "an older twentyq); rerun 'twentyq calibrate'")
+            return get_policy("dev-order", order=self.dev_order)
+        return get_policy(name)
 
     def provenance(self) -> dict[str, Any]:
         """What a summary records: the file, its sha256, the model and the system it was fitted for."""
@@ -190,25 +297,29 @@ class Calibration:
         from engine.run.provenance import package_version
 
         ch = self.channels
-        groups = [{"name": name, "options": int(k), "lam": float(ch.lams[g]), "reliability": float(ch.reliability[g]),
+        groups = [{"name": name, "options": int(k), "lam": float(ch.lams[g]),
+                   "reliability": None if np.isnan(ch.reliability[g]) else float(ch.reliability[g]),  # null: no dev evidence
                    "n_dev": int(ch.n_dev[g]),
                    "confusion": None if ch.confusions[g] is None else np.asarray(ch.confusions[g]).tolist()}
                   for g, (name, k) in enumerate(zip(self.groups, self.sizes))]
-        return {"format": SCHEMA, "twentyq": package_version(),
+        return {"format": SCHEMA, "twentyq": package_version(), "setting": self.setting,
+                "few_shot": None if self.few_shot is None else self.few_shot.to_dict(), "decision": self.decision,
                 "model": {"model": self.model, "model_id": self.model_id, "revision": self.revision},
                 "system": {"name": self.system_name, "sha256": self.system_sha256},
                 "channels": {"eps": float(ch.eps), "lam0": float(self.lam0), "groups": groups},
                 "dev": self.dev, "metrics": self.metrics,
-                "policies": {k: v.to_dict() for k, v in sorted(self.paths.items())}}
+                "policies": {k: v.to_dict() for k, v in sorted(self.paths.items())},
+                **policy_choice_dict(self)}
 
     @classmethod
     def from_dict(cls, d: Any, *, path: str | None = None, sha256: str | None = None) -> "Calibration":
         """The inverse of :meth:`to_dict`; a CalibrationError names what is wrong."""
         where = repr(path) if path else "calibration"
         fix = "make it again with 'twentyq calibrate'"
-        if not isinstance(d, dict) or d.get("format") != SCHEMA:
+        if not isinstance(d, dict) or d.get("format") not in (SCHEMA, SCHEMA_V1):
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise CalibrationError(f"{where} is not a twentyq calibration (format {got!r}, expected {SCHEMA!r}); {fix}")
+            raise CalibrationError(f"{where} is not a twentyq calibration this version reads (format {got!r}, "
+                                   f"expected {SCHEMA!r} or {SCHEMA_V1!r}); {fix}")
         _check_calibration_fields(d, where, fix)
         try:
             gs = d["channels"]["groups"]
@@ -234,12 +345,23 @@ class Calibration:
             channels = AnswerChannels(lams=arrays["lams"], confusions=tuple(confs), reliability=arrays["reliability"],
                                       n_dev=arrays["n_dev"], eps=check_eps(float(d["channels"]["eps"])))
             paths = {str(k): PolicyPaths.from_dict(v) for k, v in d.get("policies", {}).items()}
+            from engine.core.answer_models import FewShotModel
+
+            try:
+                few = None if d.get("few_shot") is None else FewShotModel.from_dict(d["few_shot"])
+            except (KeyError, TypeError, ValueError) as e:  # name the field: its arrays are checked only here
+                what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+                raise ValueError(f"field few_shot (the few-shot model): {what}") from None
+            if few is not None and few.P.shape[1] != sum(sizes):
+                raise ValueError(f"few-shot model has {few.P.shape[1]} option columns, the groups {sum(sizes)}")
             m, s = d["model"], d["system"]
             return cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
                        revision=m.get("revision"), system_name=str(s["name"]), system_sha256=str(s["sha256"]),
                        sizes=sizes, groups=tuple(str(g["name"]) for g in gs), lam0=float(d["channels"]["lam0"]),
                        dev=dict(d.get("dev", {})), metrics=dict(d.get("metrics", {})), paths=paths, path=path,
-                       sha256=sha256)
+                       sha256=sha256, setting=str(d.get("setting", "zero-shot")), few_shot=few,
+                       decision=dict(d.get("decision") or {}),
+                       **policy_choice_from_dict(d, tuple(str(g["name"]) for g in gs)))
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
             raise CalibrationError(f"{where} is damaged ({what}); {fix}") from None
@@ -336,6 +458,14 @@ def _check_fields(d: dict[str, Any]) -> None:
             if not isinstance(h, str) or len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
                 raise _Bad(f"dev.image_sha256[{i}]", h, "a sha256 hex string (64 characters 0-9a-f)")
     _of(d.get("metrics", {}), dict, "metrics", "an object")
+    if d.get("setting") is not None and d["setting"] not in ("few-shot", "zero-shot"):
+        raise _Bad("setting", d["setting"], "'few-shot' or 'zero-shot'")
+    if d.get("few_shot") is not None:  # its arrays' shapes and values are checked by FewShotModel.from_dict
+        fs = _of(d["few_shot"], dict, "few_shot", "null or an object {sizes, posterior, per_class_channel, beta, n_dev}")
+        if fs.get("posterior") is not None:
+            _of(fs["posterior"], dict, "few_shot.posterior", "null or an object {sizes, mean, scale, W, m, b, n_dev, reg}")
+    if d.get("decision") is not None:
+        _of(d["decision"], dict, "decision", "an object")
     pols = _of(d.get("policies", {}), dict, "policies", "an object {policy: {conf, correct, q}}")
     for name, p in pols.items():
         at = f"policies.{name}"
@@ -428,8 +558,9 @@ def _load_calibration_file(path: str | Path) -> Calibration:
     return Calibration.from_dict(d, path=str(path), sha256=hashlib.sha256(raw).hexdigest())
 
 
-def target_choice(cal: Calibration | None, config: Any) -> TauChoice | None:
-    """The τ choice for ``config.target_accuracy`` (None without one); a CalibrationError without a calibration."""
+def target_choice(cal: Calibration | None, config: Any, system: AttributeSystem | None = None) -> TauChoice | None:
+    """The τ choice for ``config.target_accuracy`` (None without one); a CalibrationError without a calibration.
+    ``system`` (the calibration's) makes a budgeted table exact (:meth:`Calibration.tau_for`)."""
     if getattr(config, "target_accuracy", None) is None:
         return None
     if cal is None:
@@ -438,7 +569,7 @@ def target_choice(cal: Calibration | None, config: Any) -> TauChoice | None:
     if config.policy == "random" and getattr(config, "seed", 0) != 0:
         raise CalibrationError("--target-accuracy with --policy random: the calibration traced the random order of "
                                f"seed 0, not seed {config.seed}; use --seed 0, or another policy")
-    return cal.tau_for(config.policy, config.target_accuracy, config.budget)
+    return cal.tau_for(config.policy, config.target_accuracy, config.budget, system=system)
 
 
 def choice_dict(choice: TauChoice | None, config: Any) -> dict[str, Any] | None:
@@ -454,6 +585,74 @@ def choice_dict(choice: TauChoice | None, config: Any) -> dict[str, Any] | None:
 def as_calibration(cal: Calibration | str | Path | None) -> Calibration | None:
     """A Calibration, a path to one, or None."""
     return cal if cal is None or isinstance(cal, Calibration) else load_calibration(cal)
+
+
+# --------------------------------------------------------------------------- dev-order and auto
+def policy_choice_dict(cal: Calibration) -> dict[str, Any]:
+    """The file's keys for the dev order, the auto choice and the select part (absent when not fitted)."""
+    out: dict[str, Any] = {}
+    if cal.dev_order is not None:
+        out["dev_order"] = [cal.groups[g] for g in cal.dev_order]
+    if cal.auto:
+        out["auto"] = cal.auto
+    if cal.select is not None:
+        out["select"] = cal.select.to_dict()
+    return out
+
+
+def policy_choice_from_dict(d: dict[str, Any], groups: tuple[str, ...]) -> dict[str, Any]:
+    """The inverse of :func:`policy_choice_dict` (ValueError/KeyError on a damaged entry)."""
+    order = d.get("dev_order")
+    if order is not None:
+        if sorted(order) != sorted(groups):
+            raise ValueError("dev_order should name every group once")
+        order = tuple(groups.index(str(g)) for g in order)
+    auto = dict(d.get("auto") or {})
+    if auto and auto.get("choice") not in AUTO_CANDIDATES:
+        raise ValueError(f"auto choice {auto.get('choice')!r} is not one of {list(AUTO_CANDIDATES)}")
+    select = SelectPart.from_dict(d["select"]) if d.get("select") is not None else None
+    return {"dev_order": order, "auto": auto, "select": select}
+
+
+def needs_calibration_line(policy: str) -> str:
+    """The one-line refusal of ``--policy dev-order`` without a calibration."""
+    return (f"--policy {policy} needs --calibration CAL.json: its group order is fitted on labelled dev images by "
+            "'twentyq calibrate'; add the calibration, or use --policy fixed")
+
+
+def resolve_policy(cal: Calibration | None, config: Any) -> Any:
+    """The policy object a run of ``config`` uses: dev-order with the calibration's order (a CalibrationError
+    without one), auto as the calibration's choice (fixed without a calibration), any other as
+    ``config.make_policy()``."""
+    if config.policy == "dev-order":
+        if cal is None:
+            raise CalibrationError(needs_calibration_line("dev-order"))
+        return cal.policy_object("dev-order")
+    if config.policy == "auto":
+        return config.make_policy() if cal is None else cal.policy_object("auto")
+    return config.make_policy()
+
+
+def policy_label(cal: Calibration | None, config: Any) -> str:
+    """The policy a summary names: ``auto (lookahead)`` for auto, what it ran; the policy's name otherwise."""
+    if config.policy == "auto":
+        return "auto (fixed: no calibration)" if cal is None else f"auto ({cal.auto_choice()})"
+    return config.policy
+
+
+def policy_line(cal: Calibration | None, config: Any) -> str | None:
+    """What ``--policy auto`` / ``dev-order`` will run, in one line (None for other policies)."""
+    if config.policy == "auto":
+        if cal is None:
+            return "--policy auto without --calibration: runs fixed (auto chooses on a calibration's select images)"
+        a = cal.auto
+        figs = ", ".join(f"{k} {v['auc']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+                         for k, v in a.get("candidates", {}).items())
+        return (f"--policy auto: runs {cal.auto_choice()} (chosen by 'twentyq calibrate' on {a.get('n_images')} "
+                f"select image(s) by normalised budget AUC: {figs}; {a.get('rule', '')})")
+    if config.policy == "dev-order" and cal is not None and cal.dev_order is not None:
+        return f"--policy dev-order: asks {' > '.join(cal.groups[g] for g in cal.dev_order)} (fitted on dev images)"
+    return None
 
 
 # --------------------------------------------------------------------------- dev images
@@ -499,17 +698,28 @@ def builtin_policies() -> list[str]:
 
 # --------------------------------------------------------------------------- fitting
 def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, policy: Any, lams: np.ndarray,
-                channel: Any) -> PolicyPaths:
-    """One policy's τ=1 paths over dev similarities (B, Q) with true classes (B,): see :class:`PolicyPaths`."""
+                channel: Any, answer_model: Any = None, stop: Any = None) -> PolicyPaths:
+    """One policy's τ=1 paths over dev similarities (B, Q) with true classes (B,): see :class:`PolicyPaths`.
+    With a few-shot ``answer_model`` column 0 is its prior (the loop starts there), else the uniform prior.
+    ``stop`` : a StopRule with τ = 1 (e.g. a budget; default none)."""
     from engine.core.adaptive import NO_STOP, classify_batch
     from engine.core.sources import ArraySource
 
-    res = classify_batch(ArraySource(sims, system), system, policy, stop=NO_STOP, logit_scale=lams, channel=channel,
-                         top_k=1, trace=True)
+    stop = NO_STOP if stop is None else stop
+    if stop.tau != 1.0 or stop.delta != 0:
+        raise ValueError("trace_paths: a path is traced at τ = 1 and δ = 0 (τ only cuts it short)")
+    res = classify_batch(ArraySource(sims, system), system, policy, stop=stop, logit_scale=lams, channel=channel,
+                         top_k=1, trace=True, answer_model=answer_model)
     B, C = len(truth), system.n_classes
     S = 1 + max((len(r.steps) for r in res), default=0)
     conf, correct, q = np.full((B, S), np.nan), np.zeros((B, S), bool), np.full((B, S), -1, dtype=np.int64)
     conf[:, 0], correct[:, 0], q[:, 0] = 1.0 / C, np.asarray(truth) == 0, 0  # the uniform prior: class 0 on top
+    if answer_model is not None:
+        from engine.core.scoring import shortlist
+
+        prior = np.exp(answer_model.log_prior(1))
+        top = int(shortlist(prior, 1)[0, 0])
+        conf[:, 0], correct[:, 0] = prior[0, top], np.asarray(truth) == top
     for i, r in enumerate(res):
         for j, s in enumerate(r.steps, start=1):
             conf[i, j] = s.confidence_after
@@ -518,69 +728,244 @@ def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, po
     return PolicyPaths(conf, correct, q)
 
 
-def _full_metrics(sims, truth, system, lam, eps, channel=None) -> dict[str, float]:
+def _full_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None) -> dict[str, float]:
     from engine.core.calibration import expected_calibration_error, full_log_posterior, true_class_nll
 
-    lp = full_log_posterior(sims, system.rule_matrix, system.option_counts, lam, eps, channel=channel)
+    if answer_model is not None:
+        lp = answer_model.log_posterior(sims)
+    else:
+        lp = full_log_posterior(sims, system.rule_matrix, system.option_counts, lam, eps, channel=channel)
     conf, pred = np.exp(lp.max(axis=1)), lp.argmax(axis=1)
     correct = pred == truth
     return {"accuracy": float(correct.mean()), "nll": true_class_nll(lp, truth),
             "ece": expected_calibration_error(conf, correct, N_BINS), "mean_confidence": float(conf.mean())}
 
 
-def _adaptive_metrics(sims, truth, system, lam, eps, channel=None) -> dict[str, float]:
+def _adaptive_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None) -> dict[str, float]:
     from engine.core.adaptive import StopRule, classify_batch
     from engine.core.sources import ArraySource
 
     res = classify_batch(ArraySource(sims, system), system, METRIC_POLICY, stop=StopRule(tau=METRIC_TAU),
-                         logit_scale=lam, eps=eps, channel=channel, top_k=1)
+                         logit_scale=lam, eps=eps, channel=channel, top_k=1, answer_model=answer_model)
     correct = np.array([r.label == system.classes[t] for r, t in zip(res, truth)])
     conf = np.array([r.stop == "confident" for r in res])
     return {"accuracy": float(correct.mean()), "mean_q": float(np.mean([r.q_spent for r in res])),
             "confident": int(conf.sum()), "accuracy_confident": float(correct[conf].mean()) if conf.any() else None}
 
 
+MIN_FEW_SHOT_IMAGES = 2  # dev images per class for "auto" to pick few-shot (each class in two folds at least)
+
+
+def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
+                     setting: str = "auto", seed: int = 0, prior_strength: float | None = None
+                     ) -> tuple[Any, Any, dict[str, Any]]:
+    """The answer model of a calibration, chosen on cross-fitted (held-out) dev images; nothing is kept that is
+    worse there than what it would replace.
+
+    sims : (B, Q) dev similarities; truth : (B,) class indices; lam0, eps : the uncalibrated λ and ε.
+    setting : "few-shot" (dev images of the classes being classified), "zero-shot" (only the class-agnostic
+    rule channel: λ_g, option confusions, reliabilities) or "auto" (few-shot when every class has at least
+    MIN_FEW_SHOT_IMAGES dev images, else zero-shot).
+    prior_strength : fit the rule channel with this α only (no choice among the variants).
+
+    Steps, scored on 3 stratified folds (each fold by the fit on the others):
+    1. zero-shot: the rule-channel variants (:data:`engine.core.answer_models.RULE_VARIANTS`, from uncalibrated to
+       free λ_g); the fitted one with the lowest held-out NLL among those that beat uncalibrated in held-out NLL
+       and in accuracy by at least a paired standard error (:func:`engine.core.answer_models.replaces`), else
+       uncalibrated;
+    2. few-shot: the group-masked LR posterior (L2 strength by the same folds) replaces the step-1 channel's
+       posterior only when it beats it the same way; its generative half is the
+       per-class channel (α = 5) on top of the step-1 channel, tempered by β_g fitted on cross-fitted prefixes.
+       Classes with no dev image ("few-shot" asked with partial coverage): no LR (it cannot score a class it
+       never saw); the per-class channel alone, whose rows for those classes are the rule channel's, kept only
+       when it beats the rule channel on held-out dev images the same way (else zero-shot). Its held-out images
+       are all of covered classes, so this check is optimistic when the images to classify are not.
+    Returns (AnswerChannels, FewShotModel or None, the decision as a dict for the file).
+    """
+    from engine.core import answer_models as AM
+    from engine.core.adaptive import NAME_GROUP
+    from engine.core.calibration import fit_answer_channels
+
+    if setting not in SETTINGS:
+        raise ValueError(f"setting == {setting!r}, must be one of {list(SETTINGS)}")
+    r, sizes, C = system.rule_matrix, system.option_counts, system.n_classes
+    skip = tuple(i for i, g in enumerate(system.groups) if g.name == NAME_GROUP)
+    counts = np.bincount(truth, minlength=C)
+    covered = int((counts >= MIN_FEW_SHOT_IMAGES).sum())
+    resolved = setting if setting != "auto" else ("few-shot" if covered == C else "zero-shot")
+    folds = AM.stratified_folds(truth, AM.N_FOLDS, seed)
+    variants = (AM.RULE_VARIANTS if prior_strength is None else
+                {"uncalibrated": None, f"fitted, α={prior_strength:g}": {"prior_strength": float(prior_strength)}})
+    held = AM.crossfit_rule_variants(sims, truth, r, sizes, lam0=lam0, eps=eps, folds=folds, skip_groups=skip,
+                                     variants=variants)
+    rule = AM.choose_rule_variant(held)
+    kw = variants[rule]
+    # "uncalibrated" is the fit with every group skipped: λ0 and the ε channel everywhere
+    ch = fit_answer_channels(sims, truth, r, sizes, lam0=lam0, eps=eps, **(kw or {}),
+                             skip_groups=skip if kw is not None else tuple(range(len(sizes))))
+    decision: dict[str, Any] = {
+        "requested": setting, "setting": resolved, "folds": AM.N_FOLDS, "seed": int(seed),
+        "classes_with_dev_images": int((counts > 0).sum()), "classes": C, "rule_channel": rule,
+        "heldout": {f"rule channel, {k}": v for k, v in AM.public_scores(held).items()},
+        "method": "3 stratified folds of the dev images, each scored by the fit on the others; a fitted part is "
+                  "kept only when its held-out full-system NLL is no higher than what it replaces and its accuracy "
+                  "higher by at least one paired standard error"}
+    few = None
+    if resolved == "few-shot":
+        rule_P = ch.channel(r, sizes).P
+        if (counts > 0).all():
+            pf = AM.fit_few_shot_posterior(sims, truth, sizes, C, seed=seed)
+            lr = AM.heldout_scores(pf.heldout_log_post, truth)
+            decision["heldout"]["few-shot posterior (group-masked LR)"] = AM.public_scores({"x": lr})["x"]
+            decision["posterior_cv"] = [{"reg": a, "heldout_nll_prefixes": b, "heldout_accuracy_full": c,
+                                         "heldout_nll_full": d} for a, b, c, d in pf.cv]
+            if AM.replaces(lr, held[rule]):
+                P, beta = AM.fit_per_class_tempered(sims, truth, sizes, ch.lams, rule_P, folds=folds, seed=seed)
+                few = AM.FewShotModel(posterior=pf.posterior, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA, n_dev=counts,
+                                      sizes=np.asarray(sizes))
+                decision["posterior"] = "few-shot (group-masked LR)"
+            else:
+                decision["setting"] = "zero-shot"
+                decision["posterior"] = f"rule channel ({rule}): the few-shot posterior was not better on held-out dev"
+        else:
+            pc = AM.crossfit_per_class(sims, truth, r, sizes, ch.lams, rule_P, eps, folds=folds)
+            decision["heldout"]["per-class channel (no LR: some classes have no dev image)"] = \
+                AM.public_scores({"x": pc})["x"]
+            missing = int((counts == 0).sum())
+            if AM.replaces(pc, held[rule]):
+                P = AM.per_class_channel(AM.soft_answers(sims, sizes, ch.lams), truth, rule_P, AM.PER_CLASS_ALPHA)
+                few = AM.FewShotModel(posterior=None, P=P, beta=np.ones(len(sizes)), alpha=AM.PER_CLASS_ALPHA,
+                                      n_dev=counts, sizes=np.asarray(sizes))
+                decision["posterior"] = (f"per-class channel: {missing} class(es) have no dev image and use the rule "
+                                         "channel's answer distributions")
+            else:
+                decision["setting"] = "zero-shot"
+                decision["posterior"] = (f"rule channel ({rule}): {missing} class(es) have no dev image, and the "
+                                         "per-class channel was not better on held-out dev")
+    else:
+        decision["posterior"] = f"rule channel ({rule})"
+    return ch, few, decision
+
+
 def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
                     model: str, model_id: str, revision: str | None = None, dev: dict[str, Any] | None = None,
-                    policies: Sequence[str] | None = None, prior_strength: float = 10.0) -> Calibration:
+                    policies: Sequence[str] | None = None, prior_strength: float | None = None,
+                    setting: str = "auto", seed: int = 0, fit_fraction: float = FIT_FRACTION,
+                    auto: bool = True) -> Calibration:
     """Fit a calibration on dev similarities.
 
     sims : (B, Q) similarities of the dev images to every prompt of ``system``; truth : (B,) class indices.
     lam0 : the model's own λ (groups that cannot be fitted keep it; "before" metrics use it); eps : ε.
     dev : what to record about the dev split (data, rows hash, image hashes, seed, fraction).
-    policies : whose τ=1 dev paths to keep (default: every built-in policy).
+    policies : whose τ=1 paths to keep (default: every built-in policy).
+    setting, prior_strength, seed : see :func:`fit_answer_model` (fitted on the fit part).
+    fit_fraction, seed : the fit / select split of the dev images (:func:`fit_select`): the answer model and
+        the dev order are fitted on the fit part; paths are traced and auto chosen on the select part, so the
+        τ a target accuracy gets is tested on images the answer model was not fitted on.
+    auto : choose the auto policy (budget sweeps of its candidates on the select part).
     """
-    from engine.core.adaptive import NAME_GROUP
-    from engine.core.calibration import fit_answer_channels
-    from engine.run.config import RunConfig
+    from engine.core.calibration import dev_greedy_order
     from engine.run.provenance import system_hash
 
     sims = np.asarray(sims, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.int64)
-    skip = tuple(i for i, g in enumerate(system.groups) if g.name == NAME_GROUP)
-    ch = fit_answer_channels(sims, truth, system.rule_matrix, system.option_counts, lam0=lam0, eps=eps,
-                             prior_strength=prior_strength, skip_groups=skip)
-    channel = ch.channel(system.rule_matrix, system.option_counts)
+    fit_i, sel_i = fit_select(truth, fit_fraction, seed)
+    fs, ft, ss, st = sims[fit_i], truth[fit_i], sims[sel_i], truth[sel_i]
+    ch, few, decision = fit_answer_model(fs, ft, system, lam0=lam0, eps=eps, setting=setting, seed=seed,
+                                         prior_strength=prior_strength)
+    if few is not None:
+        channel = few.channel(system.rule_matrix, system.option_counts, eps)
+        model_post = few.posterior
+    else:
+        channel, model_post = ch.channel(system.rule_matrix, system.option_counts), None
     metrics = {
-        "n_images": int(len(truth)), "in_sample": True,
-        "full": {"before": _full_metrics(sims, truth, system, lam0, eps),
-                 "after": _full_metrics(sims, truth, system, ch.lams, eps, channel)},
+        "n_images": int(len(ft)), "in_sample": True,
+        "full": {"before": _full_metrics(fs, ft, system, lam0, eps),
+                 "after": _full_metrics(fs, ft, system, ch.lams, eps, channel, model_post)},
         "adaptive": {"policy": METRIC_POLICY, "tau": METRIC_TAU,
-                     "before": _adaptive_metrics(sims, truth, system, lam0, eps),
-                     "after": _adaptive_metrics(sims, truth, system, ch.lams, eps, channel)},
+                     "before": _adaptive_metrics(fs, ft, system, lam0, eps),
+                     "after": _adaptive_metrics(fs, ft, system, ch.lams, eps, channel, model_post)},
+        "heldout": decision["heldout"],
     }
-    names = builtin_policies() if policies is None else list(policies)
-    paths = {p: trace_paths(sims, truth, system, RunConfig(policy=p).make_policy(), ch.lams, channel) for p in names}
-    return Calibration(channels=ch, model=model, model_id=model_id, revision=revision, system_name=system.name,
-                       system_sha256=system_hash(system), sizes=tuple(int(k) for k in system.option_counts),
-                       groups=tuple(g.name for g in system.groups), lam0=float(lam0), dev=dict(dev or {}),
-                       metrics=metrics, paths=paths)
+    order = (dev_greedy_order(fs, ft, ch.lams, channel, answer_model=model_post) if len(ft)
+             else tuple(range(system.n_groups)))
+    dev = dict(dev or {})
+    dev["fit_select"] = {"fit_fraction": float(fit_fraction), "seed": int(seed),
+                         "split": "by image, stratified by class (engine.core.calibration.fit_select_split)",
+                         "fit": fit_i.tolist(), "select": sel_i.tolist(),
+                         "used_for": {"fit": "answer model, dev order", "select": "τ tables, auto policy"}}
+    cal = Calibration(channels=ch, model=model, model_id=model_id, revision=revision, system_name=system.name,
+                      system_sha256=system_hash(system), sizes=tuple(int(k) for k in system.option_counts),
+                      groups=tuple(g.name for g in system.groups), lam0=float(lam0), dev=dev, metrics=metrics,
+                      setting=decision["setting"], few_shot=few, decision=decision, dev_order=order,
+                      select=SelectPart(ss, st))
+    names = [p for p in (builtin_policies() if policies is None else list(policies)) if p != "auto"]
+    paths = {p: trace_paths(ss, st, system, cal.policy_object(p), ch.lams, channel, model_post) for p in names}
+    choice = choose_auto(cal, system) if auto and len(st) else {}
+    return replace(cal, paths=paths, auto=choice)
+
+
+def fit_select(truth: np.ndarray, fit_fraction: float = FIT_FRACTION, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, select) indices into the dev images: :func:`engine.core.calibration.fit_select_split`, except that
+    with fewer than 2 dev images everything is both (nothing can be split; the file records it)."""
+    from engine.core.calibration import fit_select_split
+
+    truth = np.asarray(truth, dtype=np.int64)
+    if len(truth) < 2:
+        every = np.arange(len(truth))
+        return every, every
+    fit_i, sel_i = fit_select_split(truth, fit_fraction, seed)
+    if not len(fit_i) or not len(sel_i):  # one image per class, all on one side: split by image instead
+        perm = np.random.default_rng([seed, 26]).permutation(len(truth))
+        k = min(max(int(round(fit_fraction * len(truth))), 1), len(truth) - 1)
+        fit_i, sel_i = np.sort(perm[:k]), np.sort(perm[k:])
+    return fit_i, sel_i
+
+
+def budget_sweep(cal: Calibration, system: AttributeSystem, policy: str, budgets: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image outcomes of ``policy`` on the select part along a budget sweep at τ = 1.
+
+    Returns correct (B, nb) float and q (B, nb) float: image i right / prompts spent at budget b.
+    """
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+
+    sel = cal.select
+    correct, q = np.zeros((len(sel.truth), len(budgets))), np.zeros((len(sel.truth), len(budgets)))
+    for j, b in enumerate(budgets):
+        res = classify_batch(ArraySource(sel.sims, system), system, cal.policy_object(policy),
+                             stop=StopRule(budget=int(b)), logit_scale=cal.lams, channel=cal.channel(system), top_k=1,
+                             answer_model=cal.answer_model(system))
+        correct[:, j] = [r.label == system.classes[t] for r, t in zip(res, sel.truth)]
+        q[:, j] = [r.q_spent for r in res]
+    return correct, q
+
+
+def choose_auto(cal: Calibration, system: AttributeSystem, *, n_budgets: int = AUTO_BUDGETS,
+                n_boot: int = AUTO_BOOT, seed: int = 0) -> dict[str, Any]:
+    """The auto policy on the select part: every candidate's normalised budget AUC with a paired bootstrap CI
+    (:func:`engine.core.metrics.budget_aucs`), and the choice (:func:`engine.core.calibration.pick_policy`)."""
+    from engine.core.calibration import pick_policy
+    from engine.core.metrics import budget_aucs, budget_grid
+
+    budgets = budget_grid(int(system.q_total), n_budgets)
+    curves = {p: budget_sweep(cal, system, p, budgets) for p in AUTO_CANDIDATES}
+    aucs = budget_aucs(curves, float(system.q_total), n_boot=n_boot, seed=seed)
+    choice, diffs = pick_policy(aucs, "fixed")
+    return {"choice": choice, "n_images": int(len(cal.select.truth)), "budgets": budgets, "n_boot": n_boot,
+            "rule": "highest AUC if its paired 95% CI against fixed is above 0, else fixed",
+            "candidates": {p: {"auc": aucs[p]["auc"], "ci95": aucs[p]["ci95"], "minus_fixed": diffs[p]["diff"],
+                               "minus_fixed_ci95": diffs[p]["diff_ci95"]} for p in AUTO_CANDIDATES}}
 
 
 def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: int = 0, eps: float | None = None,
               dataset: Any = None, chunk_size: int = 64, progress: Callable[[int], None] | None = None,
-              policies: Sequence[str] | None = None) -> Calibration:
+              policies: Sequence[str] | None = None, setting: str = "auto",
+              fit_fraction: float = FIT_FRACTION) -> Calibration:
     """Fit a calibration for a loaded Classifier's model and system on the dev split of labelled images.
+    The dev images are split again into fit and select parts (``fit_fraction``, seeded by ``seed``; see
+    :func:`fit_calibration`).
 
     data : a :class:`engine.run.datasets.DataSpec` (``dataset``: it already loaded). The images are split
     by image, stratified by class and seeded (:func:`engine.core.calibration.split_by_image`, ``dev_fraction``
@@ -599,6 +984,10 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     truth_all = np.array([system.class_index(it.label) for it in items], dtype=np.int64)
     dev_idx, _ = split_by_image(truth_all, dev_fraction, seed)
     dev_items = [items[i] for i in dev_idx]
+    if not dev_items:  # a data problem (too few images per class), not unreadable files
+        raise CalibrationError(f"the dev split of {data.source!r} is empty: its {len(items)} image(s) leave no class "
+                               f"with 2 or more images (a class needs one dev and one test image); give more images "
+                               "per class (a larger --limit, or no --limit)")
     embs, good_rows, bad = [], [], 0
     for start in range(0, len(dev_items), chunk_size):
         chunk = dev_items[start:start + chunk_size]
@@ -621,4 +1010,4 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     enc = classifier.encoder
     return fit_calibration(sims, truth, system, lam0=float(enc.logit_scale), eps=DEFAULT_EPS if eps is None else eps,
                            model=classifier.spec.model, model_id=str(enc.model_id), revision=classifier.spec.revision,
-                           dev=dev, policies=policies)
+                           dev=dev, policies=policies, setting=setting, seed=seed, fit_fraction=fit_fraction)

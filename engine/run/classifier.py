@@ -88,11 +88,12 @@ class Classifier:
         if self.calibration is not None:
             self.calibration.check(self.system)  # before the model loads
         self.encoder = encoder if encoder is not None else self.spec.load()
-        self._channel = None
+        self._channel = self._answer_model = None
         self._taus: dict[tuple, Any] = {}
         if self.calibration is not None:
             self.calibration.check(self.system, str(self.encoder.model_id), self.spec.model)
             self._channel = self.calibration.channel(self.system)
+            self._answer_model = self.calibration.answer_model(self.system)
         self.text_cache = TextCache(self.encoder, cache_dir=self.spec.cache_dir)
         for msg in check_prompt_lengths(self.encoder, self.system):  # a template the tokenizer cuts off
             warnings.warn(msg, PromptTruncatedWarning, stacklevel=2)
@@ -136,7 +137,7 @@ class Classifier:
             return None
         key = (config.policy, float(config.target_accuracy), config.budget)
         if key not in self._taus:
-            self._taus[key] = target_choice(self.calibration, config)
+            self._taus[key] = target_choice(self.calibration, config, self.system)
         return self._taus[key]
 
     def calibrated(self, config: RunConfig) -> bool:
@@ -204,6 +205,7 @@ class Classifier:
         top-k after each step on each step (``Step.top``; see ``classify_batch``); it is not a
         setting of the run (not in RunConfig, so no fingerprint changes), only how much is reported.
         """
+        from engine.run.calibration_file import resolve_policy
         from engine.run.encoder_source import EncoderSource
 
         t0 = time.perf_counter()
@@ -212,23 +214,30 @@ class Classifier:
         elif config.mode == "full":
             system, policy, stop = self.system, "fixed", NO_STOP
         else:
-            system, policy, stop = self.system, config.make_policy(), config.stop_rule()
+            system, policy, stop = self.system, resolve_policy(self.calibration, config), config.stop_rule()
             choice = self.target_choice(config)
             if choice is not None:
                 stop = StopRule(choice.tau, config.delta, config.budget)
         pooled = pooled_groups(system, config)
         source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings, pooled)
         lam = self.encoder.logit_scale if config.logit_scale is None else config.logit_scale
-        channel = None
+        channel = answer_model = None
         if self.calibrated(config):
             if config.logit_scale is not None:
                 raise ValueError("a calibration sets λ per group; drop logit_scale (--logit-scale) or the calibration")
-            lam, channel = self.calibration.lams, self._channel
+            lam, channel, answer_model = self.calibration.lams, self._channel, self._answer_model
+            shortlist = config.mode == "adaptive" and config.shortlist
+            if answer_model is not None and (config.scorer != "bayes" or shortlist):
+                from engine.run.calibration_file import CalibrationError
+
+                raise CalibrationError(f"calibration {self.calibration.where()} is few-shot: its posterior needs the "
+                                       "bayes scorer and no --shortlist; drop --scorer sum / --shortlist, or make a "
+                                       "zero-shot one with 'twentyq calibrate --setting zero-shot'")
         try:
             results = classify(source, system, policy, engine=config.engine, stop=stop, logit_scale=lam,
                                      eps=config.eps, channel=channel, scorer=config.scorer, top_k=config.top_k,
                                      shortlist_size=config.shortlist if config.mode == "adaptive" else None,
-                                     trace=trace)
+                                     trace=trace, answer_model=answer_model)
             for r in results if pooled else ():
                 if r.error is None:  # every image asked the one pooled group: Q is its prompts
                     r.q_spent = pooled[0].n_prompts

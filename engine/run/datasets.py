@@ -80,9 +80,13 @@ class DataSpec:
                                f"hf:NAME), not {self.source!r}; drop the flag or point --data at one")
 
     def load(self, classes) -> "Dataset":
-        """The dataset, its labels checked against ``classes`` and ``by`` against its columns."""
+        """The dataset, its labels checked against ``classes`` and ``by`` against its columns.
+
+        With ``allow_missing`` the rows of other labels are dropped *before* the ``limit`` sample, so
+        ``--limit 60 --allow-missing`` gives 60 rows of the system's classes (when there are that many)."""
+        only = frozenset(classes) if self.allow_missing else None
         ds = load_dataset(self.source, split=self.split, limit=self.limit, seed=self.seed,
-                          image_column=self.image_column, label_column=self.label_column)
+                          image_column=self.image_column, label_column=self.label_column, only_labels=only)
         ds = check_labels(ds, classes, allow_missing=self.allow_missing)[0]
         if self.by is not None and ds.items and self.by not in ds.items[0].extra:
             cols = sorted(ds.items[0].extra)
@@ -242,13 +246,22 @@ def _sample(n: int, limit: int | None, seed: int) -> list[int] | None:
 
 
 def _from_hf(data: str, split: str | None, limit: int | None, seed: int, image_column: str | None,
-             label_column: str | None) -> Dataset:
+             label_column: str | None, only_labels: frozenset[str] | None = None) -> Dataset:
     datasets = _import_datasets()
     ds, name = _open_hf(data, split)
     img, lab = _columns(ds, image_column, label_column, data)
-    keep = _sample(len(ds), limit, seed)
+    rows = list(range(len(ds)))
+    if only_labels is not None:  # the label column only (no image bytes read), then the sample
+        feat = ds.features[lab]
+        to_name = feat.int2str if isinstance(feat, datasets.ClassLabel) else str
+        rows = [i for i, v in enumerate(ds[lab]) if v is not None and not (isinstance(feat, datasets.ClassLabel)
+                                                                           and v < 0) and to_name(v) in only_labels]
+        _no_rows_of(only_labels, rows, len(ds), data)
+    keep = _sample(len(rows), limit, seed)
     if keep is not None:
-        ds = ds.select(keep)
+        rows = [rows[i] for i in keep]
+    if len(rows) != len(ds):
+        ds = ds.select(rows)
     ds = ds.cast_column(img, datasets.Image(decode=False))
     label_feat = ds.features[lab]
     names = label_feat.int2str if isinstance(label_feat, datasets.ClassLabel) else None
@@ -267,14 +280,23 @@ def _from_hf(data: str, split: str | None, limit: int | None, seed: int, image_c
             raise DatasetError(f"{data}: row {i} has no label in column {lab!r}; drop unlabelled rows first")
         label = names(value) if names is not None else str(value)
         extra = {k: str(v) for k, v in row.items() if k not in (img, lab) and isinstance(v, (str, int, float, bool))}
-        items.append(Item(stored or f"row {keep[i] if keep else i}", label, extra, data=data_bytes or b""))
+        items.append(Item(stored or f"row {rows[i]}", label, extra, data=data_bytes or b""))
     if not items:
         raise DatasetError(f"{data}: the dataset has no rows")
     return Dataset(name=name, items=tuple(items))
 
 
+def _no_rows_of(only_labels: frozenset[str], kept: list, n: int, data: object) -> None:
+    """Refuse a label filter that keeps nothing: a data or system mismatch, not unreadable files."""
+    if n and not kept:
+        raise DatasetError(f"{data}: none of its {n} row(s) has a label that is a class of the system "
+                           f"(--allow-missing dropped them all; the classes are e.g. {sorted(only_labels)[:3]}); "
+                           "check --data against --system")
+
+
 def load_dataset(data: str | os.PathLike, *, split: str | None = None, limit: int | None = None,
-                 seed: int = 0, image_column: str | None = None, label_column: str | None = None) -> Dataset:
+                 seed: int = 0, image_column: str | None = None, label_column: str | None = None,
+                 only_labels: frozenset[str] | None = None) -> Dataset:
     """Read a dataset's paths and labels.
 
     Parameters
@@ -283,11 +305,12 @@ def load_dataset(data: str | os.PathLike, *, split: str | None = None, limit: in
         folder), or an ImageFolder-style directory ``DIR/label/*.jpg``.
     split : keep only rows whose ``split`` column equals this.
     limit : keep a seeded random sample of at most this many items (order kept).
+    only_labels : keep only the rows with these labels, before the ``limit`` sample (None: every row).
     image_column, label_column : for a Hugging Face dataset (a ``save_to_disk`` folder or
         ``hf:NAME[:CONFIG][:SPLIT]``), whose ``split`` names the split to read.
     """
     if is_hf_source(data):
-        return _from_hf(str(data), split, limit, seed, image_column, label_column)
+        return _from_hf(str(data), split, limit, seed, image_column, label_column, only_labels)
     path = Path(data)
     try:
         kind = "folder" if path.is_dir() else "file" if path.exists() else None  # a FIFO: the reader refuses it
@@ -307,6 +330,10 @@ def load_dataset(data: str | os.PathLike, *, split: str | None = None, limit: in
         items = [it for it in items if it.extra.get("split") == split]
         if not items:
             raise DatasetError(f"{path}: no rows with split {split!r}")
+    if only_labels is not None:
+        n = len(items)
+        items = [it for it in items if it.label in only_labels]
+        _no_rows_of(only_labels, items, n, path)
     keep = _sample(len(items), limit, seed)
     if keep is not None:
         items = [items[i] for i in keep]

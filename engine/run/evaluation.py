@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,7 +116,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
     excluded : the calibration's dev images left out of ``items`` (:func:`exclude_dev`).
     Its ``settings`` hold everything that reproduces it (the job's settings, the data spec).
     """
-    from engine.run.calibration_file import choice_dict, target_choice
+    from engine.run.calibration_file import choice_dict, policy_label, target_choice
 
     from engine.encoders.registry import model_label
 
@@ -136,7 +138,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
     classes = per_class(labels, preds)
     adaptive = config.mode == "adaptive"
     nan = float("nan")
-    choice = target_choice(job.calibration, config) if adaptive else None
+    choice = target_choice(job.calibration, config, job.system) if adaptive else None
     confident, not_confident = stop_split([r for r, _ in ok], correct) if adaptive else (None, None)
     return EvalReport(
         n=len(ok), accuracy=float(correct.mean()) if ok else nan, ci95=accuracy_ci(correct),
@@ -144,7 +146,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
         mean_per_class_recall=float(np.mean([c["accuracy"] for c in classes.values()])) if classes else nan,
         mean_q=float(qs.mean()) if ok else nan, median_q=float(np.median(qs)) if ok else nan,
         text_encodes=int(stats.get("text_encodes", 0)), text_hits=int(stats.get("text_hits", 0)),
-        model=job.encoder.model, system=job.system.name, data=data_name, mode=config.mode, policy=config.policy if adaptive else "fixed",
+        model=job.encoder.model, system=job.system.name, data=data_name, mode=config.mode, policy=policy_label(job.calibration, config) if adaptive else "fixed",
         tau=(choice.tau if choice is not None else config.tau) if adaptive else None, delta=config.delta if adaptive else None,
         budget=config.budget if adaptive else None, shortlist=config.shortlist if adaptive else None,
         scorer=config.scorer, eps=config.eps, per_class=classes, confusion=top_confusions(labels, preds),
@@ -158,9 +160,23 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
     )
 
 
+#: the counters a resumed run adds to those of the summary it found
+RESUMED_STATS = ("text_encodes", "text_hits", "seconds_embed", "seconds_classify")
+
+
+def earlier_stats(summary: Path) -> dict[str, float]:
+    """The :data:`RESUMED_STATS` of an earlier run's summary (those it has, finite), or {} without one."""
+    try:
+        d = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: d[k] for k in RESUMED_STATS if isinstance(d.get(k), (int, float)) and np.isfinite(d[k])}
+
+
 def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec | None = None,
              progress: Callable[[int], None] | None = None, announce: Callable[[str], None] | None = None,
-             dataset: Dataset | None = None, sources: dict[str, Any] | None = None) -> EvalReport:
+             dataset: Dataset | None = None, sources: dict[str, Any] | None = None,
+             planned: Callable[[int], None] | None = None) -> EvalReport:
     """Classify ``data`` as ``job`` says, on ``executor``, and summarise every row.
 
     output : a result table; its run folder's ``_summary.json`` is written at the end, and on an
@@ -170,7 +186,12 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
         does not read it twice.
     sources : where the settings came from (the system, templates, descriptors, calibration files as
         named), recorded in the summary's ``settings["sources"]`` for ``report``; not in the fingerprint.
-    Returns the EvalReport of every row, resumed ones included.
+    planned : told, before any image is classified, how many images this run classifies: those scored
+        (the calibration's dev images left out) less those a resumed run reads back; ``progress`` counts
+        up to it.
+    Returns the EvalReport of every row, resumed ones included. A resumed run's summary adds this run's
+    ``text_encodes``, ``text_hits`` and seconds to those of the summary it found, so a resume that had
+    nothing left to do keeps the earlier counts.
     """
     from engine.run.calibration_file import exclude_dev
 
@@ -182,10 +203,15 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
     settings = {**job.settings(), "data": data_settings(data, ds.name, items)}
     store = open_store(output, settings, items, [data.source], announce) if output is not None else None
     done_before = store.n_shards - len(store.pending()) if store else 0
+    earlier = earlier_stats(store.root / SUMMARY) if done_before else {}  # done_before > 0 only with a store
+    if planned is not None:
+        planned(sum(len(store.rows_of(k)) for k in store.pending()) if store is not None else len(items))
     records: list[dict[str, Any]] = []
 
     def report(complete: bool) -> EvalReport:
         stats = dict(executor.stats)
+        for k, v in earlier.items():  # the earlier runs of a resumed folder, plus this one
+            stats[k] = stats.get(k, 0) + v
         rep = summarise(records, items, job, data, data_name=ds.name, stats=stats, complete=complete,
                         excluded=excluded)
         rep.settings["shards_resumed"] = done_before

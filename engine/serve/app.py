@@ -208,6 +208,16 @@ def _check_shortlist(system: Any, config: RunConfig) -> None:
         raise ApiError(400, "invalid_parameter", "shortlist needs scorer=bayes", "shortlist")
 
 
+def _check_policy(clf: Any, config: RunConfig) -> None:
+    """dev-order needs the classifier's calibration (its order): a 400 before any work."""
+    from engine.run.calibration_file import CalibrationError, resolve_policy
+
+    try:
+        resolve_policy(getattr(clf, "calibration", None), config)
+    except CalibrationError as e:
+        raise ApiError(400, "invalid_parameter", str(e), "policy") from None
+
+
 class _Guard:
     """Outermost of the app's middleware, for every HTTP request:
 
@@ -441,6 +451,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
                                                   f"{list(classifiers)} (GET /v1/systems)", "system")
         config = _run_config(params)
         _check_shortlist(classifiers[system].system, config)
+        _check_policy(classifiers[system], config)
         trace = bool(params.get("trace"))
 
         t0 = time.perf_counter()

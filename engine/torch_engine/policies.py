@@ -23,7 +23,9 @@ import torch
 
 from policies import Policy, PolicyState
 from policies.base import TIE_ATOL, TIE_RTOL
-from policies.builtin import EIGPerPromptPolicy, EIGPolicy, FixedPolicy, RandomPolicy, Top2Policy
+from policies.builtin import (
+    AutoPolicy, DevOrderPolicy, EIGPerPromptPolicy, EIGPolicy, FixedPolicy, RandomPolicy, Top2Policy,
+)
 
 @dataclass(frozen=True)
 class TorchPolicyState:
@@ -111,6 +113,19 @@ def _top2(policy: Top2Policy, st: TorchPolicyState) -> torch.Tensor:
     second = masked_argmax(st.post, every)
     tv = 0.5 * ((ch.P[first] - ch.P[second]).abs() @ ch.seg)  # (n, G)
     return masked_argmax(st.eig, near_max(tv, st.available))
+
+
+@torch_policy(DevOrderPolicy)
+def _dev_order(policy: DevOrderPolicy, st: TorchPolicyState) -> torch.Tensor:
+    if policy.order is None:
+        return first_true(st.available)
+    order = torch.as_tensor(policy.order, dtype=torch.int64, device=st.available.device)
+    return order[first_true(st.available.index_select(1, order))]
+
+
+@torch_policy(AutoPolicy)
+def _auto(policy: AutoPolicy, st: TorchPolicyState) -> torch.Tensor:
+    return select(policy.inner, st)  # the chosen policy's tensor version (or its host fallback)
 
 
 def host_select(policy: Policy, st: TorchPolicyState) -> torch.Tensor:
