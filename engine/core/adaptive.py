@@ -239,6 +239,12 @@ class _Run:
             self.names_due[:] = True
 
     def run(self) -> list[Result]:
+        with self.xp.errstate(invalid="ignore"):  # the NaN rows of images whose similarities failed (ask_group)
+            self.ask_until_stopped()
+        return self.results()
+
+    def ask_until_stopped(self) -> None:
+        """Rounds: stop rules, then the shortlist or one question per image still going, until none is."""
         xp, setup, stop, ch = self.xp, self.setup, self.setup.stop, self.ch
         name_g, m = setup.name_g, setup.m_names
         while True:
@@ -285,7 +291,6 @@ class _Run:
             for g in xp.unique(choice).tolist():
                 pick = choice == g
                 self.ask_group(gi[pick], int(g), state.eig[pick, g])
-        return self.results()
 
     def ask_group(self, imgs, g: int, eig_g) -> None:
         xp, k, cols = self.xp, self.k[g], self.cols[g]
@@ -294,24 +299,25 @@ class _Run:
             raise ValueError(f"similarity source returned shape {tuple(sims.shape)} for group "
                              f"{self.system.groups[g].name!r}, expected {(len(imgs), k)}")
         # an image with a non-finite similarity fails here and stops; it is scored along with the rest
-        # (its NaNs touch only its own rows) and its Result is the error alone, so the host need not look
+        # (its NaNs touch only its own rows: run() lets them through quietly) and its Result is the error
+        # alone. Where looking at the mask costs a device synchronisation, the bookkeeping runs unlooked.
         bad = ~xp.isfinite(sims).all(axis=1)
-        self.failed_group[imgs] = xp.where(bad, g, self.failed_group[imgs])
-        self.reason[imgs] = xp.where(bad, ERROR, self.reason[imgs])
-        self.active[imgs] &= ~bad
-        with xp.errstate(invalid="ignore"):  # those NaN rows
-            lp = group_log_probs(sims, self.lams[g], xp)
-            if self.setup.answer_model is None:
-                ll = bayes_loglik(lp, self.ch.P[:, cols], xp)
-            else:
-                ll = xp.asarray(self.setup.answer_model.group_loglik(g, xp.to_host(sims)))
-            self.log_post[imgs] = bayes_update(self.log_post[imgs], ll, xp)
-            if self.sum_sc is not None:
-                self.sum_sc[imgs] += xp.exp(lp) @ self.ch.A[:, cols].T
+        if not xp.cheap_sync or xp.any(bad):
+            self.failed_group[imgs] = xp.where(bad, g, self.failed_group[imgs])
+            self.reason[imgs] = xp.where(bad, ERROR, self.reason[imgs])
+            self.active[imgs] &= ~bad
+        lp = group_log_probs(sims, self.lams[g], xp)
+        if self.setup.answer_model is None:
+            ll = bayes_loglik(lp, self.ch.P[:, cols], xp)
+        else:
+            ll = xp.asarray(self.setup.answer_model.group_loglik(g, xp.to_host(sims)))
+        self.log_post[imgs] = bayes_update(self.log_post[imgs], ll, xp)
+        if self.sum_sc is not None:
+            self.sum_sc[imgs] += xp.exp(lp) @ self.ch.A[:, cols].T
         self.asked[imgs, g] = True
         self.q[imgs] += k
-        ans = xp.argmax(lp, axis=1)
-        self.record(imgs, g, eig_g, ans, xp.exp(xp.gather(lp, ans[:, None])[:, 0]))
+        # the answer: the top option (its log-probability is the row's max)
+        self.record(imgs, g, eig_g, xp.argmax(lp, axis=1), xp.exp(xp.amax(lp, axis=1)))
 
     def ask_shortlist(self, imgs, post) -> None:
         """Ask images ``imgs`` (n,) which of their m most probable classes' names fits; update in place.
@@ -340,7 +346,7 @@ class _Run:
         self.log_post[imgs] = bayes_update(self.log_post[imgs], shortlist_loglik(lp, cand, post.shape[1], eps, xp), xp)
         self.q[imgs] += m
         ans = xp.argmax(lp, axis=1)
-        self.record(imgs, name_g, eig, xp.gather(cand, ans[:, None])[:, 0], xp.exp(xp.gather(lp, ans[:, None])[:, 0]))
+        self.record(imgs, name_g, eig, xp.gather(cand, ans[:, None])[:, 0], xp.exp(xp.amax(lp, axis=1)))
 
     def record(self, imgs, g: int, eig, answer, answer_prob) -> None:
         conf = self.xp.exp(self.xp.amax(self.log_post[imgs], axis=1))

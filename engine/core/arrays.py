@@ -23,6 +23,7 @@ class Arrays(Protocol):
     """What a backend of the adaptive loop provides (see the module docstring)."""
 
     name: str
+    cheap_sync: bool  # whether looking at a mask on the host (``any``) costs nothing worth saving
 
     def asarray(self, a: Any) -> Any: ...  # float64 on the backend, copied from the host if need be
     def asindex(self, a: Any) -> Any: ...  # int64 on the backend
@@ -61,6 +62,7 @@ class NumpyArrays:
     """The numpy backend (the reference): state on the host, scipy's special functions."""
 
     name = "numpy"
+    cheap_sync = True
     _DTYPES = {"float": np.float64, "int": np.int64, "bool": bool}
 
     def asarray(self, a):
@@ -110,10 +112,10 @@ class NumpyArrays:
     entr = staticmethod(entr)
 
     def amax(self, x, axis, keepdims=False):
-        return np.max(x, axis=axis, keepdims=keepdims)
+        return x.max(axis=axis, keepdims=keepdims)  # the method: no Python-level dispatch of np.max
 
     def argmax(self, x, axis):
-        return np.argmax(x, axis=axis)
+        return x.argmax(axis=axis)
 
     def maximum(self, x, lo):
         return np.maximum(x, lo)

@@ -70,6 +70,7 @@ class TorchArrays:
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
+        self.cheap_sync = self.device.type == "cpu"  # on an accelerator, ``any`` waits for the device
 
     @classmethod
     def for_source(cls, source: Any) -> "TorchArrays":
