@@ -42,3 +42,22 @@ def test_the_core_needs_no_torch_and_the_public_names_import():
             "from engine import Classifier, EncoderSpec, RunConfig, load_encoder, load_system; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_adaptive_loop_is_written_once():
+    """No second loop: in the engine's core and its torch backend, only the loop (engine/core/adaptive.py)
+    spells the stop reasons (besides their vocabulary, results.STOP_REASONS), and the torch package defines no
+    loop of its own (no classify function), only array operations, policies and sources. (The run layer
+    reads the reasons off Results; it does not decide them.)"""
+    import ast
+
+    reasons = {"confident", "exhausted", "budget", "no_gain"}
+    spelled = set()
+    for pkg in ("engine/core", "engine/torch_engine"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            if any(isinstance(n, ast.Constant) and n.value in reasons for n in ast.walk(tree)):
+                spelled.add(path.relative_to(REPO).as_posix())
+            if pkg == "engine/torch_engine":
+                assert not [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and "classify" in n.name]
+    assert spelled == {"engine/core/adaptive.py", "engine/core/results.py"}
