@@ -18,8 +18,9 @@ from engine.core import scoring as ns
 from engine.core.scoring import group_log_probs
 from engine.run.engines import ENGINES, classify, resolve_engine
 from engine.torch_engine import HostSource, TensorSource, TorchArrays
-from engine.torch_engine.policies import TORCH_POLICIES, TorchPolicyState, host_select, select
+from engine.torch_engine.policies import TORCH_POLICIES, host_select, select
 from policies import POLICIES, Policy, PolicyState, get_policy, list_policies
+from policies.base import on_any_backend
 from systems.build import with_name_group
 
 from .strategies import EPS, LOGIT_SCALES, posteriors, similarity_arrays, systems
@@ -167,9 +168,9 @@ HOST_ONLY_POLICIES = {"lookahead"}
 
 @SETTINGS
 @given(system=systems(), data=st.data(), name=st.sampled_from(list_policies()), eps=EPS)
-def test_each_built_in_policy_has_a_tensor_version_that_chooses_as_numpy(system, data, name, eps):
-    # lookahead (issue 16) has no tensor version yet: the torch loop runs its numpy select on a host copy
-    assert (POLICIES[name] in TORCH_POLICIES) == (name not in HOST_ONLY_POLICIES)
+def test_each_built_in_policy_runs_on_tensors_and_chooses_as_numpy(system, data, name, eps):
+    # lookahead (issue 16) is numpy only: the torch backend runs its select on a host copy
+    assert on_any_backend(POLICIES[name]()) == (name not in HOST_ONLY_POLICIES)
     n = data.draw(st.integers(1, 5))
     post = data.draw(posteriors(system.n_classes, n))
     ch = build_channel(system.rule_matrix, system.option_counts, eps)
@@ -180,13 +181,20 @@ def test_each_built_in_policy_has_a_tensor_version_that_chooses_as_numpy(system,
     np_state = PolicyState(post=post, eig=ns.expected_information_gain(post, ch), available=avail,
                            budget_left=np.full(n, np.inf), images=images, channel=ch)
     tch = CPU.channel(ch)
-    t_state = TorchPolicyState(post=t(post), eig=ns.expected_information_gain(t(post), tch, CPU),
-                               available=t(avail), budget_left=torch.full((n,), np.inf, dtype=torch.float64),
-                               images=t(images), channel=tch, n_images=3 * n, memo={})
-    pol = get_policy(name)
-    want = pol.select(np_state)
-    np.testing.assert_array_equal(select(pol, t_state).numpy(), want)
-    np.testing.assert_array_equal(host_select(pol, t_state).numpy(), want)
+    t_state = PolicyState(post=t(post), eig=ns.expected_information_gain(t(post), tch, CPU), available=t(avail),
+                          budget_left=torch.full((n,), np.inf, dtype=torch.float64), images=t(images), channel=tch,
+                          xp=CPU)
+    pols = [get_policy(name)]
+    order = data.draw(st.permutations(range(system.n_groups)))
+    if name == "dev-order":
+        pols.append(POLICIES[name](order=order))
+    if name == "auto":  # as its choice: on tensors, or (lookahead) on the host
+        pols += [POLICIES[name](choice, order=order) for choice in ("dev-order", "eig", "lookahead")]
+        assert [on_any_backend(p) for p in pols] == [True, True, True, False]
+    for pol in pols:
+        want = pol.select(np_state)
+        np.testing.assert_array_equal(select(pol, t_state).numpy(), want)
+        np.testing.assert_array_equal(host_select(pol, t_state).numpy(), want)
 
 
 # --------------------------------------------------------------------------- the scoring on both backends

@@ -233,7 +233,6 @@ class _Run:
         self.active = xp.full(B, True, "bool")
         self.names_due = xp.zeros(B, "bool")
         self.trail: list[Asked] = []
-        self.memo: dict = {}  # what a backend's policy keeps for one run (the random policy's keys)
         if setup.name_g is not None:
             self.asked[:, setup.name_g] = True  # hidden from the policy; asked as the shortlist instead
             self.names_due[:] = True
@@ -283,8 +282,8 @@ class _Run:
                 break
             gi = idx[go]
             state = PolicyState(post=post[go], eig=eig[go], available=avail[go], budget_left=left[go], images=gi,
-                                channel=ch)
-            choice = xp.select(setup.policy, state, n_images=setup.n_images, memo=self.memo)
+                                channel=ch, xp=xp)
+            choice = xp.select(setup.policy, state)
             if tuple(choice.shape) != tuple(gi.shape) or \
                     not bool(state.available[xp.arange(len(gi)), choice].all()):
                 raise RuntimeError(f"policy {setup.policy!r} chose an unavailable group")

@@ -4,7 +4,8 @@
 take an ``xp``: an object with the few operations below. Arithmetic, ``@``, indexing, boolean masks,
 ``.any(axis=)``, ``.sum(axis=)`` and ``.T`` are written as operators and methods, which numpy
 arrays and torch tensors share; what the two spell differently is here. :data:`NUMPY` is the
-reference (scipy's special functions, ``np.add.reduceat``); the torch version, with its state on
+reference (scipy's special functions, ``np.add.reduceat``; it extends the table the policies are
+written over, :class:`policies.arrays.HostArrays`); the torch version, with its state on
 the similarities' device, is ``engine.torch_engine.arrays.TorchArrays`` (same methods, same
 results within float64 rounding).
 
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from scipy.special import entr, log_softmax, logsumexp
+
+from policies.arrays import HostArrays
 
 
 class Arrays(Protocol):
@@ -54,34 +57,21 @@ class Arrays(Protocol):
     def segment_sum(self, x: Any, channel: Any) -> Any: ...  # (..., Q) -> (..., G): the sum over each group
     def channel(self, ch: Any) -> Any: ...  # a Channel with the fields the loop reads on the backend
     def source(self, source: Any) -> Any: ...  # .similarities(images, group, options) -> backend float64
-    def select(self, policy: Any, state: Any, *, n_images: int, memo: dict) -> Any: ...  # (n,) int64 choices
+    def select(self, policy: Any, state: Any) -> Any: ...  # (n,) int64 choices of a PolicyState with xp=self
     def errstate(self, **kw: str) -> Any: ...  # np.errstate for numpy; a no-op where nothing warns
 
 
-class NumpyArrays:
-    """The numpy backend (the reference): state on the host, scipy's special functions."""
+class NumpyArrays(HostArrays):
+    """The numpy backend (the reference): state on the host, scipy's special functions. The operations
+    policies use too come from :class:`policies.arrays.HostArrays`."""
 
-    name = "numpy"
     cheap_sync = True
-    _DTYPES = {"float": np.float64, "int": np.int64, "bool": bool}
-
-    def asarray(self, a):
-        return np.asarray(a, dtype=np.float64)
-
-    def asindex(self, a):
-        return np.asarray(a, dtype=np.int64)
 
     def array(self, a):
         return np.array(a, dtype=np.float64)
 
     def zeros(self, shape, dtype="float"):
-        return np.zeros(shape, dtype=self._DTYPES[dtype])
-
-    def full(self, shape, value, dtype="float"):
-        return np.full(shape, value, dtype=self._DTYPES[dtype])
-
-    def to_host(self, x):
-        return np.asarray(x)
+        return self.full(shape, 0, dtype)
 
     def to_float(self, x):
         return np.asarray(x, dtype=np.float64)
@@ -101,21 +91,11 @@ class NumpyArrays:
     def concat(self, xs):
         return np.concatenate(xs)
 
-    def arange(self, n):
-        return np.arange(n)
-
     errstate = staticmethod(np.errstate)
-    where = staticmethod(np.where)
     exp = staticmethod(np.exp)
     log = staticmethod(np.log)
     isfinite = staticmethod(np.isfinite)
     entr = staticmethod(entr)
-
-    def amax(self, x, axis, keepdims=False):
-        return x.max(axis=axis, keepdims=keepdims)  # the method: no Python-level dispatch of np.max
-
-    def argmax(self, x, axis):
-        return x.argmax(axis=axis)
 
     def maximum(self, x, lo):
         return np.maximum(x, lo)
@@ -135,16 +115,13 @@ class NumpyArrays:
     def gather(self, x, idx):
         return np.take_along_axis(x, idx, axis=1)
 
-    def segment_sum(self, x, channel):
-        return np.add.reduceat(x, channel.offsets, axis=-1)
-
     def channel(self, ch):
         return ch
 
     def source(self, source):
         return _HostBlocks(source)
 
-    def select(self, policy, state, *, n_images, memo):
+    def select(self, policy, state):
         """The policy's own ``select`` (``state`` is a :class:`policies.PolicyState` of numpy arrays)."""
         return np.asarray(policy.select(state), dtype=np.int64)
 

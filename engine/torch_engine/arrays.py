@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from engine.core.scoring import Channel
-from engine.torch_engine.policies import TorchPolicyState, select
+from engine.torch_engine.policies import select
 from engine.torch_engine.sources import HostSource, is_device_source
 
 DTYPE = torch.float64
@@ -169,11 +169,8 @@ class TorchArrays:
     def source(self, source):
         return _DeviceBlocks(source if is_device_source(source) else HostSource(source, self.device), self.device)
 
-    def select(self, policy, state, *, n_images, memo):
-        st = TorchPolicyState(post=state.post, eig=state.eig, available=state.available,
-                              budget_left=state.budget_left, images=state.images, channel=state.channel,
-                              n_images=n_images, memo=memo)
-        return select(policy, st).to(self.device, torch.int64)
+    def select(self, policy, state):
+        return select(policy, state).to(self.device, torch.int64)
 
 
 class _DeviceBlocks:
