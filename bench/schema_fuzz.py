@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serve import free_port
+from bench.serve import free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-fuzz-key"
@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-examples", type=int, default=100, help="per operation (default: %(default)s)")
     args = ap.parse_args(argv)
 
-    import httpx
     import schemathesis
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -63,15 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int] = {}
     t0 = time.perf_counter()
     try:
-        for _ in range(1800):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited {proc.returncode}; see {tmp / 'server.log'}")
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_until_healthy(proc, url, tmp / "server.log")
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers={"X-API-Key": KEY})
         for result in schema.get_all_operations():
             operation = result.ok()

@@ -87,8 +87,6 @@ def free_port() -> int:
 
 
 def start_server(model: str, max_batch: int, max_wait_ms: float, log_path: Path):
-    import httpx
-
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", model, "--device", "cpu", "--host", "127.0.0.1",
@@ -97,18 +95,26 @@ def start_server(model: str, max_batch: int, max_wait_ms: float, log_path: Path)
     log = open(log_path, "w", encoding="utf-8")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    return proc, url, wait_until_healthy(proc, url, log_path), log
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, log_path: Path, limit_s: float = 180.0) -> float:
+    """Seconds until the server at ``url`` answers /v1/health with 200 (polled every 0.1 s); a RuntimeError
+    naming ``log_path`` when it exits first, or (killed) when it does not answer within ``limit_s``."""
+    import httpx
+
     t0 = time.perf_counter()
-    for _ in range(1800):  # up to 180 s
+    while time.perf_counter() - t0 < limit_s:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited {proc.returncode}; see {log_path}")
         try:
             if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return proc, url, time.perf_counter() - t0, log
+                return time.perf_counter() - t0
         except httpx.TransportError:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"the server did not answer within 180 s; see {log_path}")
+    raise RuntimeError(f"the server did not answer within {limit_s:g} s; see {log_path}")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -254,15 +260,7 @@ def memory_load(args) -> int:
     problems: list[str] = []
     samples: list[float] = []
     try:
-        for _ in range(1800):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited {proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_until_healthy(proc, url, log_path)
         small = [("image", ("small.png", pick_images(1)[0][0], "application/octet-stream"))]
         for _ in range(2):
             httpx.post(f"{url}/v1/classify", files=small, timeout=60).raise_for_status()

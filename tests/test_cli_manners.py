@@ -214,3 +214,21 @@ def test_ctrl_c_prints_one_line_with_the_truth_about_shards(tmp_path, capsys, mo
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("twentyq: interrupted; ") and expect in err[0], err
         assert not (tmp_path / out).exists()  # no table for an unfinished run
+
+
+@pytest.mark.slow
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
+    """`twentyq … | head`: a closed pipe stops the command with no error line (was 'error: Broken pipe')."""
+    import subprocess
+    import sys
+
+    classes = [f"class{i:05d}" for i in range(3000)]
+    system = {"name": "big", "groups": [{"name": "g", "template": "a photo of something {}.", "options": ["red", "blue"]}],
+              "rules": {c: {"g": i % 2} for i, c in enumerate(classes)}}
+    (tmp_path / "big.json").write_text(json.dumps(system))
+    p = subprocess.Popen([sys.executable, "-m", "engine.cli", "system", "show", str(tmp_path / "big.json")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(100)
+    p.stdout.close()  # what head does after its lines
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == "", err

@@ -4,6 +4,7 @@ somewhere, and a Python snippet that behaves as a plain script (no ``if __name__
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
 import re
@@ -113,7 +114,10 @@ def test_the_readme_snippet_runs_once_as_a_plain_script(tmp_path):
     assert runs.read_text().count("run") == 1, "the script ran more than once (a worker re-ran it)"
     assert tasks.is_file() and tasks.read_text().count("task") >= 1, "no image went to a decode worker"
     printed = [ln for ln in done.stdout.splitlines() if ln.strip()]
-    assert len(printed) == 1, done.stdout
+    assert len(printed) == 2, done.stdout  # the classify line, then zero_shot's ranking
     from systems import load_system
 
     assert printed[0].split()[0] in load_system("pokemon15").classes
+    ranking = ast.literal_eval(printed[1])
+    assert sorted(d["label"] for d in ranking) == ["Bulbasaur", "Weedle"]
+    assert ranking[0]["score"] >= ranking[1]["score"] and abs(sum(d["score"] for d in ranking) - 1) < 1e-6

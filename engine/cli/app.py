@@ -12,6 +12,7 @@ handled the same way; one line saying what was kept).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -23,6 +24,9 @@ from engine.cli.report_cmd import add_report_parser
 from engine.cli.run_cmds import add_run_parsers
 from engine.cli.serve_cmd import add_serve_args
 from engine.cli.system_cmds import add_system_parser
+
+#: exit status when stdout's reader has gone (`| head`): 128 + SIGPIPE, as a shell reports a tool killed by it
+EXIT_BROKEN_PIPE = 141
 
 
 SERVE_EXAMPLES = """examples:
@@ -144,6 +148,13 @@ def _main(argv: list[str] | None) -> int:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`twentyq … | head`): stop quietly, as Unix tools do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot raise again
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as e:
         _ignore_signals()
         detail = e.detail if isinstance(e, Interrupted) else ""

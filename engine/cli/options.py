@@ -638,7 +638,7 @@ def target_line(choice, config) -> str:
     if choice.reached:
         return (f"target accuracy {choice.target:g} ({config.policy}, budget {config.budget or 'none'}): τ={choice.tau:g} "
                 f"chosen on the calibration's dev images: {choice.n_right}/{choice.n_stopped} right among those "
-                f"stopping on confidence, {1 - choice.alpha:.0%} lower bound {choice.lower_bound:.3f} (Clopper–Pearson)")
+                f"stopping on confidence, {(1 - choice.alpha) * 100:g}% lower bound {choice.lower_bound:.3f} (Clopper–Pearson)")
     return (f"target accuracy {choice.target:g} ({config.policy}): not reachable on the calibration's dev images (no "
             "τ passed its test); τ=1, so no image stops on confidence and each runs to its budget or its last question")
 

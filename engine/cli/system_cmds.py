@@ -319,7 +319,6 @@ def _refine_cmd(args) -> int:
 
 @_reads_user_files
 def _from_descriptors_cmd(args) -> int:
-    import sys
     import time
     from pathlib import Path
 
@@ -343,12 +342,9 @@ def _from_descriptors_cmd(args) -> int:
     with settings_errors():
         encoder = spec.load()
     seconds = {"load": time.perf_counter() - t0}
-    show = getattr(args, "progress", None)
-    show = sys.stderr.isatty() if show is None else show  # a bar on a terminal, or when asked
-
-    def embed(texts):
+    def embed(texts):  # a bar on a terminal, or with --progress (progress_bar decides)
         t = time.perf_counter()
-        update, close = progress_bar(len(texts), "descriptors embedded", args.quiet or not show, unit="text")
+        update, close = progress_bar(len(texts), "descriptors embedded", args.quiet, unit="text")
         try:
             return encode_texts_by_length(encoder, texts, progress=update)
         finally:
