@@ -2,8 +2,8 @@
 
 - :class:`TorchArrays` (``arrays.py``): :mod:`engine.core.arrays`' operations on tensors on one device,
   float64; :class:`TorchChannel`, the answer channel there;
-- ``policies.py``: the built-in policies as tensor operations (a policy without a tensor version runs
-  on a host copy of its state);
+- ``policies.py``: how a policy runs there (the built-ins, written over ``state.xp``, on the tensors;
+  any other on a host copy of its state, unless it registers a tensor version with ``torch_policy``);
 - :class:`TensorSource`, :class:`HostSource` (``sources.py``): device sources.
 
 Importing this package imports torch. ``engine.run.engines`` (``classify(..., engine=...)``) picks
