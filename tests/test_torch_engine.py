@@ -39,11 +39,31 @@ def t(a):
     return torch.as_tensor(np.asarray(a))
 
 
-def assert_same_results(a, b, tol=TOL):
-    """Same labels (or a tie within tol), paths, stops, Q and errors; probabilities within tol."""
+def stopped_apart_at_tau(x, y, tau, tol=TOL) -> bool:
+    """Whether x and y part only where one stopped "confident" on a max posterior within tol of τ and the
+    other went on: ``max π ≥ τ`` of two roundings of the same number may come out either way (seen:
+    0.49999999999999994 on numpy against 0.5000000000000001 on torch at τ = 0.5). Their common steps
+    must still agree within tol."""
+    gx, gy = [s.group for s in x.steps], [s.group for s in y.steps]
+    k = min(len(gx), len(gy))
+    if gx[:k] != gy[:k] or k == 0 or "confident" not in (x.stop, y.stop) or (gx == gy and x.stop == y.stop):
+        return False
+    stopped = x if len(gx) == k and x.stop == "confident" else y
+    if len(stopped.steps) != k or stopped.stop != "confident":
+        return False
+    for s, u in zip(x.steps[:k], y.steps[:k]):
+        assert s.confidence_after == pytest.approx(u.confidence_after, abs=tol)
+    return abs(x.steps[k - 1].confidence_after - tau) <= tol
+
+
+def assert_same_results(a, b, tol=TOL, tau=None):
+    """Same labels (or a tie within tol), paths, stops, Q and errors; probabilities within tol. With ``tau``,
+    two results that part at τ within rounding (:func:`stopped_apart_at_tau`) count as the same."""
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert x.error == y.error
+        if tau is not None and x.error is None and stopped_apart_at_tau(x, y, tau, tol):
+            continue
         assert [s.group for s in x.steps] == [s.group for s in y.steps]
         assert x.stop == y.stop and x.q_spent == y.q_spent
         if x.error is not None:
@@ -76,7 +96,7 @@ def test_torch_loop_agrees_with_numpy(system, data, policy, eps, lam, scorer):
               top_k=data.draw(st.integers(1, system.n_classes + 1)), trace=data.draw(st.booleans()))
     want = classify_batch(ArraySource(sims, system), system, policy, **kw)
     got = classify_batch_torch(TensorSource(sims, system), system, policy, **kw)
-    assert_same_results(want, got)
+    assert_same_results(want, got, tau=stop.tau)
 
 
 @SETTINGS
@@ -92,7 +112,42 @@ def test_torch_loop_agrees_with_numpy_with_the_shortlist(system, data, policy, e
               trace=data.draw(st.booleans()))
     want = classify_batch(ArraySource(sims, system), system, policy, **kw)
     got = classify_batch_torch(TensorSource(sims, system), system, policy, **kw)
-    assert_same_results(want, got)
+    assert_same_results(want, got, tau=stop.tau)
+
+
+def test_a_stop_at_tau_within_rounding_may_part_the_backends_and_nothing_else_may():
+    """The case hypothesis found: after g3 the max posterior is 0.5 in exact arithmetic, 0.49999999999999994
+    on numpy and 0.5000000000000001 on torch, so at τ = 0.5 torch stops and numpy goes on (the two loops
+    before issue 28 parted there too). The agreement check accepts that, and only that."""
+    from engine.core.results import Result, Step
+    from systems.format import AttributeSystem, Group
+
+    fz = frozenset
+    groups = tuple(Group(name=f"g{g}", template=f"q{g} {{}}", options=tuple(f"o{g}_{k}" for k in range(n)))
+                   for g, n in enumerate((2, 2, 4, 2)))
+    rules = ((fz({0}), fz({0}), fz({0}), fz({1})), (fz({0}), fz({0}), fz({0}), fz({0})),
+             (fz({0}), fz({0}), fz({0}), fz({0})), (fz({0}), fz(), fz({0}), fz()), (fz({0}), fz(), fz({0}), fz({0})),
+             (fz(), fz({0}), fz(), fz({0})), (fz({0}), fz(), fz({0}), fz()))
+    s = AttributeSystem(name="gen", classes=tuple(f"c{i}" for i in range(7)), groups=groups, rules=rules)
+    sims = np.zeros((1, s.q_total))
+    sims[0, -1] = 1.0
+    kw = dict(stop=StopRule(tau=0.5), eps=0.0, logit_scale=100.0, top_k=1)
+    a = classify_batch(ArraySource(sims, s), s, "eig", **kw)
+    assert a[0].steps[0].group == "g3" and a[0].steps[0].confidence_after == pytest.approx(0.5, abs=1e-15)
+    assert_same_results(a, classify_batch_torch(TensorSource(sims, s), s, "eig", **kw), tau=0.5)
+
+    def result(confs, stop):
+        return Result(label="c0", confidence=confs[-1], top=[("c0", confs[-1])], q_spent=2 * len(confs), stop=stop,
+                      steps=[Step(group=f"g{g}", eig=0.1, answer="o", answer_prob=1.0, confidence_after=c)
+                             for g, c in zip((3, 1, 0), confs)])
+
+    went_on = result([0.49999999999999994, 0.4999999999999999, 0.4999999999999999], "exhausted")
+    stopped = result([0.5000000000000001], "confident")
+    assert stopped_apart_at_tau(went_on, stopped, 0.5) and stopped_apart_at_tau(stopped, went_on, 0.5)
+    assert not stopped_apart_at_tau(went_on, stopped, 0.9)  # not near τ: a real difference
+    assert not stopped_apart_at_tau(went_on, result([0.5000000000000001], "budget"), 0.5)  # not a confident stop
+    with pytest.raises(AssertionError):
+        assert_same_results([went_on], [stopped])
 
 
 @pytest.mark.slow
