@@ -3,7 +3,8 @@
     python -m bench.auto_policy                      # the simulator and the probe's pokemon15-gen1 pairs
     python -m bench.auto_policy --no-probe           # the simulator only
 
-Each pair's images are split 50/50 by image (:func:`bench.channels.split_by_image`, seed 0). The dev half goes
+Each pair's images are split 50/50 by image, stratified by class (:func:`engine.core.calibration.split_by_image`,
+seed 0). The dev half goes
 through :func:`engine.run.calibration_file.fit_calibration`, exactly what ``twentyq calibrate`` does: channels
 and the dev order on its fit part, the auto choice on its select part (normalised budget AUC of fixed,
 dev-order, eig and lookahead, fixed unless clearly beaten). On the test half, with the fitted channel, every
