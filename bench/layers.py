@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "policies": 1,          # question policies (numpy only)
     "engine.core": 2,       # scoring, the adaptive loop, sources, results, calibration
     "engine.encoders": 3,   # encoder backends, registry, text and image caches
-    "engine.torch_engine": 3,  # the adaptive loop on torch tensors (the device backend of engine.core's loop)
+    "engine.torch_engine": 3,  # the torch array backend of engine.core's adaptive loop
     "engine.run": 4,        # settings, Classifier, pipeline, executors, stores, evaluation
     "systems.authoring": 5,  # building and refining systems (uses the engine)
     "engine.serve": 6,      # applications: HTTP server ...

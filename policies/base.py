@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from .arrays import HOST
 
 if TYPE_CHECKING:  # no runtime import: engine imports policies
     from engine.core.scoring import Channel
@@ -31,6 +33,8 @@ class PolicyState:
     budget_left : (n,) float, prompts left (inf without a budget).
     images : (n,) int, the images' indices in the batch.
     channel : the answer channel (sizes, P(k|c)).
+    xp : the array operations of these arrays (:mod:`policies.arrays`): numpy by default; the adaptive
+        loop passes its backend's, so that a policy written over ``xp`` runs on torch tensors as well.
     """
 
     post: np.ndarray
@@ -39,12 +43,19 @@ class PolicyState:
     budget_left: np.ndarray
     images: np.ndarray
     channel: "Channel"
+    xp: Any = HOST
 
 
 class Policy(ABC):
-    """Picks the next group for every image. Parameters are set in ``__init__``; no state between calls."""
+    """Picks the next group for every image. Parameters are set in ``__init__``; no state between calls.
+
+    ``any_backend``: set True on a class whose ``select`` uses only ``state.xp`` and operators, so the
+    torch backend of the loop hands it tensors; any other ``select`` gets numpy arrays (a host copy).
+    See :func:`on_any_backend`.
+    """
 
     name: ClassVar[str]
+    any_backend: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, state: PolicyState) -> np.ndarray:
@@ -97,16 +108,25 @@ def get_policy(name: str | Policy, **params) -> Policy:
     return cls(**params)
 
 
-def near_max(score: np.ndarray, available: np.ndarray) -> np.ndarray:
+def on_any_backend(policy: Policy) -> bool:
+    """Whether ``policy.select`` may be given the loop backend's arrays: the class that defines the
+    ``select`` that runs says so (``any_backend = True``; a subclass that overrides ``select`` without
+    saying so is not), or, for a policy that delegates, a method ``any_backend(self)`` answers."""
+    owner = next(c for c in type(policy).__mro__ if "select" in vars(c))
+    flag = vars(owner).get("any_backend", False)
+    return bool(flag(policy)) if callable(flag) else bool(flag)
+
+
+def near_max(score: np.ndarray, available: np.ndarray, xp: Any = HOST) -> np.ndarray:
     """(n, G) bool: the available entries tied with their row's best, within TIE_RTOL / TIE_ATOL.
 
-    score : (n, G) finite; available : (n, G) bool with a True in every row.
+    score : (n, G) finite; available : (n, G) bool with a True in every row; xp : their array operations.
     """
-    s = np.where(available, score, -np.inf)
-    best = s.max(axis=1, keepdims=True)
-    return available & (s >= best - (TIE_ATOL + TIE_RTOL * np.abs(best)))
+    s = xp.where(available, score, -np.inf)
+    best = xp.amax(s, axis=1, keepdims=True)
+    return available & (s >= best - (TIE_ATOL + TIE_RTOL * abs(best)))
 
 
-def masked_argmax(score: np.ndarray, available: np.ndarray) -> np.ndarray:
+def masked_argmax(score: np.ndarray, available: np.ndarray, xp: Any = HOST) -> np.ndarray:
     """Row-wise argmax over available groups; ties (see :func:`near_max`) -> lowest index. (n, G) -> (n,)."""
-    return np.argmax(near_max(score, available), axis=1)
+    return xp.argmax(near_max(score, available, xp), axis=1)

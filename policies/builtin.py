@@ -1,10 +1,14 @@
-"""The built-in question policies."""
+"""The built-in question policies.
+
+All but ``lookahead`` are written over ``state.xp`` (:mod:`policies.arrays`, ``any_backend = True``), so
+the same ``select`` runs on numpy arrays and, in the loop's torch backend, on tensors on the device.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Policy, PolicyState, masked_argmax, near_max, register
+from .base import Policy, PolicyState, masked_argmax, near_max, on_any_backend, register
 
 
 @register
@@ -12,9 +16,10 @@ class FixedPolicy(Policy):
     """The system's own group order: the first available group."""
 
     name = "fixed"
+    any_backend = True
 
     def select(self, state: PolicyState) -> np.ndarray:
-        return np.argmax(state.available, axis=1)
+        return state.xp.argmax(state.available, axis=1)
 
 
 def _hash_uniform(seed: int, images: np.ndarray, n_groups: int) -> np.ndarray:
@@ -45,9 +50,17 @@ class RandomPolicy(Policy):
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
 
+    def keys(self, images: np.ndarray, n_groups: int) -> np.ndarray:
+        """(n, G) uniform keys in [0, 1) of images (n,) (batch indices); each image asks its groups in
+        decreasing key order."""
+        return _hash_uniform(self.seed, np.asarray(images), n_groups)
+
+    any_backend = True
+
     def select(self, state: PolicyState) -> np.ndarray:
-        keys = _hash_uniform(self.seed, state.images, state.available.shape[1])
-        return np.argmax(np.where(state.available, keys, -1.0), axis=1)
+        xp = state.xp
+        keys = xp.asarray(self.keys(xp.to_host(state.images), state.available.shape[1]))  # made on the host
+        return xp.argmax(xp.where(state.available, keys, -1.0), axis=1)
 
 
 @register
@@ -55,9 +68,10 @@ class EIGPolicy(Policy):
     """Greedy maximum expected information gain."""
 
     name = "eig"
+    any_backend = True
 
     def select(self, state: PolicyState) -> np.ndarray:
-        return masked_argmax(state.eig, state.available)
+        return masked_argmax(state.eig, state.available, state.xp)
 
 
 @register
@@ -65,9 +79,10 @@ class EIGPerPromptPolicy(Policy):
     """EIG per prompt spent: EIG_g / K_g, so cheap questions win ties."""
 
     name = "eig_per_prompt"
+    any_backend = True
 
     def select(self, state: PolicyState) -> np.ndarray:
-        return masked_argmax(state.eig / state.channel.sizes[None, :], state.available)
+        return masked_argmax(state.eig / state.channel.sizes[None, :], state.available, state.xp)
 
 
 @register
@@ -80,21 +95,22 @@ class Top2Policy(Policy):
     """
 
     name = "top2"
+    any_backend = True
 
     def select(self, state: PolicyState) -> np.ndarray:
-        ch = state.channel
-        if ch.n_classes < 2:
-            return masked_argmax(state.eig, state.available)
+        ch, xp = state.channel, state.xp
+        if ch.P.shape[0] < 2:
+            return masked_argmax(state.eig, state.available, xp)
         # the two leaders; classes tied in probability (see near_max) go by class index
-        rows = np.arange(state.post.shape[0])
-        first = masked_argmax(state.post, np.ones(state.post.shape, dtype=bool))
-        rest = np.ones(state.post.shape, dtype=bool)
+        rows = xp.arange(state.post.shape[0])
+        first = masked_argmax(state.post, xp.full(state.post.shape, True, "bool"), xp)
+        rest = xp.full(state.post.shape, True, "bool")
         rest[rows, first] = False
-        second = masked_argmax(state.post, rest)
-        diff = np.abs(ch.P[first] - ch.P[second])  # (n, Q)
-        tv = 0.5 * np.add.reduceat(diff, ch.offsets, axis=1)  # (n, G)
+        second = masked_argmax(state.post, rest, xp)
+        diff = abs(ch.P[first] - ch.P[second])  # (n, Q)
+        tv = 0.5 * xp.segment_sum(diff, ch)  # (n, G)
         # lexicographic: the best-separating groups (ties within tolerance), then the higher EIG among them
-        return masked_argmax(state.eig, near_max(tv, state.available))
+        return masked_argmax(state.eig, near_max(tv, state.available, xp), xp)
 
 
 def _next_eig(post: np.ndarray, channel, g: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,6 +238,7 @@ class DevOrderPolicy(Policy):
     """
 
     name = "dev-order"
+    any_backend = True
 
     def __init__(self, order=None):
         self.order = None if order is None else tuple(int(g) for g in order)
@@ -229,14 +246,15 @@ class DevOrderPolicy(Policy):
             raise ValueError(f"order == {order!r}, must be a permutation of 0..G-1")
 
     def select(self, state: PolicyState) -> np.ndarray:
-        G = state.available.shape[1]
+        xp, G = state.xp, state.available.shape[1]
         if self.order is None:
-            return np.argmax(state.available, axis=1)
+            return xp.argmax(state.available, axis=1)
         if len(self.order) != G:
             raise ValueError(f"dev-order: the order has {len(self.order)} groups, the system {G}; "
                              "the calibration was fitted for another system")
-        ranked = state.available[:, list(self.order)]  # (n, G) availability in the order's sequence
-        return np.asarray(self.order, dtype=np.int64)[np.argmax(ranked, axis=1)]
+        order = xp.asindex(self.order)
+        ranked = state.available[:, order]  # (n, G) availability in the order's sequence
+        return order[xp.argmax(ranked, axis=1)]
 
 
 AUTO_CANDIDATES = ("fixed", "dev-order", "eig", "lookahead")
@@ -260,6 +278,9 @@ class AutoPolicy(Policy):
         self.choice = choice
         self.order = order
         self.inner = DevOrderPolicy(order) if choice == "dev-order" else POLICIES_BY_NAME[choice]()
+
+    def any_backend(self) -> bool:  # as the chosen policy
+        return on_any_backend(self.inner)
 
     def select(self, state: PolicyState) -> np.ndarray:
         return self.inner.select(state)

@@ -35,22 +35,20 @@ settings.load_profile(hypothesis_profile(os.environ))
 # --------------------------------------------------------------------------- the loop's backends
 import pytest  # noqa: E402
 
-#: every test that takes the ``classify`` fixture runs once per backend of the adaptive loop: the numpy
-#: reference (engine.core.adaptive.classify_batch) and the torch loop (engine.torch_engine), which runs a
-#: numpy source through its HostSource on the CPU
+#: every test that takes the ``classify`` fixture runs once per backend of the adaptive loop
+#: (engine.core.adaptive.classify_batch): numpy, the reference, and torch (engine.torch_engine's
+#: TorchArrays), which runs a numpy source through its HostSource on the CPU
 LOOP_BACKENDS = ("numpy", "torch")
 
 
 @pytest.fixture(params=LOOP_BACKENDS, scope="session")
 def classify(request):
-    """The adaptive loop of one backend, called as ``classify_batch``."""
-    if request.param == "numpy":
-        from engine.core.adaptive import classify_batch
+    """The adaptive loop on one backend, called as ``classify_batch``."""
+    from functools import partial
 
-        return classify_batch
-    from engine.torch_engine.loop import classify_batch_torch
+    from engine.run.engines import classify
 
-    return classify_batch_torch
+    return partial(classify, engine=request.param)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -271,11 +271,11 @@ def test_bench_answer_models_on_a_small_simulated_pair():
 
 
 def test_the_loop_reports_the_few_shot_posterior_and_every_backend_runs_it():
-    """classify_batch with an answer model: after every group the posterior is the LR's on the asked set; the
-    backend dispatcher runs it on the numpy loop whatever engine is asked for."""
+    """classify_batch with an answer model: after every group the posterior is the LR's on the asked set; every
+    backend of the one loop runs it (on torch, each group's ℓ_g is computed on the host) with the same paths."""
     from engine.core.adaptive import classify_batch
     from engine.core.sources import ArraySource
-    from engine.torch_engine import classify
+    from engine.run.engines import classify
     from systems import load_system
 
     system = load_system("pokemon15")

@@ -125,6 +125,20 @@ def test_loop_refusals_name_the_problem(classify):
         classify(ArraySource(np.zeros((1, n.q_total)), bad), bad, "eig", shortlist_size=2)
 
 
+def test_the_loop_setup_carries_its_stop_rule_and_budget_and_the_stop_codes_are_the_reported_reasons():
+    from engine.core.adaptive import REASONS, StopRule, loop_setup
+    from engine.core.results import STOP_REASONS
+
+    s = _system()
+    src = ArraySource(np.zeros((2, 5)), s)
+    kw = dict(scorer="bayes", logit_scale=100.0, eps=0.0, channel=None, shortlist_size=None)
+    setup = loop_setup(src, s, "eig", stop=StopRule(tau=0.9, budget=7), **kw)
+    assert (setup.budget, setup.stop.tau, setup.n_images) == (7.0, 0.9, 2)
+    assert loop_setup(src, s, "eig", stop=StopRule(), **kw).budget == np.inf
+    # the codes the loop keeps per image: still asking, the four reasons it reports, and an image's error
+    assert REASONS[0] is None and REASONS[-1] == "error" and set(REASONS[1:-1]) == set(STOP_REASONS)
+
+
 def test_a_policy_that_picks_an_asked_group_is_refused(classify):
     s = _system()
 

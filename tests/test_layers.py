@@ -1,6 +1,6 @@
 """The architecture, checked: imports run only downwards between layers, no package cycles,
-the core stays free of torch (and so do the backend choice, ``engine.torch_engine`` itself, and the
-settings; only its modules load torch), and the public names import."""
+the core stays free of torch (and so do the backend choice, ``engine.run.engines``, and the settings;
+only the torch backend, ``engine.torch_engine``, loads torch), and the public names import."""
 
 from __future__ import annotations
 
@@ -37,8 +37,27 @@ def test_every_package_has_a_layer():
 def test_the_core_needs_no_torch_and_the_public_names_import():
     code = ("import sys, engine.core.adaptive, engine.core.scoring, policies, systems; "
             "assert 'torch' not in sys.modules, 'torch imported by the core'; "
-            "import engine.torch_engine, engine.run.config; "
+            "import engine.run.engines, engine.run.config; "
             "assert 'torch' not in sys.modules, 'torch imported by the engine choice or the settings'; "
             "from engine import Classifier, EncoderSpec, RunConfig, load_encoder, load_system; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_adaptive_loop_is_written_once():
+    """No second loop: in the engine's core and its torch backend, only the loop (engine/core/adaptive.py)
+    spells the stop reasons (besides their vocabulary, results.STOP_REASONS), and the torch package defines no
+    loop of its own (no classify function), only array operations, policies and sources. (The run layer
+    reads the reasons off Results; it does not decide them.)"""
+    import ast
+
+    reasons = {"confident", "exhausted", "budget", "no_gain"}
+    spelled = set()
+    for pkg in ("engine/core", "engine/torch_engine"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            if any(isinstance(n, ast.Constant) and n.value in reasons for n in ast.walk(tree)):
+                spelled.add(path.relative_to(REPO).as_posix())
+            if pkg == "engine/torch_engine":
+                assert not [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and "classify" in n.name]
+    assert spelled == {"engine/core/adaptive.py", "engine/core/results.py"}

@@ -283,7 +283,7 @@ def load_classifier(spec, system, calibration=None) -> Any:
 def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     from engine.core.adaptive import SCORERS
     from engine.run.config import DEFAULT_EPS, MODES
-    from engine.torch_engine import ENGINES
+    from engine.run.engines import ENGINES
     from policies import list_policies
 
     from systems.templates import list_template_sets

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from policies import Policy, PolicyState, get_policy
 from systems.build import BASELINE_GROUP
 from systems.format import AttributeSystem
 
+from engine.core.arrays import NUMPY, Arrays
 from engine.core.results import Result, Step
 from engine.core.scoring import (
     Channel, bayes_loglik, bayes_update, build_channel, check_logit_scales, entropy, expected_information_gain,
@@ -26,6 +28,10 @@ from engine.core.sources import SimilaritySource
 SCORERS = ("bayes", "sum")
 NAME_GROUP = BASELINE_GROUP  # the optional class-name group (systems.build.with_name_group)
 PERPLEXITY_TOL = 1e-9  # nats: the shortlist's "perplexity ≤ m" trigger absorbs rounding in H
+#: stop codes of the loop's state, in the order the stop rules are checked (the first that holds is
+#: reported); GOING (0): still asking; ERROR: the image's similarities were not finite
+REASONS = (None, "confident", "exhausted", "budget", "no_gain", "error")
+GOING, CONFIDENT, EXHAUSTED, BUDGET, NO_GAIN, ERROR = range(len(REASONS))
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ def classify_batch(
     shortlist_size: int | None = None,
     trace: bool = False,
     answer_model=None,
+    xp: Arrays = NUMPY,
 ) -> list[Result]:
     """Classify the source's B images, each along its own path of questions.
 
@@ -105,11 +112,15 @@ def classify_batch(
         candidates are few (posterior perplexity ≤ m) or its attribute questions
         are spent, it is asked "which of these m names is it?" for its m most
         probable classes: m prompts, once. None asks the group like any other.
+    trace : also keep, on every step, the top-k and the prompts spent after it.
     answer_model : None, or a few-shot posterior (:class:`engine.core.answer_models.FewShotPosterior`:
         ``log_prior(B)`` (B, C) and ``group_loglik(g, sims)`` (B, C)). Then the posterior starts at its
         prior (times ``prior``, if given) and each asked group adds its ℓ_g instead of the channel's
         soft-evidence term; the channel still gives EIG and the policies' predictions (the generative
-        half). Needs the bayes scorer and no shortlist.
+        half). Needs the bayes scorer and no shortlist. It is numpy: on the torch backend each group's
+        similarities go to the host for it and its ℓ_g comes back.
+    xp : the array backend the state lives on (:mod:`engine.core.arrays`): numpy, or the torch
+        backend on the similarities' device (``engine.run.engines.classify`` picks it).
 
     Returns
     -------
@@ -118,133 +129,37 @@ def classify_batch(
     non-finite *prompt* embedding too: every image that asks that group fails
     (with the group named), the images that never ask it are classified.
     """
-    setup = loop_setup(source, system, policy, scorer=scorer, logit_scale=logit_scale, eps=eps, channel=channel,
-                       shortlist_size=shortlist_size)
-    lams, policy, ch, name_g, m_names = setup.lams, setup.policy, setup.channel, setup.name_g, setup.m_names
-    B, C, G = setup.n_images, system.n_classes, system.n_groups
-    sizes = ch.sizes
-    budget = setup.budget(stop)
-    log_post = log_prior(C, prior, B).copy()
-    if answer_model is not None:
-        if scorer != "bayes" or name_g is not None:
-            raise ValueError("a few-shot answer model needs the bayes scorer and no shortlist")
-        log_post = bayes_update(log_post, answer_model.log_prior(B))
-    sum_sc = np.zeros((B, C)) if scorer == "sum" else None
-    asked = np.zeros((B, G), dtype=bool)
-    q = np.zeros(B, dtype=np.int64)
-    reason = np.full(B, None, dtype=object)
-    errors = np.full(B, None, dtype=object)
-    active = np.ones(B, dtype=bool)
-    trail: list[list[tuple]] = [[] for _ in range(B)]  # (g, eig, answer k, answer p, conf after[, top, q])
-    tops = (lambda imgs: _top_after(log_post, sum_sc, imgs, top_k)) if trace else None
-    names_due = np.zeros(B, dtype=bool)
-    if name_g is not None:
-        asked[:, name_g] = True  # hidden from the policy; asked as the shortlist instead
-        names_due[:] = True
-
-    while active.any():
-        idx = np.nonzero(active)[0]
-        post = np.exp(log_post[idx])
-        eig = expected_information_gain(post, ch)
-        unasked = ~asked[idx]
-        avail = unasked & (sizes[None, :] <= (budget - q[idx])[:, None])
-        for why, fired in (
-            ("confident", (post.max(axis=1) >= stop.tau) if stop.tau < 1.0 else np.zeros(len(idx), bool)),
-            ("exhausted", ~unasked.any(axis=1)),
-            ("budget", ~avail.any(axis=1)),
-            ("no_gain", ~(avail & (eig >= stop.delta)).any(axis=1)),
-        ):
-            hit = idx[fired & (reason[idx] == None)]  # noqa: E711  (object array)
-            reason[hit] = why
-        if name_g is not None:
-            # candidates few, or nothing else left to ask: the shortlist instead of stopping
-            due = names_due[idx] & (budget - q[idx] >= m_names) & (reason[idx] != "confident")
-            # perplexity exp(H) ≤ m, compared in log space with a tolerance: exp(H(uniform over m))
-            # comes out as m + 1 ulp for some m, and exactly m candidates must count as few
-            few = entropy(post, axis=1) <= np.log(m_names) + PERPLEXITY_TOL
-            due &= few | (reason[idx] != None)  # noqa: E711
-            if due.any():
-                ask = idx[due]
-                reason[ask] = None
-                _ask_shortlist(source, ask, post[due], name_g, m_names, lams[name_g], ch.eps, log_post, q, trail, tops)
-                names_due[ask] = False
-                continue
-        go = reason[idx] == None  # noqa: E711
-        active[idx[~go]] = False
-        if not go.any():
-            break
-        gi = idx[go]
-        state = PolicyState(post=post[go], eig=eig[go], available=avail[go],
-                            budget_left=budget - q[gi], images=gi, channel=ch)
-        choice = np.asarray(policy.select(state), dtype=np.int64)
-        if choice.shape != gi.shape or not state.available[np.arange(len(gi)), choice].all():
-            raise RuntimeError(f"policy {policy!r} chose an unavailable group")
-        for g in np.unique(choice):
-            g = int(g)
-            pick = choice == g
-            imgs = gi[pick]
-            sims = np.asarray(source.similarities(imgs, g), dtype=np.float64)
-            if sims.shape != (len(imgs), sizes[g]):
-                raise ValueError(f"similarity source returned shape {sims.shape} for group "
-                                 f"{system.groups[g].name!r}, expected {(len(imgs), int(sizes[g]))}")
-            ok = np.isfinite(sims).all(axis=1)
-            for i in imgs[~ok]:
-                errors[i] = (f"non-finite similarity for group {system.groups[g].name!r}: the encoder "
-                             "returned NaN/inf or a zero vector for this image or for one of the group's prompts")
-                reason[i] = "error"
-                active[i] = False
-            imgs, sims, eig_g = imgs[ok], sims[ok], eig[go][pick][ok, g]
-            if not len(imgs):
-                continue
-            lp = group_log_probs(sims, lams[g])
-            cols = ch.cols(g)
-            ll = bayes_loglik(lp, ch.P[:, cols]) if answer_model is None else answer_model.group_loglik(g, sims)
-            log_post[imgs] = bayes_update(log_post[imgs], ll)
-            if sum_sc is not None:
-                sum_sc[imgs] += np.exp(lp) @ ch.A[:, cols].T
-            asked[imgs, g] = True
-            q[imgs] += sizes[g]
-            ans = lp.argmax(axis=1)
-            ans_p = np.exp(lp[np.arange(len(imgs)), ans])
-            conf = np.exp(log_post[imgs].max(axis=1))
-            top_now = tops(imgs) if tops else None
-            for j, i in enumerate(imgs):
-                trail[i].append((g, float(eig_g[j]), int(ans[j]), float(ans_p[j]), float(conf[j]))
-                                + ((top_now[j], int(q[i])) if top_now else ()))
-
-    final = np.exp(log_post)
-    if sum_sc is not None:
-        tot = sum_sc.sum(axis=1, keepdims=True)
-        final = np.where(tot > 0, sum_sc / np.where(tot > 0, tot, 1.0), final)
-    order = shortlist(final, top_k)  # best first; equal within SHORTLIST_RTOL: by class index
-    return assemble_results(system, order, np.take_along_axis(final, order, axis=1), q, reason, errors, trail)
+    setup = loop_setup(source, system, policy, stop=stop, scorer=scorer, logit_scale=logit_scale, eps=eps,
+                       channel=channel, shortlist_size=shortlist_size, answer_model=answer_model)
+    return _Run(setup, xp.source(source), system, xp, prior, top_k, trace).run()
 
 
 @dataclass(frozen=True)
 class LoopSetup:
-    """The checked arguments of one adaptive run, shared by every backend of the loop.
+    """The checked arguments of one adaptive run.
 
-    lams : (G,) λ_g from :func:`check_logit_scales` (one λ broadcast). policy : the policy object. channel : the
-    answer channel. n_images : B. name_g : the class-name group's index when the shortlist is on,
-    else None; m_names : its m (min(shortlist_size, C)), else None.
+    stop : the StopRule; budget : its budget as a float (inf without one). lams : (G,) λ_g from
+    :func:`check_logit_scales` (one λ broadcast). policy : the policy object. channel : the answer
+    channel. scorer : "bayes" or "sum". n_images : B. name_g : the class-name group's index when the
+    shortlist is on, else None; m_names : its m (min(shortlist_size, C)), else None. answer_model : the
+    few-shot posterior, or None.
     """
 
+    stop: StopRule
+    budget: float
     lams: np.ndarray
     policy: Policy
     channel: Channel
+    scorer: str
     n_images: int
     name_g: int | None
     m_names: int | None
-
-    @staticmethod
-    def budget(stop: StopRule) -> float:
-        """The prompt budget as a float (inf without one)."""
-        return math.inf if stop.budget is None else float(stop.budget)
+    answer_model: Any = None
 
 
-def loop_setup(source: SimilaritySource, system: AttributeSystem, policy: str | Policy, *, scorer: str,
-               logit_scale: float | np.ndarray, eps: float, channel: Channel | None,
-               shortlist_size: int | None) -> LoopSetup:
+def loop_setup(source: SimilaritySource, system: AttributeSystem, policy: str | Policy, *, stop: StopRule,
+               scorer: str, logit_scale: float | np.ndarray, eps: float, channel: Channel | None,
+               shortlist_size: int | None, answer_model=None) -> LoopSetup:
     """Check :func:`classify_batch`'s arguments (raising its ValueErrors) and resolve the policy and channel."""
     if scorer not in SCORERS:
         raise ValueError(f"scorer == {scorer!r}, must be one of {list(SCORERS)}")
@@ -267,81 +182,223 @@ def loop_setup(source: SimilaritySource, system: AttributeSystem, policy: str | 
             raise ValueError(f"the {NAME_GROUP!r} group of system {system.name!r} must list the class names in "
                              "class order; rebuild it with 'twentyq system build --name-group'")
         m_names = min(int(shortlist_size), system.n_classes)
-    return LoopSetup(lams=lams, policy=policy, channel=ch, n_images=int(source.n_images), name_g=name_g,
-                     m_names=m_names)
+    if answer_model is not None and (scorer != "bayes" or name_g is not None):
+        raise ValueError("a few-shot answer model needs the bayes scorer and no shortlist")
+    budget = math.inf if stop.budget is None else float(stop.budget)
+    return LoopSetup(stop=stop, budget=budget, lams=lams, policy=policy, channel=ch, scorer=scorer,
+                     n_images=int(source.n_images), name_g=name_g, m_names=m_names, answer_model=answer_model)
 
 
-def assemble_results(system: AttributeSystem, order: np.ndarray, top_p: np.ndarray, q: np.ndarray,
-                     reason: np.ndarray, errors: np.ndarray, trail: list[list[tuple]]) -> list[Result]:
-    """The B Results of a run, from its final state (every backend of the loop ends here).
+class Asked(NamedTuple):
+    """One group (or the shortlist) asked of n images in one round: the trail, kept as backend arrays
+    and turned into :class:`Step` records once, at the end.
 
-    order : (B, k) class indices, best first; top_p : (B, k) their probabilities under the scorer.
-    q : (B,) prompts spent; reason : (B,) stop reasons; errors : (B,) None or an image's error.
-    trail : per image, its steps in order as (g, eig, answer k, answer p, conf after[, top, q]),
-    ``top`` a list of (class index, prob).
+    images (n,) int; group : the group's index; eig, answer_prob, confidence (n,) float: the EIG
+    when chosen, the answer distribution's top option's probability, max posterior after; answer
+    (n,) int: that option's index (for the shortlist, a class index: the name group's options are
+    the classes in order). Traced runs also keep top_classes, top_probs (n, k) and q_spent (n,).
     """
-    results = []
-    for i in range(len(order)):
-        if errors[i] is not None:
-            results.append(Result.failed(errors[i]))
-            continue
-        steps = [Step(group=system.groups[t[0]].name, eig=t[1], answer=system.groups[t[0]].options[t[2]],
-                      answer_prob=t[3], confidence_after=t[4],
-                      top=[(system.classes[c], p) for c, p in t[5]] if len(t) > 5 else None,
-                      q_spent=t[6] if len(t) > 5 else None)
-                 for t in trail[i]]
-        results.append(Result(
-            label=system.classes[order[i, 0]],
-            confidence=float(top_p[i, 0]),
-            top=[(system.classes[c], float(p)) for c, p in zip(order[i], top_p[i])],
-            steps=steps, q_spent=int(q[i]), stop=reason[i],
-        ))
-    return results
+
+    images: Any
+    group: int
+    eig: Any
+    answer: Any
+    answer_prob: Any
+    confidence: Any
+    top_classes: Any = None
+    top_probs: Any = None
+    q_spent: Any = None
 
 
-def _ask_shortlist(source: SimilaritySource, imgs: np.ndarray, post: np.ndarray, name_g: int, m: int, lam: float,
-                   eps: float, log_post: np.ndarray, q: np.ndarray, trail: list[list[tuple]],
-                   tops=None) -> None:
-    """Ask images ``imgs`` (n,) which of their m most probable classes' names fits; update in place.
+class _Run:
+    """One run of the loop: its state on the backend (log posterior (B, C), sum scores, asked (B, G),
+    prompts spent (B,), stop codes (B,), the group whose similarities failed (B,), active (B,)) and its
+    trail. Nothing is done per image in Python until the Results are built."""
 
-    post : (n, C) their posteriors. Only the union of their candidates' name prompts is asked of
-    the source; each image is charged m prompts. Images whose similarities come back non-finite
-    are left as they were (the names question is simply not answered for them).
-    """
-    cand = shortlist(post, m)  # (n, m)
-    union = np.unique(cand)
-    col = np.searchsorted(union, cand)  # (n, m) columns of each image's candidates in the union
-    sims = np.asarray(source.similarities(imgs, name_g, options=union), dtype=np.float64)
-    if sims.shape != (len(imgs), len(union)):
-        raise ValueError(f"similarity source returned shape {sims.shape} for the class-name shortlist, "
-                         f"expected {(len(imgs), len(union))}")
-    sub = np.take_along_axis(sims, col, axis=1)  # (n, m)
-    ok = np.isfinite(sub).all(axis=1)
-    if not ok.any():
-        return
-    imgs, sub, cand, post = imgs[ok], sub[ok], cand[ok], post[ok]
-    eig = shortlist_eig(post, cand, eps)
-    lp = group_log_probs(sub, lam)
-    log_post[imgs] = bayes_update(log_post[imgs], shortlist_loglik(lp, cand, post.shape[1], eps))
-    q[imgs] += m
-    ans = lp.argmax(axis=1)
-    conf = np.exp(log_post[imgs].max(axis=1))
-    top_now = tops(imgs) if tops else None
-    for j, i in enumerate(imgs):
-        # the name group's options are the classes in order, so option index = class index
-        trail[i].append((name_g, float(eig[j]), int(cand[j, ans[j]]), float(np.exp(lp[j, ans[j]])), float(conf[j]))
-                        + ((top_now[j], int(q[i])) if top_now else ()))
+    def __init__(self, setup: LoopSetup, src, system: AttributeSystem, xp: Arrays, prior, top_k: int, trace: bool):
+        B, C, G = setup.n_images, system.n_classes, system.n_groups
+        self.setup, self.src, self.system, self.xp, self.top_k, self.trace = setup, src, system, xp, top_k, trace
+        self.ch = xp.channel(setup.channel)  # P, H, A on the backend; setup.channel stays the host's
+        self.k = [int(k) for k in setup.channel.sizes]  # per group, as Python numbers: K_g, columns, λ_g
+        self.cols = [setup.channel.cols(g) for g in range(G)]
+        self.lams = [float(lam) for lam in setup.lams]
+        self.log_post = xp.array(log_prior(C, prior, B))
+        if setup.answer_model is not None:
+            self.log_post = bayes_update(self.log_post, xp.asarray(setup.answer_model.log_prior(B)), xp)
+        self.sum_sc = xp.zeros((B, C)) if setup.scorer == "sum" else None
+        self.asked = xp.zeros((B, G), "bool")
+        self.q = xp.zeros(B, "int")
+        self.reason = xp.zeros(B, "int")
+        self.failed_group = xp.full(B, -1, "int")
+        self.active = xp.full(B, True, "bool")
+        self.names_due = xp.zeros(B, "bool")
+        self.trail: list[Asked] = []
+        if setup.name_g is not None:
+            self.asked[:, setup.name_g] = True  # hidden from the policy; asked as the shortlist instead
+            self.names_due[:] = True
+
+    def run(self) -> list[Result]:
+        with self.xp.errstate(invalid="ignore"):  # the NaN rows of images whose similarities failed (ask_group)
+            self.ask_until_stopped()
+        return self.results()
+
+    def ask_until_stopped(self) -> None:
+        """Rounds: stop rules, then the shortlist or one question per image still going, until none is."""
+        xp, setup, stop, ch = self.xp, self.setup, self.setup.stop, self.ch
+        name_g, m = setup.name_g, setup.m_names
+        while True:
+            idx = xp.nonzero(self.active)
+            if len(idx) == 0:
+                break
+            post = xp.exp(self.log_post[idx])
+            eig = expected_information_gain(post, ch, xp)
+            unasked = ~self.asked[idx]
+            left = setup.budget - xp.to_float(self.q[idx])  # (n,) prompts left (inf without a budget)
+            avail = unasked & (ch.sizes[None, :] <= left[:, None])
+            r = self.reason[idx]
+            for code, fired in ((CONFIDENT, (xp.amax(post, axis=1) >= stop.tau) if stop.tau < 1.0 else None),
+                                (EXHAUSTED, ~unasked.any(axis=1)),
+                                (BUDGET, ~avail.any(axis=1)),
+                                (NO_GAIN, ~(avail & (eig >= stop.delta)).any(axis=1))):
+                if fired is not None:
+                    r = xp.where((r == GOING) & fired, code, r)
+            self.reason[idx] = r
+            if name_g is not None:
+                # candidates few, or nothing else left to ask: the shortlist instead of stopping
+                due = self.names_due[idx] & (left >= m) & (r != CONFIDENT)
+                # perplexity exp(H) ≤ m, compared in log space with a tolerance: exp(H(uniform over m))
+                # comes out as m + 1 ulp for some m, and exactly m candidates must count as few
+                few = entropy(post, axis=1, xp=xp) <= math.log(m) + PERPLEXITY_TOL
+                due &= few | (r != GOING)
+                if xp.any(due):
+                    ask = idx[due]
+                    self.reason[ask] = GOING
+                    self.ask_shortlist(ask, post[due])
+                    self.names_due[ask] = False
+                    continue
+            go = r == GOING
+            self.active[idx[~go]] = False
+            if not xp.any(go):
+                break
+            gi = idx[go]
+            state = PolicyState(post=post[go], eig=eig[go], available=avail[go], budget_left=left[go], images=gi,
+                                channel=ch, xp=xp)
+            choice = xp.select(setup.policy, state)
+            if tuple(choice.shape) != tuple(gi.shape) or \
+                    not bool(state.available[xp.arange(len(gi)), choice].all()):
+                raise RuntimeError(f"policy {setup.policy!r} chose an unavailable group")
+            for g in xp.unique(choice).tolist():
+                pick = choice == g
+                self.ask_group(gi[pick], int(g), state.eig[pick, g])
+
+    def ask_group(self, imgs, g: int, eig_g) -> None:
+        xp, k, cols = self.xp, self.k[g], self.cols[g]
+        sims = self.src.similarities(imgs, g)
+        if tuple(sims.shape) != (len(imgs), k):
+            raise ValueError(f"similarity source returned shape {tuple(sims.shape)} for group "
+                             f"{self.system.groups[g].name!r}, expected {(len(imgs), k)}")
+        # an image with a non-finite similarity fails here and stops; it is scored along with the rest
+        # (its NaNs touch only its own rows: run() lets them through quietly) and its Result is the error
+        # alone. Where looking at the mask costs a device synchronisation, the bookkeeping runs unlooked.
+        bad = ~xp.isfinite(sims).all(axis=1)
+        if not xp.cheap_sync or xp.any(bad):
+            self.failed_group[imgs] = xp.where(bad, g, self.failed_group[imgs])
+            self.reason[imgs] = xp.where(bad, ERROR, self.reason[imgs])
+            self.active[imgs] &= ~bad
+        lp = group_log_probs(sims, self.lams[g], xp)
+        if self.setup.answer_model is None:
+            ll = bayes_loglik(lp, self.ch.P[:, cols], xp)
+        else:
+            ll = xp.asarray(self.setup.answer_model.group_loglik(g, xp.to_host(sims)))
+        self.log_post[imgs] = bayes_update(self.log_post[imgs], ll, xp)
+        if self.sum_sc is not None:
+            self.sum_sc[imgs] += xp.exp(lp) @ self.ch.A[:, cols].T
+        self.asked[imgs, g] = True
+        self.q[imgs] += k
+        # the answer: the top option (its log-probability is the row's max)
+        self.record(imgs, g, eig_g, xp.argmax(lp, axis=1), xp.exp(xp.amax(lp, axis=1)))
+
+    def ask_shortlist(self, imgs, post) -> None:
+        """Ask images ``imgs`` (n,) which of their m most probable classes' names fits; update in place.
+
+        post : (n, C) their posteriors. Only the union of their candidates' name prompts is asked of
+        the source; each image is charged m prompts. Images whose similarities come back non-finite
+        are left as they were (the names question is simply not answered for them).
+        """
+        xp, setup = self.xp, self.setup
+        name_g, m, eps = setup.name_g, setup.m_names, setup.channel.eps
+        cand = shortlist(post, m, xp)  # (n, m)
+        union = xp.unique(cand)  # sorted
+        col = xp.searchsorted(union, cand)  # (n, m) columns of each image's candidates in the union
+        sims = self.src.similarities(imgs, name_g, options=union)
+        if tuple(sims.shape) != (len(imgs), len(union)):
+            raise ValueError(f"similarity source returned shape {tuple(sims.shape)} for the class-name shortlist, "
+                             f"expected {(len(imgs), len(union))}")
+        sub = xp.gather(sims, col)  # (n, m)
+        ok = xp.isfinite(sub).all(axis=1)
+        if not bool(ok.all()):
+            if not xp.any(ok):
+                return
+            imgs, sub, cand, post = imgs[ok], sub[ok], cand[ok], post[ok]
+        eig = shortlist_eig(post, cand, eps, xp)
+        lp = group_log_probs(sub, self.lams[name_g], xp)
+        self.log_post[imgs] = bayes_update(self.log_post[imgs], shortlist_loglik(lp, cand, post.shape[1], eps, xp), xp)
+        self.q[imgs] += m
+        ans = xp.argmax(lp, axis=1)
+        self.record(imgs, name_g, eig, xp.gather(cand, ans[:, None])[:, 0], xp.exp(xp.amax(lp, axis=1)))
+
+    def record(self, imgs, g: int, eig, answer, answer_prob) -> None:
+        conf = self.xp.exp(self.xp.amax(self.log_post[imgs], axis=1))
+        top = self.top(imgs) + (self.q[imgs],) if self.trace else ()
+        self.trail.append(Asked(imgs, g, eig, answer, answer_prob, conf, *top))
+
+    def scores(self, imgs=None):
+        """The scorer's probabilities (n, C) as they stand: the posterior, or the normalised sum scores."""
+        xp = self.xp
+        final = xp.exp(self.log_post if imgs is None else self.log_post[imgs])
+        if self.sum_sc is not None:
+            sc = self.sum_sc if imgs is None else self.sum_sc[imgs]
+            tot = sc.sum(axis=1, keepdims=True)
+            final = xp.where(tot > 0, sc / xp.where(tot > 0, tot, 1.0), final)
+        return final
+
+    def top(self, imgs=None) -> tuple:
+        """(classes (n, k), probs (n, k)): the top-k under the scorer now, best first, probabilities equal
+        within SHORTLIST_RTOL by class index; a traced step's ``top`` and the final ``top`` alike."""
+        final = self.scores(imgs)
+        order = shortlist(final, self.top_k, self.xp)
+        return order, self.xp.gather(final, order)
+
+    def results(self) -> list[Result]:
+        """Copy the final state and the trail to the host once, and build the B Results."""
+        xp, system = self.xp, self.system
+        order, top_p = (xp.to_host(a) for a in self.top())
+        q, reason, failed = (xp.to_host(a) for a in (self.q, self.reason, self.failed_group))
+        steps: list[list[Step]] = [[] for _ in range(len(q))]
+        if self.trail:
+            cols = {f: xp.to_host(xp.concat([getattr(a, f) for a in self.trail])).tolist()
+                    for f in Asked._fields if f != "group" and (self.trace or f not in _TRACED)}
+            group = np.repeat([a.group for a in self.trail], [len(a.images) for a in self.trail]).tolist()
+            for j, (i, g) in enumerate(zip(cols["images"], group)):
+                grp = system.groups[g]
+                steps[i].append(Step(
+                    group=grp.name, eig=cols["eig"][j], answer=grp.options[cols["answer"][j]],
+                    answer_prob=cols["answer_prob"][j], confidence_after=cols["confidence"][j],
+                    top=[(system.classes[c], p) for c, p in zip(cols["top_classes"][j], cols["top_probs"][j])]
+                    if self.trace else None,
+                    q_spent=cols["q_spent"][j] if self.trace else None))
+        results = []
+        for i in range(len(q)):
+            if failed[i] >= 0:
+                results.append(Result.failed(
+                    f"non-finite similarity for group {system.groups[failed[i]].name!r}: the encoder "
+                    "returned NaN/inf or a zero vector for this image or for one of the group's prompts"))
+                continue
+            results.append(Result(
+                label=system.classes[order[i, 0]], confidence=float(top_p[i, 0]),
+                top=[(system.classes[c], float(p)) for c, p in zip(order[i], top_p[i])],
+                steps=steps[i], q_spent=int(q[i]), stop=REASONS[reason[i]]))
+        return results
 
 
-def _top_after(log_post: np.ndarray, sum_sc: np.ndarray | None, imgs: np.ndarray, k: int
-               ) -> list[list[tuple[int, float]]]:
-    """For images ``imgs`` (n,): the top-k (class index, prob) under the scorer as it stands now, computed
-    exactly as the final ``top`` is (the posterior, or the normalised sum scores), so a trace's last
-    step equals the result's ``top``."""
-    final = np.exp(log_post[imgs])
-    if sum_sc is not None:
-        sc = sum_sc[imgs]
-        tot = sc.sum(axis=1, keepdims=True)
-        final = np.where(tot > 0, sc / np.where(tot > 0, tot, 1.0), final)
-    order = shortlist(final, k)
-    return [[(int(c), float(final[j, c])) for c in order[j]] for j in range(len(imgs))]
+_TRACED = ("top_classes", "top_probs", "q_spent")

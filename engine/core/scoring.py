@@ -11,14 +11,22 @@ Notation (see ``../shared/docs/method.md``):
 Every function is vectorised over images, classes and options; loops run over
 groups at most. Log space is used wherever a product of many small numbers
 appears, so λ up to 1e4 gives no NaN.
+
+The functions the adaptive loop calls take ``xp``, the array backend
+(:mod:`engine.core.arrays`): numpy by default, or the torch backend, on which the
+same lines run on tensors (``channel`` is then ``xp.channel(channel)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
-from scipy.special import entr, log_softmax, logsumexp, softmax
+from scipy.special import entr, logsumexp, softmax
+
+from engine.core.arrays import NUMPY, Arrays
 
 # A likelihood this small is recomputed exactly in log space (see bayes_loglik).
 _UNDERFLOW = 1e-250
@@ -54,31 +62,31 @@ def check_eps(eps: float) -> float:
 
 
 # --------------------------------------------------------------------------- answers
-def _scaled_logits(sims: np.ndarray, lam: float) -> np.ndarray:
+def _scaled_logits(sims: np.ndarray, lam: float, xp: Arrays = NUMPY) -> np.ndarray:
     """λ·(s − max_k s): the logits of p_g, shifted so that no finite input overflows.
 
     sims (B, K) finite -> (B, K), each row's max 0, the rest ≤ 0 or -inf. λ·s itself
     overflows to inf for |s| near 1e305 with λ=1e4 (and inf − inf is NaN in the softmax);
     the shifted logits only underflow, to -inf, which is probability 0.
     """
-    sims = np.asarray(sims, dtype=np.float64)
+    sims = xp.asarray(sims)
     if sims.ndim != 2:
-        raise ValueError(f"sims should be 2-d (B, K), got shape {sims.shape}")
+        raise ValueError(f"sims should be 2-d (B, K), got shape {tuple(sims.shape)}")
     lam = check_logit_scale(lam)
     if sims.shape[1] == 0:
         return sims
-    with np.errstate(over="ignore"):  # a difference of two huge similarities overflows to -inf: probability 0
-        return lam * (sims - sims.max(axis=1, keepdims=True))
+    with xp.errstate(over="ignore"):  # a difference of two huge similarities overflows to -inf: probability 0
+        return lam * (sims - xp.amax(sims, axis=1, keepdims=True))
 
 
-def group_log_probs(sims: np.ndarray, lam: float) -> np.ndarray:
+def group_log_probs(sims: np.ndarray, lam: float, xp: Arrays = NUMPY) -> np.ndarray:
     """log p_g = log_softmax(λ·s_g) within one group.
 
     sims : (B, K) similarities of B images to the K prompts of one group.
     Returns (B, K) float64 log-probabilities; every row logsumexps to 0. No NaN for
     any finite input (an option left behind by a huge margin gets -inf).
     """
-    return log_softmax(_scaled_logits(sims, lam), axis=1)
+    return xp.log_softmax(_scaled_logits(sims, lam, xp))
 
 
 def group_probs(sims: np.ndarray, lam: float) -> np.ndarray:
@@ -216,7 +224,7 @@ def sum_scores(probs: np.ndarray, A: np.ndarray) -> np.ndarray:
     return np.asarray(probs, dtype=np.float64) @ np.asarray(A, dtype=np.float64).T
 
 
-def bayes_loglik(log_p: np.ndarray, P_g: np.ndarray) -> np.ndarray:
+def bayes_loglik(log_p: np.ndarray, P_g: np.ndarray, xp: Arrays = NUMPY) -> np.ndarray:
     """Soft-evidence log-likelihood of one group's answers for every class.
 
     log_p : (B, K) log p_g of B images.
@@ -226,19 +234,19 @@ def bayes_loglik(log_p: np.ndarray, P_g: np.ndarray) -> np.ndarray:
     Computed as a max-shifted matmul; rows where that underflows are recomputed
     exactly with logsumexp, so the result is finite for any finite input.
     """
-    log_p = np.asarray(log_p, dtype=np.float64)
-    m = log_p.max(axis=1, keepdims=True)  # (B, 1)
-    lik = np.exp(log_p - m) @ P_g.T  # (B, C)
+    log_p = xp.asarray(log_p)
+    m = xp.amax(log_p, axis=1, keepdims=True)  # (B, 1)
+    lik = xp.exp(log_p - m) @ P_g.T  # (B, C)
     bad = (lik < _UNDERFLOW).any(axis=1)
-    with np.errstate(divide="ignore"):
-        out = m + np.log(lik)
-        if bad.any():
-            logP = np.log(P_g)  # -inf where P is 0
-            out[bad] = logsumexp(log_p[bad][:, None, :] + logP[None, :, :], axis=2)
+    with xp.errstate(divide="ignore"):
+        out = m + xp.log(lik)
+        if xp.any(bad):
+            logP = xp.log(P_g)  # -inf where P is 0
+            out[bad] = xp.logsumexp(log_p[bad][:, None, :] + logP[None, :, :], axis=2)
     return out
 
 
-def bayes_update(log_post: np.ndarray, loglik: np.ndarray) -> np.ndarray:
+def bayes_update(log_post: np.ndarray, loglik: np.ndarray, xp: Arrays = NUMPY) -> np.ndarray:
     """π(c) ← π(c)·L(c), normalised, in log space.
 
     log_post : (B, C) log posterior (may hold -inf for classes ruled out a priori).
@@ -246,7 +254,7 @@ def bayes_update(log_post: np.ndarray, loglik: np.ndarray) -> np.ndarray:
     Returns (B, C) normalised log posterior.
     """
     x = log_post + loglik
-    return x - logsumexp(x, axis=1, keepdims=True)
+    return x - xp.logsumexp(x, axis=1, keepdims=True)
 
 
 def log_prior(n_classes: int, prior: np.ndarray | None = None, n_images: int = 1) -> np.ndarray:
@@ -277,12 +285,12 @@ def full_bayes_log_posterior(log_probs: list[np.ndarray], channel: Channel,
 
 
 # --------------------------------------------------------------------------- information gain
-def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+def entropy(p: np.ndarray, axis: int = -1, xp: Arrays = NUMPY) -> np.ndarray:
     """Shannon entropy in nats along ``axis``."""
-    return entr(np.asarray(p, dtype=np.float64)).sum(axis=axis)
+    return xp.entr(xp.asarray(p)).sum(axis=axis)
 
 
-def expected_information_gain(post: np.ndarray, channel: Channel) -> np.ndarray:
+def expected_information_gain(post: np.ndarray, channel: Channel, xp: Arrays = NUMPY) -> np.ndarray:
     """EIG of every group for every image, under the posterior.
 
     post : (B, C) posterior probabilities.
@@ -291,11 +299,11 @@ def expected_information_gain(post: np.ndarray, channel: Channel) -> np.ndarray:
 
     Cost: one (B, C) @ (C, Q) and one (B, C) @ (C, G) matmul.
     """
-    post = np.asarray(post, dtype=np.float64)
+    post = xp.asarray(post)
     marg = post @ channel.P  # (B, Q)
-    h_marg = np.add.reduceat(entr(marg), channel.offsets, axis=1)  # (B, G)
+    h_marg = xp.segment_sum(xp.entr(marg), channel)  # (B, G)
     h_cond = post @ channel.H  # (B, G)
-    return np.maximum(h_marg - h_cond, 0.0)
+    return xp.maximum(h_marg - h_cond, 0.0)
 
 
 # --------------------------------------------------------------------------- shortlist of names
@@ -305,27 +313,28 @@ def expected_information_gain(post: np.ndarray, channel: Channel) -> np.ndarray:
 SHORTLIST_RTOL = 1e-9
 
 
-def shortlist(post: np.ndarray, m: int) -> np.ndarray:
+def shortlist(post: np.ndarray, m: int, xp: Arrays = NUMPY) -> np.ndarray:
     """The m most probable classes of each row, best first. post (B, C) -> (B, min(m, C)) int.
 
     Classes whose probabilities are equal within SHORTLIST_RTOL go by class index.
     """
-    post = np.asarray(post, dtype=np.float64)
+    post = xp.asarray(post)
     B, C = post.shape
     m = min(int(m), C)
-    left = np.ones((B, C), dtype=bool)
-    rows = np.arange(B)
-    out = np.zeros((B, m), dtype=np.int64)
+    left = xp.full((B, C), True, "bool")
+    rows = xp.arange(B)
+    out = xp.zeros((B, m), "int")
     for j in range(m):
-        s = np.where(left, post, -np.inf)
-        best = s.max(axis=1, keepdims=True)
-        pick = np.argmax(left & (s >= best - SHORTLIST_RTOL * np.abs(best)), axis=1)
+        s = xp.where(left, post, -math.inf)
+        best = xp.amax(s, axis=1, keepdims=True)
+        pick = xp.argmax(left & (s >= best - SHORTLIST_RTOL * abs(best)), axis=1)
         out[:, j] = pick
         left[rows, pick] = False
     return out
 
 
-def shortlist_loglik(log_p: np.ndarray, cand: np.ndarray, n_classes: int, eps: float) -> np.ndarray:
+def shortlist_loglik(log_p: np.ndarray, cand: np.ndarray, n_classes: int, eps: float,
+                     xp: Arrays = NUMPY) -> np.ndarray:
     """Log-likelihood of every class for the answer to "which of these m names is it?".
 
     log_p : (B, m) log-softmax over the m candidate-name prompts of each image.
@@ -335,33 +344,32 @@ def shortlist_loglik(log_p: np.ndarray, cand: np.ndarray, n_classes: int, eps: f
     exactly like a not-applicable group.
     """
     eps = check_eps(eps)
-    log_p = np.asarray(log_p, dtype=np.float64)
-    cand = np.asarray(cand, dtype=np.int64)
+    log_p, cand = xp.asarray(log_p), xp.asindex(cand)
     B, m = log_p.shape
-    if cand.shape != (B, m):
-        raise ValueError(f"cand should be {(B, m)}, got shape {cand.shape}")
-    out = np.full((B, n_classes), -np.log(m))
-    rows = np.arange(B)[:, None]
-    with np.errstate(divide="ignore"):  # eps/m can underflow to 0 for a tiny eps; log(0) = -inf is right
-        out[rows, cand] = np.logaddexp(np.log1p(-eps) + log_p, np.log(eps / m)) if eps > 0 else np.log1p(-eps) + log_p
+    if tuple(cand.shape) != (B, m):
+        raise ValueError(f"cand should be {(B, m)}, got shape {tuple(cand.shape)}")
+    out = xp.full((B, n_classes), -math.log(m))
+    named = math.log1p(-eps) + log_p
+    if eps > 0:  # eps/m can underflow to 0 for a tiny eps; log(0) = -inf is right
+        named = xp.logaddexp(named, math.log(eps / m) if eps / m > 0 else -math.inf)
+    out[xp.arange(B)[:, None], cand] = named
     return out
 
 
-def shortlist_eig(post: np.ndarray, cand: np.ndarray, eps: float) -> np.ndarray:
+def shortlist_eig(post: np.ndarray, cand: np.ndarray, eps: float, xp: Arrays = NUMPY) -> np.ndarray:
     """EIG (nats) of the shortlist question for each row, under the posterior.
 
     post : (B, C); cand : (B, m). The answer k has P(k | c) = (1-ε)·1[c = cand_k] + ε/m
     for a candidate and 1/m for any other class, so EIG = H(Σ_c π(c) P(·|c)) − Σ_c π(c) H(P(·|c)).
     """
     eps = check_eps(eps)
-    post = np.asarray(post, dtype=np.float64)
-    cand = np.asarray(cand, dtype=np.int64)
+    post, cand = xp.asarray(post), xp.asindex(cand)
     m = cand.shape[1]
-    pc = np.take_along_axis(post, cand, axis=1)  # (B, m)
-    s = np.minimum(pc.sum(axis=1, keepdims=True), 1.0)  # rounding can push a sum of 1 just above 1
-    marg = np.maximum((1.0 - eps) * pc + eps / m * s + (1.0 - s) / m, 0.0)  # (B, m); entr(-1e-17) is -inf
+    pc = xp.gather(post, cand)  # (B, m)
+    s = xp.minimum(pc.sum(axis=1, keepdims=True), 1.0)  # rounding can push a sum of 1 just above 1
+    marg = xp.maximum((1.0 - eps) * pc + eps / m * s + (1.0 - s) / m, 0.0)  # (B, m); entr(-1e-17) is -inf
     row = np.full(m, eps / m)
     row[0] += 1.0 - eps
-    h_cand = entropy(row)
-    h_cond = s[:, 0] * h_cand + (1.0 - s[:, 0]) * np.log(m)
-    return np.maximum(entropy(marg) - h_cond, 0.0)
+    h_cand = float(entropy(row))  # of one candidate's answer distribution, on the host
+    h_cond = s[:, 0] * h_cand + (1.0 - s[:, 0]) * math.log(m)
+    return xp.maximum(entropy(marg, xp=xp) - h_cond, 0.0)

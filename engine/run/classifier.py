@@ -9,7 +9,7 @@ One image's path (see docs/ARCHITECTURE.md): :meth:`Classifier.classify_items` d
 and embeds a chunk of images once (:func:`engine.encoders.base.encode_images_tolerant`:
 a bad image becomes that image's error), then :meth:`classify_embedded` runs the adaptive
 loop (:func:`engine.core.adaptive.classify_batch`, or its torch backend on the embeddings' device:
-``RunConfig.engine``, :func:`engine.torch_engine.classify`) over an :class:`EncoderSource`, whose
+``RunConfig.engine``, :func:`engine.run.engines.classify`) over an :class:`EncoderSource`, whose
 text cache embeds a group's prompts the first time any image asks it. Every executor of
 the run pipeline (:mod:`engine.run.pipeline`) calls ``classify_items``; evaluation
 (:func:`engine.run.evaluation.evaluate_classifier`) lives above, in :mod:`engine.run.evaluation`.
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from engine.core.adaptive import NO_STOP, StopRule
-from engine.torch_engine import classify as classify_batch
 from engine.core.results import Result
 from engine.run.config import EncoderSpec, RunConfig
 from engine.run.datasets import Item
+from engine.run.engines import classify
 from systems import AttributeSystem, baseline_system, load_system
 
 #: RunConfig's fields, so that ``classify(..., tau=0.8)`` builds one
@@ -234,7 +234,7 @@ class Classifier:
                                        "bayes scorer and no --shortlist; drop --scorer sum / --shortlist, or make a "
                                        "zero-shot one with 'twentyq calibrate --setting zero-shot'")
         try:
-            results = classify_batch(source, system, policy, engine=config.engine, stop=stop, logit_scale=lam,
+            results = classify(source, system, policy, engine=config.engine, stop=stop, logit_scale=lam,
                                      eps=config.eps, channel=channel, scorer=config.scorer, top_k=config.top_k,
                                      shortlist_size=config.shortlist if config.mode == "adaptive" else None,
                                      trace=trace, answer_model=answer_model)

@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.core.adaptive import SCORERS, StopRule
 from engine.core.scoring import check_eps, check_logit_scale
-from engine.torch_engine import check_engine
+from engine.run.engines import check_engine
 
 MODES = ("adaptive", "full", "baseline", "descriptors")
 DEFAULT_EPS = 0.05
@@ -171,7 +171,7 @@ class RunConfig:
     target_accuracy : ``adaptive`` only, with a calibration (:mod:`engine.run.calibration_file`): stop at
         the τ chosen on the calibration's dev images so that accuracy among images that stop on
         confidence is at least this, with 90% confidence; ``tau`` is then not read. In (0, 1).
-    engine : the adaptive loop's backend (``engine.torch_engine.ENGINES``): "numpy" (the reference,
+    engine : the adaptive loop's backend (``engine.run.engines.ENGINES``): "numpy" (the reference,
         on the host), "torch" (state and similarities on the encoder's device) or "auto" (torch when
         the image embeddings are on a CUDA device, numpy otherwise). The backends agree within float64
         rounding, so the engine is how a run computes, not what: it is left out of ``to_dict``.

@@ -1,54 +1,25 @@
-"""Torch implementations of the built-in policies, and the host fallback for any other policy.
+"""How the torch backend runs a policy: on tensors where the policy allows it, else on a host copy.
 
-A policy stays what :mod:`policies` says: an object with one numpy method, ``select``. The torch
-loop looks up ``type(policy)`` (exactly: a subclass that overrides ``select`` is not its parent)
-in :data:`TORCH_POLICIES`; a hit runs as tensor operations on the device, a miss (a plug-in, or the
-built-in `lookahead`, which has no tensor version yet) runs
-the policy's own ``select`` on a numpy copy of the state (:func:`host_select`), so every policy
-works on every device. A plug-in can add its own tensor version with ``@torch_policy(MyPolicy)``.
-
-Ties follow :func:`policies.base.near_max` exactly: within TIE_RTOL of the row's best (TIE_ATOL
-near 0), lowest index first. Both backends compute in float64, so the same tolerance means the
-same choice wherever two scores are not within a few ulps of the tolerance's edge.
+A policy stays what :mod:`policies` says: an object with one method, ``select``. The built-ins (all but
+``lookahead``) are written over ``state.xp`` (:func:`policies.base.on_any_backend`), so the torch
+backend hands them a :class:`policies.PolicyState` of tensors on the device with ``xp`` the
+:class:`engine.torch_engine.arrays.TorchArrays` and ``channel`` its ``TorchChannel``. Any other policy
+(``lookahead``, a plug-in) runs its own numpy ``select`` on a host copy of the state
+(:func:`host_select`), so every policy works on every device; a plug-in written for numpy only can
+add a tensor version with ``@torch_policy(MyPolicy)`` (looked up by exact class).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from policies import Policy, PolicyState
-from policies.base import TIE_ATOL, TIE_RTOL
-from policies.builtin import (
-    AutoPolicy, DevOrderPolicy, EIGPerPromptPolicy, EIGPolicy, FixedPolicy, RandomPolicy, Top2Policy, _hash_uniform,
-)
+from policies.base import on_any_backend
 
-from engine.torch_engine.scoring import TorchChannel
-
-
-@dataclass(frozen=True)
-class TorchPolicyState:
-    """:class:`policies.PolicyState` as tensors on the device, for n images.
-
-    post (n, C), eig (n, G), available (n, G) bool, budget_left (n,) float, images (n,) int64
-    (indices into the batch), channel : the TorchChannel, n_images : the batch's B, memo : a dict
-    that lives for one run, where a tensor policy may keep what it computes once per batch.
-    """
-
-    post: torch.Tensor
-    eig: torch.Tensor
-    available: torch.Tensor
-    budget_left: torch.Tensor
-    images: torch.Tensor
-    channel: TorchChannel
-    n_images: int
-    memo: dict
-
-
-TorchSelect = Callable[[Policy, TorchPolicyState], torch.Tensor]
+TorchSelect = Callable[[Policy, PolicyState], torch.Tensor]
 TORCH_POLICIES: dict[type, TorchSelect] = {}
 
 
@@ -60,77 +31,7 @@ def torch_policy(cls: type) -> Callable[[TorchSelect], TorchSelect]:
     return deco
 
 
-def near_max(score: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-    """(n, G) bool: available entries tied with their row's best (policies.base.near_max)."""
-    s = torch.where(available, score, -torch.inf)
-    best = s.amax(dim=1, keepdim=True)
-    return available & (s >= best - (TIE_ATOL + TIE_RTOL * best.abs()))
-
-
-def first_true(mask: torch.Tensor) -> torch.Tensor:
-    """(n, G) bool -> (n,) index of each row's first True (0 for a row without one, as np.argmax)."""
-    return torch.argmax(mask.to(torch.uint8), dim=1)
-
-
-def masked_argmax(score: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-    return first_true(near_max(score, available))
-
-
-@torch_policy(FixedPolicy)
-def _fixed(policy: FixedPolicy, st: TorchPolicyState) -> torch.Tensor:
-    return first_true(st.available)
-
-
-@torch_policy(EIGPolicy)
-def _eig(policy: EIGPolicy, st: TorchPolicyState) -> torch.Tensor:
-    return masked_argmax(st.eig, st.available)
-
-
-@torch_policy(EIGPerPromptPolicy)
-def _eig_per_prompt(policy: EIGPerPromptPolicy, st: TorchPolicyState) -> torch.Tensor:
-    return masked_argmax(st.eig / st.channel.sizes.to(st.eig.dtype)[None, :], st.available)
-
-
-@torch_policy(RandomPolicy)
-def _random(policy: RandomPolicy, st: TorchPolicyState) -> torch.Tensor:
-    # the same splitmix64 keys as the numpy policy, made once per batch for all B images on the host
-    # (uint64 arithmetic) and gathered per round on the device
-    key = ("random", policy.seed)
-    if key not in st.memo:
-        G = st.available.shape[1]
-        st.memo[key] = torch.as_tensor(_hash_uniform(policy.seed, np.arange(st.n_images), G), device=st.images.device)
-    keys = st.memo[key].index_select(0, st.images)
-    return torch.argmax(torch.where(st.available, keys, -1.0), dim=1)
-
-
-@torch_policy(Top2Policy)
-def _top2(policy: Top2Policy, st: TorchPolicyState) -> torch.Tensor:
-    ch = st.channel
-    if ch.P.shape[0] < 2:
-        return masked_argmax(st.eig, st.available)
-    every = torch.ones_like(st.post, dtype=torch.bool)
-    first = masked_argmax(st.post, every)
-    rows = torch.arange(st.post.shape[0], device=st.post.device)
-    every[rows, first] = False
-    second = masked_argmax(st.post, every)
-    tv = 0.5 * ((ch.P[first] - ch.P[second]).abs() @ ch.seg)  # (n, G)
-    return masked_argmax(st.eig, near_max(tv, st.available))
-
-
-@torch_policy(DevOrderPolicy)
-def _dev_order(policy: DevOrderPolicy, st: TorchPolicyState) -> torch.Tensor:
-    if policy.order is None:
-        return first_true(st.available)
-    order = torch.as_tensor(policy.order, dtype=torch.int64, device=st.available.device)
-    return order[first_true(st.available.index_select(1, order))]
-
-
-@torch_policy(AutoPolicy)
-def _auto(policy: AutoPolicy, st: TorchPolicyState) -> torch.Tensor:
-    return select(policy.inner, st)  # the chosen policy's tensor version (or its host fallback)
-
-
-def host_select(policy: Policy, st: TorchPolicyState) -> torch.Tensor:
+def host_select(policy: Policy, st: PolicyState) -> torch.Tensor:
     """Any policy's own numpy ``select``, on a host copy of the state; the choice goes back to the device."""
     state = PolicyState(post=st.post.cpu().numpy(), eig=st.eig.cpu().numpy(), available=st.available.cpu().numpy(),
                         budget_left=st.budget_left.cpu().numpy(), images=st.images.cpu().numpy(),
@@ -138,7 +39,10 @@ def host_select(policy: Policy, st: TorchPolicyState) -> torch.Tensor:
     return torch.as_tensor(np.asarray(policy.select(state), dtype=np.int64), device=st.images.device)
 
 
-def select(policy: Policy, st: TorchPolicyState) -> torch.Tensor:
-    """(n,) int64 on the device: the tensor version of ``policy`` when there is one, else the host fallback."""
+def select(policy: Policy, st: PolicyState) -> torch.Tensor:
+    """(n,) int64 on the device: the policy's ``select`` on the tensors when it is written over ``xp``,
+    else its registered tensor version, else its numpy ``select`` on a host copy."""
+    if on_any_backend(policy):
+        return policy.select(st)
     fn = TORCH_POLICIES.get(type(policy))
     return fn(policy, st) if fn is not None else host_select(policy, st)
