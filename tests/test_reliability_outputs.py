@@ -86,7 +86,7 @@ def test_an_unexpected_error_is_not_disguised_as_a_usage_error(colour, capsys, m
         raise ValueError("a bug deep in the loop")
 
     monkeypatch.setattr(adaptive, "classify_batch", broken)
-    monkeypatch.setattr("engine.run.classifier.classify_batch", broken)
+    monkeypatch.setattr("engine.run.classifier.classify", broken)  # the backend chooser the Classifier calls
     assert main(["classify", str(colour / "a.png"), "--system", str(colour / "sys.json"), "--quiet"]) == 3
     err = _err(capsys)
     assert len(err) == 1 and "internal error" in err[0] and "ValueError: a bug deep in the loop" in err[0]

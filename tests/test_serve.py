@@ -289,7 +289,7 @@ def test_unexpected_error_is_a_logged_500(caplog, monkeypatch):
         raise RuntimeError("kaboom in the loop")
 
     with make_client() as c, caplog.at_level(logging.ERROR, logger="twentyq.serve"):
-        monkeypatch.setattr("engine.run.classifier.classify_batch", broken)
+        monkeypatch.setattr("engine.run.classifier.classify", broken)  # the backend chooser the Classifier calls
         msg = assert_error(c.post("/v1/classify", files=parts(("r.png", RED))), 500, "internal")
         assert "kaboom" not in msg  # no internals in the answer
     rec = [r for r in caplog.records if r.name == "twentyq.serve"]
