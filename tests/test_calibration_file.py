@@ -502,3 +502,19 @@ def test_a_version_1_file_still_loads_and_an_unknown_version_is_refused_by_name(
     (tmp_path / "v9.json").write_text(json.dumps(d))
     with pytest.raises(CalibrationError, match="twentyq-calibration-v9.*twentyq-calibration-v2"):
         load_calibration(tmp_path / "v9.json")
+
+
+def test_a_calibration_too_large_to_read_back_is_not_written(world, tmp_path, monkeypatch):
+    """The select part's similarities make a file grow with dev images × prompts; one over the reader's cap
+    would be refused on load, so save refuses it and leaves nothing behind."""
+    import systems.files
+
+    cal = fit_calibration(world["sims"][:60], world["truth"][:60], world["system"], lam0=200.0, eps=0.05,
+                          model="sim", model_id="sim@1", policies=["fixed"], auto=False)
+    size = len(json.dumps(cal.to_dict(), indent=2))
+    monkeypatch.setattr(systems.files, "TEXT_INPUT_LIMIT", size // 2)
+    with pytest.raises(CalibrationError, match="fewer dev images"):
+        save_calibration(cal, tmp_path / "big.json")
+    assert not (tmp_path / "big.json").exists()
+    monkeypatch.setattr(systems.files, "TEXT_INPUT_LIMIT", size * 2)
+    assert load_calibration(save_calibration(cal, tmp_path / "ok.json").path).model_id == "sim@1"

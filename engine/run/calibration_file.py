@@ -495,10 +495,19 @@ def content_sha256(d: dict[str, Any]) -> str:
 
 
 def save_calibration(cal: Calibration, path: str | Path) -> Calibration:
-    """Write ``cal`` as JSON (atomically); returns it with ``path`` and the file's ``sha256``."""
-    from systems.files import atomic_write_json
+    """Write ``cal`` as JSON (atomically); returns it with ``path`` and the file's ``sha256``. A file larger
+    than a calibration may be when read (:data:`systems.files.TEXT_INPUT_LIMIT`: the select part's
+    similarities grow with dev images × prompts) is removed again and refused, so no unreadable file is left."""
+    from systems.files import TEXT_INPUT_LIMIT, atomic_write_json
 
     p = atomic_write_json(path, cal.to_dict())
+    size = p.stat().st_size
+    if size > TEXT_INPUT_LIMIT:
+        p.unlink()
+        n_sel = 0 if cal.select is None else len(cal.select.truth)
+        raise CalibrationError(f"calibration for {path}: {size:,} bytes, over the {TEXT_INPUT_LIMIT:,} a calibration file "
+                               f"may have ({n_sel} select images × {sum(cal.sizes)} prompts are stored for exact "
+                               "τ tables); calibrate on fewer dev images (--dev-fraction or --limit)")
     return replace(cal, path=str(path), sha256=hashlib.sha256(p.read_bytes()).hexdigest())
 
 
