@@ -294,6 +294,10 @@ def test_target_accuracy_follows_the_budget_and_refuses_what_it_cannot_know(worl
     assert target_choice(cal, RunConfig(policy="random", target_accuracy=0.7)).target == 0.7
     with pytest.raises(CalibrationError, match="seed 0, not seed 3"):
         target_choice(cal, RunConfig(policy="random", seed=3, target_accuracy=0.7))
+    clf = calibrated(world)  # the Classifier's τ memo must not answer seed 3 with seed 0's τ
+    assert clf.target_choice(RunConfig(policy="random", target_accuracy=0.7)).target == 0.7
+    with pytest.raises(CalibrationError, match="seed 0, not seed 3"):
+        clf.target_choice(RunConfig(policy="random", seed=3, target_accuracy=0.7))
 
 
 @pytest.mark.parametrize("kw, needle", [
@@ -513,8 +517,21 @@ def test_a_calibration_too_large_to_read_back_is_not_written(world, tmp_path, mo
                           model="sim", model_id="sim@1", policies=["fixed"], auto=False)
     size = len(json.dumps(cal.to_dict(), indent=2))
     monkeypatch.setattr(systems.files, "TEXT_INPUT_LIMIT", size // 2)
-    with pytest.raises(CalibrationError, match="fewer dev images"):
+    (tmp_path / "big.json").write_text("an earlier calibration")
+    with pytest.raises(CalibrationError, match="nothing was written: raise --fit-fraction"):
         save_calibration(cal, tmp_path / "big.json")
-    assert not (tmp_path / "big.json").exists()
+    assert (tmp_path / "big.json").read_text() == "an earlier calibration"  # kept, not replaced or removed
     monkeypatch.setattr(systems.files, "TEXT_INPUT_LIMIT", size * 2)
     assert load_calibration(save_calibration(cal, tmp_path / "ok.json").path).model_id == "sim@1"
+
+
+@pytest.mark.parametrize("bad", [-1, 99])
+def test_a_damaged_select_part_is_refused_in_one_line(world, tmp_path, bad):
+    cal = fit_calibration(world["sims"][:60], world["truth"][:60], world["system"], lam0=200.0, eps=0.05,
+                          model="sim", model_id="sim@1", policies=["fixed"], auto=False)
+    d = cal.to_dict()
+    d["select"]["truth"][0] = bad
+    p = tmp_path / "sel.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match="select"):
+        load_calibration(p).check(world["system"])

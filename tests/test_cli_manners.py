@@ -222,7 +222,7 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
     import subprocess
     import sys
 
-    classes = [f"class{i:05d}" for i in range(3000)]
+    classes = [f"class{i:05d}" for i in range(20000)]  # its listing is far over a pipe's 64 KiB buffer
     system = {"name": "big", "groups": [{"name": "g", "template": "a photo of something {}.", "options": ["red", "blue"]}],
               "rules": {c: {"g": i % 2} for i, c in enumerate(classes)}}
     (tmp_path / "big.json").write_text(json.dumps(system))
@@ -232,3 +232,11 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
     p.stdout.close()  # what head does after its lines
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_shortlist_on_a_system_without_class_names_is_a_usage_error(capsys):
+    """--shortlist asks class names; a system without that group is the user's to fix (exit 2, one line, before
+    the model loads), not 'internal error (a bug)'."""
+    assert main(["classify", "no-such-image.png", "--system", "pokemon15_gen1", "--shortlist", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--shortlist" in err[0] and "class_name" in err[0]

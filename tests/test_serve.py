@@ -908,3 +908,22 @@ def test_decode_cost_estimates_cover_the_measured_peak():
     for name, measured, estimate in rows:
         assert int(measured) <= int(estimate), f"{name}: measured {int(measured):,} B > estimated {int(estimate):,} B"
         assert int(measured) > int(estimate) / 4, f"{name}: the estimate is far too high ({estimate} vs {measured})"
+
+
+def test_a_setting_the_calibration_cannot_serve_is_a_400_before_any_work(monkeypatch):
+    """A few-shot calibration needs the bayes scorer and no shortlist (Classifier.check_calibrated): the
+    server answers 400 naming the field before the request reaches a batch (where it failed the whole
+    batch with a 500), and a valid request still goes through."""
+    from engine.run.calibration_file import CalibrationError
+    from engine.run.classifier import Classifier
+
+    def few_shot_only_bayes(self, config):
+        if config.scorer != "bayes":
+            raise CalibrationError("calibration x is few-shot: its posterior needs the bayes scorer")
+
+    monkeypatch.setattr(Classifier, "check_calibrated", few_shot_only_bayes)
+    with make_client(max_wait_ms=1) as c:
+        msg = assert_error(c.post("/v1/classify?scorer=sum", files=parts(("a.png", RED))), 400, "invalid_parameter",
+                           "scorer")
+        assert "few-shot" in msg
+        assert c.post("/v1/classify", files=parts(("a.png", RED))).status_code == 200

@@ -429,9 +429,16 @@ def system_inputs(args) -> list[str]:
     return [f for f in (args.labels_file, args.system, getattr(args, "descriptors", None)) if f]
 
 
-def check_budget(system, config) -> None:
-    """Before the model loads: the descriptors cover the system's classes (else exit 2), and a
-    warning when the budget is below the cheapest question (the prior's first class would answer)."""
+def check_run_settings(system, config) -> None:
+    """Before the model loads: the descriptors cover the system's classes and the shortlist has a class-name
+    group to ask (else exit 2), and a warning when the budget is below the cheapest question (the prior's
+    first class would answer)."""
+    if config.mode == "adaptive" and config.shortlist is not None:
+        from engine.core.adaptive import NAME_GROUP
+
+        if NAME_GROUP not in {g.name for g in system.groups}:
+            raise UsageError(f"--shortlist: system {system.name!r} has no {NAME_GROUP!r} group to ask class names "
+                             "with; drop --shortlist, or add the class-name group (twentyq system build --name-group)")
     if config.mode == "descriptors":
         from engine.run.classifier import descriptor_pool
         from systems.build import baseline_system

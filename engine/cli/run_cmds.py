@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.cli.options import (
     EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, Interrupted, UsageError, interrupted_run, user_errors, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
-    add_run_flags, calibration_arg, calibration_lines, check_budget, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
+    add_run_flags, calibration_arg, calibration_lines, check_run_settings, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
     log, output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, target_line, warn,
 )
 
@@ -67,7 +67,7 @@ def classify_cmd(args) -> int:
     spec, config = encoder_spec(args), run_config(args)
     system = system_of(args)
     cal = calibration_arg(args, system)
-    check_budget(system, config)
+    check_run_settings(system, config)
     job = Job(spec, system, config, cal)
     _announce_target(cal, config, warn, system)
     items = _items_of(list(args.images))
@@ -144,7 +144,7 @@ def eval_cmd(args) -> int:
     dataspec = data_spec(args, data)
     with settings_errors():
         dataset = dataspec.load(system.classes)  # checked before the model loads, and read once
-    check_budget(system, config)
+    check_run_settings(system, config)
     _announce_target(cal, config, print, system)
     cache = _prepare(executor, spec_for_run_of(spec, config), system, cal)
     report = _eval_one(args, executor, spec, system, config, cal, dataspec, dataset, output_spec(args), cache)
@@ -306,7 +306,7 @@ def _sweep(args) -> int:
     system = system_of(args)
     cal = calibration_arg(args, system)
     config = run_config(args)
-    check_budget(system, config)
+    check_run_settings(system, config)
     datasets = {}
     for d, _ in pairs:  # every data checked (and read once) before any model loads
         if d not in datasets:
@@ -414,7 +414,7 @@ def compare_cmd(args) -> int:
     configs = [run_config(args, mode="baseline", target_accuracy=None),
                run_config(args, mode="full", templates=None, target_accuracy=None),
                run_config(args, mode="adaptive", templates=None)]
-    check_budget(system, configs[2])
+    check_run_settings(system, configs[2])
     _announce_target(cal, configs[2], print, system)
     # --plot: the adaptive configuration again at increasing budgets (images are still embedded once)
     curve_configs = [replace(configs[2], budget=b) for b in curve_budgets(system)

@@ -152,6 +152,8 @@ class SelectPart:
         truth = np.asarray(d["truth"], dtype=np.int64)
         if sims.ndim != 2 or truth.shape != (sims.shape[0],) or not np.isfinite(sims).all():
             raise ValueError("select: sims should be finite (B, Q) and truth (B,)")
+        if (truth < 0).any():
+            raise ValueError("select: truth should hold class indices (whole numbers >= 0)")
         return cls(sims, truth)
 
 
@@ -216,6 +218,9 @@ class Calibration:
         if tuple(int(k) for k in system.option_counts) != self.sizes:  # unreachable with equal hashes
             raise CalibrationMismatch(f"calibration {self.where()}: its group sizes {self.sizes} do not match "
                                       f"system {system.name!r}; {fix}")
+        if self.select is not None and (self.select.truth >= system.n_classes).any():  # the hash matched: damaged
+            raise CalibrationError(f"calibration {self.where()} is damaged: field select.truth names a class index "
+                                   f"beyond the system's {system.n_classes} classes; make it again with 'twentyq calibrate'")
 
     def where(self) -> str:
         return repr(self.path) if self.path else "(in memory)"
@@ -495,20 +500,23 @@ def content_sha256(d: dict[str, Any]) -> str:
 
 
 def save_calibration(cal: Calibration, path: str | Path) -> Calibration:
-    """Write ``cal`` as JSON (atomically); returns it with ``path`` and the file's ``sha256``. A file larger
-    than a calibration may be when read (:data:`systems.files.TEXT_INPUT_LIMIT`: the select part's
-    similarities grow with dev images × prompts) is removed again and refused, so no unreadable file is left."""
-    from systems.files import TEXT_INPUT_LIMIT, atomic_write_json
+    """Write ``cal`` as JSON (atomically); returns it with ``path`` and the file's ``sha256``. A calibration
+    larger than one may be when read (:data:`systems.files.TEXT_INPUT_LIMIT`: the select part's similarities
+    grow with select images × prompts) is refused before anything is written, so an existing file at
+    ``path`` is kept and no unreadable one is left."""
+    import json
 
-    p = atomic_write_json(path, cal.to_dict())
-    size = p.stat().st_size
-    if size > TEXT_INPUT_LIMIT:
-        p.unlink()
+    from systems.files import TEXT_INPUT_LIMIT, atomic_write_text, json_safe
+
+    data = (json.dumps(json_safe(cal.to_dict()), ensure_ascii=False, indent=2, allow_nan=False) + "\n").encode()
+    if len(data) > TEXT_INPUT_LIMIT:
         n_sel = 0 if cal.select is None else len(cal.select.truth)
-        raise CalibrationError(f"calibration for {path}: {size:,} bytes, over the {TEXT_INPUT_LIMIT:,} a calibration file "
-                               f"may have ({n_sel} select images × {sum(cal.sizes)} prompts are stored for exact "
-                               "τ tables); calibrate on fewer dev images (--dev-fraction or --limit)")
-    return replace(cal, path=str(path), sha256=hashlib.sha256(p.read_bytes()).hexdigest())
+        raise CalibrationError(f"calibration for {path}: {len(data):,} bytes, over the {TEXT_INPUT_LIMIT:,} a calibration "
+                               f"file may have ({n_sel} select images × {sum(cal.sizes)} prompts are stored for exact "
+                               "τ tables); nothing was written: raise --fit-fraction (fewer select images) or "
+                               "calibrate on fewer dev images (--dev-fraction, --limit)")
+    atomic_write_text(path, data.decode())
+    return replace(cal, path=str(path), sha256=hashlib.sha256(data).hexdigest())
 
 
 # Calibrations that ship with the package (package data beside the shipped probe): NAME is the file

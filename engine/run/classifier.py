@@ -135,7 +135,7 @@ class Classifier:
 
         if config.target_accuracy is None:
             return None
-        key = (config.policy, float(config.target_accuracy), config.budget)
+        key = (config.policy, float(config.target_accuracy), config.budget, config.seed)  # seed: random's check
         if key not in self._taus:
             self._taus[key] = target_choice(self.calibration, config, self.system)
         return self._taus[key]
@@ -143,6 +143,18 @@ class Classifier:
     def calibrated(self, config: RunConfig) -> bool:
         """Whether runs of ``config`` use the calibration (it fits the attribute system: adaptive and full)."""
         return self.calibration is not None and config.mode in ("adaptive", "full")
+
+    def check_calibrated(self, config: RunConfig) -> None:
+        """A CalibrationError (one line, the fix) for settings the calibration cannot serve: a few-shot
+        posterior needs the bayes scorer and no shortlist. Called before any work (the server) and by the loop."""
+        if not self.calibrated(config) or self._answer_model is None:
+            return
+        if config.scorer != "bayes" or (config.mode == "adaptive" and config.shortlist):
+            from engine.run.calibration_file import CalibrationError
+
+            raise CalibrationError(f"calibration {self.calibration.where()} is few-shot: its posterior needs the "
+                                   "bayes scorer and no --shortlist; drop --scorer sum / --shortlist, or make a "
+                                   "zero-shot one with 'twentyq calibrate --setting zero-shot'")
 
     # ------------------------------------------------------------------ image input
     @property
@@ -226,13 +238,7 @@ class Classifier:
             if config.logit_scale is not None:
                 raise ValueError("a calibration sets λ per group; drop logit_scale (--logit-scale) or the calibration")
             lam, channel, answer_model = self.calibration.lams, self._channel, self._answer_model
-            shortlist = config.mode == "adaptive" and config.shortlist
-            if answer_model is not None and (config.scorer != "bayes" or shortlist):
-                from engine.run.calibration_file import CalibrationError
-
-                raise CalibrationError(f"calibration {self.calibration.where()} is few-shot: its posterior needs the "
-                                       "bayes scorer and no --shortlist; drop --scorer sum / --shortlist, or make a "
-                                       "zero-shot one with 'twentyq calibrate --setting zero-shot'")
+            self.check_calibrated(config)
         try:
             results = classify(source, system, policy, engine=config.engine, stop=stop, logit_scale=lam,
                                      eps=config.eps, channel=channel, scorer=config.scorer, top_k=config.top_k,

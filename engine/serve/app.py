@@ -209,13 +209,20 @@ def _check_shortlist(system: Any, config: RunConfig) -> None:
 
 
 def _check_policy(clf: Any, config: RunConfig) -> None:
-    """dev-order needs the classifier's calibration (its order): a 400 before any work."""
+    """dev-order needs the classifier's calibration (its order), a few-shot calibration the bayes scorer
+    and no shortlist: a 400 before any work (so no batch fails with it)."""
     from engine.run.calibration_file import CalibrationError, resolve_policy
 
     try:
         resolve_policy(getattr(clf, "calibration", None), config)
     except CalibrationError as e:
         raise ApiError(400, "invalid_parameter", str(e), "policy") from None
+    check = getattr(clf, "check_calibrated", None)
+    try:
+        if check is not None:
+            check(config)
+    except CalibrationError as e:
+        raise ApiError(400, "invalid_parameter", str(e), "shortlist" if config.shortlist else "scorer") from None
 
 
 class _Guard:
