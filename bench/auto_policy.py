@@ -29,7 +29,7 @@ from engine.run.calibration_file import fit_calibration
 from policies.builtin import AUTO_CANDIDATES
 
 from . import common as C
-from .channels import DEFAULT_PROBE, budget_curve, probe_preps, simulator_prep
+from .channels import DEFAULT_PROBE, budget_curve, gen1_preps
 
 DEFAULT_OUT = C.DEFAULT_OUT / "auto_policy"
 
@@ -86,12 +86,7 @@ def report(r: dict[str, Any]) -> str:
 def run(out: Path, *, probe: Path | None, cache_dir: Path, seed: int = 0, quick: bool = False, command: str = "",
         log=print) -> dict[str, Any]:
     t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
-    preps = {"simulator × pokemon15": simulator_prep(images=400 if quick else 2000, seed=seed)}
-    skipped = "--no-probe"
-    if probe is not None:
-        more, skipped = probe_preps(Path(probe), Path(cache_dir), limit=200 if quick else None, seed=seed, log=log,
-                                    systems_only=["pokemon15-gen1"])
-        preps.update(more)
+    preps, skipped = gen1_preps(probe, cache_dir, sim_images=2000, quick=quick, seed=seed, log=log)
     pairs = {}
     for key, prep in preps.items():
         log(f"[auto_policy] {key}: {prep.n} images")

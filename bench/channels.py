@@ -250,6 +250,19 @@ def simulator_prep(*, images: int, seed: int) -> C.Prepared:
     return prep
 
 
+def gen1_preps(probe: Path | None, cache_dir: Path, *, sim_images: int, quick: bool, seed: int, log=print
+               ) -> tuple[dict[str, C.Prepared], str | None]:
+    """The simulator × pokemon15 pair, plus (``probe`` given) the probe's pokemon15-gen1 pairs, as the target-accuracy
+    and auto-policy benches use them. Returns ({pair: Prepared}, why probe pairs were skipped or None)."""
+    preps = {"simulator × pokemon15": simulator_prep(images=400 if quick else sim_images, seed=seed)}
+    if probe is None:
+        return preps, "--no-probe"
+    more, skipped = probe_preps(Path(probe), Path(cache_dir), limit=200 if quick else None, seed=seed, log=log,
+                                systems_only=["pokemon15-gen1"])
+    preps.update(more)
+    return preps, skipped
+
+
 def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, log=print, datasets_only=None,
                 systems_only=None) -> tuple[dict[str, C.Prepared], str | None]:
     """Every Gen-1 (dataset, system) pair of :mod:`bench.probe_eval`, from cached features; or ({}, why skipped).

@@ -117,15 +117,20 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, log_path: Path, limit_s
     raise RuntimeError(f"the server did not answer within {limit_s:g} s; see {log_path}")
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set size (VmHWM, Linux), in MiB."""
+def _proc_status_mb(pid: int, field: str) -> float:
+    """A memory field of /proc/PID/status (Linux; "VmRSS", "VmHWM"), in MiB; NaN where it cannot be read."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM, Linux), in MiB."""
+    return _proc_status_mb(pid, "VmHWM")
 
 
 def load(url: str, images: list[bytes], n_requests: int, n_clients: int, timeout: float = 120.0) -> dict:
@@ -219,13 +224,7 @@ def run_scenario(model_label: str, model: str, batching: bool, args, images, tmp
 
 def rss_mb(pid: int) -> float:
     """The process's resident set size now (VmRSS), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    return _proc_status_mb(pid, "VmRSS")
 
 
 def flat_pngs(n: int, side: int) -> list[bytes]:

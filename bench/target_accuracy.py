@@ -23,15 +23,14 @@ from typing import Any
 import numpy as np
 
 from engine.core.adaptive import StopRule, classify_batch
+from engine.core.calibration import split_by_image
 from engine.core.sources import ArraySource
 from engine.run.calibration_file import fit_calibration, target_choice
 from engine.run.config import RunConfig
 from engine.run.evaluation import exact_ci
 
 from . import common as C
-from engine.core.calibration import split_by_image
-
-from .channels import DEFAULT_PROBE, probe_preps, simulator_prep
+from .channels import DEFAULT_PROBE, gen1_preps
 
 DEFAULT_OUT = C.DEFAULT_OUT / "target_accuracy"
 
@@ -102,14 +101,7 @@ def run(out: Path, *, targets: list[float], seed: int = 0, probe: Path | None = 
     import platform
 
     t0 = time.perf_counter()
-    preps = {"simulator × pokemon15": simulator_prep(images=400 if quick else 4000, seed=seed)}
-    skipped = None
-    if probe is None:
-        skipped = "--no-probe"
-    else:
-        more, skipped = probe_preps(Path(probe), Path(cache_dir), limit=200 if quick else None, seed=seed, log=log,
-                                    systems_only=["pokemon15-gen1"])
-        preps.update(more)
+    preps, skipped = gen1_preps(probe, cache_dir, sim_images=4000, quick=quick, seed=seed, log=log)
     pairs = {}
     for key, prep in preps.items():
         log(f"[target_accuracy] {key}: {prep.n} images")

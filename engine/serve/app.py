@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.core.adaptive import NAME_GROUP, SCORERS
 from engine.core.results import Result
 from engine.run.config import RunConfig
+from engine.run.provenance import package_version
 from engine.serve.batcher import Batcher
 from engine.serve.memory import BudgetTimeout, MemoryBudget, kept_cost, request_cost, trim_malloc
 from engine.serve.schemas import (
@@ -71,15 +72,6 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options"
                     (b"referrer-policy", b"no-referrer")]
 _short_repr = reprlib.Repr()
 _short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother = 3, 60, 60
-
-
-def twentyq_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("twentyq")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def is_open_path(path: str) -> bool:
@@ -388,7 +380,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    version = twentyq_version()
+    version = package_version()
 
     @app.get("/v1/health", response_model=Health if settings.api_key is None else HealthPublic, tags=["server"])
     async def health() -> Any:
