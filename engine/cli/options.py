@@ -249,8 +249,7 @@ def calibration_arg(args, system) -> Any:
         return None
     if getattr(args, "logit_scale", None) is not None:
         raise UsageError("--logit-scale and --calibration: the calibration sets λ per question; drop one of them")
-    cal = load_calibration(path)
-    cal.check(system)
+    cal = load_calibration(path).for_system(system)  # checked; moved when the system has other classes
     eps = getattr(args, "eps", DEFAULT_EPS)
     if eps != DEFAULT_EPS and eps != cal.channels.eps:
         raise UsageError(f"--eps {eps:g} and --calibration: the calibration's fitted answer channels replace ε (its "
