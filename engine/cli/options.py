@@ -656,7 +656,9 @@ def calibration_lines(rep) -> list[str]:
     if not cal:
         return []
     out = [f"  calibration: {cal['path']} (sha256 {str(cal['sha256'])[:12]}; model {cal['model']}; system "
-           f"{cal['system']} {cal['system_sha256'][:12]}){'' if cal['applied'] else ' not applied: ' + cal['note']}; "
+           f"{cal['system']} {cal['system_sha256'][:12]}"
+           f"{'; moved here zero-shot from ' + str(cal['source'].get('classes')) if cal.get('moved_to') else ''})"
+           f"{'' if cal['applied'] else ' not applied: ' + cal['note']}; "
            f"{cal['excluded_dev_images']} of its dev image(s) left out of this data"]
     if rep.confident is not None:
         c, o = rep.confident, rep.not_confident

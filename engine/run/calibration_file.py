@@ -246,13 +246,13 @@ class Calibration:
 
         was = (f"calibration {self.where()} was fitted for system {self.system_name!r} (sha256 "
                f"{self.system_sha256[:12]}), not system {system.name!r} (sha256 {got[:12]})")
-        if self.groups_sha256 is None:
-            raise CalibrationMismatch(f"{was}, and it records no hash of its questions (made by an older twentyq), "
-                                      f"so it cannot move to other classes; {fix}")
-        if groups_hash(system) != self.groups_sha256:
+        if self.groups_sha256 is not None and groups_hash(system) != self.groups_sha256:
             raise CalibrationMismatch(f"{was}, and the questions differ (templates or options; groups sha256 "
                                       f"{self.groups_sha256[:12]} vs {groups_hash(system)[:12]}): a calibration moves "
                                       f"to other classes only with the same questions; {fix}")
+        if self.few_shot is None and self.groups_sha256 is None:
+            raise CalibrationMismatch(f"{was}, and it records no hash of its questions (made by an older twentyq), "
+                                      f"so it cannot move to other classes; {fix}")
         if self.few_shot is not None:
             raise CalibrationMismatch(f"{was}; it is few-shot, and its posterior and per-class answer distributions "
                                       f"are for the classes of {self.system_name!r} only: to move a calibration to "
