@@ -237,3 +237,14 @@ def test_save_then_load_gives_the_bit_identical_channel(drawn):
         assert (a is None and b is None) or (a.tobytes() == b.tobytes())
     assert ch.lams.tobytes() == back.channels.lams.tobytes() and ch.eps == back.channels.eps
     assert cal.channel(system).P.tobytes() == back.channel(system).P.tobytes()
+
+
+def test_the_transfer_bench_pairs_its_differences_by_image():
+    """bench.transfer's CI is of the per-image difference: identical runs give exactly 0, and a run right on
+    one more image of 4 gives +0.25 with a CI inside [0, 0.5]."""
+    from bench.transfer import paired
+
+    a = np.array([1, 0, 0, 1], bool)
+    assert paired(a, a) == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    d = paired(a, np.array([1, 1, 0, 1], bool))
+    assert d["diff"] == 0.25 and 0.0 <= d["ci95"][0] <= 0.25 <= d["ci95"][1] <= 0.5
