@@ -89,6 +89,11 @@ def calibrate_cmd(args) -> int:
 
         print(policy_line(cal, RunConfig(policy="auto")))
     print(f"τ tables for --target-accuracy (select images): {', '.join(sorted(cal.paths))}, auto")
+    if cal.few_shot is None:
+        print(f"zero-shot: usable on another system with the same questions (groups sha256 {cal.groups_sha256[:12]}) "
+              f"and other classes; there only λ_g, confusions and reliabilities apply (fitted on "
+              f"{len(cal.source['classes'])} class(es) of {cal.system_name}); check it there with 'twentyq eval' with and "
+              "without --calibration on labelled images")
     print(f"wrote {args.out} (sha256 {cal.sha256[:12]})")
     return EXIT_OK
 

@@ -249,8 +249,7 @@ def calibration_arg(args, system) -> Any:
         return None
     if getattr(args, "logit_scale", None) is not None:
         raise UsageError("--logit-scale and --calibration: the calibration sets λ per question; drop one of them")
-    cal = load_calibration(path)
-    cal.check(system)
+    cal = load_calibration(path).for_system(system)  # checked; moved when the system has other classes
     eps = getattr(args, "eps", DEFAULT_EPS)
     if eps != DEFAULT_EPS and eps != cal.channels.eps:
         raise UsageError(f"--eps {eps:g} and --calibration: the calibration's fitted answer channels replace ε (its "
@@ -657,7 +656,9 @@ def calibration_lines(rep) -> list[str]:
     if not cal:
         return []
     out = [f"  calibration: {cal['path']} (sha256 {str(cal['sha256'])[:12]}; model {cal['model']}; system "
-           f"{cal['system']} {cal['system_sha256'][:12]}){'' if cal['applied'] else ' not applied: ' + cal['note']}; "
+           f"{cal['system']} {cal['system_sha256'][:12]}"
+           f"{'; moved here zero-shot from ' + str(cal['source'].get('classes')) if cal.get('moved_to') else ''})"
+           f"{'' if cal['applied'] else ' not applied: ' + cal['note']}; "
            f"{cal['excluded_dev_images']} of its dev image(s) left out of this data"]
     if rep.confident is not None:
         c, o = rep.confident, rep.not_confident

@@ -430,7 +430,8 @@ def compare_cmd(args) -> int:
     print(f"data: {data} ({reports[0].n} images)  system: {clf.system.name} (N={clf.system.n_classes}, "
           f"Q={clf.system.q_total})")
     if cal is not None:
-        print(f"calibration: {cal.path} (full and adaptive; baseline scores the class names uncalibrated); "
+        moved = f"; moved zero-shot from the classes {cal.source.get('classes')} of {cal.system_name}" if cal.moved_to else ""
+        print(f"calibration: {cal.path} (full and adaptive; baseline scores the class names uncalibrated{moved}); "
               f"{reports[0].calibration['excluded_dev_images']} of its dev image(s) left out of this data")
     print("\n| mode | accuracy | 95% CI | mean Q | text encodes |\n|---|---|---|---|---|")
     for rep in reports:

@@ -39,6 +39,18 @@ what makes learn-then-test's guarantee hold (on the fit images themselves the po
 A disjoint split, not cross-fitting: the channel shipped is the one the select paths were traced
 with, so the guarantee is exact, not approximate; the price is fewer images for each job.
 
+Moving a zero-shot calibration to other classes: how a model answers each question (λ_g, the option
+confusions M_g, the reliabilities w_g) does not depend on which classes are asked about, so a
+calibration may be used on a system with other classes that asks the same questions: ``check`` keys on
+``groups_sha256`` (:func:`engine.run.provenance.groups_hash`: every group's name, template and options)
+when the system hash differs, and refuses a few-shot file (its posterior and per-class channel are for
+its own classes) and a file without that hash. :meth:`Calibration.for_system` is what the CLI and the
+Classifier use: on another system it drops the τ tables, select part, dev order and auto choice (fitted
+on the source classes) and refuses their use by name. The file records ``source`` (system, the classes
+fitted on, dev data). The "cannot hurt" rule is the source's: a fitted part was kept only when it beat the
+uncalibrated channel on held-out dev images of the source classes; nothing can check it on the target
+classes without labels (``twentyq eval`` with and without ``--calibration`` on labelled target images does).
+
 Policies of a calibration: ``dev_order`` (a static order, greedy by dev accuracy gain per prompt on the
 fit part; ``--policy dev-order``) and ``auto`` (``--policy auto``: among fixed, dev-order, eig and
 lookahead, the highest normalised budget AUC on the select part, fixed unless clearly beaten; the
@@ -181,6 +193,10 @@ class Calibration:
     dev_order: tuple[int, ...] | None = None  # the dev-order policy's order (group indices), None in older files
     auto: dict[str, Any] = field(default_factory=dict)  # the auto policy's choice and its select-part figures
     select: "SelectPart | None" = None  # the select part's similarities and classes, for exact budgeted paths
+    # zero-shot transfer to other classes (see "Moving a zero-shot calibration" in the module docstring)
+    groups_sha256: str | None = None  # engine.run.provenance.groups_hash of the system fitted for; None in older files
+    source: dict[str, Any] = field(default_factory=dict)  # the classes and data the channels were fitted on
+    moved_to: dict[str, Any] = field(default_factory=dict)  # {system, sha256} once moved (:meth:`for_system`)
     _replayed: dict = field(default_factory=dict, repr=False)  # (policy, budget) -> PolicyPaths, memoised
 
     # ------------------------------------------------------------------ use
@@ -202,25 +218,73 @@ class Calibration:
         return self.channels.lams
 
     def check(self, system: AttributeSystem, model_id: str | None = None, model: str | None = None) -> None:
-        """Refuse (CalibrationMismatch, one line naming both and the fix) a system or model it was not fitted for."""
+        """Refuse (CalibrationMismatch, one line naming both and the fix) a system or model it was not fitted for.
+        A system with other classes but the same questions passes when the calibration can move there
+        (:meth:`check_transfer`)."""
         from engine.run.provenance import system_hash
 
         got = system_hash(system)
         fix = (f"run 'twentyq calibrate --data DEV.csv --system {system.name} --model MODEL --out cal.json' "
                "for this model and system")
         if got != self.system_sha256:
-            raise CalibrationMismatch(f"calibration {self.where()} was fitted for system {self.system_name!r} "
-                                      f"(sha256 {self.system_sha256[:12]}), not system {system.name!r} (sha256 "
-                                      f"{got[:12]}); {fix}")
+            self.check_transfer(system, got, fix)
         if model_id is not None and model_id != self.model_id:
             raise CalibrationMismatch(f"calibration {self.where()} was fitted for model {self.model!r} (id "
                                       f"{self.model_id}), not {'this model' if model is None else repr(model)} (id {model_id}); {fix}")
         if tuple(int(k) for k in system.option_counts) != self.sizes:  # unreachable with equal hashes
             raise CalibrationMismatch(f"calibration {self.where()}: its group sizes {self.sizes} do not match "
                                       f"system {system.name!r}; {fix}")
-        if self.select is not None and (self.select.truth >= system.n_classes).any():  # the hash matched: damaged
+        if got == self.system_sha256 and self.select is not None and (self.select.truth >= system.n_classes).any():
             raise CalibrationError(f"calibration {self.where()} is damaged: field select.truth names a class index "
                                    f"beyond the system's {system.n_classes} classes; make it again with 'twentyq calibrate'")
+
+    def check_transfer(self, system: AttributeSystem, got: str, fix: str) -> None:
+        """Refuse (CalibrationMismatch) using this calibration on ``system`` (system hash ``got``, not the one it
+        was fitted for) unless it can move there: the same questions (groups hash) and nothing class-specific
+        in use (no few-shot model). Only λ_g, the option confusions and the reliabilities then apply."""
+        from engine.run.provenance import groups_hash
+
+        was = (f"calibration {self.where()} was fitted for system {self.system_name!r} (sha256 "
+               f"{self.system_sha256[:12]}), not system {system.name!r} (sha256 {got[:12]})")
+        if self.groups_sha256 is not None and groups_hash(system) != self.groups_sha256:
+            raise CalibrationMismatch(f"{was}, and the questions differ (templates or options; groups sha256 "
+                                      f"{self.groups_sha256[:12]} vs {groups_hash(system)[:12]}): a calibration moves "
+                                      f"to other classes only with the same questions; {fix}")
+        if self.few_shot is None and self.groups_sha256 is None:
+            raise CalibrationMismatch(f"{was}, and it records no hash of its questions (made by an older twentyq), "
+                                      f"so it cannot move to other classes; {fix}")
+        if self.few_shot is not None:
+            raise CalibrationMismatch(f"{was}; it is few-shot, and its posterior and per-class answer distributions "
+                                      f"are for the classes of {self.system_name!r} only: to move a calibration to "
+                                      "other classes make a zero-shot one ('twentyq calibrate --setting zero-shot'), "
+                                      "or calibrate on labelled images of these classes")
+
+    def transferred(self, system: AttributeSystem) -> bool:
+        """Whether ``system`` is not the one it was fitted for (it has other classes; :meth:`check` passed)."""
+        from engine.run.provenance import system_hash
+
+        return system_hash(system) != self.system_sha256
+
+    def for_system(self, system: AttributeSystem) -> "Calibration":
+        """This calibration as it applies to ``system`` (checked first): itself for the system it was fitted for;
+        for another one with the same questions (zero-shot transfer) a copy without the parts fitted on the
+        source classes (τ tables, select part, dev order, auto choice), whose use is then refused by name."""
+        from engine.run.provenance import system_hash
+
+        self.check(system)
+        if not self.transferred(system) or self.moved_to.get("sha256") == system_hash(system):
+            return self
+        return replace(self, paths={}, select=None, dev_order=None, auto={}, _replayed={},
+                       moved_to={"system": system.name, "sha256": system_hash(system)})
+
+    def refuse_moved(self, what: str, fix: str) -> None:
+        """A CalibrationError when this calibration was moved to other classes (``what`` does not transfer)."""
+        if self.moved_to:
+            raise CalibrationError(f"{what}: calibration {self.where()} was fitted on the classes of system "
+                                   f"{self.system_name!r} and moved to system {self.moved_to['system']!r} (zero-shot: "
+                                   f"only λ_g, option confusions and reliabilities transfer), and its {what} was "
+                                   f"fitted on those other classes; {fix}, or calibrate on labelled images of these "
+                                   "classes")
 
     def where(self) -> str:
         return repr(self.path) if self.path else "(in memory)"
@@ -231,6 +295,9 @@ class Calibration:
         ``policy`` (``auto``: of its choice, at α / number of candidates) under ``budget`` (replayed exactly
         when ``system`` is given and the file holds the select part; see the module docstring). A policy
         without tables is a CalibrationError."""
+        self.refuse_moved("τ table for --target-accuracy", "stop at a fixed --tau instead")
+        if system is not None and self.transferred(system):  # not moved yet: its paths are of the source classes
+            self.for_system(system).refuse_moved("τ table for --target-accuracy", "stop at a fixed --tau instead")
         if policy == "auto":
             policy = self.auto_choice()
             alpha = alpha / len(AUTO_CANDIDATES)
@@ -267,6 +334,7 @@ class Calibration:
 
     def auto_choice(self) -> str:
         """The policy ``auto`` runs with this calibration (a CalibrationError for a file without the choice)."""
+        self.refuse_moved("auto policy choice", "use --policy fixed, eig or lookahead")
         if not self.auto.get("choice"):
             raise CalibrationError(f"--policy auto: calibration {self.where()} holds no auto choice (made by an "
                                    "older twentyq); rerun 'twentyq calibrate'")
@@ -280,6 +348,7 @@ class Calibration:
         if name == "auto":
             name = self.auto_choice()
         if name == "dev-order":
+            self.refuse_moved("dev order", "use --policy fixed, eig or lookahead")
             if self.dev_order is None:
                 raise CalibrationError(f"--policy dev-order: calibration {self.where()} holds no dev order (made by "
                                        "an older twentyq); rerun 'twentyq calibrate'")
@@ -290,7 +359,8 @@ class Calibration:
         """What a summary records: the file, its sha256, the model and the system it was fitted for."""
         return {"path": self.path, "sha256": self.sha256, "model": self.model, "model_id": self.model_id,
                 "system": self.system_name, "system_sha256": self.system_sha256,
-                "dev_images": len(self.dev.get("image_sha256", ()))}
+                "dev_images": len(self.dev.get("image_sha256", ())),
+                **({"moved_to": self.moved_to["system"], "source": self.source} if self.moved_to else {})}
 
     def identity(self) -> dict[str, Any]:
         """What changes results (for fingerprints): the file's content hash, model and system; not its path."""
@@ -310,7 +380,9 @@ class Calibration:
         return {"format": SCHEMA, "twentyq": package_version(), "setting": self.setting,
                 "few_shot": None if self.few_shot is None else self.few_shot.to_dict(), "decision": self.decision,
                 "model": {"model": self.model, "model_id": self.model_id, "revision": self.revision},
-                "system": {"name": self.system_name, "sha256": self.system_sha256},
+                "system": {"name": self.system_name, "sha256": self.system_sha256,
+                           **({} if self.groups_sha256 is None else {"groups_sha256": self.groups_sha256})},
+                **({"source": self.source} if self.source else {}),
                 "channels": {"eps": float(ch.eps), "lam0": float(self.lam0), "groups": groups},
                 "dev": self.dev, "metrics": self.metrics,
                 "policies": {k: v.to_dict() for k, v in sorted(self.paths.items())},
@@ -335,8 +407,8 @@ class Calibration:
                 if m is not None:
                     from engine.core.scoring import check_confusion
 
-                    m = check_confusion(m, k)
-                    m.setflags(write=False)
+                    check_confusion(m, k)  # checked, not replaced: its renormalised copy differs in the last digits
+                    m.setflags(write=False)  # from the M_g that traced the stored τ paths (JSON floats round-trip)
                 confs.append(m)
             arrays = {"lams": np.array([float(g["lam"]) for g in gs]),
                       "reliability": np.array([np.nan if g["reliability"] is None else float(g["reliability"])
@@ -365,7 +437,8 @@ class Calibration:
                        sizes=sizes, groups=tuple(str(g["name"]) for g in gs), lam0=float(d["channels"]["lam0"]),
                        dev=dict(d.get("dev", {})), metrics=dict(d.get("metrics", {})), paths=paths, path=path,
                        sha256=sha256, setting=str(d.get("setting", "zero-shot")), few_shot=few,
-                       decision=dict(d.get("decision") or {}),
+                       decision=dict(d.get("decision") or {}), groups_sha256=s.get("groups_sha256"),
+                       source=dict(d.get("source") or {}),
                        **policy_choice_from_dict(d, tuple(str(g["name"]) for g in gs)))
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
@@ -432,6 +505,12 @@ def _check_fields(d: dict[str, Any]) -> None:
     sy = _of(d.get("system"), dict, "system", "an object {name, sha256}")
     _of(sy.get("name"), str, "system.name", "a string")
     _of(sy.get("sha256"), str, "system.sha256", "a string")
+    if sy.get("groups_sha256") is not None:
+        _of(sy["groups_sha256"], str, "system.groups_sha256", "a string (the hash of the questions)")
+    if d.get("source") is not None:
+        src = _of(d["source"], dict, "source", "an object {system, classes, data, domain}")
+        if any(not isinstance(c, str) for c in _of(src.get("classes", []), list, "source.classes", "a list")):
+            raise _Bad("source.classes", src.get("classes"), "a list of class names")
     ch = _of(d.get("channels"), dict, "channels", "an object {eps, lam0, groups}")
     _num(ch.get("eps"), "channels.eps", "a number in [0, 1)", lambda x: 0.0 <= x < 1.0)
     _num(ch.get("lam0"), "channels.lam0", "a finite number > 0 (the model's logit scale)", lambda x: x > 0)
@@ -689,12 +768,18 @@ def image_sha256(item: Any) -> str | None:
 
 
 def exclude_dev(items: Sequence[Any], cal: Calibration | None) -> tuple[list[Any], int]:
-    """``items`` without those whose image is one of the calibration's dev images (by content); and how many."""
+    """``items`` without those whose image is one of the calibration's dev images (by content); and how many.
+    A CalibrationError (exit 2) when every one of them is: nothing would be left to score."""
     items = list(items)
     if cal is None:
         return items, 0
     dev = set(cal.dev.get("image_sha256", ()))
     kept = [it for it in items if image_sha256(it) not in dev]
+    if items and not kept:
+        raise CalibrationError(f"all {len(items)} image(s) of the data are dev images of calibration {cal.where()} "
+                               "(it was fitted on them and they are left out), so none is left to score; evaluate "
+                               "on images it was not fitted on (e.g. the whole --data that 'twentyq calibrate' "
+                               "split, whose test part it never read), or drop --calibration")
     return kept, len(items) - len(kept)
 
 
@@ -912,7 +997,8 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
                          "fit": fit_i.tolist(), "select": sel_i.tolist(),
                          "used_for": {"fit": "answer model, dev order", "select": "τ tables, auto policy"}}
     cal = Calibration(channels=ch, model=model, model_id=model_id, revision=revision, system_name=system.name,
-                      system_sha256=system_hash(system), sizes=tuple(int(k) for k in system.option_counts),
+                      system_sha256=system_hash(system), **transfer_fields(system, ft, dev),
+                      sizes=tuple(int(k) for k in system.option_counts),
                       groups=tuple(g.name for g in system.groups), lam0=float(lam0), dev=dev, metrics=metrics,
                       setting=decision["setting"], few_shot=few, decision=decision, dev_order=order,
                       select=SelectPart(ss, st))
@@ -920,6 +1006,16 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
     paths = {p: trace_paths(ss, st, system, cal.policy_object(p), ch.lams, channel, model_post) for p in names}
     choice = choose_auto(cal, system) if auto and len(st) else {}
     return replace(cal, paths=paths, auto=choice)
+
+
+def transfer_fields(system: AttributeSystem, fit_truth: np.ndarray, dev: dict[str, Any]) -> dict[str, Any]:
+    """What a calibration records for zero-shot transfer: the hash of the questions and its source (the system,
+    the classes the answer channels were fitted on, the dev data and its name, the domain)."""
+    from engine.run.provenance import groups_hash
+
+    classes = [system.classes[c] for c in np.unique(np.asarray(fit_truth, dtype=np.int64))]
+    return {"groups_sha256": groups_hash(system),
+            "source": {"system": system.name, "classes": classes, "data": dev.get("data"), "domain": dev.get("name")}}
 
 
 def fit_select(truth: np.ndarray, fit_fraction: float = FIT_FRACTION, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

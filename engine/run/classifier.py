@@ -66,7 +66,8 @@ class Classifier:
     calibration : a :class:`engine.run.calibration_file.Calibration` or the path of one (``twentyq
         calibrate``): the adaptive and full modes then use its λ_g and answer channel for the Bayes
         update, EIG and stopping, and ``RunConfig.target_accuracy`` becomes usable. Refused
-        (CalibrationMismatch) when fitted for another model or system.
+        (CalibrationMismatch) when fitted for another model or system, except that a zero-shot one moves to a
+        system with other classes and the same questions (:meth:`Calibration.for_system`).
     """
 
     def __init__(self, model: str | EncoderSpec = "offline", system: Any = "pokemon15", *, encoder: Any = None,
@@ -85,8 +86,8 @@ class Classifier:
             system = labels_system(list(system), source="system=[labels]")
         self.system: AttributeSystem = load_system(system)
         self.calibration = as_calibration(calibration)
-        if self.calibration is not None:
-            self.calibration.check(self.system)  # before the model loads
+        if self.calibration is not None:  # checked before the model loads; moved when the system has other classes
+            self.calibration = self.calibration.for_system(self.system)
         self.encoder = encoder if encoder is not None else self.spec.load()
         self._channel = self._answer_model = None
         self._taus: dict[tuple, Any] = {}
@@ -146,7 +147,13 @@ class Classifier:
 
     def check_calibrated(self, config: RunConfig) -> None:
         """A CalibrationError (one line, the fix) for settings the calibration cannot serve: a few-shot
-        posterior needs the bayes scorer and no shortlist. Called before any work (the server) and by the loop."""
+        posterior needs the bayes scorer and no shortlist; a calibration moved to other classes has no auto choice,
+        dev order or τ table. Called before any work (the server) and by the loop."""
+        if self.calibrated(config) and config.mode == "adaptive" and self.calibration.moved_to:
+            from engine.run.calibration_file import resolve_policy
+
+            resolve_policy(self.calibration, config)  # auto, dev-order: refused by name
+            self.target_choice(config)  # a target accuracy: likewise
         if not self.calibrated(config) or self._answer_model is None:
             return
         if config.scorer != "bayes" or (config.mode == "adaptive" and config.shortlist):

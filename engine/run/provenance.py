@@ -23,3 +23,11 @@ def package_version() -> str:
 def system_hash(system: AttributeSystem) -> str:
     """sha256 of the system's canonical JSON (classes, groups, templates, options, rules)."""
     return hashlib.sha256(json.dumps(system.to_dict(), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def groups_hash(system: AttributeSystem) -> str:
+    """sha256 of the system's questions alone: every group's name, template and options, in order (not its
+    classes or rules). Two systems with equal groups hashes ask the same prompts, so what a calibration learns
+    about how a model answers each question (λ_g, option confusions, reliabilities) applies to both."""
+    groups = [{"name": g.name, "template": g.template, "options": list(g.options)} for g in system.groups]
+    return hashlib.sha256(json.dumps(groups, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
