@@ -143,3 +143,15 @@ def test_encode_images_tolerant(tmp_path):
     assert emb.shape == (2, 8) and ok.tolist() == [0, 2]
     assert list(errors) == [1] and "nope.png" in errors[1]
     assert torch.isfinite(emb).all()
+
+
+def test_a_missing_file_names_the_folder_relative_paths_start_from_only_when_the_path_is_relative(tmp_path, monkeypatch):
+    """An absolute path (a data table's rows arrive resolved from the table's folder) gets no hint about the
+    current folder, which would point at the wrong place; a relative one does."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ImageLoadError) as absolute:
+        load_image(str(tmp_path / "sub" / "missing.png"))
+    assert "no such file" in str(absolute.value) and "resolved from" not in str(absolute.value)
+    with pytest.raises(ImageLoadError) as relative:
+        load_image("missing.png")
+    assert f"relative paths are resolved from {str(tmp_path)!r}" in str(relative.value)

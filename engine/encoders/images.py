@@ -266,8 +266,10 @@ def load_image(image: ImageLike | bytes, *, name: str | None = None) -> Image.Im
         check_regular_file(path, what="image")  # stat only: a FIFO or device is never opened
     except (OSError, ValueError) as e:
         cause = getattr(e, "cause", None) or _first_line(e)
-        if cause == "no such file":
+        if cause == "no such file" and not os.path.isabs(path):  # a data table's rows arrive resolved already
             cause += f"; check the path (relative paths are resolved from {os.getcwd()!r})"
+        elif cause == "no such file":
+            cause += "; check the path"
         raise ImageLoadError(path, cause) from None
     try:  # the guarded reader: fstat of what was opened, so a FIFO swapped in after the stat is refused too
         f = open_guarded(path, IMAGE_FILE_LIMIT, what="image")
