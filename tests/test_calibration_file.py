@@ -553,3 +553,24 @@ def test_a_damaged_select_part_is_refused_in_one_line(world, tmp_path, bad):
     p.write_text(json.dumps(d))
     with pytest.raises(CalibrationError, match="select"):
         load_calibration(p).check(world["system"])
+
+
+def test_a_damaged_cross_fit_part_is_refused_in_one_line(world, tmp_path):
+    """The fold models and the fold of every dev image are what the τ tables are replayed with: a fold index
+    out of range, or a fold model of other group sizes, is a damaged file (one line naming the field)."""
+    cal = save_calibration(world["cal"], tmp_path / "c.json")
+    d = json.loads((tmp_path / "c.json").read_text())
+    assert len(d["crossfit"]) == 3 and len(d["select"]["fold"]) == len(d["select"]["truth"])
+    bad = json.loads(json.dumps(d))
+    bad["select"]["fold"][0] = 3
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(CalibrationError, match="select.fold") as e:
+        load_calibration(tmp_path / "bad.json")
+    assert "\n" not in str(e.value)
+    bad = json.loads(json.dumps(d))
+    bad["crossfit"][1]["channels"]["groups"] = bad["crossfit"][1]["channels"]["groups"][:-1]
+    (tmp_path / "bad2.json").write_text(json.dumps(bad))
+    with pytest.raises(CalibrationError, match=r"crossfit\[1\]"):
+        load_calibration(tmp_path / "bad2.json")
+    back = load_calibration(tmp_path / "c.json")
+    assert [fm.dev_order for fm in back.crossfit] == [fm.dev_order for fm in cal.crossfit]
