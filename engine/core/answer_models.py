@@ -244,7 +244,9 @@ def stratified_folds(truth: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarr
 
 
 def _fit_head_at(sims, truth, n_classes, reg, w0=None):
-    """A plain multinomial LR on all Q standardised similarities (full rows only): (mean, scale, W (C, Q), b (C,)), theta."""
+    """A plain multinomial LR on all Q standardised similarities (full rows only).
+
+    Returns ((mean, scale, W (C, Q), b (C,)), the fitted parameters (C, Q + 1) for a warm start)."""
     mean, scale = _standardise(sims)
     theta = _fit_lr((sims - mean) / scale, truth, n_classes, reg, n_penalised=sims.shape[1], w0=w0)
     return (mean, scale, theta[:, :-1], theta[:, -1]), theta

@@ -445,7 +445,8 @@ def crossfit_dict(cal: Calibration) -> dict[str, Any]:
     """The file's ``crossfit`` key: each fold's model (absent for a disjoint select part)."""
     if not cal.crossfit:
         return {}
-    return {"crossfit": [{"channels": {"eps": float(fm.channels.eps), "groups": _groups_dict(fm.channels, cal.groups, cal.sizes)},
+    return {"crossfit": [{"channels": {"eps": float(fm.channels.eps),
+                                       "groups": _groups_dict(fm.channels, cal.groups, cal.sizes)},
                           "few_shot": None if fm.few_shot is None else fm.few_shot.to_dict(),
                           "dev_order": None if fm.dev_order is None else [cal.groups[g] for g in fm.dev_order]}
                          for fm in cal.crossfit]}
