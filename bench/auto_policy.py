@@ -6,7 +6,7 @@
 Each pair's images are split 50/50 by image, stratified by class (:func:`engine.core.calibration.split_by_image`,
 seed 0). The dev half goes
 through :func:`engine.run.calibration_file.fit_calibration`, exactly what ``twentyq calibrate`` does: channels
-and the dev order on its fit part, the auto choice on its select part (normalised budget AUC of fixed,
+and the dev order on every dev image, the auto choice on cross-fitted paths (3 folds; normalised budget AUC of fixed,
 dev-order, eig and lookahead, fixed unless clearly beaten). On the test half, with the fitted channel, every
 candidate and auto itself are swept over the same budgets (τ = 1) and their normalised budget AUCs compared
 with paired bootstrap CIs (1,000 resamples of the test images): auto − fixed is the figure the issue asks for
@@ -57,7 +57,7 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
     a = rows["auto"]
     half = (a["minus_fixed_ci95"][1] - a["minus_fixed_ci95"][0]) / 2
     return {"pair": prep.data, "model": prep.model_label, "system": s.name, "n_dev": int(len(dev_i)),
-            "n_fit": len(cal.dev["fit_select"]["fit"]), "n_select": len(cal.dev["fit_select"]["select"]),
+            "folds": cal.dev["crossfit"]["folds"],
             "n_test": int(len(test_i)), "choice": cal.auto_choice(),
             "dev_order": [s.groups[g].name for g in cal.dev_order],
             "select_figures": cal.auto["candidates"], "test": rows, "seconds_calibrate": t_cal,
@@ -72,11 +72,11 @@ def report(r: dict[str, Any]) -> str:
     rows = []
     for key, p in r["pairs"].items():
         t = p["test"]
-        rows.append([key, f"{p['n_fit']}/{p['n_select']}/{p['n_test']}", p["choice"],
+        rows.append([key, f"{p['n_dev']} ({p['folds']} folds)/{p['n_test']}", p["choice"],
                      *(f"{t[c]['auc']:.3f}" for c in AUTO_CANDIDATES),
                      f"{t['auto']['minus_fixed']:+.3f} [{t['auto']['minus_fixed_ci95'][0]:+.3f}, "
                      f"{t['auto']['minus_fixed_ci95'][1]:+.3f}]"])
-    L += [C.md_table(["pair", "fit/select/test images", "auto chose", *(f"AUC {c}" for c in AUTO_CANDIDATES),
+    L += [C.md_table(["pair", "dev (cross-fit folds)/test images", "auto chose", *(f"AUC {c}" for c in AUTO_CANDIDATES),
                       "auto − fixed [95% CI]"], rows), ""]
     if r.get("probe_skipped"):
         L += [f"Probe pairs skipped: {r['probe_skipped']}", ""]

@@ -329,7 +329,7 @@ def fit_models(dev: C.Prepared, *, seed: int = 0) -> dict[str, Any]:
     rule = fit_answer_channels(dev.sims, dev.truth, r, sizes, lam0=dev.logit_scale, eps=dev.eps)
     rule_ch = rule.channel(r, sizes)
     P = AM.per_class_channel(AM.soft_answers(dev.sims, sizes, rule.lams), dev.truth, rule_ch.P, AM.PER_CLASS_ALPHA)
-    ch, few, decision = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
+    ch, few, decision, _ = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
                                          setting="few-shot", seed=seed)
     if few is not None:
         few_setting = (ch.lams, few.channel(r, sizes, dev.eps), few.posterior)
@@ -345,11 +345,12 @@ def fit_models(dev: C.Prepared, *, seed: int = 0) -> dict[str, Any]:
 def plain_lr(x_dev: np.ndarray, y_dev: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
              ) -> tuple[np.ndarray, float]:
     """A plain multinomial LR (standardised features, L2 strength by 3-fold CV on dev): test predictions (B,) and
-    the strength chosen. It is the few-shot posterior's fit with one group and no masked copies."""
+    the strength chosen. The same fit as the few-shot posterior's full-system head (:func:`engine.core.
+    answer_models.fit_plain_lr`)."""
     from engine.core import answer_models as AM
 
-    fit = AM.fit_few_shot_posterior(x_dev, y_dev, np.array([x_dev.shape[1]]), n_classes, per_image=0, seed=seed)
-    return fit.posterior.log_posterior(x_test).argmax(axis=1), fit.posterior.reg
+    (mean, scale, W, b), reg, _, _ = AM.fit_plain_lr(x_dev, y_dev, n_classes, seed=seed)
+    return (((x_test - mean) / scale) @ W.T + b).argmax(axis=1), reg
 
 
 def evaluate_answer_models(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,

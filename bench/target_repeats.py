@@ -7,8 +7,9 @@
 Each repetition draws fresh simulated images (pokemon15, per-group wrong-answer rates spread over [0, 0.6] by
 :func:`engine.core.simulate.heterogeneous_wrong_rates`, margin 0.05, noise 0.02, λ 100; the image seed is the
 repetition's): ``n_dev`` labelled dev images and ``n_test`` test images. On the dev images it does what
-``twentyq calibrate`` does (:func:`engine.run.calibration_file.fit_calibration`: channels fitted on the fit
-part, ``eig``'s τ=1 paths traced on the select part), and for each target :meth:`Calibration.tau_for` chooses τ
+``twentyq calibrate`` does (:func:`engine.run.calibration_file.fit_calibration`: the answer model fitted on
+every dev image, ``eig``'s τ=1 paths cross-fitted: each of 3 folds traced with the model fitted on the other
+two), and for each target :meth:`Calibration.tau_for` chooses τ
 (learn-then-test, α = 0.1). On the test images the τ=1 ``eig`` paths with the fitted channel give, for every
 target at once (:func:`engine.core.calibration.stop_outcomes`; a path does not depend on τ), the accuracy
 among images that stop on confidence.
@@ -147,8 +148,10 @@ def report(r: dict[str, Any]) -> str:
         L += [f"## n_dev = {n_dev}", "",
               C.md_table(["rule", "target", "miss rate [95% CI]", "≤ α within CI", "reached", "test acc. of "
                           "confident stops (mean, when reached)", "mean τ"], rows), ""]
-    L += ["new: channels on the fit half of dev, τ on the select half, τ tested from min_stops(target, α, 1) "
-          "stops. old: channels and τ on every dev image, τ tested from 20 stops.", ""]
+    L += ["new: the answer model on every dev image, τ on its cross-fitted paths (3 folds, each traced with the "
+          "model fitted on the other two), τ tested from min_stops(target, α, 1) stops; the test images run on the "
+          "model fitted on every dev image (what calibrate ships). old: channels and τ on every dev image, in "
+          "sample, τ tested from 20 stops.", ""]
     return "\n".join(L) + "\n"
 
 
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-test", type=int, default=1500)
     ap.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.8, 0.85, 0.9])
     ap.add_argument("--policy", default="eig")
-    ap.add_argument("--old-at", type=int, nargs="*", default=[100],
+    ap.add_argument("--old-at", type=int, nargs="*", default=[100],  # none given: no control
                     help="n_dev values at which the old rule is run too, as the control (default: 100)")
     ap.add_argument("--quick", action="store_true", help="1,000 test images")
     args = ap.parse_args(argv)

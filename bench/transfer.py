@@ -78,7 +78,7 @@ def outcomes(clf: Any, emb: Any, labels: list[str]) -> dict[str, dict[str, np.nd
     return out
 
 
-def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9, fit_fraction: float = 0.8,
+def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9,
         log=print) -> dict[str, Any]:
     from engine.core.calibration import split_by_image
     from engine.run.calibration_file import calibrate, save_calibration
@@ -97,7 +97,7 @@ def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9, fit_
     src_clf = Classifier(EncoderSpec(model=model), src_sys)
     enc = src_clf.encoder
     cal = calibrate(src_clf, DataSpec(str(source_csv(out, sprites, gen23))), dev_fraction=dev_fraction, seed=seed,
-                    setting="zero-shot", fit_fraction=fit_fraction)
+                    setting="zero-shot")
     cal = save_calibration(cal, out / "zero-shot.gen23.cal.json")
     log(f"[transfer] calibrated on {cal.dev['n_images']} Gen 2–3 sprites of {gen23}: rule channel "
         f"{cal.decision['rule_channel']}")
@@ -148,7 +148,7 @@ def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9, fit_
         "benchmark": "transfer", "model": model, "model_id": str(enc.model_id), "seed": seed,
         "source": {"system": SOURCE_SYSTEM, "classes": gen23, "dev_images": cal.dev["n_images"],
                    "fit_images": len(cal.dev["fit_select"]["fit"]), "dev_fraction": dev_fraction,
-                   "fit_fraction": fit_fraction, "decision": cal.decision,
+                   "decision": cal.decision,
                    "groups": {g: {"lam": float(ch.lams[i]), "reliability": None if np.isnan(ch.reliability[i])
                                   else float(ch.reliability[i])} for i, g in enumerate(cal.groups)},
                    "lam0": cal.lam0},

@@ -315,3 +315,128 @@ def test_a_fitted_part_replaces_another_only_when_its_accuracy_gain_beats_the_no
     a2[40:75] = True  # +30 images, 40 discordant
     assert AM.replaces(sc(a2, 1.9), sc(b2, 3.2))
     assert not AM.replaces(sc(a2, 3.3), sc(b2, 3.2))
+
+
+# --------------------------------------------------------------------------- the full-system head
+def headed(sizes, C, seed):
+    """random_posterior with a random full-system head."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(seed + 99)
+    post = random_posterior(sizes, C, seed)
+    return replace(post, head_W=rng.normal(0, 2, (C, int(sizes.sum()))), head_b=rng.normal(0, 1, C), head_reg=0.1)
+
+
+@given(problem(), st.data())
+def test_with_a_head_every_group_asked_is_the_head_and_partial_sets_the_masked_model(pb, data):
+    """Rows with every group asked: softmax(head_W·z + head_b); any other row: the masked model, unchanged."""
+    sizes, C, sims, truth, seed = pb
+    post = headed(sizes, C, seed)
+    masked = random_posterior(sizes, C, seed)
+    G = len(sizes)
+    asked = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=G, max_size=G),
+                                        min_size=len(truth), max_size=len(truth))), dtype=bool)
+    lp = post.log_posterior(sims, asked)
+    full = asked.all(axis=1)
+    z = (sims - post.mean) / post.scale
+    np.testing.assert_allclose(lp[full], log_softmax(z[full] @ post.head_W.T + post.head_b, axis=1), atol=1e-10)
+    np.testing.assert_allclose(lp[~full], masked.log_posterior(sims, asked)[~full], atol=1e-12)
+    np.testing.assert_allclose(np.exp(lp).sum(axis=1), 1.0, atol=1e-12)
+    # the per-group terms are the masked model's: the loop's additive update serves every partial set
+    np.testing.assert_array_equal(post.group_loglik(0, sims[:, post.cols(0)]), masked.group_loglik(0, sims[:, post.cols(0)]))
+
+
+def test_the_head_round_trips_and_a_damaged_head_is_refused():
+    post = headed(np.array([2, 3]), 4, 5)
+    back = AM.FewShotPosterior.from_dict(post.to_dict())
+    assert back.has_head and back.head_reg == post.head_reg
+    sims = np.random.default_rng(0).normal(size=(6, 5))
+    np.testing.assert_array_equal(back.log_posterior(sims), post.log_posterior(sims))
+    d = post.to_dict()
+    d["head"]["W"] = d["head"]["W"][:-1]
+    with pytest.raises(ValueError, match="head"):
+        AM.FewShotPosterior.from_dict(d)
+    d = random_posterior(np.array([2, 3]), 4, 5).to_dict()
+    d.pop("head")  # a file from before the head: no head, the masked model everywhere
+    assert not AM.FewShotPosterior.from_dict(d).has_head
+
+
+def _correlated_problem(seed=0, n=20, C=4):
+    """Two groups, each with a class-informative column and noise columns (enough for a plain LR to win on full rows)."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(C), n)
+    sims = rng.normal(0, 1, (len(truth), 6)) + np.eye(C, 6)[truth] * 1.2
+    return sims, truth, np.array([3, 3]), C
+
+
+def test_the_head_is_kept_exactly_when_its_held_out_nll_is_no_higher_and_is_the_plain_lr():
+    sims, truth, sizes, C = _correlated_problem()
+    fit = AM.fit_few_shot_posterior(sims, truth, sizes, C, seed=0)
+    nll = lambda lp: -lp[np.arange(len(truth)), truth].mean()  # noqa: E731
+    assert fit.heldout_head is not None and fit.heldout_masked is not None
+    assert fit.posterior.has_head == (nll(fit.heldout_head) <= nll(fit.heldout_masked))
+    (mean, scale, W, b), reg, cv, held = AM.fit_plain_lr(sims, truth, C, seed=0)
+    np.testing.assert_array_equal(held, fit.heldout_head)  # same folds, same strengths, same fits
+    if fit.posterior.has_head:
+        np.testing.assert_array_equal(fit.posterior.head_W, W)
+        assert fit.posterior.head_reg == reg
+        np.testing.assert_array_equal(fit.heldout_log_post, fit.heldout_head)
+        for f, p in enumerate(fit.fold_posteriors):  # every fold model carries its own head
+            assert p.has_head and not np.array_equal(p.head_W, W)
+    else:
+        np.testing.assert_array_equal(fit.heldout_log_post, fit.heldout_masked)
+    off = AM.fit_few_shot_posterior(sims, truth, sizes, C, seed=0, head=False)
+    assert not off.posterior.has_head and off.heldout_head is None
+    np.testing.assert_array_equal(off.posterior.W, fit.posterior.W)  # the masked model is the same either way
+
+
+def test_fold_posteriors_are_fitted_without_their_fold():
+    """Each fold's posterior is the fit on the other folds at the chosen strength (so cross-fitted paths are held out)."""
+    sims, truth, sizes, C = _correlated_problem(1, n=9)
+    fit = AM.fit_few_shot_posterior(sims, truth, sizes, C, regs=(0.01, 0.1), per_image=2, seed=3)
+    folds = AM.stratified_folds(truth, AM.N_FOLDS, 3)
+    np.testing.assert_array_equal(fit.folds, folds)
+    assert len(fit.fold_posteriors) == 3
+    for f, p in enumerate(fit.fold_posteriors):
+        tr = folds != f
+        assert p.n_dev.tolist() == np.bincount(truth[tr], minlength=C).tolist()
+        np.testing.assert_allclose(p.mean, sims[tr].mean(axis=0))
+        np.testing.assert_allclose(p.log_posterior(sims[~tr]), fit.heldout_log_post[~tr], atol=1e-12)
+
+
+def test_the_loop_switches_to_the_head_once_every_group_is_asked_on_every_backend():
+    """Along a path the posterior is the masked model's after each partial set and the head's after the last group;
+    the numpy and torch backends agree; under a budget that stops short, the head is never used."""
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+    from engine.run.engines import classify
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    sizes = np.asarray(system.option_counts)
+    post = headed(sizes, system.n_classes, 7)
+    sims = np.random.default_rng(2).normal(0, 0.1, (12, int(sizes.sum())))
+    src = ArraySource(sims, system)
+    res = classify_batch(src, system, "eig", answer_model=post, top_k=system.n_classes, trace=True)
+    want = np.exp(post.log_posterior(sims))
+    for i, r in enumerate(res):
+        got = dict(r.top)
+        np.testing.assert_allclose([got[c] for c in system.classes], want[i], atol=1e-9)
+        asked = np.zeros((1, len(sizes)), bool)
+        for s in r.steps[:-1]:  # before the last group: the masked model on the asked set
+            asked[0, [g.name for g in system.groups].index(s.group)] = True
+            np.testing.assert_allclose(s.confidence_after, np.exp(post.log_posterior(sims[i:i + 1], asked)).max(),
+                                       atol=1e-9)
+    for engine in ("numpy", "torch"):
+        other = classify(src, system, "eig", engine=engine, answer_model=post, top_k=system.n_classes)
+        for a, b in zip(other, res):
+            assert (a.label, a.q_spent) == (b.label, b.q_spent)
+            np.testing.assert_allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-9)
+    short = classify_batch(src, system, "fixed", stop=StopRule(budget=int(sizes.sum()) - 1), answer_model=post,
+                           top_k=system.n_classes)
+    asked = np.ones((12, len(sizes)), bool)
+    asked[:, -1] = False
+    masked_lp = np.exp(post.log_posterior(sims, asked))
+    for i, r in enumerate(short):
+        got = dict(r.top)
+        np.testing.assert_allclose([got[c] for c in system.classes], masked_lp[i], atol=1e-9)

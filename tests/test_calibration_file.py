@@ -358,6 +358,20 @@ def test_calibrate_command_writes_a_file_that_eval_uses(tiny_cal, capsys):
 
 
 @pytest.mark.slow
+def test_fit_fraction_is_deprecated_in_one_line_and_changes_nothing(tiny_cal, capsys):
+    """--fit-fraction (the old fit/select split) warns once and is ignored: the same calibration as without it."""
+    d = tiny_cal["dir"]
+    capsys.readouterr()
+    rc = main(["calibrate", "--data", str(d / "labels.csv"), "--system", str(d / "five.json"), "--model",
+               str(tiny_model_dir("clip")), "--device", "cpu", "--out", str(d / "cal_ff.json"), "--quiet",
+               "--fit-fraction", "0.3"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 0 and len(err) == 1 and "--fit-fraction" in err[0] and "deprecated" in err[0]
+    a, b = (json.loads((d / n).read_text()) for n in ("cal.json", "cal_ff.json"))
+    assert a["policies"] == b["policies"] and a["select"] == b["select"] and a["dev"]["crossfit"] == b["dev"]["crossfit"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["model", "system"])
 def test_a_mismatched_calibration_is_exit_2_in_one_line_naming_both(tiny_cal, capsys, which):
     d = tiny_cal["dir"]
@@ -406,11 +420,15 @@ def test_few_shot_calibration_learns_how_each_class_is_answered_and_records_why(
     assert cal.setting == "few-shot" and cal.few_shot is not None
     dec = cal.decision
     held = dec["heldout"]
-    lr = held["few-shot posterior (group-masked LR)"]
+    lr = held["few-shot posterior"]
     assert lr["accuracy"] > held[f"rule channel, {dec['rule_channel']}"]["accuracy"] + 0.3
-    fit_part = relabelled["dev"][cal.dev["fit_select"]["fit"]]  # the answer model is fitted on the fit part only
-    assert cal.few_shot.n_dev.tolist() == np.bincount(relabelled["truth"][fit_part],
+    # the answer model shipped is fitted on every dev image (τ and auto come from cross-fitted paths)
+    assert cal.few_shot.n_dev.tolist() == np.bincount(relabelled["truth"][relabelled["dev"]],
                                                        minlength=system.n_classes).tolist()
+    assert len(cal.crossfit) == 3 and cal.dev["crossfit"]["folds"] == 3
+    for f, fm in enumerate(cal.crossfit):  # each fold's model rests on the other folds' images only
+        out = cal.select.truth[cal.select.fold != f]
+        assert fm.few_shot.n_dev.tolist() == np.bincount(out, minlength=system.n_classes).tolist()
     test = relabelled["test"]
     src = ArraySource(relabelled["sims"][test], system)
     truth = relabelled["truth"][test]
@@ -518,7 +536,7 @@ def test_a_calibration_too_large_to_read_back_is_not_written(world, tmp_path, mo
     size = len(json.dumps(cal.to_dict(), indent=2))
     monkeypatch.setattr(systems.files, "TEXT_INPUT_LIMIT", size // 2)
     (tmp_path / "big.json").write_text("an earlier calibration")
-    with pytest.raises(CalibrationError, match="nothing was written: raise --fit-fraction"):
+    with pytest.raises(CalibrationError, match="nothing was written: calibrate on fewer dev images"):
         save_calibration(cal, tmp_path / "big.json")
     assert (tmp_path / "big.json").read_text() == "an earlier calibration"  # kept, not replaced or removed
     monkeypatch.setattr(systems.files, "TEXT_INPUT_LIMIT", size * 2)
@@ -535,3 +553,24 @@ def test_a_damaged_select_part_is_refused_in_one_line(world, tmp_path, bad):
     p.write_text(json.dumps(d))
     with pytest.raises(CalibrationError, match="select"):
         load_calibration(p).check(world["system"])
+
+
+def test_a_damaged_cross_fit_part_is_refused_in_one_line(world, tmp_path):
+    """The fold models and the fold of every dev image are what the τ tables are replayed with: a fold index
+    out of range, or a fold model of other group sizes, is a damaged file (one line naming the field)."""
+    cal = save_calibration(world["cal"], tmp_path / "c.json")
+    d = json.loads((tmp_path / "c.json").read_text())
+    assert len(d["crossfit"]) == 3 and len(d["select"]["fold"]) == len(d["select"]["truth"])
+    bad = json.loads(json.dumps(d))
+    bad["select"]["fold"][0] = 3
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(CalibrationError, match="select.fold") as e:
+        load_calibration(tmp_path / "bad.json")
+    assert "\n" not in str(e.value)
+    bad = json.loads(json.dumps(d))
+    bad["crossfit"][1]["channels"]["groups"] = bad["crossfit"][1]["channels"]["groups"][:-1]
+    (tmp_path / "bad2.json").write_text(json.dumps(bad))
+    with pytest.raises(CalibrationError, match=r"crossfit\[1\]"):
+        load_calibration(tmp_path / "bad2.json")
+    back = load_calibration(tmp_path / "c.json")
+    assert [fm.dev_order for fm in back.crossfit] == [fm.dev_order for fm in cal.crossfit]

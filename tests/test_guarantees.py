@@ -250,15 +250,35 @@ def test_fit_and_select_parts_are_disjoint_stratified_and_seeded(labels, seed):
 
 
 @pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
-def test_calibrate_fits_channels_on_the_fit_part_and_traces_paths_on_the_select_part(world):  # noqa: F811
+def test_calibrate_fits_on_every_dev_image_and_traces_cross_fitted_paths(world):  # noqa: F811
+    """The model shipped rests on every dev image; each fold's paths run on the model fitted on the other folds
+    (so the τ tables are held-out), and those fold models are what refitting on the other folds gives."""
+    from engine.core.answer_models import RULE_VARIANTS, stratified_folds
+    from engine.run.calibration_file import trace_paths
+
     cal, s = world["cal"], world["system"]
-    fs = cal.dev["fit_select"]
-    fit, sel = np.array(fs["fit"]), np.array(fs["select"])
-    assert len(np.intersect1d(fit, sel)) == 0 and len(fit) + len(sel) == cal.dev["n_images"]
-    assert cal.select.sims.shape == (len(sel), s.q_total) and cal.paths["fixed"].conf.shape[0] == len(sel)
-    assert cal.metrics["n_images"] == len(fit)
-    assert int(cal.channels.n_dev.max()) <= len(fit)
-    assert fs["seed"] == 0 and fs["fit_fraction"] == 0.5
+    n = cal.dev["n_images"]
+    assert cal.select.sims.shape == (n, s.q_total) and cal.paths["fixed"].conf.shape[0] == n
+    assert cal.metrics["n_images"] == n and cal.dev["crossfit"]["folds"] == len(cal.crossfit) == 3
+    np.testing.assert_array_equal(cal.select.fold, stratified_folds(cal.select.truth, 3, 0))
+    sel = cal.select
+    for f, fm in enumerate(cal.crossfit):
+        out = sel.fold != f
+        # the shipped model's choices (rule variant, strengths), refitted on the other folds' images
+        kw = RULE_VARIANTS[cal.decision["rule_channel"]]
+        ch = fit_answer_channels(sel.sims[out], sel.truth[out], s.rule_matrix, s.option_counts, lam0=cal.lam0,
+                                 eps=cal.channels.eps, **(kw or {}),
+                                 skip_groups=() if kw is not None else tuple(range(s.n_groups)))
+        np.testing.assert_allclose(fm.channels.lams, ch.lams)
+        assert fm.channels.n_dev.max() <= out.sum() < cal.channels.n_dev.max() or cal.channels.n_dev.max() == 0
+        idx = np.nonzero(~out)[0]
+        p = trace_paths(sel.sims[idx], sel.truth[idx], s, cal.policy_object("fixed"), fm.channels.lams,
+                        fm.channel(s), fm.answer_model())
+        k = p.conf.shape[1]
+        np.testing.assert_array_equal(cal.paths["fixed"].conf[idx, :k], p.conf)
+        shipped = trace_paths(sel.sims[idx], sel.truth[idx], s, cal.policy_object("fixed"), cal.lams, cal.channel(s),
+                              cal.answer_model(s))
+        assert not np.array_equal(shipped.conf, p.conf)  # not the in-sample paths
 
 
 # --------------------------------------------------------------------------- item 5: exact budgeted tables
@@ -268,16 +288,20 @@ def test_the_budgeted_tau_table_is_what_the_loop_does(world, policy):  # noqa: F
     table is what the loop itself gives on the select images with that τ and budget."""
     cal, s = world["cal"], world["system"]
     sel = cal.select
-    ch = cal.channel(s)
+    assert len(cal.crossfit) == 3
     sizes = s.option_counts
     budgets = sorted({0, int(sizes[0]), int(sizes[:2].sum()), 20, 35, int(s.q_total) - 1})
     for b in budgets:
         c = cal.tau_for(policy, 0.6, budget=b, system=s)
         for tau, n, k, _ in c.table[::6]:
-            res = classify_batch(ArraySource(sel.sims, s), s, cal.policy_object(policy), stop=StopRule(tau, 0.0, b),
-                                 logit_scale=cal.lams, channel=ch, top_k=1)
-            stopped = np.array([r.stop == "confident" for r in res])
-            right = np.array([r.label == s.classes[t] for r, t in zip(res, sel.truth)])
+            stopped, right = np.zeros(len(sel.truth), bool), np.zeros(len(sel.truth), bool)
+            for f, fm in enumerate(cal.crossfit):  # each fold's images on the model fitted on the other folds
+                idx = np.nonzero(sel.fold == f)[0]
+                res = classify_batch(ArraySource(sel.sims[idx], s), s, cal.policy_object(policy, fm.dev_order),
+                                     stop=StopRule(tau, 0.0, b), logit_scale=fm.channels.lams, channel=fm.channel(s),
+                                     top_k=1, answer_model=fm.answer_model())
+                stopped[idx] = [r.stop == "confident" for r in res]
+                right[idx] = [r.label == s.classes[t] for r, t in zip(res, sel.truth[idx])]
             assert (n, k) == (int(stopped.sum()), int((stopped & right).sum())), (policy, b, tau)
 
 
@@ -403,6 +427,8 @@ def test_the_file_round_trips_the_order_the_choice_and_the_select_part(world, tm
     assert back.dev_order == cal.dev_order and back.auto == cal.auto
     np.testing.assert_array_equal(back.select.sims, cal.select.sims)
     np.testing.assert_array_equal(back.select.truth, cal.select.truth)
+    np.testing.assert_array_equal(back.select.fold, cal.select.fold)
+    assert [fm.dev_order for fm in back.crossfit] == [fm.dev_order for fm in cal.crossfit]
     s = world["system"]
     assert _rows(back.tau_for("eig", 0.6, 30, system=s)) == _rows(cal.tau_for("eig", 0.6, 30, system=s))
 

@@ -55,11 +55,12 @@ def test_shipped_calibration_is_few_shot_and_records_why_on_held_out_dev_images(
     d = json.loads(MAIN_CALIBRATION.read_text(encoding="utf-8"))
     assert d["format"] == SCHEMA and cal.setting == "few-shot" and cal.few_shot is not None
     held = cal.decision["heldout"]
-    lr, rule = held["few-shot posterior (group-masked LR)"], held[f"rule channel, {cal.decision['rule_channel']}"]
+    lr, rule = held["few-shot posterior"], held[f"rule channel, {cal.decision['rule_channel']}"]
     assert lr["accuracy"] >= rule["accuracy"] and lr["nll"] <= rule["nll"]
-    fit_part = d["dev"]["fit_select"]["fit"]  # the answer model rests on the fit part; τ and auto on the select part
-    assert int(cal.few_shot.n_dev.sum()) == len(fit_part) < d["dev"]["n_images"] and (cal.few_shot.n_dev > 0).all()
-    assert sorted(fit_part + d["dev"]["fit_select"]["select"]) == list(range(d["dev"]["n_images"]))
+    # the answer model rests on every dev image; τ and auto on cross-fitted paths (3 folds, each on the others' fit)
+    assert int(cal.few_shot.n_dev.sum()) == d["dev"]["n_images"] and (cal.few_shot.n_dev > 0).all()
+    assert d["dev"]["crossfit"]["folds"] == len(cal.crossfit) == 3 and len(cal.select.truth) == d["dev"]["n_images"]
+    assert cal.few_shot.posterior.has_head  # with every question asked, a plain LR on all the similarities
     system = load_system(MAIN_SYSTEM)
     assert cal.answer_model(system) is cal.few_shot.posterior
     assert cal.channel(system).P.shape == (system.n_classes, system.q_total)

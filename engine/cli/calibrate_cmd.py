@@ -31,8 +31,10 @@ def calibrate_cmd(args) -> int:
         raise UsageError(f"--out {args.out!r}: a calibration is one JSON file; name it *.json")
     if not 0.0 < args.dev_fraction < 1.0:
         raise UsageError(f"--dev-fraction {args.dev_fraction}: must be strictly between 0 and 1 (e.g. 0.5)")
-    if not 0.0 < args.fit_fraction < 1.0:
-        raise UsageError(f"--fit-fraction {args.fit_fraction}: must be strictly between 0 and 1 (e.g. 0.5)")
+    if args.fit_fraction is not None:
+        from engine.run.calibration_file import FIT_FRACTION_DEPRECATED
+
+        warn(FIT_FRACTION_DEPRECATED.replace("fit_fraction (--fit-fraction)", "--fit-fraction"))
     with settings_errors():
         check_eps(args.eps)
     check_out(args.out)  # before the fit: a fit of minutes must not end in "cannot write"
@@ -45,7 +47,7 @@ def calibrate_cmd(args) -> int:
     update, close = progress_bar(None, "calibrate (dev images)", args.quiet)
     try:
         cal = calibrate(clf, data, dev_fraction=args.dev_fraction, seed=args.seed, eps=args.eps, dataset=dataset,
-                        progress=update, setting=args.setting, fit_fraction=args.fit_fraction)
+                        progress=update, setting=args.setting)
     finally:
         close()
     cal = save_calibration(cal, args.out)
@@ -57,10 +59,10 @@ def calibrate_cmd(args) -> int:
           f"class, seed {dev['seed']}); the other {dev['rows'] - dev['n_images'] - dev['bad_images']} were not read")
     if dev["bad_images"]:
         warn(f"{dev['bad_images']} dev image(s) could not be read and were left out")
-    fs = dev["fit_select"]
-    print(f"dev split again (fraction {fs['fit_fraction']:g} of each class, seed {fs['seed']}): {len(fs['fit'])} fit "
-          f"image(s) for the answer channels and the dev order, {len(fs['select'])} select image(s) for the τ tables "
-          "and the auto policy")
+    cf = dev["crossfit"]
+    print(f"fitted on all {dev['n_images']} dev image(s); τ tables and the auto policy from {cf['folds']} cross-fitted "
+          f"folds (each fold's images run on the model fitted on the others; seed {dev['seed']})" if cf["folds"] else
+          f"fitted on all {dev['n_images']} dev image(s); {cf['why']}")
     ch = cal.channels
     print(f"\nλ of the model {cal.lam0:g}, ε {ch.eps:g}\n\n| group | K | λ_g | reliability | dev images |\n|---|---|---|---|---|")
     for g, name in enumerate(cal.groups):
@@ -88,7 +90,7 @@ def calibrate_cmd(args) -> int:
         from engine.run.config import RunConfig
 
         print(policy_line(cal, RunConfig(policy="auto")))
-    print(f"τ tables for --target-accuracy (select images): {', '.join(sorted(cal.paths))}, auto")
+    print(f"τ tables for --target-accuracy (cross-fitted dev paths): {', '.join(sorted(cal.paths))}, auto")
     if cal.few_shot is None:
         print(f"zero-shot: usable on another system with the same questions (groups sha256 {cal.groups_sha256[:12]}) "
               f"and other classes; there only λ_g, confusions and reliabilities apply (fitted on "
@@ -141,9 +143,9 @@ def add_calibrate_parser(sub) -> None:
     p.add_argument("--dev-fraction", type=float, default=0.5,
                    help="share of each class's images fitted on (the dev split); the rest are not read "
                         "(default: %(default)s)")
-    p.add_argument("--fit-fraction", type=float, default=0.5,
-                   help="share of each class's dev images the answer channels are fitted on; the rest (the select "
-                        "part) choose τ for --target-accuracy and the auto policy (default: %(default)s)")
+    p.add_argument("--fit-fraction", type=float, default=None,
+                   help="deprecated and ignored: the answer model is fitted on every dev image, and τ for "
+                        "--target-accuracy and the auto policy come from cross-fitted folds")
     p.add_argument("--eps", type=float, default=DEFAULT_EPS,
                    help="ε of the prior answer channel a group with few dev images falls back to (default: %(default)s)")
     p.add_argument("--setting", choices=("auto", "few-shot", "zero-shot"), default="auto",

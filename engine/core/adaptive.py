@@ -225,6 +225,9 @@ class _Run:
         self.log_post = xp.array(log_prior(C, prior, B))
         if setup.answer_model is not None:
             self.log_post = bayes_update(self.log_post, xp.asarray(setup.answer_model.log_prior(B)), xp)
+        # a few-shot posterior with a full-system head: an image's posterior, once every group is asked, is the
+        # head's on all its similarities (kept on the host, where the few-shot posterior runs)
+        self.seen = (np.zeros((B, sum(self.k))) if getattr(setup.answer_model, "has_head", False) else None)
         self.sum_sc = xp.zeros((B, C)) if setup.scorer == "sum" else None
         self.asked = xp.zeros((B, G), "bool")
         self.q = xp.zeros(B, "int")
@@ -311,12 +314,24 @@ class _Run:
         else:
             ll = xp.asarray(self.setup.answer_model.group_loglik(g, xp.to_host(sims)))
         self.log_post[imgs] = bayes_update(self.log_post[imgs], ll, xp)
+        if self.seen is not None:
+            self.full_head(imgs, g, sims)
         if self.sum_sc is not None:
             self.sum_sc[imgs] += xp.exp(lp) @ self.ch.A[:, cols].T
         self.asked[imgs, g] = True
         self.q[imgs] += k
         # the answer: the top option (its log-probability is the row's max)
         self.record(imgs, g, eig_g, xp.argmax(lp, axis=1), xp.exp(xp.amax(lp, axis=1)))
+
+    def full_head(self, imgs, g: int, sims) -> None:
+        """Keep group g's similarities (n, K_g) of images ``imgs`` (n,); an image whose every group is now asked
+        gets the few-shot posterior's full-system head (:meth:`FewShotPosterior.log_posterior` with all asked)."""
+        xp, host = self.xp, np.asarray(self.xp.to_host(imgs), dtype=np.int64)
+        self.seen[host, self.cols[g]] = np.asarray(xp.to_host(sims), dtype=np.float64)
+        done = np.asarray(xp.to_host(self.asked[imgs]), dtype=bool).sum(axis=1) == len(self.k) - 1  # g is the last
+        if done.any():
+            lp = self.setup.answer_model.log_posterior(self.seen[host[done]])
+            self.log_post[xp.asindex(host[done])] = xp.asarray(lp)
 
     def ask_shortlist(self, imgs, post) -> None:
         """Ask images ``imgs`` (n,) which of their m most probable classes' names fits; update in place.

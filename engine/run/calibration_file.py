@@ -10,10 +10,12 @@ Contract (these names are stable; the CLI, the Python API, Ray and the benchmark
   loaded encoder's ``model_id`` and the hub revision), ``system_name`` / ``system_sha256``
   (:func:`engine.run.provenance.system_hash`), ``sizes`` (G,) K_g, ``dev`` (the dev split: data source,
   rows hash, ``image_sha256`` of every dev image, ``seed``, ``fraction``), ``metrics`` (dev NLL, ECE and
-  accuracy of the full system and of adaptive ``eig`` at τ=0.9, before and after, on the fit part), ``paths``
-  ({policy: :class:`PolicyPaths`}, one τ=1 traced run per built-in policy on the select part), ``dev_order``
+  accuracy of the full system and of adaptive ``eig`` at τ=0.9, before and after, in sample on the dev images),
+  ``paths`` ({policy: :class:`PolicyPaths`}, one τ=1 cross-fitted run per built-in policy on the select part,
+  i.e. every dev image), ``dev_order``
   (the dev-order policy's order), ``auto`` (the auto policy's choice and figures), ``select``
-  (:class:`SelectPart`: the select part's similarities and classes), ``path`` / ``sha256`` (the file it was
+  (:class:`SelectPart`: the select part's similarities, classes and folds), ``crossfit`` (one
+  :class:`FoldModel` per fold), ``path`` / ``sha256`` (the file it was
   read from or written to; None before).
 
   ``channel(system)`` the fitted answer channel; ``check(system, model_id=None)`` refuses a mismatch
@@ -31,13 +33,17 @@ Contract (these names are stable; the CLI, the Python API, Ray and the benchmark
   :func:`image_sha256` is that content hash (a file's sha256, as the image cache keys images).
 - :class:`CalibrationError` (a file that cannot be used, exit 2), :class:`CalibrationMismatch`.
 
-Fit and select parts (issue 26): the dev images are split again, by image, stratified by class and
-seeded (:func:`engine.core.calibration.fit_select_split`, recorded in ``dev['fit_select']``), into a
-*fit* part, on which the answer channels and the dev order are fitted, and a *select* part, on which
-the τ tables are traced and the auto policy is chosen. Choosing τ on images the channels never saw is
-what makes learn-then-test's guarantee hold (on the fit images themselves the posterior is optimistic).
-A disjoint split, not cross-fitting: the channel shipped is the one the select paths were traced
-with, so the guarantee is exact, not approximate; the price is fewer images for each job.
+Cross-fitting (issue 26): the answer model and the dev order shipped are fitted on *every* dev image.
+Whatever needs held-out predictions (the τ tables, the auto choice, the keep-the-better decisions) uses
+cross-fitted ones: the dev images are dealt into 3 stratified folds
+(:func:`engine.core.answer_models.stratified_folds`, seeded; ``select.fold`` in the file), and each
+fold's images are traced by the loop with the model (and dev order) fitted on the other folds
+(``crossfit``: one :class:`FoldModel` per fold, with the same settings — rule variant, L2 strengths,
+head — as the shipped model). Choosing τ on images the model never saw is what makes learn-then-test's
+guarantee hold (on the fitted images themselves the posterior is optimistic); the fold models see 2/3
+of dev, the shipped one all of it, so the tables are slightly pessimistic for it (checked by
+``bench.target_repeats``). The select part (``select``) is now every dev image. Files made with a
+disjoint fit/select split (an earlier twentyq, ``dev['fit_select']``) still load and work as before.
 
 Moving a zero-shot calibration to other classes: how a model answers each question (λ_g, the option
 confusions M_g, the reliabilities w_g) does not depend on which classes are asked about, so a
@@ -53,7 +59,7 @@ classes without labels (``twentyq eval`` with and without ``--calibration`` on l
 
 Policies of a calibration: ``dev_order`` (a static order, greedy by dev accuracy gain per prompt on the
 fit part; ``--policy dev-order``) and ``auto`` (``--policy auto``: among fixed, dev-order, eig and
-lookahead, the highest normalised budget AUC on the select part, fixed unless clearly beaten; the
+lookahead, the highest normalised budget AUC on the cross-fitted paths, fixed unless clearly beaten; the
 choice, every candidate's AUC with its 95% CI and its difference to fixed are recorded).
 :func:`resolve_policy` turns a RunConfig's policy into the object that runs.
 
@@ -99,7 +105,8 @@ SETTINGS = ("auto", "few-shot", "zero-shot")
 DEFAULT_ALPHA = 0.1  # choose_tau's error level: target reached with 90% confidence
 METRIC_POLICY, METRIC_TAU = "eig", 0.9  # the adaptive setting whose dev accuracy the file reports
 N_BINS = 10
-FIT_FRACTION = 0.5  # share of each class's dev images the channels are fitted on; the rest choose τ and auto
+FIT_FRACTION_DEPRECATED = ("fit_fraction (--fit-fraction) is deprecated and ignored: calibrate now fits on every dev "
+                           "image and chooses τ and the auto policy on cross-fitted folds")
 AUTO_BUDGETS = 9  # budget points of the auto policy's sweep (engine.core.metrics.budget_grid)
 AUTO_BOOT = 1000
 
@@ -146,17 +153,23 @@ class PolicyPaths:
 
 @dataclass(frozen=True, eq=False)
 class SelectPart:
-    """The select part of the dev images (those the channels were not fitted on), as the loop sees them.
+    """The select part of the dev images (the images whose held-out paths give the τ tables), as the loop sees them.
 
-    sims : (B, Q) similarities to every prompt; truth : (B,) class indices. Enough to replay any policy's
-    path under any budget exactly (:meth:`Calibration.replay`); JSON floats round-trip exactly.
+    sims : (B, Q) similarities to every prompt; truth : (B,) class indices; fold : (B,) the cross-fitting
+    fold of each image (its paths run on :attr:`Calibration.crossfit`'s model of that fold), or None for a
+    disjoint select part (files from a fit/select split). Enough to replay any policy's path under any
+    budget exactly (:meth:`Calibration.replay`); JSON floats round-trip exactly.
     """
 
     sims: np.ndarray
     truth: np.ndarray
+    fold: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sims": self.sims.tolist(), "truth": self.truth.tolist()}
+        out = {"sims": self.sims.tolist(), "truth": self.truth.tolist()}
+        if self.fold is not None:
+            out["fold"] = self.fold.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SelectPart":
@@ -166,7 +179,31 @@ class SelectPart:
             raise ValueError("select: sims should be finite (B, Q) and truth (B,)")
         if (truth < 0).any():
             raise ValueError("select: truth should hold class indices (whole numbers >= 0)")
-        return cls(sims, truth)
+        fold = None if d.get("fold") is None else np.asarray(d["fold"], dtype=np.int64)
+        if fold is not None and (fold.shape != truth.shape or (fold < 0).any()):
+            raise ValueError("select: fold should hold one fold index (a whole number >= 0) per image")
+        return cls(sims, truth, fold)
+
+
+@dataclass(frozen=True, eq=False)
+class FoldModel:
+    """The answer model fitted on the dev images outside one cross-fitting fold (its images' paths run on it).
+
+    channels : the rule channel's :class:`AnswerChannels`; few_shot : a FewShotModel or None, as the
+    calibration's; dev_order : the dev order fitted on the same images (group indices).
+    """
+
+    channels: AnswerChannels
+    few_shot: Any = None
+    dev_order: tuple[int, ...] | None = None
+
+    def channel(self, system: AttributeSystem):
+        if self.few_shot is not None:
+            return self.few_shot.channel(system.rule_matrix, system.option_counts, self.channels.eps)
+        return self.channels.channel(system.rule_matrix, system.option_counts)
+
+    def answer_model(self):
+        return None if self.few_shot is None else self.few_shot.posterior
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,6 +234,7 @@ class Calibration:
     groups_sha256: str | None = None  # engine.run.provenance.groups_hash of the system fitted for; None in older files
     source: dict[str, Any] = field(default_factory=dict)  # the classes and data the channels were fitted on
     moved_to: dict[str, Any] = field(default_factory=dict)  # {system, sha256} once moved (:meth:`for_system`)
+    crossfit: tuple = ()  # one FoldModel per fold of select.fold; () for a disjoint select part
     _replayed: dict = field(default_factory=dict, repr=False)  # (policy, budget) -> PolicyPaths, memoised
 
     # ------------------------------------------------------------------ use
@@ -268,13 +306,13 @@ class Calibration:
     def for_system(self, system: AttributeSystem) -> "Calibration":
         """This calibration as it applies to ``system`` (checked first): itself for the system it was fitted for;
         for another one with the same questions (zero-shot transfer) a copy without the parts fitted on the
-        source classes (τ tables, select part, dev order, auto choice), whose use is then refused by name."""
+        source classes (τ tables, select part and fold models, dev order, auto choice), whose use is then refused by name."""
         from engine.run.provenance import system_hash
 
         self.check(system)
         if not self.transferred(system) or self.moved_to.get("sha256") == system_hash(system):
             return self
-        return replace(self, paths={}, select=None, dev_order=None, auto={}, _replayed={},
+        return replace(self, paths={}, select=None, crossfit=(), dev_order=None, auto={}, _replayed={},
                        moved_to={"system": system.name, "sha256": system_hash(system)})
 
     def refuse_moved(self, what: str, fix: str) -> None:
@@ -327,10 +365,32 @@ class Calibration:
             if self.select is None:
                 raise CalibrationError(f"calibration {self.where()} holds no select-part similarities (made by an "
                                        "older twentyq); rerun 'twentyq calibrate'")
-            self._replayed[key] = trace_paths(self.select.sims, self.select.truth, system,
-                                              self.policy_object(policy), self.lams, self.channel(system),
-                                              self.answer_model(system), stop=StopRule(budget=budget))
+            self._replayed[key] = self.select_paths(policy, system, stop=StopRule(budget=budget))
         return self._replayed[key]
+
+    def fold_runs(self, system: AttributeSystem) -> list[tuple[np.ndarray, Any, Any, Any, Any]]:
+        """How the select images are traced: [(their indices, λ_g, channel, answer model, dev order)], one entry
+        per cross-fitting fold (its model fitted on the other folds), or one with the shipped model for a
+        disjoint select part."""
+        self.check(system)
+        sel = self.select
+        if not self.crossfit:
+            return [(np.arange(len(sel.truth)), self.lams, self.channel(system), self.answer_model(system),
+                     self.dev_order)]
+        return [(np.nonzero(sel.fold == f)[0], fm.channels.lams, fm.channel(system), fm.answer_model(), fm.dev_order)
+                for f, fm in enumerate(self.crossfit)]
+
+    def select_paths(self, policy: str, system: AttributeSystem, stop: Any = None) -> PolicyPaths:
+        """``policy``'s paths (:func:`trace_paths`) on the select images, each fold by its own model."""
+        parts = [(idx, trace_paths(self.select.sims[idx], self.select.truth[idx], system,
+                                   self.policy_object(policy, order), lams, ch, am, stop=stop))
+                 for idx, lams, ch, am, order in self.fold_runs(system) if len(idx)]
+        B, S = len(self.select.truth), max(p.conf.shape[1] for _, p in parts)
+        conf, correct, q = np.full((B, S), np.nan), np.zeros((B, S), bool), np.full((B, S), -1, dtype=np.int64)
+        for idx, p in parts:
+            s = p.conf.shape[1]
+            conf[idx, :s], correct[idx, :s], q[idx, :s] = p.conf, p.correct, p.q
+        return PolicyPaths(conf, correct, q)
 
     def auto_choice(self) -> str:
         """The policy ``auto`` runs with this calibration (a CalibrationError for a file without the choice)."""
@@ -340,19 +400,20 @@ class Calibration:
                                    "older twentyq); rerun 'twentyq calibrate'")
         return str(self.auto["choice"])
 
-    def policy_object(self, name: str) -> Any:
-        """The policy object ``name`` runs as with this calibration (dev-order with its order, auto as its choice,
-        random with seed 0, as traced)."""
+    def policy_object(self, name: str, order: tuple[int, ...] | None = None) -> Any:
+        """The policy object ``name`` runs as with this calibration (dev-order with its order — or ``order``, a
+        fold's —, auto as its choice, random with seed 0, as traced)."""
         from policies import get_policy
 
         if name == "auto":
             name = self.auto_choice()
         if name == "dev-order":
             self.refuse_moved("dev order", "use --policy fixed, eig or lookahead")
-            if self.dev_order is None:
+            order = self.dev_order if order is None else order
+            if order is None:
                 raise CalibrationError(f"--policy dev-order: calibration {self.where()} holds no dev order (made by "
                                        "an older twentyq); rerun 'twentyq calibrate'")
-            return get_policy("dev-order", order=self.dev_order)
+            return get_policy("dev-order", order=order)
         return get_policy(name)
 
     def provenance(self) -> dict[str, Any]:
@@ -372,11 +433,7 @@ class Calibration:
         from engine.run.provenance import package_version
 
         ch = self.channels
-        groups = [{"name": name, "options": int(k), "lam": float(ch.lams[g]),
-                   "reliability": None if np.isnan(ch.reliability[g]) else float(ch.reliability[g]),  # null: no dev evidence
-                   "n_dev": int(ch.n_dev[g]),
-                   "confusion": None if ch.confusions[g] is None else np.asarray(ch.confusions[g]).tolist()}
-                  for g, (name, k) in enumerate(zip(self.groups, self.sizes))]
+        groups = _groups_dict(ch, self.groups, self.sizes)
         return {"format": SCHEMA, "twentyq": package_version(), "setting": self.setting,
                 "few_shot": None if self.few_shot is None else self.few_shot.to_dict(), "decision": self.decision,
                 "model": {"model": self.model, "model_id": self.model_id, "revision": self.revision},
@@ -386,7 +443,7 @@ class Calibration:
                 "channels": {"eps": float(ch.eps), "lam0": float(self.lam0), "groups": groups},
                 "dev": self.dev, "metrics": self.metrics,
                 "policies": {k: v.to_dict() for k, v in sorted(self.paths.items())},
-                **policy_choice_dict(self)}
+                **policy_choice_dict(self), **crossfit_dict(self)}
 
     @classmethod
     def from_dict(cls, d: Any, *, path: str | None = None, sha256: str | None = None) -> "Calibration":
@@ -401,26 +458,7 @@ class Calibration:
         try:
             gs = d["channels"]["groups"]
             sizes = tuple(int(g["options"]) for g in gs)
-            confs = []
-            for g, k in zip(gs, sizes):
-                m = None if g["confusion"] is None else np.asarray(g["confusion"], dtype=np.float64)
-                if m is not None:
-                    from engine.core.scoring import check_confusion
-
-                    check_confusion(m, k)  # checked, not replaced: its renormalised copy differs in the last digits
-                    m.setflags(write=False)  # from the M_g that traced the stored τ paths (JSON floats round-trip)
-                confs.append(m)
-            arrays = {"lams": np.array([float(g["lam"]) for g in gs]),
-                      "reliability": np.array([np.nan if g["reliability"] is None else float(g["reliability"])
-                                               for g in gs]),
-                      "n_dev": np.array([int(g["n_dev"]) for g in gs], dtype=np.int64)}
-            from engine.core.scoring import check_eps, check_logit_scales
-
-            check_logit_scales(arrays["lams"], len(gs))
-            for a in arrays.values():
-                a.setflags(write=False)
-            channels = AnswerChannels(lams=arrays["lams"], confusions=tuple(confs), reliability=arrays["reliability"],
-                                      n_dev=arrays["n_dev"], eps=check_eps(float(d["channels"]["eps"])))
+            channels = _channels_from(gs, d["channels"]["eps"])
             paths = {str(k): PolicyPaths.from_dict(v) for k, v in d.get("policies", {}).items()}
             from engine.core.answer_models import FewShotModel
 
@@ -439,10 +477,83 @@ class Calibration:
                        sha256=sha256, setting=str(d.get("setting", "zero-shot")), few_shot=few,
                        decision=dict(d.get("decision") or {}), groups_sha256=s.get("groups_sha256"),
                        source=dict(d.get("source") or {}),
-                       **policy_choice_from_dict(d, tuple(str(g["name"]) for g in gs)))
+                       **policy_choice_from_dict(d, tuple(str(g["name"]) for g in gs)),
+                       crossfit=crossfit_from_dict(d, tuple(str(g["name"]) for g in gs), sizes))
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
             raise CalibrationError(f"{where} is damaged ({what}); {fix}") from None
+
+
+def _groups_dict(ch: AnswerChannels, names: Sequence[str], sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """The file's ``channels.groups`` entries of answer channels ``ch``."""
+    return [{"name": name, "options": int(k), "lam": float(ch.lams[g]),
+             "reliability": None if np.isnan(ch.reliability[g]) else float(ch.reliability[g]),  # null: no dev evidence
+             "n_dev": int(ch.n_dev[g]),
+             "confusion": None if ch.confusions[g] is None else np.asarray(ch.confusions[g]).tolist()}
+            for g, (name, k) in enumerate(zip(names, sizes))]
+
+
+def _channels_from(gs: list[dict[str, Any]], eps: Any) -> AnswerChannels:
+    """The inverse of :func:`_groups_dict` (ValueError/KeyError/TypeError on a damaged entry)."""
+    from engine.core.scoring import check_confusion, check_eps, check_logit_scales
+
+    confs = []
+    for g in gs:
+        m = None if g["confusion"] is None else np.asarray(g["confusion"], dtype=np.float64)
+        if m is not None:
+            check_confusion(m, int(g["options"]))  # checked, not replaced: its renormalised copy differs in the last
+            m.setflags(write=False)  # digits from the M_g that traced the stored τ paths (JSON floats round-trip)
+        confs.append(m)
+    arrays = {"lams": np.array([float(g["lam"]) for g in gs]),
+              "reliability": np.array([np.nan if g["reliability"] is None else float(g["reliability"]) for g in gs]),
+              "n_dev": np.array([int(g["n_dev"]) for g in gs], dtype=np.int64)}
+    check_logit_scales(arrays["lams"], len(gs))
+    for a in arrays.values():
+        a.setflags(write=False)
+    return AnswerChannels(lams=arrays["lams"], confusions=tuple(confs), reliability=arrays["reliability"],
+                          n_dev=arrays["n_dev"], eps=check_eps(float(eps)))
+
+
+def crossfit_dict(cal: Calibration) -> dict[str, Any]:
+    """The file's ``crossfit`` key: each fold's model (absent for a disjoint select part)."""
+    if not cal.crossfit:
+        return {}
+    return {"crossfit": [{"channels": {"eps": float(fm.channels.eps),
+                                       "groups": _groups_dict(fm.channels, cal.groups, cal.sizes)},
+                          "few_shot": None if fm.few_shot is None else fm.few_shot.to_dict(),
+                          "dev_order": None if fm.dev_order is None else [cal.groups[g] for g in fm.dev_order]}
+                         for fm in cal.crossfit]}
+
+
+def crossfit_from_dict(d: dict[str, Any], groups: tuple[str, ...], sizes: tuple[int, ...]) -> tuple:
+    """The inverse of :func:`crossfit_dict` (ValueError/KeyError/TypeError on a damaged entry): the fold models,
+    checked against the select part's fold indices."""
+    from engine.core.answer_models import FewShotModel
+
+    raw = d.get("crossfit")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ValueError("field crossfit should be a list of fold models")
+    folds = []
+    for i, x in enumerate(raw):
+        gs = x["channels"]["groups"]
+        if tuple(int(g["options"]) for g in gs) != tuple(sizes):
+            raise ValueError(f"field crossfit[{i}]: its group sizes differ from the calibration's")
+        few = None if x.get("few_shot") is None else FewShotModel.from_dict(x["few_shot"])
+        if few is not None and few.P.shape[1] != sum(sizes):
+            raise ValueError(f"field crossfit[{i}].few_shot: {few.P.shape[1]} option columns, the groups {sum(sizes)}")
+        order = x.get("dev_order")
+        if order is not None:
+            if sorted(order) != sorted(groups):
+                raise ValueError(f"field crossfit[{i}].dev_order should name every group once")
+            order = tuple(groups.index(str(g)) for g in order)
+        folds.append(FoldModel(channels=_channels_from(gs, x["channels"]["eps"]), few_shot=few, dev_order=order))
+    sel = d.get("select") or {}
+    fold = sel.get("fold")
+    if fold is None or any(not isinstance(f, int) or isinstance(f, bool) or not 0 <= f < len(folds) for f in fold):
+        raise ValueError(f"field select.fold should give every select image a fold index in 0..{len(folds) - 1}")
+    return tuple(folds)
 
 
 # --------------------------------------------------------------------------- field checks
@@ -591,9 +702,9 @@ def save_calibration(cal: Calibration, path: str | Path) -> Calibration:
     if len(data) > TEXT_INPUT_LIMIT:
         n_sel = 0 if cal.select is None else len(cal.select.truth)
         raise CalibrationError(f"calibration for {path}: {len(data):,} bytes, over the {TEXT_INPUT_LIMIT:,} a calibration "
-                               f"file may have ({n_sel} select images × {sum(cal.sizes)} prompts are stored for exact "
-                               "τ tables); nothing was written: raise --fit-fraction (fewer select images) or "
-                               "calibrate on fewer dev images (--dev-fraction, --limit)")
+                               f"file may have ({n_sel} dev images × {sum(cal.sizes)} prompts are stored for exact "
+                               "τ tables); nothing was written: calibrate on fewer dev images (a smaller "
+                               "--dev-fraction, or --limit)")
     atomic_write_text(path, data.decode())
     return replace(cal, path=str(path), sha256=hashlib.sha256(data).hexdigest())
 
@@ -740,12 +851,13 @@ def policy_line(cal: Calibration | None, config: Any) -> str | None:
     """What ``--policy auto`` / ``dev-order`` will run, in one line (None for other policies)."""
     if config.policy == "auto":
         if cal is None:
-            return "--policy auto without --calibration: runs fixed (auto chooses on a calibration's select images)"
+            return "--policy auto without --calibration: runs fixed (auto chooses on a calibration's dev images)"
         a = cal.auto
         figs = ", ".join(f"{k} {v['auc']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
                          for k, v in a.get("candidates", {}).items())
         return (f"--policy auto: runs {cal.auto_choice()} (chosen by 'twentyq calibrate' on {a.get('n_images')} "
-                f"select image(s) by normalised budget AUC: {figs}; {a.get('rule', '')})")
+                f"dev image(s){' (cross-fitted paths)' if cal.crossfit else ''} by normalised budget AUC: {figs}; "
+                f"{a.get('rule', '')})")
     if config.policy == "dev-order" and cal is not None and cal.dev_order is not None:
         return f"--policy dev-order: asks {' > '.join(cal.groups[g] for g in cal.dev_order)} (fitted on dev images)"
     return None
@@ -860,7 +972,7 @@ MIN_FEW_SHOT_IMAGES = 2  # dev images per class for "auto" to pick few-shot (eac
 
 def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
                      setting: str = "auto", seed: int = 0, prior_strength: float | None = None
-                     ) -> tuple[Any, Any, dict[str, Any]]:
+                     ) -> tuple[Any, Any, dict[str, Any], tuple[np.ndarray, tuple]]:
     """The answer model of a calibration, chosen on cross-fitted (held-out) dev images; nothing is kept that is
     worse there than what it would replace.
 
@@ -882,7 +994,11 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
        never saw); the per-class channel alone, whose rows for those classes are the rule channel's, kept only
        when it beats the rule channel on held-out dev images the same way (else zero-shot). Its held-out images
        are all of covered classes, so this check is optimistic when the images to classify are not.
-    Returns (AnswerChannels, FewShotModel or None, the decision as a dict for the file).
+       The posterior's full-system head (a plain LR on all Q similarities, fitted on full rows) is kept when its
+       held-out full-system NLL is no higher than the masked model's.
+    Returns (AnswerChannels, FewShotModel or None, the decision as a dict for the file, (folds (B,), one
+    :class:`FoldModel` per fold: the same choices fitted on the other folds, without dev order; () when the dev
+    images make fewer than 2 folds)).
     """
     from engine.core import answer_models as AM
     from engine.core.adaptive import NAME_GROUP
@@ -903,8 +1019,14 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
     rule = AM.choose_rule_variant(held)
     kw = variants[rule]
     # "uncalibrated" is the fit with every group skipped: λ0 and the ε channel everywhere
-    ch = fit_answer_channels(sims, truth, r, sizes, lam0=lam0, eps=eps, **(kw or {}),
-                             skip_groups=skip if kw is not None else tuple(range(len(sizes))))
+    def fit_rule(tr):  # "uncalibrated" is the fit with every group skipped: λ0 and the ε channel everywhere
+        return fit_answer_channels(sims[tr], truth[tr], r, sizes, lam0=lam0, eps=eps, **(kw or {}),
+                                   skip_groups=skip if kw is not None else tuple(range(len(sizes))))
+
+    ch = fit_rule(slice(None))
+    fold_ids = [int(f) for f in np.unique(folds)] if len(np.unique(folds)) > 1 else []
+    fold_ch = [fit_rule(folds != f) for f in fold_ids]
+    fold_few: list[Any] = [None] * len(fold_ids)
     decision: dict[str, Any] = {
         "requested": setting, "setting": resolved, "folds": AM.N_FOLDS, "seed": int(seed),
         "classes_with_dev_images": int((counts > 0).sum()), "classes": C, "rule_channel": rule,
@@ -918,14 +1040,26 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
         if (counts > 0).all():
             pf = AM.fit_few_shot_posterior(sims, truth, sizes, C, seed=seed)
             lr = AM.heldout_scores(pf.heldout_log_post, truth)
-            decision["heldout"]["few-shot posterior (group-masked LR)"] = AM.public_scores({"x": lr})["x"]
+            name = "few-shot posterior (group-masked LR" + (", full-system head)" if pf.posterior.has_head else ")")
+            if pf.heldout_head is not None:
+                for k, lp in (("group-masked LR alone", pf.heldout_masked), ("full-system head", pf.heldout_head)):
+                    decision["heldout"][f"few-shot posterior: {k}"] = AM.public_scores(
+                        {"x": AM.heldout_scores(lp, truth)})["x"]
+            decision["heldout"]["few-shot posterior"] = AM.public_scores({"x": lr})["x"]  # as kept (head or not)
             decision["posterior_cv"] = [{"reg": a, "heldout_nll_prefixes": b, "heldout_accuracy_full": c,
                                          "heldout_nll_full": d} for a, b, c, d in pf.cv]
+            decision["head_cv"] = [{"reg": a, "heldout_nll_full": b, "heldout_accuracy_full": c}
+                                   for a, b, c, _ in pf.head_cv]
+            decision["head"] = pf.head_kept
             if AM.replaces(lr, held[rule]):
                 P, beta = AM.fit_per_class_tempered(sims, truth, sizes, ch.lams, rule_P, folds=folds, seed=seed)
                 few = AM.FewShotModel(posterior=pf.posterior, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA, n_dev=counts,
                                       sizes=np.asarray(sizes))
-                decision["posterior"] = "few-shot (group-masked LR)"
+                decision["posterior"] = name
+                if not (pf.folds is not None and np.array_equal(pf.folds, folds)):
+                    raise RuntimeError("the posterior's folds differ from the calibration's")  # both stratified_folds
+                fold_few = [_fold_few(few, pf.fold_posteriors[i], sims[folds != f], truth[folds != f], fold_ch[i],
+                                      r, sizes) for i, f in enumerate(fold_ids)]
             else:
                 decision["setting"] = "zero-shot"
                 decision["posterior"] = f"rule channel ({rule}): the few-shot posterior was not better on held-out dev"
@@ -938,6 +1072,8 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
                 P = AM.per_class_channel(AM.soft_answers(sims, sizes, ch.lams), truth, rule_P, AM.PER_CLASS_ALPHA)
                 few = AM.FewShotModel(posterior=None, P=P, beta=np.ones(len(sizes)), alpha=AM.PER_CLASS_ALPHA,
                                       n_dev=counts, sizes=np.asarray(sizes))
+                fold_few = [_fold_few(few, None, sims[folds != f], truth[folds != f], fold_ch[i], r, sizes)
+                            for i, f in enumerate(fold_ids)]
                 decision["posterior"] = (f"per-class channel: {missing} class(es) have no dev image and use the rule "
                                          "channel's answer distributions")
             else:
@@ -946,65 +1082,87 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
                                          "per-class channel was not better on held-out dev")
     else:
         decision["posterior"] = f"rule channel ({rule})"
-    return ch, few, decision
+    fold_models = tuple(FoldModel(channels=c, few_shot=f) for c, f in zip(fold_ch, fold_few))
+    return ch, few, decision, (folds, fold_models)
+
+
+def _fold_few(few: Any, posterior: Any, sims: np.ndarray, truth: np.ndarray, ch: AnswerChannels, rule_matrix,
+              sizes) -> Any:
+    """The few-shot model ``few`` refitted on one fold's training images (sims (b, Q), truth (b,)): its
+    posterior ``posterior`` (fitted there by the cross-validation), the per-class channel on these images over
+    the fold's rule channel ``ch``, and ``few``'s β (fitted on cross-fitted prefixes already)."""
+    from engine.core import answer_models as AM
+
+    rule_P = ch.channel(rule_matrix, sizes).P
+    P = AM.per_class_channel(AM.soft_answers(sims, sizes, ch.lams), truth, rule_P, few.alpha)
+    return AM.FewShotModel(posterior=posterior, P=P, beta=few.beta, alpha=few.alpha,
+                           n_dev=np.bincount(truth, minlength=rule_P.shape[0]), sizes=np.asarray(sizes))
 
 
 def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
                     model: str, model_id: str, revision: str | None = None, dev: dict[str, Any] | None = None,
                     policies: Sequence[str] | None = None, prior_strength: float | None = None,
-                    setting: str = "auto", seed: int = 0, fit_fraction: float = FIT_FRACTION,
-                    auto: bool = True) -> Calibration:
+                    setting: str = "auto", seed: int = 0, auto: bool = True) -> Calibration:
     """Fit a calibration on dev similarities.
 
     sims : (B, Q) similarities of the dev images to every prompt of ``system``; truth : (B,) class indices.
     lam0 : the model's own λ (groups that cannot be fitted keep it; "before" metrics use it); eps : ε.
     dev : what to record about the dev split (data, rows hash, image hashes, seed, fraction).
     policies : whose τ=1 paths to keep (default: every built-in policy).
-    setting, prior_strength, seed : see :func:`fit_answer_model` (fitted on the fit part).
-    fit_fraction, seed : the fit / select split of the dev images (:func:`fit_select`): the answer model and
-        the dev order are fitted on the fit part; paths are traced and auto chosen on the select part, so the
-        τ a target accuracy gets is tested on images the answer model was not fitted on.
-    auto : choose the auto policy (budget sweeps of its candidates on the select part).
+    setting, prior_strength, seed : see :func:`fit_answer_model`.
+    The answer model and the dev order are fitted on every dev image; the τ tables and the auto choice come
+    from cross-fitted paths (each fold's images traced with the model fitted on the other folds; see the
+    module docstring). With fewer than 2 folds (under 2 dev images) the paths are in-sample, and the file
+    says so.
+    auto : choose the auto policy (budget sweeps of its candidates on the cross-fitted paths).
     """
     from engine.core.calibration import dev_greedy_order
     from engine.run.provenance import system_hash
 
     sims = np.asarray(sims, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.int64)
-    fit_i, sel_i = fit_select(truth, fit_fraction, seed)
-    fs, ft, ss, st = sims[fit_i], truth[fit_i], sims[sel_i], truth[sel_i]
-    ch, few, decision = fit_answer_model(fs, ft, system, lam0=lam0, eps=eps, setting=setting, seed=seed,
-                                         prior_strength=prior_strength)
+    ch, few, decision, (folds, fold_models) = fit_answer_model(sims, truth, system, lam0=lam0, eps=eps,
+                                                               setting=setting, seed=seed,
+                                                               prior_strength=prior_strength)
     if few is not None:
         channel = few.channel(system.rule_matrix, system.option_counts, eps)
         model_post = few.posterior
     else:
         channel, model_post = ch.channel(system.rule_matrix, system.option_counts), None
     metrics = {
-        "n_images": int(len(ft)), "in_sample": True,
-        "full": {"before": _full_metrics(fs, ft, system, lam0, eps),
-                 "after": _full_metrics(fs, ft, system, ch.lams, eps, channel, model_post)},
+        "n_images": int(len(truth)), "in_sample": True,
+        "full": {"before": _full_metrics(sims, truth, system, lam0, eps),
+                 "after": _full_metrics(sims, truth, system, ch.lams, eps, channel, model_post)},
         "adaptive": {"policy": METRIC_POLICY, "tau": METRIC_TAU,
-                     "before": _adaptive_metrics(fs, ft, system, lam0, eps),
-                     "after": _adaptive_metrics(fs, ft, system, ch.lams, eps, channel, model_post)},
+                     "before": _adaptive_metrics(sims, truth, system, lam0, eps),
+                     "after": _adaptive_metrics(sims, truth, system, ch.lams, eps, channel, model_post)},
         "heldout": decision["heldout"],
     }
-    order = (dev_greedy_order(fs, ft, ch.lams, channel, answer_model=model_post) if len(ft)
-             else tuple(range(system.n_groups)))
+    G = system.n_groups
+    order = (dev_greedy_order(sims, truth, ch.lams, channel, answer_model=model_post) if len(truth)
+             else tuple(range(G)))
+    fold_models = tuple(
+        replace(fm, dev_order=dev_greedy_order(sims[folds != f], truth[folds != f], fm.channels.lams,
+                                               fm.channel(system), answer_model=fm.answer_model()))
+        for f, fm in enumerate(fold_models))
     dev = dict(dev or {})
-    dev["fit_select"] = {"fit_fraction": float(fit_fraction), "seed": int(seed),
-                         "split": "by image, stratified by class (engine.core.calibration.fit_select_split)",
-                         "fit": fit_i.tolist(), "select": sel_i.tolist(),
-                         "used_for": {"fit": "answer model, dev order", "select": "τ tables, auto policy"}}
+    dev["crossfit"] = ({"folds": len(fold_models), "seed": int(seed),
+                       "split": "by image, stratified by class (engine.core.answer_models.stratified_folds); each "
+                                "fold's paths traced with the model and dev order fitted on the other folds",
+                       "used_for": {"every dev image": "answer model, dev order (shipped)",
+                                    "cross-fitted paths": "τ tables, auto policy; held-out decisions"}}
+                      if fold_models else
+                      {"folds": 0, "why": f"{len(truth)} dev image(s) make fewer than 2 folds: the τ tables and "
+                                          "the auto choice are in-sample (optimistic)"})
     cal = Calibration(channels=ch, model=model, model_id=model_id, revision=revision, system_name=system.name,
-                      system_sha256=system_hash(system), **transfer_fields(system, ft, dev),
+                      system_sha256=system_hash(system), **transfer_fields(system, truth, dev),
                       sizes=tuple(int(k) for k in system.option_counts),
                       groups=tuple(g.name for g in system.groups), lam0=float(lam0), dev=dev, metrics=metrics,
                       setting=decision["setting"], few_shot=few, decision=decision, dev_order=order,
-                      select=SelectPart(ss, st))
+                      select=SelectPart(sims, truth, folds if fold_models else None), crossfit=fold_models)
     names = [p for p in (builtin_policies() if policies is None else list(policies)) if p != "auto"]
-    paths = {p: trace_paths(ss, st, system, cal.policy_object(p), ch.lams, channel, model_post) for p in names}
-    choice = choose_auto(cal, system) if auto and len(st) else {}
+    paths = {p: cal.select_paths(p, system) for p in names} if len(truth) else {}
+    choice = choose_auto(cal, system) if auto and len(truth) else {}
     return replace(cal, paths=paths, auto=choice)
 
 
@@ -1018,26 +1176,10 @@ def transfer_fields(system: AttributeSystem, fit_truth: np.ndarray, dev: dict[st
             "source": {"system": system.name, "classes": classes, "data": dev.get("data"), "domain": dev.get("name")}}
 
 
-def fit_select(truth: np.ndarray, fit_fraction: float = FIT_FRACTION, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, select) indices into the dev images: :func:`engine.core.calibration.fit_select_split`, except that
-    with fewer than 2 dev images everything is both (nothing can be split; the file records it)."""
-    from engine.core.calibration import fit_select_split
-
-    truth = np.asarray(truth, dtype=np.int64)
-    if len(truth) < 2:
-        every = np.arange(len(truth))
-        return every, every
-    fit_i, sel_i = fit_select_split(truth, fit_fraction, seed)
-    if not len(fit_i) or not len(sel_i):  # one image per class, all on one side: split by image instead
-        perm = np.random.default_rng([seed, 26]).permutation(len(truth))
-        k = min(max(int(round(fit_fraction * len(truth))), 1), len(truth) - 1)
-        fit_i, sel_i = np.sort(perm[:k]), np.sort(perm[k:])
-    return fit_i, sel_i
-
-
 def budget_sweep(cal: Calibration, system: AttributeSystem, policy: str, budgets: Sequence[int]
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image outcomes of ``policy`` on the select part along a budget sweep at τ = 1.
+    """Per-image outcomes of ``policy`` on the select images along a budget sweep at τ = 1, each fold by its
+    own model (:meth:`Calibration.fold_runs`).
 
     Returns correct (B, nb) float and q (B, nb) float: image i right / prompts spent at budget b.
     """
@@ -1046,12 +1188,14 @@ def budget_sweep(cal: Calibration, system: AttributeSystem, policy: str, budgets
 
     sel = cal.select
     correct, q = np.zeros((len(sel.truth), len(budgets))), np.zeros((len(sel.truth), len(budgets)))
-    for j, b in enumerate(budgets):
-        res = classify_batch(ArraySource(sel.sims, system), system, cal.policy_object(policy),
-                             stop=StopRule(budget=int(b)), logit_scale=cal.lams, channel=cal.channel(system), top_k=1,
-                             answer_model=cal.answer_model(system))
-        correct[:, j] = [r.label == system.classes[t] for r, t in zip(res, sel.truth)]
-        q[:, j] = [r.q_spent for r in res]
+    for idx, lams, ch, am, order in cal.fold_runs(system):
+        if not len(idx):
+            continue
+        for j, b in enumerate(budgets):
+            res = classify_batch(ArraySource(sel.sims[idx], system), system, cal.policy_object(policy, order),
+                                 stop=StopRule(budget=int(b)), logit_scale=lams, channel=ch, top_k=1, answer_model=am)
+            correct[idx, j] = [r.label == system.classes[t] for r, t in zip(res, sel.truth[idx])]
+            q[idx, j] = [r.q_spent for r in res]
     return correct, q
 
 
@@ -1075,10 +1219,10 @@ def choose_auto(cal: Calibration, system: AttributeSystem, *, n_budgets: int = A
 def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: int = 0, eps: float | None = None,
               dataset: Any = None, chunk_size: int = 64, progress: Callable[[int], None] | None = None,
               policies: Sequence[str] | None = None, setting: str = "auto",
-              fit_fraction: float = FIT_FRACTION) -> Calibration:
-    """Fit a calibration for a loaded Classifier's model and system on the dev split of labelled images.
-    The dev images are split again into fit and select parts (``fit_fraction``, seeded by ``seed``; see
-    :func:`fit_calibration`).
+              fit_fraction: float | None = None) -> Calibration:
+    """Fit a calibration for a loaded Classifier's model and system on the dev split of labelled images
+    (every dev image fitted on; τ and auto from cross-fitted paths: :func:`fit_calibration`).
+    fit_fraction : deprecated and ignored (a DeprecationWarning): the fit/select split it set is gone.
 
     data : a :class:`engine.run.datasets.DataSpec` (``dataset``: it already loaded). The images are split
     by image, stratified by class and seeded (:func:`engine.core.calibration.split_by_image`, ``dev_fraction``
@@ -1089,6 +1233,10 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     from engine.run.encoder_source import EncoderSource
     from engine.run.store import fingerprint
 
+    if fit_fraction is not None:
+        import warnings
+
+        warnings.warn(FIT_FRACTION_DEPRECATED, DeprecationWarning, stacklevel=2)
     system = classifier.system
     ds = dataset if dataset is not None else data.load(system.classes)
     items = list(ds.items)
@@ -1123,4 +1271,4 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     enc = classifier.encoder
     return fit_calibration(sims, truth, system, lam0=float(enc.logit_scale), eps=DEFAULT_EPS if eps is None else eps,
                            model=classifier.spec.model, model_id=str(enc.model_id), revision=classifier.spec.revision,
-                           dev=dev, policies=policies, setting=setting, seed=seed, fit_fraction=fit_fraction)
+                           dev=dev, policies=policies, setting=setting, seed=seed)
