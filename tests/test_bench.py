@@ -12,7 +12,7 @@ pytest.importorskip("matplotlib")
 
 from bench import all as bench_all  # noqa: E402
 from bench import calibrate, policies, reproduce, speed  # noqa: E402
-from bench import common as C  # noqa: E402
+from bench.lib import harness as C  # noqa: E402
 from engine import StopRule  # noqa: E402
 from systems import load_system  # noqa: E402
 from tests.fakes import COLOUR_SYSTEM, FakeEncoder, solid  # noqa: E402

@@ -211,7 +211,7 @@ def test_bench_channels_evaluates_a_small_simulated_pair():
 
 def test_bench_channels_auc_and_bootstrap_weights():
     from bench import channels
-    from bench.common import normalised_auc
+    from bench.lib.harness import normalised_auc
 
     acc = np.array([[0.1, 0.5, 0.6, 0.7]])
     mq = np.array([[0.0, 3.0, 6.0, 9.5]])

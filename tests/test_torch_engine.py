@@ -382,7 +382,8 @@ def test_engine_speed_before_after_loads_another_checkout_beside_this_one(tmp_pa
 
     import engine.core.adaptive as ours
     from engine.core.results import Result
-    from bench.engine_speed import alternating_best, cases, load_before, measure_before_after, report_before_after
+    from bench.engine_speed import alternating_best, load_before, measure_before_after, report_before_after
+    from bench.lib.loop_cases import cases
 
     root = Path(__file__).resolve().parents[1]
     for top in ("engine", "policies", "systems"):
