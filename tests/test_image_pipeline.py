@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.encoder_fixtures import offline_encoder, tiny_model_dir
+from tests.support.encoders import offline_encoder, tiny_model_dir
 from engine.encoders.base import embed_decoded, encode_images_tolerant
 from engine.encoders.image_pool import (
     DecodeWorkersUnavailable, ImageLoader, decode_task, default_workers, gpu_candidate,

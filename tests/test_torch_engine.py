@@ -344,7 +344,9 @@ def test_classifier_results_are_the_same_on_both_engines_and_the_source_gives_de
     from engine import Classifier, RunConfig
     from engine.run.encoder_source import EncoderSource
 
-    from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+    from .support.data import COLOUR_SYSTEM, solid
+
+    from .support.encoders import FakeEncoder
 
     clf = Classifier(system=COLOUR_SYSTEM, encoder=FakeEncoder())
     images = [solid(c) for c in ("red", "green", "blue", "red")]
