@@ -1,6 +1,7 @@
-"""Shared benchmark plumbing: flags, one-time encoding, sweep points, outputs and plots.
+"""The benchmark harness: flags, one-time encoding, sweep points, outputs and plots.
 
-Every benchmark takes ``--model --data --system --out DIR --seed``. The images
+The accuracy benchmarks (reproduce, policies, calibrate, speed, channels, ...) take
+``--model --data --system --out DIR --seed``. The images
 are encoded once (through :class:`engine.encoders.image_cache.ImageCache`, on disk under
 ``--cache-dir``), the (B, Q) similarities to every prompt of the system and the
 (B, N) similarities to the class names are computed once (text embeddings
