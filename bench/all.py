@@ -24,7 +24,9 @@ from typing import Any
 
 from systems import load_system
 
-from . import calibrate, common as C, policies, probe, reproduce, speed
+from . import calibrate, policies, reproduce, speed
+from .lib import harness as C
+from .probe import cli as probe
 
 PAIRS = (("jina15", "pokemon15", "source"), ("flowers17", "flowers17", "split"))
 
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _probe(args, out: Path, cache: str, limit: int | None, cmds: list[str], timings: dict[str, float]):
     """bench.probe all (train into OUT/probe if absent, evaluate on Gen 1), or why it was skipped."""
-    from .probe_data import data_available
+    from .probe.data import data_available
 
     if args.no_probe or args.model == C.SIMULATOR:
         return {"skipped": "--no-probe" if args.no_probe else "--model simulator"}

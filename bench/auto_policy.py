@@ -28,7 +28,7 @@ from engine.core.metrics import budget_aucs, budget_grid
 from engine.run.calibration_file import fit_calibration
 from policies.builtin import AUTO_CANDIDATES
 
-from . import common as C
+from .lib import harness as C
 from .channels import DEFAULT_PROBE, budget_curve, gen1_preps
 
 DEFAULT_OUT = C.DEFAULT_OUT / "auto_policy"

@@ -28,7 +28,7 @@ from engine.core.calibration import (
 
 from systems.authoring.refine import split_by_image
 
-from . import common as C
+from .lib import harness as C
 
 TAUS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 N_BINS = 10

@@ -40,14 +40,14 @@ import numpy as np
 
 from engine import StopRule
 from engine.core.calibration import fit_answer_channels, split_by_image  # the one split helper: stratified by class
-from engine.core.metrics import accuracy_ci, bootstrap_weights, normalised_auc_rows
+from engine.core.metrics import accuracy_ci, bootstrap_weights, budget_aucs, budget_grid, normalised_auc_rows
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
 from policies import get_policy
 from systems import load_system
 
-from . import common as C
-from .policies import OraclePolicy, budget_grid, oracle_orders
+from .lib import harness as C
+from .lib.oracle import OraclePolicy, oracle_orders
 
 POLICIES = ("fixed", "random", "eig", "eig_per_prompt", "lookahead", "oracle")
 CHANNELS = ("single", "calibrated")
@@ -119,16 +119,15 @@ def evaluate_pair(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot
             timing[f"{cname}/{pname}"] = time.perf_counter() - t1
     log(f"  fitted on {dev.n} dev images in {t_fit:.1f} s; swept {len(curves)} curves on {test.n} test images in "
         f"{sum(timing.values()):.0f} s")
-    # paired bootstrap over test images
-    w = resample_weights(test.n, n_boot, seed)  # (n_boot, B)
-    boot = {k: auc_rows(w @ cor, w @ qq, q_full) for k, (cor, qq) in curves.items()}  # (n_boot,) each
+    aucs = budget_aucs(curves, q_full, n_boot=n_boot, seed=seed)  # paired bootstrap over the test images
+    boot = {k: a["boot"] for k, a in aucs.items()}  # (n_boot,) each, the same resamples for every curve
     rows = []
     for (cname, pname), (cor, qq) in curves.items():
-        auc = float(auc_rows(cor.mean(0)[None], qq.mean(0)[None], q_full)[0])
+        auc = aucs[(cname, pname)]["auc"]
         target = full[cname]["accuracy"] - 0.01
         qw = C.q_within(qq.mean(0), cor.mean(0), target)
         rows.append({"channel": cname, "policy": pname, "auc": auc,
-                     "auc_ci95": [float(x) for x in np.quantile(boot[(cname, pname)], [0.025, 0.975])],
+                     "auc_ci95": aucs[(cname, pname)]["ci95"],
                      "q_within_1pt": qw, "q_within_1pt_frac": None if qw is None else qw / q_full,
                      "seconds": timing[f"{cname}/{pname}"],
                      "curve": [{"budget": b, "accuracy": float(cor[:, j].mean()), "mean_q": float(qq[:, j].mean())}
@@ -271,8 +270,8 @@ def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, l
     if not (Path(probe) / "probe.safetensors").is_file():
         return {}, f"no trained probe at {probe} (run 'python -m bench.probe train --probe {probe}')"
     try:
-        from . import probe_eval as PE
-        from .probe_data import image_features
+        from .probe import evaluate as PE
+        from .probe.data import image_features
 
         datasets = PE.gen1_datasets()
     except (FileNotFoundError, OSError) as e:

@@ -37,60 +37,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine import ArraySource, StopRule, classify_batch
-from engine.run.engines import classify
-from engine.torch_engine import TensorSource
-from systems import AttributeSystem, load_system
-
-from .simulate import random_system
-
-LAM, EPS, TAU = 100.0, 0.05, 0.9
-
-
-@dataclass
-class Case:
-    name: str
-    system: AttributeSystem
-    sims: np.ndarray  # (B, Q) float64
-    policy: str
-    stop: StopRule
-
-
-def random_sims(system: AttributeSystem, n: int, seed: int = 0) -> np.ndarray:
-    """(n, Q) CLIP-like random cosine similarities: N(0.2, 0.03²)."""
-    return np.random.default_rng(seed).normal(0.2, 0.03, size=(n, system.q_total))
-
-
-def cases(images: int = 4096, big_images: int = 1024, n_classes: int = 1000, n_groups: int = 50, k: int = 10,
-          budget: int = 100, seed: int = 0) -> list[Case]:
-    p15 = load_system("pokemon15")
-    big = random_system(n_classes, n_groups, k, seed)
-    big_sims = random_sims(big, big_images, seed)
-    return [
-        Case("pokemon15, eig τ=0.9", p15, random_sims(p15, images, seed), "eig", StopRule(tau=TAU)),
-        Case(f"N={n_classes} G={n_groups} K={k}, eig τ=0.9", big, big_sims, "eig", StopRule(tau=TAU)),
-        Case(f"N={n_classes} G={n_groups} K={k}, eig τ=0.9 budget {budget}", big, big_sims, "eig",
-             StopRule(tau=TAU, budget=budget)),
-        Case(f"N={n_classes} G={n_groups} K={k}, full system", big, big_sims, "fixed", StopRule()),
-    ]
-
-
-def run_numpy(c: Case) -> list:
-    return classify_batch(ArraySource(c.sims, c.system), c.system, c.policy, stop=c.stop, logit_scale=LAM, eps=EPS,
-                          top_k=1)
-
-
-def run_torch(c: Case, source: TensorSource | None = None) -> list:
-    src = source if source is not None else TensorSource(torch.as_tensor(c.sims), c.system)
-    return classify(src, c.system, c.policy, engine="torch", stop=c.stop, logit_scale=LAM, eps=EPS, top_k=1)
-
+from .lib.loop_cases import EPS, LAM, Case, agree, cases, run_numpy, run_torch
+from .lib.timing import best_time
 
 Runner = Callable[[Case], list]
 
@@ -177,28 +131,6 @@ def report_before_after(rows: list[dict[str, Any]]) -> str:
                    f"| {r['torch_new_over_old']:.2f}× | {a['labels_differ']}/{a['q_differ']}/{a['paths_differ']}; "
                    f"{b['labels_differ']}/{b['q_differ']}/{b['paths_differ']} |")
     return "\n".join(out)
-
-
-def best_time(fn, repeats: int, sync=None) -> float:
-    ts = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        ts.append(time.perf_counter() - t0)
-    return float(min(ts))
-
-
-def agree(a: list, b: list) -> dict[str, Any]:
-    """How far two backends' Results are apart: label, Q, stop and path mismatches; max |Δconfidence|."""
-    return {"labels_differ": sum(x.label != y.label for x, y in zip(a, b)),
-            "q_differ": sum(x.q_spent != y.q_spent for x, y in zip(a, b)),
-            "stops_differ": sum(x.stop != y.stop for x, y in zip(a, b)),
-            "paths_differ": sum([s.group for s in x.steps] != [s.group for s in y.steps] for x, y in zip(a, b)),
-            "max_confidence_diff": max((abs(x.confidence - y.confidence) for x, y in zip(a, b)), default=0.0)}
 
 
 def measure_case(c: Case, repeats: int) -> dict[str, Any]:

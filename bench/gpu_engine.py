@@ -20,7 +20,8 @@ import torch
 
 from engine.torch_engine import TensorSource
 
-from .engine_speed import EPS, LAM, best_time, cases, run_numpy, run_torch, agree
+from .lib.loop_cases import EPS, LAM, agree, cases, run_numpy, run_torch
+from .lib.timing import best_time
 
 
 def measure(device: str | torch.device, *, images: int = 4096, big_images: int = 1024, repeats: int = 3,

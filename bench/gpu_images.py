@@ -25,34 +25,13 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def make_jpegs(folder: str | os.PathLike, n: int, size: int = 300, seed: int = 0) -> list[str]:
-    """``n`` JPEG files of ``size`` x ``size`` smooth random images in ``folder`` (created)."""
-    from PIL import Image
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        small = rng.integers(0, 256, (size // 10 + 1, size // 10 + 1, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR)  # compresses like a photo
-        p = folder / f"img{i:05d}.jpg"
-        img.save(p, quality=90)
-        out.append(str(p))
-    return out
+from .lib.synthetic import make_jpegs
+from .lib.timing import best_time, device_sync
 
 
 def _encoder(model: Any, device: torch.device, batch_size: int):
@@ -106,14 +85,7 @@ def measure(device: Any, paths: list[str], model_folder: Any, batch_size: int, *
         return emb
 
     def timed(fn, r):
-        best = float("inf")
-        for _ in range(r):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
-        return best
+        return best_time(fn, r, sync=lambda: device_sync(device))
 
     model_only()  # warm-up: kernels, autotuning, the workers' start
     loader.load(chunks[0][: max(1, min(len(chunks[0]), 16))])

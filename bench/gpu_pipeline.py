@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.gpu_images import _sync
+from .lib.timing import device_sync
+from .lib.synthetic import make_jpegs
 
 TARGETS = {
     "end_to_end_images_s": 8000.0,  # or ≥ 30% of the ceiling
@@ -59,10 +60,10 @@ def ceiling(enc: Any, batch: int, repeats: int) -> float:
         enc._embed_pixels(px)  # warm-up: kernels, autotuning
         best = float("inf")
         for _ in range(repeats):
-            _sync(enc.device)
+            device_sync(enc.device)
             t0 = time.perf_counter()
             enc._embed_pixels(px)
-            _sync(enc.device)
+            device_sync(enc.device)
             best = min(best, time.perf_counter() - t0)
     return batch / best
 
@@ -79,10 +80,10 @@ def end_to_end(model_folder: str, paths: list[str], *, device: str, dtype: str |
     best, best_engine, res = float("inf"), 0.0, []
     for _ in range(repeats):
         clf.seconds = {"embed": 0.0, "classify": 0.0}
-        _sync(clf.encoder.device)
+        device_sync(clf.encoder.device)
         t0 = time.perf_counter()
         res = clf.classify(paths, config)
-        _sync(clf.encoder.device)
+        device_sync(clf.encoder.device)
         wall = time.perf_counter() - t0
         if wall < best:
             best, best_engine = wall, clf.seconds["classify"]
@@ -102,7 +103,6 @@ def end_to_end(model_folder: str, paths: list[str], *, device: str, dtype: str |
 def measure(device: str, *, size: str = "vit-b-32", n: int = 2048, batch: int = 256, repeats: int = 3,
             engine_images: int = 4096, big_images: int = 1024, text: bool = True, log=print) -> dict[str, Any]:
     from bench.gpu_engine import measure as engine_measure
-    from bench.gpu_images import make_jpegs
     from bench.tiny_models import save_random_model
     from engine.encoders import load_encoder
 

@@ -39,12 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .lib.synthetic import word_tokenizer
+from .lib.timing import device_sync
+
 N_IMAGES = 256
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _clock(device: torch.device) -> Callable[[], float]:
@@ -76,7 +74,7 @@ def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: i
     clock = _clock(dev)
     t0 = clock()
     done = prepare_text(enc, buckets=on, warm_up=on, compile_text=compile_text)
-    _sync(dev)
+    device_sync(dev)
     load_extra = clock() - t0
     gen = torch.Generator().manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(images, enc.embed_dim, generator=gen), dim=-1).to(dev)
@@ -85,10 +83,10 @@ def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: i
     every = np.arange(images)
 
     def ask(g: int) -> float:
-        _sync(dev)
+        device_sync(dev)
         t = clock()
         src.similarities(every, g)  # returns host numpy: the copy waits for the device
-        _sync(dev)
+        device_sync(dev)
         return clock() - t
 
     groups = list(range(min(system.n_groups, max_groups)))
@@ -97,10 +95,10 @@ def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: i
     warm = [ask(groups[0]) for _ in range(repeats)]
     eager_cache = TextCache(enc)
     prompts = eager_prompt_list(system)
-    _sync(dev)
+    device_sync(dev)
     t = clock()
     eager_cache.embed(prompts)
-    _sync(dev)
+    device_sync(dev)
     eager = clock() - t
     if eager_cache.text_encodes != len(prompts):
         raise AssertionError(f"eager: {eager_cache.text_encodes} prompts embedded, expected {len(prompts)}")
@@ -160,7 +158,6 @@ def measure(encoder: Any, system: Any = "pokemon15", device: str = "auto", *, dt
 
 def vit_b32(device: str = "cuda", dtype: str = "fp16", batch: int = 256) -> Callable[[], Any]:
     """A loader of bench.gpu_check's random ViT-B/32-sized CLIP (word-level tokenizer, no download)."""
-    from bench.gpu_check import word_tokenizer
     from bench.tiny_models import random_model
     from engine.encoders.device import resolve_device, resolve_dtype
     from engine.encoders.hf import CLIPFamilyEncoder

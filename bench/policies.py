@@ -11,7 +11,7 @@ prompt budget (τ = 1). Each point records accuracy, mean Q and text encodes.
 Reported per policy and sweep:
 - normalised AUC: the area under accuracy against mean Q over [0, Q_full],
   divided by Q_full (the curve starts at the no-question accuracy at Q = 0 and
-  is held flat after its last point; see :func:`bench.common.normalised_auc`);
+  is held flat after its last point; see :func:`bench.lib.harness.normalised_auc`);
 - the smallest mean Q at which it comes within 1 point of the full system's
   accuracy (Bayes scorer, every group asked).
 
@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from engine import StopRule
-from policies import Policy, PolicyState, get_policy
-from systems import AttributeSystem
+from engine.core.metrics import budget_grid
+from policies import get_policy
 
-from . import common as C
+from .lib import harness as C
+from .lib.oracle import OraclePolicy, oracle_orders
 
 POLICY_NAMES = ("fixed", "random", "eig", "eig_per_prompt", "top2", "lookahead")
 RANDOM_SEEDS = (0, 1, 2, 3, 4)
@@ -41,64 +42,7 @@ TAUS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 N_BUDGETS = 9
 
 
-# --------------------------------------------------------------------------- oracle
-def oracle_orders(system: AttributeSystem, truth: np.ndarray) -> np.ndarray:
-    """Per-image group order of the oracle.
-
-    truth : (B,) true class indices. Returns (B, G) int: for each image, the
-    groups in the order the oracle asks them. Greedy: the next group is the one
-    that rules out the most classes still consistent with the true class's
-    answers (a class c' is ruled out by g when R_g(c') and R_g(c) are disjoint
-    and both applicable); ties go to the smaller K_g, then the lower index.
-    Groups that rule nothing out follow in system order.
-    """
-    C_, G = system.n_classes, system.n_groups
-    K = system.option_counts
-    # disjoint[g, c, c'] : g tells c from c'
-    disjoint = np.zeros((G, C_, C_), dtype=bool)
-    for g in range(G):
-        cols = system.rule_matrix[:, system.offsets[g]:system.offsets[g] + K[g]]
-        app = cols.any(axis=1)
-        overlap = (cols.astype(int) @ cols.T.astype(int)) > 0
-        disjoint[g] = ~overlap & app[:, None] & app[None, :]
-    per_class = np.zeros((C_, G), dtype=np.int64)
-    for c in range(C_):
-        alive = np.ones(C_, dtype=bool)
-        alive[c] = False
-        left = list(range(G))
-        order = []
-        while left:
-            gains = [int((disjoint[g, c] & alive).sum()) for g in left]
-            best = max(range(len(left)), key=lambda i: (gains[i], -K[left[i]], -left[i]))
-            if gains[best] == 0:
-                order += left
-                break
-            g = left.pop(best)
-            order.append(g)
-            alive &= ~disjoint[g, c]
-        per_class[c] = order
-    return per_class[np.asarray(truth, dtype=np.int64)]
-
-
-class OraclePolicy(Policy):
-    """Asks groups in :func:`oracle_orders` order (first available one). Not registered."""
-
-    name = "oracle"
-
-    def __init__(self, orders: np.ndarray):
-        self.orders = np.asarray(orders, dtype=np.int64)
-
-    def select(self, state: PolicyState) -> np.ndarray:
-        ords = self.orders[state.images]  # (n, G)
-        avail = np.take_along_axis(state.available, ords, axis=1)
-        return ords[np.arange(len(ords)), np.argmax(avail, axis=1)]
-
-
 # --------------------------------------------------------------------------- sweeps
-def budget_grid(q_full: int, n: int = N_BUDGETS) -> list[int]:
-    return sorted({int(round(x)) for x in np.linspace(0, q_full, n)})
-
-
 def _point_dict(pt: C.Point) -> dict[str, float]:
     return {"accuracy": pt.accuracy, "mean_q": pt.mean_q, "text_encodes": pt.text_encodes}
 

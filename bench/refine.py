@@ -32,7 +32,7 @@ from systems.authoring.pokeapi import pokeapi_system
 from systems.build import with_name_group
 from systems.authoring.refine import RefineConfig
 
-from . import common as C
+from .lib import harness as C
 
 CASES = ("jina15", "web150", "flowers17")
 WEB150 = C.SHARED_DATA / "pokemon" / "web150" / "labels.csv"

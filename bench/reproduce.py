@@ -22,7 +22,7 @@ import numpy as np
 from engine import StopRule
 from engine.core.metrics import accuracy_ci, mcnemar_p
 
-from . import common as C
+from .lib import harness as C
 
 N_SHUFFLE = 10
 TAU = 0.9

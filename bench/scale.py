@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import DEFAULT_OUT, command_line, md_table, model_label, write_outputs
+from .lib.harness import DEFAULT_OUT, command_line, md_table, model_label, write_outputs
 from systems.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serve import free_port, wait_until_healthy
+from bench.lib.server import free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-fuzz-key"

@@ -29,7 +29,7 @@ from systems.authoring.pokeapi import pokeapi_system
 from systems.build import with_name_group
 from systems.files import shared_data_path
 
-from . import common as C
+from .lib import harness as C
 
 TAUS = (0.5, 0.7, 0.9, 0.95)
 

@@ -16,11 +16,12 @@ import time
 
 import numpy as np
 
-from engine import SimulatedSource, StopRule, build_channel, classify_batch, expected_information_gain
+from engine import SimulatedSource, StopRule, classify_batch
 from engine.core.simulate import sample_classes
-from policies import PolicyState, get_policy, list_policies
+from policies import get_policy, list_policies
 from systems import baseline_system, load_system
-from systems.format import AttributeSystem, Group
+
+from .lib.loop_cases import eig_selection_step
 
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 RANDOM_SEEDS = (0, 1, 2)
@@ -58,36 +59,6 @@ def interp_acc(points, q):
     if q < qs[0] - 1e-9 or q > qs[-1] + 1e-9:
         return None
     return float(np.interp(q, qs, accs))
-
-
-def random_system(n_classes, n_groups, k, seed=0) -> AttributeSystem:
-    rng = np.random.default_rng(seed)
-    groups = tuple(Group(f"g{g}", "{}", tuple(f"o{g}_{i}" for i in range(k))) for g in range(n_groups))
-    rules = tuple(tuple(frozenset([int(rng.integers(k))]) for _ in range(n_groups)) for _ in range(n_classes))
-    return AttributeSystem(name=f"random_{n_classes}x{n_groups}x{k}", classes=tuple(f"c{i}" for i in range(n_classes)),
-                           groups=groups, rules=rules)
-
-
-def eig_selection_step(n_images=256, n_classes=1000, n_groups=50, k=10, seed=0):
-    """A zero-argument callable that chooses the next group by EIG once for a batch.
-
-    It computes every group's EIG for n_images posteriors over a random system
-    and lets the ``eig`` policy pick among ~70% available groups.
-    """
-    system = random_system(n_classes, n_groups, k, seed)
-    ch = build_channel(system.rule_matrix, system.option_counts, 0.05)
-    rng = np.random.default_rng(seed)
-    post = rng.dirichlet(np.ones(n_classes), size=n_images)
-    avail = rng.random((n_images, n_groups)) < 0.7
-    avail[:, 0] = True
-    pol = get_policy("eig")
-    state = dict(post=post, available=avail, budget_left=np.full(n_images, np.inf), images=np.arange(n_images),
-                 channel=ch)
-
-    def step():
-        pol.select(PolicyState(eig=expected_information_gain(post, ch), **state))
-
-    return step
 
 
 def selection_cost(n_images=256, n_classes=1000, n_groups=50, k=10, repeats=20, seed=0):

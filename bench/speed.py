@@ -31,8 +31,9 @@ import numpy as np
 
 from engine import StopRule
 
-from . import common as C
-from .simulate import eig_selection_step
+from .lib import harness as C
+from .lib.loop_cases import eig_selection_step
+from .lib.timing import best_time
 
 BATCHES = (1, 16, 256)
 EIG_N = (15, 150, 1000)
@@ -41,21 +42,11 @@ EIG_K = 10
 TAU = 0.9
 
 
-def _best_time(fn, repeats: int) -> float:
-    """Best of ``repeats`` wall times in seconds (timeit's convention: robust to other load on the machine)."""
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.min(ts))
-
-
 def eig_cost(n_classes: int, n_groups: int, k: int = EIG_K, n_images: int = 256, repeats: int = 5,
              seed: int = 0) -> float:
     """Best-of-repeats ms per image to pick the next group by EIG (all groups' EIG + the pick), batch of n_images."""
     once = eig_selection_step(n_images, n_classes, n_groups, k, seed)
-    return 1000 * _best_time(once, repeats) / n_images
+    return 1000 * best_time(once, repeats) / n_images
 
 
 def _one_thread(fn):
@@ -90,7 +81,7 @@ def _model_throughput(encoder: Any, images: list, batches, threads: int | None =
         out = {}
         for b in batches:
             batch = [images[i % len(images)] for i in range(b)]
-            out[b] = b / _best_time(lambda: encoder.encode_images(batch), 3 if b == 1 else 1)
+            out[b] = b / best_time(lambda: encoder.encode_images(batch), 3 if b == 1 else 1)
         return out
     finally:
         torch.set_num_threads(before)
@@ -106,7 +97,7 @@ def engine_times(prep: C.Prepared, repeats: int) -> dict[str, Any]:
     ch = C.channel_for(prep)
     out = {}
     for mode, pol, stop in (("full", "fixed", StopRule()), ("adaptive eig τ=0.9", "eig", StopRule(tau=TAU))):
-        secs = _best_time(lambda: C.run_point(prep, pol, stop, channel=ch), repeats)
+        secs = best_time(lambda: C.run_point(prep, pol, stop, channel=ch), repeats)
         pt = C.run_point(prep, pol, stop, channel=ch)
         out[mode] = {"ms_per_image": 1000 * secs / prep.n, "mean_q": pt.mean_q, "text_encodes": pt.text_encodes}
     return out
@@ -130,7 +121,7 @@ def run(prep: C.Prepared, out: Path, *, encoder: Any = None, images: list[str] |
         row = {}
         for mode, pol, stop in (("full", "fixed", StopRule()), ("adaptive", "eig", StopRule(tau=TAU))):
             reps = 20 if b == 1 else repeats
-            row[mode] = b / _best_time(lambda: C.run_point(sub, pol, stop, channel=ch), reps)
+            row[mode] = b / best_time(lambda: C.run_point(sub, pol, stop, channel=ch), reps)
         thr_engine[b] = row
 
     model: dict[str, Any] = {}

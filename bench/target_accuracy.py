@@ -29,7 +29,7 @@ from engine.run.calibration_file import fit_calibration, target_choice
 from engine.run.config import RunConfig
 from engine.run.evaluation import exact_ci
 
-from . import common as C
+from .lib import harness as C
 from .channels import DEFAULT_PROBE, gen1_preps
 
 DEFAULT_OUT = C.DEFAULT_OUT / "target_accuracy"

@@ -39,7 +39,7 @@ from engine.run.calibration_file import fit_calibration, trace_paths
 from engine.run.evaluation import exact_ci
 from systems import load_system
 
-from . import common as C
+from .lib import harness as C
 
 DEFAULT_OUT = C.DEFAULT_OUT / "target_repeats"
 ALPHA = 0.1

@@ -1,4 +1,9 @@
-"""Tests never touch the network: the hub is offline before anything imports it."""
+"""Tests never touch the network: the hub is offline before anything imports it.
+
+Also: the Hypothesis profiles, the fixtures used by more than one test module (``classify`` per loop backend,
+``p15``, ``colour_run``, ``world``) and the ``slow`` marker for the torch runs of properties. Fakes and other
+shared helpers are in tests/support/ (its docstring lists them); a test module never imports another.
+"""
 
 import os
 
@@ -16,17 +21,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # and Hypothesis loads its own `ci` profile on import wherever CI is set.
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
+from tests.support.profiles import hypothesis_profile  # noqa: E402
+
 _HYPOTHESIS_DEFAULTS = settings.get_profile("default")
 settings.register_profile("ci", _HYPOTHESIS_DEFAULTS, derandomize=True, print_blob=True, deadline=None,
                           database=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("explore", _HYPOTHESIS_DEFAULTS, print_blob=True)
 settings.register_profile("mutation", _HYPOTHESIS_DEFAULTS, phases=[Phase.explicit, Phase.generate], database=None,
                           derandomize=True, print_blob=False)
-
-
-def hypothesis_profile(environ) -> str:
-    """The profile for an environment: ``ci`` when CI is set to anything but an empty, 0, false or no."""
-    return "ci" if environ.get("CI", "").strip().lower() not in ("", "0", "false", "no") else "explore"
 
 
 settings.load_profile(hypothesis_profile(os.environ))
@@ -60,3 +62,34 @@ def pytest_collection_modifyitems(config, items):
         if spec is not None and spec.params.get("classify") == "torch" and \
                 getattr(getattr(item, "function", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.slow)
+
+
+# --------------------------------------------------------------------------- fixtures shared by test modules
+@pytest.fixture(scope="module")
+def p15():
+    """The shipped pokemon15 system."""
+    from systems import load_system
+
+    return load_system("pokemon15")
+
+
+@pytest.fixture
+def colour_run(tmp_path, monkeypatch):
+    """Twelve solid-colour images (d.csv) and the colour system (sys.json) in ``tmp_path``; every model string
+    loads the fake encoder."""
+    import engine.encoders
+
+    from tests.support.data import write_colour_data
+    from tests.support.encoders import FakeEncoder
+
+    monkeypatch.setattr(engine.encoders, "load_encoder", lambda *a, **k: FakeEncoder())
+    return write_colour_data(tmp_path, 12)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The simulated calibration world (tests/support/calibration.py): pokemon15, 360 noise PNGs answered by a
+    SimEncoder, calibrated on half of them."""
+    from tests.support.calibration import build_world
+
+    return build_world(tmp_path_factory)

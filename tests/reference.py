@@ -223,32 +223,70 @@ def lookahead_value(post, rules, sizes, eps, g, avail, budget_left):
     return gain / cost
 
 
+# --------------------------------------------------------------------------- the policies
+# One chooser per built-in policy, under its registered name (policies/builtin.py). Each takes the image's
+# posterior, EIG per group, the available groups (a non-empty list of indices), the rules, K_g, ε, the image's
+# index, the random seed and the prompts left, and returns the group the policy asks next.
+#
+# A new built-in policy is added to the tests HERE and nowhere else: write its chooser from the policy's
+# documented rule and add it to CHOOSERS. tests/test_engine.py fails, naming this dict, for a registered
+# built-in without a chooser; the contract tests (tests/test_engine.py), the reference agreement properties
+# (tests/test_reference.py) and the backend properties (tests/test_torch_engine.py) all take their policies
+# from policies.list_policies().
+def _fixed(post, eigs, avail, rules, sizes, eps, image, seed, budget_left):
+    return min(avail)
+
+
+def _random(post, eigs, avail, rules, sizes, eps, image, seed, budget_left):
+    return max(avail, key=lambda g: (splitmix_key(seed, image, g), -g))
+
+
+def _eig(post, eigs, avail, rules, sizes, eps, image, seed, budget_left):
+    return tol_argmax(eigs, avail)
+
+
+def _eig_per_prompt(post, eigs, avail, rules, sizes, eps, image, seed, budget_left):
+    return tol_argmax([e / k for e, k in zip(eigs, sizes)], avail)
+
+
+def _top2(post, eigs, avail, rules, sizes, eps, image, seed, budget_left):
+    C = len(post)
+    if C < 2:
+        return tol_argmax(eigs, avail)
+    first = tol_argmax(post, range(C))
+    second = tol_argmax(post, [c for c in range(C) if c != first])
+    tv = [0.5 * sum(abs(answer_prob(rules[first][g], k, sizes[g], eps)
+                        - answer_prob(rules[second][g], k, sizes[g], eps)) for k in range(sizes[g]))
+          for g in range(len(sizes))]
+    return tol_argmax(eigs, tol_near_max(tv, avail))
+
+
+def _lookahead(post, eigs, avail, rules, sizes, eps, image, seed, budget_left):
+    rates = [e / k for e, k in zip(eigs, sizes)]
+    cand = sorted(avail, key=lambda h: (-rates[h], h))[:8]
+    values = {h: lookahead_value(post, rules, sizes, eps, h, avail, budget_left) for h in cand}
+    return tol_argmax(rates, tol_near_max(values, cand))
+
+
+CHOOSERS = {
+    "fixed": _fixed,
+    "dev-order": _fixed,  # without a calibration's order: the system order, as fixed
+    "auto": _fixed,  # without a calibration's choice: fixed
+    "random": _random,
+    "eig": _eig,
+    "eig_per_prompt": _eig_per_prompt,
+    "top2": _top2,
+    "lookahead": _lookahead,
+}
+
+
 def choose(policy, post, eigs, avail, rules, sizes, eps, image, seed=0, budget_left=math.inf):
     """The group the policy asks next, among ``avail`` (a non-empty list of group indices)."""
-    if policy == "lookahead":
-        rates = [e / k for e, k in zip(eigs, sizes)]
-        cand = sorted(avail, key=lambda h: (-rates[h], h))[:8]
-        values = {h: lookahead_value(post, rules, sizes, eps, h, avail, budget_left) for h in cand}
-        return tol_argmax(rates, tol_near_max(values, cand))
-    if policy in ("fixed", "dev-order", "auto"):  # dev-order without an order, auto without a choice: fixed
-        return min(avail)
-    if policy == "random":
-        return max(avail, key=lambda g: (splitmix_key(seed, image, g), -g))
-    if policy == "eig":
-        return tol_argmax(eigs, avail)
-    if policy == "eig_per_prompt":
-        return tol_argmax([e / k for e, k in zip(eigs, sizes)], avail)
-    if policy == "top2":
-        C = len(post)
-        if C < 2:
-            return tol_argmax(eigs, avail)
-        first = tol_argmax(post, range(C))
-        second = tol_argmax(post, [c for c in range(C) if c != first])
-        tv = [0.5 * sum(abs(answer_prob(rules[first][g], k, sizes[g], eps)
-                            - answer_prob(rules[second][g], k, sizes[g], eps)) for k in range(sizes[g]))
-              for g in range(len(sizes))]
-        return tol_argmax(eigs, tol_near_max(tv, avail))
-    raise ValueError(policy)
+    try:
+        chooser = CHOOSERS[policy]
+    except KeyError:
+        raise KeyError(f"tests/reference.py has no chooser for the policy {policy!r}: add one to CHOOSERS") from None
+    return chooser(post, eigs, avail, rules, sizes, eps, image, seed, budget_left)
 
 
 # --------------------------------------------------------------------------- the adaptive loop, one image

@@ -1,4 +1,4 @@
-"""Hypothesis strategies: rule tables, systems, similarities, posteriors."""
+"""Hypothesis strategies: rule tables, systems, similarities, posteriors, confusion matrices."""
 
 from __future__ import annotations
 
@@ -78,3 +78,15 @@ def posteriors(draw, n_classes, n_rows=1):
 
 def rule_matrix(rules, sizes) -> np.ndarray:
     return make_system(rules, sizes).rule_matrix
+
+
+def _row_stochastic(draw, k):
+    w = draw(arrays(np.float64, (k, k), elements=st.floats(0.0, 5.0)))
+    w[w.sum(axis=1) == 0, 0] = 1.0
+    return w / w.sum(axis=1, keepdims=True)
+
+
+@st.composite
+def confusion_sets(draw, system):
+    """One entry per group: None (the ε channel) or a random row-stochastic (K, K) matrix."""
+    return [draw(st.sampled_from([None, "m"])) and _row_stochastic(draw, int(k)) for k in system.option_counts]

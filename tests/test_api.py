@@ -11,7 +11,8 @@ from engine.run.evaluation import evaluate_classifier
 from engine.run.datasets import check_labels, load_dataset
 from engine.core.metrics import bootstrap_ci, mcnemar_p
 
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+from .support.data import COLOUR_SYSTEM, solid
+from .support.encoders import FakeEncoder
 
 TRUE = {"red": "cherry", "green": "leaf", "blue": "sea"}
 

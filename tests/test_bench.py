@@ -12,10 +12,11 @@ pytest.importorskip("matplotlib")
 
 from bench import all as bench_all  # noqa: E402
 from bench import calibrate, policies, reproduce, speed  # noqa: E402
-from bench import common as C  # noqa: E402
+from bench.lib import harness as C  # noqa: E402
 from engine import StopRule  # noqa: E402
 from systems import load_system  # noqa: E402
-from tests.fakes import COLOUR_SYSTEM, FakeEncoder, solid  # noqa: E402
+from tests.support.data import COLOUR_SYSTEM, solid  # noqa: E402
+from tests.support.encoders import FakeEncoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ refusals use the tiny random CLIP folders.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import replace
@@ -17,16 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from tests.encoder_fixtures import five_group_system, noise_image, tiny_model_dir, write_labelled_noise  # noqa: F401  (sets HF offline)
+from tests.support.calibration import N_IMAGES, calibrated
+from tests.support.data import five_group_system, noise_image, write_labelled_noise  # noqa: F401
+from tests.support.encoders import SimEncoder, tiny_model_dir  # noqa: F401
 
 from engine.cli.app import main
 from engine.core.adaptive import StopRule, classify_batch
 from engine.core.calibration import choose_tau
-from engine.core.simulate import SimulatedSource
 from engine.core.sources import ArraySource
-from engine.encoders.base import BaseEncoder
 from engine.run.calibration_file import (
     SCHEMA, CalibrationError, CalibrationMismatch, calibrate, exclude_dev, fit_calibration,
     image_sha256, load_calibration, save_calibration,
@@ -37,77 +35,6 @@ from engine.run.datasets import DataSpec
 from engine.run.evaluation import evaluate_classifier, evaluate_configs
 from engine.run.pipeline import Job
 from engine.run.store import fingerprint
-from systems import load_system
-
-N_IMAGES = 360
-# colour and key trait answered well, form and body shape badly, background applies to no class
-MARGIN = (0.12, 0.10, 0.12, 0.10, 0.05)
-WRONG = (0.05, 0.6, 0.1, 0.6, 0.0)
-
-
-class SimEncoder(BaseEncoder):
-    """Images -> their simulator row of similarities (looked up by pixel hash); prompt i -> the i-th unit vector.
-
-    The cosine of an image with prompt i is row[i] / ||row||, so the engine sees the simulator's similarities
-    scaled by one number per image.
-    """
-
-    def __init__(self, system, rows: dict[str, np.ndarray], model_id: str = "sim@1"):
-        self.name, self.model_id, self.logit_scale = "sim", model_id, 200.0
-        self.device, self.dtype, self.batch_size = torch.device("cpu"), torch.float32, 64
-        prompts = [p for g in system.groups for p in g.prompts()]
-        self.index = {p: i for i, p in reversed(list(enumerate(prompts)))}
-        self.embed_dim = len(prompts)
-        self.rows = rows
-
-    @staticmethod
-    def key(im) -> str:
-        return hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
-
-    def _embed_images(self, images):
-        return torch.tensor(np.array([self.rows[self.key(im)] for im in images]), dtype=torch.float32)
-
-    def _embed_texts(self, texts):
-        out = torch.zeros((len(texts), self.embed_dim))
-        for j, t in enumerate(texts):
-            if t in self.index:
-                out[j, self.index[t]] = 1.0
-            else:  # a class-name prompt (baseline mode): a seeded random direction
-                seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-                out[j] = torch.tensor(np.random.default_rng(seed).standard_normal(self.embed_dim))
-        return out
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """pokemon15, N_IMAGES noise PNGs with simulated answers (a CSV of them), and the SimEncoder."""
-    d = tmp_path_factory.mktemp("calworld")
-    system = load_system("pokemon15")
-    truth = np.arange(N_IMAGES) % system.n_classes
-    src = SimulatedSource(system, truth, margin=np.array(MARGIN), wrong_rate=np.array(WRONG), noise=0.03, seed=3)
-    sims = np.concatenate([src.similarities(np.arange(N_IMAGES), g) for g in range(system.n_groups)], axis=1)
-    rows, paths = {}, []
-    for i in range(N_IMAGES):
-        im = noise_image(1000 + i, size=(6, 5))
-        p = d / f"img{i:03d}.png"
-        im.save(p)
-        rows[SimEncoder.key(im)] = sims[i]
-        paths.append(str(p))
-    csv_path = d / "labels.csv"
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label"])
-        w.writerows([(p, system.classes[c]) for p, c in zip(paths, truth)])
-    enc = SimEncoder(system, rows)
-    clf = Classifier(EncoderSpec(model="sim"), system, encoder=enc)
-    cal = calibrate(clf, DataSpec(str(csv_path)), dev_fraction=0.5, seed=0)
-    return {"dir": d, "system": system, "truth": truth, "sims": sims, "paths": paths, "csv": str(csv_path),
-            "encoder": enc, "clf": clf, "cal": cal}
-
-
-def calibrated(world, cal=None) -> Classifier:
-    return Classifier(EncoderSpec(model="sim"), world["system"], encoder=world["encoder"],
-                      calibration=cal if cal is not None else world["cal"])
 
 
 # --------------------------------------------------------------------------- the fit and the file

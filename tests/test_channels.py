@@ -18,22 +18,10 @@ from engine.core.scoring import (
 )
 from engine.core.simulate import SimulatedSource, sample_classes
 from engine.core.sources import ArraySource
-from policies import list_policies
-from tests.strategies import EPS, LOGIT_SCALES, posteriors, similarity_arrays, systems
+from tests.strategies import EPS, LOGIT_SCALES, confusion_sets, posteriors, similarity_arrays, systems
+from tests.support.policies import distinct_policies
 
-POLICIES = [p for p in list_policies() if p in {"fixed", "random", "eig", "eig_per_prompt", "top2", "lookahead"}]
-
-
-def _row_stochastic(draw, k):
-    w = draw(arrays(np.float64, (k, k), elements=st.floats(0.0, 5.0)))
-    w[w.sum(axis=1) == 0, 0] = 1.0
-    return w / w.sum(axis=1, keepdims=True)
-
-
-@st.composite
-def confusion_sets(draw, system):
-    """One entry per group: None (the ε channel) or a random row-stochastic (K, K) matrix."""
-    return [draw(st.sampled_from([None, "m"])) and _row_stochastic(draw, int(k)) for k in system.option_counts]
+POLICIES = distinct_policies()
 
 
 # --------------------------------------------------------------------------- the channel

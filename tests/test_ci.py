@@ -6,7 +6,7 @@ import os
 
 from hypothesis import settings
 
-from .conftest import hypothesis_profile
+from .support.profiles import hypothesis_profile
 
 
 def test_the_ci_variable_picks_the_reproducible_profile():

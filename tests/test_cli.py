@@ -13,8 +13,8 @@ import pytest
 
 from engine.cli.app import main
 
-from .encoder_fixtures import noise_image, tiny_model_dir
-from .fakes import COLOUR_SYSTEM, solid
+from .support.data import COLOUR_SYSTEM, noise_image, solid
+from .support.encoders import tiny_model_dir
 from systems.files import shared_data_root
 
 SHARED = shared_data_root()

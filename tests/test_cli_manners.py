@@ -10,7 +10,7 @@ import pytest
 
 from engine.cli.app import build_parser, main
 
-from .fakes import COLOUR_SYSTEM, solid
+from .support.data import COLOUR_SYSTEM, solid
 
 
 def _commands(parser, path=()):
@@ -41,7 +41,7 @@ def test_every_flag_has_help_with_its_default_and_every_command_examples(path, p
 def test_results_on_stdout_messages_on_stderr_and_v_q(tmp_path, capsys, monkeypatch):
     import engine.encoders
 
-    from .fakes import FakeEncoder
+    from .support.encoders import FakeEncoder
 
     monkeypatch.setattr(engine.encoders, "load_encoder", lambda *a, **k: FakeEncoder())
     (tmp_path / "s.json").write_text(json.dumps(COLOUR_SYSTEM))
@@ -82,7 +82,7 @@ def test_eval_report_line_for_every_mode(mode):
 def _colour_eval(tmp_path, monkeypatch):
     import engine.encoders
 
-    from .fakes import FakeEncoder
+    from .support.encoders import FakeEncoder
 
     monkeypatch.setattr(engine.encoders, "load_encoder", lambda *a, **k: FakeEncoder())
     (tmp_path / "s.json").write_text(json.dumps(COLOUR_SYSTEM))

@@ -21,8 +21,8 @@ from systems.descriptors import (
     load_descriptor_file, random_descriptors, spherical_kmeans,
 )
 
-from .encoder_fixtures import tiny_model_dir
-from .fakes import FakeEncoder, solid
+from .support.data import solid
+from .support.encoders import FakeEncoder, tiny_model_dir
 
 DESCS = {"cherry": ["red skin", "a small round fruit", "a long stem"],
          "leaf": ["green veins", "a flat blade", "a long stem"],

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from .encoder_fixtures import TINY_LOGIT_SCALE, HashEncoder, five_group_system, noise_image, tiny_model_dir
+from .support.data import five_group_system, noise_image
+from .support.encoders import TINY_LOGIT_SCALE, HashEncoder, tiny_model_dir
 
 import transformers  # noqa: E402  (after HF_HUB_OFFLINE is set)
 

@@ -11,15 +11,11 @@ from engine import ArraySource, SimulatedSource, StopRule, build_channel
 from engine.core.results import STOP_REASONS
 from engine.core.scoring import expected_information_gain
 from engine.core.simulate import sample_classes
-from policies import POLICIES, PolicyState, get_policy, list_policies
-from systems import baseline_system, load_system
+from policies import POLICIES, Policy, PolicyState, get_policy, list_policies
+from systems import baseline_system
 
 from .strategies import make_system
-
-
-@pytest.fixture(scope="module")
-def p15():
-    return load_system("pokemon15")
+from .support.policies import FIXED_WITHOUT_CALIBRATION
 
 
 def sim(system, n=200, seed=0, **kw):
@@ -218,9 +214,34 @@ def test_policy_respects_the_budget(name, p15):
     assert (p15.option_counts[choice] <= np.array([10, 12])).all()
 
 
-def test_registry_lists_the_eight_policies():
-    assert list_policies() == ["auto", "dev-order", "eig", "eig_per_prompt", "fixed", "lookahead", "random", "top2"]
-    assert set(POLICIES) == set(list_policies())
+def test_the_registry_lists_every_built_in_and_the_reference_has_a_chooser_for_each():
+    """Every Policy subclass of policies/builtin.py is registered under its name, and tests/reference.py has a
+    chooser for it (CHOOSERS: the one place a new built-in policy is added to the tests)."""
+    import inspect
+
+    import policies.builtin
+
+    from . import reference
+
+    built_in = {cls.name: cls for _, cls in inspect.getmembers(policies.builtin, inspect.isclass)
+                if issubclass(cls, Policy) and cls.__module__ == policies.builtin.__name__}
+    assert {"fixed", "random", "eig"} <= set(built_in)  # the classes are found at all
+    assert all(POLICIES.get(name) is cls for name, cls in built_in.items()), "a built-in policy is not registered"
+    assert set(POLICIES) == set(list_policies()) and list_policies() == sorted(list_policies())
+    missing = sorted(set(built_in) - set(reference.CHOOSERS))
+    assert not missing, f"tests/reference.py has no chooser for {missing}: add one to its CHOOSERS"
+
+
+@pytest.mark.parametrize("name", sorted(FIXED_WITHOUT_CALIBRATION))
+def test_a_calibrated_policy_without_its_calibration_asks_as_fixed(name, p15):
+    """FIXED_WITHOUT_CALIBRATION (tests/support/policies.py) is true: those policies, with no fitted order or
+    choice, pick what fixed picks (so tests that sweep policies skip them as duplicates)."""
+    rng = np.random.default_rng(1)
+    asked = rng.random((6, p15.n_groups)) < 0.5
+    asked[:, -1] = False  # one group left at least
+    st = _state(p15, rng.dirichlet(np.ones(p15.n_classes), size=6), asked)
+    assert not (get_policy("fixed").select(st) == 0).all()  # asked groups make fixed's choice move
+    np.testing.assert_array_equal(get_policy(name).select(st), get_policy("fixed").select(st))
 
 
 def test_eig_policy_picks_the_max_and_ties_go_to_the_lowest_index():

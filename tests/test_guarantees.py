@@ -22,7 +22,7 @@ from engine.core.sources import ArraySource
 from policies import PolicyState, get_policy
 from systems import load_system
 from tests.strategies import EPS, posteriors, systems
-from tests.test_calibration_file import calibrated, world  # noqa: F401  (the module fixture)
+from tests.support.calibration import calibrated
 
 
 def _rows(choice):

@@ -11,7 +11,8 @@ from engine.cli.app import main
 from engine.run.datasets import DataSpec, DatasetError, load_dataset
 from engine.run.store import read_run
 
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+from .support.data import COLOUR_SYSTEM, solid
+from .support.encoders import FakeEncoder
 
 datasets = pytest.importorskip("datasets", reason="the datasets library is not installed: pip install "
                                                   "'twentyq[datasets]' to run the Hugging Face dataset tests")

@@ -28,8 +28,8 @@ import engine.encoders.images as images_mod
 from engine.encoders import ImageLoadError, load_image
 from engine.encoders.base import NONFINITE_IMAGE, EncoderOutOfMemory, encode_images_tolerant
 
-from .encoder_fixtures import HashEncoder, noise_image
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+from .support.data import COLOUR_SYSTEM, noise_image, solid
+from .support.encoders import FakeEncoder, FlakyEncoder, HashEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -103,7 +103,7 @@ def test_a_zero_size_image_is_refused_per_item():
 
 @pytest.mark.slow
 def test_a_zero_size_image_does_not_kill_the_offline_batch():
-    from .encoder_fixtures import offline_encoder
+    from .support.encoders import offline_encoder
 
     enc = offline_encoder()
     emb, good, errors = encode_images_tolerant(enc, [noise_image(0), Image.new("RGB", (0, 5)), noise_image(1)])
@@ -140,10 +140,10 @@ def test_any_exception_while_decoding_becomes_that_images_error_naming_its_type(
 
 
 def test_the_bomb_message_quotes_twentyqs_limit_not_pillows(tmp_path):
-    from .test_reliability_inputs import _png_header_only
+    from .support.data import png_header_only
 
     p = tmp_path / "bomb.png"
-    p.write_bytes(_png_header_only(100_000, 100_000))  # over Pillow's 2x guard: Pillow raises its own error
+    p.write_bytes(png_header_only(100_000, 100_000))  # over Pillow's 2x guard: Pillow raises its own error
     for source in (p, p.read_bytes()):
         with pytest.raises(ImageLoadError) as e:
             load_image(source) if isinstance(source, Path) else images_mod.load_image_bytes("bomb.png", source)
@@ -168,17 +168,6 @@ def test_load_image_bytes_and_load_image_accept_bytes(tmp_path):
 
 
 # --------------------------------------------------------------------------- the one tolerant embedder
-class FlakyEncoder(HashEncoder):
-    """Raises ValueError for any batch that holds a 7x7 image, or an out-of-memory error for 9x9."""
-
-    def _embed_images(self, images):
-        if any(im.size == (7, 7) for im in images):
-            raise ValueError("the model cannot take this one")
-        if any(im.size == (9, 9) for im in images):
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
-        return super()._embed_images(images)
-
-
 def test_encode_images_tolerant_contract(tmp_path):
     enc = FlakyEncoder(batch_size=4)
     good_file = tmp_path / "g.png"
@@ -212,7 +201,7 @@ def test_a_fifo_in_the_text_cache_is_skipped_and_rebuilt_not_waited_on(tmp_path)
     r = run_py(f"""
         import os, warnings
         from engine.encoders.text_cache import TextCache
-        from tests.encoder_fixtures import HashEncoder
+        from tests.support.encoders import HashEncoder
         cache = TextCache(HashEncoder(), cache_dir={str(tmp_path / 'cache')!r})
         path = cache.path_for(["a", "b"])
         path.parent.mkdir(parents=True)
@@ -237,7 +226,8 @@ def test_a_fifo_as_the_image_cache_file_is_skipped_not_waited_on(tmp_path):
     r = run_py(f"""
         import os, warnings
         from engine.encoders.image_cache import ImageCache
-        from tests.encoder_fixtures import HashEncoder, noise_image
+        from tests.support.data import noise_image
+        from tests.support.encoders import HashEncoder
         cache = ImageCache(HashEncoder(), cache_dir={str(tmp_path / 'cache')!r})
         cache.path.parent.mkdir(parents=True)
         os.mkfifo(cache.path)
@@ -346,7 +336,7 @@ def _long_system():
 def test_a_template_the_tokenizer_truncates_is_warned_about_naming_group_and_limit():
     from engine.encoders import check_prompt_lengths, load_encoder
 
-    from .encoder_fixtures import tiny_model_dir
+    from .support.encoders import tiny_model_dir
 
     assert len(LONG_TEMPLATE.split()) > 120
     system = _long_system()
@@ -366,7 +356,7 @@ def test_a_template_the_tokenizer_truncates_is_warned_about_naming_group_and_lim
 def test_the_offline_stand_in_reports_its_own_text_limit():
     from engine.encoders import check_prompt_lengths
 
-    from .encoder_fixtures import offline_encoder
+    from .support.encoders import offline_encoder
 
     enc = offline_encoder()
     assert enc.max_text_tokens == 256
@@ -448,7 +438,7 @@ def test_cache_warnings_print_as_one_line_without_a_source_line(tmp_path):
     script = tmp_path / "script.py"  # a real file, so Python's default format would quote its source line
     script.write_text(textwrap.dedent(f"""
         from engine.encoders.text_cache import TextCache
-        from tests.encoder_fixtures import HashEncoder
+        from tests.support.encoders import HashEncoder
         cache = TextCache(HashEncoder(), cache_dir={str(tmp_path / 'cache')!r})
         path = cache.path_for(["a", "b"])
         path.parent.mkdir(parents=True)

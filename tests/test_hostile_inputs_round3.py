@@ -30,7 +30,7 @@ from systems.files import (
 from systems.printable import control_characters, printable
 
 from .strategies import systems as gen_systems
-from .test_reliability_inputs import _png_header_only
+from .support.data import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -163,7 +163,7 @@ FILE_KINDS = {
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("what", sorted(FILE_KINDS))
 def test_every_input_file_is_refused_fast_with_exit_2_and_one_line(tmp_path, what, kind):
-    from .fakes import COLOUR_SYSTEM
+    from .support.data import COLOUR_SYSTEM
 
     (tmp_path / "s.json").write_text(json.dumps(COLOUR_SYSTEM))
     Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
@@ -241,7 +241,7 @@ def test_an_eps_named_jpg_never_reaches_ghostscript(tmp_path):
 
 @pytest.mark.slow
 def test_cli_classify_of_an_eps_is_a_per_item_error_and_gs_never_runs(tmp_path):
-    from .fakes import COLOUR_SYSTEM
+    from .support.data import COLOUR_SYSTEM
 
     (tmp_path / "evil.jpg").write_bytes(EPS)
     Image.new("RGB", (8, 8), (250, 5, 5)).save(tmp_path / "good.png")
@@ -274,11 +274,11 @@ def test_report_html_shows_a_placeholder_for_a_bomb_and_exits_0(tmp_path, monkey
     """A run whose recorded image is now a decompression bomb (or an EPS): the thumbnail is a placeholder."""
     from engine.cli.app import main
 
-    from .test_pages import _eval_runs
+    from .support.runs import two_eval_runs
 
-    runs = _eval_runs(tmp_path, monkeypatch)
+    runs = two_eval_runs(tmp_path, monkeypatch)
     for p in tmp_path.glob("*.png"):
-        p.write_bytes(_png_header_only(100_000, 100_000) if p.name[0] in "rgb" else EPS)
+        p.write_bytes(png_header_only(100_000, 100_000) if p.name[0] in "rgb" else EPS)
     out = tmp_path / "r.html"
     assert main(["report", *map(str, runs), "--html", str(out)]) == 0
     doc = out.read_text(encoding="utf-8")
@@ -366,7 +366,7 @@ def test_the_untouched_calibration_loads(cal_json, tmp_path):
 @pytest.mark.parametrize("content", ["[" * 100_000, '{"format": "twentyq-calibration-v1", "policies": "abc"}',
                                      "CAL"])
 def test_cli_malformed_calibration_is_exit_2_not_a_bug(tmp_path, cal_json, content):
-    from .fakes import COLOUR_SYSTEM
+    from .support.data import COLOUR_SYSTEM
 
     if content == "CAL":
         d = copy.deepcopy(cal_json)
@@ -444,7 +444,7 @@ def test_error_lines_escape_control_characters(capsys):
 def test_the_validator_refuses_control_characters_in_names_with_the_path(where, edit):
     from systems import SystemValidationError, parse_system
 
-    from .fakes import COLOUR_SYSTEM
+    from .support.data import COLOUR_SYSTEM
 
     s = copy.deepcopy(COLOUR_SYSTEM)
     if isinstance(s["groups"], dict):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.encoder_fixtures import offline_encoder, tiny_model_dir
+from tests.support.encoders import offline_encoder, tiny_model_dir
 from engine.encoders.base import embed_decoded, encode_images_tolerant
 from engine.encoders.image_pool import (
     DecodeWorkersUnavailable, ImageLoader, decode_task, default_workers, gpu_candidate,
@@ -341,7 +341,8 @@ def test_embed_decoded_retries_one_by_one(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_images_bench_runs_on_the_cpu(tmp_path):
-    from bench.gpu_images import make_jpegs, measure, report
+    from bench.gpu_images import measure, report
+    from bench.lib.synthetic import make_jpegs
 
     paths = make_jpegs(tmp_path / "j", 6, size=48)
     r = measure("cpu", paths, str(tiny_model_dir("clip")), 4, workers=0, repeats=1, processor_n=4)
@@ -361,7 +362,7 @@ def test_cuda_gpu_decode_matches_the_processor_path(tmp_path):
     dec = gpu_decoder_for(torch.device("cuda"))
     if dec is None:
         pytest.skip("needs torchvision built for this torch and CUDA (pip install 'twentyq[gpu]')")
-    files = [str(p) for p in real_images_or_none()] or __import__("bench.gpu_images").gpu_images.make_jpegs(
+    files = [str(p) for p in real_images_or_none()] or __import__("bench.lib.synthetic").lib.synthetic.make_jpegs(
         tmp_path / "j", 24, size=300)
     files += bad_inputs(tmp_path)
     enc = load_encoder(str(tiny_model_dir("clip")), device="cuda", dtype="fp32")

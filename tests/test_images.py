@@ -9,7 +9,8 @@ from PIL import Image
 
 from engine.encoders import ImageLoadError, encode_images_tolerant, load_image
 
-from .encoder_fixtures import HashEncoder, noise_image
+from .support.data import noise_image
+from .support.encoders import HashEncoder
 
 
 def px(img, xy=(0, 0)):

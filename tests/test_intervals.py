@@ -59,7 +59,9 @@ def test_eval_summary_records_the_exact_interval_for_all_wrong_and_by(tmp_path):
     from engine.run.classifier import Classifier
     from engine.run.evaluation import evaluate_classifier
 
-    from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+    from .support.data import COLOUR_SYSTEM, solid
+
+    from .support.encoders import FakeEncoder
 
     rows = ["path,label,source"]
     for i in range(6):  # red images labelled "leaf": every one wrong

@@ -15,8 +15,8 @@ from engine.core.sources import ArraySource
 from policies import PolicyState, get_policy
 from policies.builtin import _next_eig
 from systems import load_system
-from tests.strategies import EPS, make_system, posteriors, systems
-from tests.test_channels import confusion_sets
+from tests.strategies import EPS, confusion_sets, make_system, posteriors, systems
+from tests.support.policies import distinct_policies
 
 
 def _state(ch, post, available=None, budget_left=None):
@@ -163,7 +163,7 @@ def test_heterogeneous_reliabilities_are_seen_in_answers_and_recovered_by_the_fi
                 assert fitted[a] > fitted[b]
 
 
-@given(data=st.data(), policy=st.sampled_from(["fixed", "random", "eig", "eig_per_prompt", "top2", "lookahead"]),
+@given(data=st.data(), policy=st.sampled_from(distinct_policies()),
        budget=st.one_of(st.none(), st.integers(0, 40)))
 @settings(max_examples=6, deadline=None)
 def test_every_policy_on_fitted_heterogeneous_channels_stays_in_budget_and_asks_everything_without_one(
@@ -211,7 +211,7 @@ def test_bench_channels_evaluates_a_small_simulated_pair():
 
 def test_bench_channels_auc_and_bootstrap_weights():
     from bench import channels
-    from bench.common import normalised_auc
+    from bench.lib.harness import normalised_auc
 
     acc = np.array([[0.1, 0.5, 0.6, 0.7]])
     mq = np.array([[0.0, 3.0, 6.0, 9.5]])

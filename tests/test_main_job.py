@@ -23,7 +23,7 @@ NOT_GEN1 = ("Absol", "Aggron", "Ampharos", "Azumarill", "Celebi")
 
 
 def test_pokemon15_gen1_is_pokemon15_without_its_gen2_3_species():
-    from bench.probe_eval import JINA_NOT_GEN1
+    from bench.probe.evaluate import JINA_NOT_GEN1
 
     assert set(JINA_NOT_GEN1) == set(NOT_GEN1)
     full, sub = load_system("pokemon15"), load_system(MAIN_SYSTEM)
@@ -67,7 +67,7 @@ def test_shipped_calibration_is_few_shot_and_records_why_on_held_out_dev_images(
 
 
 def _sprites_csv():
-    from bench.probe_data import SPRITES_CSV
+    from bench.probe.data import SPRITES_CSV
 
     if not SPRITES_CSV.is_file():
         pytest.skip(f"../shared/data is absent ({SPRITES_CSV}); the main job needs the Gen-1 sprites")

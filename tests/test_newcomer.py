@@ -12,7 +12,8 @@ from engine.cli.app import main
 from engine.run.datasets import DataSpec, DatasetError
 from engine.run.store import SUMMARY
 
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+from .support.data import COLOUR_SYSTEM, solid
+from .support.encoders import FakeEncoder
 
 CLASSES = ("cherry", "leaf", "sea")
 

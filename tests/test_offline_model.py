@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from .encoder_fixtures import offline_encoder
+from .support.encoders import offline_encoder
 
 from engine import classify_batch  # noqa: E402
 from engine.run.encoder_source import EncoderSource  # noqa: E402

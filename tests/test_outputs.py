@@ -10,9 +10,8 @@ import pytest
 
 from engine.cli.app import main
 from engine.core.results import Result, Step
-from engine.run.store import FORMATS, read_run, record
+from engine.run.store import FORMATS, ResultStore, fingerprint, read_run, record
 
-from .test_store import _open, colour_run  # noqa: F401  (a fixture)
 
 
 def _awkward():
@@ -28,7 +27,8 @@ def _awkward():
 
 def test_csv_shards_read_back_as_the_same_records(tmp_path):
     recs = _awkward()
-    with _open(tmp_path / "r.csv", n=3, size=3) as s:
+    with ResultStore.open(tmp_path / "r.csv", n_rows=3, shard_size=3, settings={"m": 1}, resume=False,
+                          fingerprint=fingerprint({"m": 1}, ["i0", "i1", "i2"])) as s:
         s.write(0, recs)
         assert s.read(0) == recs
     with (tmp_path / "r.csv.d" / "shard-00000.csv").open(newline="", encoding="utf-8") as f:

@@ -21,8 +21,8 @@ import pytest
 
 from systems.files import shared_data_path
 
-from .fakes import COLOUR_SYSTEM, COLOURS, FakeEncoder
-from .test_serve import _start_server, _stop  # noqa: F401  (the same real-server start as the serve tests)
+from .support.runs import two_eval_runs
+from .support.serving import start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "bench" / "out"
@@ -35,43 +35,11 @@ def _chrome_paths() -> tuple[str | None, str | None]:
 
 
 # --------------------------------------------------------------------------- run folders for the report
-def _eval_runs(tmp: Path, monkeypatch) -> list[Path]:
-    """Two result folders from ``twentyq eval --out`` over colour images with the fake encoder: the
-    mixed colours are answered wrong, the pure ones right."""
-    from PIL import Image
-
-    from engine.cli.app import main
-    from engine.run.config import EncoderSpec
-
-    real_load = EncoderSpec.load
-    monkeypatch.setattr(EncoderSpec, "load", lambda self: FakeEncoder() if self.model == "fake" else real_load(self))
-    (tmp / "sys.json").write_text(json.dumps(COLOUR_SYSTEM))
-    rows = ["path,label"]
-    labels = {"red": "cherry", "green": "leaf", "blue": "sea"}
-    for i in range(4):
-        for c, lab in labels.items():
-            Image.new("RGB", (40, 30), COLOURS[c]).save(tmp / f"{c}{i}.png")
-            rows.append(f"{c}{i}.png,{lab}")
-    mixed = [("purple", (120, 30, 200), "cherry"), ("teal", (30, 150, 150), "cherry"), ("olive", (130, 130, 30), "sea")]
-    for name, rgb, lab in mixed:
-        Image.new("RGB", (40, 30), rgb).save(tmp / f"{name}.png")
-        rows.append(f"{name}.png,{lab}")
-    (tmp / "labels.csv").write_text("\n".join(rows) + "\n")
-    runs = []
-    for name, flags in (("eig.jsonl", ["--policy", "eig", "--tau", "0.9"]),
-                        ("random.jsonl", ["--policy", "random", "--tau", "0.99", "--budget", "5"])):
-        rc = main(["eval", "--data", str(tmp / "labels.csv"), "--system", str(tmp / "sys.json"), "--model", "fake",
-                   "--quiet", "--out", str(tmp / name), *flags])
-        assert rc == 0
-        runs.append(tmp / name)
-    return runs
-
-
 @pytest.fixture
 def report(tmp_path, monkeypatch):
     from engine.serve.report_html import write_html_report
 
-    runs = _eval_runs(tmp_path, monkeypatch)
+    runs = two_eval_runs(tmp_path, monkeypatch)
     return write_html_report(runs, tmp_path / "out" / "report.html", samples=4), runs
 
 
@@ -107,7 +75,7 @@ def test_report_names_the_offline_stand_in_honestly(report, tmp_path):
 def test_cli_report_writes_the_html_page(tmp_path, monkeypatch, capsys):
     from engine.cli.app import main
 
-    runs = _eval_runs(tmp_path, monkeypatch)
+    runs = two_eval_runs(tmp_path, monkeypatch)
     capsys.readouterr()
     assert main(["report", *map(str, runs), "--html", str(tmp_path / "r.html"), "--samples", "2"]) == 0
     assert f"wrote {tmp_path / 'r.html'}" in capsys.readouterr().out
@@ -128,7 +96,7 @@ def test_report_refuses_a_folder_without_a_summary(tmp_path):
 
 def test_page_is_served_without_a_cdn():
     pytest.importorskip("fastapi", reason="twentyq serve needs the serve extra: pip install -e '.[serve,test]'")
-    from .test_serve import make_client
+    from .support.serving import make_client
 
     with make_client(max_wait_ms=1) as c:
         page = c.get("/")
@@ -165,9 +133,9 @@ def browser():
 @pytest.fixture(scope="module")
 def live():
     pytest.importorskip("fastapi", reason="twentyq serve needs the serve extra: pip install -e '.[serve,test]'")
-    proc, url = _start_server("--system", "pokemon15", "--system", "flowers17", "--max-wait-ms", "1")
+    proc, url = start_server("--system", "pokemon15", "--system", "flowers17", "--max-wait-ms", "1")
     yield url
-    code, err = _stop(proc)
+    code, err = stop_server(proc)
     assert code == 0, err
 
 

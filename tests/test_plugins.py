@@ -69,7 +69,7 @@ def test_plugins_register_once_and_bad_ones_warn_in_one_line(fake_entry_points, 
 def test_plugin_policy_and_encoder_classify(fake_entry_points):
     from engine.run.classifier import Classifier
 
-    from .fakes import COLOUR_SYSTEM, solid
+    from .support.data import COLOUR_SYSTEM, solid
 
     clf = Classifier("demo-hash:v1", system=COLOUR_SYSTEM)
     assert clf.encoder.model_id == "demo-hash:v1@1"
@@ -94,7 +94,7 @@ def test_pip_installed_plugin_is_used_by_the_cli(tmp_path):
         return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
                               env=env, timeout=300, cwd=tmp_path)
 
-    from .fakes import solid
+    from .support.data import solid
 
     solid("red").save(tmp_path / "a.png")
     r = twentyq("models")

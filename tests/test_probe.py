@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import probe_data as D
+from bench.probe import data as D
 from engine.encoders import EncoderLoadError, load_encoder
 from engine.encoders.probe import PROBE_LABEL, WEIGHTS_FILE
 
@@ -45,8 +45,8 @@ def feature_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_probe(backbone, feature_cache, tmp_path_factory):
     """A probe trained on 8 species × 2 styles for 3 epochs: (folder, training data)."""
-    from bench.probe import train_probe
-    from bench.probe_train import TrainConfig
+    from bench.probe.cli import train_probe
+    from bench.probe.train import TrainConfig
 
     data = D.build_training_data(seed=0, **SMALL)
     folder = tmp_path_factory.mktemp("probe") / "a"
@@ -101,8 +101,8 @@ def test_leak_guard_catches_a_gen1_image_and_a_named_caption():
 def test_training_twice_from_scratch_gives_the_same_weights(small_probe, backbone, feature_cache, tmp_path):
     from safetensors.torch import load_file
 
-    from bench.probe import train_probe
-    from bench.probe_train import TrainConfig
+    from bench.probe.cli import train_probe
+    from bench.probe.train import TrainConfig
 
     folder, data = small_probe
     again = D.build_training_data(seed=0, **SMALL)

@@ -50,7 +50,8 @@ from engine.run.store import FORMATS, ResultStore, records_from_arrow  # noqa: E
 from systems import load_system  # noqa: E402
 from systems.files import shared_data_root  # noqa: E402
 
-from .encoder_fixtures import noise_image, offline_encoder, tiny_model_dir  # noqa: E402
+from .support.data import noise_image  # noqa: E402
+from .support.encoders import offline_encoder, tiny_model_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JINA = shared_data_root() / "pokemon" / "jina15.csv"
@@ -223,7 +224,7 @@ def test_a_calibration_travels_with_the_job_to_the_actors(cluster, tmp_path):
     from engine.run.datasets import DataSpec
     from engine.run.store import read_run
 
-    from .encoder_fixtures import five_group_system, write_labelled_noise
+    from .support.data import five_group_system, write_labelled_noise
 
     model, system = str(tiny_model_dir("clip")), five_group_system()
     (tmp_path / "five.json").write_text(json.dumps(system.to_dict()))
@@ -259,7 +260,7 @@ def test_a_hugging_face_dataset_through_ray_matches_a_single_process(cluster, tm
                                                       "'twentyq[datasets]'")
     from engine.run.store import read_run
 
-    from .encoder_fixtures import five_group_system
+    from .support.data import five_group_system
 
     model, system = str(tiny_model_dir("clip")), five_group_system()
     (tmp_path / "five.json").write_text(json.dumps(system.to_dict()))

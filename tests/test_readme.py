@@ -86,7 +86,7 @@ def test_the_readme_snippet_runs_once_as_a_plain_script(tmp_path):
     workers never re-run it, so one model load and one run), exit 0, its line printed once, no traceback."""
     from PIL import Image
 
-    from tests.encoder_fixtures import tiny_model_dir
+    from tests.support.encoders import tiny_model_dir
 
     snippet = readme_snippet()
     for s in SWAPS:

@@ -269,7 +269,9 @@ def test_cli_refine_end_to_end_with_a_tiny_clip(tmp_path, capsys):
     from engine.cli.app import main
     from systems import load_system, save_system
 
-    from .encoder_fixtures import five_group_system, noise_image, tiny_model_dir
+    from .support.data import five_group_system, noise_image
+
+    from .support.encoders import tiny_model_dir
 
     system = five_group_system(k=3, n_classes=3)
     save_system(system, tmp_path / "s.json")

@@ -1,6 +1,6 @@
 """Reliability (issue 7): faults (signals, killed writers, full disks, out of memory) and security.
 
-The signal tests run the real CLI in a subprocess (``tests/slow_cli.py``: the
+The signal tests run the real CLI in a subprocess (``tests/support/slow_cli.py``: the
 real ``twentyq`` with a fake encoder that sleeps per image) and send it real
 signals.
 """
@@ -26,8 +26,8 @@ from engine.encoders.base import EncoderOutOfMemory, OutOfMemoryWarning
 from engine.encoders.image_cache import ImageCache
 from engine.encoders.text_cache import CacheWarning, TextCache
 
-from .encoder_fixtures import HashEncoder, noise_image, tiny_model_dir
-from .fakes import COLOUR_SYSTEM, COLOURS, solid
+from .support.data import noise_image, solid, write_colour_data
+from .support.encoders import HashEncoder, OOMEncoder, tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -36,21 +36,13 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHON
 # --------------------------------------------------------------------------- SIGTERM / Ctrl-C and --resume
 N_IMAGES = 200  # streamed in chunks of 64: the signal lands after the first chunk and before the last
 @pytest.fixture
-def colour_data(tmp_path):
-    rows = ["path,label"]
-    (tmp_path / "img").mkdir()
-    labels = {"red": "cherry", "green": "leaf", "blue": "sea"}
-    for i in range(N_IMAGES):
-        col = list(COLOURS)[i % 3]
-        solid(col, (8 + i % 5, 8)).save(tmp_path / "img" / f"{i:03d}.png")
-        rows.append(f"img/{i:03d}.png,{labels[col]}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    (tmp_path / "sys.json").write_text(json.dumps(COLOUR_SYSTEM), encoding="utf-8")
-    return tmp_path
+def many_colour_images(tmp_path):
+    """N_IMAGES solid-colour PNGs of a few widths in img/, labels.csv and the colour system (sys.json)."""
+    return write_colour_data(tmp_path, N_IMAGES, csv_name="labels.csv", subdir="img", varied_sizes=True)
 
 
 def _eval(d, *extra, delay="0.01"):
-    cmd = [sys.executable, "-m", "tests.slow_cli", "eval", "--data", str(d / "labels.csv"), "--system",
+    cmd = [sys.executable, "-m", "tests.support.slow_cli", "eval", "--data", str(d / "labels.csv"), "--system",
            str(d / "sys.json"), "--out", str(d / "r.jsonl"), "--shard-size", "32", "--quiet", *extra]
     return subprocess.Popen(cmd, cwd=REPO, env={**ENV, "TWENTYQ_TEST_DELAY": delay}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -67,9 +59,9 @@ def _records(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigterm_during_eval_keeps_finished_shards_and_marks_the_summary_incomplete_then_resume(colour_data):
+def test_sigterm_during_eval_keeps_finished_shards_and_marks_the_summary_incomplete_then_resume(many_colour_images):
     sig = signal.SIGTERM  # Ctrl-C (SIGINT) takes the same path: SIGTERM is turned into KeyboardInterrupt
-    d = colour_data
+    d = many_colour_images
     proc = _eval(d)
     out = d / "r.jsonl.d"  # the run folder: shards, markers, _summary.json
     deadline = time.monotonic() + 60
@@ -104,9 +96,9 @@ def test_sigterm_during_eval_keeps_finished_shards_and_marks_the_summary_incompl
 
 
 @pytest.mark.slow
-def test_sigkill_during_eval_loses_only_the_shard_in_flight_then_resume(colour_data):
+def test_sigkill_during_eval_loses_only_the_shard_in_flight_then_resume(many_colour_images):
     """No handler runs on SIGKILL: what a crash or an OOM kill leaves must resume exactly."""
-    d = colour_data
+    d = many_colour_images
     proc = _eval(d)
     out = d / "r.jsonl.d"  # the run folder: shards, markers, _summary.json
     deadline = time.monotonic() + 60
@@ -129,10 +121,10 @@ def test_sigkill_during_eval_loses_only_the_shard_in_flight_then_resume(colour_d
 
 
 @pytest.mark.slow
-def test_resume_redoes_a_shard_whose_marker_is_missing_and_needs_out(colour_data, capsys):
+def test_resume_redoes_a_shard_whose_marker_is_missing_and_needs_out(many_colour_images, capsys):
     from engine.cli.app import main
 
-    d = colour_data
+    d = many_colour_images
     args = ["eval", "--data", str(d / "labels.csv"), "--system", str(d / "sys.json"), "--quiet",
             "--model", str(tiny_model_dir("clip")), "--out", str(d / "r.jsonl"), "--shard-size", "100"]
     assert main(args) == 0
@@ -151,7 +143,7 @@ KILLED_WRITER = textwrap.dedent("""
     import sys, time
     import safetensors.torch as st
     from engine.encoders.text_cache import TextCache
-    from tests.encoder_fixtures import HashEncoder
+    from tests.support.encoders import HashEncoder
 
     real = st.save_file
     def half_then_hang(tensors, path, metadata=None):
@@ -262,29 +254,6 @@ def test_out_of_disk_space_on_a_real_full_filesystem(tmp_path):
 
 
 # --------------------------------------------------------------------------- out of memory
-class OOMEncoder(HashEncoder):
-    """Fails any batch larger than ``fits`` with an out-of-memory error of the chosen kind."""
-
-    def __init__(self, fits: int, kind: str = "cuda", **kw):
-        super().__init__(**kw)
-        self.fits, self.kind, self.tried = fits, kind, []
-
-    def _raise(self, n):
-        self.tried.append(n)
-        if n > self.fits:
-            if self.kind == "cuda":
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            raise RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)")
-
-    def _embed_images(self, images):
-        self._raise(len(images))
-        return super()._embed_images(images)
-
-    def _embed_texts(self, texts):
-        self._raise(len(texts))
-        return super()._embed_texts(texts)
-
-
 @pytest.mark.parametrize("kind", ["cuda", "runtime"])
 def test_out_of_memory_halves_the_batch_and_retries(kind):
     ref = HashEncoder(batch_size=8).encode_images([noise_image(i) for i in range(10)])

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -24,18 +22,8 @@ from engine.cli.app import main
 from engine.encoders import ImageLoadError, load_image
 from engine.encoders.text_cache import NonFiniteWarning
 
-from .encoder_fixtures import noise_image, tiny_model_dir
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height (1-bit) with a tiny, bogus IDAT: a decompression bomb shape."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+from .support.data import COLOUR_SYSTEM, noise_image, png_header_only, solid
+from .support.encoders import BrokenEncoder, FakeEncoder, tiny_model_dir
 
 
 def _bad_images(d) -> dict[str, tuple[object, str]]:
@@ -48,7 +36,7 @@ def _bad_images(d) -> dict[str, tuple[object, str]]:
     (d / "cut.jpg").write_bytes(jpg.read_bytes()[:300])
     (d / "cut.png").write_bytes(ok.read_bytes()[: len(ok.read_bytes()) // 2])
     (d / "notes.jpg").write_text("this is a text file, not a JPEG\n")
-    (d / "bomb.png").write_bytes(_png_header_only(100_000, 100_000))
+    (d / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
     (d / "folder.jpg").mkdir()
     return {
         "missing": (d / "nope.png", "no such file"),
@@ -197,33 +185,6 @@ def test_unreadable_file_is_a_per_item_error_real_chmod(tmp_path):
 
 
 # --------------------------------------------------------------------------- non-finite embeddings
-class BrokenEncoder(FakeEncoder):
-    """FakeEncoder that returns NaN, inf or zeros for chosen image colours, or NaN for prompts with a word."""
-
-    def __init__(self, image_faults=None, prompt_word=None):
-        super().__init__()
-        self.image_faults = image_faults or {}
-        self.prompt_word = prompt_word
-
-    def encode_images(self, images):
-        from engine.encoders.images import load_image as load
-
-        emb = super().encode_images(images)
-        for i, im in enumerate(images):
-            px = load(im).getpixel((0, 0))
-            for colour, value in self.image_faults.items():
-                if px == solid(colour).getpixel((0, 0)):
-                    emb[i] = value
-        return emb
-
-    def encode_texts(self, texts):
-        emb = super().encode_texts(texts)
-        for i, t in enumerate(texts):
-            if self.prompt_word and self.prompt_word in t:
-                emb[i] = float("nan")
-        return emb
-
-
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
 def test_non_finite_image_embedding_fails_that_image_only(value):
     enc = BrokenEncoder(image_faults={"green": value})
@@ -234,7 +195,7 @@ def test_non_finite_image_embedding_fails_that_image_only(value):
 
 
 def test_zero_vector_from_a_base_encoder_is_caught_at_the_boundary():
-    from .encoder_fixtures import HashEncoder
+    from .support.encoders import HashEncoder
 
     enc = HashEncoder()  # an all-black image embeds to zeros, normalised to NaN
     clf = Classifier(system=COLOUR_SYSTEM, encoder=enc)

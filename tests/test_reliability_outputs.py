@@ -9,7 +9,8 @@ import pytest
 
 from engine.cli.app import main
 
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+from .support.data import COLOUR_SYSTEM, solid
+from .support.encoders import FakeEncoder
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from systems import AttributeSystem, load_system
 from systems.validate import SystemValidationError, parse_system
 
-from .fakes import COLOUR_SYSTEM
+from .support.data import COLOUR_SYSTEM
 
 
 def _problems(data) -> list[str]:

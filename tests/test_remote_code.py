@@ -24,8 +24,8 @@ import pytest
 from engine.encoders import RemoteCodeRefused, load_encoder
 from engine.encoders.hf import load_clip_family, remote_code_origin
 
-from .encoder_fixtures import tiny_model_dir
-from .fakes import solid
+from .support.encoders import tiny_model_dir
+from .support.data import solid
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ from engine.run.store import (
     FORMATS, LOCK, ResultStore, StoreError, csv_cell, read_run, record, run_dir, summary_path,
 )
 
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+from .support.data import write_colour_data
+from .support.encoders import FakeEncoder
 
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")
@@ -25,18 +26,12 @@ TOP_TYPE = "list<item: struct<label: string, prob: double>>"
 
 @pytest.fixture
 def colour_data(tmp_path, monkeypatch):
-    """Six solid-colour images labelled by the colour system, and the fake encoder for every model string."""
+    """Six solid-colour images labelled by the colour system, one row naming a missing file, and the fake encoder
+    for every model string."""
     import engine.encoders
 
     monkeypatch.setattr(engine.encoders, "load_encoder", lambda *a, **k: FakeEncoder())
-    (tmp_path / "sys.json").write_text(json.dumps(COLOUR_SYSTEM), encoding="utf-8")
-    rows = ["path,label"]
-    for i, (col, lab) in enumerate([("red", "cherry"), ("green", "leaf"), ("blue", "sea")] * 2):
-        solid(col).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{lab}")
-    rows.append("missing.png,sea")  # a bad image: an error row with no label
-    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path
+    return write_colour_data(tmp_path, 6, missing=True)
 
 
 def _eval(d, out, *extra):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ pytest.importorskip("multipart", reason="twentyq serve needs the serve extra: pi
 pytest.importorskip("fastapi_offline", reason="twentyq serve needs the serve extra: pip install -e '.[serve,test]'")
 httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip install -e '.[test]'")
 
-from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from engine.core.results import Result  # noqa: E402
@@ -43,36 +41,14 @@ from engine.serve.app import create_app  # noqa: E402
 from engine.serve.batcher import Batcher  # noqa: E402
 from engine.serve.settings import ServeSettings  # noqa: E402
 
-from .encoder_fixtures import noise_image, tiny_model_dir  # noqa: E402
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid  # noqa: E402
+from .support.data import COLOUR_SYSTEM, noise_image, png, solid  # noqa: E402
+from .support.encoders import FakeEncoder, NanRowEncoder, SlowEncoder, tiny_model_dir  # noqa: E402
+from .support.serving import COLOUR_2, RED, free_port, make_client, parts, start_server, stop_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ERROR_KEYS = {"code", "message", "field"}
-COLOUR_2 = {**COLOUR_SYSTEM, "name": "colours2"}  # a second system on the same encoder
-
-
-def png(img: Image.Image, fmt: str = "PNG") -> bytes:
-    b = io.BytesIO()
-    img.save(b, fmt)
-    return b.getvalue()
-
-
 def b64(img: Image.Image) -> str:
     return base64.b64encode(png(img)).decode()
-
-
-def parts(*named: tuple[str, bytes]) -> list:
-    return [("image", (name, data, "image/png")) for name, data in named]
-
-
-def make_client(encoder=None, systems=(COLOUR_SYSTEM, COLOUR_2), **kw) -> TestClient:
-    encoder = encoder or FakeEncoder()
-    classifiers = {}
-    for s in systems:
-        clf = Classifier(system=s, encoder=encoder)
-        classifiers[clf.system.name] = clf
-    settings = ServeSettings(systems=tuple(classifiers), **kw)
-    return TestClient(create_app(settings, classifiers), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +133,6 @@ def test_query_params_also_apply_to_json(client):
 
 
 # --------------------------------------------------------------------------- error shapes
-RED = png(solid("red"))
 TRUNCATED = png(noise_image(1, (64, 64)))[:200]
 
 
@@ -272,14 +247,9 @@ def test_settings_are_checked():
 
 @pytest.mark.slow  # over 1 s on an idle machine: out of the quick loop (-m 'not slow')
 def test_timeout_answers_504_and_the_server_goes_on():
-    class Slow(FakeEncoder):
-        def encode_images(self, images):
-            time.sleep(0.6)
-            return super().encode_images(images)
-
-    with make_client(encoder=Slow(), timeout_s=0.2, max_wait_ms=0) as c:
+    with make_client(encoder=SlowEncoder(per_call_s=0.6), timeout_s=0.2, max_wait_ms=0) as c:
         assert_error(c.post("/v1/classify", files=parts(("r.png", RED))), 504, "timeout")
-    with make_client(encoder=Slow(), timeout_s=5, max_wait_ms=0) as c:
+    with make_client(encoder=SlowEncoder(per_call_s=0.6), timeout_s=5, max_wait_ms=0) as c:
         assert c.post("/v1/classify", files=parts(("r.png", RED))).status_code == 200
 
 
@@ -431,13 +401,7 @@ def test_batcher_off_and_oversize_requests():
 
 
 def test_batcher_reports_nonfinite_embeddings_per_image():
-    class Zero(FakeEncoder):
-        def encode_images(self, images):
-            x = super().encode_images(images)
-            x[1] = float("nan")
-            return x
-
-    enc = Zero()
+    enc = NanRowEncoder(row=1)
     b = Batcher({"colours": Classifier(system=COLOUR_SYSTEM, encoder=enc)}, max_batch=8, max_wait_s=0)
     try:
         ans = asyncio.run(b.submit([solid("red"), solid("green"), solid("blue")], "colours", RunConfig()))
@@ -476,49 +440,12 @@ def test_serve_port_in_use_is_exit_2(capsys):
 
 
 # --------------------------------------------------------------------------- a real server (subprocess)
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(*flags: str):
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(tiny_model_dir("clip")), "--device", "cpu",
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *flags]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):  # up to 60 s
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the server did not answer /v1/health within 60 s")
-
-
-def _stop(proc) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return proc.returncode, err
-
-
 @pytest.fixture(scope="module")
 def live():
-    proc, url = _start_server("--system", "pokemon15", "--system", "flowers17", "--max-wait-ms", "150",
+    proc, url = start_server("--system", "pokemon15", "--system", "flowers17", "--max-wait-ms", "150",
                               "--max-batch", "64")
     yield url
-    code, err = _stop(proc)
+    code, err = stop_server(proc)
     assert code == 0, err
 
 
@@ -587,7 +514,7 @@ def test_live_concurrent_clients_get_their_own_answers(live):
 @pytest.mark.slow  # a server of its own (~8 s to start on 2 shared cores) and a 1 s batch wait
 def test_live_sigterm_drains_in_flight_requests():
     """SIGTERM while requests wait in the batcher: every one is answered, then the server exits 0."""
-    proc, url = _start_server("--max-wait-ms", "1000", "--max-batch", "64")
+    proc, url = start_server("--max-wait-ms", "1000", "--max-batch", "64")
     n = 4
     results: list = [None] * n
 
@@ -611,7 +538,7 @@ def test_live_sigterm_drains_in_flight_requests():
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(timeout=30)
-        code, err = _stop(proc)
+        code, err = stop_server(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -735,13 +662,8 @@ def test_request_cost_is_every_kept_image_plus_the_largest_decode():
 def test_no_decode_memory_within_the_wait_is_a_503_with_retry_after_then_recovery():
     """A small budget (1 MiB): while one request holds it (its images wait for a slow model), another waits
     ``decode_wait_s`` and gets 503 + Retry-After; valid images are never a 400; afterwards requests pass."""
-    class Slow(FakeEncoder):
-        def encode_images(self, images):
-            time.sleep(0.5)
-            return super().encode_images(images)
-
     big = png(solid("red").resize((600, 600)))  # kept 600²x4 = 1.4 MB: the whole 1 MiB budget
-    with make_client(encoder=Slow(), max_decode_memory=1024 * 1024, decode_wait_s=0.2, max_wait_ms=0) as c:
+    with make_client(encoder=SlowEncoder(per_call_s=0.5), max_decode_memory=1024 * 1024, decode_wait_s=0.2, max_wait_ms=0) as c:
         first: list = []
         t = threading.Thread(target=lambda: first.append(c.post("/v1/classify", files=parts(("a.png", big)))))
         t.start()
@@ -794,7 +716,7 @@ class _ThreadServer:
         enc = FakeEncoder()
         clf = Classifier(system=COLOUR_SYSTEM, encoder=enc)
         s = ServeSettings(systems=(clf.system.name,), **settings)
-        self.port = _free_port()
+        self.port = free_port()
         config = uvicorn.Config(create_app(s, {clf.system.name: clf}), host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="on", **uvicorn_options(s.read_timeout_s))
         self.server = uvicorn.Server(config)

@@ -21,7 +21,8 @@ from engine.run.classifier import Classifier  # noqa: E402
 from engine.serve.app import create_app  # noqa: E402
 from engine.serve.settings import ServeSettings  # noqa: E402
 
-from .fakes import COLOUR_SYSTEM, FakeEncoder  # noqa: E402
+from .support.data import COLOUR_SYSTEM  # noqa: E402
+from .support.encoders import FakeEncoder  # noqa: E402
 
 KEY = "fuzz-key"
 

@@ -38,7 +38,7 @@ def test_a_changed_tensor_changes_the_hash():
 
 
 def test_shipped_config_is_todays_default():
-    from bench.probe_train import TrainConfig
+    from bench.probe.train import TrainConfig
 
     m = _manifest()
     assert m["config"] == TrainConfig().to_dict()
@@ -48,8 +48,8 @@ def test_shipped_config_is_todays_default():
 
 
 def test_shipped_data_hash_is_what_bench_probe_trains_on_today():
-    from bench.probe import shipped_expectations
-    from bench.probe_data import SPRITES_CSV, TABLE_CSV
+    from bench.probe.cli import shipped_expectations
+    from bench.probe.data import SPRITES_CSV, TABLE_CSV
 
     if not (SPRITES_CSV.is_file() and TABLE_CSV.is_file()):
         pytest.skip(f"../shared/data is absent ({SPRITES_CSV}); the data hash cannot be recomputed")

@@ -132,7 +132,7 @@ def test_encoder_source_embeds_only_the_asked_names():
     from engine.run.encoder_source import EncoderSource
     from engine.encoders.text_cache import TextCache
 
-    from .encoder_fixtures import HashEncoder
+    from .support.encoders import HashEncoder
 
     enc = HashEncoder()
     system = with_name_group(twins_system())

@@ -23,7 +23,8 @@ from engine.run.datasets import Item
 from engine.run.pipeline import Job, LocalExecutor, OutputSpec, open_store, run, shards_of
 from engine.run.store import FORMATS, ResultStore, StoreError, fingerprint, record
 
-from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+from .support.data import COLOUR_SYSTEM, solid
+from .support.encoders import FakeEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,20 +123,6 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path):
         proc.wait()
     with ResultStore.open(out, n_rows=2, shard_size=1, settings={}, fingerprint="f", resume=True) as s:
         assert s.pending() == [0, 1]  # the lock went with the process
-
-
-@pytest.fixture
-def colour_run(tmp_path, monkeypatch):
-    import engine.encoders
-
-    monkeypatch.setattr(engine.encoders, "load_encoder", lambda *a, **k: FakeEncoder())
-    (tmp_path / "sys.json").write_text(json.dumps(COLOUR_SYSTEM), encoding="utf-8")
-    rows = ["path,label"]
-    for i, (col, lab) in enumerate([("red", "cherry"), ("green", "leaf"), ("blue", "sea")] * 4):
-        solid(col).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{lab}")
-    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
-    return tmp_path
 
 
 def test_resume_with_other_settings_is_refused_naming_them(colour_run, capsys):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from .encoder_fixtures import REPO, HashEncoder, five_group_system, noise_image, tiny_model_dir
+from .support.data import REPO, five_group_system, noise_image
+from .support.encoders import HashEncoder, tiny_model_dir
 
 from engine import StopRule, classify_batch  # noqa: E402
 from engine.run.encoder_source import EncoderSource  # noqa: E402
@@ -141,7 +142,7 @@ def test_corrupted_cache_file_is_rebuilt(tmp_path, damage):
 WRITER = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {repo!r})
-    from tests.encoder_fixtures import HashEncoder
+    from tests.support.encoders import HashEncoder
     from engine.encoders.text_cache import TextCache, read_safetensors
     enc = HashEncoder()
     cache = TextCache(enc, {dir!r})

@@ -10,7 +10,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from .encoder_fixtures import HashEncoder, five_group_system, noise_image, offline_encoder, tiny_model_dir
+from .support.data import five_group_system, noise_image
+from .support.encoders import HashEncoder, offline_encoder, tiny_model_dir
 
 from engine.encoders import load_encoder  # noqa: E402
 from engine.encoders.base import BucketWarning  # noqa: E402

@@ -344,7 +344,9 @@ def test_classifier_results_are_the_same_on_both_engines_and_the_source_gives_de
     from engine import Classifier, RunConfig
     from engine.run.encoder_source import EncoderSource
 
-    from .fakes import COLOUR_SYSTEM, FakeEncoder, solid
+    from .support.data import COLOUR_SYSTEM, solid
+
+    from .support.encoders import FakeEncoder
 
     clf = Classifier(system=COLOUR_SYSTEM, encoder=FakeEncoder())
     images = [solid(c) for c in ("red", "green", "blue", "red")]
@@ -382,7 +384,8 @@ def test_engine_speed_before_after_loads_another_checkout_beside_this_one(tmp_pa
 
     import engine.core.adaptive as ours
     from engine.core.results import Result
-    from bench.engine_speed import alternating_best, cases, load_before, measure_before_after, report_before_after
+    from bench.engine_speed import alternating_best, load_before, measure_before_after, report_before_after
+    from bench.lib.loop_cases import cases
 
     root = Path(__file__).resolve().parents[1]
     for top in ("engine", "policies", "systems"):

@@ -14,13 +14,7 @@ import pytest
 from engine import SimulatedSource, StopRule
 from engine.core.results import Result
 from engine.core.simulate import sample_classes
-from systems import load_system
 from systems.build import with_name_group
-
-
-@pytest.fixture(scope="module")
-def p15():
-    return load_system("pokemon15")
 
 
 def _run(classify, system, trace, seed=0, n=40, **kw):
@@ -75,7 +69,7 @@ def test_record_shape_without_and_with_trace(classify, p15):
 @pytest.mark.slow
 def test_api_trace_flag():
     pytest.importorskip("fastapi", reason="twentyq serve needs the serve extra: pip install -e '.[serve,test]'")
-    from .test_serve import RED, make_client, parts
+    from .support.serving import RED, make_client, parts
 
     with make_client(max_wait_ms=1) as c:
         plain = c.post("/v1/classify", files=parts(("a.png", RED))).json()["results"][0]

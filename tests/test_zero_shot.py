@@ -15,8 +15,8 @@ from systems.build import labels_system
 from systems.errors import UserInputError
 from systems.templates import SETS_DIR, TemplateError, list_template_sets, load_templates, resolve_templates
 
-from .encoder_fixtures import tiny_model_dir
-from .fakes import FakeEncoder, solid
+from .support.data import solid
+from .support.encoders import FakeEncoder, tiny_model_dir
 
 COLOURS = ["red", "green", "blue"]
 

@@ -15,7 +15,7 @@ What it is (the label every output carries): **attribute probe trained here on G
   into a shared D-dimensional space. They were trained with a CLIP-style
   symmetric contrastive loss on sprites of Pokémon species 152–386 paired with
   attribute captions (colour, shape, habitat, types, egg groups, size) that
-  never name a species (``bench/probe_train.py``; ``docs/probe.md``).
+  never name a species (``bench/probe/train.py``; ``docs/probe.md``).
 
 A probe folder holds ``probe.safetensors`` (the heads, the input
 standardisation and the learned temperature) and ``manifest.json`` (config,

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from engine.encoders.probe import ProbeHeads
 
-from .probe_data import TrainingData
+from .data import TrainingData
 
 
 @dataclass(frozen=True)

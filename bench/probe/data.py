@@ -37,7 +37,7 @@ import numpy as np
 
 from systems import AttributeSystem
 
-from . import common as C
+from ..lib import harness as C
 
 POKEMON = C.SHARED_DATA / "pokemon"
 SPRITES_CSV = POKEMON / "sprites386" / "labels.csv"

@@ -9,7 +9,7 @@ The probe — "attribute probe trained here on Gen 2–3 sprites; not CLIP" — 
 frozen EfficientNet-Lite0 image features and frozen MiniLM text features into
 a shared space with two small heads, trained contrastively on sprites of
 species 152–386 against attribute captions that never name a species
-(``bench/probe_data.py``, ``bench/probe_train.py``,
+(``bench/probe/data.py``, ``bench/probe/train.py``,
 ``engine/encoders/probe.py``). It exists so that real-pixel benchmarks can
 show whether attribute questions help a model that does *not* know the class
 names. It is for benchmarks only; see ``docs/probe.md``.
@@ -32,8 +32,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from . import common as C
-from .probe_train import TrainConfig
+from ..lib import harness as C
+from .train import TrainConfig
 
 DEFAULT_DIR = C.DEFAULT_OUT / "probe"
 # Curve grids: fewer points than bench.policies' defaults, because each point on web150 × 151 classes
@@ -60,7 +60,7 @@ def train_probe(out: str | Path, *, cfg: TrainConfig = TrainConfig(), cache_dir:
                 data: Any = None, backbone: Any = None, log=_log, command: str = "") -> dict[str, Any]:
     """Build the training set, extract (cached) features, train, and write the probe folder.
 
-    data : a :class:`bench.probe_data.TrainingData` (default: the full set with
+    data : a :class:`bench.probe.data.TrainingData` (default: the full set with
     ``cfg.seed``); backbone : a loaded ProbeBackbone (default: load one).
     Returns the manifest written to ``out/manifest.json``.
     """
@@ -69,8 +69,8 @@ def train_probe(out: str | Path, *, cfg: TrainConfig = TrainConfig(), cache_dir:
     from engine.encoders.probe import PROBE_LABEL, ProbeBackbone, save_probe
     from systems.files import atomic_write_json
 
-    from .probe_data import build_training_data, image_features
-    from .probe_train import train
+    from .data import build_training_data, image_features
+    from .train import train
 
     t0 = time.perf_counter()
     data = data if data is not None else build_training_data(seed=cfg.seed)
@@ -112,10 +112,10 @@ def train_probe(out: str | Path, *, cfg: TrainConfig = TrainConfig(), cache_dir:
 def eval_probe(folder: str | Path, out: str | Path | None = None, *, cache_dir: str | Path | None = C.DEFAULT_CACHE,
                seed: int = 0, limit: int | None = None, quick: bool = False, log=_log,
                command: str = "") -> dict[str, Any]:
-    """Evaluate a trained probe on Gen 1 (:func:`bench.probe_eval.run`); ``quick`` uses fewer sweep points."""
+    """Evaluate a trained probe on Gen 1 (:func:`bench.probe.evaluate.run`); ``quick`` uses fewer sweep points."""
     from engine.encoders import load_encoder
 
-    from .probe_eval import run
+    from .evaluate import run
 
     enc = load_encoder(f"probe:{folder}", device="cpu")
     sweep = QUICK_SWEEP if quick else SWEEP
@@ -149,7 +149,7 @@ def run_all(folder: str | Path = DEFAULT_DIR, out: str | Path | None = None, *, 
 def shipped_expectations(*, guard: bool = False) -> dict[str, Any]:
     """What ``python -m bench.probe train`` would train with today: the default config and the
     training set's data hash (no training, no images read; ``guard`` also runs the leak guard)."""
-    from .probe_data import build_training_data
+    from .data import build_training_data
 
     cfg = TrainConfig()
     return {"config": cfg.to_dict(), "data_sha256": build_training_data(seed=cfg.seed, guard=guard).sha256()}
@@ -187,7 +187,7 @@ def verify_shipped(*, cache_dir: str | Path | None = C.DEFAULT_CACHE, log=_log, 
 def summary_section(res: dict[str, Any], rel: str) -> list[str]:
     """Markdown lines for bench.all's "attribute probe (trained here)" section; ``rel`` is the eval
     folder relative to the summary."""
-    from .probe_eval import TABLE_HEAD, findings, table_rows
+    from .evaluate import TABLE_HEAD, findings, table_rows
 
     t = res["train"]
     v = t["metrics"]["val"]
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cmd = C.command_line("bench.probe", argv)
-    from .probe_data import require_data
+    from .data import require_data
 
     try:
         require_data()

@@ -1,6 +1,7 @@
-"""Shared benchmark plumbing: flags, one-time encoding, sweep points, outputs and plots.
+"""The benchmark harness: flags, one-time encoding, sweep points, outputs and plots.
 
-Every benchmark takes ``--model --data --system --out DIR --seed``. The images
+The accuracy benchmarks (reproduce, policies, calibrate, speed, channels, ...) take
+``--model --data --system --out DIR --seed``. The images
 are encoded once (through :class:`engine.encoders.image_cache.ImageCache`, on disk under
 ``--cache-dir``), the (B, Q) similarities to every prompt of the system and the
 (B, N) similarities to the class names are computed once (text embeddings
@@ -30,6 +31,7 @@ import numpy as np
 
 from engine import ArraySource, SimulatedSource, StopRule, classify_batch
 from engine.core.adaptive import NO_STOP
+from engine.core.metrics import normalised_auc_rows
 from systems.files import json_safe
 from engine.core.scoring import Channel, build_channel
 from engine.core.simulate import sample_classes
@@ -37,7 +39,7 @@ from systems import AttributeSystem, baseline_system, load_system
 from systems import build as _build
 from systems.files import shared_data_root
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = shared_data_root()
 DATASETS = {
     "jina15": SHARED_DATA / "pokemon" / "jina15.csv",
@@ -276,14 +278,14 @@ def normalised_auc(qs: np.ndarray, accs: np.ndarray, q_full: float, acc_at_zero:
     qs, accs : (m,) the curve's points (any order). The curve starts at
     (0, acc_at_zero), is linear between points sorted by Q, and is held flat
     after its last point up to q_full. Points beyond q_full are clipped.
-    A classifier that is always right at every Q scores 1.
+    A classifier that is always right at every Q scores 1 (:func:`engine.core.metrics.normalised_auc_rows`
+    with the point (0, acc_at_zero) put first).
     """
-    qs = np.asarray(qs, dtype=np.float64)
-    accs = np.asarray(accs, dtype=np.float64)
-    order = np.argsort(qs, kind="stable")
-    x = np.r_[0.0, np.clip(qs[order], 0, q_full), q_full]
-    y = np.r_[acc_at_zero, accs[order], accs[order][-1] if len(accs) else acc_at_zero]
-    return float(np.trapezoid(y, x) / q_full) if q_full > 0 else float("nan")
+    if q_full <= 0:
+        return float("nan")
+    acc = np.r_[acc_at_zero, np.asarray(accs, dtype=np.float64)][None]
+    q = np.r_[0.0, np.asarray(qs, dtype=np.float64)][None]
+    return float(normalised_auc_rows(acc, q, q_full)[0])  # the one AUC: the auto policy's and bench.channels'
 
 
 def q_within(qs: np.ndarray, accs: np.ndarray, target: float) -> float | None:

@@ -32,9 +32,9 @@ import numpy as np
 from engine.run.datasets import Dataset, Item, check_labels, load_dataset
 from systems import AttributeSystem, baseline_system, load_system
 
-from . import common as C
-from . import policies, reproduce
-from .probe_data import GEN1_MAX, JINA15_CSV, SPRITES_CSV, WEB150_CSV, csv_rows, image_features
+from ..lib import harness as C
+from .. import policies, reproduce
+from .data import GEN1_MAX, JINA15_CSV, SPRITES_CSV, WEB150_CSV, csv_rows, image_features
 
 JINA_NOT_GEN1 = ("Absol", "Aggron", "Ampharos", "Azumarill", "Celebi")
 DATASET_NAMES = ("web150", "sprites151", "jina15-gen1")
@@ -73,7 +73,7 @@ def gen1_system(name: str, labels: list[str]) -> AttributeSystem:
     """``pokemon15-gen1`` (pokemon15's 10 Gen-1 species) or ``pokeapi-gen1`` aligned to ``labels``."""
     from systems.authoring.pokeapi import pokeapi_system
 
-    from .probe_data import TABLE_CSV
+    from .data import TABLE_CSV
 
     if name == "pokemon15-gen1":
         s = load_system("pokemon15")
@@ -86,7 +86,7 @@ def gen1_system(name: str, labels: list[str]) -> AttributeSystem:
 # --------------------------------------------------------------------------- prepared arrays
 def prepare(encoder: Any, system: AttributeSystem, kept: Dataset, feats: dict[str, Any], *,
             data_name: str, info: dict[str, Any]) -> C.Prepared:
-    """A :class:`bench.common.Prepared` for one (dataset, system) pair from cached backbone features.
+    """A :class:`bench.lib.harness.Prepared` for one (dataset, system) pair from cached backbone features.
 
     kept : the pair's rows (:func:`pair_dataset`); feats : {image path: (1280,) feature}.
     """

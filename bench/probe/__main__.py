@@ -1,0 +1,7 @@
+"""``python -m bench.probe ...``: :func:`bench.probe.cli.main`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
