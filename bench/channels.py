@@ -9,7 +9,7 @@
 
 Pairs: the simulator with heterogeneous group reliabilities (pokemon15, per-group wrong-answer rates
 spread over [0, 0.6] by :func:`engine.core.simulate.heterogeneous_wrong_rates`), and the attribute
-probe's Gen-1 pairs (:mod:`bench.probe_eval`: web150, Gen-1 sprites, jina15 Gen-1 rows, each with
+probe's Gen-1 pairs (:mod:`bench.probe.evaluate`: web150, Gen-1 sprites, jina15 Gen-1 rows, each with
 pokemon15's 10 Gen-1 species and the 151-class PokeAPI Gen-1 system). The probe part needs a trained
 probe (``--probe``, default the shipped one, ``engine/encoders/data/probe``) and its cached backbone features (``--cache-dir``); when
 either is missing it is skipped and the report says so.
@@ -19,7 +19,7 @@ half only (:func:`engine.core.calibration.fit_answer_channels`: λ_g, confusion 
 everything reported is measured on the test half. For each channel ("single": today's λ, ε; and
 "calibrated") and each policy (fixed, random over seeds, eig, eig_per_prompt, lookahead, and the
 oracle of :mod:`bench.policies`), the budget sweep (τ = 1, budgets 0..Q) gives accuracy against mean Q;
-from it the normalised AUC (:func:`bench.common.normalised_auc`) and the smallest mean Q within 1 point
+from it the normalised AUC (:func:`bench.lib.harness.normalised_auc`) and the smallest mean Q within 1 point
 of the full system (same channel, every group). 95% CIs resample the test images (paired: the same
 resample for every curve), for each AUC and for the AUC differences of calibrated eig / lookahead minus
 calibrated fixed and random, and minus today's (single-channel) fixed and random.
@@ -264,7 +264,7 @@ def gen1_preps(probe: Path | None, cache_dir: Path, *, sim_images: int, quick: b
 
 def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, log=print, datasets_only=None,
                 systems_only=None) -> tuple[dict[str, C.Prepared], str | None]:
-    """Every Gen-1 (dataset, system) pair of :mod:`bench.probe_eval`, from cached features; or ({}, why skipped).
+    """Every Gen-1 (dataset, system) pair of :mod:`bench.probe.evaluate`, from cached features; or ({}, why skipped).
 
     datasets_only : None, or the dataset names to keep (web150, sprites151, jina15-gen1)."""
     if not (Path(probe) / "probe.safetensors").is_file():

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import common as C
+from .lib import harness as C
 
 SOURCE_SYSTEM, TARGET_SYSTEM = "pokemon15", "pokemon15_gen1"
 SPRITES = "pokemon/sprites386/labels.csv"
@@ -147,7 +147,7 @@ def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9,
     results = {
         "benchmark": "transfer", "model": model, "model_id": str(enc.model_id), "seed": seed,
         "source": {"system": SOURCE_SYSTEM, "classes": gen23, "dev_images": cal.dev["n_images"],
-                   "fit_images": len(cal.dev["fit_select"]["fit"]), "dev_fraction": dev_fraction,
+                   "fit_images": int(cal.dev["n_images"]), "dev_fraction": dev_fraction,
                    "decision": cal.decision,
                    "groups": {g: {"lam": float(ch.lams[i]), "reliability": None if np.isnan(ch.reliability[i])
                                   else float(ch.reliability[i])} for i, g in enumerate(cal.groups)},
@@ -170,7 +170,7 @@ def report(r: dict[str, Any]) -> str:
              f"`{r['command']}`: {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, load average "
              f"{r['load_average_start'][0]:.1f} → {r['load_average_end'][0]:.1f}", "",
              f"Source: {s['system']} on {s['dev_images']} sprites of {', '.join(s['classes'])} "
-             f"({s['fit_images']} fit); kept rule channel: **{s['decision']['rule_channel']}**; held-out (3 folds "
+             f"({s['fit_images']} fitted on, all of them; τ-side choices cross-fitted); kept rule channel: **{s['decision']['rule_channel']}**; held-out (3 folds "
              "of the fit part):", "", "| candidate | accuracy | NLL |", "|---|---|---|"]
     lines += [f"| {k} | {v['accuracy']:.3f} | {v['nll']:.3f} |" for k, v in s["decision"]["heldout"].items()]
     lines += ["", "| group | λ_g | reliability |", "|---|---|---|"]

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tests.encoder_fixtures import five_group_system, noise_image
+from tests.support.data import five_group_system, noise_image
 from tests.strategies import systems
 from tests.test_calibration_file import SimEncoder
 
