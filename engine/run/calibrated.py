@@ -4,14 +4,14 @@
   that fails cheapest first (the calibration is checked against the system before the model loads,
   and against the model once it has).
 - :class:`CalibrationUse`: what a run takes from the calibration: whether it applies to a
-  configuration, the check of settings it cannot serve, its λ_g, answer channel and few-shot model,
-  the policy and stop rule of a configuration, and the τ a target accuracy picks (memoised per
-  policy, target, budget and seed).
+  configuration, the check of settings it cannot serve, and the :class:`RunPlan` of a configuration
+  (system, policy, stop rule, λ_g, answer channel, few-shot model), with the τ a target accuracy
+  picks (memoised per policy, target, budget and seed).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.core.adaptive import NO_STOP, StopRule
 from engine.run.config import EncoderSpec, RunConfig
@@ -81,27 +81,42 @@ class CalibrationUse:
             self._taus[key] = target_choice(self.calibration, config, self.system)
         return self._taus[key]
 
-    def plan(self, config: RunConfig) -> tuple[AttributeSystem, Any, StopRule]:
-        """(the system the mode asks, the policy, the stop rule) of ``config``: the class names with a fixed
-        order and no stop for baseline and descriptors, every group for full, else the policy the
-        calibration resolves and the stop rule (its τ from ``target_accuracy`` when set)."""
+    def plan(self, config: RunConfig, logit_scale: float) -> RunPlan:
+        """How the loop runs ``config`` (:class:`RunPlan`), checked: a ValueError for a ``logit_scale``
+        beside the calibration, a CalibrationError for settings it cannot serve (:meth:`check`).
+
+        The system the mode asks, its policy and stop rule: the class names with a fixed order and no
+        stop for baseline and descriptors, every group for full, else the policy the calibration
+        resolves and the stop rule (its τ from ``target_accuracy`` when set). The scoring: the
+        calibration's λ_g, answer channel and few-shot model when it applies (then
+        ``config.logit_scale`` must be unset), else ``config.logit_scale`` or the model's ``logit_scale``.
+        """
         from engine.run.calibration_file import resolve_policy
 
         if config.mode in ("baseline", "descriptors"):
-            return baseline_system(self.system), "fixed", NO_STOP
-        if config.mode == "full":
-            return self.system, "fixed", NO_STOP
-        policy, stop = resolve_policy(self.calibration, config), config.stop_rule()
-        choice = self.target_choice(config)
-        if choice is not None:
-            stop = StopRule(choice.tau, config.delta, config.budget)
-        return self.system, policy, stop
-
-    def scoring(self, config: RunConfig, logit_scale: float) -> tuple[Any, Any, Any]:
-        """(λ, answer channel, few-shot model) for ``config``: the calibration's when it applies (then
-        ``config.logit_scale`` must be unset), else ``config.logit_scale`` or the model's ``logit_scale``."""
+            system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
+        elif config.mode == "full":
+            system, policy, stop = self.system, "fixed", NO_STOP
+        else:
+            system, policy, stop = self.system, resolve_policy(self.calibration, config), config.stop_rule()
+            choice = self.target_choice(config)
+            if choice is not None:
+                stop = StopRule(choice.tau, config.delta, config.budget)
         if not self.applies(config):
-            return (logit_scale if config.logit_scale is None else config.logit_scale), None, None
+            lam = logit_scale if config.logit_scale is None else config.logit_scale
+            return RunPlan(system, policy, stop, lam, None, None)
         if config.logit_scale is not None:
             raise ValueError("a calibration sets λ per group; drop logit_scale (--logit-scale) or the calibration")
-        return self.calibration.lams, self.channel, self.answer_model
+        self.check(config)
+        return RunPlan(system, policy, stop, self.calibration.lams, self.channel, self.answer_model)
+
+
+class RunPlan(NamedTuple):
+    """What the adaptive loop is called with for one configuration (:meth:`CalibrationUse.plan`)."""
+
+    system: AttributeSystem
+    policy: Any
+    stop: StopRule
+    logit_scale: Any  # λ: one float, or the calibration's per-group λ_g
+    channel: Any  # the calibration's answer channel, or None
+    answer_model: Any  # the few-shot model, or None

@@ -110,7 +110,7 @@ class Classifier:
 
     def check_calibrated(self, config: RunConfig) -> None:
         """A CalibrationError (one line, the fix) for settings the calibration cannot serve
-        (:meth:`CalibrationUse.check`). Called before any work (the server) and by the loop."""
+        (:meth:`CalibrationUse.check`): the server asks before any work; every run's plan checks it too."""
         self.calibration_use.check(config)
 
     def close(self) -> None:
@@ -177,16 +177,15 @@ class Classifier:
         from engine.run.encoder_source import EncoderSource
 
         t0 = time.perf_counter()
-        system, policy, stop = self.calibration_use.plan(config)
-        pooled = pooled_groups(system, config)
-        source = EncoderSource(self.encoder, text_cache or self.text_cache, system, embeddings, pooled)
-        lam, channel, answer_model = self.calibration_use.scoring(config, self.encoder.logit_scale)
-        self.check_calibrated(config)
+        plan = self.calibration_use.plan(config, self.encoder.logit_scale)
+        pooled = pooled_groups(plan.system, config)
+        source = EncoderSource(self.encoder, text_cache or self.text_cache, plan.system, embeddings, pooled)
         try:
-            results = classify(source, system, policy, engine=config.engine, stop=stop, logit_scale=lam,
-                               eps=config.eps, channel=channel, scorer=config.scorer, top_k=config.top_k,
+            results = classify(source, plan.system, plan.policy, engine=config.engine, stop=plan.stop,
+                               logit_scale=plan.logit_scale, eps=config.eps, channel=plan.channel,
+                               scorer=config.scorer, top_k=config.top_k,
                                shortlist_size=config.shortlist if config.mode == "adaptive" else None,
-                               trace=trace, answer_model=answer_model)
+                               trace=trace, answer_model=plan.answer_model)
             for r in results if pooled else ():
                 if r.error is None:  # every image asked the one pooled group: Q is its prompts
                     r.q_spent = pooled[0].n_prompts

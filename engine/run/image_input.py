@@ -14,9 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.encoders.base import embed_decoded, encode_images_tolerant
-from engine.encoders.images import image_label
-
 
 class ImageEmbedder:
     """Decodes (in worker processes when the encoder has a fast plan) and embeds images for one encoder.
@@ -63,6 +60,11 @@ class ImageEmbedder:
         {index: one-line error} of the bad ones). An image that fails to load, or whose embedding comes
         back NaN/inf or zero, is a bad one.
         """
+        # imported here: engine.encoders.base imports torch, and importing the Classifier (the run pipeline,
+        # the CLI) loads no torch until a model is used
+        from engine.encoders.base import embed_decoded, encode_images_tolerant
+        from engine.encoders.images import image_label
+
         t0 = time.perf_counter()
         try:
             if pending is not None:
