@@ -8,8 +8,8 @@
   shards and yields each shard's Results as it finishes: :class:`LocalExecutor` in this
   process, ``engine.run.ray_executor.RayExecutor`` on Ray Data actors. Both call
   :meth:`Classifier.iter_classify` (decode, embed, ask, stop) on their share, so their
-  Results are the same (the Ray actors send them back as Arrow tables). A prefetching executor or a server's request batcher plugs in
-  here by implementing :class:`Executor`.
+  Results are the same (the Ray actors send them back as Arrow tables). A prefetching executor
+  or a server's request batcher plugs in here by implementing :class:`Executor`.
 - A *store* (:class:`engine.run.store.ResultStore`) keeps finished shards on disk; with
   one, finished shards are read back instead of redone (``--resume``), and fresh ones are
   written as they finish, so a killed run loses at most the shards in flight. Once every
@@ -22,8 +22,8 @@ Results come out in input order whatever order the executor finishes shards in, 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from itertools import accumulate, islice
 from dataclasses import dataclass, replace
+from itertools import accumulate, islice
 from typing import Any, Protocol
 
 from engine.core.results import Result
