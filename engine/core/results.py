@@ -89,8 +89,7 @@ def _pair(t: Any) -> tuple[str, float]:
     """A (label, prob) pair from either form of a ``top`` entry."""
     if isinstance(t, dict):
         return t["label"], float(t["prob"])
-    lab, p = t
-    return lab, float(p)
+    return t[0], float(t[1])
 
 
 def _step_dict(s: Step, top) -> dict[str, Any]:
@@ -105,4 +104,5 @@ def _step_dict(s: Step, top) -> dict[str, Any]:
 
 def _step(d: dict[str, Any]) -> Step:
     top = d.get("top")
-    return Step(**{**d, "top": None if top is None else [_pair(t) for t in top]})
+    return Step(d["group"], d["eig"], d["answer"], d["answer_prob"], d["confidence_after"],
+                None if top is None else [_pair(t) for t in top], d.get("q_spent"))
