@@ -66,7 +66,7 @@ def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: i
          compile_text: bool = False) -> dict:
     from engine.encoders.text_cache import TextCache
     from engine.encoders.text_shapes import prepare_text
-    from engine.run.classifier import eager_prompt_list
+    from engine.run.prompts import eager_prompt_list
     from engine.run.encoder_source import EncoderSource
 
     enc = load()

@@ -119,7 +119,7 @@ def run_ray(model: str, paths: list[str], config, *, workers: int, precompute: b
     from engine.run.config import EncoderSpec
     from engine.run.pipeline import Job
     from engine.run.ray_executor import BUSY, STARTED, TEXT_ENCODES, RayOptions, classify_shards
-    from engine.run.store import records_from_arrow
+    from engine.run.store import results_from_arrow
     from systems import load_system
 
     rows = pa.table({"path": paths})
@@ -134,7 +134,7 @@ def run_ray(model: str, paths: list[str], config, *, workers: int, precompute: b
         busy += float(pc.sum(table.column(BUSY)).as_py() or 0.0)
         starts = [t for t in table.column(STARTED).to_pylist() if t > 0]
         first_start = min([first_start, *starts])
-        got[k] = records_from_arrow(table)
+        got[k] = [r.to_dict() for r in results_from_arrow(table)]
     t_end = time.time()
     recs = [r for k in shards for r in got[k]]
     window = t_end - first_start
@@ -218,15 +218,16 @@ def write_speed(records: list[dict], tmp: Path, shard: int = 1000) -> dict[str, 
     """
     import pyarrow.parquet as pq
 
-    from engine.run.store import ResultStore, records_from_arrow, records_to_arrow
+    from engine.core.results import Result
+    from engine.run.store import ResultStore, results_from_arrow, results_to_arrow
 
     reps = -(-shard // len(records))
-    rows = (records * reps)[:shard]
-    table = records_to_arrow(rows)
+    rows = [Result.from_dict(r) for r in (records * reps)[:shard]]
+    table = results_to_arrow(rows)
     tmp.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"rows": shard}
     t0 = time.perf_counter()  # the CPU part alone: no file, no fsync
-    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records_from_arrow(table))
+    "".join(json.dumps(r.to_dict(top_records=True), ensure_ascii=False) + "\n" for r in results_from_arrow(table))
     out["jsonl_serialise_rows_per_s"] = shard / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     pq.write_table(table, tmp / "nosync.parquet")

@@ -174,7 +174,7 @@ def test_the_resume_fingerprint_changes_with_the_calibration(world):
 def test_target_accuracy_reports_confident_stops_apart_from_the_others(world):
     clf = calibrated(world)
     config = RunConfig(policy="eig", target_accuracy=0.9)
-    choice = clf.target_choice(config)
+    choice = clf.calibration_use.target_choice(config)
     assert choice.reached and choice.lower_bound >= 0.9 and choice.tau < 1.0
     assert choice.tau == choose_tau(world["cal"].paths["eig"].conf, world["cal"].paths["eig"].correct, 0.9).tau
     rep = evaluate_classifier(clf, world["csv"], config)
@@ -215,16 +215,16 @@ def test_target_accuracy_follows_the_budget_and_refuses_what_it_cannot_know(worl
     finally:
         del POLICIES[Plug.name]
     with pytest.raises(CalibrationError, match="needs a calibration"):
-        world["clf"].target_choice(RunConfig(target_accuracy=0.8))
+        world["clf"].calibration_use.target_choice(RunConfig(target_accuracy=0.8))
     # the random policy's dev paths are those of seed 0; another seed's order was never traced
     from engine.run.calibration_file import target_choice
     assert target_choice(cal, RunConfig(policy="random", target_accuracy=0.7)).target == 0.7
     with pytest.raises(CalibrationError, match="seed 0, not seed 3"):
         target_choice(cal, RunConfig(policy="random", seed=3, target_accuracy=0.7))
     clf = calibrated(world)  # the Classifier's τ memo must not answer seed 3 with seed 0's τ
-    assert clf.target_choice(RunConfig(policy="random", target_accuracy=0.7)).target == 0.7
+    assert clf.calibration_use.target_choice(RunConfig(policy="random", target_accuracy=0.7)).target == 0.7
     with pytest.raises(CalibrationError, match="seed 0, not seed 3"):
-        clf.target_choice(RunConfig(policy="random", seed=3, target_accuracy=0.7))
+        clf.calibration_use.target_choice(RunConfig(policy="random", seed=3, target_accuracy=0.7))
 
 
 @pytest.mark.parametrize("kw, needle", [

@@ -95,7 +95,7 @@ def test_a_zero_shot_calibration_moves_to_a_system_with_the_same_questions(sourc
     assert moved.paths == {} and moved.select is None and moved.dev_order is None and moved.auto == {}
     # the class-agnostic parts, applied through the target's own rules
     expect = cal.channels.channel(gen1.rule_matrix, gen1.option_counts)
-    assert np.array_equal(clf._channel.P, expect.P) and np.array_equal(moved.lams, cal.lams)
+    assert np.array_equal(clf.calibration_use.channel.P, expect.P) and np.array_equal(moved.lams, cal.lams)
     assert moved.provenance()["moved_to"] == "pokemon15_gen1"
     got = clf.classify(gen1_world["paths"][:10], RunConfig(policy="eig", tau=0.9))
     plain = Classifier(EncoderSpec(model="sim"), gen1, encoder=gen1_world["encoder"]).classify(

@@ -279,14 +279,13 @@ def test_pipelined_chunks_give_the_same_results_and_decode_ahead(tmp_path):
     model = str(tiny_model_dir("clip"))
     ref = Classifier(EncoderSpec(model=model, device="cpu", preprocess="processor"), "pokemon15")
     clf = Classifier(EncoderSpec(model=model, device="cpu", decode_workers=0), "pokemon15")
-    assert ref.image_loader is None and clf.image_loader is not None
+    assert ref.images.loader is None and clf.images.loader is not None
     order: list[str] = []
-    submit, embed = clf.submit_images, clf.embed_images
-    clf.submit_images = lambda *a, **k: (order.append("submit"), submit(*a, **k))[1]
-    clf.embed_images = lambda *a, **k: (order.append("embed"), embed(*a, **k))[1]
-    chunks = [(items[i:i + 5], None) for i in range(0, len(items), 5)]
-    fast = [r for rs in clf.classify_chunks(chunks, ref_config()) for r in rs]
-    slow = [r for rs in ref.classify_chunks(chunks, ref_config()) for r in rs]
+    submit, embed = clf.images.submit, clf.images.embed
+    clf.images.submit = lambda *a, **k: (order.append("submit"), submit(*a, **k))[1]
+    clf.images.embed = lambda *a, **k: (order.append("embed"), embed(*a, **k))[1]
+    fast = list(clf.iter_classify(items, ref_config(), chunk_size=5))
+    slow = list(ref.iter_classify(items, ref_config(), chunk_size=5))
     assert order[:3] == ["submit", "submit", "embed"]  # chunk 2 handed out before chunk 1 is embedded
     assert [r.label for r in fast] == [r.label for r in slow]
     assert [r.q_spent for r in fast] == [r.q_spent for r in slow]

@@ -10,25 +10,25 @@ import pytest
 
 from engine.cli.app import main
 from engine.core.results import Result, Step
-from engine.run.store import FORMATS, ResultStore, fingerprint, read_run, record
+from engine.run.store import FORMATS, read_run
 
+from .test_store import _open
 
 
 def _awkward():
     """Records with everything CSV makes hard: commas, quotes, newlines, unicode, None, tiny floats."""
     step = Step(group="co,lour", eig=0.1 + 0.2, answer='say "red"', answer_prob=1e-300, confidence_after=1 / 3)
     return [
-        record(Result("Mr. Mime", 2 / 3, [("Mr. Mime", 2 / 3), ("Ho-Oh", 1 / 3)], [step], 7, "confident",
-                      image="dir/a, b\n\"c\".png"), "Mr. Mime"),
-        record(Result.failed("cannot read: 'x'\nsecond line", image="é.png"), "Ho-Oh"),
-        record(Result("Ho-Oh", 1.0, [("Ho-Oh", 1.0)], [], 0, "budget", image="=1+2"), "Nidoran♀"),
+        Result("Mr. Mime", 2 / 3, [("Mr. Mime", 2 / 3), ("Ho-Oh", 1 / 3)], [step], 7, "confident",
+               image="dir/a, b\n\"c\".png", true_label="Mr. Mime"),
+        Result(None, 0.0, [], [], 0, None, image="é.png", error="cannot read: 'x'\nsecond line", true_label="Ho-Oh"),
+        Result("Ho-Oh", 1.0, [("Ho-Oh", 1.0)], [], 0, "budget", image="=1+2", true_label="Nidoran♀"),
     ]
 
 
 def test_csv_shards_read_back_as_the_same_records(tmp_path):
     recs = _awkward()
-    with ResultStore.open(tmp_path / "r.csv", n_rows=3, shard_size=3, settings={"m": 1}, resume=False,
-                          fingerprint=fingerprint({"m": 1}, ["i0", "i1", "i2"])) as s:
+    with _open(tmp_path / "r.csv", n=3, size=3) as s:
         s.write(0, recs)
         assert s.read(0) == recs
     with (tmp_path / "r.csv.d" / "shard-00000.csv").open(newline="", encoding="utf-8") as f:
@@ -37,7 +37,7 @@ def test_csv_shards_read_back_as_the_same_records(tmp_path):
                              "true_label"]
     assert json.loads(rows[0]["top"]) == [{"label": "Mr. Mime", "prob": 2 / 3}, {"label": "Ho-Oh", "prob": 1 / 3}]
     assert rows[1]["label"] == "" and rows[2]["image"] == "'=1+2"  # a formula is text
-    assert read_run(tmp_path / "r.csv") == recs
+    assert read_run(tmp_path / "r.csv") == [r.to_dict() for r in recs]
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ from engine.run.classifier import Classifier, RunConfig  # noqa: E402
 from engine.run.config import EncoderSpec  # noqa: E402
 from engine.run.datasets import load_dataset  # noqa: E402
 from engine.run.pipeline import Job  # noqa: E402
-from engine.run.store import FORMATS, ResultStore, records_from_arrow  # noqa: E402
+from engine.run.store import FORMATS, ResultStore, results_from_arrow  # noqa: E402
 from systems import load_system  # noqa: E402
 from systems.files import shared_data_root  # noqa: E402
 
@@ -186,7 +186,7 @@ def test_offline_killed_halfway_then_resumed_matches_a_single_process(cluster, j
         assert (out / name).stat().st_mtime_ns == mtime
     assert pq.read_table(out).equals(pq.read_table(table))  # the run folder reads as one Parquet dataset too
     table = pq.read_table(table)
-    recs = records_from_arrow(table.sort_by([("image", "ascending")]))
+    recs = [r.to_dict() for r in results_from_arrow(table.sort_by([("image", "ascending")]))]
     assert table.num_rows == N and len({r["image"] for r in recs}) == N  # no duplicates, none lost
     by_image = {r["image"]: r for r in recs}
     single = _offline_single(jina200)
@@ -305,17 +305,17 @@ def test_bytes_input_and_precomputed_text_give_the_path_results(cluster, tmp_pat
     paths.insert(5, str(tmp_path / "bad.jpg"))
     job = Job(EncoderSpec(model=model, device="cpu"), load_system("pokemon15"), RunConfig(tau=0.5))
     lazy = ClassifyBatch(job, stats=True)
-    by_path = records_from_arrow(lazy(pa.table({"path": paths})))
+    by_path = [r.to_dict() for r in results_from_arrow(lazy(pa.table({"path": paths})))]
     as_bytes = pa.table({"path": paths, "bytes": [Path(p).read_bytes() for p in paths]})
     table_ref = ray.put(_embed_prompts(job))
     pre = ClassifyBatch(job, text_ref=table_ref, stats=True)
     out = pre(as_bytes)
     assert sum(out.column("_text_encodes").to_pylist()) == 0  # every prompt came from the broadcast table
     assert sum(out.column("_text_hits").to_pylist()) > 0
-    by_bytes = records_from_arrow(out)
+    by_bytes = [r.to_dict() for r in results_from_arrow(out)]
     assert by_bytes == by_path  # same batch: identical to the last bit, errors included
     assert by_bytes[5]["error"].startswith(f"cannot load image {paths[5]!r}: corrupt or truncated image data")
-    single = [r.to_dict() for r in Classifier(job.encoder, job.system).classify_inputs(paths, job.config)]
+    single = [r.to_dict() for r in Classifier(job.encoder, job.system).classify(paths, job.config)]
     assert [(r["label"], r["q_spent"], r["error"]) for r in by_path] == \
         [(r["label"], r["q_spent"], r["error"]) for r in single]  # the actor's path is the one-process path
     empty = lazy(pa.table({"path": pa.array([], pa.string())}))  # Ray may hand an actor an empty block

@@ -12,7 +12,7 @@ import pytest
 from engine.cli.app import main
 from engine.core.results import Result
 from engine.run.store import (
-    FORMATS, LOCK, ResultStore, StoreError, csv_cell, read_run, record, run_dir, summary_path,
+    FORMATS, LOCK, ResultStore, StoreError, csv_cell, read_run, run_dir, summary_path,
 )
 
 from .support.data import write_colour_data
@@ -84,7 +84,7 @@ def test_resume_rewrites_the_table_and_an_interrupted_run_has_none(colour_data):
 
 
 def test_the_table_is_written_only_when_every_shard_is_done(tmp_path):
-    recs = [record(Result("A", 0.5, [("A", 0.5), ("B", 0.5)], [], 1, "budget", image=f"i{i}"), "A") for i in range(5)]
+    recs = [Result("A", 0.5, [("A", 0.5), ("B", 0.5)], [], 1, "budget", image=f"i{i}", true_label="A") for i in range(5)]
     for suffix in FORMATS:
         out = tmp_path / f"t{suffix}"
         with ResultStore.open(out, n_rows=5, shard_size=2, settings={}, fingerprint="f", resume=False) as s:
@@ -95,7 +95,7 @@ def test_the_table_is_written_only_when_every_shard_is_done(tmp_path):
             assert not out.exists()
             s.write(1, recs[2:4])
             assert s.finish() == out
-        assert read_run(out) == recs
+        assert read_run(out) == [r.to_dict() for r in recs]
         if suffix == ".csv":
             assert len(pd.read_csv(out)) == 5  # one header row, not one per shard
         elif suffix == ".jsonl":
@@ -170,13 +170,13 @@ def test_formula_labels_are_text_in_the_csv_and_numbers_stay_numbers(colour_data
 
 
 def test_a_negative_number_is_not_escaped(tmp_path):
-    rec = record(Result("-2+3 blue", -0.5, [("-2+3 blue", 1.0)], [], -1, "budget", image="-x.png"), "-2+3 blue")
+    rec = Result("-2+3 blue", -0.5, [("-2+3 blue", 1.0)], [], -1, "budget", image="-x.png", true_label="-2+3 blue")
     with ResultStore.open(tmp_path / "n.csv", n_rows=1, shard_size=1, settings={}, fingerprint="f", resume=False) as s:
         s.write(0, [rec])
         s.finish()
     line = (tmp_path / "n.csv").read_text().splitlines()[1]
     assert line.startswith('"\'-2+3 blue",-0.5,') and ",-1," in line
-    assert read_run(tmp_path / "n.csv") == [rec]
+    assert read_run(tmp_path / "n.csv") == [rec.to_dict()]
 
 
 @pytest.mark.slow

@@ -215,10 +215,10 @@ def test_body_size_limit_with_and_without_content_length():
 
 def test_pixel_limit_refuses_before_decoding(monkeypatch):
     """The declared size is read from the header; an over-limit image is refused without decoding it."""
-    import engine.serve.uploads as uploads
+    import engine.encoders.images as images  # uploads decode by the rules of files: to_rgb decodes the pixels
 
     decoded = []
-    monkeypatch.setattr(uploads, "load_image", lambda im: decoded.append(im) or im)
+    monkeypatch.setattr(images, "to_rgb", lambda im: decoded.append(im) or im)
     with make_client(max_pixels=10_000) as c:
         big = png(Image.new("RGB", (200, 100), (1, 2, 3)))  # 20,000 px, tiny file
         msg = assert_error(c.post("/v1/classify", files=parts(("big.png", big))), 413, "image_too_large", "image[0]")

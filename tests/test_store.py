@@ -21,7 +21,7 @@ from engine.cli.app import main
 from engine.core.results import Result
 from engine.run.datasets import Item
 from engine.run.pipeline import Job, LocalExecutor, OutputSpec, open_store, run, shards_of
-from engine.run.store import FORMATS, ResultStore, StoreError, fingerprint, record
+from engine.run.store import FORMATS, ResultStore, StoreError, fingerprint
 
 from .support.data import COLOUR_SYSTEM, solid
 from .support.encoders import FakeEncoder
@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _records(n, err_at=()):
     rs = [Result.failed("bad", image=f"i{i}") if i in err_at else
           Result("A", 0.5, [("A", 0.5), ("B", 0.5)], [], 1, "budget", image=f"i{i}") for i in range(n)]
-    return [record(r, "A") for r in rs]
+    for r in rs:
+        r.true_label = "A"
+    return rs
 
 
 def _open(out, n=10, size=4, settings=None, resume=False, fp=None):
@@ -67,7 +69,7 @@ def test_store_resumes_only_finished_shards(tmp_path):
         again.write(1, _records(4))
         again.write(2, _records(2))
         recs = again.read_all()
-    assert len(recs) == 10 and recs[0]["top"] == [["A", 0.5], ["B", 0.5]] and recs[0]["true_label"] == "A"
+    assert len(recs) == 10 and recs[0].top == [("A", 0.5), ("B", 0.5)] and recs[0].true_label == "A"
 
 
 def test_parquet_and_jsonl_shards_hold_the_same_records(tmp_path):
@@ -156,11 +158,11 @@ def test_classify_out_and_resume_without_ray(colour_run, capsys):
 
 def _same(a, b):
     """Same records, floats to 1e-9 (EIG and confidences move in the last bits with the batch's size)."""
-    key = lambda r: (r["image"], r["label"], r["q_spent"], r["stop"], r["error"], r["true_label"],  # noqa: E731
-                     [s["group"] for s in r["asked"]])
+    key = lambda r: (r.image, r.label, r.q_spent, r.stop, r.error, r.true_label,  # noqa: E731
+                     [s.group for s in r.steps])
     assert [key(r) for r in a] == [key(r) for r in b]
     for x, y in zip(a, b):
-        assert x["confidence"] == pytest.approx(y["confidence"], abs=1e-9)
+        assert x.confidence == pytest.approx(y.confidence, abs=1e-9)
 
 
 class ShuffledExecutor(LocalExecutor):
@@ -179,7 +181,9 @@ def test_pipeline_yields_input_order_and_writes_every_shard_once(tmp_path):
         solid(col).save(tmp_path / f"{i}.png")
     items = [Item(str(tmp_path / f"{i}.png"), lab) for i, lab in enumerate(["cherry", "leaf", "sea"] * 3)]
     job = Job(clf.spec, clf.system, RunConfig())
-    direct = [record(r, it.label) for r, it in zip(clf.classify_items(items, job.config), items)]
+    direct = clf.classify([it.source for it in items], job.config, names=[it.path for it in items])
+    for r, it in zip(direct, items):
+        r.true_label = it.label
     _same(list(run(items, job, executor=ShuffledExecutor(clf), shard_size=2)), direct)
     with open_store(OutputSpec(str(tmp_path / "o.jsonl"), shard_size=4), job.settings(), items) as store:
         got = list(run(items, job, executor=ShuffledExecutor(clf), store=store))

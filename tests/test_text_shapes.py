@@ -19,7 +19,8 @@ from engine.encoders.text_shapes import (  # noqa: E402
     EAGER_MAX_BATCHES, PROMPT_MODES, SWITCHES, TextBuckets, bucket_for, length_buckets, pad_batch, prepare_text,
     prompt_policy, row_buckets, switch_on,
 )
-from engine.run.classifier import Classifier, eager_prompt_list  # noqa: E402
+from engine.run.classifier import Classifier  # noqa: E402
+from engine.run.prompts import eager_prompt_list  # noqa: E402
 from engine.run.config import EncoderSpec, RunConfig  # noqa: E402
 from systems.build import with_name_group  # noqa: E402
 
@@ -303,7 +304,7 @@ def test_a_run_counts_the_eager_prompts_once():
 def test_runs_that_do_not_ask_the_system_prompts_keep_prompts_lazy():
     """Eager prompts only for runs that ask the system's own group prompts: a baseline or descriptors run (or one
     with a template ensemble) would embed, and count, prompts it never asks."""
-    from engine.run.classifier import spec_for_run
+    from engine.run.prompts import spec_for_run
     from engine.run.config import EncoderSpec, RunConfig
 
     eager = EncoderSpec(model="offline", eager_prompts="eager")

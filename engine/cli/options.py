@@ -439,7 +439,7 @@ def check_run_settings(system, config) -> None:
             raise UsageError(f"--shortlist: system {system.name!r} has no {NAME_GROUP!r} group to ask class names "
                              "with; drop --shortlist, or add the class-name group (twentyq system build --name-group)")
     if config.mode == "descriptors":
-        from engine.run.classifier import descriptor_pool
+        from engine.run.prompts import descriptor_pool
         from systems.build import baseline_system
 
         descriptor_pool(baseline_system(system), config.descriptors, config.descriptor_style)

@@ -58,9 +58,8 @@ def _items_of(paths: list[str]):
 
 
 def classify_cmd(args) -> int:
-    from engine.run.classifier import spec_for_run
     from engine.run.pipeline import DEFAULT_CHUNK, Job, open_store, run
-    from engine.run.store import result_from_record
+    from engine.run.prompts import spec_for_run
 
     check_out_flags(args)
     executor = executor_for(args)
@@ -79,13 +78,13 @@ def classify_cmd(args) -> int:
     printed_header = False
     try:
         with store if store is not None else nullcontext():
-            for rec in run(items, job, executor=executor, store=store, shard_size=DEFAULT_CHUNK, progress=update):
-                n_bad += rec["error"] is not None
+            for result in run(items, job, executor=executor, store=store, shard_size=DEFAULT_CHUNK, progress=update):
+                n_bad += result.error is not None
                 if store is None or args.json:
                     if not args.json and not printed_header:
                         print(RESULT_HEADER)
                         printed_header = True
-                    print_result(result_from_record(rec), args.json)
+                    print_result(result, args.json)
     except KeyboardInterrupt as e:
         close()
         if store is not None and not isinstance(e, Interrupted):
@@ -152,7 +151,7 @@ def eval_cmd(args) -> int:
 
 
 def spec_for_run_of(spec, config):
-    from engine.run.classifier import spec_for_run
+    from engine.run.prompts import spec_for_run
 
     return spec_for_run(spec, config)
 

@@ -49,6 +49,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from typing import Union
 
 import numpy as np
@@ -113,11 +114,18 @@ def _refusal_of(source) -> str:
 
 
 class ImageLoadError(ValueError):
-    """An image that could not be loaded; ``path`` names it, the message says why."""
+    """An image that could not be loaded; ``path`` names it, the message says why.
 
-    def __init__(self, path: str, cause: str):
+    ``too_large`` is True when it was refused for declaring more pixels than the limit (a decompression
+    bomb), with ``pixels`` the count declared (None when only Pillow's guard knew it) and ``size`` its
+    "WxH = " text: the server answers those 413, every other refusal 400.
+    """
+
+    def __init__(self, path: str, cause: str, *, too_large: bool = False, pixels: int | None = None,
+                 size: str = ""):
         self.path = path
         self.cause = cause
+        self.too_large, self.pixels, self.size = too_large, pixels, size
         super().__init__(f"cannot load image {path!r}: {cause}")
 
 
@@ -150,31 +158,37 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # P, L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def _too_large(size: tuple[int, int]) -> str | None:
+def _check_size(size: tuple[int, int], label: str, max_pixels: int | None = None) -> None:
+    """ImageLoadError naming ``label`` for a declared size over the pixel limit (``too_large``) or with
+    zero width or height."""
     w, h = size
-    if w * h > MAX_IMAGE_PIXELS:
-        return _bomb(w * h, f"{w}x{h} = ")
+    if w * h > _pixel_limit(max_pixels):
+        raise ImageLoadError(label, _bomb(w * h, max_pixels, f"{w}x{h} = "), too_large=True, pixels=w * h,
+                             size=f"{w}x{h} = ")
     if w <= 0 or h <= 0:
-        return f"{w}x{h} has zero width or height; there is nothing to look at"
-    return None
+        raise ImageLoadError(label, f"{w}x{h} has zero width or height; there is nothing to look at")
 
 
-def _bomb(pixels: int, prefix: str = "") -> str:
-    return (f"{prefix}{pixels:,} pixels is over the limit of {_pixel_limit():,} "
+def _bomb(pixels: int, max_pixels: int | None = None, prefix: str = "") -> str:
+    return (f"{prefix}{pixels:,} pixels is over the limit of {_pixel_limit(max_pixels):,} "
             "(a possible decompression bomb); refusing to decode it")
 
 
-def _pixel_limit() -> int:
-    """The limit in force: twentyq's MAX_IMAGE_PIXELS (Pillow's own guard is set to the same value)."""
+def _pixel_limit(max_pixels: int | None = None) -> int:
+    """The limit in force: ``max_pixels`` when given (a server's ``--max-pixels``), else twentyq's
+    MAX_IMAGE_PIXELS (Pillow's own guard is set to the same value), whichever is lower."""
     pil = Image.MAX_IMAGE_PIXELS
-    return min(MAX_IMAGE_PIXELS, pil) if pil else MAX_IMAGE_PIXELS
+    limit = min(MAX_IMAGE_PIXELS, pil) if pil else MAX_IMAGE_PIXELS
+    return min(limit, max_pixels) if max_pixels else limit
 
 
-def _bomb_from_pillow(e: BaseException) -> str:
-    """Our message for Pillow's DecompressionBombError/Warning, which quotes its own (2x) limit."""
+def _bomb_from_pillow(e: BaseException, label: str, max_pixels: int | None = None) -> ImageLoadError:
+    """Our error for Pillow's DecompressionBombError/Warning, which quotes its own (2x) limit."""
     m = re.search(r"\((\d+) pixels\)", str(e))
-    return _bomb(int(m.group(1))) if m else (f"over the limit of {_pixel_limit():,} pixels "
-                                               "(a possible decompression bomb); refusing to decode it")
+    if m:
+        return ImageLoadError(label, _bomb(int(m.group(1)), max_pixels), too_large=True, pixels=int(m.group(1)))
+    return ImageLoadError(label, f"over the limit of {_pixel_limit(max_pixels):,} pixels (a possible decompression "
+                                 "bomb); refusing to decode it", too_large=True)
 
 
 def _downscale(img: Image.Image) -> Image.Image:
@@ -188,24 +202,28 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
-def _decode(source, label: str) -> Image.Image:
-    """Open ``source`` (a path or a binary file object) with Pillow and apply the module's rules.
+@contextmanager
+def opened(source, label: str, max_pixels: int | None = None):
+    """``source`` (a path, a binary file object or bytes) opened by Pillow, header only, by the module's
+    rules: only :data:`IMAGE_FORMATS`, the declared size checked against the pixel limit (``max_pixels``
+    when given, a server's, else :data:`MAX_IMAGE_PIXELS`) before any pixel is decoded, a large JPEG set
+    to decode at a reduced scale. The one opener of files, bytes and server uploads.
 
-    Every failure is an ImageLoadError naming ``label``: the known ones with their
-    cause in words, any other exception with its type (so one odd image can never
-    abort a batch).
+    Every failure, while opening or in the ``with`` body (decoding), is an ImageLoadError naming
+    ``label``: the known ones with their cause in words, any other exception with its type (so one odd
+    image can never abort a batch).
     """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source, formats=IMAGE_FORMATS) as im:
-                too_large = _too_large(im.size)  # the header only: nothing is decoded yet
-                if too_large:
-                    raise ImageLoadError(label, too_large)
+                _check_size(im.size, label, max_pixels)  # the header only: nothing is decoded yet
                 if max(im.size) > MAX_SIDE:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= the bound
                     r = MAX_SIDE / max(im.size)
                     im.draft(None, (max(1, int(im.size[0] * r)), max(1, int(im.size[1] * r))))
-                return _checked(_downscale(to_rgb(im)), label)
+                yield im
     except ImageLoadError:
         raise
     except PermissionError:
@@ -213,11 +231,27 @@ def _decode(source, label: str) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageLoadError(label, _refusal_of(source)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(label, _bomb_from_pillow(e)) from None
+        raise _bomb_from_pillow(e, label, max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated / corrupt data
         raise ImageLoadError(label, f"corrupt or truncated image data ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001  (anything else Pillow or a plugin raises: this image's error)
         raise ImageLoadError(label, f"{type(e).__name__} while decoding it ({_first_line(e)})") from None
+
+
+def _decode(source, label: str, max_pixels: int | None = None) -> Image.Image:
+    """Open ``source`` (a path, a binary file object or bytes) by :func:`opened` and decode it to RGB by the
+    module's rules; ImageLoadError naming ``label``."""
+    with opened(source, label, max_pixels) as im:
+        return _checked(_downscale(to_rgb(im)), label)
+
+
+def read_header(data: bytes, label: str, max_pixels: int | None = None) -> tuple[int, int, str, bool]:
+    """(width, height, Pillow mode, whether it names a transparent colour) of an encoded image, from its
+    header alone (after a large JPEG's reduced-scale draft: what will be decoded); the same checks and
+    ImageLoadError as decoding it."""
+    with opened(data, label, max_pixels) as im:
+        w, h = im.size
+        return int(w), int(h), im.mode, "transparency" in im.info
 
 
 def _checked(img: Image.Image, label: str) -> Image.Image:
@@ -227,14 +261,15 @@ def _checked(img: Image.Image, label: str) -> Image.Image:
     return img
 
 
-def load_image_bytes(name: str, data: bytes) -> Image.Image:
+def load_image_bytes(name: str, data: bytes, max_pixels: int | None = None) -> Image.Image:
     """An encoded image held in memory (``data``) as RGB, by the same rules and messages as a file.
 
-    ``name`` is what messages call it (the file it came from). Raises ImageLoadError.
+    ``name`` is what messages call it (the file it came from); ``max_pixels`` a lower pixel limit than
+    :data:`MAX_IMAGE_PIXELS` (a server's). Raises ImageLoadError.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    return _decode(io.BytesIO(bytes(data)), name)
+    return _decode(data, name, max_pixels)
 
 
 def load_image(image: ImageLike | bytes, *, name: str | None = None) -> Image.Image:
@@ -246,11 +281,11 @@ def load_image(image: ImageLike | bytes, *, name: str | None = None) -> Image.Im
     if isinstance(image, Image.Image):
         label = name or image_label(image)
         try:
-            too_large = _too_large(image.size)
+            _check_size(image.size, label)
+        except ImageLoadError:
+            raise
         except Exception as e:  # noqa: BLE001  (a broken object posing as an image)
             raise ImageLoadError(label, f"{type(e).__name__} while reading its size ({_first_line(e)})") from None
-        if too_large:
-            raise ImageLoadError(label, too_large)
         try:
             return _checked(_downscale(to_rgb(image)), label)
         except ImageLoadError:

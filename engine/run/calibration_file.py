@@ -1252,7 +1252,7 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     embs, good_rows, bad = [], [], 0
     for start in range(0, len(dev_items), chunk_size):
         chunk = dev_items[start:start + chunk_size]
-        emb, good, errs = classifier.embed_images([it.source for it in chunk], [it.path for it in chunk])
+        emb, good, errs = classifier.images.embed([it.source for it in chunk], [it.path for it in chunk])
         if len(good):
             embs.append(EncoderSource(classifier.encoder, classifier.text_cache, system, emb).all_similarities())
             good_rows += [start + int(j) for j in good]

@@ -5,7 +5,7 @@
   ``_summary.json`` (:func:`engine.run.store.summary_path`).
 - :func:`evaluate_configs`: several configurations on one dataset, each image embedded
   once (``twentyq compare``).
-- :func:`summarise`: an :class:`EvalReport` from records; every summary carries what is
+- :func:`summarise`: an :class:`EvalReport` from Results; every summary carries what is
   needed to reproduce it (the job's settings, the data spec and its hash).
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from engine.core.metrics import CI_METHOD, accuracy_ci, exact_ci, per_class, top_confusions  # noqa: F401 (exact_ci: re-exported)
-from engine.core.results import STOP_REASONS
+from engine.core.results import STOP_REASONS, Result
 from engine.run.config import RunConfig
 from engine.run.datasets import Dataset, DataSpec, Item
 from engine.run.pipeline import Executor, Job, OutputSpec, open_store, run
-from engine.run.store import SUMMARY, fingerprint, record
+from engine.run.store import SUMMARY, fingerprint
 from systems.files import atomic_write_json
 
 
@@ -86,11 +86,11 @@ def data_settings(data: DataSpec, name: str, items: Sequence[Item]) -> dict[str,
             "sha256": fingerprint({}, [it.path for it in items], [it.label for it in items])}
 
 
-def stop_split(ok_records: Sequence[dict[str, Any]], correct: np.ndarray) -> tuple[dict, dict]:
+def stop_split(ok_results: Sequence[Result], correct: np.ndarray) -> tuple[dict, dict]:
     """Accuracy among the images that stopped on confidence (with an exact 95% CI) and among the others."""
-    conf = np.array([r["stop"] == "confident" for r in ok_records], dtype=bool)
+    conf = np.array([r.stop == "confident" for r in ok_results], dtype=bool)
     k, n = int(correct[conf].sum()), int(conf.sum())
-    others = [r["stop"] for r in ok_records if r["stop"] != "confident"]
+    others = [r.stop for r in ok_results if r.stop != "confident"]
     return ({"n": n, "accuracy": k / n if n else float("nan"), "ci95": list(exact_ci(k, n)),
              "ci_method": CI_METHOD},
             {"n": len(others), "accuracy": float(correct[~conf].mean()) if len(others) else float("nan"),
@@ -107,9 +107,9 @@ def calibration_summary(job: Job, excluded: int) -> dict[str, Any] | None:
             **({} if applied else {"note": f"mode {job.config.mode} scores the class names, uncalibrated"})}
 
 
-def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job, data: DataSpec, *,
+def summarise(results: Sequence[Result], items: Sequence[Item], job: Job, data: DataSpec, *,
               data_name: str, stats: dict[str, float], complete: bool = True, excluded: int = 0) -> EvalReport:
-    """An EvalReport from records aligned with their items; bad images are listed in ``skipped``.
+    """An EvalReport from Results aligned with their items; bad images are listed in ``skipped``.
 
     job, data : what ran on what (the model, system and RunConfig; the ``by`` column).
     stats : ``text_encodes``, ``text_hits``, ``seconds_embed``, ``seconds_classify`` (missing: unknown).
@@ -121,13 +121,13 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
     from engine.encoders.registry import model_label
 
     config, by = job.config, data.by
-    ok = [(r, it) for r, it in zip(records, items) if r["error"] is None]
-    skipped = [{"image": r["image"], "error": r["error"]} for r, it in zip(records, items) if r["error"] is not None]
+    ok = [(r, it) for r, it in zip(results, items) if r.error is None]
+    skipped = [{"image": r.image, "error": r.error} for r in results if r.error is not None]
     labels = [it.label for _, it in ok]
-    preds = [r["label"] for r, _ in ok]
+    preds = [r.label for r, _ in ok]
     correct = np.array([p == y for p, y in zip(preds, labels)], dtype=bool)
-    top5 = np.array([y in [lab for lab, _ in r["top"][:5]] for (r, _), y in zip(ok, labels)], dtype=bool)
-    qs = np.array([r["q_spent"] for r, _ in ok], dtype=np.float64)
+    top5 = np.array([y in [lab for lab, _ in r.top[:5]] for (r, _), y in zip(ok, labels)], dtype=bool)
+    qs = np.array([r.q_spent for r, _ in ok], dtype=np.float64)
     breakdown = {}
     if by:
         groups: dict[str, list[bool]] = {}
@@ -150,7 +150,7 @@ def summarise(records: Sequence[dict[str, Any]], items: Sequence[Item], job: Job
         tau=(choice.tau if choice is not None else config.tau) if adaptive else None, delta=config.delta if adaptive else None,
         budget=config.budget if adaptive else None, shortlist=config.shortlist if adaptive else None,
         scorer=config.scorer, eps=config.eps, per_class=classes, confusion=top_confusions(labels, preds),
-        skipped=skipped, stops={s: sum(r["stop"] == s for r, _ in ok) for s in STOP_REASONS},
+        skipped=skipped, stops={s: sum(r.stop == s for r, _ in ok) for s in STOP_REASONS},
         seconds_embed=float(stats.get("seconds_embed", nan)), seconds_classify=float(stats.get("seconds_classify", nan)),
         by=breakdown, complete=complete,
         settings={**job.settings(), "data": data_settings(data, data_name, items),
@@ -206,7 +206,7 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
     earlier = earlier_stats(store.root / SUMMARY) if done_before else {}  # done_before > 0 only with a store
     if planned is not None:
         planned(sum(len(store.rows_of(k)) for k in store.pending()) if store is not None else len(items))
-    records: list[dict[str, Any]] = []
+    records: list[Result] = []
 
     def report(complete: bool) -> EvalReport:
         stats = dict(executor.stats)
@@ -221,8 +221,7 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
 
     with store if store is not None else nullcontext():  # the folder stays locked until the summary is written
         try:
-            for rec in run(items, job, executor=executor, store=store, progress=progress):
-                records.append(rec)
+            records.extend(run(items, job, executor=executor, store=store, progress=progress))
         except KeyboardInterrupt:
             if store is not None:  # what the finished shards hold, marked incomplete
                 done = sorted(store.done())
@@ -252,20 +251,22 @@ def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfi
     ds = dataset if dataset is not None else data.load(classifier.system.classes)
     items, excluded = exclude_dev(ds.items, cal)  # nothing is scored on the calibration's dev images
     caches = [TextCache(classifier.encoder, cache_dir=classifier.spec.cache_dir) for _ in configs]
-    records: list[list[dict[str, Any]]] = [[] for _ in configs]
+    records: list[list[Result]] = [[] for _ in configs]
     secs = [0.0] * len(configs)
     t_embed = 0.0
     for start in range(0, len(items), chunk_size):
         chunk = items[start:start + chunk_size]
         t0 = time.perf_counter()
-        emb, good, bad = classifier.embed_images([it.source for it in chunk], [it.path for it in chunk])
+        emb, good, bad = classifier.images.embed([it.source for it in chunk], [it.path for it in chunk])
         t_embed += time.perf_counter() - t0
         for k, config in enumerate(configs):
             t0 = time.perf_counter()
             results = classifier.classify_embedded(emb, config, caches[k]) if len(good) else []
             secs[k] += time.perf_counter() - t0
             named = assemble([it.path for it in chunk], good, results, bad)
-            records[k] += [record(r, it.label) for r, it in zip(named, chunk)]
+            for r, it in zip(named, chunk):
+                r.true_label = it.label
+            records[k] += named
         if progress:
             progress(len(chunk))
     reports = []

@@ -1,33 +1,37 @@
-"""The run pipeline: items in, records out, by one code path for every executor and store.
+"""The run pipeline: items in, Results out, by one code path for every executor and store.
 
-    run(items, job, executor=..., store=...) -> Iterator[record]
+    run(items, job, executor=..., store=...) -> Iterator[Result]
 
 - A :class:`Job` is what to do: the encoder to load (:class:`EncoderSpec`), the system, and
   how to classify (:class:`RunConfig`). It is picklable and sent whole to remote workers.
 - Items are cut into :class:`Shard` s of consecutive input rows. An *executor* classifies
-  shards and yields each shard's records as it finishes: :class:`LocalExecutor` in this
+  shards and yields each shard's Results as it finishes: :class:`LocalExecutor` in this
   process, ``engine.run.ray_executor.RayExecutor`` on Ray Data actors. Both call
-  :meth:`Classifier.classify_items` (decode, embed, ask, stop) on their share, so their
-  records are the same. A prefetching executor or a server's request batcher plugs in
-  here by implementing :class:`Executor`.
+  :meth:`Classifier.iter_classify` (decode, embed, ask, stop) on their share, so their
+  Results are the same (the Ray actors send them back as Arrow tables). A prefetching executor
+  or a server's request batcher plugs in here by implementing :class:`Executor`.
 - A *store* (:class:`engine.run.store.ResultStore`) keeps finished shards on disk; with
   one, finished shards are read back instead of redone (``--resume``), and fresh ones are
   written as they finish, so a killed run loses at most the shards in flight. Once every
   shard is done, the store's table (``--out``) is written from them.
 
-Records come out in input order whatever order the executor finishes shards in.
+Results come out in input order whatever order the executor finishes shards in, each built once
+(by the loop, or from a Ray actor's Arrow table) and never converted back and forth.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import accumulate, islice
 from typing import Any, Protocol
 
-from engine.run.classifier import Classifier, spec_for_run
+from engine.core.results import Result
+from engine.run.classifier import Classifier
 from engine.run.config import EncoderSpec, RunConfig
 from engine.run.datasets import Item
-from engine.run.store import ResultStore, record
+from engine.run.prompts import spec_for_run
+from engine.run.store import ResultStore, results_from_arrow
 from systems.format import AttributeSystem
 
 Progress = Callable[[int], None]
@@ -121,8 +125,10 @@ def shards_of(items: Sequence[Item], shard_size: int, only: Sequence[int] | None
 
 
 class Executor(Protocol):
-    """Where the work runs. ``map_shards`` classifies every shard and yields
-    ``(shard index, records in input order)`` as each finishes (in any order).
+    """Where the work runs. ``map_shards`` classifies every shard and yields ``(shard index, part)`` as
+    each finishes (in any order); ``part`` is the shard's Results in input order (``true_label`` set from
+    the items), or the same as an Arrow result table (:func:`engine.run.store.results_to_arrow`'s
+    columns; others starting with ``_`` are ignored), which a Parquet store writes as it is.
 
     ``stats`` counts ``text_encodes`` and ``text_hits`` over the run (what was really embedded; the
     prompts an eager classifier embedded when it loaded count in the first run that uses it).
@@ -131,13 +137,14 @@ class Executor(Protocol):
     stats: dict[str, int]
 
     def map_shards(self, job: Job, shards: Sequence[Shard], progress: Progress | None = None
-                   ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+                   ) -> Iterator[tuple[int, Any]]:
         ...
 
 
 class LocalExecutor:
     """Shards classified one after another in this process, ``chunk_size`` images per encoder call;
-    the next chunk decodes in the classifier's decode workers while this one is classified.
+    the next chunk (across shard boundaries) decodes in the classifier's decode workers while this
+    one is classified; a chunk never spans two shards (:meth:`Classifier.iter_classify`'s ``cut_at``).
 
     classifier : the Classifier to use (default: one loaded from the job, once, on first use).
     """
@@ -149,7 +156,7 @@ class LocalExecutor:
         self.stats = {"text_encodes": 0, "text_hits": 0}
 
     def map_shards(self, job: Job, shards: Sequence[Shard], progress: Progress | None = None
-                   ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+                   ) -> Iterator[tuple[int, list[Result]]]:
         if self.classifier is None:
             self.classifier = job.classifier()
         elif getattr(self.classifier, "calibration", None) is not job.calibration:
@@ -158,32 +165,30 @@ class LocalExecutor:
         clf, cache = self.classifier, self.classifier.text_cache
         claim = getattr(clf, "claim_load_encodes", None)  # eager prompts, embedded when clf loaded
         self.stats["text_encodes"] += claim() if claim else 0
-        work = [(shard, shard.items[i:i + self.chunk_size]) for shard in shards
-                for i in range(0, len(shard.items), self.chunk_size)]
-        # pipelined: the next chunk (across shard boundaries) decodes while this one is classified
-        stream = clf.classify_chunks((([it.source for it in c], [it.path for it in c]) for _, c in work), job.config)
-        records: list[dict[str, Any]] = []
+        items = [it for shard in shards for it in shard.items]
+        ends = list(accumulate(len(shard.items) for shard in shards))
+        stream = clf.iter_classify((it.source for it in items), job.config, chunk_size=self.chunk_size,
+                                   names=(it.path for it in items), progress=progress, cut_at=ends)
         e0, h0 = cache.text_encodes, cache.hits
-        for k, ((shard, chunk), results) in enumerate(zip(work, stream)):
+        for shard in shards:
+            results = list(islice(stream, len(shard.items)))
+            for r, it in zip(results, shard.items):
+                r.true_label = it.label
             self.stats["text_encodes"] += cache.text_encodes - e0
             self.stats["text_hits"] += cache.hits - h0
             e0, h0 = cache.text_encodes, cache.hits
-            records += [record(r, it.label) for r, it in zip(results, chunk)]
-            if progress:
-                progress(len(chunk))
-            if k + 1 == len(work) or work[k + 1][0] is not shard:
-                yield shard.index, records
-                records = []
+            yield shard.index, results
 
 
 def run(items: Sequence[Item], job: Job, *, executor: Executor, store: ResultStore | None = None,
-        shard_size: int = DEFAULT_SHARD_SIZE, progress: Progress | None = None) -> Iterator[dict[str, Any]]:
-    """Every item's record, in input order.
+        shard_size: int = DEFAULT_SHARD_SIZE, progress: Progress | None = None) -> Iterator[Result]:
+    """Every item's Result (``true_label`` its item's label), in input order.
 
     With a ``store``, its shard size rules; shards it already holds are read back, the
-    rest are classified by ``executor`` and written to it as they finish, and once the last
-    record has been taken the store's table is written (:meth:`ResultStore.finish`). ``progress``
-    is called with the number of images just classified (not those read back).
+    rest are classified by ``executor`` and written to it as they finish (an executor's Arrow table
+    as it is), and once the last result has been taken the store's table is written
+    (:meth:`ResultStore.finish`). ``progress`` is called with the number of images just classified
+    (not those read back).
     """
     if store is not None:
         shard_size = store.shard_size
@@ -193,7 +198,7 @@ def run(items: Sequence[Item], job: Job, *, executor: Executor, store: ResultSto
     shards = shards_of(items, shard_size, todo)
     n_shards = -(-len(items) // shard_size) if items else 0
     fresh = executor.map_shards(job, shards, progress) if shards else iter(())
-    ready: dict[int, list[dict[str, Any]]] = {}
+    ready: dict[int, list[Result]] = {}
     pending = {s.index for s in shards}
     try:
         for k in range(n_shards):
@@ -204,10 +209,12 @@ def run(items: Sequence[Item], job: Job, *, executor: Executor, store: ResultSto
                 got = next(fresh, None)
                 if got is None:  # every executor yields each shard once; this is a bug, not bad input
                     raise RuntimeError(f"the executor finished without shard {k}")
-                j, records = got
+                j, part = got
+                table = None if isinstance(part, list) else part
+                results = part if table is None else results_from_arrow(table)
                 if store is not None:
-                    store.write(j, records)
-                ready[j] = records
+                    store.write(j, results, table)
+                ready[j] = results
             yield from ready.pop(k)
         if store is not None:
             store.finish()

@@ -7,12 +7,14 @@ module of the package that imports Ray, and only when it is used.
     >>> records = list(run(items, job, executor=RayExecutor(RayOptions(workers=2))))  # doctest: +SKIP
 
 Each actor (:class:`ClassifyBatch`) loads a :class:`engine.run.classifier.Classifier` from the
-job once and calls :meth:`Classifier.classify_items` on its rows: the very path of one
-process, so records are the same. Rows are ``path`` (a file each actor opens; relative
+job once and calls :meth:`Classifier.iter_classify` on its rows: the very path of one
+process, so results are the same. Rows are ``path`` (a file each actor opens; relative
 paths are resolved from the driver's ``cwd``) or ``bytes`` (the encoded image, named by
-``path``), plus an optional ``label``. Results come back as Arrow record tables
-(:func:`engine.run.store.records_to_arrow`). A bad image becomes a row with ``error``
-set; the rest of its batch is classified as usual.
+``path``), plus an optional ``label``. Results come back as Arrow result tables, built once
+from the actor's Results (:func:`engine.run.store.results_to_arrow`); the driver writes them
+to a Parquet store as they are and reads each row as a Result once
+(:func:`engine.run.store.results_from_arrow`, in :func:`engine.run.pipeline.run`). A bad image
+becomes a row with ``error`` set; the rest of its batch is classified as usual.
 
 Each actor keeps its own lazy text cache (a group's prompts are embedded the first time
 that actor asks it). ``precompute_text`` embeds every prompt once in one task and
@@ -33,9 +35,8 @@ from typing import Any
 import torch
 
 from engine.encoders.text_cache import TextCache
-from engine.run.datasets import Item
 from engine.run.pipeline import DEFAULT_CHUNK, Job, Progress, Shard
-from engine.run.store import records_from_arrow, records_to_arrow
+from engine.run.store import results_to_arrow
 from systems.errors import UserInputError
 
 RAY_MISSING = "Ray is not installed: pip install 'twentyq[ray]' (it brings ray[data] and pyarrow)"
@@ -160,7 +161,7 @@ def is_ray_error(e: BaseException) -> bool:
 def system_prompt_groups(system: Any, mode: str, config: Any = None) -> list[list[str]]:
     """The prompt list of every group the mode can ask, as the engine asks them (one list per group);
     with ``config``, a template ensemble's or the descriptors' pooled prompts in place of their group's."""
-    from engine.run.classifier import pooled_groups
+    from engine.run.prompts import pooled_groups
     from systems import baseline_system, load_system
 
     system = load_system(system)
@@ -234,15 +235,17 @@ class ClassifyBatch:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from engine.run.store import record
-
         started, t0 = time.time(), time.perf_counter()
         cols, n = batch.column_names, batch.num_rows
         paths = batch.column("path").to_pylist() if "path" in cols else [None] * n
         data = batch.column("bytes").to_pylist() if "bytes" in cols else [None] * n
         labels = batch.column("label").to_pylist() if "label" in cols else [None] * n
-        items = [Item(p if p is not None else "<bytes>", lab, data=d) for p, d, lab in zip(paths, data, labels)]
-        results = self.clf.classify_items(items, self.config) if items else []
+        names = [p if p is not None else "<bytes>" for p in paths]
+        # an image is its bytes when the row has them (``path`` then only names it), else the file at ``path``
+        sources = [d if d is not None else p for p, d in zip(names, data)]
+        results = list(self.clf.iter_classify(sources, self.config, chunk_size=max(1, n), names=names)) if n else []
+        for r, lab in zip(results, labels):
+            r.true_label = lab
         extra = {c: batch.column(c).combine_chunks() for c in self.keep}
         if self.stats:  # on the batch's first row (0 elsewhere), so that a column's sum is the run's total
             cache = self.clf.text_cache
@@ -252,8 +255,7 @@ class ClassifyBatch:
                 self._seen[col] = now if n else self._seen.get(col, 0)
             extra[STARTED] = pa.array([started * f for f in first], type=pa.float64())
             extra[BUSY] = pa.array([(time.perf_counter() - t0) * f for f in first], type=pa.float64())
-        return records_to_arrow([record(r, it.label) for r, it in zip(results, items)], extra,
-                                labels="label" in cols)
+        return results_to_arrow(results, extra, labels="label" in cols)
 
 
 # --------------------------------------------------------------------------- the entry points
@@ -352,7 +354,8 @@ class RayExecutor:
         self.stats = {"text_encodes": 0, "text_hits": 0}
 
     def map_shards(self, job: Job, shards: Sequence[Shard], progress: Progress | None = None
-                   ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+                   ) -> Iterator[tuple[int, Any]]:
+        """Yields (shard index, the shard's Arrow result table, with the ``_`` stats columns) as each finishes."""
         import dataclasses
 
         import pyarrow as pa
@@ -387,7 +390,7 @@ class RayExecutor:
                     self.stats["text_hits"] += int(pc.sum(table.column(TEXT_HITS)).as_py() or 0)
                     if progress:
                         progress(table.num_rows)
-                    yield shards[j].index, records_from_arrow(table)
+                    yield shards[j].index, table
             except Exception as e:
                 if not is_ray_error(e):
                     raise

@@ -1,7 +1,10 @@
 """Where results go: one sharded, resumable store for every executor, ending in one table.
 
-A result *record* is ``Result.to_dict()`` (what ``twentyq classify --json`` prints), plus
-``true_label`` when the input had labels. A run's ``--out RUN`` names the result **table**, a
+The store writes :class:`engine.core.results.Result` s and reads them back: a result *record*, the
+row of every file, is ``Result.to_dict(top_records=True)`` (what ``twentyq classify --json`` prints,
+with ``top`` as ``{label, prob}`` records), ``true_label`` last when the input had labels. Each
+format writes a record straight from its Result (Parquet from an Arrow table a Ray actor already
+built, as it is), and reads it back as one. A run's ``--out RUN`` names the result **table**, a
 file whose extension is its format (a plug-in in :data:`FORMATS`: ``.jsonl``, ``.parquet`` or
 ``.csv``). While the run works, and afterwards for ``--resume`` and ``twentyq report``, its
 pieces live in the **run folder** ``RUN.d`` beside it (:func:`run_dir`)::
@@ -45,7 +48,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core.results import Result
+from engine.core.results import Result, Step
 from systems.errors import UserInputError
 from systems.files import atomic_write
 
@@ -74,14 +77,6 @@ class StoreError(UserInputError):
 
 
 # --------------------------------------------------------------------------- records
-def record(result: Result, true_label: str | None = None) -> dict[str, Any]:
-    """A result's record: ``Result.to_dict()`` plus ``true_label`` when given."""
-    d = result.to_dict()
-    if true_label is not None:
-        d["true_label"] = true_label
-    return d
-
-
 def result_schema(labels: bool = False, extra: Sequence[Any] = ()):
     """The Arrow schema of record rows (``true_label`` when ``labels``; ``extra`` pa.fields appended)."""
     import pyarrow as pa
@@ -100,80 +95,49 @@ def result_schema(labels: bool = False, extra: Sequence[Any] = ()):
     return pa.schema(fields + list(extra))
 
 
-def records_to_arrow(records: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
-                     labels: bool | None = None):
-    """An Arrow table of records (n rows); ``extra`` is {name: pa.Array of n} appended as columns.
+def results_to_arrow(results: Sequence[Result], extra: dict[str, Any] | None = None, labels: bool | None = None):
+    """An Arrow table of results (n rows), built straight from them; ``extra`` is {name: pa.Array of n}
+    appended as columns.
 
-    ``true_label`` is a column when ``labels`` (default: when the records have one; all or none do).
+    ``true_label`` is a column when ``labels`` (default: when the results have one; all or none do).
     """
     import pyarrow as pa
 
     if labels is None:
-        labels = bool(records) and "true_label" in records[0]
+        labels = bool(results) and results[0].true_label is not None
     cols: dict[str, list] = {
-        "label": [r["label"] for r in records], "confidence": [float(r["confidence"]) for r in records],
-        "top": [[{"label": lab, "prob": float(p)} for lab, p in r["top"]] for r in records],
-        "q_spent": [int(r["q_spent"]) for r in records], "stop": [r["stop"] for r in records],
-        "image": [r["image"] for r in records], "error": [r["error"] for r in records],
-        "asked": [r["asked"] for r in records],
+        "label": [r.label for r in results], "confidence": [float(r.confidence) for r in results],
+        "top": [[{"label": lab, "prob": float(p)} for lab, p in r.top] for r in results],
+        "q_spent": [int(r.q_spent) for r in results], "stop": [r.stop for r in results],
+        "image": [r.image for r in results], "error": [r.error for r in results],
+        "asked": [[{"group": s.group, "eig": s.eig, "answer": s.answer, "answer_prob": s.answer_prob,
+                    "confidence_after": s.confidence_after} for s in r.steps] for r in results],
     }
     if labels:
-        cols["true_label"] = [r["true_label"] for r in records]
+        cols["true_label"] = [r.true_label for r in results]
     extra = dict(extra or {})
     schema = result_schema(labels, [pa.field(k, v.type) for k, v in extra.items()])
     return pa.Table.from_arrays([pa.array(cols[f.name], type=f.type) for f in schema if f.name in cols]
                                 + list(extra.values()), schema=schema)
 
 
-def results_to_arrow(results: Sequence[Result], true_labels: Sequence[str] | None = None, extra=None):
-    """An Arrow table of results (see :func:`records_to_arrow`)."""
-    labels = true_labels if true_labels is not None else [None] * len(results)
-    return records_to_arrow([record(r, t) for r, t in zip(results, labels)], extra, labels=true_labels is not None)
-
-
-def records_from_arrow(table) -> list[dict[str, Any]]:
-    """The rows of a record table as record dicts, keys in ``to_dict`` order (+ ``true_label``).
-
-    Columns starting with ``_`` are ignored. Built directly rather than through ``Result``
-    (five times faster; the driver converts every row).
-    """
+def results_from_arrow(table) -> list[Result]:
+    """The rows of a result table as Results (columns starting with ``_`` are ignored)."""
     cols = [c for c in table.column_names if not c.startswith("_")]
     has_truth = "true_label" in cols
     out = []
     for row in table.select(cols).to_pylist():
-        d = {"label": row["label"], "confidence": row["confidence"],
-             "top": [[t["label"], t["prob"]] for t in row["top"] or []], "q_spent": row["q_spent"],
-             "stop": row["stop"], "image": row["image"], "error": row["error"], "asked": row["asked"] or []}
-        if has_truth:
-            d["true_label"] = row["true_label"]
-        out.append(d)
+        out.append(Result(label=row["label"], confidence=row["confidence"],
+                          top=[(t["label"], t["prob"]) for t in row["top"] or []],
+                          steps=[Step(**s) for s in row["asked"] or []], q_spent=row["q_spent"], stop=row["stop"],
+                          image=row["image"], error=row["error"],
+                          true_label=row["true_label"] if has_truth else None))
     return out
 
 
-# --------------------------------------------------------------------------- the file form of a record
-def _top_records(top: Sequence[Any]) -> list[dict[str, Any]]:
-    return [{"label": t["label"], "prob": t["prob"]} if isinstance(t, dict) else {"label": t[0], "prob": t[1]}
-            for t in top]
-
-
-def _top_pairs(top: Sequence[Any]) -> list[list[Any]]:
-    return [[t["label"], t["prob"]] if isinstance(t, dict) else list(t) for t in top]
-
-
-def to_file_form(rec: dict[str, Any]) -> dict[str, Any]:
-    """A record as every result file holds it: ``top`` (and a traced step's ``top``) as ``{label, prob}`` records."""
-    out = {**rec, "top": _top_records(rec.get("top") or [])}
-    if any("top" in s for s in rec.get("asked") or []):
-        out["asked"] = [{**s, "top": _top_records(s["top"])} if "top" in s else s for s in rec["asked"]]
-    return out
-
-
-def from_file_form(rec: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`to_file_form`: ``top`` back to the ``[label, prob]`` pairs of ``Result.to_dict``."""
-    out = {**rec, "top": _top_pairs(rec.get("top") or [])}
-    if any("top" in s for s in rec.get("asked") or []):
-        out["asked"] = [{**s, "top": _top_pairs(s["top"])} if "top" in s else s for s in rec["asked"]]
-    return out
+def result_columns(table):
+    """``table`` without the columns starting with ``_`` (an executor's bookkeeping): the result table as stored."""
+    return table.select([c for c in table.column_names if not c.startswith("_")])
 
 
 #: first characters that make a spreadsheet read a cell as a formula (OWASP "CSV Injection")
@@ -201,11 +165,12 @@ class ShardFormat(Protocol):
 
     suffix: str
 
-    def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
-        """Write the records atomically; return the file's size in bytes."""
+    def write(self, path: Path, results: Sequence[Result], table: Any = None) -> int:
+        """Write the results atomically; return the file's size in bytes. ``table`` is the same results
+        as an Arrow table when the executor made one (a Ray actor's), for a format that can use it."""
 
-    def read(self, path: Path) -> list[dict[str, Any]]:
-        """The records of a shard file, in order."""
+    def read(self, path: Path) -> list[Result]:
+        """The results of a shard file, in order."""
 
     def merge(self, shards: Sequence[Path], table: Path) -> int:
         """Write the shard files, in order, as one table file (atomically); return its size in bytes."""
@@ -230,13 +195,13 @@ def _concatenate(shards: Sequence[Path], table: Path, header: bytes = b"") -> in
 class JsonlFormat:
     suffix = ".jsonl"
 
-    def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
-        text = "".join(json.dumps(to_file_form(r), ensure_ascii=False) + "\n" for r in records)
+    def write(self, path: Path, results: Sequence[Result], table: Any = None) -> int:
+        text = "".join(json.dumps(r.to_dict(top_records=True), ensure_ascii=False) + "\n" for r in results)
         return atomic_write(path, text.encode("utf-8"))
 
-    def read(self, path: Path) -> list[dict[str, Any]]:
+    def read(self, path: Path) -> list[Result]:
         with path.open(encoding="utf-8") as f:
-            return [from_file_form(json.loads(line)) for line in f]
+            return [Result.from_dict(json.loads(line)) for line in f]
 
     def merge(self, shards: Sequence[Path], table: Path) -> int:
         return _concatenate(shards, table)
@@ -245,23 +210,23 @@ class JsonlFormat:
 class ParquetFormat:
     suffix = ".parquet"
 
-    def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
+    def write(self, path: Path, results: Sequence[Result], table: Any = None) -> int:
         import pyarrow.parquet as pq
 
-        table = records_to_arrow(records)
+        table = results_to_arrow(results) if table is None else result_columns(table)
         return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
-    def read(self, path: Path) -> list[dict[str, Any]]:
+    def read(self, path: Path) -> list[Result]:
         import pyarrow.parquet as pq
 
-        return records_from_arrow(pq.read_table(path))
+        return results_from_arrow(pq.read_table(path))
 
     def merge(self, shards: Sequence[Path], table: Path) -> int:
         import pyarrow.parquet as pq
 
         def write(tmp: str) -> None:  # one shard in memory at a time
             if not shards:
-                pq.write_table(records_to_arrow([]), tmp)
+                pq.write_table(results_to_arrow([]), tmp)
                 return
             writer = None
             try:
@@ -297,23 +262,23 @@ class CsvFormat:
             CSV_COLUMNS + (("true_label",) if labels else ()))
         return buf.getvalue().encode("utf-8")
 
-    def write(self, path: Path, records: Sequence[dict[str, Any]]) -> int:
+    def write(self, path: Path, results: Sequence[Result], table: Any = None) -> int:
         import csv
         import io
 
-        labels = bool(records) and "true_label" in records[0]
+        labels = bool(results) and results[0].true_label is not None
         cols = CSV_COLUMNS + (("true_label",) if labels else ())
         buf = io.StringIO()
         w = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
         buf.write(self.header(labels).decode("utf-8"))
-        for r in map(to_file_form, records):
+        for r in (r.to_dict(top_records=True) for r in results):
             row = {**r, "top": json.dumps(r["top"], ensure_ascii=False),
                    "asked": json.dumps(r["asked"], ensure_ascii=False)}
             w.writerow([self.NUMBERS[c](row[c]) if c in self.NUMBERS else None if row[c] is None else
                         csv_cell(str(row[c])) for c in cols])
         return atomic_write(path, buf.getvalue().encode("utf-8"))
 
-    def read(self, path: Path) -> list[dict[str, Any]]:
+    def read(self, path: Path) -> list[Result]:
         import csv
 
         with path.open(encoding="utf-8", newline="") as f:
@@ -326,7 +291,7 @@ class CsvFormat:
             d["q_spent"] = int(d["q_spent"])
             d["top"] = json.loads(d["top"])
             d["asked"] = json.loads(d["asked"])
-            out.append(from_file_form(d))
+            out.append(Result.from_dict(d))
         return out
 
     def merge(self, shards: Sequence[Path], table: Path) -> int:
@@ -415,8 +380,8 @@ class ResultStore:
     """The shards of one run, in its run folder, and the table they become (see the module docstring).
 
     Use :meth:`open` (a context manager that holds the run folder's lock); then
-    ``pending()`` lists the shards to do, ``write(k, records)`` finishes shard k,
-    ``read_all()`` returns every record in input order, ``finish()`` writes the table.
+    ``pending()`` lists the shards to do, ``write(k, results)`` finishes shard k,
+    ``read_all()`` returns every result in input order, ``finish()`` writes the table.
     ``root`` is the run folder, ``table`` the result table beside it.
     """
 
@@ -550,21 +515,22 @@ class ResultStore:
         return sum(int(m.get("errors", 0)) for m in map(self._marker, range(self.n_shards)) if m)
 
     # -- writing and reading ----------------------------------------------------------------
-    def write(self, k: int, records: Sequence[dict[str, Any]]) -> None:
-        """Finish shard k from its records (in input order)."""
-        if len(records) != len(self.rows_of(k)):
-            raise ValueError(f"shard {k}: {len(records)} result rows for {len(self.rows_of(k))} input rows")
-        size = self.format.write(self.shard_path(k), records)
-        errors = sum(r.get("error") is not None for r in records)
-        mark = json.dumps({"rows": len(records), "bytes": size, "errors": errors}) + "\n"
+    def write(self, k: int, results: Sequence[Result], table: Any = None) -> None:
+        """Finish shard k from its results (in input order); ``table``: the same as an Arrow table, when the
+        executor made one (written as it is by a format that can)."""
+        if len(results) != len(self.rows_of(k)):
+            raise ValueError(f"shard {k}: {len(results)} result rows for {len(self.rows_of(k))} input rows")
+        size = self.format.write(self.shard_path(k), results, table)
+        errors = sum(r.error is not None for r in results)
+        mark = json.dumps({"rows": len(results), "bytes": size, "errors": errors}) + "\n"
         atomic_write(self.marker_path(k), mark.encode("utf-8"))
 
-    def read(self, k: int) -> list[dict[str, Any]]:
-        """Shard k's records."""
+    def read(self, k: int) -> list[Result]:
+        """Shard k's results."""
         return self.format.read(self.shard_path(k))
 
-    def read_all(self, shards: Iterable[int] | None = None) -> list[dict[str, Any]]:
-        """The records of the given shards (default: all), in input order."""
+    def read_all(self, shards: Iterable[int] | None = None) -> list[Result]:
+        """The results of the given shards (default: all), in input order."""
         return [rec for k in (range(self.n_shards) if shards is None else sorted(shards)) for rec in self.read(k)]
 
     def finish(self) -> Path:
@@ -606,8 +572,9 @@ def _tidy(root: Path, made_root: bool, made_lock: bool) -> None:
 
 
 def read_run(out: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of every finished shard of the run OUT (its table's path, or its run folder), in
-    input order (read only: no lock taken, nothing written). StoreError when OUT holds no twentyq run."""
+    """The records (``Result.to_dict()``, with ``true_label``) of every finished shard of the run OUT (its
+    table's path, or its run folder), in input order (read only: no lock taken, nothing written).
+    StoreError when OUT holds no twentyq run."""
     root = run_dir(out)
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
@@ -616,7 +583,7 @@ def read_run(out: str | os.PathLike) -> list[dict[str, Any]]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{str(out)!r} holds no readable twentyq run ({type(e).__name__}: {e}); pass the --out "
                          "of a run") from None
-    return store.read_all(sorted(store.done()))
+    return [r.to_dict() for r in store.read_all(sorted(store.done()))]
 
 
 def shard_progress(out: str | os.PathLike) -> tuple[int, int | None, Path]:
@@ -631,10 +598,5 @@ def shard_progress(out: str | os.PathLike) -> tuple[int, int | None, Path]:
     return len(store.done()), store.n_shards, root
 
 
-def result_from_record(rec: dict[str, Any]) -> Result:
-    """The Result of a record (``true_label`` dropped)."""
-    return Result.from_dict({k: v for k, v in rec.items() if k != "true_label"})
-
-
-__all__ = ["read_run", "run_dir", "summary_path", "csv_cell", "FORMATS", "ResultStore", "StoreError", "fingerprint", "format_of", "record",
-           "records_from_arrow", "records_to_arrow", "result_from_record", "results_to_arrow"]
+__all__ = ["read_run", "run_dir", "summary_path", "csv_cell", "FORMATS", "ResultStore", "StoreError", "fingerprint",
+           "format_of", "result_columns", "results_from_arrow", "results_to_arrow"]

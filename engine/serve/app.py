@@ -126,7 +126,7 @@ def warm_up(classifiers: dict[str, Any]) -> None:
 
     ramp = np.linspace(0, 255, 64 * 64 * 3).astype(np.uint8).reshape(64, 64, 3)
     for clf in classifiers.values():
-        emb, good, _ = clf.embed_images([Image.fromarray(ramp)])
+        emb, good, _ = clf.images.embed([Image.fromarray(ramp)])
         if len(good):
             clf.classify_embedded(emb, RunConfig(mode="full"))
 

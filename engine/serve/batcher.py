@@ -6,7 +6,7 @@ first waiting request, then gathers more for up to ``max_wait_s`` while the batc
 holds at most ``max_batch`` images (a request is never split: one larger than
 ``max_batch`` runs alone), and then
 
-1. embeds every image of the gathered requests in ONE ``Classifier.embed_images`` call;
+1. embeds every image of the gathered requests in ONE ``Classifier.images.embed`` call;
 2. groups the requests by (system, RunConfig) and runs ``Classifier.classify_embedded``
    once per group on that group's rows, so each request keeps its own budget, τ, policy
    and stop rule;
@@ -175,7 +175,7 @@ class Batcher:
         t_start = time.perf_counter()
         images = [im for job in batch for im in job.images]
         # any classifier embeds: they share the encoder; the one image call of this batch
-        emb, good, bad = next(iter(self.classifiers.values())).embed_images(images)
+        emb, good, bad = next(iter(self.classifiers.values())).images.embed(images)
         t_embedded = time.perf_counter()
         row_of = {int(g): r for r, g in enumerate(good)}
         offsets, off = [], 0

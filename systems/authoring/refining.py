@@ -151,7 +151,7 @@ def embed_dataset(clf: Any, items: Sequence[Any], *, chunk: int = 256, progress:
     parts, good, bad = [], [], {}
     for start in range(0, len(items), chunk):
         block = [it.path for it in items[start:start + chunk]]
-        emb, ok, errs = clf.embed_images(block)
+        emb, ok, errs = clf.images.embed(block)
         parts.append(emb)
         good.extend((ok + start).tolist())
         bad.update({start + j: msg for j, msg in errs.items()})

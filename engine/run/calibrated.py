@@ -1,0 +1,128 @@
+"""A Classifier's calibration in use, and how a Classifier's parts are loaded.
+
+- :func:`load_parts`: the encoder settings, the system, the calibration and the model, in the order
+  that fails cheapest first (the calibration is checked against the system before the model loads,
+  and against the model once it has).
+- :class:`CalibrationUse`: what a run takes from the calibration: whether it applies to a
+  configuration, the check of settings it cannot serve, and the :class:`RunPlan` of a configuration
+  (system, policy, stop rule, λ_g, answer channel, few-shot model), with the τ a target accuracy
+  picks (memoised per policy, target, budget and seed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from engine.core.adaptive import NO_STOP, StopRule
+from engine.run.config import EncoderSpec, RunConfig
+from systems import AttributeSystem, baseline_system, load_system
+
+
+def load_parts(model: str | EncoderSpec, system: Any, encoder: Any = None, calibration: Any = None,
+               **encoder_options) -> tuple[EncoderSpec, AttributeSystem, Any, Any]:
+    """(spec, system, calibration or None, encoder) for :class:`engine.run.classifier.Classifier`'s arguments.
+
+    ``system`` may be a list of class names (the class-name system, prompt "a photo of a {}.");
+    ``encoder`` an already loaded one (not loaded again); ``calibration`` a Calibration or its path.
+    """
+    from engine.run.calibration_file import as_calibration
+
+    if isinstance(model, EncoderSpec) and encoder_options:
+        raise TypeError("pass an EncoderSpec or encoder options, not both")
+    spec = model if isinstance(model, EncoderSpec) else EncoderSpec(model=model, **encoder_options)
+    if isinstance(system, (list, tuple)):  # plain labels: the class-name system (engine.zero_shot's)
+        from systems.build import labels_system
+
+        system = labels_system(list(system), source="system=[labels]")
+    system = load_system(system)
+    cal = as_calibration(calibration)
+    if cal is not None:  # checked before the model loads; moved when the system has other classes
+        cal = cal.for_system(system)
+    encoder = encoder if encoder is not None else spec.load()
+    if cal is not None:
+        cal.check(system, str(encoder.model_id), spec.model)
+    return spec, system, cal, encoder
+
+
+class CalibrationUse:
+    """The calibration (or None) of one Classifier, as its runs use it (see the module docstring)."""
+
+    def __init__(self, calibration: Any, system: AttributeSystem):
+        self.calibration, self.system = calibration, system
+        self.channel = calibration.channel(system) if calibration is not None else None
+        self.answer_model = calibration.answer_model(system) if calibration is not None else None
+        self._taus: dict[tuple, Any] = {}
+
+    def applies(self, config: RunConfig) -> bool:
+        """Whether runs of ``config`` use the calibration (it fits the attribute system: adaptive and full)."""
+        return self.calibration is not None and config.mode in ("adaptive", "full")
+
+    def check(self, config: RunConfig) -> None:
+        """A CalibrationError (one line, the fix) for settings the calibration cannot serve: a few-shot
+        posterior needs the bayes scorer and no shortlist; a calibration moved to other classes has no auto
+        choice, dev order or τ table."""
+        if self.applies(config) and config.mode == "adaptive" and self.calibration.moved_to:
+            from engine.run.calibration_file import resolve_policy
+
+            resolve_policy(self.calibration, config)  # auto, dev-order: refused by name
+            self.target_choice(config)  # a target accuracy: likewise
+        if not self.applies(config) or self.answer_model is None:
+            return
+        if config.scorer != "bayes" or (config.mode == "adaptive" and config.shortlist):
+            from engine.run.calibration_file import CalibrationError
+
+            raise CalibrationError(f"calibration {self.calibration.where()} is few-shot: its posterior needs the "
+                                   "bayes scorer and no --shortlist; drop --scorer sum / --shortlist, or make a "
+                                   "zero-shot one with 'twentyq calibrate --setting zero-shot'")
+
+    def target_choice(self, config: RunConfig) -> Any:
+        """The :class:`engine.core.calibration.TauChoice` for ``config.target_accuracy`` (None without one),
+        from the calibration's dev paths of the config's policy and budget (memoised)."""
+        from engine.run.calibration_file import target_choice
+
+        if config.target_accuracy is None:
+            return None
+        key = (config.policy, float(config.target_accuracy), config.budget, config.seed)  # seed: random's check
+        if key not in self._taus:
+            self._taus[key] = target_choice(self.calibration, config, self.system)
+        return self._taus[key]
+
+    def plan(self, config: RunConfig, logit_scale: float) -> RunPlan:
+        """How the loop runs ``config`` (:class:`RunPlan`), checked: a ValueError for a ``logit_scale``
+        beside the calibration, a CalibrationError for settings it cannot serve (:meth:`check`).
+
+        The system the mode asks, its policy and stop rule: the class names with a fixed order and no
+        stop for baseline and descriptors, every group for full, else the policy the calibration
+        resolves and the stop rule (its τ from ``target_accuracy`` when set). The scoring: the
+        calibration's λ_g, answer channel and few-shot model when it applies (then
+        ``config.logit_scale`` must be unset), else ``config.logit_scale`` or the model's ``logit_scale``.
+        """
+        from engine.run.calibration_file import resolve_policy
+
+        if config.mode in ("baseline", "descriptors"):
+            system, policy, stop = baseline_system(self.system), "fixed", NO_STOP
+        elif config.mode == "full":
+            system, policy, stop = self.system, "fixed", NO_STOP
+        else:
+            system, policy, stop = self.system, resolve_policy(self.calibration, config), config.stop_rule()
+            choice = self.target_choice(config)
+            if choice is not None:
+                stop = StopRule(choice.tau, config.delta, config.budget)
+        if not self.applies(config):
+            lam = logit_scale if config.logit_scale is None else config.logit_scale
+            return RunPlan(system, policy, stop, lam, None, None)
+        if config.logit_scale is not None:
+            raise ValueError("a calibration sets λ per group; drop logit_scale (--logit-scale) or the calibration")
+        self.check(config)
+        return RunPlan(system, policy, stop, self.calibration.lams, self.channel, self.answer_model)
+
+
+class RunPlan(NamedTuple):
+    """What the adaptive loop is called with for one configuration (:meth:`CalibrationUse.plan`)."""
+
+    system: AttributeSystem
+    policy: Any
+    stop: StopRule
+    logit_scale: Any  # λ: one float, or the calibration's per-group λ_g
+    channel: Any  # the calibration's answer channel, or None
+    answer_model: Any  # the few-shot model, or None
