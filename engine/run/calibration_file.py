@@ -181,6 +181,7 @@ class Calibration:
     dev_order: tuple[int, ...] | None = None  # the dev-order policy's order (group indices), None in older files
     auto: dict[str, Any] = field(default_factory=dict)  # the auto policy's choice and its select-part figures
     select: "SelectPart | None" = None  # the select part's similarities and classes, for exact budgeted paths
+    predictive: Any = None  # engine.core.predictive.PredictiveTerms: the few-shot posterior's own EIG (None: the channel's)
     _replayed: dict = field(default_factory=dict, repr=False)  # (policy, budget) -> PolicyPaths, memoised
 
     # ------------------------------------------------------------------ use
@@ -192,9 +193,15 @@ class Calibration:
         return self.channels.channel(system.rule_matrix, system.option_counts)
 
     def answer_model(self, system: AttributeSystem):
-        """The few-shot posterior the loop reports and stops on (None: the channel's Bayes update)."""
+        """The few-shot posterior the loop reports and stops on (None: the channel's Bayes update); with the
+        predictive terms, wrapped so that the loop's EIG is the predictive's (engine.core.predictive)."""
         self.check(system)
-        return None if self.few_shot is None else self.few_shot.posterior
+        post = None if self.few_shot is None else self.few_shot.posterior
+        if post is not None and self.predictive is not None:
+            from engine.core.predictive import PredictivePosterior
+
+            return PredictivePosterior(post, self.predictive)
+        return post
 
     @property
     def lams(self) -> np.ndarray:
@@ -614,6 +621,8 @@ def policy_choice_dict(cal: Calibration) -> dict[str, Any]:
         out["auto"] = cal.auto
     if cal.select is not None:
         out["select"] = cal.select.to_dict()
+    if cal.predictive is not None:
+        out["predictive"] = cal.predictive.to_dict()
     return out
 
 
@@ -628,7 +637,12 @@ def policy_choice_from_dict(d: dict[str, Any], groups: tuple[str, ...]) -> dict[
     if auto and auto.get("choice") not in AUTO_CANDIDATES:
         raise ValueError(f"auto choice {auto.get('choice')!r} is not one of {list(AUTO_CANDIDATES)}")
     select = SelectPart.from_dict(d["select"]) if d.get("select") is not None else None
-    return {"dev_order": order, "auto": auto, "select": select}
+    predictive = None
+    if d.get("predictive") is not None:  # the few-shot posterior's predictive EIG (engine.core.predictive)
+        from engine.core.predictive import PredictiveTerms
+
+        predictive = PredictiveTerms.from_file(d["predictive"], n_groups=len(groups))
+    return {"dev_order": order, "auto": auto, "select": select, "predictive": predictive}
 
 
 def needs_calibration_line(policy: str) -> str:
@@ -890,9 +904,14 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
     fs, ft, ss, st = sims[fit_i], truth[fit_i], sims[sel_i], truth[sel_i]
     ch, few, decision = fit_answer_model(fs, ft, system, lam0=lam0, eps=eps, setting=setting, seed=seed,
                                          prior_strength=prior_strength)
+    predictive = None
     if few is not None:
         channel = few.channel(system.rule_matrix, system.option_counts, eps)
         model_post = few.posterior
+        if model_post is not None:  # the EIG of what this posterior will do (out-of-fold terms of the fit part)
+            from engine.core.predictive import fit_predictive
+
+            predictive = fit_predictive(fs, ft, system.option_counts, system.n_classes, reg=model_post.reg, seed=seed)
     else:
         channel, model_post = ch.channel(system.rule_matrix, system.option_counts), None
     metrics = {
@@ -915,9 +934,10 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
                       system_sha256=system_hash(system), sizes=tuple(int(k) for k in system.option_counts),
                       groups=tuple(g.name for g in system.groups), lam0=float(lam0), dev=dev, metrics=metrics,
                       setting=decision["setting"], few_shot=few, decision=decision, dev_order=order,
-                      select=SelectPart(ss, st))
+                      select=SelectPart(ss, st), predictive=predictive)
     names = [p for p in (builtin_policies() if policies is None else list(policies)) if p != "auto"]
-    paths = {p: trace_paths(ss, st, system, cal.policy_object(p), ch.lams, channel, model_post) for p in names}
+    paths = {p: trace_paths(ss, st, system, cal.policy_object(p), ch.lams, channel, cal.answer_model(system))
+             for p in names}
     choice = choose_auto(cal, system) if auto and len(st) else {}
     return replace(cal, paths=paths, auto=choice)
 
