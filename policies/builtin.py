@@ -116,7 +116,7 @@ class BudgetPlanPolicy(Policy):
         sub = _subsets(G)  # (S, G)
         cost = xp.asarray(sub @ xp.to_host(ch.sizes).astype(np.float64))  # (S,)
         subs = xp.asarray(sub)
-        fits = (xp.where(state.available, 0.0, 1.0) @ subs.T < 0.5) & (cost[None, :] <= state.budget_left[:, None])
+        fits = ((1.0 - xp.asarray(state.available)) @ subs.T < 0.5) & (cost[None, :] <= state.budget_left[:, None])
         value = xp.where(fits, state.eig @ subs.T, -np.inf)  # (n, S); the empty set always fits (value 0)
         # the best plan; among plans within the tie tolerance the cheapest (its cost decides), then the first
         best_cost = xp.where(near_max(value, fits, xp), cost[None, :], np.inf)
