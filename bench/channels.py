@@ -640,11 +640,13 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
 
 
 def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
-                        log=print, max_classes: int | None = None, max_per_class: int | None = None) -> dict[str, Any]:
+                        log=print, max_classes: int | None = None, max_per_class: int | None = None,
+                        curves: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Few-shot posterior under fixed order, channel eig / eig per prompt and predictive eig / eig per prompt, the
     oracle, and design D (fixed, eig per prompt): budget sweeps (τ = 1) on the test half, paired bootstrap CIs
     against fixed; the confidence stop with τ chosen on cross-fitted dev paths. max_classes, max_per_class: the
-    predictive's k and S cap (default: engine.core.predictive's)."""
+    predictive's k and S cap (default: engine.core.predictive's). curves: the labels of :data:`PRED_CURVES` to run
+    (default all; "fixed" always)."""
     from engine.run.calibration_file import trace_paths
 
     s = prep.system
@@ -655,8 +657,9 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     budgets = budget_grid(int(q_full), n_budgets)
     orders = oracle_orders(s, test.truth)
     models = {"few-shot": fitted["posterior"], "predictive": fitted["predictive"], "D": fitted["D"]}
+    wanted = [c for c in PRED_CURVES if curves is None or c[0] in curves or c[0] == "fixed"]
     curves, secs = {}, {}
-    for label, model, pname in PRED_CURVES:
+    for label, model, pname in wanted:
         t0 = time.perf_counter()
         make = ((lambda: OraclePolicy(orders)) if pname == "oracle" else
                 (lambda: PosteriorOracle(fitted["posterior"], test.sims, test.truth, s.option_counts))
@@ -675,7 +678,7 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     boot = {k: auc_rows(w @ cor, w @ qq, q_full) for k, (cor, qq) in curves.items()}
     auc = {k: float(auc_rows(cor.mean(0)[None], qq.mean(0)[None], q_full)[0]) for k, (cor, qq) in curves.items()}
     rows = []
-    for label, model, _ in PRED_CURVES:
+    for label, model, _ in wanted:
         cor, qq = curves[label]
         f = full["D" if model == "D" else "few-shot"].mean()
         qw2 = C.q_within(qq.mean(0), cor.mean(0), f - 0.02)
@@ -684,15 +687,14 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
                      "curve": [{"budget": b, "accuracy": float(cor[:, j].mean()), "mean_q": float(qq[:, j].mean())}
                                for j, b in enumerate(budgets)]})
     diffs = [{"a": a, "b": b, "diff": auc[a] - auc[b], "ci95": ci(boot[a] - boot[b])}
-             for a, b in [(x, "fixed") for x in PRED_ADAPTIVE + ("oracle", "posterior oracle")] + [("D eig per prompt", "D fixed"),
-                                                                               ("D eig per prompt", "fixed"),
-                                                                               ("predictive eig per prompt", "eig per prompt"),
-                                                                               ("predictive eig", "eig")]]
+             for a, b in [(x, "fixed") for x in PRED_ADAPTIVE + ("oracle", "posterior oracle")] +
+             [("D eig per prompt", "D fixed"), ("D eig per prompt", "fixed"),
+              ("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig")] if a in curves and b in curves]
     # the confidence stop: τ on cross-fitted dev paths, then the test paths cut at it
     stops = []
     acc_full = full["few-shot"]
     boot_full = w @ acc_full
-    for label in PRED_STOPS:
+    for label in (x for x in PRED_STOPS if x in curves):
         t0 = time.perf_counter()
         chosen = dev_tau(dev, fitted, label)
         model, pname = next((m, p) for lab, m, p in PRED_CURVES if lab == label)
@@ -744,6 +746,8 @@ def predictive_report(results: dict[str, Any]) -> str:
                              for r in res["rows"]]))
         L.append("")
         for a, b in (("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig"), ("D eig per prompt", "fixed")):
+            if (a, b) not in d:
+                continue
             x = d[(a, b)]
             L.append(f"- {a} − {b}: {x['diff']:+.3f} {iv(x['ci95'])}")
         L.append("\nConfidence stop (τ chosen on cross-fitted dev paths: the smallest τ at which ≥ 99% of dev images "
@@ -760,7 +764,7 @@ def predictive_report(results: dict[str, Any]) -> str:
 
 def run_predictive(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_boot: int = 1000,
                    n_budgets: int = 9, log=print, command: str = "", max_classes: int | None = None,
-                   max_per_class: int | None = None) -> dict[str, Any]:
+                   max_per_class: int | None = None, curves: tuple[str, ...] | None = None) -> dict[str, Any]:
     import os
     import platform
 
@@ -770,7 +774,7 @@ def run_predictive(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_
     for key, prep in preps.items():
         log(f"[channels --predictive] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
         pairs[key] = evaluate_predictive(prep, seed=seed, n_boot=n_boot, n_budgets=n_budgets, log=log,
-                                         max_classes=max_classes, max_per_class=max_per_class)
+                                         max_classes=max_classes, max_per_class=max_per_class, curves=curves)
     results = {"benchmark": "channels --predictive", "command": command, "seed": seed, "n_boot": n_boot,
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
                "pairs": pairs, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
@@ -974,6 +978,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "(engine.core.predictive.MAX_CLASSES unless given)")
     ap.add_argument("--pred-per-class", type=int, default=None, help="with --predictive: dev samples kept per class "
                     "(engine.core.predictive.MAX_PER_CLASS unless given)")
+    ap.add_argument("--pred-curves", nargs="+", default=None, help="with --predictive: only these curves (labels of "
+                    "PRED_CURVES, e.g. 'predictive eig per prompt'; fixed always runs)")
     args = ap.parse_args(argv)
     if args.predictive:  # the predictive section (issue 26), apart from --answer-models
         images, limit = (300, 200) if args.quick else (2000, None)
@@ -987,7 +993,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = Path(args.out) / "predictive" if args.out == str(DEFAULT_OUT) else Path(args.out)
         res = run_predictive(out, preps, seed=args.seed, n_boot=min(args.boot, 200) if args.quick else args.boot,
                              n_budgets=4 if args.quick else args.budgets, command=C.command_line("bench.channels", argv),
-                             max_classes=args.pred_classes, max_per_class=args.pred_per_class)
+                             max_classes=args.pred_classes, max_per_class=args.pred_per_class,
+                             curves=None if args.pred_curves is None else tuple(args.pred_curves))
         print((out / "report.md").read_text(encoding="utf-8"))
         return res
     if args.answer_models:
