@@ -301,3 +301,24 @@ def test_a_few_shot_calibration_stores_the_predictive_and_its_eig_paths_are_the_
     with pytest.raises(CalibrationError) as e:
         load_calibration(tmp_path / "bad.json")
     assert "bad.json" in str(e.value) and "predictive" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("policy, delta, calls", [("fixed", 0.0, False), ("random", 0.0, False),
+                                                  ("fixed", 0.01, True), ("eig", 0.0, True), ("top2", 0.0, True)])
+def test_the_predictive_is_computed_only_where_the_policy_or_delta_reads_the_eig(policy, delta, calls):
+    from engine import StopRule
+    from engine.core.adaptive import classify_batch
+    from engine.core.sources import ArraySource
+    from tests.strategies import make_system
+
+    sims, truth, sizes, C = fitted_problem(per=4)
+    rules = [tuple(frozenset([k]) for k in row) for row in ((0, 0, 0), (1, 1, 1), (0, 2, 1), (1, 0, 0))]
+    system = make_system(rules, sizes)
+    post = AM.fit_few_shot_posterior(sims, truth, sizes, C, regs=(0.1,)).posterior
+    wrapped = PR.PredictivePosterior(post, PR.fit_predictive(sims, truth, sizes, C, reg=0.1))
+    seen = []
+    inner = wrapped.information_gain
+    wrapped.information_gain = lambda lp, xp: seen.append(1) or inner(lp, xp)
+    classify_batch(ArraySource(sims[:3], system), system, policy, stop=StopRule(delta=delta), logit_scale=10.0,
+                   answer_model=wrapped)
+    assert bool(seen) == calls

@@ -235,6 +235,7 @@ class _Run:
         self.active = xp.full(B, True, "bool")
         self.names_due = xp.zeros(B, "bool")
         self.trail: list[Asked] = []
+        self.eig_read = bool(getattr(setup.policy, "reads_eig", True)) or setup.stop.delta > 0
         if setup.name_g is not None:
             self.asked[:, setup.name_g] = True  # hidden from the policy; asked as the shortlist instead
             self.names_due[:] = True
@@ -254,8 +255,9 @@ class _Run:
                 break
             post = xp.exp(self.log_post[idx])
             # a few-shot model with a predictive of its own answers (engine.core.predictive) says what an
-            # answer will do to *its* posterior; otherwise the channel's EIG
-            gain = getattr(setup.answer_model, "information_gain", None)
+            # answer will do to *its* posterior; otherwise, or when neither the policy nor δ reads the EIG
+            # (``reads_eig = False``: fixed, random, dev-order), the channel's, which costs far less
+            gain = getattr(setup.answer_model, "information_gain", None) if self.eig_read else None
             eig = expected_information_gain(post, ch, xp) if gain is None else gain(self.log_post[idx], xp)
             unasked = ~self.asked[idx]
             left = setup.budget - xp.to_float(self.q[idx])  # (n,) prompts left (inf without a budget)
