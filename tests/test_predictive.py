@@ -322,3 +322,23 @@ def test_the_predictive_is_computed_only_where_the_policy_or_delta_reads_the_eig
     classify_batch(ArraySource(sims[:3], system), system, policy, stop=StopRule(delta=delta), logit_scale=10.0,
                    answer_model=wrapped)
     assert bool(seen) == calls
+
+
+def test_the_torch_loop_with_the_predictive_gives_the_numpy_paths():
+    pytest.importorskip("torch")
+    from engine.core.adaptive import classify_batch
+    from engine.core.sources import ArraySource
+    from engine.torch_engine import TorchArrays
+    from tests.strategies import make_system
+
+    sims, truth, sizes, C = fitted_problem(seed=5, per=10)
+    rules = [tuple(frozenset([k]) for k in row) for row in ((0, 0, 0), (1, 1, 1), (0, 2, 1), (1, 0, 0))]
+    system = make_system(rules, sizes)
+    post = AM.fit_few_shot_posterior(sims, truth, sizes, C, regs=(0.1,)).posterior
+    wrapped = PR.PredictivePosterior(post, PR.fit_predictive(sims, truth, sizes, C, reg=0.1))
+    src = ArraySource(sims, system)
+    kw = dict(logit_scale=10.0, answer_model=wrapped)
+    a = classify_batch(src, system, "eig_per_prompt", **kw)
+    b = classify_batch(src, system, "eig_per_prompt", xp=TorchArrays("cpu"), **kw)
+    assert [[s.group for s in r.steps] for r in a] == [[s.group for s in r.steps] for r in b]
+    np.testing.assert_allclose([s.eig for r in a for s in r.steps], [s.eig for r in b for s in r.steps], atol=1e-9)
