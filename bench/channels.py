@@ -6,6 +6,8 @@
     python -m bench.channels --no-probe      # the simulator only
     python -m bench.channels --answer-models # rule channel vs per-class channel vs few-shot posterior, and the
                                              # plain few-shot LR baselines (issue 26; docs/channels.md)
+    python -m bench.channels --predictive    # the predictive EIG of the few-shot posterior vs channel EIG and fixed
+                                             # order, design D, the confidence stop (issue 26; docs/channels.md)
 
 Pairs: the simulator with heterogeneous group reliabilities (pokemon15, per-group wrong-answer rates
 spread over [0, 0.6] by :func:`engine.core.simulate.heterogeneous_wrong_rates`), and the attribute
@@ -43,7 +45,8 @@ from engine.core.calibration import fit_answer_channels, split_by_image  # the o
 from engine.core.metrics import accuracy_ci, bootstrap_weights, budget_aucs, budget_grid, normalised_auc_rows
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
-from policies import get_policy
+from policies import Policy, PolicyState, get_policy
+from policies.base import masked_argmax
 from systems import load_system
 
 from .lib import harness as C
@@ -503,6 +506,283 @@ def run_answer_models(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0,
     return results
 
 
+# --------------------------------------------------------------------------- predictive EIG (issue 26)
+PRED_CURVES = (  # (label, model, policy): model "few-shot" the LR posterior (channel EIG: the tempered per-class
+    # channel), "predictive" the same posterior with the predictive EIG, "D" the tempered per-class channel as posterior
+    ("fixed", "few-shot", "fixed"), ("eig", "few-shot", "eig"), ("eig per prompt", "few-shot", "eig_per_prompt"),
+    ("predictive eig", "predictive", "eig"), ("predictive eig per prompt", "predictive", "eig_per_prompt"),
+    ("budget plan", "few-shot", "budget_plan"), ("predictive budget plan", "predictive", "budget_plan"),
+    ("oracle", "few-shot", "oracle"), ("posterior oracle", "few-shot", "posterior-oracle"),
+    ("D fixed", "D", "fixed"), ("D eig per prompt", "D", "eig_per_prompt"))
+PRED_ADAPTIVE = ("eig", "eig per prompt", "predictive eig", "predictive eig per prompt", "budget plan",
+                 "predictive budget plan")
+PRED_STOPS = ("fixed", "eig per prompt", "predictive eig", "predictive eig per prompt")  # confidence-stop rows
+
+
+class PosteriorOracle(Policy):
+    """Knows each image's true class and similarities: asks the available group that raises the posterior's
+    log-probability of the true class most per prompt (greedy). The headroom of question order for *this*
+    posterior (the rule oracle of :mod:`bench.policies` ranks groups by the rules). Not registered."""
+
+    name = "posterior-oracle"
+
+    def __init__(self, model, sims: np.ndarray, truth: np.ndarray, sizes):
+        self.model, self.sims, self.truth = model, np.asarray(sims), np.asarray(truth)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.offsets = np.r_[0, np.cumsum(self.sizes)[:-1]]
+
+    def select(self, state: PolicyState) -> np.ndarray:
+        from scipy.special import log_softmax
+
+        imgs = np.asarray(state.images)
+        rows = np.arange(len(imgs))
+        L = np.log(np.maximum(np.asarray(state.post), 1e-300))
+        t = self.truth[imgs]
+        score = np.full(state.available.shape, -np.inf)
+        for g, (o, k) in enumerate(zip(self.offsets, self.sizes)):
+            lp = log_softmax(L + self.model.group_loglik(g, self.sims[imgs][:, o:o + k]), axis=1)
+            score[:, g] = (lp[rows, t] - L[rows, t]) / k
+        return masked_argmax(score, np.asarray(state.available))
+TAU_GRID = tuple(np.round(np.r_[np.linspace(0.3, 0.9, 13), 0.925, 0.95, 0.975, 0.99, 1.0], 4))
+
+
+def make_policy(name: str):
+    """A registered policy by name, or budget_plan (:class:`policies.experimental.BudgetPlanPolicy`)."""
+    from policies.experimental import BudgetPlanPolicy
+
+    return BudgetPlanPolicy() if name == "budget_plan" else get_policy(name)
+
+
+def tau_stop(paths, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """(correct (B,), q (B,)) of traced τ=1 paths (:class:`engine.run.calibration_file.PolicyPaths`) stopped at the
+    first point (the prior included) whose confidence is ≥ τ, else at their last step: what the loop with this
+    τ does, since a path does not depend on τ."""
+    ok = ~np.isnan(paths.conf)
+    last = ok.sum(axis=1) - 1
+    hit = ok & (paths.conf >= tau - 1e-12)
+    first = np.where(hit.any(axis=1), np.argmax(hit, axis=1), last)
+    rows = np.arange(len(first))
+    return paths.correct[rows, first].astype(float), paths.q[rows, first].astype(float)
+
+
+def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_classes: int | None = None,
+                          max_per_class: int | None = None) -> dict[str, Any]:
+    """What the predictive section compares, fitted on dev images only.
+
+    The rule channel, posterior and per-class channel are what :func:`engine.run.calibration_file.fit_answer_model`
+    fits with ``setting="few-shot"``; where it would keep the rule channel (the LR not better on held-out dev: the
+    simulator), the LR posterior and the per-class channel are fitted the same way anyway, and ``kept`` says so.
+    The predictive: out-of-fold terms of the dev images (:func:`engine.core.predictive.fit_predictive`, 3 folds,
+    the posterior's L2 strength).
+    """
+    from engine.core import answer_models as AM
+    from engine.core import predictive as PR
+    from engine.run.calibration_file import fit_answer_model
+
+    s = dev.system
+    r, sizes = s.rule_matrix, s.option_counts
+    t0 = time.perf_counter()
+    ch, few, decision = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
+                                         setting="few-shot", seed=seed)
+    kept = decision["posterior"]
+    if few is None or few.posterior is None:
+        post = AM.fit_few_shot_posterior(dev.sims, dev.truth, sizes, s.n_classes, seed=seed).posterior
+        P, beta = AM.fit_per_class_tempered(dev.sims, dev.truth, sizes, ch.lams, ch.channel(r, sizes).P, seed=seed)
+        few = AM.FewShotModel(posterior=post, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA,
+                              n_dev=np.bincount(dev.truth, minlength=s.n_classes), sizes=np.asarray(sizes))
+    t1 = time.perf_counter()
+    terms = PR.fit_predictive(dev.sims, dev.truth, sizes, s.n_classes, reg=few.posterior.reg, seed=seed)
+    if max_classes is not None or max_per_class is not None:
+        import dataclasses
+
+        terms = dataclasses.replace(terms, max_classes=max_classes or terms.max_classes,
+                                    max_per_class=max_per_class or terms.max_per_class, _padded={})
+    t2 = time.perf_counter()
+    log(f"  few-shot fit {t1 - t0:.1f} s, predictive terms (3 fold refits) {t2 - t1:.1f} s")
+    tempered = few.channel(r, sizes, dev.eps)
+    return {"lams": ch.lams, "channel": tempered, "posterior": few.posterior, "terms": terms,
+            "predictive": PR.PredictivePosterior(few.posterior, terms),
+            "D": PR.TemperedChannelPosterior(few.P, few.beta, ch.lams, sizes), "beta": few.beta.tolist(),
+            "kept": kept, "fit_seconds": t1 - t0, "predictive_seconds": t2 - t1}
+
+
+def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: float = 0.01) -> dict[str, Any]:
+    """τ for the confidence stop, chosen on cross-fitted dev paths: each fold's dev images run through the posterior
+    fitted on the other folds (the predictive's fold posteriors), with the predictive of the other folds' images;
+    τ is the smallest on :data:`TAU_GRID` at which at most ``margin`` of the dev images stop on a label other than
+    that fold posterior's full-system label (then the stopped accuracy is within ``margin`` of the full system's,
+    whichever way the changed labels go). Agreement transfers to the posterior fitted on all of dev better than
+    accuracy does: the fold posteriors are weaker. (The other folds' terms come from posteriors that saw this
+    fold's images: a mild leak into which question is asked, none into the posterior that answers.)"""
+    from engine.core import predictive as PR
+    from engine.run.calibration_file import trace_paths
+
+    terms = fitted["terms"]
+    folds = terms.folds
+    agree = {t: np.zeros(dev.n) for t in TAU_GRID}
+    q = {t: np.zeros(dev.n) for t in TAU_GRID}
+    for j, f in enumerate(np.unique(folds)):
+        te = folds == f
+        post = terms.posteriors[j]
+        keep = folds != f
+        others = PR.PredictiveTerms(sims=terms.sims[keep], truth=terms.truth[keep], folds=folds[keep],
+                                    posteriors=tuple(p for i, p in enumerate(terms.posteriors) if i != j),
+                                    max_classes=terms.max_classes, max_per_class=terms.max_per_class, seed=terms.seed)
+        am = PR.PredictivePosterior(post, others) if policy.startswith("predictive") else post
+        pol = next(p for lab, _, p in PRED_CURVES if lab == policy)
+        full_label = post.log_posterior(dev.sims[te]).argmax(axis=1)
+        paths = trace_paths(dev.sims[te], full_label, dev.system, make_policy(pol), fitted["lams"],
+                            fitted["channel"], am)  # "correct" = agrees with the full system
+        for t in TAU_GRID:
+            agree[t][te], q[t][te] = tau_stop(paths, t)
+    tau = next((t for t in TAU_GRID if agree[t].mean() >= 1.0 - margin - 1e-12), 1.0)
+    return {"tau": float(tau), "dev_agreement": float(agree[tau].mean()), "dev_mean_q": float(q[tau].mean())}
+
+
+def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
+                        log=print, max_classes: int | None = None, max_per_class: int | None = None,
+                        curves: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Few-shot posterior under fixed order, channel eig / eig per prompt and predictive eig / eig per prompt, the
+    oracle, and design D (fixed, eig per prompt): budget sweeps (τ = 1) on the test half, paired bootstrap CIs
+    against fixed; the confidence stop with τ chosen on cross-fitted dev paths. max_classes, max_per_class: the
+    predictive's k and S cap (default: engine.core.predictive's). curves: the labels of :data:`PRED_CURVES` to run
+    (default all; "fixed" always)."""
+    from engine.run.calibration_file import trace_paths
+
+    s = prep.system
+    q_full = float(s.q_total)
+    dev_i, test_i = split_by_image(prep.truth, 0.5, seed)
+    dev, test = prep.subset(dev_i), prep.subset(test_i)
+    fitted = fit_predictive_models(dev, seed=seed, log=log, max_classes=max_classes, max_per_class=max_per_class)
+    budgets = budget_grid(int(q_full), n_budgets)
+    orders = oracle_orders(s, test.truth)
+    models = {"few-shot": fitted["posterior"], "predictive": fitted["predictive"], "D": fitted["D"]}
+    wanted = [c for c in PRED_CURVES if curves is None or c[0] in curves or c[0] == "fixed"]
+    curves, secs = {}, {}
+    for label, model, pname in wanted:
+        t0 = time.perf_counter()
+        make = ((lambda: OraclePolicy(orders)) if pname == "oracle" else
+                (lambda: PosteriorOracle(fitted["posterior"], test.sims, test.truth, s.option_counts))
+                if pname == "posterior-oracle" else (lambda n=pname: make_policy(n)))
+        curves[label] = budget_curve(test, make, budgets, lam=fitted["lams"], channel=fitted["channel"],
+                                     answer_model=models[model])
+        secs[label] = time.perf_counter() - t0
+        log(f"  {label}: {secs[label]:.1f} s")
+    full = {m: C.run_point(test, "fixed", logit_scale=fitted["lams"], channel=fitted["channel"],
+                           answer_model=models[m]).correct.astype(float) for m in ("few-shot", "D")}
+    w = resample_weights(test.n, n_boot, seed)
+
+    def ci(x):
+        return [float(v) for v in np.quantile(x, [0.025, 0.975])]
+
+    boot = {k: auc_rows(w @ cor, w @ qq, q_full) for k, (cor, qq) in curves.items()}
+    auc = {k: float(auc_rows(cor.mean(0)[None], qq.mean(0)[None], q_full)[0]) for k, (cor, qq) in curves.items()}
+    rows = []
+    for label, model, _ in wanted:
+        cor, qq = curves[label]
+        f = full["D" if model == "D" else "few-shot"].mean()
+        qw2 = C.q_within(qq.mean(0), cor.mean(0), f - 0.02)
+        rows.append({"label": label, "auc": auc[label], "auc_ci95": ci(boot[label]), "seconds": secs[label],
+                     "q_within_2pt": qw2, "q_within_2pt_frac": None if qw2 is None else qw2 / q_full,
+                     "curve": [{"budget": b, "accuracy": float(cor[:, j].mean()), "mean_q": float(qq[:, j].mean())}
+                               for j, b in enumerate(budgets)]})
+    diffs = [{"a": a, "b": b, "diff": auc[a] - auc[b], "ci95": ci(boot[a] - boot[b])}
+             for a, b in [(x, "fixed") for x in PRED_ADAPTIVE + ("oracle", "posterior oracle")] +
+             [("D eig per prompt", "D fixed"), ("D eig per prompt", "fixed"),
+              ("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig")] if a in curves and b in curves]
+    # the confidence stop: τ on cross-fitted dev paths, then the test paths cut at it
+    stops = []
+    acc_full = full["few-shot"]
+    boot_full = w @ acc_full
+    for label in (x for x in PRED_STOPS if x in curves):
+        t0 = time.perf_counter()
+        chosen = dev_tau(dev, fitted, label)
+        model, pname = next((m, p) for lab, m, p in PRED_CURVES if lab == label)
+        paths = trace_paths(test.sims, test.truth, s, make_policy(pname), fitted["lams"], fitted["channel"],
+                            models[model])
+        cor, qq = tau_stop(paths, chosen["tau"])
+        sweep = [(float(np.mean(tau_stop(paths, t)[1])), float(np.mean(tau_stop(paths, t)[0]))) for t in TAU_GRID]
+        qw = C.q_within(np.array([a for a, _ in sweep]), np.array([b for _, b in sweep]), acc_full.mean() - 0.02)
+        stops.append({"policy": label, **chosen, "accuracy": float(cor.mean()), "mean_q": float(qq.mean()),
+                      "frac_q": float(qq.mean() / q_full), "minus_full": float(cor.mean() - acc_full.mean()),
+                      "minus_full_ci95": ci(w @ cor - boot_full),
+                      "test_sweep_q_within_2pt_frac": None if qw is None else qw / q_full,
+                      "seconds": time.perf_counter() - t0})
+    return {"data": prep.data, "system": s.name, "n_classes": s.n_classes, "n_groups": s.n_groups, "q_full": q_full,
+            "sizes": [int(k) for k in s.option_counts], "model": prep.model_label, "n_dev": dev.n, "n_test": test.n,
+            "budgets": budgets, "kept": fitted["kept"], "beta": fitted["beta"],
+            "fit_seconds": fitted["fit_seconds"], "predictive_seconds": fitted["predictive_seconds"],
+            "full": {m: {"accuracy": float(v.mean()), "ci95": ci(w @ v)} for m, v in full.items()},
+            "rows": rows, "diffs": diffs, "stops": stops}
+
+
+def predictive_report(results: dict[str, Any]) -> str:
+    def iv(x):
+        return f"[{x[0]:+.3f}, {x[1]:+.3f}]"
+
+    L = ["# bench.channels --predictive — an information gain that predicts the few-shot posterior (issue 26)\n",
+         f"- command: `{results['command']}`",
+         f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s, CPU {results['cpu_seconds']:.0f} s; "
+         f"load average at start / end {results['load'][0]} / {results['load'][1]}",
+         f"- split: 50/50 by image, stratified, seed {results['seed']}; fitted on dev only; every figure on test",
+         f"- bootstrap: {results['n_boot']} resamples of the test images, the same for every figure (paired)\n"]
+    for key, res in results["pairs"].items():
+        d = {(x["a"], x["b"]): x for x in res["diffs"]}
+        L.append(f"\n## {key}\n")
+        L.append(f"- N={res['n_classes']}, G={res['n_groups']}, K_g {res['sizes']}, Q={res['q_full']:.0f}; "
+                 f"{res['n_dev']} dev / {res['n_test']} test; budgets {res['budgets']}")
+        L.append(f"- calibrate --setting few-shot keeps: {res['kept']}; β {[round(b, 2) for b in res['beta']]}; fits "
+                 f"{res['fit_seconds']:.1f} s + predictive {res['predictive_seconds']:.1f} s")
+        L.append(f"- full system (test): few-shot posterior {res['full']['few-shot']['accuracy']:.3f}, "
+                 f"D {res['full']['D']['accuracy']:.3f}\n")
+        L.append(C.md_table(["curve", "norm. AUC [95% CI]", "− fixed [95% CI]", "Q within 2 pt of full (% of Q)", "s"],
+                            [[r["label"], f"{r['auc']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]",
+                              (f"vs D fixed {d[(r['label'], 'D fixed')]['diff']:+.3f} "
+                               f"{iv(d[(r['label'], 'D fixed')]['ci95'])}" if (r["label"], "D fixed") in d else
+                               f"{d[(r['label'], 'fixed')]['diff']:+.3f} {iv(d[(r['label'], 'fixed')]['ci95'])}"
+                               if (r["label"], "fixed") in d else ""),
+                              "not reached" if r["q_within_2pt"] is None else
+                              f"{r['q_within_2pt']:.1f} ({100 * r['q_within_2pt_frac']:.0f}%)", f"{r['seconds']:.0f}"]
+                             for r in res["rows"]]))
+        L.append("")
+        for a, b in (("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig"), ("D eig per prompt", "fixed")):
+            if (a, b) not in d:
+                continue
+            x = d[(a, b)]
+            L.append(f"- {a} − {b}: {x['diff']:+.3f} {iv(x['ci95'])}")
+        L.append("\nConfidence stop (τ chosen on cross-fitted dev paths: the smallest τ at which ≥ 99% of dev images "
+                 "stop on the full system's label):\n")
+        L.append(C.md_table(["policy", "τ (dev)", "dev agreement with full", "test accuracy", "mean Q (% of Q)",
+                             "− full system [95% CI]", "test τ-sweep: within 2 pt at % of Q"],
+                            [[x["policy"], f"{x['tau']:.3f}", f"{x['dev_agreement']:.3f}",
+                              f"{x['accuracy']:.3f}", f"{x['mean_q']:.1f} ({100 * x['frac_q']:.0f}%)",
+                              f"{x['minus_full']:+.3f} {iv(x['minus_full_ci95'])}",
+                              "–" if x["test_sweep_q_within_2pt_frac"] is None else
+                              f"{100 * x['test_sweep_q_within_2pt_frac']:.0f}%"] for x in res["stops"]]))
+    return "\n".join(L) + "\n"
+
+
+def run_predictive(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_boot: int = 1000,
+                   n_budgets: int = 9, log=print, command: str = "", max_classes: int | None = None,
+                   max_per_class: int | None = None, curves: tuple[str, ...] | None = None) -> dict[str, Any]:
+    import os
+    import platform
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    load0 = os.getloadavg()[0]
+    pairs = {}
+    for key, prep in preps.items():
+        log(f"[channels --predictive] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
+        pairs[key] = evaluate_predictive(prep, seed=seed, n_boot=n_boot, n_budgets=n_budgets, log=log,
+                                         max_classes=max_classes, max_per_class=max_per_class, curves=curves)
+    results = {"benchmark": "channels --predictive", "command": command, "seed": seed, "n_boot": n_boot,
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
+               "pairs": pairs, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+               "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
+    C.write_outputs(Path(out), results, predictive_report(results))
+    return results
+
+
 # --------------------------------------------------------------------------- outputs
 STYLE = {"fixed": ("tab:gray", "s"), "random": ("tab:brown", "v"), "eig": ("tab:blue", "o"),
          "eig_per_prompt": ("tab:green", "^"), "lookahead": ("tab:orange", "P"), "oracle": ("k", "*")}
@@ -691,7 +971,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--answer-models", action="store_true",
                     help="compare the rule channel, the per-class channel and the few-shot posterior (and the plain "
                          "few-shot LR baselines) instead of the per-policy sweep (issue 26)")
+    ap.add_argument("--predictive", action="store_true",
+                    help="the predictive information gain of the few-shot posterior against channel EIG and fixed order, "
+                         "design D, and the confidence stop (issue 26; its own section, docs/channels.md)")
+    ap.add_argument("--pred-classes", type=int, default=None, help="with --predictive: classes weighed per image "
+                    "(engine.core.predictive.MAX_CLASSES unless given)")
+    ap.add_argument("--pred-per-class", type=int, default=None, help="with --predictive: dev samples kept per class "
+                    "(engine.core.predictive.MAX_PER_CLASS unless given)")
+    ap.add_argument("--pred-curves", nargs="+", default=None, help="with --predictive: only these curves (labels of "
+                    "PRED_CURVES, e.g. 'predictive eig per prompt'; fixed always runs)")
     args = ap.parse_args(argv)
+    if args.predictive:  # the predictive section (issue 26), apart from --answer-models
+        images, limit = (300, 200) if args.quick else (2000, None)
+        preps = {} if args.no_simulator else {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=args.seed)}
+        if not args.no_probe:
+            more, why = probe_preps(Path(args.probe), Path(args.cache_dir), limit=limit, seed=args.seed,
+                                    datasets_only=args.datasets, systems_only=args.systems)
+            if why:
+                print(f"[channels] probe pairs skipped: {why}")
+            preps.update(more)
+        out = Path(args.out) / "predictive" if args.out == str(DEFAULT_OUT) else Path(args.out)
+        res = run_predictive(out, preps, seed=args.seed, n_boot=min(args.boot, 200) if args.quick else args.boot,
+                             n_budgets=4 if args.quick else args.budgets, command=C.command_line("bench.channels", argv),
+                             max_classes=args.pred_classes, max_per_class=args.pred_per_class,
+                             curves=None if args.pred_curves is None else tuple(args.pred_curves))
+        print((out / "report.md").read_text(encoding="utf-8"))
+        return res
     if args.answer_models:
         images, limit = (300, 200) if args.quick else (2000, None)
         preps = {} if args.no_simulator else {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=args.seed)}

@@ -17,6 +17,7 @@ class FixedPolicy(Policy):
 
     name = "fixed"
     any_backend = True
+    reads_eig = False  # the loop may skip an answer model's costly information gain (engine.core.predictive)
 
     def select(self, state: PolicyState) -> np.ndarray:
         return state.xp.argmax(state.available, axis=1)
@@ -46,6 +47,7 @@ class RandomPolicy(Policy):
     """
 
     name = "random"
+    reads_eig = False
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -239,6 +241,7 @@ class DevOrderPolicy(Policy):
 
     name = "dev-order"
     any_backend = True
+    reads_eig = False
 
     def __init__(self, order=None):
         self.order = None if order is None else tuple(int(g) for g in order)
@@ -281,6 +284,10 @@ class AutoPolicy(Policy):
 
     def any_backend(self) -> bool:  # as the chosen policy
         return on_any_backend(self.inner)
+
+    @property
+    def reads_eig(self) -> bool:  # as the chosen policy
+        return getattr(self.inner, "reads_eig", True)
 
     def select(self, state: PolicyState) -> np.ndarray:
         return self.inner.select(state)

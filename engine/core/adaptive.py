@@ -118,7 +118,9 @@ def classify_batch(
         prior (times ``prior``, if given) and each asked group adds its ℓ_g instead of the channel's
         soft-evidence term; the channel still gives EIG and the policies' predictions (the generative
         half). Needs the bayes scorer and no shortlist. It is numpy: on the torch backend each group's
-        similarities go to the host for it and its ℓ_g comes back.
+        similarities go to the host for it and its ℓ_g comes back. A model with an ``information_gain(log_post,
+        xp)`` (n, G) method (:class:`engine.core.predictive.PredictivePosterior`) gives the EIG instead of the
+        channel.
     xp : the array backend the state lives on (:mod:`engine.core.arrays`): numpy, or the torch
         backend on the similarities' device (``engine.run.engines.classify`` picks it).
 
@@ -236,6 +238,7 @@ class _Run:
         self.active = xp.full(B, True, "bool")
         self.names_due = xp.zeros(B, "bool")
         self.trail: list[Asked] = []
+        self.eig_read = bool(getattr(setup.policy, "reads_eig", True)) or setup.stop.delta > 0
         if setup.name_g is not None:
             self.asked[:, setup.name_g] = True  # hidden from the policy; asked as the shortlist instead
             self.names_due[:] = True
@@ -254,7 +257,11 @@ class _Run:
             if len(idx) == 0:
                 break
             post = xp.exp(self.log_post[idx])
-            eig = expected_information_gain(post, ch, xp)
+            # a few-shot model with a predictive of its own answers (engine.core.predictive) says what an
+            # answer will do to *its* posterior; otherwise, or when neither the policy nor δ reads the EIG
+            # (``reads_eig = False``: fixed, random, dev-order), the channel's, which costs far less
+            gain = getattr(setup.answer_model, "information_gain", None) if self.eig_read else None
+            eig = expected_information_gain(post, ch, xp) if gain is None else gain(self.log_post[idx], xp)
             unasked = ~self.asked[idx]
             left = setup.budget - xp.to_float(self.q[idx])  # (n,) prompts left (inf without a budget)
             avail = unasked & (ch.sizes[None, :] <= left[:, None])

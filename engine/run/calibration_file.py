@@ -235,6 +235,7 @@ class Calibration:
     source: dict[str, Any] = field(default_factory=dict)  # the classes and data the channels were fitted on
     moved_to: dict[str, Any] = field(default_factory=dict)  # {system, sha256} once moved (:meth:`for_system`)
     crossfit: tuple = ()  # one FoldModel per fold of select.fold; () for a disjoint select part
+    predictive: Any = None  # engine.core.predictive.PredictiveTerms: the few-shot posterior's own EIG (None: the channel's)
     _replayed: dict = field(default_factory=dict, repr=False)  # (policy, budget) -> PolicyPaths, memoised
 
     # ------------------------------------------------------------------ use
@@ -246,9 +247,15 @@ class Calibration:
         return self.channels.channel(system.rule_matrix, system.option_counts)
 
     def answer_model(self, system: AttributeSystem):
-        """The few-shot posterior the loop reports and stops on (None: the channel's Bayes update)."""
+        """The few-shot posterior the loop reports and stops on (None: the channel's Bayes update); with the
+        predictive terms, wrapped so that the loop's EIG is the predictive's (engine.core.predictive)."""
         self.check(system)
-        return None if self.few_shot is None else self.few_shot.posterior
+        post = None if self.few_shot is None else self.few_shot.posterior
+        if post is not None and self.predictive is not None:
+            from engine.core.predictive import PredictivePosterior
+
+            return PredictivePosterior(post, self.predictive)
+        return post
 
     @property
     def lams(self) -> np.ndarray:
@@ -377,8 +384,18 @@ class Calibration:
         if not self.crossfit:
             return [(np.arange(len(sel.truth)), self.lams, self.channel(system), self.answer_model(system),
                      self.dev_order)]
-        return [(np.nonzero(sel.fold == f)[0], fm.channels.lams, fm.channel(system), fm.answer_model(), fm.dev_order)
-                for f, fm in enumerate(self.crossfit)]
+        return [(np.nonzero(sel.fold == f)[0], fm.channels.lams, fm.channel(system), self._fold_answer_model(f, fm),
+                 fm.dev_order) for f, fm in enumerate(self.crossfit)]
+
+    def _fold_answer_model(self, f: int, fm: FoldModel) -> Any:
+        """Fold ``f``'s posterior; with predictive terms, its EIG from the dev images outside the fold (their
+        out-of-fold terms, whose posteriors did see fold ``f``'s images: a second-order leak, not measured)."""
+        post = fm.answer_model()
+        if post is None or self.predictive is None:
+            return post
+        from engine.core.predictive import PredictivePosterior
+
+        return PredictivePosterior(post, self.predictive.without_fold(f))
 
     def select_paths(self, policy: str, system: AttributeSystem, stop: Any = None) -> PolicyPaths:
         """``policy``'s paths (:func:`trace_paths`) on the select images, each fold by its own model."""
@@ -804,6 +821,8 @@ def policy_choice_dict(cal: Calibration) -> dict[str, Any]:
         out["auto"] = cal.auto
     if cal.select is not None:
         out["select"] = cal.select.to_dict()
+    if cal.predictive is not None:
+        out["predictive"] = cal.predictive.to_dict()
     return out
 
 
@@ -818,7 +837,12 @@ def policy_choice_from_dict(d: dict[str, Any], groups: tuple[str, ...]) -> dict[
     if auto and auto.get("choice") not in AUTO_CANDIDATES:
         raise ValueError(f"auto choice {auto.get('choice')!r} is not one of {list(AUTO_CANDIDATES)}")
     select = SelectPart.from_dict(d["select"]) if d.get("select") is not None else None
-    return {"dev_order": order, "auto": auto, "select": select}
+    predictive = None
+    if d.get("predictive") is not None:  # the few-shot posterior's predictive EIG (engine.core.predictive)
+        from engine.core.predictive import PredictiveTerms
+
+        predictive = PredictiveTerms.from_file(d["predictive"], n_groups=len(groups))
+    return {"dev_order": order, "auto": auto, "select": select, "predictive": predictive}
 
 
 def needs_calibration_line(policy: str) -> str:
@@ -1124,9 +1148,17 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
     ch, few, decision, (folds, fold_models) = fit_answer_model(sims, truth, system, lam0=lam0, eps=eps,
                                                                setting=setting, seed=seed,
                                                                prior_strength=prior_strength)
+    predictive = None
     if few is not None:
         channel = few.channel(system.rule_matrix, system.option_counts, eps)
         model_post = few.posterior
+        if model_post is not None and fold_models:
+            # the EIG of what this posterior will do: every dev image's out-of-fold terms, by the fold
+            # posteriors the cross-validation fitted (the same folds as the cross-fitted paths)
+            from engine.core.predictive import PredictiveTerms
+
+            predictive = PredictiveTerms(sims=sims, truth=truth, folds=np.asarray(folds, dtype=np.int64),
+                                         posteriors=tuple(fm.few_shot.posterior for fm in fold_models), seed=seed)
     else:
         channel, model_post = ch.channel(system.rule_matrix, system.option_counts), None
     metrics = {
@@ -1159,7 +1191,8 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
                       sizes=tuple(int(k) for k in system.option_counts),
                       groups=tuple(g.name for g in system.groups), lam0=float(lam0), dev=dev, metrics=metrics,
                       setting=decision["setting"], few_shot=few, decision=decision, dev_order=order,
-                      select=SelectPart(sims, truth, folds if fold_models else None), crossfit=fold_models)
+                      select=SelectPart(sims, truth, folds if fold_models else None), crossfit=fold_models,
+                      predictive=predictive)
     names = [p for p in (builtin_policies() if policies is None else list(policies)) if p != "auto"]
     paths = {p: cal.select_paths(p, system) for p in names} if len(truth) else {}
     choice = choose_auto(cal, system) if auto and len(truth) else {}

@@ -1,0 +1,50 @@
+"""bench.channels --predictive: the confidence stop read off traced paths is the loop's, and the section runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.core import answer_models as AM
+from engine.core import predictive as PR
+
+
+def test_tau_stop_on_traced_paths_is_what_the_loop_does_with_that_tau():
+    from bench.channels import tau_stop
+    from engine import StopRule
+    from engine.core.adaptive import classify_batch
+    from engine.core.sources import ArraySource
+    from engine.run.calibration_file import trace_paths
+    from tests.strategies import make_system
+    from tests.test_predictive import fitted_problem
+
+    sims, truth, sizes, C = fitted_problem(seed=2, per=12)
+    rules = [tuple(frozenset([k]) for k in row) for row in ((0, 0, 0), (1, 1, 1), (0, 2, 1), (1, 0, 0))]
+    system = make_system(rules, sizes)
+    post = AM.fit_few_shot_posterior(sims, truth, sizes, C, regs=(0.1,)).posterior
+    am = PR.PredictivePosterior(post, PR.fit_predictive(sims, truth, sizes, C, reg=0.1))
+    paths = trace_paths(sims, truth, system, "eig_per_prompt", np.full(3, 10.0), None, am)
+    for tau in (0.3, 0.6, 0.9, 0.99, 1.0):
+        cor, q = tau_stop(paths, tau)
+        res = classify_batch(ArraySource(sims, system), system, "eig_per_prompt", stop=StopRule(tau=tau),
+                             logit_scale=10.0, top_k=1, answer_model=am)
+        np.testing.assert_array_equal(q, [r.q_spent for r in res])
+        np.testing.assert_array_equal(cor, [r.label == system.classes[t] for r, t in zip(res, truth)])
+
+
+@pytest.mark.slow  # a quick simulated run of the section: about 10 s
+def test_the_predictive_section_runs_and_reports_paired_differences(tmp_path):
+    from bench.channels import main
+
+    main(["--predictive", "--no-probe", "--quick", "--pred-curves", "predictive eig per prompt", "eig per prompt",
+          "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "results.json").read_text())
+    pair = res["pairs"]["simulator × pokemon15"]
+    assert [r["label"] for r in pair["rows"]] == ["fixed", "eig per prompt", "predictive eig per prompt"]
+    d = {(x["a"], x["b"]): x for x in pair["diffs"]}
+    x = d[("predictive eig per prompt", "fixed")]
+    assert x["ci95"][0] <= x["diff"] + 1e-12 and x["diff"] <= x["ci95"][1] + 1e-12
+    assert [s["policy"] for s in pair["stops"]] == ["fixed", "eig per prompt", "predictive eig per prompt"]
+    assert "predictive eig per prompt" in (tmp_path / "report.md").read_text()
