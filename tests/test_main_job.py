@@ -62,7 +62,8 @@ def test_shipped_calibration_is_few_shot_and_records_why_on_held_out_dev_images(
     assert d["dev"]["crossfit"]["folds"] == len(cal.crossfit) == 3 and len(cal.select.truth) == d["dev"]["n_images"]
     assert cal.few_shot.posterior.has_head  # with every question asked, a plain LR on all the similarities
     system = load_system(MAIN_SYSTEM)
-    assert cal.answer_model(system) is cal.few_shot.posterior
+    am = cal.answer_model(system)  # the posterior, its EIG the predictive's (every dev image's out-of-fold terms)
+    assert am.posterior is cal.few_shot.posterior and len(am.predictive.truth) == d["dev"]["n_images"]
     assert cal.channel(system).P.shape == (system.n_classes, system.q_total)
 
 
