@@ -3,7 +3,7 @@
     python -m bench.auto_policy                      # the simulator and the probe's pokemon15-gen1 pairs
     python -m bench.auto_policy --no-probe           # the simulator only
 
-Each pair's images are split 50/50 by image, stratified by class (:func:`engine.core.calibration.split_by_image`,
+Each pair's images are split 50/50 by image, stratified by class (:func:`engine.core.channel_fit.split_by_image`,
 seed 0). The dev half goes
 through :func:`engine.run.calibration_file.fit_calibration`, exactly what ``twentyq calibrate`` does: channels
 and the dev order on every dev image, the auto choice on cross-fitted paths (3 folds; normalised budget AUC of fixed,
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.calibration import split_by_image  # the one split helper: stratified by class
+from engine.core.channel_fit import split_by_image  # the one split helper: stratified by class
 from engine.core.metrics import budget_aucs, budget_grid
 from engine.run.calibration_file import fit_calibration
 from policies.builtin import AUTO_CANDIDATES

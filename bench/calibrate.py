@@ -7,7 +7,7 @@
 The images are split at random (seeded, stratified by class) into dev and test
 halves. λ (logit scale) and ε (rule noise) are fitted on dev by maximum
 likelihood of the true class under the full-system Bayes posterior
-(:func:`engine.core.calibration.fit_logit_scale_and_eps`). Reported before (the
+(:func:`engine.core.channel_fit.fit_logit_scale_and_eps`). Reported before (the
 model's own λ, ε = 0.05) and after fitting, on dev and test: accuracy, mean
 true-class NLL, ECE (10 bins), reliability diagrams, the ``eig`` accuracy-vs-Q
 curve, and confidence at stop against accuracy at stop for each τ.
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from engine import StopRule
-from engine.core.calibration import (
+from engine.core.channel_fit import (
     expected_calibration_error, fit_logit_scale_and_eps, full_log_posterior, reliability_bins, true_class_nll,
 )
 
-from systems.authoring.refine import split_by_image
+from engine.authoring.refine import split_by_image
 
 from .lib import harness as C
 

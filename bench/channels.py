@@ -17,7 +17,7 @@ probe (``--probe``, default the shipped one, ``engine/encoders/data/probe``) and
 either is missing it is skipped and the report says so.
 
 Every pair's images are split 50/50 by image (seeded). The calibrated channels are fitted on the dev
-half only (:func:`engine.core.calibration.fit_answer_channels`: λ_g, confusion M_g, reliability w_g);
+half only (:func:`engine.core.channel_fit.fit_answer_channels`: λ_g, confusion M_g, reliability w_g);
 everything reported is measured on the test half. For each channel ("single": today's λ, ε; and
 "calibrated") and each policy (fixed, random over seeds, eig, eig_per_prompt, lookahead, and the
 oracle of :mod:`bench.policies`), the budget sweep (τ = 1, budgets 0..Q) gives accuracy against mean Q;
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from engine import StopRule
-from engine.core.calibration import fit_answer_channels, split_by_image  # the one split helper: stratified by class
+from engine.core.channel_fit import fit_answer_channels, split_by_image  # the one split helper: stratified by class
 from engine.core.metrics import accuracy_ci, bootstrap_weights, budget_aucs, budget_grid, normalised_auc_rows
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
@@ -443,7 +443,7 @@ def answer_model_report(results: dict[str, Any]) -> str:
          f"- command: `{results['command']}`",
          f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s; load average at start / end "
          f"{results['load'][0]} / {results['load'][1]}",
-         f"- split: 50/50 by image, stratified by class, seed {results['seed']} (engine.core.calibration.split_by_image); "
+         f"- split: 50/50 by image, stratified by class, seed {results['seed']} (engine.core.channel_fit.split_by_image); "
          "every model and baseline fitted on the dev half only; every figure on the test half",
          f"- bootstrap: {results['n_boot']} resamples of the test images, the same for every figure (paired)\n"]
     head = ["pair (test images)", "classes with dev images", "LR, same similarities", "LR, image embeddings",

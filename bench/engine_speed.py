@@ -55,7 +55,7 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
     Its packages are imported from ``path`` under their own names while this version's are set aside,
     then this version's are put back: the old functions keep the old modules they were imported with.
     The runners take a :class:`Case` as :func:`run_numpy` and :func:`run_torch` do. The torch loop is
-    ``engine.torch_engine.loop.classify_batch_torch`` in the layout up to 90c22eb (two loops), else
+    ``engine.torch_backend.loop.classify_batch_torch`` in the layout up to 90c22eb (two loops), else
     ``engine.run.engines.classify(..., engine="torch")``.
     """
     tops = ("engine", "policies", "systems")
@@ -66,9 +66,9 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
     try:
         import engine.core.adaptive as old_adaptive
         import engine.core.sources as old_sources
-        import engine.torch_engine.sources as old_tsources
-        if (Path(path) / "engine/torch_engine/loop.py").exists():
-            from engine.torch_engine.loop import classify_batch_torch as old_torch_loop
+        import engine.torch_backend.sources as old_tsources
+        if (Path(path) / "engine/torch_backend/loop.py").exists():
+            from engine.torch_backend.loop import classify_batch_torch as old_torch_loop
         else:
             from engine.run.engines import classify as old_classify
 

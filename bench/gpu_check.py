@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     from engine.run.encoder_source import EncoderSource
     from engine.encoders.device import resolve_device, resolve_dtype
-    from bench.tiny_models import random_model
+    from engine.testing.tiny_models import random_model
     from engine.encoders.hf import CLIPFamilyEncoder
     from engine.encoders.text_cache import TextCache
     from systems import load_system

@@ -5,7 +5,7 @@
 
 The cases are bench.engine_speed's (pokemon15 4096 images eig τ=0.9; N=1000 G=50 K=10 eig τ=0.9
 with a budget of 100, and the full system). The similarities sit on the device as float32, as a
-model leaves them, in a :class:`engine.torch_engine.TensorSource`; the engine upcasts each block
+model leaves them, in a :class:`engine.torch_backend.TensorSource`; the engine upcasts each block
 to float64 there. It runs on the CPU too (``device="cpu"``; the tests smoke it with small sizes).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.torch_engine import TensorSource
+from engine.torch_backend import TensorSource
 
 from .lib.loop_cases import EPS, LAM, agree, cases, run_numpy, run_torch
 from .lib.timing import best_time

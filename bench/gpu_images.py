@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from bench.tiny_models import save_random_model
+            from engine.testing.tiny_models import save_random_model
 
             model = str(save_random_model(Path(tmp) / "clip", "clip", size=args.size))
         paths = make_jpegs(Path(tmp) / "jpegs", args.n, args.image_size)

@@ -158,7 +158,7 @@ def measure(encoder: Any, system: Any = "pokemon15", device: str = "auto", *, dt
 
 def vit_b32(device: str = "cuda", dtype: str = "fp16", batch: int = 256) -> Callable[[], Any]:
     """A loader of bench.gpu_check's random ViT-B/32-sized CLIP (word-level tokenizer, no download)."""
-    from bench.tiny_models import random_model
+    from engine.testing.tiny_models import random_model
     from engine.encoders.device import resolve_device, resolve_dtype
     from engine.encoders.hf import CLIPFamilyEncoder
     from systems import load_system
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="twentyq-gpu-text-"))
     for m in args.model or ["tiny"]:
         if m == "tiny":
-            from bench.tiny_models import save_random_model
+            from engine.testing.tiny_models import save_random_model
 
             enc: Any = str(save_random_model(tmp / "tiny-clip", "clip"))
         elif m == "vit-b-32":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 M = [
- ("w_g objective without /K_g", "engine/core/calibration.py",
+ ("w_g objective without /K_g", "engine/core/channel_fit.py",
   "tot += np.log(wg * lik[g] + (1.0 - wg) / sizes[g])", "tot += np.log(wg * lik[g] + (1.0 - wg))",
   "tests/test_guarantees.py::test_fitted_reliabilities_minimise_the_documented_objective"),
  ("lookahead cap G > candidates + 1", "policies/builtin.py",
@@ -16,10 +16,10 @@ M = [
  ("budget cut >= instead of >", "engine/run/calibration_file.py",
   "                conf[p.q > budget] = np.nan\n", "                conf[p.q >= budget] = np.nan\n",
   "tests/test_guarantees.py::test_the_cut_keeps_a_step_that_spends_the_budget_exactly"),
- ("Clopper-Pearson with n - k + 2", "engine/core/calibration.py",
+ ("Clopper-Pearson with n - k + 2", "engine/core/channel_fit.py",
   "return float(beta.ppf(alpha, k, n - k + 1))", "return float(beta.ppf(alpha, k, n - k + 2))",
   "tests/test_guarantees.py::test_clopper_pearson_lower_bound_is_where_the_binomial_tail_equals_alpha"),
- ("w guard removed", "engine/core/calibration.py",
+ ("w guard removed", "engine/core/channel_fit.py",
   "x = res.x if objective(res.x) <= objective(np.ones(len(fitted))) else np.ones(len(fitted))", "x = res.x",
   "tests/test_guarantees.py::test_the_fit_is_never_worse_than_full_reliability_whatever_the_optimiser_returns"),
 ]

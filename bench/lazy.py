@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from systems.files import shared_data_root
+from engine.common.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 CSV = shared_data_root() / "pokemon" / "jina15.csv"

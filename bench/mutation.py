@@ -6,7 +6,7 @@
     python -m bench.mutation NAME ...        # re-test these mutants (e.g. the survivors), then the score
 
 What is mutated and which tests run are set in pyproject.toml, ``[tool.mutmut]``: the files
-engine/core/scoring.py, engine/core/adaptive.py, engine/core/calibration.py and policies/, against the
+engine/core/scoring.py, engine/core/adaptive.py, engine/core/channel_fit.py and policies/, against the
 fast core tests only, with the ``mutation`` hypothesis profile (tests/conftest.py: no shrinking,
 derandomised). mutmut copies the tree to ``mutants/`` and runs there. The surviving mutants, and why
 the ones left are equivalent, are in docs/mutation.md.

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from systems.authoring.refining import refine_embedded
+from engine.authoring.refine_images import refine_embedded
 from systems import analyze, load_system
-from systems.authoring.pokeapi import pokeapi_system
+from engine.authoring.pokeapi import pokeapi_system
 from systems.build import with_name_group
-from systems.authoring.refine import RefineConfig
+from engine.authoring.refine import RefineConfig
 
 from .lib import harness as C
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from .lib.harness import DEFAULT_OUT, command_line, md_table, model_label, write_outputs
-from systems.files import shared_data_root
+from engine.common.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 POKEMON = shared_data_root() / "pokemon"
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
         model = args.model
         label = model_label(model)
         if model == TINY:
-            from bench.tiny_models import save_random_model
+            from engine.testing.tiny_models import save_random_model
 
             model = str(save_random_model(Path(tmp) / "tiny-clip", "clip", size="tiny"))
             label = "tiny random CLIP (width 32, random weights; speed only)"

@@ -64,7 +64,7 @@ def pick_images(n: int, seed: int = 0) -> tuple[list[bytes], str]:
     """n encoded images (JPEG/PNG bytes): real ones from the shared jina15 set if present, else noise PNGs."""
     from PIL import Image
 
-    from systems.files import shared_data_root
+    from engine.common.files import shared_data_root
 
     csv_path = shared_data_root() / "pokemon" / "jina15.csv"
     rng = np.random.default_rng(seed)
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         if m == "offline":
             models[m] = "offline"
         elif m == "tiny-clip":
-            from bench.tiny_models import save_random_model
+            from engine.testing.tiny_models import save_random_model
 
             models[m] = str(save_random_model(tmp / "tiny-clip", "clip", logit_scale=42.0))
         else:

@@ -25,9 +25,9 @@ import numpy as np
 from engine import SimulatedSource, StopRule, classify_batch
 from engine.core.metrics import accuracy_ci
 from engine.core.simulate import sample_classes
-from systems.authoring.pokeapi import pokeapi_system
+from engine.authoring.pokeapi import pokeapi_system
 from systems.build import with_name_group
-from systems.files import shared_data_path
+from engine.common.files import shared_data_path
 
 from .lib import harness as C
 

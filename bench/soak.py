@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from systems.files import shared_data_root
+from engine.common.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = shared_data_root()

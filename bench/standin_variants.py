@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from systems.files import shared_data_root
+from engine.common.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = shared_data_root()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.adaptive import StopRule, classify_batch
-from engine.core.calibration import split_by_image
+from engine.core.channel_fit import split_by_image
 from engine.core.sources import ArraySource
 from engine.run.calibration_file import fit_calibration, target_choice
 from engine.run.config import RunConfig

@@ -11,7 +11,7 @@ repetition's): ``n_dev`` labelled dev images and ``n_test`` test images. On the 
 every dev image, ``eig``'s τ=1 paths cross-fitted: each of 3 folds traced with the model fitted on the other
 two), and for each target :meth:`Calibration.tau_for` chooses τ
 (learn-then-test, α = 0.1). On the test images the τ=1 ``eig`` paths with the fitted channel give, for every
-target at once (:func:`engine.core.calibration.stop_outcomes`; a path does not depend on τ), the accuracy
+target at once (:func:`engine.core.channel_fit.stop_outcomes`; a path does not depend on τ), the accuracy
 among images that stop on confidence.
 
 A *miss* is a repetition whose test accuracy among confident stops is below the target (a repetition where
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.calibration import choose_tau, fit_answer_channels, stop_outcomes
+from engine.core.channel_fit import choose_tau, fit_answer_channels, stop_outcomes
 from engine.core.simulate import SimulatedSource, heterogeneous_wrong_rates, sample_classes
 from engine.run.calibration_file import fit_calibration, trace_paths
 from engine.run.evaluation import exact_ci

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from systems.files import shared_data_root
+from engine.common.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = shared_data_root()
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from engine.encoders import load_encoder
-    from bench.tiny_models import save_random_model
+    from engine.testing.tiny_models import save_random_model
     from engine.encoders.offline import imagenet_classes
 
     hf_logging.set_verbosity_error()
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
 
 def e2e_all(args, tmp: Path) -> dict:
     """Section 4: the end-to-end image-path comparison for the tiny CLIP and (unless skipped) the offline model."""
-    from bench.tiny_models import save_random_model
+    from engine.testing.tiny_models import save_random_model
 
     folder = save_random_model(tmp / "tiny-clip", "clip", size="tiny")
     files, what = pick_files(args.data, args.e2e_images, args.seed, tmp)

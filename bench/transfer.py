@@ -80,7 +80,7 @@ def outcomes(clf: Any, emb: Any, labels: list[str]) -> dict[str, dict[str, np.nd
 
 def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9,
         log=print) -> dict[str, Any]:
-    from engine.core.calibration import split_by_image
+    from engine.core.channel_fit import split_by_image
     from engine.run.calibration_file import calibrate, save_calibration
     from engine.run.classifier import Classifier
     from engine.run.config import EncoderSpec

@@ -15,7 +15,7 @@ zero-shot as ``transformers.pipeline("zero-shot-image-classification")`` gives i
 
 from __future__ import annotations
 
-from systems.lazy import lazy_exports
+from engine.common.lazy import lazy_exports
 
 _EXPORTS = {
     # the public face

@@ -4,14 +4,31 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from .arrays import HOST
 
-if TYPE_CHECKING:  # no runtime import: engine imports policies
-    from engine.core.scoring import Channel
+
+
+class AnswerChannel(Protocol):
+    """What a policy may read of the answer channel P(k | c) (``engine.core.scoring.Channel`` is one).
+
+    Declared here, in the policies' own layer, so that no import, not even a type-only one, runs up to
+    the core that calls them.
+
+    P : (C, K) P(k | c), the options of every group concatenated (K = sum of sizes).
+    H : (C, G) entropy of each class's answer to each group (nats).
+    offsets, sizes : (G,) int64, where each group's options start in K, and how many there are.
+    """
+
+    P: np.ndarray
+    H: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+    def cols(self, g: int) -> slice: ...
 
 # Scores within TIE_RTOL of a row's best (relative; TIE_ATOL near 0) count as ties, broken by the lowest
 # group index. A batched matmul rounds an image's EIG differently from the same image alone, in the last
@@ -32,7 +49,7 @@ class PolicyState:
         every row has at least one True.
     budget_left : (n,) float, prompts left (inf without a budget).
     images : (n,) int, the images' indices in the batch.
-    channel : the answer channel (sizes, P(k|c)).
+    channel : the answer channel (:class:`AnswerChannel`: sizes, P(k|c)).
     xp : the array operations of these arrays (:mod:`policies.arrays`): numpy by default; the adaptive
         loop passes its backend's, so that a policy written over ``xp`` runs on torch tensors as well.
     """
@@ -42,7 +59,7 @@ class PolicyState:
     available: np.ndarray
     budget_left: np.ndarray
     images: np.ndarray
-    channel: "Channel"
+    channel: AnswerChannel
     xp: Any = HOST
 
 
@@ -83,8 +100,8 @@ def _check_plugin(name: str, obj: object) -> str | None:
 
 
 def load_plugin_policies() -> None:
-    """Register the policies of the ``twentyq.policies`` entry points (once; see :mod:`systems.plugins`)."""
-    from systems.plugins import POLICY_GROUP, load_plugins
+    """Register the policies of the ``twentyq.policies`` entry points (once; see :mod:`engine.common.plugins`)."""
+    from engine.common.plugins import POLICY_GROUP, load_plugins
 
     for name, cls in load_plugins(POLICY_GROUP, _check_plugin).items():
         POLICIES.setdefault(name, cls)

@@ -233,7 +233,7 @@ class DevOrderPolicy(Policy):
     """A static group order fitted on labelled dev images (``twentyq calibrate`` stores it in the calibration file).
 
     order : a permutation of the G group indices, best first (the calibration's ``dev_order``, greedy by dev
-        accuracy gained per prompt, :func:`engine.core.calibration.dev_greedy_order`). The policy asks the first
+        accuracy gained per prompt, :func:`engine.core.channel_fit.dev_greedy_order`). The policy asks the first
         group of the order that is still available, so under a budget it skips a group it cannot pay for and
         asks the next affordable one, as ``fixed`` does with the system order. With ``order`` None it is the
         system order (``fixed``): the run layer refuses ``--policy dev-order`` without a calibration.

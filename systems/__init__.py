@@ -1,7 +1,7 @@
 """Attribute systems, the bottom layer: the format, validation, analysis, derived systems, files.
 
 Nothing here imports :mod:`engine`. Building systems from tables, LLM drafts and
-refinement on images uses the engine, so it lives above it, in :mod:`systems.authoring`.
+refinement on images uses the engine, so it lives above it, in :mod:`engine.authoring`.
 """
 
 from systems.analysis import analyze

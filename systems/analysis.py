@@ -1,4 +1,4 @@
-"""What a system can and cannot tell apart (networkx).
+"""What a system can and cannot tell apart.
 
 Two notions, both over the rules alone (no model):
 
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import networkx as nx
 import numpy as np
 
 #: the most (groups + 1) × (distinct signature pairs) the pairwise answers (weakly distinguishable pairs,
@@ -79,16 +78,6 @@ def distinction_tensor(system: AttributeSystem) -> np.ndarray:
         inter = full @ full.T
         out[g] = (n[:, None] + n[None, :] - 2 * inter) > 0  # |A xor B| > 0
     return out
-
-
-def inseparable_graph(system: AttributeSystem) -> nx.Graph:
-    """Classes as nodes, an edge for every pair that no group separates."""
-    sep_any = separation_tensor(system).any(axis=0)
-    graph = nx.Graph()
-    graph.add_nodes_from(system.classes)
-    a, b = np.nonzero(np.triu(~sep_any, k=1))
-    graph.add_edges_from((system.classes[i], system.classes[j]) for i, j in zip(a, b))
-    return graph
 
 
 def _by_signature(system: AttributeSystem, signatures) -> list[list[str]]:

@@ -6,7 +6,7 @@
 - :func:`name_key`: a spelling-insensitive key for class names.
 
 Building systems from tables, LLM drafts and the PokeAPI table is authoring
-(:mod:`systems.authoring`).
+(:mod:`engine.authoring`).
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def labels_system(labels: list[str] | tuple[str, ...], template: str = LABELS_TE
     """The class-name system of plain labels (``twentyq classify --labels "cat,dog"``), validated.
 
     Labels are stripped; an empty, repeated or brace-holding label, or fewer than two, is a
-    :class:`systems.errors.UserInputError` naming it.
+    :class:`engine.common.errors.UserInputError` naming it.
     """
-    from systems.errors import UserInputError
+    from engine.common.errors import UserInputError
     from systems.validate import parse_system
 
     labels = [str(x).strip() for x in labels]

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from systems.errors import UserInputError
+from engine.common.errors import UserInputError
 
 STYLES = ("dclip", "waffle", "cupl")
 #: how each style pools a class's prompts (engine.run.encoder_source.PooledGroup's ``how``)
@@ -241,18 +241,12 @@ def read_descriptors(data: Any, source: str = "descriptors", style: str | None =
     return DescriptorFile(out, detect_style(out) if detected else style, detected, tuple(notices))
 
 
-def check_descriptors(data: Any, source: str = "descriptors") -> Descriptors:
-    """``{class: (descriptor, ...)}`` from JSON-shaped data (:func:`read_descriptors`); its notices
-    are :class:`DescriptorNotice` warnings."""
-    read = read_descriptors(data, source, style="dclip")
-    for notice in read.notices:
-        warnings.warn(notice, DescriptorNotice, stacklevel=2)
-    return read.descriptors
+
 
 
 def load_descriptor_file(path: str | os.PathLike, style: str | None = None) -> DescriptorFile:
     """Read a descriptor JSON file (:func:`read_descriptors`); ``style`` None detects it."""
-    from systems.files import read_json_capped
+    from engine.common.files import read_json_capped
 
     where = f"descriptor file {str(path)!r}"
     data = read_json_capped(path, what="descriptor file", shape='a JSON object {"class": ["description", ...]}',

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from systems.files import SYSTEM_FILE_LIMIT, atomic_write_text, read_bytes_capped
+from engine.common.files import SYSTEM_FILE_LIMIT, atomic_write_text, read_bytes_capped
 from systems.format import AttributeSystem
 from systems.validate import SystemValidationError, parse_system
 
@@ -34,7 +34,7 @@ def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def read_json(path: Path) -> Any:
     """Parse a JSON file strictly: UTF-8, no comments, no duplicate keys.
 
-    Read through the guarded reader (:func:`systems.files.read_bytes_capped`): a FIFO, a device or a
+    Read through the guarded reader (:func:`engine.common.files.read_bytes_capped`): a FIFO, a device or a
     file over 256 MiB is refused unread (``UnreadableInput``, exit 2)."""
     source = str(path)
     try:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from systems.errors import UserInputError
-from systems.files import read_json_capped
+from engine.common.errors import UserInputError
+from engine.common.files import read_json_capped
 from systems.format import PLACEHOLDER
 from systems.validate import check_template
 

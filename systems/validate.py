@@ -27,9 +27,9 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
-from systems.errors import UserInputError
+from engine.common.errors import UserInputError
 from systems.format import PLACEHOLDER, AttributeSystem, Group
-from systems.printable import control_characters
+from engine.common.printable import control_characters
 
 _MISSING = object()
 _EMPTY: frozenset[int] = frozenset()
@@ -67,7 +67,7 @@ class SystemValidationError(UserInputError):
 
 def check_printable(text: str, path: str, what: str, problems: list[str]) -> bool:
     """A name or template holds no control character (ESC, BEL, NUL, newline ...: they would reach terminals
-    raw, :mod:`systems.printable`); else one problem naming them and the path."""
+    raw, :mod:`engine.common.printable`); else one problem naming them and the path."""
     bad = control_characters(text)
     if bad:
         problems.append(f"{path}: {what} {show(text)} holds control character(s) {', '.join(bad)}; remove them "

@@ -38,7 +38,7 @@ settings.load_profile(hypothesis_profile(os.environ))
 import pytest  # noqa: E402
 
 #: every test that takes the ``classify`` fixture runs once per backend of the adaptive loop
-#: (engine.core.adaptive.classify_batch): numpy, the reference, and torch (engine.torch_engine's
+#: (engine.core.adaptive.classify_batch): numpy, the reference, and torch (engine.torch_backend's
 #: TorchArrays), which runs a numpy source through its HostSource on the CPU
 LOOP_BACKENDS = ("numpy", "torch")
 

@@ -85,7 +85,7 @@ def test_the_choice_belongs_to_a_best_affordable_plan_and_has_its_best_rate(pb):
 
 def test_runs_on_the_torch_backend_with_the_numpy_choices():
     pytest.importorskip("torch")
-    from engine.torch_engine import TorchArrays
+    from engine.torch_backend import TorchArrays
 
     rng = np.random.default_rng(0)
     n, G = 40, 5

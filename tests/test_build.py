@@ -1,4 +1,4 @@
-"""systems.authoring.table / systems.build: systems from attribute tables, the name group, label alignment,
+"""engine.authoring.table / systems.build: systems from attribute tables, the name group, label alignment,
 and the PokeAPI-built systems."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from systems import analyze, load_system
-from systems.authoring.pokeapi import align_classes, pokeapi_system
+from engine.authoring.pokeapi import align_classes, pokeapi_system
 from systems.build import name_key, with_name_group
-from systems.files import shared_data_path
-from systems.authoring.table import BuildReport, bin_index, from_table, quantile_edges, value_to_text
+from engine.common.files import shared_data_path
+from engine.authoring.table import BuildReport, bin_index, from_table, quantile_edges, value_to_text
 
 ROWS = [
     {"name": "ann", "color": "red", "shape": "quadruped", "egg": "a|b", "height": "3", "note": ""},

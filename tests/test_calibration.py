@@ -1,4 +1,4 @@
-"""Properties of engine.core.calibration: ECE, reliability bins, and the λ/ε fit."""
+"""Properties of engine.core.channel_fit: ECE, reliability bins, and the λ/ε fit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine.core.calibration import (
+from engine.core.channel_fit import (
     expected_calibration_error, fit_logit_scale_and_eps, full_log_posterior, reliability_bins, true_class_nll,
 )
 from engine.core.scoring import build_channel, full_bayes_log_posterior, group_log_probs

@@ -23,7 +23,7 @@ from tests.support.encoders import SimEncoder, tiny_model_dir  # noqa: F401
 
 from engine.cli.app import main
 from engine.core.adaptive import StopRule, classify_batch
-from engine.core.calibration import choose_tau
+from engine.core.channel_fit import choose_tau
 from engine.core.sources import ArraySource
 from engine.run.calibration_file import (
     SCHEMA, CalibrationError, CalibrationMismatch, calibrate, exclude_dev, fit_calibration,
@@ -456,17 +456,17 @@ def test_a_version_1_file_still_loads_and_an_unknown_version_is_refused_by_name(
 def test_a_calibration_too_large_to_read_back_is_not_written(world, tmp_path, monkeypatch):
     """The select part's similarities make a file grow with dev images × prompts; one over the reader's cap
     would be refused on load, so save refuses it and leaves nothing behind."""
-    import systems.files
+    import engine.common.files
 
     cal = fit_calibration(world["sims"][:60], world["truth"][:60], world["system"], lam0=200.0, eps=0.05,
                           model="sim", model_id="sim@1", policies=["fixed"], auto=False)
     size = len(json.dumps(cal.to_dict(), indent=2))
-    monkeypatch.setattr(systems.files, "TEXT_INPUT_LIMIT", size // 2)
+    monkeypatch.setattr(engine.common.files, "TEXT_INPUT_LIMIT", size // 2)
     (tmp_path / "big.json").write_text("an earlier calibration")
     with pytest.raises(CalibrationError, match="nothing was written: calibrate on fewer dev images"):
         save_calibration(cal, tmp_path / "big.json")
     assert (tmp_path / "big.json").read_text() == "an earlier calibration"  # kept, not replaced or removed
-    monkeypatch.setattr(systems.files, "TEXT_INPUT_LIMIT", size * 2)
+    monkeypatch.setattr(engine.common.files, "TEXT_INPUT_LIMIT", size * 2)
     assert load_calibration(save_calibration(cal, tmp_path / "ok.json").path).model_id == "sim@1"
 
 

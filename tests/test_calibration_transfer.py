@@ -24,7 +24,7 @@ from tests.support.data import five_group_system, noise_image
 from tests.strategies import systems
 from tests.test_calibration_file import SimEncoder
 
-from engine.core.calibration import AnswerChannels
+from engine.core.channel_fit import AnswerChannels
 from engine.core.simulate import SimulatedSource
 from engine.run.calibration_file import (
     Calibration, CalibrationError, CalibrationMismatch, exclude_dev, fit_calibration, image_sha256, load_calibration,
@@ -36,7 +36,7 @@ from engine.run.datasets import DataSpec
 from engine.run.evaluation import evaluate_classifier, evaluate_configs
 from engine.run.provenance import groups_hash, system_hash
 from systems import load_system
-from systems.errors import UserInputError
+from engine.common.errors import UserInputError
 
 GEN23 = ("Absol", "Aggron", "Ampharos", "Azumarill", "Celebi")  # pokemon15's classes that pokemon15_gen1 lacks
 

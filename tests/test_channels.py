@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from engine.core.adaptive import StopRule, classify_batch
-from engine.core.calibration import (
+from engine.core.channel_fit import (
     AnswerChannels, binomial_lower_bound, choose_tau, fit_answer_channels, full_log_posterior, min_stops,
     stop_outcomes, true_class_nll,
 )

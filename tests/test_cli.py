@@ -15,7 +15,7 @@ from engine.cli.app import main
 
 from .support.data import COLOUR_SYSTEM, noise_image, solid
 from .support.encoders import tiny_model_dir
-from systems.files import shared_data_root
+from engine.common.files import shared_data_root
 
 SHARED = shared_data_root()
 KEYS = {"image", "label", "confidence", "top", "q_spent", "stop", "asked", "error"}

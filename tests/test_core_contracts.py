@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine import ArraySource, StopRule, build_channel
-from engine.core.calibration import (
+from engine.core.channel_fit import (
     expected_calibration_error, fit_logit_scale_and_eps, full_log_posterior, reliability_bins, true_class_nll,
 )
 from engine.core.scoring import (

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from engine.cli.app import main
 from systems import load_system
-from systems.authoring.draft import EXAMPLE, DraftRejected, build_prompt, import_draft
+from engine.authoring.draft import EXAMPLE, DraftRejected, build_prompt, import_draft
 from systems.format import AttributeSystem, Group
-from systems.authoring.llm import LLMError, parse_templates, propose_templates
+from engine.authoring.llm import LLMError, parse_templates, propose_templates
 
 from .strategies import systems
 

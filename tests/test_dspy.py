@@ -1,4 +1,4 @@
-"""systems.authoring.dspy_opt offline: DSPy's DummyLM proposes templates; a fake frozen model scores them."""
+"""engine.authoring.dspy_opt offline: DSPy's DummyLM proposes templates; a fake frozen model scores them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ dspy = pytest.importorskip("dspy")
 from dspy.utils import DummyLM  # noqa: E402
 
 from systems import parse_system  # noqa: E402
-from systems.authoring.dspy_opt import DevAccuracy, SystemProposer, optimize_system  # noqa: E402
+from engine.authoring.dspy_opt import DevAccuracy, SystemProposer, optimize_system  # noqa: E402
 
 SYSTEM = parse_system({
     "name": "toy",

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import ArraySource, StopRule, build_channel
-from engine.core.calibration import fit_logit_scale_and_eps, full_log_posterior, true_class_nll
+from engine.core.channel_fit import fit_logit_scale_and_eps, full_log_posterior, true_class_nll
 from engine.core.scoring import group_log_probs, group_probs
 from policies import get_policy, list_policies
 from policies.base import masked_argmax

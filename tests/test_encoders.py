@@ -108,7 +108,7 @@ def test_siglip_text_embedding_does_not_depend_on_the_batch():
 
 
 def test_model_id_follows_the_weights(tmp_path):
-    from bench.tiny_models import save_random_model
+    from engine.testing.tiny_models import save_random_model
 
     a = load_encoder(str(save_random_model(tmp_path / "m", "clip", seed=1)), device="cpu")
     b = load_encoder(str(tmp_path / "m"), device="cpu")

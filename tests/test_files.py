@@ -1,4 +1,4 @@
-"""systems.files: the one atomic writer, capped reads and the shared-data resolver."""
+"""engine.common.files: the one atomic writer, capped reads and the shared-data resolver."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from systems.files import (
+from engine.common.files import (
     atomic_write, atomic_write_json, check_regular_file, read_text_capped, shared_data_path, shared_data_root,
 )
 

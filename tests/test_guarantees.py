@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.stats import binom
 
 from engine.core.adaptive import StopRule, classify_batch
-from engine.core.calibration import (
+from engine.core.channel_fit import (
     FLAT_TOL, binomial_lower_bound, choose_tau, dev_greedy_order, fit_answer_channels, fit_select_split,
     flat_reliabilities_to_zero, full_log_posterior, min_stops, pick_policy, true_class_nll,
 )
@@ -158,7 +158,7 @@ def test_fitted_reliabilities_minimise_the_documented_objective():
 def test_the_fit_is_never_worse_than_full_reliability_whatever_the_optimiser_returns(monkeypatch):
     """The guard: if L-BFGS-B ends somewhere worse than w = 1 (here an optimiser that returns w = 0), the fit
     keeps w = 1. Kills the mutant that removes the guard."""
-    import engine.core.calibration as cal
+    import engine.core.channel_fit as cal
     from scipy.optimize import OptimizeResult
 
     s, sims, truth = _sim(200, seed=3)

@@ -281,9 +281,9 @@ def test_system_cli_refuses_devices_instead_of_reading_forever(tmp_path, args):
 
 def test_text_inputs_over_the_cap_are_refused_naming_the_cap(tmp_path, monkeypatch, capsys):
     from engine.cli.app import main
-    from systems.authoring.draft import read_classes_file
-    from systems.authoring.table import read_table
-    from systems.files import TEXT_INPUT_LIMIT
+    from engine.authoring.draft import read_classes_file
+    from engine.authoring.table import read_table
+    from engine.common.files import TEXT_INPUT_LIMIT
 
     big = tmp_path / "big.txt"
     with open(big, "wb") as f:
@@ -303,7 +303,7 @@ def test_text_inputs_over_the_cap_are_refused_naming_the_cap(tmp_path, monkeypat
 
 def test_ragged_csv_rows_are_refused_with_their_line(tmp_path, capsys):
     from engine.cli.app import main
-    from systems.authoring.table import read_table
+    from engine.authoring.table import read_table
 
     ok = "name,color,size\nApple,red,small\n"
     for extra, line, n in (("Sky,blue\n", 3, 2), ("Rock,grey,big,heavy\n", 3, 4), ("\nSea,blue,big,wet\n", 4, 4)):

@@ -24,10 +24,10 @@ from hypothesis import given, settings
 from PIL import Image
 
 from engine.encoders.images import IMAGE_FORMATS, ImageLoadError, load_image, load_image_bytes
-from systems.files import (
+from engine.common.files import (
     TEXT_INPUT_LIMIT, InputTooLarge, UnreadableInput, hash_file, open_guarded, read_bytes_capped, read_text_capped,
 )
-from systems.printable import control_characters, printable
+from engine.common.printable import control_characters, printable
 
 from .strategies import systems as gen_systems
 from .support.data import png_header_only
@@ -103,7 +103,7 @@ def test_the_guarded_reader_refuses_fast(tmp_path, kind):
 
 def test_the_guarded_reader_checks_what_it_opened_not_only_what_it_stat_ed(tmp_path, monkeypatch):
     """A file swapped for a FIFO between the stat and the open is refused by the fstat, without blocking."""
-    import systems.files as files
+    import engine.common.files as files
 
     os.mkfifo(tmp_path / "swapped")
     monkeypatch.setattr(files, "check_regular_file", lambda path, what="file": None)  # the stat saw a file
@@ -210,7 +210,7 @@ def test_an_eps_named_jpg_never_reaches_ghostscript(tmp_path):
     code = textwrap.dedent("""
         from pathlib import Path
         from engine.encoders.images import ImageLoadError, load_image, load_image_bytes
-        from engine.serve.report_html import _thumb
+        from engine.reports.html import _thumb
         data = Path("evil.jpg").read_bytes()
         for f in (lambda: load_image("evil.jpg"), lambda: load_image_bytes("evil.jpg", data), lambda: load_image(data)):
             try:

@@ -27,7 +27,7 @@ from engine.encoders.images import load_image
 from engine.encoders.pixels import (
     PixelPlan, normalise, plan_from_jina_config, plan_from_processor, resize_crop_pil, resize_crop_tensor,
 )
-from systems.files import shared_data_root
+from engine.common.files import shared_data_root
 
 DATA = shared_data_root()
 

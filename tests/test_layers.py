@@ -1,6 +1,6 @@
 """The architecture, checked: imports run only downwards between layers, no package cycles,
 the core stays free of torch (and so do the backend choice, ``engine.run.engines``, and the settings;
-only the torch backend, ``engine.torch_engine``, loads torch), and the public names import."""
+only the torch backend, ``engine.torch_backend``, loads torch), and the public names import."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import networkx as nx
-
-from bench.layers import LAYERS, graph, modules, package_of
+from engine.testing.layers import LAYERS, graph, imports_of, modules, package_cycles, package_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,8 +22,24 @@ def test_no_import_goes_up_a_layer():
 
 def test_no_cycle_between_packages():
     edges, _ = graph()
-    g = nx.DiGraph([(a, b) for a, bs in edges.items() for b in bs])
-    assert list(nx.simple_cycles(g)) == []
+    assert package_cycles(edges) == []
+
+
+def test_a_cycle_is_found():
+    assert package_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_type_only_and_function_level_imports_count(tmp_path):
+    """An import under ``if TYPE_CHECKING:`` or inside a function is an arrow in the design all the same:
+    the checker sees both (policies once imported the core's Channel under TYPE_CHECKING)."""
+    mod = tmp_path / "fake.py"
+    mod.write_text("from typing import TYPE_CHECKING\n"
+                   "if TYPE_CHECKING:\n    from engine.core.scoring import Channel\n"
+                   "def f():\n    from engine.run import config\n    return config\n")
+    found = imports_of("policies.fake", mod, set(modules()))
+    assert {"engine.core.scoring", "engine.run.config"} <= found
+    mods = modules()
+    assert LAYERS[package_of("engine.core.scoring", mods)] > LAYERS[package_of("policies.base", mods)]
 
 
 def test_every_package_has_a_layer():
@@ -53,11 +67,11 @@ def test_the_adaptive_loop_is_written_once():
 
     reasons = {"confident", "exhausted", "budget", "no_gain"}
     spelled = set()
-    for pkg in ("engine/core", "engine/torch_engine"):
+    for pkg in ("engine/core", "engine/torch_backend"):
         for path in sorted((REPO / pkg).rglob("*.py")):
             tree = ast.parse(path.read_text(encoding="utf-8"))
             if any(isinstance(n, ast.Constant) and n.value in reasons for n in ast.walk(tree)):
                 spelled.add(path.relative_to(REPO).as_posix())
-            if pkg == "engine/torch_engine":
+            if pkg == "engine/torch_backend":
                 assert not [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and "classify" in n.name]
     assert spelled == {"engine/core/adaptive.py", "engine/core/results.py"}

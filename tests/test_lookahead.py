@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.adaptive import StopRule, classify_batch
-from engine.core.calibration import fit_answer_channels
+from engine.core.channel_fit import fit_answer_channels
 from engine.core.scoring import build_channel, expected_information_gain
 from engine.core.simulate import SimulatedSource, heterogeneous_wrong_rates, sample_classes
 from engine.core.sources import ArraySource
@@ -182,7 +182,7 @@ def test_every_policy_on_fitted_heterogeneous_channels_stays_in_budget_and_asks_
     if budget is not None:
         assert all(r.q_spent <= budget for r in res)
     else:
-        from engine.core.calibration import full_log_posterior
+        from engine.core.channel_fit import full_log_posterior
 
         want = np.exp(full_log_posterior(sims[30:], s.rule_matrix, s.option_counts, fit.lams, 0.0, channel=ch))
         for i, r in enumerate(res):
@@ -219,7 +219,7 @@ def test_bench_channels_auc_and_bootstrap_weights():
     w = channels.resample_weights(7, 20, 0)
     np.testing.assert_allclose(w.sum(axis=1), 1.0)
     assert ((w * 7) == np.round(w * 7)).all()
-    dev, test = channels.split_by_image(np.arange(11) % 2, 0.5, 0)  # the one split helper (engine.core.calibration)
+    dev, test = channels.split_by_image(np.arange(11) % 2, 0.5, 0)  # the one split helper (engine.core.channel_fit)
     assert len(dev) + len(test) == 11 and not set(dev) & set(test)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from systems.files import shared_data_path
+from engine.common.files import shared_data_path
 
 from .support.runs import two_eval_runs
 from .support.serving import start_server, stop_server
@@ -37,7 +37,7 @@ def _chrome_paths() -> tuple[str | None, str | None]:
 # --------------------------------------------------------------------------- run folders for the report
 @pytest.fixture
 def report(tmp_path, monkeypatch):
-    from engine.serve.report_html import write_html_report
+    from engine.reports.html import write_html_report
 
     runs = two_eval_runs(tmp_path, monkeypatch)
     return write_html_report(runs, tmp_path / "out" / "report.html", samples=4), runs
@@ -62,7 +62,7 @@ def test_report_has_every_section_and_is_self_contained(report):
 
 
 def test_report_names_the_offline_stand_in_honestly(report, tmp_path):
-    from engine.serve.report_html import write_html_report
+    from engine.reports.html import write_html_report
 
     _, runs = report
     s = json.loads((Path(f"{runs[0]}.d") / "_summary.json").read_text())
@@ -88,7 +88,7 @@ def test_cli_report_writes_the_html_page(tmp_path, monkeypatch, capsys):
 
 
 def test_report_refuses_a_folder_without_a_summary(tmp_path):
-    from engine.serve.report_html import write_html_report
+    from engine.reports.html import write_html_report
 
     with pytest.raises(ValueError, match="_summary.json"):
         write_html_report([tmp_path], tmp_path / "r.html")

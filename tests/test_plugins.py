@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import systems.plugins as plugins
+import engine.common.plugins as plugins
 from engine.encoders import registry
 from policies import base as policy_base
 

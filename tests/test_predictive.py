@@ -246,7 +246,7 @@ def test_the_loop_uses_the_predictive_eig_and_the_posterior_it_wraps():
 
 def test_torch_backend_gives_the_numpy_values():
     torch = pytest.importorskip("torch")
-    from engine.torch_engine import TorchArrays
+    from engine.torch_backend import TorchArrays
 
     rng = np.random.default_rng(3)
     C, G, M = 7, 3, 30
@@ -337,7 +337,7 @@ def test_the_torch_loop_with_the_predictive_gives_the_numpy_paths():
     pytest.importorskip("torch")
     from engine.core.adaptive import classify_batch
     from engine.core.sources import ArraySource
-    from engine.torch_engine import TorchArrays
+    from engine.torch_backend import TorchArrays
     from tests.strategies import make_system
 
     sims, truth, sizes, C = fitted_problem(seed=5, per=10)

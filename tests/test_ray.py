@@ -48,7 +48,7 @@ from engine.run.datasets import load_dataset  # noqa: E402
 from engine.run.pipeline import Job  # noqa: E402
 from engine.run.store import FORMATS, ResultStore, results_from_arrow  # noqa: E402
 from systems import load_system  # noqa: E402
-from systems.files import shared_data_root  # noqa: E402
+from engine.common.files import shared_data_root  # noqa: E402
 
 from .support.data import noise_image  # noqa: E402
 from .support.encoders import offline_encoder, tiny_model_dir  # noqa: E402

@@ -1,4 +1,4 @@
-"""systems.authoring.refine: planted rule errors are recovered, templates are chosen by dev likelihood,
+"""engine.authoring.refine: planted rule errors are recovered, templates are chosen by dev likelihood,
 dead options and groups are pruned, and the test split never reaches refinement."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from systems.format import AttributeSystem, Group
-from systems.authoring.refine import (
+from engine.authoring.refine import (
     RefineConfig,
     group_information_gain,
     refine,
@@ -218,7 +218,7 @@ def test_bad_inputs_have_clear_errors():
 def test_template_log_lik_matches_a_naive_loop(data):
     from scipy.special import logsumexp
 
-    from systems.authoring.refine import template_log_lik
+    from engine.authoring.refine import template_log_lik
 
     k = data.draw(st.integers(1, 5))
     n_classes = data.draw(st.integers(1, 4))

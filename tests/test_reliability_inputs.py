@@ -156,7 +156,7 @@ def test_unreadable_file_is_a_per_item_error_injected(tmp_path, monkeypatch):
     """Permission denied, injected: tests often run as root, and chmod 000 does not stop root."""
     p = tmp_path / "secret.png"
     noise_image(0).save(p)
-    real_open = os.open  # every image is opened by the guarded reader (systems.files.open_guarded)
+    real_open = os.open  # every image is opened by the guarded reader (engine.common.files.open_guarded)
 
     def deny(fp, *a, **k):
         if str(fp) == str(p):

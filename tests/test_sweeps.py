@@ -133,7 +133,7 @@ def test_read_sweep_forms(tmp_path):
 
 
 def test_report_names_descriptors_and_calibration_from_the_summary():
-    from engine.cli.report_cmd import row_of
+    from engine.reports.tables import row_of
 
     rep = {"mode": "descriptors", "accuracy": 0.5, "n": 10, "mean_q": 4.0, "system": "birds",
            "settings": {"system": {"sha256": "ab" * 32}, "model_label": "tiny CLIP",

@@ -17,8 +17,8 @@ from engine import ArraySource, StopRule, build_channel, classify_batch
 from engine.core import scoring as ns
 from engine.core.scoring import group_log_probs
 from engine.run.engines import ENGINES, classify, resolve_engine
-from engine.torch_engine import HostSource, TensorSource, TorchArrays
-from engine.torch_engine.policies import TORCH_POLICIES, host_select, select
+from engine.torch_backend import HostSource, TensorSource, TorchArrays
+from engine.torch_backend.policies import TORCH_POLICIES, host_select, select
 from policies import POLICIES, Policy, PolicyState, get_policy, list_policies
 from policies.base import on_any_backend
 from systems.build import with_name_group

@@ -12,7 +12,7 @@ from engine.cli.app import main
 from engine.run.classifier import Classifier
 from engine.run.config import RunConfig
 from systems.build import labels_system
-from systems.errors import UserInputError
+from engine.common.errors import UserInputError
 from systems.templates import SETS_DIR, TemplateError, list_template_sets, load_templates, resolve_templates
 
 from .support.data import solid

@@ -32,12 +32,12 @@ import numpy as np
 from engine import ArraySource, SimulatedSource, StopRule, classify_batch
 from engine.core.adaptive import NO_STOP
 from engine.core.metrics import normalised_auc_rows
-from systems.files import json_safe
+from engine.common.files import json_safe
 from engine.core.scoring import Channel, build_channel
 from engine.core.simulate import sample_classes
 from systems import AttributeSystem, baseline_system, load_system
 from systems import build as _build
-from systems.files import shared_data_root
+from engine.common.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = shared_data_root()

@@ -15,7 +15,7 @@ import torch
 from engine import ArraySource, StopRule, classify_batch
 from engine.core.scoring import build_channel, expected_information_gain
 from engine.run.engines import classify
-from engine.torch_engine import TensorSource
+from engine.torch_backend import TensorSource
 from policies import PolicyState, get_policy
 from systems import AttributeSystem, load_system
 

@@ -67,7 +67,7 @@ def train_probe(out: str | Path, *, cfg: TrainConfig = TrainConfig(), cache_dir:
     import torch
 
     from engine.encoders.probe import PROBE_LABEL, ProbeBackbone, save_probe
-    from systems.files import atomic_write_json
+    from engine.common.files import atomic_write_json
 
     from .data import build_training_data, image_features
     from .train import train

@@ -181,7 +181,7 @@ def build_training_data(*, seed: int = 0, val_fraction: float = VAL_FRACTION, sp
     guard : run the leak guard (it hashes every Gen-1 image, seconds); False only to
     recompute :meth:`TrainingData.sha256` of a set that was guarded when it was trained on.
     """
-    from systems.authoring.pokeapi import pokeapi_system
+    from engine.authoring.pokeapi import pokeapi_system
 
     require_data()
     rows = read_species()

@@ -71,7 +71,7 @@ def pair_dataset(ds: Dataset, system: AttributeSystem, *, limit: int | None, see
 
 def gen1_system(name: str, labels: list[str]) -> AttributeSystem:
     """``pokemon15-gen1`` (pokemon15's 10 Gen-1 species) or ``pokeapi-gen1`` aligned to ``labels``."""
-    from systems.authoring.pokeapi import pokeapi_system
+    from engine.authoring.pokeapi import pokeapi_system
 
     from .data import TABLE_CSV
 

@@ -172,12 +172,12 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_USAGE
         if isinstance(e, user_errors()):
             # one line: the cause and the fix (a system's validation adds its problems, one per line)
-            from systems.printable import printable
+            from engine.common.printable import printable
 
             # control characters escaped line by line (a name in the message cannot drive the terminal)
             print("twentyq: error: " + "\n".join(printable(ln) for ln in str(e).split("\n")), file=sys.stderr)
             return EXIT_USAGE
-        from systems.printable import printable
+        from engine.common.printable import printable
 
         first = printable(str(e).splitlines()[0][:300]) if str(e) else ""
         print(f"twentyq: internal error (a bug, not your input): {type(e).__name__}: {first} [at {_where(e)}]; "

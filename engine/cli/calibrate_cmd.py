@@ -25,7 +25,7 @@ def calibrate_cmd(args) -> int:
     from engine.core.scoring import check_eps
     from engine.encoders.registry import model_label
     from engine.run.calibration_file import calibrate, save_calibration
-    from systems.printable import printable
+    from engine.common.printable import printable
 
     if not args.out.lower().endswith(".json"):
         raise UsageError(f"--out {args.out!r}: a calibration is one JSON file; name it *.json")
@@ -109,7 +109,7 @@ def check_out(out: str) -> None:
     import tempfile
     from pathlib import Path
 
-    from systems.files import read_json_capped
+    from engine.common.files import read_json_capped
 
     path = Path(out)
     folder = path.parent

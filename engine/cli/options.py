@@ -28,7 +28,7 @@ class UsageError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: reported in one line, exit 2."""
-    from systems.errors import UserInputError
+    from engine.common.errors import UserInputError
 
     errors: tuple[type[BaseException], ...] = (UsageError, UserInputError, OSError)
     if "engine.encoders.base" in sys.modules:  # only loaded (with torch) when a model was asked for
@@ -78,11 +78,11 @@ def warn(msg: str) -> None:
 
 
 class PrintableFormatter(logging.Formatter):
-    """``twentyq: message`` with control characters escaped line by line (:func:`systems.printable.printable`):
+    """``twentyq: message`` with control characters escaped line by line (:func:`engine.common.printable.printable`):
     a name quoted in a diagnostic cannot drive the terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from systems.printable import printable
+        from engine.common.printable import printable
 
         return "\n".join(printable(line) for line in super().format(record).split("\n"))
 
@@ -411,7 +411,7 @@ DEFAULT_SYSTEM = "pokemon15"
 def system_of(args) -> Any:
     """The system the flags name: --labels / --labels-file (a class-name system), else --system."""
     from systems.build import labels_system
-    from systems.files import read_text_capped
+    from engine.common.files import read_text_capped
 
     if args.labels is not None:
         return labels_system(args.labels.split(","), source="--labels")
@@ -522,7 +522,9 @@ def check_out_flags(args, sweep: bool = False) -> None:
     if hasattr(args, "sweep") and not args.sweep and not args.data:
         raise UsageError("eval needs --data CSV_OR_DIR (or several, or --sweep FILE)")
     if args.resume and not args.out:
-        raise UsageError("--resume needs --out RUN.jsonl, RUN.csv or RUN.parquet (the --out of the run to finish)")
+        from engine.run.store import FORMATS
+
+        raise UsageError(f"--resume needs --out {' or '.join('RUN' + f for f in FORMATS)} (the --out of the run to finish)")
     if args.shard_size is not None and not args.out:
         raise UsageError("--shard-size applies to --out; add --out RUN.jsonl")
     if args.shard_size is not None and args.shard_size < 1:
@@ -585,8 +587,8 @@ def executor_for(args) -> Any:
 # --------------------------------------------------------------------------- printing
 def short(text: str, n: int) -> str:
     """``text`` on one line, at most n characters (the start elided), control characters escaped
-    (:func:`systems.printable.printable`)."""
-    from systems.printable import printable
+    (:func:`engine.common.printable.printable`)."""
+    from engine.common.printable import printable
 
     text = printable(text)
     return text if len(text) <= n else "…" + text[-(n - 1):]
@@ -601,7 +603,7 @@ def print_result(r, as_json: bool) -> None:
     elif r.error:
         print(f"{short(r.image, 40):<40} ERROR {short(r.error, 200)}", flush=True)
     else:
-        from systems.printable import printable
+        from engine.common.printable import printable
 
         qs = ", ".join(f"{printable(s.group)}={printable(s.answer)}" for s in r.steps)
         print(f"{short(r.image, 40):<40} {printable(r.label):<24} {r.confidence:>6.3f} {r.q_spent:>4}  "
@@ -626,7 +628,7 @@ def print_report(rep, by: str | None, quiet: bool) -> None:
     """An eval summary on stdout: the headline, the model, then (unless quiet) the top confusions and
     the --by breakdown."""
     from engine.encoders.registry import model_label
-    from systems.printable import printable
+    from engine.common.printable import printable
 
     print(report_line(rep))
     print(f"  model: {model_label(rep.model)}")

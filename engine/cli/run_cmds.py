@@ -219,7 +219,7 @@ def read_sweep(path: str) -> list[tuple[str, str]]:
     """The (data, model) pairs of a sweep file: JSON ``{"data": [...], "model": [...]}`` (every model on
     every data; "model" may be left out for --model's) or ``[{"data": D, "model": M}, ...]`` (these pairs).
     Relative data paths are relative to the file's folder. UsageError naming the problem."""
-    from systems.files import read_text_capped
+    from engine.common.files import read_text_capped
 
     try:
         spec = json.loads(read_text_capped(path, what="sweep file"))
@@ -379,8 +379,8 @@ def _sweep(args) -> int:
 
 
 def default_data():
-    """The shared jina15 set (see :func:`systems.files.shared_data_path`)."""
-    from systems.files import shared_data_path
+    """The shared jina15 set (see :func:`engine.common.files.shared_data_path`)."""
+    from engine.common.files import shared_data_path
 
     return shared_data_path("pokemon/jina15.csv")
 
@@ -388,7 +388,7 @@ def default_data():
 def compare_cmd(args) -> int:
     from engine.encoders.registry import model_label
     from engine.run.evaluation import evaluate_configs
-    from systems.files import atomic_write_json
+    from engine.common.files import atomic_write_json
 
     data = args.data or default_data()
     if data is None:
@@ -407,7 +407,7 @@ def compare_cmd(args) -> int:
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise UsageError(f"--plot {args.plot!r}: the curve is a PNG; name it *.png")
     if args.plot:
-        from engine.cli.report_cmd import _pyplot
+        from engine.reports.plots import pyplot as _pyplot
 
         _pyplot("--plot")  # matplotlib is there, before the model loads
     configs = [run_config(args, mode="baseline", target_accuracy=None),
@@ -440,7 +440,7 @@ def compare_cmd(args) -> int:
     if cal is not None:
         print("\n".join(calibration_lines(reports[2])[1:]))
     if args.by:
-        from systems.printable import printable
+        from engine.common.printable import printable
 
         print(f"\nby {printable(args.by)}:")
         for rep in reports:
@@ -468,7 +468,8 @@ def _label(rep) -> str:
 def _plot(reports, curve, path, model, data, system) -> None:
     """compare --plot: the three modes as points, and the adaptive config's budget sweep as a line
     that ends at the adaptive run itself when it had no budget."""
-    from engine.cli.report_cmd import plot_compare, row_of
+    from engine.reports.plots import plot_compare
+    from engine.reports.tables import row_of
 
     adaptive = reports[2]
     # with --target-accuracy each budget gets its own τ (chosen on the calibration's select paths replayed under that budget)

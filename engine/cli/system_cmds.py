@@ -12,7 +12,7 @@ import functools
 import json
 
 from engine.cli.options import EXIT_OK, UsageError, log, settings_errors, warn
-from systems.printable import printable
+from engine.common.printable import printable
 
 
 def _reads_user_files(cmd):
@@ -49,7 +49,7 @@ def _descriptor_file(path: str):
     from pathlib import Path
 
     from systems.descriptors import looks_like_descriptors, read_descriptors
-    from systems.files import read_json_capped
+    from engine.common.files import read_json_capped
 
     if not Path(path).is_file():
         return None  # a shipped system's name, or missing: load_system says which
@@ -128,8 +128,8 @@ def _build_cmd(args) -> int:
     from pathlib import Path
 
     from systems import save_system
-    from systems.authoring.pokeapi import align_classes, pokeapi_system
-    from systems.authoring.table import BuildReport, from_table
+    from engine.authoring.pokeapi import align_classes, pokeapi_system
+    from engine.authoring.table import BuildReport, from_table
     from systems.build import with_name_group
     from systems.io import read_json
 
@@ -167,7 +167,7 @@ def _build_cmd(args) -> int:
 
 def _classes_of(args, required: bool) -> list[str] | None:
     """The class list from --classes and/or --classes-file (None when neither is given and not required)."""
-    from systems.authoring.draft import check_classes, parse_class_list, read_classes_file
+    from engine.authoring.draft import check_classes, parse_class_list, read_classes_file
 
     classes: list[str] = []
     if args.classes:
@@ -200,7 +200,7 @@ def _print_import(result, out: str | None) -> None:
 
 def _import_text(text: str, source: str, classes, name: str | None, out: str | None) -> int:
     """Import a draft's text; on refusal print the repairs made so far, then raise (exit 2)."""
-    from systems.authoring.draft import DraftRejected, import_draft
+    from engine.authoring.draft import DraftRejected, import_draft
 
     try:
         result = import_draft(text, source=source, classes=classes, name=name)
@@ -214,7 +214,7 @@ def _import_text(text: str, source: str, classes, name: str | None, out: str | N
 
 @_reads_user_files
 def _import_cmd(args) -> int:
-    from systems.authoring.draft import read_draft
+    from engine.authoring.draft import read_draft
 
     text, source, stem = read_draft(args.draft)  # capped; a FIFO or device is refused, never read
     return _import_text(text, source, _classes_of(args, required=False), args.name or stem, args.out)
@@ -222,7 +222,7 @@ def _import_cmd(args) -> int:
 
 @_reads_user_files
 def _prompt_cmd(args) -> int:
-    from systems.authoring.draft import build_prompt
+    from engine.authoring.draft import build_prompt
 
     classes = _classes_of(args, required=True)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
@@ -237,9 +237,9 @@ def _prompt_cmd(args) -> int:
 
 def _llm_draft(args, prompt: str, classes: list[str]) -> int:
     """Send the prompt to the LLM, keep its reply (--out), and import it (--system-out to write it)."""
-    from systems.authoring.draft import DraftRejected
+    from engine.authoring.draft import DraftRejected
     from systems.io import atomic_write_text
-    from systems.authoring.llm import api_key_from_env, complete, endpoint
+    from engine.authoring.llm import api_key_from_env, complete, endpoint
 
     if not args.llm_url or not args.llm_model:
         raise UsageError("--llm needs --llm-url URL and --llm-model MODEL "
@@ -269,12 +269,12 @@ def _refine_cmd(args) -> int:
     from pathlib import Path
 
     from systems import save_system
-    from systems.authoring.refine import RefineConfig
+    from engine.authoring.refine import RefineConfig
 
     from engine.cli.options import data_spec, encoder_spec, load_classifier, load_system_arg, progress_bar
     from engine.run.config import DEFAULT_EPS
-    from systems.authoring.refining import embed_dataset, refine_embedded
-    from systems.files import atomic_write_json, json_safe
+    from engine.authoring.refine_images import embed_dataset, refine_embedded
+    from engine.common.files import atomic_write_json, json_safe
 
     if Path(args.out).resolve() == Path(args.system).resolve():
         raise UsageError(f"--out {args.out} would overwrite the system being refined; choose another file")
@@ -293,7 +293,7 @@ def _refine_cmd(args) -> int:
     truth = [system.class_index(ds.items[j].label) for j in good]
     extra = {}
     if args.llm_url:
-        from systems.authoring.llm import propose_templates
+        from engine.authoring.llm import propose_templates
 
         for g in system.groups:
             extra[g.name] = propose_templates(g, list(system.classes), args.llm_url, args.llm_model)

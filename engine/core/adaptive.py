@@ -98,7 +98,7 @@ def classify_batch(
     policy : a policy object or a registered name.
     stop : StopRule (τ, δ, budget). The default asks every group.
     logit_scale : λ in p_g = softmax(λ·s_g): one number, or (G,) λ_g per group
-        (a calibration's; see :mod:`engine.core.calibration`).
+        (a calibration's; see :mod:`engine.core.channel_fit`).
     eps : rule noise ε of the Bayes channel.
     scorer : "bayes" (posterior) or "sum" (the write-up's sum of option
         probabilities). The Bayes posterior drives questions and stopping

@@ -615,7 +615,7 @@ def crossfit_rule_variants(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.
     Each fold's images are scored by the variant fitted on the other folds. Returns
     {name: {"accuracy", "nll"}}; the uncalibrated variant fits nothing (the same on every fold).
     """
-    from engine.core.calibration import fit_answer_channels, full_log_posterior
+    from engine.core.channel_fit import fit_answer_channels, full_log_posterior
 
     truth = np.asarray(truth, dtype=np.int64)
     out = {}

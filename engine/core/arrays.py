@@ -6,7 +6,7 @@ take an ``xp``: an object with the few operations below. Arithmetic, ``@``, inde
 arrays and torch tensors share; what the two spell differently is here. :data:`NUMPY` is the
 reference (scipy's special functions, ``np.add.reduceat``; it extends the table the policies are
 written over, :class:`policies.arrays.HostArrays`); the torch version, with its state on
-the similarities' device, is ``engine.torch_engine.arrays.TorchArrays`` (same methods, same
+the similarities' device, is ``engine.torch_backend.arrays.TorchArrays`` (same methods, same
 results within float64 rounding).
 
 Shapes: ``x`` (n, m) unless said; ``axis`` as numpy's. Every float is float64.

@@ -15,12 +15,12 @@ and :mod:`engine.encoders.pixels`, starts without importing torch.
 
 from __future__ import annotations
 
-from systems.lazy import lazy_exports
+from engine.common.lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("BaseEncoder", "Encoder", "EncoderLoadError", "EncoderOutOfMemory", "RemoteCodeRefused",
-                     "cache_identity", "check_prompt_lengths", "encode_images_tolerant", "nonfinite_rows",
-                     "to_numpy"), "engine.encoders.base"),
+                     "cache_identity", "check_prompt_lengths", "encode_images_tolerant", "nonfinite_rows"),
+                    "engine.encoders.base"),
     **dict.fromkeys(("available_devices", "resolve_device", "resolve_dtype"), "engine.encoders.device"),
     **dict.fromkeys(("ImageLoadError", "load_image", "load_image_bytes", "load_images"), "engine.encoders.images"),
     **dict.fromkeys(("DEFAULT_MODEL", "MODELS", "list_models", "load_encoder"), "engine.encoders.registry"),

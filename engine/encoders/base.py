@@ -12,7 +12,7 @@ or PIL images; they are loaded with :func:`engine.encoders.images.load_image`
 
 Embeddings stay on the encoder's device as torch tensors, so the similarity
 of a group is one matmul there (:mod:`engine.run.encoder_source`); call
-:func:`to_numpy` to get a float32 numpy array. The model computes in
+``.float().cpu().numpy()`` to get a float32 numpy array. The model computes in
 ``encoder.dtype`` (fp16/bf16 on a GPU); the normalisation and the returned
 embeddings are float32 always.
 
@@ -55,7 +55,6 @@ from engine.encoders.images import ImageLike, ImageLoadError, batches, image_lab
 from engine.encoders.text_shapes import TextBuckets, bucket_for, pad_batch, padding_is_invisible
 from engine.encoders.pixels import PixelPlan, normalise, resize_crop_pil
 
-ACTIVATIONS = ("softmax", "sigmoid")
 #: how images become model input: "fast" (the pixel plan) or "processor" (the model's own, the reference)
 PREPROCESS = ("fast", "processor")
 NONFINITE_IMAGE = ("the encoder returned NaN/inf or a zero vector for this image (blank or degenerate input, "
@@ -88,7 +87,7 @@ _default_formatwarning = warnings.formatwarning
 
 def _format_warning(message, category, filename, lineno, line=None):
     if isinstance(category, type) and issubclass(category, OneLineWarning):
-        from systems.printable import printable  # a name in the message cannot drive the terminal
+        from engine.common.printable import printable  # a name in the message cannot drive the terminal
 
         return f"twentyq: {category.__name__}: {printable(' '.join(str(message).split()))}\n"
     return _default_formatwarning(message, category, filename, lineno, line)
@@ -171,11 +170,7 @@ def nonfinite_rows(x: torch.Tensor | np.ndarray) -> list[int]:
     return torch.nonzero(bad).flatten().tolist()
 
 
-def to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A float32 numpy copy of embeddings, wherever they live."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
+
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

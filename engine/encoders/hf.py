@@ -55,7 +55,7 @@ from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefuse
 from engine.encoders.device import resolve_device, resolve_dtype
 from engine.encoders.text_shapes import TextBuckets, length_buckets, row_buckets
 from engine.encoders.pixels import PixelPlan, plan_from_jina_config, plan_from_processor
-from systems.files import open_guarded, read_text_capped
+from engine.common.files import open_guarded, read_text_capped
 
 # model_type values in config.json -> backend
 CLIP_TYPES = ("clip",)

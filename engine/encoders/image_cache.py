@@ -39,7 +39,7 @@ from PIL import Image
 from engine.encoders.base import Encoder, cache_identity
 from engine.encoders.images import ImageLike, ImageLoadError
 from engine.encoders.text_cache import CacheWarning, atomic_save_safetensors, read_safetensors
-from systems.files import hash_file
+from engine.common.files import hash_file
 
 FORMAT = "twentyq-images-v1"
 

@@ -120,7 +120,7 @@ def gpu_candidate(source: Any) -> bytes | None:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
         elif isinstance(source, (str, os.PathLike)):
-            from systems.files import read_bytes_capped
+            from engine.common.files import read_bytes_capped
 
             data = read_bytes_capped(str(source), 64 * 1024 * 1024, what="image")  # the guarded reader
         else:

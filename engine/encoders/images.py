@@ -27,7 +27,7 @@ Rules (applied to files and to PIL images passed in directly):
 
 - an image with zero width or height is refused.
 
-A path is opened through the guarded reader (:func:`systems.files.open_guarded`): a FIFO,
+A path is opened through the guarded reader (:func:`engine.common.files.open_guarded`): a FIFO,
 socket or device is refused unopened (reading one could block forever), what was opened is
 checked again with ``fstat``, a file over 1 GiB is refused, and a missing file, a
 symlink loop, a name too long for the file system or a folder each get their
@@ -55,7 +55,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from systems.files import IMAGE_FILE_LIMIT, check_regular_file, open_guarded
+from engine.common.files import IMAGE_FILE_LIMIT, check_regular_file, open_guarded
 
 ImageLike = Union[str, os.PathLike, Image.Image, bytes]  # bytes: an encoded image file in memory
 

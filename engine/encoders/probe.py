@@ -147,7 +147,7 @@ class ProbeHeads(nn.Module):
 
 def save_probe(folder: str | Path, heads: ProbeHeads, manifest: dict[str, Any]) -> Path:
     """Write ``probe.safetensors`` and ``manifest.json`` into ``folder`` (atomically each)."""
-    from systems.files import atomic_write_json
+    from engine.common.files import atomic_write_json
     from engine.encoders.text_cache import atomic_save_safetensors
 
     folder = Path(folder)
@@ -175,7 +175,7 @@ def load_heads(folder: str | Path) -> tuple[ProbeHeads, dict[str, Any]]:
         what = "folder" if not folder.is_dir() else f"{WEIGHTS_FILE} / {MANIFEST_FILE}"
         raise EncoderLoadError(f"probe {what} not found in {folder}; {fix}")
     try:
-        from systems.files import read_text_capped
+        from engine.common.files import read_text_capped
 
         manifest = json.loads(read_text_capped(folder / MANIFEST_FILE, what="probe manifest"))
         state, meta = read_safetensors(folder / WEIGHTS_FILE)

@@ -117,13 +117,13 @@ def _check_plugin(name: str, obj: Any) -> str | None:
 
 
 def load_plugin_backends() -> None:
-    """Register the backends of the ``twentyq.encoders`` entry points (once; :mod:`systems.plugins`).
+    """Register the backends of the ``twentyq.encoders`` entry points (once; :mod:`engine.common.plugins`).
 
     The entry point's name is the backend and its model string: ``--model NAME``, or
     ``--model NAME:ARG`` (the loader gets the whole string). The loader may carry ``note``
     (shown by ``twentyq models``) and ``offline`` (True when it needs no network).
     """
-    from systems.plugins import ENCODER_GROUP, load_plugins
+    from engine.common.plugins import ENCODER_GROUP, load_plugins
 
     for name, loader in load_plugins(ENCODER_GROUP, _check_plugin).items():
         if name not in BACKENDS:

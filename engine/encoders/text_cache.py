@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from engine.encoders.base import Encoder, OneLineWarning, cache_identity, nonfinite_rows
-from systems.files import atomic_write, check_regular_file
+from engine.common.files import atomic_write, check_regular_file
 
 FORMAT = "twentyq-text-v1"
 
@@ -63,7 +63,7 @@ class NonFiniteWarning(OneLineWarning, RuntimeWarning):
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically (:func:`systems.files.atomic_write`: temp file, fsync, rename).
+    """Write a safetensors file atomically (:func:`engine.common.files.atomic_write`: temp file, fsync, rename).
 
     Any failure to write (a full disk included) raises OSError and leaves no file behind.
     """
@@ -160,9 +160,6 @@ class TextCache:
         return {"text_encodes": self.text_encodes, "hits": self.hits, "disk_hits": self.disk_hits,
                 "rebuilt": self.rebuilt, "encode_calls": self.encode_calls}
 
-    def reset_counters(self) -> None:
-        self.text_encodes = self.hits = self.disk_hits = self.rebuilt = self.encode_calls = 0
-
     def clear(self) -> None:
         """Forget the in-memory embeddings (the disk cache stays)."""
         self._rows.clear()
@@ -211,6 +208,3 @@ class TextCache:
             self.disk_writes_ok = False
             warnings.warn(f"could not write the text cache in {self.cache_dir} ({e}); continuing without "
                           "writing it for the rest of this run", CacheWarning, stacklevel=3)
-
-# The name engine.run.classifier uses.
-TextEmbeddingCache = TextCache

@@ -76,7 +76,7 @@ class CalibrationUse:
                                    "zero-shot one with 'twentyq calibrate --setting zero-shot'")
 
     def target_choice(self, config: RunConfig) -> Any:
-        """The :class:`engine.core.calibration.TauChoice` for ``config.target_accuracy`` (None without one),
+        """The :class:`engine.core.channel_fit.TauChoice` for ``config.target_accuracy`` (None without one),
         from the calibration's dev paths of the config's policy and budget (memoised)."""
         from engine.run.calibration_file import target_choice
 

@@ -5,7 +5,7 @@
 
 Contract (these names are stable; the CLI, the Python API, Ray and the benchmarks use them):
 
-- :class:`Calibration` (frozen): ``channels`` (:class:`engine.core.calibration.AnswerChannels`: λ_g,
+- :class:`Calibration` (frozen): ``channels`` (:class:`engine.core.channel_fit.AnswerChannels`: λ_g,
   confusions, reliability, n_dev, ε), ``model`` / ``model_id`` / ``revision`` (the model string, the
   loaded encoder's ``model_id`` and the hub revision), ``system_name`` / ``system_sha256``
   (:func:`engine.run.provenance.system_hash`), ``sizes`` (G,) K_g, ``dev`` (the dev split: data source,
@@ -20,7 +20,7 @@ Contract (these names are stable; the CLI, the Python API, Ray and the benchmark
 
   ``channel(system)`` the fitted answer channel; ``check(system, model_id=None)`` refuses a mismatch
   (:class:`CalibrationMismatch`; ``check(system, model_id, model)``); ``tau_for(policy, target, budget=None, alpha=0.1)`` a
-  :class:`engine.core.calibration.TauChoice`; ``provenance()`` what summaries record; ``to_dict()``.
+  :class:`engine.core.channel_fit.TauChoice`; ``provenance()`` what summaries record; ``to_dict()``.
 - :func:`calibrate` (a loaded Classifier, a DataSpec → Calibration): the dev images are embedded once,
   every prompt's similarity computed, and :func:`fit_calibration` fits on them. The other images (the
   test split) are never read.
@@ -65,7 +65,7 @@ choice, every candidate's AUC with its 95% CI and its difference to fixed are re
 
 Target accuracy: a deterministic policy's path does not depend on τ (τ only cuts it short), so one
 run at τ=1 per policy, with the confidence and correctness after every step, gives the outcome at
-every τ; :func:`engine.core.calibration.choose_tau` picks τ by learn-then-test (fixed-sequence
+every τ; :func:`engine.core.channel_fit.choose_tau` picks τ by learn-then-test (fixed-sequence
 exact binomial tests, error level α=0.1, i.e. the chosen τ's accuracy among images that stop on
 confidence is ≥ the target with 90% confidence). For ``auto`` the level is α divided by the number of
 candidates (Bonferroni: the policy was chosen on the same select images). Assumptions, checked where
@@ -94,9 +94,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.calibration import AnswerChannels, TauChoice, choose_tau, split_by_image
+from engine.core.channel_fit import AnswerChannels, TauChoice, choose_tau, split_by_image
 from policies.builtin import AUTO_CANDIDATES
-from systems.errors import UserInputError
+from engine.common.errors import UserInputError
 from systems.format import AttributeSystem
 
 SCHEMA = "twentyq-calibration-v2"  # v2 adds "setting", "few_shot" and "decision" (issue 26)
@@ -701,19 +701,19 @@ def _check_fields(d: dict[str, Any]) -> None:
 def content_sha256(d: dict[str, Any]) -> str:
     import json
 
-    from systems.files import json_safe
+    from engine.common.files import json_safe
 
     return hashlib.sha256(json.dumps(json_safe(d), sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
 def save_calibration(cal: Calibration, path: str | Path) -> Calibration:
     """Write ``cal`` as JSON (atomically); returns it with ``path`` and the file's ``sha256``. A calibration
-    larger than one may be when read (:data:`systems.files.TEXT_INPUT_LIMIT`: the select part's similarities
+    larger than one may be when read (:data:`engine.common.files.TEXT_INPUT_LIMIT`: the select part's similarities
     grow with select images × prompts) is refused before anything is written, so an existing file at
     ``path`` is kept and no unreadable one is left."""
     import json
 
-    from systems.files import TEXT_INPUT_LIMIT, atomic_write_text, json_safe
+    from engine.common.files import TEXT_INPUT_LIMIT, atomic_write_text, json_safe
 
     data = (json.dumps(json_safe(cal.to_dict()), ensure_ascii=False, indent=2, allow_nan=False) + "\n").encode()
     if len(data) > TEXT_INPUT_LIMIT:
@@ -766,7 +766,7 @@ def _load_calibration_file(path: str | Path) -> Calibration:
     """A calibration file, read once through the guarded reader (a regular file of at most 16 MiB: a FIFO,
     device or larger file is refused unread); a CalibrationError (exit 2) naming the file, and the field
     when a value is wrong, when it is not one."""
-    from systems.files import TEXT_INPUT_LIMIT, UnreadableInput, parse_json_text, read_bytes_capped
+    from engine.common.files import TEXT_INPUT_LIMIT, UnreadableInput, parse_json_text, read_bytes_capped
 
     try:
         raw = read_bytes_capped(path, TEXT_INPUT_LIMIT, what="calibration")
@@ -895,7 +895,7 @@ def image_sha256(item: Any) -> str | None:
     if data is not None:
         return hashlib.sha256(bytes(data)).hexdigest()
     path = getattr(item, "path", item)
-    from systems.files import hash_file
+    from engine.common.files import hash_file
 
     try:  # the guarded reader: a FIFO or a symlink to /dev/zero in a data row is refused, never waited on
         return hash_file(path, what="image")
@@ -967,7 +967,7 @@ def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, po
 
 
 def _full_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None) -> dict[str, float]:
-    from engine.core.calibration import expected_calibration_error, full_log_posterior, true_class_nll
+    from engine.core.channel_fit import expected_calibration_error, full_log_posterior, true_class_nll
 
     if answer_model is not None:
         lp = answer_model.log_posterior(sims)
@@ -1026,7 +1026,7 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
     """
     from engine.core import answer_models as AM
     from engine.core.adaptive import NAME_GROUP
-    from engine.core.calibration import fit_answer_channels
+    from engine.core.channel_fit import fit_answer_channels
 
     if setting not in SETTINGS:
         raise ValueError(f"setting == {setting!r}, must be one of {list(SETTINGS)}")
@@ -1140,7 +1140,7 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
     says so.
     auto : choose the auto policy (budget sweeps of its candidates on the cross-fitted paths).
     """
-    from engine.core.calibration import dev_greedy_order
+    from engine.core.channel_fit import dev_greedy_order
     from engine.run.provenance import system_hash
 
     sims = np.asarray(sims, dtype=np.float64)
@@ -1235,8 +1235,8 @@ def budget_sweep(cal: Calibration, system: AttributeSystem, policy: str, budgets
 def choose_auto(cal: Calibration, system: AttributeSystem, *, n_budgets: int = AUTO_BUDGETS,
                 n_boot: int = AUTO_BOOT, seed: int = 0) -> dict[str, Any]:
     """The auto policy on the select part: every candidate's normalised budget AUC with a paired bootstrap CI
-    (:func:`engine.core.metrics.budget_aucs`), and the choice (:func:`engine.core.calibration.pick_policy`)."""
-    from engine.core.calibration import pick_policy
+    (:func:`engine.core.metrics.budget_aucs`), and the choice (:func:`engine.core.channel_fit.pick_policy`)."""
+    from engine.core.channel_fit import pick_policy
     from engine.core.metrics import budget_aucs, budget_grid
 
     budgets = budget_grid(int(system.q_total), n_budgets)
@@ -1258,7 +1258,7 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     fit_fraction : deprecated and ignored (a DeprecationWarning): the fit/select split it set is gone.
 
     data : a :class:`engine.run.datasets.DataSpec` (``dataset``: it already loaded). The images are split
-    by image, stratified by class and seeded (:func:`engine.core.calibration.split_by_image`, ``dev_fraction``
+    by image, stratified by class and seeded (:func:`engine.core.channel_fit.split_by_image`, ``dev_fraction``
     of each class to dev); only the dev images are embedded (once each), and their similarities to every
     prompt computed once. Dev images that fail to load are left out (counted in ``dev['bad_images']``).
     """

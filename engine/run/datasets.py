@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from systems.errors import UserInputError
-from systems.files import IMAGE_FILE_LIMIT, open_guarded, read_bytes_capped
+from engine.common.errors import UserInputError
+from engine.common.files import IMAGE_FILE_LIMIT, open_guarded, read_bytes_capped
 
 #: what a dataset CSV may weigh (a million rows of path,label is ~60 MB)
 DATA_FILE_LIMIT = 256 * 1024 * 1024

@@ -4,7 +4,7 @@ Image embeddings stay on the encoder's device. When the loop asks group g for
 some images, the group's prompts come from the :class:`engine.encoders.text_cache.TextCache`
 (embedded lazily, once), the similarities are one matmul on the device, and
 only the (n, K_g) block leaves it, as float64 numpy (``similarities``); the loop on the torch
-backend (:mod:`engine.torch_engine`) takes the block as a tensor on the device instead (``similarities_t``).
+backend (:mod:`engine.torch_backend`) takes the block as a tensor on the device instead (``similarities_t``).
 """
 
 from __future__ import annotations

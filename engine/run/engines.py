@@ -3,7 +3,7 @@
 ``classify(source, system, policy, engine="auto"|"numpy"|"torch", **kw)`` runs
 :func:`engine.core.adaptive.classify_batch` (the one loop) with ``xp`` the numpy backend
 (:data:`engine.core.arrays.NUMPY`) or the torch backend on the source's device
-(:class:`engine.torch_engine.TorchArrays`). "auto" is torch for a device source on CUDA, numpy
+(:class:`engine.torch_backend.TorchArrays`). "auto" is torch for a device source on CUDA, numpy
 otherwise. This module loads no torch: ``RunConfig`` reads :data:`ENGINES` from here, and the torch
 backend is imported the first time "torch" is chosen (torch takes seconds to import, and the CLI's
 numpy runs and the decode workers never need it).
@@ -33,7 +33,7 @@ def resolve_engine(engine: str, source: Any) -> str:
         return engine
     if "torch" not in sys.modules:  # no torch loaded: the source cannot hold device tensors
         return "numpy"
-    from engine.torch_engine import is_device_source  # torch is loaded already
+    from engine.torch_backend import is_device_source  # torch is loaded already
 
     return "torch" if is_device_source(source) and source.device.type == "cuda" else "numpy"
 
@@ -42,7 +42,7 @@ def arrays_for(engine: str, source: Any) -> Arrays:
     """The array backend :func:`resolve_engine` picks, bound to the source's device."""
     if resolve_engine(engine, source) == "numpy":
         return NUMPY
-    from engine.torch_engine import TorchArrays  # imports torch: only when torch is asked for
+    from engine.torch_backend import TorchArrays  # imports torch: only when torch is asked for
 
     return TorchArrays.for_source(source)
 

@@ -27,7 +27,7 @@ from engine.run.config import RunConfig
 from engine.run.datasets import Dataset, DataSpec, Item
 from engine.run.pipeline import Executor, Job, OutputSpec, open_store, run
 from engine.run.store import SUMMARY, fingerprint
-from systems.files import atomic_write_json
+from engine.common.files import atomic_write_json
 
 
 @dataclass

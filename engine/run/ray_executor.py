@@ -37,7 +37,7 @@ import torch
 from engine.encoders.text_cache import TextCache
 from engine.run.pipeline import DEFAULT_CHUNK, Job, Progress, Shard
 from engine.run.store import results_to_arrow
-from systems.errors import UserInputError
+from engine.common.errors import UserInputError
 
 RAY_MISSING = "Ray is not installed: pip install 'twentyq[ray]' (it brings ray[data] and pyarrow)"
 SHARD, INDEX = "_shard", "_index"

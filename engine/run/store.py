@@ -21,7 +21,7 @@ pieces live in the **run folder** ``RUN.d`` beside it (:func:`run_dir`)::
       _shard-00012.done     written after the shard file: {"rows": n, "bytes": size, "errors": bad images}
       _summary.json         eval's summary (written by the caller, not by the store)
 
-Every file is written atomically (:func:`systems.files.atomic_write`), so a process
+Every file is written atomically (:func:`engine.common.files.atomic_write`), so a process
 killed at any moment leaves each shard either finished (file and marker) or absent, and
 the table either absent or whole; ``resume=True`` skips the finished shards, and refuses a
 run written with other settings (naming what differs). Names starting with ``_`` or ``.``
@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.core.results import Result, Step
-from systems.errors import UserInputError
-from systems.files import atomic_write
+from engine.common.errors import UserInputError
+from engine.common.files import atomic_write
 
 MANIFEST, LOCK, SUMMARY = "_manifest.json", "_lock", "_summary.json"
 STORE_FORMAT = "twentyq-shards-v3"  # v3: the table beside the run folder; top as {label, prob} in every file

@@ -76,7 +76,6 @@ class Batcher:
         self._lock = threading.Lock()
         self.pending = 0  # requests submitted and not yet answered (touched on the event loop only)
         self.batches_run = 0
-        self.images_run = 0
         self.batch_sizes: list[int] = []  # images per model batch, for tests and the bench (last 1000)
 
     # ------------------------------------------------------------------ caller side (event loop)
@@ -202,7 +201,6 @@ class Batcher:
             k = max(kk for kk, o in enumerate(offsets) if o <= j)
             results[k][j - offsets[k]] = Result.failed(msg)
         self.batches_run += 1
-        self.images_run += len(images)
         self.batch_sizes = (self.batch_sizes + [len(images)])[-1000:]
         embed_ms = (t_embedded - t_start) * 1e3
         return [Answer(results=results[k],

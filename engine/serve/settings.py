@@ -89,7 +89,7 @@ class ServeSettings:
 
 def read_api_key(path: str) -> str:
     """The key in ``path`` (surrounding whitespace and a final newline dropped); ValueError if unusable."""
-    from systems.files import SECRET_FILE_LIMIT, UnreadableInput, read_text_capped
+    from engine.common.files import SECRET_FILE_LIMIT, UnreadableInput, read_text_capped
 
     try:  # the guarded reader: a FIFO, /dev/zero or a file over 64 KiB is refused unread
         text = read_text_capped(path, SECRET_FILE_LIMIT, what="--api-key-file")

@@ -40,7 +40,7 @@ TINY_LOGIT_SCALE = {"clip": 42.0, "siglip": 7.5}
 @lru_cache(maxsize=None)
 def tiny_model_dir(kind: str = "clip") -> Path:
     """A random tiny CLIP or SigLIP folder (weights, tokenizer, image processor), made once."""
-    from bench.tiny_models import save_random_model
+    from engine.testing.tiny_models import save_random_model
 
     return save_random_model(_TMP / f"tiny-{kind}", kind, logit_scale=TINY_LOGIT_SCALE[kind])
 

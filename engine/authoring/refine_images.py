@@ -1,6 +1,6 @@
 """Refine a system on a labelled dataset with a frozen encoder, and measure it on held-out images.
 
-The glue between :mod:`systems.authoring.refine` (pure, over similarities) and real data:
+The glue between :mod:`engine.authoring.refine` (pure, over similarities) and real data:
 images are embedded once (image cache), each candidate prompt once (text
 cache), the dev/test split is by image with a seed, and the test split is
 only ever used to *measure* — before and after, with CIs, plus the
@@ -17,7 +17,7 @@ import numpy as np
 
 from systems.build import BASELINE_GROUP, baseline_system, shuffled_rules
 from systems.format import AttributeSystem
-from systems.authoring.refine import RefineConfig, RefineReport, refine, split_by_image
+from engine.authoring.refine import RefineConfig, RefineReport, refine, split_by_image
 
 from engine.core.adaptive import NO_STOP, StopRule, classify_batch
 from engine.core.metrics import accuracy_ci, mcnemar_p

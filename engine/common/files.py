@@ -13,7 +13,7 @@ system format, the engine, the CLI and the benchmarks all use the same helpers:
   symlink to ``/dev/zero`` in between is refused too), then a size cap per kind of input
   (:data:`TEXT_INPUT_LIMIT`, :data:`SYSTEM_FILE_LIMIT`, :data:`SECRET_FILE_LIMIT`, :data:`IMAGE_FILE_LIMIT`), checked
   on the opened file's size and again while reading. A refusal is an :class:`UnreadableInput`
-  (a :class:`~systems.errors.UserInputError`: exit 2, one line) or, for a missing file or a
+  (a :class:`~engine.common.errors.UserInputError`: exit 2, one line) or, for a missing file or a
   folder, FileNotFoundError / IsADirectoryError.
 - :func:`shared_data_path`: the one resolver of ``shared/data`` (``$TWENTYQ_DATA`` first).
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from systems.errors import UserInputError
+from engine.common.errors import UserInputError
 
 #: what a text input may weigh when read: drafts, tables, class and label lists, systems, templates,
 #: descriptor and calibration files (text written by people, LLMs or twentyq; the largest real one,

@@ -6,6 +6,6 @@ This layer sits *above* the engine (refinement scores with it); the system forma
 below (:mod:`systems`) never imports it.
 """
 
-from systems.authoring.draft import DraftRejected, build_prompt, import_draft
+from engine.authoring.draft import DraftRejected, build_prompt, import_draft
 
 __all__ = ["DraftRejected", "build_prompt", "import_draft"]

@@ -10,7 +10,7 @@ is kept; the embedding model stays frozen throughout.
 * :class:`DevAccuracy` is the metric: the engine's full-system Bayes accuracy
   (:mod:`engine.core.scoring`) on the dev images, from similarities given by ``prompt_sims`` (prompts
   ``(P,) -> (B, P)`` cosine similarities of the cached dev image embeddings, e.g.
-  :class:`systems.authoring.refining.PromptSims`). Each prompt is embedded once and memoised.
+  :class:`engine.authoring.refine_images.PromptSims`). Each prompt is embedded once and memoised.
 * :func:`optimize_system` runs the proposer ``n`` times with :class:`dspy.BestOfN` against the
   metric and returns the best candidate, or the original system when no candidate beats it.
 

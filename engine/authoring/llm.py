@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from systems.authoring.draft import strip_json_extras
+from engine.authoring.draft import strip_json_extras
 from systems.format import Group
 from systems.validate import check_template, show
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from systems.files import read_text_capped
+from engine.common.files import read_text_capped
 from systems.format import AttributeSystem
 from systems.io import reject_duplicate_keys
 from systems.validate import GROUP_KEYS, RULE_KEYS, SystemValidationError, parse_system, show
@@ -112,7 +112,7 @@ def read_classes_file(path: str | Path) -> list[str]:
 def read_draft(path: str | Path) -> tuple[str, str, str | None]:
     """A draft's text, its source for messages and its stem (None for stdin); ``-`` reads stdin.
 
-    Only a regular file (or stdin) is read, and at most ``systems.files.TEXT_INPUT_LIMIT``
+    Only a regular file (or stdin) is read, and at most ``engine.common.files.TEXT_INPUT_LIMIT``
     bytes of it: a FIFO or device is refused, a larger input is refused naming the cap.
     """
     if str(path) == "-":

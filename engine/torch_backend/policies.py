@@ -3,7 +3,7 @@
 A policy stays what :mod:`policies` says: an object with one method, ``select``. The built-ins (all but
 ``lookahead``) are written over ``state.xp`` (:func:`policies.base.on_any_backend`), so the torch
 backend hands them a :class:`policies.PolicyState` of tensors on the device with ``xp`` the
-:class:`engine.torch_engine.arrays.TorchArrays` and ``channel`` its ``TorchChannel``. Any other policy
+:class:`engine.torch_backend.arrays.TorchArrays` and ``channel`` its ``TorchChannel``. Any other policy
 (``lookahead``, a plug-in) runs its own numpy ``select`` on a host copy of the state
 (:func:`host_select`), so every policy works on every device; a plug-in written for numpy only can
 add a tensor version with ``@torch_policy(MyPolicy)`` (looked up by exact class).

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from systems.files import read_text_capped
+from engine.common.files import read_text_capped
 from systems.format import PLACEHOLDER, AttributeSystem, Group
 from systems.validate import SystemValidationError, validate_system
 
@@ -208,7 +208,7 @@ class BuildReport:
 def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a CSV file with a header, every value stripped of surrounding whitespace.
 
-    Read only if it is a regular file of at most ``systems.files.TEXT_INPUT_LIMIT``
+    Read only if it is a regular file of at most ``engine.common.files.TEXT_INPUT_LIMIT``
     bytes; a row with more or fewer values than the header is refused with its line.
     """
     p = Path(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 from systems.build import name_key, with_name_group
-from systems.files import shared_data_path
+from engine.common.files import shared_data_path
 from systems.format import AttributeSystem
 
 from .table import BuildReport, from_table

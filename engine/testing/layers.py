@@ -1,6 +1,6 @@
 """The package layers and the import graph between them, read from the source (no imports run).
 
-    python -m bench.layers          # the graph as a markdown table, and any import that breaks a layer
+    python -m engine.testing.layers          # the graph as a markdown table, and any import that breaks a layer
 
 Each package belongs to one layer; a module may import its own layer and those below,
 never above. ``tests/test_layers.py`` fails on any upward import or package cycle;
@@ -14,25 +14,30 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import networkx as nx
+
+ROOT = Path(__file__).resolve().parents[2]
 TOPS = ("engine", "policies", "systems", "bench")
 
 #: package -> layer, lowest first. A package not listed takes its parent's layer.
 LAYERS: dict[str, int] = {
-    "systems": 0,           # the data model: format, validation, analysis, files, errors
-    "policies": 1,          # question policies (numpy only)
-    "engine.core": 2,       # scoring, the adaptive loop, sources, results, calibration
-    "engine.encoders": 3,   # encoder backends, registry, text and image caches
-    "engine.torch_engine": 3,  # the torch array backend of engine.core's adaptive loop
-    "engine.run": 4,        # settings, Classifier, pipeline, executors, stores, evaluation
-    "systems.authoring": 5,  # building and refining systems (uses the engine)
-    "engine.serve": 6,      # applications: HTTP server ...
-    "engine.cli": 6,        # ... and the command line
-    "bench": 7,             # benchmarks and their helpers (tiny random models, the probe's training)
-    "engine": 4,            # engine/__init__: the public face (lazy re-exports of run and below)
+    "engine.common": 0,     # errors, guarded files, printable text, lazy exports, plug-ins: imports nothing else
+    "systems": 1,           # the data model: format, validation, loading, analysis, derived systems
+    "policies": 2,          # question policies (numpy or any array backend, no torch)
+    "engine.core": 3,       # scoring, the adaptive loop, sources, results, answer channels and models
+    "engine.encoders": 4,   # encoder backends, registry, text and image caches
+    "engine.torch_backend": 4,  # the torch array backend of engine.core's adaptive loop
+    "engine.run": 5,        # settings, Classifier, pipeline, executors, stores, evaluation, calibration file
+    "engine": 5,            # engine/__init__: the public face (lazy re-exports of run and below)
+    "engine.authoring": 6,  # building and refining systems (scores with the core)
+    "engine.reports": 7,    # applications' report writers (HTML, plots) ...
+    "engine.serve": 7,      # ... the HTTP server ...
+    "engine.cli": 7,        # ... and the command line
+    "engine.testing": 8,    # tiny random models and this checker, for the tests and benchmarks
+    "bench": 8,             # benchmarks and the probe's training
 }
-NAMES = {0: "data model", 1: "policies", 2: "core", 3: "encoders, device engine", 4: "run", 5: "authoring", 6: "applications",
-         7: "benchmarks"}
+NAMES = {0: "shared helpers", 1: "data model", 2: "policies", 3: "core", 4: "encoders, torch backend", 5: "run",
+         6: "authoring", 7: "applications", 8: "benchmarks, test helpers"}
 
 
 def modules() -> dict[str, Path]:
@@ -57,17 +62,13 @@ def package_of(module: str, mods: dict[str, Path]) -> str:
 
 
 def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
-    """Modules of the project that ``module`` imports (relative imports resolved; TYPE_CHECKING skipped)."""
+    """Modules of the project that ``module`` imports, wherever the import sits: at module level, inside a
+    function, or under ``if TYPE_CHECKING:`` (a type-only import is still an arrow in the design).
+    Relative imports are resolved."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     pkg = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    skip = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            skip.update(id(n) for n in ast.walk(node))
     out = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         targets = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -104,6 +105,11 @@ def graph() -> tuple[dict[str, set[str]], list[str]]:
     return edges, upward
 
 
+def package_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every elementary cycle in the package graph (networkx's Johnson search); [] for a layered design."""
+    return [sorted(c) for c in nx.simple_cycles(nx.DiGraph([(a, b) for a, bs in edges.items() for b in bs]))]
+
+
 def markdown(edges: dict[str, set[str]]) -> str:
     rows = ["| layer | package | imports |", "|---|---|---|"]
     for pkg in sorted(LAYERS, key=lambda k: (LAYERS[k], k)):
@@ -117,7 +123,10 @@ def main() -> int:
     print(markdown(edges))
     for line in upward:
         print("upward import:", line, file=sys.stderr)
-    return 1 if upward else 0
+    cycles = package_cycles(edges)
+    for c in cycles:
+        print("package cycle:", " <-> ".join(c), file=sys.stderr)
+    return 1 if upward or cycles else 0
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ Importing this package imports torch. ``engine.run.engines`` (``classify(..., en
 the backend and imports this package only when torch is asked for.
 """
 
-from engine.torch_engine.arrays import TorchArrays, TorchChannel
-from engine.torch_engine.policies import TORCH_POLICIES, torch_policy
-from engine.torch_engine.sources import HostSource, TensorSource, is_device_source
+from engine.torch_backend.arrays import TorchArrays, TorchChannel
+from engine.torch_backend.policies import TORCH_POLICIES, torch_policy
+from engine.torch_backend.sources import HostSource, TensorSource, is_device_source
 
 __all__ = ["HostSource", "TORCH_POLICIES", "TensorSource", "TorchArrays", "TorchChannel", "is_device_source",
            "torch_policy"]

@@ -3,8 +3,8 @@
 Every step works on cached image embeddings: the only model calls are text
 embeddings of new candidate prompts, made through ``prompt_sims``, a callable
 ``prompts (P,) -> (B, P)`` cosine similarities of the B images at hand to
-those prompts (see :class:`systems.authoring.refining.PromptSims`). Refinement sees only
-the dev images it is given; :func:`split_by_image` (from :mod:`engine.core.calibration`) makes the
+those prompts (see :class:`engine.authoring.refine_images.PromptSims`). Refinement sees only
+the dev images it is given; :func:`split_by_image` (from :mod:`engine.core.channel_fit`) makes the
 dev/test split.
 
 Steps, each switchable (:class:`RefineConfig`) and reported (:class:`RefineReport`):
@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from engine.core.calibration import fit_logit_scale_and_eps, split_by_image  # noqa: F401  (re-exported)
+from engine.core.channel_fit import fit_logit_scale_and_eps, split_by_image  # noqa: F401  (re-exported)
 from engine.core.scoring import bayes_loglik, build_channel, check_eps, check_logit_scale, group_log_probs
 
 from systems.build import BASELINE_GROUP

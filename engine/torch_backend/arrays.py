@@ -4,7 +4,7 @@
 :mod:`engine.core.adaptive` with its state (log posterior, asked mask, Q, stop codes, the channel's
 P, H, A) as tensors on the source's device; similarities come as tensors from the source
 (``similarities_t``; a numpy source runs through :class:`HostSource` on the CPU) and never go to the
-host; built-in policies run as tensor operations (:mod:`engine.torch_engine.policies`), any other on a
+host; built-in policies run as tensor operations (:mod:`engine.torch_backend.policies`), any other on a
 host copy of its state. The host still learns a few small things each round: whether any image is
 left, which groups were chosen, whether the policy chose available groups, and whether any
 likelihood underflowed (the exact log-space path).
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from engine.core.scoring import Channel
-from engine.torch_engine.policies import select
-from engine.torch_engine.sources import HostSource, is_device_source
+from engine.torch_backend.policies import select
+from engine.torch_backend.sources import HostSource, is_device_source
 
 DTYPE = torch.float64
 _DTYPES = {"float": DTYPE, "int": torch.int64, "bool": torch.bool}

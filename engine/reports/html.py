@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.encoders.registry import model_label
-from systems.files import atomic_write_text
+from engine.common.files import atomic_write_text
 
 MARKERS = ("circle", "square", "triangle", "diamond", "cross", "star")
 STOP_WORDS = {"confident": "confident (reached τ)", "no_gain": "no gain (every EIG < δ)",
@@ -43,7 +43,7 @@ def read_run(run: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any
     if not summary_file.is_file():
         raise ValueError(f"{str(run)!r} is not a finished eval run (no {summary_file}); make one with "
                          "'twentyq eval --data D.csv --out RUN.jsonl'")
-    from systems.files import read_json_capped
+    from engine.common.files import read_json_capped
 
     return read_json_capped(summary_file, what="run summary", shape="a summary written by 'twentyq eval'"), \
         read_records(run)
