@@ -26,7 +26,7 @@ from engine.core.adaptive import StopRule, classify_batch
 from engine.core.channel_fit import choose_tau
 from engine.core.sources import ArraySource
 from engine.run.calibration_file import (
-    SCHEMA, CalibrationError, CalibrationMismatch, calibrate, exclude_dev, fit_calibration,
+    SCHEMA, CalibrationError, CalibrationMismatch, exclude_dev, fit_calibration,
     image_sha256, load_calibration, save_calibration,
 )
 from engine.run.classifier import Classifier

@@ -21,7 +21,7 @@ from engine.cli.app import main
 from engine.core.results import Result
 from engine.run.datasets import Item
 from engine.run.pipeline import Job, LocalExecutor, OutputSpec, open_store, run, shards_of
-from engine.run.store import FORMATS, ResultStore, StoreError, fingerprint
+from engine.run.store import ResultStore, StoreError, fingerprint
 
 from .support.data import COLOUR_SYSTEM, solid
 from .support.encoders import FakeEncoder

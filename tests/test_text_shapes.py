@@ -3,7 +3,6 @@ the eager/lazy policy, and eager prompts that keep ``text_encodes`` exact."""
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
