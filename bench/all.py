@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.probe.data import data_available
 from systems import load_system
 
 from . import calibrate, policies, reproduce, speed
@@ -152,8 +153,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _probe(args, out: Path, cache: str, limit: int | None, cmds: list[str], timings: dict[str, float]):
     """bench.probe all (train into OUT/probe if absent, evaluate on Gen 1), or why it was skipped."""
-    from .probe.data import data_available
-
     if args.no_probe or args.model == C.SIMULATOR:
         return {"skipped": "--no-probe" if args.no_probe else "--model simulator"}
     if not data_available():

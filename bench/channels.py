@@ -34,19 +34,27 @@ fixed and random, by more than the difference's CI half-width; (b) on web150 × 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from scipy.special import log_softmax
 
 from engine import StopRule
+from engine.core import answer_models as AM, predictive as PR
 from engine.core.channel_fit import fit_answer_channels, split_by_image  # the one split helper: stratified by class
 from engine.core.metrics import accuracy_ci, bootstrap_weights, budget_aucs, budget_grid, normalised_auc_rows
+from engine.core.scoring import build_channel, expected_information_gain
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
+from engine.run.calibration_file import fit_answer_model, trace_paths
 from policies import Policy, PolicyState, get_policy
 from policies.base import masked_argmax
+from policies.experimental import BudgetPlanPolicy
 from systems import load_system
 
 from .lib import harness as C
@@ -212,7 +220,6 @@ def policy_cost(sizes=COST_SIZES, *, seed: int = 0, policies=("eig", "eig_per_pr
     """Seconds for one ``select`` over n images, per policy, on random systems of N classes and G groups
     (K_g uniform in 2..11, one acceptable option per class, ε = 0.05) and sparse random posteriors; the
     EIG is computed once outside (the loop does that for every policy). One run each, side by side."""
-    from engine.core.scoring import build_channel, expected_information_gain
     from policies import PolicyState
 
     rng = np.random.default_rng(seed)
@@ -297,7 +304,6 @@ def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, l
     log(f"[channels] backbone features of {len(paths)} Gen-1 images from the cache {cache_dir}")
     feats = dict(zip(paths, image_features(enc.backbone, paths, cache_dir, log=log)))
     out = {}
-    import torch
 
     for dname, sname, system, kept, info in jobs:
         prep = PE.prepare(enc, system, kept, feats, data_name=dname, info=info)
@@ -323,9 +329,6 @@ def fit_models(dev: C.Prepared, *, seed: int = 0) -> dict[str, Any]:
     on held-out dev images).
     Returns {name: (λ, channel, answer_model or None)} and the few-shot decision.
     """
-    from engine.core import answer_models as AM
-    from engine.run.calibration_file import fit_answer_model
-
     s = dev.system
     r, sizes = s.rule_matrix, s.option_counts
     rule = fit_answer_channels(dev.sims, dev.truth, r, sizes, lam0=dev.logit_scale, eps=dev.eps)
@@ -349,8 +352,6 @@ def plain_lr(x_dev: np.ndarray, y_dev: np.ndarray, x_test: np.ndarray, n_classes
     """A plain multinomial LR (standardised features, L2 strength by 3-fold CV on dev): test predictions (B,) and
     the strength chosen. The same fit as the few-shot posterior's full-system head (:func:`engine.core.
     answer_models.fit_plain_lr`)."""
-    from engine.core import answer_models as AM
-
     (mean, scale, W, b), reg, _, _ = AM.fit_plain_lr(x_dev, y_dev, n_classes, seed=seed)
     return (((x_test - mean) / scale) @ W.T + b).argmax(axis=1), reg
 
@@ -489,9 +490,6 @@ def answer_model_report(results: dict[str, Any]) -> str:
 
 def run_answer_models(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_boot: int = 1000,
                       n_budgets: int = 9, log=print, command: str = "") -> dict[str, Any]:
-    import os
-    import platform
-
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     pairs = {}
@@ -532,8 +530,6 @@ class PosteriorOracle(Policy):
         self.offsets = np.r_[0, np.cumsum(self.sizes)[:-1]]
 
     def select(self, state: PolicyState) -> np.ndarray:
-        from scipy.special import log_softmax
-
         imgs = np.asarray(state.images)
         rows = np.arange(len(imgs))
         L = np.log(np.maximum(np.asarray(state.post), 1e-300))
@@ -548,8 +544,6 @@ TAU_GRID = tuple(np.round(np.r_[np.linspace(0.3, 0.9, 13), 0.925, 0.95, 0.975, 0
 
 def make_policy(name: str):
     """A registered policy by name, or budget_plan (:class:`policies.experimental.BudgetPlanPolicy`)."""
-    from policies.experimental import BudgetPlanPolicy
-
     return BudgetPlanPolicy() if name == "budget_plan" else get_policy(name)
 
 
@@ -575,10 +569,6 @@ def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_clas
     The predictive: out-of-fold terms of the dev images (:func:`engine.core.predictive.fit_predictive`, 3 folds,
     the posterior's L2 strength).
     """
-    from engine.core import answer_models as AM
-    from engine.core import predictive as PR
-    from engine.run.calibration_file import fit_answer_model
-
     s = dev.system
     r, sizes = s.rule_matrix, s.option_counts
     t0 = time.perf_counter()
@@ -614,9 +604,6 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
     whichever way the changed labels go). Agreement transfers to the posterior fitted on all of dev better than
     accuracy does: the fold posteriors are weaker. (The other folds' terms come from posteriors that saw this
     fold's images: a mild leak into which question is asked, none into the posterior that answers.)"""
-    from engine.core import predictive as PR
-    from engine.run.calibration_file import trace_paths
-
     terms = fitted["terms"]
     folds = terms.folds
     agree = {t: np.zeros(dev.n) for t in TAU_GRID}
@@ -647,8 +634,6 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     against fixed; the confidence stop with τ chosen on cross-fitted dev paths. max_classes, max_per_class: the
     predictive's k and S cap (default: engine.core.predictive's). curves: the labels of :data:`PRED_CURVES` to run
     (default all; "fixed" always)."""
-    from engine.run.calibration_file import trace_paths
-
     s = prep.system
     q_full = float(s.q_total)
     dev_i, test_i = split_by_image(prep.truth, 0.5, seed)
@@ -765,9 +750,6 @@ def predictive_report(results: dict[str, Any]) -> str:
 def run_predictive(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_boot: int = 1000,
                    n_budgets: int = 9, log=print, command: str = "", max_classes: int | None = None,
                    max_per_class: int | None = None, curves: tuple[str, ...] | None = None) -> dict[str, Any]:
-    import os
-    import platform
-
     t0, c0 = time.perf_counter(), time.process_time()
     load0 = os.getloadavg()[0]
     pairs = {}
@@ -933,8 +915,6 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = D
         if dev_check and prep.system.n_classes <= 20:  # the small systems only: seconds each
             res["dev_variants"] = dev_variants(prep, seed=seed, log=log)
         pairs[key] = res
-    import os
-    import platform
 
     results = {"benchmark": "channels", "command": command, "seed": seed, "quick": quick, "n_boot": n_boot,
                "prior_strength": prior_strength,

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.encoders.text_shapes import encode_texts_by_length
+from systems.descriptors import descriptor_system, read_descriptors
+
 COLOURS = ["red", "brown", "black", "white", "grey", "green", "yellow", "orange", "blue", "pink", "tan", "olive"]
 PARTS = ["tail", "head", "body", "legs", "eyes", "ears", "beak", "fins", "wings", "handle", "wheels", "roof",
          "door", "screen", "shell", "snout", "feet", "neck", "lid", "blade", "base", "frame", "strap", "leaves"]
@@ -54,9 +57,7 @@ def imagenet_like(n_classes: int = 1000, seed: int = 0) -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from engine.encoders.text_shapes import encode_texts_by_length
     from engine.run.config import EncoderSpec
-    from systems.descriptors import descriptor_system, read_descriptors
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, default=1000)

@@ -21,6 +21,10 @@ import time
 import numpy as np
 import torch
 
+from engine.encoders.device import resolve_device, resolve_dtype
+from engine.testing.tiny_models import random_model
+from systems import load_system
+
 from .lib.synthetic import word_tokenizer
 
 
@@ -50,12 +54,9 @@ def main(argv=None) -> int:
     from PIL import Image
     from transformers import CLIPImageProcessorPil
 
-    from engine.run.encoder_source import EncoderSource
-    from engine.encoders.device import resolve_device, resolve_dtype
-    from engine.testing.tiny_models import random_model
     from engine.encoders.hf import CLIPFamilyEncoder
     from engine.encoders.text_cache import TextCache
-    from systems import load_system
+    from engine.run.encoder_source import EncoderSource
 
     dev = resolve_device("cuda")
     dt = resolve_dtype(args.dtype, dev)

@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .lib.timing import device_sync
+from engine.testing.tiny_models import save_random_model
+
 from .lib.synthetic import make_jpegs
+from .lib.timing import device_sync
 
 TARGETS = {
     "end_to_end_images_s": 8000.0,  # or ≥ 30% of the ceiling
@@ -103,7 +105,6 @@ def end_to_end(model_folder: str, paths: list[str], *, device: str, dtype: str |
 def measure(device: str, *, size: str = "vit-b-32", n: int = 2048, batch: int = 256, repeats: int = 3,
             engine_images: int = 4096, big_images: int = 1024, text: bool = True, log=print) -> dict[str, Any]:
     from bench.gpu_engine import measure as engine_measure
-    from engine.testing.tiny_models import save_random_model
     from engine.encoders import load_encoder
 
     dev = torch.device(device)
@@ -148,7 +149,6 @@ def measure(device: str, *, size: str = "vit-b-32", n: int = 2048, batch: int = 
 
 def folder_loader(size: str, dev: torch.device, batch: int):
     """A loader of a freshly saved random CLIP of ``size`` (the CPU smoke run's text side)."""
-    from engine.testing.tiny_models import save_random_model
     from engine.encoders import load_encoder
 
     tmp = tempfile.mkdtemp(prefix="twentyq-gpu-text-")

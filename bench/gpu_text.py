@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -38,6 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from engine.encoders.device import dtype_name, resolve_device, resolve_dtype
+from engine.encoders.text_shapes import prepare_text, prompt_policy
+from engine.testing.tiny_models import random_model
+from systems import load_system
 
 from .lib.synthetic import word_tokenizer
 from .lib.timing import device_sync
@@ -65,9 +71,8 @@ def _factory(encoder: Any, device: str, dtype: str | None) -> tuple[Callable[[],
 def _run(load: Callable[[], Any], system: Any, on: bool, images: int, repeats: int, max_groups: int,
          compile_text: bool = False) -> dict:
     from engine.encoders.text_cache import TextCache
-    from engine.encoders.text_shapes import prepare_text
-    from engine.run.prompts import eager_prompt_list
     from engine.run.encoder_source import EncoderSource
+    from engine.run.prompts import eager_prompt_list
 
     enc = load()
     dev = enc.device
@@ -130,10 +135,6 @@ def measure(encoder: Any, system: Any = "pokemon15", device: str = "auto", *, dt
     Returns {"model", "device", "dtype", "system", "Q", "images", "before": {...}, "after": {...},
     "ratio": {figure: before / after}, "max_embedding_diff", "policy"}.
     """
-    from engine.encoders.device import dtype_name
-    from engine.encoders.text_shapes import prompt_policy
-    from systems import load_system
-
     system = load_system(system)
     load, fresh = _factory(encoder, device, dtype)
     before = _run(load, system, False, images, repeats, max_groups)
@@ -158,10 +159,7 @@ def measure(encoder: Any, system: Any = "pokemon15", device: str = "auto", *, dt
 
 def vit_b32(device: str = "cuda", dtype: str = "fp16", batch: int = 256) -> Callable[[], Any]:
     """A loader of bench.gpu_check's random ViT-B/32-sized CLIP (word-level tokenizer, no download)."""
-    from engine.testing.tiny_models import random_model
-    from engine.encoders.device import resolve_device, resolve_dtype
     from engine.encoders.hf import CLIPFamilyEncoder
-    from systems import load_system
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -214,7 +212,6 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import platform
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), "
           f"torch {torch.__version__}, "

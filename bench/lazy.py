@@ -27,7 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from engine import NO_STOP, StopRule
 from engine.common.files import shared_data_root
+from systems import load_system
 
 REPO = Path(__file__).resolve().parents[1]
 CSV = shared_data_root() / "pokemon" / "jina15.csv"
@@ -35,8 +38,8 @@ CSV = shared_data_root() / "pokemon" / "jina15.csv"
 
 def run(enc, system, emb, truth, policy, stop, lam):
     from engine import classify_batch
-    from engine.run.encoder_source import EncoderSource
     from engine.encoders.text_cache import TextCache
+    from engine.run.encoder_source import EncoderSource
 
     cache = TextCache(enc)
     t0 = time.perf_counter()
@@ -64,10 +67,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from engine import NO_STOP, StopRule
     from engine.encoders import load_encoder
     from engine.encoders.image_cache import ImageCache
-    from systems import load_system
 
     if not args.csv.is_file():
         raise SystemExit(f"{args.csv} not found; pass --csv")

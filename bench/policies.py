@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from engine import StopRule
-from engine.core.metrics import budget_grid
+from engine.core.metrics import accuracy_ci, budget_grid
 from policies import get_policy
 
 from .lib import harness as C
@@ -93,7 +93,6 @@ def run(prep: C.Prepared, out: Path, *, seed: int = 0, taus=TAUS, n_budgets: int
     orders = oracle_orders(s, prep.truth)
     curves["oracle"] = sweep(prep, lambda: OraclePolicy(orders), taus, budgets)
     target = full.accuracy - 0.01
-    from engine.core.metrics import accuracy_ci
 
     full_ci = accuracy_ci(full.correct)
     majority = float(np.bincount(prep.truth, minlength=s.n_classes).max() / prep.n)

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from engine.authoring.refine_images import refine_embedded
-from systems import analyze, load_system
 from engine.authoring.pokeapi import pokeapi_system
-from systems.build import with_name_group
 from engine.authoring.refine import RefineConfig
+from engine.authoring.refine_images import refine_embedded
+from engine.run.datasets import check_labels, load_dataset
+from systems import analyze, load_system
+from systems.build import with_name_group
 
 from .lib import harness as C
 
@@ -50,7 +51,6 @@ def case_spec(name: str) -> tuple[Path, Any]:
 
 
 def run_case(name: str, encoder: Any, args: argparse.Namespace, *, name_group: bool = False) -> dict[str, Any]:
-    from engine.run.datasets import check_labels, load_dataset
     from engine.encoders.image_cache import ImageCache
     from engine.encoders.text_cache import TextCache
 

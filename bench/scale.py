@@ -47,8 +47,15 @@ from typing import Any
 
 import numpy as np
 
-from .lib.harness import DEFAULT_OUT, command_line, md_table, model_label, write_outputs
 from engine.common.files import shared_data_root
+from engine.core.results import Result
+from engine.run.classifier import RunConfig
+from engine.run.config import EncoderSpec
+from engine.run.pipeline import Job
+from engine.run.store import ResultStore, results_from_arrow, results_to_arrow
+from systems import load_system
+
+from .lib.harness import DEFAULT_OUT, command_line, md_table, model_label, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 POKEMON = shared_data_root() / "pokemon"
@@ -98,8 +105,8 @@ def _single(model: str, paths: list[str], config) -> dict[str, Any]:
 
 def _time_text(clf, config) -> float:
     """Seconds to embed every prompt of the system once, group by group, with a fresh cache (the model is warm)."""
-    from engine.run.ray_executor import system_prompt_groups
     from engine.encoders.text_cache import TextCache
+    from engine.run.ray_executor import system_prompt_groups
 
     cache = TextCache(clf.encoder)
     t0 = time.perf_counter()
@@ -116,11 +123,7 @@ def run_ray(model: str, paths: list[str], config, *, workers: int, precompute: b
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from engine.run.config import EncoderSpec
-    from engine.run.pipeline import Job
     from engine.run.ray_executor import BUSY, STARTED, TEXT_ENCODES, RayOptions, classify_shards
-    from engine.run.store import results_from_arrow
-    from systems import load_system
 
     rows = pa.table({"path": paths})
     shards = list(range(-(-len(paths) // shard_size)))
@@ -218,9 +221,6 @@ def write_speed(records: list[dict], tmp: Path, shard: int = 1000) -> dict[str, 
     """
     import pyarrow.parquet as pq
 
-    from engine.core.results import Result
-    from engine.run.store import ResultStore, results_from_arrow, results_to_arrow
-
     reps = -(-shard // len(records))
     rows = [Result.from_dict(r) for r in (records * reps)[:shard]]
     table = results_to_arrow(rows)
@@ -300,8 +300,6 @@ def main(argv=None) -> int:
         raise SystemExit(f"bench.scale: {e}") from None
     import torch
     from transformers.utils import logging as hf_logging
-
-    from engine.run.classifier import RunConfig
 
     hf_logging.disable_progress_bar()
     cpus = args.cpus or os.cpu_count() or 1

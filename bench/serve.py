@@ -43,6 +43,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -52,6 +53,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from engine.common.files import shared_data_root
 
 from .lib.server import free_port, start_server, wait_until_healthy
 
@@ -63,8 +66,6 @@ SERVER_TIMINGS = ("decode_ms", "queue_ms", "embed_ms", "classify_ms", "total_ms"
 def pick_images(n: int, seed: int = 0) -> tuple[list[bytes], str]:
     """n encoded images (JPEG/PNG bytes): real ones from the shared jina15 set if present, else noise PNGs."""
     from PIL import Image
-
-    from engine.common.files import shared_data_root
 
     csv_path = shared_data_root() / "pokemon" / "jina15.csv"
     rng = np.random.default_rng(seed)
@@ -205,8 +206,6 @@ def flat_pngs(n: int, side: int) -> list[bytes]:
 
 def memory_load(args) -> int:
     """The compressible-PNG memory load (see the module docstring); 0 if every bound held."""
-    import shlex
-
     import httpx
 
     tmp = Path(tempfile.mkdtemp(prefix="twentyq-bench-serve-mem-"))

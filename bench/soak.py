@@ -27,9 +27,11 @@ import csv
 import itertools
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
+
 from engine.common.files import shared_data_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +49,6 @@ def rss_mb() -> float:
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from engine import StopRule
 
@@ -72,8 +73,6 @@ def _model_throughput(encoder: Any, images: list, batches, threads: int | None =
 
     ``threads`` sets torch's intra-op threads for the measurement and restores them after.
     """
-    import torch
-
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -16,6 +16,8 @@ reported: how many images stop on confidence and their accuracy with a 95% Clopp
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,8 @@ from engine.run.calibration_file import fit_calibration, target_choice
 from engine.run.config import RunConfig
 from engine.run.evaluation import exact_ci
 
-from .lib import harness as C
 from .channels import DEFAULT_PROBE, gen1_preps
+from .lib import harness as C
 
 DEFAULT_OUT = C.DEFAULT_OUT / "target_accuracy"
 
@@ -97,9 +99,6 @@ def report(results: dict[str, Any]) -> str:
 def run(out: Path, *, targets: list[float], seed: int = 0, probe: Path | None = DEFAULT_PROBE,
         cache_dir: Path = C.DEFAULT_CACHE, quick: bool = False, policy: str = "eig", command: str = "",
         log=print) -> dict[str, Any]:
-    import os
-    import platform
-
     t0 = time.perf_counter()
     preps, skipped = gen1_preps(probe, cache_dir, sim_images=4000, quick=quick, seed=seed, log=log)
     pairs = {}

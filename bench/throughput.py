@@ -39,7 +39,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from engine.common.files import shared_data_root
+from engine.testing.tiny_models import save_random_model
+from systems import baseline_system
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = shared_data_root()
@@ -63,9 +66,8 @@ def pick_images(data: Path, n: int, seed: int):
 
 def engine_run(enc, images, labels):
     from engine import classify_batch
-    from engine.run.encoder_source import EncoderSource
     from engine.encoders.text_cache import TextCache
-    from systems import baseline_system
+    from engine.run.encoder_source import EncoderSource
 
     system = baseline_system(labels, template=TEMPLATE)
     t0 = time.perf_counter()
@@ -167,7 +169,6 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from engine.encoders import load_encoder
-    from engine.testing.tiny_models import save_random_model
     from engine.encoders.offline import imagenet_classes
 
     hf_logging.set_verbosity_error()
@@ -221,8 +222,6 @@ def main(argv=None) -> int:
 
 def e2e_all(args, tmp: Path) -> dict:
     """Section 4: the end-to-end image-path comparison for the tiny CLIP and (unless skipped) the offline model."""
-    from engine.testing.tiny_models import save_random_model
-
     folder = save_random_model(tmp / "tiny-clip", "clip", size="tiny")
     files, what = pick_files(args.data, args.e2e_images, args.seed, tmp)
     out = {"tiny_clip": end_to_end(files, what, str(folder), "tiny random CLIP (width 32, random weights)",

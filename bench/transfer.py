@@ -33,6 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from engine.core.channel_fit import split_by_image
+from engine.run.calibration_file import calibrate, image_sha256, save_calibration
+from engine.run.config import EncoderSpec, RunConfig
+from engine.run.datasets import DataSpec
+from systems import load_system
+
 from .lib import harness as C
 
 SOURCE_SYSTEM, TARGET_SYSTEM = "pokemon15", "pokemon15_gen1"
@@ -68,8 +74,6 @@ def accuracy_ci(x: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> list[floa
 
 def outcomes(clf: Any, emb: Any, labels: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """{config: {correct (B,) bool, q (B,)}} of every config of :data:`CONFIGS` on embedded images."""
-    from engine.run.config import RunConfig
-
     out = {}
     for name, kw in CONFIGS.items():
         res = clf.classify_embedded(emb, RunConfig(**kw))
@@ -80,12 +84,7 @@ def outcomes(clf: Any, emb: Any, labels: list[str]) -> dict[str, dict[str, np.nd
 
 def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9,
         log=print) -> dict[str, Any]:
-    from engine.core.channel_fit import split_by_image
-    from engine.run.calibration_file import calibrate, save_calibration
     from engine.run.classifier import Classifier
-    from engine.run.config import EncoderSpec
-    from engine.run.datasets import DataSpec
-    from systems import load_system
 
     t0, load0 = time.perf_counter(), os.getloadavg()
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +123,6 @@ def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9,
     own = calibrate(plain, DataSpec(str(dev_csv)), dev_fraction=0.5, seed=0, setting="zero-shot")
     own_clf = Classifier(EncoderSpec(model=model), tgt_sys, encoder=enc, calibration=own)
     own_dev = set(own.dev["image_sha256"])
-    from engine.run.calibration_file import image_sha256
 
     own_test = np.array([i for i in range(len(items)) if image_sha256(items[i]) not in own_dev])
     assert np.array_equal(own_test, test_idx), "the reference's test half should be the main job's"

@@ -8,8 +8,9 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from .arrays import HOST
+from engine.common.plugins import POLICY_GROUP, load_plugins
 
+from .arrays import HOST
 
 
 class AnswerChannel(Protocol):
@@ -101,8 +102,6 @@ def _check_plugin(name: str, obj: object) -> str | None:
 
 def load_plugin_policies() -> None:
     """Register the policies of the ``twentyq.policies`` entry points (once; see :mod:`engine.common.plugins`)."""
-    from engine.common.plugins import POLICY_GROUP, load_plugins
-
     for name, cls in load_plugins(POLICY_GROUP, _check_plugin).items():
         POLICIES.setdefault(name, cls)
 

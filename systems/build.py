@@ -16,7 +16,9 @@ import unicodedata
 
 import numpy as np
 
+from engine.common.errors import UserInputError
 from systems.format import PLACEHOLDER, AttributeSystem, Group
+from systems.validate import parse_system
 
 BASELINE_GROUP = "class_name"
 
@@ -57,9 +59,6 @@ def labels_system(labels: list[str] | tuple[str, ...], template: str = LABELS_TE
     Labels are stripped; an empty, repeated or brace-holding label, or fewer than two, is a
     :class:`engine.common.errors.UserInputError` naming it.
     """
-    from engine.common.errors import UserInputError
-    from systems.validate import parse_system
-
     labels = [str(x).strip() for x in labels]
     labels = [x for x in labels if x]
     if len(labels) < 2:

@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ from typing import Any
 import numpy as np
 
 from engine.common.errors import UserInputError
+from engine.common.files import read_json_capped
+from systems.build import LABELS_TEMPLATE
+from systems.validate import GROUP_KEYS, RULE_KEYS, parse_system
 
 STYLES = ("dclip", "waffle", "cupl")
 #: how each style pools a class's prompts (engine.run.encoder_source.PooledGroup's ``how``)
@@ -246,8 +250,6 @@ def read_descriptors(data: Any, source: str = "descriptors", style: str | None =
 
 def load_descriptor_file(path: str | os.PathLike, style: str | None = None) -> DescriptorFile:
     """Read a descriptor JSON file (:func:`read_descriptors`); ``style`` None detects it."""
-    from engine.common.files import read_json_capped
-
     where = f"descriptor file {str(path)!r}"
     data = read_json_capped(path, what="descriptor file", shape='a JSON object {"class": ["description", ...]}',
                             error=lambda msg: DescriptorError("", msg))  # the message names the file
@@ -265,8 +267,6 @@ def load_descriptors(path: str | os.PathLike) -> Descriptors:
 def looks_like_descriptors(data: Any) -> bool:
     """Whether JSON data is meant as a descriptor file, not a system: an object with none of a system's
     group or rule keys whose values are mostly lists (a few wrong values are then its problems)."""
-    from systems.validate import GROUP_KEYS, RULE_KEYS
-
     if not isinstance(data, Mapping) or not data or any(k in data for k in GROUP_KEYS + RULE_KEYS):
         return False
     return 2 * sum(isinstance(v, list) for v in data.values()) > len(data)
@@ -395,11 +395,6 @@ def descriptor_system(descriptors: Mapping[str, tuple[str, ...]] | DescriptorFil
     spent clustering and building/validating the system (``embed`` is timed by its caller).
     Returns the validated AttributeSystem (``baseline_template`` "a photo of a {}.").
     """
-    import time
-
-    from systems.build import LABELS_TEMPLATE
-    from systems.validate import parse_system
-
     if max_options < 2:
         raise ValueError(f"max_options == {max_options!r}, must be >= 2")
     if not isinstance(descriptors, DescriptorFile):

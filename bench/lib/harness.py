@@ -30,14 +30,13 @@ from typing import Any
 import numpy as np
 
 from engine import ArraySource, SimulatedSource, StopRule, classify_batch
+from engine.common.files import json_safe, shared_data_root
 from engine.core.adaptive import NO_STOP
 from engine.core.metrics import normalised_auc_rows
-from engine.common.files import json_safe
 from engine.core.scoring import Channel, build_channel
 from engine.core.simulate import sample_classes
-from systems import AttributeSystem, baseline_system, load_system
-from systems import build as _build
-from engine.common.files import shared_data_root
+from engine.run.datasets import check_labels, load_dataset
+from systems import AttributeSystem, baseline_system, build as _build, load_system
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = shared_data_root()
@@ -49,6 +48,7 @@ DEFAULT_OUT = REPO / "bench" / "out"
 DEFAULT_CACHE = DEFAULT_OUT / "cache"
 SIMULATOR = "simulator"
 from engine.run.config import DEFAULT_EPS  # noqa: E402  (one default for the CLI and the benchmarks)
+
 # simulator defaults (the same as bench.simulate)
 SIM = {"margin": 0.05, "name_margin": 0.02, "noise": 0.02, "wrong_rate": 0.0, "logit_scale": 100.0, "images": 2000}
 
@@ -165,10 +165,9 @@ def prepare_encoded(encoder: Any, system: AttributeSystem, data: str | Path, *, 
                     split: str | None, cache_dir: str | Path | None, logit_scale: float | None = None,
                     eps: float = DEFAULT_EPS, model: str | None = None) -> Prepared:
     """Encode a dataset's images once (image cache) and every prompt once (text cache)."""
-    from engine.run.datasets import check_labels, load_dataset
-    from engine.run.encoder_source import EncoderSource
     from engine.encoders.image_cache import ImageCache
     from engine.encoders.text_cache import TextCache
+    from engine.run.encoder_source import EncoderSource
 
     path = resolve_data(str(data))
     ds = load_dataset(path, split=split, limit=limit, seed=seed)

@@ -27,10 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from bench.probe.data import build_training_data, image_features, require_data
+from bench.probe.evaluate import TABLE_HEAD, findings, run, table_rows
+from bench.probe.train import train
+from engine.common.files import atomic_write_json
+from engine.encoders.probe import MANIFEST_FILE, PROBE_LABEL, SHIPPED_DIR, WEIGHTS_FILE, ProbeBackbone, save_probe
 
 from ..lib import harness as C
 from .train import TrainConfig
@@ -50,8 +59,6 @@ def _log(msg: str) -> None:
 
 
 def is_trained(folder: str | Path) -> bool:
-    from engine.encoders.probe import MANIFEST_FILE, WEIGHTS_FILE
-
     return (Path(folder) / WEIGHTS_FILE).is_file() and (Path(folder) / MANIFEST_FILE).is_file()
 
 
@@ -64,14 +71,6 @@ def train_probe(out: str | Path, *, cfg: TrainConfig = TrainConfig(), cache_dir:
     ``cfg.seed``); backbone : a loaded ProbeBackbone (default: load one).
     Returns the manifest written to ``out/manifest.json``.
     """
-    import torch
-
-    from engine.encoders.probe import PROBE_LABEL, ProbeBackbone, save_probe
-    from engine.common.files import atomic_write_json
-
-    from .data import build_training_data, image_features
-    from .train import train
-
     t0 = time.perf_counter()
     data = data if data is not None else build_training_data(seed=cfg.seed)
     log(f"[probe train] {PROBE_LABEL}: {data.meta['images']} images of {data.meta['species']} species "
@@ -115,8 +114,6 @@ def eval_probe(folder: str | Path, out: str | Path | None = None, *, cache_dir: 
     """Evaluate a trained probe on Gen 1 (:func:`bench.probe.evaluate.run`); ``quick`` uses fewer sweep points."""
     from engine.encoders import load_encoder
 
-    from .evaluate import run
-
     enc = load_encoder(f"probe:{folder}", device="cpu")
     sweep = QUICK_SWEEP if quick else SWEEP
     out = Path(out) if out is not None else Path(folder) / "eval"
@@ -149,8 +146,6 @@ def run_all(folder: str | Path = DEFAULT_DIR, out: str | Path | None = None, *, 
 def shipped_expectations(*, guard: bool = False) -> dict[str, Any]:
     """What ``python -m bench.probe train`` would train with today: the default config and the
     training set's data hash (no training, no images read; ``guard`` also runs the leak guard)."""
-    from .data import build_training_data
-
     cfg = TrainConfig()
     return {"config": cfg.to_dict(), "data_sha256": build_training_data(seed=cfg.seed, guard=guard).sha256()}
 
@@ -162,10 +157,6 @@ def verify_shipped(*, cache_dir: str | Path | None = C.DEFAULT_CACHE, log=_log, 
 
     Returns {"ok", "shipped", "retrained", "mismatches"}; ``ok`` is True when all three agree.
     """
-    import tempfile
-
-    from engine.encoders.probe import MANIFEST_FILE, SHIPPED_DIR
-
     shipped = json.loads((SHIPPED_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory(prefix="twentyq-probe-") as tmp:
         out = Path(work) if work is not None else Path(tmp) / "probe"
@@ -187,8 +178,6 @@ def verify_shipped(*, cache_dir: str | Path | None = C.DEFAULT_CACHE, log=_log, 
 def summary_section(res: dict[str, Any], rel: str) -> list[str]:
     """Markdown lines for bench.all's "attribute probe (trained here)" section; ``rel`` is the eval
     folder relative to the summary."""
-    from .evaluate import TABLE_HEAD, findings, table_rows
-
     t = res["train"]
     v = t["metrics"]["val"]
     L = ["\n## attribute probe (trained here)\n",
@@ -239,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cmd = C.command_line("bench.probe", argv)
-    from .data import require_data
 
     try:
         require_data()

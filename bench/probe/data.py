@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.authoring.pokeapi import pokeapi_system
 from systems import AttributeSystem
 
 from ..lib import harness as C
@@ -181,8 +183,6 @@ def build_training_data(*, seed: int = 0, val_fraction: float = VAL_FRACTION, sp
     guard : run the leak guard (it hashes every Gen-1 image, seconds); False only to
     recompute :meth:`TrainingData.sha256` of a set that was guarded when it was trained on.
     """
-    from engine.authoring.pokeapi import pokeapi_system
-
     require_data()
     rows = read_species()
     id_of = {r["name"]: int(r["species_id"]) for r in rows}
@@ -298,8 +298,6 @@ def image_features(backbone, paths: list[str], cache_dir: str | Path | None, *, 
     backbone : an :class:`engine.encoders.probe.ProbeBackbone`. Images already in
     ``cache_dir/images/`` are not re-encoded; new ones are saved every ``chunk`` images.
     """
-    import time
-
     import torch
 
     from engine.encoders.image_cache import ImageCache

@@ -23,17 +23,22 @@ image, and every mode scores the same cached similarities.
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.probe.data import TABLE_CSV
+from engine import StopRule
+from engine.authoring.pokeapi import pokeapi_system
 from engine.run.datasets import Dataset, Item, check_labels, load_dataset
+from policies import list_policies
 from systems import AttributeSystem, baseline_system, load_system
 
-from ..lib import harness as C
 from .. import policies, reproduce
+from ..lib import harness as C
 from .data import GEN1_MAX, JINA15_CSV, SPRITES_CSV, WEB150_CSV, csv_rows, image_features
 
 JINA_NOT_GEN1 = ("Absol", "Aggron", "Ampharos", "Azumarill", "Celebi")
@@ -46,8 +51,6 @@ BY = {"jina15-gen1": "source"}
 # --------------------------------------------------------------------------- data and systems
 def gen1_datasets() -> dict[str, Dataset]:
     """The three Gen-1 datasets, every row (labels not yet checked against any system)."""
-    import csv
-
     with open(SPRITES_CSV, newline="", encoding="utf-8") as f:
         sprites = [Item(str(SPRITES_CSV.parent / r["path"]), r["label"], {"style": r["style"], "source": "sprites"})
                    for r in csv.DictReader(f) if int(r["species_id"]) <= GEN1_MAX]
@@ -71,10 +74,6 @@ def pair_dataset(ds: Dataset, system: AttributeSystem, *, limit: int | None, see
 
 def gen1_system(name: str, labels: list[str]) -> AttributeSystem:
     """``pokemon15-gen1`` (pokemon15's 10 Gen-1 species) or ``pokeapi-gen1`` aligned to ``labels``."""
-    from engine.authoring.pokeapi import pokeapi_system
-
-    from .data import TABLE_CSV
-
     if name == "pokemon15-gen1":
         s = load_system("pokemon15")
         return s.subset([c for c in s.classes if c not in JINA_NOT_GEN1], name="pokemon15[gen1]")
@@ -92,8 +91,8 @@ def prepare(encoder: Any, system: AttributeSystem, kept: Dataset, feats: dict[st
     """
     import torch
 
-    from engine.run.encoder_source import EncoderSource
     from engine.encoders.text_cache import TextCache
+    from engine.run.encoder_source import EncoderSource
 
     f = torch.stack([feats[it.path] for it in kept.items])
     emb = encoder.embed_features(f)  # (B, D) unit rows
@@ -155,8 +154,6 @@ def run(encoder: Any, backbone: Any, out: Path, *, cache_dir: str | Path | None,
 
 
 def _registered() -> list[str]:
-    from policies import list_policies
-
     names = sorted(list_policies())
     if set(names) != set(policies.POLICY_NAMES):
         raise RuntimeError(f"bench.policies sweeps {sorted(policies.POLICY_NAMES)} but the registry holds {names}; "
@@ -193,8 +190,6 @@ def table(pairs: dict[str, Any], seed: int) -> list[dict[str, Any]]:
 
 def gap(preps: dict[str, C.Prepared], seed: int, n_boot: int = 2000) -> list[dict[str, Any]]:
     """Accuracy on Gen-1 sprites minus accuracy on web150, per system and mode, with a 95% bootstrap CI."""
-    from engine import StopRule
-
     out = []
     for sname in SYSTEM_NAMES:
         a, b = preps.get(f"sprites151/{sname}"), preps.get(f"web150/{sname}")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from engine.cli.calibrate_cmd import add_calibrate_parser
@@ -119,9 +121,6 @@ def _raise_interrupt(signum, frame):
 
 def _ignore_signals() -> None:
     """After an interrupt: a second Ctrl-C or SIGTERM must not tear what is being written."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -133,9 +132,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    import signal
-    import threading
-
     parser = build_parser()
     args = parser.parse_args(argv)
     set_verbosity(args.verbose, args.log_quiet)

@@ -8,11 +8,15 @@ is never read; ``eval --calibration`` leaves the dev images out of whatever it s
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from pathlib import Path
 
 from engine.cli.options import (
-    EXIT_OK, DEFAULT_SYSTEM, UsageError, add_data_flags, add_model_flags, data_spec, encoder_spec, load_classifier,
+    DEFAULT_SYSTEM, EXIT_OK, UsageError, add_data_flags, add_model_flags, data_spec, encoder_spec, load_classifier,
     load_system_arg, progress_bar, settings_errors, warn,
 )
+from engine.common.printable import printable
 
 EXAMPLES = """examples:
   twentyq calibrate --data dev.csv --system pokemon15 --model openai/clip-vit-base-patch32 --out cal.json
@@ -25,7 +29,6 @@ def calibrate_cmd(args) -> int:
     from engine.core.scoring import check_eps
     from engine.encoders.registry import model_label
     from engine.run.calibration_file import calibrate, save_calibration
-    from engine.common.printable import printable
 
     if not args.out.lower().endswith(".json"):
         raise UsageError(f"--out {args.out!r}: a calibration is one JSON file; name it *.json")
@@ -105,10 +108,6 @@ def check_out(out: str) -> None:
     exist and take a new file (probed with a temp file, so a read-only file system or a folder this user
     cannot write is caught, root included), and an existing file there must be a calibration (so the
     data, a system or any other file is never overwritten)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
     from engine.common.files import read_json_capped
 
     path = Path(out)

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import re
 import sys
+import time
 import warnings
 from typing import Any
+
+from engine.common.errors import UserInputError
+from engine.common.printable import printable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 LOCAL = "local"
@@ -28,8 +33,6 @@ class UsageError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: reported in one line, exit 2."""
-    from engine.common.errors import UserInputError
-
     errors: tuple[type[BaseException], ...] = (UsageError, UserInputError, OSError)
     if "engine.encoders.base" in sys.modules:  # only loaded (with torch) when a model was asked for
         base = sys.modules["engine.encoders.base"]
@@ -82,8 +85,6 @@ class PrintableFormatter(logging.Formatter):
     a name quoted in a diagnostic cannot drive the terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from engine.common.printable import printable
-
         return "\n".join(printable(line) for line in super().format(record).split("\n"))
 
 
@@ -262,8 +263,6 @@ def load_classifier(spec, system, calibration=None) -> Any:
     remote-code notice."""
     from transformers.utils import logging as hf_logging
 
-    import time
-
     from engine.encoders.registry import model_label
     from engine.run.classifier import Classifier
 
@@ -284,7 +283,6 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
     from engine.run.config import DEFAULT_EPS, MODES
     from engine.run.engines import ENGINES
     from policies import list_policies
-
     from systems.templates import list_template_sets
 
     g = p.add_argument_group("questions")
@@ -410,8 +408,8 @@ DEFAULT_SYSTEM = "pokemon15"
 
 def system_of(args) -> Any:
     """The system the flags name: --labels / --labels-file (a class-name system), else --system."""
-    from systems.build import labels_system
     from engine.common.files import read_text_capped
+    from systems.build import labels_system
 
     if args.labels is not None:
         return labels_system(args.labels.split(","), source="--labels")
@@ -588,16 +586,12 @@ def executor_for(args) -> Any:
 def short(text: str, n: int) -> str:
     """``text`` on one line, at most n characters (the start elided), control characters escaped
     (:func:`engine.common.printable.printable`)."""
-    from engine.common.printable import printable
-
     text = printable(text)
     return text if len(text) <= n else "…" + text[-(n - 1):]
 
 
 def print_result(r, as_json: bool) -> None:
     """One classify result on stdout: a JSON line, or a table row."""
-    import json
-
     if as_json:
         print(json.dumps(r.to_dict(), ensure_ascii=False), flush=True)
     elif r.error:
@@ -628,7 +622,6 @@ def print_report(rep, by: str | None, quiet: bool) -> None:
     """An eval summary on stdout: the headline, the model, then (unless quiet) the top confusions and
     the --by breakdown."""
     from engine.encoders.registry import model_label
-    from engine.common.printable import printable
 
     print(report_line(rep))
     print(f"  model: {model_label(rep.model)}")

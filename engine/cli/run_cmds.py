@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from engine.cli.options import (
-    EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, Interrupted, UsageError, interrupted_run, user_errors, add_data_flags, add_model_flags, add_out_flags, add_ray_flags,
-    add_run_flags, calibration_arg, calibration_lines, check_run_settings, check_out_flags, data_spec, encoder_spec, executor_for, load_classifier,
-    log, output_spec, system_inputs, system_of, print_report, print_result, progress_bar, remote_code_notice, run_config, settings_errors, target_line, warn,
+    EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, Interrupted, UsageError, add_data_flags, add_model_flags, add_out_flags,
+    add_ray_flags, add_run_flags, calibration_arg, calibration_lines, check_out_flags, check_run_settings, data_spec,
+    encoder_spec, executor_for, interrupted_run, load_classifier, log, output_spec, print_report, print_result,
+    progress_bar, remote_code_notice, run_config, settings_errors, system_inputs, system_of, target_line, user_errors,
+    warn,
 )
+from engine.reports.plots import plot_compare
+from engine.reports.tables import row_of
 
 EXAMPLES_CLASSIFY = """examples:
   twentyq classify a.png b.png --system pokemon15 --policy eig --tau 0.9 --budget 30
@@ -257,8 +262,6 @@ def read_sweep(path: str) -> list[tuple[str, str]]:
 
 def _slug(text: str) -> str:
     """``text`` as a file-name part: letters, digits, '.', '_' and '-' kept, runs of anything else one '-'."""
-    import re
-
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
 
 
@@ -386,9 +389,9 @@ def default_data():
 
 
 def compare_cmd(args) -> int:
+    from engine.common.files import atomic_write_json
     from engine.encoders.registry import model_label
     from engine.run.evaluation import evaluate_configs
-    from engine.common.files import atomic_write_json
 
     data = args.data or default_data()
     if data is None:
@@ -468,9 +471,6 @@ def _label(rep) -> str:
 def _plot(reports, curve, path, model, data, system) -> None:
     """compare --plot: the three modes as points, and the adaptive config's budget sweep as a line
     that ends at the adaptive run itself when it had no budget."""
-    from engine.reports.plots import plot_compare
-    from engine.reports.tables import row_of
-
     adaptive = reports[2]
     # with --target-accuracy each budget gets its own τ (chosen on the calibration's select paths replayed under that budget)
     stop = (f"τ for target {adaptive.target['target_accuracy']:g} at each budget" if adaptive.target

@@ -8,7 +8,10 @@ connections, lets every in-flight request finish, then the batcher stops; exit 0
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
+import signal
+import socket
 import sys
 
 from engine.cli.options import UsageError, add_model_flags, encoder_spec, remote_code_notice, settings_errors
@@ -76,8 +79,6 @@ def _is_loopback(host: str) -> bool:
 
 def _bind(host: str, port: int):
     """A socket bound to (host, port), not yet listening; ValueError naming the fix if it cannot be."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -92,13 +93,10 @@ def _bind(host: str, port: int):
 
 
 def serve_cmd(args) -> int:
-    import importlib.util
-
     missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise UsageError(f"twentyq serve needs the 'serve' extra ({', '.join(missing)} missing): "
                          "pip install 'twentyq[serve]'")
-    import signal
 
     import uvicorn
 

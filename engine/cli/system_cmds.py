@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import time
+from pathlib import Path
 
-from engine.cli.options import EXIT_OK, UsageError, log, settings_errors, warn
+from engine.cli.options import (
+    EXIT_OK, UsageError, add_model_flags, data_spec, encoder_spec, load_classifier, load_system_arg, log, progress_bar,
+    remote_code_notice, settings_errors, warn,
+)
 from engine.common.printable import printable
 
 
@@ -46,10 +51,8 @@ def _validate_cmd(args) -> int:
 def _descriptor_file(path: str):
     """The DescriptorFile at ``path`` when it is shaped as a descriptor file (a JSON object of lists,
     not a system), else None; a descriptor file with problems raises DescriptorError listing them all."""
-    from pathlib import Path
-
-    from systems.descriptors import looks_like_descriptors, read_descriptors
     from engine.common.files import read_json_capped
+    from systems.descriptors import looks_like_descriptors, read_descriptors
 
     if not Path(path).is_file():
         return None  # a shipped system's name, or missing: load_system says which
@@ -125,11 +128,9 @@ def _labels_of(path: str) -> list[str]:
 
 @_reads_user_files
 def _build_cmd(args) -> int:
-    from pathlib import Path
-
-    from systems import save_system
     from engine.authoring.pokeapi import align_classes, pokeapi_system
     from engine.authoring.table import BuildReport, from_table
+    from systems import save_system
     from systems.build import with_name_group
     from systems.io import read_json
 
@@ -238,8 +239,8 @@ def _prompt_cmd(args) -> int:
 def _llm_draft(args, prompt: str, classes: list[str]) -> int:
     """Send the prompt to the LLM, keep its reply (--out), and import it (--system-out to write it)."""
     from engine.authoring.draft import DraftRejected
-    from systems.io import atomic_write_text
     from engine.authoring.llm import api_key_from_env, complete, endpoint
+    from systems.io import atomic_write_text
 
     if not args.llm_url or not args.llm_model:
         raise UsageError("--llm needs --llm-url URL and --llm-model MODEL "
@@ -266,15 +267,11 @@ def _add_class_flags(p, extra: str = "") -> None:
 
 
 def _refine_cmd(args) -> int:
-    from pathlib import Path
-
-    from systems import save_system
     from engine.authoring.refine import RefineConfig
-
-    from engine.cli.options import data_spec, encoder_spec, load_classifier, load_system_arg, progress_bar
-    from engine.run.config import DEFAULT_EPS
     from engine.authoring.refine_images import embed_dataset, refine_embedded
     from engine.common.files import atomic_write_json, json_safe
+    from engine.run.config import DEFAULT_EPS
+    from systems import save_system
 
     if Path(args.out).resolve() == Path(args.system).resolve():
         raise UsageError(f"--out {args.out} would overwrite the system being refined; choose another file")
@@ -319,14 +316,9 @@ def _refine_cmd(args) -> int:
 
 @_reads_user_files
 def _from_descriptors_cmd(args) -> int:
-    import time
-    from pathlib import Path
-
+    from engine.encoders.text_shapes import encode_texts_by_length
     from systems import save_system
     from systems.descriptors import descriptor_system, load_descriptor_file
-
-    from engine.cli.options import encoder_spec, progress_bar, remote_code_notice
-    from engine.encoders.text_shapes import encode_texts_by_length
 
     descs = load_descriptor_file(args.descriptors, args.descriptor_style)  # checked before the model loads
     for notice in descs.notices:
@@ -363,8 +355,6 @@ def _from_descriptors_cmd(args) -> int:
 
 
 def _add_model_args(p) -> None:
-    from engine.cli.options import add_model_flags
-
     add_model_flags(p)
 
 

@@ -21,6 +21,7 @@ system format, the engine, the CLI and the benchmarks all use the same helpers:
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -179,8 +180,6 @@ def read_bytes_capped(path: str | os.PathLike, limit: int = TEXT_INPUT_LIMIT, *,
 
 def hash_file(path: str | os.PathLike, limit: int | None = IMAGE_FILE_LIMIT, *, what: str = "file") -> str:
     """sha256 hex of a regular file's bytes, read through :func:`open_guarded` (same errors), in 1 MiB blocks."""
-    import hashlib
-
     h = hashlib.sha256()
     n = 0
     with open_guarded(path, limit, what=what) as f:

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import entr, log_softmax, logsumexp
 
-from engine.core.scoring import Channel, bayes_loglik, check_logit_scales, group_log_probs
+from engine.core.scoring import Channel, bayes_loglik, check_logit_scales, full_bayes_log_posterior, group_log_probs
 
 REG_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried by cross-validation (per standardised feature)
 N_FOLDS = 3
@@ -661,8 +661,6 @@ def crossfit_per_class(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.ndar
                        prior_P: np.ndarray, eps: float, *, folds: np.ndarray, alpha: float = PER_CLASS_ALPHA) -> dict:
     """Cross-fitted full-system scores (:func:`heldout_scores`) of the Bayes posterior under the per-class channel
     (each fold's images scored by the channel fitted on the other folds). sims (B, Q); truth (B,); prior_P (C, Q)."""
-    from engine.core.scoring import full_bayes_log_posterior
-
     sizes = np.asarray(sizes, dtype=np.int64)
     lams = check_logit_scales(lam, len(sizes))
     soft = soft_answers(sims, sizes, lams)

@@ -34,8 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.special import log_softmax
 
 from engine.core.arrays import NUMPY, Arrays
+from engine.core.scoring import bayes_loglik, group_log_probs
 
 MAX_CLASSES = 16  # classes weighed per image in the expectation (the most probable; exact for C ≤ this)
 MAX_PER_CLASS = 16  # dev samples kept per class (a seeded subsample beyond)
@@ -342,15 +344,11 @@ class TemperedChannelPosterior:
         return np.full((int(n_images), self.n_classes), -np.log(self.n_classes))
 
     def group_loglik(self, g: int, sims: np.ndarray) -> np.ndarray:
-        from engine.core.scoring import bayes_loglik, group_log_probs
-
         o, k = int(self.offsets[g]), int(self.sizes[g])
         ll = bayes_loglik(group_log_probs(np.asarray(sims, dtype=np.float64), float(self.lams[g])), self.P[:, o:o + k])
         return self.beta[g] * np.maximum(ll, -1e6)  # a class ruled out: very unlikely, finite (as fit_tempering)
 
     def log_posterior(self, sims: np.ndarray, asked: np.ndarray | None = None) -> np.ndarray:
-        from scipy.special import log_softmax
-
         sims = np.asarray(sims, dtype=np.float64)
         G = len(self.sizes)
         asked = np.ones((sims.shape[0], G), dtype=bool) if asked is None else np.asarray(asked, dtype=bool)

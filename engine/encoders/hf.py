@@ -45,17 +45,20 @@ import hashlib
 import json
 import os
 import re
+import socket
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlparse
 
 import torch
 
+from engine.common.files import open_guarded, read_text_capped
 from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefused, check_batch_size
 from engine.encoders.device import resolve_device, resolve_dtype
-from engine.encoders.text_shapes import TextBuckets, length_buckets, row_buckets
 from engine.encoders.pixels import PixelPlan, plan_from_jina_config, plan_from_processor
-from engine.common.files import open_guarded, read_text_capped
+from engine.encoders.text_shapes import TextBuckets, length_buckets, row_buckets
 
 # model_type values in config.json -> backend
 CLIP_TYPES = ("clip",)
@@ -133,10 +136,6 @@ def hub_unreachable(timeout: float = REACH_TIMEOUT_S) -> str | None:
     Checked once a minute at most. Behind an HTTP(S) proxy the check is skipped
     (the proxy, not a direct connection, decides).
     """
-    import socket
-    import time
-    from urllib.parse import urlparse
-
     from huggingface_hub import constants
 
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):

@@ -42,12 +42,16 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from engine.encoders.pixels import PixelPlan, resize_crop_pil
+from engine.encoders.images import IMAGE_FORMATS, MAX_SIDE, ImageLoadError, image_label, load_image
+from engine.encoders.pixels import PixelPlan, resize_crop_pil, resize_crop_tensor
+from engine.encoders.worker_pool import can_start_workers
 
 #: below this many images a batch is decoded in this process (a pool costs a process start)
 MIN_POOL_BATCH = 8
@@ -80,15 +84,11 @@ def check_workers(workers: Any) -> int:
 
 # --------------------------------------------------------------------------- what a worker does
 def _label(source: Any, name: str | None) -> str:
-    from engine.encoders.images import image_label
-
     return name if name is not None else image_label(source)
 
 
 def decode_one(source: Any, name: str | None, plan: PixelPlan) -> np.ndarray | str:
     """One image to (h, w, 3) uint8 by ``plan``, or its one-line error. Never raises for a bad image."""
-    from engine.encoders.images import ImageLoadError, load_image
-
     try:
         img = load_image(source, name=name)
         return resize_crop_pil(img, plan)
@@ -112,10 +112,6 @@ def gpu_candidate(source: Any) -> bytes | None:
     or an 8-bit PNG in RGB or L without transparency; no EXIF rotation; not animated; within
     MAX_SIDE on its long side (larger images are downscaled by the workers' rules) and not empty.
     """
-    from PIL import Image
-
-    from engine.encoders.images import IMAGE_FORMATS, MAX_SIDE
-
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
@@ -243,8 +239,6 @@ class ImageLoader:
                  max_pending: int = 2):
         import torch
 
-        from engine.encoders.worker_pool import can_start_workers
-
         self.plan, self.workers = plan, check_workers(workers)
         if self.workers and not can_start_workers():
             self.workers = 0  # nowhere to start a worker interpreter: decode here, quietly
@@ -311,8 +305,6 @@ class ImageLoader:
 
     def _start_tasks(self, images: list, names: list, only: list[int] | None = None) -> list:
         """Worker tasks for the images worth sending (paths and bytes; PIL images stay here)."""
-        from PIL import Image
-
         idx = [i for i in (range(len(images)) if only is None else only) if not isinstance(images[i], Image.Image)]
         size = max(1, min(TASK_SIZE, -(-len(idx) // max(1, self.workers))))
         pool = self._executor()
@@ -332,8 +324,6 @@ class ImageLoader:
         from now on. Otherwise the pool is restarted and the task's images are retried
         one per task; an image that kills a worker again is that image's error.
         """
-        from concurrent.futures.process import BrokenProcessPool
-
         out: dict[int, np.ndarray | str] = {}
         retry: list[int] = []
         why = ""
@@ -446,6 +436,4 @@ class ImageLoader:
 
 def resize_crop_tensor_on(t: Any, plan: PixelPlan) -> Any:
     """:func:`engine.encoders.pixels.resize_crop_tensor`, named here so tests can see the GPU path's step."""
-    from engine.encoders.pixels import resize_crop_tensor
-
     return resize_crop_tensor(t, plan)

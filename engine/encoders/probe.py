@@ -35,8 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.encoders.base import BaseEncoder, EncoderLoadError, check_batch_size
+from engine.common.files import atomic_write_json
+from engine.encoders.base import BaseEncoder, EncoderLoadError, check_batch_size, l2_normalise
 from engine.encoders.device import resolve_device, resolve_dtype
+from engine.encoders.offline import DEFAULT_VARIANT, load_offline
+from engine.encoders.text_cache import atomic_save_safetensors, read_safetensors
 
 PROBE_LABEL = "attribute probe trained here on Gen 2–3 sprites; not CLIP"
 # the probe that ships with the package: `python -m bench.probe train` output, bit-identical tensors
@@ -68,8 +71,6 @@ class ProbeBackbone(BaseEncoder):
     logit_scale = 1.0
 
     def __init__(self, *, device="cpu", dtype=None, batch_size: int | None = None, text_batch_size: int = 128):
-        from engine.encoders.offline import DEFAULT_VARIANT, load_offline
-
         self.conse = load_offline(DEFAULT_VARIANT, device=device, dtype=dtype, batch_size=batch_size,
                                   text_batch_size=text_batch_size, name="probe-backbone")
         self.device, self.dtype = self.conse.device, self.conse.dtype
@@ -147,9 +148,6 @@ class ProbeHeads(nn.Module):
 
 def save_probe(folder: str | Path, heads: ProbeHeads, manifest: dict[str, Any]) -> Path:
     """Write ``probe.safetensors`` and ``manifest.json`` into ``folder`` (atomically each)."""
-    from engine.common.files import atomic_write_json
-    from engine.encoders.text_cache import atomic_save_safetensors
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().float().contiguous() for k, v in heads.state_dict().items()}
@@ -167,8 +165,6 @@ def load_heads(folder: str | Path) -> tuple[ProbeHeads, dict[str, Any]]:
     Raises EncoderLoadError (one line, naming the train command) when the folder
     or its files are missing or damaged.
     """
-    from engine.encoders.text_cache import read_safetensors
-
     folder = Path(folder)
     fix = f"train it with `{train_command(folder)}`"
     if not (folder / WEIGHTS_FILE).is_file() or not (folder / MANIFEST_FILE).is_file():
@@ -243,14 +239,10 @@ class ProbeEncoder(BaseEncoder):
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """(n, 1280) backbone features -> (n, D) float32 unit rows (the image side without the backbone)."""
-        from engine.encoders.base import l2_normalise
-
         with torch.inference_mode():
             return l2_normalise(self.heads.image(features.to(self.device)))
 
     def _embed_images(self, images: list) -> torch.Tensor:
-        from engine.encoders.base import l2_normalise
-
         return self.heads.image(l2_normalise(self.backbone._embed_images(images)))
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:

@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from engine.common.plugins import ENCODER_GROUP, load_plugins
 from engine.encoders.base import BaseEncoder, EncoderLoadError, RemoteCodeRefused
-from engine.encoders.hf import (JINA_REASON, JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip,
-                                read_config)
+from engine.encoders.hf import (
+    JINA_REASON, JINA_TYPES, check_remote_code, is_local, load_clip_family, load_jina_clip, read_config,
+)
 from engine.encoders.offline import DEFAULT_TOP_K, DEFAULT_VARIANT, load_offline
 from engine.encoders.probe import PROBE_LABEL, SHIPPED_DIR, load_probe
 
@@ -123,8 +125,6 @@ def load_plugin_backends() -> None:
     ``--model NAME:ARG`` (the loader gets the whole string). The loader may carry ``note``
     (shown by ``twentyq models``) and ``offline`` (True when it needs no network).
     """
-    from engine.common.plugins import ENCODER_GROUP, load_plugins
-
     for name, loader in load_plugins(ENCODER_GROUP, _check_plugin).items():
         if name not in BACKENDS:
             BACKENDS[name] = loader

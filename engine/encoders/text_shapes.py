@@ -27,9 +27,11 @@ Settings (``EncoderSpec``): ``text_buckets``, ``warm_up`` ("auto": on CUDA only)
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 #: token lengths prompts are padded to (capped, and completed, by the model's maximum)
@@ -166,8 +168,6 @@ def prepare_text(encoder, *, buckets: str | bool = "auto", warm_up: str | bool =
     the machinery (a plug-in, the probe, jina-clip for buckets) is left as it is. Returns what was
     done: {"buckets": bool, "compiled": bool, "warm_up_passes": int, "warm_up_s": float}.
     """
-    import time
-
     dev = getattr(getattr(encoder, "device", None), "type", "cpu")
     done: dict[str, object] = {"buckets": False, "compiled": False, "warm_up_passes": 0, "warm_up_s": 0.0}
     if hasattr(encoder, "set_text_buckets"):
@@ -194,8 +194,6 @@ def encode_texts_by_length(encoder, texts: Sequence[str], chunk: int = BY_LENGTH
     ``progress(k)`` is called after each chunk. Padding does not change an embedding (module
     docstring), so neither does the order.
     """
-    import numpy as np
-
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), int(encoder.embed_dim)), np.float32)
     for i in range(0, len(order), chunk):

@@ -36,6 +36,7 @@ import importlib
 import json
 import os
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -162,8 +163,6 @@ def can_start_workers() -> bool:
 def serve() -> None:
     """A worker's loop: ``[function ref, args]`` in on stdin, ``{"ok": result}`` or ``{"error": [type,
     message]}`` out, until stdin closes."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print (Python or C) must not corrupt the result stream

@@ -16,12 +16,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from engine.common.files import atomic_write_text, read_json_capped
+from engine.encoders.images import ImageLoadError, load_image
 from engine.encoders.registry import model_label
-from engine.common.files import atomic_write_text
+from engine.run.store import read_run as read_records, summary_path
 
 MARKERS = ("circle", "square", "triangle", "diamond", "cross", "star")
 STOP_WORDS = {"confident": "confident (reached τ)", "no_gain": "no gain (every EIG < δ)",
@@ -36,14 +39,10 @@ def esc(x: Any) -> str:
 def read_run(run: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(summary, records) of one finished eval run, its table or run folder
     (:func:`engine.run.store.read_run`); a ValueError naming the fix when it has no summary."""
-    from engine.run.store import read_run as read_records
-    from engine.run.store import summary_path
-
     summary_file = summary_path(run)
     if not summary_file.is_file():
         raise ValueError(f"{str(run)!r} is not a finished eval run (no {summary_file}); make one with "
                          "'twentyq eval --data D.csv --out RUN.jsonl'")
-    from engine.common.files import read_json_capped
 
     return read_json_capped(summary_file, what="run summary", shape="a summary written by 'twentyq eval'"), \
         read_records(run)
@@ -62,7 +61,6 @@ def _thumb(path: str | None, roots: Sequence[Path]) -> str | None:
     """
     if not path:
         return None
-    from engine.encoders.images import ImageLoadError, load_image
 
     p = Path(path)
     cands = [p] if p.is_absolute() else [p] + [r / p for r in roots]
@@ -94,7 +92,6 @@ def _marker(kind: str, x: float, y: float, r: float = 6) -> str:
         return (f'<path d="M{x - r:.1f},{y - r:.1f}L{x + r:.1f},{y + r:.1f}M{x - r:.1f},{y + r:.1f}'
                 f'L{x + r:.1f},{y - r:.1f}" stroke-width="3" />')
     pts = []
-    import math
     for i in range(10):
         rr = r if i % 2 == 0 else r / 2.2
         a = -math.pi / 2 + i * math.pi / 5

@@ -5,6 +5,7 @@ matplotlib is the optional extra ``twentyq[report]``, imported only when a plot 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,6 @@ def plot_compare(points: list[dict[str, Any]], curve: list[dict[str, Any]], path
         ax.errorbar([r["mean_q"]], [r["accuracy"]], yerr=err, fmt=m, color=c, capsize=3, label=r["run"])
     ax.set_xlabel("mean Q (prompts per image)")
     ax.set_ylabel("accuracy (95% CI)")
-    import textwrap
 
     ax.set_title("\n".join(textwrap.fill(t, 90) for t in title.splitlines()), fontsize=8)
     ax.set_ylim(bottom=0)

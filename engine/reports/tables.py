@@ -11,6 +11,8 @@ a notice. What the user can fix is a :class:`UserInputError` naming the path.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.common.errors import UserInputError
+from engine.common.printable import printable
 
 log = logging.getLogger("twentyq")
 
@@ -196,7 +199,6 @@ def cell(v: Any) -> str:
         return "-"
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
-    from engine.common.printable import printable
 
     return printable(v).replace("|", "\\|")  # a name from a summary cannot drive the terminal or split a row
 
@@ -208,9 +210,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: str) -> None:
-    import csv
-    import io
-
     from engine.common.files import atomic_write_text
 
     buf = io.StringIO()

@@ -86,17 +86,36 @@ they can be:
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.core.channel_fit import AnswerChannels, TauChoice, choose_tau, split_by_image
-from policies.builtin import AUTO_CANDIDATES
 from engine.common.errors import UserInputError
+from engine.common.files import hash_file, json_safe
+from engine.core import answer_models as AM
+from engine.core.adaptive import NAME_GROUP
+from engine.core.answer_models import FewShotModel
+from engine.core.channel_fit import (
+    AnswerChannels, TauChoice, choose_tau, dev_greedy_order, expected_calibration_error, fit_answer_channels,
+    full_log_posterior, pick_policy, split_by_image, true_class_nll,
+)
+from engine.core.metrics import budget_aucs, budget_grid
+from engine.core.predictive import PredictivePosterior
+from engine.core.scoring import check_confusion, check_eps, check_logit_scales
+from engine.core.sources import ArraySource
+from engine.run.config import DEFAULT_EPS
+from engine.run.provenance import groups_hash, package_version, system_hash
+from engine.run.store import fingerprint
+from policies import POLICIES, get_policy, list_policies
+from policies.builtin import AUTO_CANDIDATES
 from systems.format import AttributeSystem
 
 SCHEMA = "twentyq-calibration-v2"  # v2 adds "setting", "few_shot" and "decision" (issue 26)
@@ -266,8 +285,6 @@ class Calibration:
         """Refuse (CalibrationMismatch, one line naming both and the fix) a system or model it was not fitted for.
         A system with other classes but the same questions passes when the calibration can move there
         (:meth:`check_transfer`)."""
-        from engine.run.provenance import system_hash
-
         got = system_hash(system)
         fix = (f"run 'twentyq calibrate --data DEV.csv --system {system.name} --model MODEL --out cal.json' "
                "for this model and system")
@@ -287,8 +304,6 @@ class Calibration:
         """Refuse (CalibrationMismatch) using this calibration on ``system`` (system hash ``got``, not the one it
         was fitted for) unless it can move there: the same questions (groups hash) and nothing class-specific
         in use (no few-shot model). Only λ_g, the option confusions and the reliabilities then apply."""
-        from engine.run.provenance import groups_hash
-
         was = (f"calibration {self.where()} was fitted for system {self.system_name!r} (sha256 "
                f"{self.system_sha256[:12]}), not system {system.name!r} (sha256 {got[:12]})")
         if self.groups_sha256 is not None and groups_hash(system) != self.groups_sha256:
@@ -306,16 +321,12 @@ class Calibration:
 
     def transferred(self, system: AttributeSystem) -> bool:
         """Whether ``system`` is not the one it was fitted for (it has other classes; :meth:`check` passed)."""
-        from engine.run.provenance import system_hash
-
         return system_hash(system) != self.system_sha256
 
     def for_system(self, system: AttributeSystem) -> "Calibration":
         """This calibration as it applies to ``system`` (checked first): itself for the system it was fitted for;
         for another one with the same questions (zero-shot transfer) a copy without the parts fitted on the
         source classes (τ tables, select part and fold models, dev order, auto choice), whose use is then refused by name."""
-        from engine.run.provenance import system_hash
-
         self.check(system)
         if not self.transferred(system) or self.moved_to.get("sha256") == system_hash(system):
             return self
@@ -393,7 +404,6 @@ class Calibration:
         post = fm.answer_model()
         if post is None or self.predictive is None:
             return post
-        from engine.core.predictive import PredictivePosterior
 
         return PredictivePosterior(post, self.predictive.without_fold(f))
 
@@ -420,8 +430,6 @@ class Calibration:
     def policy_object(self, name: str, order: tuple[int, ...] | None = None) -> Any:
         """The policy object ``name`` runs as with this calibration (dev-order with its order — or ``order``, a
         fold's —, auto as its choice, random with seed 0, as traced)."""
-        from policies import get_policy
-
         if name == "auto":
             name = self.auto_choice()
         if name == "dev-order":
@@ -447,8 +455,6 @@ class Calibration:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        from engine.run.provenance import package_version
-
         ch = self.channels
         groups = _groups_dict(ch, self.groups, self.sizes)
         return {"format": SCHEMA, "twentyq": package_version(), "setting": self.setting,
@@ -512,8 +518,6 @@ def _groups_dict(ch: AnswerChannels, names: Sequence[str], sizes: Sequence[int])
 
 def _channels_from(gs: list[dict[str, Any]], eps: Any) -> AnswerChannels:
     """The inverse of :func:`_groups_dict` (ValueError/KeyError/TypeError on a damaged entry)."""
-    from engine.core.scoring import check_confusion, check_eps, check_logit_scales
-
     confs = []
     for g in gs:
         m = None if g["confusion"] is None else np.asarray(g["confusion"], dtype=np.float64)
@@ -545,8 +549,6 @@ def crossfit_dict(cal: Calibration) -> dict[str, Any]:
 def crossfit_from_dict(d: dict[str, Any], groups: tuple[str, ...], sizes: tuple[int, ...]) -> tuple:
     """The inverse of :func:`crossfit_dict` (ValueError/KeyError/TypeError on a damaged entry): the fold models,
     checked against the select part's fold indices."""
-    from engine.core.answer_models import FewShotModel
-
     raw = d.get("crossfit")
     if raw is None:
         return ()
@@ -578,8 +580,6 @@ class _Bad(Exception):
     """One wrong field: its dotted path and what it must be."""
 
     def __init__(self, path: str, value: Any, must: str):
-        import reprlib
-
         r = reprlib.Repr()
         r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = 40, 40, 4, 4, 2
         super().__init__(f"field {path} is {r.repr(value)}; it must be {must}")
@@ -591,8 +591,6 @@ def _is_num(x: Any) -> bool:
 
 def _num(x: Any, path: str, must: str, ok: Callable[[float], bool]) -> float:
     """``x`` as a float when it is a finite JSON number that passes ``ok``; else _Bad naming ``path``."""
-    import math
-
     if not _is_num(x) or not math.isfinite(x) or not ok(float(x)):
         raise _Bad(path, x, must)
     return float(x)
@@ -623,8 +621,6 @@ def _check_calibration_fields(d: dict[str, Any], where: str, fix: str) -> None:
 
 
 def _check_fields(d: dict[str, Any]) -> None:
-    import math
-
     m = _of(d.get("model"), dict, "model", "an object {model, model_id, revision}")
     _of(m.get("model"), str, "model.model", "a string")
     _of(m.get("model_id"), str, "model.model_id", "a string")
@@ -699,10 +695,6 @@ def _check_fields(d: dict[str, Any]) -> None:
 
 
 def content_sha256(d: dict[str, Any]) -> str:
-    import json
-
-    from engine.common.files import json_safe
-
     return hashlib.sha256(json.dumps(json_safe(d), sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
@@ -711,8 +703,6 @@ def save_calibration(cal: Calibration, path: str | Path) -> Calibration:
     larger than one may be when read (:data:`engine.common.files.TEXT_INPUT_LIMIT`: the select part's similarities
     grow with select images × prompts) is refused before anything is written, so an existing file at
     ``path`` is kept and no unreadable one is left."""
-    import json
-
     from engine.common.files import TEXT_INPUT_LIMIT, atomic_write_text, json_safe
 
     data = (json.dumps(json_safe(cal.to_dict()), ensure_ascii=False, indent=2, allow_nan=False) + "\n").encode()
@@ -732,8 +722,6 @@ SHIPPED_PACKAGE, SHIPPED_FOLDER, SHIPPED_SUFFIX = "engine.encoders", ("data", "p
 
 
 def _shipped_folder():
-    from importlib.resources import files
-
     return files(SHIPPED_PACKAGE).joinpath(*SHIPPED_FOLDER)
 
 
@@ -747,8 +735,6 @@ def load_calibration(path: str | Path) -> Calibration:
     """A calibration: a file (capped read), or, when ``path`` is not an existing path, the name of a shipped
     one (:func:`shipped_calibrations`; 'NAME' or 'NAME.cal.json'). A CalibrationError (exit 2) when it is
     neither, naming the shipped ones, or when the file is not a calibration."""
-    from importlib.resources import as_file
-
     if isinstance(path, Path) or os.path.lexists(path) or str(path) == "-":
         return _load_calibration_file(path)
     name = str(path)
@@ -895,7 +881,6 @@ def image_sha256(item: Any) -> str | None:
     if data is not None:
         return hashlib.sha256(bytes(data)).hexdigest()
     path = getattr(item, "path", item)
-    from engine.common.files import hash_file
 
     try:  # the guarded reader: a FIFO or a symlink to /dev/zero in a data row is refused, never waited on
         return hash_file(path, what="image")
@@ -921,16 +906,12 @@ def exclude_dev(items: Sequence[Any], cal: Calibration | None) -> tuple[list[Any
 
 def is_builtin_policy(name: str) -> bool:
     """A policy of the ``policies`` package itself (not a plug-in)."""
-    from policies import POLICIES, list_policies
-
     list_policies()
     cls = POLICIES.get(name)
     return cls is not None and (cls.__module__ == "policies" or cls.__module__.startswith("policies."))
 
 
 def builtin_policies() -> list[str]:
-    from policies import list_policies
-
     return [p for p in list_policies() if is_builtin_policy(p)]
 
 
@@ -941,7 +922,6 @@ def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, po
     With a few-shot ``answer_model`` column 0 is its prior (the loop starts there), else the uniform prior.
     ``stop`` : a StopRule with τ = 1 (e.g. a budget; default none)."""
     from engine.core.adaptive import NO_STOP, classify_batch
-    from engine.core.sources import ArraySource
 
     stop = NO_STOP if stop is None else stop
     if stop.tau != 1.0 or stop.delta != 0:
@@ -967,8 +947,6 @@ def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, po
 
 
 def _full_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None) -> dict[str, float]:
-    from engine.core.channel_fit import expected_calibration_error, full_log_posterior, true_class_nll
-
     if answer_model is not None:
         lp = answer_model.log_posterior(sims)
     else:
@@ -981,7 +959,6 @@ def _full_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None
 
 def _adaptive_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None) -> dict[str, float]:
     from engine.core.adaptive import StopRule, classify_batch
-    from engine.core.sources import ArraySource
 
     res = classify_batch(ArraySource(sims, system), system, METRIC_POLICY, stop=StopRule(tau=METRIC_TAU),
                          logit_scale=lam, eps=eps, channel=channel, top_k=1, answer_model=answer_model)
@@ -1024,10 +1001,6 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
     :class:`FoldModel` per fold: the same choices fitted on the other folds, without dev order; () when the dev
     images make fewer than 2 folds)).
     """
-    from engine.core import answer_models as AM
-    from engine.core.adaptive import NAME_GROUP
-    from engine.core.channel_fit import fit_answer_channels
-
     if setting not in SETTINGS:
         raise ValueError(f"setting == {setting!r}, must be one of {list(SETTINGS)}")
     r, sizes, C = system.rule_matrix, system.option_counts, system.n_classes
@@ -1115,8 +1088,6 @@ def _fold_few(few: Any, posterior: Any, sims: np.ndarray, truth: np.ndarray, ch:
     """The few-shot model ``few`` refitted on one fold's training images (sims (b, Q), truth (b,)): its
     posterior ``posterior`` (fitted there by the cross-validation), the per-class channel on these images over
     the fold's rule channel ``ch``, and ``few``'s β (fitted on cross-fitted prefixes already)."""
-    from engine.core import answer_models as AM
-
     rule_P = ch.channel(rule_matrix, sizes).P
     P = AM.per_class_channel(AM.soft_answers(sims, sizes, ch.lams), truth, rule_P, few.alpha)
     return AM.FewShotModel(posterior=posterior, P=P, beta=few.beta, alpha=few.alpha,
@@ -1140,9 +1111,6 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
     says so.
     auto : choose the auto policy (budget sweeps of its candidates on the cross-fitted paths).
     """
-    from engine.core.channel_fit import dev_greedy_order
-    from engine.run.provenance import system_hash
-
     sims = np.asarray(sims, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.int64)
     ch, few, decision, (folds, fold_models) = fit_answer_model(sims, truth, system, lam0=lam0, eps=eps,
@@ -1202,8 +1170,6 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
 def transfer_fields(system: AttributeSystem, fit_truth: np.ndarray, dev: dict[str, Any]) -> dict[str, Any]:
     """What a calibration records for zero-shot transfer: the hash of the questions and its source (the system,
     the classes the answer channels were fitted on, the dev data and its name, the domain)."""
-    from engine.run.provenance import groups_hash
-
     classes = [system.classes[c] for c in np.unique(np.asarray(fit_truth, dtype=np.int64))]
     return {"groups_sha256": groups_hash(system),
             "source": {"system": system.name, "classes": classes, "data": dev.get("data"), "domain": dev.get("name")}}
@@ -1217,7 +1183,6 @@ def budget_sweep(cal: Calibration, system: AttributeSystem, policy: str, budgets
     Returns correct (B, nb) float and q (B, nb) float: image i right / prompts spent at budget b.
     """
     from engine.core.adaptive import StopRule, classify_batch
-    from engine.core.sources import ArraySource
 
     sel = cal.select
     correct, q = np.zeros((len(sel.truth), len(budgets))), np.zeros((len(sel.truth), len(budgets)))
@@ -1236,9 +1201,6 @@ def choose_auto(cal: Calibration, system: AttributeSystem, *, n_budgets: int = A
                 n_boot: int = AUTO_BOOT, seed: int = 0) -> dict[str, Any]:
     """The auto policy on the select part: every candidate's normalised budget AUC with a paired bootstrap CI
     (:func:`engine.core.metrics.budget_aucs`), and the choice (:func:`engine.core.channel_fit.pick_policy`)."""
-    from engine.core.channel_fit import pick_policy
-    from engine.core.metrics import budget_aucs, budget_grid
-
     budgets = budget_grid(int(system.q_total), n_budgets)
     curves = {p: budget_sweep(cal, system, p, budgets) for p in AUTO_CANDIDATES}
     aucs = budget_aucs(curves, float(system.q_total), n_boot=n_boot, seed=seed)
@@ -1262,9 +1224,7 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     of each class to dev); only the dev images are embedded (once each), and their similarities to every
     prompt computed once. Dev images that fail to load are left out (counted in ``dev['bad_images']``).
     """
-    from engine.run.config import DEFAULT_EPS
     from engine.run.encoder_source import EncoderSource
-    from engine.run.store import fingerprint
 
     if fit_fraction is not None:
         import warnings

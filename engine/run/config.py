@@ -25,6 +25,7 @@ import numpy as np
 from engine.core.adaptive import SCORERS, StopRule
 from engine.core.scoring import check_eps, check_logit_scale
 from engine.run.engines import check_engine
+from policies import POLICIES, get_policy, list_policies
 
 MODES = ("adaptive", "full", "baseline", "descriptors")
 DEFAULT_EPS = 0.05
@@ -195,8 +196,6 @@ class RunConfig:
     engine: str = "auto"
 
     def __post_init__(self):
-        from policies import list_policies
-
         if self.mode not in MODES:
             raise ValueError(f"mode == {self.mode!r}, must be one of {list(MODES)}")
         if self.policy not in list_policies():
@@ -257,8 +256,6 @@ class RunConfig:
 
     def make_policy(self):
         """The policy object, with ``seed`` passed to policies that take one."""
-        from policies import POLICIES, get_policy
-
         takes_seed = "seed" in inspect.signature(POLICIES[self.policy]).parameters
         return get_policy(self.policy, **({"seed": self.seed} if takes_seed else {}))
 

@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.core.metrics import CI_METHOD, accuracy_ci, exact_ci, per_class, top_confusions  # noqa: F401 (exact_ci: re-exported)
+from engine.common.files import atomic_write_json
+from engine.core.metrics import (  # noqa: F401 (exact_ci: re-exported)
+    CI_METHOD, accuracy_ci, exact_ci, per_class, top_confusions,
+)
 from engine.core.results import STOP_REASONS, Result
+from engine.run.calibration_file import choice_dict, exclude_dev, policy_label, target_choice
+from engine.run.classifier import assemble, config_from
 from engine.run.config import RunConfig
 from engine.run.datasets import Dataset, DataSpec, Item
-from engine.run.pipeline import Executor, Job, OutputSpec, open_store, run
+from engine.run.pipeline import Executor, Job, LocalExecutor, OutputSpec, open_store, run
 from engine.run.store import SUMMARY, fingerprint
-from engine.common.files import atomic_write_json
 
 
 @dataclass
@@ -116,8 +120,6 @@ def summarise(results: Sequence[Result], items: Sequence[Item], job: Job, data: 
     excluded : the calibration's dev images left out of ``items`` (:func:`exclude_dev`).
     Its ``settings`` hold everything that reproduces it (the job's settings, the data spec).
     """
-    from engine.run.calibration_file import choice_dict, policy_label, target_choice
-
     from engine.encoders.registry import model_label
 
     config, by = job.config, data.by
@@ -193,8 +195,6 @@ def evaluate(job: Job, data: DataSpec, *, executor: Executor, output: OutputSpec
     ``text_encodes``, ``text_hits`` and seconds to those of the summary it found, so a resume that had
     nothing left to do keeps the earlier counts.
     """
-    from engine.run.calibration_file import exclude_dev
-
     ds = dataset if dataset is not None else data.load(job.system.classes)
     items, excluded = exclude_dev(ds.items, job.calibration)  # nothing is scored on the calibration's dev images
     if excluded and announce:
@@ -244,8 +244,6 @@ def evaluate_configs(classifier: Any, data: DataSpec, configs: Sequence[RunConfi
     it needed, not what another mode happened to embed first.
     """
     from engine.encoders.text_cache import TextCache
-    from engine.run.calibration_file import exclude_dev
-    from engine.run.classifier import assemble
 
     cal = getattr(classifier, "calibration", None)
     ds = dataset if dataset is not None else data.load(classifier.system.classes)
@@ -288,9 +286,6 @@ def evaluate_classifier(classifier: Any, data: Any, config: RunConfig | None = N
         sets both), when not given as ``config`` / a DataSpec.
     output : a result table (``NAME.jsonl``, ``NAME.parquet`` or ``NAME.csv``), or an :class:`OutputSpec`.
     """
-    from engine.run.classifier import config_from
-    from engine.run.pipeline import LocalExecutor
-
     data_fields = set(DataSpec.__dataclass_fields__) - {"source"}
     data_kw = {k: settings.pop(k) for k in list(settings) if k in data_fields and k != "seed"}
     if "seed" in settings:

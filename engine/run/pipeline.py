@@ -31,7 +31,8 @@ from engine.run.classifier import Classifier
 from engine.run.config import EncoderSpec, RunConfig
 from engine.run.datasets import Item
 from engine.run.prompts import spec_for_run
-from engine.run.store import ResultStore, results_from_arrow
+from engine.run.provenance import package_version, system_hash
+from engine.run.store import ResultStore, fingerprint, results_from_arrow
 from systems.format import AttributeSystem
 
 Progress = Callable[[int], None]
@@ -55,8 +56,6 @@ class Job:
         """What the results depend on (for fingerprints and summaries): model identity, the
         system's name and content hash, every run setting, the calibration's content hash (when
         there is one; not its path), the package version."""
-        from engine.run.provenance import package_version, system_hash
-
         d = {"encoder": self.encoder.identity(),
              "system": {"name": self.system.name, "sha256": system_hash(self.system)},
              "config": self.config.to_dict(), "twentyq": package_version()}
@@ -97,8 +96,6 @@ def open_store(output: OutputSpec, settings: dict[str, Any], items: Sequence[Ite
     inputs : the files the run reads (the folder may be none of them). ``announce`` is told how
     much of a resumed run is already done.
     """
-    from engine.run.store import fingerprint
-
     store = ResultStore.open(output.path, n_rows=len(items), shard_size=output.shard_size or DEFAULT_SHARD_SIZE,
                              settings=settings, resume=output.resume, inputs=inputs,
                              fingerprint=fingerprint(settings, [it.path for it in items], [it.label for it in items]))

@@ -15,6 +15,8 @@ from typing import Any
 
 from engine.run.config import EncoderSpec, RunConfig
 from systems import AttributeSystem
+from systems.build import BASELINE_GROUP
+from systems.descriptors import POOLING, DescriptorError, descriptor_prompts
 
 
 def embed_eagerly(text_cache: Any, encoder: Any, system: AttributeSystem, mode: str = "auto") -> tuple[str, int]:
@@ -48,8 +50,6 @@ def spec_for_run(spec: EncoderSpec, config: RunConfig) -> EncoderSpec:
 
 def eager_prompt_list(system: AttributeSystem) -> list[str]:
     """Every distinct prompt of the system's groups, in group order, but the class-name group's."""
-    from systems.build import BASELINE_GROUP
-
     return list(dict.fromkeys(p for g in system.groups if g.name != BASELINE_GROUP for p in g.prompts()))
 
 
@@ -78,7 +78,6 @@ def descriptor_pool(system: AttributeSystem, descriptors: Any, style: str = "dcl
     WaffleCLIP: mean similarity; CuPL: mean embedding). A DescriptorError names every class of the
     system the descriptors leave out."""
     from engine.run.encoder_source import PooledGroup
-    from systems.descriptors import POOLING, DescriptorError, descriptor_prompts
 
     descs = dict(descriptors)
     missing = [c for c in system.classes if c not in descs]

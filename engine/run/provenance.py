@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 
 from systems.format import AttributeSystem
 
@@ -12,8 +13,6 @@ from systems.format import AttributeSystem
 @lru_cache(maxsize=1)
 def package_version() -> str:
     """twentyq's installed version ("unknown" when run from a checkout that is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("twentyq")
     except PackageNotFoundError:

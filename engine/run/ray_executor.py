@@ -23,9 +23,11 @@ broadcasts it instead, which pays off only for CPU actors with large systems.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,10 +36,12 @@ from typing import Any
 
 import torch
 
+from engine.common.errors import UserInputError
 from engine.encoders.text_cache import TextCache
 from engine.run.pipeline import DEFAULT_CHUNK, Job, Progress, Shard
+from engine.run.prompts import pooled_groups
 from engine.run.store import results_to_arrow
-from engine.common.errors import UserInputError
+from systems import baseline_system, load_system
 
 RAY_MISSING = "Ray is not installed: pip install 'twentyq[ray]' (it brings ray[data] and pyarrow)"
 SHARD, INDEX = "_shard", "_index"
@@ -139,8 +143,6 @@ def ray_session(address: str | None = None):
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """RayStartError unless something accepts a TCP connection at HOST:PORT (Ray itself retries for minutes)."""
-    import socket
-
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
@@ -161,9 +163,6 @@ def is_ray_error(e: BaseException) -> bool:
 def system_prompt_groups(system: Any, mode: str, config: Any = None) -> list[list[str]]:
     """The prompt list of every group the mode can ask, as the engine asks them (one list per group);
     with ``config``, a template ensemble's or the descriptors' pooled prompts in place of their group's."""
-    from engine.run.prompts import pooled_groups
-    from systems import baseline_system, load_system
-
     system = load_system(system)
     if mode in ("baseline", "descriptors"):
         system = baseline_system(system)
@@ -356,8 +355,6 @@ class RayExecutor:
     def map_shards(self, job: Job, shards: Sequence[Shard], progress: Progress | None = None
                    ) -> Iterator[tuple[int, Any]]:
         """Yields (shard index, the shard's Arrow result table, with the ``_`` stats columns) as each finishes."""
-        import dataclasses
-
         import pyarrow as pa
         import pyarrow.compute as pc
 

@@ -41,16 +41,19 @@ neutralises spreadsheet formulas (:func:`csv_cell`).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core.results import Result, Step
 from engine.common.errors import UserInputError
 from engine.common.files import atomic_write
+from engine.core.results import Result, Step
 
 MANIFEST, LOCK, SUMMARY = "_manifest.json", "_lock", "_summary.json"
 STORE_FORMAT = "twentyq-shards-v3"  # v3: the table beside the run folder; top as {label, prob} in every file
@@ -178,8 +181,6 @@ class ShardFormat(Protocol):
 
 def _concatenate(shards: Sequence[Path], table: Path, header: bytes = b"") -> int:
     """``table`` = ``header`` + each shard file, less its first line when there is a header (atomically)."""
-    import shutil
-
     def write(tmp: str) -> None:
         with open(tmp, "wb") as out:
             out.write(header)
@@ -254,18 +255,12 @@ class CsvFormat:
     NUMBERS = {"confidence": float, "q_spent": int}
 
     def header(self, labels: bool) -> bytes:
-        import csv
-        import io
-
         buf = io.StringIO()
         csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").writerow(
             CSV_COLUMNS + (("true_label",) if labels else ()))
         return buf.getvalue().encode("utf-8")
 
     def write(self, path: Path, results: Sequence[Result], table: Any = None) -> int:
-        import csv
-        import io
-
         labels = bool(results) and results[0].true_label is not None
         cols = CSV_COLUMNS + (("true_label",) if labels else ())
         buf = io.StringIO()
@@ -279,8 +274,6 @@ class CsvFormat:
         return atomic_write(path, buf.getvalue().encode("utf-8"))
 
     def read(self, path: Path) -> list[Result]:
-        import csv
-
         with path.open(encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
         out = []

