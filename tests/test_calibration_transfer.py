@@ -2,7 +2,7 @@
 save → load of a calibration is exact.
 
 Simulated similarities only (engine/core/simulate.py) and noise PNGs mapped to them by the SimEncoder of
-tests/test_calibration_file.py: no shared data and no real model.
+tests/support/encoders.py: no shared data and no real model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis.extra.numpy import arrays
 
 from tests.support.data import five_group_system, noise_image
 from tests.strategies import systems
-from tests.test_calibration_file import SimEncoder
+from tests.support.encoders import SimEncoder
 
 from engine.core.channel_fit import AnswerChannels
 from engine.core.simulate import SimulatedSource

@@ -12,7 +12,7 @@ from engine.cli.app import main
 from engine.core.results import Result, Step
 from engine.run.store import FORMATS, read_run
 
-from .test_store import _open
+from .support.runs import store_at
 
 
 def _awkward():
@@ -28,7 +28,7 @@ def _awkward():
 
 def test_csv_shards_read_back_as_the_same_records(tmp_path):
     recs = _awkward()
-    with _open(tmp_path / "r.csv", n=3, size=3) as s:
+    with store_at(tmp_path / "r.csv", n=3, size=3) as s:
         s.write(0, recs)
         assert s.read(0) == recs
     with (tmp_path / "r.csv.d" / "shard-00000.csv").open(newline="", encoding="utf-8") as f:

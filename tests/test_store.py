@@ -21,10 +21,11 @@ from engine.cli.app import main
 from engine.core.results import Result
 from engine.run.datasets import Item
 from engine.run.pipeline import Job, LocalExecutor, OutputSpec, open_store, run, shards_of
-from engine.run.store import ResultStore, StoreError, fingerprint
+from engine.run.store import ResultStore, StoreError
 
 from .support.data import COLOUR_SYSTEM, solid
 from .support.encoders import FakeEncoder
+from .support.runs import store_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,15 +38,9 @@ def _records(n, err_at=()):
     return rs
 
 
-def _open(out, n=10, size=4, settings=None, resume=False, fp=None):
-    settings = settings or {"m": 1}
-    return ResultStore.open(out, n_rows=n, shard_size=size, settings=settings, resume=resume,
-                            fingerprint=fp or fingerprint(settings, [f"i{i}" for i in range(n)]))
-
-
 def test_store_resumes_only_finished_shards(tmp_path):
     out = tmp_path / "s.jsonl"
-    with _open(out) as store:
+    with store_at(out) as store:
         assert store.n_shards == 3 and store.pending() == [0, 1, 2]
         store.write(0, _records(4, err_at={2}))
         store.write(2, _records(2))
@@ -53,14 +48,14 @@ def test_store_resumes_only_finished_shards(tmp_path):
     (out / ".shard-00001.jsonl.abc.tmp").write_text("torn")  # a killed writer's temp file: never read
     (out / "shard-00001.jsonl").write_text('{"image": "i4"}\n')  # a data file with no marker: not done
     with pytest.raises(StoreError, match="pass --resume"):
-        _open(tmp_path / "s.jsonl")
+        store_at(tmp_path / "s.jsonl")
     with pytest.raises(StoreError, match=r"other settings \(m: 1 -> 2\)"):
-        _open(tmp_path / "s.jsonl", settings={"m": 2}, resume=True)
+        store_at(tmp_path / "s.jsonl", settings={"m": 2}, resume=True)
     with pytest.raises(StoreError, match=r"shard_size: 4 -> 5"):
-        _open(tmp_path / "s.jsonl", size=5, resume=True)
+        store_at(tmp_path / "s.jsonl", size=5, resume=True)
     with pytest.raises(StoreError, match="the input rows"):
-        _open(tmp_path / "s.jsonl", resume=True, fp="another input")
-    with _open(tmp_path / "s.jsonl", resume=True) as again:
+        store_at(tmp_path / "s.jsonl", resume=True, fp="another input")
+    with store_at(tmp_path / "s.jsonl", resume=True) as again:
         assert again.pending() == [1] and again.errors() == 1
         (out / "shard-00002.jsonl").write_text("")  # a shard file that no longer matches its marker
         assert again.pending() == [1, 2]
@@ -75,7 +70,7 @@ def test_store_resumes_only_finished_shards(tmp_path):
 def test_parquet_and_jsonl_shards_hold_the_same_records(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     recs = _records(3, err_at={1})
-    with _open(tmp_path / "p.parquet", n=3, size=3) as a, _open(tmp_path / "j.jsonl", n=3, size=3) as b:
+    with store_at(tmp_path / "p.parquet", n=3, size=3) as a, store_at(tmp_path / "j.jsonl", n=3, size=3) as b:
         a.write(0, recs)
         b.write(0, recs)
         assert a.read(0) == b.read(0) == recs

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.run.store import ResultStore, fingerprint
+
 from .data import COLOUR_SYSTEM, COLOURS
 from .encoders import FakeEncoder
 
@@ -39,3 +41,10 @@ def two_eval_runs(tmp: Path, monkeypatch) -> list[Path]:
         assert rc == 0
         runs.append(tmp / name)
     return runs
+
+
+def store_at(out, n=10, size=4, settings=None, resume=False, fp=None):
+    """A ResultStore for ``n`` rows in shards of ``size`` at ``out``, fingerprinted on placeholder inputs."""
+    settings = settings or {"m": 1}
+    return ResultStore.open(out, n_rows=n, shard_size=size, settings=settings, resume=resume,
+                            fingerprint=fp or fingerprint(settings, [f"i{i}" for i in range(n)]))
