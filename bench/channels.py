@@ -927,6 +927,19 @@ def run(out: Path, *, seed: int = 0, quick: bool = False, probe: Path | None = D
     return results
 
 
+
+def _section_preps(args) -> dict:
+    """The simulator and probe pairs the --answer-models and --predictive sections run on, as the flags say."""
+    images, limit = (300, 200) if args.quick else (2000, None)
+    preps = {} if args.no_simulator else {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=args.seed)}
+    if not args.no_probe:
+        more, why = probe_preps(Path(args.probe), Path(args.cache_dir), limit=limit, seed=args.seed,
+                                datasets_only=args.datasets, systems_only=args.systems)
+        if why:
+            print(f"[channels] probe pairs skipped: {why}")
+        preps.update(more)
+    return preps
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (results.json, report.md, PNGs)")
@@ -962,14 +975,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "PRED_CURVES, e.g. 'predictive eig per prompt'; fixed always runs)")
     args = ap.parse_args(argv)
     if args.predictive:  # the predictive section (issue 26), apart from --answer-models
-        images, limit = (300, 200) if args.quick else (2000, None)
-        preps = {} if args.no_simulator else {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=args.seed)}
-        if not args.no_probe:
-            more, why = probe_preps(Path(args.probe), Path(args.cache_dir), limit=limit, seed=args.seed,
-                                    datasets_only=args.datasets, systems_only=args.systems)
-            if why:
-                print(f"[channels] probe pairs skipped: {why}")
-            preps.update(more)
+        preps = _section_preps(args)
         out = Path(args.out) / "predictive" if args.out == str(DEFAULT_OUT) else Path(args.out)
         res = run_predictive(out, preps, seed=args.seed, n_boot=min(args.boot, 200) if args.quick else args.boot,
                              n_budgets=4 if args.quick else args.budgets, command=C.command_line("bench.channels", argv),
@@ -978,14 +984,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print((out / "report.md").read_text(encoding="utf-8"))
         return res
     if args.answer_models:
-        images, limit = (300, 200) if args.quick else (2000, None)
-        preps = {} if args.no_simulator else {"simulator × " + SIM_SYSTEM: simulator_prep(images=images, seed=args.seed)}
-        if not args.no_probe:
-            more, why = probe_preps(Path(args.probe), Path(args.cache_dir), limit=limit, seed=args.seed,
-                                    datasets_only=args.datasets, systems_only=args.systems)
-            if why:
-                print(f"[channels] probe pairs skipped: {why}")
-            preps.update(more)
+        preps = _section_preps(args)
         res = run_answer_models(Path(args.out), preps, seed=args.seed, n_boot=min(args.boot, 200) if args.quick
                                 else args.boot, n_budgets=4 if args.quick else args.budgets,
                                 command=C.command_line("bench.channels", argv))

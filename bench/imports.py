@@ -17,27 +17,15 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-PROJ = ("engine", "policies", "systems", "bench")
+from engine.testing.layers import ROOT, TOPS as PROJ, modules  # the project's modules, as the layer checker reads them
+
 HEAVY = ("torch", "transformers", "pyarrow", "ray", "matplotlib", "fastapi", "uvicorn", "datasets", "pandas",
          "selenium", "dspy", "scipy", "PIL", "safetensors", "tokenizers", "huggingface_hub", "sklearn",
          "networkx", "hypothesis", "efficientnet_lite_pytorch", "schemathesis", "httpx", "numpy", "tqdm",
          # scipy by sub-package: scipy.special is cheap, scipy.stats and scipy.optimize cost 0.4 s
          "scipy.stats", "scipy.optimize", "scipy.linalg", "scipy.sparse", "scipy.ndimage", "scipy.interpolate",
          "scipy.signal", "scipy.fft", "scipy.special")
-ROOT = Path.cwd()
-
-
-def modules():
-    out = {}
-    for top in PROJ:
-        for p in sorted((ROOT / top).rglob("*.py")):
-            parts = list(p.relative_to(ROOT).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            out[".".join(parts)] = p
-    return out
 
 
 def heavy_of(mod: str) -> list[str] | None:
