@@ -74,7 +74,7 @@ def test_ece_rejects_bad_input():
         expected_calibration_error(np.array([0.5, 0.5]), np.array([1]))
 
 
-def _random_system(rng, C, G, K):
+def _random_rule_matrix(rng, C, G, K):
     sizes = np.full(G, K)
     rm = np.zeros((C, G * K), dtype=bool)
     for c in range(C):
@@ -87,7 +87,7 @@ def _random_system(rng, C, G, K):
 @settings(max_examples=25, deadline=None)
 def test_full_log_posterior_matches_engine(seed, lam, eps):
     rng = np.random.default_rng(seed)
-    rm, sizes = _random_system(rng, 6, 3, 4)
+    rm, sizes = _random_rule_matrix(rng, 6, 3, 4)
     sims = rng.uniform(-1, 1, (5, 12))
     ch = build_channel(rm, sizes, eps)
     ref = full_bayes_log_posterior([group_log_probs(sims[:, ch.cols(g)], lam) for g in range(3)], ch)
@@ -101,7 +101,7 @@ def _planted(seed, lam_true, n=1500, C=8, G=4, K=5):
     drawing y ~ π makes λ the maximum-likelihood target.
     """
     rng = np.random.default_rng(seed)
-    rm, sizes = _random_system(rng, C, G, K)
+    rm, sizes = _random_rule_matrix(rng, C, G, K)
     # make rule signatures distinct so the classes are identifiable
     sims = rng.normal(0, 0.05, (n, G * K))
     logits = lam_true * sims @ rm.T.astype(float)  # (n, C)
@@ -134,7 +134,7 @@ def test_fit_with_eps_lowers_nll_and_recovers_lambda():
 def _planted_noisy(seed, lam_true, eps_true, n=300, C=6, G=3, K=3):
     """Classes drawn from the model's own posterior at (lam_true, eps_true): rule noise included."""
     rng = np.random.default_rng(seed)
-    rm, sizes = _random_system(rng, C, G, K)
+    rm, sizes = _random_rule_matrix(rng, C, G, K)
     sims = rng.normal(0, 0.05, (n, G * K))
     p = np.exp(full_log_posterior(sims, rm, sizes, lam_true, eps_true))
     y = (rng.random((n, 1)) > np.cumsum(p, axis=1)).sum(axis=1).clip(0, C - 1)

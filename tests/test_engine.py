@@ -9,13 +9,12 @@ import pytest
 
 from engine import ArraySource, SimulatedSource, StopRule, build_channel
 from engine.core.results import STOP_REASONS
-from engine.core.scoring import expected_information_gain
 from engine.core.simulate import sample_classes
-from policies import POLICIES, Policy, PolicyState, get_policy, list_policies
+from policies import POLICIES, Policy, get_policy, list_policies
 from systems import baseline_system
 
 from .strategies import make_system
-from .support.policies import FIXED_WITHOUT_CALIBRATION
+from .support.policies import FIXED_WITHOUT_CALIBRATION, policy_state
 
 
 def sim(system, n=200, seed=0, **kw):
@@ -186,9 +185,7 @@ def _state(system, post, asked=None, budget_left=None):
     n = post.shape[0]
     asked = np.zeros((n, system.n_groups), bool) if asked is None else asked
     bl = np.full(n, np.inf) if budget_left is None else budget_left
-    avail = ~asked & (ch.sizes[None, :] <= bl[:, None])
-    return PolicyState(post=post, eig=expected_information_gain(post, ch), available=avail,
-                       budget_left=bl, images=np.arange(n), channel=ch)
+    return policy_state(ch, post, available=~asked & (ch.sizes[None, :] <= bl[:, None]), budget_left=bl)
 
 
 @pytest.mark.parametrize("name", list_policies())

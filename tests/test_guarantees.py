@@ -19,10 +19,11 @@ from engine.core.metrics import budget_aucs, normalised_auc_rows
 from engine.core.scoring import build_channel, expected_information_gain
 from engine.core.simulate import SimulatedSource, heterogeneous_wrong_rates, sample_classes
 from engine.core.sources import ArraySource
-from policies import PolicyState, get_policy
+from policies import get_policy
 from systems import load_system
 from tests.strategies import EPS, posteriors, systems
 from tests.support.calibration import calibrated
+from tests.support.policies import policy_state
 
 
 def _rows(choice):
@@ -178,10 +179,7 @@ def test_the_fit_is_never_worse_than_full_reliability_whatever_the_optimiser_ret
 
 # --------------------------------------------------------------------------- item 6: lookahead's candidate cap
 def _state(ch, post, eig=None, avail=None):
-    n = post.shape[0]
-    return PolicyState(post=post, eig=expected_information_gain(post, ch) if eig is None else eig,
-                       available=np.ones((n, ch.n_groups), bool) if avail is None else avail,
-                       budget_left=np.full(n, np.inf), images=np.arange(n), channel=ch)
+    return policy_state(ch, post, eig=eig, available=avail)
 
 
 @given(st.data(), systems(max_groups=6), EPS, st.integers(1, 5))

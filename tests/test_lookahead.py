@@ -12,19 +12,15 @@ from engine.core.channel_fit import fit_answer_channels
 from engine.core.scoring import build_channel, expected_information_gain
 from engine.core.simulate import SimulatedSource, heterogeneous_wrong_rates, sample_classes
 from engine.core.sources import ArraySource
-from policies import PolicyState, get_policy
+from policies import get_policy
 from policies.builtin import _next_eig
 from systems import load_system
 from tests.strategies import EPS, confusion_sets, make_system, posteriors, systems
-from tests.support.policies import distinct_policies
+from tests.support.policies import distinct_policies, policy_state
 
 
 def _state(ch, post, available=None, budget_left=None):
-    n, G = post.shape[0], ch.n_groups
-    avail = np.ones((n, G), bool) if available is None else available
-    bl = np.full(n, np.inf) if budget_left is None else budget_left
-    return PolicyState(post=post, eig=expected_information_gain(post, ch), available=avail, budget_left=bl,
-                       images=np.arange(n), channel=ch)
+    return policy_state(ch, post, available=available, budget_left=budget_left)
 
 
 # --------------------------------------------------------------------------- the lookahead's pieces
