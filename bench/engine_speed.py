@@ -33,6 +33,7 @@ be several times the one-thread column. ``OMP_WAIT_POLICY=PASSIVE python -m benc
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -55,7 +56,7 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
     Its packages are imported from ``path`` under their own names while this version's are set aside,
     then this version's are put back: the old functions keep the old modules they were imported with.
     The runners take a :class:`Case` as :func:`run_numpy` and :func:`run_torch` do. The torch loop is
-    ``engine.torch_backend.loop.classify_batch_torch`` in the layout up to 90c22eb (two loops), else
+    ``engine.torch_engine.loop.classify_batch_torch`` in the layout up to 90c22eb (two loops), else
     ``engine.run.engines.classify(..., engine="torch")``.
     """
     tops = ("engine", "policies", "systems")
@@ -66,9 +67,11 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
     try:
         import engine.core.adaptive as old_adaptive
         import engine.core.sources as old_sources
-        import engine.torch_backend.sources as old_tsources
-        if (Path(path) / "engine/torch_backend/loop.py").exists():
-            from engine.torch_backend.loop import classify_batch_torch as old_torch_loop
+        # the torch package was engine.torch_engine up to the folder moves of issue 28, engine.torch_backend after
+        pkg = "engine.torch_engine" if (Path(path) / "engine/torch_engine").is_dir() else "engine.torch_backend"
+        old_tsources = importlib.import_module(f"{pkg}.sources")
+        if (Path(path) / pkg.replace(".", "/") / "loop.py").exists():
+            old_torch_loop = importlib.import_module(f"{pkg}.loop").classify_batch_torch
         else:
             from engine.run.engines import classify as old_classify
 
@@ -76,17 +79,30 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
                 return old_classify(*a, engine="torch", **kw)
     finally:
         sys.path.remove(str(path))
-        for k in [k for k in sys.modules if k.split(".")[0] in tops]:
+        theirs = {k: m for k, m in sys.modules.items() if k.split(".")[0] in tops}
+        for k in theirs:
             del sys.modules[k]
         sys.modules.update(ours)
     kw = lambda c: dict(stop=c.stop, logit_scale=LAM, eps=EPS, top_k=1)  # noqa: E731
 
+    def in_their_modules(fn: Callable[[], list]) -> list:
+        """Call ``fn`` with the old checkout's modules in sys.modules: its imports inside functions (the
+        policies' plug-in loader, ...) then find the old modules, not this version's (a dict swap, µs)."""
+        sys.modules.update(theirs)
+        try:
+            return fn()
+        finally:
+            for k in theirs.keys() - ours.keys():
+                sys.modules.pop(k, None)
+            sys.modules.update(ours)
+
     def old_numpy(c: Case) -> list:
-        return old_adaptive.classify_batch(old_sources.ArraySource(c.sims, c.system), c.system, c.policy, **kw(c))
+        return in_their_modules(lambda: old_adaptive.classify_batch(old_sources.ArraySource(c.sims, c.system),
+                                                                    c.system, c.policy, **kw(c)))
 
     def old_torch(c: Case) -> list:
-        return old_torch_loop(old_tsources.TensorSource(torch.as_tensor(c.sims), c.system), c.system, c.policy,
-                              **kw(c))
+        return in_their_modules(lambda: old_torch_loop(old_tsources.TensorSource(torch.as_tensor(c.sims), c.system),
+                                                       c.system, c.policy, **kw(c)))
 
     return old_numpy, old_torch
 

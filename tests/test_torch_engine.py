@@ -395,6 +395,7 @@ def test_engine_speed_before_after_loads_another_checkout_beside_this_one(tmp_pa
     c = cases(images=12, big_images=4, n_classes=12, n_groups=4, k=3, budget=6)[1]
     assert type(old_np(c)[0]) is not Result and type(old_t(c)[0]) is not Result  # the copy's own classes
     row = measure_before_after(c, (old_np, old_t), repeats=1)
+    assert sys.modules["engine.core.adaptive"] is ours  # the old runners' module swap put ours back
     for backend in ("numpy", "torch"):
         assert row["agreement"][backend]["labels_differ"] == row["agreement"][backend]["paths_differ"] == 0
     assert row["numpy_new_over_old"] > 0 and "new/old" in report_before_after([row])
