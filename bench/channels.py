@@ -572,7 +572,7 @@ def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_clas
     s = dev.system
     r, sizes = s.rule_matrix, s.option_counts
     t0 = time.perf_counter()
-    ch, few, decision = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
+    ch, few, decision, _ = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
                                          setting="few-shot", seed=seed)
     kept = decision["posterior"]
     if few is None or few.posterior is None:

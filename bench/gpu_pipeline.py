@@ -94,7 +94,7 @@ def end_to_end(model_folder: str, paths: list[str], *, device: str, dtype: str |
            "engine_s": best_engine, "engine_share": best_engine / best, "mean_q": float(np.mean([r.q_spent for r in res])),
            "prompt_mode": clf.prompt_mode, "decode_workers": clf.spec.workers(), "engine": config.engine,
            "text_encodes": clf.text_cache.text_encodes}
-    loader = clf._loader
+    loader = clf.images.loader  # started by the runs above (None without a fast image path)
     if loader is not None:
         out["decoded"] = dict(loader.stats)
         out["gpu_decoder"] = type(loader.gpu_decoder).__name__ if loader.gpu_decoder is not None else None

@@ -109,7 +109,7 @@ def run(model: str, out: Path, *, seed: int = 0, dev_fraction: float = 0.9,
     dev_idx, test_idx = split_by_image(truth, 0.5, 0)
     plain = Classifier(EncoderSpec(model=model), tgt_sys, encoder=enc)
     moved = Classifier(EncoderSpec(model=model), tgt_sys, encoder=enc, calibration=cal)
-    emb, good, bad = plain.embed_images([it.path for it in items])
+    emb, good, bad = plain.images.embed([it.path for it in items])
     if bad:
         raise SystemExit(f"bench.transfer: {len(bad)} Gen-1 sprite(s) could not be read: {list(bad.values())[:2]}")
     runs = {"uncalibrated": outcomes(plain, emb, labels), "moved from Gen 2–3": outcomes(moved, emb, labels)}

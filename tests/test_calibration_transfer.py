@@ -248,3 +248,17 @@ def test_the_transfer_bench_pairs_its_differences_by_image():
     assert paired(a, a) == {"diff": 0.0, "ci95": [0.0, 0.0]}
     d = paired(a, np.array([1, 1, 0, 1], bool))
     assert d["diff"] == 0.25 and 0.0 == d["ci95"][0] < 0.25 < d["ci95"][1] <= 1.0
+
+
+@pytest.mark.slow
+def test_the_transfer_bench_runs_end_to_end_with_the_offline_stand_in(tmp_path):
+    """python -m bench.transfer --model offline: calibrate on Gen 2–3 sprites, move to Gen 1, score with and
+    without; its rows are paired (the same images) and the report names the model (needs ../shared/data)."""
+    import bench.transfer as T
+    from bench.lib import harness
+
+    if not (harness.SHARED_DATA / T.SPRITES).is_file():
+        pytest.skip(f"needs {harness.SHARED_DATA / T.SPRITES} (../shared/data)")
+    res = T.run("offline", tmp_path, log=lambda *a: None)
+    text = T.report(res)
+    assert "offline" in text and "moved from Gen 2–3" in text and (tmp_path / "zero-shot.gen23.cal.json").is_file()

@@ -25,7 +25,7 @@ from engine.run.calibration_file import (
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("engine", "policies", "systems", "bench")  # the top-level packages of the wheel
 # files under the packages that are for a checkout, not an install (shell scripts run from the repo root)
-CHECKOUT_ONLY = ("bench/*.sh",)
+CHECKOUT_ONLY = ("bench/*.sh", "bench/README.md")  # scripts and docs for a checkout; the wheel runs without them
 MAIN_CALIBRATION = "pokemon15_gen1.sprites"  # the README's main job's, for the shipped probe
 
 
