@@ -958,7 +958,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-dev-check", action="store_true", help="skip the dev-only fit variants")
     ap.add_argument("--datasets", nargs="+", default=None, help="probe datasets to run (default: all of "
                     "web150 sprites151 jina15-gen1)")
-    ap.add_argument("--no-simulator", action="store_true", help="with --answer-models: the probe pairs only")
+    ap.add_argument("--no-simulator", action="store_true", help="with --answer-models or --predictive: the probe pairs only")
     ap.add_argument("--budgets", type=int, default=9, help="with --answer-models: budget points from 0 to Q "
                                                           "(default: %(default)s)")
     ap.add_argument("--answer-models", action="store_true",

@@ -88,13 +88,14 @@ def load_before(path: str | Path) -> tuple[Runner, Runner]:
     def in_their_modules(fn: Callable[[], list]) -> list:
         """Call ``fn`` with the old checkout's modules in sys.modules: its imports inside functions (the
         policies' plug-in loader, ...) then find the old modules, not this version's (a dict swap, µs)."""
+        mine = {k: sys.modules.pop(k) for k in [k for k in sys.modules if k.split(".")[0] in tops]}
         sys.modules.update(theirs)
         try:
             return fn()
-        finally:
-            for k in theirs.keys() - ours.keys():
-                sys.modules.pop(k, None)
-            sys.modules.update(ours)
+        finally:  # what the old code imported meanwhile stays with it; this version's modules come back as they were
+            for k in [k for k in sys.modules if k.split(".")[0] in tops]:
+                theirs[k] = sys.modules.pop(k)
+            sys.modules.update(mine)
 
     def old_numpy(c: Case) -> list:
         return in_their_modules(lambda: old_adaptive.classify_batch(old_sources.ArraySource(c.sims, c.system),

@@ -244,6 +244,32 @@ def test_the_loop_uses_the_predictive_eig_and_the_posterior_it_wraps():
     np.testing.assert_allclose([r.steps[0].eig for r in eig], gain[np.arange(6), best], atol=1e-12)
 
 
+def test_the_wrapper_keeps_the_posteriors_full_system_head():
+    """A posterior with a full-system head, wrapped: once every group is asked the loop scores with the head,
+    exactly as with the bare posterior (a wrapper without has_head silently dropped it)."""
+    from dataclasses import replace
+
+    from engine.core.adaptive import classify_batch
+    from engine.core.sources import ArraySource
+    from tests.strategies import make_system
+
+    sims, truth, sizes, C = fitted_problem(per=12)
+    rules = [tuple(frozenset([k]) for k in row) for row in ((0, 0, 0), (1, 1, 1), (0, 2, 1), (1, 0, 0))]
+    system = make_system(rules, sizes)
+    masked = AM.fit_few_shot_posterior(sims, truth, sizes, C, regs=(0.1,)).posterior
+    rng = np.random.default_rng(0)
+    headed = replace(masked, head_W=rng.normal(0, 5, (C, int(sizes.sum()))), head_b=rng.normal(0, 5, C), head_reg=1.0)
+    wrapped = PR.PredictivePosterior(headed, PR.fit_predictive(sims, truth, sizes, C, reg=0.1))
+    assert wrapped.has_head and not PR.PredictivePosterior(masked, wrapped.predictive).has_head
+    src = ArraySource(sims, system)
+    bare = classify_batch(src, system, "fixed", logit_scale=10.0, answer_model=headed)
+    via = classify_batch(src, system, "fixed", logit_scale=10.0, answer_model=wrapped)
+    no_head = classify_batch(src, system, "fixed", logit_scale=10.0, answer_model=masked)
+    assert [r.label for r in via] == [r.label for r in bare]
+    np.testing.assert_allclose([r.confidence for r in via], [r.confidence for r in bare], atol=1e-12)
+    assert [r.label for r in bare] != [r.label for r in no_head]  # the random head decides: the check can fail
+
+
 def test_torch_backend_gives_the_numpy_values():
     torch = pytest.importorskip("torch")
     from engine.torch_backend import TorchArrays
@@ -310,6 +336,16 @@ def test_a_few_shot_calibration_stores_the_predictive_and_its_eig_paths_are_the_
     with pytest.raises(CalibrationError) as e:
         load_calibration(tmp_path / "bad.json")
     assert "bad.json" in str(e.value) and "predictive" in str(e.value) and "\n" not in str(e.value)
+    good = json.loads((tmp_path / "few.json").read_text())
+    for name, damage in (("rolled", lambda p: p.update(folds=p["folds"][1:] + p["folds"][:1])),
+                         ("one fold less", lambda p: p.update(folds=[min(f, 1) for f in p["folds"]],
+                                                              posteriors=p["posteriors"][:2])),
+                         ("max_per_class", lambda p: p.update(max_per_class=-1))):
+        d = json.loads(json.dumps(good))
+        damage(d["predictive"])
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+        with pytest.raises(CalibrationError, match="predictive"):  # one line at load, not an IndexError mid-run
+            load_calibration(tmp_path / f"{name}.json")
 
 
 @pytest.mark.parametrize("policy, delta, calls", [("fixed", 0.0, False), ("random", 0.0, False),

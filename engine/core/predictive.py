@@ -199,7 +199,7 @@ class PredictiveTerms:
     max_classes: int = MAX_CLASSES
     max_per_class: int = MAX_PER_CLASS
     seed: int = 0
-    _padded: dict = field(default_factory=dict, repr=False)  # backend name -> (T, valid) on it
+    _padded: dict = field(default_factory=dict, repr=False)  # (backend name, device) -> (T, valid) on it
 
     @property
     def n_classes(self) -> int:
@@ -213,8 +213,9 @@ class PredictiveTerms:
         return self._padded["host"]
 
     def on(self, xp: Arrays):
-        """(T, valid) on the backend ``xp`` (copied once per backend object)."""
-        key = id(xp)
+        """(T, valid) on the backend ``xp`` (copied once per backend kind and device: the run layer makes a new
+        backend object per call, and an id could be reused by another device's)."""
+        key = (getattr(xp, "name", type(xp).__name__), str(getattr(xp, "device", "host")))
         if key not in self._padded:
             T, valid = self.padded()
             self._padded[key] = (T, valid) if xp is NUMPY else (xp.asarray(T), xp.asarray(valid) > 0.5)
@@ -269,6 +270,9 @@ class PredictiveTerms:
         M = sims.shape[0]
         if truth.shape != (M,) or folds.shape != (M,) or (M and (truth.min() < 0 or truth.max() >= n_classes)):
             raise ValueError(f"predictive: truth and folds should be ({M},), truth in [0, {n_classes})")
+        if int(d["max_classes"]) < 1 or int(d["max_per_class"]) < 1:
+            raise ValueError(f"predictive: max_classes and max_per_class should be >= 1, got {d['max_classes']} "
+                             f"and {d['max_per_class']}")
         if len(np.unique(folds)) != len(posts):
             raise ValueError(f"predictive: {len(np.unique(folds))} folds but {len(posts)} fold posteriors")
         return cls(sims=sims, truth=truth, folds=folds, posteriors=posts, max_classes=int(d["max_classes"]),
@@ -304,6 +308,12 @@ class PredictivePosterior:
     @property
     def n_classes(self) -> int:
         return self.posterior.n_classes
+
+    @property
+    def has_head(self) -> bool:
+        """The wrapped posterior's: whether it switches to its full-system head once every group is asked
+        (the loop then keeps each image's similarities for it)."""
+        return bool(getattr(self.posterior, "has_head", False))
 
     def log_prior(self, n_images: int) -> np.ndarray:
         return self.posterior.log_prior(n_images)

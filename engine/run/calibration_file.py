@@ -493,7 +493,7 @@ class Calibration:
             if few is not None and few.P.shape[1] != sum(sizes):
                 raise ValueError(f"few-shot model has {few.P.shape[1]} option columns, the groups {sum(sizes)}")
             m, s = d["model"], d["system"]
-            return cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
+            cal = cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
                        revision=m.get("revision"), system_name=str(s["name"]), system_sha256=str(s["sha256"]),
                        sizes=sizes, groups=tuple(str(g["name"]) for g in gs), lam0=float(d["channels"]["lam0"]),
                        dev=dict(d.get("dev", {})), metrics=dict(d.get("metrics", {})), paths=paths, path=path,
@@ -502,9 +502,30 @@ class Calibration:
                        source=dict(d.get("source") or {}),
                        **policy_choice_from_dict(d, tuple(str(g["name"]) for g in gs)),
                        crossfit=crossfit_from_dict(d, tuple(str(g["name"]) for g in gs), sizes))
+            _check_predictive(cal)
+            return cal
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
             raise CalibrationError(f"{where} is damaged ({what}); {fix}") from None
+
+
+def _check_predictive(cal: "Calibration") -> None:
+    """A ValueError naming the field when the stored predictive terms do not belong to the calibration: the
+    few-shot posterior's classes and group sizes, and the cross-fitted paths' folds (one fold posterior each)."""
+    pr = cal.predictive
+    if pr is None:
+        return
+    post = None if cal.few_shot is None else cal.few_shot.posterior
+    if post is None:
+        raise ValueError("predictive: stored without a few-shot posterior")
+    if pr.n_classes != post.n_classes or [int(k) for k in pr.posteriors[0].sizes] != list(cal.sizes):
+        raise ValueError(f"predictive: its fold posteriors are for {pr.n_classes} classes and sizes "
+                         f"{[int(k) for k in pr.posteriors[0].sizes]}, the calibration's {post.n_classes} and "
+                         f"{list(cal.sizes)}")
+    if cal.crossfit:
+        fold = None if cal.select is None else cal.select.fold
+        if len(pr.posteriors) != len(cal.crossfit) or fold is None or not np.array_equal(pr.folds, fold):
+            raise ValueError("predictive: its folds differ from the cross-fitted select part's")
 
 
 def _groups_dict(ch: AnswerChannels, names: Sequence[str], sizes: Sequence[int]) -> list[dict[str, Any]]:
