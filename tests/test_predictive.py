@@ -330,22 +330,28 @@ def test_a_few_shot_calibration_stores_the_predictive_and_its_eig_paths_are_the_
     save_calibration(cal, tmp_path / "few.json")
     back = load_calibration(tmp_path / "few.json")
     np.testing.assert_allclose(back.answer_model(system).information_gain(lp), am.information_gain(lp), atol=1e-12)
-    d = json.loads((tmp_path / "few.json").read_text())
-    d["predictive"]["folds"] = d["predictive"]["folds"][:-1]
-    (tmp_path / "bad.json").write_text(json.dumps(d))
-    with pytest.raises(CalibrationError) as e:
-        load_calibration(tmp_path / "bad.json")
-    assert "bad.json" in str(e.value) and "predictive" in str(e.value) and "\n" not in str(e.value)
     good = json.loads((tmp_path / "few.json").read_text())
-    for name, damage in (("rolled", lambda p: p.update(folds=p["folds"][1:] + p["folds"][:1])),
-                         ("one fold less", lambda p: p.update(folds=[min(f, 1) for f in p["folds"]],
-                                                              posteriors=p["posteriors"][:2])),
-                         ("max_per_class", lambda p: p.update(max_per_class=-1))):
-        d = json.loads(json.dumps(good))
-        damage(d["predictive"])
+    # the file refers to the select part and the crossfit posteriors instead of holding a second copy of them
+    assert good["predictive"]["from"] == "select+crossfit" and "sims" not in good["predictive"]
+    full = json.loads(json.dumps(good))
+    full["predictive"] = cal.predictive.to_dict()  # the full form (files of the first predictive version) loads too
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    again = load_calibration(tmp_path / "full.json").answer_model(system)
+    np.testing.assert_allclose(again.information_gain(lp), am.information_gain(lp), atol=1e-12)
+    for name, damage in (("rolled", lambda d: d["predictive"].update(folds=full["predictive"]["folds"][1:]
+                                                                     + full["predictive"]["folds"][:1])),
+                         ("one fold less", lambda d: d["predictive"].update(
+                             folds=[min(f, 1) for f in full["predictive"]["folds"]],
+                             posteriors=full["predictive"]["posteriors"][:2])),
+                         ("short folds", lambda d: d["predictive"].update(folds=full["predictive"]["folds"][:-1])),
+                         ("max_per_class", lambda d: d.update(predictive=dict(good["predictive"], max_per_class=-1))),
+                         ("no crossfit", lambda d: d.update(predictive=good["predictive"], crossfit=None))):
+        d = json.loads(json.dumps(full))
+        damage(d)
         (tmp_path / f"{name}.json").write_text(json.dumps(d))
-        with pytest.raises(CalibrationError, match="predictive"):  # one line at load, not an IndexError mid-run
+        with pytest.raises(CalibrationError, match="predictive") as e:  # one line at load, not an error mid-run
             load_calibration(tmp_path / f"{name}.json")
+        assert f"{name}.json" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("policy, delta, calls", [("fixed", 0.0, False), ("random", 0.0, False),

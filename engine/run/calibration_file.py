@@ -493,6 +493,10 @@ class Calibration:
             if few is not None and few.P.shape[1] != sum(sizes):
                 raise ValueError(f"few-shot model has {few.P.shape[1]} option columns, the groups {sum(sizes)}")
             m, s = d["model"], d["system"]
+            names = tuple(str(g["name"]) for g in gs)
+            choice, crossfit = policy_choice_from_dict(d, names), crossfit_from_dict(d, names, sizes)
+            if (d.get("predictive") or {}).get("from") == PREDICTIVE_FROM_CROSSFIT:
+                choice["predictive"] = predictive_from_crossfit(d["predictive"], choice["select"], crossfit)
             cal = cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
                        revision=m.get("revision"), system_name=str(s["name"]), system_sha256=str(s["sha256"]),
                        sizes=sizes, groups=tuple(str(g["name"]) for g in gs), lam0=float(d["channels"]["lam0"]),
@@ -500,8 +504,7 @@ class Calibration:
                        sha256=sha256, setting=str(d.get("setting", "zero-shot")), few_shot=few,
                        decision=dict(d.get("decision") or {}), groups_sha256=s.get("groups_sha256"),
                        source=dict(d.get("source") or {}),
-                       **policy_choice_from_dict(d, tuple(str(g["name"]) for g in gs)),
-                       crossfit=crossfit_from_dict(d, tuple(str(g["name"]) for g in gs), sizes))
+                       **choice, crossfit=crossfit)
             _check_predictive(cal)
             return cal
         except (KeyError, TypeError, ValueError) as e:
@@ -829,8 +832,50 @@ def policy_choice_dict(cal: Calibration) -> dict[str, Any]:
     if cal.select is not None:
         out["select"] = cal.select.to_dict()
     if cal.predictive is not None:
-        out["predictive"] = cal.predictive.to_dict()
+        out["predictive"] = (_predictive_reference(cal.predictive) if _predictive_rests_on_crossfit(cal)
+                             else cal.predictive.to_dict())
     return out
+
+
+PREDICTIVE_FROM_CROSSFIT = "select+crossfit"
+
+
+def _predictive_rests_on_crossfit(cal: "Calibration") -> bool:
+    """Whether the predictive terms are the select part's images with the cross-fitted fold posteriors (what
+    fit_calibration makes): then the file stores a reference to them instead of a second copy."""
+    pr, sel = cal.predictive, cal.select
+    if not cal.crossfit or sel is None or sel.fold is None or len(pr.posteriors) != len(cal.crossfit):
+        return False
+    if not (np.array_equal(pr.sims, sel.sims) and np.array_equal(pr.truth, sel.truth)
+            and np.array_equal(pr.folds, sel.fold)):
+        return False
+    return all(fm.few_shot is not None and fm.few_shot.posterior is not None
+               and (p is fm.few_shot.posterior or p.to_dict() == fm.few_shot.posterior.to_dict())
+               for p, fm in zip(pr.posteriors, cal.crossfit))
+
+
+def _predictive_reference(pr: Any) -> dict[str, Any]:
+    return {"method": "out-of-fold per-group terms of the dev images (engine.core.predictive): the select part's "
+                      "similarities, classes and folds with the crossfit fold models' posteriors",
+            "from": PREDICTIVE_FROM_CROSSFIT, "max_classes": int(pr.max_classes),
+            "max_per_class": int(pr.max_per_class), "seed": int(pr.seed)}
+
+
+def predictive_from_crossfit(d: dict[str, Any], select: Any, crossfit: tuple) -> Any:
+    """The :class:`engine.core.predictive.PredictiveTerms` a ``"from": "select+crossfit"`` entry names
+    (ValueError naming the field when the select part or the fold posteriors are not there)."""
+    from engine.core.predictive import PredictiveTerms
+
+    if select is None or select.fold is None or not crossfit:
+        raise ValueError("predictive: refers to the cross-fitted select part, which the file does not hold")
+    posts = tuple(None if fm.few_shot is None else fm.few_shot.posterior for fm in crossfit)
+    if any(p is None for p in posts):
+        raise ValueError("predictive: a crossfit fold model has no few-shot posterior")
+    if int(d["max_classes"]) < 1 or int(d["max_per_class"]) < 1:
+        raise ValueError("predictive: max_classes and max_per_class should be >= 1")
+    return PredictiveTerms(sims=select.sims, truth=select.truth, folds=np.asarray(select.fold, dtype=np.int64),
+                           posteriors=posts, max_classes=int(d["max_classes"]),
+                           max_per_class=int(d["max_per_class"]), seed=int(d.get("seed", 0)))
 
 
 def policy_choice_from_dict(d: dict[str, Any], groups: tuple[str, ...]) -> dict[str, Any]:
@@ -844,11 +889,12 @@ def policy_choice_from_dict(d: dict[str, Any], groups: tuple[str, ...]) -> dict[
     if auto and auto.get("choice") not in AUTO_CANDIDATES:
         raise ValueError(f"auto choice {auto.get('choice')!r} is not one of {list(AUTO_CANDIDATES)}")
     select = SelectPart.from_dict(d["select"]) if d.get("select") is not None else None
-    predictive = None
-    if d.get("predictive") is not None:  # the few-shot posterior's predictive EIG (engine.core.predictive)
+    predictive = None  # the few-shot posterior's predictive EIG (engine.core.predictive); a reference to the
+    pr = d.get("predictive")  # cross-fitted part is resolved by Calibration.from_dict once crossfit is loaded
+    if pr is not None and pr.get("from") != PREDICTIVE_FROM_CROSSFIT:
         from engine.core.predictive import PredictiveTerms
 
-        predictive = PredictiveTerms.from_file(d["predictive"], n_groups=len(groups))
+        predictive = PredictiveTerms.from_file(pr, n_groups=len(groups))
     return {"dev_order": order, "auto": auto, "select": select, "predictive": predictive}
 
 
