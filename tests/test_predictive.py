@@ -345,7 +345,8 @@ def test_a_few_shot_calibration_stores_the_predictive_and_its_eig_paths_are_the_
                              posteriors=full["predictive"]["posteriors"][:2])),
                          ("short folds", lambda d: d["predictive"].update(folds=full["predictive"]["folds"][:-1])),
                          ("max_per_class", lambda d: d.update(predictive=dict(good["predictive"], max_per_class=-1))),
-                         ("no crossfit", lambda d: d.update(predictive=good["predictive"], crossfit=None))):
+                         ("no crossfit", lambda d: d.update(predictive=good["predictive"], crossfit=None)),
+                         ("a list", lambda d: d.update(predictive=[1, 2]))):
         d = json.loads(json.dumps(full))
         damage(d)
         (tmp_path / f"{name}.json").write_text(json.dumps(d))

@@ -495,7 +495,7 @@ class Calibration:
             m, s = d["model"], d["system"]
             names = tuple(str(g["name"]) for g in gs)
             choice, crossfit = policy_choice_from_dict(d, names), crossfit_from_dict(d, names, sizes)
-            if (d.get("predictive") or {}).get("from") == PREDICTIVE_FROM_CROSSFIT:
+            if isinstance(d.get("predictive"), dict) and d["predictive"].get("from") == PREDICTIVE_FROM_CROSSFIT:
                 choice["predictive"] = predictive_from_crossfit(d["predictive"], choice["select"], crossfit)
             cal = cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
                        revision=m.get("revision"), system_name=str(s["name"]), system_sha256=str(s["sha256"]),
@@ -891,6 +891,8 @@ def policy_choice_from_dict(d: dict[str, Any], groups: tuple[str, ...]) -> dict[
     select = SelectPart.from_dict(d["select"]) if d.get("select") is not None else None
     predictive = None  # the few-shot posterior's predictive EIG (engine.core.predictive); a reference to the
     pr = d.get("predictive")  # cross-fitted part is resolved by Calibration.from_dict once crossfit is loaded
+    if pr is not None and not isinstance(pr, dict):
+        raise ValueError(f"predictive should be an object, got {type(pr).__name__}")
     if pr is not None and pr.get("from") != PREDICTIVE_FROM_CROSSFIT:
         from engine.core.predictive import PredictiveTerms
 
