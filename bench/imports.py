@@ -64,7 +64,7 @@ def resolve(node, pkg):
     return [base]
 
 
-def heavy_target(t: str, heavy: dict, mods: dict):
+def heavy_target(t: str, heavy: dict):
     while t and t not in heavy:
         t = t.rpartition(".")[0]
     return heavy.get(t) if t else None
@@ -134,7 +134,7 @@ def apply(heavy_file):
                 targets = resolve(n, pkg)
                 ok = True
                 for t in targets:
-                    h = heavy_target(t, heavy, mods)
+                    h = heavy_target(t, heavy)
                     if h is None or not set(h) <= mine:
                         ok = False
                 lvl = getattr(n, "level", 0)
@@ -146,8 +146,7 @@ def apply(heavy_file):
                 if isinstance(n, ast.ImportFrom) and any(a.name in patched for a in n.names):
                     ok = False
                 for b in bound_names(n):
-                    if b in top and top[b] != text and not (top[b].startswith(("import ", "from ")) and
-                                                             _same_binding(top[b], text, b)):
+                    if b in top and top[b] != text:  # the name is bound otherwise at module level
                         ok = False
                 if not ok:
                     kept += 1
@@ -241,10 +240,6 @@ def fmt_from(mod: str, names: list[str], width: int = 120) -> str:
     out.append(line.rstrip())
     out.append(")")
     return "\n".join(out)
-
-
-def _same_binding(a: str, b: str, name: str) -> bool:
-    return False
 
 
 def count() -> None:

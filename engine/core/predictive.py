@@ -201,6 +201,11 @@ class PredictiveTerms:
     seed: int = 0
     _padded: dict = field(default_factory=dict, repr=False)  # (backend name, device) -> (T, valid) on it
 
+    def __post_init__(self):
+        if int(self.max_classes) < 1 or int(self.max_per_class) < 1:
+            raise ValueError(f"predictive: max_classes and max_per_class should be >= 1, got {self.max_classes} "
+                             f"and {self.max_per_class}")
+
     @property
     def n_classes(self) -> int:
         return self.posteriors[0].n_classes
@@ -270,9 +275,6 @@ class PredictiveTerms:
         M = sims.shape[0]
         if truth.shape != (M,) or folds.shape != (M,) or (M and (truth.min() < 0 or truth.max() >= n_classes)):
             raise ValueError(f"predictive: truth and folds should be ({M},), truth in [0, {n_classes})")
-        if int(d["max_classes"]) < 1 or int(d["max_per_class"]) < 1:
-            raise ValueError(f"predictive: max_classes and max_per_class should be >= 1, got {d['max_classes']} "
-                             f"and {d['max_per_class']}")
         if len(np.unique(folds)) != len(posts):
             raise ValueError(f"predictive: {len(np.unique(folds))} folds but {len(posts)} fold posteriors")
         return cls(sims=sims, truth=truth, folds=folds, posteriors=posts, max_classes=int(d["max_classes"]),

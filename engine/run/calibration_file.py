@@ -496,7 +496,10 @@ class Calibration:
             names = tuple(str(g["name"]) for g in gs)
             choice, crossfit = policy_choice_from_dict(d, names), crossfit_from_dict(d, names, sizes)
             if isinstance(d.get("predictive"), dict) and d["predictive"].get("from") == PREDICTIVE_FROM_CROSSFIT:
-                choice["predictive"] = predictive_from_crossfit(d["predictive"], choice["select"], crossfit)
+                pr = d["predictive"]
+                choice["predictive"] = crossfit_predictive(
+                    choice["select"], crossfit, max_classes=int(pr["max_classes"]),
+                    max_per_class=int(pr["max_per_class"]), seed=int(pr.get("seed", 0)))
             cal = cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
                        revision=m.get("revision"), system_name=str(s["name"]), system_sha256=str(s["sha256"]),
                        sizes=sizes, groups=tuple(str(g["name"]) for g in gs), lam0=float(d["channels"]["lam0"]),
@@ -861,9 +864,11 @@ def _predictive_reference(pr: Any) -> dict[str, Any]:
             "max_per_class": int(pr.max_per_class), "seed": int(pr.seed)}
 
 
-def predictive_from_crossfit(d: dict[str, Any], select: Any, crossfit: tuple) -> Any:
-    """The :class:`engine.core.predictive.PredictiveTerms` a ``"from": "select+crossfit"`` entry names
-    (ValueError naming the field when the select part or the fold posteriors are not there)."""
+def crossfit_predictive(select: Any, crossfit: tuple, **settings) -> Any:
+    """The :class:`engine.core.predictive.PredictiveTerms` of the cross-fitted select part: every dev image's
+    similarities, class and fold, with each fold model's posterior (``settings``: max_classes, max_per_class,
+    seed). What fit_calibration makes and what a ``"from": "select+crossfit"`` entry names; a ValueError naming
+    the field when the select part or the fold posteriors are not there."""
     from engine.core.predictive import PredictiveTerms
 
     if select is None or select.fold is None or not crossfit:
@@ -871,11 +876,8 @@ def predictive_from_crossfit(d: dict[str, Any], select: Any, crossfit: tuple) ->
     posts = tuple(None if fm.few_shot is None else fm.few_shot.posterior for fm in crossfit)
     if any(p is None for p in posts):
         raise ValueError("predictive: a crossfit fold model has no few-shot posterior")
-    if int(d["max_classes"]) < 1 or int(d["max_per_class"]) < 1:
-        raise ValueError("predictive: max_classes and max_per_class should be >= 1")
     return PredictiveTerms(sims=select.sims, truth=select.truth, folds=np.asarray(select.fold, dtype=np.int64),
-                           posteriors=posts, max_classes=int(d["max_classes"]),
-                           max_per_class=int(d["max_per_class"]), seed=int(d.get("seed", 0)))
+                           posteriors=posts, **settings)
 
 
 def policy_choice_from_dict(d: dict[str, Any], groups: tuple[str, ...]) -> dict[str, Any]:
@@ -1192,10 +1194,7 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
         if model_post is not None and fold_models:
             # the EIG of what this posterior will do: every dev image's out-of-fold terms, by the fold
             # posteriors the cross-validation fitted (the same folds as the cross-fitted paths)
-            from engine.core.predictive import PredictiveTerms
-
-            predictive = PredictiveTerms(sims=sims, truth=truth, folds=np.asarray(folds, dtype=np.int64),
-                                         posteriors=tuple(fm.few_shot.posterior for fm in fold_models), seed=seed)
+            predictive = crossfit_predictive(SelectPart(sims, truth, folds), fold_models, seed=seed)
     else:
         channel, model_post = ch.channel(system.rule_matrix, system.option_counts), None
     metrics = {
