@@ -200,6 +200,7 @@ class PredictiveTerms:
     max_per_class: int = MAX_PER_CLASS
     seed: int = 0
     _padded: dict = field(default_factory=dict, repr=False)  # (backend name, device) -> (T, valid) on it
+    _folds: dict = field(default_factory=dict, repr=False)  # i -> without_fold(i), its terms padded once
 
     def __post_init__(self):
         if int(self.max_classes) < 1 or int(self.max_per_class) < 1:
@@ -233,11 +234,14 @@ class PredictiveTerms:
 
     def without_fold(self, i: int) -> "PredictiveTerms":
         """The terms of the images outside the ``i``-th fold (in sorted fold order), for the paths of that fold's
-        images (cross-fitting: an image's EIG does not read its own terms)."""
-        uniq = np.unique(self.folds)
-        keep = self.folds != uniq[i]
-        return replace(self, sims=self.sims[keep], truth=self.truth[keep], folds=self.folds[keep],
-                       posteriors=tuple(p for j, p in enumerate(self.posteriors) if j != i), _padded={})
+        images (cross-fitting: an image's EIG does not read its own terms). Memoised: a calibration traces every
+        policy's paths, and replays budgets, on the same fold views."""
+        if i not in self._folds:
+            keep = self.folds != np.unique(self.folds)[i]
+            self._folds[i] = replace(self, sims=self.sims[keep], truth=self.truth[keep], folds=self.folds[keep],
+                                     posteriors=tuple(p for j, p in enumerate(self.posteriors) if j != i),
+                                     _padded={}, _folds={})
+        return self._folds[i]
 
     def to_dict(self) -> dict:
         return {"method": "out-of-fold per-group terms of the fit part's dev images (engine.core.predictive)",
