@@ -48,3 +48,47 @@ def test_the_predictive_section_runs_and_reports_paired_differences(tmp_path):
     assert x["ci95"][0] <= x["diff"] + 1e-12 and x["diff"] <= x["ci95"][1] + 1e-12
     assert [s["policy"] for s in pair["stops"]] == ["fixed", "eig per prompt", "predictive eig per prompt"]
     assert "predictive eig per prompt" in (tmp_path / "report.md").read_text()
+
+
+def test_variant_paths_rebuilt_from_the_trace_stop_where_the_loop_does():
+    """bench.predictive_variants rebuilds each state's posterior from the traced groups; cut at a confidence τ,
+    those states give the loop's own q and label with that τ (the full-system head included)."""
+    from bench.predictive_variants import first_stop, stability_paths, step_states
+    from engine import StopRule
+    from engine.core.adaptive import classify_batch
+    from engine.core.sources import ArraySource
+    from tests.strategies import make_system
+    from tests.test_predictive import fitted_problem
+
+    sims, truth, sizes, C = fitted_problem(seed=3, per=12)
+    rules = [tuple(frozenset([k]) for k in row) for row in ((0, 0, 0), (1, 1, 1), (0, 2, 1), (1, 0, 0))]
+    system = make_system(rules, sizes)
+    post = AM.fit_few_shot_posterior(sims, truth, sizes, C, regs=(0.1,)).posterior
+    terms = PR.fit_predictive(sims, truth, sizes, C, reg=0.1)
+    am = PR.PredictivePosterior(post, terms)
+    fitted = {"lams": np.full(3, 10.0), "channel": None}
+    L, asked, q = step_states(sims, system, "eig", fitted, am, post)
+    assert asked[:, 0].sum() == 0 and asked[:, -1].all()
+    correct = L.argmax(axis=2) == truth[:, None]
+    for tau in (0.3, 0.6, 0.9, 0.99):
+        cor, qq = first_stop(np.exp(L.max(axis=2)) >= tau - 1e-12, correct, q)
+        res = classify_batch(ArraySource(sims, system), system, "eig", stop=StopRule(tau=tau), logit_scale=10.0,
+                             top_k=1, answer_model=am)
+        np.testing.assert_array_equal(qq, [r.q_spent for r in res])
+        np.testing.assert_array_equal(cor, [r.label == system.classes[t] for r, t in zip(res, truth)])
+    st = stability_paths(L, asked, terms)
+    assert st.shape == L.shape[:2] and (st[:, -1] == 1.0).all()
+
+
+@pytest.mark.slow  # the simulator, small: about 30 s
+def test_the_variants_benchmark_runs_and_reports_paired_differences(tmp_path):
+    from bench.predictive_variants import main
+
+    main(["--no-probe", "--quick", "--out", str(tmp_path)])
+    pair = json.loads((tmp_path / "results.json").read_text())["pairs"]["simulator × pokemon15"]
+    x = next(d for d in pair["diffs"] if d["a"] == "error reduction" and d["b"] == "fixed")
+    assert x["ci95"][0] <= x["diff"] + 1e-12 <= x["ci95"][1] + 2e-12
+    assert {(s["policy"], s["rule"]) for s in pair["stops"]} == {
+        (p, r) for p in ("fixed", "predictive eig")
+        for r in ("confidence, τ from dev", "stability, ε = 0.02", "stability, ε from dev")}
+    assert "stability" in (tmp_path / "report.md").read_text()

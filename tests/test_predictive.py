@@ -394,3 +394,85 @@ def test_the_torch_loop_with_the_predictive_gives_the_numpy_paths():
     b = classify_batch(src, system, "eig_per_prompt", xp=TorchArrays("cpu"), **kw)
     assert [[s.group for s in r.steps] for r in a] == [[s.group for s in r.steps] for r in b]
     np.testing.assert_allclose([s.eig for r in a for s in r.steps], [s.eig for r in b for s in r.steps], atol=1e-9)
+
+
+# ------------------------------------------------------------------ the experiments' maths (bench.predictive_variants)
+def risk(p):
+    return 1.0 - float(np.max(p))
+
+
+@settings(max_examples=60, deadline=None)
+@given(predictive_problem(), st.sampled_from([1, 50, 10**7]))
+def test_error_reduction_matches_a_brute_force_loop(pb, chunk):
+    """The expected error reduction: the predictive EIG's expectation with 1 − max p in place of H."""
+    log_post, terms, labels, C = pb
+    T, valid = PR.by_class(terms, labels, C)
+    G, M, _ = terms.shape
+    want = np.zeros((len(log_post), G))
+    for b, lp in enumerate(log_post):
+        p = np.exp(lp)
+        for g in range(G):
+            after = sum(p[c] * (np.mean([risk(softmax(lp + terms[g, i])) for i in np.nonzero(labels == c)[0]])
+                                if (labels == c).any() else risk(p)) for c in range(C))
+            want[b, g] = risk(p) - after
+    np.testing.assert_allclose(PR.expected_error_reduction(log_post, T, valid, chunk_elements=chunk), want, atol=1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(discrete_channel())
+def test_error_reduction_of_bayes_consistent_terms_is_the_bayes_accuracy_gain(pb):
+    """Terms that are the samples' own answer log-likelihoods: E[max p'] = Σ_k max_c p_c P_g(k|c), so the
+    reduction is that minus max p: never negative (an answer cannot lower the Bayes accuracy on average)."""
+    log_post, terms, labels, C, P, sizes = pb
+    T, valid = PR.by_class(terms, labels, C)
+    got = PR.expected_error_reduction(log_post, T, valid)
+    off = np.r_[0, np.cumsum(sizes)[:-1]]
+    for b, lp in enumerate(log_post):
+        p = np.exp(lp)
+        for g, k in enumerate(sizes):
+            want = sum(np.max(p * P[:, off[g] + j]) for j in range(k)) - np.max(p)
+            assert got[b, g] == pytest.approx(want, abs=1e-9)
+            assert got[b, g] >= -1e-9
+
+
+def brute_stability(lp, asked, terms, labels, C):
+    p, a = np.exp(lp), int(np.argmax(lp))
+    tot = 0.0
+    for c in range(C):
+        mine = np.nonzero(labels == c)[0]
+        if not len(mine):
+            tot += p[c]
+            continue
+        tot += p[c] * np.mean([int(np.argmax(lp + terms[~asked, i].sum(axis=0))) == a for i in mine])
+    return tot
+
+
+@settings(max_examples=60, deadline=None)
+@given(predictive_problem(), st.data())
+def test_label_stability_matches_a_brute_force_loop_and_is_a_probability(pb, data):
+    log_post, terms, labels, C = pb
+    G = terms.shape[0]
+    asked = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=G, max_size=G),
+                                        min_size=len(log_post), max_size=len(log_post))), dtype=bool)
+    T, valid = PR.by_class(terms, labels, C)
+    got = PR.label_stability(log_post, asked, T, valid)
+    want = [brute_stability(lp, a, terms, labels, C) for lp, a in zip(log_post, asked)]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert ((got >= -1e-12) & (got <= 1 + 1e-12)).all()
+    np.testing.assert_array_equal(PR.label_stability(log_post, np.ones_like(asked), T, valid), 1.0)  # nothing left
+    T0, _ = PR.by_class(np.zeros_like(terms), labels, C)
+    np.testing.assert_allclose(PR.label_stability(log_post, asked, T0, valid), 1.0)  # answers that say nothing
+
+
+@settings(max_examples=60, deadline=None)
+@given(predictive_problem(max_classes=5), st.integers(1, 3))
+def test_label_stability_under_decisive_answers_is_the_top_class_mass(pb, per):
+    """Each class's dev samples answer decisively for their own class: every remaining question moves the label
+    to the true class, so the label stays only when the top class is the truth: stability = max p (exactly,
+    with every class sampled)."""
+    log_post, _, _, C = pb
+    labels = np.repeat(np.arange(C), per)
+    terms = np.where(np.arange(C)[None, None, :] == labels[None, :, None], 0.0, -1e3)  # (1, M, C)
+    T, valid = PR.by_class(terms, labels, C)
+    got = PR.label_stability(log_post, np.zeros((len(log_post), 1), dtype=bool), T, valid)
+    np.testing.assert_allclose(got, np.exp(log_post.max(axis=1)), atol=1e-12)

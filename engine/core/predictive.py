@@ -82,14 +82,23 @@ def _entropy_rows(x, xp: Arrays):
     return -(p * xp.where(p > 0, lp, 0.0)).sum(axis=-1)  # 0·log 0 = 0
 
 
-def expected_posterior_entropy(log_post, T, valid, *, max_classes: int | None = None, xp: Arrays = NUMPY,
-                               chunk_elements: int = CHUNK_ELEMENTS):
-    """E_g (n, G): Σ_c p_c · mean_{s valid} H(softmax(L + T[g, c, s])) for every image and group.
+def _error_rows(x, xp: Arrays):
+    """1 − max softmax(x) over the last axis of x (..., C): the Bayes 0–1 risk of the posterior."""
+    return 1.0 - xp.exp(xp.amax(x, axis=-1) - xp.logsumexp(x, axis=-1))
+
+
+UNCERTAINTY = {"entropy": _entropy_rows, "error": _error_rows}  # name -> rows function (..., C) -> (...)
+
+
+def expected_posterior_uncertainty(log_post, T, valid, *, max_classes: int | None = None, xp: Arrays = NUMPY,
+                                   chunk_elements: int = CHUNK_ELEMENTS, uncertainty: str = "entropy"):
+    """E_g (n, G): Σ_c p_c · mean_{s valid} U(softmax(L + T[g, c, s])) for every image and group, U the entropy H
+    (``uncertainty="entropy"``) or the 0–1 risk 1 − max (``"error"``: :func:`expected_error_reduction`).
 
     log_post : (n, C) log posteriors L (normalised; -inf allowed for ruled-out classes), on ``xp``.
     T : (G, C, S, C) dev samples' terms by class and valid : (C, S) bool (:func:`by_class`), on ``xp``
     (:meth:`PredictiveTerms.on`). max_classes : weigh only each image's k most probable classes, their mass
-    renormalised (None or ≥ C: every class, exact). A class with no valid sample contributes H(p) (no change).
+    renormalised (None or ≥ C: every class, exact). A class with no valid sample contributes U(p) (no change).
     """
     G, C, S, _ = T.shape
     n = log_post.shape[0]
@@ -97,7 +106,8 @@ def expected_posterior_entropy(log_post, T, valid, *, max_classes: int | None = 
     n_s = valid.sum(axis=1)  # (C,) samples per class
     has = n_s > 0
     inv_n = xp.where(has, 1.0 / xp.maximum(xp.to_float(n_s), 1.0), 0.0)  # (C,)
-    h_now = _entropy_rows(log_post, xp)  # (n,)
+    rows_of = UNCERTAINTY[uncertainty]
+    h_now = rows_of(log_post, xp)  # (n,)
     out = []
     step = max(1, int(chunk_elements) // max(1, k * S * C))
     for a in range(0, n, step):
@@ -115,7 +125,7 @@ def expected_posterior_entropy(log_post, T, valid, *, max_classes: int | None = 
         cols = []
         for g in range(G):
             x = L[:, None, None, :] + T[g][idx]  # (m, k, S, C)
-            h = _entropy_rows(x, xp)  # (m, k, S)
+            h = rows_of(x, xp)  # (m, k, S)
             mean_h = xp.where(vk, h, 0.0).sum(axis=2) * inv_n[idx]  # (m, k)
             mean_h = xp.where(hk, mean_h, h_now[a:a + step][:, None])
             cols.append((w * mean_h).sum(axis=1)[:, None])
@@ -130,14 +140,54 @@ def _hstack(cols, xp: Arrays):
 
 def predictive_information_gain(log_post, T, valid, *, max_classes: int | None = None, xp: Arrays = NUMPY,
                                 clip: bool = True, chunk_elements: int = CHUNK_ELEMENTS):
-    """EIG_g (n, G) = H(p) − :func:`expected_posterior_entropy` (nats), clipped at 0 unless ``clip`` is False.
+    """EIG_g (n, G) = H(p) − :func:`expected_posterior_uncertainty` (nats), clipped at 0 unless ``clip`` is False.
 
     log_post : (n, C); T : (G, C, S, C); valid : (C, S). See the module docstring for when the unclipped value
     is negative.
     """
-    e = expected_posterior_entropy(log_post, T, valid, max_classes=max_classes, xp=xp, chunk_elements=chunk_elements)
+    e = expected_posterior_uncertainty(log_post, T, valid, max_classes=max_classes, xp=xp,
+                                       chunk_elements=chunk_elements)
     gain = _entropy_rows(log_post, xp)[:, None] - e
     return xp.maximum(gain, 0.0) if clip else gain
+
+
+def expected_error_reduction(log_post, T, valid, *, max_classes: int | None = None, xp: Arrays = NUMPY,
+                             chunk_elements: int = CHUNK_ELEMENTS):
+    """(n, G) the expected fall of the posterior's 0–1 risk, (1 − max p) − E_g[1 − max p'], after asking g.
+
+    The predictive EIG with the risk of the argmax in place of entropy (Roy and McCallum's expected error
+    reduction): the budget curve scores accuracy, not entropy. An experiment (``bench.predictive_variants``);
+    may be < 0, like the EIG. Shapes as :func:`predictive_information_gain`.
+    """
+    e = expected_posterior_uncertainty(log_post, T, valid, max_classes=max_classes, xp=xp,
+                                       chunk_elements=chunk_elements, uncertainty="error")
+    return _error_rows(log_post, xp)[:, None] - e
+
+
+def label_stability(log_post: np.ndarray, asked: np.ndarray, T: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(n,) the predicted chance that asking every remaining group leaves each image's label unchanged.
+
+    log_post : (n, C) normalised; asked : (n, G) bool; T : (G, C, S, C), valid : (C, S) (:func:`by_class`).
+    For image i with p = softmax(L) and label a = argmax L: Σ_c p_c · mean_{s valid} 1[argmax(L + Σ_{g not
+    asked} T[g, c, s]) = a]: the remaining answers are drawn from a dev sample of the class, independent of
+    the answers already seen (as the predictive EIG draws them). A class with no valid sample counts as
+    unchanged; an image with every group asked has stability 1. An experiment of issue 26 (a stop rule:
+    ``bench.predictive_variants``); numpy, one image at a time.
+    """
+    L = np.asarray(log_post, dtype=np.float64)
+    asked = np.asarray(asked, dtype=bool)
+    p = np.exp(L)
+    n_s = valid.sum(axis=1)
+    out = np.ones(len(L))
+    for i in range(len(L)):
+        rest = ~asked[i]
+        if not rest.any():
+            continue
+        R = np.tensordot(rest.astype(np.float64), T, axes=(0, 0))  # (C, S, C): Σ of the unasked groups' terms
+        same = ((L[i] + R).argmax(axis=-1) == L[i].argmax()) & valid  # (C, S)
+        frac = np.where(n_s > 0, same.sum(axis=1) / np.maximum(n_s, 1), 1.0)
+        out[i] = float(p[i] @ frac)
+    return out
 
 
 # --------------------------------------------------------------------------- fitting the terms
