@@ -130,3 +130,32 @@ def test_bootstrap_and_mcnemar():
     a = np.array([1] * 30 + [0] * 10, bool)
     assert mcnemar_p(a, a) == 1.0
     assert mcnemar_p(a, ~a) == pytest.approx(0.0022214, rel=1e-4)  # 30 vs 10 discordant, exact binomial
+
+
+def test_classifier_labels_keyword_points_to_system_or_zero_shot():
+    with pytest.raises(TypeError, match=r"system=\[\.\.\.\].*zero_shot"):
+        Classifier("offline", labels=["a", "b"])
+
+
+def test_transformers_bars_only_while_stderr_is_a_terminal(monkeypatch):
+    """A script's stderr got "Loading weights: 100%|███" from transformers; the CLI's rule now holds for the API."""
+    import io
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    from engine.encoders import registry
+
+    seen = []
+    monkeypatch.setitem(registry.BACKENDS, "offline", lambda *a, **k: seen.append(hf_logging.is_progress_bar_enabled()))
+    hf_logging.enable_progress_bar()
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream in (io.StringIO(), Tty()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        registry.load_encoder("offline")
+        assert hf_logging.is_progress_bar_enabled()  # put back
+    assert seen == [False, True]

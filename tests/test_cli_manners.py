@@ -240,3 +240,61 @@ def test_a_shortlist_on_a_system_without_class_names_is_a_usage_error(capsys):
     assert main(["classify", "no-such-image.png", "--system", "pokemon15_gen1", "--shortlist", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--shortlist" in err[0] and "class_name" in err[0]
+
+
+def test_an_os_error_is_the_users_only_on_a_path_they_named_or_the_machines(tmp_path, capsys, monkeypatch):
+    """A missing file the project chose itself is a bug (exit 3), not a usage error; the same error on a path
+    the command line named, or a full disk anywhere, is one line naming the path and the fix (exit 2)."""
+    import errno
+
+    import engine.encoders
+
+    def missing(path):
+        def raise_it():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return raise_it
+
+    monkeypatch.setattr(engine.encoders, "list_models", missing("/nowhere/ours/index.json"))
+    assert main(["models"]) == 3
+    assert "internal error (a bug" in capsys.readouterr().err
+    monkeypatch.setattr(engine.encoders, "list_models",
+                        lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device", "/cache/x")))
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert "'/cache/x': No space left on device; free some disk space" in err and err.count("\n") == 1
+    monkeypatch.setattr(engine.encoders, "list_models", lambda: (_ for _ in ()).throw(OSError("hub: no such model")))
+    assert main(["models"]) == 2  # no file name (a model hub's refusal): the user's, as before
+    capsys.readouterr()
+
+
+def test_os_error_line_relates_the_error_to_the_paths_named(tmp_path):
+    import errno
+
+    from engine.cli.options import os_error_line
+
+    named = [str(tmp_path / "out" / "x.csv")]
+    enoent = lambda f: FileNotFoundError(errno.ENOENT, "No such file or directory", f)  # noqa: E731
+    assert os_error_line(enoent(str(tmp_path / "out" / "x.csv.d")), named).endswith("check the path (its folder "
+                                                                                      "must exist)")
+    assert os_error_line(enoent(str(tmp_path / "out")), named) is not None  # the folder above it
+    assert os_error_line(enoent(str(tmp_path / "other.csv")), named) is None
+    assert os_error_line(PermissionError(errno.EACCES, "Permission denied", "/etc/x"), named).endswith(
+        "check its permissions or use another path")
+
+
+def test_budget_outside_the_adaptive_mode_is_refused_not_ignored(tmp_path, capsys):
+    solid("red").save(tmp_path / "r.png")
+    assert main(["classify", str(tmp_path / "r.png"), "--labels", "a,b,c", "--budget", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--budget 1: the baseline mode (the default with --labels)" in err and err.count("\n") == 1
+    assert main(["classify", str(tmp_path / "r.png"), "--mode", "full", "--budget", "3"]) == 2
+    assert "--mode adaptive" in capsys.readouterr().err
+
+
+def test_compare_checks_the_plot_folder_before_the_run(tmp_path, capsys):
+    solid("red").save(tmp_path / "r.png")
+    (tmp_path / "d.csv").write_text("path,label\nr.png,a\n", encoding="utf-8")
+    assert main(["compare", "--data", str(tmp_path / "d.csv"), "--labels", "a,b",
+                 "--plot", str(tmp_path / "nodir" / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "nodir" in err

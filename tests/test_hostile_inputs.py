@@ -498,3 +498,18 @@ def test_an_over_long_model_name_is_a_one_line_load_error():
 
     with pytest.raises(EncoderLoadError, match="neither a local folder nor a hub id"):
         load_encoder("/tmp/" + "m" * 300, device="cpu")
+
+
+def test_an_encoder_that_fails_on_every_image_is_a_bug_not_bad_images():
+    """A broken model read as "every image was bad" (exit 1); failing on all it was given, it raises."""
+    class Broken(HashEncoder):
+        def _embed_images(self, images):
+            raise IndexError("index 3 is out of bounds (a bug)")
+
+    with pytest.raises(IndexError, match="out of bounds"):
+        encode_images_tolerant(Broken(batch_size=2), [noise_image(0), noise_image(1), noise_image(2)])
+    with pytest.raises(IndexError):
+        encode_images_tolerant(Broken(batch_size=1), [noise_image(0)])
+    # one image the model cannot take, among good ones, stays that image's error
+    emb, good, errors = encode_images_tolerant(FlakyEncoder(batch_size=2), [noise_image(0), noise_image(5, (7, 7))])
+    assert good.tolist() == [0] and list(errors) == [1]

@@ -20,7 +20,8 @@ import traceback
 
 from engine.cli.calibrate_cmd import add_calibrate_parser
 from engine.cli.options import (
-    EXIT_BUG, EXIT_USAGE, Interrupted, cli_logging, document_defaults, set_progress, set_verbosity, user_errors,
+    EXIT_BUG, EXIT_USAGE, Interrupted, cli_logging, document_defaults, named_paths, os_error_line, set_progress,
+    set_verbosity, user_errors,
 )
 from engine.cli.report_cmd import add_report_parser
 from engine.cli.run_cmds import add_run_parsers
@@ -166,15 +167,18 @@ def _main(argv: list[str] | None) -> int:
                   f"this is the Python environment, not your input: reinstall it (pip install --force-reinstall "
                   f"{package}), or remove it if nothing needs it", file=sys.stderr)
             return EXIT_USAGE
-        if isinstance(e, user_errors()):
-            # one line: the cause and the fix (a system's validation adds its problems, one per line)
-            from engine.common.printable import printable
+        from engine.common.printable import printable
 
+        if isinstance(e, OSError) and not isinstance(e, tuple(t for t in user_errors() if t is not OSError)):
+            line = os_error_line(e, named_paths(args))  # None: a file the project chose itself is missing (a bug)
+            if line is not None:
+                print("twentyq: error: " + printable(line), file=sys.stderr)
+                return EXIT_USAGE
+        elif isinstance(e, user_errors()):
+            # one line: the cause and the fix (a system's validation adds its problems, one per line)
             # control characters escaped line by line (a name in the message cannot drive the terminal)
             print("twentyq: error: " + "\n".join(printable(ln) for ln in str(e).split("\n")), file=sys.stderr)
             return EXIT_USAGE
-        from engine.common.printable import printable
-
         first = printable(str(e).splitlines()[0][:300]) if str(e) else ""
         print(f"twentyq: internal error (a bug, not your input): {type(e).__name__}: {first} [at {_where(e)}]; "
               "rerun with --debug for the traceback", file=sys.stderr)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -32,12 +34,54 @@ class UsageError(Exception):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: reported in one line, exit 2."""
+    """Errors that are the user's to fix: reported in one line, exit 2 (an OSError only as
+    :func:`os_error_line` says)."""
     errors: tuple[type[BaseException], ...] = (UsageError, UserInputError, OSError)
     if "engine.encoders.base" in sys.modules:  # only loaded (with torch) when a model was asked for
         base = sys.modules["engine.encoders.base"]
         errors += (base.EncoderLoadError, base.EncoderOutOfMemory)
     return errors
+
+
+#: errors of the machine, not of a path: the user's to fix whichever file they hit
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE, errno.ENFILE,
+                  errno.ENAMETOOLONG, errno.ELOOP}
+OS_FIXES = {errno.ENOSPC: "free some disk space or write elsewhere", errno.EDQUOT: "free some disk space or write elsewhere",
+            errno.EACCES: "check its permissions or use another path", errno.EPERM: "check its permissions or use another path",
+            errno.EROFS: "the file system is read-only: write elsewhere", errno.ENAMETOOLONG: "use a shorter name",
+            errno.EMFILE: "too many files are open: raise the limit (ulimit -n) or use fewer workers",
+            errno.ENFILE: "too many files are open: raise the limit (ulimit -n) or use fewer workers"}
+
+
+def named_paths(args: Any) -> list[str]:
+    """Every string the command line gave (flag values and positional arguments), as absolute paths."""
+    out: list[str] = []
+    for v in vars(args).values():
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, str) and x and "\0" not in x:
+                out.append(os.path.abspath(os.path.expanduser(x)))
+    return out
+
+
+def os_error_line(e: OSError, named: list[str]) -> str | None:
+    """The one line for an OSError that is the user's to fix, or None when it is a bug (exit 3).
+
+    The user's: an error of the machine (:data:`MACHINE_ERRNOS`: disk full, permissions, read-only...), one
+    without a file name (a model hub's "not found"), or one on a path the command line named, inside it, or
+    made from it (``x.csv`` -> ``x.csv.d``, a folder above it). A missing file the project chose itself is a bug.
+    """
+    files = [f for f in (e.filename, e.filename2) if isinstance(f, (str, bytes, os.PathLike))]
+    if not files:
+        return str(e)
+    paths = [os.path.abspath(os.fsdecode(f)) for f in files]
+
+    def related(f: str) -> bool:
+        return any(f.startswith(n) or n.startswith(f.rstrip(os.sep) + os.sep) for n in named)
+
+    if e.errno not in MACHINE_ERRNOS and not any(related(f) for f in paths):
+        return None
+    fix = OS_FIXES.get(e.errno, "check the path (its folder must exist)")
+    return f"{os.fsdecode(files[0])!r}: {e.strerror or type(e).__name__}; {fix}"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -389,6 +433,10 @@ def run_config(args, **override) -> Any:
                   engine=getattr(args, "engine", "auto"))
     if getattr(args, "target_accuracy", None) is not None:
         fields["target_accuracy"] = args.target_accuracy
+    if "mode" not in override and fields["mode"] != "adaptive" and args.budget is not None:
+        why = " (the default with --labels)" if (args.labels or args.labels_file) and not getattr(args, "mode", None) else ""
+        raise UsageError(f"--budget {args.budget}: the {fields['mode']} mode{why} scores every prompt of every image; "
+                         "a budget applies to --mode adaptive: add it, or drop --budget")
     with settings_errors(), warnings.catch_warnings():
         from systems.descriptors import DescriptorNotice
 

@@ -409,6 +409,9 @@ def compare_cmd(args) -> int:
         raise UsageError("compare runs baseline, full and adaptive; evaluate --descriptors with 'twentyq eval'")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise UsageError(f"--plot {args.plot!r}: the curve is a PNG; name it *.png")
+    if args.plot and not Path(args.plot).absolute().parent.is_dir():
+        raise UsageError(f"--plot {args.plot!r}: the folder {str(Path(args.plot).parent)!r} does not exist; "
+                         "create it first")
     if args.plot:
         from engine.reports.plots import pyplot as _pyplot
 

@@ -563,9 +563,13 @@ def embed_decoded(encoder: Any, batch: Any, labels: Sequence[str]) -> tuple[torc
 
 def _embed_tolerant(encoder: Any, loaded: list[tuple[int, Any]], encode: Callable[[list], Any],
                     labels: Sequence[str], errors: dict[int, str]) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
-    """Embed ``loaded`` [(input index, item)] with ``encode(part)`` in batches, one by one after a failure."""
+    """Embed ``loaded`` [(input index, item)] with ``encode(part)`` in batches, one by one after a failure.
+
+    An image the encoder fails on is that image's error, unless it fails on every image it was given: then
+    the encoder is broken, not the images, and its first exception is raised (a bug, not a bad input)."""
     rows: list[torch.Tensor] = []
     good: list[int] = []
+    failures: list[BaseException] = []
 
     def label(i: int) -> str:
         return labels[i]
@@ -597,6 +601,7 @@ def _embed_tolerant(encoder: Any, loaded: list[tuple[int, Any]], encode: Callabl
             if len(part) == 1:
                 i = part[0][0]
                 errors[i] = f"{label(i)}: the encoder failed on this image ({type(e).__name__}: {_one_line(e)})"
+                failures.append(e)
                 continue
             for one in part:
                 try:
@@ -609,6 +614,9 @@ def _embed_tolerant(encoder: Any, loaded: list[tuple[int, Any]], encode: Callabl
                     i = one[0]
                     errors[i] = (f"{label(i)}: the encoder failed on this image "
                                  f"({type(e1).__name__}: {_one_line(e1)})")
+                    failures.append(e1)
+    if loaded and len(failures) == len(loaded):
+        raise failures[0]
     dim = int(getattr(encoder, "embed_dim"))
     if rows:
         emb = torch.stack(rows).float()

@@ -17,6 +17,8 @@ config names code) runs only with ``trust_remote_code=True``; see :mod:`engine.e
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -191,33 +193,50 @@ def load_encoder(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype=None
     EncoderLoadError : the model could not be found or loaded (names it and the fix).
     ValueError : a bad device, dtype or option.
     """
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"model == {model!r}, must be a model string; see list_models()")
-    model = model.strip()
-    if batch_size is not None:
-        kw["batch_size"] = batch_size
-    if model == PROBE_SHIPPED or model.startswith(PROBE_PREFIX):
-        return BACKENDS["probe"](model, device=device, dtype=dtype, revision=revision,
+    with _hub_bars_on_a_terminal_only():  # transformers' weight-loading bar, as the CLI's bars
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"model == {model!r}, must be a model string; see list_models()")
+        model = model.strip()
+        if batch_size is not None:
+            kw["batch_size"] = batch_size
+        if model == PROBE_SHIPPED or model.startswith(PROBE_PREFIX):
+            return BACKENDS["probe"](model, device=device, dtype=dtype, revision=revision,
+                                     trust_remote_code=trust_remote_code, **kw)
+        plugin = plugin_backend(model)
+        if plugin is not None and not is_local(model):
+            return BACKENDS[plugin](model, device=device, dtype=dtype, revision=revision,
+                                    trust_remote_code=trust_remote_code, **kw)
+        spec = MODELS.get(model)
+        if spec is not None and not is_local(model):
+            if spec.trust_remote_code:
+                check_remote_code(model, trust_remote_code, reason=JINA_REASON)  # before anything is downloaded
+            backend = spec.backend
+            kw = {**dict(spec.defaults), **kw}
+        elif model.startswith("offline") and not is_local(model):
+            raise EncoderLoadError(f"unknown offline model {model!r}; choose one of "
+                                   f"{[m for m in MODELS if m.startswith('offline')]}")
+        else:
+            backend = _backend_from_config(model, revision, trust_remote_code)
+        if backend != "offline" and "batch_size" not in kw:
+            kw["batch_size"] = 32
+        return BACKENDS[backend](model, device=device, dtype=dtype, revision=revision,
                                  trust_remote_code=trust_remote_code, **kw)
-    plugin = plugin_backend(model)
-    if plugin is not None and not is_local(model):
-        return BACKENDS[plugin](model, device=device, dtype=dtype, revision=revision,
-                                trust_remote_code=trust_remote_code, **kw)
-    spec = MODELS.get(model)
-    if spec is not None and not is_local(model):
-        if spec.trust_remote_code:
-            check_remote_code(model, trust_remote_code, reason=JINA_REASON)  # before anything is downloaded
-        backend = spec.backend
-        kw = {**dict(spec.defaults), **kw}
-    elif model.startswith("offline") and not is_local(model):
-        raise EncoderLoadError(f"unknown offline model {model!r}; choose one of "
-                               f"{[m for m in MODELS if m.startswith('offline')]}")
-    else:
-        backend = _backend_from_config(model, revision, trust_remote_code)
-    if backend != "offline" and "batch_size" not in kw:
-        kw["batch_size"] = 32
-    return BACKENDS[backend](model, device=device, dtype=dtype, revision=revision,
-                             trust_remote_code=trust_remote_code, **kw)
+
+
+@contextlib.contextmanager
+def _hub_bars_on_a_terminal_only():
+    """transformers' own progress bars (e.g. "Loading weights") only while stderr is a terminal (a script's log
+    gets none), as README says of the CLI's bars; the setting is put back after the load."""
+    from transformers.utils import logging as hf_logging
+
+    quiet = hf_logging.is_progress_bar_enabled() and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
 
 
 def model_label(model: str) -> str:

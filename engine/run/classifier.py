@@ -92,6 +92,9 @@ class Classifier:
         from engine.encoders.base import PromptTruncatedWarning, check_prompt_lengths
         from engine.encoders.text_cache import TextCache
 
+        if "labels" in encoder_options:  # EncoderSpec would say "unexpected keyword argument 'labels'"
+            raise TypeError("Classifier takes plain class names as system=[...] (a list of labels), not labels=; "
+                            "or call engine.zero_shot(images, labels=[...])")
         self.spec, self.system, self.calibration, self.encoder = load_parts(model, system, encoder, calibration,
                                                                             **encoder_options)
         self.calibration_use = CalibrationUse(self.calibration, self.system)
