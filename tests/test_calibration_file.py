@@ -405,7 +405,10 @@ def test_zero_shot_setting_fits_no_posterior_and_a_fit_worse_on_held_out_dev_is_
         assert all(m is None for m in cal.channels.confusions) and (cal.lams == 200.0).all()
 
 
-@pytest.mark.parametrize("key, value", [("W", float("nan")), ("b", "x"), ("scale", -1.0)])
+# the last three overflowed: an internal error (exit 3) instead of a damaged file
+@pytest.mark.parametrize("key, value", [("W", float("nan")), ("b", "x"), ("scale", -1.0),
+                                        pytest.param("mean", 10**400, id="mean-huge"), ("sizes", float("inf")),
+                                        pytest.param("sizes", 10**300, id="sizes-huge")])
 def test_a_damaged_few_shot_posterior_is_refused_naming_the_file(relabelled, tmp_path, key, value):
     d = relabelled["cal"].to_dict()
     post = d["few_shot"]["posterior"]

@@ -156,3 +156,37 @@ def test_a_missing_file_names_the_folder_relative_paths_start_from_only_when_the
     with pytest.raises(ImageLoadError) as relative:
         load_image("missing.png")
     assert f"relative paths are resolved from {str(tmp_path)!r}" in str(relative.value)
+
+
+def test_a_truncated_file_of_a_format_we_read_is_called_damaged_not_refused():
+    """A PNG holding its signature and IHDR only was told "PNG is not an image format twentyq reads"."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 100, 100, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    with pytest.raises(ImageLoadError, match="damaged or truncated PNG file") as e:
+        load_image(data)
+    assert "not an image format" not in str(e.value)
+
+
+def test_a_progressive_jpeg_of_too_many_scans_is_refused_before_decoding():
+    """A "scan bomb" (the last refinement scan repeated thousands of times) decoded for minutes and held a server
+    thread past its timeout; an ordinary progressive JPEG (10 scans) still loads."""
+    import io
+
+    from engine.encoders.images import MAX_JPEG_SCANS
+
+    buf = io.BytesIO()
+    noise_image(1, (256, 256)).save(buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    assert 1 < data.count(b"\xff\xda") <= MAX_JPEG_SCANS
+    assert load_image(data).size == (256, 256)
+    last, eoi = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    for extra in (MAX_JPEG_SCANS - data.count(b"\xff\xda"), MAX_JPEG_SCANS + 1 - data.count(b"\xff\xda")):
+        bomb = data[:eoi] + data[last:eoi] * extra + data[eoi:]
+        if bomb.count(b"\xff\xda") <= MAX_JPEG_SCANS:
+            assert load_image(bomb).size == (256, 256)  # at the limit: decoded
+        else:
+            with pytest.raises(ImageLoadError, match=f"more than {MAX_JPEG_SCANS} scans"):
+                load_image(bomb)

@@ -400,6 +400,37 @@ def test_batcher_off_and_oversize_requests():
     assert [len(a.results) for a in answers] == [1, 3, 1]
 
 
+def test_a_failing_settings_group_fails_its_own_requests_only():
+    """One request whose settings break the classify call (a bug or a value that slipped through) used to fail
+    every request of its model batch with a 500; now only its own group's."""
+    enc = FakeEncoder()
+    clfs = {"colours": Classifier(system=COLOUR_SYSTEM, encoder=enc), "colours2": Classifier(system=COLOUR_2, encoder=enc)}
+
+    def broken(*a, **k):
+        raise OverflowError("int too large to convert to float")
+
+    clfs["colours2"].classify_embedded = broken
+    b = Batcher(clfs, max_batch=32, max_wait_s=0.3)
+
+    async def main():
+        return await asyncio.gather(*(b.submit([solid("red")], s, RunConfig()) for s in
+                                      ("colours", "colours2", "colours", "colours2")), return_exceptions=True)
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        b.close(5)
+    assert b.batches_run == 1 and enc.image_calls == 1
+    assert [type(a).__name__ for a in answers] == ["Answer", "OverflowError", "Answer", "OverflowError"]
+    assert [a.results[0].label for a in answers[::2]] == ["cherry", "cherry"]
+
+
+def test_a_budget_past_any_q_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"budget == 9999.*\.\.\., must be a whole number from 0 to 1,000,000,000"):
+        RunConfig(budget=int("9" * 400))
+    assert RunConfig(budget=10**9).budget == 10**9
+
+
 def test_batcher_reports_nonfinite_embeddings_per_image():
     enc = NanRowEncoder(row=1)
     b = Batcher({"colours": Classifier(system=COLOUR_SYSTEM, encoder=enc)}, max_batch=8, max_wait_s=0)

@@ -186,3 +186,21 @@ def test_pipeline_yields_input_order_and_writes_every_shard_once(tmp_path):
         assert store.read_all() == got and not store.pending()
     assert [len(s.items) for s in shards_of(items, 4)] == [4, 4, 1]
     assert [s.index for s in shards_of(items, 4, only=[2, 0])] == [2, 0]
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_a_run_folder_whose_files_are_not_files_is_refused_not_read(tmp_path, kind):
+    """_manifest.json as a symlink to /dev/zero read until memory ran out; as a FIFO it hung (hostile pass)."""
+    import os
+
+    from engine.run.store import StoreError, read_run, shard_progress
+
+    root = tmp_path / "r.jsonl.d"
+    root.mkdir()
+    if kind == "fifo":
+        os.mkfifo(root / "_manifest.json")
+    else:
+        (root / "_manifest.json").symlink_to("/dev/zero")
+    with pytest.raises(StoreError, match="holds no readable twentyq run"):
+        read_run(tmp_path / "r.jsonl")
+    assert shard_progress(tmp_path / "r.jsonl")[1] is None

@@ -34,6 +34,9 @@ REASONS = (None, "confident", "exhausted", "budget", "no_gain", "error")
 GOING, CONFIDENT, EXHAUSTED, BUDGET, NO_GAIN, ERROR = range(len(REASONS))
 
 
+MAX_BUDGET = 10**9  # prompts: far above any system's Q; larger ones overflow the loop's float arrays
+
+
 @dataclass(frozen=True)
 class StopRule:
     """When to stop asking.
@@ -65,8 +68,10 @@ class StopRule:
         if not (isinstance(self.delta, (int, float)) and self.delta >= 0 and math.isfinite(self.delta)):
             raise ValueError(f"delta == {self.delta!r}, must be a finite number >= 0")
         if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, (int, np.integer))
-                                        or self.budget < 0):
-            raise ValueError(f"budget == {self.budget!r}, must be a whole number >= 0 or None")
+                                        or not 0 <= self.budget <= MAX_BUDGET):
+            shown = repr(self.budget) if len(repr(self.budget)) <= 24 else repr(self.budget)[:20] + "..."
+            raise ValueError(f"budget == {shown}, must be a whole number from 0 to {MAX_BUDGET:,} or None "
+                             "(a budget of Q or more is no limit)")
 
 
 NO_STOP = StopRule()

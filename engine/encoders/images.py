@@ -96,6 +96,8 @@ def format_refusal(fmt: str | None) -> str:
     allowed = ", ".join(IMAGE_FORMATS)
     if fmt is None:
         return f"not an image twentyq reads (unknown format or not an image file); it reads {allowed}"
+    if fmt in IMAGE_FORMATS:  # its magic bytes, but Pillow could not read the header that follows
+        return f"a damaged or truncated {fmt} file (its header cannot be read); re-save or re-download it"
     why = " (decoding it would run Ghostscript, an external program)" if fmt in ("EPS", "PS", "PDF") else ""
     return f"{fmt} is not an image format twentyq reads{why}; it reads {allowed}: convert the file to PNG or JPEG"
 
@@ -202,6 +204,29 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
+#: scans a progressive JPEG may hold: encoders write about 10 (libjpeg) to a few dozen; each costs a decode
+#: pass over every pixel, so a file of thousands of repeated scans ("scan bomb") ran for minutes
+MAX_JPEG_SCANS = 100
+_SOS = b"\xff\xda"  # start of scan; in entropy-coded data 0xFF is always followed by 0x00 or a restart marker
+
+
+def _check_scans(fp, label: str) -> None:
+    """ImageLoadError when the JPEG open on ``fp`` holds more than :data:`MAX_JPEG_SCANS` scans (counted on its
+    bytes, in blocks; ``fp``'s position is kept)."""
+    pos, scans, tail = fp.tell(), 0, b""
+    try:
+        fp.seek(0)
+        for block in iter(lambda: fp.read(1 << 20), b""):
+            chunk = tail + block
+            scans += chunk.count(_SOS) - tail.count(_SOS)
+            tail = chunk[-1:]
+            if scans > MAX_JPEG_SCANS:
+                raise ImageLoadError(label, f"a progressive JPEG of more than {MAX_JPEG_SCANS} scans (encoders write "
+                                            "about 10; each extra scan only costs decoding time): re-save it")
+    finally:
+        fp.seek(pos)
+
+
 @contextmanager
 def opened(source, label: str, max_pixels: int | None = None):
     """``source`` (a path, a binary file object or bytes) opened by Pillow, header only, by the module's
@@ -220,6 +245,8 @@ def opened(source, label: str, max_pixels: int | None = None):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source, formats=IMAGE_FORMATS) as im:
                 _check_size(im.size, label, max_pixels)  # the header only: nothing is decoded yet
+                if im.format == "JPEG" and im.info.get("progressive"):
+                    _check_scans(im.fp, label)
                 if max(im.size) > MAX_SIDE:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= the bound
                     r = MAX_SIDE / max(im.size)
                     im.draft(None, (max(1, int(im.size[0] * r)), max(1, int(im.size[1] * r))))

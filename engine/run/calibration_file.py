@@ -487,7 +487,7 @@ class Calibration:
 
             try:
                 few = None if d.get("few_shot") is None else FewShotModel.from_dict(d["few_shot"])
-            except (KeyError, TypeError, ValueError) as e:  # name the field: its arrays are checked only here
+            except (KeyError, TypeError, ValueError, OverflowError) as e:  # name the field: arrays checked only here
                 what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
                 raise ValueError(f"field few_shot (the few-shot model): {what}") from None
             if few is not None and few.P.shape[1] != sum(sizes):
@@ -510,7 +510,7 @@ class Calibration:
                        **choice, crossfit=crossfit)
             _check_predictive(cal)
             return cal
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: a number past float or int64
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
             raise CalibrationError(f"{where} is damaged ({what}); {fix}") from None
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.common.files import atomic_write_json
+from engine.common.files import atomic_write_json, read_text_capped
 from engine.core.metrics import (  # noqa: F401 (exact_ci: re-exported)
     CI_METHOD, accuracy_ci, exact_ci, per_class, top_confusions,
 )
@@ -169,7 +169,7 @@ RESUMED_STATS = ("text_encodes", "text_hits", "seconds_embed", "seconds_classify
 def earlier_stats(summary: Path) -> dict[str, float]:
     """The :data:`RESUMED_STATS` of an earlier run's summary (those it has, finite), or {} without one."""
     try:
-        d = json.loads(summary.read_text(encoding="utf-8"))
+        d = json.loads(read_text_capped(summary, what="run summary"))
     except (OSError, ValueError):
         return {}
     return {k: d[k] for k in RESUMED_STATS if isinstance(d.get(k), (int, float)) and np.isfinite(d[k])}

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.common.errors import UserInputError
-from engine.common.files import atomic_write
+from engine.common.files import atomic_write, open_guarded, read_text_capped
 from engine.core.results import Result, Step
 
 MANIFEST, LOCK, SUMMARY = "_manifest.json", "_lock", "_summary.json"
@@ -185,7 +185,7 @@ def _concatenate(shards: Sequence[Path], table: Path, header: bytes = b"") -> in
         with open(tmp, "wb") as out:
             out.write(header)
             for path in shards:
-                with path.open("rb") as f:
+                with open_guarded(path, None, what="result shard") as f:
                     if header:
                         f.readline()
                     shutil.copyfileobj(f, out, 1 << 20)
@@ -201,7 +201,7 @@ class JsonlFormat:
         return atomic_write(path, text.encode("utf-8"))
 
     def read(self, path: Path) -> list[Result]:
-        with path.open(encoding="utf-8") as f:
+        with io.TextIOWrapper(open_guarded(path, None, what="result shard"), encoding="utf-8") as f:
             return [Result.from_dict(json.loads(line)) for line in f]
 
     def merge(self, shards: Sequence[Path], table: Path) -> int:
@@ -220,7 +220,8 @@ class ParquetFormat:
     def read(self, path: Path) -> list[Result]:
         import pyarrow.parquet as pq
 
-        return results_from_arrow(pq.read_table(path))
+        with open_guarded(path, None, what="result shard") as f:
+            return results_from_arrow(pq.read_table(f))
 
     def merge(self, shards: Sequence[Path], table: Path) -> int:
         import pyarrow.parquet as pq
@@ -232,7 +233,8 @@ class ParquetFormat:
             writer = None
             try:
                 for path in shards:
-                    part = pq.read_table(path)
+                    with open_guarded(path, None, what="result shard") as f:
+                        part = pq.read_table(f)
                     writer = writer or pq.ParquetWriter(tmp, part.schema)
                     writer.write_table(part)
             finally:
@@ -274,7 +276,7 @@ class CsvFormat:
         return atomic_write(path, buf.getvalue().encode("utf-8"))
 
     def read(self, path: Path) -> list[Result]:
-        with path.open(encoding="utf-8", newline="") as f:
+        with io.TextIOWrapper(open_guarded(path, None, what="result shard"), encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
         out = []
         for row in rows:
@@ -290,7 +292,7 @@ class CsvFormat:
     def merge(self, shards: Sequence[Path], table: Path) -> int:
         if not shards:
             return atomic_write(table, self.header(False))
-        with shards[0].open("rb") as f:
+        with open_guarded(shards[0], None, what="result shard") as f:
             header = f.readline()
         return _concatenate(shards, table, header)
 
@@ -419,7 +421,7 @@ class ResultStore:
         try:
             if path.is_file():
                 try:
-                    old = json.loads(path.read_text(encoding="utf-8"))
+                    old = json.loads(read_text_capped(path, what="run manifest"))
                 except (OSError, ValueError):
                     old = {}
                 if not resume:
@@ -488,7 +490,7 @@ class ResultStore:
     def _marker(self, k: int) -> dict[str, Any] | None:
         """Shard k's marker when its file and marker are both there and agree (rows and size)."""
         try:
-            mark = json.loads(self.marker_path(k).read_text(encoding="utf-8"))
+            mark = json.loads(read_text_capped(self.marker_path(k), what="shard marker"))
             if mark.get("rows") == len(self.rows_of(k)) and mark.get("bytes") == self.shard_path(k).stat().st_size:
                 return mark
         except (OSError, ValueError, AttributeError):
@@ -570,7 +572,7 @@ def read_run(out: str | os.PathLike) -> list[dict[str, Any]]:
     StoreError when OUT holds no twentyq run."""
     root = run_dir(out)
     try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(read_text_capped(root / MANIFEST, what="run manifest"))
         fmt = FORMATS[manifest["suffix"]]
         store = ResultStore(root, fmt, int(manifest["rows"]), int(manifest["shard_size"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -584,7 +586,7 @@ def shard_progress(out: str | os.PathLike) -> tuple[int, int | None, Path]:
     it holds no run (nothing was written)."""
     root = run_dir(out)
     try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(read_text_capped(root / MANIFEST, what="run manifest"))
         store = ResultStore(root, FORMATS[manifest["suffix"]], int(manifest["rows"]), int(manifest["shard_size"]))
     except (OSError, ValueError, KeyError, TypeError):
         return 0, None, root

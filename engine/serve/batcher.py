@@ -159,18 +159,19 @@ class Batcher:
                 return
             try:
                 answers = self._classify(batch)
-            except Exception as e:  # noqa: BLE001  (each caller gets it: a 500 with its traceback)
-                answers = [None] * len(batch)
-                for job in batch:
-                    job.loop.call_soon_threadsafe(_settle, job.future, None, e)
-            else:
-                for job, answer in zip(batch, answers):
-                    job.loop.call_soon_threadsafe(_settle, job.future, answer, None)
+            except Exception as e:  # noqa: BLE001  (the shared embedding failed: each caller gets it, a 500)
+                answers = [e] * len(batch)
+            for job, answer in zip(batch, answers):  # an exception: that request's settings group failed
+                failed = isinstance(answer, BaseException)
+                job.loop.call_soon_threadsafe(_settle, job.future, None if failed else answer,
+                                              answer if failed else None)
             for job in batch:  # the decoded images are done with: not kept alive while the worker waits
                 job.images = []
             del batch, answers
 
-    def _classify(self, batch: list[_Job]) -> list[Answer]:
+    def _classify(self, batch: list[_Job]) -> list[Answer | BaseException]:
+        """One embedding call for the batch, then one classify call per (system, settings, trace) group: a group
+        that raises fails its own requests only (the exception in their places), not the others'."""
         t_start = time.perf_counter()
         images = [im for job in batch for im in job.images]
         # any classifier embeds: they share the encoder; the one image call of this batch
@@ -186,12 +187,17 @@ class Batcher:
         groups: dict[tuple[str, RunConfig, bool], list[int]] = {}
         for k, job in enumerate(batch):
             groups.setdefault((job.system, job.config, job.trace), []).append(k)
+        failed: dict[int, BaseException] = {}
         for (system, config, trace), ks in groups.items():
             t0 = time.perf_counter()
             slots = [(k, i) for k in ks for i in range(len(batch[k].images)) if offsets[k] + i in row_of]
             if slots:
                 rows = [row_of[offsets[k] + i] for k, i in slots]
-                out = self.classifiers[system].classify_embedded(emb[rows], config, trace=trace)
+                try:
+                    out = self.classifiers[system].classify_embedded(emb[rows], config, trace=trace)
+                except Exception as e:  # noqa: BLE001  (its callers get it, a 500; the other groups go on)
+                    failed.update((k, e) for k in ks)
+                    continue
                 for (k, i), r in zip(slots, out):
                     results[k][i] = r
             ms = (time.perf_counter() - t0) * 1e3
@@ -203,7 +209,8 @@ class Batcher:
         self.batches_run += 1
         self.batch_sizes = (self.batch_sizes + [len(images)])[-1000:]
         embed_ms = (t_embedded - t_start) * 1e3
-        return [Answer(results=results[k],
+        return [failed[k] if k in failed else
+                Answer(results=results[k],
                        timings={"queue_ms": (t_start - job.t_submit) * 1e3, "embed_ms": embed_ms,
                                 "classify_ms": classify_ms[k], "batch_images": len(images),
                                 "batch_requests": len(batch)})
