@@ -23,6 +23,7 @@ for every group; identical rule signatures are *not* an error (see
 
 from __future__ import annotations
 
+import difflib
 import reprlib
 from collections.abc import Mapping
 from typing import Any
@@ -209,10 +210,12 @@ def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
 
     gkeys = [k for k in GROUP_KEYS if k in data]
     rkeys = [k for k in RULE_KEYS if k in data]
-    if len(gkeys) != 1:
-        problems.append(f"top level: need exactly one of {list(GROUP_KEYS)}, found {gkeys or 'none'}")
-    if len(rkeys) != 1:
-        problems.append(f"top level: need exactly one of {list(RULE_KEYS)}, found {rkeys or 'none'}")
+    for keys, found in ((GROUP_KEYS, gkeys), (RULE_KEYS, rkeys)):
+        if len(found) != 1:
+            near = [k for k in data if isinstance(k, str) and k not in GROUP_KEYS + RULE_KEYS
+                    and difflib.get_close_matches(k, keys, n=1, cutoff=0.75)]
+            hint = f" (is {show(near[0])} a misspelling of {keys[0]!r}?)" if near and not found else ""
+            problems.append(f"top level: need exactly one of {list(keys)}, found {found or 'none'}{hint}")
     name = data.get("name", "system")
     if not isinstance(name, str) or not name:
         problems.append(f"name: must be a non-empty string, got {show(name)}")
@@ -253,7 +256,7 @@ def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
                             "for every group)")
             continue
         for gname in crules:
-            if gname not in declared:
+            if gname not in declared and len(gkeys) == 1:  # without a groups list every name would be unknown
                 problems.append(f"{cpath}[{_key(gname)}]: unknown group, groups are {show(list(by_name))}")
         row: list[frozenset[int]] = []
         complete = True

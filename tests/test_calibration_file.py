@@ -504,3 +504,23 @@ def test_a_damaged_cross_fit_part_is_refused_in_one_line(world, tmp_path):
         load_calibration(tmp_path / "bad2.json")
     back = load_calibration(tmp_path / "c.json")
     assert [fm.dev_order for fm in back.crossfit] == [fm.dev_order for fm in cal.crossfit]
+
+
+def test_calibrate_names_the_dev_images_it_could_not_read(tmp_path, capsys):
+    """It said only "2 dev image(s) could not be read"; the record and the command now name them."""
+    from engine.run.calibration_file import calibrate
+    from engine.run.classifier import Classifier
+    from engine.run.datasets import DataSpec
+    from tests.support.data import COLOUR_SYSTEM, solid
+    from tests.support.encoders import FakeEncoder
+
+    rows = ["path,label"]
+    for k, (cls, colour) in enumerate([("cherry", "red"), ("leaf", "green"), ("sea", "blue")] * 6):
+        solid(colour).save(tmp_path / f"{k}.png")
+        rows.append(f"{k}.png,{cls}")
+    rows += [f"gone{k}.png,{cls}" for k, cls in enumerate(("cherry", "leaf", "sea") * 2)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    clf = Classifier(system=COLOUR_SYSTEM, encoder=FakeEncoder())
+    cal = calibrate(clf, DataSpec(str(tmp_path / "d.csv")), policies=["fixed"])
+    assert cal.dev["bad_images"] == len(cal.dev["skipped"]) > 0
+    assert all("gone" in m for m in cal.dev["skipped"])

@@ -298,3 +298,25 @@ def test_compare_checks_the_plot_folder_before_the_run(tmp_path, capsys):
                  "--plot", str(tmp_path / "nodir" / "p.png")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "nodir" in err
+
+
+def test_small_user_mistakes_get_their_own_words(tmp_path, capsys):
+    """From the fresh-user pass: a file as --cache-dir was ignored silently; a file as --out's folder was "does
+    not exist"; an empty image file was an "unknown format"."""
+    solid("red").save(tmp_path / "r.png")
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["classify", str(tmp_path / "r.png"), "--cache-dir", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["classify", str(tmp_path / "r.png"), "--out", str(tmp_path / "r.png" / "x.csv")]) == 2
+    assert "is a file, not a folder; write elsewhere" in capsys.readouterr().err
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert main(["classify", str(tmp_path / "empty.png"), "--model", "offline"]) == 1
+    seen = capsys.readouterr()
+    assert "an empty file (0 bytes)" in seen.out + seen.err
+
+
+def test_compare_on_data_without_rows_is_refused_not_a_table_of_nan(tmp_path, capsys):
+    (tmp_path / "h.csv").write_text("path,label\n", encoding="utf-8")
+    assert main(["compare", "--data", str(tmp_path / "h.csv"), "--labels", "a,b"]) == 2
+    err = capsys.readouterr().err
+    assert "has no rows" in err and err.count("\n") == 1

@@ -141,6 +141,9 @@ def test_missing_hub_model_names_it_and_the_offline_fix():
         load_encoder("nobody-here/not-a-model", device="cpu")
     msg = str(e.value)
     assert "'nobody-here/not-a-model'" in msg and "local folder" in msg and "\n" not in msg
+    assert "not a model twentyq knows" not in msg  # owner/name: a hub id
+    with pytest.raises(EncoderLoadError, match="'clipp' \\(not a model twentyq knows: `twentyq models` lists them"):
+        load_encoder("clipp", device="cpu")  # a typo of a known name
 
 
 @pytest.mark.parametrize("name,match", [

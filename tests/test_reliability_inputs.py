@@ -272,6 +272,8 @@ def test_cli_eval_on_an_empty_dataset(tmp_path, capsys):
     finally:
         engine.encoders.load_encoder = orig
     assert rc == 0
+    out = capsys.readouterr().out
+    assert "no images were scored" in out and "nan" not in out  # it printed "accuracy nan [nan, nan] n=0"
     summary = json.loads((tmp_path / "r.jsonl.d" / "_summary.json").read_text(),
                          parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert summary["n"] == 0 and summary["accuracy"] is None and summary["complete"] is True

@@ -105,6 +105,17 @@ def test_every_problem_is_reported_at_once():
     assert str(err).splitlines()[0] == "invalid system toy.json: 3 problems (fix them in the system file)"
 
 
+def test_a_misspelt_groups_key_is_one_problem_naming_it():
+    """"group" for "groups" gave 76 problems on pokemon15 (every rule's group unknown) and never named the key."""
+    data = good()
+    data["group"] = data.pop("groups")
+    assert problems_of(data) == ["top level: need exactly one of ['groups', 'classification_cot', "
+                                 "'classification_groups'], found none (is 'group' a misspelling of 'groups'?)"]
+    data = good()
+    data["rule"] = data.pop("rules")
+    assert "(is 'rule' a misspelling of 'rules'?)" in problems_of(data)[0]
+
+
 def test_top_level_must_be_an_object():
     assert "must be a JSON object" in problems_of([1, 2])[0]
 

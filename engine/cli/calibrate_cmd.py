@@ -62,6 +62,8 @@ def calibrate_cmd(args) -> int:
           f"class, seed {dev['seed']}); the other {dev['rows'] - dev['n_images'] - dev['bad_images']} were not read")
     if dev["bad_images"]:
         warn(f"{dev['bad_images']} dev image(s) could not be read and were left out")
+        for msg in dev.get("skipped", []):
+            warn(f"  {msg}")
     cf = dev["crossfit"]
     print(f"fitted on all {dev['n_images']} dev image(s); τ tables and the auto policy from {cf['folds']} cross-fitted "
           f"folds (each fold's images run on the model fitted on the others; seed {dev['seed']})" if cf["folds"] else

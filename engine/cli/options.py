@@ -263,6 +263,9 @@ def add_model_flags(p: argparse.ArgumentParser, multi: bool = False) -> None:
 def encoder_spec(args) -> Any:
     from engine.run.config import EncoderSpec
 
+    if args.cache_dir and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
+        raise UsageError(f"--cache-dir {args.cache_dir!r} is a file, not a folder; pass a folder (it is made if "
+                         "missing)")
     with settings_errors():
         return EncoderSpec(model=args.model, revision=args.revision, device=args.device, dtype=args.dtype,
                            batch_size=args.batch_size, cache_dir=args.cache_dir,
@@ -660,6 +663,8 @@ def report_line(rep) -> str:
     what = rep.mode
     if rep.mode == "adaptive":  # τ is recorded for adaptive runs only
         what += f" {rep.policy} τ={rep.tau:g}" + (f" (target {rep.target['target_accuracy']:g})" if rep.target else "")
+    if not rep.n:  # an empty dataset (a CSV of its header only): no figure to show, not "nan"
+        return f"{what}: no images were scored (the data has no rows), nothing to report  model {rep.model}"
     acc5 = f"  acc@5 {rep.acc5:.3f}" if rep.acc5 is not None else ""
     return (f"{what}: accuracy {rep.accuracy:.3f} [{lo:.3f}, {hi:.3f}] n={rep.n}{acc5}  mean per-class recall "
             f"{rep.mean_per_class_recall:.3f}  mean Q {rep.mean_q:.1f}  median Q {rep.median_q:.0f}  "

@@ -405,6 +405,9 @@ def compare_cmd(args) -> int:
     data_sp = data_spec(args, data)
     with settings_errors():
         dataset = data_sp.load(system.classes)  # checked before the model loads, and read once
+    if not len(dataset):
+        raise UsageError(f"--data {data!r} has no rows: compare needs labelled images (a CSV of path,label rows, or "
+                         "DIR/label/*.jpg)")
     if args.descriptors:
         raise UsageError("compare runs baseline, full and adaptive; evaluate --descriptors with 'twentyq eval'")
     if args.plot and Path(args.plot).suffix.lower() != ".png":

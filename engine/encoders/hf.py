@@ -207,7 +207,8 @@ def read_config(name: str, revision: str | None = None) -> tuple[dict, str]:
     try:
         path = _hub_file(name, "config.json", revision)
     except _NotCached as e:
-        raise EncoderLoadError(f"model {name!r} is not in the local Hugging Face cache and {e.why}; "
+        known = "" if "/" in name else " (not a model twentyq knows: `twentyq models` lists them; a hub id is owner/name)"
+        raise EncoderLoadError(f"model {name!r}{known} is not in the local Hugging Face cache and {e.why}; "
                                f"{_offline_hint(name)}") from None
     except Exception as e:  # noqa: BLE001  (network, auth, missing repo)
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

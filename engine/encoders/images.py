@@ -111,7 +111,9 @@ def _refusal_of(source) -> str:
             source.seek(0)
             prefix = source.read(16)
     except Exception:  # noqa: BLE001
-        prefix = b""
+        prefix = None
+    if prefix == b"":
+        return "not an image: an empty file (0 bytes); check that it was written or copied in full"
     return format_refusal(sniff_format(prefix) if prefix else None)
 
 

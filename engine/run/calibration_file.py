@@ -1279,6 +1279,9 @@ def choose_auto(cal: Calibration, system: AttributeSystem, *, n_budgets: int = A
                                "minus_fixed_ci95": diffs[p]["diff_ci95"]} for p in AUTO_CANDIDATES}}
 
 
+SKIPPED_KEPT = 20  # unreadable dev images named in a calibration's dev record (the rest are counted)
+
+
 def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: int = 0, eps: float | None = None,
               dataset: Any = None, chunk_size: int = 64, progress: Callable[[int], None] | None = None,
               policies: Sequence[str] | None = None, setting: str = "auto",
@@ -1310,7 +1313,7 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
         raise CalibrationError(f"the dev split of {data.source!r} is empty: its {len(items)} image(s) leave no class "
                                f"with 2 or more images (a class needs one dev and one test image); give more images "
                                "per class (a larger --limit, or no --limit)")
-    embs, good_rows, bad = [], [], 0
+    embs, good_rows, bad, skipped = [], [], 0, []
     for start in range(0, len(dev_items), chunk_size):
         chunk = dev_items[start:start + chunk_size]
         emb, good, errs = classifier.images.embed([it.source for it in chunk], [it.path for it in chunk])
@@ -1318,6 +1321,7 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
             embs.append(EncoderSource(classifier.encoder, classifier.text_cache, system, emb).all_similarities())
             good_rows += [start + int(j) for j in good]
         bad += len(errs)
+        skipped += [errs[j] for j in sorted(errs)][:SKIPPED_KEPT - len(skipped)]
         if progress:
             progress(len(chunk))
     if not good_rows:
@@ -1329,6 +1333,8 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
            "bad_images": bad, "fraction": float(dev_fraction), "seed": int(seed), "split": "by image, stratified",
            "sha256": fingerprint({}, [it.path for it in dev_items], [it.label for it in dev_items]),
            "image_sha256": sorted({h for h in map(image_sha256, dev_items) if h is not None})}
+    if skipped:  # the first few, named (the file of a clean run has no such key)
+        dev["skipped"] = skipped
     enc = classifier.encoder
     return fit_calibration(sims, truth, system, lam0=float(enc.logit_scale), eps=DEFAULT_EPS if eps is None else eps,
                            model=classifier.spec.model, model_id=str(enc.model_id), revision=classifier.spec.revision,

@@ -130,7 +130,7 @@ def _from_csv(path: Path) -> list[Item]:
                 items.append(Item(full, lab, extra))
             return items
     except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text; pass a CSV with path,label columns") from None
+        raise DatasetError(f"{path}: not UTF-8 text; save it as UTF-8 (a CSV with path,label columns)") from None
 
 
 def _from_folder(root: Path) -> list[Item]:

@@ -334,7 +334,9 @@ def check_out(out: str | os.PathLike) -> ShardFormat:
         raise StoreError(f"--out {str(table)!r} is a folder{old}; --out names the result table file, and its "
                          f"shards go in {root.name} beside it: pass a new name")
     if not table.parent.is_dir():
-        raise StoreError(f"--out {str(table)!r}: the folder {str(table.parent)!r} does not exist; create it first")
+        what = "is a file, not a folder" if table.parent.exists() else "does not exist"
+        raise StoreError(f"--out {str(table)!r}: the folder {str(table.parent)!r} {what}; "
+                         + ("write elsewhere" if table.parent.exists() else "create it first"))
     if root.exists() and not root.is_dir():
         raise StoreError(f"--out {str(table)!r}: {str(root)!r} (where its shards go) is a file; move it, or pass a "
                          "new --out")
