@@ -62,7 +62,9 @@ ImageLike = Union[str, os.PathLike, Image.Image, bytes]  # bytes: an encoded ima
 WHITE = (255, 255, 255)
 
 # 100 megapixels: larger than any camera photo in common use (~50 MP), far below what a crafted
-# file can declare. Decoding that much RGB costs ~300 MB, the most one image may take.
+# file can declare. Decoding that much RGB takes about 0.9 GB at its peak (decode, copy and RGB: 9 bytes a
+# pixel), an RGBA or 16-bit one up to 2.4-3.4 GB (engine.serve.memory's table; the server budgets it, the CLI's
+# decode workers, two by default, do not).
 MAX_IMAGE_PIXELS = 100_000_000
 # Long side an image is downscaled to before it reaches a model (models look at 224-512 px).
 MAX_SIDE = 2048
@@ -229,6 +231,23 @@ def _check_scans(fp, label: str) -> None:
         fp.seek(pos)
 
 
+DECODER_BUFFERS = "twentyq_decoder_buffers"  # key in an opened image's info: see decoder_buffers
+
+
+def decoder_buffers(im: Image.Image) -> int:
+    """Bytes a format's decoder holds beyond the decoded image, from the header of ``im`` (before any draft):
+    a progressive JPEG keeps every component's DCT coefficients at full size (2 bytes each; subsampling
+    ignored, an upper bound) even when decoded at a reduced scale, and libwebp decodes into a buffer of its
+    own before Pillow copies it (measured 6.3–7.0 bytes a pixel at 6300 x 6300 above the RGB/RGBA estimate).
+    0 for the other formats (their peak is the mode's, :mod:`engine.serve.memory`)."""
+    w, h = im.size
+    if im.format == "JPEG" and im.info.get("progressive"):
+        return 2 * w * h * max(1, int(getattr(im, "layers", 3) or 3))
+    if im.format == "WEBP":
+        return 7 * w * h
+    return 0
+
+
 @contextmanager
 def opened(source, label: str, max_pixels: int | None = None):
     """``source`` (a path, a binary file object or bytes) opened by Pillow, header only, by the module's
@@ -249,6 +268,7 @@ def opened(source, label: str, max_pixels: int | None = None):
                 _check_size(im.size, label, max_pixels)  # the header only: nothing is decoded yet
                 if im.format == "JPEG" and im.info.get("progressive"):
                     _check_scans(im.fp, label)
+                im.info[DECODER_BUFFERS] = decoder_buffers(im)  # before the draft: some buffers are full size
                 if max(im.size) > MAX_SIDE:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= the bound
                     r = MAX_SIDE / max(im.size)
                     im.draft(None, (max(1, int(im.size[0] * r)), max(1, int(im.size[1] * r))))
@@ -274,13 +294,13 @@ def _decode(source, label: str, max_pixels: int | None = None) -> Image.Image:
         return _checked(_downscale(to_rgb(im)), label)
 
 
-def read_header(data: bytes, label: str, max_pixels: int | None = None) -> tuple[int, int, str, bool]:
-    """(width, height, Pillow mode, whether it names a transparent colour) of an encoded image, from its
-    header alone (after a large JPEG's reduced-scale draft: what will be decoded); the same checks and
-    ImageLoadError as decoding it."""
+def read_header(data: bytes, label: str, max_pixels: int | None = None) -> tuple[int, int, str, bool, int]:
+    """(width, height, Pillow mode, whether it names a transparent colour, :func:`decoder_buffers`) of an encoded
+    image, from its header alone (size and mode after a large JPEG's reduced-scale draft: what will be decoded);
+    the same checks and ImageLoadError as decoding it."""
     with opened(data, label, max_pixels) as im:
         w, h = im.size
-        return int(w), int(h), im.mode, "transparency" in im.info
+        return int(w), int(h), im.mode, "transparency" in im.info, int(im.info.get(DECODER_BUFFERS, 0))
 
 
 def _checked(img: Image.Image, label: str) -> Image.Image:

@@ -45,13 +45,14 @@ _TRANSPARENCY_EXTRA = {"1": 12, "L": 12, "P": 12, "RGB": 16}
 _DEFAULT_PEAK = 40  # a mode not listed: assume the worst listed
 
 
-def decode_cost(width: int, height: int, mode: str, transparency: bool = False) -> int:
+def decode_cost(width: int, height: int, mode: str, transparency: bool = False, decoder_buffers: int = 0) -> int:
     """Peak bytes one image takes while it is decoded and converted, from its header (width, height,
-    Pillow mode, whether it declares a transparent colour); includes the downscaled copy it ends as."""
+    Pillow mode, whether it declares a transparent colour, the format decoder's own buffers:
+    :func:`engine.encoders.images.decoder_buffers`); includes the downscaled copy it ends as."""
     w, h = int(width), int(height)
     per_pixel = _PEAK_BYTES_PER_PIXEL.get(mode, _DEFAULT_PEAK)
     per_pixel += _TRANSPARENCY_EXTRA.get(mode, 0) if transparency else 0
-    return w * h * per_pixel + _resize_cost(w, h) + kept_cost(w, h)
+    return w * h * per_pixel + int(decoder_buffers) + _resize_cost(w, h) + kept_cost(w, h)
 
 
 def _resize_cost(w: int, h: int) -> int:

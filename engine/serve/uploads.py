@@ -29,17 +29,19 @@ _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.ASCII)
 @dataclass(frozen=True)
 class Header:
     """What an upload's header declares, read before any pixel is decoded: its size and Pillow mode
-    after a JPEG's reduced-scale draft (what will actually be decoded), and whether it names a
-    transparent colour. ``cost`` tuple for :func:`engine.serve.memory.request_cost`."""
+    after a JPEG's reduced-scale draft (what will actually be decoded), whether it names a
+    transparent colour, and its format's decoder buffers (:func:`engine.encoders.images.decoder_buffers`).
+    ``cost`` tuple for :func:`engine.serve.memory.request_cost`."""
 
     width: int
     height: int
     mode: str
     transparency: bool
+    decoder_buffers: int = 0
 
     @property
-    def cost(self) -> tuple[int, int, str, bool]:
-        return self.width, self.height, self.mode, self.transparency
+    def cost(self) -> tuple[int, int, str, bool, int]:
+        return self.width, self.height, self.mode, self.transparency, self.decoder_buffers
 
 
 def api_error(e: ImageLoadError, field: str, max_pixels: int) -> ApiError:
