@@ -313,7 +313,7 @@ def test_settings_and_flags():
     spec = encoder_spec(args)
     assert (spec.decode_workers, spec.preprocess, spec.workers()) == (3, "processor", 3)
     assert spec.identity() == EncoderSpec(model=spec.model).identity()  # how fast, not what
-    with pytest.raises(UsageError, match="decode_workers"):
+    with pytest.raises(UsageError, match="--decode-workers == -2"):
         encoder_spec(build_parser().parse_args(["classify", "a.png", "--decode-workers", "-2"]))
 
 

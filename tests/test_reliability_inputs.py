@@ -242,8 +242,8 @@ def test_bad_arguments_name_the_value(kw, shown):
 
 
 @pytest.mark.parametrize("flag, value, shown", [
-    ("--logit-scale", "0", "logit_scale == 0.0"), ("--eps", "1", "eps == 1.0"), ("--tau", "1.5", "tau == 1.5"),
-    ("--tau", "0", "tau == 0.0"), ("--budget", "-2", "budget == -2"),
+    ("--logit-scale", "0", "--logit-scale == 0.0"), ("--eps", "1", "--eps == 1.0"), ("--tau", "1.5", "--tau == 1.5"),
+    ("--tau", "0", "--tau == 0.0"), ("--budget", "-2", "--budget == -2"),
 ])
 def test_cli_bad_arguments_exit_2_naming_the_value(tmp_path, capsys, flag, value, shown):
     solid("red").save(tmp_path / "r.png")

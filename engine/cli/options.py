@@ -113,7 +113,21 @@ def settings_errors():
         yield
     except (ValueError, KeyError) as e:
         msg = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
-        raise UsageError(msg) from e
+        raise UsageError(_as_flag(msg)) from e
+
+
+def _as_flag(msg: str) -> str:
+    """A settings object's "budget == -3, ..." as the flag the user typed: "--budget == -3, ..." (the run and
+    model settings map one to one onto flags; other messages are kept)."""
+    import dataclasses
+
+    from engine.run.config import EncoderSpec, RunConfig
+
+    m = re.match(r"([a-z][a-z0-9_]*) == ", msg)
+    fields = {f.name for cls in (RunConfig, EncoderSpec) for f in dataclasses.fields(cls)}
+    if m and m.group(1) in fields:
+        return "--" + m.group(1).replace("_", "-") + msg[len(m.group(1)):]
+    return msg
 
 
 log = logging.getLogger("twentyq")
