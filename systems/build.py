@@ -62,8 +62,8 @@ def labels_system(labels: list[str] | tuple[str, ...], template: str = LABELS_TE
     labels = [str(x).strip() for x in labels]
     labels = [x for x in labels if x]
     if len(labels) < 2:
-        raise UserInputError(f"{source}: {len(labels)} label(s); give at least two class names, e.g. "
-                             '--labels "cat,dog,bird"')
+        example = '--labels "cat,dog,bird"' if source.startswith("--") else '["cat", "dog", "bird"]'
+        raise UserInputError(f"{source}: {len(labels)} label(s); give at least two class names, e.g. {example}")
     seen = set()
     for x in labels:
         if x in seen:

@@ -78,6 +78,8 @@ def test_labels_system_checks_its_labels():
     for bad, expect in ((["cat"], "at least two"), (["cat", "cat"], "twice"), (["c{at", "dog"], "brace")):
         with pytest.raises(UserInputError, match=expect):
             labels_system(bad)
+    with pytest.raises(UserInputError, match=r'labels: 0 label\(s\).*e\.g\. \["cat", "dog", "bird"\]'):
+        labels_system([], source="labels")  # the Python call's words, not the CLI's --labels
 
 
 def test_templates_need_baseline_mode():
