@@ -212,9 +212,9 @@ def parse_system(data: Any, source: str = "<data>") -> AttributeSystem:
     rkeys = [k for k in RULE_KEYS if k in data]
     for keys, found in ((GROUP_KEYS, gkeys), (RULE_KEYS, rkeys)):
         if len(found) != 1:
-            near = [k for k in data if isinstance(k, str) and k not in GROUP_KEYS + RULE_KEYS
-                    and difflib.get_close_matches(k, keys, n=1, cutoff=0.75)]
-            hint = f" (is {show(near[0])} a misspelling of {keys[0]!r}?)" if near and not found else ""
+            near = [(k, m[0]) for k in data if isinstance(k, str) and k not in GROUP_KEYS + RULE_KEYS
+                    for m in [difflib.get_close_matches(k, keys, n=1, cutoff=0.75)] if m]
+            hint = f" (is {show(near[0][0])} a misspelling of {near[0][1]!r}?)" if near and not found else ""
             problems.append(f"top level: need exactly one of {list(keys)}, found {found or 'none'}{hint}")
     name = data.get("name", "system")
     if not isinstance(name, str) or not name:

@@ -506,11 +506,11 @@ def test_a_damaged_cross_fit_part_is_refused_in_one_line(world, tmp_path):
     assert [fm.dev_order for fm in back.crossfit] == [fm.dev_order for fm in cal.crossfit]
 
 
-def test_calibrate_names_the_dev_images_it_could_not_read(tmp_path, capsys):
-    """It said only "2 dev image(s) could not be read"; the record and the command now name them."""
-    from engine.run.calibration_file import calibrate
-    from engine.run.classifier import Classifier
-    from engine.run.datasets import DataSpec
+def test_calibrate_names_the_dev_images_it_could_not_read(tmp_path, capsys, monkeypatch):
+    """It said only "2 dev image(s) could not be read"; the record keeps the first 20 messages, the command prints
+    them."""
+    import engine.encoders
+    from engine.run.calibration_file import SKIPPED_KEPT
     from tests.support.data import COLOUR_SYSTEM, solid
     from tests.support.encoders import FakeEncoder
 
@@ -518,9 +518,14 @@ def test_calibrate_names_the_dev_images_it_could_not_read(tmp_path, capsys):
     for k, (cls, colour) in enumerate([("cherry", "red"), ("leaf", "green"), ("sea", "blue")] * 6):
         solid(colour).save(tmp_path / f"{k}.png")
         rows.append(f"{k}.png,{cls}")
-    rows += [f"gone{k}.png,{cls}" for k, cls in enumerate(("cherry", "leaf", "sea") * 2)]
+    rows += [f"gone{k}.png,{cls}" for k, cls in enumerate(("cherry", "leaf", "sea") * 20)]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    clf = Classifier(system=COLOUR_SYSTEM, encoder=FakeEncoder())
-    cal = calibrate(clf, DataSpec(str(tmp_path / "d.csv")), policies=["fixed"])
-    assert cal.dev["bad_images"] == len(cal.dev["skipped"]) > 0
-    assert all("gone" in m for m in cal.dev["skipped"])
+    (tmp_path / "sys.json").write_text(json.dumps(COLOUR_SYSTEM), encoding="utf-8")
+    monkeypatch.setattr(engine.encoders, "load_encoder", lambda *a, **k: FakeEncoder())
+    assert main(["calibrate", "--data", str(tmp_path / "d.csv"), "--system", str(tmp_path / "sys.json"),
+                 "--out", str(tmp_path / "c.json"), "--quiet"]) == 0
+    dev = json.loads((tmp_path / "c.json").read_text())["dev"]
+    assert dev["bad_images"] > SKIPPED_KEPT == len(dev["skipped"]) and all("gone" in m for m in dev["skipped"])
+    err = capsys.readouterr().err
+    assert f"{dev['bad_images']} dev image(s) could not be read" in err
+    assert sum("gone" in line for line in err.splitlines()) == SKIPPED_KEPT

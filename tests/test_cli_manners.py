@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -280,6 +281,14 @@ def test_os_error_line_relates_the_error_to_the_paths_named(tmp_path):
     assert os_error_line(enoent(str(tmp_path / "other.csv")), named) is None
     assert os_error_line(PermissionError(errno.EACCES, "Permission denied", "/etc/x"), named).endswith(
         "check its permissions or use another path")
+    # whole path parts, and only what the user typed: a default such as "auto" or a root "/" owns nothing
+    from engine.cli.options import named_paths
+
+    typed = named_paths(["classify", "a.png", "--engine=auto", "--out", "/"])
+    assert os.path.abspath("a.png") in typed and os.path.abspath("auto") in typed and len(typed) == 4
+    assert os_error_line(enoent(os.path.abspath("auto_cache/x")), typed) is None
+    assert os_error_line(enoent("/srv/ours/index.json"), typed) is None
+    assert os_error_line(OSError(errno.EIO, "Input/output error", "/srv/ours/x"), typed).endswith("check the path")
 
 
 def test_budget_outside_the_adaptive_mode_is_refused_not_ignored(tmp_path, capsys):

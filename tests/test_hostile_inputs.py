@@ -510,6 +510,8 @@ def test_an_encoder_that_fails_on_every_image_is_a_bug_not_bad_images():
         encode_images_tolerant(Broken(batch_size=2), [noise_image(0), noise_image(1), noise_image(2)])
     with pytest.raises(IndexError):
         encode_images_tolerant(Broken(batch_size=1), [noise_image(0)])
-    # one image the model cannot take, among good ones, stays that image's error
+    # one image the model cannot take, among good ones or alone, stays that image's error (a 400, not a 500)
     emb, good, errors = encode_images_tolerant(FlakyEncoder(batch_size=2), [noise_image(0), noise_image(5, (7, 7))])
     assert good.tolist() == [0] and list(errors) == [1]
+    emb, good, errors = encode_images_tolerant(FlakyEncoder(batch_size=2), [noise_image(5, (7, 7))])
+    assert len(good) == 0 and "ValueError" in errors[0]

@@ -190,3 +190,50 @@ def test_a_progressive_jpeg_of_too_many_scans_is_refused_before_decoding():
         else:
             with pytest.raises(ImageLoadError, match=f"more than {MAX_JPEG_SCANS} scans"):
                 load_image(bomb)
+
+
+def _progressive_jpeg(fmt="JPEG"):
+    import io
+
+    buf = io.BytesIO()
+    im = noise_image(2, (128, 128))
+    kw = {"save_all": True, "append_images": [im]} if fmt == "MPO" else {}
+    im.save(buf, fmt, progressive=True, quality=90, **kw)
+    return buf.getvalue()
+
+
+def _with_repeated_last_scan(data: bytes, extra: int) -> bytes:
+    eoi = data.find(b"\xff\xd9")  # the first image's end (an MPO holds a second after it)
+    last = data.rfind(b"\xff\xda", 0, eoi)
+    return data[:eoi] + data[last:eoi] * extra + data[eoi:]
+
+
+def test_scans_are_counted_by_walking_the_markers_not_by_searching_bytes():
+    """FF DA bytes inside an APP segment or after the end of the image (a motion photo's video) are not scans;
+    the count is the same whatever the read block (a marker split across two reads)."""
+    import io
+
+    from engine.encoders.images import MAX_JPEG_SCANS, count_scans
+
+    data = _progressive_jpeg()
+    n = count_scans(io.BytesIO(data))
+    assert n == data.count(b"\xff\xda") and 1 < n <= MAX_JPEG_SCANS
+    app15 = b"\xff\xef" + (2 + 2 * 300).to_bytes(2, "big") + b"\xff\xda" * 300
+    for odd in (data[:2] + app15 + data[2:], data + b"\xff\xda" * 300):
+        assert count_scans(io.BytesIO(odd)) == n
+        assert load_image(odd).size == (128, 128)
+    assert count_scans(io.BytesIO(data[:2] + bytes(1000) + data[2:])) == n  # stray bytes are skipped
+    bomb = _with_repeated_last_scan(data, 150)
+    for block in (1, 2, 3, 7, 1 << 16):
+        assert count_scans(io.BytesIO(data), block=block) == n
+        assert count_scans(io.BytesIO(bomb), block=block) == MAX_JPEG_SCANS + 1  # it stops counting there
+
+
+def test_a_progressive_mpo_is_capped_and_estimated_as_a_jpeg():
+    """Pillow opens a JPEG with a multi-picture header as "MPO": it skipped the scan cap and the estimate."""
+    from engine.encoders.images import read_header
+
+    data = _progressive_jpeg("MPO")
+    assert read_header(data, "x")[4] > 0  # the decoder's coefficient buffers are counted
+    with pytest.raises(ImageLoadError, match="scans"):
+        load_image(_with_repeated_last_scan(data, 150))

@@ -204,3 +204,46 @@ def test_a_run_folder_whose_files_are_not_files_is_refused_not_read(tmp_path, ki
     with pytest.raises(StoreError, match="holds no readable twentyq run"):
         read_run(tmp_path / "r.jsonl")
     assert shard_progress(tmp_path / "r.jsonl")[1] is None
+
+
+def test_shards_markers_and_summaries_that_are_fifos_are_refused_not_waited_on(tmp_path):
+    """Each read of a run folder goes through the guarded opener: a FIFO would block an open() forever."""
+    import os
+    import signal
+
+    from engine.common.files import UnreadableInput
+    from engine.run.evaluation import earlier_stats
+    from engine.run.store import FORMATS, ResultStore
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("a read waited on a FIFO"))
+    signal.alarm(20)
+    try:
+        for fmt in FORMATS.values():
+            with pytest.raises(UnreadableInput):
+                fmt.read(fifo)
+        assert earlier_stats(fifo) == {}
+        root = tmp_path / "r.jsonl.d"
+        root.mkdir()
+        store = ResultStore(root, FORMATS[".jsonl"], 4, 2)
+        os.mkfifo(store.marker_path(0))
+        assert store.done() == set()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("manifest", [{"suffix": ".jsonl", "rows": 1e999, "shard_size": 2},
+                                      {"suffix": ".jsonl", "rows": 4, "shard_size": 0}])
+def test_a_manifest_with_impossible_numbers_is_no_readable_run(tmp_path, manifest):
+    """rows 1e999 (OverflowError) and shard_size 0 (ZeroDivisionError) escaped as internal errors, also from the
+    Ctrl-C path's shard count."""
+    from engine.run.store import StoreError, read_run, shard_progress
+
+    root = tmp_path / "r.jsonl.d"
+    root.mkdir()
+    (root / "_manifest.json").write_text(json.dumps(manifest).replace("Infinity", "1e999"))
+    with pytest.raises(StoreError, match="holds no readable twentyq run"):
+        read_run(tmp_path / "r.jsonl")
+    assert shard_progress(tmp_path / "r.jsonl")[1] is None

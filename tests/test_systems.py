@@ -114,6 +114,9 @@ def test_a_misspelt_groups_key_is_one_problem_naming_it():
     data = good()
     data["rule"] = data.pop("rules")
     assert "(is 'rule' a misspelling of 'rules'?)" in problems_of(data)[0]
+    data = good()
+    data["classification_group"] = data.pop("groups")
+    assert "(is 'classification_group' a misspelling of 'classification_groups'?)" in problems_of(data)[0]
 
 
 def test_top_level_must_be_an_object():

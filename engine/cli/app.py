@@ -170,7 +170,7 @@ def _main(argv: list[str] | None) -> int:
         from engine.common.printable import printable
 
         if isinstance(e, OSError) and not isinstance(e, tuple(t for t in user_errors() if t is not OSError)):
-            line = os_error_line(e, named_paths(args))  # None: a file the project chose itself is missing (a bug)
+            line = os_error_line(e, named_paths(sys.argv[1:] if argv is None else argv))  # None: a bug
             if line is not None:
                 print("twentyq: error: " + printable(line), file=sys.stderr)
                 return EXIT_USAGE

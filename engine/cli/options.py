@@ -43,44 +43,58 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-#: errors of the machine, not of a path: the user's to fix whichever file they hit
+#: errors of the machine or the file system, not of a path: the user's to fix whichever file they hit
 MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE, errno.ENFILE,
-                  errno.ENAMETOOLONG, errno.ELOOP}
+                  errno.ENAMETOOLONG, errno.ELOOP, errno.EIO, errno.ESTALE, errno.EBUSY}
 OS_FIXES = {errno.ENOSPC: "free some disk space or write elsewhere", errno.EDQUOT: "free some disk space or write elsewhere",
             errno.EACCES: "check its permissions or use another path", errno.EPERM: "check its permissions or use another path",
             errno.EROFS: "the file system is read-only: write elsewhere", errno.ENAMETOOLONG: "use a shorter name",
             errno.EMFILE: "too many files are open: raise the limit (ulimit -n) or use fewer workers",
-            errno.ENFILE: "too many files are open: raise the limit (ulimit -n) or use fewer workers"}
+            errno.ENFILE: "too many files are open: raise the limit (ulimit -n) or use fewer workers",
+            errno.ENOENT: "check the path (its folder must exist)"}
 
 
-def named_paths(args: Any) -> list[str]:
-    """Every string the command line gave (flag values and positional arguments), as absolute paths."""
+def named_paths(argv: list[str]) -> list[str]:
+    """The paths the user typed: every command-line token that is not a flag (and the value of ``--flag=value``),
+    as absolute paths; defaults and choices the user did not type are not among them."""
     out: list[str] = []
-    for v in vars(args).values():
-        for x in (v if isinstance(v, (list, tuple)) else [v]):
-            if isinstance(x, str) and x and "\0" not in x:
-                out.append(os.path.abspath(os.path.expanduser(x)))
+    for tok in argv:
+        if tok.startswith("-"):
+            tok = tok.partition("=")[2] if "=" in tok else ""
+        if tok and "\0" not in tok:
+            out.append(os.path.abspath(os.path.expanduser(tok)))
     return out
+
+
+def _related(f: str, n: str) -> bool:
+    """Whether the file ``f`` is the named path ``n``, inside it, a folder above it, or made from its name
+    (``x.csv`` -> ``x.csv.d/...``, ``x.csv.tmp``); whole path parts, so ``auto`` does not own ``auto_cache``."""
+    root = os.path.abspath(os.sep)
+    if f == n:
+        return True
+    if n != root and os.path.commonpath([f, n]) == n:  # inside a folder the user named (not '/')
+        return True
+    if os.path.commonpath([f, n]) == f and f != root:  # a folder above the path the user named
+        return True
+    return f.startswith(n + ".")  # made from the name: a sibling such as x.csv.tmp, or inside x.csv.d
 
 
 def os_error_line(e: OSError, named: list[str]) -> str | None:
     """The one line for an OSError that is the user's to fix, or None when it is a bug (exit 3).
 
-    The user's: an error of the machine (:data:`MACHINE_ERRNOS`: disk full, permissions, read-only...), one
-    without a file name (a model hub's "not found"), or one on a path the command line named, inside it, or
-    made from it (``x.csv`` -> ``x.csv.d``, a folder above it). A missing file the project chose itself is a bug.
+    The user's: an error of the machine or file system (:data:`MACHINE_ERRNOS`: disk full, permissions,
+    read-only, I/O...), one without a file name (a model hub's "not found", or a refusal of the guarded opener,
+    whose message names the file and the fix), or one on a path the user typed (:func:`named_paths`), inside
+    it, above it or made from its name. Any other error on a file the user did not name, such as a missing
+    file the project chose itself, is a bug.
     """
     files = [f for f in (e.filename, e.filename2) if isinstance(f, (str, bytes, os.PathLike))]
     if not files:
         return str(e)
     paths = [os.path.abspath(os.fsdecode(f)) for f in files]
-
-    def related(f: str) -> bool:
-        return any(f.startswith(n) or n.startswith(f.rstrip(os.sep) + os.sep) for n in named)
-
-    if e.errno not in MACHINE_ERRNOS and not any(related(f) for f in paths):
+    if e.errno not in MACHINE_ERRNOS and not any(_related(f, n) for f in paths for n in named):
         return None
-    fix = OS_FIXES.get(e.errno, "check the path (its folder must exist)")
+    fix = OS_FIXES.get(e.errno, "check the path")
     return f"{os.fsdecode(files[0])!r}: {e.strerror or type(e).__name__}; {fix}"
 
 
@@ -451,7 +465,8 @@ def run_config(args, **override) -> Any:
     if getattr(args, "target_accuracy", None) is not None:
         fields["target_accuracy"] = args.target_accuracy
     if "mode" not in override and fields["mode"] != "adaptive" and args.budget is not None:
-        why = " (the default with --labels)" if (args.labels or args.labels_file) and not getattr(args, "mode", None) else ""
+        why = "" if getattr(args, "mode", None) else \
+            " (the default with --descriptors)" if getattr(args, "descriptors", None) else " (the default with --labels)"
         raise UsageError(f"--budget {args.budget}: the {fields['mode']} mode{why} scores every prompt of every image; "
                          "a budget applies to --mode adaptive: add it, or drop --budget")
     with settings_errors(), warnings.catch_warnings():

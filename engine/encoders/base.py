@@ -565,8 +565,9 @@ def _embed_tolerant(encoder: Any, loaded: list[tuple[int, Any]], encode: Callabl
                     labels: Sequence[str], errors: dict[int, str]) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
     """Embed ``loaded`` [(input index, item)] with ``encode(part)`` in batches, one by one after a failure.
 
-    An image the encoder fails on is that image's error, unless it fails on every image it was given: then
-    the encoder is broken, not the images, and its first exception is raised (a bug, not a bad input)."""
+    An image the encoder fails on is that image's error, unless it fails on every image it was given and on a
+    plain grey test image too: then the encoder is broken, not the images, and its first exception is raised
+    (a bug, not a bad input)."""
     rows: list[torch.Tensor] = []
     good: list[int] = []
     failures: list[BaseException] = []
@@ -615,7 +616,7 @@ def _embed_tolerant(encoder: Any, loaded: list[tuple[int, Any]], encode: Callabl
                     errors[i] = (f"{label(i)}: the encoder failed on this image "
                                  f"({type(e1).__name__}: {_one_line(e1)})")
                     failures.append(e1)
-    if loaded and len(failures) == len(loaded):
+    if loaded and len(failures) == len(loaded) and not _encodes_a_plain_image(encoder):
         raise failures[0]
     dim = int(getattr(encoder, "embed_dim"))
     if rows:
@@ -623,6 +624,18 @@ def _embed_tolerant(encoder: Any, loaded: list[tuple[int, Any]], encode: Callabl
     else:
         emb = torch.empty((0, dim), dtype=torch.float32, device=encoder.device)
     return emb, np.asarray(good, dtype=np.int64), errors
+
+
+def _encodes_a_plain_image(encoder: Any) -> bool:
+    """Whether ``encoder`` embeds a plain 64x64 grey image: told apart, an encoder that fails on every image
+    it was given is broken (False) or was given only images it cannot take (True)."""
+    from PIL import Image
+
+    try:
+        encoder.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+    except Exception:  # noqa: BLE001  (whatever it raises: it does not work)
+        return False
+    return True
 
 
 def _one_line(e: BaseException) -> str:

@@ -211,24 +211,90 @@ def _first_line(e: BaseException) -> str:
 #: scans a progressive JPEG may hold: encoders write about 10 (libjpeg) to a few dozen; each costs a decode
 #: pass over every pixel, so a file of thousands of repeated scans ("scan bomb") ran for minutes
 MAX_JPEG_SCANS = 100
-_SOS = b"\xff\xda"  # start of scan; in entropy-coded data 0xFF is always followed by 0x00 or a restart marker
+SCAN_READ_BLOCK = 1 << 16  # bytes read at a time while skipping a scan's entropy-coded data
+# in entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker RST0-7; anything else
+# (0xFF fill bytes included) starts the next marker
+_MARKER_IN_DATA = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+
+
+def _is_jpeg(im: Image.Image) -> bool:
+    """A JPEG, or a JPEG with a multi-picture header (Pillow's MPO: decoded by the same JPEG decoder)."""
+    return im.format in ("JPEG", "MPO")
+
+
+def count_scans(fp, stop_after: int = MAX_JPEG_SCANS, block: int = SCAN_READ_BLOCK) -> int:
+    """The start-of-scan segments of the JPEG open on ``fp``, walking its markers from the start: segments
+    are skipped by their length (APP data never counts), each scan's entropy-coded data by searching for the
+    next marker, and the walk ends at EOI (what follows, e.g. a motion photo's video, is not read). Stops
+    counting past ``stop_after``. ``fp``'s position is kept."""
+    pos = fp.tell()
+    try:
+        fp.seek(0)
+        if fp.read(2) != b"\xff\xd8":
+            return 0
+        scans = 0
+        while scans <= stop_after:
+            b = fp.read(1)
+            if not b:
+                break
+            if b != b"\xff":  # stray bytes between segments (decoders skip them too): on to the next 0xFF
+                _skip_to_ff(fp, block)
+                continue
+            code = fp.read(1)
+            while code == b"\xff":  # fill bytes
+                code = fp.read(1)
+            if not code or code == b"\xd9":  # end of file, or EOI
+                break
+            if code == b"\x01" or b"\xd0" <= code <= b"\xd7":  # markers without a length
+                continue
+            size = fp.read(2)
+            if len(size) < 2:
+                break
+            fp.seek(int.from_bytes(size, "big") - 2, 1)
+            if code == b"\xda":
+                scans += 1
+                _skip_entropy_data(fp, block)
+        return scans
+    finally:
+        fp.seek(pos)
+
+
+def _skip_to_ff(fp, block: int) -> None:
+    """Move ``fp`` to the next 0xFF byte (or to the end), a block at a time."""
+    while True:
+        start = fp.tell()
+        data = fp.read(block)
+        i = data.find(b"\xff")
+        if i >= 0 or not data:
+            fp.seek(start + max(i, 0) if data else start)
+            return
+
+
+def _skip_entropy_data(fp, block: int) -> None:
+    """Move ``fp`` to the next marker after a scan's entropy-coded data (or to the end)."""
+    while True:
+        start = fp.tell()
+        data = fp.read(block)
+        if not data:
+            return
+        m = _MARKER_IN_DATA.search(data)
+        if m:
+            fp.seek(start + m.start())
+            return
+        if data.endswith(b"\xff"):  # the byte after it is in the next block
+            fp.seek(start + len(data) - 1)
+            nxt = fp.read(2)
+            if len(nxt) < 2 or _MARKER_IN_DATA.match(nxt):
+                fp.seek(start + len(data) - 1)
+                return
+            # a stuffed byte or a restart marker: go on after it (fp is already there)
 
 
 def _check_scans(fp, label: str) -> None:
-    """ImageLoadError when the JPEG open on ``fp`` holds more than :data:`MAX_JPEG_SCANS` scans (counted on its
-    bytes, in blocks; ``fp``'s position is kept)."""
-    pos, scans, tail = fp.tell(), 0, b""
-    try:
-        fp.seek(0)
-        for block in iter(lambda: fp.read(1 << 20), b""):
-            chunk = tail + block
-            scans += chunk.count(_SOS) - tail.count(_SOS)
-            tail = chunk[-1:]
-            if scans > MAX_JPEG_SCANS:
-                raise ImageLoadError(label, f"a progressive JPEG of more than {MAX_JPEG_SCANS} scans (encoders write "
-                                            "about 10; each extra scan only costs decoding time): re-save it")
-    finally:
-        fp.seek(pos)
+    """ImageLoadError when the JPEG open on ``fp`` holds more than :data:`MAX_JPEG_SCANS` scans."""
+    if count_scans(fp) > MAX_JPEG_SCANS:
+        raise ImageLoadError(label, f"a progressive JPEG of more than {MAX_JPEG_SCANS} scans (encoders write about "
+                                    "10; each extra scan only costs decoding time): re-save it")
 
 
 DECODER_BUFFERS = "twentyq_decoder_buffers"  # key in an opened image's info: see decoder_buffers
@@ -241,7 +307,7 @@ def decoder_buffers(im: Image.Image) -> int:
     own before Pillow copies it (measured 6.3–7.0 bytes a pixel at 6300 x 6300 above the RGB/RGBA estimate).
     0 for the other formats (their peak is the mode's, :mod:`engine.serve.memory`)."""
     w, h = im.size
-    if im.format == "JPEG" and im.info.get("progressive"):
+    if _is_jpeg(im) and im.info.get("progressive"):
         return 2 * w * h * max(1, int(getattr(im, "layers", 3) or 3))
     if im.format == "WEBP":
         return 7 * w * h
@@ -266,7 +332,7 @@ def opened(source, label: str, max_pixels: int | None = None):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source, formats=IMAGE_FORMATS) as im:
                 _check_size(im.size, label, max_pixels)  # the header only: nothing is decoded yet
-                if im.format == "JPEG" and im.info.get("progressive"):
+                if _is_jpeg(im) and im.info.get("progressive"):
                     _check_scans(im.fp, label)
                 im.info[DECODER_BUFFERS] = decoder_buffers(im)  # before the draft: some buffers are full size
                 if max(im.size) > MAX_SIDE:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= the bound

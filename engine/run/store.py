@@ -577,7 +577,7 @@ def read_run(out: str | os.PathLike) -> list[dict[str, Any]]:
         manifest = json.loads(read_text_capped(root / MANIFEST, what="run manifest"))
         fmt = FORMATS[manifest["suffix"]]
         store = ResultStore(root, fmt, int(manifest["rows"]), int(manifest["shard_size"]))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, ZeroDivisionError) as e:  # rows 1e999, size 0
         raise StoreError(f"{str(out)!r} holds no readable twentyq run ({type(e).__name__}: {e}); pass the --out "
                          "of a run") from None
     return [r.to_dict() for r in store.read_all(sorted(store.done()))]
@@ -590,7 +590,7 @@ def shard_progress(out: str | os.PathLike) -> tuple[int, int | None, Path]:
     try:
         manifest = json.loads(read_text_capped(root / MANIFEST, what="run manifest"))
         store = ResultStore(root, FORMATS[manifest["suffix"]], int(manifest["rows"]), int(manifest["shard_size"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, ZeroDivisionError):
         return 0, None, root
     return len(store.done()), store.n_shards, root
 

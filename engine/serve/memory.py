@@ -71,9 +71,10 @@ def kept_cost(width: int, height: int) -> int:
     return max(1, math.ceil(w * r)) * max(1, math.ceil(h * r)) * 4
 
 
-def request_cost(headers: list[tuple[int, int, str, bool]]) -> int:
-    """Bytes a request of these images (width, height, mode, transparency) reserves: every kept image
-    plus the largest decode (they are decoded one after another)."""
+def request_cost(headers: list[tuple[int, int, str, bool, int]]) -> int:
+    """Bytes a request of these images (width, height, mode, transparency, decoder buffers: the
+    :attr:`engine.serve.uploads.Header.cost` tuple) reserves: every kept image plus the largest decode (they
+    are decoded one after another)."""
     if not headers:
         return 0
     kept = sum(kept_cost(h[0], h[1]) for h in headers)
