@@ -596,27 +596,29 @@ def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_clas
             "kept": kept, "fit_seconds": t1 - t0, "predictive_seconds": t2 - t1}
 
 
-def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: float = 0.01) -> dict[str, Any]:
-    """τ for the confidence stop, chosen on cross-fitted dev paths: each fold's dev images run through the posterior
-    fitted on the other folds (the predictive's fold posteriors), with the predictive of the other folds' images;
-    τ is the smallest on :data:`TAU_GRID` at which at most ``margin`` of the dev images stop on a label other than
-    that fold posterior's full-system label (then the stopped accuracy is within ``margin`` of the full system's,
-    whichever way the changed labels go). Agreement transfers to the posterior fitted on all of dev better than
-    accuracy does: the fold posteriors are weaker. (The other folds' terms come from posteriors that saw this
-    fold's images: a mild leak into which question is asked, none into the posterior that answers.)"""
+def fold_views(dev: C.Prepared, fitted: dict[str, Any], *, predictive: bool):
+    """The cross-fitted views of the dev images, one per fold of the predictive terms: (the fold's rows (M,) bool,
+    the posterior fitted on the other folds, the other folds' terms, the answer model the loop gets: that
+    posterior, with the other folds' predictive EIG when ``predictive``). What :func:`dev_tau` and
+    ``bench.predictive_variants.dev_eps`` choose their thresholds on."""
     terms = fitted["terms"]
-    folds = terms.folds
+    for j, f in enumerate(np.unique(terms.folds)):
+        post, others = terms.posteriors[j], terms.without_fold(j)
+        yield terms.folds == f, post, others, (PR.PredictivePosterior(post, others) if predictive else post)
+
+
+def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: float = 0.01) -> dict[str, Any]:
+    """τ for the confidence stop, chosen on cross-fitted dev paths (:func:`fold_views`): each fold's dev images run
+    through the posterior fitted on the other folds (the predictive's fold posteriors), with the predictive of the
+    other folds' images; τ is the smallest on :data:`TAU_GRID` at which at most ``margin`` of the dev images stop
+    on a label other than that fold posterior's full-system label (then the stopped accuracy is within ``margin``
+    of the full system's, whichever way the changed labels go). Agreement transfers to the posterior fitted on all
+    of dev better than accuracy does: the fold posteriors are weaker. (The other folds' terms come from posteriors
+    that saw this fold's images: a mild leak into which question is asked, none into the posterior that answers.)"""
     agree = {t: np.zeros(dev.n) for t in TAU_GRID}
     q = {t: np.zeros(dev.n) for t in TAU_GRID}
-    for j, f in enumerate(np.unique(folds)):
-        te = folds == f
-        post = terms.posteriors[j]
-        keep = folds != f
-        others = PR.PredictiveTerms(sims=terms.sims[keep], truth=terms.truth[keep], folds=folds[keep],
-                                    posteriors=tuple(p for i, p in enumerate(terms.posteriors) if i != j),
-                                    max_classes=terms.max_classes, max_per_class=terms.max_per_class, seed=terms.seed)
-        am = PR.PredictivePosterior(post, others) if policy.startswith("predictive") else post
-        pol = next(p for lab, _, p in PRED_CURVES if lab == policy)
+    pol = next(p for lab, _, p in PRED_CURVES if lab == policy)
+    for te, post, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive")):
         full_label = post.log_posterior(dev.sims[te]).argmax(axis=1)
         paths = trace_paths(dev.sims[te], full_label, dev.system, make_policy(pol), fitted["lams"],
                             fitted["channel"], am)  # "correct" = agrees with the full system

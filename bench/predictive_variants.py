@@ -97,15 +97,12 @@ def stability_paths(L: np.ndarray, asked: np.ndarray, terms: PR.PredictiveTerms)
 def dev_eps(dev: C.Prepared, fitted: dict, label: str, *, margin: float = 0.01) -> dict[str, Any]:
     """ε for the stability stop on cross-fitted dev paths: each fold's images run through the posterior fitted on
     the other folds, their stability read from the other folds' terms, "correct" = that fold posterior's full
-    label; the largest ε on :data:`EPS_GRID` at which ≥ 1 − ``margin`` of dev images agree (else the smallest)."""
-    terms = fitted["terms"]
+    label (:func:`bench.channels.fold_views`, as :func:`bench.channels.dev_tau`); the largest ε on :data:`EPS_GRID`
+    at which ≥ 1 − ``margin`` of dev images agree (else the smallest)."""
     agree = {e: np.zeros(dev.n) for e in EPS_GRID}
     q = {e: np.zeros(dev.n) for e in EPS_GRID}
     model, pname = next((m, p) for lab, m, p in POLICIES if lab == label)
-    for j, f in enumerate(np.unique(terms.folds)):
-        te = terms.folds == f
-        post, others = terms.posteriors[j], terms.without_fold(j)
-        am = PR.PredictivePosterior(post, others) if model == "predictive" else post
+    for te, post, others, am in CH.fold_views(dev, fitted, predictive=model == "predictive"):
         L, asked, qq = step_states(dev.sims[te], dev.system, CH.make_policy(pname), fitted, am, post)
         agrees = L.argmax(axis=2) == L[:, -1].argmax(axis=1)[:, None]
         st = stability_paths(L, asked, others)

@@ -169,7 +169,7 @@ def _main(argv: list[str] | None) -> int:
             return EXIT_USAGE
         from engine.common.printable import printable
 
-        if isinstance(e, OSError) and not isinstance(e, tuple(t for t in user_errors() if t is not OSError)):
+        if isinstance(e, OSError):  # the user's or a bug, by its file (no other user error is an OSError)
             line = os_error_line(e, named_paths(sys.argv[1:] if argv is None else argv))  # None: a bug
             if line is not None:
                 print("twentyq: error: " + printable(line), file=sys.stderr)

@@ -502,7 +502,7 @@ class Calibration:
                     max_per_class=int(pr["max_per_class"]), seed=int(pr.get("seed", 0)))
             cal = cls(channels=channels, model=str(m["model"]), model_id=str(m["model_id"]),
                        revision=m.get("revision"), system_name=str(s["name"]), system_sha256=str(s["sha256"]),
-                       sizes=sizes, groups=tuple(str(g["name"]) for g in gs), lam0=float(d["channels"]["lam0"]),
+                       sizes=sizes, groups=names, lam0=float(d["channels"]["lam0"]),
                        dev=dict(d.get("dev", {})), metrics=dict(d.get("metrics", {})), paths=paths, path=path,
                        sha256=sha256, setting=str(d.get("setting", "zero-shot")), few_shot=few,
                        decision=dict(d.get("decision") or {}), groups_sha256=s.get("groups_sha256"),
