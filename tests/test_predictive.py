@@ -297,7 +297,7 @@ def few_shot_cal():
     rules = [tuple(frozenset([k]) for k in row) for row in ((0, 0, 0), (1, 1, 1), (0, 2, 1), (1, 0, 0))]
     system = make_system(rules, sizes)
     cal = fit_calibration(sims / 10, truth, system, lam0=100.0, eps=0.05, model="sim", model_id="sim@1",
-                          policies=["fixed", "eig"], setting="few-shot", auto=False)
+                          policies=["fixed", "eig"], setting="few-shot", auto=False, posterior="lr")
     return cal, system, sims / 10, truth
 
 

@@ -50,7 +50,7 @@ def calibrate_cmd(args) -> int:
     update, close = progress_bar(None, "calibrate (dev images)", args.quiet)
     try:
         cal = calibrate(clf, data, dev_fraction=args.dev_fraction, seed=args.seed, eps=args.eps, dataset=dataset,
-                        progress=update, setting=args.setting)
+                        progress=update, setting=args.setting, posterior=args.posterior)
     finally:
         close()
     cal = save_calibration(cal, args.out)
@@ -155,5 +155,10 @@ def add_calibrate_parser(sub) -> None:
                         "what transfers to other classes (λ per question, option confusions, reliabilities). auto: "
                         "few-shot when every class has 2+ dev images, else zero-shot. Each fitted part is kept only "
                         "if not worse than the uncalibrated one on held-out dev images (default: %(default)s)")
+    p.add_argument("--posterior", choices=("auto", "lr", "gaussian"), default="auto",  # calibration_file.POSTERIORS
+                   help="few-shot only: the posterior fitted on the dev images. lr: a group-masked logistic "
+                        "regression; gaussian: one Gaussian per class over the similarities with a shared covariance "
+                        "(LDA), exact for any set of questions asked; auto: the Gaussian when it beats the LR on "
+                        "held-out dev images (default: %(default)s)")
     add_model_flags(p)
     p.set_defaults(func=calibrate_cmd)

@@ -125,7 +125,9 @@ def classify_batch(
         half). Needs the bayes scorer and no shortlist. It is numpy: on the torch backend each group's
         similarities go to the host for it and its ℓ_g comes back. A model with an ``information_gain(log_post,
         xp)`` (n, G) method (:class:`engine.core.predictive.PredictivePosterior`) gives the EIG instead of the
-        channel.
+        channel. A model with ``conditional = True`` (:class:`engine.core.gaussian.GaussianPosterior`) is not a
+        sum of per-group terms: after each question the image's posterior is its ``log_posterior(sims, asked)``
+        on every similarity seen so far (times ``prior``), and ``group_loglik`` is not read.
     xp : the array backend the state lives on (:mod:`engine.core.arrays`): numpy, or the torch
         backend on the similarities' device (``engine.run.engines.classify`` picks it).
 
@@ -230,11 +232,16 @@ class _Run:
         self.cols = [setup.channel.cols(g) for g in range(G)]
         self.lams = [float(lam) for lam in setup.lams]
         self.log_post = xp.array(log_prior(C, prior, B))
+        # a conditional model (its posterior is recomputed from every similarity seen) keeps the caller's prior
+        self.conditional = bool(getattr(setup.answer_model, "conditional", False))
+        self.outer_prior = self.log_post if self.conditional else None
         if setup.answer_model is not None:
             self.log_post = bayes_update(self.log_post, xp.asarray(setup.answer_model.log_prior(B)), xp)
         # a few-shot posterior with a full-system head: an image's posterior, once every group is asked, is the
-        # head's on all its similarities (kept on the host, where the few-shot posterior runs)
-        self.seen = (np.zeros((B, sum(self.k))) if getattr(setup.answer_model, "has_head", False) else None)
+        # head's on all its similarities; a conditional model's after every question (the similarities are kept
+        # on the host, where the few-shot posteriors run)
+        self.seen = (np.zeros((B, sum(self.k))) if self.conditional or getattr(setup.answer_model, "has_head", False)
+                     else None)
         self.sum_sc = xp.zeros((B, C)) if setup.scorer == "sum" else None
         self.asked = xp.zeros((B, G), "bool")
         self.q = xp.zeros(B, "int")
@@ -323,11 +330,12 @@ class _Run:
         lp = group_log_probs(sims, self.lams[g], xp)
         if self.setup.answer_model is None:
             ll = bayes_loglik(lp, self.ch.P[:, cols], xp)
-        else:
+        elif not self.conditional:
             ll = xp.asarray(self.setup.answer_model.group_loglik(g, xp.to_host(sims)))
-        self.log_post[imgs] = bayes_update(self.log_post[imgs], ll, xp)
+        if not self.conditional:
+            self.log_post[imgs] = bayes_update(self.log_post[imgs], ll, xp)
         if self.seen is not None:
-            self.full_head(imgs, g, sims)
+            self.from_seen(imgs, g, sims)
         if self.sum_sc is not None:
             self.sum_sc[imgs] += xp.exp(lp) @ self.ch.A[:, cols].T
         self.asked[imgs, g] = True
@@ -335,12 +343,20 @@ class _Run:
         # the answer: the top option (its log-probability is the row's max)
         self.record(imgs, g, eig_g, xp.argmax(lp, axis=1), xp.exp(xp.amax(lp, axis=1)))
 
-    def full_head(self, imgs, g: int, sims) -> None:
-        """Keep group g's similarities (n, K_g) of images ``imgs`` (n,); an image whose every group is now asked
-        gets the few-shot posterior's full-system head (:meth:`FewShotPosterior.log_posterior` with all asked)."""
+    def from_seen(self, imgs, g: int, sims) -> None:
+        """Keep group g's similarities (n, K_g) of images ``imgs`` (n,), which have not been marked as asking g yet.
+        A conditional model's posterior is recomputed on every similarity they have seen; otherwise an image whose
+        every group is now asked gets the few-shot posterior's full-system head
+        (:meth:`FewShotPosterior.log_posterior` with all asked)."""
         xp, host = self.xp, np.asarray(self.xp.to_host(imgs), dtype=np.int64)
         self.seen[host, self.cols[g]] = np.asarray(xp.to_host(sims), dtype=np.float64)
-        done = np.asarray(xp.to_host(self.asked[imgs]), dtype=bool).sum(axis=1) == len(self.k) - 1  # g is the last
+        asked = np.asarray(xp.to_host(self.asked[imgs]), dtype=bool)
+        if self.conditional:
+            asked[:, g] = True
+            lp = xp.asarray(self.setup.answer_model.log_posterior(self.seen[host], asked))
+            self.log_post[imgs] = bayes_update(self.outer_prior[imgs], lp, xp)
+            return
+        done = asked.sum(axis=1) == len(self.k) - 1  # g is the last
         if done.any():
             lp = self.setup.answer_model.log_posterior(self.seen[host[done]])
             self.log_post[xp.asindex(host[done])] = xp.asarray(lp)

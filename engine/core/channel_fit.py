@@ -543,38 +543,46 @@ def dev_greedy_order(sims: np.ndarray, truth: np.ndarray, lam, channel: Channel,
     Gain per prompt is the order that maximises the area under an accuracy-against-Q curve when gains add
     (Smith's rule); the budget AUC is the figure the auto policy compares. answer_model : a few-shot
     posterior (:class:`engine.core.answer_models.FewShotPosterior`): its prior and per-group terms replace
-    the channel's, as in the loop. Returns a permutation of 0..G-1.
+    the channel's, as in the loop; a conditional one (:class:`engine.core.gaussian.GaussianPosterior`) gives its
+    ``log_posterior`` on each asked set instead. Returns a permutation of 0..G-1.
     """
     sims = np.asarray(sims, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.int64)
     G = channel.n_groups
     lams = check_logit_scales(lam, G)
     sizes = np.asarray(channel.sizes, dtype=np.float64)
+    conditional = bool(getattr(answer_model, "conditional", False))
     if answer_model is None:
         ll = [bayes_loglik(group_log_probs(sims[:, channel.cols(g)], lams[g]), channel.P[:, channel.cols(g)])
               for g in range(G)]  # G arrays (B, C)
         start = np.zeros((len(truth), channel.n_classes))
-    else:
+    elif not conditional:
         ll = [answer_model.group_loglik(g, sims[:, channel.cols(g)]) for g in range(G)]
         start = answer_model.log_prior(len(truth))
     rows = np.arange(len(truth))
+
+    def log_post(asked: list[int]) -> np.ndarray:
+        """(B, C) the (unnormalised) log posterior after the groups ``asked``."""
+        if conditional:
+            mask = np.zeros((len(truth), G), dtype=bool)
+            mask[:, asked] = True
+            return answer_model.log_posterior(sims, mask)
+        return start + sum((ll[g] for g in asked), np.zeros_like(start))
 
     def score(tot):
         lp = tot - logsumexp(tot, axis=1, keepdims=True)
         return float((lp.argmax(axis=1) == truth).mean()), float(lp[rows, truth].mean())
 
-    cur = start
-    acc0, lt0 = score(cur)
+    acc0, lt0 = score(log_post([]))
     order: list[int] = []
     while len(order) < G:
         best = None
         for g in (g for g in range(G) if g not in order):
-            acc, lt = score(cur + ll[g])
+            acc, lt = score(log_post(order + [g]))
             key = ((acc - acc0) / sizes[g], (lt - lt0) / sizes[g], -g)
             if best is None or key > best[0]:
                 best = (key, g, acc, lt)
         _, g, acc0, lt0 = best
-        cur = cur + ll[g]
         order.append(g)
     return tuple(order)
 

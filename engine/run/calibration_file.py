@@ -100,7 +100,7 @@ import numpy as np
 
 from engine.common.errors import UserInputError
 from engine.common.files import hash_file, json_safe
-from engine.core import answer_models as AM
+from engine.core import answer_models as AM, gaussian as GP
 from engine.core.adaptive import NAME_GROUP
 from engine.core.answer_models import FewShotModel
 from engine.core.channel_fit import (
@@ -121,6 +121,8 @@ from systems.format import AttributeSystem
 SCHEMA = "twentyq-calibration-v2"  # v2 adds "setting", "few_shot" and "decision" (issue 26)
 SCHEMA_V1 = "twentyq-calibration-v1"  # still read: a zero-shot calibration without a recorded decision
 SETTINGS = ("auto", "few-shot", "zero-shot")
+#: few-shot posteriors: auto (the Gaussian when it beats the group-masked LR on held-out dev), either one alone
+POSTERIORS = ("auto", "lr", "gaussian")
 DEFAULT_ALPHA = 0.1  # choose_tau's error level: target reached with 90% confidence
 METRIC_POLICY, METRIC_TAU = "eig", 0.9  # the adaptive setting whose dev accuracy the file reports
 N_BINS = 10
@@ -486,7 +488,7 @@ class Calibration:
             from engine.core.answer_models import FewShotModel
 
             try:
-                few = None if d.get("few_shot") is None else FewShotModel.from_dict(d["few_shot"])
+                few = None if d.get("few_shot") is None else few_shot_from_dict(d["few_shot"])
             except (KeyError, TypeError, ValueError, OverflowError) as e:  # name the field: arrays checked only here
                 what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
                 raise ValueError(f"field few_shot (the few-shot model): {what}") from None
@@ -513,6 +515,24 @@ class Calibration:
         except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: a number past float or int64
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
             raise CalibrationError(f"{where} is damaged ({what}); {fix}") from None
+
+
+def few_shot_from_dict(d: dict[str, Any]) -> FewShotModel:
+    """A :class:`FewShotModel` from its dict, its posterior read by its ``kind``: none for the group-masked LR
+    (:class:`engine.core.answer_models.FewShotPosterior`), ``"gaussian"`` for :class:`engine.core.gaussian.
+    GaussianPosterior`. Raises ValueError on an unknown kind or a damaged part."""
+    post = d.get("posterior")
+    kind = post.get("kind") if isinstance(post, dict) else None
+    if kind is None:
+        return FewShotModel.from_dict(d)
+    if kind != GP.KIND:
+        raise ValueError(f"few_shot.posterior.kind == {kind!r}: this twentyq reads the group-masked LR (no kind) "
+                         f"and {GP.KIND!r}")
+    few = FewShotModel.from_dict({**d, "posterior": None})
+    gp = GP.GaussianPosterior.from_dict(post)
+    if not np.array_equal(gp.sizes, few.sizes) or gp.n_classes != few.P.shape[0]:
+        raise ValueError("few-shot posterior: its group sizes or classes differ from the model's")
+    return replace(few, posterior=gp)
 
 
 def _check_predictive(cal: "Calibration") -> None:
@@ -586,7 +606,7 @@ def crossfit_from_dict(d: dict[str, Any], groups: tuple[str, ...], sizes: tuple[
         gs = x["channels"]["groups"]
         if tuple(int(g["options"]) for g in gs) != tuple(sizes):
             raise ValueError(f"field crossfit[{i}]: its group sizes differ from the calibration's")
-        few = None if x.get("few_shot") is None else FewShotModel.from_dict(x["few_shot"])
+        few = None if x.get("few_shot") is None else few_shot_from_dict(x["few_shot"])
         if few is not None and few.P.shape[1] != sum(sizes):
             raise ValueError(f"field crossfit[{i}].few_shot: {few.P.shape[1]} option columns, the groups {sum(sizes)}")
         order = x.get("dev_order")
@@ -698,7 +718,8 @@ def _check_fields(d: dict[str, Any]) -> None:
     if d.get("few_shot") is not None:  # its arrays' shapes and values are checked by FewShotModel.from_dict
         fs = _of(d["few_shot"], dict, "few_shot", "null or an object {sizes, posterior, per_class_channel, beta, n_dev}")
         if fs.get("posterior") is not None:
-            _of(fs["posterior"], dict, "few_shot.posterior", "null or an object {sizes, mean, scale, W, m, b, n_dev, reg}")
+            _of(fs["posterior"], dict, "few_shot.posterior", "null or an object {sizes, mean, scale, W, m, b, n_dev, "
+                "reg} or {kind: 'gaussian', sizes, mean, scale, means, cov, log_prior, temperature, shrink, n_dev}")
     if d.get("decision") is not None:
         _of(d["decision"], dict, "decision", "an object")
     pols = _of(d.get("policies", {}), dict, "policies", "an object {policy: {conf, correct, q}}")
@@ -1043,7 +1064,8 @@ MIN_FEW_SHOT_IMAGES = 2  # dev images per class for "auto" to pick few-shot (eac
 
 
 def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
-                     setting: str = "auto", seed: int = 0, prior_strength: float | None = None
+                     setting: str = "auto", seed: int = 0, prior_strength: float | None = None,
+                     posterior: str = "auto"
                      ) -> tuple[Any, Any, dict[str, Any], tuple[np.ndarray, tuple]]:
     """The answer model of a calibration, chosen on cross-fitted (held-out) dev images; nothing is kept that is
     worse there than what it would replace.
@@ -1053,6 +1075,8 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
     rule channel: λ_g, option confusions, reliabilities) or "auto" (few-shot when every class has at least
     MIN_FEW_SHOT_IMAGES dev images, else zero-shot).
     prior_strength : fit the rule channel with this α only (no choice among the variants).
+    posterior : which few-shot posterior competes with the rule channel (:data:`POSTERIORS`): "auto" the Gaussian
+    when it beats the group-masked LR on held-out dev (below), else the LR; "lr" or "gaussian" that one.
 
     Steps, scored on 3 stratified folds (each fold by the fit on the others):
     1. zero-shot: the rule-channel variants (:data:`engine.core.answer_models.RULE_VARIANTS`, from uncalibrated to
@@ -1067,13 +1091,18 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
        when it beats the rule channel on held-out dev images the same way (else zero-shot). Its held-out images
        are all of covered classes, so this check is optimistic when the images to classify are not.
        The posterior's full-system head (a plain LR on all Q similarities, fitted on full rows) is kept when its
-       held-out full-system NLL is no higher than the masked model's.
+       held-out full-system NLL is no higher than the masked model's. The Gaussian posterior
+       (:mod:`engine.core.gaussian`, LDA over the similarities, exact for any asked set) replaces the LR when it
+       beats it the same way (accuracy by a paired standard error, NLL no higher); then no predictive EIG is
+       made (it needs per-group terms) and the policies read the tempered per-class channel.
     Returns (AnswerChannels, FewShotModel or None, the decision as a dict for the file, (folds (B,), one
     :class:`FoldModel` per fold: the same choices fitted on the other folds, without dev order; () when the dev
     images make fewer than 2 folds)).
     """
     if setting not in SETTINGS:
         raise ValueError(f"setting == {setting!r}, must be one of {list(SETTINGS)}")
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior == {posterior!r}, must be one of {list(POSTERIORS)}")
     r, sizes, C = system.rule_matrix, system.option_counts, system.n_classes
     skip = tuple(i for i, g in enumerate(system.groups) if g.name == NAME_GROUP)
     counts = np.bincount(truth, minlength=C)
@@ -1119,14 +1148,29 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
             decision["head_cv"] = [{"reg": a, "heldout_nll_full": b, "heldout_accuracy_full": c}
                                    for a, b, c, _ in pf.head_cv]
             decision["head"] = pf.head_kept
-            if AM.replaces(lr, held[rule]):
+            post, scores, fold_posts = pf.posterior, lr, pf.fold_posteriors
+            if not (pf.folds is not None and np.array_equal(pf.folds, folds)):
+                raise RuntimeError("the posterior's folds differ from the calibration's")  # both stratified_folds
+            gf = GP.fit_gaussian_posterior(sims, truth, sizes, C, seed=seed) if posterior != "lr" else None
+            if gf is not None and gf.heldout_log_post is not None:
+                # the Gaussian posterior replaces the LR only when it beats it (or when asked for by name)
+                gs = AM.heldout_scores(gf.heldout_log_post, truth)
+                decision["heldout"]["few-shot posterior: Gaussian (LDA)"] = AM.public_scores({"x": gs})["x"]
+                decision["gaussian"] = {"asked": posterior, "shrink": gf.posterior.shrink,
+                                        "temperature": gf.posterior.temperature,
+                                        "cv": [{"shrink": a, "heldout_log_density": b} for a, b in gf.cv]}
+                if posterior == "gaussian" or AM.replaces(gs, lr):
+                    if not np.array_equal(gf.folds, folds):
+                        raise RuntimeError("the Gaussian posterior's folds differ from the calibration's")
+                    post, scores, fold_posts = gf.posterior, gs, gf.fold_posteriors
+                    name = ("few-shot posterior (Gaussian, LDA: " + ("asked for by name)" if posterior == "gaussian" else
+                                                                     "better than the group-masked LR on held-out dev)"))
+            if AM.replaces(scores, held[rule]):
                 P, beta = AM.fit_per_class_tempered(sims, truth, sizes, ch.lams, rule_P, folds=folds, seed=seed)
-                few = AM.FewShotModel(posterior=pf.posterior, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA, n_dev=counts,
+                few = AM.FewShotModel(posterior=post, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA, n_dev=counts,
                                       sizes=np.asarray(sizes))
                 decision["posterior"] = name
-                if not (pf.folds is not None and np.array_equal(pf.folds, folds)):
-                    raise RuntimeError("the posterior's folds differ from the calibration's")  # both stratified_folds
-                fold_few = [_fold_few(few, pf.fold_posteriors[i], sims[folds != f], truth[folds != f], fold_ch[i],
+                fold_few = [_fold_few(few, fold_posts[i], sims[folds != f], truth[folds != f], fold_ch[i],
                                       r, sizes) for i, f in enumerate(fold_ids)]
             else:
                 decision["setting"] = "zero-shot"
@@ -1168,14 +1212,14 @@ def _fold_few(few: Any, posterior: Any, sims: np.ndarray, truth: np.ndarray, ch:
 def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, *, lam0: float, eps: float,
                     model: str, model_id: str, revision: str | None = None, dev: dict[str, Any] | None = None,
                     policies: Sequence[str] | None = None, prior_strength: float | None = None,
-                    setting: str = "auto", seed: int = 0, auto: bool = True) -> Calibration:
+                    setting: str = "auto", seed: int = 0, auto: bool = True, posterior: str = "auto") -> Calibration:
     """Fit a calibration on dev similarities.
 
     sims : (B, Q) similarities of the dev images to every prompt of ``system``; truth : (B,) class indices.
     lam0 : the model's own λ (groups that cannot be fitted keep it; "before" metrics use it); eps : ε.
     dev : what to record about the dev split (data, rows hash, image hashes, seed, fraction).
     policies : whose τ=1 paths to keep (default: every built-in policy).
-    setting, prior_strength, seed : see :func:`fit_answer_model`.
+    setting, prior_strength, seed, posterior : see :func:`fit_answer_model`.
     The answer model and the dev order are fitted on every dev image; the τ tables and the auto choice come
     from cross-fitted paths (each fold's images traced with the model fitted on the other folds; see the
     module docstring). With fewer than 2 folds (under 2 dev images) the paths are in-sample, and the file
@@ -1186,12 +1230,12 @@ def fit_calibration(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem
     truth = np.asarray(truth, dtype=np.int64)
     ch, few, decision, (folds, fold_models) = fit_answer_model(sims, truth, system, lam0=lam0, eps=eps,
                                                                setting=setting, seed=seed,
-                                                               prior_strength=prior_strength)
+                                                               prior_strength=prior_strength, posterior=posterior)
     predictive = None
     if few is not None:
         channel = few.channel(system.rule_matrix, system.option_counts, eps)
         model_post = few.posterior
-        if model_post is not None and fold_models:
+        if model_post is not None and fold_models and not getattr(model_post, "conditional", False):
             # the EIG of what this posterior will do: every dev image's out-of-fold terms, by the fold
             # posteriors the cross-validation fitted (the same folds as the cross-fitted paths)
             predictive = crossfit_predictive(SelectPart(sims, truth, folds), fold_models, seed=seed)
@@ -1285,10 +1329,11 @@ SKIPPED_KEPT = 20  # unreadable dev images named in a calibration's dev record (
 def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: int = 0, eps: float | None = None,
               dataset: Any = None, chunk_size: int = 64, progress: Callable[[int], None] | None = None,
               policies: Sequence[str] | None = None, setting: str = "auto",
-              fit_fraction: float | None = None) -> Calibration:
+              fit_fraction: float | None = None, posterior: str = "auto") -> Calibration:
     """Fit a calibration for a loaded Classifier's model and system on the dev split of labelled images
     (every dev image fitted on; τ and auto from cross-fitted paths: :func:`fit_calibration`).
     fit_fraction : deprecated and ignored (a DeprecationWarning): the fit/select split it set is gone.
+    setting, posterior : see :func:`fit_answer_model`.
 
     data : a :class:`engine.run.datasets.DataSpec` (``dataset``: it already loaded). The images are split
     by image, stratified by class and seeded (:func:`engine.core.channel_fit.split_by_image`, ``dev_fraction``
@@ -1338,4 +1383,4 @@ def calibrate(classifier: Any, data: Any, *, dev_fraction: float = 0.5, seed: in
     enc = classifier.encoder
     return fit_calibration(sims, truth, system, lam0=float(enc.logit_scale), eps=DEFAULT_EPS if eps is None else eps,
                            model=classifier.spec.model, model_id=str(enc.model_id), revision=classifier.spec.revision,
-                           dev=dev, policies=policies, setting=setting, seed=seed)
+                           dev=dev, policies=policies, setting=setting, seed=seed, posterior=posterior)

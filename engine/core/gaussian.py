@@ -1,0 +1,250 @@
+"""The Gaussian few-shot posterior: one Gaussian per class over the standardised similarities, with a covariance
+shared by the classes (linear discriminant analysis), fitted on labelled dev images (issue 26).
+
+Pure numpy/scipy; no I/O, no torch. Notation as in :mod:`engine.core.answer_models`: C classes, G groups, K_g
+options of group g, Q = Σ_g K_g prompts, z = (s − mean) / scale the standardised similarities (Q,).
+
+The model: class c has prior π_c and z | c ~ N(μ_c, Σ), Σ shared. A group's similarities are not independent of
+the others' given the class (every prompt's similarity is a projection of the same image embedding), and the
+model keeps that: after the asked groups' columns A, the posterior is the exact marginal
+
+    log p(c | z_A) = t·(log π_c − ½·(z_A − μ_c,A)ᵀ Σ_AA⁻¹ (z_A − μ_c,A)) + const,
+
+for *any* set of asked groups, with no training on prefixes (the group-masked LR of
+:mod:`engine.core.answer_models` has to learn each prefix). Because it is not a sum of per-group terms, the
+adaptive loop recomputes it from every similarity seen so far after each question (``conditional = True``).
+
+Fitted (:func:`fit_gaussian_posterior`): μ_c the class means of z; Σ the pooled within-class covariance shrunk
+towards its diagonal, Σ_s = (1 − s)·Σ + s·diag(Σ), s chosen by cross-validated held-out log density on a grid;
+then a temperature t ∈ (0, 2] on the whole log posterior (so the label with every group asked does not move), by
+the held-out NLL of the true class over the held-out
+images' full rows and random prefixes (a little shrinkage leaves the posterior overconfident; t corrects it). π_c: the dev class frequencies with one pseudo-image each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+
+from engine.core.answer_models import (N_FOLDS, MASKS_PER_IMAGE, _col_group, _standardise, heldout_scores,
+                                       stratified_folds, training_rows)
+
+SHRINK_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # s tried by cross-validation
+TEMPERATURE_BOUNDS = (0.01, 2.0)
+RIDGE = 1e-6  # added to Σ's diagonal: a singular pooled covariance (fewer dev images than prompts) stays usable
+KIND = "gaussian"  # the posterior's "kind" in a calibration file (the group-masked LR's files have none)
+
+
+@dataclass(frozen=True)
+class GaussianPosterior:
+    """Linear discriminant analysis over the standardised similarities (see the module docstring).
+
+    mean, scale : (Q,) the standardisation, from the dev images. means : (C, Q) μ_c. cov : (Q, Q) Σ (shrunk, with
+    the ridge). log_prior : (C,) log π_c (normalised). temperature : t. shrink : s. sizes : (G,) K_g.
+    n_dev : (C,) dev images per class.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    means: np.ndarray
+    cov: np.ndarray
+    log_prior_c: np.ndarray
+    temperature: float
+    shrink: float
+    sizes: np.ndarray
+    n_dev: np.ndarray
+
+    conditional = True  # the loop recomputes the posterior from all seen similarities (not an additive update)
+    has_head = False
+
+    @property
+    def n_classes(self) -> int:
+        return self.means.shape[0]
+
+    def log_prior(self, n_images: int) -> np.ndarray:
+        """(n_images, C) log softmax(t·log π): the posterior before any question."""
+        return np.broadcast_to(log_softmax(self.temperature * self.log_prior_c), (int(n_images), self.n_classes)).copy()
+
+    def log_posterior(self, sims: np.ndarray, asked: np.ndarray | None = None) -> np.ndarray:
+        """Normalised log posterior (B, C) given the asked groups' similarities.
+
+        sims : (B, Q) similarities (columns of unasked groups are not read); asked : (B, G) bool, or None for every
+        group. Images are grouped by their set of asked groups; one Cholesky factor of Σ_AA per distinct set.
+        """
+        sims = np.asarray(sims, dtype=np.float64)
+        B, G = sims.shape[0], len(self.sizes)
+        asked = np.ones((B, G), dtype=bool) if asked is None else np.asarray(asked, dtype=bool)
+        z = (sims - self.mean) / self.scale
+        out = self.log_prior(B)
+        if B == 0:
+            return out
+        col_group = _col_group(self.sizes)
+        sets, which = np.unique(asked, axis=0, return_inverse=True)
+        for j, a in enumerate(sets):
+            rows = np.nonzero(which.reshape(-1) == j)[0]
+            A = a[col_group]
+            if not A.any():
+                continue
+            L = np.linalg.cholesky(self.cov[np.ix_(A, A)])
+            u = np.linalg.solve(L, z[np.ix_(rows, A)].T).T  # (n, |A|) whitened
+            v = np.linalg.solve(L, self.means[:, A].T).T  # (C, |A|)
+            quad = (u * u).sum(axis=1)[:, None] - 2.0 * u @ v.T + (v * v).sum(axis=1)[None, :]  # (n, C)
+            out[rows] = self.temperature * (self.log_prior_c[None, :] - 0.5 * quad)
+        return log_softmax(out, axis=1)
+
+    def to_dict(self) -> dict:
+        return {"kind": KIND, "mean": self.mean.tolist(), "scale": self.scale.tolist(), "means": self.means.tolist(),
+                "cov": self.cov.tolist(), "log_prior": self.log_prior_c.tolist(),
+                "temperature": float(self.temperature), "shrink": float(self.shrink),
+                "sizes": [int(k) for k in self.sizes], "n_dev": [int(n) for n in self.n_dev]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GaussianPosterior":
+        sizes = np.asarray(d["sizes"], dtype=np.int64)
+        Q = int(sizes.sum())
+        means = np.asarray(d["means"], dtype=np.float64)
+        C = means.shape[0] if means.ndim == 2 else -1
+        arrs = {"mean": (np.asarray(d["mean"], dtype=np.float64), (Q,)),
+                "scale": (np.asarray(d["scale"], dtype=np.float64), (Q,)), "means": (means, (C, Q)),
+                "cov": (np.asarray(d["cov"], dtype=np.float64), (Q, Q)),
+                "log_prior": (np.asarray(d["log_prior"], dtype=np.float64), (C,)),
+                "n_dev": (np.asarray(d["n_dev"], dtype=np.int64), (C,))}
+        for name, (a, shape) in arrs.items():
+            if a.shape != shape or not np.isfinite(a).all():
+                raise ValueError(f"Gaussian posterior: {name} should be finite with shape {shape}, got {a.shape}")
+        if (arrs["scale"][0] <= 0).any():
+            raise ValueError("Gaussian posterior: every scale must be > 0")
+        cov = arrs["cov"][0]
+        if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() <= 0:
+            raise ValueError("Gaussian posterior: cov must be symmetric positive definite")
+        t = float(d["temperature"])
+        if not (np.isfinite(t) and t > 0):
+            raise ValueError(f"Gaussian posterior: temperature should be > 0, got {t}")
+        return cls(mean=arrs["mean"][0], scale=arrs["scale"][0], means=means, cov=cov,
+                   log_prior_c=arrs["log_prior"][0], temperature=t, shrink=float(d["shrink"]),
+                   sizes=sizes, n_dev=arrs["n_dev"][0])
+
+
+def pooled_covariance(z: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class means (C, Q), pooled within-class covariance (Q, Q)) of standardised similarities z (B, Q).
+
+    The covariance divides by max(B − C_seen, 1), C_seen the classes with an image; a class with no image has a
+    zero mean (:func:`fit_gaussian_posterior` is only used when every class has one)."""
+    truth = np.asarray(truth, dtype=np.int64)
+    counts = np.bincount(truth, minlength=n_classes)
+    means = np.zeros((n_classes, z.shape[1]))
+    np.add.at(means, truth, z)
+    means /= np.maximum(counts, 1)[:, None]
+    r = z - means[truth]
+    return means, r.T @ r / max(len(truth) - int((counts > 0).sum()), 1)
+
+
+def shrunk(cov: np.ndarray, s: float) -> np.ndarray:
+    """(1 − s)·Σ + s·diag(Σ), plus :data:`RIDGE` on the diagonal."""
+    out = (1.0 - s) * cov + s * np.diag(np.diag(cov))
+    return out + RIDGE * np.eye(len(cov))
+
+
+def _fit_at(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarray, n_classes: int, s: float,
+            temperature: float = 1.0) -> GaussianPosterior:
+    mean, scale = _standardise(sims)
+    means, cov = pooled_covariance((sims - mean) / scale, truth, n_classes)
+    counts = np.bincount(truth, minlength=n_classes)
+    return GaussianPosterior(mean=mean, scale=scale, means=means, cov=shrunk(cov, s),
+                             log_prior_c=log_softmax(np.log(counts + 1.0)), temperature=float(temperature),
+                             shrink=float(s), sizes=np.asarray(sizes, dtype=np.int64), n_dev=counts)
+
+
+def heldout_log_density(post: GaussianPosterior, sims: np.ndarray, truth: np.ndarray) -> float:
+    """Mean log N(z_i; μ_{y_i}, Σ) of images sims (B, Q) of classes truth (B,) under ``post`` (in its own
+    standardised units): the cross-validation score of the shrinkage."""
+    z = (np.asarray(sims, dtype=np.float64) - post.mean) / post.scale
+    L = np.linalg.cholesky(post.cov)
+    u = np.linalg.solve(L, (z - post.means[truth]).T)
+    return float(-0.5 * (u * u).sum(axis=0).mean() - np.log(np.diag(L)).sum() - 0.5 * len(z[0]) * np.log(2 * np.pi))
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """:func:`fit_gaussian_posterior`'s result. cv : (s, held-out mean log density) per s tried. heldout_log_post :
+    (B, C) the cross-fitted full posterior of every dev image (None without cross-validation). fold_posteriors :
+    one per fold, fitted on the other folds at the chosen s and t. folds : (B,) or None."""
+
+    posterior: GaussianPosterior
+    cv: tuple
+    heldout_log_post: np.ndarray | None
+    fold_posteriors: tuple = ()
+    folds: np.ndarray | None = None
+
+
+def fit_gaussian_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarray, n_classes: int, *,
+                           shrinks=SHRINK_GRID, n_folds: int = N_FOLDS, per_image: int = MASKS_PER_IMAGE,
+                           seed: int = 0) -> GaussianFit:
+    """Fit the Gaussian posterior on dev images (see the module docstring).
+
+    sims : (B, Q) dev similarities; truth : (B,) class indices in [0, n_classes); sizes : (G,) K_g.
+    s by the mean held-out log density over ``n_folds`` stratified folds (the largest s among ties); t by the
+    held-out NLL of the true class over each held-out image's full row and ``per_image`` random prefixes (the
+    fold models at that s). Without two folds: s = the grid's middle value, t = 1, no held-out figures.
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sims.ndim != 2 or sims.shape[1] != int(sizes.sum()) or truth.shape != (sims.shape[0],):
+        raise ValueError(f"sims should be (B, {int(sizes.sum())}) and truth (B,), got {sims.shape} and {truth.shape}")
+    if len(truth) == 0:
+        raise ValueError("no dev images to fit the Gaussian posterior on")
+    shrinks = tuple(float(s) for s in shrinks)
+    fold = stratified_folds(truth, n_folds, seed)
+    ids = np.unique(fold)
+    if len(ids) < 2 or len(shrinks) < 2:
+        s = shrinks[len(shrinks) // 2]
+        return GaussianFit(posterior=_fit_at(sims, truth, sizes, n_classes, s), cv=(), heldout_log_post=None)
+    dens = {s: 0.0 for s in shrinks}
+    for f in ids:
+        tr, te = fold != f, fold == f
+        base = _fit_at(sims[tr], truth[tr], sizes, n_classes, 0.0)
+        raw = base.cov - RIDGE * np.eye(len(base.cov))
+        for s in shrinks:
+            post = replace(base, cov=shrunk(raw, s), shrink=s)
+            dens[s] += heldout_log_density(post, sims[te], truth[te]) * te.sum() / len(truth)
+    cv = tuple((s, float(dens[s])) for s in shrinks)
+    best = max(shrinks, key=lambda s: (dens[s], s))
+    folds_at = [_fit_at(sims[fold != f], truth[fold != f], sizes, n_classes, best) for f in ids]
+    # the temperature: held-out rows (full and random prefixes) of every fold, scored by that fold's model
+    rows = []
+    for f, post in zip(ids, folds_at):
+        te = np.nonzero(fold == f)[0]
+        img, asked = training_rows(len(te), len(sizes), per_image=per_image, seed=seed + 1)
+        rows.append((post, sims[te][img], asked, truth[te][img]))
+    t = _fit_temperature(rows)
+    fold_posteriors = tuple(replace(p, temperature=t) for p in folds_at)
+    held = np.zeros((len(truth), n_classes))
+    for f, post in zip(ids, fold_posteriors):
+        held[fold == f] = post.log_posterior(sims[fold == f])
+    return GaussianFit(posterior=_fit_at(sims, truth, sizes, n_classes, best, t), cv=cv, heldout_log_post=held,
+                       fold_posteriors=fold_posteriors, folds=fold)
+
+
+def _fit_temperature(rows) -> float:
+    """t minimising the mean NLL of the true class over rows of (posterior at t = 1, sims, asked, truth)."""
+    parts = [(post.log_posterior(sims, asked), truth) for post, sims, asked, truth in rows]  # t = 1: its logits
+
+    def nll(t: float) -> float:
+        tot, n = 0.0, 0
+        for ll, y in parts:
+            lp = log_softmax(t * ll, axis=1)
+            tot -= lp[np.arange(len(y)), y].sum()
+            n += len(y)
+        return tot / n
+
+    return float(minimize_scalar(nll, bounds=TEMPERATURE_BOUNDS, method="bounded",
+                                 options={"xatol": 1e-4}).x)
+
+
+def gaussian_scores(fit: GaussianFit, truth: np.ndarray) -> dict:
+    """:func:`engine.core.answer_models.heldout_scores` of the cross-fitted full posterior."""
+    return heldout_scores(fit.heldout_log_post, truth)
