@@ -45,7 +45,7 @@ import torch
 from scipy.special import log_softmax
 
 from engine import StopRule
-from engine.core import answer_models as AM, predictive as PR
+from engine.core import answer_models as AM, gaussian as GP, predictive as PR
 from engine.core.channel_fit import fit_answer_channels, split_by_image  # the one split helper: stratified by class
 from engine.core.metrics import accuracy_ci, bootstrap_weights, budget_aucs, budget_grid, normalised_auc_rows
 from engine.core.scoring import build_channel, expected_information_gain
@@ -325,8 +325,10 @@ def fit_models(dev: C.Prepared, *, seed: int = 0) -> dict[str, Any]:
     rule : today's calibrated rule channel (:func:`fit_answer_channels`, α = 10);
     per-class : P_g(k|c), class c's mean soft answer shrunk to the rule channel with α = 5, the loop's update;
     few-shot : what ``twentyq calibrate --setting few-shot`` fits (:func:`engine.run.calibration_file.fit_answer_model`:
-    the group-masked LR posterior, the tempered per-class channel for EIG; or the rule channel if the LR was worse
-    on held-out dev images).
+    the Gaussian posterior when it beats the group-masked LR on held-out dev, else the LR, with the tempered per-class
+    channel for EIG; or the rule channel if neither beats it on held-out dev images);
+    few-shot LR, few-shot Gaussian : the same with ``posterior="lr"`` / ``"gaussian"`` (each still kept only when it
+    beats the rule channel on held-out dev).
     Returns {name: (λ, channel, answer_model or None)} and the few-shot decision.
     """
     s = dev.system
@@ -334,17 +336,18 @@ def fit_models(dev: C.Prepared, *, seed: int = 0) -> dict[str, Any]:
     rule = fit_answer_channels(dev.sims, dev.truth, r, sizes, lam0=dev.logit_scale, eps=dev.eps)
     rule_ch = rule.channel(r, sizes)
     P = AM.per_class_channel(AM.soft_answers(dev.sims, sizes, rule.lams), dev.truth, rule_ch.P, AM.PER_CLASS_ALPHA)
-    ch, few, decision, _ = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
-                                         setting="few-shot", seed=seed)
-    if few is not None:
-        few_setting = (ch.lams, few.channel(r, sizes, dev.eps), few.posterior)
-    else:
-        few_setting = (ch.lams, ch.channel(r, sizes), None)
     models = {"rule": (rule.lams, rule_ch, None),
-              "per-class": (rule.lams, AM.channel_from_P(P, r, sizes, dev.eps), None),
-              "few-shot": few_setting}
-    return {"models": models, "decision": decision,
-            "beta": None if few is None else few.beta.tolist()}
+              "per-class": (rule.lams, AM.channel_from_P(P, r, sizes, dev.eps), None)}
+    decisions, beta = {}, None
+    for name, posterior in (("few-shot", "auto"), ("few-shot LR", "lr"), ("few-shot Gaussian", "gaussian")):
+        ch, few, decisions[name], _ = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
+                                                       setting="few-shot", seed=seed, posterior=posterior)
+        if few is not None:
+            models[name] = (ch.lams, few.channel(r, sizes, dev.eps), few.posterior)
+            beta = few.beta.tolist()
+        else:
+            models[name] = (ch.lams, ch.channel(r, sizes), None)
+    return {"models": models, "decision": decisions["few-shot"], "beta": beta}
 
 
 def plain_lr(x_dev: np.ndarray, y_dev: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
@@ -374,8 +377,15 @@ def evaluate_answer_models(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 
     t_fit = time.perf_counter() - t0
     budgets = budget_grid(int(q_full), n_budgets)
     orders = oracle_orders(s, test.truth)
-    correct_full, curves = {}, {}
+    correct_full, curves, same = {}, {}, {}
     for name, (lam, ch, am) in fitted["models"].items():
+        twin = next((k for k, v in fitted["models"].items() if k in same and v[2] is am and am is not None), None)
+        if twin is not None:  # calibrate's choice is one of the named posteriors: the same model, run once
+            same[name] = twin
+            correct_full[name] = correct_full[twin]
+            curves.update({(name, p): curves[(twin, p)] for p in AM_POLICIES})
+            continue
+        same[name] = name
         correct_full[name] = C.run_point(test, "fixed", logit_scale=lam, channel=ch, answer_model=am).correct
         for pname in AM_POLICIES:
             pol = (lambda: OraclePolicy(orders)) if pname == "oracle" else (lambda n=pname: get_policy(n))
@@ -424,7 +434,10 @@ def evaluate_answer_models(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 
         return {"a": name(a), "b": name(b), "diff": point[a] - point[b], "ci95": ci(boot[a] - boot[b])}
 
     diffs = [diff("few-shot", "rule", boot_acc), diff("per-class", "rule", boot_acc),
-             diff("few-shot", lr_key, boot_acc),
+             diff("few-shot", lr_key, boot_acc), diff("few-shot Gaussian", "few-shot LR", boot_acc),
+             diff("few-shot Gaussian", lr_key, boot_acc),
+             diff(("few-shot Gaussian", "fixed"), ("few-shot LR", "fixed"), boot_auc),
+             diff(("few-shot Gaussian", "eig"), ("few-shot Gaussian", "fixed"), boot_auc),
              diff(("few-shot", "fixed"), ("rule", "fixed"), boot_auc),
              diff(("few-shot", "eig"), ("rule", "fixed"), boot_auc),
              diff(("few-shot", "eig"), ("few-shot", "fixed"), boot_auc),
@@ -440,7 +453,7 @@ def evaluate_answer_models(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 
 
 
 def answer_model_report(results: dict[str, Any]) -> str:
-    L = ["# bench.channels --answer-models — rule channel, per-class channel and few-shot posterior (issue 26)\n",
+    L = ["# bench.channels --answer-models — rule channel, per-class channel and few-shot posteriors (issue 26)\n",
          f"- command: `{results['command']}`",
          f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s; load average at start / end "
          f"{results['load'][0]} / {results['load'][1]}",
@@ -448,8 +461,8 @@ def answer_model_report(results: dict[str, Any]) -> str:
          "every model and baseline fitted on the dev half only; every figure on the test half",
          f"- bootstrap: {results['n_boot']} resamples of the test images, the same for every figure (paired)\n"]
     head = ["pair (test images)", "classes with dev images", "LR, same similarities", "LR, image embeddings",
-            "rule channel", "per-class channel", "few-shot (calibrate)", "few-shot − rule [95% CI]",
-            "few-shot − LR same sims [95% CI]"]
+            "rule channel", "per-class channel", "few-shot LR", "few-shot Gaussian", "few-shot (calibrate)",
+            "few-shot − rule [95% CI]", "few-shot − LR same sims [95% CI]", "Gaussian − few-shot LR [95% CI]"]
     rows = []
     for key, res in results["pairs"].items():
         f = res["full"]
@@ -464,8 +477,9 @@ def answer_model_report(results: dict[str, Any]) -> str:
 
         rows.append([f"{key} ({res['n_test']})", f"{res['classes_with_dev_images']} of {res['n_classes']}",
                      cell("LR on the same similarities"), cell("LR on the image embeddings (no attribute system)"),
-                     cell("rule"), cell("per-class"), cell("few-shot"), dcell("few-shot", "rule"),
-                     dcell("few-shot", "LR on the same similarities")])
+                     cell("rule"), cell("per-class"), cell("few-shot LR"), cell("few-shot Gaussian"), cell("few-shot"),
+                     dcell("few-shot", "rule"), dcell("few-shot", "LR on the same similarities"),
+                     dcell("few-shot Gaussian", "few-shot LR")])
     L.append("## Full system (every group asked), test accuracy [95% CI]\n")
     L.append(C.md_table(head, rows))
     L.append("\n## Budget sweeps: normalised AUC [95% CI]; Q within 1 point of the same model's full system\n")
@@ -511,10 +525,12 @@ PRED_CURVES = (  # (label, model, policy): model "few-shot" the LR posterior (ch
     ("predictive eig", "predictive", "eig"), ("predictive eig per prompt", "predictive", "eig_per_prompt"),
     ("budget plan", "few-shot", "budget_plan"), ("predictive budget plan", "predictive", "budget_plan"),
     ("oracle", "few-shot", "oracle"), ("posterior oracle", "few-shot", "posterior-oracle"),
-    ("D fixed", "D", "fixed"), ("D eig per prompt", "D", "eig_per_prompt"))
+    ("D fixed", "D", "fixed"), ("D eig per prompt", "D", "eig_per_prompt"),
+    ("G fixed", "G", "fixed"), ("G eig", "G", "eig"), ("G eig per prompt", "G", "eig_per_prompt"))
 PRED_ADAPTIVE = ("eig", "eig per prompt", "predictive eig", "predictive eig per prompt", "budget plan",
                  "predictive budget plan")
-PRED_STOPS = ("fixed", "eig per prompt", "predictive eig", "predictive eig per prompt")  # confidence-stop rows
+PRED_STOPS = ("fixed", "eig per prompt", "predictive eig", "predictive eig per prompt",  # confidence-stop rows
+              "G fixed", "G eig per prompt")
 
 
 class PosteriorOracle(Policy):
@@ -564,7 +580,9 @@ def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_clas
     """What the predictive section compares, fitted on dev images only.
 
     The rule channel, posterior and per-class channel are what :func:`engine.run.calibration_file.fit_answer_model`
-    fits with ``setting="few-shot"``; where it would keep the rule channel (the LR not better on held-out dev: the
+    fits with ``setting="few-shot", posterior="lr"`` (the group-masked LR, whose per-group terms the predictive
+    needs); "G" is the Gaussian posterior (:mod:`engine.core.gaussian`) and "G_folds" its fold posteriors, on the
+    same folds. Where it would keep the rule channel (the LR not better on held-out dev: the
     simulator), the LR posterior and the per-class channel are fitted the same way anyway, and ``kept`` says so.
     The predictive: out-of-fold terms of the dev images (:func:`engine.core.predictive.fit_predictive`, 3 folds,
     the posterior's L2 strength).
@@ -573,7 +591,7 @@ def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_clas
     r, sizes = s.rule_matrix, s.option_counts
     t0 = time.perf_counter()
     ch, few, decision, _ = fit_answer_model(dev.sims, dev.truth, s, lam0=dev.logit_scale, eps=dev.eps,
-                                         setting="few-shot", seed=seed)
+                                         setting="few-shot", seed=seed, posterior="lr")
     kept = decision["posterior"]
     if few is None or few.posterior is None:
         post = AM.fit_few_shot_posterior(dev.sims, dev.truth, sizes, s.n_classes, seed=seed).posterior
@@ -588,22 +606,28 @@ def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_clas
         terms = dataclasses.replace(terms, max_classes=max_classes or terms.max_classes,
                                     max_per_class=max_per_class or terms.max_per_class, _padded={})
     t2 = time.perf_counter()
-    log(f"  few-shot fit {t1 - t0:.1f} s, predictive terms (3 fold refits) {t2 - t1:.1f} s")
+    gauss = GP.fit_gaussian_posterior(dev.sims, dev.truth, sizes, s.n_classes, seed=seed)
+    if not np.array_equal(gauss.folds, terms.folds):
+        raise RuntimeError("the Gaussian posterior's folds differ from the predictive's")  # both stratified_folds
+    log(f"  few-shot fit {t1 - t0:.1f} s, predictive terms (3 fold refits) {t2 - t1:.1f} s, Gaussian "
+        f"{time.perf_counter() - t2:.1f} s")
     tempered = few.channel(r, sizes, dev.eps)
     return {"lams": ch.lams, "channel": tempered, "posterior": few.posterior, "terms": terms,
             "predictive": PR.PredictivePosterior(few.posterior, terms),
             "D": PR.TemperedChannelPosterior(few.P, few.beta, ch.lams, sizes), "beta": few.beta.tolist(),
+            "G": gauss.posterior, "G_folds": gauss.fold_posteriors,
             "kept": kept, "fit_seconds": t1 - t0, "predictive_seconds": t2 - t1}
 
 
-def fold_views(dev: C.Prepared, fitted: dict[str, Any], *, predictive: bool):
+def fold_views(dev: C.Prepared, fitted: dict[str, Any], *, predictive: bool, gaussian: bool = False):
     """The cross-fitted views of the dev images, one per fold of the predictive terms: (the fold's rows (M,) bool,
     the posterior fitted on the other folds, the other folds' terms, the answer model the loop gets: that
-    posterior, with the other folds' predictive EIG when ``predictive``). What :func:`dev_tau` and
+    posterior, with the other folds' predictive EIG when ``predictive``). With ``gaussian``, the posterior is the
+    Gaussian one fitted on the other folds (the same folds). What :func:`dev_tau` and
     ``bench.predictive_variants.dev_eps`` choose their thresholds on."""
     terms = fitted["terms"]
     for j, f in enumerate(np.unique(terms.folds)):
-        post, others = terms.posteriors[j], terms.without_fold(j)
+        post, others = (fitted["G_folds"][j] if gaussian else terms.posteriors[j]), terms.without_fold(j)
         yield terms.folds == f, post, others, (PR.PredictivePosterior(post, others) if predictive else post)
 
 
@@ -618,7 +642,8 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
     agree = {t: np.zeros(dev.n) for t in TAU_GRID}
     q = {t: np.zeros(dev.n) for t in TAU_GRID}
     pol = next(p for lab, _, p in PRED_CURVES if lab == policy)
-    for te, post, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive")):
+    for te, post, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive"),
+                                      gaussian=policy.startswith("G ")):
         full_label = post.log_posterior(dev.sims[te]).argmax(axis=1)
         paths = trace_paths(dev.sims[te], full_label, dev.system, make_policy(pol), fitted["lams"],
                             fitted["channel"], am)  # "correct" = agrees with the full system
@@ -643,7 +668,7 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     fitted = fit_predictive_models(dev, seed=seed, log=log, max_classes=max_classes, max_per_class=max_per_class)
     budgets = budget_grid(int(q_full), n_budgets)
     orders = oracle_orders(s, test.truth)
-    models = {"few-shot": fitted["posterior"], "predictive": fitted["predictive"], "D": fitted["D"]}
+    models = {"few-shot": fitted["posterior"], "predictive": fitted["predictive"], "D": fitted["D"], "G": fitted["G"]}
     wanted = [c for c in PRED_CURVES if curves is None or c[0] in curves or c[0] == "fixed"]
     curves, secs = {}, {}
     for label, model, pname in wanted:
@@ -656,7 +681,7 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
         secs[label] = time.perf_counter() - t0
         log(f"  {label}: {secs[label]:.1f} s")
     full = {m: C.run_point(test, "fixed", logit_scale=fitted["lams"], channel=fitted["channel"],
-                           answer_model=models[m]).correct.astype(float) for m in ("few-shot", "D")}
+                           answer_model=models[m]).correct.astype(float) for m in ("few-shot", "D", "G")}
     w = resample_weights(test.n, n_boot, seed)
 
     def ci(x):
@@ -667,7 +692,7 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     rows = []
     for label, model, _ in wanted:
         cor, qq = curves[label]
-        f = full["D" if model == "D" else "few-shot"].mean()
+        f = full[model if model in ("D", "G") else "few-shot"].mean()
         qw2 = C.q_within(qq.mean(0), cor.mean(0), f - 0.02)
         rows.append({"label": label, "auc": auc[label], "auc_ci95": ci(boot[label]), "seconds": secs[label],
                      "q_within_2pt": qw2, "q_within_2pt_frac": None if qw2 is None else qw2 / q_full,
@@ -675,22 +700,24 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
                                for j, b in enumerate(budgets)]})
     diffs = [{"a": a, "b": b, "diff": auc[a] - auc[b], "ci95": ci(boot[a] - boot[b])}
              for a, b in [(x, "fixed") for x in PRED_ADAPTIVE + ("oracle", "posterior oracle")] +
-             [("D eig per prompt", "D fixed"), ("D eig per prompt", "fixed"),
+             [("D eig per prompt", "D fixed"), ("D eig per prompt", "fixed"), ("G eig", "G fixed"),
+              ("G eig per prompt", "G fixed"), ("G fixed", "fixed"),
               ("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig")] if a in curves and b in curves]
     # the confidence stop: τ on cross-fitted dev paths, then the test paths cut at it
     stops = []
-    acc_full = full["few-shot"]
-    boot_full = w @ acc_full
     for label in (x for x in PRED_STOPS if x in curves):
         t0 = time.perf_counter()
         chosen = dev_tau(dev, fitted, label)
         model, pname = next((m, p) for lab, m, p in PRED_CURVES if lab == label)
+        acc_full = full["G" if model == "G" else "few-shot"]  # the full system of the posterior that stops
+        boot_full = w @ acc_full
         paths = trace_paths(test.sims, test.truth, s, make_policy(pname), fitted["lams"], fitted["channel"],
                             models[model])
         cor, qq = tau_stop(paths, chosen["tau"])
         sweep = [(float(np.mean(tau_stop(paths, t)[1])), float(np.mean(tau_stop(paths, t)[0]))) for t in TAU_GRID]
         qw = C.q_within(np.array([a for a, _ in sweep]), np.array([b for _, b in sweep]), acc_full.mean() - 0.02)
-        stops.append({"policy": label, **chosen, "accuracy": float(cor.mean()), "mean_q": float(qq.mean()),
+        stops.append({"policy": label, **chosen, "full": float(acc_full.mean()), "accuracy": float(cor.mean()),
+                      "mean_q": float(qq.mean()),
                       "frac_q": float(qq.mean() / q_full), "minus_full": float(cor.mean() - acc_full.mean()),
                       "minus_full_ci95": ci(w @ cor - boot_full),
                       "test_sweep_q_within_2pt_frac": None if qw is None else qw / q_full,
@@ -721,27 +748,30 @@ def predictive_report(results: dict[str, Any]) -> str:
         L.append(f"- calibrate --setting few-shot keeps: {res['kept']}; β {[round(b, 2) for b in res['beta']]}; fits "
                  f"{res['fit_seconds']:.1f} s + predictive {res['predictive_seconds']:.1f} s")
         L.append(f"- full system (test): few-shot posterior {res['full']['few-shot']['accuracy']:.3f}, "
-                 f"D {res['full']['D']['accuracy']:.3f}\n")
+                 f"D {res['full']['D']['accuracy']:.3f}, G (the Gaussian posterior) {res['full']['G']['accuracy']:.3f}\n")
         L.append(C.md_table(["curve", "norm. AUC [95% CI]", "− fixed [95% CI]", "Q within 2 pt of full (% of Q)", "s"],
                             [[r["label"], f"{r['auc']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]",
                               (f"vs D fixed {d[(r['label'], 'D fixed')]['diff']:+.3f} "
                                f"{iv(d[(r['label'], 'D fixed')]['ci95'])}" if (r["label"], "D fixed") in d else
+                               f"vs G fixed {d[(r['label'], 'G fixed')]['diff']:+.3f} "
+                               f"{iv(d[(r['label'], 'G fixed')]['ci95'])}" if (r["label"], "G fixed") in d else
                                f"{d[(r['label'], 'fixed')]['diff']:+.3f} {iv(d[(r['label'], 'fixed')]['ci95'])}"
                                if (r["label"], "fixed") in d else ""),
                               "not reached" if r["q_within_2pt"] is None else
                               f"{r['q_within_2pt']:.1f} ({100 * r['q_within_2pt_frac']:.0f}%)", f"{r['seconds']:.0f}"]
                              for r in res["rows"]]))
         L.append("")
-        for a, b in (("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig"), ("D eig per prompt", "fixed")):
+        for a, b in (("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig"), ("D eig per prompt", "fixed"),
+                     ("G fixed", "fixed")):
             if (a, b) not in d:
                 continue
             x = d[(a, b)]
             L.append(f"- {a} − {b}: {x['diff']:+.3f} {iv(x['ci95'])}")
         L.append("\nConfidence stop (τ chosen on cross-fitted dev paths: the smallest τ at which ≥ 99% of dev images "
                  "stop on the full system's label):\n")
-        L.append(C.md_table(["policy", "τ (dev)", "dev agreement with full", "test accuracy", "mean Q (% of Q)",
-                             "− full system [95% CI]", "test τ-sweep: within 2 pt at % of Q"],
-                            [[x["policy"], f"{x['tau']:.3f}", f"{x['dev_agreement']:.3f}",
+        L.append(C.md_table(["policy", "τ (dev)", "dev agreement with full", "full system", "test accuracy",
+                             "mean Q (% of Q)", "− full system [95% CI]", "test τ-sweep: within 2 pt at % of Q"],
+                            [[x["policy"], f"{x['tau']:.3f}", f"{x['dev_agreement']:.3f}", f"{x['full']:.3f}",
                               f"{x['accuracy']:.3f}", f"{x['mean_q']:.1f} ({100 * x['frac_q']:.0f}%)",
                               f"{x['minus_full']:+.3f} {iv(x['minus_full_ci95'])}",
                               "–" if x["test_sweep_q_within_2pt_frac"] is None else

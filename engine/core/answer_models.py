@@ -602,6 +602,31 @@ def heldout_scores(log_post: np.ndarray, truth: np.ndarray) -> dict:
             "correct": correct}
 
 
+def heldout_scores_any_set(fold_posteriors, folds: np.ndarray, sims: np.ndarray, truth: np.ndarray,
+                           n_groups: int, *, per_image: int = MASKS_PER_IMAGE, seed: int = 0) -> dict:
+    """Held-out scores over the asked sets a posterior serves in the loop, not only the full one.
+
+    Each fold's images (folds (B,)) are scored by the posterior fitted on the other folds (``fold_posteriors``, in
+    sorted fold order; any object with ``log_posterior(sims, asked)``), on each image's full row and ``per_image``
+    random prefixes of random orders (:func:`training_rows`). Returns {"accuracy", "nll", "correct"}: correct (B,)
+    is each image's share of its rows right (so a paired comparison counts images, not correlated rows), accuracy
+    its mean, nll the mean NLL of the true class over every row.
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.int64)
+    share = np.zeros(len(truth))
+    nll = []
+    for f, post in zip(np.unique(folds), fold_posteriors):
+        te = np.nonzero(folds == f)[0]
+        img, asked = training_rows(len(te), n_groups, per_image=per_image, seed=seed + 1)
+        lp = post.log_posterior(sims[te][img], asked)
+        y = truth[te][img]
+        share[te] = np.bincount(img, weights=(lp.argmax(axis=1) == y).astype(float), minlength=len(te)) / \
+            np.bincount(img, minlength=len(te))
+        nll.append(-lp[np.arange(len(img)), y])
+    return {"accuracy": float(share.mean()), "nll": float(np.concatenate(nll).mean()), "correct": share}
+
+
 def public_scores(scores: dict) -> dict:
     """{name: {"accuracy", "nll"}}: held-out scores without the per-image arrays (what a file records)."""
     return {k: {"accuracy": v["accuracy"], "nll": v["nll"]} for k, v in scores.items()}
@@ -636,17 +661,17 @@ def crossfit_rule_variants(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.
 
 def replaces(a: dict, b: dict) -> bool:
     """Whether held-out scores ``a`` (a fitted part) should replace ``b``: NLL no higher, and accuracy higher
-    by at least one paired standard error, sqrt(n_ab + n_ba)/n over the images one gets right and the other
-    not (so that a gain of a few images out of hundreds, which is noise, keeps ``b``). Without per-image
-    ``correct`` arrays, accuracy no lower."""
+    by at least one paired standard error, sqrt(Σ_i (a_i − b_i)²)/n over the images' correctness a_i, b_i: for
+    right/wrong images sqrt(n_ab + n_ba)/n, the images one gets right and the other not (so that a gain of a few
+    images out of hundreds, which is noise, keeps ``b``); a_i may also be an image's share of rows right
+    (:func:`heldout_scores_any_set`). Without per-image ``correct`` arrays, accuracy no lower."""
     if a["nll"] > b["nll"]:
         return False
     if "correct" not in a or "correct" not in b:
         return a["accuracy"] >= b["accuracy"]
-    ca, cb = np.asarray(a["correct"], bool), np.asarray(b["correct"], bool)
-    discordant = int((ca != cb).sum())
+    ca, cb = np.asarray(a["correct"], dtype=np.float64), np.asarray(b["correct"], dtype=np.float64)
     gain = float(ca.mean() - cb.mean())
-    return gain >= 0 and gain >= np.sqrt(discordant) / len(ca)
+    return gain >= 0 and gain >= np.sqrt(((ca - cb) ** 2).sum()) / len(ca)
 
 
 def choose_rule_variant(scores: dict) -> str:

@@ -1093,8 +1093,9 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
        The posterior's full-system head (a plain LR on all Q similarities, fitted on full rows) is kept when its
        held-out full-system NLL is no higher than the masked model's. The Gaussian posterior
        (:mod:`engine.core.gaussian`, LDA over the similarities, exact for any asked set) replaces the LR when it
-       beats it the same way (accuracy by a paired standard error, NLL no higher); then no predictive EIG is
-       made (it needs per-group terms) and the policies read the tempered per-class channel.
+       beats it the same way over the asked sets the loop uses (each held-out image's full row and random
+       prefixes: :func:`engine.core.answer_models.heldout_scores_any_set`); then no predictive EIG is made (it
+       needs per-group terms) and the policies read the tempered per-class channel.
     Returns (AnswerChannels, FewShotModel or None, the decision as a dict for the file, (folds (B,), one
     :class:`FoldModel` per fold: the same choices fitted on the other folds, without dev order; () when the dev
     images make fewer than 2 folds)).
@@ -1153,13 +1154,17 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
                 raise RuntimeError("the posterior's folds differ from the calibration's")  # both stratified_folds
             gf = GP.fit_gaussian_posterior(sims, truth, sizes, C, seed=seed) if posterior != "lr" else None
             if gf is not None and gf.heldout_log_post is not None:
-                # the Gaussian posterior replaces the LR only when it beats it (or when asked for by name)
+                # the Gaussian posterior replaces the LR only when it beats it over the asked sets the loop uses
+                # (every image's full row and random prefixes, held out), or when asked for by name
                 gs = AM.heldout_scores(gf.heldout_log_post, truth)
                 decision["heldout"]["few-shot posterior: Gaussian (LDA)"] = AM.public_scores({"x": gs})["x"]
+                any_set = {name: AM.heldout_scores_any_set(posts, folds, sims, truth, len(sizes), seed=seed)
+                           for name, posts in (("LR", pf.fold_posteriors), ("Gaussian", gf.fold_posteriors))}
                 decision["gaussian"] = {"asked": posterior, "shrink": gf.posterior.shrink,
                                         "temperature": gf.posterior.temperature,
-                                        "cv": [{"shrink": a, "heldout_log_density": b} for a, b in gf.cv]}
-                if posterior == "gaussian" or AM.replaces(gs, lr):
+                                        "cv": [{"shrink": a, "heldout_log_density": b} for a, b in gf.cv],
+                                        "heldout_any_asked_set": AM.public_scores(any_set)}
+                if posterior == "gaussian" or AM.replaces(any_set["Gaussian"], any_set["LR"]):
                     if not np.array_equal(gf.folds, folds):
                         raise RuntimeError("the Gaussian posterior's folds differ from the calibration's")
                     post, scores, fold_posts = gf.posterior, gs, gf.fold_posteriors
