@@ -46,23 +46,27 @@ def test_shipped_calibration_fits_the_shipped_probe_and_the_main_system():
 
 
 def test_shipped_calibration_is_few_shot_and_records_why_on_held_out_dev_images():
-    """The main job's calibration (issue 26): the few-shot posterior, kept because it beat the rule channel on
-    held-out (cross-fitted) dev images in accuracy and NLL; the counts it rests on are in the file."""
+    """The main job's calibration (issue 26): the Gaussian few-shot posterior, kept because it beat the rule
+    channel on held-out (cross-fitted) dev images in accuracy and NLL, and the group-masked LR over the sets of
+    questions the loop asks; the counts it rests on are in the file."""
+    from engine.core.gaussian import GaussianPosterior
     from engine.run.calibration_file import SCHEMA, load_calibration
 
     cal = load_calibration(MAIN_CALIBRATION)
     d = json.loads(MAIN_CALIBRATION.read_text(encoding="utf-8"))
     assert d["format"] == SCHEMA and cal.setting == "few-shot" and cal.few_shot is not None
     held = cal.decision["heldout"]
-    lr, rule = held["few-shot posterior"], held[f"rule channel, {cal.decision['rule_channel']}"]
-    assert lr["accuracy"] >= rule["accuracy"] and lr["nll"] <= rule["nll"]
+    post, rule = held["few-shot posterior: Gaussian (LDA)"], held[f"rule channel, {cal.decision['rule_channel']}"]
+    assert post["accuracy"] >= rule["accuracy"] and post["nll"] <= rule["nll"]
+    any_set = cal.decision["gaussian"]["heldout_any_asked_set"]
+    assert any_set["Gaussian"]["accuracy"] > any_set["LR"]["accuracy"] and any_set["Gaussian"]["nll"] < any_set["LR"]["nll"]
     # the answer model rests on every dev image; τ and auto on cross-fitted paths (3 folds, each on the others' fit)
     assert int(cal.few_shot.n_dev.sum()) == d["dev"]["n_images"] and (cal.few_shot.n_dev > 0).all()
     assert d["dev"]["crossfit"]["folds"] == len(cal.crossfit) == 3 and len(cal.select.truth) == d["dev"]["n_images"]
-    assert cal.few_shot.posterior.has_head  # with every question asked, a plain LR on all the similarities
+    assert isinstance(cal.few_shot.posterior, GaussianPosterior)  # exact for any set of questions asked
     system = load_system(MAIN_SYSTEM)
-    am = cal.answer_model(system)  # the posterior, its EIG the predictive's (every dev image's out-of-fold terms)
-    assert am.posterior is cal.few_shot.posterior and len(am.predictive.truth) == d["dev"]["n_images"]
+    am = cal.answer_model(system)  # the posterior itself: no per-group terms, so no predictive EIG
+    assert am is cal.few_shot.posterior and cal.predictive is None
     assert cal.channel(system).P.shape == (system.n_classes, system.q_total)
 
 
@@ -96,7 +100,7 @@ def test_main_job_prints_the_table_and_writes_the_curve(tmp_path, capsys):
         w.writerows([[r["path"], r["label"]] for r in rows])
     png, out = tmp_path / "curve.png", tmp_path / "compare.json"
     rc = main(["compare", "--data", str(data), "--system", MAIN_SYSTEM, "--model", "probe", "--calibration",
-               str(MAIN_CALIBRATION), "--delta", "0.01", "--plot", str(png), "--out", str(out), "--quiet"])
+               str(MAIN_CALIBRATION), "--plot", str(png), "--out", str(out), "--quiet"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "not CLIP" in text and "trained here" in text

@@ -83,6 +83,12 @@ def calibrate_cmd(args) -> int:
           "| candidate | full accuracy | full NLL |\n|---|---|---|")
     for name, sc in dec["heldout"].items():
         print(f"| {name} | {sc['accuracy']:.3f} | {sc['nll']:.3f} |")
+    if dec.get("gaussian", {}).get("heldout_any_asked_set"):
+        print("\nfew-shot posteriors over the sets of questions the loop asks (held-out full rows and 8 random "
+              "prefixes per image; the Gaussian replaces the LR only when better here):\n\n"
+              "| posterior | accuracy | NLL |\n|---|---|---|")
+        for name, sc in dec["gaussian"]["heldout_any_asked_set"].items():
+            print(f"| {name} | {sc['accuracy']:.3f} | {sc['nll']:.3f} |")
     print(f"\ndev metrics, in sample (fitted on these images; optimistic):\n\n"
           f"| | full accuracy | full NLL | full ECE | adaptive {a['policy']} τ={a['tau']} accuracy | mean Q |\n"
           f"|---|---|---|---|---|---|")
