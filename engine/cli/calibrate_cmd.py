@@ -156,8 +156,8 @@ def add_calibrate_parser(sub) -> None:
     p.add_argument("--eps", type=float, default=DEFAULT_EPS,
                    help="ε of the prior answer channel a group with few dev images falls back to (default: %(default)s)")
     p.add_argument("--setting", choices=("auto", "few-shot", "zero-shot"), default="auto",
-                   help="few-shot: the dev images are of the classes being classified; fit a posterior on them (a "
-                        "group-masked logistic regression) and per-class answer distributions. zero-shot: fit only "
+                   help="few-shot: the dev images are of the classes being classified; fit a posterior on them (see "
+                        "--posterior) and per-class answer distributions. zero-shot: fit only "
                         "what transfers to other classes (λ per question, option confusions, reliabilities). auto: "
                         "few-shot when every class has 2+ dev images, else zero-shot. Each fitted part is kept only "
                         "if not worse than the uncalibrated one on held-out dev images (default: %(default)s)")
