@@ -316,7 +316,7 @@ def probe_preps(probe: Path, cache_dir: Path, *, limit: int | None, seed: int, l
 
 # --------------------------------------------------------------------------- answer models (issue 26)
 AM_POLICIES = ("fixed", "eig", "oracle")
-AM_MODELS = ("rule", "per-class", "few-shot")
+AM_MODELS = ("rule", "per-class", "few-shot", "few-shot LR", "few-shot Gaussian")  # fit_models' keys, in order
 
 
 def fit_models(dev: C.Prepared, *, seed: int = 0) -> dict[str, Any]:
@@ -344,7 +344,7 @@ def fit_models(dev: C.Prepared, *, seed: int = 0) -> dict[str, Any]:
                                                        setting="few-shot", seed=seed, posterior=posterior)
         if few is not None:
             models[name] = (ch.lams, few.channel(r, sizes, dev.eps), few.posterior)
-            beta = few.beta.tolist()
+            beta = few.beta.tolist() if name == "few-shot" else beta
         else:
             models[name] = (ch.lams, ch.channel(r, sizes), None)
     return {"models": models, "decision": decisions["few-shot"], "beta": beta}
@@ -379,7 +379,8 @@ def evaluate_answer_models(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 
     orders = oracle_orders(s, test.truth)
     correct_full, curves, same = {}, {}, {}
     for name, (lam, ch, am) in fitted["models"].items():
-        twin = next((k for k, v in fitted["models"].items() if k in same and v[2] is am and am is not None), None)
+        twin = next((k for k, v in fitted["models"].items() if k in same and am is not None and v[2] is not None
+                     and type(v[2]) is type(am) and v[2].to_dict() == am.to_dict()), None)
         if twin is not None:  # calibrate's choice is one of the named posteriors: the same model, run once
             same[name] = twin
             correct_full[name] = correct_full[twin]

@@ -257,8 +257,9 @@ def test_bench_answer_models_on_a_small_simulated_pair():
     prep.meta["image_embeddings"] = emb
     res = channels.evaluate_answer_models(prep, seed=1, n_budgets=3, n_boot=50, log=lambda *_: None)
     assert res["n_dev"] + res["n_test"] == 150
-    assert set(res["full"]) == {"rule", "per-class", "few-shot", "LR on the same similarities",
-                                "LR on the image embeddings (no attribute system)"}
+    assert set(res["full"]) == set(channels.AM_MODELS) | {"LR on the same similarities",
+                                                          "LR on the image embeddings (no attribute system)"}
+    assert {"few-shot LR", "few-shot Gaussian"} <= set(channels.AM_MODELS)
     assert {(r["model"], r["policy"]) for r in res["rows"]} == {(m, p) for m in channels.AM_MODELS
                                                                 for p in channels.AM_POLICIES}
     for v in res["full"].values():
@@ -267,7 +268,7 @@ def test_bench_answer_models_on_a_small_simulated_pair():
         assert d["ci95"][0] - 1e-12 <= d["diff"] <= d["ci95"][1] + 1e-12
     report = channels.answer_model_report({"command": "x", "machine": "m", "seconds": 1.0, "load": [1, 1],
                                            "seed": 1, "n_boot": 50, "pairs": {"sim": res}})
-    assert "few-shot − rule" in report and "LR, image embeddings" in report
+    assert "few-shot − rule" in report and "LR, image embeddings" in report and "Gaussian − few-shot LR" in report
 
 
 def test_the_loop_reports_the_few_shot_posterior_and_every_backend_runs_it():

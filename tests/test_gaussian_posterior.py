@@ -95,7 +95,7 @@ def test_round_trips_through_a_dict_and_refuses_damage():
     np.testing.assert_allclose(back.log_posterior(sims), post.log_posterior(sims), atol=1e-12)
     for key, value, match in (("cov", [[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "positive definite"),
                               ("cov", [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "symmetric"),
-                              ("temperature", 0.0, "temperature"), ("means", [[0.0, 0.0, 0.0]] * 2, "with shape"),
+                              ("temperature", 0.0, "temperature"), ("means", [[0.0, 0.0, 0.0]] * 2, "shape"),
                               ("scale", [1.0, 0.0, 1.0], "scale"), ("log_prior", [0.0, float("nan"), 0.0], "log_prior")):
         d = post.to_dict()
         d[key] = value
@@ -371,3 +371,155 @@ def test_replaces_counts_images_when_correctness_is_a_share_of_rows(pairs, rows)
     g2 = ra.mean() - rb.mean()
     assert replaces({"nll": 0, "accuracy": 0, "correct": ra}, {"nll": 0, "accuracy": 0, "correct": rb}) == \
         bool(g2 >= 0 and g2 >= np.sqrt((ra != rb).sum()) / len(ra))
+
+
+def test_the_whole_dev_order_is_greedy_on_the_models_posterior_of_each_asked_set():
+    """Every step of dev_greedy_order with a conditional model appends the group with the best (accuracy gain,
+    mean true-class log posterior gain) per prompt on the posterior of the groups so far plus that one."""
+    from engine.core.channel_fit import dev_greedy_order
+    from engine.core.scoring import build_channel
+    from tests.strategies import make_system
+
+    sims, truth, _, C = lda_data(6, 20, sizes=(2, 3, 1, 2))
+    sizes = np.array([2, 3, 1, 2])
+    post = GP.fit_gaussian_posterior(sims, truth, sizes, C).posterior
+    system = make_system([tuple(frozenset([k % int(s)]) for s in sizes) for k in range(C)], sizes)
+    order = dev_greedy_order(sims, truth, 100.0, build_channel(system.rule_matrix, sizes, 0.05), answer_model=post)
+
+    def score(groups):
+        a = np.zeros((len(truth), len(sizes)), bool)
+        a[:, list(groups)] = True
+        lp = post.log_posterior(sims, a)
+        return (lp.argmax(1) == truth).mean(), lp[np.arange(len(truth)), truth].mean()
+
+    want, (acc0, lt0) = [], score([])
+    while len(want) < len(sizes):
+        keys = {}
+        for g in (g for g in range(len(sizes)) if g not in want):
+            acc, lt = score(want + [g])
+            keys[g] = ((acc - acc0) / sizes[g], (lt - lt0) / sizes[g], -g)
+        g = max(keys, key=keys.get)
+        want.append(g)
+        acc0, lt0 = score(want)
+    assert list(order) == want
+
+
+def test_heldout_scores_any_set_scores_each_fold_by_its_own_posterior_on_full_rows_and_prefixes():
+    from engine.core.answer_models import heldout_scores_any_set, training_rows
+
+    sims, truth, sizes, C = lda_data(7, 12)
+    fit = GP.fit_gaussian_posterior(sims, truth, sizes, C, seed=2)
+    got = heldout_scores_any_set(fit.fold_posteriors, fit.folds, sims, truth, len(sizes), per_image=3, seed=2)
+    share, nll = np.zeros(len(truth)), []
+    for f, p in zip(np.unique(fit.folds), fit.fold_posteriors):
+        te = np.nonzero(fit.folds == f)[0]
+        img, asked = training_rows(len(te), len(sizes), per_image=3, seed=2 + 2)
+        assert len(img) == 4 * len(te) and asked[:len(te)].all()  # the full rows, then 3 prefixes each
+        lp = p.log_posterior(sims[te][img], asked)
+        right = lp.argmax(1) == truth[te][img]
+        share[te] = [right[img == i].mean() for i in range(len(te))]
+        nll.append(-lp[np.arange(len(img)), truth[te][img]])
+    np.testing.assert_allclose(got["correct"], share)
+    assert got["accuracy"] == pytest.approx(share.mean()) and got["nll"] == pytest.approx(np.concatenate(nll).mean())
+    full_only = heldout_scores_any_set(fit.fold_posteriors, fit.folds, sims, truth, len(sizes), per_image=0, seed=2)
+    np.testing.assert_allclose(full_only["correct"], (fit.heldout_log_post.argmax(1) == truth).astype(float))
+
+
+def test_each_fold_posterior_has_a_temperature_fitted_without_its_fold():
+    from engine.core.answer_models import training_rows
+
+    sims, truth, sizes, C = lda_data(8, 15)
+    fit = GP.fit_gaussian_posterior(sims, truth, sizes, C, seed=1)
+    ids = np.unique(fit.folds)
+    rows = []
+    for f, p in zip(ids, fit.fold_posteriors):
+        te = np.nonzero(fit.folds == f)[0]
+        img, asked = training_rows(len(te), len(sizes), seed=1 + 1)
+        rows.append((replace(p, temperature=1.0), sims[te][img], asked, truth[te][img]))
+    assert fit.posterior.temperature == pytest.approx(GP._fit_temperature(rows), abs=1e-9)
+    for j, p in enumerate(fit.fold_posteriors):
+        assert p.temperature == pytest.approx(GP._fit_temperature(rows[:j] + rows[j + 1:]), abs=1e-9)
+    assert len({round(p.temperature, 6) for p in fit.fold_posteriors}) > 1  # not one t shared by all
+
+
+@pytest.mark.parametrize("key, value", [
+    ("cov", "near-singular"), ("temperature", 1e308), ("temperature", True), ("temperature", "1.5"),
+    ("mean", "huge"), ("scale", "tiny"), ("sizes", "fractional"), ("n_dev", [-1, 1, 1]), ("shrink", float("nan")),
+    ("means", "one class short")])
+def test_a_damaged_gaussian_posterior_is_refused_before_it_reaches_the_loop(key, value):
+    post = random_gaussian(np.array([2, 1]), 3, 5)
+    d = post.to_dict()
+    if value == "near-singular":
+        v = np.array([1.0, 2.0, 3.0])
+        value = (np.outer(v, v) + 1e-17 * np.eye(3)).tolist()
+    elif value == "huge":
+        value = [1e308, 0.0, 0.0]
+    elif value == "tiny":
+        value = [1e-308, 1.0, 1.0]
+    elif value == "fractional":
+        value = [2.5, 0.5]
+    elif value == "one class short":
+        value = d["means"][:2]
+    d[key] = value
+    with pytest.raises(ValueError, match="Gaussian posterior"):
+        GP.GaussianPosterior.from_dict(d)
+
+
+def test_a_file_whose_few_shot_sizes_are_permuted_or_that_pairs_predictive_terms_with_a_gaussian_is_refused(
+        lda_calibrations, tmp_path):
+    import json
+
+    from engine.run.calibration_file import CalibrationError, load_calibration
+
+    system, sims, truth, cals, _ = lda_calibrations
+    d = cals["auto"].to_dict()
+    post = d["few_shot"]["posterior"]
+    post["sizes"] = post["sizes"][1:] + post["sizes"][:1]  # the same Q, another grouping than the model's
+    p = tmp_path / "perm.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match="sizes"):
+        load_calibration(p)
+    d = cals["auto"].to_dict()
+    d["predictive"] = cals["lr"].to_dict()["predictive"]  # an LR file's terms grafted onto a Gaussian file
+    p = tmp_path / "graft.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(CalibrationError, match="conditional"):
+        load_calibration(p)
+
+
+def test_a_gaussian_asked_for_by_name_is_still_judged_against_the_rule_channel_on_its_own_scores(
+        lda_calibrations, monkeypatch):
+    """--posterior gaussian keeps the Gaussian only when *it* beats the rule channel held out (not the LR)."""
+    from engine.run.calibration_file import fit_calibration
+
+    system, sims, truth, _, kw = lda_calibrations
+    real = GP.fit_gaussian_posterior
+
+    def useless(*a, **k):  # held out, every image put in the class after its own
+        fit = real(*a, **k)
+        lp = np.full_like(fit.heldout_log_post, -50.0)
+        lp[np.arange(len(truth)), (truth + 1) % fit.posterior.n_classes] = 0.0
+        return replace(fit, heldout_log_post=lp)
+
+    monkeypatch.setattr(GP, "fit_gaussian_posterior", useless)
+    cal = fit_calibration(sims, truth, system, **{**kw, "posterior": "gaussian"})
+    assert cal.few_shot is None and cal.setting == "zero-shot"
+
+
+def test_a_head_and_a_conditional_model_both_keep_the_callers_prior():
+    from engine.core.adaptive import classify_batch
+    from engine.core.sources import ArraySource
+    from systems import load_system
+    from tests.test_answer_models import headed
+
+    system = load_system("pokemon15")
+    sizes = np.asarray(system.option_counts)
+    sims = np.random.default_rng(4).normal(0, 0.1, (6, int(sizes.sum())))
+    prior = np.random.default_rng(5).dirichlet(np.ones(system.n_classes))
+    for post in (headed(sizes, system.n_classes, 3), random_gaussian(sizes, system.n_classes, 3)):
+        res = classify_batch(ArraySource(sims, system), system, "fixed", answer_model=post, prior=prior,
+                             top_k=system.n_classes)
+        want = np.exp(log_softmax(np.log(prior)[None, :] + post.log_posterior(sims), axis=1))
+        for r, w in zip(res, want):
+            got = dict(r.top)
+            np.testing.assert_allclose([got[c] for c in system.classes], w, atol=1e-9)

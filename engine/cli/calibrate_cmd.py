@@ -54,6 +54,9 @@ def calibrate_cmd(args) -> int:
     finally:
         close()
     cal = save_calibration(cal, args.out)
+    if args.posterior != "auto" and (cal.few_shot is None or cal.few_shot.posterior is None):
+        warn(f"--posterior {args.posterior} was not used: it picks the few-shot posterior, and this calibration "
+             f"has none ({cal.decision.get('posterior', cal.setting)})")
     dev = cal.dev
     print(f"model: {model_label(spec.model)} (id {cal.model_id})")
     print(f"system: {system.name} (N={system.n_classes}, G={system.n_groups}, Q={system.q_total}; sha256 "

@@ -232,16 +232,17 @@ class _Run:
         self.cols = [setup.channel.cols(g) for g in range(G)]
         self.lams = [float(lam) for lam in setup.lams]
         self.log_post = xp.array(log_prior(C, prior, B))
-        # a conditional model (its posterior is recomputed from every similarity seen) keeps the caller's prior
+        # a posterior recomputed from every similarity seen (a conditional model's after each question, a head's
+        # after the last) keeps the caller's prior
         self.conditional = bool(getattr(setup.answer_model, "conditional", False))
-        self.outer_prior = self.log_post if self.conditional else None
+        recomputed = self.conditional or bool(getattr(setup.answer_model, "has_head", False))
+        self.outer_prior = self.log_post if recomputed else None
         if setup.answer_model is not None:
             self.log_post = bayes_update(self.log_post, xp.asarray(setup.answer_model.log_prior(B)), xp)
         # a few-shot posterior with a full-system head: an image's posterior, once every group is asked, is the
         # head's on all its similarities; a conditional model's after every question (the similarities are kept
         # on the host, where the few-shot posteriors run)
-        self.seen = (np.zeros((B, sum(self.k))) if self.conditional or getattr(setup.answer_model, "has_head", False)
-                     else None)
+        self.seen = np.zeros((B, sum(self.k))) if recomputed else None
         self.sum_sc = xp.zeros((B, C)) if setup.scorer == "sum" else None
         self.asked = xp.zeros((B, G), "bool")
         self.q = xp.zeros(B, "int")
@@ -347,7 +348,7 @@ class _Run:
         """Keep group g's similarities (n, K_g) of images ``imgs`` (n,), which have not been marked as asking g yet.
         A conditional model's posterior is recomputed on every similarity they have seen; otherwise an image whose
         every group is now asked gets the few-shot posterior's full-system head
-        (:meth:`FewShotPosterior.log_posterior` with all asked)."""
+        (:meth:`FewShotPosterior.log_posterior` with all asked). Either is multiplied by the caller's prior."""
         xp, host = self.xp, np.asarray(self.xp.to_host(imgs), dtype=np.int64)
         self.seen[host, self.cols[g]] = np.asarray(xp.to_host(sims), dtype=np.float64)
         asked = np.asarray(xp.to_host(self.asked[imgs]), dtype=bool)
@@ -358,8 +359,9 @@ class _Run:
             return
         done = asked.sum(axis=1) == len(self.k) - 1  # g is the last
         if done.any():
-            lp = self.setup.answer_model.log_posterior(self.seen[host[done]])
-            self.log_post[xp.asindex(host[done])] = xp.asarray(lp)
+            rows = xp.asindex(host[done])
+            lp = xp.asarray(self.setup.answer_model.log_posterior(self.seen[host[done]]))
+            self.log_post[rows] = bayes_update(self.outer_prior[rows], lp, xp)
 
     def ask_shortlist(self, imgs, post) -> None:
         """Ask images ``imgs`` (n,) which of their m most probable classes' names fits; update in place.

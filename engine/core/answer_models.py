@@ -618,7 +618,8 @@ def heldout_scores_any_set(fold_posteriors, folds: np.ndarray, sims: np.ndarray,
     nll = []
     for f, post in zip(np.unique(folds), fold_posteriors):
         te = np.nonzero(folds == f)[0]
-        img, asked = training_rows(len(te), n_groups, per_image=per_image, seed=seed + 1)
+        # other prefixes than the ones the posteriors' settings were chosen on (seed + 1 there)
+        img, asked = training_rows(len(te), n_groups, per_image=per_image, seed=seed + 2)
         lp = post.log_posterior(sims[te][img], asked)
         y = truth[te][img]
         share[te] = np.bincount(img, weights=(lp.argmax(axis=1) == y).astype(float), minlength=len(te)) / \

@@ -34,6 +34,9 @@ from engine.core.answer_models import (N_FOLDS, MASKS_PER_IMAGE, _col_group, _st
 
 SHRINK_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # s tried by cross-validation
 TEMPERATURE_BOUNDS = (0.01, 2.0)
+MAX_ABS = 1e6  # no fitted mean, class mean, scale, log prior or covariance entry comes near this
+SCALE_MIN = 1e-12
+MAX_PROMPTS = 100_000
 RIDGE = 1e-6  # added to Σ's diagonal: a singular pooled covariance (fewer dev images than prompts) stays usable
 KIND = "gaussian"  # the posterior's "kind" in a calibration file (the group-masked LR's files have none)
 
@@ -103,7 +106,15 @@ class GaussianPosterior:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GaussianPosterior":
-        sizes = np.asarray(d["sizes"], dtype=np.int64)
+        """Read :meth:`to_dict`'s form, refusing (ValueError) anything the loop could not use: wrong shapes or
+        types, non-finite or absurd values, a covariance that is not symmetric positive definite (by its Cholesky
+        factor, as the loop will take it), a temperature outside :data:`TEMPERATURE_BOUNDS`, and a model whose
+        posterior at its own class means is not finite."""
+        raw_sizes = np.asarray(d["sizes"], dtype=np.float64)
+        if raw_sizes.ndim != 1 or not np.isfinite(raw_sizes).all() or (raw_sizes != np.round(raw_sizes)).any() \
+                or (raw_sizes < 1).any() or raw_sizes.sum() > MAX_PROMPTS:
+            raise ValueError(f"Gaussian posterior: sizes should be whole numbers >= 1 summing to <= {MAX_PROMPTS}")
+        sizes = raw_sizes.astype(np.int64)
         Q = int(sizes.sum())
         means = np.asarray(d["means"], dtype=np.float64)
         C = means.shape[0] if means.ndim == 2 else -1
@@ -111,21 +122,35 @@ class GaussianPosterior:
                 "scale": (np.asarray(d["scale"], dtype=np.float64), (Q,)), "means": (means, (C, Q)),
                 "cov": (np.asarray(d["cov"], dtype=np.float64), (Q, Q)),
                 "log_prior": (np.asarray(d["log_prior"], dtype=np.float64), (C,)),
-                "n_dev": (np.asarray(d["n_dev"], dtype=np.int64), (C,))}
+                "n_dev": (np.asarray(d["n_dev"], dtype=np.float64), (C,))}
         for name, (a, shape) in arrs.items():
-            if a.shape != shape or not np.isfinite(a).all():
-                raise ValueError(f"Gaussian posterior: {name} should be finite with shape {shape}, got {a.shape}")
-        if (arrs["scale"][0] <= 0).any():
-            raise ValueError("Gaussian posterior: every scale must be > 0")
+            if a.shape != shape:
+                raise ValueError(f"Gaussian posterior: {name} should have shape {shape} (from sizes and means), "
+                                 f"got {a.shape}")
+            if not np.isfinite(a).all() or (np.abs(a) > MAX_ABS).any():
+                raise ValueError(f"Gaussian posterior: {name} should be finite, each entry within ±{MAX_ABS:g}")
+        scale, n_dev = arrs["scale"][0], arrs["n_dev"][0]
+        if (scale < SCALE_MIN).any():
+            raise ValueError(f"Gaussian posterior: every scale must be >= {SCALE_MIN:g}")
+        if (n_dev < 0).any() or (n_dev != np.round(n_dev)).any():
+            raise ValueError("Gaussian posterior: n_dev should be whole numbers >= 0")
         cov = arrs["cov"][0]
-        if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() <= 0:
-            raise ValueError("Gaussian posterior: cov must be symmetric positive definite")
-        t = float(d["temperature"])
-        if not (np.isfinite(t) and t > 0):
-            raise ValueError(f"Gaussian posterior: temperature should be > 0, got {t}")
-        return cls(mean=arrs["mean"][0], scale=arrs["scale"][0], means=means, cov=cov,
-                   log_prior_c=arrs["log_prior"][0], temperature=t, shrink=float(d["shrink"]),
-                   sizes=sizes, n_dev=arrs["n_dev"][0])
+        try:
+            if not np.allclose(cov, cov.T):
+                raise np.linalg.LinAlgError("not symmetric")
+            np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            raise ValueError("Gaussian posterior: cov must be symmetric positive definite") from None
+        t, shrink = d["temperature"], d["shrink"]
+        for name, x, lo, hi in (("temperature", t, *TEMPERATURE_BOUNDS), ("shrink", shrink, 0.0, 1.0)):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not lo <= x <= hi:
+                raise ValueError(f"Gaussian posterior: {name} should be a number in [{lo:g}, {hi:g}], got {x!r}")
+        post = cls(mean=arrs["mean"][0], scale=scale, means=means, cov=cov, log_prior_c=arrs["log_prior"][0],
+                   temperature=float(t), shrink=float(shrink), sizes=sizes, n_dev=n_dev.astype(np.int64))
+        if not np.isfinite(post.log_posterior(post.means * post.scale + post.mean)).all():
+            raise ValueError("Gaussian posterior: its posterior at its own class means is not finite (a damaged "
+                             "covariance or scale)")
+        return post
 
 
 def pooled_covariance(z: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,7 +213,8 @@ def fit_gaussian_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarra
     sims : (B, Q) dev similarities; truth : (B,) class indices in [0, n_classes); sizes : (G,) K_g.
     s by the mean held-out log density over ``n_folds`` stratified folds (the largest s among ties); t by the
     held-out NLL of the true class over each held-out image's full row and ``per_image`` random prefixes (the
-    fold models at that s). Without two folds: s = the grid's middle value, t = 1, no held-out figures.
+    fold models at that s; each fold model's own t without its fold's rows). Without two folds: s = the grid's
+    middle value, t = 1, no held-out figures.
     """
     sims = np.asarray(sims, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.int64)
@@ -214,14 +240,17 @@ def fit_gaussian_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarra
     cv = tuple((s, float(dens[s])) for s in shrinks)
     best = max(shrinks, key=lambda s: (dens[s], s))
     folds_at = [_fit_at(sims[fold != f], truth[fold != f], sizes, n_classes, best) for f in ids]
-    # the temperature: held-out rows (full and random prefixes) of every fold, scored by that fold's model
+    # the temperature: held-out rows (full and random prefixes) of every fold, scored by that fold's model. The
+    # shipped model's t uses every fold's rows; fold j's model gets a t fitted without fold j's rows, so that
+    # its held-out scores (what calibrate compares) were not tuned on the images they score
     rows = []
     for f, post in zip(ids, folds_at):
         te = np.nonzero(fold == f)[0]
         img, asked = training_rows(len(te), len(sizes), per_image=per_image, seed=seed + 1)
         rows.append((post, sims[te][img], asked, truth[te][img]))
     t = _fit_temperature(rows)
-    fold_posteriors = tuple(replace(p, temperature=t) for p in folds_at)
+    fold_posteriors = tuple(replace(p, temperature=_fit_temperature(rows[:j] + rows[j + 1:]))
+                            for j, p in enumerate(folds_at))
     held = np.zeros((len(truth), n_classes))
     for f, post in zip(ids, fold_posteriors):
         held[fold == f] = post.log_posterior(sims[fold == f])

@@ -544,6 +544,9 @@ def _check_predictive(cal: "Calibration") -> None:
     post = None if cal.few_shot is None else cal.few_shot.posterior
     if post is None:
         raise ValueError("predictive: stored without a few-shot posterior")
+    if getattr(post, "conditional", False):
+        raise ValueError("predictive: its per-group terms do not fit a conditional (Gaussian) posterior; remove "
+                         "the key or recalibrate")
     if pr.n_classes != post.n_classes or [int(k) for k in pr.posteriors[0].sizes] != list(cal.sizes):
         raise ValueError(f"predictive: its fold posteriors are for {pr.n_classes} classes and sizes "
                          f"{[int(k) for k in pr.posteriors[0].sizes]}, the calibration's {post.n_classes} and "
