@@ -330,6 +330,19 @@ def _crossfit_heads(x, truth, n_classes, regs, fold):
     return held, heads
 
 
+def dev_arrays(sims, truth, sizes, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sims (B, Q) float64, truth (B,) int64, sizes (G,) int64) of dev images for a posterior fit, checked: Q =
+    Σ sizes, one class per image, at least one image (a ValueError naming ``what`` otherwise)."""
+    sims = np.asarray(sims, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sims.ndim != 2 or sims.shape[1] != int(sizes.sum()) or truth.shape != (sims.shape[0],):
+        raise ValueError(f"sims should be (B, {int(sizes.sum())}) and truth (B,), got {sims.shape} and {truth.shape}")
+    if len(truth) == 0:
+        raise ValueError(f"no dev images to fit {what} on")
+    return sims, truth, sizes
+
+
 def fit_few_shot_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarray, n_classes: int, *,
                            regs=REG_GRID, n_folds: int = N_FOLDS, per_image: int = MASKS_PER_IMAGE,
                            seed: int = 0, head: bool = True) -> PosteriorFit:
@@ -343,13 +356,7 @@ def fit_few_shot_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarra
     partial set, so its weights trade the full rows against the prefixes; the head serves only the full
     rows (where a plain LR fitted to them is 1–3 points more accurate on the probe pairs' dev images).
     """
-    sims = np.asarray(sims, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.int64)
-    sizes = np.asarray(sizes, dtype=np.int64)
-    if sims.ndim != 2 or sims.shape[1] != int(sizes.sum()) or truth.shape != (sims.shape[0],):
-        raise ValueError(f"sims should be (B, {int(sizes.sum())}) and truth (B,), got {sims.shape} and {truth.shape}")
-    if len(truth) == 0:
-        raise ValueError("no dev images to fit the few-shot posterior on")
+    sims, truth, sizes = dev_arrays(sims, truth, sizes, "the few-shot posterior")
     regs = tuple(float(r) for r in regs)
     fold = stratified_folds(truth, n_folds, seed)
     if not (len(regs) > 1 and n_folds > 1 and len(np.unique(fold)) > 1):

@@ -29,8 +29,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from engine.core.answer_models import (N_FOLDS, MASKS_PER_IMAGE, _col_group, _standardise, heldout_scores,
-                                       stratified_folds, training_rows)
+from engine.core.answer_models import (N_FOLDS, MASKS_PER_IMAGE, _col_group, _standardise, dev_arrays,
+                                       heldout_scores, stratified_folds, training_rows)
 
 SHRINK_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # s tried by cross-validation
 TEMPERATURE_BOUNDS = (0.01, 2.0)
@@ -216,13 +216,7 @@ def fit_gaussian_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarra
     fold models at that s; each fold model's own t without its fold's rows). Without two folds: s = the grid's
     middle value, t = 1, no held-out figures.
     """
-    sims = np.asarray(sims, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.int64)
-    sizes = np.asarray(sizes, dtype=np.int64)
-    if sims.ndim != 2 or sims.shape[1] != int(sizes.sum()) or truth.shape != (sims.shape[0],):
-        raise ValueError(f"sims should be (B, {int(sizes.sum())}) and truth (B,), got {sims.shape} and {truth.shape}")
-    if len(truth) == 0:
-        raise ValueError("no dev images to fit the Gaussian posterior on")
+    sims, truth, sizes = dev_arrays(sims, truth, sizes, "the Gaussian posterior")
     shrinks = tuple(float(s) for s in shrinks)
     fold = stratified_folds(truth, n_folds, seed)
     ids = np.unique(fold)
