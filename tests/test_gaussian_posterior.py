@@ -523,3 +523,25 @@ def test_a_head_and_a_conditional_model_both_keep_the_callers_prior():
         for r, w in zip(res, want):
             got = dict(r.top)
             np.testing.assert_allclose([got[c] for c in system.classes], w, atol=1e-9)
+
+
+def test_calibrate_keeps_the_lr_when_the_gaussian_is_better_on_question_subsets_but_worse_with_all_asked(
+        lda_calibrations, monkeypatch):
+    """The Gaussian must also be no less accurate than the LR on the held-out full rows (the full mode's
+    posterior): better over random question subsets alone is not enough."""
+    from engine.run.calibration_file import fit_calibration
+
+    system, sims, truth, _, kw = lda_calibrations
+    real = GP.fit_gaussian_posterior
+
+    def worse_when_full(*a, **k):  # the fold posteriors (question subsets) untouched; the full rows made wrong
+        fit = real(*a, **k)
+        lp = np.full_like(fit.heldout_log_post, -50.0)
+        lp[np.arange(len(truth)), (truth + 1) % fit.posterior.n_classes] = 0.0
+        return replace(fit, heldout_log_post=lp)
+
+    monkeypatch.setattr(GP, "fit_gaussian_posterior", worse_when_full)
+    cal = fit_calibration(sims, truth, system, **kw)
+    any_set = cal.decision["gaussian"]["heldout_any_asked_set"]
+    assert any_set["Gaussian"]["accuracy"] > any_set["LR"]["accuracy"]  # it would win on subsets alone
+    assert type(cal.few_shot.posterior).__name__ == "FewShotPosterior"

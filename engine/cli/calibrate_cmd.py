@@ -88,7 +88,8 @@ def calibrate_cmd(args) -> int:
         print(f"| {name} | {sc['accuracy']:.3f} | {sc['nll']:.3f} |")
     if dec.get("gaussian", {}).get("heldout_any_asked_set"):
         print("\nfew-shot posteriors over the sets of questions the loop asks (held-out full rows and 8 random "
-              "prefixes per image; the Gaussian replaces the LR only when better here):\n\n"
+              "prefixes per image; the Gaussian replaces the LR only when better here and no less accurate on "
+              "full rows):\n\n"
               "| posterior | accuracy | NLL |\n|---|---|---|")
         for name, sc in dec["gaussian"]["heldout_any_asked_set"].items():
             print(f"| {name} | {sc['accuracy']:.3f} | {sc['nll']:.3f} |")
@@ -168,6 +169,7 @@ def add_calibrate_parser(sub) -> None:
                    help="few-shot only: the posterior fitted on the dev images. lr: a group-masked logistic "
                         "regression; gaussian: one Gaussian per class over the similarities with a shared covariance "
                         "(LDA), exact for any set of questions asked; auto: the Gaussian when it beats the LR on "
-                        "held-out dev images (default: %(default)s)")
+                        "held-out dev images over sets of questions and is no less accurate with all of them "
+                        "(default: %(default)s)")
     add_model_flags(p)
     p.set_defaults(func=calibrate_cmd)

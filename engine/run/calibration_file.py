@@ -1097,8 +1097,9 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
        held-out full-system NLL is no higher than the masked model's. The Gaussian posterior
        (:mod:`engine.core.gaussian`, LDA over the similarities, exact for any asked set) replaces the LR when it
        beats it the same way over the asked sets the loop uses (each held-out image's full row and random
-       prefixes: :func:`engine.core.answer_models.heldout_scores_any_set`); then no predictive EIG is made (it
-       needs per-group terms) and the policies read the tempered per-class channel.
+       prefixes: :func:`engine.core.answer_models.heldout_scores_any_set`) and is no less accurate than it on the
+       held-out full rows; then no predictive EIG is made (it needs per-group terms) and the policies read the
+       tempered per-class channel.
     Returns (AnswerChannels, FewShotModel or None, the decision as a dict for the file, (folds (B,), one
     :class:`FoldModel` per fold: the same choices fitted on the other folds, without dev order; () when the dev
     images make fewer than 2 folds)).
@@ -1167,7 +1168,9 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
                                         "temperature": gf.posterior.temperature,
                                         "cv": [{"shrink": a, "heldout_log_density": b} for a, b in gf.cv],
                                         "heldout_any_asked_set": AM.public_scores(any_set)}
-                if posterior == "gaussian" or AM.replaces(any_set["Gaussian"], any_set["LR"]):
+                # better over the asked sets, and no less accurate with every question asked (full mode)
+                if posterior == "gaussian" or (AM.replaces(any_set["Gaussian"], any_set["LR"])
+                                               and gs["accuracy"] >= lr["accuracy"]):
                     if not np.array_equal(gf.folds, folds):
                         raise RuntimeError("the Gaussian posterior's folds differ from the calibration's")
                     post, scores, fold_posts = gf.posterior, gs, gf.fold_posteriors
