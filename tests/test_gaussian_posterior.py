@@ -545,3 +545,20 @@ def test_calibrate_keeps_the_lr_when_the_gaussian_is_better_on_question_subsets_
     any_set = cal.decision["gaussian"]["heldout_any_asked_set"]
     assert any_set["Gaussian"]["accuracy"] > any_set["LR"]["accuracy"]  # it would win on subsets alone
     assert type(cal.few_shot.posterior).__name__ == "FewShotPosterior"
+
+
+def test_delta_with_a_gaussian_calibration_warns_in_one_line_that_it_reads_the_channels_eig(lda_calibrations):
+    import warnings
+
+    from engine.run.calibrated import CalibrationUse, CalibrationWarning
+    from engine.run.config import RunConfig
+
+    system, _, _, cals, _ = lda_calibrations
+    with pytest.warns(CalibrationWarning, match="delta 0.01.*no information gain of its own"):
+        CalibrationUse(cals["auto"], system).check(RunConfig(mode="adaptive", delta=0.01))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CalibrationUse(cals["auto"], system).check(RunConfig(mode="adaptive"))  # no δ: nothing to say
+        CalibrationUse(cals["lr"], system).check(RunConfig(mode="adaptive", delta=0.01))  # the LR's own EIG
+    text = warnings.formatwarning(CalibrationWarning("a\nb"), CalibrationWarning, "f.py", 1)
+    assert text == "twentyq: CalibrationWarning: a b\n"

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.common.errors import OneLineWarning
 from engine.encoders.device import dtype_name
 from engine.encoders.images import ImageLike, ImageLoadError, batches, image_label, load_image, load_images
 from engine.encoders.text_shapes import TextBuckets, bucket_for, pad_batch, padding_is_invisible
@@ -73,29 +74,6 @@ class EncoderOutOfMemory(RuntimeError):
     """The device ran out of memory even at batch size 1."""
 
 
-class OneLineWarning(Warning):
-    """A twentyq warning: printed as one line, ``twentyq: <Category>: <message>``, with no source line.
-
-    Python's default format adds ``file:line:`` and the caller's source line,
-    which means nothing to a CLI user. :func:`_format_warning` is installed as
-    ``warnings.formatwarning`` and changes only subclasses of this class.
-    """
-
-
-_default_formatwarning = warnings.formatwarning
-
-
-def _format_warning(message, category, filename, lineno, line=None):
-    if isinstance(category, type) and issubclass(category, OneLineWarning):
-        from engine.common.printable import printable  # a name in the message cannot drive the terminal
-
-        return f"twentyq: {category.__name__}: {printable(' '.join(str(message).split()))}\n"
-    return _default_formatwarning(message, category, filename, lineno, line)
-
-
-if not getattr(warnings.formatwarning, "_twentyq", False):
-    _format_warning._twentyq = True  # type: ignore[attr-defined]
-    warnings.formatwarning = _format_warning
 
 
 class OutOfMemoryWarning(OneLineWarning, RuntimeWarning):

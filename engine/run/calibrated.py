@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
+from engine.common.errors import OneLineWarning
 from engine.core.adaptive import NO_STOP, StopRule
 from engine.run.config import EncoderSpec, RunConfig
 from systems import AttributeSystem, baseline_system, load_system
@@ -44,6 +46,10 @@ def load_parts(model: str | EncoderSpec, system: Any, encoder: Any = None, calib
     return spec, system, cal, encoder
 
 
+class CalibrationWarning(OneLineWarning, UserWarning):
+    """A setting the calibration serves, but not as well as the user may think (printed as one line)."""
+
+
 class CalibrationUse:
     """The calibration (or None) of one Classifier, as its runs use it (see the module docstring)."""
 
@@ -68,6 +74,13 @@ class CalibrationUse:
             self.target_choice(config)  # a target accuracy: likewise
         if not self.applies(config) or self.answer_model is None:
             return
+        am = self.answer_model
+        if config.mode == "adaptive" and config.delta > 0 and getattr(am, "conditional", False) \
+                and not hasattr(am, "information_gain"):
+            warnings.warn(f"--delta {config.delta:g} with calibration {self.calibration.where()}: its Gaussian "
+                          "posterior has no information gain of its own, so δ reads the per-class answer channel's "
+                          "EIG, which can stop images early; drop --delta, or calibrate with --posterior lr",
+                          CalibrationWarning, stacklevel=2)
         if config.scorer != "bayes" or (config.mode == "adaptive" and config.shortlist):
             from engine.run.calibration_file import CalibrationError
 
