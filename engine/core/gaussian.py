@@ -16,9 +16,10 @@ adaptive loop recomputes it from every similarity seen so far after each questio
 
 Fitted (:func:`fit_gaussian_posterior`): μ_c the class means of z; Σ the pooled within-class covariance shrunk
 towards its diagonal, Σ_s = (1 − s)·Σ + s·diag(Σ), s chosen by cross-validated held-out log density on a grid;
-then a temperature t ∈ (0, 2] on the whole log posterior (so the label with every group asked does not move), by
-the held-out NLL of the true class over the held-out
-images' full rows and random prefixes (a little shrinkage leaves the posterior overconfident; t corrects it). π_c: the dev class frequencies with one pseudo-image each.
+then a temperature t in [0.01, 2] on the whole log posterior (so the label with every group asked does not move),
+by the held-out NLL of the true class over the held-out images' full rows and random prefixes (a little shrinkage
+leaves the posterior overconfident; t corrects it; each fold model gets a t fitted without its own fold). π_c: the
+dev class frequencies with one pseudo-image each.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class GaussianPosterior:
     """Linear discriminant analysis over the standardised similarities (see the module docstring).
 
     mean, scale : (Q,) the standardisation, from the dev images. means : (C, Q) μ_c. cov : (Q, Q) Σ (shrunk, with
-    the ridge). log_prior : (C,) log π_c (normalised). temperature : t. shrink : s. sizes : (G,) K_g.
+    the ridge). log_prior_c : (C,) log π_c (``log_prior`` in the file). temperature : t. shrink : s. sizes : (G,) K_g.
     n_dev : (C,) dev images per class.
     """
 

@@ -1174,8 +1174,9 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
                     if not np.array_equal(gf.folds, folds):
                         raise RuntimeError("the Gaussian posterior's folds differ from the calibration's")
                     post, scores, fold_posts = gf.posterior, gs, gf.fold_posteriors
-                    name = ("few-shot posterior (Gaussian, LDA: " + ("asked for by name)" if posterior == "gaussian" else
-                                                                     "better than the group-masked LR on held-out dev)"))
+                    why = ("asked for by name" if posterior == "gaussian" else
+                           "better than the group-masked LR on held-out dev")
+                    name = f"few-shot posterior (Gaussian, LDA: {why})"
             if AM.replaces(scores, held[rule]):
                 P, beta = AM.fit_per_class_tempered(sims, truth, sizes, ch.lams, rule_P, folds=folds, seed=seed)
                 few = AM.FewShotModel(posterior=post, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA, n_dev=counts,
