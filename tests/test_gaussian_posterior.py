@@ -435,7 +435,7 @@ def test_each_fold_posterior_has_a_temperature_fitted_without_its_fold():
     for f, p in zip(ids, fit.fold_posteriors):
         te = np.nonzero(fit.folds == f)[0]
         img, asked = training_rows(len(te), len(sizes), seed=1 + 1)
-        rows.append((replace(p, temperature=1.0), sims[te][img], asked, truth[te][img]))
+        rows.append((replace(p, temperature=1.0).log_posterior(sims[te][img], asked), truth[te][img]))  # t = 1
     assert fit.posterior.temperature == pytest.approx(GP._fit_temperature(rows), abs=1e-9)
     for j, p in enumerate(fit.fold_posteriors):
         assert p.temperature == pytest.approx(GP._fit_temperature(rows[:j] + rows[j + 1:]), abs=1e-9)

@@ -31,7 +31,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from engine.core.answer_models import (N_FOLDS, MASKS_PER_IMAGE, _col_group, _standardise, dev_arrays,
-                                       heldout_scores, stratified_folds, training_rows)
+                                       stratified_folds, training_rows)
 
 SHRINK_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # s tried by cross-validation
 TEMPERATURE_BOUNDS = (0.01, 2.0)
@@ -174,11 +174,17 @@ def shrunk(cov: np.ndarray, s: float) -> np.ndarray:
     return out + RIDGE * np.eye(len(cov))
 
 
-def _fit_at(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarray, n_classes: int, s: float,
-            temperature: float = 1.0) -> GaussianPosterior:
+def _moments(sims: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple:
+    """What a fit at any shrinkage and temperature rests on: (mean, scale, class means, unshrunk pooled covariance,
+    class counts) of dev images sims (B, Q) of classes truth (B,)."""
     mean, scale = _standardise(sims)
     means, cov = pooled_covariance((sims - mean) / scale, truth, n_classes)
-    counts = np.bincount(truth, minlength=n_classes)
+    return mean, scale, means, cov, np.bincount(truth, minlength=n_classes)
+
+
+def _posterior_at(moments: tuple, sizes: np.ndarray, s: float, temperature: float = 1.0) -> GaussianPosterior:
+    """The posterior of :func:`_moments` at shrinkage s and temperature t."""
+    mean, scale, means, cov, counts = moments
     return GaussianPosterior(mean=mean, scale=scale, means=means, cov=shrunk(cov, s),
                              log_prior_c=log_softmax(np.log(counts + 1.0)), temperature=float(temperature),
                              shrink=float(s), sizes=np.asarray(sizes, dtype=np.int64), n_dev=counts)
@@ -223,39 +229,39 @@ def fit_gaussian_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarra
     ids = np.unique(fold)
     if len(ids) < 2 or len(shrinks) < 2:
         s = shrinks[len(shrinks) // 2]
-        return GaussianFit(posterior=_fit_at(sims, truth, sizes, n_classes, s), cv=(), heldout_log_post=None)
+        return GaussianFit(posterior=_posterior_at(_moments(sims, truth, n_classes), sizes, s), cv=(),
+                           heldout_log_post=None)
     dens = {s: 0.0 for s in shrinks}
-    for f in ids:
-        tr, te = fold != f, fold == f
-        base = _fit_at(sims[tr], truth[tr], sizes, n_classes, 0.0)
-        raw = base.cov - RIDGE * np.eye(len(base.cov))
+    moments = [_moments(sims[fold != f], truth[fold != f], n_classes) for f in ids]  # each fold's training part
+    for f, m in zip(ids, moments):
+        te = fold == f
         for s in shrinks:
-            post = replace(base, cov=shrunk(raw, s), shrink=s)
-            dens[s] += heldout_log_density(post, sims[te], truth[te]) * te.sum() / len(truth)
+            dens[s] += heldout_log_density(_posterior_at(m, sizes, s), sims[te], truth[te]) * te.sum() / len(truth)
     cv = tuple((s, float(dens[s])) for s in shrinks)
     best = max(shrinks, key=lambda s: (dens[s], s))
-    folds_at = [_fit_at(sims[fold != f], truth[fold != f], sizes, n_classes, best) for f in ids]
-    # the temperature: held-out rows (full and random prefixes) of every fold, scored by that fold's model. The
-    # shipped model's t uses every fold's rows; fold j's model gets a t fitted without fold j's rows, so that
-    # its held-out scores (what calibrate compares) were not tuned on the images they score
-    rows = []
+    folds_at = [_posterior_at(m, sizes, best) for m in moments]
+    # the temperature: held-out rows (full and random prefixes) of every fold, scored by that fold's model at t = 1
+    # (its logits, computed once). The shipped model's t uses every fold's rows; fold j's model gets a t fitted
+    # without fold j's rows, so that its held-out scores (what calibrate compares) were not tuned on the images
+    # they score
+    parts = []
     for f, post in zip(ids, folds_at):
         te = np.nonzero(fold == f)[0]
         img, asked = training_rows(len(te), len(sizes), per_image=per_image, seed=seed + 1)
-        rows.append((post, sims[te][img], asked, truth[te][img]))
-    t = _fit_temperature(rows)
-    fold_posteriors = tuple(replace(p, temperature=_fit_temperature(rows[:j] + rows[j + 1:]))
+        parts.append((post.log_posterior(sims[te][img], asked), truth[te][img]))
+    t = _fit_temperature(parts)
+    fold_posteriors = tuple(replace(p, temperature=_fit_temperature(parts[:j] + parts[j + 1:]))
                             for j, p in enumerate(folds_at))
     held = np.zeros((len(truth), n_classes))
     for f, post in zip(ids, fold_posteriors):
         held[fold == f] = post.log_posterior(sims[fold == f])
-    return GaussianFit(posterior=_fit_at(sims, truth, sizes, n_classes, best, t), cv=cv, heldout_log_post=held,
-                       fold_posteriors=fold_posteriors, folds=fold)
+    return GaussianFit(posterior=_posterior_at(_moments(sims, truth, n_classes), sizes, best, t), cv=cv,
+                       heldout_log_post=held, fold_posteriors=fold_posteriors, folds=fold)
 
 
-def _fit_temperature(rows) -> float:
-    """t minimising the mean NLL of the true class over rows of (posterior at t = 1, sims, asked, truth)."""
-    parts = [(post.log_posterior(sims, asked), truth) for post, sims, asked, truth in rows]  # t = 1: its logits
+def _fit_temperature(parts) -> float:
+    """t minimising the mean NLL of the true class over parts of (logits at t = 1 (R, C), truth (R,)): the
+    log posterior at t is log_softmax(t·logits)."""
 
     def nll(t: float) -> float:
         tot, n = 0.0, 0
@@ -267,8 +273,3 @@ def _fit_temperature(rows) -> float:
 
     return float(minimize_scalar(nll, bounds=TEMPERATURE_BOUNDS, method="bounded",
                                  options={"xatol": 1e-4}).x)
-
-
-def gaussian_scores(fit: GaussianFit, truth: np.ndarray) -> dict:
-    """:func:`engine.core.answer_models.heldout_scores` of the cross-fitted full posterior."""
-    return heldout_scores(fit.heldout_log_post, truth)
