@@ -455,9 +455,7 @@ def evaluate_answer_models(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 
 
 def answer_model_report(results: dict[str, Any]) -> str:
     L = ["# bench.channels --answer-models — rule channel, per-class channel and few-shot posteriors (issue 26)\n",
-         f"- command: `{results['command']}`",
-         f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s; load average at start / end "
-         f"{results['load'][0]} / {results['load'][1]}",
+         *C.run_lines(results),
          f"- split: 50/50 by image, stratified by class, seed {results['seed']} (engine.core.channel_fit.split_by_image); "
          "every model and baseline fitted on the dev half only; every figure on the test half",
          f"- bootstrap: {results['n_boot']} resamples of the test images, the same for every figure (paired)\n"]
@@ -732,13 +730,9 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
 
 
 def predictive_report(results: dict[str, Any]) -> str:
-    def iv(x):
-        return f"[{x[0]:+.3f}, {x[1]:+.3f}]"
-
+    iv = C.signed_ci
     L = ["# bench.channels --predictive — an information gain that predicts the few-shot posterior (issue 26)\n",
-         f"- command: `{results['command']}`",
-         f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s, CPU {results['cpu_seconds']:.0f} s; "
-         f"load average at start / end {results['load'][0]} / {results['load'][1]}",
+         *C.run_lines(results),
          f"- split: 50/50 by image, stratified, seed {results['seed']}; fitted on dev only; every figure on test",
          f"- bootstrap: {results['n_boot']} resamples of the test images, the same for every figure (paired)\n"]
     for key, res in results["pairs"].items():

@@ -167,13 +167,9 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
 
 
 def report(results: dict[str, Any]) -> str:
-    def iv(x):
-        return f"[{x[0]:+.3f}, {x[1]:+.3f}]"
-
+    iv = C.signed_ci
     L = ["# bench.predictive_variants — error reduction (a policy) and a stability stop (issue 26)\n",
-         f"- command: `{results['command']}`",
-         f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s; load average at start / end "
-         f"{results['load'][0]} / {results['load'][1]}",
+         *C.run_lines(results),
          "- split: 50/50 by image, stratified; fitted and chosen on dev only; every figure on test; "
          f"{results['n_boot']} paired bootstrap resamples\n"]
     for key, r in results["pairs"].items():

@@ -332,6 +332,20 @@ def meta_block(prep: Prepared, extra: dict[str, Any] | None = None) -> dict[str,
             "logit_scale": prep.logit_scale, "eps": prep.eps, **prep.meta, **(extra or {})}
 
 
+def run_lines(results: dict[str, Any]) -> list[str]:
+    """The command and machine lines of a benchmark report from its results (``command``, ``machine``, ``seconds``,
+    ``load`` [start, end], and ``cpu_seconds`` when the benchmark measured it)."""
+    cpu = f", CPU {results['cpu_seconds']:.0f} s" if "cpu_seconds" in results else ""
+    return [f"- command: `{results['command']}`",
+            f"- machine: {results['machine']}; wall time {results['seconds']:.0f} s{cpu}; load average at start / end "
+            f"{results['load'][0]} / {results['load'][1]}"]
+
+
+def signed_ci(ci95) -> str:
+    """A difference's 95% interval as "[−0.012, +0.034]"."""
+    return f"[{ci95[0]:+.3f}, {ci95[1]:+.3f}]"
+
+
 def report_header(title: str, prep: Prepared, command: str) -> str:
     s = prep.system
     return (f"# {title}\n\n"
