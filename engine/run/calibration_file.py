@@ -121,7 +121,8 @@ from systems.format import AttributeSystem
 SCHEMA = "twentyq-calibration-v2"  # v2 adds "setting", "few_shot" and "decision" (issue 26)
 SCHEMA_V1 = "twentyq-calibration-v1"  # still read: a zero-shot calibration without a recorded decision
 SETTINGS = ("auto", "few-shot", "zero-shot")
-#: few-shot posteriors: auto (the Gaussian when it beats the group-masked LR on held-out dev), either one alone
+#: few-shot posteriors: auto (the Gaussian when it beats the group-masked LR on held-out dev; fit_answer_model),
+#: either one alone
 POSTERIORS = ("auto", "lr", "gaussian")
 DEFAULT_ALPHA = 0.1  # choose_tau's error level: target reached with 90% confidence
 METRIC_POLICY, METRIC_TAU = "eig", 0.9  # the adaptive setting whose dev accuracy the file reports
@@ -1159,7 +1160,8 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
             gf = GP.fit_gaussian_posterior(sims, truth, sizes, C, seed=seed) if posterior != "lr" else None
             if gf is not None and gf.heldout_log_post is not None:
                 # the Gaussian posterior replaces the LR only when it beats it over the asked sets the loop uses
-                # (every image's full row and random prefixes, held out), or when asked for by name
+                # (every image's full row and random prefixes, held out) and is no less accurate on the full rows,
+                # or when asked for by name
                 gs = AM.heldout_scores(gf.heldout_log_post, truth)
                 decision["heldout"]["few-shot posterior: Gaussian (LDA)"] = AM.public_scores({"x": gs})["x"]
                 any_set = {name: AM.heldout_scores_any_set(posts, folds, sims, truth, len(sizes), seed=seed)
@@ -1168,7 +1170,6 @@ def fit_answer_model(sims: np.ndarray, truth: np.ndarray, system: AttributeSyste
                                         "temperature": gf.posterior.temperature,
                                         "cv": [{"shrink": a, "heldout_log_density": b} for a, b in gf.cv],
                                         "heldout_any_asked_set": AM.public_scores(any_set)}
-                # better over the asked sets, and no less accurate with every question asked (full mode)
                 if posterior == "gaussian" or (AM.replaces(any_set["Gaussian"], any_set["LR"])
                                                and gs["accuracy"] >= lr["accuracy"]):
                     if not np.array_equal(gf.folds, folds):
