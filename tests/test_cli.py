@@ -103,6 +103,7 @@ def test_eval_writes_the_summary_and_streams_records(tmp_path, system_file):
     (["eval", "--data", "MISSING.csv", "--system", "pokemon15"], "dataset 'MISSING.csv' not found"),
     (["system", "validate", "BAD"], "invalid system"),
     (["classify", "x.png", "--tau", "3"], "tau == 3.0"),
+    (["classify", "x.png", "--settle", "2"], "settle == 2.0, must be in (0, 1]"),
 ])
 def test_usage_errors_exit_2_with_one_line(argv, expect, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

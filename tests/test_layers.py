@@ -65,7 +65,7 @@ def test_the_adaptive_loop_is_written_once():
     reads the reasons off Results; it does not decide them.)"""
     import ast
 
-    reasons = {"confident", "exhausted", "budget", "no_gain"}
+    reasons = {"confident", "exhausted", "budget", "no_gain", "settled"}
     spelled = set()
     for pkg in ("engine/core", "engine/torch_backend"):
         for path in sorted((REPO / pkg).rglob("*.py")):

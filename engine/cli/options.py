@@ -396,6 +396,10 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
                    help="stop once no unasked question the budget can still pay for gains this many nats "
                         "(default: %(default)s, never)")
     g.add_argument("--budget", type=int, default=None, help="at most this many prompts per image (default: no limit)")
+    g.add_argument("--settle", type=float, default=None, metavar="P",
+                   help="adaptive, with a Gaussian few-shot calibration: also stop once the label would stay put, with "
+                        "probability >= P under the calibration's model, if every question left were asked (default: "
+                        "never; the probe pairs' dev halves chose 0.8-0.9: docs/channels.md)")
     g.add_argument("--scorer", default="bayes", choices=list(SCORERS),
                    help="bayes: the posterior; sum: the write-up's sum of option probabilities (default: %(default)s)")
     g.add_argument("--eps", type=float, default=DEFAULT_EPS,
@@ -464,6 +468,8 @@ def run_config(args, **override) -> Any:
                   engine=getattr(args, "engine", "auto"))
     if getattr(args, "target_accuracy", None) is not None:
         fields["target_accuracy"] = args.target_accuracy
+    if getattr(args, "settle", None) is not None:
+        fields["settle"] = args.settle
     if "mode" not in override and fields["mode"] != "adaptive" and args.budget is not None:
         why = "" if getattr(args, "mode", None) else \
             " (the default with --descriptors)" if getattr(args, "descriptors", None) else " (the default with --labels)"

@@ -30,8 +30,8 @@ NAME_GROUP = BASELINE_GROUP  # the optional class-name group (systems.build.with
 PERPLEXITY_TOL = 1e-9  # nats: the shortlist's "perplexity ≤ m" trigger absorbs rounding in H
 #: stop codes of the loop's state, in the order the stop rules are checked (the first that holds is
 #: reported); GOING (0): still asking; ERROR: the image's similarities were not finite
-REASONS = (None, "confident", "exhausted", "budget", "no_gain", "error")
-GOING, CONFIDENT, EXHAUSTED, BUDGET, NO_GAIN, ERROR = range(len(REASONS))
+REASONS = (None, "confident", "exhausted", "budget", "no_gain", "settled", "error")
+GOING, CONFIDENT, EXHAUSTED, BUDGET, NO_GAIN, SETTLED, ERROR = range(len(REASONS))
 
 
 MAX_BUDGET = 10**9  # prompts: far above any system's Q; larger ones overflow the loop's float arrays
@@ -54,13 +54,19 @@ class StopRule:
         below the cheapest group asks nothing and answers from the prior
         (stop reason ``budget``, ``q_spent`` 0).
 
-    Reasons are checked in the order confident, exhausted, budget, no_gain;
+    settle : stop once the answer model's lower bound on the probability that asking every
+        unasked group would leave the label where it is reaches ``settle`` (the image's answer is
+        settled: :meth:`engine.core.gaussian.GaussianPosterior.settled_probability`). In (0, 1];
+        1 never. Needs an answer model with ``settled_probability`` (a Gaussian calibration).
+
+    Reasons are checked in the order confident, exhausted, budget, no_gain, settled;
     the first that holds is the one reported.
     """
 
     tau: float = 1.0
     delta: float = 0.0
     budget: int | None = None
+    settle: float = 1.0
 
     def __post_init__(self):
         if not (isinstance(self.tau, (int, float)) and 0.0 < self.tau <= 1.0):
@@ -72,6 +78,8 @@ class StopRule:
             shown = repr(self.budget) if len(repr(self.budget)) <= 24 else repr(self.budget)[:20] + "..."
             raise ValueError(f"budget == {shown}, must be a whole number from 0 to {MAX_BUDGET:,} or None "
                              "(a budget of Q or more is no limit)")
+        if isinstance(self.settle, bool) or not (isinstance(self.settle, (int, float)) and 0.0 < self.settle <= 1.0):
+            raise ValueError(f"settle == {self.settle!r}, must be in (0, 1] (1: never stop on a settled label)")
 
 
 NO_STOP = StopRule()
@@ -193,6 +201,9 @@ def loop_setup(source: SimilaritySource, system: AttributeSystem, policy: str | 
         m_names = min(int(shortlist_size), system.n_classes)
     if answer_model is not None and (scorer != "bayes" or name_g is not None):
         raise ValueError("a few-shot answer model needs the bayes scorer and no shortlist")
+    if stop.settle < 1.0 and not hasattr(answer_model, "settled_probability"):
+        raise ValueError(f"settle == {stop.settle:g} needs an answer model that predicts its unasked similarities "
+                         "(a Gaussian few-shot calibration: twentyq calibrate --posterior gaussian); drop settle")
     budget = math.inf if stop.budget is None else float(stop.budget)
     return LoopSetup(stop=stop, budget=budget, lams=lams, policy=policy, channel=ch, scorer=scorer,
                      n_images=int(source.n_images), name_g=name_g, m_names=m_names, answer_model=answer_model)
@@ -285,6 +296,8 @@ class _Run:
                                 (NO_GAIN, ~(avail & (eig >= stop.delta)).any(axis=1))):
                 if fired is not None:
                     r = xp.where((r == GOING) & fired, code, r)
+            if stop.settle < 1.0:
+                r = xp.where(self.settled(idx, r == GOING), SETTLED, r)  # only going images can fire
             self.reason[idx] = r
             if name_g is not None:
                 # candidates few, or nothing else left to ask: the shortlist instead of stopping
@@ -313,6 +326,23 @@ class _Run:
             for g in xp.unique(choice).tolist():
                 pick = choice == g
                 self.ask_group(gi[pick], int(g), state.eig[pick, g])
+
+    def settled(self, idx, going):
+        """(n,) bool on the backend: whether the answer of each image of ``idx`` (n,) still ``going`` (n,) is
+        settled (:attr:`StopRule.settle`), computed on the host by the answer model on every similarity seen,
+        with the caller's prior as the full system's offset."""
+        xp = self.xp
+        going = np.asarray(xp.to_host(going), dtype=bool)
+        fired = np.zeros(len(going))
+        if going.any():
+            host = np.asarray(xp.to_host(idx), dtype=np.int64)[going]
+            rows = xp.asindex(host)
+            p = self.setup.answer_model.settled_probability(
+                self.seen[host], np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
+                np.asarray(xp.to_host(self.log_post[rows]), dtype=np.float64),
+                np.asarray(xp.to_host(self.outer_prior[rows]), dtype=np.float64))
+            fired[going] = p >= self.setup.stop.settle
+        return xp.asarray(fired) > 0.5
 
     def ask_group(self, imgs, g: int, eig_g) -> None:
         xp, k, cols = self.xp, self.k[g], self.cols[g]

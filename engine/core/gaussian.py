@@ -25,10 +25,12 @@ dev class frequencies with one pseudo-image each.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import log_softmax, ndtr
 
 from engine.core.answer_models import (N_FOLDS, MASKS_PER_IMAGE, _col_group, _standardise, dev_arrays,
                                        stratified_folds, training_rows)
@@ -40,6 +42,8 @@ SCALE_MIN = 1e-12
 MAX_PROMPTS = 100_000
 RIDGE = 1e-6  # added to Σ's diagonal: a singular pooled covariance (fewer dev images than prompts) stays usable
 KIND = "gaussian"  # the posterior's "kind" in a calibration file (the group-masked LR's files have none)
+SETTLE_COMPONENTS = 16  # classes whose unasked similarities settled_probability draws from (the rest count as "not")
+SETTLE_CHUNK = 256  # images per block in settled_probability ((chunk, k, C) arrays)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,18 @@ class GaussianPosterior:
             out[rows] = self.temperature * (self.log_prior_c[None, :] - 0.5 * quad)
         return log_softmax(out, axis=1)
 
+    @cached_property
+    def linear_form(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W (C, Q), b (C,)): with every group asked, t·(W_c·z + b_c) is class c's log posterior up to a term
+        shared by the classes, W = M Σ⁻¹ and b_c = log π_c − ½ μ_cᵀ Σ⁻¹ μ_c (LDA's linear discriminant)."""
+        W = cho_solve(cho_factor(self.cov), self.means.T).T
+        return W, self.log_prior_c - 0.5 * (W * self.means).sum(axis=1)
+
+    def settled_probability(self, sims: np.ndarray, asked: np.ndarray, log_post: np.ndarray,
+                            offset: np.ndarray | None = None) -> np.ndarray:
+        """:func:`settled_probability` of this model."""
+        return settled_probability(self, sims, asked, log_post, offset)
+
     def to_dict(self) -> dict:
         return {"kind": KIND, "mean": self.mean.tolist(), "scale": self.scale.tolist(), "means": self.means.tolist(),
                 "cov": self.cov.tolist(), "log_prior": self.log_prior_c.tolist(),
@@ -152,6 +168,71 @@ class GaussianPosterior:
             raise ValueError("Gaussian posterior: its posterior at its own class means is not finite (a damaged "
                              "covariance or scale)")
         return post
+
+
+def settled_probability(post: GaussianPosterior, sims: np.ndarray, asked: np.ndarray, log_post: np.ndarray,
+                        offset: np.ndarray | None = None, components: int = SETTLE_COMPONENTS) -> np.ndarray:
+    """A lower bound (B,) on the probability, under the model, that asking every unasked group would leave the
+    label where it is now: how settled each image's answer is (the loop's ``settle`` stop).
+
+    sims : (B, Q) similarities (unasked columns are not read); asked : (B, G) bool; log_post : (B, C) the posterior
+    now (normalised); its argmax is the label now and its probabilities weigh the classes the unasked similarities
+    are drawn from. offset : (B, C) log prior added to the full system's logits (the caller's prior), or None.
+
+    Given class c and the asked columns A, the unasked ones are z_R ~ N(m_c, S), m_c = μ_c,R + Σ_RA Σ_AA⁻¹(z_A −
+    μ_c,A), S = Σ_RR − Σ_RA Σ_AA⁻¹ Σ_AR (shared by the classes). The full system's label is the argmax over c' of
+    t·(W_c'·z + b_c') + offset_c' (:attr:`GaussianPosterior.linear_form`); its margin over c' for the label now, τ,
+    is Gaussian given c, so P(label moves | c) ≤ Σ_c'≠τ Φ(−mean / sd) (the union bound). The bound sums
+    (1 − min(1, that)) over the ``components`` most probable classes, weighted by their probabilities; the rest of
+    the mass counts as moving. An image with every group asked gets 1.
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    asked = np.asarray(asked, dtype=bool)
+    log_post = np.asarray(log_post, dtype=np.float64)
+    B, C = log_post.shape
+    out = np.ones(B)
+    if B == 0:
+        return out
+    offset = np.zeros((B, C)) if offset is None else np.asarray(offset, dtype=np.float64)
+    W, b = post.linear_form
+    t, cov, M = post.temperature, post.cov, post.means
+    z = (sims - post.mean) / post.scale
+    k = min(int(components), C)
+    col_group = _col_group(post.sizes)
+    sets, which = np.unique(asked, axis=0, return_inverse=True)
+    for j, a in enumerate(sets):
+        A = a[col_group]
+        R = ~A
+        if not R.any():
+            continue
+        if A.any():
+            KT = cho_solve(cho_factor(cov[np.ix_(A, A)]), cov[np.ix_(A, R)])  # (|A|, |R|) Σ_AA⁻¹ Σ_AR
+            S = cov[np.ix_(R, R)] - cov[np.ix_(R, A)] @ KT
+        else:
+            KT, S = np.zeros((0, int(R.sum()))), cov[np.ix_(R, R)]
+        WR = W[:, R]
+        V = WR @ S @ WR.T  # (C, C): var of t⁻¹·(margin of c over c') is V_cc + V_c'c' − 2 V_cc'
+        P1 = (M[:, R] - M[:, A] @ KT) @ WR.T  # (C, C): m_c·W_c',R without the z_A part
+        ZW = KT @ WR.T  # (|A|, C)
+        for lo in range(0, int((which.reshape(-1) == j).sum()), SETTLE_CHUNK):
+            rows = np.nonzero(which.reshape(-1) == j)[0][lo:lo + SETTLE_CHUNK]
+            zA = z[np.ix_(rows, A)]
+            u = zA @ ZW  # (n, C)
+            lin = zA @ W[:, A].T + b[None, :]  # (n, C): the asked part of W·z, plus b
+            lp = log_post[rows]
+            top = lp.argmax(axis=1)
+            n = np.arange(len(rows))
+            const = t * (lin[n, top][:, None] - lin + u[n, top][:, None] - u) \
+                + offset[rows, top][:, None] - offset[rows]  # (n, C)
+            sd = t * np.sqrt(np.maximum(V[top, top][:, None] + np.diag(V)[None, :] - 2.0 * V[top], 0.0))
+            comp = np.argsort(-lp, axis=1, kind="stable")[:, :k]  # (n, k)
+            mean = const[:, None, :] + t * (P1[comp, top[:, None]][:, :, None] - P1[comp])  # (n, k, C)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                moves = np.where(sd[:, None, :] > 0, ndtr(-mean / sd[:, None, :]), (mean <= 0).astype(float))
+            moves[n, :, top] = 0.0
+            stay = 1.0 - np.minimum(1.0, moves.sum(axis=2))  # (n, k)
+            out[rows] = (np.exp(np.take_along_axis(lp, comp, axis=1)) * stay).sum(axis=1)
+    return np.clip(out, 0.0, 1.0)
 
 
 def pooled_covariance(z: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-STOP_REASONS = ("confident", "no_gain", "budget", "exhausted")
+STOP_REASONS = ("confident", "no_gain", "budget", "exhausted", "settled")
 
 
 @dataclass

@@ -28,7 +28,8 @@ from engine.run.store import read_run as read_records, summary_path
 
 MARKERS = ("circle", "square", "triangle", "diamond", "cross", "star")
 STOP_WORDS = {"confident": "confident (reached τ)", "no_gain": "no gain (every EIG < δ)",
-              "budget": "budget (next question too costly)", "exhausted": "exhausted (all asked)"}
+              "budget": "budget (next question too costly)", "exhausted": "exhausted (all asked)",
+              "settled": "settled (the rest could not move the label)"}
 THUMB = 96  # px, the long side of each embedded thumbnail
 
 

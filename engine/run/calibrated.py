@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from engine.common.errors import OneLineWarning
@@ -67,6 +68,7 @@ class CalibrationUse:
         """A CalibrationError (one line, the fix) for settings the calibration cannot serve: a few-shot
         posterior needs the bayes scorer and no shortlist; a calibration moved to other classes has no auto
         choice, dev order or τ table."""
+        self.check_settle(config)
         if self.applies(config) and config.mode == "adaptive" and self.calibration.moved_to:
             from engine.run.calibration_file import resolve_policy
 
@@ -87,6 +89,19 @@ class CalibrationUse:
             raise CalibrationError(f"calibration {self.calibration.where()} is few-shot: its posterior needs the "
                                    "bayes scorer and no --shortlist; drop --scorer sum / --shortlist, or make a "
                                    "zero-shot one with 'twentyq calibrate --setting zero-shot'")
+
+    def check_settle(self, config: RunConfig) -> None:
+        """A CalibrationError for an adaptive ``settle`` without a model that predicts the unasked similarities
+        (a Gaussian few-shot calibration's)."""
+        if config.mode != "adaptive" or config.settle is None or \
+                hasattr(self.answer_model if self.applies(config) else None, "settled_probability"):
+            return
+        from engine.run.calibration_file import CalibrationError
+
+        where = f"calibration {self.calibration.where()}" if self.calibration is not None else "no --calibration"
+        raise CalibrationError(f"--settle {config.settle:g} needs a Gaussian few-shot calibration, which predicts the "
+                               f"similarities not yet seen ({where}); make one with 'twentyq calibrate --posterior "
+                               "gaussian', or drop --settle")
 
     def target_choice(self, config: RunConfig) -> Any:
         """The :class:`engine.core.channel_fit.TauChoice` for ``config.target_accuracy`` (None without one),
@@ -120,7 +135,8 @@ class CalibrationUse:
             system, policy, stop = self.system, resolve_policy(self.calibration, config), config.stop_rule()
             choice = self.target_choice(config)
             if choice is not None:
-                stop = StopRule(choice.tau, config.delta, config.budget)
+                stop = replace(stop, tau=choice.tau)
+        self.check_settle(config)
         if not self.applies(config):
             lam = logit_scale if config.logit_scale is None else config.logit_scale
             return RunPlan(system, policy, stop, lam, None, None)

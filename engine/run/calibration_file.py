@@ -1013,10 +1013,12 @@ def builtin_policies() -> list[str]:
 
 # --------------------------------------------------------------------------- fitting
 def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, policy: Any, lams: np.ndarray,
-                channel: Any, answer_model: Any = None, stop: Any = None) -> PolicyPaths:
+                channel: Any, answer_model: Any = None, stop: Any = None, settled: bool = False) -> PolicyPaths:
     """One policy's τ=1 paths over dev similarities (B, Q) with true classes (B,): see :class:`PolicyPaths`.
     With a few-shot ``answer_model`` column 0 is its prior (the loop starts there), else the uniform prior.
-    ``stop`` : a StopRule with τ = 1 (e.g. a budget; default none)."""
+    ``stop`` : a StopRule with τ = 1 (e.g. a budget; default none). ``settled``: ``conf`` holds the answer model's
+    settled bound (:meth:`engine.core.gaussian.GaussianPosterior.settled_probability`) before any question and after
+    each step instead of the confidence, so that cutting the paths at a threshold is what ``StopRule.settle`` does."""
     from engine.core.adaptive import NO_STOP, classify_batch
 
     stop = NO_STOP if stop is None else stop
@@ -1039,7 +1041,27 @@ def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, po
             conf[i, j] = s.confidence_after
             correct[i, j] = s.top[0][0] == system.classes[truth[i]]
             q[i, j] = s.q_spent
+    if settled:
+        conf = _settled_column(sims, system, res, answer_model, conf)
     return PolicyPaths(conf, correct, q)
+
+
+def _settled_column(sims: np.ndarray, system: AttributeSystem, res: list, answer_model: Any,
+                    conf: np.ndarray) -> np.ndarray:
+    """``conf`` (B, S) with each traced point's settled bound in place of its confidence (NaN stays NaN)."""
+    if not hasattr(answer_model, "settled_probability"):
+        raise ValueError("settled paths need an answer model with settled_probability (a Gaussian posterior)")
+    names = {g.name: j for j, g in enumerate(system.groups)}
+    out = np.full_like(conf, np.nan)
+    asked = np.zeros((len(res), system.n_groups), dtype=bool)
+    for j in range(conf.shape[1]):
+        rows = np.nonzero(~np.isnan(conf[:, j]))[0]
+        if j > 0:
+            for i in rows:
+                asked[i, names[res[i].steps[j - 1].group]] = True
+        lp = answer_model.log_posterior(sims[rows], asked[rows])
+        out[rows, j] = answer_model.settled_probability(sims[rows], asked[rows], lp)
+    return out
 
 
 def _full_metrics(sims, truth, system, lam, eps, channel=None, answer_model=None) -> dict[str, float]:

@@ -37,7 +37,7 @@ SWITCHES = ("auto", "on", "off")
 PROMPT_MODES = ("auto", "eager", "lazy")
 PREPROCESS = ("fast", "processor")  # engine.encoders.base.PREPROCESS (config stays free of torch)
 #: RunConfig fields left out of ``to_dict`` while None (added later; old fingerprints stay valid)
-OPTIONAL_FIELDS = ("templates", "descriptors", "target_accuracy")
+OPTIONAL_FIELDS = ("templates", "descriptors", "target_accuracy", "settle")
 #: RunConfig fields folded into another's entry of ``to_dict`` (the descriptors' style into "descriptors")
 FOLDED_FIELDS = ("descriptor_style",)
 #: RunConfig fields that change how a run computes, not what: never in ``to_dict`` (nor fingerprints)
@@ -172,6 +172,9 @@ class RunConfig:
     target_accuracy : ``adaptive`` only, with a calibration (:mod:`engine.run.calibration_file`): stop at
         the τ chosen on the calibration's dev images so that accuracy among images that stop on
         confidence is at least this, with 90% confidence; ``tau`` is then not read. In (0, 1).
+    settle : ``adaptive`` only, with a Gaussian few-shot calibration: also stop once the calibration's model
+        puts at least this probability (a lower bound) on the label staying where it is if every unasked group
+        were asked (:attr:`engine.core.adaptive.StopRule.settle`). In (0, 1]; None: never.
     engine : the adaptive loop's backend (``engine.run.engines.ENGINES``): "numpy" (the reference,
         on the host), "torch" (state and similarities on the encoder's device) or "auto" (torch when
         the image embeddings are on a CUDA device, numpy otherwise). The backends agree within float64
@@ -194,6 +197,7 @@ class RunConfig:
     descriptor_style: str | None = None
     target_accuracy: float | None = None
     engine: str = "auto"
+    settle: float | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -203,7 +207,7 @@ class RunConfig:
         if self.scorer not in SCORERS:
             raise ValueError(f"scorer == {self.scorer!r}, must be one of {list(SCORERS)}")
         _whole("top_k", self.top_k, 1, optional=False)
-        StopRule(self.tau, self.delta, self.budget)  # validates τ, δ and the budget
+        self.stop_rule()  # validates τ, δ, the budget and settle
         check_eps(self.eps)
         if self.logit_scale is not None:
             check_logit_scale(self.logit_scale)
@@ -245,14 +249,15 @@ class RunConfig:
             raise ValueError(f"target accuracy == {a!r}, must be a number in (0, 1), e.g. 0.8")
         bad = [(self.mode != "adaptive", f"mode {self.mode!r} (use --mode adaptive)"),
                (self.scorer != "bayes", f"--scorer {self.scorer} (use --scorer bayes)"),
-               (self.shortlist is not None, "--shortlist (drop it)"), (self.delta != 0, "--delta (drop it)")]
+               (self.shortlist is not None, "--shortlist (drop it)"), (self.delta != 0, "--delta (drop it)"),
+               (self.settle is not None, "--settle (drop it)")]
         for hit, what in bad:
             if hit:
                 raise ValueError(f"--target-accuracy chooses τ from dev paths of adaptive Bayes runs without a "
-                                 f"shortlist or δ; it does not apply with {what}")
+                                 f"shortlist, δ or settle; it does not apply with {what}")
 
     def stop_rule(self) -> StopRule:
-        return StopRule(self.tau, self.delta, self.budget)
+        return StopRule(self.tau, self.delta, self.budget, 1.0 if self.settle is None else self.settle)
 
     def make_policy(self):
         """The policy object, with ``seed`` passed to policies that take one."""

@@ -65,7 +65,7 @@ from systems import load_system
 
 log = logging.getLogger("twentyq.serve")
 
-RUN_FIELDS = ("budget", "tau", "delta", "policy", "scorer", "shortlist", "top_k")
+RUN_FIELDS = ("budget", "tau", "delta", "settle", "policy", "scorer", "shortlist", "top_k")
 STATIC = Path(__file__).with_name("static")  # the page: plain HTML/CSS/JS, package data, no build step
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 415, 500, 503, 504)}
 # The page (``/`` and ``/static/*``) loads only its own script and style, shows the picked file as a
@@ -214,7 +214,8 @@ def _check_policy(clf: Any, config: RunConfig) -> None:
         if check is not None:
             check(config)
     except CalibrationError as e:
-        raise ApiError(400, "invalid_parameter", str(e), "shortlist" if config.shortlist else "scorer") from None
+        field = "settle" if "--settle" in str(e) else "shortlist" if config.shortlist else "scorer"
+        raise ApiError(400, "invalid_parameter", str(e), field) from None
 
 
 class _Guard:

@@ -45,6 +45,8 @@ class ClassifyParams(BaseModel):
     budget: Whole | None = Field(None, description="at most this many prompts per image (absent: no limit)")
     tau: Number | None = Field(None, description="stop once the top class has this probability, in (0, 1]")
     delta: Number | None = Field(None, description="stop once no unasked question gains this many nats (0: never)")
+    settle: Number | None = Field(None, description="with a Gaussian few-shot calibration: stop once the label would "
+                                                     "stay put with this probability if every question left were asked")
     policy: str | None = Field(None, description="question-choice policy (GET /v1/systems lists them)")
     scorer: str | None = Field(None, description='"bayes" (posterior) or "sum"')
     shortlist: Whole | None = Field(None, description="ask which of the top M class names fits, once few remain")

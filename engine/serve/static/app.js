@@ -8,6 +8,7 @@ const STOPS = {
   no_gain: "no gain: no question left was expected to tell enough",
   budget: "budget: the next question would cost more prompts than are left",
   exhausted: "exhausted: every question was asked",
+  settled: "settled: the questions left were unlikely to move the answer",
   error: "error: the image could not be scored",
 };
 

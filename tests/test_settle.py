@@ -1,0 +1,272 @@
+"""The settled stop: a lower bound, under the Gaussian few-shot posterior, on the probability that asking every
+unasked group would leave the label where it is (engine.core.gaussian.settled_probability), and the loop, config,
+CLI and server that stop on it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import log_softmax
+
+from engine.core import gaussian as GP
+from tests.test_gaussian_posterior import lda_calibrations, random_gaussian  # noqa: F401 (a fixture)
+
+
+def monte_carlo(post: GP.GaussianPosterior, sims: np.ndarray, asked: np.ndarray, offset: np.ndarray, n: int,
+                seed: int) -> tuple[float, float]:
+    """(P(full-system label == label now), its standard error) for one image, by sampling the model: a class from
+    the posterior now, the unasked similarities from that class's Gaussian given the asked ones, and the label from
+    the model's own full posterior plus ``offset``. Independent of settled_probability's algebra: it conditions
+    the joint Gaussian by scipy-free brute force (the joint of (z_A, z_R) given c)."""
+    rng = np.random.default_rng(seed)
+    cols = np.repeat(np.arange(len(post.sizes)), post.sizes)
+    A = asked[cols]
+    R = ~A
+    z = (sims - post.mean) / post.scale
+    now = log_softmax(offset + post.log_posterior(sims[None], asked[None])[0])
+    top = int(now.argmax())
+    cls = rng.choice(post.n_classes, size=n, p=np.exp(now) / np.exp(now).sum())
+    S_aa, S_ar, S_rr = post.cov[np.ix_(A, A)], post.cov[np.ix_(A, R)], post.cov[np.ix_(R, R)]
+    gain = np.linalg.solve(S_aa, S_ar).T if A.any() else np.zeros((R.sum(), 0))
+    cond = S_rr - gain @ S_ar if A.any() else S_rr
+    L = np.linalg.cholesky(cond)
+    full = np.tile(z, (n, 1))
+    mu = post.means[cls][:, R] + (z[A][None, :] - post.means[cls][:, A]) @ gain.T
+    full[:, R] = mu + rng.standard_normal((n, int(R.sum()))) @ L.T
+    label = (offset[None, :] + post.log_posterior(full * post.scale + post.mean)).argmax(axis=1)
+    p = float((label == top).mean())
+    return p, float(np.sqrt(max(p * (1 - p), 1e-4) / n))
+
+
+@st.composite
+def settle_problem(draw, max_classes=4):
+    G = draw(st.integers(2, 3))
+    sizes = np.array(draw(st.lists(st.integers(1, 3), min_size=G, max_size=G)), dtype=np.int64)
+    C = draw(st.integers(2, max_classes))
+    asked = np.array(draw(st.lists(st.booleans(), min_size=G, max_size=G)), bool)
+    return sizes, C, draw(st.integers(0, 2**16)), asked, draw(st.booleans())
+
+
+@settings(max_examples=40, deadline=None)
+@given(settle_problem())
+def test_the_bound_is_below_the_models_own_probability_and_exact_with_one_rival(pb):
+    """Never above the model's probability (Monte Carlo, 4,000 draws, 5 SE); with two classes the union bound has
+    one term and is that probability. The caller's prior (offset) moves both alike."""
+    sizes, C, seed, asked, with_offset = pb
+    post = random_gaussian(sizes, C, seed)
+    rng = np.random.default_rng(seed + 1)
+    sims = post.mean + post.scale * (post.means[rng.integers(C)] + rng.normal(0, 0.5, int(sizes.sum())))
+    offset = np.log(rng.dirichlet(np.ones(C))) if with_offset else np.zeros(C)
+    now = log_softmax(offset + post.log_posterior(sims[None], asked[None])[0])
+    got = post.settled_probability(sims[None], asked[None], now[None], offset[None])[0]
+    assert 0.0 <= got <= 1.0
+    if asked.all():
+        assert got == 1.0
+        return
+    p, se = monte_carlo(post, sims, asked, offset, 4000, seed)
+    assert got <= p + 5 * se + 1e-9
+    if C == 2:
+        assert abs(got - p) <= 5 * se + 1e-9
+
+
+def test_a_clear_image_is_settled_and_a_borderline_one_is_not():
+    """Far from every rival with the informative groups asked: near 1. Midway between two classes with nothing
+    asked: near or below ½ (the unasked similarities decide)."""
+    sizes = np.array([2, 2, 2])
+    means = np.zeros((2, 6))
+    means[1] = 3.0
+    post = GP.GaussianPosterior(mean=np.zeros(6), scale=np.ones(6), means=means, cov=np.eye(6),
+                                log_prior_c=np.log([0.5, 0.5]), temperature=1.0, shrink=0.0, sizes=sizes,
+                                n_dev=np.ones(2, dtype=np.int64))
+    clear = np.full(6, 3.0)
+    asked = np.array([True, True, False])
+    lp = post.log_posterior(clear[None], asked[None])
+    assert post.settled_probability(clear[None], asked[None], lp)[0] > 0.999
+    mid = np.full(6, 1.5)
+    none = np.zeros(3, bool)
+    lp = post.log_posterior(mid[None], none[None])
+    assert post.settled_probability(mid[None], none[None], lp)[0] <= 0.5 + 1e-9
+
+
+def test_batches_group_images_by_asked_set_and_keep_each_rows_answer():
+    """One call over many images with different asked sets (and more than a chunk of them) gives each image what a
+    call on it alone gives."""
+    system_sizes = np.array([3, 2, 4])
+    post = random_gaussian(system_sizes, 5, 11)
+    rng = np.random.default_rng(0)
+    B = GP.SETTLE_CHUNK + 7
+    sims = rng.normal(0, 0.3, (B, 9))
+    asked = rng.random((B, 3)) < 0.5
+    offset = np.log(rng.dirichlet(np.ones(5), size=B))
+    lp = log_softmax(offset + post.log_posterior(sims, asked), axis=1)
+    many = post.settled_probability(sims, asked, lp, offset)
+    for i in (0, 1, B // 2, B - 1):
+        one = post.settled_probability(sims[i:i + 1], asked[i:i + 1], lp[i:i + 1], offset[i:i + 1])
+        assert many[i] == pytest.approx(one[0], abs=1e-12)
+    assert (many[asked.all(axis=1)] == 1.0).all()
+
+
+def test_the_loop_stops_settled_once_the_bound_reaches_settle_and_only_then():
+    """Each image stops, reason "settled", at the first step whose bound is ≥ settle (recomputed here from its
+    trace); confident, exhausted and budget stops take precedence; numpy and torch agree; settle = 1 never fires."""
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+    from engine.run.engines import classify
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    sizes = np.asarray(system.option_counts)
+    post = random_gaussian(sizes, system.n_classes, 7, temperature=1.0)
+    rng = np.random.default_rng(2)
+    truth = rng.integers(system.n_classes, size=12)
+    sims = post.mean + post.scale * (post.means[truth] + rng.normal(0, 0.6, (12, int(sizes.sum()))))
+    src = ArraySource(sims, system)
+    names = [g.name for g in system.groups]
+    settle = 0.9
+    prior = rng.dirichlet(np.full(system.n_classes, 0.3))
+    for offset in (None, np.log(prior)):  # the caller's prior is part of the full system the bound is about
+        res = classify_batch(src, system, "fixed", stop=StopRule(settle=settle), answer_model=post, top_k=1,
+                             prior=None if offset is None else prior)
+        assert {r.stop for r in res} <= {"settled", "exhausted"} and any(r.stop == "settled" for r in res)
+        off = np.zeros((1, system.n_classes)) if offset is None else offset[None]
+        for i, r in enumerate(res):
+            asked = np.zeros((1, len(sizes)), bool)
+            bounds = []
+            for s in [None] + r.steps:
+                if s is not None:
+                    asked[0, names.index(s.group)] = True
+                lp = log_softmax(off + post.log_posterior(sims[i:i + 1], asked), axis=1)
+                bounds.append(post.settled_probability(sims[i:i + 1], asked, lp, off)[0])
+            assert all(b < settle for b in bounds[:-1])  # it did not stop early
+            if r.stop == "settled":
+                assert bounds[-1] >= settle
+            else:
+                assert asked.all()
+    res = classify_batch(src, system, "fixed", stop=StopRule(settle=settle), answer_model=post, top_k=1)
+    never = classify_batch(src, system, "fixed", stop=StopRule(settle=1.0), answer_model=post, top_k=1)
+    assert {r.stop for r in never} == {"exhausted"}
+    both = classify_batch(src, system, "fixed", stop=StopRule(tau=0.6, settle=settle), answer_model=post, top_k=1)
+    assert all(r.stop in ("confident", "settled", "exhausted") for r in both)
+    assert all(a.q_spent <= b.q_spent for a, b in zip(both, res))
+    other = classify(src, system, "fixed", engine="torch", stop=StopRule(settle=settle), answer_model=post, top_k=1)
+    assert [(a.label, a.q_spent, a.stop) for a in other] == [(b.label, b.q_spent, b.stop) for b in res]
+
+
+def test_the_loop_hands_the_model_what_it_has_seen_and_the_callers_prior():
+    """The bound is asked about the images still going, with their similarities seen so far, asked sets, posterior
+    now and the caller's log prior as the full system's offset."""
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    sizes = np.asarray(system.option_counts)
+    post = random_gaussian(sizes, system.n_classes, 3)
+    calls = []
+
+    class Spy:
+        conditional, has_head = True, False
+
+        def __getattr__(self, name):
+            return getattr(post, name)
+
+        def settled_probability(self, sims, asked, log_post, offset):
+            calls.append((sims.copy(), asked.copy(), log_post.copy(), offset.copy()))
+            return np.zeros(len(sims))
+
+    rng = np.random.default_rng(1)
+    sims = rng.normal(0, 0.3, (4, int(sizes.sum())))
+    prior = rng.dirichlet(np.ones(system.n_classes))
+    classify_batch(ArraySource(sims, system), system, "fixed", stop=StopRule(settle=0.5), answer_model=Spy(),
+                   prior=prior)
+    assert len(calls) == len(sizes)  # before each question, never once all are asked
+    cols = np.repeat(np.arange(len(sizes)), sizes)
+    for j, (seen, asked, lp, off) in enumerate(calls):
+        assert (asked.sum(axis=1) == j).all()
+        np.testing.assert_allclose(off, np.broadcast_to(np.log(prior), off.shape), atol=1e-12)
+        np.testing.assert_allclose(seen[:, asked[0][cols]], sims[:, asked[0][cols]])
+        np.testing.assert_allclose(lp, log_softmax(np.log(prior) + post.log_posterior(sims, asked), axis=1),
+                                   atol=1e-9)
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.5, True, float("nan"), "0.9"])
+def test_a_bad_settle_is_refused(value):
+    from engine.core.adaptive import StopRule
+
+    with pytest.raises(ValueError, match="settle == .*must be in \\(0, 1\\]"):
+        StopRule(settle=value)
+
+
+def test_settle_without_a_model_that_predicts_its_similarities_is_refused_in_one_line(tmp_path):
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+    from engine.run.calibrated import CalibrationUse
+    from engine.run.calibration_file import CalibrationError
+    from engine.run.config import RunConfig
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    src = ArraySource(np.zeros((1, system.q_total)), system)
+    with pytest.raises(ValueError, match="settle == 0.9 needs an answer model"):
+        classify_batch(src, system, "fixed", stop=StopRule(settle=0.9))
+    with pytest.raises(CalibrationError, match="--settle 0.9 needs a Gaussian few-shot calibration.*no --calibration"):
+        CalibrationUse(None, system).plan(RunConfig(settle=0.9), 100.0)
+    CalibrationUse(None, system).plan(RunConfig(mode="full", settle=0.9), 100.0)  # not read outside adaptive
+    with pytest.raises(ValueError, match="does not apply with --settle"):
+        RunConfig(settle=0.9, target_accuracy=0.8)
+    assert "settle" not in RunConfig().to_dict() and RunConfig(settle=0.9).to_dict()["settle"] == 0.9
+    assert RunConfig(settle=0.9).stop_rule().settle == 0.9 and RunConfig().stop_rule().settle == 1.0
+
+
+def test_a_gaussian_calibration_serves_settle_and_an_lr_one_refuses_it(lda_calibrations):
+    from engine.core.adaptive import classify_batch
+    from engine.core.sources import ArraySource
+    from engine.run.calibrated import CalibrationUse
+    from engine.run.calibration_file import CalibrationError
+    from engine.run.config import RunConfig
+    system, sims, _, cals, _ = lda_calibrations
+    plan = CalibrationUse(cals["auto"], system).plan(RunConfig(settle=0.95, tau=1.0), 100.0)
+    assert plan.stop.settle == 0.95
+    res = classify_batch(ArraySource(sims, system), system, plan.policy, stop=plan.stop, logit_scale=plan.logit_scale,
+                         channel=plan.channel, answer_model=plan.answer_model)
+    assert any(r.stop == "settled" for r in res)
+    with pytest.raises(CalibrationError, match="needs a Gaussian few-shot calibration.*calibration"):
+        CalibrationUse(cals["lr"], system).check(RunConfig(settle=0.95))
+
+
+def test_settled_paths_cut_at_a_threshold_are_what_the_loop_does_with_that_settle():
+    """trace_paths(settled=True) holds each point's bound; cutting it at s (bench.channels.tau_stop, which the dev
+    choice of s uses) gives every image the label and Q of the loop run with StopRule(settle=s)."""
+    from bench.channels import tau_stop
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+    from engine.run.calibration_file import trace_paths
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    sizes = np.asarray(system.option_counts)
+    post = random_gaussian(sizes, system.n_classes, 5, temperature=1.0)
+    post = replace(post, means=0.15 * post.means)  # classes the full system cannot always tell apart: the bound
+    rng = np.random.default_rng(8)  # is then below the confidence (far apart, the two nearly agree)
+    truth = rng.integers(system.n_classes, size=20)
+    sims = post.mean + post.scale * (post.means[truth] + rng.normal(0, 0.7, (20, int(sizes.sum()))))
+    lam = np.full(system.n_groups, 100.0)
+    from engine.core.scoring import build_channel
+
+    channel = build_channel(system.rule_matrix, system.option_counts, 0.05)
+    paths = trace_paths(sims, truth, system, "eig", lam, channel, post, settled=True)
+    plain = trace_paths(sims, truth, system, "eig", lam, channel, post)
+    np.testing.assert_array_equal(np.isnan(paths.conf), np.isnan(plain.conf))
+    assert not np.allclose(np.nan_to_num(paths.conf), np.nan_to_num(plain.conf))
+    for s in (0.6, 0.9, 0.99):
+        cor, q = tau_stop(paths, s)
+        res = classify_batch(ArraySource(sims, system), system, "eig", stop=StopRule(settle=s), logit_scale=lam,
+                             channel=channel, answer_model=post, top_k=1)
+        np.testing.assert_array_equal(q, [r.q_spent for r in res])
+        np.testing.assert_array_equal(cor, [r.label == system.classes[t] for r, t in zip(res, truth)])
+    with pytest.raises(ValueError, match="settled paths need an answer model"):
+        trace_paths(sims, truth, system, "eig", lam, channel, None, settled=True)
