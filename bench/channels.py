@@ -555,6 +555,7 @@ class PosteriorOracle(Policy):
             score[:, g] = (lp[rows, t] - L[rows, t]) / k
         return masked_argmax(score, np.asarray(state.available))
 TAU_GRID = tuple(np.round(np.r_[np.linspace(0.3, 0.9, 13), 0.925, 0.95, 0.975, 0.99, 1.0], 4))
+SETTLE_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0)  # the settled stop's
 
 
 def make_policy(name: str):
@@ -630,25 +631,29 @@ def fold_views(dev: C.Prepared, fitted: dict[str, Any], *, predictive: bool, gau
         yield terms.folds == f, post, others, (PR.PredictivePosterior(post, others) if predictive else post)
 
 
-def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: float = 0.01) -> dict[str, Any]:
-    """τ for the confidence stop, chosen on cross-fitted dev paths (:func:`fold_views`): each fold's dev images run
+def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: float = 0.01,
+            settled: bool = False) -> dict[str, Any]:
+    """τ for the confidence stop (with ``settled``, the threshold of the settled stop, ``StopRule.settle``, on
+    :data:`SETTLE_GRID`; the Gaussian policies only), chosen on cross-fitted dev paths (:func:`fold_views`): each
+    fold's dev images run
     through the posterior fitted on the other folds (the predictive's fold posteriors), with the predictive of the
     other folds' images; τ is the smallest on :data:`TAU_GRID` at which at most ``margin`` of the dev images stop
     on a label other than that fold posterior's full-system label (then the stopped accuracy is within ``margin``
     of the full system's, whichever way the changed labels go). Agreement transfers to the posterior fitted on all
     of dev better than accuracy does: the fold posteriors are weaker. (The other folds' terms come from posteriors
     that saw this fold's images: a mild leak into which question is asked, none into the posterior that answers.)"""
-    agree = {t: np.zeros(dev.n) for t in TAU_GRID}
-    q = {t: np.zeros(dev.n) for t in TAU_GRID}
+    grid = SETTLE_GRID if settled else TAU_GRID
+    agree = {t: np.zeros(dev.n) for t in grid}
+    q = {t: np.zeros(dev.n) for t in grid}
     pol = next(p for lab, _, p in PRED_CURVES if lab == policy)
     for te, post, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive"),
                                       gaussian=policy.startswith("G ")):
         full_label = post.log_posterior(dev.sims[te]).argmax(axis=1)
         paths = trace_paths(dev.sims[te], full_label, dev.system, make_policy(pol), fitted["lams"],
-                            fitted["channel"], am)  # "correct" = agrees with the full system
-        for t in TAU_GRID:
+                            fitted["channel"], am, settled=settled)  # "correct" = agrees with the full system
+        for t in grid:
             agree[t][te], q[t][te] = tau_stop(paths, t)
-    tau = next((t for t in TAU_GRID if agree[t].mean() >= 1.0 - margin - 1e-12), 1.0)
+    tau = next((t for t in grid if agree[t].mean() >= 1.0 - margin - 1e-12), 1.0)
     return {"tau": float(tau), "dev_agreement": float(agree[tau].mean()), "dev_mean_q": float(q[tau].mean())}
 
 
@@ -703,19 +708,22 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
               ("G eig per prompt", "G fixed"), ("G fixed", "fixed"),
               ("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig")] if a in curves and b in curves]
     # the confidence stop: τ on cross-fitted dev paths, then the test paths cut at it
-    stops = []
-    for label in (x for x in PRED_STOPS if x in curves):
+    stops = []  # the confidence stop of each PRED_STOPS curve, then the settled stop of each Gaussian one
+    for label, settled in [(x, False) for x in PRED_STOPS if x in curves] + \
+            [(x, True) for x in PRED_STOPS if x in curves and x.startswith("G ")]:
         t0 = time.perf_counter()
-        chosen = dev_tau(dev, fitted, label)
+        chosen = dev_tau(dev, fitted, label, settled=settled)
         model, pname = next((m, p) for lab, m, p in PRED_CURVES if lab == label)
         acc_full = full["G" if model == "G" else "few-shot"]  # the full system of the posterior that stops
         boot_full = w @ acc_full
         paths = trace_paths(test.sims, test.truth, s, make_policy(pname), fitted["lams"], fitted["channel"],
-                            models[model])
+                            models[model], settled=settled)
         cor, qq = tau_stop(paths, chosen["tau"])
-        sweep = [(float(np.mean(tau_stop(paths, t)[1])), float(np.mean(tau_stop(paths, t)[0]))) for t in TAU_GRID]
+        grid = SETTLE_GRID if settled else TAU_GRID
+        sweep = [(float(np.mean(tau_stop(paths, t)[1])), float(np.mean(tau_stop(paths, t)[0]))) for t in grid]
         qw = C.q_within(np.array([a for a, _ in sweep]), np.array([b for _, b in sweep]), acc_full.mean() - 0.02)
-        stops.append({"policy": label, **chosen, "full": float(acc_full.mean()), "accuracy": float(cor.mean()),
+        stops.append({"policy": label, "stop": "settled" if settled else "confident", **chosen,
+                      "full": float(acc_full.mean()), "accuracy": float(cor.mean()),
                       "mean_q": float(qq.mean()),
                       "frac_q": float(qq.mean() / q_full), "minus_full": float(cor.mean() - acc_full.mean()),
                       "minus_full_ci95": ci(w @ cor - boot_full),
@@ -762,11 +770,14 @@ def predictive_report(results: dict[str, Any]) -> str:
                 continue
             x = d[(a, b)]
             L.append(f"- {a} − {b}: {x['diff']:+.3f} {iv(x['ci95'])}")
-        L.append("\nConfidence stop (τ chosen on cross-fitted dev paths: the smallest τ at which ≥ 99% of dev images "
-                 "stop on the full system's label):\n")
-        L.append(C.md_table(["policy", "τ (dev)", "dev agreement with full", "full system", "test accuracy",
-                             "mean Q (% of Q)", "− full system [95% CI]", "test τ-sweep: within 2 pt at % of Q"],
-                            [[x["policy"], f"{x['tau']:.3f}", f"{x['dev_agreement']:.3f}", f"{x['full']:.3f}",
+        L.append("\nStopping early (the threshold chosen on cross-fitted dev paths: the smallest at which ≥ 99% of dev "
+                 "images stop on the full system's label). confident: max posterior ≥ τ; settled: the Gaussian "
+                 "model's lower bound on P(label unchanged if every question left were asked) ≥ settle:\n")
+        L.append(C.md_table(["policy", "stop", "threshold (dev)", "dev agreement with full", "full system",
+                             "test accuracy", "mean Q (% of Q)", "− full system [95% CI]",
+                             "test sweep: within 2 pt at % of Q"],
+                            [[x["policy"], x.get("stop", "confident"), f"{x['tau']:.3f}", f"{x['dev_agreement']:.3f}",
+                              f"{x['full']:.3f}",
                               f"{x['accuracy']:.3f}", f"{x['mean_q']:.1f} ({100 * x['frac_q']:.0f}%)",
                               f"{x['minus_full']:+.3f} {iv(x['minus_full_ci95'])}",
                               "–" if x["test_sweep_q_within_2pt_frac"] is None else
