@@ -555,7 +555,7 @@ class PosteriorOracle(Policy):
             score[:, g] = (lp[rows, t] - L[rows, t]) / k
         return masked_argmax(score, np.asarray(state.available))
 TAU_GRID = tuple(np.round(np.r_[np.linspace(0.3, 0.9, 13), 0.925, 0.95, 0.975, 0.99, 1.0], 4))
-SETTLE_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0)  # the settled stop's
+SETTLE_GRID = (*GP.SETTLE_GRID, 1.0)  # the settled stop's: what `--settle auto` tries, and never
 
 
 def make_policy(name: str):

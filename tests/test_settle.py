@@ -270,3 +270,95 @@ def test_settled_paths_cut_at_a_threshold_are_what_the_loop_does_with_that_settl
         np.testing.assert_array_equal(cor, [r.label == system.classes[t] for r, t in zip(res, truth)])
     with pytest.raises(ValueError, match="settled paths need an answer model"):
         trace_paths(sims, truth, system, "eig", lam, channel, None, settled=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**16), st.sampled_from([0.0, 0.01, 0.2]))
+def test_choose_settle_takes_the_smallest_threshold_that_keeps_the_full_label(B, S, seed, margin):
+    """Brute force, image by image: the chosen threshold keeps ≥ 1 − margin of the images on the full label, and
+    no smaller one on the grid does; 1 when none does."""
+    rng = np.random.default_rng(seed)
+    conf = rng.choice([0.3, 0.55, 0.8, 0.9, 0.96, 0.999, 1.0], size=(B, S))
+    length = rng.integers(1, S + 1, size=B)
+    for i, n in enumerate(length):
+        conf[i, n:] = np.nan
+    agree = rng.random((B, S)) < 0.8
+    agree[np.arange(B), length - 1] = rng.random(B) < 0.9  # the last point need not agree (a budget's end)
+
+    def share(thr):
+        hits = [next((j for j in range(n) if conf[i, j] >= thr), n - 1) for i, n in enumerate(length)]
+        return np.mean([agree[i, j] for i, j in enumerate(hits)])
+
+    got = GP.choose_settle(conf, agree, margin=margin)
+    passing = [t for t in GP.SETTLE_GRID if share(t) >= 1 - margin - 1e-12]
+    assert got.settle == (passing[0] if passing else 1.0)
+    assert got.n_images == B and len(got.table) == len(GP.SETTLE_GRID)
+    if passing:
+        assert got.agreement == pytest.approx(share(got.settle))
+    with pytest.raises(ValueError, match="one shape"):
+        GP.choose_settle(conf, agree[:, :-1] if S > 1 else agree[:0])
+
+
+def test_settle_auto_is_the_smallest_threshold_whose_dev_images_keep_their_full_label(lda_calibrations):
+    """Run each fold's select images through the loop with that fold's Gaussian at the chosen threshold: ≥ 99%
+    stop on the label the fold's model gives with every group asked, and at the grid's next lower threshold
+    fewer do (independent of how settle_for traces them)."""
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+
+    system, _, _, cals, _ = lda_calibrations
+    cal = cals["auto"]
+    choice = cal.settle_for("fixed", None, system)
+    assert choice is cal.settle_for("fixed", None, system)  # memoised
+
+    def share(thr):
+        same = []
+        for idx, lams, ch, am, _ in cal.fold_runs(system):
+            sims = cal.select.sims[idx]
+            full = am.log_posterior(sims).argmax(axis=1)
+            res = classify_batch(ArraySource(sims, system), system, "fixed", stop=StopRule(settle=thr),
+                                 logit_scale=lams, channel=ch, answer_model=am, top_k=1)
+            same += [r.label == system.classes[f] for r, f in zip(res, full)]
+        return np.mean(same)
+
+    assert choice.settle < 1.0 and share(choice.settle) >= 0.99 and choice.agreement == pytest.approx(
+        share(choice.settle))
+    lower = [t for t in GP.SETTLE_GRID if t < choice.settle]
+    if lower:
+        assert share(lower[-1]) < 0.99
+
+
+def test_settle_auto_resolves_in_the_plan_and_is_refused_where_it_cannot_be_chosen(lda_calibrations, tmp_path):
+    from engine.run.calibrated import CalibrationUse
+    from engine.run.calibration_file import CalibrationError, settle_value
+    from engine.run.config import RunConfig
+
+    system, _, _, cals, _ = lda_calibrations
+    config = RunConfig(policy="fixed", settle="auto")
+    assert config.to_dict()["settle"] == "auto" and config.stop_rule().settle == 1.0
+    plan = CalibrationUse(cals["auto"], system).plan(config, 100.0)
+    assert plan.stop.settle == cals["auto"].settle_for("fixed", None, system).settle < 1.0
+    assert settle_value(cals["auto"], config, system) == plan.stop.settle
+    assert settle_value(cals["auto"], RunConfig(mode="full", settle="auto"), system) is None
+    with pytest.raises(ValueError, match="settle == 'soon', must be a number in \\(0, 1\\] or 'auto'"):
+        RunConfig(settle="soon")
+    with pytest.raises(CalibrationError, match="--settle auto needs a Gaussian few-shot calibration"):
+        CalibrationUse(cals["lr"], system).plan(config, 100.0)
+    with pytest.raises(CalibrationError, match="--settle auto needs a Gaussian"):
+        settle_value(None, config, system)
+    from dataclasses import replace as dc_replace
+
+    old = dc_replace(cals["auto"], select=None, crossfit=(), _replayed={})
+    with pytest.raises(CalibrationError, match="holds no cross-fitted dev paths.*pass a number to --settle"):
+        old.settle_for("fixed", None, system)
+
+
+def test_the_cli_reads_settle_auto_and_refuses_other_words(capsys):
+    from engine.cli import main
+    from engine.cli.options import settle_arg
+
+    assert settle_arg("auto") == "auto" and settle_arg(" AUTO ") == "auto" and settle_arg("0.85") == 0.85
+    with pytest.raises(SystemExit) as e:  # argparse's own usage error
+        main(["classify", "x.png", "--settle", "soon"])
+    assert e.value.code == 2
+    assert "--settle: 'soon' is neither a number in (0, 1] nor 'auto'" in capsys.readouterr().err

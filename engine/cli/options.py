@@ -396,10 +396,10 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
                    help="stop once no unasked question the budget can still pay for gains this many nats "
                         "(default: %(default)s, never)")
     g.add_argument("--budget", type=int, default=None, help="at most this many prompts per image (default: no limit)")
-    g.add_argument("--settle", type=float, default=None, metavar="P",
+    g.add_argument("--settle", type=settle_arg, default=None, metavar="P|auto",
                    help="adaptive, with a Gaussian few-shot calibration: also stop once the label would stay put, with "
-                        "probability >= P under the calibration's model, if every question left were asked (default: "
-                        "never; the probe pairs' dev halves chose 0.8-0.9: docs/channels.md)")
+                        "probability >= P under the calibration's model, if every question left were asked; auto: the "
+                        "P chosen on the calibration's cross-fitted dev images (default: never)")
     g.add_argument("--scorer", default="bayes", choices=list(SCORERS),
                    help="bayes: the posterior; sum: the write-up's sum of option probabilities (default: %(default)s)")
     g.add_argument("--eps", type=float, default=DEFAULT_EPS,
@@ -422,6 +422,16 @@ def add_run_flags(p: argparse.ArgumentParser, modes: bool = True) -> None:
                    help="the adaptive loop's backend: numpy (the reference, on the host), torch (its state on the "
                         "model's device, similarities never leave it) or auto (torch on CUDA, numpy otherwise); the "
                         "results agree within float rounding (default: %(default)s)")
+
+
+def settle_arg(text: str) -> float | str:
+    """--settle's value: "auto" or a number (RunConfig checks its range)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number in (0, 1] nor 'auto'") from None
 
 
 def default_mode(args) -> str:
@@ -698,6 +708,7 @@ def report_line(rep) -> str:
     what = rep.mode
     if rep.mode == "adaptive":  # τ is recorded for adaptive runs only
         what += f" {rep.policy} τ={rep.tau:g}" + (f" (target {rep.target['target_accuracy']:g})" if rep.target else "")
+        what += f" settle={rep.settle:g}" if getattr(rep, "settle", None) is not None else ""
     if not rep.n:  # an empty dataset (a CSV of its header only): no figure to show, not "nan"
         return f"{what}: no images were scored (the data has no rows), nothing to report  model {rep.model}"
     acc5 = f"  acc@5 {rep.acc5:.3f}" if rep.acc5 is not None else ""
@@ -730,6 +741,16 @@ def target_line(choice, config) -> str:
                 f"stopping on confidence, {(1 - choice.alpha) * 100:g}% lower bound {choice.lower_bound:.3f} (Clopper–Pearson)")
     return (f"target accuracy {choice.target:g} ({config.policy}): not reachable on the calibration's dev images (no "
             "τ passed its test); τ=1, so no image stops on confidence and each runs to its budget or its last question")
+
+
+def settle_line(choice, config) -> str:
+    """The threshold chosen for --settle auto, with its dev evidence."""
+    where = f"({config.policy}, budget {config.budget or 'none'})"
+    if choice.settle < 1.0:
+        return (f"settle auto {where}: {choice.settle:g} chosen on the calibration's {choice.n_images} cross-fitted dev "
+                f"images: {100 * choice.agreement:.1f}% of them stop on the label the full system gives them")
+    return (f"settle auto {where}: no threshold kept {100 * (1 - choice.margin):g}% of the calibration's dev images on "
+            "the full system's label; settle=1, so no image stops settled")
 
 
 def calibration_lines(rep) -> list[str]:

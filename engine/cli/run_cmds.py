@@ -19,7 +19,7 @@ from engine.cli.options import (
     EXIT_OK, EXIT_PARTIAL, RESULT_HEADER, Interrupted, UsageError, add_data_flags, add_model_flags, add_out_flags,
     add_ray_flags, add_run_flags, calibration_arg, calibration_lines, check_out_flags, check_run_settings, data_spec,
     encoder_spec, executor_for, interrupted_run, load_classifier, log, output_spec, print_report, print_result,
-    progress_bar, remote_code_notice, run_config, settings_errors, system_inputs, system_of, target_line, user_errors,
+    progress_bar, remote_code_notice, run_config, settings_errors, system_inputs, system_of, settle_line, target_line, user_errors,
     warn,
 )
 from engine.reports.plots import plot_compare
@@ -119,6 +119,10 @@ def _announce_target(cal, config, say, system=None) -> None:
     if config.target_accuracy is not None:
         with settings_errors():  # a plug-in policy or a calibration without its paths: the user's to fix
             say(target_line(target_choice(cal, config, system), config))
+    if config.mode == "adaptive" and config.settle == "auto":
+        from engine.run.calibrated import CalibrationUse
+
+        say(settle_line(CalibrationUse(cal, system).settle_choice(config), config))  # a CalibrationError: exit 2
 
 
 def _prepare(executor, spec, system, calibration=None):
@@ -471,7 +475,8 @@ def compare_cmd(args) -> int:
 
 
 def _label(rep) -> str:
-    return rep.mode + (f" ({rep.policy}, τ={rep.tau})" if rep.mode == "adaptive" else "")
+    settle = f", settle={rep.settle:g}" if getattr(rep, "settle", None) is not None else ""
+    return rep.mode + (f" ({rep.policy}, τ={rep.tau}{settle})" if rep.mode == "adaptive" else "")
 
 
 def _plot(reports, curve, path, model, data, system) -> None:
@@ -481,6 +486,9 @@ def _plot(reports, curve, path, model, data, system) -> None:
     # with --target-accuracy each budget gets its own τ (chosen on the calibration's select paths replayed under that budget)
     stop = (f"τ for target {adaptive.target['target_accuracy']:g} at each budget" if adaptive.target
             else f"τ={adaptive.tau:g}")
+    if adaptive.settle is not None:  # "auto" is chosen again for each budget, like a target's τ
+        auto = adaptive.settings.get("config", {}).get("settle") == "auto"
+        stop += ", settle auto at each budget" if auto else f", settle={adaptive.settle:g}"
     name = f"{adaptive.policy}, {stop}, budget swept"
     line = [row_of(name, r.to_dict()) for r in curve + ([adaptive] if adaptive.budget is None else [])]
     line.sort(key=lambda r: r["mean_q"])

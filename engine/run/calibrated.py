@@ -99,9 +99,17 @@ class CalibrationUse:
         from engine.run.calibration_file import CalibrationError
 
         where = f"calibration {self.calibration.where()}" if self.calibration is not None else "no --calibration"
-        raise CalibrationError(f"--settle {config.settle:g} needs a Gaussian few-shot calibration, which predicts the "
+        raise CalibrationError(f"--settle {config.settle} needs a Gaussian few-shot calibration, which predicts the "
                                f"similarities not yet seen ({where}); make one with 'twentyq calibrate --posterior "
                                "gaussian', or drop --settle")
+
+    def settle_choice(self, config: RunConfig) -> Any:
+        """The :class:`engine.core.gaussian.SettleChoice` for ``settle="auto"`` (None otherwise), from the
+        calibration's cross-fitted dev paths of the config's policy and budget (memoised by the calibration)."""
+        if config.mode != "adaptive" or config.settle != "auto":
+            return None
+        self.check_settle(config)
+        return self.calibration.settle_for(config.policy, config.budget, self.system)
 
     def target_choice(self, config: RunConfig) -> Any:
         """The :class:`engine.core.channel_fit.TauChoice` for ``config.target_accuracy`` (None without one),
@@ -136,6 +144,9 @@ class CalibrationUse:
             choice = self.target_choice(config)
             if choice is not None:
                 stop = replace(stop, tau=choice.tau)
+            if config.settle == "auto":
+                self.check_settle(config)
+                stop = replace(stop, settle=self.settle_choice(config).settle)
         self.check_settle(config)
         if not self.applies(config):
             lam = logit_scale if config.logit_scale is None else config.logit_scale

@@ -410,10 +410,16 @@ class Calibration:
 
         return PredictivePosterior(post, self.predictive.without_fold(f))
 
-    def select_paths(self, policy: str, system: AttributeSystem, stop: Any = None) -> PolicyPaths:
-        """``policy``'s paths (:func:`trace_paths`) on the select images, each fold by its own model."""
-        parts = [(idx, trace_paths(self.select.sims[idx], self.select.truth[idx], system,
-                                   self.policy_object(policy, order), lams, ch, am, stop=stop))
+    def select_paths(self, policy: str, system: AttributeSystem, stop: Any = None, settled: bool = False
+                     ) -> PolicyPaths:
+        """``policy``'s paths (:func:`trace_paths`) on the select images, each fold by its own model. ``settled``:
+        ``conf`` is the settled bound, and ``correct`` says whether the label is the one the fold's model gives
+        with every group asked (the full system's), not the true class."""
+        def against(am, idx):
+            return am.log_posterior(self.select.sims[idx]).argmax(axis=1) if settled else self.select.truth[idx]
+
+        parts = [(idx, trace_paths(self.select.sims[idx], against(am, idx), system,
+                                   self.policy_object(policy, order), lams, ch, am, stop=stop, settled=settled))
                  for idx, lams, ch, am, order in self.fold_runs(system) if len(idx)]
         B, S = len(self.select.truth), max(p.conf.shape[1] for _, p in parts)
         conf, correct, q = np.full((B, S), np.nan), np.zeros((B, S), bool), np.full((B, S), -1, dtype=np.int64)
@@ -421,6 +427,25 @@ class Calibration:
             s = p.conf.shape[1]
             conf[idx, :s], correct[idx, :s], q[idx, :s] = p.conf, p.correct, p.q
         return PolicyPaths(conf, correct, q)
+
+    def settle_for(self, policy: str, budget: int | None, system: AttributeSystem) -> Any:
+        """The settled stop's threshold for ``policy`` under ``budget`` (``--settle auto``): an
+        :class:`engine.core.gaussian.SettleChoice` from the select images' cross-fitted paths, each fold traced
+        by the Gaussian fitted on the other folds, against that model's full-system label (memoised)."""
+        from engine.core.adaptive import StopRule
+        from engine.core.gaussian import choose_settle
+
+        self.refuse_moved("settle threshold for --settle auto", "pass a number to --settle")
+        if self.select is None or not self.crossfit:
+            raise CalibrationError(f"--settle auto: calibration {self.where()} holds no cross-fitted dev paths (made "
+                                   "by an older twentyq); rerun 'twentyq calibrate', or pass a number to --settle")
+        if policy == "auto":
+            policy = self.auto_choice()
+        key = ("settle", policy, budget)
+        if key not in self._replayed:
+            p = self.select_paths(policy, system, stop=StopRule(budget=budget), settled=True)
+            self._replayed[key] = choose_settle(p.conf, p.correct)
+        return self._replayed[key]
 
     def auto_choice(self) -> str:
         """The policy ``auto`` runs with this calibration (a CalibrationError for a file without the choice)."""
@@ -832,6 +857,20 @@ def target_choice(cal: Calibration | None, config: Any, system: AttributeSystem 
         raise CalibrationError("--target-accuracy with --policy random: the calibration traced the random order of "
                                f"seed 0, not seed {config.seed}; use --seed 0, or another policy")
     return cal.tau_for(config.policy, config.target_accuracy, config.budget, system=system)
+
+
+def settle_value(cal: Calibration | None, config: Any, system: AttributeSystem) -> float | None:
+    """The settled stop's threshold a run of ``config`` uses: None without one, the number given, or for "auto"
+    the calibration's choice (:meth:`Calibration.settle_for`; a CalibrationError without a calibration)."""
+    settle = getattr(config, "settle", None)
+    if settle is None or getattr(config, "mode", "adaptive") != "adaptive":
+        return None
+    if settle != "auto":
+        return float(settle)
+    if cal is None:
+        raise CalibrationError("--settle auto needs a Gaussian few-shot calibration: add --calibration cal.json "
+                               "(made by 'twentyq calibrate'), or pass a number to --settle")
+    return cal.settle_for(config.policy, config.budget, system).settle
 
 
 def choice_dict(choice: TauChoice | None, config: Any) -> dict[str, Any] | None:

@@ -174,7 +174,9 @@ class RunConfig:
         confidence is at least this, with 90% confidence; ``tau`` is then not read. In (0, 1).
     settle : ``adaptive`` only, with a Gaussian few-shot calibration: also stop once the calibration's model
         puts at least this probability (a lower bound) on the label staying where it is if every unasked group
-        were asked (:attr:`engine.core.adaptive.StopRule.settle`). In (0, 1]; None: never.
+        were asked (:attr:`engine.core.adaptive.StopRule.settle`). In (0, 1]; "auto": the threshold chosen on
+        the calibration's cross-fitted dev paths (:meth:`engine.run.calibration_file.Calibration.settle_for`),
+        resolved by the run's plan; None: never.
     engine : the adaptive loop's backend (``engine.run.engines.ENGINES``): "numpy" (the reference,
         on the host), "torch" (state and similarities on the encoder's device) or "auto" (torch when
         the image embeddings are on a CUDA device, numpy otherwise). The backends agree within float64
@@ -197,7 +199,7 @@ class RunConfig:
     descriptor_style: str | None = None
     target_accuracy: float | None = None
     engine: str = "auto"
-    settle: float | None = None
+    settle: float | str | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -257,7 +259,10 @@ class RunConfig:
                                  f"shortlist, δ or settle; it does not apply with {what}")
 
     def stop_rule(self) -> StopRule:
-        return StopRule(self.tau, self.delta, self.budget, 1.0 if self.settle is None else self.settle)
+        """τ, δ, the budget and a numeric settle (None and "auto", which the calibration's plan resolves: 1)."""
+        if isinstance(self.settle, str) and self.settle != "auto":
+            raise ValueError(f"settle == {self.settle!r}, must be a number in (0, 1] or 'auto'")
+        return StopRule(self.tau, self.delta, self.budget, 1.0 if self.settle in (None, "auto") else self.settle)
 
     def make_policy(self):
         """The policy object, with ``seed`` passed to policies that take one."""

@@ -26,7 +26,7 @@ from engine.core.metrics import (  # noqa: F401 (exact_ci: re-exported)
     CI_METHOD, accuracy_ci, exact_ci, per_class, top_confusions,
 )
 from engine.core.results import STOP_REASONS, Result
-from engine.run.calibration_file import choice_dict, exclude_dev, policy_label, target_choice
+from engine.run.calibration_file import choice_dict, exclude_dev, policy_label, settle_value, target_choice
 from engine.run.classifier import assemble, config_from
 from engine.run.config import RunConfig
 from engine.run.datasets import Dataset, DataSpec, Item
@@ -76,6 +76,7 @@ class EvalReport:
     confident: dict[str, Any] | None = None
     not_confident: dict[str, Any] | None = None
     ci_method: str = CI_METHOD  # how ci95 (and every accuracy interval here) was computed
+    settle: float | None = None  # adaptive: the settled stop's threshold used (--settle, "auto" resolved), or None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,6 +160,7 @@ def summarise(results: Sequence[Result], items: Sequence[Item], job: Job, data: 
                   "model_label": model_label(job.encoder.model)},
         calibration=calibration_summary(job, excluded), target=choice_dict(choice, config),
         confident=confident, not_confident=not_confident,
+        settle=settle_value(job.calibration, config, job.system) if adaptive else None,
     )
 
 
