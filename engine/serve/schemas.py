@@ -35,6 +35,19 @@ Whole = Annotated[int, BeforeValidator(_no_bool)]
 Number = Annotated[float, BeforeValidator(_no_bool)]
 
 
+def _number_or_auto(v: Any) -> Any:
+    """settle's value: "auto", or a number (RunConfig checks its range); one error naming both."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(_no_bool(v))
+    except (TypeError, ValueError):
+        raise ValueError("must be a number in (0, 1] or \"auto\"") from None
+
+
+NumberOrAuto = Annotated[Any, BeforeValidator(_number_or_auto)]
+
+
 class ClassifyParams(BaseModel):
     """Per-request settings (query parameters, or fields of a JSON body). Absent: the server's default
     (``RunConfig``: policy eig, τ 0.9, δ 0, no budget, bayes scorer, top 5, no shortlist; the first system)."""
@@ -45,8 +58,9 @@ class ClassifyParams(BaseModel):
     budget: Whole | None = Field(None, description="at most this many prompts per image (absent: no limit)")
     tau: Number | None = Field(None, description="stop once the top class has this probability, in (0, 1]")
     delta: Number | None = Field(None, description="stop once no unasked question gains this many nats (0: never)")
-    settle: Number | None = Field(None, description="with a Gaussian few-shot calibration: stop once the label would "
-                                                     "stay put with this probability if every question left were asked")
+    settle: NumberOrAuto | None = Field(
+        None, description='with a Gaussian few-shot calibration: stop once the label would stay put with this '
+                          'probability if every question left were asked; "auto": the one chosen on its dev images')
     policy: str | None = Field(None, description="question-choice policy (GET /v1/systems lists them)")
     scorer: str | None = Field(None, description='"bayes" (posterior) or "sum"')
     shortlist: Whole | None = Field(None, description="ask which of the top M class names fits, once few remain")
