@@ -362,3 +362,14 @@ def test_the_cli_reads_settle_auto_and_refuses_other_words(capsys):
         main(["classify", "x.png", "--settle", "soon"])
     assert e.value.code == 2
     assert "--settle: 'soon' is neither a number in (0, 1] nor 'auto'" in capsys.readouterr().err
+
+
+def test_calibrate_says_what_settle_auto_will_choose_when_it_can(lda_calibrations):
+    from engine.cli.calibrate_cmd import settle_summary
+
+    system, _, _, cals, _ = lda_calibrations
+    line = settle_summary(cals["auto"], system)
+    want = cals["auto"].settle_for("fixed", None, system)  # the fixture's calibrations have no auto choice
+    assert line.startswith(f"settle auto (fixed, budget none): {want.settle:g} chosen on the calibration's "
+                           f"{want.n_images} cross-fitted dev images")
+    assert settle_summary(cals["lr"], system) is None

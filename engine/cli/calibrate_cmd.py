@@ -106,6 +106,9 @@ def calibrate_cmd(args) -> int:
 
         print(policy_line(cal, RunConfig(policy="auto")))
     print(f"τ tables for --target-accuracy (cross-fitted dev paths): {', '.join(sorted(cal.paths))}, auto")
+    line = settle_summary(cal, system)
+    if line:
+        print(line)
     if cal.few_shot is None:
         print(f"zero-shot: usable on another system with the same questions (groups sha256 {cal.groups_sha256[:12]}) "
               f"and other classes; there only λ_g, confusions and reliabilities apply (fitted on "
@@ -113,6 +116,19 @@ def calibrate_cmd(args) -> int:
               "without --calibration on labelled images")
     print(f"wrote {args.out} (sha256 {cal.sha256[:12]})")
     return EXIT_OK
+
+
+def settle_summary(cal, system) -> str | None:
+    """What ``--settle auto`` will choose with this calibration's default policy (auto, else fixed) and no budget,
+    or None when it cannot (no Gaussian posterior, or no cross-fitted select part)."""
+    if not (hasattr(cal.answer_model(system), "settled_probability") and cal.crossfit):
+        return None
+    from engine.cli.options import settle_line
+    from engine.run.config import RunConfig
+
+    config = RunConfig(policy="auto" if cal.auto else "fixed", settle="auto")
+    return (settle_line(cal.settle_for(config.policy, None, system), config)
+            + " (chosen again for each run's policy and budget)")
 
 
 def check_out(out: str) -> None:
