@@ -45,13 +45,13 @@ import torch
 from scipy.special import log_softmax
 
 from engine import StopRule
-from engine.core import answer_models as AM, gaussian as GP, predictive as PR
+from engine.core import answer_models as AM, gaussian as GP, predictive as PR, stopping as STOP
 from engine.core.channel_fit import fit_answer_channels, split_by_image  # the one split helper: stratified by class
 from engine.core.metrics import accuracy_ci, bootstrap_weights, budget_aucs, budget_grid, normalised_auc_rows
 from engine.core.scoring import build_channel, expected_information_gain
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
-from engine.run.calibration_file import fit_answer_model, trace_paths
+from engine.run.calibration_file import fit_answer_model, trace_paths, trace_stop_paths
 from policies import Policy, PolicyState, get_policy
 from policies.base import masked_argmax
 from policies.experimental import BudgetPlanPolicy
@@ -555,7 +555,7 @@ class PosteriorOracle(Policy):
             score[:, g] = (lp[rows, t] - L[rows, t]) / k
         return masked_argmax(score, np.asarray(state.available))
 TAU_GRID = tuple(np.round(np.r_[np.linspace(0.3, 0.9, 13), 0.925, 0.95, 0.975, 0.99, 1.0], 4))
-SETTLE_GRID = (*GP.SETTLE_GRID, 1.0)  # the settled stop's: what `--settle auto` tries, and never
+SETTLE_GRID = (*STOP.SETTLE_GRID, 1.0)  # the settled stop's: what `--settle auto` tries, and never
 
 
 def make_policy(name: str):
@@ -565,12 +565,9 @@ def make_policy(name: str):
 
 def tau_stop(paths, tau: float) -> tuple[np.ndarray, np.ndarray]:
     """(correct (B,), q (B,)) of traced τ=1 paths (:class:`engine.run.calibration_file.PolicyPaths`) stopped at the
-    first point (the prior included) whose confidence is ≥ τ, else at their last step: what the loop with this
-    τ does, since a path does not depend on τ."""
-    ok = ~np.isnan(paths.conf)
-    last = ok.sum(axis=1) - 1
-    hit = ok & (paths.conf >= tau - 1e-12)
-    first = np.where(hit.any(axis=1), np.argmax(hit, axis=1), last)
+    first point (the prior included) whose confidence is ≥ τ, else at their last step (τ = 1: never stopped early):
+    what the loop with this τ does, since a path does not depend on τ (:func:`engine.core.stopping.first_stop`)."""
+    first = STOP.first_stop(paths.conf, tau)
     rows = np.arange(len(first))
     return paths.correct[rows, first].astype(float), paths.q[rows, first].astype(float)
 
@@ -631,30 +628,30 @@ def fold_views(dev: C.Prepared, fitted: dict[str, Any], *, predictive: bool, gau
         yield terms.folds == f, post, others, (PR.PredictivePosterior(post, others) if predictive else post)
 
 
-def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: float = 0.01,
+def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: float = STOP.STOP_MARGIN,
             settled: bool = False) -> dict[str, Any]:
-    """τ for the confidence stop (with ``settled``, the threshold of the settled stop, ``StopRule.settle``, on
-    :data:`SETTLE_GRID`; the Gaussian policies only), chosen on cross-fitted dev paths (:func:`fold_views`): each
-    fold's dev images run
-    through the posterior fitted on the other folds (the predictive's fold posteriors), with the predictive of the
-    other folds' images; τ is the smallest on :data:`TAU_GRID` at which at most ``margin`` of the dev images stop
-    on a label other than that fold posterior's full-system label (then the stopped accuracy is within ``margin``
-    of the full system's, whichever way the changed labels go). Agreement transfers to the posterior fitted on all
-    of dev better than accuracy does: the fold posteriors are weaker. (The other folds' terms come from posteriors
-    that saw this fold's images: a mild leak into which question is asked, none into the posterior that answers.)"""
-    grid = SETTLE_GRID if settled else TAU_GRID
-    agree = {t: np.zeros(dev.n) for t in grid}
-    q = {t: np.zeros(dev.n) for t in grid}
+    """τ for the confidence stop on :data:`TAU_GRID` (with ``settled``, the threshold of the settled stop,
+    ``StopRule.settle``, on :data:`SETTLE_GRID`; the Gaussian policies only), chosen on cross-fitted dev paths
+    (:func:`fold_views`): each fold's dev images run through the posterior fitted on the other folds (the
+    predictive's fold posteriors), with the predictive of the other folds' images; the threshold is
+    :func:`engine.core.stopping.choose_threshold`'s (what ``--settle auto`` uses): the smallest from which on every
+    threshold leaves at least 1 − ``margin`` of the dev images on the label their path ends with, that fold
+    posterior's full-system label. Agreement transfers to the posterior fitted on all of dev better than accuracy
+    does: the fold posteriors are weaker. (The other folds' terms come from posteriors that saw this fold's images:
+    a mild leak into which question is asked, none into the posterior that answers.)"""
     pol = next(p for lab, _, p in PRED_CURVES if lab == policy)
-    for te, post, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive"),
-                                      gaussian=policy.startswith("G ")):
-        full_label = post.log_posterior(dev.sims[te]).argmax(axis=1)
-        paths = trace_paths(dev.sims[te], full_label, dev.system, make_policy(pol), fitted["lams"],
-                            fitted["channel"], am, settled=settled)  # "correct" = agrees with the full system
-        for t in grid:
-            agree[t][te], q[t][te] = tau_stop(paths, t)
-    tau = next((t for t in grid if agree[t].mean() >= 1.0 - margin - 1e-12), 1.0)
-    return {"tau": float(tau), "dev_agreement": float(agree[tau].mean()), "dev_mean_q": float(q[tau].mean())}
+    parts = []
+    for te, _, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive"),
+                                   gaussian=policy.startswith("G ")):
+        p = trace_stop_paths(dev.sims[te], dev.system, make_policy(pol), fitted["lams"], fitted["channel"], am,
+                             settled=settled)
+        parts.append((te, p.bound if settled else p.conf, p.label, p.q))
+    S = max(x.shape[1] for _, x, _, _ in parts)
+    stat, label, q = np.full((dev.n, S), np.nan), np.full((dev.n, S), -1), np.full((dev.n, S), -1.0)
+    for te, x, lab, qq in parts:
+        stat[te, :x.shape[1]], label[te, :x.shape[1]], q[te, :x.shape[1]] = x, lab, qq
+    choice = STOP.choose_threshold(stat, label, q, grid=SETTLE_GRID if settled else TAU_GRID, margin=margin)
+    return {"tau": choice.threshold, "dev_agreement": choice.agreement, "dev_mean_q": choice.mean_q}
 
 
 def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
@@ -770,9 +767,10 @@ def predictive_report(results: dict[str, Any]) -> str:
                 continue
             x = d[(a, b)]
             L.append(f"- {a} − {b}: {x['diff']:+.3f} {iv(x['ci95'])}")
-        L.append("\nStopping early (the threshold chosen on cross-fitted dev paths: the smallest at which ≥ 99% of dev "
-                 "images stop on the full system's label). confident: max posterior ≥ τ; settled: the Gaussian "
-                 "model's lower bound on P(label unchanged if every question left were asked) ≥ settle:\n")
+        L.append("\nStopping early (the threshold chosen on cross-fitted dev paths: the smallest from which on every "
+                 "threshold keeps ≥ 99% of dev images on the full system's label). confident: max posterior ≥ τ; "
+                 "settled: the Gaussian model's lower bound on P(label unchanged if every question left were asked) ≥ "
+                 "settle:\n")
         L.append(C.md_table(["policy", "stop", "threshold (dev)", "dev agreement with full", "full system",
                              "test accuracy", "mean Q (% of Q)", "− full system [95% CI]",
                              "test sweep: within 2 pt at % of Q"],

@@ -73,6 +73,23 @@ def test_the_bound_is_below_the_models_own_probability_and_exact_with_one_rival(
         assert abs(got - p) <= 5 * se + 1e-9
 
 
+@pytest.mark.parametrize("C, seed", [(20, 1), (24, 2), (40, 3)])
+def test_with_more_classes_than_components_the_rest_of_the_mass_counts_as_moving(C, seed):
+    """Beyond the SETTLE_COMPONENTS most probable classes the bound gives nothing (their mass counts as the label
+    moving), so it stays below the model's own probability (Monte Carlo, 4,000 draws) on flat posteriors too."""
+    sizes = np.array([3, 3, 2])
+    post = random_gaussian(sizes, C, seed, temperature=0.3)  # a low temperature: flat posteriors over many classes
+    rng = np.random.default_rng(seed)
+    asked = np.array([True, False, False])
+    for i in range(3):
+        sims = post.mean + post.scale * (post.means[rng.integers(C)] + rng.normal(0, 0.3, 8))
+        now = post.log_posterior(sims[None], asked[None])[0]
+        assert np.sort(np.exp(now))[::-1][:GP.SETTLE_COMPONENTS].sum() < 0.999  # the cut matters here
+        got = post.settled_probability(sims[None], asked[None], now[None])[0]
+        p, se = monte_carlo(post, sims, asked, np.zeros(C), 4000, seed + i)
+        assert got <= p + 5 * se + 1e-9
+
+
 def test_a_clear_image_is_settled_and_a_borderline_one_is_not():
     """Far from every rival with the informative groups asked: near 1. Midway between two classes with nothing
     asked: near or below ½ (the unasked similarities decide)."""
@@ -219,6 +236,7 @@ def test_settle_without_a_model_that_predicts_its_similarities_is_refused_in_one
     with pytest.raises(ValueError, match="does not apply with --settle"):
         RunConfig(settle=0.9, target_accuracy=0.8)
     assert "settle" not in RunConfig().to_dict() and RunConfig(settle=0.9).to_dict()["settle"] == 0.9
+    assert type(RunConfig(settle=np.float32(0.5)).to_dict()["settle"]) is float  # a numpy number: JSON-able
     assert RunConfig(settle=0.9).stop_rule().settle == 0.9 and RunConfig().stop_rule().settle == 1.0
 
 
@@ -272,60 +290,85 @@ def test_settled_paths_cut_at_a_threshold_are_what_the_loop_does_with_that_settl
         trace_paths(sims, truth, system, "eig", lam, channel, None, settled=True)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**16), st.sampled_from([0.0, 0.01, 0.2]))
-def test_choose_settle_takes_the_smallest_threshold_that_keeps_the_full_label(B, S, seed, margin):
-    """Brute force, image by image: the chosen threshold keeps ≥ 1 − margin of the images on the full label, and
-    no smaller one on the grid does; 1 when none does."""
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**16), st.sampled_from([0.0, 0.01, 0.2]),
+       st.booleans())
+def test_choose_threshold_takes_the_smallest_from_which_every_threshold_keeps_the_label(B, S, seed, margin, before):
+    """Brute force, path by path: every grid threshold from the chosen one up keeps ≥ 1 − margin of the paths on
+    the label they end with without the stop (at their first ``before`` point, else their last), the one below
+    does not; 1 (never) when the top of the grid fails; mean Q and agreement are those of the chosen one."""
+    from engine.core.stopping import SETTLE_GRID, choose_threshold
+
     rng = np.random.default_rng(seed)
-    conf = rng.choice([0.3, 0.55, 0.8, 0.9, 0.96, 0.999, 1.0], size=(B, S))
+    stat = rng.choice([0.3, 0.55, 0.8, 0.9, 0.96, 0.999, 1.0], size=(B, S))
     length = rng.integers(1, S + 1, size=B)
     for i, n in enumerate(length):
-        conf[i, n:] = np.nan
-    agree = rng.random((B, S)) < 0.8
-    agree[np.arange(B), length - 1] = rng.random(B) < 0.9  # the last point need not agree (a budget's end)
+        stat[i, n:] = np.nan
+    label = rng.integers(0, 3, size=(B, S))
+    q = np.cumsum(rng.integers(1, 5, size=(B, S)), axis=1).astype(float)
+    pre = rng.random((B, S)) < 0.15 if before else None
+
+    def stop_at(i, thr):
+        n = length[i]
+        return next((j for j in range(n) if (pre is not None and pre[i, j]) or (thr < 1 and stat[i, j] >= thr)),
+                    n - 1)
 
     def share(thr):
-        hits = [next((j for j in range(n) if conf[i, j] >= thr), n - 1) for i, n in enumerate(length)]
-        return np.mean([agree[i, j] for i, j in enumerate(hits)])
+        return np.mean([label[i, stop_at(i, thr)] == label[i, stop_at(i, 1.0)] for i in range(B)])
 
-    got = GP.choose_settle(conf, agree, margin=margin)
-    passing = [t for t in GP.SETTLE_GRID if share(t) >= 1 - margin - 1e-12]
-    assert got.settle == (passing[0] if passing else 1.0)
-    assert got.n_images == B and len(got.table) == len(GP.SETTLE_GRID)
-    if passing:
-        assert got.agreement == pytest.approx(share(got.settle))
+    got = choose_threshold(stat, label, q, margin=margin, before=pre)
+    grid = list(SETTLE_GRID) + [1.0]
+    ok = [share(t) >= 1 - margin - 1e-12 for t in grid]
+    j = len(grid) - 1
+    while j > 0 and ok[j - 1]:
+        j -= 1
+    assert got.threshold == grid[j] and ok[-1]
+    assert got.agreement == pytest.approx(share(got.threshold))
+    assert got.mean_q == pytest.approx(np.mean([q[i, stop_at(i, got.threshold)] for i in range(B)]))
+    assert got.mean_q_without == pytest.approx(np.mean([q[i, stop_at(i, 1.0)] for i in range(B)]))
+    assert got.n_images == B and [t for t, _, _ in got.table] == grid
     with pytest.raises(ValueError, match="one shape"):
-        GP.choose_settle(conf, agree[:, :-1] if S > 1 else agree[:0])
+        choose_threshold(stat, label[:, :-1] if S > 1 else label[:0], q)
 
 
-def test_settle_auto_is_the_smallest_threshold_whose_dev_images_keep_their_full_label(lda_calibrations):
-    """Run each fold's select images through the loop with that fold's Gaussian at the chosen threshold: ≥ 99%
-    stop on the label the fold's model gives with every group asked, and at the grid's next lower threshold
-    fewer do (independent of how settle_for traces them)."""
+@pytest.mark.parametrize("budget, tau", [(None, 1.0), (None, 0.9), (5, 1.0)])  # Q = 8
+def test_settle_auto_keeps_the_label_each_dev_run_would_end_with_without_it(lda_calibrations, budget, tau):
+    """Run each fold's select images through the loop with that fold's Gaussian, the run's τ and budget, with and
+    without the chosen settle: ≥ 99% end on the same label, and the grid's next lower threshold fails it or one
+    above fails (independent of how settle_for traces them). Under a budget the label compared is where the
+    budgeted run ends, not the full system's."""
     from engine.core.adaptive import StopRule, classify_batch
     from engine.core.sources import ArraySource
+    from engine.core.stopping import SETTLE_GRID
 
     system, _, _, cals, _ = lda_calibrations
     cal = cals["auto"]
-    choice = cal.settle_for("fixed", None, system)
-    assert choice is cal.settle_for("fixed", None, system)  # memoised
+    choice = cal.settle_for("fixed", budget, system, tau)
+    assert choice is cal.settle_for("fixed", budget, system, tau)  # memoised, by budget and τ
+
+    def run(thr):
+        out = []
+        for idx, lams, ch, am, _ in cal.fold_runs(system):
+            res = classify_batch(ArraySource(cal.select.sims[idx], system), system, "fixed",
+                                 stop=StopRule(tau=tau, budget=budget, settle=thr), logit_scale=lams, channel=ch,
+                                 answer_model=am, top_k=1)
+            out += [(r.label, r.q_spent) for r in res]
+        return out
+
+    without = run(1.0)
 
     def share(thr):
-        same = []
-        for idx, lams, ch, am, _ in cal.fold_runs(system):
-            sims = cal.select.sims[idx]
-            full = am.log_posterior(sims).argmax(axis=1)
-            res = classify_batch(ArraySource(sims, system), system, "fixed", stop=StopRule(settle=thr),
-                                 logit_scale=lams, channel=ch, answer_model=am, top_k=1)
-            same += [r.label == system.classes[f] for r, f in zip(res, full)]
-        return np.mean(same)
+        return np.mean([a[0] == b[0] for a, b in zip(run(thr), without)])
 
-    assert choice.settle < 1.0 and share(choice.settle) >= 0.99 and choice.agreement == pytest.approx(
-        share(choice.settle))
-    lower = [t for t in GP.SETTLE_GRID if t < choice.settle]
-    if lower:
+    assert choice.threshold < 1.0 and share(choice.threshold) >= 0.99
+    assert choice.agreement == pytest.approx(share(choice.threshold))
+    assert choice.mean_q == pytest.approx(np.mean([q for _, q in run(choice.threshold)]))
+    assert choice.mean_q_without == pytest.approx(np.mean([q for _, q in without]))
+    lower = [t for t in SETTLE_GRID if t < choice.threshold]
+    if lower:  # every threshold from the chosen one up passes, so the one below must fail
         assert share(lower[-1]) < 0.99
+    if budget is not None:
+        assert max(q for _, q in without) <= budget
 
 
 def test_settle_auto_resolves_in_the_plan_and_is_refused_where_it_cannot_be_chosen(lda_calibrations, tmp_path):
@@ -337,7 +380,7 @@ def test_settle_auto_resolves_in_the_plan_and_is_refused_where_it_cannot_be_chos
     config = RunConfig(policy="fixed", settle="auto")
     assert config.to_dict()["settle"] == "auto" and config.stop_rule().settle == 1.0
     plan = CalibrationUse(cals["auto"], system).plan(config, 100.0)
-    assert plan.stop.settle == cals["auto"].settle_for("fixed", None, system).settle < 1.0
+    assert plan.stop.settle == cals["auto"].settle_for("fixed", None, system, 0.9).threshold < 1.0
     assert settle_value(cals["auto"], config, system) == plan.stop.settle
     assert settle_value(cals["auto"], RunConfig(mode="full", settle="auto"), system) is None
     with pytest.raises(ValueError, match="settle == 'soon', must be a number in \\(0, 1\\] or 'auto'"):
@@ -362,6 +405,12 @@ def test_the_cli_reads_settle_auto_and_refuses_other_words(capsys):
         main(["classify", "x.png", "--settle", "soon"])
     assert e.value.code == 2
     assert "--settle: 'soon' is neither a number in (0, 1] nor 'auto'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", "x.png", "--settle", "x" * 3000])
+    assert len(capsys.readouterr().err.splitlines()[-1]) < 200  # a long value is cut, not echoed whole
+    assert main(["eval", "--data", "x.csv", "--system", "pokemon15", "--mode", "full", "--settle", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "--settle 0.9: the full mode scores every prompt" in err and len(err.strip().splitlines()) == 1
 
 
 def test_calibrate_says_what_settle_auto_will_choose_when_it_can(lda_calibrations):
@@ -369,7 +418,7 @@ def test_calibrate_says_what_settle_auto_will_choose_when_it_can(lda_calibration
 
     system, _, _, cals, _ = lda_calibrations
     line = settle_summary(cals["auto"], system)
-    want = cals["auto"].settle_for("fixed", None, system)  # the fixture's calibrations have no auto choice
-    assert line.startswith(f"settle auto (fixed, budget none): {want.settle:g} chosen on the calibration's "
-                           f"{want.n_images} cross-fitted dev images")
+    want = cals["auto"].settle_for("fixed", None, system, 0.9)  # the fixture's calibrations have no auto choice
+    assert line.startswith(f"settle auto (fixed, τ=0.9, budget none): {want.threshold:g} chosen on the "
+                           f"calibration's {want.n_images} cross-fitted dev images")
     assert settle_summary(cals["lr"], system) is None

@@ -127,8 +127,8 @@ def settle_summary(cal, system) -> str | None:
     from engine.run.config import RunConfig
 
     config = RunConfig(policy="auto" if cal.auto else "fixed", settle="auto")
-    return (settle_line(cal.settle_for(config.policy, None, system), config)
-            + " (chosen again for each run's policy and budget)")
+    return (settle_line(cal.settle_for(config.policy, None, system, config.tau), config)
+            + " (chosen again for each run's policy, τ and budget)")
 
 
 def check_out(out: str) -> None:

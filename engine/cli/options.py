@@ -431,7 +431,8 @@ def settle_arg(text: str) -> float | str:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number in (0, 1] nor 'auto'") from None
+        shown = repr(text) if len(text) <= 24 else repr(text[:20]) + "..."
+        raise argparse.ArgumentTypeError(f"{shown} is neither a number in (0, 1] nor 'auto'") from None
 
 
 def default_mode(args) -> str:
@@ -485,6 +486,9 @@ def run_config(args, **override) -> Any:
             " (the default with --descriptors)" if getattr(args, "descriptors", None) else " (the default with --labels)"
         raise UsageError(f"--budget {args.budget}: the {fields['mode']} mode{why} scores every prompt of every image; "
                          "a budget applies to --mode adaptive: add it, or drop --budget")
+    if "mode" not in override and fields["mode"] != "adaptive" and getattr(args, "settle", None) is not None:
+        raise UsageError(f"--settle {args.settle}: the {fields['mode']} mode scores every prompt of every image and "
+                         "never stops early; --settle applies to --mode adaptive: add it, or drop --settle")
     with settings_errors(), warnings.catch_warnings():
         from systems.descriptors import DescriptorNotice
 
@@ -745,12 +749,13 @@ def target_line(choice, config) -> str:
 
 def settle_line(choice, config) -> str:
     """The threshold chosen for --settle auto, with its dev evidence."""
-    where = f"({config.policy}, budget {config.budget or 'none'})"
-    if choice.settle < 1.0:
-        return (f"settle auto {where}: {choice.settle:g} chosen on the calibration's {choice.n_images} cross-fitted dev "
-                f"images: {100 * choice.agreement:.1f}% of them stop on the label the full system gives them")
+    where = f"({config.policy}, τ={config.tau:g}, budget {config.budget or 'none'})"
+    if choice.threshold < 1.0:
+        return (f"settle auto {where}: {choice.threshold:g} chosen on the calibration's {choice.n_images} cross-fitted "
+                f"dev images: {100 * choice.agreement:.1f}% of them end on the label they end on without it, at mean Q "
+                f"{choice.mean_q:.1f} instead of {choice.mean_q_without:.1f}")
     return (f"settle auto {where}: no threshold kept {100 * (1 - choice.margin):g}% of the calibration's dev images on "
-            "the full system's label; settle=1, so no image stops settled")
+            "the label they end on without it; settle=1, so no image stops settled")
 
 
 def calibration_lines(rep) -> list[str]:

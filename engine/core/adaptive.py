@@ -8,6 +8,7 @@ system of class names (:func:`systems.baseline_system`).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -78,7 +79,7 @@ class StopRule:
             shown = repr(self.budget) if len(repr(self.budget)) <= 24 else repr(self.budget)[:20] + "..."
             raise ValueError(f"budget == {shown}, must be a whole number from 0 to {MAX_BUDGET:,} or None "
                              "(a budget of Q or more is no limit)")
-        if isinstance(self.settle, bool) or not (isinstance(self.settle, (int, float)) and 0.0 < self.settle <= 1.0):
+        if isinstance(self.settle, bool) or not (isinstance(self.settle, numbers.Real) and 0.0 < self.settle <= 1.0):
             raise ValueError(f"settle == {self.settle!r}, must be in (0, 1] (1: never stop on a settled label)")
 
 

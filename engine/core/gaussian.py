@@ -44,9 +44,6 @@ RIDGE = 1e-6  # added to Σ's diagonal: a singular pooled covariance (fewer dev 
 KIND = "gaussian"  # the posterior's "kind" in a calibration file (the group-masked LR's files have none)
 SETTLE_COMPONENTS = 16  # classes whose unasked similarities settled_probability draws from (the rest count as "not")
 SETTLE_CHUNK = 256  # images per block in settled_probability ((chunk, k, C) arrays)
-#: thresholds :func:`choose_settle` tries, lowest first (1, never stopping settled, is what none passing gives)
-SETTLE_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
-SETTLE_MARGIN = 0.01  # at most this share of dev images may stop settled on another label than the full system's
 
 
 @dataclass(frozen=True)
@@ -236,51 +233,6 @@ def settled_probability(post: GaussianPosterior, sims: np.ndarray, asked: np.nda
             stay = 1.0 - np.minimum(1.0, moves.sum(axis=2))  # (n, k)
             out[rows] = (np.exp(np.take_along_axis(lp, comp, axis=1)) * stay).sum(axis=1)
     return np.clip(out, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class SettleChoice:
-    """A threshold for the settled stop chosen on dev paths (:func:`choose_settle`).
-
-    settle : the threshold (1.0 when none on the grid passed: never stop settled). margin : the share of images
-    allowed to stop on another label than their full system's. agreement : the share that stop on it at
-    ``settle``; n_images : how many images; table : ((threshold, agreement), ...) for every threshold tried.
-    """
-
-    settle: float
-    margin: float
-    agreement: float
-    n_images: int
-    table: tuple
-
-
-def choose_settle(conf: np.ndarray, agree: np.ndarray, *, grid=SETTLE_GRID, margin: float = SETTLE_MARGIN
-                  ) -> SettleChoice:
-    """The smallest threshold on ``grid`` at which at least 1 − ``margin`` of the images stop on the full system's
-    label: then the settled stop's accuracy is within ``margin`` of the full system's, whichever way the changed
-    labels go.
-
-    conf : (B, S) the settled bound along each image's τ = 1 path (column 0 before any question; NaN after its
-    last point); agree : (B, S) bool, whether the label at each point is the full system's. An image stops at its
-    first point whose bound is ≥ the threshold, else at its last point.
-    """
-    conf, agree = np.asarray(conf, dtype=np.float64), np.asarray(agree, dtype=bool)
-    if conf.shape != agree.shape or conf.ndim != 2 or conf.shape[1] < 1:
-        raise ValueError(f"conf and agree should be (B, S) arrays of one shape, got {conf.shape} and {agree.shape}")
-    if not 0.0 <= float(margin) < 1.0:
-        raise ValueError(f"margin == {margin!r}, must be in [0, 1)")
-    B = conf.shape[0]
-    ok = ~np.isnan(conf)
-    last = np.maximum(ok.sum(axis=1) - 1, 0)
-    rows = np.arange(B)
-    table = []
-    for thr in sorted(float(t) for t in grid):
-        hit = ok & (conf >= thr - 1e-12)
-        at = np.where(hit.any(axis=1), np.argmax(hit, axis=1), last)
-        table.append((thr, float(agree[rows, at].mean()) if B else 1.0))
-    chosen = next(((t, a) for t, a in table if a >= 1.0 - margin - 1e-12), (1.0, 1.0))
-    return SettleChoice(settle=chosen[0], margin=float(margin), agreement=chosen[1], n_images=int(B),
-                        table=tuple(table))
 
 
 def pooled_covariance(z: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

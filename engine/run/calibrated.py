@@ -103,13 +103,16 @@ class CalibrationUse:
                                f"similarities not yet seen ({where}); make one with 'twentyq calibrate --posterior "
                                "gaussian', or drop --settle")
 
-    def settle_choice(self, config: RunConfig) -> Any:
-        """The :class:`engine.core.gaussian.SettleChoice` for ``settle="auto"`` (None otherwise), from the
-        calibration's cross-fitted dev paths of the config's policy and budget (memoised by the calibration)."""
+    def settle_choice(self, config: RunConfig, tau: float | None = None) -> Any:
+        """The :class:`engine.core.stopping.ThresholdChoice` for ``settle="auto"`` (None otherwise), from the
+        calibration's cross-fitted dev paths of the config's policy and budget, with the run's τ (``tau``: the one
+        a target accuracy chose; default ``config.tau``) as the confidence stop beside it (memoised by the
+        calibration)."""
         if config.mode != "adaptive" or config.settle != "auto":
             return None
         self.check_settle(config)
-        return self.calibration.settle_for(config.policy, config.budget, self.system)
+        return self.calibration.settle_for(config.policy, config.budget, self.system,
+                                           config.tau if tau is None else tau)
 
     def target_choice(self, config: RunConfig) -> Any:
         """The :class:`engine.core.channel_fit.TauChoice` for ``config.target_accuracy`` (None without one),
@@ -146,7 +149,7 @@ class CalibrationUse:
                 stop = replace(stop, tau=choice.tau)
             if config.settle == "auto":
                 self.check_settle(config)
-                stop = replace(stop, settle=self.settle_choice(config).settle)
+                stop = replace(stop, settle=self.settle_choice(config, stop.tau).threshold)
         self.check_settle(config)
         if not self.applies(config):
             lam = logit_scale if config.logit_scale is None else config.logit_scale

@@ -410,30 +410,34 @@ class Calibration:
 
         return PredictivePosterior(post, self.predictive.without_fold(f))
 
-    def select_paths(self, policy: str, system: AttributeSystem, stop: Any = None, settled: bool = False
-                     ) -> PolicyPaths:
-        """``policy``'s paths (:func:`trace_paths`) on the select images, each fold by its own model. ``settled``:
-        ``conf`` is the settled bound, and ``correct`` says whether the label is the one the fold's model gives
-        with every group asked (the full system's), not the true class."""
-        def against(am, idx):
-            return am.log_posterior(self.select.sims[idx]).argmax(axis=1) if settled else self.select.truth[idx]
+    def select_paths(self, policy: str, system: AttributeSystem, stop: Any = None) -> PolicyPaths:
+        """``policy``'s paths (:func:`trace_paths`) on the select images, each fold by its own model."""
+        p = self.select_stop_paths(policy, system, stop)
+        return PolicyPaths(p.conf, p.label == self.select.truth[:, None], p.q)
 
-        parts = [(idx, trace_paths(self.select.sims[idx], against(am, idx), system,
-                                   self.policy_object(policy, order), lams, ch, am, stop=stop, settled=settled))
+    def select_stop_paths(self, policy: str, system: AttributeSystem, stop: Any = None, settled: bool = False
+                          ) -> StopPaths:
+        """``policy``'s traced paths (:func:`trace_stop_paths`) on the select images, each fold by its own model."""
+        parts = [(idx, trace_stop_paths(self.select.sims[idx], system, self.policy_object(policy, order), lams, ch, am,
+                                        stop, settled=settled))
                  for idx, lams, ch, am, order in self.fold_runs(system) if len(idx)]
         B, S = len(self.select.truth), max(p.conf.shape[1] for _, p in parts)
-        conf, correct, q = np.full((B, S), np.nan), np.zeros((B, S), bool), np.full((B, S), -1, dtype=np.int64)
+        conf, label, q = np.full((B, S), np.nan), np.full((B, S), -1, dtype=np.int64), np.full((B, S), -1, dtype=np.int64)
+        bound = np.full((B, S), np.nan) if settled else None
         for idx, p in parts:
             s = p.conf.shape[1]
-            conf[idx, :s], correct[idx, :s], q[idx, :s] = p.conf, p.correct, p.q
-        return PolicyPaths(conf, correct, q)
+            conf[idx, :s], label[idx, :s], q[idx, :s] = p.conf, p.label, p.q
+            if settled:
+                bound[idx, :s] = p.bound
+        return StopPaths(conf, bound, label, q)
 
-    def settle_for(self, policy: str, budget: int | None, system: AttributeSystem) -> Any:
-        """The settled stop's threshold for ``policy`` under ``budget`` (``--settle auto``): an
-        :class:`engine.core.gaussian.SettleChoice` from the select images' cross-fitted paths, each fold traced
-        by the Gaussian fitted on the other folds, against that model's full-system label (memoised)."""
+    def settle_for(self, policy: str, budget: int | None, system: AttributeSystem, tau: float = 1.0) -> Any:
+        """The settled stop's threshold for ``policy`` under ``budget`` and confidence stop ``tau`` (``--settle
+        auto``): an :class:`engine.core.stopping.ThresholdChoice` on the select images' cross-fitted paths (each
+        fold traced by the Gaussian fitted on the other folds), against the label each path ends with without the
+        settled stop (memoised)."""
         from engine.core.adaptive import StopRule
-        from engine.core.gaussian import choose_settle
+        from engine.core.stopping import SETTLE_GRID, choose_threshold
 
         self.refuse_moved("settle threshold for --settle auto", "pass a number to --settle")
         if self.select is None or not self.crossfit:
@@ -441,10 +445,14 @@ class Calibration:
                                    "by an older twentyq); rerun 'twentyq calibrate', or pass a number to --settle")
         if policy == "auto":
             policy = self.auto_choice()
-        key = ("settle", policy, budget)
+        paths_key, key = ("settle paths", policy, budget), ("settle", policy, budget, float(tau))
+        if paths_key not in self._replayed:
+            self._replayed[paths_key] = self.select_stop_paths(policy, system, stop=StopRule(budget=budget),
+                                                               settled=True)
         if key not in self._replayed:
-            p = self.select_paths(policy, system, stop=StopRule(budget=budget), settled=True)
-            self._replayed[key] = choose_settle(p.conf, p.correct)
+            p = self._replayed[paths_key]
+            before = (p.conf >= tau - 1e-12) if tau < 1.0 else None
+            self._replayed[key] = choose_threshold(p.bound, p.label, p.q, grid=SETTLE_GRID, before=before)
         return self._replayed[key]
 
     def auto_choice(self) -> str:
@@ -870,7 +878,7 @@ def settle_value(cal: Calibration | None, config: Any, system: AttributeSystem) 
     if cal is None:
         raise CalibrationError("--settle auto needs a Gaussian few-shot calibration: add --calibration cal.json "
                                "(made by 'twentyq calibrate'), or pass a number to --settle")
-    return cal.settle_for(config.policy, config.budget, system).settle
+    return cal.settle_for(config.policy, config.budget, system, config.tau).threshold
 
 
 def choice_dict(choice: TauChoice | None, config: Any) -> dict[str, Any] | None:
@@ -1058,31 +1066,48 @@ def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, po
     ``stop`` : a StopRule with τ = 1 (e.g. a budget; default none). ``settled``: ``conf`` holds the answer model's
     settled bound (:meth:`engine.core.gaussian.GaussianPosterior.settled_probability`) before any question and after
     each step instead of the confidence, so that cutting the paths at a threshold is what ``StopRule.settle`` does."""
+    p = trace_stop_paths(sims, system, policy, lams, channel, answer_model, stop, settled=settled)
+    correct = p.label == np.asarray(truth)[:, None]
+    return PolicyPaths(p.bound if settled else p.conf, correct, p.q)
+
+
+@dataclass(frozen=True)
+class StopPaths:
+    """τ = 1 paths traced point by point (column 0 before any question): conf (B, S) the max posterior, bound
+    (B, S) the settled bound (None unless asked for), label (B, S) the class index on top, q (B, S) the prompts
+    spent; NaN / -1 after each path's last point. What :func:`engine.core.stopping.choose_threshold` reads."""
+
+    conf: np.ndarray
+    bound: np.ndarray | None
+    label: np.ndarray
+    q: np.ndarray
+
+
+def trace_stop_paths(sims: np.ndarray, system: AttributeSystem, policy: Any, lams: np.ndarray, channel: Any,
+                     answer_model: Any = None, stop: Any = None, settled: bool = False) -> StopPaths:
+    """One run of the loop at τ = 1 and δ = 0 (``stop``: a StopRule with only a budget, or None), traced."""
     from engine.core.adaptive import NO_STOP, classify_batch
+    from engine.core.scoring import shortlist
 
     stop = NO_STOP if stop is None else stop
-    if stop.tau != 1.0 or stop.delta != 0:
-        raise ValueError("trace_paths: a path is traced at τ = 1 and δ = 0 (τ only cuts it short)")
+    if stop.tau != 1.0 or stop.delta != 0 or stop.settle != 1.0:
+        raise ValueError("trace_paths: a path is traced at τ = 1, δ = 0 and no settle (they only cut it short)")
     res = classify_batch(ArraySource(sims, system), system, policy, stop=stop, logit_scale=lams, channel=channel,
                          top_k=1, trace=True, answer_model=answer_model)
-    B, C = len(truth), system.n_classes
+    B, C = len(res), system.n_classes
     S = 1 + max((len(r.steps) for r in res), default=0)
-    conf, correct, q = np.full((B, S), np.nan), np.zeros((B, S), bool), np.full((B, S), -1, dtype=np.int64)
-    conf[:, 0], correct[:, 0], q[:, 0] = 1.0 / C, np.asarray(truth) == 0, 0  # the uniform prior: class 0 on top
+    conf, label, q = np.full((B, S), np.nan), np.full((B, S), -1, dtype=np.int64), np.full((B, S), -1, dtype=np.int64)
+    conf[:, 0], label[:, 0], q[:, 0] = 1.0 / C, 0, 0  # the uniform prior: class 0 on top
     if answer_model is not None:
-        from engine.core.scoring import shortlist
-
         prior = np.exp(answer_model.log_prior(1))
         top = int(shortlist(prior, 1)[0, 0])
-        conf[:, 0], correct[:, 0] = prior[0, top], np.asarray(truth) == top
+        conf[:, 0], label[:, 0] = prior[0, top], top
+    index = {c: k for k, c in enumerate(system.classes)}
     for i, r in enumerate(res):
-        for j, s in enumerate(r.steps, start=1):
-            conf[i, j] = s.confidence_after
-            correct[i, j] = s.top[0][0] == system.classes[truth[i]]
-            q[i, j] = s.q_spent
-    if settled:
-        conf = _settled_column(sims, system, res, answer_model, conf)
-    return PolicyPaths(conf, correct, q)
+        for j, st in enumerate(r.steps, start=1):
+            conf[i, j], label[i, j], q[i, j] = st.confidence_after, index[st.top[0][0]], st.q_spent
+    bound = _settled_column(sims, system, res, answer_model, conf) if settled else None
+    return StopPaths(conf, bound, label, q)
 
 
 def _settled_column(sims: np.ndarray, system: AttributeSystem, res: list, answer_model: Any,

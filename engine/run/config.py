@@ -210,6 +210,8 @@ class RunConfig:
             raise ValueError(f"scorer == {self.scorer!r}, must be one of {list(SCORERS)}")
         _whole("top_k", self.top_k, 1, optional=False)
         self.stop_rule()  # validates τ, δ, the budget and settle
+        if self.settle not in (None, "auto"):
+            object.__setattr__(self, "settle", float(self.settle))  # e.g. a numpy float: JSON-able in summaries
         check_eps(self.eps)
         if self.logit_scale is not None:
             check_logit_scale(self.logit_scale)

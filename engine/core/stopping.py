@@ -1,0 +1,87 @@
+"""Choosing a stop rule's threshold on traced paths: where a threshold on a statistic stops each path, and the
+smallest threshold that changes almost no answer (``--settle auto``; the bench's τ and settle rows).
+
+Pure numpy. A *path* is one image's τ = 1 run of the loop, traced point by point: column 0 before any question,
+then one column per question asked, NaN (or -1) after its last point. ``stat`` (B, S) is what the stop compares
+with its threshold at each point (the confidence, or the settled bound); ``label`` (B, S) the label there; ``q``
+(B, S) the prompts spent by then. A threshold of 1 or more never fires, as in the loop (``StopRule``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: settle thresholds ``--settle auto`` tries (1, never stopping settled, is what the rule falls back to)
+SETTLE_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+#: at most this share of dev images may end on another label than without the stop
+STOP_MARGIN = 0.01
+
+
+def first_stop(stat: np.ndarray, threshold: float, before: np.ndarray | None = None) -> np.ndarray:
+    """(B,) the column where each path stops: its first point with ``stat`` ≥ ``threshold`` (never when the
+    threshold is ≥ 1) or with ``before`` True (points where the run stops anyway, e.g. on confidence), else its
+    last point. stat : (B, S), NaN after a path's last point; before : (B, S) bool or None."""
+    stat = np.asarray(stat, dtype=np.float64)
+    ok = ~np.isnan(stat)
+    last = np.maximum(ok.sum(axis=1) - 1, 0)
+    hit = np.zeros(stat.shape, dtype=bool) if before is None else ok & np.asarray(before, dtype=bool)
+    if threshold < 1.0:
+        hit |= ok & (np.nan_to_num(stat, nan=-np.inf) >= threshold - 1e-12)
+    return np.where(hit.any(axis=1), np.argmax(hit, axis=1), last)
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A threshold chosen on traced paths (:func:`choose_threshold`).
+
+    threshold : the chosen one (1.0: none passed, the stop never fires). margin : the share of paths allowed to
+    end on another label. agreement : the share that end on the same label at it; n_images : paths. mean_q,
+    mean_q_without : mean prompts spent with the stop at ``threshold`` and without it. table : ((threshold,
+    agreement, mean_q), ...) for every threshold tried, then 1.0.
+    """
+
+    threshold: float
+    margin: float
+    agreement: float
+    n_images: int
+    mean_q: float
+    mean_q_without: float
+    table: tuple
+
+
+def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid=SETTLE_GRID,
+                     margin: float = STOP_MARGIN, before: np.ndarray | None = None) -> ThresholdChoice:
+    """The smallest threshold on ``grid`` from which on every threshold on the grid leaves at least 1 − ``margin``
+    of the paths on the label they end with without this stop (at their first ``before`` point, else their last).
+
+    "From which on": agreement is not monotone in the threshold (one image more or less), and the smallest
+    threshold that passes once may pass by luck; requiring every larger one to pass too does not. Then the stopped
+    accuracy is within ``margin`` of the accuracy without the stop, whichever way the changed labels go.
+
+    stat, q : (B, S) float, label : (B, S) int, before : (B, S) bool or None — see the module docstring.
+    """
+    stat = np.asarray(stat, dtype=np.float64)
+    label, q = np.asarray(label), np.asarray(q, dtype=np.float64)
+    if not (stat.ndim == 2 and stat.shape == label.shape == q.shape and stat.shape[1] >= 1):
+        raise ValueError(f"stat, label and q should be (B, S) arrays of one shape, got {stat.shape}, {label.shape} "
+                         f"and {q.shape}")
+    if not 0.0 <= float(margin) < 1.0:
+        raise ValueError(f"margin == {margin!r}, must be in [0, 1)")
+    B = stat.shape[0]
+    rows = np.arange(B)
+    base = first_stop(stat, 1.0, before)
+    mean_q_without = float(q[rows, base].mean()) if B else 0.0
+    table = []
+    for t in sorted({float(t) for t in grid if float(t) < 1.0}) + [1.0]:
+        at = first_stop(stat, t, before)
+        agree = float((label[rows, at] == label[rows, base]).mean()) if B else 1.0
+        table.append((t, agree, float(q[rows, at].mean()) if B else 0.0))
+    ok = [a >= 1.0 - margin - 1e-12 for _, a, _ in table]
+    j = len(table) - 1
+    while j > 0 and ok[j - 1]:
+        j -= 1
+    t, agree, mq = table[j]
+    return ThresholdChoice(threshold=t, margin=float(margin), agreement=agree, n_images=int(B), mean_q=mq,
+                           mean_q_without=mean_q_without, table=tuple(table))
