@@ -422,3 +422,70 @@ def test_calibrate_says_what_settle_auto_will_choose_when_it_can(lda_calibration
     assert line.startswith(f"settle auto (fixed, τ=0.9, budget none): {want.threshold:g} chosen on the "
                            f"calibration's {want.n_images} cross-fitted dev images")
     assert settle_summary(cals["lr"], system) is None
+
+
+def test_a_threshold_that_passes_by_luck_below_one_that_fails_is_not_chosen():
+    """100 three-point paths that all end on label 0. Path E would stop at 0.5 on label 1; paths C and D get past
+    0.5 on label 0 and would stop at 0.6 on label 1. So 0.5 keeps 99 (passes), 0.6 keeps 98 (fails), 0.7 and up
+    keep all: the rule takes 0.7, not the 0.5 that passed once."""
+    from engine.core.stopping import choose_threshold
+
+    stat = np.tile([0.75, 0.8, 1.0], (100, 1))
+    label = np.zeros((100, 3), dtype=int)
+    q = np.tile([0.0, 5.0, 10.0], (100, 1))
+    stat[0], label[0] = [0.52, 0.3, 1.0], [1, 0, 0]  # E
+    stat[1], label[1] = [0.55, 0.65, 1.0], [0, 1, 0]  # C
+    stat[2], label[2] = [0.55, 0.62, 1.0], [0, 1, 0]  # D
+    got = choose_threshold(stat, label, q, grid=(0.5, 0.6, 0.7, 0.8))
+    shares = {t: a for t, a, _ in got.table}
+    assert shares == {0.5: 0.99, 0.6: 0.98, 0.7: 1.0, 0.8: 1.0, 1.0: 1.0}  # pass, fail, pass
+    assert got.threshold == 0.7 and got.agreement == 1.0
+
+
+def test_first_stop_reads_the_last_point_that_is_not_nan_and_refuses_bad_shapes():
+    from engine.core.stopping import choose_threshold, first_stop
+
+    stat = np.array([[0.2, np.nan, 0.3], [np.nan, np.nan, np.nan], [0.95, 0.96, np.nan]])
+    np.testing.assert_array_equal(first_stop(stat, 0.5), [2, 0, 0])
+    np.testing.assert_array_equal(first_stop(stat, 1.0), [2, 0, 1])  # 1: never on the statistic
+    np.testing.assert_array_equal(first_stop(stat, 0.96), [2, 0, 1])  # ≥, exactly as the loop compares
+    np.testing.assert_array_equal(first_stop(stat, 1.0, before=np.array([[0, 0, 1], [1, 1, 1], [0, 1, 0]], bool)),
+                                  [2, 0, 1])
+    with pytest.raises(ValueError, match="before should have stat's shape"):
+        first_stop(stat, 0.5, before=np.ones(3, bool))
+    with pytest.raises(ValueError, match=r"\(B, S\) array"):
+        first_stop(np.ones(3), 0.5)
+    empty = choose_threshold(np.zeros((0, 2)), np.zeros((0, 2), int), np.zeros((0, 2)))
+    assert empty.threshold == 1.0 and empty.n_images == 0  # no path, no evidence: never
+
+
+def test_settle_auto_refuses_runs_its_dev_paths_do_not_describe(lda_calibrations):
+    from engine.run.calibrated import CalibrationUse
+    from engine.run.calibration_file import CalibrationError
+    from engine.run.config import RunConfig
+
+    system, _, _, cals, _ = lda_calibrations
+    use = CalibrationUse(cals["auto"], system)
+    with pytest.raises(CalibrationError, match="traced without δ.*--delta 0.2"):
+        use.plan(RunConfig(policy="fixed", settle="auto", delta=0.2), 100.0)
+    with pytest.raises(CalibrationError, match="random order of seed 0, not seed 3"):
+        use.plan(RunConfig(policy="random", seed=3, settle="auto"), 100.0)
+    assert use.plan(RunConfig(policy="random", settle="auto"), 100.0).stop.settle <= 1.0  # seed 0: traced
+    from engine.run.calibrated import CalibrationWarning
+
+    with pytest.warns(CalibrationWarning, match="delta 0.2"):  # δ with a Gaussian warns, as before; a number is
+        assert use.plan(RunConfig(policy="fixed", settle=0.9, delta=0.2), 100.0).stop.settle == 0.9  # as given
+
+
+def test_a_traced_path_starts_on_the_answer_models_prior():
+    from engine.run.calibration_file import trace_stop_paths
+    from systems import load_system
+
+    system = load_system("pokemon15")
+    sizes = np.asarray(system.option_counts)
+    post = random_gaussian(sizes, system.n_classes, 9)
+    top = int(np.argmax(post.log_prior_c))
+    assert top != 0
+    p = trace_stop_paths(np.zeros((2, int(sizes.sum()))), system, "fixed", np.full(system.n_groups, 100.0), None,
+                         post, settled=True)
+    assert (p.label[:, 0] == top).all() and np.allclose(p.conf[:, 0], np.exp(post.log_prior(1)).max())

@@ -119,8 +119,8 @@ def calibrate_cmd(args) -> int:
 
 
 def settle_summary(cal, system) -> str | None:
-    """What ``--settle auto`` will choose with this calibration's default policy (auto, else fixed) and no budget,
-    or None when it cannot (no Gaussian posterior, or no cross-fitted select part)."""
+    """What ``--settle auto`` will choose with ``--policy auto`` (fixed for a file without the auto choice), τ 0.9
+    and no budget, or None when it cannot (no Gaussian posterior, or no cross-fitted select part)."""
     if not (hasattr(cal.answer_model(system), "settled_probability") and cal.crossfit):
         return None
     from engine.cli.options import settle_line

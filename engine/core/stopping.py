@@ -24,11 +24,18 @@ def first_stop(stat: np.ndarray, threshold: float, before: np.ndarray | None = N
     threshold is ≥ 1) or with ``before`` True (points where the run stops anyway, e.g. on confidence), else its
     last point. stat : (B, S), NaN after a path's last point; before : (B, S) bool or None."""
     stat = np.asarray(stat, dtype=np.float64)
+    if stat.ndim != 2 or stat.shape[1] < 1:
+        raise ValueError(f"stat should be a (B, S) array with S >= 1, got shape {stat.shape}")
     ok = ~np.isnan(stat)
-    last = np.maximum(ok.sum(axis=1) - 1, 0)
-    hit = np.zeros(stat.shape, dtype=bool) if before is None else ok & np.asarray(before, dtype=bool)
+    last = np.where(ok.any(axis=1), stat.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1), 0)  # the last non-NaN point
+    hit = np.zeros(stat.shape, dtype=bool)
+    if before is not None:
+        before = np.asarray(before, dtype=bool)
+        if before.shape != stat.shape:
+            raise ValueError(f"before should have stat's shape {stat.shape}, got {before.shape}")
+        hit |= ok & before
     if threshold < 1.0:
-        hit |= ok & (np.nan_to_num(stat, nan=-np.inf) >= threshold - 1e-12)
+        hit |= ok & (np.nan_to_num(stat, nan=-np.inf) >= threshold)  # exactly the loop's comparison
     return np.where(hit.any(axis=1), np.argmax(hit, axis=1), last)
 
 
@@ -54,7 +61,8 @@ class ThresholdChoice:
 def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid=SETTLE_GRID,
                      margin: float = STOP_MARGIN, before: np.ndarray | None = None) -> ThresholdChoice:
     """The smallest threshold on ``grid`` from which on every threshold on the grid leaves at least 1 − ``margin``
-    of the paths on the label they end with without this stop (at their first ``before`` point, else their last).
+    of the paths on the label they end with without this stop (at their first ``before`` point, else their last);
+    1 (never) without any path.
 
     "From which on": agreement is not monotone in the threshold (one image more or less), and the smallest
     threshold that passes once may pass by luck; requiring every larger one to pass too does not. Then the stopped
@@ -80,7 +88,7 @@ def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid
         table.append((t, agree, float(q[rows, at].mean()) if B else 0.0))
     ok = [a >= 1.0 - margin - 1e-12 for _, a, _ in table]
     j = len(table) - 1
-    while j > 0 and ok[j - 1]:
+    while B and j > 0 and ok[j - 1]:  # no path, no evidence: never
         j -= 1
     t, agree, mq = table[j]
     return ThresholdChoice(threshold=t, margin=float(margin), agreement=agree, n_images=int(B), mean_q=mq,

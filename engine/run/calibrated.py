@@ -103,16 +103,17 @@ class CalibrationUse:
                                f"similarities not yet seen ({where}); make one with 'twentyq calibrate --posterior "
                                "gaussian', or drop --settle")
 
-    def settle_choice(self, config: RunConfig, tau: float | None = None) -> Any:
+    def settle_choice(self, config: RunConfig) -> Any:
         """The :class:`engine.core.stopping.ThresholdChoice` for ``settle="auto"`` (None otherwise), from the
-        calibration's cross-fitted dev paths of the config's policy and budget, with the run's τ (``tau``: the one
-        a target accuracy chose; default ``config.tau``) as the confidence stop beside it (memoised by the
-        calibration)."""
+        calibration's cross-fitted dev paths of the config's policy, τ and budget (memoised by the calibration;
+        :func:`engine.run.calibration_file.settle_choice`, which refuses settings its paths do not describe).
+        (``--target-accuracy``, whose τ would replace ``config.tau``, does not combine with settle.)"""
         if config.mode != "adaptive" or config.settle != "auto":
             return None
+        from engine.run.calibration_file import settle_choice
+
         self.check_settle(config)
-        return self.calibration.settle_for(config.policy, config.budget, self.system,
-                                           config.tau if tau is None else tau)
+        return settle_choice(self.calibration, config, self.system)
 
     def target_choice(self, config: RunConfig) -> Any:
         """The :class:`engine.core.channel_fit.TauChoice` for ``config.target_accuracy`` (None without one),
@@ -148,8 +149,7 @@ class CalibrationUse:
             if choice is not None:
                 stop = replace(stop, tau=choice.tau)
             if config.settle == "auto":
-                self.check_settle(config)
-                stop = replace(stop, settle=self.settle_choice(config, stop.tau).threshold)
+                stop = replace(stop, settle=self.settle_choice(config).threshold)
         self.check_settle(config)
         if not self.applies(config):
             lam = logit_scale if config.logit_scale is None else config.logit_scale

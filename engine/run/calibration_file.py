@@ -451,7 +451,7 @@ class Calibration:
                                                                settled=True)
         if key not in self._replayed:
             p = self._replayed[paths_key]
-            before = (p.conf >= tau - 1e-12) if tau < 1.0 else None
+            before = (np.nan_to_num(p.conf, nan=-np.inf) >= tau) if tau < 1.0 else None  # the loop's comparison
             self._replayed[key] = choose_threshold(p.bound, p.label, p.q, grid=SETTLE_GRID, before=before)
         return self._replayed[key]
 
@@ -869,16 +869,29 @@ def target_choice(cal: Calibration | None, config: Any, system: AttributeSystem 
 
 def settle_value(cal: Calibration | None, config: Any, system: AttributeSystem) -> float | None:
     """The settled stop's threshold a run of ``config`` uses: None without one, the number given, or for "auto"
-    the calibration's choice (:meth:`Calibration.settle_for`; a CalibrationError without a calibration)."""
+    the calibration's choice (:func:`settle_choice`)."""
     settle = getattr(config, "settle", None)
     if settle is None or getattr(config, "mode", "adaptive") != "adaptive":
         return None
-    if settle != "auto":
-        return float(settle)
+    return float(settle) if settle != "auto" else settle_choice(cal, config, system).threshold
+
+
+def settle_choice(cal: Calibration | None, config: Any, system: AttributeSystem) -> Any:
+    """``--settle auto``'s :class:`engine.core.stopping.ThresholdChoice` for ``config`` (its policy, τ and budget;
+    :meth:`Calibration.settle_for`). A CalibrationError, naming the fix, where the calibration's dev paths are not
+    the run's: no calibration, δ (the paths are traced without it), or the random policy with a seed other than
+    the traced one."""
+    fix = "or pass a number to --settle"
     if cal is None:
-        raise CalibrationError("--settle auto needs a Gaussian few-shot calibration: add --calibration cal.json "
-                               "(made by 'twentyq calibrate'), or pass a number to --settle")
-    return cal.settle_for(config.policy, config.budget, system, config.tau).threshold
+        raise CalibrationError(f"--settle auto needs a Gaussian few-shot calibration: add --calibration cal.json "
+                               f"(made by 'twentyq calibrate'), {fix}")
+    if getattr(config, "delta", 0) != 0:
+        raise CalibrationError(f"--settle auto chooses its threshold on dev paths traced without δ, which would not "
+                               f"describe a run with --delta {config.delta:g}; drop --delta, {fix}")
+    if config.policy == "random" and getattr(config, "seed", 0) != 0:
+        raise CalibrationError(f"--settle auto with --policy random: the calibration traced the random order of seed "
+                               f"0, not seed {config.seed}; use --seed 0, another policy, {fix}")
+    return cal.settle_for(config.policy, config.budget, system, config.tau)
 
 
 def choice_dict(choice: TauChoice | None, config: Any) -> dict[str, Any] | None:
