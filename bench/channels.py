@@ -51,7 +51,7 @@ from engine.core.metrics import accuracy_ci, bootstrap_weights, budget_aucs, bud
 from engine.core.scoring import build_channel, expected_information_gain
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
-from engine.run.calibration_file import fit_answer_model, trace_paths, trace_stop_paths
+from engine.run.calibration_file import StopPaths, fit_answer_model, trace_paths, trace_stop_paths
 from policies import Policy, PolicyState, get_policy
 from policies.base import masked_argmax
 from policies.experimental import BudgetPlanPolicy
@@ -643,14 +643,11 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
     parts = []
     for te, _, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive"),
                                    gaussian=policy.startswith("G ")):
-        p = trace_stop_paths(dev.sims[te], dev.system, make_policy(pol), fitted["lams"], fitted["channel"], am,
-                             settled=settled)
-        parts.append((te, p.bound if settled else p.conf, p.label, p.q))
-    S = max(x.shape[1] for _, x, _, _ in parts)
-    stat, label, q = np.full((dev.n, S), np.nan), np.full((dev.n, S), -1), np.full((dev.n, S), -1.0)
-    for te, x, lab, qq in parts:
-        stat[te, :x.shape[1]], label[te, :x.shape[1]], q[te, :x.shape[1]] = x, lab, qq
-    choice = STOP.choose_threshold(stat, label, q, grid=SETTLE_GRID if settled else TAU_GRID, margin=margin)
+        parts.append((te, trace_stop_paths(dev.sims[te], dev.system, make_policy(pol), fitted["lams"],
+                                           fitted["channel"], am, settled=settled)))
+    p = StopPaths.stack(parts, dev.n)
+    choice = STOP.choose_threshold(p.bound if settled else p.conf, p.label, p.q,
+                                   grid=SETTLE_GRID if settled else TAU_GRID, margin=margin)
     return {"tau": choice.threshold, "dev_agreement": choice.agreement, "dev_mean_q": choice.mean_q}
 
 

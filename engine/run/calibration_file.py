@@ -421,15 +421,7 @@ class Calibration:
         parts = [(idx, trace_stop_paths(self.select.sims[idx], system, self.policy_object(policy, order), lams, ch, am,
                                         stop, settled=settled))
                  for idx, lams, ch, am, order in self.fold_runs(system) if len(idx)]
-        B, S = len(self.select.truth), max(p.conf.shape[1] for _, p in parts)
-        conf, label, q = np.full((B, S), np.nan), np.full((B, S), -1, dtype=np.int64), np.full((B, S), -1, dtype=np.int64)
-        bound = np.full((B, S), np.nan) if settled else None
-        for idx, p in parts:
-            s = p.conf.shape[1]
-            conf[idx, :s], label[idx, :s], q[idx, :s] = p.conf, p.label, p.q
-            if settled:
-                bound[idx, :s] = p.bound
-        return StopPaths(conf, bound, label, q)
+        return StopPaths.stack(parts, len(self.select.truth))
 
     def settle_for(self, policy: str, budget: int | None, system: AttributeSystem, tau: float = 1.0) -> Any:
         """The settled stop's threshold for ``policy`` under ``budget`` and confidence stop ``tau`` (``--settle
@@ -1094,6 +1086,22 @@ class StopPaths:
     bound: np.ndarray | None
     label: np.ndarray
     q: np.ndarray
+
+    @classmethod
+    def stack(cls, parts: list[tuple[Any, "StopPaths"]], n_images: int) -> "StopPaths":
+        """One (n_images, S) set from parts traced on subsets of the images ([(rows, StopPaths)]: rows an index or
+        mask into the n_images), each padded to the longest path; bound kept when every part has it."""
+        S = max(p.conf.shape[1] for _, p in parts)
+        settled = all(p.bound is not None for _, p in parts)
+        conf, label = np.full((n_images, S), np.nan), np.full((n_images, S), -1, dtype=np.int64)
+        q = np.full((n_images, S), -1, dtype=np.int64)
+        bound = np.full((n_images, S), np.nan) if settled else None
+        for rows, p in parts:
+            s = p.conf.shape[1]
+            conf[rows, :s], label[rows, :s], q[rows, :s] = p.conf, p.label, p.q
+            if settled:
+                bound[rows, :s] = p.bound
+        return cls(conf, bound, label, q)
 
 
 def trace_stop_paths(sims: np.ndarray, system: AttributeSystem, policy: Any, lams: np.ndarray, channel: Any,
