@@ -459,6 +459,13 @@ def test_serve_flags_errors_are_one_line_exit_2(capsys):
         assert main(["serve", flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"twentyq: error: {flag} == ") and "\n" not in err
+    # a calibration is read before the model loads: a wrong one costs a second, not a model load
+    assert main(["serve", "--calibration", "/nonexistent/cal.json", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibration '/nonexistent/cal.json': no such file" in err and "\n" not in err
+    assert main(["serve", "--calibration", "pokemon15_gen1.sprites", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "made for system 'pokemon15_gen1', which this server does not serve" in err and "\n" not in err
 
 
 def test_serve_port_in_use_is_exit_2(capsys):
@@ -889,3 +896,110 @@ def test_a_setting_the_calibration_cannot_serve_is_a_400_before_any_work(monkeyp
                            "scorer")
         assert "few-shot" in msg
         assert c.post("/v1/classify", files=parts(("a.png", RED))).status_code == 200
+
+
+# --------------------------------------------------------------------------- twentyq serve --calibration
+@pytest.fixture(scope="module")
+def lda_world(tmp_path_factory):
+    """A 4-class system whose images' similarities come from a true LDA model (SimEncoder: each noise PNG answers
+    its row), its Gaussian and LR few-shot calibrations fitted on the even images, saved with the system."""
+    import numpy as np
+
+    from engine.run.calibration_file import fit_calibration, save_calibration
+    from systems.io import save_system
+
+    from .strategies import make_system
+    from .support.encoders import SimEncoder
+    from .test_gaussian_posterior import lda_data
+
+    d = tmp_path_factory.mktemp("lda_world")
+    sims, truth, sizes, C = lda_data(5, 30)
+    sims = sims / np.linalg.norm(sims, axis=1, keepdims=True)  # what the engine sees: cosines of unit rows
+    rules = [tuple(frozenset([(k + j) % int(s)]) for j, s in enumerate(sizes)) for k in range(C)]
+    system = make_system(rules, sizes, name="lda")
+    images = [noise_image(5000 + i, size=(6, 5)) for i in range(len(truth))]
+    enc = SimEncoder(system, {SimEncoder.key(im): row for im, row in zip(images, sims)})
+    dev = np.arange(len(truth)) % 2 == 0
+    kw = dict(lam0=100.0, eps=0.05, model="sim", model_id=enc.model_id, policies=["fixed"], setting="few-shot",
+              auto=False)
+    cals = {p: fit_calibration(sims[dev], truth[dev], system, posterior=p, **kw) for p in ("gaussian", "lr")}
+    files = {p: save_calibration(c, d / f"{p}.json").path for p, c in cals.items()}
+    return {"system": system, "system_file": str(save_system(system, d / "lda.json")), "encoder": enc,
+            "test_images": [im for im, x in zip(images, dev) if not x], "files": files,
+            "cals": {p: load_calibration_file(f) for p, f in files.items()}}
+
+
+def load_calibration_file(path):
+    from engine.run.calibration_file import load_calibration
+
+    return load_calibration(path)
+
+
+def test_each_calibration_goes_to_the_served_system_it_was_made_for(lda_world, monkeypatch):
+    from engine.run.config import EncoderSpec
+    from engine.serve.app import calibrations_by_system, load_classifiers
+
+    from .support.encoders import SimEncoder
+
+    g, lr = lda_world["files"]["gaussian"], lda_world["files"]["lr"]
+    assert set(calibrations_by_system((g,), ["colours", "lda"])) == {"lda"}
+    assert calibrations_by_system((), ["lda"]) == {}
+    with pytest.raises(ValueError, match=r"made for system 'lda', which this server does not serve .*add --system lda"):
+        calibrations_by_system((g,), ["colours"])
+    with pytest.raises(ValueError, match="two calibrations for system 'lda'"):
+        calibrations_by_system((g, lr), ["lda"])
+    with pytest.raises(ValueError, match="no such file, nor a calibration shipped"):
+        calibrations_by_system(("/nonexistent/cal.json",), ["lda"])
+    with pytest.raises(ValueError, match="--calibration"):
+        ServeSettings(systems=("lda",), calibrations=(" ",))
+    # load_classifiers hands each served system its own calibration (checked against the model), the others none
+    monkeypatch.setattr(EncoderSpec, "load", lambda self: lda_world["encoder"])
+    settings = ServeSettings(encoder=EncoderSpec(model="sim"), systems=(lda_world["system_file"], "pokemon15"),
+                             calibrations=(g,))
+    clfs = load_classifiers(settings, warm=False)
+    assert clfs["lda"].calibration.sha256 == lda_world["cals"]["gaussian"].sha256
+    assert clfs["pokemon15"].calibration is None
+    other = SimEncoder(lda_world["system"], lda_world["encoder"].rows, model_id="other@2")
+    monkeypatch.setattr(EncoderSpec, "load", lambda self: other)
+    with pytest.raises(ValueError, match="was fitted for model 'sim'"):
+        load_classifiers(settings, warm=False)
+
+
+def test_a_served_calibration_answers_as_the_classifier_does_with_settle_and_target_accuracy(lda_world):
+    from fastapi.testclient import TestClient
+
+    from engine.run.config import EncoderSpec
+
+    enc, system = lda_world["encoder"], lda_world["system"]
+
+    def app(cal):  # a system's name is part of what a calibration checks: one app per calibration
+        clfs = {"lda": Classifier(EncoderSpec(model="sim"), system, encoder=enc, calibration=cal),
+                "colours": Classifier(system=COLOUR_SYSTEM, encoder=enc)}
+        return clfs, TestClient(create_app(ServeSettings(systems=tuple(clfs)), clfs), raise_server_exceptions=False)
+
+    imgs = lda_world["test_images"][:12]
+    body = {"images": [b64(im) for im in imgs]}
+    clfs, client = app(lda_world["cals"]["gaussian"])
+    with client as c:
+        info = {s["name"]: s["calibration"] for s in c.get("/v1/systems").json()["systems"]}
+        assert info["colours"] is None
+        assert info["lda"] == {"name": "gaussian.json", "sha256": lda_world["cals"]["gaussian"].sha256[:12],
+                               "setting": "few-shot", "posterior": "gaussian", "auto_policy": None}
+        stops = set()
+        for kw in ({"settle": "auto", "policy": "fixed", "tau": 1.0}, {"settle": 0.6, "policy": "fixed"},
+                   {"target_accuracy": 0.8, "policy": "fixed"}):
+            r = c.post("/v1/classify", json={**body, **kw, "system": "lda"})
+            assert r.status_code == 200, r.text
+            want = clfs["lda"].classify(imgs, RunConfig(**kw))
+            got = r.json()["results"]
+            assert [(x["label"], x["stop"], x["q_spent"]) for x in got] == [(w.label, w.stop, w.q_spent) for w in want]
+            stops |= {x["stop"] for x in got}
+        assert "settled" in stops
+        assert_error(c.post("/v1/classify", json={**body, "target_accuracy": 0.8, "system": "colours"}), 400,
+                     "invalid_parameter", "target_accuracy")
+    _, client = app(lda_world["cals"]["lr"])
+    with client as c:
+        assert c.get("/v1/systems").json()["systems"][0]["calibration"]["posterior"] == "lr"
+        msg = assert_error(c.post("/v1/classify", json={**body, "settle": 0.9, "system": "lda"}), 400,
+                           "invalid_parameter", "settle")
+        assert "Gaussian few-shot calibration" in msg

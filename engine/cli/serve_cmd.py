@@ -29,6 +29,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", action="append", default=None, metavar="SYSTEM",
                    help="system name or JSON file to serve; repeat it or give a comma list (requests choose by "
                         "name; the first is the default; default pokemon15)")
+    p.add_argument("--calibration", action="append", default=None, metavar="CAL.json|NAME",
+                   help="a calibration made by 'twentyq calibrate' (or a shipped name) for this model and one of the "
+                        "served systems; that system's requests then use it (per-question λ, few-shot posterior, "
+                        "policy auto, settle and target_accuracy); repeat it for more systems")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
@@ -109,7 +113,8 @@ def serve_cmd(args) -> int:
         raise UsageError(f"--port {args.port}: must be 1..65535")
     with settings_errors():
         settings = ServeSettings(
-            encoder=encoder_spec(args), systems=_systems(args.system), max_batch=args.max_batch,
+            encoder=encoder_spec(args), systems=_systems(args.system),
+            calibrations=tuple(args.calibration or ()), max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, max_images=args.max_images, max_bytes=args.max_bytes,
             max_pixels=args.max_pixels, timeout_s=args.timeout_s, max_decode_memory=args.max_decode_memory,
             decode_wait_s=args.decode_wait_s, read_timeout_s=args.read_timeout_s,

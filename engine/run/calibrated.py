@@ -67,13 +67,14 @@ class CalibrationUse:
     def check(self, config: RunConfig) -> None:
         """A CalibrationError (one line, the fix) for settings the calibration cannot serve: a few-shot
         posterior needs the bayes scorer and no shortlist; a calibration moved to other classes has no auto
-        choice, dev order or τ table."""
+        choice, dev order or τ table; a target accuracy needs a calibration (its τ table, memoised for the plan)."""
         self.check_settle(config)
+        if config.mode == "adaptive":
+            self.target_choice(config)  # a target accuracy without a calibration, or moved with it: refused by name
         if self.applies(config) and config.mode == "adaptive" and self.calibration.moved_to:
             from engine.run.calibration_file import resolve_policy
 
             resolve_policy(self.calibration, config)  # auto, dev-order: refused by name
-            self.target_choice(config)  # a target accuracy: likewise
         if not self.applies(config) or self.answer_model is None:
             return
         am = self.answer_model

@@ -65,7 +65,7 @@ from systems import load_system
 
 log = logging.getLogger("twentyq.serve")
 
-RUN_FIELDS = ("budget", "tau", "delta", "settle", "policy", "scorer", "shortlist", "top_k")
+RUN_FIELDS = ("budget", "tau", "delta", "settle", "target_accuracy", "policy", "scorer", "shortlist", "top_k")
 STATIC = Path(__file__).with_name("static")  # the page: plain HTML/CSS/JS, package data, no build step
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 415, 500, 503, 504)}
 # The page (``/`` and ``/static/*``) loads only its own script and style, shows the picked file as a
@@ -115,11 +115,48 @@ def load_classifiers(settings: ServeSettings, *, warm: bool = True) -> dict[str,
     if dup:
         raise ValueError(f"--system: two systems are named {dup[0]!r}; requests pick a system by name, so "
                          "serve systems with distinct names")
+    cals = calibrations_by_system(settings.calibrations, names)  # read and matched before the model loads
     encoder = settings.encoder.load()
-    classifiers = {s.name: Classifier(settings.encoder, s, encoder=encoder) for s in systems}
+    classifiers = {s.name: Classifier(settings.encoder, s, encoder=encoder, calibration=cals.get(s.name))
+                   for s in systems}
     if warm:
         warm_up(classifiers)
     return classifiers
+
+
+def calibrations_by_system(calibrations: tuple[str, ...], served: list[str]) -> dict[str, Any]:
+    """{served system name: Calibration}: each of ``calibrations`` (files or shipped names) read and given to the
+    served system it was made for, by the system name it records. A ValueError (one line, the fix) for one made
+    for a system not served, or two for the same system. The Classifier then checks it against that system and
+    the model (CalibrationMismatch, also a ValueError)."""
+    from engine.run.calibration_file import load_calibration
+
+    out: dict[str, Any] = {}
+    for ref in calibrations:
+        cal = load_calibration(ref)
+        name = cal.system_name
+        if name not in served:
+            raise ValueError(f"--calibration {ref!r} was made for system {name!r}, which this server does not serve "
+                             f"(serving {served}); add --system {name} (its name or JSON file), or drop the calibration")
+        if name in out:
+            raise ValueError(f"--calibration: two calibrations for system {name!r} ({out[name].where()} and "
+                             f"{cal.where()}); a system uses one, so give one of them")
+        out[name] = cal
+    return out
+
+
+def calibration_info(cal: Any) -> dict[str, Any] | None:
+    """What ``GET /v1/systems`` says of a system's calibration (None without one): the file's name (not its
+    folder), its sha256 prefix, the setting, the few-shot posterior ("gaussian": serves ``settle``; "lr"; None in
+    the zero-shot setting) and the auto policy's choice (None: no choice recorded)."""
+    if cal is None:
+        return None
+    from engine.core.gaussian import GaussianPosterior
+
+    post = None if cal.few_shot is None else cal.few_shot.posterior
+    kind = None if post is None else "gaussian" if isinstance(post, GaussianPosterior) else "lr"
+    return {"name": Path(cal.path).name if cal.path else None, "sha256": (cal.sha256 or "")[:12] or None,
+            "setting": cal.setting, "posterior": kind, "auto_policy": cal.auto.get("choice") or None}
 
 
 def warm_up(classifiers: dict[str, Any]) -> None:
@@ -214,7 +251,9 @@ def _check_policy(clf: Any, config: RunConfig) -> None:
         if check is not None:
             check(config)
     except CalibrationError as e:
-        field = "settle" if "--settle" in str(e) else "shortlist" if config.shortlist else "scorer"
+        msg = str(e)
+        field = ("settle" if "--settle" in msg else "target_accuracy" if "--target-accuracy" in msg or
+                 "target accuracy" in msg else "shortlist" if config.shortlist else "scorer")
         raise ApiError(400, "invalid_parameter", str(e), field) from None
 
 
@@ -403,7 +442,8 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
             out.append({"name": name, "default": name == default_system, "n_classes": s.n_classes,
                         "n_groups": s.n_groups, "q_total": s.q_total, "classes": list(s.classes),
                         "groups": [g.name for g in s.groups],
-                        "has_class_name_group": NAME_GROUP in {g.name for g in s.groups}})
+                        "has_class_name_group": NAME_GROUP in {g.name for g in s.groups},
+                        "calibration": calibration_info(getattr(clf, "calibration", None))})
         return {"systems": out, "policies": list_policies(), "scorers": list(SCORERS)}
 
     @app.get("/v1/models", response_model=ModelsResponse, responses=_ERRORS, tags=["server"])

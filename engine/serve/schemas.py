@@ -61,6 +61,9 @@ class ClassifyParams(BaseModel):
     settle: NumberOrAuto | None = Field(
         None, description='with a Gaussian few-shot calibration: stop once the label would stay put with this '
                           'probability if every question left were asked; "auto": the one chosen on its dev images')
+    target_accuracy: Number | None = Field(
+        None, description="with a calibration: stop at the τ its dev images chose so that images stopping on "
+                          "confidence are right this often (a number in (0, 1)); instead of tau")
     policy: str | None = Field(None, description="question-choice policy (GET /v1/systems lists them)")
     scorer: str | None = Field(None, description='"bayes" (posterior) or "sum"')
     shortlist: Whole | None = Field(None, description="ask which of the top M class names fits, once few remain")
@@ -157,6 +160,14 @@ class Health(HealthPublic):
     decode_waiting: int = Field(description="requests waiting for decode memory")
 
 
+class CalibrationInfo(BaseModel):
+    name: str | None = Field(description="the calibration file's name (its folder is not shown)")
+    sha256: str | None = Field(description="the first 12 hex digits of the file's sha256")
+    setting: str = Field(description='"few-shot" or "zero-shot"')
+    posterior: str | None = Field(description='the few-shot posterior: "gaussian" (serves settle), "lr", or null')
+    auto_policy: str | None = Field(description="what policy=auto runs (chosen on its dev images); null: none recorded")
+
+
 class SystemInfo(BaseModel):
     name: str
     default: bool
@@ -166,6 +177,8 @@ class SystemInfo(BaseModel):
     classes: list[str]
     groups: list[str]
     has_class_name_group: bool
+    calibration: CalibrationInfo | None = Field(None, description="the calibration this system's requests use "
+                                                                  "(twentyq serve --calibration); null: none")
 
 
 class SystemsResponse(BaseModel):

@@ -40,6 +40,8 @@ class ServeSettings:
 
     encoder : the model to load (remote code only if its ``trust_remote_code`` is set, at start-up).
     systems : system names or JSON paths; the first is the default, requests pick one by its name.
+    calibrations : calibration files or shipped names (``twentyq calibrate``), each used by the served system it
+        was made for (its recorded system name); at most one per system.
     max_batch : images per model batch, gathered across concurrent requests (1: no batching).
     max_wait_ms : how long the first request of a batch waits for others to join it.
     max_images, max_bytes, max_pixels : per request, per request body, per image (read from the header).
@@ -54,6 +56,7 @@ class ServeSettings:
 
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     systems: tuple[str, ...] = ("pokemon15",)
+    calibrations: tuple[str, ...] = ()
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     max_images: int = DEFAULT_MAX_IMAGES
@@ -71,6 +74,9 @@ class ServeSettings:
         if not self.systems or not all(isinstance(s, str) and s.strip() for s in self.systems):
             raise ValueError(f"--system {list(self.systems)!r}: name at least one system (a shipped name or a "
                              "JSON file; `twentyq system list` lists the shipped ones)")
+        if not all(isinstance(c, str) and c.strip() for c in self.calibrations):
+            raise ValueError(f"--calibration {list(self.calibrations)!r}: give a file made by 'twentyq calibrate' or "
+                             "the name of a shipped calibration")
         _whole("--max-batch", self.max_batch, 1)
         _number("--max-wait-ms", self.max_wait_ms, 0)
         _whole("--max-images", self.max_images, 1)
