@@ -101,7 +101,7 @@ def test_classify_multipart_records_are_result_to_dict(client):
     r = client.post("/v1/classify?budget=5&tau=0.95", files=parts(*((n, png(i)) for n, i in imgs.items())))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"model", "system", "results", "timings"}
+    assert set(body) == {"model", "system", "stop_rule", "results", "timings"}
     assert body["model"] == "fake" and body["system"] == "colours"
     assert {"decode_ms", "queue_ms", "embed_ms", "classify_ms", "total_ms", "batch_images"} <= set(body["timings"])
     # exactly what the Python API (and `twentyq classify --json`) gives for the same images
@@ -466,6 +466,8 @@ def test_serve_flags_errors_are_one_line_exit_2(capsys):
     assert main(["serve", "--calibration", "pokemon15_gen1.sprites", "--port", str(free_port())]) == 2
     err = capsys.readouterr().err.strip()
     assert "made for system 'pokemon15_gen1', which this server does not serve" in err and "\n" not in err
+    assert main(["serve", "--calibration", "-", "--port", str(free_port())]) == 2
+    assert "does not read a calibration from standard input" in capsys.readouterr().err
 
 
 def test_serve_port_in_use_is_exit_2(capsys):
@@ -920,9 +922,10 @@ def lda_world(tmp_path_factory):
     images = [noise_image(5000 + i, size=(6, 5)) for i in range(len(truth))]
     enc = SimEncoder(system, {SimEncoder.key(im): row for im, row in zip(images, sims)})
     dev = np.arange(len(truth)) % 2 == 0
-    kw = dict(lam0=100.0, eps=0.05, model="sim", model_id=enc.model_id, policies=["fixed"], setting="few-shot",
-              auto=False)
-    cals = {p: fit_calibration(sims[dev], truth[dev], system, posterior=p, **kw) for p in ("gaussian", "lr")}
+    kw = dict(lam0=100.0, eps=0.05, model="sim", model_id=enc.model_id, policies=["fixed"])
+    cals = {"gaussian": fit_calibration(sims[dev], truth[dev], system, posterior="gaussian", setting="few-shot", **kw),
+            "lr": fit_calibration(sims[dev], truth[dev], system, posterior="lr", setting="few-shot", auto=False, **kw),
+            "zero-shot": fit_calibration(sims[dev], truth[dev], system, setting="zero-shot", auto=False, **kw)}
     files = {p: save_calibration(c, d / f"{p}.json").path for p, c in cals.items()}
     return {"system": system, "system_file": str(save_system(system, d / "lda.json")), "encoder": enc,
             "test_images": [im for im, x in zip(images, dev) if not x], "files": files,
@@ -935,7 +938,8 @@ def load_calibration_file(path):
     return load_calibration(path)
 
 
-def test_each_calibration_goes_to_the_served_system_it_was_made_for(lda_world, monkeypatch):
+def test_each_calibration_goes_to_the_served_system_it_was_made_for(lda_world, monkeypatch, capsys):
+    from engine.cli.app import main
     from engine.run.config import EncoderSpec
     from engine.serve.app import calibrations_by_system, load_classifiers
 
@@ -959,6 +963,10 @@ def test_each_calibration_goes_to_the_served_system_it_was_made_for(lda_world, m
     clfs = load_classifiers(settings, warm=False)
     assert clfs["lda"].calibration.sha256 == lda_world["cals"]["gaussian"].sha256
     assert clfs["pokemon15"].calibration is None
+    # every --calibration given reaches the server's settings (two for one system: refused before the model loads)
+    assert main(["serve", "--system", lda_world["system_file"], "--calibration", g, "--calibration", lr,
+                 "--port", str(free_port())]) == 2
+    assert "two calibrations for system 'lda'" in capsys.readouterr().err
     other = SimEncoder(lda_world["system"], lda_world["encoder"].rows, model_id="other@2")
     monkeypatch.setattr(EncoderSpec, "load", lambda self: other)
     with pytest.raises(ValueError, match="was fitted for model 'sim'"):
@@ -970,6 +978,8 @@ def test_a_served_calibration_answers_as_the_classifier_does_with_settle_and_tar
 
     from engine.run.config import EncoderSpec
 
+    from .strategies import make_system
+
     enc, system = lda_world["encoder"], lda_world["system"]
 
     def app(cal):  # a system's name is part of what a calibration checks: one app per calibration
@@ -980,11 +990,13 @@ def test_a_served_calibration_answers_as_the_classifier_does_with_settle_and_tar
     imgs = lda_world["test_images"][:12]
     body = {"images": [b64(im) for im in imgs]}
     clfs, client = app(lda_world["cals"]["gaussian"])
+    cal = lda_world["cals"]["gaussian"]
     with client as c:
         info = {s["name"]: s["calibration"] for s in c.get("/v1/systems").json()["systems"]}
         assert info["colours"] is None
-        assert info["lda"] == {"name": "gaussian.json", "sha256": lda_world["cals"]["gaussian"].sha256[:12],
-                               "setting": "few-shot", "posterior": "gaussian", "auto_policy": None}
+        assert cal.auto["choice"]
+        assert info["lda"] == {"name": "gaussian.json", "sha256": cal.sha256[:12], "setting": "few-shot",
+                               "posterior": "gaussian", "auto_policy": cal.auto["choice"]}
         stops = set()
         for kw in ({"settle": "auto", "policy": "fixed", "tau": 1.0}, {"settle": 0.6, "policy": "fixed"},
                    {"target_accuracy": 0.8, "policy": "fixed"}):
@@ -995,6 +1007,27 @@ def test_a_served_calibration_answers_as_the_classifier_does_with_settle_and_tar
             assert [(x["label"], x["stop"], x["q_spent"]) for x in got] == [(w.label, w.stop, w.q_spent) for w in want]
             stops |= {x["stop"] for x in got}
         assert "settled" in stops
+        # what each request ran with: the choices the calibration made on its dev images
+        rule = c.post("/v1/classify", json={**body, "system": "lda", "policy": "auto", "settle": "auto"}).json()
+        assert rule["stop_rule"] == {"policy": f"auto ({cal.auto['choice']})", "tau": 0.9, "delta": 0.0,
+                                     "budget": None, "target": None,
+                                     "settle": cal.settle_for("auto", None, system, 0.9).threshold}
+        far = c.post("/v1/classify", json={**body, "system": "lda", "target_accuracy": 0.999, "policy": "fixed",
+                                           "budget": 5}).json()
+        assert far["stop_rule"]["target"] == {"target_accuracy": 0.999, "tau": 1.0, "reached": False}
+        assert far["stop_rule"]["tau"] == 1.0 and far["stop_rule"]["budget"] == 5 and far["stop_rule"]["settle"] is None
+        near = c.post("/v1/classify", json={**body, "system": "lda", "target_accuracy": 0.5, "policy": "fixed"}).json()
+        want = cal.tau_for("fixed", 0.5, None, system=system)
+        assert near["stop_rule"]["target"] == {"target_accuracy": 0.5, "tau": want.tau, "reached": True}
+        # what the dev paths cannot describe is a 400 naming the field, before any work; the file by its name only
+        for kw, field in (({"settle": "auto", "delta": 0.1}, "settle"), ({"target_accuracy": 1.5}, "target_accuracy"),
+                          ({"target_accuracy": "nan"}, "target_accuracy"),
+                          ({"target_accuracy": 0.8, "settle": 0.9}, "target_accuracy"), ({"scorer": "sum"}, "scorer")):
+            msg = assert_error(c.post("/v1/classify", json={**body, **kw, "system": "lda"}), 400, "invalid_parameter",
+                               field)
+            assert str(Path(lda_world["files"]["gaussian"]).parent) not in msg
+        assert "'gaussian.json'" in assert_error(c.post("/v1/classify", json={**body, "scorer": "sum", "system": "lda"}),
+                                                 400, "invalid_parameter", "scorer")
         assert_error(c.post("/v1/classify", json={**body, "target_accuracy": 0.8, "system": "colours"}), 400,
                      "invalid_parameter", "target_accuracy")
     _, client = app(lda_world["cals"]["lr"])
@@ -1003,3 +1036,14 @@ def test_a_served_calibration_answers_as_the_classifier_does_with_settle_and_tar
         msg = assert_error(c.post("/v1/classify", json={**body, "settle": 0.9, "system": "lda"}), 400,
                            "invalid_parameter", "settle")
         assert "Gaussian few-shot calibration" in msg
+    # a zero-shot calibration moved to a system with other classes (the same questions): only λ_g and the
+    # confusions move; a target accuracy and auto, chosen on the old classes, are 400s naming their field
+    moved = make_system(list(system.rules[:3]), system.option_counts, name="lda")
+    clf = Classifier(EncoderSpec(model="sim"), moved, encoder=enc, calibration=lda_world["cals"]["zero-shot"])
+    assert clf.calibration.moved_to
+    with TestClient(create_app(ServeSettings(systems=("lda",)), {"lda": clf}), raise_server_exceptions=False) as c:
+        assert c.get("/v1/systems").json()["systems"][0]["calibration"]["setting"] == "zero-shot"
+        assert_error(c.post("/v1/classify", json={**body, "target_accuracy": 0.8}), 400, "invalid_parameter",
+                     "target_accuracy")
+        assert_error(c.post("/v1/classify", json={**body, "policy": "auto"}), 400, "invalid_parameter", "policy")
+        assert c.post("/v1/classify", json={**body, "policy": "fixed"}).status_code == 200

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import log_softmax
 
+from engine.common.memo import BoundedMemo
 from engine.core import gaussian as GP
 from tests.test_gaussian_posterior import lda_calibrations, random_gaussian  # noqa: F401 (a fixture)
 
@@ -391,7 +392,7 @@ def test_settle_auto_resolves_in_the_plan_and_is_refused_where_it_cannot_be_chos
         settle_value(None, config, system)
     from dataclasses import replace as dc_replace
 
-    old = dc_replace(cals["auto"], select=None, crossfit=(), _replayed={})
+    old = dc_replace(cals["auto"], select=None, crossfit=(), _replayed=BoundedMemo())
     with pytest.raises(CalibrationError, match="holds no cross-fitted dev paths.*pass a number to --settle"):
         old.settle_for("fixed", None, system)
 
@@ -489,3 +490,15 @@ def test_a_traced_path_starts_on_the_answer_models_prior():
     p = trace_stop_paths(np.zeros((2, int(sizes.sum()))), system, "fixed", np.full(system.n_groups, 100.0), None,
                          post, settled=True)
     assert (p.label[:, 0] == top).all() and np.allclose(p.conf[:, 0], np.exp(post.log_prior(1)).max())
+
+
+def test_the_calibrations_memo_of_settle_choices_stays_bounded(lda_calibrations):
+    """A server's clients choose τ and budgets: the replays and choices kept per calibration are capped."""
+    system, _, _, cals, _ = lda_calibrations
+    cal = replace(cals["auto"], _replayed=BoundedMemo(limit=3))
+    first = cal.settle_for("fixed", None, system, 0.9)
+    for tau in (0.5, 0.6, 0.7, 0.8):
+        cal.settle_for("fixed", None, system, tau)
+    assert len(cal._replayed) == 3
+    again = cal.settle_for("fixed", None, system, 0.9)  # dropped, made again: the same choice
+    assert again is not first and again.threshold == first.threshold and again.agreement == first.agreement

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from engine.common.errors import OneLineWarning
+from engine.common.memo import BoundedMemo
 from engine.core.adaptive import NO_STOP, StopRule
 from engine.run.config import EncoderSpec, RunConfig
 from systems import AttributeSystem, baseline_system, load_system
@@ -58,7 +59,7 @@ class CalibrationUse:
         self.calibration, self.system = calibration, system
         self.channel = calibration.channel(system) if calibration is not None else None
         self.answer_model = calibration.answer_model(system) if calibration is not None else None
-        self._taus: dict[tuple, Any] = {}
+        self._taus = BoundedMemo()  # τ choices by (policy, target, budget, seed): a server's clients choose them
 
     def applies(self, config: RunConfig) -> bool:
         """Whether runs of ``config`` use the calibration (it fits the attribute system: adaptive and full)."""
@@ -69,8 +70,9 @@ class CalibrationUse:
         posterior needs the bayes scorer and no shortlist; a calibration moved to other classes has no auto
         choice, dev order or τ table; a target accuracy needs a calibration (its τ table, memoised for the plan)."""
         self.check_settle(config)
-        if config.mode == "adaptive":
-            self.target_choice(config)  # a target accuracy without a calibration, or moved with it: refused by name
+        if config.mode == "adaptive":  # a target accuracy or settle auto the calibration's dev paths cannot serve
+            self.target_choice(config)  # (none, moved, another seed): refused by name; both choices memoised
+            self.settle_choice(config)
         if self.applies(config) and config.mode == "adaptive" and self.calibration.moved_to:
             from engine.run.calibration_file import resolve_policy
 
@@ -124,9 +126,7 @@ class CalibrationUse:
         if config.target_accuracy is None:
             return None
         key = (config.policy, float(config.target_accuracy), config.budget, config.seed)  # seed: random's check
-        if key not in self._taus:
-            self._taus[key] = target_choice(self.calibration, config, self.system)
-        return self._taus[key]
+        return self._taus.get(key, lambda: target_choice(self.calibration, config, self.system))
 
     def plan(self, config: RunConfig, logit_scale: float) -> RunPlan:
         """How the loop runs ``config`` (:class:`RunPlan`), checked: a ValueError for a ``logit_scale``

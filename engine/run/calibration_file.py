@@ -100,6 +100,7 @@ import numpy as np
 
 from engine.common.errors import UserInputError
 from engine.common.files import hash_file, json_safe
+from engine.common.memo import BoundedMemo
 from engine.core import answer_models as AM, gaussian as GP
 from engine.core.adaptive import NAME_GROUP
 from engine.core.answer_models import FewShotModel
@@ -258,7 +259,9 @@ class Calibration:
     moved_to: dict[str, Any] = field(default_factory=dict)  # {system, sha256} once moved (:meth:`for_system`)
     crossfit: tuple = ()  # one FoldModel per fold of select.fold; () for a disjoint select part
     predictive: Any = None  # engine.core.predictive.PredictiveTerms: the few-shot posterior's own EIG (None: the channel's)
-    _replayed: dict = field(default_factory=dict, repr=False)  # (policy, budget) -> PolicyPaths, memoised
+    # memoised replays and threshold choices ((policy, budget) -> PolicyPaths, ...), bounded: a server's clients
+    # choose the budgets and τs
+    _replayed: BoundedMemo = field(default_factory=BoundedMemo, repr=False)
 
     # ------------------------------------------------------------------ use
     def channel(self, system: AttributeSystem):
@@ -333,7 +336,7 @@ class Calibration:
         self.check(system)
         if not self.transferred(system) or self.moved_to.get("sha256") == system_hash(system):
             return self
-        return replace(self, paths={}, select=None, crossfit=(), dev_order=None, auto={}, _replayed={},
+        return replace(self, paths={}, select=None, crossfit=(), dev_order=None, auto={}, _replayed=BoundedMemo(),
                        moved_to={"system": system.name, "sha256": system_hash(system)})
 
     def refuse_moved(self, what: str, fix: str) -> None:
@@ -379,15 +382,13 @@ class Calibration:
 
     def replay(self, policy: str, budget: int | None, system: AttributeSystem) -> PolicyPaths:
         """``policy``'s paths on the select part under ``budget``, traced by the loop itself (memoised)."""
-        key = (policy, budget)
-        if key not in self._replayed:
-            from engine.core.adaptive import StopRule
+        from engine.core.adaptive import StopRule
 
-            if self.select is None:
-                raise CalibrationError(f"calibration {self.where()} holds no select-part similarities (made by an "
-                                       "older twentyq); rerun 'twentyq calibrate'")
-            self._replayed[key] = self.select_paths(policy, system, stop=StopRule(budget=budget))
-        return self._replayed[key]
+        if self.select is None:
+            raise CalibrationError(f"calibration {self.where()} holds no select-part similarities (made by an "
+                                   "older twentyq); rerun 'twentyq calibrate'")
+        return self._replayed.get((policy, budget), lambda: self.select_paths(policy, system,
+                                                                            stop=StopRule(budget=budget)))
 
     def fold_runs(self, system: AttributeSystem) -> list[tuple[np.ndarray, Any, Any, Any, Any]]:
         """How the select images are traced: [(their indices, λ_g, channel, answer model, dev order)], one entry
@@ -437,15 +438,13 @@ class Calibration:
                                    "by an older twentyq); rerun 'twentyq calibrate', or pass a number to --settle")
         if policy == "auto":
             policy = self.auto_choice()
-        paths_key, key = ("settle paths", policy, budget), ("settle", policy, budget, float(tau))
-        if paths_key not in self._replayed:
-            self._replayed[paths_key] = self.select_stop_paths(policy, system, stop=StopRule(budget=budget),
-                                                               settled=True)
-        if key not in self._replayed:
-            p = self._replayed[paths_key]
+        def choose():
+            p = self._replayed.get(("settle paths", policy, budget), lambda: self.select_stop_paths(
+                policy, system, stop=StopRule(budget=budget), settled=True))
             before = (np.nan_to_num(p.conf, nan=-np.inf) >= tau) if tau < 1.0 else None  # the loop's comparison
-            self._replayed[key] = choose_threshold(p.bound, p.label, p.q, grid=SETTLE_GRID, before=before)
-        return self._replayed[key]
+            return choose_threshold(p.bound, p.label, p.q, grid=SETTLE_GRID, before=before)
+
+        return self._replayed.get(("settle", policy, budget, float(tau)), choose)
 
     def auto_choice(self) -> str:
         """The policy ``auto`` runs with this calibration (a CalibrationError for a file without the choice)."""

@@ -31,6 +31,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import reprlib
 import time
 from contextlib import asynccontextmanager
@@ -212,15 +213,24 @@ def _validation_error(errors: list[dict]) -> ApiError:
     return ApiError(400, "invalid_parameter", f"{field} == {given}: {err.get('msg', 'invalid')}", field)
 
 
+def _field_named(msg: str) -> str | None:
+    """The request field an error message is about: its head ("budget == -3, ...", "target accuracy == 2 ..."),
+    else the first flag it names that is a request field ("--target-accuracy chooses τ ..." -> target_accuracy)."""
+    head = msg.split(" ==", 1)[0].strip()
+    head = {"shortlist_size": "shortlist", "target accuracy": "target_accuracy"}.get(head, head)
+    if head in RUN_FIELDS:
+        return head
+    return next((f for f in (m.replace("-", "_") for m in re.findall(r"--([a-z][a-z-]*)", msg)) if f in RUN_FIELDS),
+                None)
+
+
 def _run_config(params: dict[str, Any]) -> RunConfig:
     """RunConfig from the request's settings; its ValueError becomes a 400 naming the field."""
     try:
         return RunConfig(**{k: v for k, v in params.items() if k in RUN_FIELDS and v is not None})
     except ValueError as e:
         msg = str(e)
-        head = msg.split(" ==", 1)[0].strip()
-        field = {"shortlist_size": "shortlist"}.get(head, head)
-        field = field if field in RUN_FIELDS else None
+        field = _field_named(msg)
         code = "unknown_policy" if field == "policy" else "invalid_parameter"
         raise ApiError(400, code, msg, field) from None
 
@@ -237,24 +247,52 @@ def _check_shortlist(system: Any, config: RunConfig) -> None:
         raise ApiError(400, "invalid_parameter", "shortlist needs scorer=bayes", "shortlist")
 
 
-def _check_policy(clf: Any, config: RunConfig) -> None:
-    """dev-order needs the classifier's calibration (its order), a few-shot calibration the bayes scorer
-    and no shortlist: a 400 before any work (so no batch fails with it)."""
+def _check_policy(clf: Any, config: RunConfig) -> dict[str, Any]:
+    """What the classifier's calibration cannot serve, as a 400 before any work (so no batch fails with it):
+    dev-order needs its order, a few-shot one the bayes scorer and no shortlist, a target accuracy or settle auto
+    dev paths that describe the run (their choices are made here, memoised: the caller runs this off the event
+    loop). Messages name the calibration by its file name, not the server's folder. Returns the stop rule the
+    request's images will run with (:func:`_stop_rule`)."""
     from engine.run.calibration_file import CalibrationError, resolve_policy
 
+    cal = getattr(clf, "calibration", None)
     try:
-        resolve_policy(getattr(clf, "calibration", None), config)
+        resolve_policy(cal, config)
     except CalibrationError as e:
-        raise ApiError(400, "invalid_parameter", str(e), "policy") from None
+        raise ApiError(400, "invalid_parameter", _public(str(e), cal), "policy") from None
     check = getattr(clf, "check_calibrated", None)
     try:
         if check is not None:
             check(config)
     except CalibrationError as e:
         msg = str(e)
-        field = ("settle" if "--settle" in msg else "target_accuracy" if "--target-accuracy" in msg or
-                 "target accuracy" in msg else "shortlist" if config.shortlist else "scorer")
-        raise ApiError(400, "invalid_parameter", str(e), field) from None
+        scoring = "shortlist" if config.shortlist else "scorer"  # the few-shot refusal names both
+        field = scoring if "is few-shot" in msg else _field_named(msg) or scoring
+        raise ApiError(400, "invalid_parameter", _public(msg, cal), field) from None
+    return _stop_rule(clf, config)
+
+
+def _stop_rule(clf: Any, config: RunConfig) -> dict[str, Any]:
+    """The response's ``stop_rule``: the policy (auto: what it runs), τ (a target's: chosen on the calibration's dev
+    images, with whether it reached the target), δ, the budget and the settled stop's threshold (auto: chosen), as
+    the classifier's plan uses them (its choices are memoised, so this recomputes nothing)."""
+    from engine.run.calibration_file import policy_label
+
+    use = getattr(clf, "calibration_use", None)
+    target = use.target_choice(config) if use is not None else None
+    settle = use.settle_choice(config) if use is not None else None
+    return {"policy": policy_label(getattr(clf, "calibration", None), config),
+            "tau": float(target.tau if target is not None else config.tau), "delta": float(config.delta),
+            "budget": config.budget,
+            "settle": None if config.settle is None else float(config.settle if settle is None else settle.threshold),
+            "target": None if target is None else {"target_accuracy": float(target.target), "tau": float(target.tau),
+                                                   "reached": bool(target.reached)}}
+
+
+def _public(msg: str, cal: Any) -> str:
+    """``msg`` with the calibration's path (as ``Calibration.where`` quotes it) cut to its file name."""
+    path = getattr(cal, "path", None)
+    return msg.replace(repr(path), repr(Path(path).name)) if path else msg
 
 
 class _Guard:
@@ -489,7 +527,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
                                                   f"{list(classifiers)} (GET /v1/systems)", "system")
         config = _run_config(params)
         _check_shortlist(classifiers[system].system, config)
-        _check_policy(classifiers[system], config)
+        stop_rule = await run_in_threadpool(_check_policy, classifiers[system], config)
         trace = bool(params.get("trace"))
 
         t0 = time.perf_counter()
@@ -505,7 +543,8 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
             records.append(r.to_dict())
         timings = {**timings, "total_ms": (time.perf_counter() - t0) * 1e3}
         timings = {k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()}
-        return JSONResponse({"model": encoder.name, "system": system, "results": records, "timings": timings})
+        return JSONResponse({"model": encoder.name, "system": system, "stop_rule": stop_rule, "results": records,
+                             "timings": timings})
 
     async def _decode_and_classify(request, items, system, config, trace) -> tuple[list[Result], dict]:
         """Each image's Result (a bad image is its own error, as in ``twentyq classify``) and the timings.

@@ -120,9 +120,28 @@ class Timings(BaseModel):
     batch_requests: int = Field(description="requests in the model batch")
 
 
+class TargetInfo(BaseModel):
+    target_accuracy: float
+    tau: float = Field(description="the τ chosen on the calibration's dev images for the target")
+    reached: bool = Field(description="false: no τ reached the target on the dev images, so none stops early (τ 1)")
+
+
+class StopRuleInfo(BaseModel):
+    """What this request's images ran with, after the calibration's choices (policy auto, settle auto,
+    target_accuracy)."""
+
+    policy: str = Field(description='the policy asked, and for auto what it ran: "auto (fixed)"')
+    tau: float = Field(description="the confidence stop (from target_accuracy when given)")
+    delta: float
+    budget: int | None
+    settle: float | None = Field(description="the settled stop's threshold (settle auto: the one chosen); null: none")
+    target: TargetInfo | None = Field(description="the target accuracy's τ choice; null without target_accuracy")
+
+
 class ClassifyResponse(BaseModel):
     model: str = Field(description="the model string the server loaded (the offline stand-in is not CLIP)")
     system: str
+    stop_rule: StopRuleInfo
     results: list[Record]
     timings: Timings
 

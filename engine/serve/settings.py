@@ -77,6 +77,9 @@ class ServeSettings:
         if not all(isinstance(c, str) and c.strip() for c in self.calibrations):
             raise ValueError(f"--calibration {list(self.calibrations)!r}: give a file made by 'twentyq calibrate' or "
                              "the name of a shipped calibration")
+        if "-" in (c.strip() for c in self.calibrations):
+            raise ValueError("--calibration -: the server does not read a calibration from standard input; give its "
+                             "file")
         _whole("--max-batch", self.max_batch, 1)
         _number("--max-wait-ms", self.max_wait_ms, 0)
         _whole("--max-images", self.max_images, 1)
