@@ -202,6 +202,8 @@ def test_page_steps_through_the_questions_as_the_api_answered(browser, live):
     assert rec["stop"] in a.find_element("css selector", ".stop").text.replace(" ", "_") or \
         rec["stop"].replace("_", " ") in a.find_element("css selector", ".stop").text
     assert label in a.find_element("css selector", ".model-line").text
+    assert body["stop_rule"]["tau"] == 0.95  # what it ran with, from the answer (τ, policy, budget)
+    assert a.find_element("css selector", ".rule").text == "Ran with: policy eig, τ 0.95, budget 40."
 
     # step through from the start with the keyboard-operable buttons
     a.find_element("css selector", ".first").click()
@@ -266,6 +268,17 @@ def test_page_shows_server_errors_as_its_own_message(browser, live, tmp_path):
     a.find_element("css selector", ".classify").click()
     _wait(d, lambda: "tau" in err.text)
     assert "(0, 1]" in err.text and "HTTP 400" in err.text
+    # settle and a target accuracy reach the server; this one has no calibration, so it says what is needed
+    _fill(a, "5", "0.9")
+    a.find_element("css selector", ".settle").send_keys("auto")
+    a.find_element("css selector", ".classify").click()
+    _wait(d, lambda: "[settle]" in err.text)
+    assert "Gaussian few-shot calibration" in err.text
+    a.find_element("css selector", ".settle").clear()
+    a.find_element("css selector", ".target").send_keys("0.8")
+    a.find_element("css selector", ".classify").click()
+    _wait(d, lambda: "[target_accuracy]" in err.text)
+    assert "needs a calibration" in err.text
 
 
 @pytest.mark.slow

@@ -54,6 +54,20 @@ async function api(path, init = {}) {
   return body;
 }
 
+// what the server ran the image with, after a calibration's choices (the answer's stop_rule)
+function ruleLine(r) {
+  if (!r) return "";
+  const parts = [`policy ${r.policy}`, `τ ${num(r.tau, 2)}`];
+  if (r.target) {
+    parts[1] += r.target.reached ? ` (chosen on the calibration's dev images for target accuracy ${r.target.target_accuracy})`
+      : ` (target accuracy ${r.target.target_accuracy} not reached on the calibration's dev images: no early stop)`;
+  }
+  if (r.settle !== null) parts.push(`settle ${num(r.settle, 2)}`);
+  if (r.delta) parts.push(`δ ${r.delta}`);
+  parts.push(r.budget === null ? "no budget" : `budget ${r.budget}`);
+  return "Ran with: " + parts.join(", ") + ".";
+}
+
 function showError(box, msg) {
   box.textContent = msg;
   box.hidden = !msg;
@@ -148,6 +162,9 @@ class Panel {
     const budget = $(this.node, ".budget").value.trim(), tau = $(this.node, ".tau").value.trim();
     if (budget !== "") q.set("budget", budget);
     if (tau !== "") q.set("tau", tau);
+    const settle = $(this.node, ".settle").value.trim(), target = $(this.node, ".target").value.trim();
+    if (settle !== "") q.set("settle", settle);
+    if (target !== "") q.set("target_accuracy", target);
     const fd = new FormData();
     fd.append("image", f, f.name);
     const btn = $(this.node, ".classify");
@@ -157,7 +174,7 @@ class Panel {
       const body = await api("v1/classify?" + q.toString(), { method: "POST", body: fd });
       const rec = body.results[0];
       if (rec.error) throw new Error(`${rec.image}: ${rec.error}`);
-      this.show(rec, body, budget === "" ? null : Number(budget), Number(tau || 0.9));
+      this.show(rec, body, budget === "" ? null : Number(budget));
     } catch (e) {
       this.result.hidden = true;
       showError(this.err, e.message);
@@ -169,15 +186,15 @@ class Panel {
 
   nSteps() { return this.record ? this.record.asked.length : 0; }
 
-  show(rec, body, budget, tau) {
+  show(rec, body, budget) {
     this.record = rec;
     this.budget = budget;
-    this.tau = tau;
     this.nClasses = (state.options.systems.find((s) => s.name === body.system) || {}).n_classes;
     $(this.node, ".summary").textContent =
       `Answer: ${rec.label} (${pct(rec.confidence)}) after ${rec.asked.length} question` +
       `${rec.asked.length === 1 ? "" : "s"}, system ${body.system}.`;
     $(this.node, ".stop").textContent = "Stopped because: " + (STOPS[rec.stop] || rec.stop);
+    $(this.node, ".rule").textContent = ruleLine(body.stop_rule);
     $(this.node, ".model-line").textContent = `Model: ${state.modelLabel || body.model}`;
     const steps = $(this.node, ".steps");
     steps.replaceChildren(...rec.asked.map((s, i) => el("li", {
