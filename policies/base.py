@@ -53,6 +53,9 @@ class PolicyState:
     channel : the answer channel (:class:`AnswerChannel`: sizes, P(k|c)).
     xp : the array operations of these arrays (:mod:`policies.arrays`): numpy by default; the adaptive
         loop passes its backend's, so that a policy written over ``xp`` runs on torch tensors as well.
+    gain : (n, G) expected accuracy gain of every group (the top class's expected rise in probability, under an
+        answer model that predicts its unasked similarities), or None: the loop computes it only for a policy
+        with ``reads_gain = True`` (and refuses such a policy without such a model).
     """
 
     post: np.ndarray
@@ -62,6 +65,7 @@ class PolicyState:
     images: np.ndarray
     channel: AnswerChannel
     xp: Any = HOST
+    gain: Any = None
 
 
 class Policy(ABC):
@@ -69,11 +73,15 @@ class Policy(ABC):
 
     ``any_backend``: set True on a class whose ``select`` uses only ``state.xp`` and operators, so the
     torch backend of the loop hands it tensors; any other ``select`` gets numpy arrays (a host copy).
-    See :func:`on_any_backend`.
+    See :func:`on_any_backend`. ``reads_eig``: False on a class that never reads ``state.eig`` (the loop may then
+    skip an answer model's costly information gain); ``reads_gain``: True on one that reads ``state.gain`` (the
+    loop computes it only then).
     """
 
     name: ClassVar[str]
     any_backend: ClassVar[bool] = False
+    reads_eig: ClassVar[bool] = True
+    reads_gain: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, state: PolicyState) -> np.ndarray:

@@ -88,6 +88,27 @@ class EIGPerPromptPolicy(Policy):
 
 
 @register
+class AccuracyPerPromptPolicy(Policy):
+    """The group expected to raise the top class's probability most per prompt: gain_g / K_g, where gain_g is the
+    expected rise of the top class's probability if g is asked (``state.gain``: the expected accuracy gain of the
+    label, a one-step look-ahead at the confidence stop). The loop computes it under the answer channel
+    (:func:`engine.core.scoring.expected_accuracy_gain`), or under the answer model's own predictive when it has
+    one (a Gaussian few-shot calibration: :func:`engine.core.gaussian.expected_accuracy_gain`). Where gains tie
+    (none expected: an image already certain), the lowest index: system order."""
+
+    name = "accuracy_per_prompt"
+    any_backend = True
+    reads_eig = False  # the loop need not compute the channel's EIG
+    reads_gain = True
+
+    def select(self, state: PolicyState) -> np.ndarray:
+        if state.gain is None:
+            raise ValueError("accuracy_per_prompt needs state.gain: the adaptive loop gives it to a policy with "
+                             "reads_gain = True")
+        return masked_argmax(state.gain / state.channel.sizes[None, :], state.available, state.xp)
+
+
+@register
 class Top2Policy(Policy):
     """The group that best separates the two most probable classes.
 
@@ -288,6 +309,10 @@ class AutoPolicy(Policy):
     @property
     def reads_eig(self) -> bool:  # as the chosen policy
         return getattr(self.inner, "reads_eig", True)
+
+    @property
+    def reads_gain(self) -> bool:  # as the chosen policy
+        return getattr(self.inner, "reads_gain", False)
 
     def select(self, state: PolicyState) -> np.ndarray:
         return self.inner.select(state)

@@ -268,6 +268,14 @@ def _lookahead(post, eigs, avail, rules, sizes, eps, image, seed, budget_left):
     return tol_argmax(rates, tol_near_max(values, cand))
 
 
+def _accuracy_per_prompt(post, eigs, avail, rules, sizes, eps, image, seed, budget_left):
+    # Σ_k max_c π(c)·P(k|c) − max_c π(c): the expected rise of the top class's probability after a hard answer
+    C = len(post)
+    gains = [max(sum(max(post[c] * answer_prob(rules[c][g], k, sizes[g], eps) for c in range(C))
+                     for k in range(sizes[g])) - max(post), 0.0) for g in range(len(sizes))]
+    return tol_argmax([x / k for x, k in zip(gains, sizes)], avail)
+
+
 CHOOSERS = {
     "fixed": _fixed,
     "dev-order": _fixed,  # without a calibration's order: the system order, as fixed
@@ -277,6 +285,7 @@ CHOOSERS = {
     "eig_per_prompt": _eig_per_prompt,
     "top2": _top2,
     "lookahead": _lookahead,
+    "accuracy_per_prompt": _accuracy_per_prompt,
 }
 
 

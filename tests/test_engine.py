@@ -156,7 +156,7 @@ def test_bad_scorer_and_policy_names(classify, p15):
     src, _ = sim(p15, 2)
     with pytest.raises(ValueError, match="scorer == 'max'"):
         classify(src, p15, "eig", scorer="max")
-    with pytest.raises(ValueError, match=r"unknown policy 'best'; choose one of \['auto'"):
+    with pytest.raises(ValueError, match=r"unknown policy 'best'; choose one of \['accuracy_per_prompt', 'auto'"):
         classify(src, p15, "best")
 
 

@@ -10,7 +10,8 @@ from scipy.integrate import quad
 from scipy.special import log_softmax, logsumexp
 
 from bench.gaussian_eig import GaussianEIGPolicy, PairwiseDistances, pairwise_information
-from tests.test_gaussian_posterior import random_gaussian
+from tests.support.policies import assert_greedy_paths
+from tests.test_gaussian_posterior import gaussian_images, random_gaussian
 
 
 def conditional(post, asked, g):
@@ -96,33 +97,19 @@ def test_the_policy_in_the_loop_asks_the_group_of_most_information_per_prompt_gi
     from engine.core.adaptive import StopRule, classify_batch
     from engine.core.sources import ArraySource
 
-    from tests.strategies import make_system
-
-    sizes = np.array([3, 1, 2, 2])
-    C = 4
-    post = random_gaussian(sizes, C, 7, temperature=0.8)
-    rng = np.random.default_rng(1)
-    z = post.means[rng.integers(0, C, 40)] + rng.normal(0, 1, (40, sizes.sum()))
-    sims = z * post.scale + post.mean
-    system = make_system([tuple(frozenset([k % int(s)]) for s in sizes) for k in range(C)], sizes)
+    post, sims, system = gaussian_images(40)
+    sizes, C = np.asarray(system.option_counts), system.n_classes
     res = classify_batch(ArraySource(sims, system), system, GaussianEIGPolicy(post, len(sims)),
                          stop=StopRule(budget=6), logit_scale=100.0, answer_model=post)
-    names = [g.name for g in system.groups]
-    checked = 0
-    for i, r in enumerate(res):
-        asked = np.zeros(len(sizes), bool)
-        for step in r.steps:
-            lp = post.log_posterior(sims[i:i + 1], asked[None])
-            left = 6 - sizes[asked].sum()
-            score = {}
-            for g in np.nonzero(~asked & (sizes <= left))[0]:
-                m, S = conditional(post, asked, g)
-                Sinv = np.linalg.inv(S)
-                D = np.array([[(m[a] - m[b]) @ Sinv @ (m[a] - m[b]) for b in range(C)] for a in range(C)])
-                score[g] = pairwise_information(lp, D, post.temperature)[0] / sizes[g]
-            best = max(score.values())
-            g = names.index(step.group)
-            assert score[g] >= best - 1e-9 and g == min(k for k, v in score.items() if v >= best - 1e-9)
-            asked[g] = True
-            checked += 1
+
+    def rate(lp, asked, i):
+        score = np.full(len(sizes), -np.inf)
+        for g in np.nonzero(~asked)[0]:
+            m, S = conditional(post, asked, g)
+            Sinv = np.linalg.inv(S)
+            D = np.array([[(m[a] - m[b]) @ Sinv @ (m[a] - m[b]) for b in range(C)] for a in range(C)])
+            score[g] = pairwise_information(lp, D, post.temperature)[0] / sizes[g]
+        return score
+
+    checked = assert_greedy_paths(res, system, post, sims, 6, rate)
     assert checked > 40  # most images ask more than one group within the budget

@@ -36,6 +36,20 @@ def random_gaussian(sizes, C, seed, temperature=None) -> GP.GaussianPosterior:
                                 shrink=0.1, sizes=sizes, n_dev=np.ones(C, dtype=np.int64))
 
 
+def gaussian_images(n: int, seed: int = 7, sizes=(3, 1, 2, 2), temperature: float = 0.8):
+    """(post, sims (n, Q), system): a random Gaussian posterior over 4 classes, n images drawn around its class
+    means, and a system of its group sizes (for running the loop with it)."""
+    from tests.strategies import make_system
+
+    sizes = np.asarray(sizes, dtype=np.int64)
+    C = 4
+    post = random_gaussian(sizes, C, seed, temperature=temperature)
+    rng = np.random.default_rng(1)
+    z = post.means[rng.integers(0, C, n)] + rng.normal(0, 1, (n, sizes.sum()))
+    system = make_system([tuple(frozenset([k % int(s)]) for s in sizes) for k in range(C)], sizes)
+    return post, z * post.scale + post.mean, system
+
+
 def brute_force(post: GP.GaussianPosterior, sims: np.ndarray, asked: np.ndarray) -> np.ndarray:
     """log p(c | z_A) ∝ t·(log π_c + log N(z_A; μ_c,A, Σ_AA)), one image at a time, by scipy."""
     cols = np.repeat(np.arange(len(post.sizes)), post.sizes)

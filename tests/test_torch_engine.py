@@ -234,11 +234,12 @@ def test_each_built_in_policy_runs_on_tensors_and_chooses_as_numpy(system, data,
     avail[np.arange(n), data.draw(st.integers(0, system.n_groups - 1))] = True
     images = np.arange(n) * 3
     np_state = PolicyState(post=post, eig=ns.expected_information_gain(post, ch), available=avail,
-                           budget_left=np.full(n, np.inf), images=images, channel=ch)
+                           budget_left=np.full(n, np.inf), images=images, channel=ch,
+                           gain=ns.expected_accuracy_gain(post, ch))
     tch = CPU.channel(ch)
     t_state = PolicyState(post=t(post), eig=ns.expected_information_gain(t(post), tch, CPU), available=t(avail),
                           budget_left=torch.full((n,), np.inf, dtype=torch.float64), images=t(images), channel=tch,
-                          xp=CPU)
+                          xp=CPU, gain=ns.expected_accuracy_gain(t(post), tch, CPU))
     pols = [get_policy(name)]
     order = data.draw(st.permutations(range(system.n_groups)))
     if name == "dev-order":

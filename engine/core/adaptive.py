@@ -21,8 +21,8 @@ from systems.format import AttributeSystem
 from engine.core.arrays import NUMPY, Arrays
 from engine.core.results import Result, Step
 from engine.core.scoring import (
-    Channel, bayes_loglik, bayes_update, build_channel, check_logit_scales, entropy, expected_information_gain,
-    group_log_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
+    Channel, bayes_loglik, bayes_update, build_channel, check_logit_scales, entropy, expected_accuracy_gain,
+    expected_information_gain, group_log_probs, log_prior, shortlist, shortlist_eig, shortlist_loglik,
 )
 from engine.core.sources import SimilaritySource
 
@@ -264,6 +264,7 @@ class _Run:
         self.names_due = xp.zeros(B, "bool")
         self.trail: list[Asked] = []
         self.eig_read = bool(getattr(setup.policy, "reads_eig", True)) or setup.stop.delta > 0
+        self.gain_read = bool(getattr(setup.policy, "reads_gain", False))
         if setup.name_g is not None:
             self.asked[:, setup.name_g] = True  # hidden from the policy; asked as the shortlist instead
             self.names_due[:] = True
@@ -319,7 +320,7 @@ class _Run:
                 break
             gi = idx[go]
             state = PolicyState(post=post[go], eig=eig[go], available=avail[go], budget_left=left[go], images=gi,
-                                channel=ch, xp=xp)
+                                channel=ch, xp=xp, gain=self.accuracy_gain(gi, post[go]) if self.gain_read else None)
             choice = xp.select(setup.policy, state)
             if tuple(choice.shape) != tuple(gi.shape) or \
                     not bool(state.available[xp.arange(len(gi)), choice].all()):
@@ -344,6 +345,20 @@ class _Run:
                 np.asarray(xp.to_host(self.outer_prior[rows]), dtype=np.float64))
             fired[going] = p >= self.setup.stop.settle
         return xp.asarray(fired) > 0.5
+
+    def accuracy_gain(self, imgs, post):
+        """(n, G) on the backend: the expected accuracy gain of each group for the images ``imgs`` (n,) with
+        posterior ``post`` (n, C) (:attr:`PolicyState.gain`): the answer model's own when it predicts its unasked
+        similarities (computed on the host from every similarity seen), else the answer channel's."""
+        xp = self.xp
+        if not hasattr(self.setup.answer_model, "expected_accuracy_gain"):
+            return expected_accuracy_gain(post, self.ch, xp)
+        host = np.asarray(xp.to_host(imgs), dtype=np.int64)
+        rows = xp.asindex(host)
+        gain = self.setup.answer_model.expected_accuracy_gain(
+            self.seen[host], np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
+            np.asarray(xp.to_host(self.log_post[rows]), dtype=np.float64))
+        return xp.asarray(gain)
 
     def ask_group(self, imgs, g: int, eig_g) -> None:
         xp, k, cols = self.xp, self.k[g], self.cols[g]

@@ -25,12 +25,12 @@ dev class frequencies with one pseudo-image each.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, ndtr
+from scipy.special import log_softmax, logsumexp, ndtr
 
 from engine.core.answer_models import (N_FOLDS, MASKS_PER_IMAGE, _col_group, _standardise, dev_arrays,
                                        stratified_folds, training_rows)
@@ -44,6 +44,19 @@ RIDGE = 1e-6  # added to Σ's diagonal: a singular pooled covariance (fewer dev 
 KIND = "gaussian"  # the posterior's "kind" in a calibration file (the group-masked LR's files have none)
 SETTLE_COMPONENTS = 16  # classes whose unasked similarities settled_probability draws from (the rest count as "not")
 SETTLE_CHUNK = 256  # images per block in settled_probability ((chunk, k, C) arrays)
+GAIN_COMPONENTS = 16  # classes expected_accuracy_gain draws answers from and weighs (each image's most probable)
+GAIN_DRAWS = 32  # draws of a group's answers per class in expected_accuracy_gain: 16 fixed normals and their negatives
+GAIN_CHUNK = 64  # images per block in expected_accuracy_gain ((chunk, k, draws, k) arrays)
+
+
+def asked_sets(asked: np.ndarray, sizes: np.ndarray):
+    """Yield (a (G,) bool, A (Q,) bool, rows) for each distinct set of asked groups in ``asked`` (B, G): the set,
+    its columns, and the images (indices into B) that asked exactly it. The Gaussian's conditionals are computed
+    once per set."""
+    col_group = _col_group(sizes)
+    sets, which = np.unique(np.asarray(asked, dtype=bool), axis=0, return_inverse=True)
+    for j, a in enumerate(sets):
+        yield a, a[col_group], np.nonzero(which.reshape(-1) == j)[0]
 
 
 @dataclass(frozen=True)
@@ -89,11 +102,7 @@ class GaussianPosterior:
         out = self.log_prior(B)
         if B == 0:
             return out
-        col_group = _col_group(self.sizes)
-        sets, which = np.unique(asked, axis=0, return_inverse=True)
-        for j, a in enumerate(sets):
-            rows = np.nonzero(which.reshape(-1) == j)[0]
-            A = a[col_group]
+        for _, A, rows in asked_sets(asked, self.sizes):
             if not A.any():
                 continue
             L = np.linalg.cholesky(self.cov[np.ix_(A, A)])
@@ -114,6 +123,10 @@ class GaussianPosterior:
                             offset: np.ndarray | None = None) -> np.ndarray:
         """:func:`settled_probability` of this model."""
         return settled_probability(self, sims, asked, log_post, offset)
+
+    def expected_accuracy_gain(self, sims: np.ndarray, asked: np.ndarray, log_post: np.ndarray) -> np.ndarray:
+        """:func:`expected_accuracy_gain` of this model."""
+        return expected_accuracy_gain(self, sims, asked, log_post)
 
     def to_dict(self) -> dict:
         return {"kind": KIND, "mean": self.mean.tolist(), "scale": self.scale.tolist(), "means": self.means.tolist(),
@@ -198,10 +211,7 @@ def settled_probability(post: GaussianPosterior, sims: np.ndarray, asked: np.nda
     t, cov, M = post.temperature, post.cov, post.means
     z = (sims - post.mean) / post.scale
     k = min(int(components), C)
-    col_group = _col_group(post.sizes)
-    sets, which = np.unique(asked, axis=0, return_inverse=True)
-    for j, a in enumerate(sets):
-        A = a[col_group]
+    for _, A, members in asked_sets(asked, post.sizes):
         R = ~A
         if not R.any():
             continue
@@ -214,8 +224,8 @@ def settled_probability(post: GaussianPosterior, sims: np.ndarray, asked: np.nda
         V = WR @ S @ WR.T  # (C, C): var of t⁻¹·(margin of c over c') is V_cc + V_c'c' − 2 V_cc'
         P1 = (M[:, R] - M[:, A] @ KT) @ WR.T  # (C, C): m_c·W_c',R without the z_A part
         ZW = KT @ WR.T  # (|A|, C)
-        for lo in range(0, int((which.reshape(-1) == j).sum()), SETTLE_CHUNK):
-            rows = np.nonzero(which.reshape(-1) == j)[0][lo:lo + SETTLE_CHUNK]
+        for lo in range(0, len(members), SETTLE_CHUNK):
+            rows = members[lo:lo + SETTLE_CHUNK]
             zA = z[np.ix_(rows, A)]
             u = zA @ ZW  # (n, C)
             lin = zA @ W[:, A].T + b[None, :]  # (n, C): the asked part of W·z, plus b
@@ -233,6 +243,70 @@ def settled_probability(post: GaussianPosterior, sims: np.ndarray, asked: np.nda
             stay = 1.0 - np.minimum(1.0, moves.sum(axis=2))  # (n, k)
             out[rows] = (np.exp(np.take_along_axis(lp, comp, axis=1)) * stay).sum(axis=1)
     return np.clip(out, 0.0, 1.0)
+
+
+@lru_cache(maxsize=64)
+def _gain_draws(draws: int, dim: int) -> np.ndarray:
+    """(draws, dim) standard normals, fixed (seed 0) and antithetic (the second half is the first negated): the same
+    gain for the same inputs, and the odd moments of the draws are exactly 0."""
+    half = np.random.default_rng(0).standard_normal((max(int(draws) // 2, 1), int(dim)))
+    return np.concatenate([half, -half])
+
+
+def expected_accuracy_gain(post: GaussianPosterior, sims: np.ndarray, asked: np.ndarray, log_post: np.ndarray,
+                           components: int = GAIN_COMPONENTS, draws: int = GAIN_DRAWS) -> np.ndarray:
+    """(B, G) for each group g not asked yet, how much asking it is expected to raise the top class's probability:
+    E[max_c p(c | z_A, z_g)] − max_c p(c | z_A), under the model's own predictive (0 for asked groups). The top
+    class's probability is the model's accuracy of its label, so this is the expected accuracy gain of asking g
+    (the ``accuracy_per_prompt`` policy divides it by K_g): a one-step look-ahead at the confidence stop.
+
+    sims : (B, Q) similarities (unasked columns are not read); asked : (B, G) bool; log_post : (B, C) the posterior
+    now (normalised; the caller's prior included, it carries over). The tempered model is t·(log π_c − ½ Mahalanobis),
+    so given class c and the asked columns A, group g's similarities have the tempered density N(m_c, S/t) with
+    m_c = μ_c,g + Σ_gA Σ_AA⁻¹(z_A − μ_c,A), S = Σ_gg − Σ_gA Σ_AA⁻¹ Σ_Ag, and asking g adds −½·t·(z_g − m_c)ᵀS⁻¹(z_g −
+    m_c) to each class's log posterior. Drawing z_g from that same predictive (the class from the posterior now,
+    then ``draws`` fixed antithetic normals) keeps E[p(c | z_A, z_g)] = p(c | z_A), so the gain is ≥ 0 (clipped
+    there against the draws' error). Over more than ``components`` classes, each image's most probable ones,
+    renormalised.
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    asked = np.asarray(asked, dtype=bool)
+    log_post = np.asarray(log_post, dtype=np.float64)
+    B, C = log_post.shape
+    G = len(post.sizes)
+    out = np.zeros((B, G))
+    if B == 0:
+        return out
+    t, cov, M = post.temperature, post.cov, post.means
+    z = (sims - post.mean) / post.scale
+    k = min(int(components), C)
+    col_group = _col_group(post.sizes)
+    for a, A, members in asked_sets(asked, post.sizes):
+        for g in np.nonzero(~a)[0]:
+            Bg = col_group == g
+            if A.any():
+                KT = cho_solve(cho_factor(cov[np.ix_(A, A)]), cov[np.ix_(A, Bg)])  # (|A|, K_g) Σ_AA⁻¹ Σ_Ag
+                S = cov[np.ix_(Bg, Bg)] - cov[np.ix_(Bg, A)] @ KT
+            else:
+                KT, S = np.zeros((0, int(Bg.sum()))), cov[np.ix_(Bg, Bg)]
+            L = np.linalg.cholesky(S)
+            eps = _gain_draws(draws, int(Bg.sum())) / np.sqrt(t)  # (D, K_g) whitened draws of the tempered predictive
+            for lo in range(0, len(members), GAIN_CHUNK):
+                rows = members[lo:lo + GAIN_CHUNK]
+                lp = log_post[rows]
+                comp = np.argsort(-lp, axis=1, kind="stable")[:, :k]  # (n, k)
+                lk = np.take_along_axis(lp, comp, axis=1)
+                lk = lk - logsumexp(lk, axis=1, keepdims=True)
+                m = M[comp][:, :, Bg] - (M[comp][:, :, A] - z[rows][:, None, A]) @ KT  # (n, k, K_g) the m_c
+                u = np.linalg.solve(L, m.reshape(-1, m.shape[-1]).T).T.reshape(m.shape)  # whitened by S
+                d = u[:, :, None, :] - u[:, None, :, :]  # (n, k, k, K_g): u_c − u_c', c drawn, c' weighed
+                # drawn from class c: whitened z_g = u_c + ε; class c' then gets −½·t·|ε + u_c − u_c'|²
+                quad = (eps * eps).sum(axis=1)[None, None, :, None] \
+                    + 2.0 * np.einsum("dq,nckq->ncdk", eps, d) + (d * d).sum(axis=3)[:, :, None, :]
+                new = lk[:, None, None, :] - 0.5 * t * quad  # (n, k drawn, D, k)
+                top = np.exp(new.max(axis=3) - logsumexp(new, axis=3)).mean(axis=2)  # (n, k) E[max p' | c]
+                out[rows, g] = (np.exp(lk) * top).sum(axis=1) - np.exp(lk.max(axis=1))
+    return np.maximum(out, 0.0)  # ≥ 0 in expectation; a few draws can fall just below
 
 
 def pooled_covariance(z: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

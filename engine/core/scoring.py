@@ -306,6 +306,22 @@ def expected_information_gain(post: np.ndarray, channel: Channel, xp: Arrays = N
     return xp.maximum(h_marg - h_cond, 0.0)
 
 
+def expected_accuracy_gain(post: np.ndarray, channel: Channel, xp: Arrays = NUMPY) -> np.ndarray:
+    """How much asking each group is expected to raise the top class's probability, under the posterior and the
+    answer channel (a hard answer k drawn from Σ_c π(c) P(k|c)): the expected accuracy gain of the label.
+
+    post : (B, C) posterior probabilities. Returns (B, G): gain_g = E_k[max_c π(c | k)] − max_c π(c)
+    = Σ_{k ∈ g} max_c π(c)·P(k|c) − max_c π(c), ≥ 0 (the maximum is convex and the posterior a martingale),
+    clipped at 0 against rounding. The ``accuracy_per_prompt`` policy reads it (an answer model that predicts
+    its own answers, the Gaussian few-shot posterior, gives its own instead: engine.core.gaussian).
+
+    Cost: one (B, C, Q) product and its maximum over the classes.
+    """
+    post = xp.asarray(post)
+    best = xp.amax(post[:, :, None] * channel.P[None, :, :], axis=1)  # (B, Q): max_c π(c)·P(k|c)
+    return xp.maximum(xp.segment_sum(best, channel) - xp.amax(post, axis=1, keepdims=True), 0.0)
+
+
 # --------------------------------------------------------------------------- shortlist of names
 # Probabilities within this relative distance count as equal when ranking candidates, the same rule as
 # the policies' ties (policies.base.near_max): the posterior of an image in a batch differs from the same

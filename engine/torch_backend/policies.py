@@ -35,7 +35,7 @@ def host_select(policy: Policy, st: PolicyState) -> torch.Tensor:
     """Any policy's own numpy ``select``, on a host copy of the state; the choice goes back to the device."""
     state = PolicyState(post=st.post.cpu().numpy(), eig=st.eig.cpu().numpy(), available=st.available.cpu().numpy(),
                         budget_left=st.budget_left.cpu().numpy(), images=st.images.cpu().numpy(),
-                        channel=st.channel.channel)
+                        channel=st.channel.channel, gain=None if st.gain is None else st.gain.cpu().numpy())
     return torch.as_tensor(np.asarray(policy.select(state), dtype=np.int64), device=st.images.device)
 
 
