@@ -53,9 +53,10 @@ class PolicyState:
     channel : the answer channel (:class:`AnswerChannel`: sizes, P(k|c)).
     xp : the array operations of these arrays (:mod:`policies.arrays`): numpy by default; the adaptive
         loop passes its backend's, so that a policy written over ``xp`` runs on torch tensors as well.
-    gain : (n, G) expected accuracy gain of every group (the top class's expected rise in probability, under an
-        answer model that predicts its unasked similarities), or None: the loop computes it only for a policy
-        with ``reads_gain = True`` (and refuses such a policy without such a model).
+    gain : (n, G) expected accuracy gain of every group (the top class's expected rise in probability if it is
+        asked), or None: the loop computes it only for a policy with ``reads_gain = True``, under the answer
+        model's own predictive when it has one (the Gaussian few-shot posterior), else under the answer channel
+        (hard answers; also with an LR few-shot posterior, whose answers it then only approximates).
     """
 
     post: np.ndarray

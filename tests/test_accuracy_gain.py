@@ -45,19 +45,22 @@ def test_a_certain_image_gains_nothing_and_an_undecided_one_gains_most_from_the_
 
 
 # --------------------------------------------------------------------------- the Gaussian's own
-def brute_gaussian_gain(post, sims, asked, log_post, g, draws):
-    """One image, one group, written out: the conditional N(m_c, S/t) by explicit inverses, z_g drawn as
-    m_c + chol(S)·ε/√t for each class c and draw ε, the new posterior by Bayes with the same tempered density."""
+def predictive(post, sims, asked, g):
+    """(m (C, K_g), S (K_g, K_g), Bg (Q,) bool): group g's standardised similarities given the asked ones are
+    N(m_c, S) in the model (N(m_c, S/t) tempered), by the textbook formulas with explicit inverses."""
     cols = np.repeat(np.arange(len(post.sizes)), post.sizes)
     A, Bg = asked[cols], cols == g
     z = (sims - post.mean) / post.scale
-    cov, M, t = post.cov, post.means, post.temperature
-    if A.any():
-        K = cov[np.ix_(Bg, A)] @ np.linalg.inv(cov[np.ix_(A, A)])
-        m = M[:, Bg] + (z[A][None, :] - M[:, A]) @ K.T
-        S = cov[np.ix_(Bg, Bg)] - K @ cov[np.ix_(A, Bg)]
-    else:
-        m, S = M[:, Bg], cov[np.ix_(Bg, Bg)]
+    cov, M = post.cov, post.means
+    K = cov[np.ix_(Bg, A)] @ np.linalg.inv(cov[np.ix_(A, A)]) if A.any() else np.zeros((Bg.sum(), 0))
+    return M[:, Bg] + (z[A][None, :] - M[:, A]) @ K.T, cov[np.ix_(Bg, Bg)] - K @ cov[np.ix_(A, Bg)], Bg
+
+
+def brute_gaussian_gain(post, sims, asked, log_post, g, draws):
+    """One image, one group, written out: z_g drawn as m_c + chol(S)·ε/√t for each class c and draw ε, the new
+    posterior by Bayes with the same tempered density."""
+    m, S, _ = predictive(post, sims, asked, g)
+    t = post.temperature
     L, Sinv = np.linalg.cholesky(S), np.linalg.inv(S)
     p = np.exp(log_post)
     total = 0.0
@@ -98,14 +101,9 @@ def test_its_predictive_is_the_models_own_so_the_posterior_is_a_martingale_and_t
     sims = (post.means[rng.integers(0, C)] + rng.normal(0, 1, sizes.sum())) * post.scale + post.mean
     log_post = post.log_posterior(sims[None], asked[None])[0]
     p = np.exp(log_post)
+    t = post.temperature
     for g in np.nonzero(~asked)[0]:
-        cols = np.repeat(np.arange(len(sizes)), sizes)
-        A, Bg = asked[cols], cols == g
-        z = (sims - post.mean) / post.scale
-        cov, M, t = post.cov, post.means, post.temperature
-        K = cov[np.ix_(Bg, A)] @ np.linalg.inv(cov[np.ix_(A, A)]) if A.any() else np.zeros((Bg.sum(), 0))
-        m = M[:, Bg] + (z[A][None, :] - M[:, A]) @ K.T
-        S = cov[np.ix_(Bg, Bg)] - K @ cov[np.ix_(A, Bg)]
+        m, S, Bg = predictive(post, sims, asked, g)
         n = 20_000
         cls = rng.choice(C, n, p=p)
         x = m[cls] + rng.standard_normal((n, Bg.sum())) @ np.linalg.cholesky(S).T / np.sqrt(t)
@@ -114,6 +112,41 @@ def test_its_predictive_is_the_models_own_so_the_posterior_is_a_martingale_and_t
         new = np.exp(new - logsumexp(new, axis=1, keepdims=True))
         np.testing.assert_allclose(new.mean(axis=0), p, atol=5 * np.sqrt(0.25 / n))
     assert (GP.expected_accuracy_gain(post, sims[None], asked[None], log_post[None]) >= 0).all()
+
+
+def test_its_draws_are_fixed_antithetic_standard_normals():
+    d = GP._gain_draws(32, 3)
+    assert d.shape == (32, 3) and d is GP._gain_draws(32, 3)  # the same draws every call
+    np.testing.assert_array_equal(d[16:], -d[:16])  # antithetic: odd moments exactly 0
+    big = GP._gain_draws(20_000, 2)
+    np.testing.assert_allclose(big.var(axis=0), 1.0, atol=0.05)
+    np.testing.assert_allclose(np.corrcoef(big.T)[0, 1], 0.0, atol=0.05)
+
+
+@settings(max_examples=10, deadline=None)
+@given(settle_problem(max_classes=3))
+def test_with_many_draws_the_gaussian_gain_is_an_independent_monte_carlo_of_the_models_own_update(pb):
+    """Fresh random draws from the tempered predictive, the new posterior by ``log_posterior`` on the asked set
+    plus g with the caller's prior added: E[max p'] − max p, against the function with 20,000 fixed draws."""
+    sizes, C, seed, asked, _ = pb
+    post = random_gaussian(sizes, C, seed)
+    rng = np.random.default_rng(seed + 2)
+    sims = (post.means[rng.integers(0, C)] + rng.normal(0, 1, sizes.sum())) * post.scale + post.mean
+    offset = rng.normal(0, 1, C)
+    log_post = log_softmax(post.log_posterior(sims[None], asked[None])[0] + offset)
+    got = GP.expected_accuracy_gain(post, sims[None], asked[None], log_post[None], draws=20_000)[0]
+    n, t = 4_000, post.temperature
+    for g in np.nonzero(~asked)[0]:
+        m, S, Bg = predictive(post, sims, asked, g)
+        cls = rng.choice(C, n, p=np.exp(log_post))
+        zg = m[cls] + rng.standard_normal((n, Bg.sum())) @ np.linalg.cholesky(S).T / np.sqrt(t)
+        full = np.tile(sims, (n, 1))
+        full[:, Bg] = zg * post.scale[Bg] + post.mean[Bg]
+        now = asked.copy()
+        now[g] = True
+        new = post.log_posterior(full, np.tile(now, (n, 1))) + offset
+        top = np.exp(new.max(axis=1) - logsumexp(new, axis=1))
+        assert got[g] == pytest.approx(max(top.mean() - np.exp(log_post).max(), 0.0), abs=0.03)
 
 
 def test_over_more_classes_than_it_weighs_it_uses_each_images_most_probable_renormalised():
@@ -135,13 +168,13 @@ def test_over_more_classes_than_it_weighs_it_uses_each_images_most_probable_reno
 
 
 # --------------------------------------------------------------------------- the policy in the loop
-def _gaussian_run(backend, budget=None):
+def _gaussian_run(backend, budget=None, prior=None):
     from engine.core.adaptive import StopRule
     from engine.core.sources import ArraySource
     from engine.run.engines import classify
 
     post, sims, system = gaussian_images(30)
-    res = classify(ArraySource(sims, system), system, "accuracy_per_prompt", engine=backend,
+    res = classify(ArraySource(sims, system), system, "accuracy_per_prompt", engine=backend, prior=prior,
                    stop=StopRule(tau=0.97, budget=budget), logit_scale=100.0, answer_model=post, trace=True)
     return post, sims, system, res
 
@@ -149,14 +182,18 @@ def _gaussian_run(backend, budget=None):
 def test_in_the_loop_it_asks_the_group_of_most_gain_per_prompt_under_the_gaussians_own_predictive():
     """Replays every path: at each step, the asked set before it, the posterior the loop held, the Gaussian's gain;
     the group asked is the best per prompt among the affordable ones (ties: lowest index)."""
-    post, sims, system, res = _gaussian_run("numpy", budget=6)
+    prior = np.random.default_rng(5).dirichlet(np.ones(4) * 0.5, size=30)  # a caller's prior, per image
+    post, sims, system, res = _gaussian_run("numpy", budget=6, prior=prior)
     sizes = np.asarray(system.option_counts)
 
     def rate(lp, asked, i):
+        lp = log_softmax(lp + np.log(prior[i]))  # the loop's posterior carries the prior
         return GP.expected_accuracy_gain(post, sims[i:i + 1], asked[None], lp)[0] / sizes
 
     checked = assert_greedy_paths(res, system, post, sims, 6, rate, tol=1e-12)
     assert checked > 30
+    _, _, _, plain = _gaussian_run("numpy", budget=6)
+    assert [[s.group for s in r.steps] for r in plain] != [[s.group for s in r.steps] for r in res]  # it matters
 
 
 def test_the_torch_loop_asks_what_the_numpy_loop_asks():
@@ -165,3 +202,56 @@ def test_the_torch_loop_asks_what_the_numpy_loop_asks():
     _, _, _, got = _gaussian_run("torch")
     assert [[s.group for s in r.steps] for r in got] == [[s.group for s in r.steps] for r in want]
     assert [r.label for r in got] == [r.label for r in want]
+
+
+def test_the_gain_is_computed_only_for_a_policy_that_reads_it():
+    """The Gaussian's gain costs ~100× the channel EIG: the loop hands it only to reads_gain policies."""
+    from engine.core.adaptive import StopRule, classify_batch
+    from engine.core.sources import ArraySource
+    from policies import Policy, get_policy
+
+    seen = []
+
+    class Spy(Policy):
+        name = "spy"
+        reads_gain = False
+
+        def select(self, state):
+            seen.append(state.gain)
+            return get_policy("fixed").select(state)
+
+    class GainSpy(Spy):
+        reads_gain = True
+
+    post, sims, system = gaussian_images(5)
+    for cls, want in ((Spy, False), (GainSpy, True)):
+        seen.clear()
+        classify_batch(ArraySource(sims, system), system, cls(), stop=StopRule(tau=0.99), answer_model=post)
+        assert seen and all((g is not None) == want for g in seen)
+
+
+def test_a_nearly_singular_covariance_still_gives_finite_gains_and_bounds():
+    """Σ with one column copied into another group (a hand-made or damaged file with almost no ridge): its
+    Schur complements fail Cholesky in floats; pd_cholesky adds the least jitter that works."""
+    rng = np.random.default_rng(0)
+    S = np.outer(np.ones(3), np.ones(3)) + 1e-18 * np.eye(3)
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(S - 1e-9 * np.eye(3))
+    L = GP.pd_cholesky(S - 1e-9 * np.eye(3))
+    assert np.isfinite(L).all() and np.allclose(L @ L.T, S, atol=1e-5)
+    sizes = np.array([2, 2, 2])
+    a = rng.normal(0, 1, (6, 6))
+    cov = a @ a.T / 6
+    cov[:, 3] = cov[:, 0]
+    cov[3, :] = cov[0, :]
+    cov[3, 3] = cov[0, 0]  # column 3 is column 0: singular
+    cov = cov + 1e-13 * np.eye(6)
+    post = GP.GaussianPosterior(mean=np.zeros(6), scale=np.ones(6), means=rng.normal(0, 1, (3, 6)), cov=cov,
+                                log_prior_c=log_softmax(np.zeros(3)), temperature=0.5, shrink=0.0, sizes=sizes,
+                                n_dev=np.ones(3, dtype=np.int64))
+    sims = rng.normal(0, 1, (4, 6))
+    asked = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 1], [0, 0, 0]], bool)
+    lp = post.log_posterior(sims, asked)
+    assert np.isfinite(lp).all()
+    assert np.isfinite(GP.expected_accuracy_gain(post, sims, asked, lp)).all()
+    assert np.isfinite(GP.settled_probability(post, sims, asked, lp)).all()

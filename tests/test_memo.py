@@ -3,6 +3,7 @@ choose the keys."""
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -41,3 +42,14 @@ def test_threads_asking_for_one_key_get_one_value():
     for t in threads:
         t.join()
     assert len(out) == 8 and all(v is out[0] for v in out) and len(m) == 1
+
+
+def test_it_travels_by_copy_without_its_lock_or_entries():
+    """A calibration holding one goes to Ray actors serialised (tests/test_ray.py sends one); copying uses the same
+    __getstate__: the memo arrives empty, with its limit, and works."""
+    m = BoundedMemo(limit=5)
+    m.get("k", lambda: 1)
+    for back in (copy.deepcopy(m), copy.copy(m)):
+        assert back.limit == 5 and len(back) == 0 and "k" not in back
+        assert back.get("k", lambda: 2) == 2 and back.get("k", lambda: 3) == 2
+    assert m.get("k", lambda: 4) == 1

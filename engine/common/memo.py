@@ -35,6 +35,14 @@ class BoundedMemo:
                 self._items.popitem(last=False)
         return value
 
+    def __getstate__(self) -> dict:
+        """What a pickle carries (a calibration sent to Ray actors, a deep copy): the limit, not the lock, and not
+        the entries (a cache is remade where it is used)."""
+        return {"limit": self.limit}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["limit"])
+
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._items

@@ -49,6 +49,36 @@ GAIN_DRAWS = 32  # draws of a group's answers per class in expected_accuracy_gai
 GAIN_CHUNK = 64  # images per block in expected_accuracy_gain ((chunk, k, draws, k) arrays)
 
 
+JITTERS = (1e-12, 1e-10, 1e-8, 1e-6)  # relative to the mean variance: tried in turn on a block that fails Cholesky
+
+
+def pd_cholesky(S: np.ndarray) -> np.ndarray:
+    """The lower Cholesky factor of a covariance block S (k, k): a submatrix or Schur complement of the model's
+    Σ, positive definite in exact arithmetic but not always in floats when Σ is nearly singular (a hand-made or
+    damaged file with almost no ridge). Then the smallest of :data:`JITTERS` × mean variance that makes it one is
+    added to the diagonal; past them, LinAlgError."""
+    try:
+        return np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        scale = max(float(np.mean(np.abs(np.diag(S)))), np.finfo(float).tiny)
+        for j in JITTERS:
+            try:
+                return np.linalg.cholesky(S + j * scale * np.eye(len(S)))
+            except np.linalg.LinAlgError:
+                continue
+        raise
+
+
+def conditional_blocks(cov: np.ndarray, A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(KT (|A|, |B|) = Σ_AA⁻¹ Σ_AB, S (|B|, |B|) = Σ_BB − Σ_BA Σ_AA⁻¹ Σ_AB): how columns B given columns A (bool
+    masks over Q) shift with z_A, and their conditional covariance (:func:`pd_cholesky` factors Σ_AA)."""
+    if not A.any():
+        return np.zeros((0, int(B.sum()))), cov[np.ix_(B, B)]
+    L = pd_cholesky(cov[np.ix_(A, A)])
+    KT = cho_solve((L, True), cov[np.ix_(A, B)])
+    return KT, cov[np.ix_(B, B)] - cov[np.ix_(B, A)] @ KT
+
+
 def asked_sets(asked: np.ndarray, sizes: np.ndarray):
     """Yield (a (G,) bool, A (Q,) bool, rows) for each distinct set of asked groups in ``asked`` (B, G): the set,
     its columns, and the images (indices into B) that asked exactly it. The Gaussian's conditionals are computed
@@ -105,7 +135,7 @@ class GaussianPosterior:
         for _, A, rows in asked_sets(asked, self.sizes):
             if not A.any():
                 continue
-            L = np.linalg.cholesky(self.cov[np.ix_(A, A)])
+            L = pd_cholesky(self.cov[np.ix_(A, A)])
             u = np.linalg.solve(L, z[np.ix_(rows, A)].T).T  # (n, |A|) whitened
             v = np.linalg.solve(L, self.means[:, A].T).T  # (C, |A|)
             quad = (u * u).sum(axis=1)[:, None] - 2.0 * u @ v.T + (v * v).sum(axis=1)[None, :]  # (n, C)
@@ -215,11 +245,7 @@ def settled_probability(post: GaussianPosterior, sims: np.ndarray, asked: np.nda
         R = ~A
         if not R.any():
             continue
-        if A.any():
-            KT = cho_solve(cho_factor(cov[np.ix_(A, A)]), cov[np.ix_(A, R)])  # (|A|, |R|) Σ_AA⁻¹ Σ_AR
-            S = cov[np.ix_(R, R)] - cov[np.ix_(R, A)] @ KT
-        else:
-            KT, S = np.zeros((0, int(R.sum()))), cov[np.ix_(R, R)]
+        KT, S = conditional_blocks(cov, A, R)  # (|A|, |R|) Σ_AA⁻¹ Σ_AR, and the unasked columns' covariance
         WR = W[:, R]
         V = WR @ S @ WR.T  # (C, C): var of t⁻¹·(margin of c over c') is V_cc + V_c'c' − 2 V_cc'
         P1 = (M[:, R] - M[:, A] @ KT) @ WR.T  # (C, C): m_c·W_c',R without the z_A part
@@ -284,12 +310,8 @@ def expected_accuracy_gain(post: GaussianPosterior, sims: np.ndarray, asked: np.
     for a, A, members in asked_sets(asked, post.sizes):
         for g in np.nonzero(~a)[0]:
             Bg = col_group == g
-            if A.any():
-                KT = cho_solve(cho_factor(cov[np.ix_(A, A)]), cov[np.ix_(A, Bg)])  # (|A|, K_g) Σ_AA⁻¹ Σ_Ag
-                S = cov[np.ix_(Bg, Bg)] - cov[np.ix_(Bg, A)] @ KT
-            else:
-                KT, S = np.zeros((0, int(Bg.sum()))), cov[np.ix_(Bg, Bg)]
-            L = np.linalg.cholesky(S)
+            KT, S = conditional_blocks(cov, A, Bg)  # (|A|, K_g) Σ_AA⁻¹ Σ_Ag, and g's conditional covariance
+            L = pd_cholesky(S)
             eps = _gain_draws(draws, int(Bg.sum())) / np.sqrt(t)  # (D, K_g) whitened draws of the tempered predictive
             for lo in range(0, len(members), GAIN_CHUNK):
                 rows = members[lo:lo + GAIN_CHUNK]
