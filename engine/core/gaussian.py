@@ -47,8 +47,6 @@ SETTLE_CHUNK = 256  # images per block in settled_probability ((chunk, k, C) arr
 GAIN_COMPONENTS = 16  # classes expected_accuracy_gain draws answers from and weighs (each image's most probable)
 GAIN_DRAWS = 32  # draws of a group's answers per class in expected_accuracy_gain: 16 fixed normals and their negatives
 GAIN_CHUNK = 64  # images per block in expected_accuracy_gain ((chunk, k, draws, k) arrays)
-
-
 JITTERS = (1e-12, 1e-10, 1e-8, 1e-6)  # relative to the mean variance: tried in turn on a block that fails Cholesky
 
 

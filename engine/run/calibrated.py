@@ -68,7 +68,9 @@ class CalibrationUse:
     def check(self, config: RunConfig) -> None:
         """A CalibrationError (one line, the fix) for settings the calibration cannot serve: a few-shot
         posterior needs the bayes scorer and no shortlist; a calibration moved to other classes has no auto
-        choice, dev order or τ table; a target accuracy needs a calibration (its τ table, memoised for the plan)."""
+        choice, dev order or τ table; a target accuracy and ``settle="auto"`` need dev paths that describe the run
+        (no calibration, a moved one, δ or another random seed are refused by name; both choices are made here
+        and memoised for the plan)."""
         self.check_settle(config)
         if config.mode == "adaptive":  # a target accuracy or settle auto the calibration's dev paths cannot serve
             self.target_choice(config)  # (none, moved, another seed): refused by name; both choices memoised

@@ -247,12 +247,12 @@ def _check_shortlist(system: Any, config: RunConfig) -> None:
         raise ApiError(400, "invalid_parameter", "shortlist needs scorer=bayes", "shortlist")
 
 
-def _check_policy(clf: Any, config: RunConfig) -> dict[str, Any]:
-    """What the classifier's calibration cannot serve, as a 400 before any work (so no batch fails with it):
-    dev-order needs its order, a few-shot one the bayes scorer and no shortlist, a target accuracy or settle auto
-    dev paths that describe the run (their choices are made here, memoised: the caller runs this off the event
-    loop). Messages name the calibration by its file name, not the server's folder. Returns the stop rule the
-    request's images will run with (:func:`_stop_rule`)."""
+def _checked_stop_rule(clf: Any, config: RunConfig) -> dict[str, Any]:
+    """The stop rule the request's images will run with (:func:`_stop_rule`), once what the classifier's
+    calibration cannot serve is refused as a 400 before any work (so no batch fails with it): dev-order needs its
+    order, a few-shot one the bayes scorer and no shortlist, a target accuracy or settle auto dev paths that
+    describe the run (their choices are made here, memoised: the caller runs this off the event loop). Messages
+    name the calibration by its file name, not the server's folder."""
     from engine.run.calibration_file import CalibrationError, resolve_policy
 
     cal = getattr(clf, "calibration", None)
@@ -527,7 +527,7 @@ def create_app(settings: ServeSettings, classifiers: dict[str, Any] | None = Non
                                                   f"{list(classifiers)} (GET /v1/systems)", "system")
         config = _run_config(params)
         _check_shortlist(classifiers[system].system, config)
-        stop_rule = await run_in_threadpool(_check_policy, classifiers[system], config)
+        stop_rule = await run_in_threadpool(_checked_stop_rule, classifiers[system], config)
         trace = bool(params.get("trace"))
 
         t0 = time.perf_counter()
