@@ -526,11 +526,11 @@ PRED_CURVES = (  # (label, model, policy): model "few-shot" the LR posterior (ch
     ("oracle", "few-shot", "oracle"), ("posterior oracle", "few-shot", "posterior-oracle"),
     ("D fixed", "D", "fixed"), ("D eig per prompt", "D", "eig_per_prompt"),
     ("G fixed", "G", "fixed"), ("G eig", "G", "eig"), ("G eig per prompt", "G", "eig_per_prompt"),
-    ("G accuracy per prompt", "G", "accuracy_per_prompt"))
+    ("G accuracy per prompt", "G", "accuracy_per_prompt"), ("accuracy per prompt", "few-shot", "accuracy_per_prompt"))
 PRED_ADAPTIVE = ("eig", "eig per prompt", "predictive eig", "predictive eig per prompt", "budget plan",
-                 "predictive budget plan")
+                 "predictive budget plan", "accuracy per prompt")
 PRED_STOPS = ("fixed", "eig per prompt", "predictive eig", "predictive eig per prompt",  # confidence-stop rows
-              "G fixed", "G eig per prompt", "G accuracy per prompt")
+              "accuracy per prompt", "G fixed", "G eig per prompt", "G accuracy per prompt")
 
 
 class PosteriorOracle(Policy):
