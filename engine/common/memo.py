@@ -7,7 +7,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
-MEMO_LIMIT = 256  # entries kept; the oldest is dropped first (a replay of 100 dev images' paths is a few KB)
+MEMO_LIMIT = 256  # entries kept; the least recently used is dropped first (a replay of 100 dev images' paths: a few KB)
 
 
 class BoundedMemo:
