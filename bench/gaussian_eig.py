@@ -56,13 +56,11 @@ class PairwiseDistances:
     def __call__(self, asked: np.ndarray, g: int) -> np.ndarray:
         key = (np.asarray(asked, dtype=bool).tobytes(), int(g))
         if key not in self.cache:
-            S, M = self.post.cov, self.post.means
+            M = self.post.means
             A, Bg = np.asarray(asked, dtype=bool)[self.col_group], self.col_group == g
-            m, Sg = M[:, Bg], S[np.ix_(Bg, Bg)]
-            if A.any():
-                K = np.linalg.solve(S[np.ix_(A, A)], S[np.ix_(A, Bg)]).T  # (K_g, |A|) Σ_gA Σ_AA⁻¹
-                m, Sg = m - M[:, A] @ K.T, Sg - K @ S[np.ix_(A, Bg)]
-            u = np.linalg.solve(np.linalg.cholesky(Sg), m.T).T  # (C, K_g) whitened conditional means
+            KT, Sg = GP.conditional_blocks(self.post.cov, A, Bg)  # (|A|, K_g) Σ_AA⁻¹ Σ_Ag, g's covariance given A
+            m = M[:, Bg] - M[:, A] @ KT  # the conditional means' part that differs between classes
+            u = np.linalg.solve(GP.pd_cholesky(Sg), m.T).T  # (C, K_g) whitened conditional means
             sq = (u * u).sum(axis=1)
             self.cache[key] = np.maximum(sq[:, None] + sq[None, :] - 2.0 * u @ u.T, 0.0)
         return self.cache[key]
@@ -108,9 +106,7 @@ class GaussianEIGPolicy(Policy):
         log_post = np.log(np.maximum(np.asarray(state.post, dtype=np.float64), 1e-300))
         log_post -= logsumexp(log_post, axis=1, keepdims=True)
         score = np.full(avail.shape, -np.inf)
-        sets, which = np.unique(self.asked[imgs], axis=0, return_inverse=True)
-        for j, a in enumerate(sets):
-            rows = np.nonzero(which.reshape(-1) == j)[0]
+        for a, _, rows in GP.asked_sets(self.asked[imgs], self.post.sizes):
             for g in np.nonzero(~a)[0]:
                 info = pairwise_information(log_post[rows], self.dist(a, g), self.post.temperature, self.kind)
                 score[rows, g] = info / self.sizes[g] if self.per_prompt else info

@@ -337,14 +337,19 @@ class _Run:
         going = np.asarray(xp.to_host(going), dtype=bool)
         fired = np.zeros(len(going))
         if going.any():
-            host = np.asarray(xp.to_host(idx), dtype=np.int64)[going]
-            rows = xp.asindex(host)
+            rows, seen, asked, log_post = self.on_host(np.asarray(xp.to_host(idx), dtype=np.int64)[going])
             p = self.setup.answer_model.settled_probability(
-                self.seen[host], np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
-                np.asarray(xp.to_host(self.log_post[rows]), dtype=np.float64),
-                np.asarray(xp.to_host(self.outer_prior[rows]), dtype=np.float64))
+                seen, asked, log_post, np.asarray(xp.to_host(self.outer_prior[rows]), dtype=np.float64))
             fired[going] = p >= self.setup.stop.settle
         return xp.asarray(fired) > 0.5
+
+    def on_host(self, host: np.ndarray) -> tuple:
+        """(rows on the backend, similarities seen (n, Q), asked (n, G) bool, log posterior (n, C)) of the images
+        ``host`` (n,) int: what a conditional answer model's settled bound and gain are computed from, on the host."""
+        xp = self.xp
+        rows = xp.asindex(host)
+        return (rows, self.seen[host], np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
+                np.asarray(xp.to_host(self.log_post[rows]), dtype=np.float64))
 
     def accuracy_gain(self, imgs, post):
         """(n, G) on the backend: the expected accuracy gain of each group for the images ``imgs`` (n,) with
@@ -353,12 +358,8 @@ class _Run:
         xp = self.xp
         if not hasattr(self.setup.answer_model, "expected_accuracy_gain"):
             return expected_accuracy_gain(post, self.ch, xp)
-        host = np.asarray(xp.to_host(imgs), dtype=np.int64)
-        rows = xp.asindex(host)
-        gain = self.setup.answer_model.expected_accuracy_gain(
-            self.seen[host], np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
-            np.asarray(xp.to_host(self.log_post[rows]), dtype=np.float64))
-        return xp.asarray(gain)
+        _, seen, asked, log_post = self.on_host(np.asarray(xp.to_host(imgs), dtype=np.int64))
+        return xp.asarray(self.setup.answer_model.expected_accuracy_gain(seen, asked, log_post))
 
     def ask_group(self, imgs, g: int, eig_g) -> None:
         xp, k, cols = self.xp, self.k[g], self.cols[g]

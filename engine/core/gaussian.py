@@ -306,9 +306,12 @@ def expected_accuracy_gain(post: GaussianPosterior, sims: np.ndarray, asked: np.
     k = min(int(components), C)
     col_group = _col_group(post.sizes)
     for a, A, members in asked_sets(asked, post.sizes):
+        R = ~A
+        KT_R, S_R = conditional_blocks(cov, A, R)  # every unasked column given the asked ones, factored once
         for g in np.nonzero(~a)[0]:
             Bg = col_group == g
-            KT, S = conditional_blocks(cov, A, Bg)  # (|A|, K_g) Σ_AA⁻¹ Σ_Ag, and g's conditional covariance
+            cols = Bg[R]  # g's columns among the unasked: its blocks are sub-blocks of R's
+            KT, S = KT_R[:, cols], S_R[np.ix_(cols, cols)]  # (|A|, K_g) Σ_AA⁻¹ Σ_Ag, and g's conditional covariance
             L = pd_cholesky(S)
             eps = _gain_draws(draws, int(Bg.sum())) / np.sqrt(t)  # (D, K_g) whitened draws of the tempered predictive
             for lo in range(0, len(members), GAIN_CHUNK):
