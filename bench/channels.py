@@ -526,11 +526,12 @@ PRED_CURVES = (  # (label, model, policy): model "few-shot" the LR posterior (ch
     ("oracle", "few-shot", "oracle"), ("posterior oracle", "few-shot", "posterior-oracle"),
     ("D fixed", "D", "fixed"), ("D eig per prompt", "D", "eig_per_prompt"),
     ("G fixed", "G", "fixed"), ("G eig", "G", "eig"), ("G eig per prompt", "G", "eig_per_prompt"),
-    ("G accuracy per prompt", "G", "accuracy_per_prompt"), ("accuracy per prompt", "few-shot", "accuracy_per_prompt"))
+    ("G accuracy per prompt", "G", "accuracy_per_prompt"), ("accuracy per prompt", "few-shot", "accuracy_per_prompt"),
+    ("G model eig per prompt", "G", "model_eig_per_prompt"))
 PRED_ADAPTIVE = ("eig", "eig per prompt", "predictive eig", "predictive eig per prompt", "budget plan",
                  "predictive budget plan", "accuracy per prompt")
 PRED_STOPS = ("fixed", "eig per prompt", "predictive eig", "predictive eig per prompt",  # confidence-stop rows
-              "accuracy per prompt", "G fixed", "G eig per prompt", "G accuracy per prompt")
+              "accuracy per prompt", "G fixed", "G eig per prompt", "G accuracy per prompt", "G model eig per prompt")
 
 
 class PosteriorOracle(Policy):
@@ -700,7 +701,8 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     diffs = [{"a": a, "b": b, "diff": auc[a] - auc[b], "ci95": ci(boot[a] - boot[b])}
              for a, b in [(x, "fixed") for x in PRED_ADAPTIVE + ("oracle", "posterior oracle")] +
              [("D eig per prompt", "D fixed"), ("D eig per prompt", "fixed"), ("G eig", "G fixed"),
-              ("G eig per prompt", "G fixed"), ("G accuracy per prompt", "G fixed"), ("G fixed", "fixed"),
+              ("G eig per prompt", "G fixed"), ("G accuracy per prompt", "G fixed"), ("G model eig per prompt", "G fixed"),
+              ("G fixed", "fixed"),
               ("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig")] if a in curves and b in curves]
     # the confidence stop: τ on cross-fitted dev paths, then the test paths cut at it
     stops = []  # the confidence stop of each PRED_STOPS curve, then the settled stop of each Gaussian one

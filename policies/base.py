@@ -45,7 +45,9 @@ class PolicyState:
     """What a policy sees for the n images that still need a question.
 
     post : (n, C) posterior over classes.
-    eig : (n, G) expected information gain of every group (nats).
+    eig : (n, G) expected information gain of every group (nats): the answer channel's, or the answer model's
+        predictive EIG when it has one; for a policy with ``reads_model_eig = True`` and a model with its own
+        information (the Gaussian few-shot posterior), that.
     available : (n, G) bool, unasked groups that fit the remaining budget;
         every row has at least one True.
     budget_left : (n,) float, prompts left (inf without a budget).
@@ -76,13 +78,16 @@ class Policy(ABC):
     torch backend of the loop hands it tensors; any other ``select`` gets numpy arrays (a host copy).
     See :func:`on_any_backend`. ``reads_eig``: False on a class that never reads ``state.eig`` (the loop may then
     skip an answer model's costly information gain); ``reads_gain``: True on one that reads ``state.gain`` (the
-    loop computes it only then).
+    loop computes it only then); ``reads_model_eig``: True on one whose ``state.eig`` should be the answer model's
+    own information where it has one (a Gaussian few-shot posterior's ``own_information``) instead of the
+    channel's or the predictive's EIG.
     """
 
     name: ClassVar[str]
     any_backend: ClassVar[bool] = False
     reads_eig: ClassVar[bool] = True
     reads_gain: ClassVar[bool] = False
+    reads_model_eig: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, state: PolicyState) -> np.ndarray:

@@ -88,6 +88,17 @@ class EIGPerPromptPolicy(Policy):
 
 
 @register
+class ModelEIGPerPromptPolicy(EIGPerPromptPolicy):
+    """EIG per prompt, with the EIG the answer model's own where it has one: under a Gaussian few-shot calibration, a
+    closed-form lower bound on I(C; z_g | z_asked) of the model's correlated similarities
+    (:func:`engine.core.gaussian.information_bound`), where ``eig_per_prompt`` reads the per-class answer channel, a
+    naive-Bayes model of the answers. Elsewhere the same as ``eig_per_prompt``."""
+
+    name = "model_eig_per_prompt"
+    reads_model_eig = True
+
+
+@register
 class AccuracyPerPromptPolicy(Policy):
     """The group expected to raise the top class's probability most per prompt: gain_g / K_g, where gain_g is the
     expected rise of the top class's probability if g is asked (``state.gain``: the expected accuracy gain of the

@@ -283,6 +283,7 @@ CHOOSERS = {
     "random": _random,
     "eig": _eig,
     "eig_per_prompt": _eig_per_prompt,
+    "model_eig_per_prompt": _eig_per_prompt,  # no answer model of its own here: the channel's EIG, as eig_per_prompt
     "top2": _top2,
     "lookahead": _lookahead,
     "accuracy_per_prompt": _accuracy_per_prompt,

@@ -568,11 +568,14 @@ def test_delta_with_a_gaussian_calibration_warns_in_one_line_that_it_reads_the_c
     from engine.run.config import RunConfig
 
     system, _, _, cals, _ = lda_calibrations
-    with pytest.warns(CalibrationWarning, match="delta 0.01.*no information gain of its own"):
+    with pytest.warns(CalibrationWarning, match="delta 0.01.*policy eig: δ reads the per-class answer channel"):
         CalibrationUse(cals["auto"], system).check(RunConfig(mode="adaptive", delta=0.01))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CalibrationUse(cals["auto"], system).check(RunConfig(mode="adaptive"))  # no δ: nothing to say
+        # δ reads the model's own information under this policy
+        CalibrationUse(cals["auto"], system).check(RunConfig(mode="adaptive", delta=0.01,
+                                                             policy="model_eig_per_prompt"))
         CalibrationUse(cals["lr"], system).check(RunConfig(mode="adaptive", delta=0.01))  # the LR's own EIG
     text = warnings.formatwarning(CalibrationWarning("a\nb"), CalibrationWarning, "f.py", 1)
     assert text == "twentyq: CalibrationWarning: a b\n"

@@ -265,6 +265,10 @@ class _Run:
         self.trail: list[Asked] = []
         self.eig_read = bool(getattr(setup.policy, "reads_eig", True)) or setup.stop.delta > 0
         self.gain_read = bool(getattr(setup.policy, "reads_gain", False))
+        # a policy that asks for the model's own information, and a model that has it (the Gaussian's, which
+        # needs each image's asked set: computed on the host)
+        self.model_eig = bool(getattr(setup.policy, "reads_model_eig", False)) \
+            and hasattr(setup.answer_model, "own_information")
         if setup.name_g is not None:
             self.asked[:, setup.name_g] = True  # hidden from the policy; asked as the shortlist instead
             self.names_due[:] = True
@@ -287,7 +291,12 @@ class _Run:
             # answer will do to *its* posterior; otherwise, or when neither the policy nor δ reads the EIG
             # (``reads_eig = False``: fixed, random, dev-order), the channel's, which costs far less
             gain = getattr(setup.answer_model, "information_gain", None) if self.eig_read else None
-            eig = expected_information_gain(post, ch, xp) if gain is None else gain(self.log_post[idx], xp)
+            if self.model_eig:
+                eig = self.own_information(idx)
+            elif gain is None:
+                eig = expected_information_gain(post, ch, xp)
+            else:
+                eig = gain(self.log_post[idx], xp)
             unasked = ~self.asked[idx]
             left = setup.budget - xp.to_float(self.q[idx])  # (n,) prompts left (inf without a budget)
             avail = unasked & (ch.sizes[None, :] <= left[:, None])
@@ -348,7 +357,7 @@ class _Run:
         ``host`` (n,) int: what a conditional answer model's settled bound and gain are computed from, on the host."""
         xp = self.xp
         rows = xp.asindex(host)
-        return (rows, self.seen[host], np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
+        return (rows, None if self.seen is None else self.seen[host], np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
                 np.asarray(xp.to_host(self.log_post[rows]), dtype=np.float64))
 
     def accuracy_gain(self, imgs, post):
@@ -360,6 +369,12 @@ class _Run:
             return expected_accuracy_gain(post, self.ch, xp)
         _, seen, asked, log_post = self.on_host(np.asarray(xp.to_host(imgs), dtype=np.int64))
         return xp.asarray(self.setup.answer_model.expected_accuracy_gain(seen, asked, log_post))
+
+    def own_information(self, imgs):
+        """(n, G) on the backend: the answer model's own information of each group for the images ``imgs`` (n,)
+        (:attr:`policies.Policy.reads_model_eig`), from their asked sets and posteriors, on the host."""
+        _, _, asked, log_post = self.on_host(np.asarray(self.xp.to_host(imgs), dtype=np.int64))
+        return self.xp.asarray(self.setup.answer_model.own_information(asked, log_post))
 
     def ask_group(self, imgs, g: int, eig_g) -> None:
         xp, k, cols = self.xp, self.k[g], self.cols[g]

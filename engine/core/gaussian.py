@@ -32,6 +32,7 @@ from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp, ndtr
 
+from engine.common.memo import BoundedMemo
 from engine.core.answer_models import (N_FOLDS, MASKS_PER_IMAGE, _col_group, _standardise, dev_arrays,
                                        stratified_folds, training_rows)
 
@@ -48,6 +49,9 @@ GAIN_COMPONENTS = 16  # classes expected_accuracy_gain draws answers from and we
 GAIN_DRAWS = 32  # draws of a group's answers per class in expected_accuracy_gain: 16 fixed normals and their negatives
 GAIN_CHUNK = 64  # images per block in expected_accuracy_gain ((chunk, k, draws, k) arrays)
 JITTERS = (1e-12, 1e-10, 1e-8, 1e-6)  # relative to the mean variance: tried in turn on a block that fails Cholesky
+INFO_CLASSES = 32  # classes information_bound sums over (each image's most probable, renormalised)
+INFO_FACTOR = {"bhattacharyya": 1 / 8, "kl": 1 / 2}  # D_ij's factor (times t) in the two pairwise estimators
+DISTANCE_MEMO = 256  # (asked set, group) distance matrices a model keeps: 47 MB at 151 classes
 
 
 def pd_cholesky(S: np.ndarray) -> np.ndarray:
@@ -155,6 +159,17 @@ class GaussianPosterior:
     def expected_accuracy_gain(self, sims: np.ndarray, asked: np.ndarray, log_post: np.ndarray) -> np.ndarray:
         """:func:`expected_accuracy_gain` of this model."""
         return expected_accuracy_gain(self, sims, asked, log_post)
+
+    def own_information(self, asked: np.ndarray, log_post: np.ndarray) -> np.ndarray:
+        """(n, G) :func:`information_bound` of this model (its Bhattacharyya lower bound); asked groups 0. Not
+        ``information_gain``: the loop reads that for every policy, and this one only for a policy that asks for
+        it (``reads_model_eig``)."""
+        return information_bound(self, asked, log_post)
+
+    @cached_property
+    def distances(self) -> "PairwiseDistances":
+        """This model's :class:`PairwiseDistances`, made once (a pickle carries none of its entries)."""
+        return PairwiseDistances(self)
 
     def to_dict(self) -> dict:
         return {"kind": KIND, "mean": self.mean.tolist(), "scale": self.scale.tolist(), "means": self.means.tolist(),
@@ -330,6 +345,71 @@ def expected_accuracy_gain(post: GaussianPosterior, sims: np.ndarray, asked: np.
                 top = np.exp(new.max(axis=3) - logsumexp(new, axis=3)).mean(axis=2)  # (n, k) E[max p' | c]
                 out[rows, g] = (np.exp(lk) * top).sum(axis=1) - np.exp(lk.max(axis=1))
     return np.maximum(out, 0.0)  # ≥ 0 in expectation; a few draws can fall just below
+
+
+class PairwiseDistances:
+    """D^{g|A} (C, C) of a :class:`GaussianPosterior`, per (asked groups a (G,) bool, group g), in a
+    :class:`BoundedMemo` of :data:`DISTANCE_MEMO` entries.
+
+    Given the asked columns A, class c's group-g similarities are N(m_c, S) with m_c = μ_c,g + Σ_gA Σ_AA⁻¹ (z_A −
+    μ_c,A) and S = Σ_gg − Σ_gA Σ_AA⁻¹ Σ_Ag. The difference m_i − m_j = (μ_i − μ_j)_g − Σ_gA Σ_AA⁻¹ (μ_i − μ_j)_A
+    does not depend on z_A, so D_ij = (m_i − m_j)ᵀ S⁻¹ (m_i − m_j) depends on the asked set and g only."""
+
+    def __init__(self, post: GaussianPosterior):
+        self.post, self.col_group = post, _col_group(post.sizes)
+        self.memo = BoundedMemo(DISTANCE_MEMO)
+
+    def __call__(self, asked: np.ndarray, g: int) -> np.ndarray:
+        a = np.asarray(asked, dtype=bool)
+        return self.memo.get((a.tobytes(), int(g)), lambda: self._make(a, int(g)))
+
+    def _make(self, a: np.ndarray, g: int) -> np.ndarray:
+        M = self.post.means
+        A, Bg = a[self.col_group], self.col_group == g
+        KT, Sg = conditional_blocks(self.post.cov, A, Bg)
+        m = M[:, Bg] - M[:, A] @ KT  # (C, K_g) the conditional means' part that differs between classes
+        u = np.linalg.solve(pd_cholesky(Sg), m.T).T  # whitened
+        sq = (u * u).sum(axis=1)
+        return np.maximum(sq[:, None] + sq[None, :] - 2.0 * u @ u.T, 0.0)
+
+
+def pairwise_information(log_post: np.ndarray, dist: np.ndarray, temperature: float, kind: str = "bhattacharyya",
+                         top: int = INFO_CLASSES) -> np.ndarray:
+    """(n,) −Σ_i p_i log Σ_j p_j exp(−f·t·D_ij), f = :data:`INFO_FACTOR` [kind], for posteriors ``log_post`` (n, C)
+    (normalised) and distances ``dist`` (C, C): a lower (``bhattacharyya``) or upper (``kl``) bound on the
+    information of a mixture of Gaussians with one covariance (Kolchinsky & Tracey 2017, *Estimating mixture entropy
+    with pairwise distances*), in nats. Over more than ``top`` classes, each image's ``top`` most probable,
+    renormalised."""
+    lp = np.asarray(log_post, dtype=np.float64)
+    n, C = lp.shape
+    f = INFO_FACTOR[kind] * float(temperature)
+    if C > top:
+        keep = np.argpartition(-lp, top - 1, axis=1)[:, :top]
+        lp = np.take_along_axis(lp, keep, axis=1)
+        lp = lp - logsumexp(lp, axis=1, keepdims=True)
+        D = dist[keep[:, :, None], keep[:, None, :]]  # (n, top, top)
+    else:
+        D = np.broadcast_to(dist, (n, C, C))
+    inner = logsumexp(lp[:, None, :] - f * D, axis=2)  # (n, k): log Σ_j p_j exp(−f·t·D_ij)
+    return np.maximum(-(np.exp(lp) * inner).sum(axis=1), 0.0)
+
+
+def information_bound(post: GaussianPosterior, asked: np.ndarray, log_post: np.ndarray,
+                      kind: str = "bhattacharyya") -> np.ndarray:
+    """(n, G) a closed-form bound on the model's own information I(C; z_g | z_A) of every unasked group g, in nats,
+    for images with asked groups ``asked`` (n, G) bool and posterior ``log_post`` (n, C); 0 for asked groups.
+
+    The tempered model (the one the loop updates with) answers group g with N(m_c, S/t) given class c (see
+    :class:`PairwiseDistances`), so the information is that of a Gaussian mixture with weights p and one covariance,
+    bracketed by :func:`pairwise_information` (``bhattacharyya`` below, ``kl`` above). It is what
+    ``--policy model_eig_per_prompt`` reads (per prompt), and what the loop's δ stop reads then."""
+    asked = np.asarray(asked, dtype=bool)
+    lp = np.asarray(log_post, dtype=np.float64)
+    out = np.zeros(asked.shape)
+    for a, _, rows in asked_sets(asked, post.sizes):
+        for g in np.nonzero(~a)[0]:
+            out[rows, g] = pairwise_information(lp[rows], post.distances(a, g), post.temperature, kind)
+    return out
 
 
 def pooled_covariance(z: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

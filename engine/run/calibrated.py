@@ -19,6 +19,7 @@ from engine.common.errors import OneLineWarning
 from engine.common.memo import BoundedMemo
 from engine.core.adaptive import NO_STOP, StopRule
 from engine.run.config import EncoderSpec, RunConfig
+from policies import POLICIES
 from systems import AttributeSystem, baseline_system, load_system
 
 
@@ -82,11 +83,13 @@ class CalibrationUse:
         if not self.applies(config) or self.answer_model is None:
             return
         am = self.answer_model
+        own = hasattr(am, "own_information") and getattr(POLICIES.get(config.policy), "reads_model_eig", False)
         if config.mode == "adaptive" and config.delta > 0 and getattr(am, "conditional", False) \
-                and not hasattr(am, "information_gain"):
-            warnings.warn(f"--delta {config.delta:g} with calibration {self.calibration.where()}: its Gaussian "
-                          "posterior has no information gain of its own, so δ reads the per-class answer channel's "
-                          "EIG, which can stop images early; drop --delta, or calibrate with --posterior lr",
+                and not hasattr(am, "information_gain") and not own:
+            warnings.warn(f"--delta {config.delta:g} with calibration {self.calibration.where()} and --policy "
+                          f"{config.policy}: δ reads the per-class answer channel's EIG, not the Gaussian "
+                          "posterior's own information, which can stop images early; drop --delta, use --policy "
+                          "model_eig_per_prompt (δ then reads the model's own), or calibrate with --posterior lr",
                           CalibrationWarning, stacklevel=2)
         if config.scorer != "bayes" or (config.mode == "adaptive" and config.shortlist):
             from engine.run.calibration_file import CalibrationError

@@ -27,22 +27,29 @@ def policy_state(ch, post, *, eig=None, available=None, budget_left=None) -> Pol
                        images=np.arange(n), channel=ch, gain=expected_accuracy_gain(post, ch))
 
 
-def assert_greedy_paths(res, system, post, sims, budget: float, rate, tol: float = 1e-9) -> int:
-    """Replay each Result's path in ``res`` (the loop run with a conditional answer model ``post`` over ``sims``):
-    before every step, ``rate(log_post (1, C), asked (G,), i)`` -> (G,) scores; the group asked must be the lowest
-    index among the affordable unasked groups within ``tol`` of the best. Returns the steps checked."""
-    sizes = np.asarray(system.option_counts)
+def walk_paths(res, system, post, sims):
+    """Yield (i, step, g, asked, log_post) for every step of every Result in ``res`` (the loop run with a
+    conditional answer model ``post`` over ``sims``): the group index g the step asked, the set asked before it
+    (G,) bool (a copy) and the model's posterior then (1, C), without any caller's prior."""
     names = [g.name for g in system.groups]
-    checked = 0
     for i, r in enumerate(res):
-        asked = np.zeros(len(sizes), bool)
+        asked = np.zeros(len(names), bool)
         for step in r.steps:
-            lp = post.log_posterior(sims[i:i + 1], asked[None])
-            score = np.asarray(rate(lp, asked.copy(), i), dtype=np.float64)
-            ok = ~asked & (sizes <= budget - sizes[asked].sum())
-            best = score[ok].max()
             g = names.index(step.group)
-            assert g == min(h for h in np.nonzero(ok)[0] if score[h] >= best - tol * max(1.0, abs(best))), (i, step)
+            yield i, step, g, asked.copy(), post.log_posterior(sims[i:i + 1], asked[None])
             asked[g] = True
-            checked += 1
+
+
+def assert_greedy_paths(res, system, post, sims, budget: float, rate, tol: float = 1e-9) -> int:
+    """Replay each Result's path in ``res`` (:func:`walk_paths`): before every step, ``rate(log_post (1, C), asked
+    (G,), i)`` -> (G,) scores; the group asked must be the lowest index among the affordable unasked groups within
+    ``tol`` of the best. Returns the steps checked."""
+    sizes = np.asarray(system.option_counts)
+    checked = 0
+    for i, step, g, asked, lp in walk_paths(res, system, post, sims):
+        score = np.asarray(rate(lp, asked.copy(), i), dtype=np.float64)
+        ok = ~asked & (sizes <= budget - sizes[asked].sum())
+        best = score[ok].max()
+        assert g == min(h for h in np.nonzero(ok)[0] if score[h] >= best - tol * max(1.0, abs(best))), (i, step)
+        checked += 1
     return checked
