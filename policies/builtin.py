@@ -325,6 +325,10 @@ class AutoPolicy(Policy):
     def reads_gain(self) -> bool:  # as the chosen policy
         return getattr(self.inner, "reads_gain", False)
 
+    @property
+    def reads_model_eig(self) -> bool:  # as the chosen policy
+        return getattr(self.inner, "reads_model_eig", False)
+
     def select(self, state: PolicyState) -> np.ndarray:
         return self.inner.select(state)
 

@@ -19,7 +19,7 @@ from tests.test_gaussian_posterior import gaussian_images, random_gaussian
 
 def conditional(post, asked, g):
     """(m (C, K_g), S (K_g, K_g)): class c's group-g similarities given the asked groups' are N(m_c + shift, S),
-    by the textbook formulas with explicit inverses (the bench solves instead)."""
+    by the textbook formulas with explicit inverses (engine.core.gaussian whitens by a Cholesky factor instead)."""
     cols = np.repeat(np.arange(len(post.sizes)), post.sizes)
     A, B = asked[cols], cols == g
     S, M = post.cov, post.means
@@ -196,3 +196,37 @@ def test_a_coverage_outside_0_1_is_refused_before_anything_loads(capsys):
             main(["--ci", bad, "--probe", "/nonexistent"])
         assert e.value.code == 2
         assert "--ci" in capsys.readouterr().err
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**16), st.lists(st.sampled_from([0.0, 1.0, 2.0]), min_size=36, max_size=36),
+       st.lists(st.booleans(), min_size=3, max_size=3))
+def test_over_more_classes_than_it_keeps_the_bound_does_not_depend_on_how_classes_are_numbered(seed, w, asked):
+    """Equal probabilities at the cut (every first question under a prior of equal dev counts) must not let the
+    class numbering pick which classes are summed over: renumbering the model's classes and the posterior's
+    together leaves every group's bound where it was."""
+    from dataclasses import replace
+
+    post = random_gaussian(np.array([2, 1, 3]), 36, seed)
+    lp = log_softmax(np.array(w))[None]
+    asked = np.array(asked)[None]
+    asked[0, 0] = False  # one group at least is unasked
+    perm = np.random.default_rng(seed).permutation(36)
+    moved = replace(post, means=post.means[perm], log_prior_c=post.log_prior_c[perm], n_dev=post.n_dev[perm])
+    np.testing.assert_allclose(information_bound(moved, asked, lp[:, perm]), information_bound(post, asked, lp),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_a_tie_at_the_cut_sums_over_every_class_and_no_tie_over_the_kept_ones():
+    post = random_gaussian(np.array([2, 2]), 40, 3)
+    asked = np.array([[True, False]] * 3)
+    flat = np.full(40, -np.log(40))
+    clear = log_softmax(np.r_[np.full(32, 1.0), np.zeros(8)])  # the 32 kept ones are above the other 8
+    zeros = log_softmax(np.r_[np.full(5, 1.0), np.full(35, -np.inf)])  # the cut splits classes of probability 0
+    got = information_bound(post, asked, np.stack([flat, clear, zeros]))[:, 1]
+    D = PairwiseDistances(post)(asked[0], 1)
+    assert got[0] == pytest.approx(pairwise_information(flat[None], D, post.temperature, top=40)[0], rel=1e-12)
+    kept = np.arange(32)
+    want = pairwise_information(log_softmax(clear[kept])[None], D[np.ix_(kept, kept)], post.temperature)[0]
+    assert got[1] == pytest.approx(want, rel=1e-12)
+    assert got[2] == pytest.approx(pairwise_information(zeros[None, :5], D[:5, :5], post.temperature)[0], rel=1e-12)

@@ -51,7 +51,10 @@ GAIN_CHUNK = 64  # images per block in expected_accuracy_gain ((chunk, k, draws,
 JITTERS = (1e-12, 1e-10, 1e-8, 1e-6)  # relative to the mean variance: tried in turn on a block that fails Cholesky
 INFO_CLASSES = 32  # classes information_bound sums over (each image's most probable, renormalised)
 INFO_FACTOR = {"bhattacharyya": 1 / 8, "kl": 1 / 2}  # D_ij's factor (times t) in the two pairwise estimators
-DISTANCE_MEMO = 256  # (asked set, group) distance matrices a model keeps: 47 MB at 151 classes
+INFO_CHUNK = 64  # rows per block when a row is summed over every class ((chunk, C, C) arrays)
+# (asked set, group) whitened conditional means a model keeps, (C, K_g) each (13 KB at 151 classes and 11 options):
+# a run touches at most G·2^(G−1) of them, so 2048 hold every one up to G = 9
+DISTANCE_MEMO = 2048
 
 
 def pd_cholesky(S: np.ndarray) -> np.ndarray:
@@ -162,8 +165,8 @@ class GaussianPosterior:
 
     def own_information(self, asked: np.ndarray, log_post: np.ndarray) -> np.ndarray:
         """(n, G) :func:`information_bound` of this model (its Bhattacharyya lower bound); asked groups 0. Not
-        ``information_gain``: the loop reads that for every policy, and this one only for a policy that asks for
-        it (``reads_model_eig``)."""
+        ``information_gain``: the loop reads that in place of the channel's EIG for every policy that reads an
+        EIG (and for δ), and this only for a policy that asks for it (``reads_model_eig``)."""
         return information_bound(self, asked, log_post)
 
     @cached_property
@@ -348,29 +351,73 @@ def expected_accuracy_gain(post: GaussianPosterior, sims: np.ndarray, asked: np.
 
 
 class PairwiseDistances:
-    """D^{g|A} (C, C) of a :class:`GaussianPosterior`, per (asked groups a (G,) bool, group g), in a
-    :class:`BoundedMemo` of :data:`DISTANCE_MEMO` entries.
+    """The whitened conditional means u^{g|A} (C, K_g) of a :class:`GaussianPosterior`, per (asked groups a (G,)
+    bool, group g), in a :class:`BoundedMemo` of :data:`DISTANCE_MEMO` entries; called, the distances D^{g|A}
+    (C, C) between them.
 
     Given the asked columns A, class c's group-g similarities are N(m_c, S) with m_c = μ_c,g + Σ_gA Σ_AA⁻¹ (z_A −
     μ_c,A) and S = Σ_gg − Σ_gA Σ_AA⁻¹ Σ_Ag. The difference m_i − m_j = (μ_i − μ_j)_g − Σ_gA Σ_AA⁻¹ (μ_i − μ_j)_A
-    does not depend on z_A, so D_ij = (m_i − m_j)ᵀ S⁻¹ (m_i − m_j) depends on the asked set and g only."""
+    does not depend on z_A, so with u_c = L⁻¹ (μ_c,g − Σ_gA Σ_AA⁻¹ μ_c,A) (S = L Lᵀ), D_ij = |u_i − u_j|² =
+    (m_i − m_j)ᵀ S⁻¹ (m_i − m_j) depends on the asked set and g only."""
 
     def __init__(self, post: GaussianPosterior):
         self.post, self.col_group = post, _col_group(post.sizes)
         self.memo = BoundedMemo(DISTANCE_MEMO)
 
-    def __call__(self, asked: np.ndarray, g: int) -> np.ndarray:
+    def whitened(self, asked: np.ndarray, g: int) -> np.ndarray:
+        """(C, K_g) u^{g|A}."""
         a = np.asarray(asked, dtype=bool)
         return self.memo.get((a.tobytes(), int(g)), lambda: self._make(a, int(g)))
+
+    def __call__(self, asked: np.ndarray, g: int) -> np.ndarray:
+        """(C, C) D^{g|A}."""
+        return _squared_distances(self.whitened(asked, g))
 
     def _make(self, a: np.ndarray, g: int) -> np.ndarray:
         M = self.post.means
         A, Bg = a[self.col_group], self.col_group == g
         KT, Sg = conditional_blocks(self.post.cov, A, Bg)
         m = M[:, Bg] - M[:, A] @ KT  # (C, K_g) the conditional means' part that differs between classes
-        u = np.linalg.solve(pd_cholesky(Sg), m.T).T  # whitened
-        sq = (u * u).sum(axis=1)
-        return np.maximum(sq[:, None] + sq[None, :] - 2.0 * u @ u.T, 0.0)
+        return np.linalg.solve(pd_cholesky(Sg), m.T).T
+
+
+def _squared_distances(u: np.ndarray) -> np.ndarray:
+    """(..., k, k) |u_i − u_j|² of points u (..., k, K), clipped at 0."""
+    sq = (u * u).sum(axis=-1)
+    return np.maximum(sq[..., :, None] + sq[..., None, :] - 2.0 * u @ np.swapaxes(u, -1, -2), 0.0)
+
+
+def _mixture_information(lp: np.ndarray, D: np.ndarray, f: float) -> np.ndarray:
+    """(n,) −Σ_i p_i log Σ_j p_j exp(−f·D_ij) for normalised log weights lp (n, k) and distances D (n, k, k)."""
+    inner = logsumexp(lp[:, None, :] - f * D, axis=2)
+    return np.maximum(-(np.exp(lp) * inner).sum(axis=1), 0.0)
+
+
+def _information(lp: np.ndarray, f: float, top: int, among) -> np.ndarray:
+    """(n,) :func:`_mixture_information` of posteriors lp (n, C), over each row's ``top`` most probable classes
+    (renormalised), ``among(keep (m, top) int)`` giving their distances (m, top, top) and ``among(None)`` all
+    classes' (C, C). A row whose cut would split classes of equal positive probability (a prior with equal dev
+    counts makes every first-round row one) is summed over every class instead, so the result does not depend
+    on how the classes are numbered; equal rows are computed once, in blocks of :data:`INFO_CHUNK`."""
+    n, C = lp.shape
+    if C <= top:
+        return _mixture_information(lp, np.broadcast_to(among(None), (n, C, C)), f)
+    part = np.argpartition(-lp, top, axis=1)
+    keep = part[:, :top]
+    cut = np.take_along_axis(lp, keep, axis=1).min(axis=1)
+    tied = np.isfinite(cut) & (np.take_along_axis(lp, part[:, top:], axis=1).max(axis=1) >= cut)
+    out = np.empty(n)
+    if (~tied).any():
+        kl = np.take_along_axis(lp[~tied], keep[~tied], axis=1)
+        out[~tied] = _mixture_information(kl - logsumexp(kl, axis=1, keepdims=True), among(keep[~tied]), f)
+    if tied.any():
+        rows, which = np.unique(lp[tied], axis=0, return_inverse=True)
+        full = among(None)
+        vals = np.concatenate([_mixture_information(rows[i:i + INFO_CHUNK],
+                                                    np.broadcast_to(full, (len(rows[i:i + INFO_CHUNK]), C, C)), f)
+                               for i in range(0, len(rows), INFO_CHUNK)])
+        out[tied] = vals[which.reshape(-1)]
+    return out
 
 
 def pairwise_information(log_post: np.ndarray, dist: np.ndarray, temperature: float, kind: str = "bhattacharyya",
@@ -379,19 +426,10 @@ def pairwise_information(log_post: np.ndarray, dist: np.ndarray, temperature: fl
     (normalised) and distances ``dist`` (C, C): a lower (``bhattacharyya``) or upper (``kl``) bound on the
     information of a mixture of Gaussians with one covariance (Kolchinsky & Tracey 2017, *Estimating mixture entropy
     with pairwise distances*), in nats. Over more than ``top`` classes, each image's ``top`` most probable,
-    renormalised."""
-    lp = np.asarray(log_post, dtype=np.float64)
-    n, C = lp.shape
-    f = INFO_FACTOR[kind] * float(temperature)
-    if C > top:
-        keep = np.argpartition(-lp, top - 1, axis=1)[:, :top]
-        lp = np.take_along_axis(lp, keep, axis=1)
-        lp = lp - logsumexp(lp, axis=1, keepdims=True)
-        D = dist[keep[:, :, None], keep[:, None, :]]  # (n, top, top)
-    else:
-        D = np.broadcast_to(dist, (n, C, C))
-    inner = logsumexp(lp[:, None, :] - f * D, axis=2)  # (n, k): log Σ_j p_j exp(−f·t·D_ij)
-    return np.maximum(-(np.exp(lp) * inner).sum(axis=1), 0.0)
+    renormalised (every class where the cut would split a tie: :func:`_information`)."""
+    dist = np.asarray(dist, dtype=np.float64)
+    return _information(np.asarray(log_post, dtype=np.float64), INFO_FACTOR[kind] * float(temperature), top,
+                        lambda keep: dist if keep is None else dist[keep[:, :, None], keep[:, None, :]])
 
 
 def information_bound(post: GaussianPosterior, asked: np.ndarray, log_post: np.ndarray,
@@ -406,9 +444,12 @@ def information_bound(post: GaussianPosterior, asked: np.ndarray, log_post: np.n
     asked = np.asarray(asked, dtype=bool)
     lp = np.asarray(log_post, dtype=np.float64)
     out = np.zeros(asked.shape)
+    f = INFO_FACTOR[kind] * float(post.temperature)
     for a, _, rows in asked_sets(asked, post.sizes):
         for g in np.nonzero(~a)[0]:
-            out[rows, g] = pairwise_information(lp[rows], post.distances(a, g), post.temperature, kind)
+            u = post.distances.whitened(a, g)
+            out[rows, g] = _information(lp[rows], f, INFO_CLASSES,
+                                        lambda keep, u=u: _squared_distances(u if keep is None else u[keep]))
     return out
 
 
