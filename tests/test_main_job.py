@@ -100,17 +100,19 @@ def test_main_job_prints_the_table_and_writes_the_curve(tmp_path, capsys):
         w.writerows([[r["path"], r["label"]] for r in rows])
     png, out = tmp_path / "curve.png", tmp_path / "compare.json"
     rc = main(["compare", "--data", str(data), "--system", MAIN_SYSTEM, "--model", "probe", "--calibration",
-               str(MAIN_CALIBRATION), "--policy", "auto", "--settle", "auto", "--plot", str(png), "--out", str(out),
+               str(MAIN_CALIBRATION), "--policy", "model_eig_per_prompt", "--settle", "auto", "--plot", str(png),
+               "--out", str(out),
                "--quiet"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "not CLIP" in text and "trained here" in text
-    for mode in ("| baseline |", "| full |", "| adaptive (auto (fixed), τ=0.9, settle=0.85)"):
+    for mode in ("| baseline |", "| full |", "| adaptive (model_eig_per_prompt, τ=0.9, settle=0.8)"):
         assert mode in text
-    assert "settle auto (auto, τ=0.9, budget none): 0.85 chosen on the calibration's 100 cross-fitted dev" in text
+    assert ("settle auto (model_eig_per_prompt, τ=0.9, budget none): 0.8 chosen on the calibration's 100 "
+            "cross-fitted dev") in text
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     reports = json.loads(out.read_text(encoding="utf-8"))
     assert [r["mode"] for r in reports] == ["baseline", "full", "adaptive"]
     assert all(r["n"] == 6 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] for r in reports)
     assert [r["calibration"]["applied"] for r in reports] == [False, True, True]  # the shipped one, full+adaptive
-    assert [r["settle"] for r in reports] == [None, None, 0.85]
+    assert [r["settle"] for r in reports] == [None, None, 0.8]

@@ -86,7 +86,7 @@ check_classify probe --system pokemon15_gen1 --calibration "$CAL"
 if [ -f "$DATA/pokemon/sprites386/labels.csv" ]; then
     LABELS="$(cd "$DATA/pokemon/sprites386" && pwd)/labels.csv"
     "$TQ" compare --model probe --system pokemon15_gen1 --data "$LABELS" --allow-missing --calibration "$CAL" \
-        --policy auto --settle auto | tee "$WORK/main_job.txt" || fail "the README's main job exited non-zero"
+        --policy model_eig_per_prompt --settle auto | tee "$WORK/main_job.txt" || fail "the README's main job exited non-zero"
     grep -q "calibration:" "$WORK/main_job.txt" || fail "the main job's table does not name the calibration"
     step "the README's main job ran with --calibration $CAL"
 else
