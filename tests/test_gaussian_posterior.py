@@ -570,6 +570,9 @@ def test_delta_with_a_gaussian_calibration_warns_in_one_line_that_it_reads_the_c
     system, _, _, cals, _ = lda_calibrations
     with pytest.warns(CalibrationWarning, match="delta 0.01.*policy eig: δ reads the per-class answer channel"):
         CalibrationUse(cals["auto"], system).check(RunConfig(mode="adaptive", delta=0.01))
+    for policy in ("auto", "dev-order"):  # resolved through the calibration: neither reads the model's own
+        with pytest.warns(CalibrationWarning, match=f"policy {policy}: δ reads the per-class answer channel"):
+            CalibrationUse(cals["auto"], system).check(RunConfig(mode="adaptive", delta=0.01, policy=policy))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CalibrationUse(cals["auto"], system).check(RunConfig(mode="adaptive"))  # no δ: nothing to say

@@ -19,7 +19,6 @@ from engine.common.errors import OneLineWarning
 from engine.common.memo import BoundedMemo
 from engine.core.adaptive import NO_STOP, StopRule
 from engine.run.config import EncoderSpec, RunConfig
-from policies import POLICIES
 from systems import AttributeSystem, baseline_system, load_system
 
 
@@ -83,9 +82,8 @@ class CalibrationUse:
         if not self.applies(config) or self.answer_model is None:
             return
         am = self.answer_model
-        own = hasattr(am, "own_information") and getattr(POLICIES.get(config.policy), "reads_model_eig", False)
         if config.mode == "adaptive" and config.delta > 0 and getattr(am, "conditional", False) \
-                and not hasattr(am, "information_gain") and not own:
+                and not hasattr(am, "information_gain") and not self._reads_own_information(config):
             warnings.warn(f"--delta {config.delta:g} with calibration {self.calibration.where()} and --policy "
                           f"{config.policy}: δ reads the per-class answer channel's EIG, not the Gaussian "
                           "posterior's own information, which can stop images early; drop --delta, use --policy "
@@ -97,6 +95,20 @@ class CalibrationUse:
             raise CalibrationError(f"calibration {self.calibration.where()} is few-shot: its posterior needs the "
                                    "bayes scorer and no --shortlist; drop --scorer sum / --shortlist, or make a "
                                    "zero-shot one with 'twentyq calibrate --setting zero-shot'")
+
+    def _reads_own_information(self, config: RunConfig) -> bool:
+        """Whether the policy this run uses (auto and dev-order resolved through the calibration) reads the
+        answer model's own information (``reads_model_eig``) instead of the channel's EIG. False where the
+        calibration cannot resolve it (no auto choice or dev order): the run refuses that itself, by name."""
+        from engine.run.calibration_file import CalibrationError, resolve_policy
+
+        if not hasattr(self.answer_model, "own_information"):
+            return False
+        try:
+            policy = resolve_policy(self.calibration, config)
+        except CalibrationError:
+            return False
+        return getattr(policy, "reads_model_eig", False) is True
 
     def check_settle(self, config: RunConfig) -> None:
         """A CalibrationError for an adaptive ``settle`` without a model that predicts the unasked similarities
