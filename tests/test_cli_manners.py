@@ -329,3 +329,20 @@ def test_compare_on_data_without_rows_is_refused_not_a_table_of_nan(tmp_path, ca
     assert main(["compare", "--data", str(tmp_path / "h.csv"), "--labels", "a,b"]) == 2
     err = capsys.readouterr().err
     assert "has no rows" in err and err.count("\n") == 1
+
+
+def test_when_every_image_stopped_on_confidence_the_summary_prints_no_accuracy_of_none():
+    """It printed "the others: 0 image(s) (none), accuracy nan"."""
+    from types import SimpleNamespace
+
+    from engine.cli.options import calibration_lines
+
+    cal = {"path": "cal.json", "sha256": "ab" * 32, "model": "m", "system": "s", "system_sha256": "cd" * 32,
+           "applied": True, "excluded_dev_images": 0}
+    rep = SimpleNamespace(calibration=cal, accuracy=0.75, mean_q=12.0,
+                          confident={"n": 4, "accuracy": 0.75, "ci95": [0.19, 0.99]},
+                          not_confident={"n": 0, "accuracy": float("nan"), "stops": {}})
+    text = "\n".join(calibration_lines(rep))
+    assert "nan" not in text and "no other image; overall accuracy 0.750, mean Q 12.0" in text
+    rep.not_confident = {"n": 2, "accuracy": 0.5, "stops": {"exhausted": 2}}
+    assert "the others: 2 image(s) (exhausted 2), accuracy 0.500; overall" in "\n".join(calibration_lines(rep))

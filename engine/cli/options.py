@@ -777,6 +777,7 @@ def calibration_lines(rep) -> list[str]:
         else:
             out.append("  stopped on confidence: none")
         stops = ", ".join(f"{k} {v}" for k, v in o["stops"].items()) or "none"
-        out.append(f"  the others: {o['n']} image(s) ({stops}), accuracy {o['accuracy']:.3f}; overall accuracy "
-                   f"{rep.accuracy:.3f}, mean Q {rep.mean_q:.1f}")
+        others = (f"the others: {o['n']} image(s) ({stops}), accuracy {o['accuracy']:.3f}" if o["n"] else
+                  "no other image")  # every one stopped on confidence: no accuracy of none to print (was "nan")
+        out.append(f"  {others}; overall accuracy {rep.accuracy:.3f}, mean Q {rep.mean_q:.1f}")
     return out
