@@ -357,7 +357,8 @@ class _Run:
         ``host`` (n,) int: what a conditional answer model's settled bound and gain are computed from, on the host."""
         xp = self.xp
         rows = xp.asindex(host)
-        return (rows, None if self.seen is None else self.seen[host], np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
+        seen = None if self.seen is None else self.seen[host]
+        return (rows, seen, np.asarray(xp.to_host(self.asked[rows]), dtype=bool),
                 np.asarray(xp.to_host(self.log_post[rows]), dtype=np.float64))
 
     def accuracy_gain(self, imgs, post):
