@@ -354,7 +354,8 @@ class _Run:
 
     def on_host(self, host: np.ndarray) -> tuple:
         """(rows on the backend, similarities seen (n, Q), asked (n, G) bool, log posterior (n, C)) of the images
-        ``host`` (n,) int: what a conditional answer model's settled bound, gain and own information are computed from, on the host."""
+        ``host`` (n,) int: what a conditional answer model's settled bound, gain and own information are computed
+        from, on the host (``seen`` None for a model that is not conditional)."""
         xp = self.xp
         rows = xp.asindex(host)
         seen = None if self.seen is None else self.seen[host]
