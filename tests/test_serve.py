@@ -1026,6 +1026,12 @@ def test_a_served_calibration_answers_as_the_classifier_does_with_settle_and_tar
             msg = assert_error(c.post("/v1/classify", json={**body, **kw, "system": "lda"}), 400, "invalid_parameter",
                                field)
             assert str(Path(lda_world["files"]["gaussian"]).parent) not in msg
+            # in the client's words: request fields, not the command line's flags
+            assert not any(f"--{f.replace('_', '-')}" in msg for f in ("settle", "delta", "target_accuracy", "scorer",
+                                                                        "shortlist", "policy")), msg
+        msg = assert_error(c.post("/v1/classify", json={**body, "settle": "auto", "delta": 0.1, "system": "lda"}), 400,
+                           "invalid_parameter", "settle")
+        assert "drop delta, or pass a number to settle" in msg, msg
         assert "'gaussian.json'" in assert_error(c.post("/v1/classify", json={**body, "scorer": "sum", "system": "lda"}),
                                                  400, "invalid_parameter", "scorer")
         assert_error(c.post("/v1/classify", json={**body, "target_accuracy": 0.8, "system": "colours"}), 400,

@@ -232,7 +232,7 @@ def _run_config(params: dict[str, Any]) -> RunConfig:
         msg = str(e)
         field = _field_named(msg)
         code = "unknown_policy" if field == "policy" else "invalid_parameter"
-        raise ApiError(400, code, msg, field) from None
+        raise ApiError(400, code, _public(msg, None), field) from None
 
 
 def _check_shortlist(system: Any, config: RunConfig) -> None:
@@ -290,9 +290,15 @@ def _stop_rule(clf: Any, config: RunConfig) -> dict[str, Any]:
 
 
 def _public(msg: str, cal: Any) -> str:
-    """``msg`` with the calibration's path (as ``Calibration.where`` quotes it) cut to its file name."""
+    """``msg`` in a client's words: the calibration's path (as ``Calibration.where`` quotes it) cut to its file
+    name, and a command-line flag that is a request field named as the field ("drop --delta, or pass a number to
+    --settle" -> "drop delta, or pass a number to settle"); other flags (``--posterior`` of ``twentyq
+    calibrate``) stay as they are."""
     path = getattr(cal, "path", None)
-    return msg.replace(repr(path), repr(Path(path).name)) if path else msg
+    msg = msg.replace(repr(path), repr(Path(path).name)) if path else msg
+    return re.sub(r"--([a-z][a-z-]*)",
+                  lambda m: m.group(1).replace("-", "_") if m.group(1).replace("-", "_") in RUN_FIELDS else m.group(0),
+                  msg)
 
 
 class _Guard:
