@@ -152,6 +152,13 @@ def classify_batch(
     return _Run(setup, xp.source(source), system, xp, prior, top_k, trace).run()
 
 
+def reads_own_information(policy: Any, answer_model: Any) -> bool:
+    """Whether the loop hands ``policy`` (an object) the answer model's own information as ``state.eig``: a policy
+    that asks for it (``reads_model_eig``; auto: as its chosen policy) and a model that has it (``own_information``:
+    the Gaussian's, which needs each image's asked set, so it is computed on the host)."""
+    return bool(getattr(policy, "reads_model_eig", False)) and hasattr(answer_model, "own_information")
+
+
 @dataclass(frozen=True)
 class LoopSetup:
     """The checked arguments of one adaptive run.
@@ -265,10 +272,7 @@ class _Run:
         self.trail: list[Asked] = []
         self.eig_read = bool(getattr(setup.policy, "reads_eig", True)) or setup.stop.delta > 0
         self.gain_read = bool(getattr(setup.policy, "reads_gain", False))
-        # a policy that asks for the model's own information, and a model that has it (the Gaussian's, which
-        # needs each image's asked set: computed on the host)
-        self.model_eig = bool(getattr(setup.policy, "reads_model_eig", False)) \
-            and hasattr(setup.answer_model, "own_information")
+        self.model_eig = reads_own_information(setup.policy, setup.answer_model)
         if setup.name_g is not None:
             self.asked[:, setup.name_g] = True  # hidden from the policy; asked as the shortlist instead
             self.names_due[:] = True
@@ -287,16 +291,15 @@ class _Run:
             if len(idx) == 0:
                 break
             post = xp.exp(self.log_post[idx])
-            # a few-shot model with a predictive of its own answers (engine.core.predictive) says what an
+            # a policy that asks for the model's own information gets it (reads_own_information); else a
+            # few-shot model with a predictive of its own answers (engine.core.predictive) says what an
             # answer will do to *its* posterior; otherwise, or when neither the policy nor δ reads the EIG
             # (``reads_eig = False``: fixed, random, dev-order), the channel's, which costs far less
-            gain = getattr(setup.answer_model, "information_gain", None) if self.eig_read else None
             if self.model_eig:
                 eig = self.own_information(idx)
-            elif gain is None:
-                eig = expected_information_gain(post, ch, xp)
             else:
-                eig = gain(self.log_post[idx], xp)
+                gain = getattr(setup.answer_model, "information_gain", None) if self.eig_read else None
+                eig = expected_information_gain(post, ch, xp) if gain is None else gain(self.log_post[idx], xp)
             unasked = ~self.asked[idx]
             left = setup.budget - xp.to_float(self.q[idx])  # (n,) prompts left (inf without a budget)
             avail = unasked & (ch.sizes[None, :] <= left[:, None])

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from engine.common.errors import OneLineWarning
 from engine.common.memo import BoundedMemo
-from engine.core.adaptive import NO_STOP, StopRule
+from engine.core.adaptive import NO_STOP, StopRule, reads_own_information
 from engine.run.config import EncoderSpec, RunConfig
 from systems import AttributeSystem, baseline_system, load_system
 
@@ -102,13 +102,11 @@ class CalibrationUse:
         calibration cannot resolve it (no auto choice or dev order): the run refuses that itself, by name."""
         from engine.run.calibration_file import CalibrationError, resolve_policy
 
-        if not hasattr(self.answer_model, "own_information"):
-            return False
         try:
             policy = resolve_policy(self.calibration, config)
         except CalibrationError:
             return False
-        return getattr(policy, "reads_model_eig", False) is True
+        return reads_own_information(policy, self.answer_model)  # the loop's own test
 
     def check_settle(self, config: RunConfig) -> None:
         """A CalibrationError for an adaptive ``settle`` without a model that predicts the unasked similarities

@@ -296,9 +296,12 @@ def _public(msg: str, cal: Any) -> str:
     calibrate``) stay as they are."""
     path = getattr(cal, "path", None)
     msg = msg.replace(repr(path), repr(Path(path).name)) if path else msg
-    return re.sub(r"--([a-z][a-z-]*)",
-                  lambda m: m.group(1).replace("-", "_") if m.group(1).replace("-", "_") in RUN_FIELDS else m.group(0),
-                  msg)
+
+    def field(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        return name if name in RUN_FIELDS else m.group(0)
+
+    return re.sub(r"--([a-z][a-z-]*)", field, msg)
 
 
 class _Guard:
