@@ -297,7 +297,8 @@ def test_settled_paths_cut_at_a_threshold_are_what_the_loop_does_with_that_settl
 def test_choose_threshold_takes_the_smallest_from_which_every_threshold_keeps_the_label(B, S, seed, margin, before):
     """Brute force, path by path: every grid threshold from the chosen one up keeps ≥ 1 − margin of the paths on
     the label they end with without the stop (at their first ``before`` point, else their last), the one below
-    does not; 1 (never) when the top of the grid fails; mean Q and agreement are those of the chosen one."""
+    does not; 1 (never) when the top of the grid fails or the chosen one saves no prompt; mean Q and agreement are
+    those of the chosen one."""
     from engine.core.stopping import SETTLE_GRID, choose_threshold
 
     rng = np.random.default_rng(seed)
@@ -323,7 +324,11 @@ def test_choose_threshold_takes_the_smallest_from_which_every_threshold_keeps_th
     j = len(grid) - 1
     while j > 0 and ok[j - 1]:
         j -= 1
+    mean_q = {t: np.mean([q[i, stop_at(i, t)] for i in range(B)]) for t in grid}
+    if mean_q[grid[j]] >= mean_q[1.0]:  # saves no prompt: never
+        j = len(grid) - 1
     assert got.threshold == grid[j] and ok[-1]
+    assert got.saves_nothing == (got.threshold == 1.0 and ok[-2])
     assert got.agreement == pytest.approx(share(got.threshold))
     assert got.mean_q == pytest.approx(np.mean([q[i, stop_at(i, got.threshold)] for i in range(B)]))
     assert got.mean_q_without == pytest.approx(np.mean([q[i, stop_at(i, 1.0)] for i in range(B)]))
@@ -361,6 +366,12 @@ def test_settle_auto_keeps_the_label_each_dev_run_would_end_with_without_it(lda_
     def share(thr):
         return np.mean([a[0] == b[0] for a, b in zip(run(thr), without)])
 
+    if choice.saves_nothing:  # here the thresholds that keep the labels all stop after τ = 0.9 does
+        keeps = [share(t) >= 0.99 for t in SETTLE_GRID]
+        lowest = next(t for i, t in enumerate(SETTLE_GRID) if all(keeps[i:]))
+        assert choice.threshold == 1.0 and tau < 1.0
+        assert np.mean([q for _, q in run(lowest)]) == np.mean([q for _, q in without]) == choice.mean_q
+        return
     assert choice.threshold < 1.0 and share(choice.threshold) >= 0.99
     assert choice.agreement == pytest.approx(share(choice.threshold))
     assert choice.mean_q == pytest.approx(np.mean([q for _, q in run(choice.threshold)]))
@@ -378,10 +389,10 @@ def test_settle_auto_resolves_in_the_plan_and_is_refused_where_it_cannot_be_chos
     from engine.run.config import RunConfig
 
     system, _, _, cals, _ = lda_calibrations
-    config = RunConfig(policy="fixed", settle="auto")
+    config = RunConfig(policy="fixed", settle="auto", tau=1.0)
     assert config.to_dict()["settle"] == "auto" and config.stop_rule().settle == 1.0
     plan = CalibrationUse(cals["auto"], system).plan(config, 100.0)
-    assert plan.stop.settle == cals["auto"].settle_for("fixed", None, system, 0.9).threshold < 1.0
+    assert plan.stop.settle == cals["auto"].settle_for("fixed", None, system, 1.0).threshold < 1.0
     assert settle_value(cals["auto"], config, system) == plan.stop.settle
     assert settle_value(cals["auto"], RunConfig(mode="full", settle="auto"), system) is None
     with pytest.raises(ValueError, match="settle == 'soon', must be a number in \\(0, 1\\] or 'auto'"):
@@ -420,8 +431,18 @@ def test_calibrate_says_what_settle_auto_will_choose_when_it_can(lda_calibration
     system, _, _, cals, _ = lda_calibrations
     line = settle_summary(cals["auto"], system)
     want = cals["auto"].settle_for("fixed", None, system, 0.9)  # the fixture's calibrations have no auto choice
-    assert line.startswith(f"settle auto (fixed, τ=0.9, budget none): {want.threshold:g} chosen on the "
-                           f"calibration's {want.n_images} cross-fitted dev images")
+    assert want.saves_nothing  # at τ = 0.9 the confidence stop ends every dev run first
+    assert line == (f"settle auto (fixed, τ=0.9, budget none): no threshold that keeps the labels saves a prompt on "
+                    f"the calibration's {want.n_images} cross-fitted dev images (mean Q {want.mean_q_without:.1f} "
+                    "without it); settle=1, so no image stops settled (chosen again for each run's policy, τ and "
+                    "budget)")
+    from engine.cli.options import settle_line
+    from engine.run.config import RunConfig
+
+    saving = cals["auto"].settle_for("fixed", None, system, 1.0)
+    assert settle_line(saving, RunConfig(policy="fixed", settle="auto", tau=1.0)).startswith(
+        f"settle auto (fixed, τ=1, budget none): {saving.threshold:g} chosen on the calibration's "
+        f"{saving.n_images} cross-fitted dev images")
     assert settle_summary(cals["lr"], system) is None
 
 
@@ -502,3 +523,19 @@ def test_the_calibrations_memo_of_settle_choices_stays_bounded(lda_calibrations)
     assert len(cal._replayed) == 3
     again = cal.settle_for("fixed", None, system, 0.9)  # dropped, made again: the same choice
     assert again is not first and again.threshold == first.threshold and again.agreement == first.agreement
+
+
+def test_settle_auto_takes_no_threshold_that_saves_no_prompt_and_says_so(lda_calibrations):
+    """Under a budget that affords no question every threshold keeps every label and saves nothing: the choice is
+    1 (never), and the line says it is for want of a saving (it printed 'mean Q 0.0 instead of 0.0')."""
+    from engine.cli.options import settle_line
+    from engine.run.config import RunConfig
+
+    system, _, _, cals, _ = lda_calibrations
+    assert min(len(g.options) for g in system.groups) > 1
+    choice = cals["auto"].settle_for("fixed", 1, system, 1.0)
+    assert choice.threshold == 1.0 and choice.saves_nothing and choice.mean_q == choice.mean_q_without == 0.0
+    line = settle_line(choice, RunConfig(policy="fixed", budget=1, tau=1.0, settle="auto"))
+    assert "no threshold that keeps the labels saves a prompt on the calibration's" in line
+    assert "mean Q 0.0 without it); settle=1" in line and "instead of" not in line
+    assert not cals["auto"].settle_for("fixed", None, system, 1.0).saves_nothing  # it does save without a budget

@@ -57,6 +57,13 @@ class ThresholdChoice:
     mean_q_without: float
     table: tuple
 
+    @property
+    def saves_nothing(self) -> bool:
+        """True when the choice is 1 although thresholds below 1 kept the labels: none of those saved a prompt on
+        the paths (e.g. a budget that affords no question), so 1 for want of a saving, not of agreement."""
+        below = self.table[:-1]
+        return self.threshold >= 1.0 and bool(below) and below[-1][1] >= 1.0 - self.margin - 1e-12
+
 
 def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid=SETTLE_GRID,
                      margin: float = STOP_MARGIN, before: np.ndarray | None = None) -> ThresholdChoice:
@@ -66,7 +73,9 @@ def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid
 
     "From which on": agreement is not monotone in the threshold (one image more or less), and the smallest
     threshold that passes once may pass by luck; requiring every larger one to pass too does not. Then the stopped
-    accuracy is within ``margin`` of the accuracy without the stop, whichever way the changed labels go.
+    accuracy is within ``margin`` of the accuracy without the stop, whichever way the changed labels go. A
+    threshold that saves no prompt on the paths (mean Q not below the mean without the stop) is not taken either:
+    no evidence that it pays, so 1 (:attr:`ThresholdChoice.saves_nothing` says which reason).
 
     stat, q : (B, S) float, label : (B, S) int, before : (B, S) bool or None — see the module docstring.
     """
@@ -90,6 +99,9 @@ def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid
     j = len(table) - 1
     while B and j > 0 and ok[j - 1]:  # no path, no evidence: never
         j -= 1
+    if table[j][2] >= mean_q_without - 1e-9:  # saves no prompt on these paths: never
+        j = len(table) - 1
     t, agree, mq = table[j]
     return ThresholdChoice(threshold=t, margin=float(margin), agreement=agree, n_images=int(B), mean_q=mq,
                            mean_q_without=mean_q_without, table=tuple(table))
+
