@@ -86,10 +86,11 @@ def colour_run(tmp_path, monkeypatch):
     return write_colour_data(tmp_path, 12)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """The simulated calibration world (tests/support/calibration.py): pokemon15, 360 noise PNGs answered by a
-    SimEncoder, calibrated on half of them."""
+    SimEncoder, calibrated on half of them. Built once per session (about 4 s; several modules read it and none
+    changes it)."""
     from tests.support.calibration import build_world
 
     return build_world(tmp_path_factory)
