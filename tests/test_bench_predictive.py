@@ -47,7 +47,9 @@ def test_the_predictive_section_runs_and_reports_paired_differences(tmp_path):
     x = d[("predictive eig per prompt", "fixed")]
     assert x["ci95"][0] <= x["diff"] + 1e-12 and x["diff"] <= x["ci95"][1] + 1e-12
     assert [s["policy"] for s in pair["stops"]] == ["fixed", "eig per prompt", "predictive eig per prompt"]
+    assert all(0.0 <= s["hindsight_frac_q"] <= 1.0 for s in pair["stops"])
     assert "predictive eig per prompt" in (tmp_path / "report.md").read_text()
+    assert "hindsight bound (% of Q)" in (tmp_path / "report.md").read_text()
 
 
 def test_variant_paths_rebuilt_from_the_trace_stop_where_the_loop_does():

@@ -539,3 +539,37 @@ def test_settle_auto_takes_no_threshold_that_saves_no_prompt_and_says_so(lda_cal
     assert "no threshold that keeps the labels saves a prompt on the calibration's" in line
     assert "mean Q 0.0 without it); settle=1" in line and "instead of" not in line
     assert not cals["auto"].settle_for("fixed", None, system, 1.0).saves_nothing  # it does save without a budget
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 10), st.integers(1, 6), st.integers(0, 2**16), st.floats(0.0, 1.0))
+def test_hindsight_stop_is_the_first_point_on_the_final_label_and_no_threshold_stops_sooner_keeping_it(B, S, seed,
+                                                                                                     t):
+    """Brute force, path by path: the first column whose label is the path's last; and a threshold stop that
+    keeps every path's final label never stops a path before that column (it is a bound from below)."""
+    from engine.core.stopping import first_stop, hindsight_stop
+
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, size=(B, S))
+    stat = rng.random((B, S))
+    length = rng.integers(1, S + 1, size=B)
+    for i, n in enumerate(length):
+        label[i, n:], stat[i, n:] = -1, np.nan
+    got = hindsight_stop(label)
+    want = [next(j for j in range(n) if label[i, j] == label[i, n - 1]) for i, n in enumerate(length)]
+    np.testing.assert_array_equal(got, want)
+    at = first_stop(stat, t)
+    rows = np.arange(B)
+    keeps = label[rows, at] == label[rows, length - 1]
+    assert (at[keeps] >= got[keeps]).all()
+
+
+def test_hindsight_stop_refuses_bad_shapes_and_empty_paths():
+    from engine.core.stopping import hindsight_stop
+
+    assert hindsight_stop(np.zeros((0, 3), int)).shape == (0,)
+    np.testing.assert_array_equal(hindsight_stop(np.array([[2, 1, 2, -1], [0, 1, 1, 1]])), [0, 1])
+    with pytest.raises(ValueError, match=r"\(B, S\) array"):
+        hindsight_stop(np.ones(3, int))
+    with pytest.raises(ValueError, match="needs its first point"):
+        hindsight_stop(np.array([[-1, -1]]))

@@ -1,5 +1,6 @@
 """Choosing a stop rule's threshold on traced paths: where a threshold on a statistic stops each path, and the
-smallest threshold that changes almost no answer (``--settle auto``; the bench's τ and settle rows).
+smallest threshold that changes almost no answer (``--settle auto``; the bench's τ and settle rows), and how soon
+any stop that keeps every path's label could stop (the bench's hindsight bound).
 
 Pure numpy. A *path* is one image's τ = 1 run of the loop, traced point by point: column 0 before any question,
 then one column per question asked, NaN (or -1) after its last point. ``stat`` (B, S) is what the stop compares
@@ -105,3 +106,21 @@ def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid
     return ThresholdChoice(threshold=t, margin=float(margin), agreement=agree, n_images=int(B), mean_q=mq,
                            mean_q_without=mean_q_without, table=tuple(table))
 
+
+
+def hindsight_stop(label: np.ndarray) -> np.ndarray:
+    """(B,) each path's first column whose label is the label of its last point (-1 pads after the last point, as
+    in :class:`StopPaths`). A stop rule that ends every path on the label the path ends with cannot stop a path
+    sooner, so the prompts spent there bound from below what any such rule spends along these paths (a rule would
+    have to know the later answers to reach it). label : (B, S) int, at least one point per path (column 0)."""
+    label = np.asarray(label)
+    if label.ndim != 2 or label.shape[1] < 1:
+        raise ValueError(f"label should be a (B, S) array with S >= 1, got shape {label.shape}")
+    B, S = label.shape
+    if B == 0:
+        return np.zeros(0, dtype=np.int64)
+    if (label[:, 0] < 0).any():
+        raise ValueError("every path needs its first point (column 0); a path of only -1 pads has no label")
+    last = S - 1 - np.argmax(label[:, ::-1] >= 0, axis=1)
+    final = label[np.arange(B), last]
+    return np.argmax(label == final[:, None], axis=1)
