@@ -107,7 +107,6 @@ def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid
                            mean_q_without=mean_q_without, table=tuple(table))
 
 
-
 def hindsight_stop(label: np.ndarray) -> np.ndarray:
     """(B,) each path's first column whose label is the label of its last point (-1 pads after the last point, as
     in :class:`StopPaths`). A stop rule that ends every path on the label the path ends with cannot stop a path
