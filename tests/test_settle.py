@@ -432,10 +432,10 @@ def test_calibrate_says_what_settle_auto_will_choose_when_it_can(lda_calibration
     line = settle_summary(cals["auto"], system)
     want = cals["auto"].settle_for("fixed", None, system, 0.9)  # the fixture's calibrations have no auto choice
     assert want.saves_nothing  # at τ = 0.9 the confidence stop ends every dev run first
-    assert line == (f"settle auto (fixed, τ=0.9, budget none): no threshold that keeps the labels saves a prompt on "
-                    f"the calibration's {want.n_images} cross-fitted dev images (mean Q {want.mean_q_without:.1f} "
-                    "without it); settle=1, so no image stops settled (chosen again for each run's policy, τ and "
-                    "budget)")
+    assert line == (f"settle auto (fixed, τ=0.9, budget none): the smallest threshold from which on every one keeps "
+                    f"the labels saves no prompt on the calibration's {want.n_images} cross-fitted dev images (mean Q "
+                    f"{want.mean_q_without:.1f} without it); settle=1, so no image stops settled (chosen again for "
+                    "each run's policy, τ and budget)")
     from engine.cli.options import settle_line
     from engine.run.config import RunConfig
 
@@ -479,6 +479,7 @@ def test_first_stop_reads_the_last_point_that_is_not_nan_and_refuses_bad_shapes(
         first_stop(np.ones(3), 0.5)
     empty = choose_threshold(np.zeros((0, 2)), np.zeros((0, 2), int), np.zeros((0, 2)))
     assert empty.threshold == 1.0 and empty.n_images == 0  # no path, no evidence: never
+    assert not empty.saves_nothing  # for want of paths, not of a saving
 
 
 def test_settle_auto_refuses_runs_its_dev_paths_do_not_describe(lda_calibrations):
@@ -536,7 +537,7 @@ def test_settle_auto_takes_no_threshold_that_saves_no_prompt_and_says_so(lda_cal
     choice = cals["auto"].settle_for("fixed", 1, system, 1.0)
     assert choice.threshold == 1.0 and choice.saves_nothing and choice.mean_q == choice.mean_q_without == 0.0
     line = settle_line(choice, RunConfig(policy="fixed", budget=1, tau=1.0, settle="auto"))
-    assert "no threshold that keeps the labels saves a prompt on the calibration's" in line
+    assert "from which on every one keeps the labels saves no prompt on the calibration's" in line
     assert "mean Q 0.0 without it); settle=1" in line and "instead of" not in line
     assert not cals["auto"].settle_for("fixed", None, system, 1.0).saves_nothing  # it does save without a budget
 

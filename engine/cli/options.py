@@ -755,9 +755,9 @@ def settle_line(choice, config) -> str:
                 f"dev images: {100 * choice.agreement:.1f}% of them end on the label they end on without it, at mean Q "
                 f"{choice.mean_q:.1f} instead of {choice.mean_q_without:.1f}")
     if choice.saves_nothing:
-        return (f"settle auto {where}: no threshold that keeps the labels saves a prompt on the calibration's "
-                f"{choice.n_images} cross-fitted dev images (mean Q {choice.mean_q_without:.1f} without it); settle=1, "
-                "so no image stops settled")
+        return (f"settle auto {where}: the smallest threshold from which on every one keeps the labels saves no "
+                f"prompt on the calibration's {choice.n_images} cross-fitted dev images (mean Q "
+                f"{choice.mean_q_without:.1f} without it); settle=1, so no image stops settled")
     return (f"settle auto {where}: no threshold kept {100 * (1 - choice.margin):g}% of the calibration's dev images on "
             "the label they end on without it; settle=1, so no image stops settled")
 

@@ -60,10 +60,12 @@ class ThresholdChoice:
 
     @property
     def saves_nothing(self) -> bool:
-        """True when the choice is 1 although thresholds below 1 kept the labels: none of those saved a prompt on
-        the paths (e.g. a budget that affords no question), so 1 for want of a saving, not of agreement."""
+        """True when the choice is 1 although the thresholds at the top of the grid kept the labels: the smallest
+        from which on every one does saved no prompt on the paths (e.g. a budget that affords no question), so 1
+        for want of a saving, not of agreement or of paths."""
         below = self.table[:-1]
-        return self.threshold >= 1.0 and bool(below) and below[-1][1] >= 1.0 - self.margin - 1e-12
+        return (self.threshold >= 1.0 and self.n_images > 0 and bool(below)
+                and below[-1][1] >= 1.0 - self.margin - 1e-12)
 
 
 def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid=SETTLE_GRID,
