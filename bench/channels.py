@@ -575,7 +575,7 @@ def tau_stop(paths, tau: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_classes: int | None = None,
-                          max_per_class: int | None = None) -> dict[str, Any]:
+                          max_per_class: int | None = None, n_folds: int = AM.N_FOLDS) -> dict[str, Any]:
     """What the predictive section compares, fitted on dev images only.
 
     The rule channel, posterior and per-class channel are what :func:`engine.run.calibration_file.fit_answer_model`
@@ -583,8 +583,8 @@ def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_clas
     needs); "G" is the Gaussian posterior (:mod:`engine.core.gaussian`) and "G_folds" its fold posteriors, on the
     same folds. Where it would keep the rule channel (the LR not better on held-out dev: the
     simulator), the LR posterior and the per-class channel are fitted the same way anyway, and ``kept`` says so.
-    The predictive: out-of-fold terms of the dev images (:func:`engine.core.predictive.fit_predictive`, 3 folds,
-    the posterior's L2 strength).
+    The predictive: out-of-fold terms of the dev images (:func:`engine.core.predictive.fit_predictive`,
+    ``n_folds`` folds (what ships: 3), the posterior's L2 strength); the Gaussian's fold posteriors on the same folds.
     """
     s = dev.system
     r, sizes = s.rule_matrix, s.option_counts
@@ -598,14 +598,15 @@ def fit_predictive_models(dev: C.Prepared, *, seed: int = 0, log=print, max_clas
         few = AM.FewShotModel(posterior=post, P=P, beta=beta, alpha=AM.PER_CLASS_ALPHA,
                               n_dev=np.bincount(dev.truth, minlength=s.n_classes), sizes=np.asarray(sizes))
     t1 = time.perf_counter()
-    terms = PR.fit_predictive(dev.sims, dev.truth, sizes, s.n_classes, reg=few.posterior.reg, seed=seed)
+    terms = PR.fit_predictive(dev.sims, dev.truth, sizes, s.n_classes, reg=few.posterior.reg, seed=seed,
+                              n_folds=n_folds)
     if max_classes is not None or max_per_class is not None:
         import dataclasses
 
         terms = dataclasses.replace(terms, max_classes=max_classes or terms.max_classes,
                                     max_per_class=max_per_class or terms.max_per_class, _padded={})
     t2 = time.perf_counter()
-    gauss = GP.fit_gaussian_posterior(dev.sims, dev.truth, sizes, s.n_classes, seed=seed)
+    gauss = GP.fit_gaussian_posterior(dev.sims, dev.truth, sizes, s.n_classes, seed=seed, n_folds=n_folds)
     if not np.array_equal(gauss.folds, terms.folds):
         raise RuntimeError("the Gaussian posterior's folds differ from the predictive's")  # both stratified_folds
     log(f"  few-shot fit {t1 - t0:.1f} s, predictive terms (3 fold refits) {t2 - t1:.1f} s, Gaussian "
@@ -655,17 +656,20 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
 
 def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
                         log=print, max_classes: int | None = None, max_per_class: int | None = None,
-                        curves: tuple[str, ...] | None = None) -> dict[str, Any]:
+                        curves: tuple[str, ...] | None = None, stop_margin: float = STOP.STOP_MARGIN,
+                        n_folds: int = AM.N_FOLDS) -> dict[str, Any]:
     """Few-shot posterior under fixed order, channel eig / eig per prompt and predictive eig / eig per prompt, the
     oracle, and design D (fixed, eig per prompt): budget sweeps (τ = 1) on the test half, paired bootstrap CIs
     against fixed; the confidence stop with τ chosen on cross-fitted dev paths. max_classes, max_per_class: the
     predictive's k and S cap (default: engine.core.predictive's). curves: the labels of :data:`PRED_CURVES` to run
-    (default all; "fixed" always)."""
+    (default all; "fixed" always). stop_margin, n_folds: the share of dev labels a dev threshold may change and
+    the folds its cross-fitted paths come from (default: what ships, 1% and 3)."""
     s = prep.system
     q_full = float(s.q_total)
     dev_i, test_i = split_by_image(prep.truth, 0.5, seed)
     dev, test = prep.subset(dev_i), prep.subset(test_i)
-    fitted = fit_predictive_models(dev, seed=seed, log=log, max_classes=max_classes, max_per_class=max_per_class)
+    fitted = fit_predictive_models(dev, seed=seed, log=log, max_classes=max_classes, max_per_class=max_per_class,
+                                   n_folds=n_folds)
     budgets = budget_grid(int(q_full), n_budgets)
     orders = oracle_orders(s, test.truth)
     models = {"few-shot": fitted["posterior"], "predictive": fitted["predictive"], "D": fitted["D"], "G": fitted["G"]}
@@ -709,7 +713,7 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     for label, settled in [(x, False) for x in PRED_STOPS if x in curves] + \
             [(x, True) for x in PRED_STOPS if x in curves and x.startswith("G ")]:
         t0 = time.perf_counter()
-        chosen = dev_tau(dev, fitted, label, settled=settled)
+        chosen = dev_tau(dev, fitted, label, settled=settled, margin=stop_margin)
         model, pname = next((m, p) for lab, m, p in PRED_CURVES if lab == label)
         acc_full = full["G" if model == "G" else "few-shot"]  # the full system of the posterior that stops
         boot_full = w @ acc_full
@@ -771,11 +775,13 @@ def predictive_report(results: dict[str, Any]) -> str:
                 continue
             x = d[(a, b)]
             L.append(f"- {a} − {b}: {x['diff']:+.3f} {iv(x['ci95'])}")
-        L.append("\nStopping early (the threshold chosen on cross-fitted dev paths: the smallest from which on every "
-                 "threshold keeps ≥ 99% of dev images on the full system's label). confident: max posterior ≥ τ; "
+        L.append(f"\nStopping early (the threshold chosen on {results.get('n_folds', AM.N_FOLDS)}-fold cross-fitted "
+                 "dev paths: the smallest from which on every threshold keeps ≥ "
+                 f"{100 * (1 - results.get('stop_margin', STOP.STOP_MARGIN)):g}% of dev images "
+                 "on the full system's label). confident: max posterior ≥ τ; "
                  "settled: the Gaussian model's lower bound on P(label unchanged if every question left were asked) ≥ "
                  "settle. hindsight bound: the mean Q of each test image's first point on its full-system label "
-                 "along this order, less than any stop that keeps those labels can spend:\n")
+                 "along this order, no more than any stop that keeps every one of those labels spends:\n")
         L.append(C.md_table(["policy", "stop", "threshold (dev)", "dev agreement with full", "full system",
                              "test accuracy", "mean Q (% of Q)", "− full system [95% CI]",
                              "test sweep: within 2 pt at % of Q", "hindsight bound (% of Q)"],
@@ -791,15 +797,18 @@ def predictive_report(results: dict[str, Any]) -> str:
 
 def run_predictive(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_boot: int = 1000,
                    n_budgets: int = 9, log=print, command: str = "", max_classes: int | None = None,
-                   max_per_class: int | None = None, curves: tuple[str, ...] | None = None) -> dict[str, Any]:
+                   max_per_class: int | None = None, curves: tuple[str, ...] | None = None,
+                   stop_margin: float = STOP.STOP_MARGIN, n_folds: int = AM.N_FOLDS) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     load0 = os.getloadavg()[0]
     pairs = {}
     for key, prep in preps.items():
         log(f"[channels --predictive] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
         pairs[key] = evaluate_predictive(prep, seed=seed, n_boot=n_boot, n_budgets=n_budgets, log=log,
-                                         max_classes=max_classes, max_per_class=max_per_class, curves=curves)
+                                         max_classes=max_classes, max_per_class=max_per_class, curves=curves,
+                                         stop_margin=stop_margin, n_folds=n_folds)
     results = {"benchmark": "channels --predictive", "command": command, "seed": seed, "n_boot": n_boot,
+               "stop_margin": stop_margin, "n_folds": n_folds,
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
                "pairs": pairs, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
                "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
@@ -1015,14 +1024,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "(engine.core.predictive.MAX_PER_CLASS unless given)")
     ap.add_argument("--pred-curves", nargs="+", default=None, help="with --predictive: only these curves (labels of "
                     "PRED_CURVES, e.g. 'predictive eig per prompt'; fixed always runs)")
+    ap.add_argument("--stop-margin", type=float, default=STOP.STOP_MARGIN, help="with --predictive: the share of dev "
+                    "labels a stop's dev threshold may change (default: %(default)s, what --settle auto uses)")
+    ap.add_argument("--folds", type=int, default=AM.N_FOLDS, help="with --predictive: folds of the cross-fitted dev "
+                    "paths the thresholds are chosen on (default: %(default)s, what calibrate uses)")
     args = ap.parse_args(argv)
+    if not (0.0 <= args.stop_margin < 1.0 and args.folds >= 2):
+        ap.error(f"--stop-margin must be in [0, 1) and --folds at least 2, got {args.stop_margin} and {args.folds}")
     if args.predictive:  # the predictive section (issue 26), apart from --answer-models
         preps = _section_preps(args)
         out = Path(args.out) / "predictive" if args.out == str(DEFAULT_OUT) else Path(args.out)
         res = run_predictive(out, preps, seed=args.seed, n_boot=min(args.boot, 200) if args.quick else args.boot,
                              n_budgets=4 if args.quick else args.budgets, command=C.command_line("bench.channels", argv),
                              max_classes=args.pred_classes, max_per_class=args.pred_per_class,
-                             curves=None if args.pred_curves is None else tuple(args.pred_curves))
+                             curves=None if args.pred_curves is None else tuple(args.pred_curves),
+                             stop_margin=args.stop_margin, n_folds=args.folds)
         print((out / "report.md").read_text(encoding="utf-8"))
         return res
     if args.answer_models:
