@@ -230,3 +230,27 @@ def test_a_tie_at_the_cut_sums_over_every_class_and_no_tie_over_the_kept_ones():
     want = pairwise_information(log_softmax(clear[kept])[None], D[np.ix_(kept, kept)], post.temperature)[0]
     assert got[1] == pytest.approx(want, rel=1e-12)
     assert got[2] == pytest.approx(pairwise_information(zeros[None, :5], D[:5, :5], post.temperature)[0], rel=1e-12)
+
+
+def test_rows_tied_at_the_cut_are_summed_over_every_class_in_chunks(monkeypatch):
+    """More distinct tied rows than a chunk holds (INFO_CHUNK made 3 here): each still gets its own all-class value."""
+    import engine.core.gaussian as G
+
+    rng = np.random.default_rng(1)
+    D = rng.uniform(0, 5, (6, 6))
+    D = (D + D.T) / 2
+    np.fill_diagonal(D, 0)
+    lp = log_softmax(np.c_[np.zeros((8, 3)), -1 - rng.exponential(1, (8, 3))], axis=1)  # a cut at 2 splits 3 ties
+    lp = np.r_[lp, lp[:2]]  # and repeated rows
+    monkeypatch.setattr(G, "INFO_CHUNK", 3)
+    got = pairwise_information(lp, D, 0.7, top=2)
+    np.testing.assert_allclose(got, pairwise_information(lp, D, 0.7, top=6), rtol=1e-12)
+
+
+def test_auto_reads_the_model_eig_as_its_chosen_policy_does():
+    from policies.builtin import AutoPolicy, ModelEIGPerPromptPolicy
+
+    auto = AutoPolicy("eig")
+    assert not auto.reads_model_eig
+    auto.inner = ModelEIGPerPromptPolicy()  # no candidate reads it today; the delegation must still hold
+    assert auto.reads_model_eig
