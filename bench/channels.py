@@ -631,8 +631,29 @@ def fold_views(dev: C.Prepared, fitted: dict[str, Any], *, predictive: bool, gau
         yield terms.folds == f, post, others, (PR.PredictivePosterior(post, others) if predictive else post)
 
 
+def choose_on_accuracy(stat: np.ndarray, correct: np.ndarray, q: np.ndarray, *, grid, margin: float) -> dict:
+    """The ``--stop-rule accuracy`` variant of :func:`engine.core.stopping.choose_threshold`: the smallest threshold
+    on ``grid`` from which on every threshold keeps the share of paths right at their stop at least the share right
+    without the stop minus ``margin`` (accuracy, where choose_threshold asks for the same label), 1 when none does or
+    it saves no prompt. stat, q : (B, S); correct : (B, S) bool, False after a path's last point."""
+    rows = np.arange(stat.shape[0])
+    base = STOP.first_stop(stat, 1.0)
+    acc_without, q_without = correct[rows, base].mean(), q[rows, base].mean()
+    table = []
+    for t in sorted({float(t) for t in grid if float(t) < 1.0}) + [1.0]:
+        at = STOP.first_stop(stat, t)
+        table.append((t, float(correct[rows, at].mean()), float(q[rows, at].mean())))
+    j = len(table) - 1
+    while j > 0 and table[j - 1][1] >= acc_without - margin - 1e-12:
+        j -= 1
+    if table[j][2] >= q_without - 1e-9:
+        j = len(table) - 1
+    t, acc, mq = table[j]
+    return {"tau": t, "dev_agreement": acc - float(acc_without), "dev_mean_q": mq}
+
+
 def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: float = STOP.STOP_MARGIN,
-            settled: bool = False) -> dict[str, Any]:
+            settled: bool = False, rule: str = "labels") -> dict[str, Any]:
     """τ for the confidence stop on :data:`TAU_GRID` (with ``settled``, the threshold of the settled stop,
     ``StopRule.settle``, on :data:`SETTLE_GRID`; the Gaussian policies only), chosen on cross-fitted dev paths
     (:func:`fold_views`): each fold's dev images run through the posterior fitted on the other folds (the
@@ -641,7 +662,8 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
     threshold leaves at least 1 − ``margin`` of the dev images on the label their path ends with, that fold
     posterior's full-system label. Agreement transfers to the posterior fitted on all of dev better than accuracy
     does: the fold posteriors are weaker. (The other folds' terms come from posteriors that saw this fold's images:
-    a mild leak into which question is asked, none into the posterior that answers.)"""
+    a mild leak into which question is asked, none into the posterior that answers.) With ``rule="accuracy"``,
+    :func:`choose_on_accuracy` instead (dev_agreement is then the dev accuracy at the threshold minus without it)."""
     pol = next(p for lab, _, p in PRED_CURVES if lab == policy)
     parts = []
     for te, _, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive"),
@@ -649,6 +671,9 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
         parts.append((te, trace_stop_paths(dev.sims[te], dev.system, make_policy(pol), fitted["lams"],
                                            fitted["channel"], am, settled=settled)))
     p = StopPaths.stack(parts, dev.n)
+    if rule == "accuracy":
+        return choose_on_accuracy(p.bound if settled else p.conf, p.label == dev.truth[:, None], p.q,
+                                  grid=SETTLE_GRID if settled else TAU_GRID, margin=margin)
     choice = STOP.choose_threshold(p.bound if settled else p.conf, p.label, p.q,
                                    grid=SETTLE_GRID if settled else TAU_GRID, margin=margin)
     return {"tau": choice.threshold, "dev_agreement": choice.agreement, "dev_mean_q": choice.mean_q}
@@ -657,7 +682,7 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
 def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
                         log=print, max_classes: int | None = None, max_per_class: int | None = None,
                         curves: tuple[str, ...] | None = None, stop_margin: float = STOP.STOP_MARGIN,
-                        n_folds: int = AM.N_FOLDS) -> dict[str, Any]:
+                        n_folds: int = AM.N_FOLDS, stop_rule: str = "labels") -> dict[str, Any]:
     """Few-shot posterior under fixed order, channel eig / eig per prompt and predictive eig / eig per prompt, the
     oracle, and design D (fixed, eig per prompt): budget sweeps (τ = 1) on the test half, paired bootstrap CIs
     against fixed; the confidence stop with τ chosen on cross-fitted dev paths. max_classes, max_per_class: the
@@ -713,7 +738,7 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     for label, settled in [(x, False) for x in PRED_STOPS if x in curves] + \
             [(x, True) for x in PRED_STOPS if x in curves and x.startswith("G ")]:
         t0 = time.perf_counter()
-        chosen = dev_tau(dev, fitted, label, settled=settled, margin=stop_margin)
+        chosen = dev_tau(dev, fitted, label, settled=settled, margin=stop_margin, rule=stop_rule)
         model, pname = next((m, p) for lab, m, p in PRED_CURVES if lab == label)
         acc_full = full["G" if model == "G" else "few-shot"]  # the full system of the posterior that stops
         boot_full = w @ acc_full
@@ -775,10 +800,12 @@ def predictive_report(results: dict[str, Any]) -> str:
                 continue
             x = d[(a, b)]
             L.append(f"- {a} − {b}: {x['diff']:+.3f} {iv(x['ci95'])}")
+        margin = results.get("stop_margin", STOP.STOP_MARGIN)
+        keeps = (f"the dev accuracy within {100 * margin:g} points of the accuracy without the stop (the column "
+                 "'dev agreement' is then that difference)" if results.get("stop_rule") == "accuracy" else
+                 f"≥ {100 * (1 - margin):g}% of dev images on the full system's label")
         L.append(f"\nStopping early (the threshold chosen on {results.get('n_folds', AM.N_FOLDS)}-fold cross-fitted "
-                 "dev paths: the smallest from which on every threshold keeps ≥ "
-                 f"{100 * (1 - results.get('stop_margin', STOP.STOP_MARGIN)):g}% of dev images "
-                 "on the full system's label). confident: max posterior ≥ τ; "
+                 f"dev paths: the smallest from which on every threshold keeps {keeps}). confident: max posterior ≥ τ; "
                  "settled: the Gaussian model's lower bound on P(label unchanged if every question left were asked) ≥ "
                  "settle. hindsight bound: the mean Q of each test image's first point on its full-system label "
                  "along this order, no more than any stop that keeps every one of those labels spends:\n")
@@ -798,7 +825,8 @@ def predictive_report(results: dict[str, Any]) -> str:
 def run_predictive(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_boot: int = 1000,
                    n_budgets: int = 9, log=print, command: str = "", max_classes: int | None = None,
                    max_per_class: int | None = None, curves: tuple[str, ...] | None = None,
-                   stop_margin: float = STOP.STOP_MARGIN, n_folds: int = AM.N_FOLDS) -> dict[str, Any]:
+                   stop_margin: float = STOP.STOP_MARGIN, n_folds: int = AM.N_FOLDS,
+                   stop_rule: str = "labels") -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     load0 = os.getloadavg()[0]
     pairs = {}
@@ -806,9 +834,9 @@ def run_predictive(out: Path, preps: dict[str, C.Prepared], *, seed: int = 0, n_
         log(f"[channels --predictive] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
         pairs[key] = evaluate_predictive(prep, seed=seed, n_boot=n_boot, n_budgets=n_budgets, log=log,
                                          max_classes=max_classes, max_per_class=max_per_class, curves=curves,
-                                         stop_margin=stop_margin, n_folds=n_folds)
+                                         stop_margin=stop_margin, n_folds=n_folds, stop_rule=stop_rule)
     results = {"benchmark": "channels --predictive", "command": command, "seed": seed, "n_boot": n_boot,
-               "stop_margin": stop_margin, "n_folds": n_folds,
+               "stop_margin": stop_margin, "n_folds": n_folds, "stop_rule": stop_rule,
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
                "pairs": pairs, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
                "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
@@ -1026,6 +1054,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "PRED_CURVES, e.g. 'predictive eig per prompt'; fixed always runs)")
     ap.add_argument("--stop-margin", type=float, default=STOP.STOP_MARGIN, help="with --predictive: the share of dev "
                     "labels a stop's dev threshold may change (default: %(default)s, what --settle auto uses)")
+    ap.add_argument("--stop-rule", choices=("labels", "accuracy"), default="labels", help="with --predictive: a dev "
+                    "threshold keeps the labels ('labels', what --settle auto does) or the accuracy (within the margin)")
     ap.add_argument("--folds", type=int, default=AM.N_FOLDS, help="with --predictive: folds of the cross-fitted dev "
                     "paths the thresholds are chosen on (default: %(default)s, what calibrate uses)")
     args = ap.parse_args(argv)
@@ -1038,7 +1068,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              n_budgets=4 if args.quick else args.budgets, command=C.command_line("bench.channels", argv),
                              max_classes=args.pred_classes, max_per_class=args.pred_per_class,
                              curves=None if args.pred_curves is None else tuple(args.pred_curves),
-                             stop_margin=args.stop_margin, n_folds=args.folds)
+                             stop_margin=args.stop_margin, n_folds=args.folds, stop_rule=args.stop_rule)
         print((out / "report.md").read_text(encoding="utf-8"))
         return res
     if args.answer_models:

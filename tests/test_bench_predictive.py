@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.core import answer_models as AM
 from engine.core import predictive as PR
@@ -63,6 +65,45 @@ def test_the_predictive_section_refuses_a_margin_or_folds_it_cannot_use(capsys):
             main(["--predictive", "--no-probe", *bad])
         assert e.value.code == 2
         assert "--stop-margin must be in [0, 1) and --folds at least 2" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**16), st.sampled_from([0.0, 0.01, 0.1]))
+def test_the_accuracy_rule_takes_the_smallest_threshold_from_which_every_one_keeps_the_accuracy(B, S, seed, margin):
+    """Brute force, path by path, for --stop-rule accuracy: every grid threshold from the chosen one up keeps the
+    share right within margin of the share right without the stop, the one below does not; 1 when the chosen
+    one saves no prompt."""
+    from bench.channels import choose_on_accuracy
+
+    rng = np.random.default_rng(seed)
+    grid = (0.5, 0.7, 0.9)
+    stat = rng.choice([0.3, 0.6, 0.8, 0.95], size=(B, S))
+    length = rng.integers(1, S + 1, size=B)
+    correct = rng.random((B, S)) < 0.6
+    q = np.cumsum(rng.integers(1, 4, size=(B, S)), axis=1).astype(float)
+    for i, n in enumerate(length):
+        stat[i, n:], correct[i, n:] = np.nan, False
+
+    def stop_at(i, t):
+        return next((j for j in range(length[i]) if t < 1 and stat[i, j] >= t), length[i] - 1)
+
+    def acc(t):
+        return np.mean([correct[i, stop_at(i, t)] for i in range(B)])
+
+    def mean_q(t):
+        return np.mean([q[i, stop_at(i, t)] for i in range(B)])
+
+    ts = list(grid) + [1.0]
+    ok = [acc(t) >= acc(1.0) - margin - 1e-12 for t in ts]
+    j = len(ts) - 1
+    while j > 0 and ok[j - 1]:
+        j -= 1
+    if mean_q(ts[j]) >= mean_q(1.0):
+        j = len(ts) - 1
+    got = choose_on_accuracy(stat, correct, q, grid=grid, margin=margin)
+    assert got["tau"] == ts[j]
+    assert got["dev_agreement"] == pytest.approx(acc(ts[j]) - acc(1.0))
+    assert got["dev_mean_q"] == pytest.approx(mean_q(ts[j]))
 
 
 def test_variant_paths_rebuilt_from_the_trace_stop_where_the_loop_does():
