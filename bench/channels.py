@@ -663,7 +663,8 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
     posterior's full-system label. Agreement transfers to the posterior fitted on all of dev better than accuracy
     does: the fold posteriors are weaker. (The other folds' terms come from posteriors that saw this fold's images:
     a mild leak into which question is asked, none into the posterior that answers.) With ``rule="accuracy"``,
-    :func:`choose_on_accuracy` instead (dev_agreement is then the dev accuracy at the threshold minus without it)."""
+    :func:`choose_on_accuracy` instead (dev_agreement is then the dev accuracy at the threshold minus without it, and
+    the report's column says so)."""
     pol = next(p for lab, _, p in PRED_CURVES if lab == policy)
     parts = []
     for te, _, _, am in fold_views(dev, fitted, predictive=policy.startswith("predictive"),
@@ -801,15 +802,17 @@ def predictive_report(results: dict[str, Any]) -> str:
             x = d[(a, b)]
             L.append(f"- {a} − {b}: {x['diff']:+.3f} {iv(x['ci95'])}")
         margin = results.get("stop_margin", STOP.STOP_MARGIN)
-        keeps = (f"the dev accuracy within {100 * margin:g} points of the accuracy without the stop (the column "
-                 "'dev agreement' is then that difference)" if results.get("stop_rule") == "accuracy" else
-                 f"≥ {100 * (1 - margin):g}% of dev images on the full system's label")
+        on_accuracy = results.get("stop_rule") == "accuracy"
+        keeps = (f"the dev accuracy no more than {100 * margin:g} point(s) below the accuracy without the stop"
+                 if on_accuracy else f"≥ {100 * (1 - margin):g}% of dev images on the full system's label")
         L.append(f"\nStopping early (the threshold chosen on {results.get('n_folds', AM.N_FOLDS)}-fold cross-fitted "
                  f"dev paths: the smallest from which on every threshold keeps {keeps}). confident: max posterior ≥ τ; "
                  "settled: the Gaussian model's lower bound on P(label unchanged if every question left were asked) ≥ "
                  "settle. hindsight bound: the mean Q of each test image's first point on its full-system label "
                  "along this order, no more than any stop that keeps every one of those labels spends:\n")
-        L.append(C.md_table(["policy", "stop", "threshold (dev)", "dev agreement with full", "full system",
+        L.append(C.md_table(["policy", "stop", "threshold (dev)",
+                             "dev accuracy − without the stop" if on_accuracy else "dev agreement with full",
+                             "full system",
                              "test accuracy", "mean Q (% of Q)", "− full system [95% CI]",
                              "test sweep: within 2 pt at % of Q", "hindsight bound (% of Q)"],
                             [[x["policy"], x.get("stop", "confident"), f"{x['tau']:.3f}", f"{x['dev_agreement']:.3f}",

@@ -55,6 +55,16 @@ def test_the_predictive_section_runs_and_reports_paired_differences(tmp_path):
     assert "predictive eig per prompt" in report and "hindsight bound (% of Q)" in report
     assert res["stop_margin"] == 0.05 and res["n_folds"] == 4
     assert "chosen on 4-fold cross-fitted dev paths" in report and "keeps ≥ 95% of dev images" in report
+    assert all(0.9 <= s["dev_agreement"] <= 1.0 for s in pair["stops"])  # a share of dev labels kept
+
+    main(["--predictive", "--no-probe", "--quick", "--pred-curves", "eig per prompt", "--stop-rule", "accuracy",
+          "--out", str(tmp_path / "acc")])
+    res = json.loads((tmp_path / "acc" / "results.json").read_text())
+    report = (tmp_path / "acc" / "report.md").read_text()
+    assert res["stop_rule"] == "accuracy" and "dev accuracy − without the stop" in report
+    assert "keeps the dev accuracy no more than 1 point(s) below the accuracy without the stop" in report
+    stops = res["pairs"]["simulator × pokemon15"]["stops"]
+    assert all(-0.01 - 1e-12 <= s["dev_agreement"] <= 0.5 for s in stops)  # an accuracy difference, not a share
 
 
 def test_the_predictive_section_refuses_a_margin_or_folds_it_cannot_use(capsys):
