@@ -51,7 +51,7 @@ from engine.core.metrics import accuracy_ci, bootstrap_weights, budget_aucs, bud
 from engine.core.scoring import build_channel, expected_information_gain
 from engine.core.simulate import heterogeneous_wrong_rates
 from engine.encoders.probe import SHIPPED_DIR
-from engine.run.calibration_file import PolicyPaths, StopPaths, fit_answer_model, trace_stop_paths
+from engine.run.calibration_file import StopPaths, fit_answer_model, trace_stop_paths
 from policies import Policy, PolicyState, get_policy
 from policies.base import masked_argmax
 from policies.experimental import BudgetPlanPolicy
@@ -673,8 +673,8 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
                                            fitted["channel"], am, settled=settled)))
     p = StopPaths.stack(parts, dev.n)
     if rule == "accuracy":
-        return choose_on_accuracy(p.bound if settled else p.conf, p.label == dev.truth[:, None], p.q,
-                                  grid=SETTLE_GRID if settled else TAU_GRID, margin=margin)
+        pp = p.policy_paths(dev.truth, settled)
+        return choose_on_accuracy(pp.conf, pp.correct, pp.q, grid=SETTLE_GRID if settled else TAU_GRID, margin=margin)
     choice = STOP.choose_threshold(p.bound if settled else p.conf, p.label, p.q,
                                    grid=SETTLE_GRID if settled else TAU_GRID, margin=margin)
     return {"tau": choice.threshold, "dev_agreement": choice.agreement, "dev_mean_q": choice.mean_q}
@@ -745,7 +745,7 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
         boot_full = w @ acc_full
         traced = trace_stop_paths(test.sims, s, make_policy(pname), fitted["lams"], fitted["channel"],
                                   models[model], settled=settled)
-        paths = PolicyPaths(traced.bound if settled else traced.conf, traced.label == test.truth[:, None], traced.q)
+        paths = traced.policy_paths(test.truth, settled)
         cor, qq = tau_stop(paths, chosen["tau"])
         # no stop that keeps every test image on its full-system label spends less along this order
         hindsight_q = float(traced.q[np.arange(test.n), STOP.hindsight_stop(traced.label)].mean())

@@ -1070,9 +1070,8 @@ def trace_paths(sims: np.ndarray, truth: np.ndarray, system: AttributeSystem, po
     ``stop`` : a StopRule with τ = 1 (e.g. a budget; default none). ``settled``: ``conf`` holds the answer model's
     settled bound (:meth:`engine.core.gaussian.GaussianPosterior.settled_probability`) before any question and after
     each step instead of the confidence, so that cutting the paths at a threshold is what ``StopRule.settle`` does."""
-    p = trace_stop_paths(sims, system, policy, lams, channel, answer_model, stop, settled=settled)
-    correct = p.label == np.asarray(truth)[:, None]
-    return PolicyPaths(p.bound if settled else p.conf, correct, p.q)
+    return trace_stop_paths(sims, system, policy, lams, channel, answer_model, stop,
+                            settled=settled).policy_paths(truth, settled)
 
 
 @dataclass(frozen=True)
@@ -1101,6 +1100,11 @@ class StopPaths:
             if settled:
                 bound[rows, :s] = p.bound
         return cls(conf, bound, label, q)
+
+    def policy_paths(self, truth: np.ndarray, settled: bool = False) -> PolicyPaths:
+        """These paths as :class:`PolicyPaths` against the true classes ``truth`` (B,): ``conf`` the settled bound
+        with ``settled``, else the confidence; ``correct`` whether the label at each point is the true class."""
+        return PolicyPaths(self.bound if settled else self.conf, self.label == np.asarray(truth)[:, None], self.q)
 
 
 def trace_stop_paths(sims: np.ndarray, system: AttributeSystem, policy: Any, lams: np.ndarray, channel: Any,
