@@ -640,14 +640,11 @@ def choose_on_accuracy(stat: np.ndarray, correct: np.ndarray, q: np.ndarray, *, 
     base = STOP.first_stop(stat, 1.0)
     acc_without, q_without = correct[rows, base].mean(), q[rows, base].mean()
     table = []
-    for t in sorted({float(t) for t in grid if float(t) < 1.0}) + [1.0]:
+    for t in STOP.thresholds_tried(grid):
         at = STOP.first_stop(stat, t)
         table.append((t, float(correct[rows, at].mean()), float(q[rows, at].mean())))
-    j = len(table) - 1
-    while j > 0 and table[j - 1][1] >= acc_without - margin - 1e-12:
-        j -= 1
-    if table[j][2] >= q_without - 1e-9:
-        j = len(table) - 1
+    j = STOP.smallest_passing([acc >= acc_without - margin - 1e-12 for _, acc, _ in table],
+                              [mq for _, _, mq in table], q_without)
     t, acc, mq = table[j]
     return {"tau": t, "dev_agreement": acc - float(acc_without), "dev_mean_q": mq}
 

@@ -68,6 +68,21 @@ class ThresholdChoice:
                 and below[-1][1] >= 1.0 - self.margin - 1e-12)
 
 
+def thresholds_tried(grid) -> list[float]:
+    """The thresholds a choice tries: those of ``grid`` below 1, ascending and once each, then 1 (never)."""
+    return sorted({float(t) for t in grid if float(t) < 1.0}) + [1.0]
+
+
+def smallest_passing(ok: list[bool], mean_q: list[float], mean_q_without: float) -> int:
+    """The index into :func:`thresholds_tried` of the threshold to take: the smallest from which on every one
+    passes (``ok``; the last, 1, always counts as passing), unless it saves no prompt (its ``mean_q`` not below
+    ``mean_q_without``): then the last, never. ok, mean_q : one per threshold tried."""
+    j = len(ok) - 1
+    while j > 0 and ok[j - 1]:
+        j -= 1
+    return j if mean_q[j] < mean_q_without - 1e-9 else len(ok) - 1
+
+
 def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid=SETTLE_GRID,
                      margin: float = STOP_MARGIN, before: np.ndarray | None = None) -> ThresholdChoice:
     """The smallest threshold on ``grid`` from which on every threshold on the grid leaves at least 1 − ``margin``
@@ -94,17 +109,12 @@ def choose_threshold(stat: np.ndarray, label: np.ndarray, q: np.ndarray, *, grid
     base = first_stop(stat, 1.0, before)
     mean_q_without = float(q[rows, base].mean()) if B else 0.0
     table = []
-    for t in sorted({float(t) for t in grid if float(t) < 1.0}) + [1.0]:
+    for t in thresholds_tried(grid):
         at = first_stop(stat, t, before)
         agree = float((label[rows, at] == label[rows, base]).mean()) if B else 1.0
         table.append((t, agree, float(q[rows, at].mean()) if B else 0.0))
-    ok = [a >= 1.0 - margin - 1e-12 for _, a, _ in table]
-    j = len(table) - 1
-    while B and j > 0 and ok[j - 1]:  # no path, no evidence: never
-        j -= 1
-    if table[j][2] >= mean_q_without - 1e-9:  # saves no prompt on these paths: never
-        j = len(table) - 1
-    t, agree, mq = table[j]
+    ok = [bool(B) and a >= 1.0 - margin - 1e-12 for _, a, _ in table]  # no path, no evidence: never
+    t, agree, mq = table[smallest_passing(ok, [m for _, _, m in table], mean_q_without)]
     return ThresholdChoice(threshold=t, margin=float(margin), agreement=agree, n_images=int(B), mean_q=mq,
                            mean_q_without=mean_q_without, table=tuple(table))
 
