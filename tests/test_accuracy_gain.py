@@ -149,6 +149,51 @@ def test_with_many_draws_the_gaussian_gain_is_an_independent_monte_carlo_of_the_
         assert got[g] == pytest.approx(max(top.mean() - np.exp(log_post).max(), 0.0), abs=0.03)
 
 
+@settings(max_examples=10, deadline=None)
+@given(settle_problem(max_classes=3))
+def test_the_remaining_gain_is_an_independent_monte_carlo_of_asking_every_group_left(pb):
+    """remaining_accuracy_gain: every unasked column drawn at once from the tempered predictive (fresh draws, the
+    textbook conditional), the full posterior by ``log_posterior`` with the caller's prior added: E[max p'] − max
+    p, against the function with 20,000 fixed draws; with every group asked it is 0."""
+    sizes, C, seed, asked, _ = pb
+    post = random_gaussian(sizes, C, seed)
+    rng = np.random.default_rng(seed + 3)
+    sims = (post.means[rng.integers(0, C)] + rng.normal(0, 1, sizes.sum())) * post.scale + post.mean
+    offset = rng.normal(0, 1, C)
+    log_post = log_softmax(post.log_posterior(sims[None], asked[None])[0] + offset)
+    got = GP.remaining_accuracy_gain(post, sims[None], asked[None], log_post[None], draws=20_000)[0]
+    R = ~np.repeat(asked, sizes)
+    if not R.any():
+        assert got == 0.0
+        return
+    z, cov, M, t, n = (sims - post.mean) / post.scale, post.cov, post.means, post.temperature, 4_000
+    K = cov[np.ix_(R, ~R)] @ np.linalg.inv(cov[np.ix_(~R, ~R)]) if (~R).any() else np.zeros((R.sum(), 0))
+    m = M[:, R] + (z[~R][None, :] - M[:, ~R]) @ K.T
+    S = cov[np.ix_(R, R)] - K @ cov[np.ix_(~R, R)]
+    cls = rng.choice(C, n, p=np.exp(log_post))
+    zr = m[cls] + rng.standard_normal((n, R.sum())) @ np.linalg.cholesky(S).T / np.sqrt(t)
+    full = np.tile(sims, (n, 1))
+    full[:, R] = zr * post.scale[R] + post.mean[R]
+    new = post.log_posterior(full) + offset
+    top = np.exp(new.max(axis=1) - logsumexp(new, axis=1))
+    assert got == pytest.approx(max(top.mean() - np.exp(log_post).max(), 0.0), abs=0.03)
+
+
+@settings(max_examples=20, deadline=None)
+@given(settle_problem())
+def test_with_one_group_left_the_remaining_gain_is_that_groups_gain(pb):
+    sizes, C, seed, asked, _ = pb
+    post = random_gaussian(sizes, C, seed)
+    rng = np.random.default_rng(seed + 4)
+    sims = (post.means[rng.integers(0, C)] + rng.normal(0, 1, sizes.sum())) * post.scale + post.mean
+    for g in range(len(sizes)):
+        now = np.ones(len(sizes), bool)
+        now[g] = False
+        lp = post.log_posterior(sims[None], now[None])
+        one = GP.expected_accuracy_gain(post, sims[None], now[None], lp, draws=2 * GP.GAIN_DRAWS)[0]
+        assert GP.remaining_accuracy_gain(post, sims[None], now[None], lp)[0] == pytest.approx(one[g], abs=1e-12)
+
+
 def test_over_more_classes_than_it_weighs_it_uses_each_images_most_probable_renormalised():
     sizes = np.array([2, 3, 2])
     post = random_gaussian(sizes, 6, 3, temperature=0.6)

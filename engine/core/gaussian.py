@@ -314,40 +314,68 @@ def expected_accuracy_gain(post: GaussianPosterior, sims: np.ndarray, asked: np.
     sims = np.asarray(sims, dtype=np.float64)
     asked = np.asarray(asked, dtype=bool)
     log_post = np.asarray(log_post, dtype=np.float64)
-    B, C = log_post.shape
-    G = len(post.sizes)
+    B, G = log_post.shape[0], len(post.sizes)
     out = np.zeros((B, G))
     if B == 0:
         return out
-    t, cov, M = post.temperature, post.cov, post.means
     z = (sims - post.mean) / post.scale
-    k = min(int(components), C)
     col_group = _col_group(post.sizes)
     for a, A, members in asked_sets(asked, post.sizes):
         R = ~A
-        KT_R, S_R = conditional_blocks(cov, A, R)  # every unasked column given the asked ones, factored once
+        KT_R, S_R = conditional_blocks(post.cov, A, R)  # every unasked column given the asked ones, factored once
         for g in np.nonzero(~a)[0]:
-            Bg = col_group == g
-            cols = Bg[R]  # g's columns among the unasked: its blocks are sub-blocks of R's
-            KT, S = KT_R[:, cols], S_R[np.ix_(cols, cols)]  # (|A|, K_g) Σ_AA⁻¹ Σ_Ag, and g's conditional covariance
-            L = pd_cholesky(S)
-            eps = _gain_draws(draws, int(Bg.sum())) / np.sqrt(t)  # (D, K_g) whitened draws of the tempered predictive
-            for lo in range(0, len(members), GAIN_CHUNK):
-                rows = members[lo:lo + GAIN_CHUNK]
-                lp = log_post[rows]
-                comp = np.argsort(-lp, axis=1, kind="stable")[:, :k]  # (n, k)
-                lk = np.take_along_axis(lp, comp, axis=1)
-                lk = lk - logsumexp(lk, axis=1, keepdims=True)
-                m = M[comp][:, :, Bg] - (M[comp][:, :, A] - z[rows][:, None, A]) @ KT  # (n, k, K_g) the m_c
-                u = np.linalg.solve(L, m.reshape(-1, m.shape[-1]).T).T.reshape(m.shape)  # whitened by S
-                d = u[:, :, None, :] - u[:, None, :, :]  # (n, k, k, K_g): u_c − u_c', c drawn, c' weighed
-                # drawn from class c: whitened z_g = u_c + ε; class c' then gets −½·t·|ε + u_c − u_c'|²
-                quad = (eps * eps).sum(axis=1)[None, None, :, None] \
-                    + 2.0 * np.einsum("dq,nckq->ncdk", eps, d) + (d * d).sum(axis=3)[:, :, None, :]
-                new = lk[:, None, None, :] - 0.5 * t * quad  # (n, k drawn, D, k)
-                top = np.exp(new.max(axis=3) - logsumexp(new, axis=3)).mean(axis=2)  # (n, k) E[max p' | c]
-                out[rows, g] = (np.exp(lk) * top).sum(axis=1) - np.exp(lk.max(axis=1))
+            cols = (col_group == g)[R]  # g's columns among the unasked: its blocks are sub-blocks of R's
+            out[members, g] = _top_gain(post, z, log_post, members, A, R & (col_group == g), KT_R[:, cols],
+                                        S_R[np.ix_(cols, cols)], components, draws)
     return np.maximum(out, 0.0)  # ≥ 0 in expectation; a few draws can fall just below
+
+
+def remaining_accuracy_gain(post: GaussianPosterior, sims: np.ndarray, asked: np.ndarray, log_post: np.ndarray,
+                            components: int = GAIN_COMPONENTS, draws: int = 2 * GAIN_DRAWS) -> np.ndarray:
+    """(B,) how much asking *every* group not asked yet is expected to raise the top class's probability:
+    E[max_c p(c | z_A, z_R)] − max_c p(c | z_A), under the model's own tempered predictive, as
+    :func:`expected_accuracy_gain` computes it for one group (R all the unasked columns; 0 once every group is
+    asked). Under a calibrated model, the accuracy an image gives up by stopping now. Read by
+    ``bench.stop_variants`` (a stop rule it measures); the loop does not use it."""
+    sims = np.asarray(sims, dtype=np.float64)
+    asked = np.asarray(asked, dtype=bool)
+    log_post = np.asarray(log_post, dtype=np.float64)
+    out = np.zeros(log_post.shape[0])
+    z = (sims - post.mean) / post.scale
+    for _, A, members in asked_sets(asked, post.sizes):
+        R = ~A
+        if R.any():
+            KT, S = conditional_blocks(post.cov, A, R)
+            out[members] = _top_gain(post, z, log_post, members, A, R, KT, S, components, draws)
+    return np.maximum(out, 0.0)
+
+
+def _top_gain(post: GaussianPosterior, z: np.ndarray, log_post: np.ndarray, members: np.ndarray, A: np.ndarray,
+              cols: np.ndarray, KT: np.ndarray, S: np.ndarray, components: int, draws: int) -> np.ndarray:
+    """(len(members),) E[max p after the columns ``cols`` (Q,) bool] − max p now for the images ``members``, which
+    have asked the columns A (Q,) bool: z (B, Q) standardised, log_post (B, C), KT (|A|, |cols|) Σ_AA⁻¹ Σ_A,cols
+    and S (|cols|, |cols|) the columns' conditional covariance. Not clipped."""
+    t, M = post.temperature, post.means
+    k = min(int(components), log_post.shape[1])
+    L = pd_cholesky(S)
+    eps = _gain_draws(draws, int(cols.sum())) / np.sqrt(t)  # (D, K) whitened draws of the tempered predictive
+    out = np.zeros(len(members))
+    for lo in range(0, len(members), GAIN_CHUNK):
+        rows = members[lo:lo + GAIN_CHUNK]
+        lp = log_post[rows]
+        comp = np.argsort(-lp, axis=1, kind="stable")[:, :k]  # (n, k)
+        lk = np.take_along_axis(lp, comp, axis=1)
+        lk = lk - logsumexp(lk, axis=1, keepdims=True)
+        m = M[comp][:, :, cols] - (M[comp][:, :, A] - z[rows][:, None, A]) @ KT  # (n, k, K) the m_c
+        u = np.linalg.solve(L, m.reshape(-1, m.shape[-1]).T).T.reshape(m.shape)  # whitened by S
+        d = u[:, :, None, :] - u[:, None, :, :]  # (n, k, k, K): u_c − u_c', c drawn, c' weighed
+        # drawn from class c: whitened z_cols = u_c + ε; class c' then gets −½·t·|ε + u_c − u_c'|²
+        quad = (eps * eps).sum(axis=1)[None, None, :, None] \
+            + 2.0 * np.einsum("dq,nckq->ncdk", eps, d) + (d * d).sum(axis=3)[:, :, None, :]
+        new = lk[:, None, None, :] - 0.5 * t * quad  # (n, k drawn, D, k)
+        top = np.exp(new.max(axis=3) - logsumexp(new, axis=3)).mean(axis=2)  # (n, k) E[max p' | c]
+        out[lo:lo + len(rows)] = (np.exp(lk) * top).sum(axis=1) - np.exp(lk.max(axis=1))
+    return out
 
 
 class PairwiseDistances:
