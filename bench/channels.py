@@ -38,7 +38,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -680,19 +680,24 @@ def dev_tau(dev: C.Prepared, fitted: dict[str, Any], policy: str, *, margin: flo
 def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int = 1000,
                         log=print, max_classes: int | None = None, max_per_class: int | None = None,
                         curves: tuple[str, ...] | None = None, stop_margin: float = STOP.STOP_MARGIN,
-                        n_folds: int = AM.N_FOLDS, stop_rule: str = "labels") -> dict[str, Any]:
+                        n_folds: int = AM.N_FOLDS, stop_rule: str = "labels",
+                        refit: Callable[[C.Prepared, dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Few-shot posterior under fixed order, channel eig / eig per prompt and predictive eig / eig per prompt, the
     oracle, and design D (fixed, eig per prompt): budget sweeps (τ = 1) on the test half, paired bootstrap CIs
     against fixed; the confidence stop with τ chosen on cross-fitted dev paths. max_classes, max_per_class: the
     predictive's k and S cap (default: engine.core.predictive's). curves: the labels of :data:`PRED_CURVES` to run
     (default all; "fixed" always). stop_margin, n_folds: the share of dev labels a dev threshold may change and
-    the folds its cross-fitted paths come from (default: what ships, 1% and 3)."""
+    the folds its cross-fitted paths come from (default: what ships, 1% and 3). refit: a variant's change to the
+    fitted models, called with (dev, fitted) before anything is traced (``bench.stop_variants``); None for what
+    ships."""
     s = prep.system
     q_full = float(s.q_total)
     dev_i, test_i = split_by_image(prep.truth, 0.5, seed)
     dev, test = prep.subset(dev_i), prep.subset(test_i)
     fitted = fit_predictive_models(dev, seed=seed, log=log, max_classes=max_classes, max_per_class=max_per_class,
                                    n_folds=n_folds)
+    if refit is not None:
+        fitted = refit(dev, fitted)
     budgets = budget_grid(int(q_full), n_budgets)
     orders = oracle_orders(s, test.truth)
     models = {"few-shot": fitted["posterior"], "predictive": fitted["predictive"], "D": fitted["D"], "G": fitted["G"]}
@@ -763,6 +768,45 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
             "fit_seconds": fitted["fit_seconds"], "predictive_seconds": fitted["predictive_seconds"],
             "full": {m: {"accuracy": float(v.mean()), "ci95": ci(w @ v)} for m, v in full.items()},
             "rows": rows, "diffs": diffs, "stops": stops}
+
+
+def variant_main(name: str, description: str, evaluate: Callable[..., dict[str, Any]],
+                 report: Callable[[dict[str, Any]], str], default_out: Path, argv: list[str] | None) -> dict[str, Any]:
+    """The command line of a benchmark that measures variants on the probe pairs (or the simulator), one pair at a
+    time: ``evaluate(prep, seed=, n_budgets=, n_boot=)`` per pair, then results.json and ``report``'s report.md
+    under --out (``bench.predictive_variants``, ``bench.stop_variants``)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(default_out), help="output folder (results.json, report.md)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="300 simulated images, 4 budgets, 200 resamples")
+    ap.add_argument("--no-probe", action="store_true", help="the simulator instead of the probe pairs")
+    ap.add_argument("--probe", default=str(DEFAULT_PROBE), help="a trained probe folder (bench.probe train)")
+    ap.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE), help="backbone feature cache (bench.probe's)")
+    ap.add_argument("--datasets", nargs="+", default=["sprites151", "jina15-gen1", "web150"])
+    ap.add_argument("--systems", nargs="+", default=["pokemon15-gen1"])
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    args = ap.parse_args(argv)
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    if args.no_probe:
+        preps = {"simulator × " + SIM_SYSTEM: simulator_prep(images=300 if args.quick else 2000, seed=args.seed)}
+    else:
+        preps, why = probe_preps(Path(args.probe), Path(args.cache_dir), limit=None, seed=args.seed,
+                                 datasets_only=args.datasets, systems_only=args.systems)
+        if not preps:
+            raise SystemExit(f"bench.{name}: no probe pair to run ({why}); try --no-probe")
+    n_boot = min(args.boot, 200) if args.quick else args.boot
+    pairs = {}
+    for key, prep in preps.items():
+        print(f"[{name}] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
+        pairs[key] = evaluate(prep, seed=args.seed, n_budgets=4 if args.quick else 9, n_boot=n_boot)
+    results = {"benchmark": name, "command": C.command_line(f"bench.{name}", argv),
+               "seed": args.seed, "n_boot": n_boot,
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
+               "pairs": pairs, "seconds": time.perf_counter() - t0,
+               "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
+    C.write_outputs(Path(args.out), results, report(results))
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    return results
 
 
 def predictive_report(results: dict[str, Any]) -> str:

@@ -24,11 +24,7 @@ Nothing is chosen on test images. Writes bench/out/predictive_variants/results.j
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,38 +193,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (results.json, report.md)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="300 simulated images, 4 budgets, 200 resamples")
-    ap.add_argument("--no-probe", action="store_true", help="the simulator instead of the probe pairs")
-    ap.add_argument("--probe", default=str(CH.DEFAULT_PROBE), help="a trained probe folder (bench.probe train)")
-    ap.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE), help="backbone feature cache (bench.probe's)")
-    ap.add_argument("--datasets", nargs="+", default=["sprites151", "jina15-gen1", "web150"])
-    ap.add_argument("--systems", nargs="+", default=["pokemon15-gen1"])
-    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
-    args = ap.parse_args(argv)
-    t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    if args.no_probe:
-        preps = {"simulator × " + CH.SIM_SYSTEM: CH.simulator_prep(images=300 if args.quick else 2000, seed=args.seed)}
-    else:
-        preps, why = CH.probe_preps(Path(args.probe), Path(args.cache_dir), limit=None, seed=args.seed,
-                                    datasets_only=args.datasets, systems_only=args.systems)
-        if not preps:
-            raise SystemExit(f"bench.predictive_variants: no probe pair to run ({why}); try --no-probe")
-    n_boot = min(args.boot, 200) if args.quick else args.boot
-    pairs = {}
-    for key, prep in preps.items():
-        print(f"[predictive_variants] {key}: {prep.n} images, N={prep.system.n_classes}, Q={prep.system.q_total}")
-        pairs[key] = evaluate(prep, seed=args.seed, n_budgets=4 if args.quick else 9, n_boot=n_boot)
-    results = {"benchmark": "predictive_variants", "command": C.command_line("bench.predictive_variants", argv),
-               "seed": args.seed, "n_boot": n_boot,
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), numpy only",
-               "pairs": pairs, "seconds": time.perf_counter() - t0,
-               "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
-    C.write_outputs(Path(args.out), results, report(results))
-    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
-    return results
+    return CH.variant_main("predictive_variants", __doc__, evaluate, report, DEFAULT_OUT, argv)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,66 @@ def test_the_variants_benchmark_runs_and_reports_paired_differences(tmp_path):
         (p, r) for p in ("fixed", "predictive eig")
         for r in ("confidence, τ from dev", "stability, ε = 0.02", "stability, ε from dev")}
     assert "stability" in (tmp_path / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- bench.stop_variants
+def test_a_temperature_per_asked_count_recovers_the_ones_the_rows_were_drawn_with():
+    """step_temperatures fits each asked count's t on its own rows: rows drawn from softmax(t_j · logits) with a
+    different t_j per count give back each t_j (not one t for all), and a fold left out changes only what it
+    should."""
+    from bench.stop_variants import step_temperatures
+
+    rng = np.random.default_rng(0)
+    want = (None, 1.5, 0.8, 0.3)
+    parts = []
+    for _ in range(3):
+        n = rng.integers(1, 4, 2000)
+        ll = rng.normal(0, 3, (2000, 5))
+        p = np.exp(np.array(want[1:])[n - 1][:, None] * ll)
+        p /= p.sum(axis=1, keepdims=True)
+        y = (p.cumsum(axis=1) > rng.random((2000, 1))).argmax(axis=1)
+        parts.append((ll, y, n))
+    got = step_temperatures(parts, 3)
+    assert got[0] is None
+    np.testing.assert_allclose(got[1:], want[1:], rtol=0.08)
+
+
+def test_the_step_tempered_posterior_is_the_gaussian_one_when_every_count_has_its_temperature():
+    """StepTemperedGaussian with t_j = t for every j is the GaussianPosterior it wraps, at every asked set; with
+    another t_j for one count, only rows with that many groups asked move, and their label does not."""
+    from dataclasses import fields, replace
+
+    from bench.stop_variants import StepTemperedGaussian
+    from tests.test_gaussian_posterior import random_gaussian
+
+    sizes = np.array([2, 3, 2])
+    post = random_gaussian(sizes, 4, 1, temperature=0.6)
+    base = {f.name: getattr(post, f.name) for f in fields(post)}
+    rng = np.random.default_rng(1)
+    sims = rng.normal(0, 1, (40, sizes.sum())) * post.scale + post.mean
+    asked = rng.random((40, 3)) < 0.5
+    same = StepTemperedGaussian(**base, step_t=(None, 0.6, 0.6, 0.6))
+    np.testing.assert_allclose(same.log_posterior(sims, asked), post.log_posterior(sims, asked), atol=1e-10)
+    other = replace(same, step_t=(None, 0.6, 1.7, 0.6))
+    a, b = other.log_posterior(sims, asked), post.log_posterior(sims, asked)
+    two = asked.sum(axis=1) == 2
+    assert two.any() and (~two).any()
+    np.testing.assert_allclose(a[~two], b[~two], atol=1e-10)
+    assert not np.allclose(a[two], b[two])
+    assert (a.argmax(axis=1) == b.argmax(axis=1)).all()
+
+
+@pytest.mark.slow  # the simulator, small: about 6 s
+def test_the_stop_variants_benchmark_runs_both_variants_beside_what_ships(tmp_path):
+    from bench.stop_variants import CURVES, VALUE_EPS, main
+
+    main(["--no-probe", "--quick", "--out", str(tmp_path), "--boot", "50"])
+    pair = json.loads((tmp_path / "results.json").read_text())["pairs"]["simulator × pokemon15"]
+    assert len(pair["temperatures"]["t"]) == 5
+    keys = [(s["policy"], s["stop"]) for s in pair["ships"]]
+    assert keys == [(s["policy"], s["stop"]) for s in pair["step_temperature"]] and ("G fixed", "settled") in keys
+    assert {(v["policy"], v["eps"]) for v in pair["value"]} == {(c, e) for c in CURVES for e in VALUE_EPS}
+    for v in pair["value"]:
+        assert v["predicted_gain"][-1] == 0.0 and v["minus_full_ci95"][0] <= v["minus_full"] <= v["minus_full_ci95"][1]
+        assert 0 < v["frac_q"] <= 1 and v["accuracy"] == pytest.approx(v["full"] + v["minus_full"])
+    assert "Value stop" in (tmp_path / "report.md").read_text()
