@@ -106,6 +106,30 @@ def test_fit_with_only_full_rows_matches_sklearn_logistic_regression():
     np.testing.assert_allclose(np.exp(post.log_posterior(sims)), ref.predict_proba(z), atol=2e-4)
 
 
+def test_the_lr_fit_runs_on_one_blas_thread_and_gives_back_the_callers_threads(monkeypatch):
+    """L-BFGS's objective runs with every BLAS pool at one thread (bench.fit_speed: 3-17x faster on the 2-core
+    machine), and the caller's thread counts are back afterwards. On a one-core machine the first half cannot
+    fail; CI's machines have two cores."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before, seen = blas_threads(), []
+    real = AM.minimize
+
+    def spy(f, x0, **kw):
+        seen.extend(blas_threads())
+        return real(f, x0, **kw)
+
+    monkeypatch.setattr(AM, "minimize", spy)
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 10)
+    AM.fit_few_shot_posterior(rng.normal(0, 1, (30, 5)) + truth[:, None], truth, np.array([2, 3]), 3, regs=(0.1,))
+    assert seen and set(seen) == {1}
+    assert blas_threads() == before
+
+
 def test_masked_training_learns_partial_evidence():
     """Two groups, each alone decisive for a different pair of classes: the masked fit must use group 0 alone
     (the posterior after group 0 only puts most mass on the right half), a fit on full rows need not."""

@@ -176,3 +176,14 @@ def test_gpu_pipeline_runs_on_the_cpu_and_judges_every_target(tmp_path):
     assert v["engine_share_n15"]["target"] == TARGETS["engine_share_n15"]
     assert all("met" in x for x in v.values()) and {"warm_ask_ms", "first_ask_ms"} <= set(v)
     assert "JPEG files -> results" in report(r)
+
+
+@pytest.mark.slow  # the simulator's 180-image fit, once each way: about 5 s
+def test_fit_speed_times_both_ways_and_checks_they_fit_the_same(tmp_path):
+    from bench.fit_speed import main
+
+    res = main(["--no-probe", "--repeats", "1", "--out", str(tmp_path)])
+    (row,) = res["pairs"].values()
+    assert row["images"] == 180 and row["same_reg"] and row["max_abs_weight_diff"] < 1e-8
+    assert row["ratio"] == pytest.approx(row["seconds"]["default threads"] / row["seconds"]["one thread (ships)"])
+    assert "default / one" in (tmp_path / "report.md").read_text()
