@@ -698,7 +698,8 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
                                    n_folds=n_folds)
     if refit is not None:
         fitted = refit(dev, fitted)
-    budgets = budget_grid(int(q_full), n_budgets)
+    half = int(q_full) // 2  # the "≤ 50% of Q" as a budget (on the grid already for 9 budgets of Q 56 or 77)
+    budgets = sorted(set(budget_grid(int(q_full), n_budgets)) | {half})
     orders = oracle_orders(s, test.truth)
     models = {"few-shot": fitted["posterior"], "predictive": fitted["predictive"], "D": fitted["D"], "G": fitted["G"]}
     wanted = [c for c in PRED_CURVES if curves is None or c[0] in curves or c[0] == "fixed"]
@@ -724,10 +725,16 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     rows = []
     for label, model, _ in wanted:
         cor, qq = curves[label]
-        f = full[model if model in ("D", "G") else "few-shot"].mean()
-        qw2 = C.q_within(qq.mean(0), cor.mean(0), f - 0.02)
+        own = full[model if model in ("D", "G") else "few-shot"]
+        qw2 = C.q_within(qq.mean(0), cor.mean(0), own.mean() - 0.02)
+        hc, hq = cor[:, budgets.index(half)], qq[:, budgets.index(half)]  # a fixed budget: nothing to choose
         rows.append({"label": label, "auc": auc[label], "auc_ci95": ci(boot[label]), "seconds": secs[label],
                      "q_within_2pt": qw2, "q_within_2pt_frac": None if qw2 is None else qw2 / q_full,
+                     "half_budget": {"budget": half, "accuracy": float(hc.mean()), "mean_q": float(hq.mean()),
+                                     "minus_lr": float(hc.mean() - full["few-shot"].mean()),
+                                     "minus_lr_ci95": ci(w @ hc - w @ full["few-shot"]),
+                                     "minus_own_full": float(hc.mean() - own.mean()),
+                                     "minus_own_full_ci95": ci(w @ hc - w @ own)},
                      "curve": [{"budget": b, "accuracy": float(cor[:, j].mean()), "mean_q": float(qq[:, j].mean())}
                                for j, b in enumerate(budgets)]})
     diffs = [{"a": a, "b": b, "diff": auc[a] - auc[b], "ci95": ci(boot[a] - boot[b])}
@@ -835,6 +842,16 @@ def predictive_report(results: dict[str, Any]) -> str:
                               "not reached" if r["q_within_2pt"] is None else
                               f"{r['q_within_2pt']:.1f} ({100 * r['q_within_2pt_frac']:.0f}%)", f"{r['seconds']:.0f}"]
                              for r in res["rows"]]))
+        h = res["rows"][0]["half_budget"]["budget"]
+        L.append(f"\nAt half the prompts (budget {h} of {res['q_full']:.0f}, a fixed budget: nothing chosen), against the "
+                 f"few-shot LR's full system ({res['full']['few-shot']['accuracy']:.3f}, the plain LR on the same "
+                 "similarities) and against the curve's own posterior with every group asked:\n")
+        L.append(C.md_table(["curve", "accuracy", "mean Q (% of Q)", "− LR's full system [95% CI]",
+                             "− own full system [95% CI]"],
+                            [[r["label"], f"{x['accuracy']:.3f}", f"{x['mean_q']:.1f} ({100 * x['mean_q'] / res['q_full']:.0f}%)",
+                              f"{x['minus_lr']:+.3f} {iv(x['minus_lr_ci95'])}",
+                              f"{x['minus_own_full']:+.3f} {iv(x['minus_own_full_ci95'])}"]
+                             for r in res["rows"] for x in [r["half_budget"]]]))
         L.append("")
         for a, b in (("predictive eig per prompt", "eig per prompt"), ("predictive eig", "eig"), ("D eig per prompt", "fixed"),
                      ("G fixed", "fixed")):

@@ -56,6 +56,18 @@ def test_the_predictive_section_runs_and_reports_paired_differences(tmp_path):
     assert res["stop_margin"] == 0.05 and res["n_folds"] == 4
     assert "chosen on 4-fold cross-fitted dev paths" in report and "keeps ≥ 95% of dev images" in report
     assert all(0.9 <= s["dev_agreement"] <= 1.0 for s in pair["stops"])  # a share of dev labels kept
+    # half the prompts: budget 28 joins the quick grid (0, 19, 37, 56), and its figures are that point's
+    lr = pair["full"]["few-shot"]["accuracy"]
+    assert pair["budgets"] == [0, 19, 28, 37, 56]
+    for r in pair["rows"]:
+        h = r["half_budget"]
+        (point,) = [c for c in r["curve"] if c["budget"] == 28]
+        assert h["budget"] == 28 and (h["accuracy"], h["mean_q"]) == (point["accuracy"], point["mean_q"])
+        assert 0 < h["mean_q"] <= 28 and h["minus_lr"] == pytest.approx(h["accuracy"] - lr)
+        assert h["minus_lr_ci95"][0] <= h["minus_lr"] + 1e-12 <= h["minus_lr_ci95"][1] + 2e-12
+    fixed = pair["rows"][0]["half_budget"]
+    assert fixed["minus_own_full"] == fixed["minus_lr"]  # fixed order runs the LR itself
+    assert "At half the prompts (budget 28 of 56" in report
 
     main(["--predictive", "--no-probe", "--quick", "--pred-curves", "eig per prompt", "--stop-rule", "accuracy",
           "--out", str(tmp_path / "acc")])
