@@ -3,7 +3,7 @@
     python -m bench.fit_speed                  # the simulator (pokemon15, 180 dev images) and the probe pairs
     python -m bench.fit_speed --no-probe       # the simulator only (a few seconds)
 
-``engine.core.answer_models._fit_lr`` runs L-BFGS under ``threadpoolctl.threadpool_limits(1, "blas")``: it calls
+``engine.core.answer_models._fit_lr`` runs L-BFGS under ``engine.common.threads.one_blas_thread`` (threadpoolctl): it calls
 its objective hundreds of times on products too small to share out between threads. This times
 :func:`engine.core.answer_models.fit_few_shot_posterior` (the cross-validated group-masked LR and its head, what
 ``calibrate --setting few-shot`` and the predictive refits run) as shipped and with the limit taken away,
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 from engine.core import answer_models as AM
 
@@ -35,15 +36,15 @@ DEFAULT_OUT = C.DEFAULT_OUT / "fit_speed"
 def timed_fit(prep: C.Prepared, *, limited: bool) -> tuple[float, Any]:
     """(wall seconds, the fit) of fit_few_shot_posterior on ``prep``, with the shipped BLAS limit or without."""
     s = prep.system
-    saved = AM.threadpool_limits
+    saved = AM.one_blas_thread
     if not limited:
-        AM.threadpool_limits = lambda *a, **k: contextlib.nullcontext()
+        AM.one_blas_thread = contextlib.nullcontext
     try:
         t0 = time.perf_counter()
         fit = AM.fit_few_shot_posterior(prep.sims, prep.truth, s.option_counts, s.n_classes)
         return time.perf_counter() - t0, fit
     finally:
-        AM.threadpool_limits = saved
+        AM.one_blas_thread = saved
 
 
 def compare(prep: C.Prepared, repeats: int) -> dict[str, Any]:
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.repeats < 1:
         ap.error(f"--repeats must be at least 1, got {args.repeats}")
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    default = max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1)
+    if default <= 1:
+        print("[fit_speed] BLAS already runs one thread here (OMP_NUM_THREADS or OPENBLAS_NUM_THREADS=1?), so "
+              "both columns time the same thing; unset them to compare")
     sim = CH.simulator_prep(images=360, seed=0)
     preps = {"simulator × " + CH.SIM_SYSTEM + " (180 dev images)": sim.subset(np.arange(0, sim.n, 2))}
     if not args.no_probe:
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{r['seconds']['default threads']:.2f} s ({r['ratio']:.1f}x)", flush=True)
     results = {"benchmark": "fit_speed", "command": C.command_line("bench.fit_speed", argv),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), "
-                          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+                          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, BLAS threads {default} by "
+                          "default",
                "repeats": args.repeats, "pairs": rows, "seconds": time.perf_counter() - t0,
                "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
     report = "\n".join([

@@ -107,15 +107,15 @@ def test_fit_with_only_full_rows_matches_sklearn_logistic_regression():
 
 
 def test_the_lr_fit_runs_on_one_blas_thread_and_gives_back_the_callers_threads(monkeypatch):
-    """L-BFGS's objective runs with every BLAS pool at one thread (bench.fit_speed: 3-17x faster on the 2-core
-    machine), and the caller's thread counts are back afterwards. On a one-core machine the first half cannot
-    fail; CI's machines have two cores."""
-    from threadpoolctl import threadpool_info
+    """L-BFGS's objective runs with every BLAS pool at one thread (bench.fit_speed: 3-24x faster on the 2-core
+    machine), and the caller's thread counts are back afterwards. The caller here runs two BLAS threads (set
+    by the test, so that OMP_NUM_THREADS=1 in the environment cannot hide a missing limit)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     def blas_threads():
         return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
-    before, seen = blas_threads(), []
+    seen = []
     real = AM.minimize
 
     def spy(f, x0, **kw):
@@ -125,9 +125,12 @@ def test_the_lr_fit_runs_on_one_blas_thread_and_gives_back_the_callers_threads(m
     monkeypatch.setattr(AM, "minimize", spy)
     rng = np.random.default_rng(0)
     truth = np.repeat(np.arange(3), 10)
-    AM.fit_few_shot_posterior(rng.normal(0, 1, (30, 5)) + truth[:, None], truth, np.array([2, 3]), 3, regs=(0.1,))
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        AM.fit_few_shot_posterior(rng.normal(0, 1, (30, 5)) + truth[:, None], truth, np.array([2, 3]), 3,
+                                  regs=(0.1,))
+        assert set(before) == {2} and blas_threads() == before
     assert seen and set(seen) == {1}
-    assert blas_threads() == before
 
 
 def test_masked_training_learns_partial_evidence():

@@ -1,6 +1,6 @@
 """Answer models fitted on labelled dev images of the classes being classified (the *few-shot* setting).
 
-Pure numpy/scipy; no I/O, no torch. Notation as in :mod:`engine.core.scoring`: B images, C classes,
+numpy/scipy (and threadpoolctl: one BLAS thread inside the fits); no I/O, no torch. Notation as in :mod:`engine.core.scoring`: B images, C classes,
 G groups, K_g options of group g, Q = Σ_g K_g prompts, the option axis of all groups concatenated.
 
 Two halves (issue 26):
@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import entr, log_softmax, logsumexp
-from threadpoolctl import threadpool_limits
 
+from engine.common.threads import one_blas_thread
 from engine.core.scoring import Channel, bayes_loglik, check_logit_scales, full_bayes_log_posterior, group_log_probs
 
 REG_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried by cross-validation (per standardised feature)
@@ -211,7 +211,7 @@ def _fit_lr(x: np.ndarray, y: np.ndarray, n_classes: int, reg: float, n_penalise
     # One BLAS thread: L-BFGS calls f hundreds of times on products too small to share out. On the project's
     # 2-core machine OpenBLAS's own threads made `calibrate --setting few-shot`'s fits 10x slower on a 15-class
     # probe pair (6.2 s against 0.6 s) and 2x slower at 151 classes and 1,496 dev images (68 s against 34 s).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         res = minimize(f, theta0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
     return res.x.reshape(C, D + 1)
 
@@ -509,7 +509,8 @@ def fit_tempering(ll: np.ndarray, truth: np.ndarray, *, per_image: int = MASKS_P
         grad = ((la * p[None]).sum(axis=2) - la[:, rows, y]).mean(axis=1)
         return loss, grad
 
-    res = minimize(f, np.ones(G), jac=True, method="L-BFGS-B", bounds=[bounds] * G)
+    with one_blas_thread():
+        res = minimize(f, np.ones(G), jac=True, method="L-BFGS-B", bounds=[bounds] * G)
     beta = res.x if f(res.x)[0] <= f(np.ones(G))[0] else np.clip(np.ones(G), *bounds)
     return np.asarray(beta, dtype=np.float64)
 

@@ -30,6 +30,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, logit, logsumexp
 from scipy.stats import beta, binom
 
+from engine.common.threads import one_blas_thread
 from engine.core.scoring import (
     Channel, bayes_loglik, build_channel, check_eps, check_logit_scale, check_logit_scales, eps_confusion,
     full_bayes_log_posterior, group_log_probs,
@@ -148,8 +149,9 @@ def fit_logit_scale_and_eps(sims: np.ndarray, truth: np.ndarray, rule_matrix: np
     dims = 2 if fit_eps else 1
     x, f, res = best_x, best_f, None
     for x0 in starts:
-        r = minimize(lambda z, x0=x0: objective(np.r_[z, x0[1]] if dims == 1 else z), x0[:dims], method="L-BFGS-B",
-                     bounds=[(lo_l, hi_l), (lo_e, hi_e)][:dims])
+        with one_blas_thread():
+            r = minimize(lambda z, x0=x0: objective(np.r_[z, x0[1]] if dims == 1 else z), x0[:dims],
+                         method="L-BFGS-B", bounds=[(lo_l, hi_l), (lo_e, hi_e)][:dims])
         xr = np.r_[r.x, x0[1]] if dims == 1 else r.x
         fr = objective(xr)
         if res is None or fr < f:
@@ -280,7 +282,8 @@ def fit_answer_channels(sims: np.ndarray, truth: np.ndarray, rule_matrix: np.nda
                 tot += np.log(wg * lik[g] + (1.0 - wg) / sizes[g])
             return float(-(tot[rows, truth] - logsumexp(tot, axis=1)).mean())
 
-        res = minimize(objective, np.full(len(fitted), 0.5), method="L-BFGS-B", bounds=[(0.0, 1.0)] * len(fitted))
+        with one_blas_thread():
+            res = minimize(objective, np.full(len(fitted), 0.5), method="L-BFGS-B", bounds=[(0.0, 1.0)] * len(fitted))
         x = res.x if objective(res.x) <= objective(np.ones(len(fitted))) else np.ones(len(fitted))
         x = flat_reliabilities_to_zero(objective, x)
         for wg, g in zip(x, fitted):

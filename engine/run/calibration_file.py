@@ -510,8 +510,6 @@ class Calibration:
             sizes = tuple(int(g["options"]) for g in gs)
             channels = _channels_from(gs, d["channels"]["eps"])
             paths = {str(k): PolicyPaths.from_dict(v) for k, v in d.get("policies", {}).items()}
-            from engine.core.answer_models import FewShotModel
-
             try:
                 few = None if d.get("few_shot") is None else few_shot_from_dict(d["few_shot"])
             except (KeyError, TypeError, ValueError, OverflowError) as e:  # name the field: arrays checked only here
