@@ -43,7 +43,6 @@ from .lib import harness as C
 DEFAULT_OUT = C.DEFAULT_OUT / "stop_variants"
 CURVES = ("G fixed", "G eig per prompt", "G model eig per prompt")
 VALUE_EPS = (0.02, 0.01)  # fixed before the first run
-TEMPERATURE_SEED = 1  # training_rows' seed in fit_gaussian_posterior (its seed + 1): the same held-out rows
 
 
 @dataclass(frozen=True)
@@ -77,17 +76,27 @@ def step_temperatures(parts: list, n_groups: int) -> tuple:
     return tuple(out)
 
 
-def with_step_temperatures(dev: C.Prepared, fitted: dict[str, Any]) -> dict[str, Any]:
-    """``fitted`` with "G" and "G_folds" re-tempered per asked count, on the held-out rows the single t was fitted
-    on (each fold's rows scored by the fold model fitted without them); fold j's model without fold j's rows."""
+def heldout_rows(dev: C.Prepared, fitted: dict[str, Any], seed: int) -> list:
+    """Per fold: (logits at t = 1 (R, C), truth (R,), asked count (R,)) of its held-out rows (full rows and random
+    prefixes), scored by the fold model fitted without them: the rows and models
+    :func:`engine.core.gaussian.fit_gaussian_posterior` fitted its single t on (its ``training_rows`` seed is the
+    fit's seed + 1)."""
     G = dev.system.n_groups
     folds = fitted["terms"].folds
     parts = []
     for f, post in zip(np.unique(folds), fitted["G_folds"]):
         te = np.nonzero(folds == f)[0]
-        img, asked = training_rows(len(te), G, per_image=MASKS_PER_IMAGE, seed=TEMPERATURE_SEED)
+        img, asked = training_rows(len(te), G, per_image=MASKS_PER_IMAGE, seed=seed + 1)
         parts.append((untempered(post).log_posterior(dev.sims[te][img], asked), dev.truth[te][img],
                       asked.sum(axis=1)))
+    return parts
+
+
+def with_step_temperatures(dev: C.Prepared, fitted: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``fitted`` (fitted with ``seed``) with "G" and "G_folds" re-tempered per asked count on
+    :func:`heldout_rows`; fold j's model without fold j's rows."""
+    G = dev.system.n_groups
+    parts = heldout_rows(dev, fitted, seed)
 
     def tempered(post, t):
         return StepTemperedGaussian(**{f.name: getattr(post, f.name) for f in fields(GP.GaussianPosterior)}, step_t=t)
@@ -139,7 +148,7 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
     steps = {}
 
     def refit(dev: C.Prepared, fitted: dict[str, Any]) -> dict[str, Any]:
-        out = with_step_temperatures(dev, fitted)
+        out = with_step_temperatures(dev, fitted, seed)
         steps.update(single=fitted["G"].temperature, t=out["step_t"])
         return out
 

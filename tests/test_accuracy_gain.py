@@ -194,6 +194,25 @@ def test_with_one_group_left_the_remaining_gain_is_that_groups_gain(pb):
         assert GP.remaining_accuracy_gain(post, sims[None], now[None], lp)[0] == pytest.approx(one[g], abs=1e-12)
 
 
+def test_a_batch_past_one_chunk_gives_each_image_what_it_gets_alone():
+    """More images with one asked set than GAIN_CHUNK: each image's gains (one group, and every group left) are
+    what it gets on its own, so the chunks write their own rows."""
+    sizes = np.array([2, 3, 2])
+    post = random_gaussian(sizes, 5, 2, temperature=0.7)
+    rng = np.random.default_rng(3)
+    n = GP.GAIN_CHUNK + 37
+    sims = rng.normal(0, 1, (n, sizes.sum())) * post.scale + post.mean
+    asked = np.tile([True, False, False], (n, 1))
+    lp = post.log_posterior(sims, asked)
+    one, rest = GP.expected_accuracy_gain(post, sims, asked, lp), GP.remaining_accuracy_gain(post, sims, asked, lp)
+    for i in (0, GP.GAIN_CHUNK - 1, GP.GAIN_CHUNK, n - 1):
+        np.testing.assert_allclose(one[i], GP.expected_accuracy_gain(post, sims[i:i + 1], asked[i:i + 1], lp[i:i + 1])[0],
+                                   atol=1e-12)
+        assert rest[i] == pytest.approx(GP.remaining_accuracy_gain(post, sims[i:i + 1], asked[i:i + 1], lp[i:i + 1])[0],
+                                        abs=1e-12)
+    assert len(set(np.round(rest, 9))) > n // 2  # the images differ, so a copied chunk would show
+
+
 def test_over_more_classes_than_it_weighs_it_uses_each_images_most_probable_renormalised():
     sizes = np.array([2, 3, 2])
     post = random_gaussian(sizes, 6, 3, temperature=0.6)

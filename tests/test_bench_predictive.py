@@ -175,8 +175,7 @@ def test_the_variants_benchmark_runs_and_reports_paired_differences(tmp_path):
 # --------------------------------------------------------------------------- bench.stop_variants
 def test_a_temperature_per_asked_count_recovers_the_ones_the_rows_were_drawn_with():
     """step_temperatures fits each asked count's t on its own rows: rows drawn from softmax(t_j · logits) with a
-    different t_j per count give back each t_j (not one t for all), and a fold left out changes only what it
-    should."""
+    different t_j per count give back each t_j, not one t for all."""
     from bench.stop_variants import step_temperatures
 
     rng = np.random.default_rng(0)
@@ -194,9 +193,9 @@ def test_a_temperature_per_asked_count_recovers_the_ones_the_rows_were_drawn_wit
     np.testing.assert_allclose(got[1:], want[1:], rtol=0.08)
 
 
-def test_the_step_tempered_posterior_is_the_gaussian_one_when_every_count_has_its_temperature():
-    """StepTemperedGaussian with t_j = t for every j is the GaussianPosterior it wraps, at every asked set; with
-    another t_j for one count, only rows with that many groups asked move, and their label does not."""
+def test_the_step_tempered_posterior_is_the_gaussian_one_at_each_rows_own_temperature():
+    """Each row of StepTemperedGaussian.log_posterior is the GaussianPosterior's at t_j for that row's number j of
+    asked groups (the single t with none asked), and the labels are the untempered ones."""
     from dataclasses import fields, replace
 
     from bench.stop_variants import StepTemperedGaussian
@@ -204,19 +203,41 @@ def test_the_step_tempered_posterior_is_the_gaussian_one_when_every_count_has_it
 
     sizes = np.array([2, 3, 2])
     post = random_gaussian(sizes, 4, 1, temperature=0.6)
-    base = {f.name: getattr(post, f.name) for f in fields(post)}
+    step_t = (None, 1.7, 0.3, 1.1)
+    stepped = StepTemperedGaussian(**{f.name: getattr(post, f.name) for f in fields(post)}, step_t=step_t)
     rng = np.random.default_rng(1)
-    sims = rng.normal(0, 1, (40, sizes.sum())) * post.scale + post.mean
-    asked = rng.random((40, 3)) < 0.5
-    same = StepTemperedGaussian(**base, step_t=(None, 0.6, 0.6, 0.6))
-    np.testing.assert_allclose(same.log_posterior(sims, asked), post.log_posterior(sims, asked), atol=1e-10)
-    other = replace(same, step_t=(None, 0.6, 1.7, 0.6))
-    a, b = other.log_posterior(sims, asked), post.log_posterior(sims, asked)
-    two = asked.sum(axis=1) == 2
-    assert two.any() and (~two).any()
-    np.testing.assert_allclose(a[~two], b[~two], atol=1e-10)
-    assert not np.allclose(a[two], b[two])
-    assert (a.argmax(axis=1) == b.argmax(axis=1)).all()
+    sims = rng.normal(0, 1, (60, sizes.sum())) * post.scale + post.mean
+    asked = rng.random((60, 3)) < 0.5
+    got = stepped.log_posterior(sims, asked)
+    n = asked.sum(axis=1)
+    assert set(n) == {0, 1, 2, 3}
+    for j in range(4):
+        at = replace(post, temperature=0.6 if j == 0 else step_t[j])
+        np.testing.assert_allclose(got[n == j], at.log_posterior(sims[n == j], asked[n == j]), atol=1e-10)
+    assert (got.argmax(axis=1) == post.log_posterior(sims, asked).argmax(axis=1)).all()
+
+
+def test_the_step_temperatures_come_from_the_rows_the_single_one_was_fitted_on_each_fold_without_its_own():
+    """heldout_rows are the rows fit_gaussian_posterior fitted its temperatures on (for seed 0 and seed 2): pooled
+    over the asked counts they give back the shipped t and each fold model's t; and fold j's per-count
+    temperatures are those of the other folds' rows."""
+    from bench import channels as CH
+    from bench.stop_variants import heldout_rows, step_temperatures, with_step_temperatures
+    from engine.core.gaussian import _fit_temperature
+
+    prep = CH.simulator_prep(images=150, seed=0)
+    for seed in (0, 2):
+        fitted = CH.fit_predictive_models(prep, seed=seed, log=lambda *a: None)
+        parts = heldout_rows(prep, fitted, seed)
+        assert _fit_temperature([(ll, y) for ll, y, _ in parts]) == pytest.approx(fitted["G"].temperature, abs=1e-9)
+        for j, fold in enumerate(fitted["G_folds"]):
+            rest = parts[:j] + parts[j + 1:]
+            assert _fit_temperature([(ll, y) for ll, y, _ in rest]) == pytest.approx(fold.temperature, abs=1e-9)
+        out = with_step_temperatures(prep, fitted, seed)
+        assert out["G"].step_t == step_temperatures(parts, prep.system.n_groups)
+        for j, fold in enumerate(out["G_folds"]):
+            assert fold.step_t == step_temperatures(parts[:j] + parts[j + 1:], prep.system.n_groups)
+            assert fold.step_t != out["G"].step_t
 
 
 @pytest.mark.slow  # the simulator, small: about 6 s
