@@ -1099,8 +1099,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--datasets", nargs="+", default=None, help="probe datasets to run (default: all of "
                     "web150 sprites151 jina15-gen1)")
     ap.add_argument("--no-simulator", action="store_true", help="with --answer-models or --predictive: the probe pairs only")
-    ap.add_argument("--budgets", type=int, default=9, help="with --answer-models: budget points from 0 to Q "
-                                                          "(default: %(default)s)")
+    ap.add_argument("--budgets", type=int, default=9, help="with --answer-models or --predictive: budget points "
+                                                          "from 0 to Q, ⌊Q/2⌋ added with --predictive (default: "
+                                                          "%(default)s)")
     ap.add_argument("--answer-models", action="store_true",
                     help="compare the rule channel, the per-class channel and the few-shot posterior (and the plain "
                          "few-shot LR baselines) instead of the per-policy sweep (issue 26)")

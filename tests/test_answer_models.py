@@ -106,31 +106,60 @@ def test_fit_with_only_full_rows_matches_sklearn_logistic_regression():
     np.testing.assert_allclose(np.exp(post.log_posterior(sims)), ref.predict_proba(z), atol=2e-4)
 
 
-def test_the_lr_fit_runs_on_one_blas_thread_and_gives_back_the_callers_threads(monkeypatch):
-    """L-BFGS's objective runs with every BLAS pool at one thread (bench.fit_speed: 3-24x faster on the 2-core
-    machine), and the caller's thread counts are back afterwards. The caller here runs two BLAS threads (set
-    by the test, so that OMP_NUM_THREADS=1 in the environment cannot hide a missing limit)."""
+def _few_shot_fit():
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 10)
+    AM.fit_few_shot_posterior(rng.normal(0, 1, (30, 5)) + truth[:, None], truth, np.array([2, 3]), 3, regs=(0.1,))
+
+
+def _tempering_fit():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 60)
+    AM.fit_tempering(np.log(rng.dirichlet(np.ones(3), (2, 60))), truth)
+
+
+def _channel_fits():
+    from engine.core.channel_fit import fit_answer_channels, fit_logit_scale_and_eps
+    from engine.core.simulate import SimulatedSource
+    from systems import load_system
+
+    s = load_system("pokemon15")
+    y = np.arange(150) % s.n_classes
+    src = SimulatedSource(s, y, margin=0.05, noise=0.02, wrong_rate=np.linspace(0.1, 0.9, s.n_groups), seed=0)
+    sims = np.concatenate([src.similarities(np.arange(150), g) for g in range(s.n_groups)], axis=1)
+    fit_logit_scale_and_eps(sims, y, s.rule_matrix, s.option_counts, lam0=50.0, eps0=0.05)
+    fit_answer_channels(sims, y, s.rule_matrix, s.option_counts, lam0=50.0, eps=0.05)
+
+
+@pytest.mark.parametrize("module, fit, calls", [("engine.core.answer_models", _few_shot_fit, 1),
+                                                 ("engine.core.answer_models", _tempering_fit, 1),
+                                                 ("engine.core.channel_fit", _channel_fits, 2)])
+def test_every_lbfgs_fit_runs_on_one_blas_thread_and_gives_back_the_callers_threads(monkeypatch, module, fit, calls):
+    """Every L-BFGS fit in engine.core (the few-shot LR, the per-group tempering, λ/ε and the reliabilities) runs
+    its objective with every BLAS pool at one thread (docs/calibration.md: the LR fit 2.9-16.6x faster on the
+    2-core machine), and the caller's thread counts are back afterwards. The caller here runs two BLAS threads
+    (set by the test, so that OMP_NUM_THREADS=1 in the environment cannot hide a missing limit)."""
+    import importlib
+
     from threadpoolctl import threadpool_info, threadpool_limits
 
     def blas_threads():
         return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
+    mod = importlib.import_module(module)
     seen = []
-    real = AM.minimize
+    real = mod.minimize
 
     def spy(f, x0, **kw):
-        seen.extend(blas_threads())
+        seen.append(set(blas_threads()))
         return real(f, x0, **kw)
 
-    monkeypatch.setattr(AM, "minimize", spy)
-    rng = np.random.default_rng(0)
-    truth = np.repeat(np.arange(3), 10)
+    monkeypatch.setattr(mod, "minimize", spy)
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas_threads()
-        AM.fit_few_shot_posterior(rng.normal(0, 1, (30, 5)) + truth[:, None], truth, np.array([2, 3]), 3,
-                                  regs=(0.1,))
+        fit()
         assert set(before) == {2} and blas_threads() == before
-    assert seen and set(seen) == {1}
+    assert len(seen) >= calls and all(x == {1} for x in seen)
 
 
 def test_masked_training_learns_partial_evidence():
