@@ -55,7 +55,7 @@ def compare(prep: C.Prepared, repeats: int) -> dict[str, Any]:
             sec, fits[label] = timed_fit(prep, limited=limited)
             best[label] = min(best[label], sec)
     a, b = (f.posterior for f in fits.values())
-    return {"images": prep.n, "classes": prep.system.n_classes, "q": prep.system.q_total,
+    return {"images": prep.n, "classes": prep.system.n_classes, "q": prep.system.q_total, "model": prep.model_label,
             "seconds": best, "ratio": best["default threads"] / best["one thread (ships)"],
             "max_abs_weight_diff": float(np.abs(a.W - b.W).max()), "same_reg": a.reg == b.reg}
 
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = "\n".join([
         "# bench.fit_speed — the few-shot LR fit, one BLAS thread against the default\n", *C.run_lines(results),
         f"- best of {args.repeats}, alternating; the same fit both ways (largest weight difference in the table)\n",
-        C.md_table(["dev images", "N", "Q", "one thread (ships), s", "default threads, s", "default / one",
-                    "largest |ΔW|"],
-                   [[f"{k}: {r['images']}", r["classes"], r["q"], f"{r['seconds']['one thread (ships)']:.2f}",
+        C.md_table(["dev images", "similarities from", "N", "Q", "one thread (ships), s", "default threads, s",
+                    "default / one", "largest |ΔW|"],
+                   [[f"{k}: {r['images']}", r["model"], r["classes"], r["q"], f"{r['seconds']['one thread (ships)']:.2f}",
                      f"{r['seconds']['default threads']:.2f}", f"{r['ratio']:.1f}x", f"{r['max_abs_weight_diff']:.1e}"]
                     for k, r in rows.items()])]) + "\n"
     C.write_outputs(Path(args.out), results, report)
