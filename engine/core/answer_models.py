@@ -1,7 +1,8 @@
 """Answer models fitted on labelled dev images of the classes being classified (the *few-shot* setting).
 
-numpy/scipy (and threadpoolctl: one BLAS thread inside the fits); no I/O, no torch. Notation as in :mod:`engine.core.scoring`: B images, C classes,
-G groups, K_g options of group g, Q = Σ_g K_g prompts, the option axis of all groups concatenated.
+numpy/scipy (and threadpoolctl: one BLAS thread inside the fits); no I/O, no torch. Notation as in
+:mod:`engine.core.scoring`: B images, C classes, G groups, K_g options of group g, Q = Σ_g K_g prompts, the option
+axis of all groups concatenated.
 
 Two halves (issue 26):
 
