@@ -218,26 +218,29 @@ def test_the_step_tempered_posterior_is_the_gaussian_one_at_each_rows_own_temper
 
 
 def test_the_step_temperatures_come_from_the_rows_the_single_one_was_fitted_on_each_fold_without_its_own():
-    """heldout_rows are the rows fit_gaussian_posterior fitted its temperatures on (for seed 0 and seed 2): pooled
-    over the asked counts they give back the shipped t and each fold model's t; and fold j's per-count
-    temperatures are those of the other folds' rows."""
+    """heldout_rows are the rows fit_gaussian_posterior fitted its temperatures on (seed 2: neither 0 nor the
+    row seed 1 that seed 0 would use): pooled over the asked counts they give back the shipped t and each fold
+    model's t; and fold j's per-count temperatures are those of the other folds' rows. (The Gaussian fit alone,
+    as bench.channels.fit_predictive_models makes it: the LR and predictive parts are not read here.)"""
+    from types import SimpleNamespace
+
     from bench import channels as CH
     from bench.stop_variants import heldout_rows, step_temperatures, with_step_temperatures
-    from engine.core.gaussian import _fit_temperature
+    from engine.core.gaussian import _fit_temperature, fit_gaussian_posterior
 
-    prep = CH.simulator_prep(images=150, seed=0)
-    for seed in (0, 2):
-        fitted = CH.fit_predictive_models(prep, seed=seed, log=lambda *a: None)
-        parts = heldout_rows(prep, fitted, seed)
-        assert _fit_temperature([(ll, y) for ll, y, _ in parts]) == pytest.approx(fitted["G"].temperature, abs=1e-9)
-        for j, fold in enumerate(fitted["G_folds"]):
-            rest = parts[:j] + parts[j + 1:]
-            assert _fit_temperature([(ll, y) for ll, y, _ in rest]) == pytest.approx(fold.temperature, abs=1e-9)
-        out = with_step_temperatures(prep, fitted, seed)
-        assert out["G"].step_t == step_temperatures(parts, prep.system.n_groups)
-        for j, fold in enumerate(out["G_folds"]):
-            assert fold.step_t == step_temperatures(parts[:j] + parts[j + 1:], prep.system.n_groups)
-            assert fold.step_t != out["G"].step_t
+    prep, seed = CH.simulator_prep(images=150, seed=0), 2
+    gauss = fit_gaussian_posterior(prep.sims, prep.truth, prep.system.option_counts, prep.system.n_classes, seed=seed)
+    fitted = {"terms": SimpleNamespace(folds=gauss.folds), "G": gauss.posterior, "G_folds": gauss.fold_posteriors}
+    parts = heldout_rows(prep, fitted, seed)
+    assert _fit_temperature([(ll, y) for ll, y, _ in parts]) == pytest.approx(fitted["G"].temperature, abs=1e-9)
+    for j, fold in enumerate(fitted["G_folds"]):
+        rest = parts[:j] + parts[j + 1:]
+        assert _fit_temperature([(ll, y) for ll, y, _ in rest]) == pytest.approx(fold.temperature, abs=1e-9)
+    out = with_step_temperatures(prep, fitted, seed)
+    assert out["G"].step_t == step_temperatures(parts, prep.system.n_groups)
+    for j, fold in enumerate(out["G_folds"]):
+        assert fold.step_t == step_temperatures(parts[:j] + parts[j + 1:], prep.system.n_groups)
+        assert fold.step_t != out["G"].step_t
 
 
 @pytest.mark.slow  # the simulator, small: about 6 s
