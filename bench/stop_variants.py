@@ -34,7 +34,6 @@ from scipy.special import log_softmax
 
 from engine.core import gaussian as GP
 from engine.core import stopping as STOP
-from engine.core.answer_models import MASKS_PER_IMAGE, training_rows
 
 from . import channels as CH
 from . import predictive_variants as PV
@@ -77,19 +76,12 @@ def step_temperatures(parts: list, n_groups: int) -> tuple:
 
 
 def heldout_rows(dev: C.Prepared, fitted: dict[str, Any], seed: int) -> list:
-    """Per fold: (logits at t = 1 (R, C), truth (R,), asked count (R,)) of its held-out rows (full rows and random
-    prefixes), scored by the fold model fitted without them: the rows and models
-    :func:`engine.core.gaussian.fit_gaussian_posterior` fitted its single t on (its ``training_rows`` seed is the
-    fit's seed + 1)."""
-    G = dev.system.n_groups
-    folds = fitted["terms"].folds
-    parts = []
-    for f, post in zip(np.unique(folds), fitted["G_folds"]):
-        te = np.nonzero(folds == f)[0]
-        img, asked = training_rows(len(te), G, per_image=MASKS_PER_IMAGE, seed=seed + 1)
-        parts.append((untempered(post).log_posterior(dev.sims[te][img], asked), dev.truth[te][img],
-                      asked.sum(axis=1)))
-    return parts
+    """Per fold: (logits at t = 1 (R, C), truth (R,), asked count (R,)) of the held-out rows
+    :func:`engine.core.gaussian.fit_gaussian_posterior` fitted its single t on
+    (:func:`engine.core.gaussian.temperature_rows`, with the fit's seed), each scored by the fold model fitted
+    without them."""
+    rows = GP.temperature_rows(dev.sims, dev.truth, fitted["terms"].folds, fitted["G_folds"], seed=seed)
+    return [(ll, y, asked.sum(axis=1)) for ll, y, asked in rows]
 
 
 def with_step_temperatures(dev: C.Prepared, fitted: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -107,13 +99,12 @@ def with_step_temperatures(dev: C.Prepared, fitted: dict[str, Any], seed: int) -
                              for j, p in enumerate(fitted["G_folds"]))}
 
 
-def value_stops(prep: C.Prepared, *, seed: int, n_boot: int, log=print) -> dict[str, Any]:
-    """The value stop at each ε of :data:`VALUE_EPS` along each curve's τ = 1 test paths (Gaussian posterior fitted
-    on dev), with the mean predicted and realised gain of asking the rest after each question."""
+def value_stops(prep: C.Prepared, fitted: dict[str, Any], *, seed: int, n_boot: int) -> dict[str, Any]:
+    """The value stop at each ε of :data:`VALUE_EPS` along each curve's τ = 1 test paths, with the mean predicted
+    and realised gain of asking the rest after each question. ``fitted``: what
+    :func:`bench.channels.evaluate_predictive` fitted on the dev half of ``prep``'s split with ``seed``."""
     s = prep.system
-    dev_i, test_i = CH.split_by_image(prep.truth, 0.5, seed)
-    dev, test = prep.subset(dev_i), prep.subset(test_i)
-    fitted = CH.fit_predictive_models(dev, seed=seed, log=log)
+    test = prep.subset(CH.split_by_image(prep.truth, 0.5, seed)[1])
     G = fitted["G"]
     w = CH.resample_weights(test.n, n_boot, seed)
     rows = []
@@ -144,7 +135,13 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
     """Both variants on one pair, what ships beside the temperature variant in the same run."""
     kw = dict(seed=seed, n_budgets=n_budgets, n_boot=n_boot, log=log, curves=CURVES)
     t0 = time.perf_counter()
-    ships = CH.evaluate_predictive(prep, **kw)
+    shipped = {}
+
+    def keep(dev: C.Prepared, fitted: dict[str, Any]) -> dict[str, Any]:  # for the value stop: fitted once
+        shipped.update(fitted)
+        return fitted
+
+    ships = CH.evaluate_predictive(prep, **kw, refit=keep)
     steps = {}
 
     def refit(dev: C.Prepared, fitted: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +151,7 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
 
     stepped = CH.evaluate_predictive(prep, **kw, refit=refit)
     t1 = time.perf_counter()
-    value = value_stops(prep, seed=seed, n_boot=n_boot, log=log)
+    value = value_stops(prep, shipped, seed=seed, n_boot=n_boot)
     return {"data": prep.data, "system": prep.system.name, "model": prep.model_label, "q_full": prep.system.q_total,
             "n_dev": ships["n_dev"], "n_test": ships["n_test"], "temperatures": steps,
             "ships": ships["stops"], "step_temperature": stepped["stops"], "value": value["rows"],

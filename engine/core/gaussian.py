@@ -571,11 +571,7 @@ def fit_gaussian_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarra
     # (its logits, computed once). The shipped model's t uses every fold's rows; fold j's model gets a t fitted
     # without fold j's rows, so that its held-out scores (what calibrate compares) were not tuned on the images
     # they score
-    parts = []
-    for f, post in zip(ids, folds_at):
-        te = np.nonzero(fold == f)[0]
-        img, asked = training_rows(len(te), len(sizes), per_image=per_image, seed=seed + 1)
-        parts.append((post.log_posterior(sims[te][img], asked), truth[te][img]))
+    parts = [(ll, y) for ll, y, _ in temperature_rows(sims, truth, fold, folds_at, per_image=per_image, seed=seed)]
     t = _fit_temperature(parts)
     fold_posteriors = tuple(replace(p, temperature=_fit_temperature(parts[:j] + parts[j + 1:]))
                             for j, p in enumerate(folds_at))
@@ -584,6 +580,21 @@ def fit_gaussian_posterior(sims: np.ndarray, truth: np.ndarray, sizes: np.ndarra
         held[fold == f] = post.log_posterior(sims[fold == f])
     return GaussianFit(posterior=_posterior_at(_moments(sims, truth, n_classes), sizes, best, t), cv=cv,
                        heldout_log_post=held, fold_posteriors=fold_posteriors, folds=fold)
+
+
+def temperature_rows(sims: np.ndarray, truth: np.ndarray, fold: np.ndarray, fold_posteriors, *,
+                     per_image: int = MASKS_PER_IMAGE, seed: int = 0) -> list:
+    """The held-out rows a fit's temperature is chosen on: per fold f of ``np.unique(fold)``, in that order, each of
+    its images' full row and ``per_image`` random prefixes (``training_rows`` with seed + 1), scored by
+    ``fold_posteriors[j]`` (fitted without fold f) at t = 1. Returns [(logits (R, C), truth (R,), asked (R, G))].
+
+    sims : (B, Q); truth, fold : (B,). :func:`fit_gaussian_posterior` fits t on them (``seed`` its own)."""
+    out = []
+    for f, post in zip(np.unique(fold), fold_posteriors):
+        te = np.nonzero(fold == f)[0]
+        img, asked = training_rows(len(te), len(post.sizes), per_image=per_image, seed=seed + 1)
+        out.append((replace(post, temperature=1.0).log_posterior(sims[te][img], asked), truth[te][img], asked))
+    return out
 
 
 def _fit_temperature(parts) -> float:
