@@ -816,6 +816,14 @@ def variant_main(name: str, description: str, evaluate: Callable[..., dict[str, 
     return results
 
 
+def variant_report_head(title: str, results: dict[str, Any]) -> list[str]:
+    """The first lines of a :func:`variant_main` benchmark's report.md: its title, command and machine, and how
+    the pairs were split and resampled."""
+    return [f"# {title}\n", *C.run_lines(results),
+            "- split: 50/50 by image, stratified; fitted and chosen on dev only; every figure on test; "
+            f"{results['n_boot']} paired bootstrap resamples\n"]
+
+
 def predictive_report(results: dict[str, Any]) -> str:
     iv = C.signed_ci
     L = ["# bench.channels --predictive — an information gain that predicts the few-shot posterior (issue 26)\n",

@@ -164,10 +164,7 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
 
 def report(results: dict[str, Any]) -> str:
     iv = C.signed_ci
-    L = ["# bench.predictive_variants — error reduction (a policy) and a stability stop (issue 26)\n",
-         *C.run_lines(results),
-         "- split: 50/50 by image, stratified; fitted and chosen on dev only; every figure on test; "
-         f"{results['n_boot']} paired bootstrap resamples\n"]
+    L = CH.variant_report_head("bench.predictive_variants — error reduction (a policy) and a stability stop (issue 26)", results)
     for key, r in results["pairs"].items():
         L.append(f"\n## {key} ({r['model']})\n")
         L.append(f"- N={r['n_classes']}, Q={r['q_full']:.0f}; {r['n_dev']} dev / {r['n_test']} test; full system "

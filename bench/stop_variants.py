@@ -160,10 +160,7 @@ def evaluate(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, n_boot: int
 
 def report(results: dict[str, Any]) -> str:
     iv = C.signed_ci
-    L = ["# bench.stop_variants — a value stop and a temperature per asked count (issue 26)\n",
-         *C.run_lines(results),
-         "- split: 50/50 by image, stratified; fitted and chosen on dev only; every figure on test; "
-         f"{results['n_boot']} paired bootstrap resamples\n"]
+    L = CH.variant_report_head("bench.stop_variants — a value stop and a temperature per asked count (issue 26)", results)
     for key, r in results["pairs"].items():
         t = r["temperatures"]
         L.append(f"\n## {key} ({r['model']})\n")

@@ -72,15 +72,23 @@ def brute_gaussian_gain(post, sims, asked, log_post, g, draws):
     return max(total - p.max(), 0.0)
 
 
+def gaussian_state(pb, salt: int):
+    """A random Gaussian posterior from ``settle_problem``'s draw, one image near a class mean (rng seed + salt), a
+    caller's prior ``offset`` (it carries over) and the posterior now with it: (sizes, C, asked, post, rng, sims,
+    offset, log_post)."""
+    sizes, C, seed, asked, _ = pb
+    post = random_gaussian(sizes, C, seed)
+    rng = np.random.default_rng(seed + salt)
+    sims = (post.means[rng.integers(0, C)] + rng.normal(0, 1, sizes.sum())) * post.scale + post.mean
+    offset = rng.normal(0, 1, C)
+    log_post = log_softmax(post.log_posterior(sims[None], asked[None])[0] + offset)
+    return sizes, C, asked, post, rng, sims, offset, log_post
+
+
 @settings(max_examples=30, deadline=None)
 @given(settle_problem())
 def test_the_gaussian_gain_is_the_written_out_expectation_over_its_own_predictive(pb):
-    sizes, C, seed, asked, _ = pb
-    post = random_gaussian(sizes, C, seed)
-    rng = np.random.default_rng(seed)
-    sims = (post.means[rng.integers(0, C)] + rng.normal(0, 1, sizes.sum())) * post.scale + post.mean
-    offset = rng.normal(0, 1, C)  # the caller's prior carries over
-    log_post = log_softmax(post.log_posterior(sims[None], asked[None])[0] + offset)
+    sizes, C, asked, post, rng, sims, offset, log_post = gaussian_state(pb, 0)
     got = GP.expected_accuracy_gain(post, sims[None], asked[None], log_post[None])[0]
     for g in range(len(sizes)):
         if asked[g]:
@@ -128,12 +136,7 @@ def test_its_draws_are_fixed_antithetic_standard_normals():
 def test_with_many_draws_the_gaussian_gain_is_an_independent_monte_carlo_of_the_models_own_update(pb):
     """Fresh random draws from the tempered predictive, the new posterior by ``log_posterior`` on the asked set
     plus g with the caller's prior added: E[max p'] − max p, against the function with 20,000 fixed draws."""
-    sizes, C, seed, asked, _ = pb
-    post = random_gaussian(sizes, C, seed)
-    rng = np.random.default_rng(seed + 2)
-    sims = (post.means[rng.integers(0, C)] + rng.normal(0, 1, sizes.sum())) * post.scale + post.mean
-    offset = rng.normal(0, 1, C)
-    log_post = log_softmax(post.log_posterior(sims[None], asked[None])[0] + offset)
+    sizes, C, asked, post, rng, sims, offset, log_post = gaussian_state(pb, 2)
     got = GP.expected_accuracy_gain(post, sims[None], asked[None], log_post[None], draws=20_000)[0]
     n, t = 4_000, post.temperature
     for g in np.nonzero(~asked)[0]:
@@ -155,12 +158,7 @@ def test_the_remaining_gain_is_an_independent_monte_carlo_of_asking_every_group_
     """remaining_accuracy_gain: every unasked column drawn at once from the tempered predictive (fresh draws, the
     textbook conditional), the full posterior by ``log_posterior`` with the caller's prior added: E[max p'] − max
     p, against the function with 20,000 fixed draws; with every group asked it is 0."""
-    sizes, C, seed, asked, _ = pb
-    post = random_gaussian(sizes, C, seed)
-    rng = np.random.default_rng(seed + 3)
-    sims = (post.means[rng.integers(0, C)] + rng.normal(0, 1, sizes.sum())) * post.scale + post.mean
-    offset = rng.normal(0, 1, C)
-    log_post = log_softmax(post.log_posterior(sims[None], asked[None])[0] + offset)
+    sizes, C, asked, post, rng, sims, offset, log_post = gaussian_state(pb, 3)
     got = GP.remaining_accuracy_gain(post, sims[None], asked[None], log_post[None], draws=20_000)[0]
     R = ~np.repeat(asked, sizes)
     if not R.any():
