@@ -723,11 +723,12 @@ def evaluate_predictive(prep: C.Prepared, *, seed: int = 0, n_budgets: int = 9, 
     boot = {k: auc_rows(w @ cor, w @ qq, q_full) for k, (cor, qq) in curves.items()}
     auc = {k: float(auc_rows(cor.mean(0)[None], qq.mean(0)[None], q_full)[0]) for k, (cor, qq) in curves.items()}
     rows = []
+    at_half = budgets.index(half)  # a fixed budget: nothing to choose
     for label, model, _ in wanted:
         cor, qq = curves[label]
         own = full[model if model in ("D", "G") else "few-shot"]
         qw2 = C.q_within(qq.mean(0), cor.mean(0), own.mean() - 0.02)
-        hc, hq = cor[:, budgets.index(half)], qq[:, budgets.index(half)]  # a fixed budget: nothing to choose
+        hc, hq = cor[:, at_half], qq[:, at_half]
         rows.append({"label": label, "auc": auc[label], "auc_ci95": ci(boot[label]), "seconds": secs[label],
                      "q_within_2pt": qw2, "q_within_2pt_frac": None if qw2 is None else qw2 / q_full,
                      "half_budget": {"budget": half, "accuracy": float(hc.mean()), "mean_q": float(hq.mean()),
